@@ -1,0 +1,105 @@
+//! Server-side defaults, applied at create (and to the fields an update may leave unset)
+//! before validation: what a Kubernetes API server fills in, so clients such as kubectl find
+//! the fields they read.
+
+use rand::Rng;
+use serde_json::{json, Value};
+
+use super::object::{metadata_mut, now_rfc3339, set_at};
+use super::resources::ResourceInfo;
+
+/// Fills the metadata every created object gets: a name from `generateName`, a uid, the
+/// creation time and the first generation.
+pub fn on_create(resource: &ResourceInfo, object: &mut Value) {
+    let meta = metadata_mut(object);
+    let has_name = meta.get("name").and_then(Value::as_str).is_some_and(|n| !n.is_empty());
+    if !has_name {
+        if let Some(prefix) = meta.get("generateName").and_then(Value::as_str) {
+            let name = format!("{prefix}{}", random_suffix());
+            meta.insert("name".into(), Value::String(name));
+        }
+    }
+    meta.insert("uid".into(), Value::String(uuid::Uuid::new_v4().to_string()));
+    meta.insert("creationTimestamp".into(), Value::String(now_rfc3339()));
+    meta.insert("generation".into(), json!(1));
+    meta.remove("deletionTimestamp");
+    meta.remove("resourceVersion");
+    if let Some(map) = object.as_object_mut() {
+        map.insert("apiVersion".into(), Value::String(resource.api_version()));
+        map.insert("kind".into(), Value::String(resource.kind.into()));
+    }
+    kind_defaults(resource.kind, object);
+}
+
+/// Defaults of the kind's own fields (applied on create and update).
+pub fn kind_defaults(kind: &str, object: &mut Value) {
+    match kind {
+        "Pod" => pod(object),
+        "Namespace" => {
+            if object.pointer("/status/phase").is_none() {
+                set_at(object, "/status/phase", json!("Active"));
+            }
+        }
+        _ => {}
+    }
+}
+
+fn pod(object: &mut Value) {
+    let defaults = [
+        ("/spec/restartPolicy", json!("Always")),
+        ("/spec/terminationGracePeriodSeconds", json!(30)),
+        ("/spec/dnsPolicy", json!("ClusterFirst")),
+        ("/spec/schedulerName", json!("default-scheduler")),
+        ("/status/phase", json!("Pending")),
+        ("/status/qosClass", json!("BestEffort")),
+    ];
+    for (pointer, value) in defaults {
+        if object.pointer(pointer).is_none() {
+            set_at(object, pointer, value);
+        }
+    }
+    for list in ["containers", "initContainers"] {
+        let Some(containers) = object.pointer_mut(&format!("/spec/{list}")).and_then(Value::as_array_mut) else {
+            continue;
+        };
+        for container in containers.iter_mut().filter(|c| c.is_object()) {
+            if container.get("imagePullPolicy").is_none() {
+                set_at(container, "/imagePullPolicy", json!("IfNotPresent"));
+            }
+            if container.get("terminationMessagePath").is_none() {
+                set_at(container, "/terminationMessagePath", json!("/dev/termination-log"));
+            }
+            if let Some(ports) = container.get_mut("ports").and_then(Value::as_array_mut) {
+                for port in ports.iter_mut().filter(|p| p.is_object() && p.get("protocol").is_none()) {
+                    set_at(port, "/protocol", json!("TCP"));
+                }
+            }
+        }
+    }
+}
+
+/// Five characters in Kubernetes' `generateName` alphabet (no vowels, no look-alikes).
+fn random_suffix() -> String {
+    const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
+    let mut rng = rand::thread_rng();
+    (0..5).map(|_| ALPHABET[rng.gen_range(0..ALPHABET.len())] as char).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::resources::lookup;
+
+    #[test]
+    fn pod_defaults_and_generate_name() {
+        let mut pod = json!({"metadata": {"generateName": "web-"}, "spec": {"containers": [{"name": "c", "image": "x.wasm", "ports": [{"containerPort": 80}]}]}});
+        on_create(lookup("", "v1", "pods").unwrap(), &mut pod);
+        let name = pod.pointer("/metadata/name").unwrap().as_str().unwrap();
+        assert!(name.starts_with("web-") && name.len() == 9, "{name}");
+        assert_eq!(pod["spec"]["restartPolicy"], "Always");
+        assert_eq!(pod["spec"]["containers"][0]["ports"][0]["protocol"], "TCP");
+        assert_eq!(pod["status"]["phase"], "Pending");
+        assert_eq!(pod["kind"], "Pod");
+        assert!(!pod["metadata"]["uid"].as_str().unwrap().is_empty());
+    }
+}

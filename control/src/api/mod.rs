@@ -1,0 +1,11 @@
+//! The object model: which resources exist, and the rules every object passes through on its
+//! way into the store (defaults, validation), plus selectors, patches and table rendering.
+//! Types are k8s-openapi's; nothing here does I/O.
+
+pub mod defaults;
+pub mod object;
+pub mod patch;
+pub mod resources;
+pub mod selector;
+pub mod table;
+pub mod validation;

@@ -1,0 +1,250 @@
+//! The patch formats kubectl sends: JSON merge patch (RFC 7386), JSON patch (RFC 6902) and
+//! strategic merge patch (merge patch plus Kubernetes' list merge keys and `$` directives).
+
+use serde_json::{Map, Value};
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum PatchError {
+    #[error("the patch is not valid JSON: {0}")]
+    Decode(String),
+    #[error("json patch operation {index} ({op}): {why}")]
+    Operation { index: usize, op: String, why: String },
+}
+
+/// RFC 7386: objects merge recursively, `null` deletes, anything else replaces.
+pub fn merge_patch(target: &mut Value, patch: &Value) {
+    let Value::Object(patch) = patch else {
+        *target = patch.clone();
+        return;
+    };
+    if !target.is_object() {
+        *target = Value::Object(Map::new());
+    }
+    let target = target.as_object_mut().expect("made an object above");
+    for (key, value) in patch {
+        if value.is_null() {
+            target.remove(key);
+        } else {
+            merge_patch(target.entry(key.clone()).or_insert(Value::Null), value);
+        }
+    }
+}
+
+/// The merge key of a list field, as Kubernetes' types declare it (`patchMergeKey`).
+fn merge_key(field: &str) -> Option<&'static str> {
+    Some(match field {
+        "containers" | "initContainers" | "ephemeralContainers" | "env" | "volumes" | "imagePullSecrets" => "name",
+        "volumeMounts" => "mountPath",
+        "ports" => "containerPort",
+        "conditions" => "type",
+        "ownerReferences" => "uid",
+        "tolerations" | "finalizers" => return None,
+        _ => return None,
+    })
+}
+
+/// Strategic merge patch: like a merge patch, but lists with a merge key merge element by
+/// element, and the directives `$patch`, `$setElementOrder/`, `$retainKeys` and
+/// `$deleteFromPrimitiveList/` are honoured.
+pub fn strategic_merge_patch(target: &mut Value, patch: &Value) {
+    let Value::Object(patch) = patch else {
+        *target = patch.clone();
+        return;
+    };
+    if patch.get("$patch").and_then(Value::as_str) == Some("replace") {
+        let mut replacement = Value::Object(patch.clone());
+        strip_directives(&mut replacement);
+        *target = replacement;
+        return;
+    }
+    if !target.is_object() {
+        *target = Value::Object(Map::new());
+    }
+    let target = target.as_object_mut().expect("made an object above");
+    if let Some(keep) = patch.get("$retainKeys").and_then(Value::as_array) {
+        let keep: Vec<&str> = keep.iter().filter_map(Value::as_str).collect();
+        target.retain(|k, _| keep.contains(&k.as_str()));
+    }
+    for (key, value) in patch {
+        if let Some(field) = key.strip_prefix("$deleteFromPrimitiveList/") {
+            if let (Some(Value::Array(list)), Some(remove)) = (target.get_mut(field), value.as_array()) {
+                list.retain(|item| !remove.contains(item));
+            }
+            continue;
+        }
+        if key.starts_with('$') {
+            continue;
+        }
+        if value.is_null() {
+            target.remove(key);
+            continue;
+        }
+        match (value, merge_key(key)) {
+            (Value::Array(items), Some(merge_key)) => {
+                let existing = target.entry(key.clone()).or_insert(Value::Array(vec![]));
+                merge_list(existing, items, merge_key);
+            }
+            (Value::Array(_), None) => {
+                let mut replacement = value.clone();
+                strip_directives(&mut replacement);
+                target.insert(key.clone(), replacement);
+            }
+            _ => strategic_merge_patch(target.entry(key.clone()).or_insert(Value::Null), value),
+        }
+    }
+}
+
+fn merge_list(existing: &mut Value, patch_items: &[Value], merge_key: &str) {
+    if !existing.is_array() {
+        *existing = Value::Array(vec![]);
+    }
+    let list = existing.as_array_mut().expect("made an array above");
+    for item in patch_items {
+        let Some(key_value) = item.get(merge_key) else {
+            continue;
+        };
+        let position = list.iter().position(|e| e.get(merge_key) == Some(key_value));
+        let delete = item.get("$patch").and_then(Value::as_str) == Some("delete");
+        match (position, delete) {
+            (Some(i), true) => {
+                list.remove(i);
+            }
+            (None, true) => {}
+            (Some(i), false) => strategic_merge_patch(&mut list[i], item),
+            (None, false) => {
+                let mut added = item.clone();
+                strip_directives(&mut added);
+                list.push(added);
+            }
+        }
+    }
+}
+
+fn strip_directives(value: &mut Value) {
+    match value {
+        Value::Object(map) => {
+            map.retain(|k, _| !k.starts_with('$'));
+            map.values_mut().for_each(strip_directives);
+        }
+        Value::Array(items) => items.iter_mut().for_each(strip_directives),
+        _ => {}
+    }
+}
+
+/// RFC 6902 JSON patch. Applied to a copy: on any failing operation the target is unchanged.
+pub fn json_patch(target: &mut Value, patch: &Value) -> Result<(), PatchError> {
+    let ops = patch.as_array().ok_or_else(|| PatchError::Decode("a JSON patch must be an array".into()))?;
+    let mut work = target.clone();
+    for (index, op) in ops.iter().enumerate() {
+        let name = op.get("op").and_then(Value::as_str).unwrap_or("").to_string();
+        let fail = |why: &str| PatchError::Operation { index, op: name.clone(), why: why.into() };
+        let path = op.get("path").and_then(Value::as_str).ok_or_else(|| fail("missing path"))?;
+        let value = || op.get("value").cloned().ok_or_else(|| fail("missing value"));
+        match name.as_str() {
+            "add" => add(&mut work, path, value()?).map_err(|w| fail(&w))?,
+            "replace" => {
+                remove(&mut work, path).map_err(|w| fail(&w))?;
+                add(&mut work, path, value()?).map_err(|w| fail(&w))?;
+            }
+            "remove" => {
+                remove(&mut work, path).map_err(|w| fail(&w))?;
+            }
+            "test" => {
+                if work.pointer(path) != Some(&value()?) {
+                    return Err(fail("test failed"));
+                }
+            }
+            "move" | "copy" => {
+                let from = op.get("from").and_then(Value::as_str).ok_or_else(|| fail("missing from"))?;
+                let moved = if name == "move" {
+                    remove(&mut work, from).map_err(|w| fail(&w))?
+                } else {
+                    work.pointer(from).cloned().ok_or_else(|| fail("from path does not exist"))?
+                };
+                add(&mut work, path, moved).map_err(|w| fail(&w))?;
+            }
+            _ => return Err(fail("unknown operation")),
+        }
+    }
+    *target = work;
+    Ok(())
+}
+
+fn split_pointer(path: &str) -> Result<(&str, String), String> {
+    let (parent, last) = path.rsplit_once('/').ok_or_else(|| format!("invalid path {path:?}"))?;
+    Ok((parent, last.replace("~1", "/").replace("~0", "~")))
+}
+
+fn add(doc: &mut Value, path: &str, value: Value) -> Result<(), String> {
+    if path.is_empty() {
+        *doc = value;
+        return Ok(());
+    }
+    let (parent, last) = split_pointer(path)?;
+    match doc.pointer_mut(parent) {
+        Some(Value::Object(map)) => {
+            map.insert(last, value);
+            Ok(())
+        }
+        Some(Value::Array(list)) => {
+            let index = if last == "-" { list.len() } else { last.parse().map_err(|_| format!("bad index {last:?}"))? };
+            if index > list.len() {
+                return Err(format!("index {index} out of range"));
+            }
+            list.insert(index, value);
+            Ok(())
+        }
+        _ => Err(format!("path {parent:?} does not exist")),
+    }
+}
+
+fn remove(doc: &mut Value, path: &str) -> Result<Value, String> {
+    let (parent, last) = split_pointer(path)?;
+    match doc.pointer_mut(parent) {
+        Some(Value::Object(map)) => map.remove(&last).ok_or_else(|| format!("path {path:?} does not exist")),
+        Some(Value::Array(list)) => {
+            let index: usize = last.parse().map_err(|_| format!("bad index {last:?}"))?;
+            if index >= list.len() {
+                return Err(format!("index {index} out of range"));
+            }
+            Ok(list.remove(index))
+        }
+        _ => Err(format!("path {parent:?} does not exist")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn merge_patch_deletes_with_null() {
+        let mut v = json!({"metadata": {"labels": {"a": "1", "team": "x"}}});
+        merge_patch(&mut v, &json!({"metadata": {"labels": {"team": null, "b": "2"}}}));
+        assert_eq!(v, json!({"metadata": {"labels": {"a": "1", "b": "2"}}}));
+    }
+
+    #[test]
+    fn strategic_merge_by_name_and_directives() {
+        let mut v = json!({"spec": {"containers": [{"name": "a", "image": "1"}, {"name": "b", "image": "2"}], "tolerations": [{"key": "x"}]}});
+        let patch = json!({"spec": {
+            "$setElementOrder/containers": [{"name": "a"}],
+            "containers": [{"name": "a", "image": "3"}, {"$patch": "delete", "name": "b"}],
+            "tolerations": null
+        }});
+        strategic_merge_patch(&mut v, &patch);
+        assert_eq!(v, json!({"spec": {"containers": [{"name": "a", "image": "3"}]}}));
+    }
+
+    #[test]
+    fn json_patch_is_all_or_nothing() {
+        let mut v = json!({"spec": {"template": 1}, "metadata": {"annotations": {"a": "b"}}});
+        json_patch(&mut v, &json!([{"op": "replace", "path": "/spec/template", "value": 2}, {"op": "add", "path": "/metadata/annotations/c", "value": "d"}])).unwrap();
+        assert_eq!(v, json!({"spec": {"template": 2}, "metadata": {"annotations": {"a": "b", "c": "d"}}}));
+        let before = v.clone();
+        let err = json_patch(&mut v, &json!([{"op": "remove", "path": "/spec/template"}, {"op": "remove", "path": "/nope/x"}])).unwrap_err();
+        assert!(matches!(err, PatchError::Operation { index: 1, .. }));
+        assert_eq!(v, before);
+    }
+}

@@ -1,0 +1,248 @@
+//! `meta.k8s.io/v1` Table rendering for `kubectl get`: the server computes every cell
+//! (kubectl-wire.md §3). Columns with priority 1 appear only with `-o wide`.
+
+use serde_json::{json, Value};
+
+use super::object::{human_age, str_at};
+
+struct Column {
+    name: &'static str,
+    kind: &'static str,
+    priority: u8,
+}
+
+const fn col(name: &'static str, kind: &'static str, priority: u8) -> Column {
+    Column { name, kind, priority }
+}
+
+fn columns(kind: &str) -> &'static [Column] {
+    match kind {
+        "Pod" => {
+            const C: &[Column] = &[
+            col("Name", "string", 0),
+            col("Ready", "string", 0),
+            col("Status", "string", 0),
+            col("Restarts", "string", 0),
+            col("Age", "string", 0),
+            col("IP", "string", 1),
+            col("Node", "string", 1),
+            col("Nominated Node", "string", 1),
+            col("Readiness Gates", "string", 1),
+        ];
+            C
+        }
+        "Node" => {
+            const C: &[Column] = &[
+            col("Name", "string", 0),
+            col("Status", "string", 0),
+            col("Roles", "string", 0),
+            col("Age", "string", 0),
+            col("Version", "string", 0),
+            col("Internal-IP", "string", 1),
+            col("External-IP", "string", 1),
+            col("OS-Image", "string", 1),
+            col("Kernel-Version", "string", 1),
+            col("Container-Runtime", "string", 1),
+        ];
+            C
+        }
+        "Namespace" => {
+            const C: &[Column] = &[col("Name", "string", 0), col("Status", "string", 0), col("Age", "string", 0)];
+            C
+        }
+        "Event" => {
+            const C: &[Column] = &[
+            col("Last Seen", "string", 0),
+            col("Type", "string", 0),
+            col("Reason", "string", 0),
+            col("Object", "string", 0),
+            col("Message", "string", 0),
+        ];
+            C
+        }
+        "Lease" => {
+            const C: &[Column] = &[col("Name", "string", 0), col("Holder", "string", 0), col("Age", "string", 0)];
+            C
+        }
+        "ConfigMap" => {
+            const C: &[Column] = &[col("Name", "string", 0), col("Data", "integer", 0), col("Age", "string", 0)];
+            C
+        }
+        _ => {
+            const C: &[Column] = &[col("Name", "string", 0), col("Age", "string", 0)];
+            C
+        }
+    }
+}
+
+fn cells(kind: &str, o: &Value) -> Vec<Value> {
+    let name = json!(str_at(o, "/metadata/name"));
+    let age = json!(human_age(str_at(o, "/metadata/creationTimestamp")));
+    match kind {
+        "Pod" => pod_cells(o, name, age),
+        "Node" => node_cells(o, name, age),
+        "Namespace" => vec![name, json!(str_at(o, "/status/phase")), age],
+        "Event" => {
+            let last = [str_at(o, "/lastTimestamp"), str_at(o, "/eventTime"), str_at(o, "/metadata/creationTimestamp")]
+                .into_iter()
+                .find(|t| !t.is_empty())
+                .unwrap_or("");
+            let object = format!(
+                "{}/{}",
+                str_at(o, "/involvedObject/kind").to_lowercase(),
+                str_at(o, "/involvedObject/name")
+            );
+            vec![json!(human_age(last)), json!(str_at(o, "/type")), json!(str_at(o, "/reason")), json!(object), json!(str_at(o, "/message"))]
+        }
+        "Lease" => vec![name, json!(str_at(o, "/spec/holderIdentity")), age],
+        "ConfigMap" => {
+            let count = ["data", "binaryData"].iter().filter_map(|k| o.get(*k)?.as_object().map(|m| m.len())).sum::<usize>();
+            vec![name, json!(count), age]
+        }
+        _ => vec![name, age],
+    }
+}
+
+/// Renders objects of one kind as a Table. With `include_object`, each row carries the full
+/// object (`includeObject=Object`, used by `--sort-by`); otherwise its metadata only.
+pub fn render(kind: &str, objects: &[&Value], revision: u64, include_object: bool) -> Value {
+    let definitions: Vec<Value> = columns(kind)
+        .iter()
+        .map(|c| {
+            let format = if c.name == "Name" { "name" } else { "" };
+            json!({"name": c.name, "type": c.kind, "format": format, "description": c.name, "priority": c.priority})
+        })
+        .collect();
+    let rows: Vec<Value> = objects.iter().map(|o| row(kind, o, include_object)).collect();
+    json!({
+        "kind": "Table",
+        "apiVersion": "meta.k8s.io/v1",
+        "metadata": {"resourceVersion": revision.to_string()},
+        "columnDefinitions": definitions,
+        "rows": rows,
+    })
+}
+
+fn row(kind: &str, object: &Value, include_object: bool) -> Value {
+    // Cells come from the full object; the row's object is metadata unless asked otherwise.
+    let row_cells = cells(kind, object);
+    let row_object = if include_object {
+        object.clone()
+    } else {
+        json!({"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1", "metadata": object.get("metadata").cloned().unwrap_or(json!({}))})
+    };
+    json!({"cells": row_cells, "object": row_object})
+}
+
+fn pod_cells(o: &Value, name: Value, age: Value) -> Vec<Value> {
+    let statuses = o.pointer("/status/containerStatuses").and_then(Value::as_array).cloned().unwrap_or_default();
+    let total = o.pointer("/spec/containers").and_then(Value::as_array).map_or(0, Vec::len);
+    let ready = statuses.iter().filter(|s| s["ready"].as_bool() == Some(true)).count();
+    let restarts: i64 = statuses.iter().filter_map(|s| s["restartCount"].as_i64()).sum();
+    let node = str_at(o, "/spec/nodeName");
+    let ip = str_at(o, "/status/podIP");
+    vec![
+        name,
+        json!(format!("{ready}/{total}")),
+        json!(pod_status_reason(o)),
+        json!(restarts.to_string()),
+        age,
+        json!(if ip.is_empty() { "<none>" } else { ip }),
+        json!(if node.is_empty() { "<none>" } else { node }),
+        json!("<none>"),
+        json!("<none>"),
+    ]
+}
+
+/// The STATUS column of a pod, following kubectl's printer: a terminating pod says so; a
+/// waiting or terminated container's reason beats the phase; a finished command says Completed.
+pub fn pod_status_reason(o: &Value) -> String {
+    if o.pointer("/metadata/deletionTimestamp").is_some_and(|t| !t.is_null()) {
+        return "Terminating".into();
+    }
+    let mut reason = str_at(o, "/status/reason").to_string();
+    if reason.is_empty() {
+        reason = str_at(o, "/status/phase").to_string();
+    }
+    let statuses = o.pointer("/status/containerStatuses").and_then(Value::as_array).cloned().unwrap_or_default();
+    for status in statuses.iter().rev() {
+        let waiting = str_at(status, "/state/waiting/reason");
+        let terminated = str_at(status, "/state/terminated/reason");
+        if !waiting.is_empty() {
+            reason = waiting.to_string();
+        } else if !terminated.is_empty() {
+            reason = terminated.to_string();
+        } else if status.pointer("/state/terminated").is_some() {
+            let code = status.pointer("/state/terminated/exitCode").and_then(Value::as_i64).unwrap_or(0);
+            reason = format!("ExitCode:{code}");
+        }
+    }
+    reason
+}
+
+fn node_cells(o: &Value, name: Value, age: Value) -> Vec<Value> {
+    let conditions = o.pointer("/status/conditions").and_then(Value::as_array).cloned().unwrap_or_default();
+    let ready = conditions.iter().find(|c| c["type"] == "Ready");
+    let mut status = match ready.map(|c| str_at(c, "/status")) {
+        Some("True") => "Ready".to_string(),
+        Some(_) => "NotReady".to_string(),
+        None => "Unknown".to_string(),
+    };
+    if o.pointer("/spec/unschedulable").and_then(Value::as_bool) == Some(true) {
+        status.push_str(",SchedulingDisabled");
+    }
+    let address = |kind: &str| {
+        o.pointer("/status/addresses")
+            .and_then(Value::as_array)
+            .and_then(|a| a.iter().find(|x| x["type"] == kind))
+            .map(|x| str_at(x, "/address").to_string())
+            .unwrap_or_else(|| "<none>".into())
+    };
+    vec![
+        name,
+        json!(status),
+        json!("<none>"),
+        age,
+        json!(str_at(o, "/status/nodeInfo/kubeletVersion")),
+        json!(address("InternalIP")),
+        json!(address("ExternalIP")),
+        json!(str_at(o, "/status/nodeInfo/osImage")),
+        json!(str_at(o, "/status/nodeInfo/kernelVersion")),
+        json!(str_at(o, "/status/nodeInfo/containerRuntimeVersion")),
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pod_row_reads_like_kubectl() {
+        let pod = json!({
+            "metadata": {"name": "p", "creationTimestamp": "2020-01-01T00:00:00Z"},
+            "spec": {"nodeName": "n1", "containers": [{"name": "c"}]},
+            "status": {"phase": "Succeeded", "podIP": "10.244.0.2", "containerStatuses": [
+                {"name": "c", "ready": false, "restartCount": 2, "state": {"terminated": {"exitCode": 0, "reason": "Completed"}}}
+            ]}
+        });
+        let table = render("Pod", &[&pod], 7, false);
+        let cells = &table["rows"][0]["cells"];
+        assert_eq!(cells[0], "p");
+        assert_eq!(cells[1], "0/1");
+        assert_eq!(cells[2], "Completed");
+        assert_eq!(cells[3], "2");
+        assert_eq!(cells[5], "10.244.0.2");
+        assert_eq!(cells[6], "n1");
+        assert_eq!(table["columnDefinitions"][0]["format"], "name");
+        assert_eq!(table["rows"][0]["object"]["kind"], "PartialObjectMetadata");
+        assert_eq!(table["metadata"]["resourceVersion"], "7");
+    }
+
+    #[test]
+    fn waiting_reason_and_terminating_win() {
+        let mut pod = json!({"status": {"phase": "Pending", "containerStatuses": [{"state": {"waiting": {"reason": "ErrImagePull"}}}]}});
+        assert_eq!(pod_status_reason(&pod), "ErrImagePull");
+        pod["metadata"] = json!({"deletionTimestamp": "2020-01-01T00:00:00Z"});
+        assert_eq!(pod_status_reason(&pod), "Terminating");
+    }
+}

@@ -1,0 +1,291 @@
+//! Validation: every rule a kind's objects must satisfy, reported as one [`Cause`] per bad
+//! field with the field's path, the way Kubernetes answers 422 Invalid.
+
+use std::collections::HashSet;
+
+use k8s_openapi::api::core::v1::{Container, Pod};
+use serde_json::Value;
+
+use super::object;
+
+/// One problem with one field.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Cause {
+    /// `FieldValueRequired`, `FieldValueInvalid`, `FieldValueDuplicate`, `FieldValueNotSupported`,
+    /// `FieldValueForbidden`.
+    pub reason: &'static str,
+    /// Human message, such as `Required value` or `Invalid value: "x": must be ...`.
+    pub message: String,
+    pub field: String,
+}
+
+impl Cause {
+    pub fn required(field: impl Into<String>) -> Self {
+        Self { reason: "FieldValueRequired", message: "Required value".into(), field: field.into() }
+    }
+
+    pub fn invalid(field: impl Into<String>, value: &str, why: &str) -> Self {
+        Self { reason: "FieldValueInvalid", message: format!("Invalid value: {value:?}: {why}"), field: field.into() }
+    }
+
+    pub fn forbidden(field: impl Into<String>, why: &str) -> Self {
+        Self { reason: "FieldValueForbidden", message: format!("Forbidden: {why}"), field: field.into() }
+    }
+
+    fn duplicate(field: impl Into<String>, value: &str) -> Self {
+        Self { reason: "FieldValueDuplicate", message: format!("Duplicate value: {value:?}"), field: field.into() }
+    }
+
+    fn not_supported(field: impl Into<String>, value: &str, supported: &[&str]) -> Self {
+        let quoted: Vec<String> = supported.iter().map(|s| format!("{s:?}")).collect();
+        Self {
+            reason: "FieldValueNotSupported",
+            message: format!("Unsupported value: {value:?}: supported values: {}", quoted.join(", ")),
+            field: field.into(),
+        }
+    }
+}
+
+/// Validates an object about to be created or replaced. `namespaced` tells whether the
+/// object's name must be unique per namespace; Namespaces' own names are DNS labels.
+pub fn validate(kind: &str, object: &Value) -> Vec<Cause> {
+    let mut causes = Vec::new();
+    let name = object::name(object);
+    if name.is_empty() {
+        causes.push(Cause::required("metadata.name"));
+    } else {
+        let label_only = kind == "Namespace";
+        if let Err(why) = if label_only { dns1123_label(name) } else { dns1123_subdomain(name) } {
+            causes.push(Cause::invalid("metadata.name", name, &why));
+        }
+    }
+    validate_labels(object, &mut causes);
+    if kind == "Pod" {
+        pod(object, &mut causes);
+    }
+    causes
+}
+
+/// Rules for changing an existing object: pods' specs are immutable apart from images, and a
+/// bound pod stays on its node.
+pub fn validate_update(kind: &str, old: &Value, new: &Value) -> Vec<Cause> {
+    let mut causes = validate(kind, new);
+    if kind == "Pod" {
+        let strip_images = |spec: Option<&Value>| {
+            let mut spec = spec.cloned().unwrap_or(Value::Null);
+            for list in ["containers", "initContainers"] {
+                if let Some(items) = spec.get_mut(list).and_then(Value::as_array_mut) {
+                    for c in items.iter_mut().filter_map(Value::as_object_mut) {
+                        c.remove("image");
+                    }
+                }
+            }
+            spec
+        };
+        if strip_images(old.get("spec")) != strip_images(new.get("spec")) {
+            causes.push(Cause::forbidden(
+                "spec",
+                "pod updates may not change fields other than `spec.containers[*].image` and `spec.initContainers[*].image`",
+            ));
+        }
+    }
+    causes
+}
+
+fn validate_labels(object: &Value, causes: &mut Vec<Cause>) {
+    let Some(labels) = object.pointer("/metadata/labels") else { return };
+    let Some(labels) = labels.as_object() else {
+        causes.push(Cause::invalid("metadata.labels", &labels.to_string(), "must be a map of strings"));
+        return;
+    };
+    for (key, value) in labels {
+        let field = format!("metadata.labels[{key}]");
+        match value.as_str() {
+            Some(v) if v.len() > 63 => causes.push(Cause::invalid(field, v, "must be no more than 63 characters")),
+            Some(v) if !v.is_empty() && !is_label_value(v) => causes.push(Cause::invalid(
+                field,
+                v,
+                "a valid label must consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character",
+            )),
+            Some(_) => {}
+            None => causes.push(Cause::invalid(field, &value.to_string(), "must be a string")),
+        }
+    }
+}
+
+fn is_label_value(v: &str) -> bool {
+    let alnum = |c: char| c.is_ascii_alphanumeric();
+    v.starts_with(alnum) && v.ends_with(alnum) && v.chars().all(|c| alnum(c) || matches!(c, '-' | '_' | '.'))
+}
+
+fn pod(object: &Value, causes: &mut Vec<Cause>) {
+    let pod: Pod = match serde_json::from_value(object.clone()) {
+        Ok(pod) => pod,
+        Err(e) => {
+            causes.push(Cause::invalid("spec", "", &format!("cannot be decoded as a Pod: {e}")));
+            return;
+        }
+    };
+    let Some(spec) = pod.spec.as_ref() else {
+        causes.push(Cause::required("spec"));
+        return;
+    };
+    if spec.containers.is_empty() {
+        causes.push(Cause::required("spec.containers"));
+    }
+    let mut names = HashSet::new();
+    let groups = [("spec.initContainers", spec.init_containers.as_deref().unwrap_or_default()), ("spec.containers", &spec.containers[..])];
+    let volumes: HashSet<&str> = spec.volumes.iter().flatten().map(|v| v.name.as_str()).collect();
+    for (list, containers) in groups {
+        for (i, container) in containers.iter().enumerate() {
+            let path = format!("{list}[{i}]");
+            if !names.insert(container.name.as_str()) {
+                causes.push(Cause::duplicate(format!("{path}.name"), &container.name));
+            }
+            container_rules(&path, container, &volumes, causes);
+        }
+    }
+    if let Some(policy) = spec.restart_policy.as_deref() {
+        let supported = ["Always", "OnFailure", "Never"];
+        if !supported.contains(&policy) {
+            causes.push(Cause::not_supported("spec.restartPolicy", policy, &supported));
+        }
+    }
+    let mut volume_names = HashSet::new();
+    for (i, volume) in spec.volumes.iter().flatten().enumerate() {
+        if !volume_names.insert(volume.name.as_str()) {
+            causes.push(Cause::duplicate(format!("spec.volumes[{i}].name"), &volume.name));
+        }
+        if let Err(why) = dns1123_label(&volume.name) {
+            causes.push(Cause::invalid(format!("spec.volumes[{i}].name"), &volume.name, &why));
+        }
+    }
+}
+
+fn container_rules(path: &str, container: &Container, volumes: &HashSet<&str>, causes: &mut Vec<Cause>) {
+    if container.name.is_empty() {
+        causes.push(Cause::required(format!("{path}.name")));
+    } else if let Err(why) = dns1123_label(&container.name) {
+        causes.push(Cause::invalid(format!("{path}.name"), &container.name, &why));
+    }
+    if container.image.as_deref().unwrap_or("").trim().is_empty() {
+        causes.push(Cause::required(format!("{path}.image")));
+    }
+    for (j, port) in container.ports.iter().flatten().enumerate() {
+        if !(1..=65535).contains(&port.container_port) {
+            causes.push(Cause::invalid(
+                format!("{path}.ports[{j}].containerPort"),
+                &port.container_port.to_string(),
+                "must be between 1 and 65535, inclusive",
+            ));
+        }
+    }
+    for (j, mount) in container.volume_mounts.iter().flatten().enumerate() {
+        if !volumes.contains(mount.name.as_str()) {
+            causes.push(Cause {
+                reason: "FieldValueNotFound",
+                message: format!("Not found: {:?}", mount.name),
+                field: format!("{path}.volumeMounts[{j}].name"),
+            });
+        }
+        if !mount.mount_path.starts_with('/') {
+            causes.push(Cause::invalid(format!("{path}.volumeMounts[{j}].mountPath"), &mount.mount_path, "must be an absolute path"));
+        }
+    }
+    let probes = [("livenessProbe", &container.liveness_probe), ("readinessProbe", &container.readiness_probe), ("startupProbe", &container.startup_probe)];
+    for (probe_name, probe) in probes {
+        let Some(probe) = probe else { continue };
+        let field = format!("{path}.{probe_name}");
+        if probe.exec.is_some() {
+            causes.push(Cause::forbidden(format!("{field}.exec"), "a Wasm module has no processes to exec into; use an httpGet probe"));
+        }
+        if probe.tcp_socket.is_some() {
+            causes.push(Cause::forbidden(format!("{field}.tcpSocket"), "pods have an HTTP loopback, not raw TCP; use an httpGet probe"));
+        }
+        if probe.grpc.is_some() {
+            causes.push(Cause::forbidden(format!("{field}.grpc"), "gRPC probes are not supported; use an httpGet probe"));
+        }
+    }
+}
+
+const LABEL_RULE: &str = "a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-', and must start and end with an alphanumeric character (e.g. 'my-name',  or '123-abc', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?')";
+const SUBDOMAIN_RULE: &str = "a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character (e.g. 'example.com', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*')";
+
+pub fn dns1123_label(name: &str) -> Result<(), String> {
+    if name.len() > 63 {
+        return Err("must be no more than 63 characters".into());
+    }
+    let ok_char = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit();
+    let valid = name.starts_with(ok_char) && name.ends_with(ok_char) && name.chars().all(|c| ok_char(c) || c == '-');
+    if valid {
+        Ok(())
+    } else {
+        Err(LABEL_RULE.into())
+    }
+}
+
+pub fn dns1123_subdomain(name: &str) -> Result<(), String> {
+    if name.len() > 253 {
+        return Err("must be no more than 253 characters".into());
+    }
+    if name.split('.').all(|part| dns1123_label(part).is_ok()) {
+        Ok(())
+    } else {
+        Err(SUBDOMAIN_RULE.into())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn fields(kind: &str, object: Value) -> Vec<String> {
+        validate(kind, &object).into_iter().map(|c| format!("{}: {}", c.field, c.reason)).collect()
+    }
+
+    #[test]
+    fn names() {
+        assert!(dns1123_label("web-1").is_ok());
+        assert!(dns1123_label("Web").is_err());
+        assert!(dns1123_label("-web").is_err());
+        assert!(dns1123_subdomain("a.b-c").is_ok());
+        assert!(dns1123_subdomain("a..b").is_err());
+        assert_eq!(fields("Namespace", json!({"metadata": {"name": "a.b"}})), ["metadata.name: FieldValueInvalid"]);
+    }
+
+    #[test]
+    fn pod_rules() {
+        assert_eq!(fields("Pod", json!({"metadata": {"name": "p"}, "spec": {"containers": []}})), ["spec.containers: FieldValueRequired"]);
+        let bad = json!({"metadata": {"name": "Bad_Name"}, "spec": {
+            "restartPolicy": "Sometimes",
+            "containers": [
+                {"name": "a", "image": "x.wasm", "ports": [{"containerPort": 70000}]},
+                {"name": "a", "image": "", "livenessProbe": {"exec": {"command": ["true"]}}, "volumeMounts": [{"name": "nope", "mountPath": "/d"}]}
+            ]}});
+        assert_eq!(
+            fields("Pod", bad),
+            [
+                "metadata.name: FieldValueInvalid",
+                "spec.containers[0].ports[0].containerPort: FieldValueInvalid",
+                "spec.containers[1].name: FieldValueDuplicate",
+                "spec.containers[1].image: FieldValueRequired",
+                "spec.containers[1].volumeMounts[0].name: FieldValueNotFound",
+                "spec.containers[1].livenessProbe.exec: FieldValueForbidden",
+                "spec.restartPolicy: FieldValueNotSupported",
+            ]
+        );
+        let good = json!({"metadata": {"name": "p"}, "spec": {"containers": [{"name": "c", "image": "h.wasm"}]}});
+        assert!(fields("Pod", good).is_empty());
+    }
+
+    #[test]
+    fn pod_spec_is_immutable_but_for_images() {
+        let old = json!({"metadata": {"name": "p"}, "spec": {"containers": [{"name": "c", "image": "a.wasm"}]}});
+        let mut new = old.clone();
+        new["spec"]["containers"][0]["image"] = json!("b.wasm");
+        assert!(validate_update("Pod", &old, &new).is_empty());
+        new["spec"]["restartPolicy"] = json!("Never");
+        assert_eq!(validate_update("Pod", &old, &new)[0].field, "spec");
+    }
+}

@@ -1,0 +1,78 @@
+//! Parses resource URLs: `/api/v1/...` and `/apis/{group}/{version}/...`, optionally under
+//! `namespaces/{ns}/`, naming a collection, an object, or an object's subresource.
+
+use crate::api::resources::{lookup, ResourceInfo};
+
+#[derive(Debug, PartialEq, Eq)]
+pub struct ResourcePath {
+    pub resource: &'static ResourceInfo,
+    /// The namespace in the URL, if the URL has one.
+    pub namespace: Option<String>,
+    pub name: Option<String>,
+    pub subresource: Option<String>,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum PathError {
+    /// Not a resource URL at all, or an unknown resource.
+    NoRoute,
+}
+
+pub fn parse(path: &str) -> Result<ResourcePath, PathError> {
+    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let (group, version, rest) = match segments.as_slice() {
+        ["api", version, rest @ ..] => ("", *version, rest),
+        ["apis", group, version, rest @ ..] => (*group, *version, rest),
+        _ => return Err(PathError::NoRoute),
+    };
+    // `namespaces/{ns}/{resource}...` names a namespaced resource, unless what follows the
+    // namespace name is one of the Namespace's own subresources.
+    let (namespace, rest) = match rest {
+        ["namespaces", ns, resource, tail @ ..] if !matches!(*resource, "status" | "finalize") => {
+            (Some(ns.to_string()), [&[*resource][..], tail].concat())
+        }
+        _ => (None, rest.to_vec()),
+    };
+    let (plural, name, subresource) = match rest.as_slice() {
+        [plural] => (*plural, None, None),
+        [plural, name] => (*plural, Some(name.to_string()), None),
+        [plural, name, sub] => (*plural, Some(name.to_string()), Some(sub.to_string())),
+        _ => return Err(PathError::NoRoute),
+    };
+    let resource = lookup(group, version, plural).ok_or(PathError::NoRoute)?;
+    if namespace.is_some() && !resource.namespaced {
+        return Err(PathError::NoRoute);
+    }
+    if let Some(sub) = &subresource {
+        if !resource.has_subresource(sub) {
+            return Err(PathError::NoRoute);
+        }
+    }
+    Ok(ResourcePath { resource, namespace, name, subresource })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(path: &str, expected: Option<(&str, Option<&str>, Option<&str>, Option<&str>)>) {
+        let parsed = parse(path).ok().map(|p| (p.resource.plural, p.namespace, p.name, p.subresource));
+        let expected = expected.map(|(r, ns, n, s)| (r, ns.map(String::from), n.map(String::from), s.map(String::from)));
+        assert_eq!(parsed, expected, "{path}");
+    }
+
+    #[test]
+    fn resource_paths() {
+        check("/api/v1/pods", Some(("pods", None, None, None)));
+        check("/api/v1/namespaces", Some(("namespaces", None, None, None)));
+        check("/api/v1/namespaces/default", Some(("namespaces", None, Some("default"), None)));
+        check("/api/v1/namespaces/default/status", Some(("namespaces", None, Some("default"), Some("status"))));
+        check("/api/v1/namespaces/default/pods", Some(("pods", Some("default"), None, None)));
+        check("/api/v1/namespaces/default/pods/p1/log", Some(("pods", Some("default"), Some("p1"), Some("log"))));
+        check("/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases/n1", Some(("leases", Some("kube-node-lease"), Some("n1"), None)));
+        check("/api/v1/namespaces/default/nodes/n1", None);
+        check("/api/v1/namespaces/default/pods/p1/nosuch", None);
+        check("/api/v1/widgets", None);
+        check("/healthz", None);
+    }
+}

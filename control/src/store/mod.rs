@@ -1,0 +1,128 @@
+//! The store: the one source of truth for every API object.
+//!
+//! [`Store`] is the contract the API server writes through (DESIGN.md §3.4): objects keyed by
+//! resource, namespace and name; one global, increasing revision that is every object's
+//! `resourceVersion`; compare-and-swap updates; and an event log from which a watch resumes at
+//! a given revision. The store knows nothing of Kubernetes semantics beyond
+//! `metadata.resourceVersion`: defaulting, validation and selectors live in `api` and `server`.
+
+mod redb_store;
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use futures::Stream;
+use serde_json::Value;
+
+pub use redb_store::RedbStore;
+
+/// Where an object lives: `resource` is the plural name plus the group for non-core groups
+/// (`pods`, `leases.coordination.k8s.io`); `namespace` is empty for cluster-scoped objects.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct ObjectKey {
+    pub resource: String,
+    pub namespace: String,
+    pub name: String,
+}
+
+impl ObjectKey {
+    pub fn new(resource: &str, namespace: &str, name: &str) -> Self {
+        Self { resource: resource.into(), namespace: namespace.into(), name: name.into() }
+    }
+
+    /// The key's encoding in the store. Names and namespaces cannot contain `/`, so the
+    /// encoding is unambiguous and sorts objects of one resource and namespace together.
+    pub fn encode(&self) -> String {
+        format!("{}/{}/{}", self.resource, self.namespace, self.name)
+    }
+
+    pub fn decode(encoded: &str) -> Option<Self> {
+        let mut parts = encoded.splitn(3, '/');
+        Some(Self::new(parts.next()?, parts.next()?, parts.next()?))
+    }
+}
+
+/// The encoded-key prefix shared by every object of `resource` (in `namespace`, if given).
+pub fn key_prefix(resource: &str, namespace: Option<&str>) -> String {
+    match namespace {
+        Some(ns) => format!("{resource}/{ns}/"),
+        None => format!("{resource}/"),
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum EventType {
+    Added,
+    Modified,
+    Deleted,
+}
+
+/// One committed change, as recorded in the event log and streamed to watchers.
+#[derive(Clone, Debug)]
+pub struct WatchEvent {
+    pub event_type: EventType,
+    pub key: ObjectKey,
+    pub revision: u64,
+    /// The object after the change (for `Deleted`, its last state at the deletion revision).
+    pub object: Arc<Value>,
+}
+
+pub type WatchStream = Pin<Box<dyn Stream<Item = Result<WatchEvent>> + Send>>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{} {:?} not found", .0.resource, .0.name)]
+    NotFound(ObjectKey),
+    #[error("{} {:?} already exists", .0.resource, .0.name)]
+    AlreadyExists(ObjectKey),
+    #[error("the object has been modified; please apply your changes to the latest version and try again (expected resourceVersion {expected}, current {current})")]
+    Conflict { key: ObjectKey, expected: u64, current: u64 },
+    #[error("too old resource version: {requested} ({oldest})")]
+    Gone { requested: u64, oldest: u64 },
+    #[error("store backend: {0}")]
+    Backend(String),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// A list result: the objects and the revision the list is consistent at.
+pub struct Listing {
+    pub objects: Vec<Value>,
+    pub revision: u64,
+}
+
+#[async_trait::async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Creates `object` under `key`; fails with `AlreadyExists` if the key is taken.
+    /// Returns the object as stored, with its new `resourceVersion`.
+    async fn create(&self, key: ObjectKey, object: Value) -> Result<Value>;
+    /// Replaces the object under `key`. With `precondition`, only if its current
+    /// `resourceVersion` equals it (compare-and-swap), else `Conflict`.
+    async fn update(&self, key: ObjectKey, object: Value, precondition: Option<u64>) -> Result<Value>;
+    /// Removes the object under `key` (with the same precondition rule as `update`) and
+    /// returns its last state, stamped with the deletion revision.
+    async fn delete(&self, key: ObjectKey, precondition: Option<u64>) -> Result<Value>;
+    fn get(&self, key: &ObjectKey) -> Result<Option<Value>>;
+    fn list(&self, resource: &str, namespace: Option<&str>) -> Result<Listing>;
+    /// Streams every change to `resource` (in `namespace`, if given) with a revision greater
+    /// than `since`: first from the event log, then live. `Gone` if `since` was compacted.
+    fn watch(&self, resource: &str, namespace: Option<&str>, since: u64) -> Result<WatchStream>;
+    /// The revision of the last commit.
+    fn revision(&self) -> u64;
+}
+
+/// Sets `metadata.resourceVersion` of a JSON object.
+pub(crate) fn stamp_revision(object: &mut Value, revision: u64) {
+    if let Some(map) = object.as_object_mut() {
+        let meta = map.entry("metadata").or_insert_with(|| Value::Object(Default::default()));
+        if let Some(meta) = meta.as_object_mut() {
+            meta.insert("resourceVersion".into(), Value::String(revision.to_string()));
+        }
+    }
+}
+
+/// Reads `metadata.resourceVersion` of a JSON object as a revision.
+pub fn revision_of(object: &Value) -> Option<u64> {
+    object.pointer("/metadata/resourceVersion")?.as_str()?.parse().ok()
+}

@@ -1,0 +1,435 @@
+//! The embedded store: redb, one file, fsync on every commit.
+//!
+//! All writes go through one writer thread that groups the writes waiting at the moment it
+//! opens a transaction into that transaction (group commit): each write is acknowledged only
+//! after the commit that contains it is durable, and concurrent writers share one fsync.
+//! Reads use redb's MVCC read transactions and never wait for the writer.
+//! Committed events are kept in an `events` table (the event log watches resume from) and
+//! fanned out live through a broadcast channel.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use serde_json::Value;
+use tokio::sync::{broadcast, mpsc, oneshot};
+
+use super::{
+    key_prefix, revision_of, stamp_revision, Error, EventType, Listing, ObjectKey, Result, Store,
+    WatchEvent, WatchStream,
+};
+
+const OBJECTS: TableDefinition<&str, &[u8]> = TableDefinition::new("objects");
+const EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("events");
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+const META_REVISION: &str = "revision";
+const META_OLDEST: &str = "oldest_event";
+
+/// How many events the log keeps; older ones are compacted and a watch from before them
+/// gets 410 Gone (the client re-lists).
+const EVENT_LOG_LEN: u64 = 100_000;
+/// The most writes grouped into one commit.
+const MAX_BATCH: usize = 512;
+
+enum Op {
+    Create { key: ObjectKey, object: Value },
+    Update { key: ObjectKey, object: Value, precondition: Option<u64> },
+    Delete { key: ObjectKey, precondition: Option<u64> },
+}
+
+struct PendingWrite {
+    op: Op,
+    reply: oneshot::Sender<Result<Value>>,
+}
+
+pub struct RedbStore {
+    db: Arc<Database>,
+    writes: mpsc::UnboundedSender<PendingWrite>,
+    live: broadcast::Sender<WatchEvent>,
+    revision: Arc<AtomicU64>,
+}
+
+impl RedbStore {
+    /// Opens (or creates) the store file at `path` and starts its writer thread, which stops
+    /// when the store is dropped.
+    pub fn open(path: &Path) -> Result<Self> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(backend)?;
+        }
+        let db = Arc::new(Database::create(path).map_err(backend)?);
+        let txn = db.begin_write().map_err(backend)?;
+        let revision = {
+            txn.open_table(OBJECTS).map_err(backend)?;
+            txn.open_table(EVENTS).map_err(backend)?;
+            let meta = txn.open_table(META).map_err(backend)?;
+            let revision = meta.get(META_REVISION).map_err(backend)?.map(|v| v.value());
+            revision.unwrap_or(0)
+        };
+        txn.commit().map_err(backend)?;
+
+        let (writes, queue) = mpsc::unbounded_channel();
+        let (live, _) = broadcast::channel(8192);
+        let revision = Arc::new(AtomicU64::new(revision));
+        let writer = Writer { db: db.clone(), live: live.clone(), revision: revision.clone() };
+        std::thread::Builder::new()
+            .name("store-writer".into())
+            .spawn(move || writer.run(queue))
+            .map_err(backend)?;
+        Ok(Self { db, writes, live, revision })
+    }
+
+    async fn submit(&self, op: Op) -> Result<Value> {
+        let (reply, answer) = oneshot::channel();
+        self.writes
+            .send(PendingWrite { op, reply })
+            .map_err(|_| Error::Backend("the store writer has stopped".into()))?;
+        answer.await.map_err(|_| Error::Backend("the store writer has stopped".into()))?
+    }
+
+}
+
+/// Reads the logged events under `prefix` with a revision above `since`.
+fn read_log(db: &Database, prefix: &str, since: u64) -> Result<Vec<WatchEvent>> {
+    {
+        let txn = db.begin_read().map_err(backend)?;
+        let meta = txn.open_table(META).map_err(backend)?;
+        let oldest = meta.get(META_OLDEST).map_err(backend)?.map(|v| v.value()).unwrap_or(0);
+        if since + 1 < oldest {
+            return Err(Error::Gone { requested: since, oldest });
+        }
+        let events = txn.open_table(EVENTS).map_err(backend)?;
+        let mut found = Vec::new();
+        for entry in events.range(since + 1..).map_err(backend)? {
+            let (revision, bytes) = entry.map_err(backend)?;
+            let event = decode_event(revision.value(), bytes.value())?;
+            if event.key.encode().starts_with(prefix) {
+                found.push(event);
+            }
+        }
+        Ok(found)
+    }
+}
+
+#[async_trait::async_trait]
+impl Store for RedbStore {
+    async fn create(&self, key: ObjectKey, object: Value) -> Result<Value> {
+        self.submit(Op::Create { key, object }).await
+    }
+
+    async fn update(&self, key: ObjectKey, object: Value, precondition: Option<u64>) -> Result<Value> {
+        self.submit(Op::Update { key, object, precondition }).await
+    }
+
+    async fn delete(&self, key: ObjectKey, precondition: Option<u64>) -> Result<Value> {
+        self.submit(Op::Delete { key, precondition }).await
+    }
+
+    fn get(&self, key: &ObjectKey) -> Result<Option<Value>> {
+        let txn = self.db.begin_read().map_err(backend)?;
+        let objects = txn.open_table(OBJECTS).map_err(backend)?;
+        let found = objects.get(key.encode().as_str()).map_err(backend)?;
+        found.map(|bytes| serde_json::from_slice(bytes.value()).map_err(backend)).transpose()
+    }
+
+    fn list(&self, resource: &str, namespace: Option<&str>) -> Result<Listing> {
+        let prefix = key_prefix(resource, namespace);
+        let txn = self.db.begin_read().map_err(backend)?;
+        let meta = txn.open_table(META).map_err(backend)?;
+        let revision = meta.get(META_REVISION).map_err(backend)?.map(|v| v.value()).unwrap_or(0);
+        let objects = txn.open_table(OBJECTS).map_err(backend)?;
+        let mut found = Vec::new();
+        for entry in objects.range(prefix.as_str()..).map_err(backend)? {
+            let (key, bytes) = entry.map_err(backend)?;
+            if !key.value().starts_with(&prefix) {
+                break;
+            }
+            found.push(serde_json::from_slice(bytes.value()).map_err(backend)?);
+        }
+        Ok(Listing { objects: found, revision })
+    }
+
+    fn watch(&self, resource: &str, namespace: Option<&str>, since: u64) -> Result<WatchStream> {
+        let prefix = key_prefix(resource, namespace);
+        // Subscribe before reading the log, so nothing committed in between is missed;
+        // revisions already sent from the log are skipped when they come round live.
+        let mut live = self.live.subscribe();
+        let backlog = read_log(&self.db, &prefix, since)?;
+        let (tx, rx) = mpsc::channel::<Result<WatchEvent>>(1024);
+        let db = self.db.clone();
+        tokio::spawn(async move {
+            let mut last = since;
+            for event in backlog {
+                last = event.revision;
+                if tx.send(Ok(event)).await.is_err() {
+                    return;
+                }
+            }
+            loop {
+                let event = match live.recv().await {
+                    Ok(event) => event,
+                    Err(broadcast::error::RecvError::Closed) => return,
+                    Err(broadcast::error::RecvError::Lagged(_)) => {
+                        // This watcher fell behind the live feed: catch up from the log.
+                        match read_log(&db, &prefix, last) {
+                            Ok(events) => {
+                                for event in events {
+                                    last = event.revision;
+                                    if tx.send(Ok(event)).await.is_err() {
+                                        return;
+                                    }
+                                }
+                            }
+                            Err(e) => {
+                                let _ = tx.send(Err(e)).await;
+                                return;
+                            }
+                        }
+                        continue;
+                    }
+                };
+                if event.revision <= last || !event.key.encode().starts_with(&prefix) {
+                    continue;
+                }
+                last = event.revision;
+                if tx.send(Ok(event)).await.is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx)))
+    }
+
+    fn revision(&self) -> u64 {
+        self.revision.load(Ordering::Acquire)
+    }
+}
+
+struct Writer {
+    db: Arc<Database>,
+    live: broadcast::Sender<WatchEvent>,
+    revision: Arc<AtomicU64>,
+}
+
+impl Writer {
+    fn run(self, mut queue: mpsc::UnboundedReceiver<PendingWrite>) {
+        let mut commits = 0u64;
+        while let Some(first) = queue.blocking_recv() {
+            let mut batch = vec![first];
+            while batch.len() < MAX_BATCH {
+                match queue.try_recv() {
+                    Ok(next) => batch.push(next),
+                    Err(_) => break,
+                }
+            }
+            commits += 1;
+            let compact = commits % 64 == 0;
+            match self.commit(&batch, compact) {
+                Ok(outcomes) => {
+                    for (pending, outcome) in batch.into_iter().zip(outcomes) {
+                        if let Ok((event, _)) = &outcome {
+                            // No receivers is fine: nobody is watching.
+                            let _ = self.live.send(event.clone());
+                        }
+                        let _ = pending.reply.send(outcome.map(|(_, object)| object));
+                    }
+                }
+                Err(e) => {
+                    tracing::error!("store commit failed: {e}");
+                    for pending in batch {
+                        let _ = pending.reply.send(Err(Error::Backend(format!("commit failed: {e}"))));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Applies a batch in one durable transaction. Each write succeeds or fails on its own
+    /// (a conflict fails that write only); the whole batch is acknowledged after the commit.
+    fn commit(&self, batch: &[PendingWrite], compact: bool) -> Result<Vec<Result<(WatchEvent, Value)>>> {
+        let txn = self.db.begin_write().map_err(backend)?;
+        let mut outcomes = Vec::with_capacity(batch.len());
+        {
+            let mut objects = txn.open_table(OBJECTS).map_err(backend)?;
+            let mut events = txn.open_table(EVENTS).map_err(backend)?;
+            let mut meta = txn.open_table(META).map_err(backend)?;
+            let mut revision = meta.get(META_REVISION).map_err(backend)?.map(|v| v.value()).unwrap_or(0);
+            for pending in batch {
+                let outcome = apply(&mut objects, &pending.op, revision + 1);
+                if let Ok((event, _)) = &outcome {
+                    revision = event.revision;
+                    events.insert(revision, encode_event(event).as_slice()).map_err(backend)?;
+                }
+                outcomes.push(outcome);
+            }
+            meta.insert(META_REVISION, revision).map_err(backend)?;
+            if compact && revision > EVENT_LOG_LEN {
+                let floor = revision - EVENT_LOG_LEN;
+                events.retain_in(..floor, |_, _| false).map_err(backend)?;
+                meta.insert(META_OLDEST, floor).map_err(backend)?;
+            }
+            self.revision.store(revision, Ordering::Release);
+        }
+        txn.commit().map_err(backend)?;
+        Ok(outcomes)
+    }
+}
+
+type ObjectTable<'t> = redb::Table<'t, &'static str, &'static [u8]>;
+
+fn apply(objects: &mut ObjectTable<'_>, op: &Op, revision: u64) -> Result<(WatchEvent, Value)> {
+    let (key, event_type, object) = match op {
+        Op::Create { key, object } => {
+            if objects.get(key.encode().as_str()).map_err(backend)?.is_some() {
+                return Err(Error::AlreadyExists(key.clone()));
+            }
+            let mut object = object.clone();
+            stamp_revision(&mut object, revision);
+            let bytes = serde_json::to_vec(&object).map_err(backend)?;
+            objects.insert(key.encode().as_str(), bytes.as_slice()).map_err(backend)?;
+            (key, EventType::Added, object)
+        }
+        Op::Update { key, object, precondition } => {
+            check_precondition(objects, key, *precondition)?;
+            let mut object = object.clone();
+            stamp_revision(&mut object, revision);
+            let bytes = serde_json::to_vec(&object).map_err(backend)?;
+            objects.insert(key.encode().as_str(), bytes.as_slice()).map_err(backend)?;
+            (key, EventType::Modified, object)
+        }
+        Op::Delete { key, precondition } => {
+            let mut object = check_precondition(objects, key, *precondition)?;
+            objects.remove(key.encode().as_str()).map_err(backend)?;
+            stamp_revision(&mut object, revision);
+            (key, EventType::Deleted, object)
+        }
+    };
+    let event = WatchEvent { event_type, key: key.clone(), revision, object: Arc::new(object.clone()) };
+    Ok((event, object))
+}
+
+/// Returns the current object under `key`, checking the compare-and-swap precondition.
+fn check_precondition(objects: &ObjectTable<'_>, key: &ObjectKey, precondition: Option<u64>) -> Result<Value> {
+    let current = objects.get(key.encode().as_str()).map_err(backend)?;
+    let current: Value = match current {
+        Some(bytes) => serde_json::from_slice(bytes.value()).map_err(backend)?,
+        None => return Err(Error::NotFound(key.clone())),
+    };
+    if let Some(expected) = precondition {
+        let actual = revision_of(&current).unwrap_or(0);
+        if actual != expected {
+            return Err(Error::Conflict { key: key.clone(), expected, current: actual });
+        }
+    }
+    Ok(current)
+}
+
+fn encode_event(event: &WatchEvent) -> Vec<u8> {
+    let record = serde_json::json!({"type": event.event_type, "key": event.key.encode(), "object": &*event.object});
+    serde_json::to_vec(&record).expect("a JSON value always serializes")
+}
+
+fn decode_event(revision: u64, bytes: &[u8]) -> Result<WatchEvent> {
+    #[derive(serde::Deserialize)]
+    struct Record {
+        #[serde(rename = "type")]
+        event_type: EventType,
+        key: String,
+        object: Value,
+    }
+    let record: Record = serde_json::from_slice(bytes).map_err(backend)?;
+    let key = ObjectKey::decode(&record.key)
+        .ok_or_else(|| Error::Backend(format!("corrupt event key {:?}", record.key)))?;
+    Ok(WatchEvent { event_type: record.event_type, key, revision, object: Arc::new(record.object) })
+}
+
+fn backend(e: impl std::fmt::Display) -> Error {
+    Error::Backend(e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures::StreamExt;
+    use serde_json::json;
+
+    fn pod(name: &str) -> Value {
+        json!({"metadata": {"name": name, "namespace": "default"}})
+    }
+
+    #[tokio::test]
+    async fn create_get_update_delete_with_revisions() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = RedbStore::open(&dir.path().join("db")).unwrap();
+        let key = ObjectKey::new("pods", "default", "a");
+        let created = store.create(key.clone(), pod("a")).await.unwrap();
+        assert_eq!(revision_of(&created), Some(1));
+        assert!(matches!(store.create(key.clone(), pod("a")).await, Err(Error::AlreadyExists(_))));
+        let stale = store.update(key.clone(), pod("a"), Some(7)).await;
+        assert!(matches!(stale, Err(Error::Conflict { expected: 7, current: 1, .. })));
+        let updated = store.update(key.clone(), pod("a"), Some(1)).await.unwrap();
+        assert_eq!(revision_of(&updated), Some(2));
+        assert_eq!(revision_of(&store.get(&key).unwrap().unwrap()), Some(2));
+        let deleted = store.delete(key.clone(), None).await.unwrap();
+        assert_eq!(revision_of(&deleted), Some(3));
+        assert!(store.get(&key).unwrap().is_none());
+        assert_eq!(store.revision(), 3);
+    }
+
+    #[tokio::test]
+    async fn list_is_scoped_by_resource_and_namespace() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = RedbStore::open(&dir.path().join("db")).unwrap();
+        store.create(ObjectKey::new("pods", "default", "a"), pod("a")).await.unwrap();
+        store.create(ObjectKey::new("pods", "other", "b"), pod("b")).await.unwrap();
+        store.create(ObjectKey::new("podsx", "default", "c"), pod("c")).await.unwrap();
+        assert_eq!(store.list("pods", None).unwrap().objects.len(), 2);
+        assert_eq!(store.list("pods", Some("default")).unwrap().objects.len(), 1);
+        assert_eq!(store.list("pods", Some("default")).unwrap().revision, 3);
+    }
+
+    #[tokio::test]
+    async fn watch_replays_the_log_then_follows_live() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = RedbStore::open(&dir.path().join("db")).unwrap();
+        for name in ["a", "b", "c"] {
+            store.create(ObjectKey::new("pods", "default", name), pod(name)).await.unwrap();
+        }
+        let mut watch = store.watch("pods", Some("default"), 1).unwrap();
+        store.delete(ObjectKey::new("pods", "default", "a"), None).await.unwrap();
+        let mut seen = Vec::new();
+        for _ in 0..3 {
+            let event = watch.next().await.unwrap().unwrap();
+            seen.push((event.event_type, event.key.name.clone(), event.revision));
+        }
+        assert_eq!(
+            seen,
+            vec![
+                (EventType::Added, "b".into(), 2),
+                (EventType::Added, "c".into(), 3),
+                (EventType::Deleted, "a".into(), 4)
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn data_survives_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db");
+        {
+            let store = RedbStore::open(&path).unwrap();
+            store.create(ObjectKey::new("pods", "default", "a"), pod("a")).await.unwrap();
+        }
+        // The writer thread holds the database until its queue closes; wait for it.
+        let store = loop {
+            match RedbStore::open(&path) {
+                Ok(store) => break store,
+                Err(_) => tokio::time::sleep(std::time::Duration::from_millis(20)).await,
+            }
+        };
+        assert!(store.get(&ObjectKey::new("pods", "default", "a")).unwrap().is_some());
+        assert_eq!(store.revision(), 1);
+        let mut watch = store.watch("pods", None, 0).unwrap();
+        assert_eq!(watch.next().await.unwrap().unwrap().key.name, "a");
+    }
+}
