@@ -9,7 +9,7 @@
 //! Nothing in this crate knows about wasmtime.
 
 pub mod api;
-//pub mod client;
-//pub mod scheduler;
-//pub mod server;
+pub mod client;
+pub mod scheduler;
+pub mod server;
 pub mod store;

@@ -1,0 +1,170 @@
+//! The typed client everything talks to the API through: the scheduler, controllers, node
+//! agents, the CLI and tests. One interface, two transports: in-process (the API server's
+//! router called directly, used by `shoal dev`) and HTTP (a separate `shoal server`), so one
+//! code path serves both (DESIGN.md §2).
+
+mod api;
+mod watcher;
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::Router;
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::BodyExt;
+use hyper_util::client::legacy::connect::HttpConnector;
+use serde_json::Value;
+use tower::ServiceExt;
+
+pub use api::{Api, DeleteParams, ListParams, ObjectList, WatchEvent};
+pub use watcher::{watcher, WatcherEvent};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The server answered with a Status error.
+    #[error("{message} ({code} {reason})")]
+    Api { code: u16, reason: String, message: String },
+    #[error("cannot reach the API server: {0}")]
+    Transport(String),
+    #[error("unexpected answer from the API server: {0}")]
+    Decode(String),
+}
+
+impl Error {
+    pub fn code(&self) -> Option<u16> {
+        match self {
+            Self::Api { code, .. } => Some(*code),
+            _ => None,
+        }
+    }
+
+    pub fn is_not_found(&self) -> bool {
+        self.code() == Some(404)
+    }
+
+    pub fn is_conflict(&self) -> bool {
+        self.code() == Some(409)
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[derive(Clone)]
+enum Transport {
+    InProcess(Router),
+    Http { base: String, http: hyper_util::client::legacy::Client<HttpConnector, Body> },
+}
+
+/// A handle on the API; cheap to clone.
+#[derive(Clone)]
+pub struct Client {
+    transport: Arc<Transport>,
+}
+
+impl Client {
+    /// A client that calls the API server's router in this process, with no socket.
+    pub fn in_process(router: Router) -> Self {
+        Self { transport: Arc::new(Transport::InProcess(router)) }
+    }
+
+    /// A client for the API server at `base_url` (such as `http://127.0.0.1:6443`).
+    pub fn http(base_url: &str) -> Self {
+        let http = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http();
+        Self { transport: Arc::new(Transport::Http { base: base_url.trim_end_matches('/').to_string(), http }) }
+    }
+
+    /// Typed access to resources of kind `K`, in `namespace` (ignored for cluster-scoped kinds;
+    /// `None` means all namespaces for lists and watches).
+    pub fn api<K>(&self, namespace: Option<&str>) -> Api<K> {
+        Api::new(self.clone(), namespace)
+    }
+
+    /// Sends a request whose URI is a path (`/api/v1/pods`) and returns the raw response.
+    pub async fn send(&self, request: Request<Body>) -> Result<Response<Body>> {
+        match &*self.transport {
+            Transport::InProcess(router) => {
+                router.clone().oneshot(request).await.map_err(|e| Error::Transport(e.to_string()))
+            }
+            Transport::Http { base, http } => {
+                let (mut parts, body) = request.into_parts();
+                let path = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+                parts.uri = format!("{base}{path}").parse().map_err(|e| Error::Transport(format!("bad URL: {e}")))?;
+                let response = http
+                    .request(Request::from_parts(parts, body))
+                    .await
+                    .map_err(|e| Error::Transport(format!("{base}: {e}")))?;
+                Ok(response.map(Body::new))
+            }
+        }
+    }
+
+    /// Sends a JSON request and decodes the JSON answer, turning error statuses into [`Error::Api`].
+    pub async fn json(&self, method: Method, path: &str, content_type: &str, body: Option<&Value>) -> Result<Value> {
+        let body = match body {
+            Some(value) => Body::from(serde_json::to_vec(value).map_err(|e| Error::Decode(e.to_string()))?),
+            None => Body::empty(),
+        };
+        let request = Request::builder()
+            .method(method)
+            .uri(path)
+            .header(http::header::CONTENT_TYPE, content_type)
+            .header(http::header::ACCEPT, "application/json")
+            .body(body)
+            .map_err(|e| Error::Transport(e.to_string()))?;
+        let response = self.send(request).await?;
+        let status = response.status();
+        let bytes = response
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| Error::Transport(e.to_string()))?
+            .to_bytes();
+        if !status.is_success() {
+            return Err(status_error(status, &bytes));
+        }
+        serde_json::from_slice(&bytes).map_err(|e| Error::Decode(format!("{e}: {}", String::from_utf8_lossy(&bytes))))
+    }
+
+    /// Streams a container's log (`follow` keeps it open while the container runs).
+    pub async fn pod_logs(&self, namespace: &str, pod: &str, container: Option<&str>, follow: bool) -> Result<Body> {
+        let mut path = format!("/api/v1/namespaces/{namespace}/pods/{pod}/log?follow={follow}");
+        if let Some(container) = container {
+            path.push_str(&format!("&container={container}"));
+        }
+        let request = Request::get(path).body(Body::empty()).map_err(|e| Error::Transport(e.to_string()))?;
+        let response = self.send(request).await?;
+        if !response.status().is_success() {
+            let status = response.status();
+            let bytes = response.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+            return Err(status_error(status, &bytes));
+        }
+        Ok(response.into_body())
+    }
+
+    /// Binds a pending pod to a node through `pods/binding`.
+    pub async fn bind_pod(&self, namespace: &str, pod: &str, node: &str) -> Result<()> {
+        let binding = serde_json::json!({
+            "apiVersion": "v1", "kind": "Binding",
+            "metadata": {"name": pod, "namespace": namespace},
+            "target": {"apiVersion": "v1", "kind": "Node", "name": node},
+        });
+        let path = format!("/api/v1/namespaces/{namespace}/pods/{pod}/binding");
+        self.json(Method::POST, &path, "application/json", Some(&binding)).await.map(|_| ())
+    }
+}
+
+/// Decodes an error answer: a Status body when there is one, else the text.
+pub(crate) fn status_error(status: StatusCode, bytes: &[u8]) -> Error {
+    match serde_json::from_slice::<Value>(bytes) {
+        Ok(value) if value["kind"] == "Status" => Error::Api {
+            code: value["code"].as_u64().unwrap_or(status.as_u16() as u64) as u16,
+            reason: value["reason"].as_str().unwrap_or("").to_string(),
+            message: value["message"].as_str().unwrap_or("").to_string(),
+        },
+        _ => Error::Api {
+            code: status.as_u16(),
+            reason: status.canonical_reason().unwrap_or("").to_string(),
+            message: String::from_utf8_lossy(bytes).trim().to_string(),
+        },
+    }
+}

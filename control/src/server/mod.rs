@@ -1,0 +1,114 @@
+//! The Kubernetes-compatible REST server (axum).
+//!
+//! Admission is one fixed chain for every resource (DESIGN.md §3.4): decode -> defaults ->
+//! validation -> store. Status is written only through `/status`, spec only through the main
+//! resource. Routing of resource URLs is by [`path::parse`], so one handler serves every
+//! resource; kind-specific rules live in `api` and in the few modules here named for a kind.
+
+mod discovery;
+pub mod error;
+mod namespaces;
+mod path;
+mod pods;
+mod query;
+mod resource;
+mod watch;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, Method, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use http::header::CONTENT_TYPE;
+use hyper_util::client::legacy::connect::HttpConnector;
+
+use crate::store::Store;
+pub use error::ApiError;
+
+/// The HTTP client the server uses to reach node agents (logs, later the pod proxy).
+pub type AgentClient = hyper_util::client::legacy::Client<HttpConnector, Body>;
+
+/// Shared state of the API server.
+pub struct ApiServer {
+    store: Arc<dyn Store>,
+    agents: AgentClient,
+}
+
+impl ApiServer {
+    /// Builds the server over `store`, making sure the namespaces every cluster has exist.
+    pub async fn new(store: Arc<dyn Store>) -> anyhow::Result<Arc<Self>> {
+        let agents = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http();
+        let server = Arc::new(Self { store, agents });
+        namespaces::ensure_system_namespaces(&server).await?;
+        namespaces::resume_terminations(&server);
+        Ok(server)
+    }
+
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    /// The axum router serving the whole API.
+    pub fn router(self: &Arc<Self>) -> Router {
+        Router::new()
+            .route("/version", get(|| async { Json(discovery::version()) }))
+            .route("/healthz", get(|| async { "ok" }))
+            .route("/readyz", get(|| async { "ok" }))
+            .route("/livez", get(|| async { "ok" }))
+            .route("/api", get(|headers: HeaderMap| async move { discovery::root(&headers, true) }))
+            .route("/apis", get(|headers: HeaderMap| async move { discovery::root(&headers, false) }))
+            .route("/api/{version}", get(|Path(version): Path<String>| async move { resource_list("", &version) }))
+            .route(
+                "/apis/{group}/{version}",
+                get(|Path((group, version)): Path<(String, String)>| async move { resource_list(&group, &version) }),
+            )
+            .route("/openapi/v3", get(|| async { Json(discovery::openapi_root()) }))
+            .route(
+                "/openapi/v3/{*path}",
+                get(|Path(path): Path<String>| async move {
+                    discovery::openapi_group_version(&path).map(Json).ok_or(ApiError::NoRoute)
+                }),
+            )
+            .fallback(handle_resource)
+            .with_state(self.clone())
+    }
+}
+
+fn resource_list(group: &str, version: &str) -> Result<Json<serde_json::Value>, ApiError> {
+    discovery::resource_list(group, version).map(Json).ok_or(ApiError::NoRoute)
+}
+
+async fn handle_resource(
+    State(server): State<Arc<ApiServer>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let request = resource::Request::new(&method, &uri, &headers, body);
+    match request {
+        Ok(request) => server.serve(request).await.unwrap_or_else(IntoResponse::into_response),
+        Err(e) => e.into_response(),
+    }
+}
+
+/// A JSON response with `code`.
+pub(crate) fn json_response(code: http::StatusCode, body: &serde_json::Value) -> Response {
+    let bytes = serde_json::to_vec(body).expect("a JSON value always serializes");
+    (code, [(CONTENT_TYPE, "application/json")], bytes).into_response()
+}
+
+/// Serves `router` on `listener` until `shutdown` resolves.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    router: Router,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>())
+        .with_graceful_shutdown(shutdown)
+        .await
+}

@@ -1,0 +1,175 @@
+//! Pod-specific API behaviour: creation resets the status, `binding` assigns a node,
+//! deletion of a bound pod is graceful (the node agent stops it and finishes the deletion),
+//! and `log` is answered by the agent that runs the pod.
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::response::{IntoResponse, Response};
+use http::header::CONTENT_TYPE;
+use http::StatusCode;
+use http_body_util::BodyExt;
+use serde_json::{json, Value};
+
+use super::error::{ApiError, Result};
+use super::resource::Request;
+use super::{json_response, ApiServer};
+use crate::api::object;
+use crate::store::{revision_of, ObjectKey};
+
+/// A new pod starts Pending with no observed state, whatever the client sent.
+pub fn prepare_create(pod: &mut Value) {
+    let qos = pod.pointer("/status/qosClass").cloned().unwrap_or(json!("BestEffort"));
+    object::set_at(pod, "/status", json!({"phase": "Pending", "qosClass": qos}));
+}
+
+/// `POST pods/{name}/binding`: sets `spec.nodeName` once, and the PodScheduled condition.
+pub async fn bind(server: &Arc<ApiServer>, request: &Request) -> Result<Response> {
+    let binding = request.decode_body()?;
+    let node = object::str_at(&binding, "/target/name").to_string();
+    if node.is_empty() {
+        return Err(ApiError::Invalid {
+            kind: "Binding".into(),
+            name: request.name().into(),
+            causes: vec![crate::api::validation::Cause::required("target.name")],
+        });
+    }
+    for _attempt in 0..16 {
+        let pod = server.get_object(&request.key())?;
+        let current = object::str_at(&pod, "/spec/nodeName");
+        if !current.is_empty() {
+            return Err(ApiError::Conflict {
+                resource: "pods".into(),
+                name: request.name().into(),
+                why: format!("pod {} is already assigned to node {current:?}", request.name()),
+            });
+        }
+        if pod.pointer("/metadata/deletionTimestamp").is_some() {
+            return Err(ApiError::Conflict { resource: "pods".into(), name: request.name().into(), why: "the pod is being deleted".into() });
+        }
+        let mut bound = pod.clone();
+        object::set_at(&mut bound, "/spec/nodeName", json!(node));
+        let condition = json!({"type": "PodScheduled", "status": "True", "lastTransitionTime": object::now_rfc3339()});
+        let conditions = bound.pointer_mut("/status/conditions").and_then(Value::as_array_mut);
+        match conditions {
+            Some(list) => {
+                list.retain(|c| c["type"] != "PodScheduled");
+                list.push(condition);
+            }
+            None => object::set_at(&mut bound, "/status/conditions", json!([condition])),
+        }
+        match server.store.update(request.key(), bound, revision_of(&pod)).await {
+            Ok(_) => {
+                let status = json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201});
+                return Ok(json_response(StatusCode::CREATED, &status));
+            }
+            Err(crate::store::Error::Conflict { .. }) => continue,
+            Err(e) => return Err(ApiError::from_store(e, "pods", request.name())),
+        }
+    }
+    Err(ApiError::Conflict { resource: "pods".into(), name: request.name().into(), why: "too many concurrent writers".into() })
+}
+
+/// Deletes a pod: at once when it is not on a node or the grace period is zero; otherwise it
+/// is marked with a deletion timestamp and its agent stops it and removes it.
+pub async fn delete(
+    server: &Arc<ApiServer>,
+    request: &Request,
+    pod: Value,
+    grace: Option<i64>,
+    precondition: Option<u64>,
+) -> Result<Response> {
+    let bound = !object::str_at(&pod, "/spec/nodeName").is_empty();
+    if !bound || grace == Some(0) {
+        return server.delete_now(request, precondition).await;
+    }
+    let stored = mark_for_deletion(server, request.key(), pod, grace).await?;
+    Ok(json_response(StatusCode::OK, &stored))
+}
+
+/// Sets `deletionTimestamp` (now + grace) and `deletionGracePeriodSeconds`; a later delete
+/// can only shorten the grace period.
+pub async fn mark_for_deletion(server: &ApiServer, key: ObjectKey, pod: Value, grace: Option<i64>) -> Result<Value> {
+    let default_grace = pod.pointer("/spec/terminationGracePeriodSeconds").and_then(Value::as_i64).unwrap_or(30);
+    let grace = grace.unwrap_or(default_grace).max(0);
+    let existing = pod.pointer("/metadata/deletionGracePeriodSeconds").and_then(Value::as_i64);
+    if existing.is_some_and(|e| e <= grace) {
+        return Ok(pod);
+    }
+    let mut marked = pod.clone();
+    let deadline = chrono::Utc::now() + chrono::Duration::seconds(grace);
+    let meta = object::metadata_mut(&mut marked);
+    meta.insert("deletionTimestamp".into(), json!(deadline.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)));
+    meta.insert("deletionGracePeriodSeconds".into(), json!(grace));
+    let name = key.name.clone();
+    server.store.update(key, marked, revision_of(&pod)).await.map_err(|e| ApiError::from_store(e, "pods", &name))
+}
+
+/// `GET pods/{name}/log`: streams the container's log from the agent of the pod's node.
+pub async fn log(server: &Arc<ApiServer>, request: &Request) -> Result<Response> {
+    let pod = server.get_object(&request.key())?;
+    let name = request.name();
+    let mut containers = Vec::new();
+    for list in ["initContainers", "containers"] {
+        for c in pod.pointer(&format!("/spec/{list}")).and_then(Value::as_array).into_iter().flatten() {
+            containers.push(object::str_at(c, "/name").to_string());
+        }
+    }
+    let default = pod
+        .pointer("/spec/containers/0/name")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_string();
+    let container = request.query.get("container").map(str::to_string).unwrap_or(default);
+    if !containers.contains(&container) {
+        return Err(ApiError::BadRequest(format!("container {container} is not valid for pod {name}")));
+    }
+    let node_name = object::str_at(&pod, "/spec/nodeName");
+    if node_name.is_empty() {
+        return Err(ApiError::BadRequest(format!(
+            "container \"{container}\" in pod \"{name}\" is waiting to start: the pod is not yet scheduled to a node"
+        )));
+    }
+    let node = server.get_object(&ObjectKey::new("nodes", "", node_name))?;
+    let endpoint = agent_endpoint(&node)
+        .ok_or_else(|| ApiError::Internal(format!("node {node_name} publishes no agent endpoint")))?;
+    let query = {
+        let mut query = url::form_urlencoded::Serializer::new(String::new());
+        for key in ["follow", "tailLines", "timestamps", "previous", "limitBytes", "sinceSeconds", "sinceTime"] {
+            if let Some(value) = request.query.get(key) {
+                query.append_pair(key, value);
+            }
+        }
+        query.finish()
+    };
+    let url = format!("http://{endpoint}/containerLogs/{}/{name}/{container}?{query}", request.namespace());
+    let uri: http::Uri = url.parse().map_err(|e| ApiError::Internal(format!("bad agent URL {url}: {e}")))?;
+    let answer = server
+        .agents
+        .get(uri)
+        .await
+        .map_err(|e| ApiError::Internal(format!("cannot reach the agent of node {node_name} at {endpoint}: {e}")))?;
+    if answer.status() != StatusCode::OK {
+        let code = answer.status();
+        let text = answer.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+        let message = String::from_utf8_lossy(&text).trim().to_string();
+        return Err(if code == StatusCode::NOT_FOUND {
+            ApiError::BadRequest(message)
+        } else {
+            ApiError::Internal(format!("agent of node {node_name}: {message}"))
+        });
+    }
+    Ok(([(CONTENT_TYPE, "text/plain")], Body::new(answer.into_body())).into_response())
+}
+
+/// `host:port` of a node's agent, from its InternalIP and kubelet endpoint port.
+pub fn agent_endpoint(node: &Value) -> Option<String> {
+    let port = node.pointer("/status/daemonEndpoints/kubeletEndpoint/Port").and_then(Value::as_i64)?;
+    let address = node
+        .pointer("/status/addresses")
+        .and_then(Value::as_array)?
+        .iter()
+        .find(|a| a["type"] == "InternalIP")
+        .map(|a| object::str_at(a, "/address").to_string())?;
+    Some(format!("{address}:{port}"))
+}

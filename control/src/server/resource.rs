@@ -1,0 +1,403 @@
+//! Requests on resource URLs: create, get, list, replace, patch, delete, and the dispatch to
+//! watch and to the subresources. One code path for every resource; objects are JSON.
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::response::Response;
+use http::header::{ACCEPT, CONTENT_TYPE};
+use http::{HeaderMap, Method, StatusCode, Uri};
+use serde_json::{json, Value};
+
+use super::error::{ApiError, Result};
+use super::path::{self, ResourcePath};
+use super::query::Query;
+use super::{json_response, namespaces, pods, ApiServer};
+use crate::api::resources::ResourceInfo;
+use crate::api::{defaults, object, patch, table, validation};
+use crate::store::{revision_of, ObjectKey};
+
+/// A decoded request on a resource URL.
+pub struct Request {
+    pub method: Method,
+    pub path: ResourcePath,
+    pub query: Query,
+    pub body: Bytes,
+    pub content_type: String,
+    pub wants_table: bool,
+}
+
+impl Request {
+    pub fn new(method: &Method, uri: &Uri, headers: &HeaderMap, body: Bytes) -> Result<Self> {
+        let path = path::parse(uri.path()).map_err(|_| ApiError::NoRoute)?;
+        let header = |name| headers.get(name).and_then(|v: &http::HeaderValue| v.to_str().ok()).unwrap_or("");
+        Ok(Self {
+            method: method.clone(),
+            path,
+            query: Query::parse(uri.query()),
+            body,
+            content_type: header(CONTENT_TYPE).to_ascii_lowercase(),
+            wants_table: header(ACCEPT).contains("as=Table"),
+        })
+    }
+
+    pub fn resource(&self) -> &'static ResourceInfo {
+        self.path.resource
+    }
+
+    /// The object name from the URL; handlers for item URLs call this.
+    pub fn name(&self) -> &str {
+        self.path.name.as_deref().unwrap_or("")
+    }
+
+    /// The namespace an item lives in: the URL's, or empty for cluster-scoped resources.
+    pub fn namespace(&self) -> &str {
+        self.path.namespace.as_deref().unwrap_or("")
+    }
+
+    pub fn key(&self) -> ObjectKey {
+        ObjectKey::new(&self.resource().store_name(), self.namespace(), self.name())
+    }
+
+    /// Decodes the body as a JSON (or YAML) object.
+    pub fn decode_body(&self) -> Result<Value> {
+        if self.content_type.contains("protobuf") {
+            return Err(ApiError::UnsupportedMediaType(
+                "protobuf request bodies are not supported; send application/json (for `kubectl create <generator>`, use `--dry-run=client -o yaml | kubectl apply -f -`)".into(),
+            ));
+        }
+        let value: Value = if self.content_type.contains("yaml") {
+            serde_yaml::from_slice(&self.body).map_err(|e| ApiError::BadRequest(format!("the request body is not valid YAML: {e}")))?
+        } else {
+            serde_json::from_slice(&self.body).map_err(|e| ApiError::BadRequest(format!("the request body is not valid JSON: {e}")))?
+        };
+        if !value.is_object() {
+            return Err(ApiError::BadRequest("the request body must be a JSON object".into()));
+        }
+        Ok(value)
+    }
+}
+
+impl ApiServer {
+    pub(super) async fn serve(self: &Arc<Self>, request: Request) -> Result<Response> {
+        let has_name = request.path.name.is_some();
+        let sub = request.path.subresource.clone();
+        match (&request.method, has_name, sub.as_deref()) {
+            (&Method::GET, false, _) if request.query.flag("watch") => self.watch(&request),
+            (&Method::GET, false, _) => self.list(&request),
+            (&Method::GET, true, Some("log")) => pods::log(self, &request).await,
+            (&Method::GET, true, _) => {
+                let object = self.get_object(&request.key())?;
+                Ok(self.respond_object(&request, StatusCode::OK, &object))
+            }
+            (&Method::POST, false, _) => self.create(&request).await,
+            (&Method::POST, true, Some("binding")) => pods::bind(self, &request).await,
+            (&Method::PUT, true, None | Some("status")) => self.replace(&request).await,
+            (&Method::PATCH, true, None | Some("status")) => self.patch(&request).await,
+            (&Method::DELETE, true, None) => self.delete(&request).await,
+            (method, _, _) => Err(ApiError::MethodNotAllowed(format!("{method} {}", request.resource().plural))),
+        }
+    }
+
+    pub(super) fn get_object(&self, key: &ObjectKey) -> Result<Value> {
+        let resource = resource_for_store_name(&key.resource);
+        match self.store.get(key) {
+            Ok(Some(object)) => Ok(object),
+            Ok(None) => Err(ApiError::NotFound { resource, name: key.name.clone() }),
+            Err(e) => Err(ApiError::from_store(e, &resource, &key.name)),
+        }
+    }
+
+    fn list(&self, request: &Request) -> Result<Response> {
+        let resource = request.resource();
+        let labels = request.query.label_selector()?;
+        let fields = request.query.field_selector()?;
+        let listing = self
+            .store
+            .list(&resource.store_name(), request.path.namespace.as_deref())
+            .map_err(|e| ApiError::from_store(e, &resource.qualified_plural(), ""))?;
+        let items: Vec<&Value> = listing.objects.iter().filter(|o| labels.matches_object(o) && fields.matches(o)).collect();
+        if request.wants_table {
+            let include_object = request.query.get("includeObject") == Some("Object");
+            return Ok(json_response(StatusCode::OK, &table::render(resource.kind, &items, listing.revision, include_object)));
+        }
+        let body = json!({
+            "kind": format!("{}List", resource.kind),
+            "apiVersion": resource.api_version(),
+            "metadata": {"resourceVersion": listing.revision.to_string()},
+            "items": items,
+        });
+        Ok(json_response(StatusCode::OK, &body))
+    }
+
+    pub(super) fn respond_object(&self, request: &Request, code: StatusCode, object: &Value) -> Response {
+        if request.wants_table {
+            let revision = revision_of(object).unwrap_or(0);
+            return json_response(code, &table::render(request.resource().kind, &[object], revision, false));
+        }
+        json_response(code, object)
+    }
+
+    async fn create(self: &Arc<Self>, request: &Request) -> Result<Response> {
+        let resource = request.resource();
+        let mut object = request.decode_body()?;
+        check_type(resource, &object)?;
+        let namespace = request.path.namespace.clone().unwrap_or_default();
+        if resource.namespaced {
+            let in_body = object::namespace(&object);
+            if !in_body.is_empty() && in_body != namespace {
+                return Err(ApiError::BadRequest(format!(
+                    "the namespace of the provided object ({in_body}) does not match the namespace sent on the request ({namespace})"
+                )));
+            }
+            object::metadata_mut(&mut object).insert("namespace".into(), Value::String(namespace.clone()));
+            namespaces::check_accepts_content(self, &namespace)?;
+        } else {
+            object::metadata_mut(&mut object).remove("namespace");
+        }
+        defaults::on_create(resource, &mut object);
+        match resource.kind {
+            "Pod" => pods::prepare_create(&mut object),
+            "Node" => self.assign_pod_cidr(&mut object)?,
+            _ => {}
+        }
+        let name = object::name(&object).to_string();
+        let causes = validation::validate(resource.kind, &object);
+        if !causes.is_empty() {
+            return Err(ApiError::Invalid { kind: resource.kind.into(), name, causes });
+        }
+        if request.query.dry_run() {
+            return Ok(self.respond_object(request, StatusCode::CREATED, &object));
+        }
+        let key = ObjectKey::new(&resource.store_name(), &namespace, &name);
+        let stored = self
+            .store
+            .create(key, object)
+            .await
+            .map_err(|e| ApiError::from_store(e, &resource.qualified_plural(), &name))?;
+        Ok(self.respond_object(request, StatusCode::CREATED, &stored))
+    }
+
+    async fn replace(self: &Arc<Self>, request: &Request) -> Result<Response> {
+        let new = request.decode_body()?;
+        check_type(request.resource(), &new)?;
+        let body_name = object::name(&new);
+        if !body_name.is_empty() && body_name != request.name() {
+            return Err(ApiError::BadRequest(format!(
+                "the name of the object ({body_name}) does not match the name on the URL ({})",
+                request.name()
+            )));
+        }
+        let precondition = revision_of(&new);
+        let current = self.get_object(&request.key())?;
+        let merged = prepare_update(request, &current, new)?;
+        self.commit_update(request, merged, precondition.or(revision_of(&current))).await
+    }
+
+    async fn patch(self: &Arc<Self>, request: &Request) -> Result<Response> {
+        let patch_body: Value = serde_json::from_slice(&request.body)
+            .or_else(|_| serde_yaml::from_slice(&request.body))
+            .map_err(|e| ApiError::BadRequest(format!("the patch is not valid JSON or YAML: {e}")))?;
+        let server_side_apply = request.content_type.contains("apply-patch");
+        for _attempt in 0..16 {
+            let current = match self.get_object(&request.key()) {
+                Err(ApiError::NotFound { .. }) if server_side_apply && request.path.subresource.is_none() => {
+                    let create = Request { body: Bytes::from(patch_body.to_string()), content_type: "application/json".into(), ..clone_request(request) };
+                    return self.create(&create).await;
+                }
+                other => other?,
+            };
+            let mut patched = current.clone();
+            let content_type = request.content_type.as_str();
+            if content_type.contains("json-patch") {
+                patch::json_patch(&mut patched, &patch_body).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+            } else if content_type.contains("strategic-merge-patch") {
+                patch::strategic_merge_patch(&mut patched, &patch_body);
+            } else if content_type.contains("merge-patch") || server_side_apply {
+                patch::merge_patch(&mut patched, &patch_body);
+            } else {
+                return Err(ApiError::UnsupportedMediaType(format!(
+                    "the body of the request was in an unknown format {content_type:?}; accepted: application/json-patch+json, application/merge-patch+json, application/strategic-merge-patch+json, application/apply-patch+yaml"
+                )));
+            }
+            let merged = prepare_update(request, &current, patched)?;
+            match self.commit_update(request, merged, revision_of(&current)).await {
+                Err(ApiError::Conflict { .. }) => continue,
+                other => return other,
+            }
+        }
+        Err(ApiError::Conflict {
+            resource: request.resource().qualified_plural(),
+            name: request.name().into(),
+            why: "too many concurrent writers".into(),
+        })
+    }
+
+    async fn commit_update(self: &Arc<Self>, request: &Request, object: Value, precondition: Option<u64>) -> Result<Response> {
+        if request.query.dry_run() {
+            return Ok(self.respond_object(request, StatusCode::OK, &object));
+        }
+        let resource = request.resource();
+        let stored = self
+            .store
+            .update(request.key(), object, precondition)
+            .await
+            .map_err(|e| ApiError::from_store(e, &resource.qualified_plural(), request.name()))?;
+        // An object marked for deletion goes once its last finalizer is removed. Pods are
+        // the exception: their node agent finishes their deletion.
+        let finalizers = stored.pointer("/metadata/finalizers").and_then(Value::as_array).map_or(0, Vec::len);
+        let marked = stored.pointer("/metadata/deletionTimestamp").is_some_and(|t| !t.is_null());
+        if marked && finalizers == 0 && resource.kind != "Pod" && resource.kind != "Namespace" {
+            let _ = self.store.delete(request.key(), revision_of(&stored)).await;
+        }
+        Ok(self.respond_object(request, StatusCode::OK, &stored))
+    }
+
+    async fn delete(self: &Arc<Self>, request: &Request) -> Result<Response> {
+        let options: Value = if request.body.is_empty() {
+            json!({})
+        } else {
+            serde_json::from_slice(&request.body).map_err(|e| ApiError::BadRequest(format!("invalid DeleteOptions: {e}")))?
+        };
+        let grace = match options.get("gracePeriodSeconds").and_then(Value::as_i64) {
+            Some(g) => Some(g),
+            None => request.query.number("gracePeriodSeconds")?,
+        };
+        let current = self.get_object(&request.key())?;
+        if let Some(uid) = options.pointer("/preconditions/uid").and_then(Value::as_str) {
+            if uid != object::uid(&current) {
+                return Err(ApiError::Conflict {
+                    resource: request.resource().qualified_plural(),
+                    name: request.name().into(),
+                    why: format!("Precondition failed: UID in precondition: {uid}, UID in object meta: {}", object::uid(&current)),
+                });
+            }
+        }
+        let precondition = options
+            .pointer("/preconditions/resourceVersion")
+            .and_then(Value::as_str)
+            .and_then(|v| v.parse().ok());
+        if request.query.dry_run() {
+            return Ok(json_response(StatusCode::OK, &current));
+        }
+        match request.resource().kind {
+            "Pod" => return pods::delete(self, request, current, grace, precondition).await,
+            "Namespace" => return namespaces::delete(self, request, current).await,
+            _ => {}
+        }
+        let has_finalizers = current.pointer("/metadata/finalizers").and_then(Value::as_array).is_some_and(|f| !f.is_empty());
+        if has_finalizers {
+            let mut marked = current.clone();
+            if marked.pointer("/metadata/deletionTimestamp").is_none() {
+                object::metadata_mut(&mut marked).insert("deletionTimestamp".into(), json!(object::now_rfc3339()));
+            }
+            return self.commit_update(request, marked, revision_of(&current)).await;
+        }
+        self.delete_now(request, precondition).await
+    }
+
+    /// Removes an object from the store at once and answers with its last state.
+    pub(super) async fn delete_now(&self, request: &Request, precondition: Option<u64>) -> Result<Response> {
+        let deleted = self
+            .store
+            .delete(request.key(), precondition)
+            .await
+            .map_err(|e| ApiError::from_store(e, &request.resource().qualified_plural(), request.name()))?;
+        Ok(json_response(StatusCode::OK, &deleted))
+    }
+
+    /// Gives a new Node the first free /24 of 10.244.0.0/16 as its pod CIDR.
+    fn assign_pod_cidr(&self, node: &mut Value) -> Result<()> {
+        if node.pointer("/spec/podCIDR").and_then(Value::as_str).is_some_and(|c| !c.is_empty()) {
+            return Ok(());
+        }
+        let nodes = self.store.list("nodes", None).map_err(|e| ApiError::from_store(e, "nodes", ""))?;
+        let taken: Vec<&str> = nodes.objects.iter().filter_map(|n| n.pointer("/spec/podCIDR")?.as_str()).collect();
+        let index = (0..=255).find(|i| !taken.contains(&format!("10.244.{i}.0/24").as_str()));
+        let index = index.ok_or_else(|| ApiError::Forbidden("no free pod CIDR left in 10.244.0.0/16".into()))?;
+        let cidr = format!("10.244.{index}.0/24");
+        object::set_at(node, "/spec/podCIDR", json!(cidr));
+        object::set_at(node, "/spec/podCIDRs", json!([cidr]));
+        Ok(())
+    }
+}
+
+fn clone_request(request: &Request) -> Request {
+    Request {
+        method: request.method.clone(),
+        path: ResourcePath {
+            resource: request.path.resource,
+            namespace: request.path.namespace.clone(),
+            name: request.path.name.clone(),
+            subresource: request.path.subresource.clone(),
+        },
+        query: Query::parse(None),
+        body: request.body.clone(),
+        content_type: request.content_type.clone(),
+        wants_table: request.wants_table,
+    }
+}
+
+/// The qualified resource name (for messages) of a store resource name.
+fn resource_for_store_name(store_name: &str) -> String {
+    store_name.to_string()
+}
+
+/// Rejects a body whose `apiVersion`/`kind` name another resource than the URL.
+fn check_type(resource: &ResourceInfo, object: &Value) -> Result<()> {
+    let kind = object::str_at(object, "/kind");
+    let api_version = object::str_at(object, "/apiVersion");
+    if (!kind.is_empty() && kind != resource.kind) || (!api_version.is_empty() && api_version != resource.api_version()) {
+        return Err(ApiError::BadRequest(format!(
+            "the API version in the data ({api_version}) and kind ({kind}) do not match the resource {} ({}, {})",
+            resource.qualified_plural(),
+            resource.api_version(),
+            resource.kind
+        )));
+    }
+    Ok(())
+}
+
+/// Builds the object an update stores: the main resource takes the new spec and metadata but
+/// keeps the status; `/status` takes only the new status. Identity fields never change.
+fn prepare_update(request: &Request, current: &Value, new: Value) -> Result<Value> {
+    let resource = request.resource();
+    let mut merged = if request.path.subresource.as_deref() == Some("status") {
+        let mut merged = current.clone();
+        object::set_at(&mut merged, "/status", new.get("status").cloned().unwrap_or(json!({})));
+        merged
+    } else {
+        let mut merged = new;
+        if resource.has_subresource("status") {
+            match current.get("status") {
+                Some(status) => object::set_at(&mut merged, "/status", status.clone()),
+                None => {
+                    merged.as_object_mut().map(|m| m.remove("status"));
+                }
+            }
+        }
+        let spec_changed = merged.get("spec") != current.get("spec");
+        let generation = current.pointer("/metadata/generation").and_then(Value::as_i64).unwrap_or(1);
+        let meta = object::metadata_mut(&mut merged);
+        meta.insert("generation".into(), json!(if spec_changed { generation + 1 } else { generation }));
+        merged
+    };
+    let meta = object::metadata_mut(&mut merged);
+    for field in ["uid", "creationTimestamp", "deletionTimestamp", "deletionGracePeriodSeconds", "name", "namespace"] {
+        match current.pointer(&format!("/metadata/{field}")) {
+            Some(value) => meta.insert(field.into(), value.clone()),
+            None => meta.remove(field),
+        };
+    }
+    meta.remove("resourceVersion");
+    if let Some(map) = merged.as_object_mut() {
+        map.insert("apiVersion".into(), json!(resource.api_version()));
+        map.insert("kind".into(), json!(resource.kind));
+    }
+    defaults::kind_defaults(resource.kind, &mut merged);
+    let causes = validation::validate_update(resource.kind, current, &merged);
+    if !causes.is_empty() {
+        return Err(ApiError::Invalid { kind: resource.kind.into(), name: request.name().into(), causes });
+    }
+    Ok(merged)
+}

@@ -1,0 +1,98 @@
+//! `?watch=true`: one JSON event per line over a chunked response (kubectl-wire.md §4).
+//! Without a resourceVersion (or with "0") the current objects come first as ADDED events;
+//! with one, only changes after it. A compacted revision answers with an ERROR event (410).
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::response::{IntoResponse, Response};
+use futures::{stream, StreamExt};
+use http::header::CONTENT_TYPE;
+use serde_json::{json, Value};
+
+use super::error::{ApiError, Result};
+use super::resource::Request;
+use super::ApiServer;
+use crate::api::table;
+use crate::store::{self, EventType};
+
+impl ApiServer {
+    pub(super) fn watch(&self, request: &Request) -> Result<Response> {
+        let resource = request.resource();
+        let labels = request.query.label_selector()?;
+        let fields = request.query.field_selector()?;
+        let namespace = request.path.namespace.as_deref();
+        let wants_table = request.wants_table;
+        let encode = Arc::new(move |event_type: &str, object: &Value| -> Bytes {
+            let object = if wants_table {
+                let revision = store::revision_of(object).unwrap_or(0);
+                table::render(resource.kind, &[object], revision, false)
+            } else {
+                object.clone()
+            };
+            let mut line = serde_json::to_vec(&json!({"type": event_type, "object": object})).expect("JSON always serializes");
+            line.push(b'\n');
+            Bytes::from(line)
+        });
+
+        let (initial, since) = match request.query.resource_version()? {
+            Some(revision) => (Vec::new(), revision),
+            None => {
+                let listing = self
+                    .store
+                    .list(&resource.store_name(), namespace)
+                    .map_err(|e| ApiError::from_store(e, &resource.qualified_plural(), ""))?;
+                let added = listing
+                    .objects
+                    .iter()
+                    .filter(|o| labels.matches_object(o) && fields.matches(o))
+                    .map(|o| encode("ADDED", o))
+                    .collect();
+                (added, listing.revision)
+            }
+        };
+        let live = match self.store.watch(&resource.store_name(), namespace, since) {
+            Ok(live) => live,
+            Err(e @ store::Error::Gone { .. }) => {
+                let status = ApiError::from_store(e, &resource.qualified_plural(), "").status();
+                let line = format!("{}\n", json!({"type": "ERROR", "object": status}));
+                return Ok(stream_response(stream::iter([Bytes::from(line)]).boxed()));
+            }
+            Err(e) => return Err(ApiError::from_store(e, &resource.qualified_plural(), "")),
+        };
+        let plural = resource.qualified_plural();
+        let live = live.filter_map(move |event| {
+            let line = match event {
+                Ok(event) if labels.matches_object(&event.object) && fields.matches(&event.object) => {
+                    let event_type = match event.event_type {
+                        EventType::Added => "ADDED",
+                        EventType::Modified => "MODIFIED",
+                        EventType::Deleted => "DELETED",
+                    };
+                    Some(encode(event_type, &event.object))
+                }
+                Ok(_) => None,
+                Err(e) => {
+                    let status = ApiError::from_store(e, &plural, "").status();
+                    Some(Bytes::from(format!("{}\n", json!({"type": "ERROR", "object": status}))))
+                }
+            };
+            futures::future::ready(line)
+        });
+        let events = stream::iter(initial).chain(live);
+        let events = match request.query.number("timeoutSeconds")? {
+            Some(seconds) if seconds > 0 => {
+                events.take_until(tokio::time::sleep(Duration::from_secs(seconds as u64))).boxed()
+            }
+            _ => events.boxed(),
+        };
+        Ok(stream_response(events))
+    }
+}
+
+fn stream_response(events: futures::stream::BoxStream<'static, Bytes>) -> Response {
+    let body = Body::from_stream(events.map(Ok::<_, Infallible>));
+    ([(CONTENT_TYPE, "application/json")], body).into_response()
+}
