@@ -1,0 +1,267 @@
+//! The node agent (DESIGN.md §3.5): registers its Node, renews its Lease, watches the pods
+//! bound to it and runs each through a [`worker::PodWorker`], finishes their deletion, and
+//! serves their logs on its gateway. It talks to the API only through the client.
+
+mod env;
+mod gateway;
+mod logs;
+mod node;
+pub mod status;
+mod worker;
+
+use std::collections::{BTreeSet, HashMap};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use k8s_openapi::api::core::v1::Pod;
+use shoal_control::client::{Client, DeleteParams, ListParams, WatcherEvent};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::engine::{Engine, EngineOptions};
+pub use env::parse_bytes;
+pub use node::{LEASE_DURATION_SECONDS, LEASE_RENEW};
+
+#[derive(Clone, Debug)]
+pub struct AgentConfig {
+    pub node_name: String,
+    /// Where pods' volumes and the compiled-module cache live.
+    pub data_dir: PathBuf,
+    /// The address the gateway listens on (port 0 picks a free one).
+    pub gateway_addr: SocketAddr,
+    /// The pod count the node advertises and sizes its engine for.
+    pub max_pods: u32,
+    /// Memory limit of an instance whose container sets none.
+    pub default_memory_limit: usize,
+}
+
+impl AgentConfig {
+    pub fn new(node_name: &str, data_dir: PathBuf) -> Self {
+        Self {
+            node_name: node_name.into(),
+            data_dir,
+            gateway_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            max_pods: 110,
+            default_memory_limit: 512 << 20,
+        }
+    }
+}
+
+/// What the agent's tasks share.
+pub(crate) struct Shared {
+    client: Client,
+    engine: Arc<Engine>,
+    logs: logs::LogStore,
+    address: String,
+    data_dir: PathBuf,
+    default_memory_limit: usize,
+}
+
+impl Shared {
+    fn pod_dir(&self, uid: &str) -> PathBuf {
+        self.data_dir.join("pods").join(uid)
+    }
+}
+
+/// A running agent; dropping it (or calling [`Agent::shutdown`]) stops everything it runs.
+pub struct Agent {
+    pub node_name: String,
+    pub gateway_addr: SocketAddr,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Agent {
+    pub async fn start(client: Client, config: AgentConfig) -> anyhow::Result<Self> {
+        let engine = Engine::new(&EngineOptions { cache_dir: config.data_dir.join("cache"), max_instances: config.max_pods * 4 })?;
+        let listener = tokio::net::TcpListener::bind(config.gateway_addr).await?;
+        let gateway_addr = listener.local_addr()?;
+        let shared = Arc::new(Shared {
+            client: client.clone(),
+            engine,
+            logs: logs::LogStore::default(),
+            address: gateway_addr.ip().to_string(),
+            data_dir: config.data_dir.clone(),
+            default_memory_limit: config.default_memory_limit,
+        });
+        let identity = node::NodeIdentity {
+            name: config.node_name.clone(),
+            address: shared.address.clone(),
+            gateway_port: gateway_addr.port(),
+            max_pods: config.max_pods,
+        };
+        let node = node::register(&client, &identity).await?;
+        let cidr = node.spec.and_then(|s| s.pod_cidr).unwrap_or_else(|| "10.244.0.0/24".into());
+        let ips = IpPool::new(&cidr)?;
+
+        let gateway = gateway::router(shared.clone());
+        let tasks = vec![
+            tokio::spawn(async move {
+                if let Err(e) = axum::serve(listener, gateway).await {
+                    tracing::error!("agent gateway stopped: {e}");
+                }
+            }),
+            tokio::spawn(node::heartbeat(client.clone(), config.node_name.clone())),
+            tokio::spawn(PodSupervisor::new(shared, ips, config.node_name.clone()).run()),
+        ];
+        tracing::info!("agent {} ready, gateway on {gateway_addr}", config.node_name);
+        Ok(Self { node_name: config.node_name, gateway_addr, tasks })
+    }
+
+    pub fn shutdown(&mut self) {
+        for task in self.tasks.drain(..) {
+            task.abort();
+        }
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+/// Pod IPs from the node's pod CIDR (a /24: .2 to .254).
+struct IpPool {
+    prefix: String,
+    used: BTreeSet<u8>,
+}
+
+impl IpPool {
+    fn new(cidr: &str) -> anyhow::Result<Self> {
+        let base = cidr.split('/').next().unwrap_or("");
+        let octets: Vec<&str> = base.split('.').collect();
+        anyhow::ensure!(octets.len() == 4, "pod CIDR {cidr:?} is not an IPv4 /24");
+        Ok(Self { prefix: octets[..3].join("."), used: BTreeSet::new() })
+    }
+
+    fn allocate(&mut self) -> Option<String> {
+        let free = (2..=254u8).find(|i| !self.used.contains(i))?;
+        self.used.insert(free);
+        Some(format!("{}.{free}", self.prefix))
+    }
+
+    fn release(&mut self, ip: &str) {
+        if let Some(last) = ip.strip_prefix(&format!("{}.", self.prefix)).and_then(|l| l.parse().ok()) {
+            self.used.remove(&last);
+        }
+    }
+}
+
+struct Running {
+    uid: String,
+    ip: String,
+    stop: watch::Sender<bool>,
+    task: JoinHandle<()>,
+}
+
+/// Keeps one worker per pod bound to this node, and finishes deletions.
+struct PodSupervisor {
+    shared: Arc<Shared>,
+    ips: Arc<Mutex<IpPool>>,
+    node_name: String,
+    running: HashMap<String, Running>,
+}
+
+impl PodSupervisor {
+    fn new(shared: Arc<Shared>, ips: IpPool, node_name: String) -> Self {
+        Self { shared, ips: Arc::new(Mutex::new(ips)), node_name, running: HashMap::new() }
+    }
+
+    async fn run(mut self) {
+        let params = ListParams::default().fields(&format!("spec.nodeName={}", self.node_name));
+        let mut events = shoal_control::client::watcher(self.shared.client.api::<Pod>(None), params);
+        while let Some(event) = events.recv().await {
+            match event {
+                WatcherEvent::Restarted(pods) => {
+                    let keys: BTreeSet<String> = pods.iter().map(pod_key).collect();
+                    let gone: Vec<String> = self.running.keys().filter(|k| !keys.contains(*k)).cloned().collect();
+                    for key in gone {
+                        self.stop(&key);
+                    }
+                    for pod in pods {
+                        self.observe(pod);
+                    }
+                }
+                WatcherEvent::Applied(pod) => self.observe(pod),
+                WatcherEvent::Deleted(pod) => self.stop(&pod_key(&pod)),
+            }
+        }
+    }
+
+    fn observe(&mut self, pod: Pod) {
+        let key = pod_key(&pod);
+        let uid = pod.metadata.uid.clone().unwrap_or_default();
+        if self.running.get(&key).is_some_and(|r| r.uid != uid) {
+            // A namesake replaced the pod we ran.
+            self.stop(&key);
+        }
+        if pod.metadata.deletion_timestamp.is_some() {
+            self.stop(&key);
+            self.finish_deletion(pod);
+            return;
+        }
+        let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref()).unwrap_or("Pending");
+        if self.running.contains_key(&key) || matches!(phase, "Succeeded" | "Failed") {
+            return;
+        }
+        let Some(ip) = self.ips.lock().unwrap_or_else(|p| p.into_inner()).allocate() else {
+            tracing::warn!("pod {key}: no pod IP left on node {}", self.node_name);
+            return;
+        };
+        let (stop, stopped) = watch::channel(false);
+        let worker = worker::PodWorker::new(self.shared.clone(), pod, ip.clone(), stopped);
+        let task = tokio::spawn(worker.run());
+        self.running.insert(key, Running { uid, ip, stop, task });
+    }
+
+    /// Stops the pod's worker (its guests are dropped) and frees what it held.
+    fn stop(&mut self, key: &str) {
+        if let Some(running) = self.running.remove(key) {
+            let _ = running.stop.send(true);
+            let ips = self.ips.clone();
+            let shared = self.shared.clone();
+            let key = key.to_string();
+            tokio::spawn(async move {
+                let _ = running.task.await;
+                ips.lock().unwrap_or_else(|p| p.into_inner()).release(&running.ip);
+                let _ = tokio::fs::remove_dir_all(shared.pod_dir(&running.uid)).await;
+                shared.logs.forget_pod(&key);
+            });
+        }
+    }
+
+    /// Removes a pod marked for deletion from the API once its guests are stopped.
+    fn finish_deletion(&self, pod: Pod) {
+        let client = self.shared.client.clone();
+        tokio::spawn(async move {
+            let name = pod.metadata.name.clone().unwrap_or_default();
+            let pods = client.api::<Pod>(pod.metadata.namespace.as_deref());
+            let params = DeleteParams { grace_period_seconds: Some(0), uid: pod.metadata.uid.clone() };
+            if let Err(e) = pods.delete(&name, &params).await {
+                if !e.is_not_found() && !e.is_conflict() {
+                    tracing::warn!("finishing deletion of pod {name}: {e}");
+                }
+            }
+        });
+    }
+}
+
+fn pod_key(pod: &Pod) -> String {
+    format!("{}/{}", pod.metadata.namespace.as_deref().unwrap_or(""), pod.metadata.name.as_deref().unwrap_or(""))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ip_pool_allocates_and_reuses() {
+        let mut pool = IpPool::new("10.244.3.0/24").unwrap();
+        assert_eq!(pool.allocate().unwrap(), "10.244.3.2");
+        assert_eq!(pool.allocate().unwrap(), "10.244.3.3");
+        pool.release("10.244.3.2");
+        assert_eq!(pool.allocate().unwrap(), "10.244.3.2");
+        assert!(IpPool::new("nonsense").is_err());
+    }
+}

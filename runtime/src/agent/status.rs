@@ -1,0 +1,224 @@
+//! What the agent knows of a pod it runs, and how that reads as a Kubernetes `PodStatus`:
+//! per-container state, restart counts, the pod phase and its conditions.
+
+use chrono::{DateTime, Utc};
+use k8s_openapi::api::core::v1::{
+    ContainerState, ContainerStateRunning, ContainerStateTerminated, ContainerStateWaiting, ContainerStatus, PodCondition, PodIP, PodStatus,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+
+use crate::pod::run::Exit;
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum State {
+    Waiting { reason: String, message: Option<String> },
+    Running { started: DateTime<Utc> },
+    Terminated { code: i32, reason: String, message: Option<String>, started: DateTime<Utc>, finished: DateTime<Utc> },
+}
+
+#[derive(Clone, Debug)]
+pub struct Container {
+    pub name: String,
+    pub image: String,
+    pub state: State,
+    pub last_state: Option<State>,
+    pub restart_count: i32,
+    /// The container has ended and will not run again.
+    pub done: bool,
+}
+
+impl Container {
+    pub fn new(name: &str, image: &str) -> Self {
+        Self {
+            name: name.into(),
+            image: image.into(),
+            state: State::Waiting { reason: "ContainerCreating".into(), message: None },
+            last_state: None,
+            restart_count: 0,
+            done: false,
+        }
+    }
+
+    pub fn started(&mut self, at: DateTime<Utc>) {
+        if matches!(self.state, State::Terminated { .. }) {
+            self.restart_count += 1;
+        }
+        if let State::Terminated { .. } = &self.state {
+            self.last_state = Some(self.state.clone());
+        }
+        self.state = State::Running { started: at };
+    }
+
+    pub fn exited(&mut self, exit: &Exit, started: DateTime<Utc>, finished: DateTime<Utc>) {
+        let (code, reason, message) = match exit {
+            Exit::Code(0) => (0, "Completed".to_string(), None),
+            Exit::Code(code) => (*code, "Error".to_string(), None),
+            Exit::Killed { reason, message, code } => (*code, reason.to_string(), Some(message.clone())),
+        };
+        self.state = State::Terminated { code, reason, message, started, finished };
+    }
+
+    /// Waiting to be restarted after a back-off; the last run stays visible as `lastState`.
+    pub fn backing_off(&mut self, message: String) {
+        if let State::Terminated { .. } = &self.state {
+            self.last_state = Some(self.state.clone());
+            self.restart_count += 1;
+        }
+        self.state = State::Waiting { reason: "CrashLoopBackOff".into(), message: Some(message) };
+    }
+
+    pub fn waiting(&mut self, reason: &str, message: String) {
+        self.state = State::Waiting { reason: reason.into(), message: Some(message) };
+    }
+
+    fn has_run(&self) -> bool {
+        !matches!(self.state, State::Waiting { .. }) || self.last_state.is_some()
+    }
+
+    fn succeeded(&self) -> bool {
+        matches!(self.state, State::Terminated { code: 0, .. })
+    }
+
+    fn to_status(&self) -> ContainerStatus {
+        let ready = matches!(self.state, State::Running { .. });
+        ContainerStatus {
+            name: self.name.clone(),
+            image: self.image.clone(),
+            image_id: String::new(),
+            container_id: None,
+            ready,
+            started: Some(ready),
+            restart_count: self.restart_count,
+            state: Some(state_to_k8s(&self.state)),
+            last_state: self.last_state.as_ref().map(state_to_k8s),
+            ..Default::default()
+        }
+    }
+}
+
+fn state_to_k8s(state: &State) -> ContainerState {
+    match state {
+        State::Waiting { reason, message } => ContainerState {
+            waiting: Some(ContainerStateWaiting { reason: Some(reason.clone()), message: message.clone() }),
+            ..Default::default()
+        },
+        State::Running { started } => ContainerState {
+            running: Some(ContainerStateRunning { started_at: Some(Time(*started)) }),
+            ..Default::default()
+        },
+        State::Terminated { code, reason, message, started, finished } => ContainerState {
+            terminated: Some(ContainerStateTerminated {
+                exit_code: *code,
+                reason: Some(reason.clone()),
+                message: message.clone(),
+                started_at: Some(Time(*started)),
+                finished_at: Some(Time(*finished)),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+    }
+}
+
+/// The agent's view of one pod.
+pub struct PodView {
+    pub init: Vec<Container>,
+    pub main: Vec<Container>,
+    pub initialized: bool,
+    pub host_ip: String,
+    pub pod_ip: String,
+    pub start_time: DateTime<Utc>,
+    /// Set when the pod can make no progress at all (for example its volumes cannot be made).
+    pub failed_reason: Option<(String, String)>,
+}
+
+impl PodView {
+    /// `Pending` until a main container has run; `Succeeded`/`Failed` once every main container
+    /// is done (all exit 0 or not); `Running` otherwise.
+    pub fn phase(&self) -> &'static str {
+        if self.failed_reason.is_some() || self.init.iter().any(|c| c.done && !c.succeeded()) {
+            return "Failed";
+        }
+        if !self.main.is_empty() && self.main.iter().all(|c| c.done) {
+            return if self.main.iter().all(Container::succeeded) { "Succeeded" } else { "Failed" };
+        }
+        if self.initialized && self.main.iter().any(Container::has_run) {
+            return "Running";
+        }
+        "Pending"
+    }
+
+    pub fn to_status(&self) -> PodStatus {
+        let now = Time(Utc::now());
+        let ready = !self.main.is_empty() && self.main.iter().all(|c| matches!(c.state, State::Running { .. }));
+        let condition = |type_: &str, ok: bool| PodCondition {
+            type_: type_.into(),
+            status: if ok { "True" } else { "False" }.into(),
+            last_transition_time: Some(now.clone()),
+            ..Default::default()
+        };
+        let phase = self.phase();
+        PodStatus {
+            phase: Some(phase.into()),
+            host_ip: Some(self.host_ip.clone()),
+            host_ips: None,
+            pod_ip: Some(self.pod_ip.clone()),
+            pod_ips: Some(vec![PodIP { ip: self.pod_ip.clone() }]),
+            start_time: Some(Time(self.start_time)),
+            qos_class: Some("BestEffort".into()),
+            reason: self.failed_reason.as_ref().map(|(r, _)| r.clone()),
+            message: self.failed_reason.as_ref().map(|(_, m)| m.clone()),
+            conditions: Some(vec![
+                condition("PodScheduled", true),
+                condition("Initialized", self.initialized),
+                condition("ContainersReady", ready),
+                condition("Ready", ready),
+            ]),
+            init_container_statuses: if self.init.is_empty() { None } else { Some(self.init.iter().map(Container::to_status).collect()) },
+            container_statuses: Some(self.main.iter().map(Container::to_status).collect()),
+            ..Default::default()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn view(main: Vec<Container>) -> PodView {
+        PodView { init: vec![], main, initialized: true, host_ip: "h".into(), pod_ip: "p".into(), start_time: Utc::now(), failed_reason: None }
+    }
+
+    #[test]
+    fn phases_follow_containers() {
+        let mut a = Container::new("a", "a.wasm");
+        let mut b = Container::new("b", "b.wasm");
+        assert_eq!(view(vec![a.clone(), b.clone()]).phase(), "Pending");
+        a.started(Utc::now());
+        assert_eq!(view(vec![a.clone(), b.clone()]).phase(), "Running");
+        a.exited(&Exit::Code(0), Utc::now(), Utc::now());
+        a.done = true;
+        b.started(Utc::now());
+        b.exited(&Exit::Code(3), Utc::now(), Utc::now());
+        b.done = true;
+        let v = view(vec![a.clone(), b.clone()]);
+        assert_eq!(v.phase(), "Failed");
+        let status = v.to_status();
+        let b_status = &status.container_statuses.unwrap()[1];
+        assert_eq!(b_status.state.as_ref().unwrap().terminated.as_ref().unwrap().exit_code, 3);
+        assert_eq!(view(vec![a]).phase(), "Succeeded");
+    }
+
+    #[test]
+    fn restarts_count_and_keep_last_state() {
+        let mut c = Container::new("c", "c.wasm");
+        c.started(Utc::now());
+        c.exited(&Exit::Killed { reason: "OOMKilled", message: "m".into(), code: 137 }, Utc::now(), Utc::now());
+        c.backing_off("back-off 10s restarting failed container".into());
+        assert_eq!(c.restart_count, 1);
+        assert!(matches!(c.state, State::Waiting { ref reason, .. } if reason == "CrashLoopBackOff"));
+        assert!(matches!(c.last_state, Some(State::Terminated { code: 137, .. })));
+        c.started(Utc::now());
+        assert_eq!(c.restart_count, 1);
+    }
+}

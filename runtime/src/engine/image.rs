@@ -1,0 +1,171 @@
+//! Images: an image reference becomes a [`Program`], pre-instantiated and ready to start.
+//! Bytes are fetched, hashed (sha256), compiled once per engine, and the compiled artifact is
+//! kept on disk under the engine's cache directory keyed by digest, so a restart of a pod or
+//! of the agent deserializes (an mmap) instead of compiling.
+
+use std::hash::{Hash, Hasher};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use sha2::{Digest, Sha256};
+use wasmtime::component::Component;
+use wasmtime::{Module, Precompiled};
+use wasmtime_wasi::p2::bindings::CommandPre;
+
+use super::{Engine, P1Host, P2Host};
+
+/// A guest ready to instantiate.
+pub enum Program {
+    /// A WASI preview 1 core module, run through `_start`.
+    Module(wasmtime::InstancePre<P1Host>),
+    /// A WASI preview 2 command component, run through `wasi:cli/run`.
+    Component(CommandPre<P2Host>),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ImageError {
+    #[error("image {image:?}: no such file {path:?}")]
+    NotFound { image: String, path: PathBuf },
+    #[error("image {image:?}: cannot read {path:?}: {error}")]
+    Unreadable { image: String, path: PathBuf, error: String },
+    #[error("image {image:?}: {why}")]
+    Unsupported { image: String, why: String },
+    #[error("image {image:?} is not a WebAssembly module or component: {why}")]
+    NotWasm { image: String, why: String },
+    #[error("image {image:?} failed to compile: {error}")]
+    Compile { image: String, error: String },
+    #[error("image {image:?} cannot be linked: {error}")]
+    Link { image: String, error: String },
+    #[error("image {image:?}: compiled artifact cache: {error}")]
+    Cache { image: String, error: String },
+}
+
+impl ImageError {
+    /// The container waiting reason Kubernetes users know for this failure.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::NotFound { .. } | Self::Unreadable { .. } | Self::Unsupported { .. } => "ErrImagePull",
+            Self::NotWasm { .. } | Self::Compile { .. } | Self::Link { .. } | Self::Cache { .. } => "CreateContainerError",
+        }
+    }
+}
+
+impl Engine {
+    /// Fetches, verifies, compiles (or loads from the cache) and links `image`.
+    pub async fn load(self: &Arc<Self>, image: &str) -> Result<Arc<Program>, ImageError> {
+        let path = resolve(image)?;
+        let bytes = match tokio::fs::read(&path).await {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(ImageError::NotFound { image: image.into(), path });
+            }
+            Err(e) => return Err(ImageError::Unreadable { image: image.into(), path, error: e.to_string() }),
+        };
+        let digest = hex::encode(Sha256::digest(&bytes));
+        if let Some(program) = self.programs.lock().unwrap_or_else(|p| p.into_inner()).get(&digest) {
+            return Ok(program.clone());
+        }
+        let engine = self.clone();
+        let (image_owned, digest_owned) = (image.to_string(), digest.clone());
+        let program = tokio::task::spawn_blocking(move || engine.compile_cached(&image_owned, &digest_owned, &bytes))
+            .await
+            .map_err(|e| ImageError::Compile { image: image.into(), error: format!("the compiler stopped: {e}") })??;
+        let program = Arc::new(program);
+        self.programs.lock().unwrap_or_else(|p| p.into_inner()).insert(digest, program.clone());
+        Ok(program)
+    }
+
+    fn compile_cached(&self, image: &str, digest: &str, bytes: &[u8]) -> Result<Program, ImageError> {
+        let flavour = detect_flavour(bytes).map_err(|why| ImageError::NotWasm { image: image.into(), why })?;
+        let cached = self.cache_dir.join(format!("{digest}.cwasm"));
+        let cache_error = |e: &dyn std::fmt::Display| ImageError::Cache { image: image.into(), error: e.to_string() };
+        if wasmtime::Engine::detect_precompiled_file(&cached).ok().flatten() != Some(flavour) {
+            let compiled = match flavour {
+                Precompiled::Component => self.wasmtime.precompile_component(bytes),
+                Precompiled::Module => self.wasmtime.precompile_module(bytes),
+            }
+            .map_err(|e| ImageError::Compile { image: image.into(), error: format!("{e:#}") })?;
+            let partial = cached.with_extension(format!("partial-{}", std::process::id()));
+            std::fs::write(&partial, &compiled).map_err(|e| cache_error(&e))?;
+            std::fs::rename(&partial, &cached).map_err(|e| cache_error(&e))?;
+        }
+        let link_error = |e: wasmtime::Error| ImageError::Link { image: image.into(), error: format!("{e:#}") };
+        // SAFETY: the file was written by this engine's own `precompile_*` into the agent's
+        // private cache directory (named by the engine's compatibility hash), and is replaced
+        // only by atomic renames, so it is a trusted artifact of this engine.
+        match flavour {
+            Precompiled::Module => {
+                let module = unsafe { Module::deserialize_file(&self.wasmtime, &cached) }.map_err(|e| cache_error(&e))?;
+                Ok(Program::Module(self.p1_linker.instantiate_pre(&module).map_err(link_error)?))
+            }
+            Precompiled::Component => {
+                let component = unsafe { Component::deserialize_file(&self.wasmtime, &cached) }.map_err(|e| cache_error(&e))?;
+                let pre = self.p2_linker.instantiate_pre(&component).map_err(link_error)?;
+                Ok(Program::Component(CommandPre::new(pre).map_err(link_error)?))
+            }
+        }
+    }
+}
+
+/// Maps an image reference to the file that holds it. Paths (`file://` or plain) are served
+/// here; URLs, pushed digests and OCI references are for the images issue.
+fn resolve(image: &str) -> Result<PathBuf, ImageError> {
+    let image = image.trim();
+    if let Some(path) = image.strip_prefix("file://") {
+        return Ok(PathBuf::from(path));
+    }
+    if image.starts_with("http://") || image.starts_with("https://") || image.starts_with("sha256:") {
+        return Err(ImageError::Unsupported {
+            image: image.into(),
+            why: "fetching images by URL or digest is not supported yet; use a file path".into(),
+        });
+    }
+    if !Path::new(image).is_absolute() {
+        return Err(ImageError::Unsupported {
+            image: image.into(),
+            why: "an image must be an absolute file path (or file:// URL) to a .wasm module or component".into(),
+        });
+    }
+    Ok(PathBuf::from(image))
+}
+
+/// Tells a core module from a component by the binary's preamble.
+fn detect_flavour(bytes: &[u8]) -> Result<Precompiled, String> {
+    if bytes.len() < 8 || &bytes[..4] != b"\0asm" {
+        return Err("the file does not start with the \\0asm magic number".into());
+    }
+    match (bytes[4], bytes[5], bytes[6], bytes[7]) {
+        (1, 0, 0, 0) => Ok(Precompiled::Module),
+        (_, _, 1, 0) => Ok(Precompiled::Component),
+        (a, b, c, d) => Err(format!("unknown WebAssembly version/layer {a:02x}{b:02x}{c:02x}{d:02x}")),
+    }
+}
+
+/// A directory name for this engine's compiled artifacts: artifacts of another wasmtime
+/// version or configuration never load here.
+pub(super) fn engine_key(engine: &wasmtime::Engine) -> String {
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    engine.precompile_compatibility_hash().hash(&mut hasher);
+    format!("{:016x}", hasher.finish())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flavours() {
+        assert_eq!(detect_flavour(b"\0asm\x01\0\0\0rest").unwrap(), Precompiled::Module);
+        assert_eq!(detect_flavour(b"\0asm\x0d\0\x01\0rest").unwrap(), Precompiled::Component);
+        assert!(detect_flavour(b"#!/bin/sh\necho").unwrap_err().contains("magic"));
+        assert!(detect_flavour(b"\0as").is_err());
+    }
+
+    #[test]
+    fn image_references() {
+        assert_eq!(resolve("file:///x/y.wasm").unwrap(), PathBuf::from("/x/y.wasm"));
+        assert_eq!(resolve("/x/y.wasm").unwrap(), PathBuf::from("/x/y.wasm"));
+        assert_eq!(resolve("nginx:1.27").unwrap_err().reason(), "ErrImagePull");
+        assert!(resolve("https://example.com/a.wasm").is_err());
+    }
+}

@@ -1,0 +1,81 @@
+//! The node's one wasmtime [`Engine`]: async, pooling allocator, epoch interruption
+//! (DESIGN.md §4), the linkers for WASI preview 1 modules and preview 2 components, and the
+//! image cache that turns an image reference into a pre-instantiated program, compiled once.
+
+mod host;
+mod image;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use wasmtime::component;
+use wasmtime::{Config, InstanceAllocationStrategy, PoolingAllocationConfig};
+
+pub use host::{P1Host, P2Host};
+pub use image::{ImageError, Program};
+
+/// How often the epoch advances: the CPU time slice after which a busy guest yields.
+pub const EPOCH_TICK: Duration = Duration::from_millis(10);
+
+/// Sizing of an engine.
+#[derive(Clone, Debug)]
+pub struct EngineOptions {
+    /// Where compiled artifacts are kept, keyed by engine and digest.
+    pub cache_dir: PathBuf,
+    /// How many guest instances may be alive at once.
+    pub max_instances: u32,
+}
+
+pub struct Engine {
+    pub(crate) wasmtime: wasmtime::Engine,
+    pub(crate) p1_linker: wasmtime::Linker<P1Host>,
+    pub(crate) p2_linker: component::Linker<P2Host>,
+    cache_dir: PathBuf,
+    programs: Mutex<HashMap<String, Arc<Program>>>,
+}
+
+impl Engine {
+    pub fn new(options: &EngineOptions) -> anyhow::Result<Arc<Self>> {
+        let mut pool = PoolingAllocationConfig::new();
+        // A Rust wasip2 component uses about three core instances (wasmtime-notes.md §6).
+        let instances = options.max_instances.max(1);
+        pool.total_component_instances(instances)
+            .total_core_instances(instances * 4)
+            .total_memories(instances * 4)
+            .total_tables(instances * 4)
+            .total_stacks(instances)
+            .max_core_instances_per_component(32)
+            .max_memories_per_component(8)
+            .max_tables_per_component(8);
+        let mut config = Config::new();
+        config.epoch_interruption(true).allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+        let wasmtime = wasmtime::Engine::new(&config)?;
+        spawn_epoch_ticker(&wasmtime);
+
+        let mut p1_linker = wasmtime::Linker::new(&wasmtime);
+        wasmtime_wasi::p1::add_to_linker_async(&mut p1_linker, |host: &mut P1Host| &mut host.wasi)?;
+        let mut p2_linker = component::Linker::new(&wasmtime);
+        wasmtime_wasi::p2::add_to_linker_async(&mut p2_linker)?;
+
+        let cache_dir = options.cache_dir.join(image::engine_key(&wasmtime));
+        std::fs::create_dir_all(&cache_dir)?;
+        Ok(Arc::new(Self { wasmtime, p1_linker, p2_linker, cache_dir, programs: Mutex::new(HashMap::new()) }))
+    }
+}
+
+/// Advances the engine's epoch every [`EPOCH_TICK`] until the engine is dropped.
+fn spawn_epoch_ticker(engine: &wasmtime::Engine) {
+    let weak = engine.weak();
+    std::thread::Builder::new()
+        .name("epoch-ticker".into())
+        .spawn(move || loop {
+            std::thread::sleep(EPOCH_TICK);
+            match weak.upgrade() {
+                Some(engine) => engine.increment_epoch(),
+                None => return,
+            }
+        })
+        .expect("spawning the epoch thread");
+}
