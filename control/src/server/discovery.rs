@@ -183,3 +183,11 @@ pub fn openapi_group_version(path: &str) -> Option<Value> {
     }
     Some(json!({"openapi": "3.0.0", "info": {"title": "Shoal", "version": "v1.32.0"}, "paths": paths, "components": {"schemas": schemas}}))
 }
+
+/// `GET /openapi/v2`: kubectl reads v2 only as protobuf, and only when v3 lacks a kind (an
+/// unknown kind in a manifest). An empty Swagger 2.0 document (field 1, `swagger: "2.0"`)
+/// lets kubectl go on to report the unknown kind itself instead of "failed to download openapi".
+pub fn openapi_v2() -> Response {
+    const DOCUMENT: &[u8] = b"\x0a\x032.0";
+    ([(CONTENT_TYPE, "application/com.github.proto-openapi.spec.v2.v1.0+protobuf")], DOCUMENT).into_response()
+}

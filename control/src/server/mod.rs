@@ -66,6 +66,7 @@ impl ApiServer {
                 "/apis/{group}/{version}",
                 get(|Path((group, version)): Path<(String, String)>| async move { resource_list(&group, &version) }),
             )
+            .route("/openapi/v2", get(|| async { discovery::openapi_v2() }))
             .route("/openapi/v3", get(|| async { Json(discovery::openapi_root()) }))
             .route(
                 "/openapi/v3/{*path}",

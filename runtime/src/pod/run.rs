@@ -110,3 +110,90 @@ fn classify(error: wasmtime::Error) -> Exit {
     }
     Exit::Killed { reason: "Error", message, code: 128 }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::EngineOptions;
+    use crate::pod::log::ContainerLog;
+
+    async fn run_hello(engine: &Arc<Engine>, image: &str, args: &[&str], mounts: Vec<Mount>) -> (Exit, String) {
+        let program = engine.load(image).await.unwrap();
+        let log = ContainerLog::new(1 << 16);
+        let mut argv = vec!["hello".to_string()];
+        argv.extend(args.iter().map(|a| a.to_string()));
+        let launch = Launch { argv, env: vec![("GREETING".into(), "Ahoy".into())], mounts, log: log.clone(), memory_limit: 64 << 20 };
+        (run(engine, &program, launch).await, log.text())
+    }
+
+    #[tokio::test]
+    async fn runs_p1_modules_and_p2_components() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = Engine::new(&EngineOptions { cache_dir: dir.path().join("cache"), max_instances: 8 }).unwrap();
+        let data = dir.path().join("data");
+        std::fs::create_dir_all(&data).unwrap();
+        let mount = Mount { host_path: data.clone(), guest_path: "/data".into(), read_only: false };
+        for (image, flavour) in [(shoal_examples::HELLO_P1, "wasip1 module"), (shoal_examples::HELLO_P2, "wasip2 component")] {
+            let (exit, log) = run_hello(&engine, image, &["shoal", "--lines", "2"], vec![mount.clone()]).await;
+            assert_eq!(exit, Exit::Code(0));
+            assert_eq!(log, format!("Ahoy, shoal! (from a {flavour})\nline 1\nline 2\n"));
+        }
+        let written = std::fs::read_to_string(data.join("hello.txt")).unwrap();
+        assert_eq!(written.lines().count(), 2, "{written}");
+        // p1 keeps the full exit code; Rust std on wasip2 reports any failure as 1.
+        assert_eq!(run_hello(&engine, shoal_examples::HELLO_P1, &["--exit", "3"], vec![]).await.0, Exit::Code(3));
+        assert_eq!(run_hello(&engine, shoal_examples::HELLO_P2, &["--exit", "3"], vec![]).await.0, Exit::Code(1));
+    }
+
+    #[tokio::test]
+    async fn read_only_mounts_reject_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = Engine::new(&EngineOptions { cache_dir: dir.path().join("cache"), max_instances: 8 }).unwrap();
+        let mount = Mount { host_path: dir.path().to_path_buf(), guest_path: "/data".into(), read_only: true };
+        let (exit, log) = run_hello(&engine, shoal_examples::HELLO_P1, &[], vec![mount]).await;
+        assert_eq!(exit, Exit::Code(0));
+        assert!(log.contains("cannot write /data/hello.txt"), "{log}");
+        assert!(!dir.path().join("hello.txt").exists());
+    }
+
+    #[tokio::test]
+    async fn compiled_artifacts_are_cached_on_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        let options = EngineOptions { cache_dir: dir.path().join("cache"), max_instances: 8 };
+        let first = Engine::new(&options).unwrap();
+        first.load(shoal_examples::HELLO_P2).await.unwrap();
+        let cached: Vec<_> = walk(&options.cache_dir);
+        assert_eq!(cached.len(), 1, "{cached:?}");
+        let modified = std::fs::metadata(&cached[0]).unwrap().modified().unwrap();
+        // A second engine (an agent restart) loads the artifact instead of compiling again.
+        let second = Engine::new(&options).unwrap();
+        second.load(shoal_examples::HELLO_P2).await.unwrap();
+        assert_eq!(std::fs::metadata(&cached[0]).unwrap().modified().unwrap(), modified);
+    }
+
+    #[tokio::test]
+    async fn bad_images_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = Engine::new(&EngineOptions { cache_dir: dir.path().join("cache"), max_instances: 8 }).unwrap();
+        let text = dir.path().join("not.wasm");
+        std::fs::write(&text, "hello, I am text").unwrap();
+        let err = engine.load(text.to_str().unwrap()).await.err().unwrap();
+        assert_eq!(err.reason(), "CreateContainerError");
+        assert!(err.to_string().contains("not a WebAssembly module"), "{err}");
+        let missing = engine.load("/no/such/file.wasm").await.err().unwrap();
+        assert_eq!(missing.reason(), "ErrImagePull");
+        assert!(missing.to_string().contains("/no/such/file.wasm"));
+    }
+
+    fn walk(dir: &std::path::Path) -> Vec<PathBuf> {
+        let mut found = Vec::new();
+        for entry in std::fs::read_dir(dir).unwrap().flatten() {
+            if entry.path().is_dir() {
+                found.extend(walk(&entry.path()));
+            } else {
+                found.push(entry.path());
+            }
+        }
+        found
+    }
+}

@@ -1,0 +1,106 @@
+//! Wiring of the cluster's parts into running processes: a control plane (store, API server,
+//! scheduler) and node agents, all in one process for `shoal dev` or split across
+//! `shoal server` and `shoal agent`. Tests and benchmarks start clusters through here too.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use shoal_control::client::Client;
+use shoal_control::server::ApiServer;
+use shoal_control::store::RedbStore;
+use shoal_runtime::agent::{Agent, AgentConfig};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+/// The store, the API server on a socket, and the scheduler.
+pub struct ControlPlane {
+    pub addr: SocketAddr,
+    /// A client that calls the API in-process (what controllers and in-process agents use).
+    pub client: Client,
+    stop_http: Option<oneshot::Sender<()>>,
+    http: Option<JoinHandle<std::io::Result<()>>>,
+    scheduler: JoinHandle<()>,
+}
+
+impl ControlPlane {
+    pub async fn start(data_dir: &Path, api_addr: SocketAddr) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(data_dir)?;
+        let store = RedbStore::open(&data_dir.join("store.redb"))
+            .map_err(|e| anyhow::anyhow!("opening the store in {}: {e}", data_dir.display()))?;
+        let server = ApiServer::new(Arc::new(store)).await?;
+        let router = server.router();
+        let listener = tokio::net::TcpListener::bind(api_addr)
+            .await
+            .map_err(|e| anyhow::anyhow!("binding the API server to {api_addr}: {e}"))?;
+        let addr = listener.local_addr()?;
+        let (stop_http, stopped) = oneshot::channel::<()>();
+        let http = tokio::spawn(shoal_control::server::serve(listener, router.clone(), async move {
+            let _ = stopped.await;
+        }));
+        let client = Client::in_process(router);
+        let scheduler = tokio::spawn(shoal_control::scheduler::run(client.clone()));
+        Ok(Self { addr, client, stop_http: Some(stop_http), http: Some(http), scheduler })
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Stops serving; open watches get a moment to close.
+    pub async fn shutdown(&mut self) {
+        self.scheduler.abort();
+        if let Some(stop) = self.stop_http.take() {
+            let _ = stop.send(());
+        }
+        if let Some(http) = self.http.take() {
+            let abort = http.abort_handle();
+            if tokio::time::timeout(std::time::Duration::from_secs(1), http).await.is_err() {
+                abort.abort();
+            }
+        }
+    }
+}
+
+impl Drop for ControlPlane {
+    fn drop(&mut self) {
+        self.scheduler.abort();
+        if let Some(http) = &self.http {
+            http.abort();
+        }
+    }
+}
+
+/// A whole cluster in one process: a control plane and `nodes` agents.
+pub struct DevCluster {
+    pub control: ControlPlane,
+    pub agents: Vec<Agent>,
+    pub data_dir: PathBuf,
+}
+
+impl DevCluster {
+    pub async fn start(data_dir: &Path, api_addr: SocketAddr, nodes: usize) -> anyhow::Result<Self> {
+        let control = ControlPlane::start(data_dir, api_addr).await?;
+        let mut agents = Vec::new();
+        for i in 0..nodes {
+            let name = format!("node-{i}");
+            let config = AgentConfig::new(&name, data_dir.join("nodes").join(&name));
+            agents.push(Agent::start(control.client.clone(), config).await?);
+        }
+        Ok(Self { control, agents, data_dir: data_dir.to_path_buf() })
+    }
+
+    /// Writes a kubeconfig for this cluster at `<data-dir>/kubeconfig` and returns its path.
+    pub fn write_kubeconfig(&self) -> anyhow::Result<PathBuf> {
+        let path = self.data_dir.join("kubeconfig");
+        crate::kubeconfig::write(&path, &self.control.url())?;
+        Ok(path)
+    }
+
+    pub async fn shutdown(&mut self) {
+        for agent in &mut self.agents {
+            agent.shutdown();
+        }
+        self.control.shutdown().await;
+    }
+}

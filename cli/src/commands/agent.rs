@@ -1,0 +1,45 @@
+//! `shoal agent`: a node agent in its own process, joining the control plane at `--server`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::Args;
+use shoal_control::client::Client;
+use shoal_runtime::agent::{Agent, AgentConfig};
+
+#[derive(Args)]
+pub struct AgentCommand {
+    /// The API server's URL.
+    #[arg(long)]
+    server: String,
+    /// The node's name (default: the host name).
+    #[arg(long)]
+    name: Option<String>,
+    /// Where pods' volumes and the compiled-module cache live.
+    #[arg(long, default_value = "shoal-agent-data")]
+    data_dir: PathBuf,
+    /// Where the agent's gateway (logs, pod traffic) listens.
+    #[arg(long, default_value = "127.0.0.1:0")]
+    gateway_addr: SocketAddr,
+    /// How many pods the node accepts.
+    #[arg(long, default_value_t = 110)]
+    max_pods: u32,
+}
+
+impl AgentCommand {
+    pub async fn execute(self) -> anyhow::Result<()> {
+        super::init_tracing();
+        let name = match self.name {
+            Some(name) => name,
+            None => std::fs::read_to_string("/etc/hostname").map(|h| h.trim().to_lowercase()).unwrap_or_else(|_| "node".into()),
+        };
+        let mut config = AgentConfig::new(&name, self.data_dir);
+        config.gateway_addr = self.gateway_addr;
+        config.max_pods = self.max_pods;
+        let mut agent = Agent::start(Client::http(&self.server), config).await?;
+        println!("shoal agent {name} ready: joined {}; gateway on {}", self.server, agent.gateway_addr);
+        super::shutdown_signal().await;
+        agent.shutdown();
+        Ok(())
+    }
+}

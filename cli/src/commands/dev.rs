@@ -1,0 +1,82 @@
+//! `shoal dev`: the control plane and N agents in one process, a kubeconfig for kubectl, and
+//! optionally a demo workload.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use clap::Args;
+use serde_json::json;
+
+use crate::cluster::DevCluster;
+
+#[derive(Args)]
+pub struct DevCommand {
+    /// How many node agents to run.
+    #[arg(long, default_value_t = 1)]
+    nodes: usize,
+    /// Where the API server listens.
+    #[arg(long, default_value = "127.0.0.1:6443")]
+    api_addr: SocketAddr,
+    /// Where the store, the kubeconfig and the nodes' data live (default ~/.shoal/dev).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Deploy the demo workload once the cluster is up.
+    #[arg(long)]
+    demo: bool,
+}
+
+impl DevCommand {
+    pub async fn execute(self) -> anyhow::Result<()> {
+        super::init_tracing();
+        let data_dir = self.data_dir.unwrap_or_else(crate::kubeconfig::default_data_dir);
+        let mut cluster = DevCluster::start(&data_dir, self.api_addr, self.nodes).await?;
+        let kubeconfig = cluster.write_kubeconfig()?;
+        let examples = install_examples(&data_dir)?;
+        if self.demo {
+            deploy_demo(&cluster, &examples).await?;
+        }
+        println!(
+            "shoal dev ready: API at {} with {} node(s); kubeconfig at {}",
+            cluster.control.url(),
+            cluster.agents.len(),
+            kubeconfig.display()
+        );
+        if self.demo {
+            println!("demo deployed: try `kubectl --kubeconfig {} get pods -o wide` and `kubectl --kubeconfig {0} logs hello-p2`", kubeconfig.display());
+        }
+        super::shutdown_signal().await;
+        println!("shoal dev stopping");
+        cluster.shutdown().await;
+        Ok(())
+    }
+}
+
+/// Writes the example programs to `<data-dir>/examples/` so manifests can name them.
+fn install_examples(data_dir: &Path) -> anyhow::Result<PathBuf> {
+    let dir = data_dir.join("examples");
+    std::fs::create_dir_all(&dir)?;
+    for (name, bytes) in shoal_examples::EMBEDDED {
+        std::fs::write(dir.join(name), bytes)?;
+    }
+    Ok(dir)
+}
+
+/// The demo: the hello example as a preview 1 module and as a preview 2 component.
+async fn deploy_demo(cluster: &DevCluster, examples: &Path) -> anyhow::Result<()> {
+    let pods = cluster.control.client.api::<k8s_openapi::api::core::v1::Pod>(Some("default"));
+    for (name, file) in [("hello-p1", "hello-p1.wasm"), ("hello-p2", "hello-p2.wasm")] {
+        let image = examples.join(file);
+        let pod = json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": name, "labels": {"app": "hello-demo"}},
+            "spec": {"restartPolicy": "Never", "containers": [{"name": "hello", "image": image, "args": ["shoal demo"]}]}
+        });
+        let pod = serde_json::from_value(pod)?;
+        match pods.create(&pod).await {
+            Ok(_) => {}
+            Err(e) if e.is_conflict() => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}

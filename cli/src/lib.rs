@@ -1,0 +1,6 @@
+//! The `shoal` binary's library: cluster wiring ([`cluster`]), kubeconfig files, and one
+//! module per subcommand under [`commands`]. `main.rs` only parses arguments and dispatches.
+
+pub mod cluster;
+pub mod commands;
+pub mod kubeconfig;
