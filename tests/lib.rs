@@ -1,1 +1,413 @@
-//! stub
+//! Shared harness of the end-to-end tests: clusters in this process or as `shoal` processes,
+//! kubectl and shoal command runners, a plain HTTP client, and polling helpers. Everything
+//! binds 127.0.0.1 on free ports and is stopped when its handle drops.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use http_body_util::{BodyExt, Full};
+use serde_json::Value;
+
+pub use shoal::cluster::DevCluster;
+
+/// A `shoal dev`-style cluster in this process, on a free port, in a temporary directory.
+pub struct TestCluster {
+    pub cluster: DevCluster,
+    pub kubeconfig: PathBuf,
+    pub dir: tempfile::TempDir,
+}
+
+impl TestCluster {
+    pub async fn start(nodes: usize) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let cluster = DevCluster::start(dir.path(), "127.0.0.1:0".parse().unwrap(), nodes)
+            .await
+            .unwrap();
+        let kubeconfig = cluster.write_kubeconfig().unwrap();
+        Self {
+            cluster,
+            kubeconfig,
+            dir,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        self.cluster.control.url()
+    }
+}
+
+/// The `shoal` binary built beside this test binary (`cargo test --workspace` builds it).
+pub fn shoal_bin() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let bin = exe.parent().and_then(Path::parent).unwrap().join("shoal");
+    assert!(bin.exists(), "{} is missing: run the tests with `cargo test --workspace` (or `cargo build -p shoal` first)", bin.display());
+    bin
+}
+
+/// Runs `shoal ARGS` with a kubeconfig and returns its output.
+pub fn shoal(kubeconfig: &Path, args: &[&str]) -> Output {
+    Command::new(shoal_bin())
+        .args(args)
+        .arg("--kubeconfig")
+        .arg(kubeconfig)
+        .output()
+        .unwrap()
+}
+
+/// Whether kubectl can be used. Under CI=true it must be on the PATH; elsewhere a test without
+/// it says it was skipped and why.
+pub fn kubectl_available(test: &str) -> bool {
+    let found = Command::new("kubectl")
+        .arg("version")
+        .arg("--client")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !found {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "kubectl is required under CI=true but is not on the PATH"
+        );
+        eprintln!(
+            "SKIPPED {test}: kubectl is not on the PATH (set CI=true to make this a failure)"
+        );
+    }
+    found
+}
+
+/// Runs `kubectl ARGS` against a kubeconfig, with a private discovery cache.
+pub fn kubectl(kubeconfig: &Path, args: &[&str]) -> Output {
+    let cache = kubeconfig.parent().unwrap().join("kubectl-cache");
+    Command::new("kubectl")
+        .arg("--kubeconfig")
+        .arg(kubeconfig)
+        .arg("--cache-dir")
+        .arg(&cache)
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+pub fn kubectl_with_stdin(kubeconfig: &Path, args: &[&str], stdin: &str) -> Output {
+    use std::io::Write;
+    let cache = kubeconfig.parent().unwrap().join("kubectl-cache");
+    let mut child = Command::new("kubectl")
+        .arg("--kubeconfig")
+        .arg(kubeconfig)
+        .arg("--cache-dir")
+        .arg(&cache)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
+}
+
+pub fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+pub fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+/// Asserts a command succeeded and returns its stdout.
+#[track_caller]
+pub fn ok(output: Output) -> String {
+    assert!(
+        output.status.success(),
+        "command failed ({}):\nstdout: {}\nstderr: {}",
+        output.status,
+        stdout(&output),
+        stderr(&output)
+    );
+    stdout(&output)
+}
+
+/// A pod manifest running `image` with `args` (restartPolicy Never).
+pub fn pod_yaml(name: &str, image: &str, args: &[&str]) -> String {
+    let args: Vec<String> = args.iter().map(|a| format!("{a:?}")).collect();
+    format!(
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\n  labels:\n    app: hello\nspec:\n  restartPolicy: Never\n  containers:\n  - name: main\n    image: {image}\n    args: [{}]\n",
+        args.join(", ")
+    )
+}
+
+/// Polls `check` every 50 ms until it returns `Some`, or panics after `timeout` with `what`.
+pub async fn wait_for<T>(
+    what: &str,
+    timeout: Duration,
+    mut check: impl AsyncFnMut() -> Option<T>,
+) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A plain HTTP/1.1 client (hyper), for testing the API as any HTTP client would use it.
+pub struct Http {
+    client: hyper_util::client::legacy::Client<
+        hyper_util::client::legacy::connect::HttpConnector,
+        Full<bytes::Bytes>,
+    >,
+    base: String,
+}
+
+impl Http {
+    pub fn new(base: &str) -> Self {
+        let client =
+            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                .build_http();
+        Self {
+            client,
+            base: base.trim_end_matches('/').to_string(),
+        }
+    }
+
+    /// Sends a request and returns the status and the body as JSON (or as a JSON string if it
+    /// is not JSON).
+    pub async fn call(
+        &self,
+        method: &str,
+        path: &str,
+        content_type: &str,
+        body: &str,
+    ) -> (u16, Value) {
+        let (status, bytes) = self.raw(method, path, content_type, body).await;
+        let value = serde_json::from_slice(&bytes)
+            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
+        (status, value)
+    }
+
+    pub async fn raw(
+        &self,
+        method: &str,
+        path: &str,
+        content_type: &str,
+        body: &str,
+    ) -> (u16, bytes::Bytes) {
+        let request = http::Request::builder()
+            .method(method)
+            .uri(format!("{}{path}", self.base))
+            .header("content-type", content_type)
+            .body(Full::new(bytes::Bytes::from(body.to_string())))
+            .unwrap();
+        let response = self.client.request(request).await.unwrap();
+        let status = response.status().as_u16();
+        (
+            status,
+            response.into_body().collect().await.unwrap().to_bytes(),
+        )
+    }
+
+    /// Opens a watch and returns its body for reading events line by line.
+    pub async fn stream(&self, path: &str) -> hyper::body::Incoming {
+        let request = http::Request::get(format!("{}{path}", self.base))
+            .body(Full::new(bytes::Bytes::new()))
+            .unwrap();
+        let response = self.client.request(request).await.unwrap();
+        assert_eq!(response.status(), 200);
+        response.into_body()
+    }
+}
+
+/// Reads newline-delimited JSON events from a streaming body.
+pub struct EventReader {
+    body: hyper::body::Incoming,
+    buffer: Vec<u8>,
+}
+
+impl EventReader {
+    pub fn new(body: hyper::body::Incoming) -> Self {
+        Self {
+            body,
+            buffer: Vec::new(),
+        }
+    }
+
+    /// The next event, or `None` when the stream ends or nothing arrives within `timeout`.
+    pub async fn next(&mut self, timeout: Duration) -> Option<Value> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(end) = self.buffer.iter().position(|b| *b == b'\n') {
+                let line: Vec<u8> = self.buffer.drain(..=end).collect();
+                return Some(serde_json::from_slice(&line).expect("a watch event is JSON"));
+            }
+            let left = deadline.checked_duration_since(Instant::now())?;
+            match tokio::time::timeout(left, self.body.frame()).await {
+                Ok(Some(Ok(frame))) => {
+                    if let Ok(data) = frame.into_data() {
+                        self.buffer.extend_from_slice(&data);
+                    }
+                }
+                _ => return None,
+            }
+        }
+    }
+}
+
+/// A `shoal` process (server, agent or dev), killed when dropped.
+pub struct Process {
+    pub child: Child,
+    pub log: PathBuf,
+}
+
+impl Process {
+    /// Starts `shoal ARGS`, its output going to `log`, and waits until `ready` appears in it.
+    pub fn start(args: &[&str], log: PathBuf, ready: &str) -> Self {
+        let out = std::fs::File::create(&log).unwrap();
+        let child = Command::new(shoal_bin())
+            .args(args)
+            .env("RUST_LOG", "warn")
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .spawn()
+            .unwrap();
+        let mut process = Self { child, log };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !std::fs::read_to_string(&process.log)
+            .unwrap_or_default()
+            .contains(ready)
+        {
+            if let Ok(Some(status)) = process.child.try_wait() {
+                panic!("shoal {args:?} exited with {status}: {}", process.output());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "shoal {args:?} did not print {ready:?}: {}",
+                process.output()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        process
+    }
+
+    pub fn output(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn signal(&self, signal: nix::sys::signal::Signal) {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.child.id() as i32), signal).unwrap();
+    }
+
+    /// Waits for the process to exit, at most `timeout`.
+    pub fn wait(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A free loopback port (bound and released; good enough for tests that start a server on it).
+pub fn free_addr() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+/// Runs kubectl off the async runtime (the cluster under test shares it).
+pub async fn kubectl_async(kubeconfig: &Path, args: &[&str]) -> Output {
+    let (kubeconfig, args): (PathBuf, Vec<String>) = (
+        kubeconfig.into(),
+        args.iter().map(|a| a.to_string()).collect(),
+    );
+    tokio::task::spawn_blocking(move || {
+        kubectl(
+            &kubeconfig,
+            &args.iter().map(String::as_str).collect::<Vec<_>>(),
+        )
+    })
+    .await
+    .unwrap()
+}
+
+pub async fn kubectl_stdin_async(kubeconfig: &Path, args: &[&str], stdin: &str) -> Output {
+    let (kubeconfig, stdin): (PathBuf, String) = (kubeconfig.into(), stdin.into());
+    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    tokio::task::spawn_blocking(move || {
+        kubectl_with_stdin(
+            &kubeconfig,
+            &args.iter().map(String::as_str).collect::<Vec<_>>(),
+            &stdin,
+        )
+    })
+    .await
+    .unwrap()
+}
+
+/// Runs the shoal client off the async runtime.
+pub async fn shoal_async(kubeconfig: &Path, args: &[&str]) -> Output {
+    let (kubeconfig, args): (PathBuf, Vec<String>) = (
+        kubeconfig.into(),
+        args.iter().map(|a| a.to_string()).collect(),
+    );
+    tokio::task::spawn_blocking(move || {
+        shoal(
+            &kubeconfig,
+            &args.iter().map(String::as_str).collect::<Vec<_>>(),
+        )
+    })
+    .await
+    .unwrap()
+}
+
+/// The phase of a pod read through the API, or "" if it does not exist.
+pub async fn pod_phase(http: &Http, namespace: &str, name: &str) -> String {
+    let (status, pod) = http
+        .call(
+            "GET",
+            &format!("/api/v1/namespaces/{namespace}/pods/{name}"),
+            "application/json",
+            "",
+        )
+        .await;
+    if status != 200 {
+        return String::new();
+    }
+    pod.pointer("/status/phase")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_string()
+}
+
+/// Waits for a pod to reach `phase`.
+pub async fn wait_phase(http: &Http, namespace: &str, name: &str, phase: &str) {
+    wait_for(
+        &format!("pod {namespace}/{name} to be {phase}"),
+        Duration::from_secs(60),
+        async || (pod_phase(http, namespace, name).await == phase).then_some(()),
+    )
+    .await
+}

@@ -35,12 +35,22 @@ impl ControlPlane {
             .map_err(|e| anyhow::anyhow!("binding the API server to {api_addr}: {e}"))?;
         let addr = listener.local_addr()?;
         let (stop_http, stopped) = oneshot::channel::<()>();
-        let http = tokio::spawn(shoal_control::server::serve(listener, router.clone(), async move {
-            let _ = stopped.await;
-        }));
+        let http = tokio::spawn(shoal_control::server::serve(
+            listener,
+            router.clone(),
+            async move {
+                let _ = stopped.await;
+            },
+        ));
         let client = Client::in_process(router);
         let scheduler = tokio::spawn(shoal_control::scheduler::run(client.clone()));
-        Ok(Self { addr, client, stop_http: Some(stop_http), http: Some(http), scheduler })
+        Ok(Self {
+            addr,
+            client,
+            stop_http: Some(stop_http),
+            http: Some(http),
+            scheduler,
+        })
     }
 
     pub fn url(&self) -> String {
@@ -55,7 +65,10 @@ impl ControlPlane {
         }
         if let Some(http) = self.http.take() {
             let abort = http.abort_handle();
-            if tokio::time::timeout(std::time::Duration::from_secs(1), http).await.is_err() {
+            if tokio::time::timeout(std::time::Duration::from_secs(1), http)
+                .await
+                .is_err()
+            {
                 abort.abort();
             }
         }
@@ -79,7 +92,11 @@ pub struct DevCluster {
 }
 
 impl DevCluster {
-    pub async fn start(data_dir: &Path, api_addr: SocketAddr, nodes: usize) -> anyhow::Result<Self> {
+    pub async fn start(
+        data_dir: &Path,
+        api_addr: SocketAddr,
+        nodes: usize,
+    ) -> anyhow::Result<Self> {
         let control = ControlPlane::start(data_dir, api_addr).await?;
         let mut agents = Vec::new();
         for i in 0..nodes {
@@ -87,7 +104,11 @@ impl DevCluster {
             let config = AgentConfig::new(&name, data_dir.join("nodes").join(&name));
             agents.push(Agent::start(control.client.clone(), config).await?);
         }
-        Ok(Self { control, agents, data_dir: data_dir.to_path_buf() })
+        Ok(Self {
+            control,
+            agents,
+            data_dir: data_dir.to_path_buf(),
+        })
     }
 
     /// Writes a kubeconfig for this cluster at `<data-dir>/kubeconfig` and returns its path.

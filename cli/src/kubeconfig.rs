@@ -32,7 +32,9 @@ users:
 
 /// The default data directory of `shoal dev`: `~/.shoal/dev`.
 pub fn default_data_dir() -> PathBuf {
-    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("."));
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("."));
     home.join(".shoal").join("dev")
 }
 
@@ -49,20 +51,41 @@ pub fn locate(flag: Option<&Path>) -> PathBuf {
 
 /// The server URL and default namespace of the current context.
 pub fn read(path: &Path) -> anyhow::Result<(String, String)> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("reading kubeconfig {} (start a cluster with `shoal dev`, or pass --kubeconfig)", path.display()))?;
-    let config: serde_yaml::Value = serde_yaml::from_str(&text).with_context(|| format!("parsing kubeconfig {}", path.display()))?;
+    let text = std::fs::read_to_string(path).with_context(|| {
+        format!(
+            "reading kubeconfig {} (start a cluster with `shoal dev`, or pass --kubeconfig)",
+            path.display()
+        )
+    })?;
+    let config: serde_yaml::Value = serde_yaml::from_str(&text)
+        .with_context(|| format!("parsing kubeconfig {}", path.display()))?;
     let current = config["current-context"].as_str().unwrap_or("");
     let find = |list: &str, name: &str| {
-        config[list].as_sequence().and_then(|items| items.iter().find(|i| i["name"].as_str() == Some(name)).cloned())
+        config[list].as_sequence().and_then(|items| {
+            items
+                .iter()
+                .find(|i| i["name"].as_str() == Some(name))
+                .cloned()
+        })
     };
-    let context = find("contexts", current).ok_or_else(|| anyhow::anyhow!("kubeconfig {}: no context {current:?}", path.display()))?;
+    let context = find("contexts", current)
+        .ok_or_else(|| anyhow::anyhow!("kubeconfig {}: no context {current:?}", path.display()))?;
     let cluster_name = context["context"]["cluster"].as_str().unwrap_or("");
-    let namespace = context["context"]["namespace"].as_str().unwrap_or("default").to_string();
-    let cluster = find("clusters", cluster_name).ok_or_else(|| anyhow::anyhow!("kubeconfig {}: no cluster {cluster_name:?}", path.display()))?;
-    let server = cluster["cluster"]["server"].as_str().ok_or_else(|| anyhow::anyhow!("kubeconfig {}: cluster has no server", path.display()))?;
+    let namespace = context["context"]["namespace"]
+        .as_str()
+        .unwrap_or("default")
+        .to_string();
+    let cluster = find("clusters", cluster_name).ok_or_else(|| {
+        anyhow::anyhow!("kubeconfig {}: no cluster {cluster_name:?}", path.display())
+    })?;
+    let server = cluster["cluster"]["server"]
+        .as_str()
+        .ok_or_else(|| anyhow::anyhow!("kubeconfig {}: cluster has no server", path.display()))?;
     if server.starts_with("https://") {
-        anyhow::bail!("kubeconfig {}: https servers are not supported by this client yet", path.display());
+        anyhow::bail!(
+            "kubeconfig {}: https servers are not supported by this client yet",
+            path.display()
+        );
     }
     Ok((server.to_string(), namespace))
 }
@@ -76,7 +99,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("kubeconfig");
         write(&path, "http://127.0.0.1:1234").unwrap();
-        assert_eq!(read(&path).unwrap(), ("http://127.0.0.1:1234".to_string(), "default".to_string()));
-        assert!(read(&dir.path().join("missing")).unwrap_err().to_string().contains("shoal dev"));
+        assert_eq!(
+            read(&path).unwrap(),
+            ("http://127.0.0.1:1234".to_string(), "default".to_string())
+        );
+        assert!(read(&dir.path().join("missing"))
+            .unwrap_err()
+            .to_string()
+            .contains("shoal dev"));
     }
 }

@@ -14,9 +14,15 @@ fn main() {
     let guests_dir = manifest_dir.join("../guests").canonicalize().unwrap();
     let out_dir = PathBuf::from(std::env::var("OUT_DIR").unwrap());
     let target_dir = out_dir.join("guests-target");
-    println!("cargo:rerun-if-changed={}", guests_dir.join("Cargo.toml").display());
+    println!(
+        "cargo:rerun-if-changed={}",
+        guests_dir.join("Cargo.toml").display()
+    );
     for guest in GUESTS {
-        println!("cargo:rerun-if-changed={}", guests_dir.join(guest).display());
+        println!(
+            "cargo:rerun-if-changed={}",
+            guests_dir.join(guest).display()
+        );
     }
     install_missing_targets();
 
@@ -33,16 +39,30 @@ fn main() {
         build.arg("--target").arg(target);
     }
     // The outer build's flags are for the host; the guests must not inherit them.
-    for var in ["CARGO_ENCODED_RUSTFLAGS", "RUSTFLAGS", "CARGO_BUILD_TARGET", "CARGO_TARGET_DIR", "RUSTC_WORKSPACE_WRAPPER", "CARGO_MAKEFLAGS"] {
+    for var in [
+        "CARGO_ENCODED_RUSTFLAGS",
+        "RUSTFLAGS",
+        "CARGO_BUILD_TARGET",
+        "CARGO_TARGET_DIR",
+        "RUSTC_WORKSPACE_WRAPPER",
+        "CARGO_MAKEFLAGS",
+    ] {
         build.env_remove(var);
     }
     let status = build.status().expect("run cargo to build the wasm guests");
-    assert!(status.success(), "building the wasm guests in {} failed", guests_dir.display());
+    assert!(
+        status.success(),
+        "building the wasm guests in {} failed",
+        guests_dir.display()
+    );
 
     let mut paths = String::new();
     for guest in GUESTS {
         for (target, suffix) in TARGETS.iter().zip(["P1", "P2"]) {
-            let wasm = target_dir.join(target).join("release").join(format!("{guest}.wasm"));
+            let wasm = target_dir
+                .join(target)
+                .join("release")
+                .join(format!("{guest}.wasm"));
             assert!(wasm.exists(), "expected guest artifact {}", wasm.display());
             paths.push_str(&format!(
                 "/// `{guest}` built for {target}.\npub const {}_{suffix}: &str = {:?};\n",
@@ -55,7 +75,9 @@ fn main() {
 }
 
 fn install_missing_targets() {
-    let installed = Command::new("rustup").args(["target", "list", "--installed"]).output();
+    let installed = Command::new("rustup")
+        .args(["target", "list", "--installed"])
+        .output();
     let Ok(installed) = installed else {
         // No rustup: assume the toolchain was set up by other means; cargo will say if not.
         return;
@@ -63,7 +85,9 @@ fn install_missing_targets() {
     let installed = String::from_utf8_lossy(&installed.stdout);
     for target in TARGETS {
         if !installed.lines().any(|line| line.trim() == target) {
-            let status = Command::new("rustup").args(["target", "add", target]).status();
+            let status = Command::new("rustup")
+                .args(["target", "add", target])
+                .status();
             assert!(
                 matches!(status, Ok(s) if s.success()),
                 "`rustup target add {target}` failed; install it by hand"
@@ -71,4 +95,3 @@ fn install_missing_targets() {
         }
     }
 }
-

@@ -1,1 +1,9 @@
+//! End-to-end tests: real clusters (in this process, or as `shoal` processes) on loopback
+//! sockets, driven through the real API with kubectl, the shoal client and plain HTTP.
 
+mod bad_input;
+mod cli;
+mod durability;
+mod http_api;
+mod kubectl;
+mod multi_process;

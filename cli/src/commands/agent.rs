@@ -31,13 +31,18 @@ impl AgentCommand {
         super::init_tracing();
         let name = match self.name {
             Some(name) => name,
-            None => std::fs::read_to_string("/etc/hostname").map(|h| h.trim().to_lowercase()).unwrap_or_else(|_| "node".into()),
+            None => std::fs::read_to_string("/etc/hostname")
+                .map(|h| h.trim().to_lowercase())
+                .unwrap_or_else(|_| "node".into()),
         };
         let mut config = AgentConfig::new(&name, self.data_dir);
         config.gateway_addr = self.gateway_addr;
         config.max_pods = self.max_pods;
         let mut agent = Agent::start(Client::http(&self.server), config).await?;
-        println!("shoal agent {name} ready: joined {}; gateway on {}", self.server, agent.gateway_addr);
+        println!(
+            "shoal agent {name} ready: joined {}; gateway on {}",
+            self.server, agent.gateway_addr
+        );
         super::shutdown_signal().await;
         agent.shutdown();
         Ok(())

@@ -25,10 +25,17 @@ impl ApplyCommand {
             documents.extend(read_manifests(file)?);
         }
         // Check every document before changing anything.
-        let resources = documents.iter().map(resource_of).collect::<anyhow::Result<Vec<_>>>()?;
+        let resources = documents
+            .iter()
+            .map(resource_of)
+            .collect::<anyhow::Result<Vec<_>>>()?;
         for (mut object, resource) in documents.into_iter().zip(resources) {
             expand_home_in_images(&mut object);
-            let name = object.pointer("/metadata/name").and_then(Value::as_str).unwrap_or("").to_string();
+            let name = object
+                .pointer("/metadata/name")
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_string();
             let namespace = object
                 .pointer("/metadata/namespace")
                 .and_then(Value::as_str)
@@ -36,14 +43,40 @@ impl ApplyCommand {
                 .unwrap_or_else(|| connection.namespace.clone());
             let collection = collection_path(resource, Some(&namespace));
             let client = &connection.client;
-            let exists = !name.is_empty() && client.json(Method::GET, &format!("{collection}/{name}"), "application/json", None).await.is_ok();
+            let exists = !name.is_empty()
+                && client
+                    .json(
+                        Method::GET,
+                        &format!("{collection}/{name}"),
+                        "application/json",
+                        None,
+                    )
+                    .await
+                    .is_ok();
             let stored = if exists {
                 let path = format!("{collection}/{name}?fieldManager=shoal");
-                client.json(Method::PATCH, &path, "application/apply-patch+yaml", Some(&object)).await?
+                client
+                    .json(
+                        Method::PATCH,
+                        &path,
+                        "application/apply-patch+yaml",
+                        Some(&object),
+                    )
+                    .await?
             } else {
-                client.json(Method::POST, &format!("{collection}?fieldManager=shoal"), "application/json", Some(&object)).await?
+                client
+                    .json(
+                        Method::POST,
+                        &format!("{collection}?fieldManager=shoal"),
+                        "application/json",
+                        Some(&object),
+                    )
+                    .await?
             };
-            let stored_name = stored.pointer("/metadata/name").and_then(Value::as_str).unwrap_or(&name);
+            let stored_name = stored
+                .pointer("/metadata/name")
+                .and_then(Value::as_str)
+                .unwrap_or(&name);
             let verb = if exists { "configured" } else { "created" };
             println!("{}/{stored_name} {verb}", resource.singular);
         }
@@ -52,9 +85,16 @@ impl ApplyCommand {
 }
 
 fn expand_home_in_images(object: &mut Value) {
-    let Some(home) = std::env::var_os("HOME").map(|h| h.to_string_lossy().into_owned()) else { return };
+    let Some(home) = std::env::var_os("HOME").map(|h| h.to_string_lossy().into_owned()) else {
+        return;
+    };
     for list in ["containers", "initContainers"] {
-        let Some(containers) = object.pointer_mut(&format!("/spec/{list}")).and_then(Value::as_array_mut) else { continue };
+        let Some(containers) = object
+            .pointer_mut(&format!("/spec/{list}"))
+            .and_then(Value::as_array_mut)
+        else {
+            continue;
+        };
         for container in containers {
             if let Some(image) = container.get("image").and_then(Value::as_str) {
                 if let Some(rest) = image.strip_prefix("~/") {

@@ -27,13 +27,17 @@ impl ConnectionArgs {
     pub fn connect(&self) -> anyhow::Result<Connection> {
         let path = crate::kubeconfig::locate(self.kubeconfig.as_deref());
         let (server, namespace) = crate::kubeconfig::read(&path)?;
-        Ok(Connection { client: Client::http(&server), namespace: self.namespace.clone().unwrap_or(namespace) })
+        Ok(Connection {
+            client: Client::http(&server),
+            namespace: self.namespace.clone().unwrap_or(namespace),
+        })
     }
 }
 
 /// A resource by the name a user typed.
 pub fn resource(name: &str) -> anyhow::Result<&'static ResourceInfo> {
-    lookup_name(name).ok_or_else(|| anyhow::anyhow!("the server doesn't have a resource type {name:?}"))
+    lookup_name(name)
+        .ok_or_else(|| anyhow::anyhow!("the server doesn't have a resource type {name:?}"))
 }
 
 /// A resource by a manifest's apiVersion and kind.
@@ -43,19 +47,27 @@ pub fn resource_of(object: &serde_json::Value) -> anyhow::Result<&'static Resour
     if kind.is_empty() || api_version.is_empty() {
         anyhow::bail!("the object has no apiVersion or kind: every manifest document needs both");
     }
-    lookup_kind(api_version, kind).ok_or_else(|| anyhow::anyhow!("no matches for kind {kind:?} in version {api_version:?}"))
+    lookup_kind(api_version, kind)
+        .ok_or_else(|| anyhow::anyhow!("no matches for kind {kind:?} in version {api_version:?}"))
 }
 
 /// The collection URL of `resource` in `namespace` (cluster-wide with `None`).
 pub fn collection_path(resource: &ResourceInfo, namespace: Option<&str>) -> String {
     match namespace {
-        Some(ns) if resource.namespaced => format!("{}/namespaces/{ns}/{}", resource.group_version_path(), resource.plural),
+        Some(ns) if resource.namespaced => format!(
+            "{}/namespaces/{ns}/{}",
+            resource.group_version_path(),
+            resource.plural
+        ),
         _ => format!("{}/{}", resource.group_version_path(), resource.plural),
     }
 }
 
 /// Splits `kind/name` or takes `kind` and `name` separately.
-pub fn kind_and_name(first: &str, second: Option<&str>) -> anyhow::Result<(&'static ResourceInfo, Option<String>)> {
+pub fn kind_and_name(
+    first: &str,
+    second: Option<&str>,
+) -> anyhow::Result<(&'static ResourceInfo, Option<String>)> {
     match first.split_once('/') {
         Some((kind, name)) => Ok((resource(kind)?, Some(name.to_string()))),
         None => Ok((resource(first)?, second.map(str::to_string))),
@@ -71,11 +83,13 @@ pub fn read_manifests(file: &str) -> anyhow::Result<Vec<serde_json::Value>> {
     };
     let mut documents = Vec::new();
     for (i, document) in serde_yaml::Deserializer::from_str(&text).enumerate() {
-        let value = serde_yaml::Value::deserialize(document).with_context(|| format!("{file}: document {} is not valid YAML", i + 1))?;
+        let value = serde_yaml::Value::deserialize(document)
+            .with_context(|| format!("{file}: document {} is not valid YAML", i + 1))?;
         if value.is_null() {
             continue;
         }
-        let json: serde_json::Value = serde_json::to_value(value).with_context(|| format!("{file}: document {} cannot be converted to JSON", i + 1))?;
+        let json: serde_json::Value = serde_json::to_value(value)
+            .with_context(|| format!("{file}: document {} cannot be converted to JSON", i + 1))?;
         if !json.is_object() {
             anyhow::bail!("{file}: document {} is not an object", i + 1);
         }

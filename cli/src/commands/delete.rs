@@ -7,7 +7,9 @@ use clap::Args;
 use http::Method;
 use serde_json::{json, Value};
 
-use super::connection::{collection_path, kind_and_name, read_manifests, resource_of, ConnectionArgs};
+use super::connection::{
+    collection_path, kind_and_name, read_manifests, resource_of, ConnectionArgs,
+};
 
 #[derive(Args)]
 pub struct DeleteCommand {
@@ -34,27 +36,48 @@ impl DeleteCommand {
         if let Some(file) = &self.file {
             for object in read_manifests(file)? {
                 let resource = resource_of(&object)?;
-                let namespace = object.pointer("/metadata/namespace").and_then(Value::as_str).unwrap_or(&connection.namespace).to_string();
-                let name = object.pointer("/metadata/name").and_then(Value::as_str).unwrap_or("").to_string();
+                let namespace = object
+                    .pointer("/metadata/namespace")
+                    .and_then(Value::as_str)
+                    .unwrap_or(&connection.namespace)
+                    .to_string();
+                let name = object
+                    .pointer("/metadata/name")
+                    .and_then(Value::as_str)
+                    .unwrap_or("")
+                    .to_string();
                 targets.push((resource, namespace, name));
             }
         } else {
-            let kind = self.kind.as_deref().ok_or_else(|| anyhow::anyhow!("say what to delete: shoal delete KIND NAME, or -f FILE"))?;
+            let kind = self.kind.as_deref().ok_or_else(|| {
+                anyhow::anyhow!("say what to delete: shoal delete KIND NAME, or -f FILE")
+            })?;
             let (resource, first) = kind_and_name(kind, None)?;
-            let names: Vec<String> = first.into_iter().chain(self.names.iter().cloned()).collect();
+            let names: Vec<String> = first
+                .into_iter()
+                .chain(self.names.iter().cloned())
+                .collect();
             if names.is_empty() {
                 anyhow::bail!("resource(s) were provided, but no name was specified");
             }
-            targets.extend(names.into_iter().map(|n| (resource, connection.namespace.clone(), n)));
+            targets.extend(
+                names
+                    .into_iter()
+                    .map(|n| (resource, connection.namespace.clone(), n)),
+            );
         }
-        let mut options = json!({"kind": "DeleteOptions", "apiVersion": "v1", "propagationPolicy": "Background"});
+        let mut options =
+            json!({"kind": "DeleteOptions", "apiVersion": "v1", "propagationPolicy": "Background"});
         if let Some(grace) = self.grace_period {
             options["gracePeriodSeconds"] = grace.into();
         }
         let mut pending = Vec::new();
         for (resource, namespace, name) in targets {
             let path = format!("{}/{name}", collection_path(resource, Some(&namespace)));
-            connection.client.json(Method::DELETE, &path, "application/json", Some(&options)).await?;
+            connection
+                .client
+                .json(Method::DELETE, &path, "application/json", Some(&options))
+                .await?;
             println!("{} \"{name}\" deleted", resource.singular);
             pending.push(path);
         }
@@ -63,7 +86,12 @@ impl DeleteCommand {
         }
         let deadline = Instant::now() + Duration::from_secs(60);
         for path in pending {
-            while connection.client.json(Method::GET, &path, "application/json", None).await.is_ok() {
+            while connection
+                .client
+                .json(Method::GET, &path, "application/json", None)
+                .await
+                .is_ok()
+            {
                 if Instant::now() > deadline {
                     anyhow::bail!("timed out waiting for {path} to be deleted");
                 }

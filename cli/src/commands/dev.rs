@@ -28,7 +28,9 @@ pub struct DevCommand {
 impl DevCommand {
     pub async fn execute(self) -> anyhow::Result<()> {
         super::init_tracing();
-        let data_dir = self.data_dir.unwrap_or_else(crate::kubeconfig::default_data_dir);
+        let data_dir = self
+            .data_dir
+            .unwrap_or_else(crate::kubeconfig::default_data_dir);
         let mut cluster = DevCluster::start(&data_dir, self.api_addr, self.nodes).await?;
         let kubeconfig = cluster.write_kubeconfig()?;
         let examples = install_examples(&data_dir)?;
@@ -63,7 +65,10 @@ fn install_examples(data_dir: &Path) -> anyhow::Result<PathBuf> {
 
 /// The demo: the hello example as a preview 1 module and as a preview 2 component.
 async fn deploy_demo(cluster: &DevCluster, examples: &Path) -> anyhow::Result<()> {
-    let pods = cluster.control.client.api::<k8s_openapi::api::core::v1::Pod>(Some("default"));
+    let pods = cluster
+        .control
+        .client
+        .api::<k8s_openapi::api::core::v1::Pod>(Some("default"));
     for (name, file) in [("hello-p1", "hello-p1.wasm"), ("hello-p2", "hello-p2.wasm")] {
         let image = examples.join(file);
         let pod = json!({

@@ -37,18 +37,34 @@ impl GetCommand {
             path = format!("{path}/{name}");
         }
         if let Some(selector) = &self.selector {
-            path = format!("{path}?labelSelector={}", url::form_urlencoded::byte_serialize(selector.as_bytes()).collect::<String>());
+            path = format!(
+                "{path}?labelSelector={}",
+                url::form_urlencoded::byte_serialize(selector.as_bytes()).collect::<String>()
+            );
         }
         match self.output.as_deref() {
             Some("yaml") | Some("json") | Some("name") => {
-                let value = connection.client.json(Method::GET, &path, "application/json", None).await?;
+                let value = connection
+                    .client
+                    .json(Method::GET, &path, "application/json", None)
+                    .await?;
                 match self.output.as_deref() {
                     Some("yaml") => print!("{}", serde_yaml::to_string(&value)?),
                     Some("json") => println!("{}", serde_json::to_string_pretty(&value)?),
                     _ => {
-                        let items = value.get("items").and_then(Value::as_array).cloned().unwrap_or_else(|| vec![value.clone()]);
+                        let items = value
+                            .get("items")
+                            .and_then(Value::as_array)
+                            .cloned()
+                            .unwrap_or_else(|| vec![value.clone()]);
                         for item in items {
-                            println!("{}/{}", resource.singular, item.pointer("/metadata/name").and_then(Value::as_str).unwrap_or(""));
+                            println!(
+                                "{}/{}",
+                                resource.singular,
+                                item.pointer("/metadata/name")
+                                    .and_then(Value::as_str)
+                                    .unwrap_or("")
+                            );
                         }
                     }
                 }
@@ -60,9 +76,18 @@ impl GetCommand {
                     eprintln!("No resources found");
                     return Ok(());
                 }
-                print!("{}", render(&table, self.output.as_deref() == Some("wide"), self.all_namespaces && resource.namespaced));
+                print!(
+                    "{}",
+                    render(
+                        &table,
+                        self.output.as_deref() == Some("wide"),
+                        self.all_namespaces && resource.namespaced
+                    )
+                );
             }
-            Some(other) => anyhow::bail!("unknown output format {other:?}: use wide, yaml, json or name"),
+            Some(other) => {
+                anyhow::bail!("unknown output format {other:?}: use wide, yaml, json or name")
+            }
         }
         Ok(())
     }
@@ -72,7 +97,10 @@ async fn get_table(client: &shoal_control::client::Client, path: &str) -> anyhow
     let request = Request::builder()
         .method(Method::GET)
         .uri(path)
-        .header(http::header::ACCEPT, "application/json;as=Table;v=v1;g=meta.k8s.io")
+        .header(
+            http::header::ACCEPT,
+            "application/json;as=Table;v=v1;g=meta.k8s.io",
+        )
         .body(Body::empty())?;
     let response = client.send(request).await?;
     let status = response.status();
@@ -91,10 +119,18 @@ async fn get_table(client: &shoal_control::client::Client, path: &str) -> anyhow
 
 /// Prints a Table as kubectl does: upper-case headers, columns padded to fit.
 pub fn render(table: &Value, wide: bool, with_namespace: bool) -> String {
-    let columns = table["columnDefinitions"].as_array().cloned().unwrap_or_default();
-    let shown: Vec<usize> = (0..columns.len()).filter(|i| wide || columns[*i]["priority"].as_i64().unwrap_or(0) == 0).collect();
+    let columns = table["columnDefinitions"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let shown: Vec<usize> = (0..columns.len())
+        .filter(|i| wide || columns[*i]["priority"].as_i64().unwrap_or(0) == 0)
+        .collect();
     let mut lines: Vec<Vec<String>> = Vec::new();
-    let mut header: Vec<String> = shown.iter().map(|i| columns[*i]["name"].as_str().unwrap_or("").to_uppercase()).collect();
+    let mut header: Vec<String> = shown
+        .iter()
+        .map(|i| columns[*i]["name"].as_str().unwrap_or("").to_uppercase())
+        .collect();
     if with_namespace {
         header.insert(0, "NAMESPACE".into());
     }
@@ -110,14 +146,26 @@ pub fn render(table: &Value, wide: bool, with_namespace: bool) -> String {
             })
             .collect();
         if with_namespace {
-            line.insert(0, row.pointer("/object/metadata/namespace").and_then(Value::as_str).unwrap_or("").to_string());
+            line.insert(
+                0,
+                row.pointer("/object/metadata/namespace")
+                    .and_then(Value::as_str)
+                    .unwrap_or("")
+                    .to_string(),
+            );
         }
         lines.push(line);
     }
-    let widths: Vec<usize> = (0..lines[0].len()).map(|c| lines.iter().map(|l| l[c].len()).max().unwrap_or(0)).collect();
+    let widths: Vec<usize> = (0..lines[0].len())
+        .map(|c| lines.iter().map(|l| l[c].len()).max().unwrap_or(0))
+        .collect();
     let mut out = String::new();
     for line in lines {
-        let padded: Vec<String> = line.iter().enumerate().map(|(c, cell)| format!("{cell:<width$}", width = widths[c])).collect();
+        let padded: Vec<String> = line
+            .iter()
+            .enumerate()
+            .map(|(c, cell)| format!("{cell:<width$}", width = widths[c]))
+            .collect();
         out.push_str(padded.join("   ").trim_end());
         out.push('\n');
     }

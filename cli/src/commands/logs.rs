@@ -24,8 +24,20 @@ pub struct LogsCommand {
 impl LogsCommand {
     pub async fn execute(self) -> anyhow::Result<()> {
         let connection = self.connection.connect()?;
-        let pod = self.pod.strip_prefix("pod/").or_else(|| self.pod.strip_prefix("pods/")).unwrap_or(&self.pod);
-        let mut body = connection.client.pod_logs(&connection.namespace, pod, self.container.as_deref(), self.follow).await?;
+        let pod = self
+            .pod
+            .strip_prefix("pod/")
+            .or_else(|| self.pod.strip_prefix("pods/"))
+            .unwrap_or(&self.pod);
+        let mut body = connection
+            .client
+            .pod_logs(
+                &connection.namespace,
+                pod,
+                self.container.as_deref(),
+                self.follow,
+            )
+            .await?;
         let mut stdout = std::io::stdout();
         while let Some(frame) = body.frame().await {
             if let Ok(data) = frame?.into_data() {

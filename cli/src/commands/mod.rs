@@ -17,7 +17,11 @@ use clap::{Parser, Subcommand};
 pub use connection::{Connection, ConnectionArgs};
 
 #[derive(Parser)]
-#[command(name = "shoal", version, about = "Kubernetes, for WebAssembly: run Wasm pods on a cluster you declare")]
+#[command(
+    name = "shoal",
+    version,
+    about = "Kubernetes, for WebAssembly: run Wasm pods on a cluster you declare"
+)]
 pub struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -61,20 +65,27 @@ impl Cli {
 /// How an error reads on the terminal: API errors as kubectl prints them.
 pub fn describe_error(error: &anyhow::Error) -> String {
     match error.downcast_ref::<shoal_control::client::Error>() {
-        Some(shoal_control::client::Error::Api { reason, message, .. }) => format!("Error from server ({reason}): {message}"),
+        Some(shoal_control::client::Error::Api {
+            reason, message, ..
+        }) => format!("Error from server ({reason}): {message}"),
         _ => format!("error: {error:#}"),
     }
 }
 
 /// Logging for the long-running commands; `RUST_LOG` overrides the default.
 fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,wasmtime=warn,cranelift=warn".into());
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| "info,wasmtime=warn,cranelift=warn".into());
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
 }
 
 /// Resolves when the process is asked to stop (Ctrl-C or SIGTERM).
 async fn shutdown_signal() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("installing a SIGTERM handler");
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("installing a SIGTERM handler");
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}

@@ -23,7 +23,11 @@ impl ServerCommand {
         let mut control = ControlPlane::start(&self.data_dir, self.api_addr).await?;
         let kubeconfig = self.data_dir.join("kubeconfig");
         crate::kubeconfig::write(&kubeconfig, &control.url())?;
-        println!("shoal server ready: API at {}; kubeconfig at {}", control.url(), kubeconfig.display());
+        println!(
+            "shoal server ready: API at {}; kubeconfig at {}",
+            control.url(),
+            kubeconfig.display()
+        );
         super::shutdown_signal().await;
         control.shutdown().await;
         Ok(())

@@ -12,14 +12,20 @@ use super::resources::ResourceInfo;
 /// creation time and the first generation.
 pub fn on_create(resource: &ResourceInfo, object: &mut Value) {
     let meta = metadata_mut(object);
-    let has_name = meta.get("name").and_then(Value::as_str).is_some_and(|n| !n.is_empty());
+    let has_name = meta
+        .get("name")
+        .and_then(Value::as_str)
+        .is_some_and(|n| !n.is_empty());
     if !has_name {
         if let Some(prefix) = meta.get("generateName").and_then(Value::as_str) {
             let name = format!("{prefix}{}", random_suffix());
             meta.insert("name".into(), Value::String(name));
         }
     }
-    meta.insert("uid".into(), Value::String(uuid::Uuid::new_v4().to_string()));
+    meta.insert(
+        "uid".into(),
+        Value::String(uuid::Uuid::new_v4().to_string()),
+    );
     meta.insert("creationTimestamp".into(), Value::String(now_rfc3339()));
     meta.insert("generation".into(), json!(1));
     meta.remove("deletionTimestamp");
@@ -35,10 +41,8 @@ pub fn on_create(resource: &ResourceInfo, object: &mut Value) {
 pub fn kind_defaults(kind: &str, object: &mut Value) {
     match kind {
         "Pod" => pod(object),
-        "Namespace" => {
-            if object.pointer("/status/phase").is_none() {
-                set_at(object, "/status/phase", json!("Active"));
-            }
+        "Namespace" if object.pointer("/status/phase").is_none() => {
+            set_at(object, "/status/phase", json!("Active"))
         }
         _ => {}
     }
@@ -59,7 +63,10 @@ fn pod(object: &mut Value) {
         }
     }
     for list in ["containers", "initContainers"] {
-        let Some(containers) = object.pointer_mut(&format!("/spec/{list}")).and_then(Value::as_array_mut) else {
+        let Some(containers) = object
+            .pointer_mut(&format!("/spec/{list}"))
+            .and_then(Value::as_array_mut)
+        else {
             continue;
         };
         for container in containers.iter_mut().filter(|c| c.is_object()) {
@@ -67,10 +74,17 @@ fn pod(object: &mut Value) {
                 set_at(container, "/imagePullPolicy", json!("IfNotPresent"));
             }
             if container.get("terminationMessagePath").is_none() {
-                set_at(container, "/terminationMessagePath", json!("/dev/termination-log"));
+                set_at(
+                    container,
+                    "/terminationMessagePath",
+                    json!("/dev/termination-log"),
+                );
             }
             if let Some(ports) = container.get_mut("ports").and_then(Value::as_array_mut) {
-                for port in ports.iter_mut().filter(|p| p.is_object() && p.get("protocol").is_none()) {
+                for port in ports
+                    .iter_mut()
+                    .filter(|p| p.is_object() && p.get("protocol").is_none())
+                {
                     set_at(port, "/protocol", json!("TCP"));
                 }
             }
@@ -82,7 +96,9 @@ fn pod(object: &mut Value) {
 fn random_suffix() -> String {
     const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
     let mut rng = rand::thread_rng();
-    (0..5).map(|_| ALPHABET[rng.gen_range(0..ALPHABET.len())] as char).collect()
+    (0..5)
+        .map(|_| ALPHABET[rng.gen_range(0..ALPHABET.len())] as char)
+        .collect()
 }
 
 #[cfg(test)]

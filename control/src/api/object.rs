@@ -17,7 +17,10 @@ pub fn uid(object: &Value) -> &str {
 }
 
 pub fn str_at<'a>(object: &'a Value, pointer: &str) -> &'a str {
-    object.pointer(pointer).and_then(Value::as_str).unwrap_or("")
+    object
+        .pointer(pointer)
+        .and_then(Value::as_str)
+        .unwrap_or("")
 }
 
 /// The `metadata` map of an object, created if missing. Objects reaching the server's
@@ -27,7 +30,9 @@ pub fn metadata_mut(object: &mut Value) -> &mut Map<String, Value> {
         *object = Value::Object(Map::new());
     }
     let map = object.as_object_mut().expect("made an object above");
-    let meta = map.entry("metadata").or_insert_with(|| Value::Object(Map::new()));
+    let meta = map
+        .entry("metadata")
+        .or_insert_with(|| Value::Object(Map::new()));
     if !meta.is_object() {
         *meta = Value::Object(Map::new());
     }
@@ -47,7 +52,9 @@ pub fn set_at(object: &mut Value, pointer: &str, value: Value) {
             map.insert(part.to_string(), value);
             return;
         }
-        current = map.entry(part.to_string()).or_insert_with(|| Value::Object(Map::new()));
+        current = map
+            .entry(part.to_string())
+            .or_insert_with(|| Value::Object(Map::new()));
     }
 }
 
@@ -61,7 +68,9 @@ pub fn human_age(timestamp: &str) -> String {
     let Ok(then) = chrono::DateTime::parse_from_rfc3339(timestamp) else {
         return "<unknown>".into();
     };
-    let seconds = (chrono::Utc::now() - then.with_timezone(&chrono::Utc)).num_seconds().max(0);
+    let seconds = (chrono::Utc::now() - then.with_timezone(&chrono::Utc))
+        .num_seconds()
+        .max(0);
     human_duration(seconds)
 }
 
@@ -85,7 +94,16 @@ mod tests {
 
     #[test]
     fn durations_read_like_kubectl() {
-        for (seconds, text) in [(5, "5s"), (119, "119s"), (200, "3m20s"), (3600, "60m"), (4 * 3600 + 60, "4h1m"), (30 * 3600, "30h"), (3 * 86400, "3d0h"), (30 * 86400, "30d")] {
+        for (seconds, text) in [
+            (5, "5s"),
+            (119, "119s"),
+            (200, "3m20s"),
+            (3600, "60m"),
+            (4 * 3600 + 60, "4h1m"),
+            (30 * 3600, "30h"),
+            (3 * 86400, "3d0h"),
+            (30 * 86400, "30d"),
+        ] {
             assert_eq!(human_duration(seconds), text);
         }
     }

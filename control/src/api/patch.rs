@@ -8,7 +8,11 @@ pub enum PatchError {
     #[error("the patch is not valid JSON: {0}")]
     Decode(String),
     #[error("json patch operation {index} ({op}): {why}")]
-    Operation { index: usize, op: String, why: String },
+    Operation {
+        index: usize,
+        op: String,
+        why: String,
+    },
 }
 
 /// RFC 7386: objects merge recursively, `null` deletes, anything else replaces.
@@ -33,7 +37,12 @@ pub fn merge_patch(target: &mut Value, patch: &Value) {
 /// The merge key of a list field, as Kubernetes' types declare it (`patchMergeKey`).
 fn merge_key(field: &str) -> Option<&'static str> {
     Some(match field {
-        "containers" | "initContainers" | "ephemeralContainers" | "env" | "volumes" | "imagePullSecrets" => "name",
+        "containers"
+        | "initContainers"
+        | "ephemeralContainers"
+        | "env"
+        | "volumes"
+        | "imagePullSecrets" => "name",
         "volumeMounts" => "mountPath",
         "ports" => "containerPort",
         "conditions" => "type",
@@ -67,7 +76,9 @@ pub fn strategic_merge_patch(target: &mut Value, patch: &Value) {
     }
     for (key, value) in patch {
         if let Some(field) = key.strip_prefix("$deleteFromPrimitiveList/") {
-            if let (Some(Value::Array(list)), Some(remove)) = (target.get_mut(field), value.as_array()) {
+            if let (Some(Value::Array(list)), Some(remove)) =
+                (target.get_mut(field), value.as_array())
+            {
                 list.retain(|item| !remove.contains(item));
             }
             continue;
@@ -103,7 +114,9 @@ fn merge_list(existing: &mut Value, patch_items: &[Value], merge_key: &str) {
         let Some(key_value) = item.get(merge_key) else {
             continue;
         };
-        let position = list.iter().position(|e| e.get(merge_key) == Some(key_value));
+        let position = list
+            .iter()
+            .position(|e| e.get(merge_key) == Some(key_value));
         let delete = item.get("$patch").and_then(Value::as_str) == Some("delete");
         match (position, delete) {
             (Some(i), true) => {
@@ -133,13 +146,30 @@ fn strip_directives(value: &mut Value) {
 
 /// RFC 6902 JSON patch. Applied to a copy: on any failing operation the target is unchanged.
 pub fn json_patch(target: &mut Value, patch: &Value) -> Result<(), PatchError> {
-    let ops = patch.as_array().ok_or_else(|| PatchError::Decode("a JSON patch must be an array".into()))?;
+    let ops = patch
+        .as_array()
+        .ok_or_else(|| PatchError::Decode("a JSON patch must be an array".into()))?;
     let mut work = target.clone();
     for (index, op) in ops.iter().enumerate() {
-        let name = op.get("op").and_then(Value::as_str).unwrap_or("").to_string();
-        let fail = |why: &str| PatchError::Operation { index, op: name.clone(), why: why.into() };
-        let path = op.get("path").and_then(Value::as_str).ok_or_else(|| fail("missing path"))?;
-        let value = || op.get("value").cloned().ok_or_else(|| fail("missing value"));
+        let name = op
+            .get("op")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string();
+        let fail = |why: &str| PatchError::Operation {
+            index,
+            op: name.clone(),
+            why: why.into(),
+        };
+        let path = op
+            .get("path")
+            .and_then(Value::as_str)
+            .ok_or_else(|| fail("missing path"))?;
+        let value = || {
+            op.get("value")
+                .cloned()
+                .ok_or_else(|| fail("missing value"))
+        };
         match name.as_str() {
             "add" => add(&mut work, path, value()?).map_err(|w| fail(&w))?,
             "replace" => {
@@ -155,11 +185,16 @@ pub fn json_patch(target: &mut Value, patch: &Value) -> Result<(), PatchError> {
                 }
             }
             "move" | "copy" => {
-                let from = op.get("from").and_then(Value::as_str).ok_or_else(|| fail("missing from"))?;
+                let from = op
+                    .get("from")
+                    .and_then(Value::as_str)
+                    .ok_or_else(|| fail("missing from"))?;
                 let moved = if name == "move" {
                     remove(&mut work, from).map_err(|w| fail(&w))?
                 } else {
-                    work.pointer(from).cloned().ok_or_else(|| fail("from path does not exist"))?
+                    work.pointer(from)
+                        .cloned()
+                        .ok_or_else(|| fail("from path does not exist"))?
                 };
                 add(&mut work, path, moved).map_err(|w| fail(&w))?;
             }
@@ -171,7 +206,9 @@ pub fn json_patch(target: &mut Value, patch: &Value) -> Result<(), PatchError> {
 }
 
 fn split_pointer(path: &str) -> Result<(&str, String), String> {
-    let (parent, last) = path.rsplit_once('/').ok_or_else(|| format!("invalid path {path:?}"))?;
+    let (parent, last) = path
+        .rsplit_once('/')
+        .ok_or_else(|| format!("invalid path {path:?}"))?;
     Ok((parent, last.replace("~1", "/").replace("~0", "~")))
 }
 
@@ -187,7 +224,11 @@ fn add(doc: &mut Value, path: &str, value: Value) -> Result<(), String> {
             Ok(())
         }
         Some(Value::Array(list)) => {
-            let index = if last == "-" { list.len() } else { last.parse().map_err(|_| format!("bad index {last:?}"))? };
+            let index = if last == "-" {
+                list.len()
+            } else {
+                last.parse().map_err(|_| format!("bad index {last:?}"))?
+            };
             if index > list.len() {
                 return Err(format!("index {index} out of range"));
             }
@@ -201,7 +242,9 @@ fn add(doc: &mut Value, path: &str, value: Value) -> Result<(), String> {
 fn remove(doc: &mut Value, path: &str) -> Result<Value, String> {
     let (parent, last) = split_pointer(path)?;
     match doc.pointer_mut(parent) {
-        Some(Value::Object(map)) => map.remove(&last).ok_or_else(|| format!("path {path:?} does not exist")),
+        Some(Value::Object(map)) => map
+            .remove(&last)
+            .ok_or_else(|| format!("path {path:?} does not exist")),
         Some(Value::Array(list)) => {
             let index: usize = last.parse().map_err(|_| format!("bad index {last:?}"))?;
             if index >= list.len() {
@@ -221,7 +264,10 @@ mod tests {
     #[test]
     fn merge_patch_deletes_with_null() {
         let mut v = json!({"metadata": {"labels": {"a": "1", "team": "x"}}});
-        merge_patch(&mut v, &json!({"metadata": {"labels": {"team": null, "b": "2"}}}));
+        merge_patch(
+            &mut v,
+            &json!({"metadata": {"labels": {"team": null, "b": "2"}}}),
+        );
         assert_eq!(v, json!({"metadata": {"labels": {"a": "1", "b": "2"}}}));
     }
 
@@ -234,14 +280,20 @@ mod tests {
             "tolerations": null
         }});
         strategic_merge_patch(&mut v, &patch);
-        assert_eq!(v, json!({"spec": {"containers": [{"name": "a", "image": "3"}]}}));
+        assert_eq!(
+            v,
+            json!({"spec": {"containers": [{"name": "a", "image": "3"}]}})
+        );
     }
 
     #[test]
     fn json_patch_is_all_or_nothing() {
         let mut v = json!({"spec": {"template": 1}, "metadata": {"annotations": {"a": "b"}}});
         json_patch(&mut v, &json!([{"op": "replace", "path": "/spec/template", "value": 2}, {"op": "add", "path": "/metadata/annotations/c", "value": "d"}])).unwrap();
-        assert_eq!(v, json!({"spec": {"template": 2}, "metadata": {"annotations": {"a": "b", "c": "d"}}}));
+        assert_eq!(
+            v,
+            json!({"spec": {"template": 2}, "metadata": {"annotations": {"a": "b", "c": "d"}}})
+        );
         let before = v.clone();
         let err = json_patch(&mut v, &json!([{"op": "remove", "path": "/spec/template"}, {"op": "remove", "path": "/nope/x"}])).unwrap_err();
         assert!(matches!(err, PatchError::Operation { index: 1, .. }));

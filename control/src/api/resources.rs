@@ -56,7 +56,9 @@ impl ResourceInfo {
     }
 }
 
-pub const VERBS: &[&str] = &["create", "delete", "get", "list", "patch", "update", "watch"];
+pub const VERBS: &[&str] = &[
+    "create", "delete", "get", "list", "patch", "update", "watch",
+];
 
 pub static RESOURCES: &[ResourceInfo] = &[
     ResourceInfo {
@@ -133,12 +135,16 @@ pub static RESOURCES: &[ResourceInfo] = &[
 
 /// Finds the resource served at `group`/`version` under the URL name `plural`.
 pub fn lookup(group: &str, version: &str, plural: &str) -> Option<&'static ResourceInfo> {
-    RESOURCES.iter().find(|r| r.group == group && r.version == version && r.plural == plural)
+    RESOURCES
+        .iter()
+        .find(|r| r.group == group && r.version == version && r.plural == plural)
 }
 
 /// Finds the resource for an object's `apiVersion` and `kind`.
 pub fn lookup_kind(api_version: &str, kind: &str) -> Option<&'static ResourceInfo> {
-    RESOURCES.iter().find(|r| r.api_version() == api_version && r.kind == kind)
+    RESOURCES
+        .iter()
+        .find(|r| r.api_version() == api_version && r.kind == kind)
 }
 
 /// Finds a resource by any name a user may type (`pods`, `pod`, `po`, `Pod`, `leases.coordination.k8s.io`).
@@ -164,13 +170,26 @@ mod tests {
     #[test]
     fn lookups() {
         assert_eq!(lookup("", "v1", "pods").unwrap().kind, "Pod");
-        assert_eq!(lookup_kind("coordination.k8s.io/v1", "Lease").unwrap().plural, "leases");
+        assert_eq!(
+            lookup_kind("coordination.k8s.io/v1", "Lease")
+                .unwrap()
+                .plural,
+            "leases"
+        );
         assert!(lookup_kind("v1", "Lease").is_none());
         for name in ["po", "pod", "Pods", "Pod"] {
             assert_eq!(lookup_name(name).unwrap().kind, "Pod", "{name}");
         }
-        assert_eq!(lookup_name("leases.coordination.k8s.io").unwrap().kind, "Lease");
+        assert_eq!(
+            lookup_name("leases.coordination.k8s.io").unwrap().kind,
+            "Lease"
+        );
         assert!(lookup_name("deployments").is_none());
-        assert_eq!(lookup("coordination.k8s.io", "v1", "leases").unwrap().store_name(), "leases.coordination.k8s.io");
+        assert_eq!(
+            lookup("coordination.k8s.io", "v1", "leases")
+                .unwrap()
+                .store_name(),
+            "leases.coordination.k8s.io"
+        );
     }
 }

@@ -92,28 +92,53 @@ fn split_terms(text: &str) -> Vec<&str> {
 fn parse_label_term(term: &str) -> Result<Requirement, ParseError> {
     let bad = || ParseError(term.to_string());
     if let Some(key) = term.strip_prefix('!') {
-        return Ok(Requirement { key: valid_key(key.trim(), term)?, op: Op::DoesNotExist });
+        return Ok(Requirement {
+            key: valid_key(key.trim(), term)?,
+            op: Op::DoesNotExist,
+        });
     }
-    for (sep, make) in [("!=", Op::NotEquals as fn(String) -> Op), ("==", Op::Equals), ("=", Op::Equals)] {
+    for (sep, make) in [
+        ("!=", Op::NotEquals as fn(String) -> Op),
+        ("==", Op::Equals),
+        ("=", Op::Equals),
+    ] {
         if let Some((key, value)) = term.split_once(sep) {
-            return Ok(Requirement { key: valid_key(key.trim(), term)?, op: make(value.trim().to_string()) });
+            return Ok(Requirement {
+                key: valid_key(key.trim(), term)?,
+                op: make(value.trim().to_string()),
+            });
         }
     }
     for (word, set) in [(" notin ", true), (" in ", false)] {
         if let Some((key, values)) = term.split_once(word) {
             let values = values.trim();
-            let inner = values.strip_prefix('(').and_then(|v| v.strip_suffix(')')).ok_or_else(bad)?;
+            let inner = values
+                .strip_prefix('(')
+                .and_then(|v| v.strip_suffix(')'))
+                .ok_or_else(bad)?;
             let values: Vec<String> = inner.split(',').map(|v| v.trim().to_string()).collect();
-            let op = if set { Op::NotIn(values) } else { Op::In(values) };
-            return Ok(Requirement { key: valid_key(key.trim(), term)?, op });
+            let op = if set {
+                Op::NotIn(values)
+            } else {
+                Op::In(values)
+            };
+            return Ok(Requirement {
+                key: valid_key(key.trim(), term)?,
+                op,
+            });
         }
     }
-    Ok(Requirement { key: valid_key(term, term)?, op: Op::Exists })
+    Ok(Requirement {
+        key: valid_key(term, term)?,
+        op: Op::Exists,
+    })
 }
 
 fn valid_key(key: &str, term: &str) -> Result<String, ParseError> {
     let ok = !key.is_empty()
-        && key.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '/'));
+        && key
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '/'));
     if ok {
         Ok(key.to_string())
     } else {
@@ -149,7 +174,10 @@ impl FieldSelector {
 
     /// The value this selector requires for `field`, if it has an equality on it.
     pub fn required(&self, field: &str) -> Option<&str> {
-        self.0.iter().find(|(f, eq, _)| f == field && *eq).map(|(_, _, v)| v.as_str())
+        self.0
+            .iter()
+            .find(|(f, eq, _)| f == field && *eq)
+            .map(|(_, _, v)| v.as_str())
     }
 
     pub fn matches(&self, object: &Value) -> bool {
@@ -171,12 +199,19 @@ mod tests {
     use serde_json::json;
 
     fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     fn check(selector: &str, pairs: &[(&str, &str)], expected: bool) {
         let parsed = LabelSelector::parse(selector).unwrap();
-        assert_eq!(parsed.matches(&labels(pairs)), expected, "{selector} on {pairs:?}");
+        assert_eq!(
+            parsed.matches(&labels(pairs)),
+            expected,
+            "{selector} on {pairs:?}"
+        );
     }
 
     #[test]
@@ -186,7 +221,11 @@ mod tests {
         check("app==web", &[("app", "db")], false);
         check("app!=web", &[], true);
         check("app!=web", &[("app", "web")], false);
-        check("app in (web,demo),tier!=fe,!missing", &[("app", "demo"), ("tier", "be")], true);
+        check(
+            "app in (web,demo),tier!=fe,!missing",
+            &[("app", "demo"), ("tier", "be")],
+            true,
+        );
         check("app in (web, demo)", &[("app", "db")], false);
         check("app notin (web)", &[], true);
         check("app notin (web)", &[("app", "web")], false);
@@ -197,7 +236,10 @@ mod tests {
 
     #[test]
     fn label_errors_name_the_term() {
-        assert_eq!(LabelSelector::parse("app in web").unwrap_err().0, "app in web");
+        assert_eq!(
+            LabelSelector::parse("app in web").unwrap_err().0,
+            "app in web"
+        );
         assert!(LabelSelector::parse("a b").is_err());
     }
 
@@ -206,10 +248,17 @@ mod tests {
         let pod = json!({"metadata": {"name": "p", "namespace": "ns"}, "spec": {"nodeName": "n1"}, "status": {"phase": "Running"}});
         let check = |s: &str| FieldSelector::parse(s).unwrap().matches(&pod);
         assert!(check("metadata.name=p,metadata.namespace=ns"));
-        assert!(check("spec.nodeName=n1,status.phase!=Succeeded,status.phase!=Failed"));
+        assert!(check(
+            "spec.nodeName=n1,status.phase!=Succeeded,status.phase!=Failed"
+        ));
         assert!(!check("spec.nodeName="));
         assert!(check("spec.schedulerName="));
-        assert_eq!(FieldSelector::parse("spec.nodeName=n1").unwrap().required("spec.nodeName"), Some("n1"));
+        assert_eq!(
+            FieldSelector::parse("spec.nodeName=n1")
+                .unwrap()
+                .required("spec.nodeName"),
+            Some("n1")
+        );
         assert!(FieldSelector::parse("nonsense").is_err());
     }
 }

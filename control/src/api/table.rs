@@ -12,60 +12,76 @@ struct Column {
 }
 
 const fn col(name: &'static str, kind: &'static str, priority: u8) -> Column {
-    Column { name, kind, priority }
+    Column {
+        name,
+        kind,
+        priority,
+    }
 }
 
 fn columns(kind: &str) -> &'static [Column] {
     match kind {
         "Pod" => {
             const C: &[Column] = &[
-            col("Name", "string", 0),
-            col("Ready", "string", 0),
-            col("Status", "string", 0),
-            col("Restarts", "string", 0),
-            col("Age", "string", 0),
-            col("IP", "string", 1),
-            col("Node", "string", 1),
-            col("Nominated Node", "string", 1),
-            col("Readiness Gates", "string", 1),
-        ];
+                col("Name", "string", 0),
+                col("Ready", "string", 0),
+                col("Status", "string", 0),
+                col("Restarts", "string", 0),
+                col("Age", "string", 0),
+                col("IP", "string", 1),
+                col("Node", "string", 1),
+                col("Nominated Node", "string", 1),
+                col("Readiness Gates", "string", 1),
+            ];
             C
         }
         "Node" => {
             const C: &[Column] = &[
-            col("Name", "string", 0),
-            col("Status", "string", 0),
-            col("Roles", "string", 0),
-            col("Age", "string", 0),
-            col("Version", "string", 0),
-            col("Internal-IP", "string", 1),
-            col("External-IP", "string", 1),
-            col("OS-Image", "string", 1),
-            col("Kernel-Version", "string", 1),
-            col("Container-Runtime", "string", 1),
-        ];
+                col("Name", "string", 0),
+                col("Status", "string", 0),
+                col("Roles", "string", 0),
+                col("Age", "string", 0),
+                col("Version", "string", 0),
+                col("Internal-IP", "string", 1),
+                col("External-IP", "string", 1),
+                col("OS-Image", "string", 1),
+                col("Kernel-Version", "string", 1),
+                col("Container-Runtime", "string", 1),
+            ];
             C
         }
         "Namespace" => {
-            const C: &[Column] = &[col("Name", "string", 0), col("Status", "string", 0), col("Age", "string", 0)];
+            const C: &[Column] = &[
+                col("Name", "string", 0),
+                col("Status", "string", 0),
+                col("Age", "string", 0),
+            ];
             C
         }
         "Event" => {
             const C: &[Column] = &[
-            col("Last Seen", "string", 0),
-            col("Type", "string", 0),
-            col("Reason", "string", 0),
-            col("Object", "string", 0),
-            col("Message", "string", 0),
-        ];
+                col("Last Seen", "string", 0),
+                col("Type", "string", 0),
+                col("Reason", "string", 0),
+                col("Object", "string", 0),
+                col("Message", "string", 0),
+            ];
             C
         }
         "Lease" => {
-            const C: &[Column] = &[col("Name", "string", 0), col("Holder", "string", 0), col("Age", "string", 0)];
+            const C: &[Column] = &[
+                col("Name", "string", 0),
+                col("Holder", "string", 0),
+                col("Age", "string", 0),
+            ];
             C
         }
         "ConfigMap" => {
-            const C: &[Column] = &[col("Name", "string", 0), col("Data", "integer", 0), col("Age", "string", 0)];
+            const C: &[Column] = &[
+                col("Name", "string", 0),
+                col("Data", "integer", 0),
+                col("Age", "string", 0),
+            ];
             C
         }
         _ => {
@@ -83,20 +99,33 @@ fn cells(kind: &str, o: &Value) -> Vec<Value> {
         "Node" => node_cells(o, name, age),
         "Namespace" => vec![name, json!(str_at(o, "/status/phase")), age],
         "Event" => {
-            let last = [str_at(o, "/lastTimestamp"), str_at(o, "/eventTime"), str_at(o, "/metadata/creationTimestamp")]
-                .into_iter()
-                .find(|t| !t.is_empty())
-                .unwrap_or("");
+            let last = [
+                str_at(o, "/lastTimestamp"),
+                str_at(o, "/eventTime"),
+                str_at(o, "/metadata/creationTimestamp"),
+            ]
+            .into_iter()
+            .find(|t| !t.is_empty())
+            .unwrap_or("");
             let object = format!(
                 "{}/{}",
                 str_at(o, "/involvedObject/kind").to_lowercase(),
                 str_at(o, "/involvedObject/name")
             );
-            vec![json!(human_age(last)), json!(str_at(o, "/type")), json!(str_at(o, "/reason")), json!(object), json!(str_at(o, "/message"))]
+            vec![
+                json!(human_age(last)),
+                json!(str_at(o, "/type")),
+                json!(str_at(o, "/reason")),
+                json!(object),
+                json!(str_at(o, "/message")),
+            ]
         }
         "Lease" => vec![name, json!(str_at(o, "/spec/holderIdentity")), age],
         "ConfigMap" => {
-            let count = ["data", "binaryData"].iter().filter_map(|k| o.get(*k)?.as_object().map(|m| m.len())).sum::<usize>();
+            let count = ["data", "binaryData"]
+                .iter()
+                .filter_map(|k| o.get(*k)?.as_object().map(|m| m.len()))
+                .sum::<usize>();
             vec![name, json!(count), age]
         }
         _ => vec![name, age],
@@ -113,7 +142,10 @@ pub fn render(kind: &str, objects: &[&Value], revision: u64, include_object: boo
             json!({"name": c.name, "type": c.kind, "format": format, "description": c.name, "priority": c.priority})
         })
         .collect();
-    let rows: Vec<Value> = objects.iter().map(|o| row(kind, o, include_object)).collect();
+    let rows: Vec<Value> = objects
+        .iter()
+        .map(|o| row(kind, o, include_object))
+        .collect();
     json!({
         "kind": "Table",
         "apiVersion": "meta.k8s.io/v1",
@@ -135,10 +167,23 @@ fn row(kind: &str, object: &Value, include_object: bool) -> Value {
 }
 
 fn pod_cells(o: &Value, name: Value, age: Value) -> Vec<Value> {
-    let statuses = o.pointer("/status/containerStatuses").and_then(Value::as_array).cloned().unwrap_or_default();
-    let total = o.pointer("/spec/containers").and_then(Value::as_array).map_or(0, Vec::len);
-    let ready = statuses.iter().filter(|s| s["ready"].as_bool() == Some(true)).count();
-    let restarts: i64 = statuses.iter().filter_map(|s| s["restartCount"].as_i64()).sum();
+    let statuses = o
+        .pointer("/status/containerStatuses")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    let total = o
+        .pointer("/spec/containers")
+        .and_then(Value::as_array)
+        .map_or(0, Vec::len);
+    let ready = statuses
+        .iter()
+        .filter(|s| s["ready"].as_bool() == Some(true))
+        .count();
+    let restarts: i64 = statuses
+        .iter()
+        .filter_map(|s| s["restartCount"].as_i64())
+        .sum();
     let node = str_at(o, "/spec/nodeName");
     let ip = str_at(o, "/status/podIP");
     vec![
@@ -157,14 +202,20 @@ fn pod_cells(o: &Value, name: Value, age: Value) -> Vec<Value> {
 /// The STATUS column of a pod, following kubectl's printer: a terminating pod says so; a
 /// waiting or terminated container's reason beats the phase; a finished command says Completed.
 pub fn pod_status_reason(o: &Value) -> String {
-    if o.pointer("/metadata/deletionTimestamp").is_some_and(|t| !t.is_null()) {
+    if o.pointer("/metadata/deletionTimestamp")
+        .is_some_and(|t| !t.is_null())
+    {
         return "Terminating".into();
     }
     let mut reason = str_at(o, "/status/reason").to_string();
     if reason.is_empty() {
         reason = str_at(o, "/status/phase").to_string();
     }
-    let statuses = o.pointer("/status/containerStatuses").and_then(Value::as_array).cloned().unwrap_or_default();
+    let statuses = o
+        .pointer("/status/containerStatuses")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
     for status in statuses.iter().rev() {
         let waiting = str_at(status, "/state/waiting/reason");
         let terminated = str_at(status, "/state/terminated/reason");
@@ -173,7 +224,10 @@ pub fn pod_status_reason(o: &Value) -> String {
         } else if !terminated.is_empty() {
             reason = terminated.to_string();
         } else if status.pointer("/state/terminated").is_some() {
-            let code = status.pointer("/state/terminated/exitCode").and_then(Value::as_i64).unwrap_or(0);
+            let code = status
+                .pointer("/state/terminated/exitCode")
+                .and_then(Value::as_i64)
+                .unwrap_or(0);
             reason = format!("ExitCode:{code}");
         }
     }
@@ -181,7 +235,11 @@ pub fn pod_status_reason(o: &Value) -> String {
 }
 
 fn node_cells(o: &Value, name: Value, age: Value) -> Vec<Value> {
-    let conditions = o.pointer("/status/conditions").and_then(Value::as_array).cloned().unwrap_or_default();
+    let conditions = o
+        .pointer("/status/conditions")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
     let ready = conditions.iter().find(|c| c["type"] == "Ready");
     let mut status = match ready.map(|c| str_at(c, "/status")) {
         Some("True") => "Ready".to_string(),

@@ -21,26 +21,45 @@ pub struct Cause {
 
 impl Cause {
     pub fn required(field: impl Into<String>) -> Self {
-        Self { reason: "FieldValueRequired", message: "Required value".into(), field: field.into() }
+        Self {
+            reason: "FieldValueRequired",
+            message: "Required value".into(),
+            field: field.into(),
+        }
     }
 
     pub fn invalid(field: impl Into<String>, value: &str, why: &str) -> Self {
-        Self { reason: "FieldValueInvalid", message: format!("Invalid value: {value:?}: {why}"), field: field.into() }
+        Self {
+            reason: "FieldValueInvalid",
+            message: format!("Invalid value: {value:?}: {why}"),
+            field: field.into(),
+        }
     }
 
     pub fn forbidden(field: impl Into<String>, why: &str) -> Self {
-        Self { reason: "FieldValueForbidden", message: format!("Forbidden: {why}"), field: field.into() }
+        Self {
+            reason: "FieldValueForbidden",
+            message: format!("Forbidden: {why}"),
+            field: field.into(),
+        }
     }
 
     fn duplicate(field: impl Into<String>, value: &str) -> Self {
-        Self { reason: "FieldValueDuplicate", message: format!("Duplicate value: {value:?}"), field: field.into() }
+        Self {
+            reason: "FieldValueDuplicate",
+            message: format!("Duplicate value: {value:?}"),
+            field: field.into(),
+        }
     }
 
     fn not_supported(field: impl Into<String>, value: &str, supported: &[&str]) -> Self {
         let quoted: Vec<String> = supported.iter().map(|s| format!("{s:?}")).collect();
         Self {
             reason: "FieldValueNotSupported",
-            message: format!("Unsupported value: {value:?}: supported values: {}", quoted.join(", ")),
+            message: format!(
+                "Unsupported value: {value:?}: supported values: {}",
+                quoted.join(", ")
+            ),
             field: field.into(),
         }
     }
@@ -55,7 +74,11 @@ pub fn validate(kind: &str, object: &Value) -> Vec<Cause> {
         causes.push(Cause::required("metadata.name"));
     } else {
         let label_only = kind == "Namespace";
-        if let Err(why) = if label_only { dns1123_label(name) } else { dns1123_subdomain(name) } {
+        if let Err(why) = if label_only {
+            dns1123_label(name)
+        } else {
+            dns1123_subdomain(name)
+        } {
             causes.push(Cause::invalid("metadata.name", name, &why));
         }
     }
@@ -93,9 +116,15 @@ pub fn validate_update(kind: &str, old: &Value, new: &Value) -> Vec<Cause> {
 }
 
 fn validate_labels(object: &Value, causes: &mut Vec<Cause>) {
-    let Some(labels) = object.pointer("/metadata/labels") else { return };
+    let Some(labels) = object.pointer("/metadata/labels") else {
+        return;
+    };
     let Some(labels) = labels.as_object() else {
-        causes.push(Cause::invalid("metadata.labels", &labels.to_string(), "must be a map of strings"));
+        causes.push(Cause::invalid(
+            "metadata.labels",
+            &labels.to_string(),
+            "must be a map of strings",
+        ));
         return;
     };
     for (key, value) in labels {
@@ -115,14 +144,20 @@ fn validate_labels(object: &Value, causes: &mut Vec<Cause>) {
 
 fn is_label_value(v: &str) -> bool {
     let alnum = |c: char| c.is_ascii_alphanumeric();
-    v.starts_with(alnum) && v.ends_with(alnum) && v.chars().all(|c| alnum(c) || matches!(c, '-' | '_' | '.'))
+    v.starts_with(alnum)
+        && v.ends_with(alnum)
+        && v.chars().all(|c| alnum(c) || matches!(c, '-' | '_' | '.'))
 }
 
 fn pod(object: &Value, causes: &mut Vec<Cause>) {
     let pod: Pod = match serde_json::from_value(object.clone()) {
         Ok(pod) => pod,
         Err(e) => {
-            causes.push(Cause::invalid("spec", "", &format!("cannot be decoded as a Pod: {e}")));
+            causes.push(Cause::invalid(
+                "spec",
+                "",
+                &format!("cannot be decoded as a Pod: {e}"),
+            ));
             return;
         }
     };
@@ -134,8 +169,19 @@ fn pod(object: &Value, causes: &mut Vec<Cause>) {
         causes.push(Cause::required("spec.containers"));
     }
     let mut names = HashSet::new();
-    let groups = [("spec.initContainers", spec.init_containers.as_deref().unwrap_or_default()), ("spec.containers", &spec.containers[..])];
-    let volumes: HashSet<&str> = spec.volumes.iter().flatten().map(|v| v.name.as_str()).collect();
+    let groups = [
+        (
+            "spec.initContainers",
+            spec.init_containers.as_deref().unwrap_or_default(),
+        ),
+        ("spec.containers", &spec.containers[..]),
+    ];
+    let volumes: HashSet<&str> = spec
+        .volumes
+        .iter()
+        .flatten()
+        .map(|v| v.name.as_str())
+        .collect();
     for (list, containers) in groups {
         for (i, container) in containers.iter().enumerate() {
             let path = format!("{list}[{i}]");
@@ -148,25 +194,45 @@ fn pod(object: &Value, causes: &mut Vec<Cause>) {
     if let Some(policy) = spec.restart_policy.as_deref() {
         let supported = ["Always", "OnFailure", "Never"];
         if !supported.contains(&policy) {
-            causes.push(Cause::not_supported("spec.restartPolicy", policy, &supported));
+            causes.push(Cause::not_supported(
+                "spec.restartPolicy",
+                policy,
+                &supported,
+            ));
         }
     }
     let mut volume_names = HashSet::new();
     for (i, volume) in spec.volumes.iter().flatten().enumerate() {
         if !volume_names.insert(volume.name.as_str()) {
-            causes.push(Cause::duplicate(format!("spec.volumes[{i}].name"), &volume.name));
+            causes.push(Cause::duplicate(
+                format!("spec.volumes[{i}].name"),
+                &volume.name,
+            ));
         }
         if let Err(why) = dns1123_label(&volume.name) {
-            causes.push(Cause::invalid(format!("spec.volumes[{i}].name"), &volume.name, &why));
+            causes.push(Cause::invalid(
+                format!("spec.volumes[{i}].name"),
+                &volume.name,
+                &why,
+            ));
         }
     }
 }
 
-fn container_rules(path: &str, container: &Container, volumes: &HashSet<&str>, causes: &mut Vec<Cause>) {
+fn container_rules(
+    path: &str,
+    container: &Container,
+    volumes: &HashSet<&str>,
+    causes: &mut Vec<Cause>,
+) {
     if container.name.is_empty() {
         causes.push(Cause::required(format!("{path}.name")));
     } else if let Err(why) = dns1123_label(&container.name) {
-        causes.push(Cause::invalid(format!("{path}.name"), &container.name, &why));
+        causes.push(Cause::invalid(
+            format!("{path}.name"),
+            &container.name,
+            &why,
+        ));
     }
     if container.image.as_deref().unwrap_or("").trim().is_empty() {
         causes.push(Cause::required(format!("{path}.image")));
@@ -189,21 +255,38 @@ fn container_rules(path: &str, container: &Container, volumes: &HashSet<&str>, c
             });
         }
         if !mount.mount_path.starts_with('/') {
-            causes.push(Cause::invalid(format!("{path}.volumeMounts[{j}].mountPath"), &mount.mount_path, "must be an absolute path"));
+            causes.push(Cause::invalid(
+                format!("{path}.volumeMounts[{j}].mountPath"),
+                &mount.mount_path,
+                "must be an absolute path",
+            ));
         }
     }
-    let probes = [("livenessProbe", &container.liveness_probe), ("readinessProbe", &container.readiness_probe), ("startupProbe", &container.startup_probe)];
+    let probes = [
+        ("livenessProbe", &container.liveness_probe),
+        ("readinessProbe", &container.readiness_probe),
+        ("startupProbe", &container.startup_probe),
+    ];
     for (probe_name, probe) in probes {
         let Some(probe) = probe else { continue };
         let field = format!("{path}.{probe_name}");
         if probe.exec.is_some() {
-            causes.push(Cause::forbidden(format!("{field}.exec"), "a Wasm module has no processes to exec into; use an httpGet probe"));
+            causes.push(Cause::forbidden(
+                format!("{field}.exec"),
+                "a Wasm module has no processes to exec into; use an httpGet probe",
+            ));
         }
         if probe.tcp_socket.is_some() {
-            causes.push(Cause::forbidden(format!("{field}.tcpSocket"), "pods have an HTTP loopback, not raw TCP; use an httpGet probe"));
+            causes.push(Cause::forbidden(
+                format!("{field}.tcpSocket"),
+                "pods have an HTTP loopback, not raw TCP; use an httpGet probe",
+            ));
         }
         if probe.grpc.is_some() {
-            causes.push(Cause::forbidden(format!("{field}.grpc"), "gRPC probes are not supported; use an httpGet probe"));
+            causes.push(Cause::forbidden(
+                format!("{field}.grpc"),
+                "gRPC probes are not supported; use an httpGet probe",
+            ));
         }
     }
 }
@@ -216,7 +299,9 @@ pub fn dns1123_label(name: &str) -> Result<(), String> {
         return Err("must be no more than 63 characters".into());
     }
     let ok_char = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit();
-    let valid = name.starts_with(ok_char) && name.ends_with(ok_char) && name.chars().all(|c| ok_char(c) || c == '-');
+    let valid = name.starts_with(ok_char)
+        && name.ends_with(ok_char)
+        && name.chars().all(|c| ok_char(c) || c == '-');
     if valid {
         Ok(())
     } else {
@@ -241,7 +326,10 @@ mod tests {
     use serde_json::json;
 
     fn fields(kind: &str, object: Value) -> Vec<String> {
-        validate(kind, &object).into_iter().map(|c| format!("{}: {}", c.field, c.reason)).collect()
+        validate(kind, &object)
+            .into_iter()
+            .map(|c| format!("{}: {}", c.field, c.reason))
+            .collect()
     }
 
     #[test]
@@ -251,18 +339,27 @@ mod tests {
         assert!(dns1123_label("-web").is_err());
         assert!(dns1123_subdomain("a.b-c").is_ok());
         assert!(dns1123_subdomain("a..b").is_err());
-        assert_eq!(fields("Namespace", json!({"metadata": {"name": "a.b"}})), ["metadata.name: FieldValueInvalid"]);
+        assert_eq!(
+            fields("Namespace", json!({"metadata": {"name": "a.b"}})),
+            ["metadata.name: FieldValueInvalid"]
+        );
     }
 
     #[test]
     fn pod_rules() {
-        assert_eq!(fields("Pod", json!({"metadata": {"name": "p"}, "spec": {"containers": []}})), ["spec.containers: FieldValueRequired"]);
+        assert_eq!(
+            fields(
+                "Pod",
+                json!({"metadata": {"name": "p"}, "spec": {"containers": []}})
+            ),
+            ["spec.containers: FieldValueRequired"]
+        );
         let bad = json!({"metadata": {"name": "Bad_Name"}, "spec": {
-            "restartPolicy": "Sometimes",
-            "containers": [
-                {"name": "a", "image": "x.wasm", "ports": [{"containerPort": 70000}]},
-                {"name": "a", "image": "", "livenessProbe": {"exec": {"command": ["true"]}}, "volumeMounts": [{"name": "nope", "mountPath": "/d"}]}
-            ]}});
+        "restartPolicy": "Sometimes",
+        "containers": [
+            {"name": "a", "image": "x.wasm", "ports": [{"containerPort": 70000}]},
+            {"name": "a", "image": "", "livenessProbe": {"exec": {"command": ["true"]}}, "volumeMounts": [{"name": "nope", "mountPath": "/d"}]}
+        ]}});
         assert_eq!(
             fields("Pod", bad),
             [

@@ -6,8 +6,8 @@ use std::marker::PhantomData;
 use futures::{Stream, StreamExt};
 use http::{Method, Request};
 use http_body_util::BodyExt;
-use k8s_openapi::{Metadata, NamespaceResourceScope, Resource};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::{Metadata, NamespaceResourceScope, Resource};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::Value;
@@ -73,13 +73,21 @@ pub struct Api<K> {
 
 impl<K> Clone for Api<K> {
     fn clone(&self) -> Self {
-        Self { client: self.client.clone(), namespace: self.namespace.clone(), _kind: PhantomData }
+        Self {
+            client: self.client.clone(),
+            namespace: self.namespace.clone(),
+            _kind: PhantomData,
+        }
     }
 }
 
 impl<K> Api<K> {
     pub(super) fn new(client: Client, namespace: Option<&str>) -> Self {
-        Self { client, namespace: namespace.map(str::to_string), _kind: PhantomData }
+        Self {
+            client,
+            namespace: namespace.map(str::to_string),
+            _kind: PhantomData,
+        }
     }
 }
 
@@ -88,8 +96,13 @@ where
     K: Resource + Metadata<Ty = ObjectMeta> + Serialize + DeserializeOwned + Send + 'static,
 {
     fn collection_path(&self) -> String {
-        let base = if K::GROUP.is_empty() { format!("/api/{}", K::VERSION) } else { format!("/apis/{}/{}", K::GROUP, K::VERSION) };
-        let namespaced = std::any::TypeId::of::<K::Scope>() == std::any::TypeId::of::<NamespaceResourceScope>();
+        let base = if K::GROUP.is_empty() {
+            format!("/api/{}", K::VERSION)
+        } else {
+            format!("/apis/{}/{}", K::GROUP, K::VERSION)
+        };
+        let namespaced =
+            std::any::TypeId::of::<K::Scope>() == std::any::TypeId::of::<NamespaceResourceScope>();
         match (&self.namespace, namespaced) {
             (Some(ns), true) => format!("{base}/namespaces/{ns}/{}", K::URL_PATH_SEGMENT),
             _ => format!("{base}/{}", K::URL_PATH_SEGMENT),
@@ -100,7 +113,13 @@ where
         format!("{}/{name}", self.collection_path())
     }
 
-    async fn call(&self, method: Method, path: &str, content_type: &str, body: Option<&Value>) -> Result<K> {
+    async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        content_type: &str,
+        body: Option<&Value>,
+    ) -> Result<K> {
         let value = self.client.json(method, path, content_type, body).await?;
         serde_json::from_value(value).map_err(|e| Error::Decode(format!("{}: {e}", K::KIND)))
     }
@@ -115,7 +134,8 @@ where
     }
 
     pub async fn get(&self, name: &str) -> Result<K> {
-        self.call(Method::GET, &self.item_path(name), "application/json", None).await
+        self.call(Method::GET, &self.item_path(name), "application/json", None)
+            .await
     }
 
     /// Like `get`, with a missing object as `None`.
@@ -129,39 +149,80 @@ where
 
     pub async fn list(&self, params: &ListParams) -> Result<ObjectList<K>> {
         let path = format!("{}?{}", self.collection_path(), params.query());
-        let value = self.client.json(Method::GET, &path, "application/json", None).await?;
-        let resource_version = value.pointer("/metadata/resourceVersion").and_then(Value::as_str).unwrap_or("0").to_string();
+        let value = self
+            .client
+            .json(Method::GET, &path, "application/json", None)
+            .await?;
+        let resource_version = value
+            .pointer("/metadata/resourceVersion")
+            .and_then(Value::as_str)
+            .unwrap_or("0")
+            .to_string();
         let items = value.get("items").cloned().unwrap_or(Value::Array(vec![]));
-        let items = serde_json::from_value(items).map_err(|e| Error::Decode(format!("{} list: {e}", K::KIND)))?;
-        Ok(ObjectList { items, resource_version })
+        let items = serde_json::from_value(items)
+            .map_err(|e| Error::Decode(format!("{} list: {e}", K::KIND)))?;
+        Ok(ObjectList {
+            items,
+            resource_version,
+        })
     }
 
     pub async fn create(&self, object: &K) -> Result<K> {
         let body = Self::to_value(object)?;
-        self.call(Method::POST, &self.collection_path(), "application/json", Some(&body)).await
+        self.call(
+            Method::POST,
+            &self.collection_path(),
+            "application/json",
+            Some(&body),
+        )
+        .await
     }
 
     /// Replaces the object; with `metadata.resourceVersion` set this is a compare-and-swap.
     pub async fn replace(&self, name: &str, object: &K) -> Result<K> {
         let body = Self::to_value(object)?;
-        self.call(Method::PUT, &self.item_path(name), "application/json", Some(&body)).await
+        self.call(
+            Method::PUT,
+            &self.item_path(name),
+            "application/json",
+            Some(&body),
+        )
+        .await
     }
 
     /// Replaces the object's status through the `/status` subresource.
     pub async fn replace_status(&self, name: &str, object: &K) -> Result<K> {
         let body = Self::to_value(object)?;
-        self.call(Method::PUT, &format!("{}/status", self.item_path(name)), "application/json", Some(&body)).await
+        self.call(
+            Method::PUT,
+            &format!("{}/status", self.item_path(name)),
+            "application/json",
+            Some(&body),
+        )
+        .await
     }
 
     /// Applies a JSON merge patch.
     pub async fn patch_merge(&self, name: &str, patch: &Value) -> Result<K> {
-        self.call(Method::PATCH, &self.item_path(name), "application/merge-patch+json", Some(patch)).await
+        self.call(
+            Method::PATCH,
+            &self.item_path(name),
+            "application/merge-patch+json",
+            Some(patch),
+        )
+        .await
     }
 
     /// Applies a JSON merge patch to the `/status` subresource.
     pub async fn patch_status(&self, name: &str, patch: &Value) -> Result<K> {
         let path = format!("{}/status", self.item_path(name));
-        self.call(Method::PATCH, &path, "application/merge-patch+json", Some(patch)).await
+        self.call(
+            Method::PATCH,
+            &path,
+            "application/merge-patch+json",
+            Some(patch),
+        )
+        .await
     }
 
     pub async fn delete(&self, name: &str, params: &DeleteParams) -> Result<()> {
@@ -172,27 +233,54 @@ where
         if let Some(uid) = &params.uid {
             options["preconditions"] = serde_json::json!({"uid": uid});
         }
-        self.client.json(Method::DELETE, &self.item_path(name), "application/json", Some(&options)).await.map(|_| ())
+        self.client
+            .json(
+                Method::DELETE,
+                &self.item_path(name),
+                "application/json",
+                Some(&options),
+            )
+            .await
+            .map(|_| ())
     }
 
     /// Watches changes after `resource_version` ("0" or "" first replays the current objects
     /// as `Added`). The stream ends when the server closes the watch.
-    pub async fn watch(&self, params: &ListParams, resource_version: &str) -> Result<impl Stream<Item = Result<WatchEvent<K>>> + Send> {
-        let path = format!("{}?watch=true&resourceVersion={resource_version}&{}", self.collection_path(), params.query());
-        let request = Request::get(path).body(axum::body::Body::empty()).map_err(|e| Error::Transport(e.to_string()))?;
+    pub async fn watch(
+        &self,
+        params: &ListParams,
+        resource_version: &str,
+    ) -> Result<impl Stream<Item = Result<WatchEvent<K>>> + Send> {
+        let path = format!(
+            "{}?watch=true&resourceVersion={resource_version}&{}",
+            self.collection_path(),
+            params.query()
+        );
+        let request = Request::get(path)
+            .body(axum::body::Body::empty())
+            .map_err(|e| Error::Transport(e.to_string()))?;
         let response = self.client.send(request).await?;
         if !response.status().is_success() {
             let status = response.status();
-            let bytes = response.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+            let bytes = response
+                .into_body()
+                .collect()
+                .await
+                .map(|b| b.to_bytes())
+                .unwrap_or_default();
             return Err(status_error(status, &bytes));
         }
         let frames = response.into_body().into_data_stream();
         let lines = split_lines(frames);
         Ok(lines.map(|line| {
             let line = line?;
-            let event: Value = serde_json::from_slice(&line).map_err(|e| Error::Decode(format!("watch event: {e}")))?;
+            let event: Value = serde_json::from_slice(&line)
+                .map_err(|e| Error::Decode(format!("watch event: {e}")))?;
             let object = event.get("object").cloned().unwrap_or(Value::Null);
-            let decode = |o: Value| serde_json::from_value::<K>(o).map_err(|e| Error::Decode(format!("watched {}: {e}", K::KIND)));
+            let decode = |o: Value| {
+                serde_json::from_value::<K>(o)
+                    .map_err(|e| Error::Decode(format!("watched {}: {e}", K::KIND)))
+            };
             Ok(match event["type"].as_str() {
                 Some("ADDED") => WatchEvent::Added(decode(object)?),
                 Some("MODIFIED") => WatchEvent::Modified(decode(object)?),
@@ -208,29 +296,34 @@ fn split_lines<S>(frames: S) -> impl Stream<Item = Result<Vec<u8>>> + Send
 where
     S: Stream<Item = Result<axum::body::Bytes, axum::Error>> + Send + Unpin + 'static,
 {
-    futures::stream::unfold((frames, Vec::<u8>::new(), false), |(mut frames, mut buffer, done)| async move {
-        loop {
-            if let Some(end) = buffer.iter().position(|b| *b == b'\n') {
-                let line: Vec<u8> = buffer.drain(..=end).collect();
-                if line.len() > 1 {
-                    return Some((Ok(line), (frames, buffer, done)));
-                }
-                continue;
-            }
-            if done {
-                return None;
-            }
-            match frames.next().await {
-                Some(Ok(chunk)) => buffer.extend_from_slice(&chunk),
-                Some(Err(e)) => return Some((Err(Error::Transport(e.to_string())), (frames, buffer, true))),
-                None => {
-                    if buffer.iter().all(u8::is_ascii_whitespace) {
-                        return None;
+    futures::stream::unfold(
+        (frames, Vec::<u8>::new(), false),
+        |(mut frames, mut buffer, done)| async move {
+            loop {
+                if let Some(end) = buffer.iter().position(|b| *b == b'\n') {
+                    let line: Vec<u8> = buffer.drain(..=end).collect();
+                    if line.len() > 1 {
+                        return Some((Ok(line), (frames, buffer, done)));
                     }
-                    buffer.push(b'\n');
-                    return Some((Ok(std::mem::take(&mut buffer)), (frames, Vec::new(), true)));
+                    continue;
+                }
+                if done {
+                    return None;
+                }
+                match frames.next().await {
+                    Some(Ok(chunk)) => buffer.extend_from_slice(&chunk),
+                    Some(Err(e)) => {
+                        return Some((Err(Error::Transport(e.to_string())), (frames, buffer, true)))
+                    }
+                    None => {
+                        if buffer.iter().all(u8::is_ascii_whitespace) {
+                            return None;
+                        }
+                        buffer.push(b'\n');
+                        return Some((Ok(std::mem::take(&mut buffer)), (frames, Vec::new(), true)));
+                    }
                 }
             }
-        }
-    })
+        },
+    )
 }

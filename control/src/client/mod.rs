@@ -23,7 +23,11 @@ pub use watcher::{watcher, WatcherEvent};
 pub enum Error {
     /// The server answered with a Status error.
     #[error("{message} ({code} {reason})")]
-    Api { code: u16, reason: String, message: String },
+    Api {
+        code: u16,
+        reason: String,
+        message: String,
+    },
     #[error("cannot reach the API server: {0}")]
     Transport(String),
     #[error("unexpected answer from the API server: {0}")]
@@ -52,7 +56,10 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 #[derive(Clone)]
 enum Transport {
     InProcess(Router),
-    Http { base: String, http: hyper_util::client::legacy::Client<HttpConnector, Body> },
+    Http {
+        base: String,
+        http: Box<hyper_util::client::legacy::Client<HttpConnector, Body>>,
+    },
 }
 
 /// A handle on the API; cheap to clone.
@@ -64,13 +71,22 @@ pub struct Client {
 impl Client {
     /// A client that calls the API server's router in this process, with no socket.
     pub fn in_process(router: Router) -> Self {
-        Self { transport: Arc::new(Transport::InProcess(router)) }
+        Self {
+            transport: Arc::new(Transport::InProcess(router)),
+        }
     }
 
     /// A client for the API server at `base_url` (such as `http://127.0.0.1:6443`).
     pub fn http(base_url: &str) -> Self {
-        let http = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http();
-        Self { transport: Arc::new(Transport::Http { base: base_url.trim_end_matches('/').to_string(), http }) }
+        let http =
+            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                .build_http();
+        Self {
+            transport: Arc::new(Transport::Http {
+                base: base_url.trim_end_matches('/').to_string(),
+                http: Box::new(http),
+            }),
+        }
     }
 
     /// Typed access to resources of kind `K`, in `namespace` (ignored for cluster-scoped kinds;
@@ -82,13 +98,21 @@ impl Client {
     /// Sends a request whose URI is a path (`/api/v1/pods`) and returns the raw response.
     pub async fn send(&self, request: Request<Body>) -> Result<Response<Body>> {
         match &*self.transport {
-            Transport::InProcess(router) => {
-                router.clone().oneshot(request).await.map_err(|e| Error::Transport(e.to_string()))
-            }
+            Transport::InProcess(router) => router
+                .clone()
+                .oneshot(request)
+                .await
+                .map_err(|e| Error::Transport(e.to_string())),
             Transport::Http { base, http } => {
                 let (mut parts, body) = request.into_parts();
-                let path = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
-                parts.uri = format!("{base}{path}").parse().map_err(|e| Error::Transport(format!("bad URL: {e}")))?;
+                let path = parts
+                    .uri
+                    .path_and_query()
+                    .map(|p| p.as_str())
+                    .unwrap_or("/");
+                parts.uri = format!("{base}{path}")
+                    .parse()
+                    .map_err(|e| Error::Transport(format!("bad URL: {e}")))?;
                 let response = http
                     .request(Request::from_parts(parts, body))
                     .await
@@ -99,9 +123,17 @@ impl Client {
     }
 
     /// Sends a JSON request and decodes the JSON answer, turning error statuses into [`Error::Api`].
-    pub async fn json(&self, method: Method, path: &str, content_type: &str, body: Option<&Value>) -> Result<Value> {
+    pub async fn json(
+        &self,
+        method: Method,
+        path: &str,
+        content_type: &str,
+        body: Option<&Value>,
+    ) -> Result<Value> {
         let body = match body {
-            Some(value) => Body::from(serde_json::to_vec(value).map_err(|e| Error::Decode(e.to_string()))?),
+            Some(value) => {
+                Body::from(serde_json::to_vec(value).map_err(|e| Error::Decode(e.to_string()))?)
+            }
             None => Body::empty(),
         };
         let request = Request::builder()
@@ -122,20 +154,34 @@ impl Client {
         if !status.is_success() {
             return Err(status_error(status, &bytes));
         }
-        serde_json::from_slice(&bytes).map_err(|e| Error::Decode(format!("{e}: {}", String::from_utf8_lossy(&bytes))))
+        serde_json::from_slice(&bytes)
+            .map_err(|e| Error::Decode(format!("{e}: {}", String::from_utf8_lossy(&bytes))))
     }
 
     /// Streams a container's log (`follow` keeps it open while the container runs).
-    pub async fn pod_logs(&self, namespace: &str, pod: &str, container: Option<&str>, follow: bool) -> Result<Body> {
+    pub async fn pod_logs(
+        &self,
+        namespace: &str,
+        pod: &str,
+        container: Option<&str>,
+        follow: bool,
+    ) -> Result<Body> {
         let mut path = format!("/api/v1/namespaces/{namespace}/pods/{pod}/log?follow={follow}");
         if let Some(container) = container {
             path.push_str(&format!("&container={container}"));
         }
-        let request = Request::get(path).body(Body::empty()).map_err(|e| Error::Transport(e.to_string()))?;
+        let request = Request::get(path)
+            .body(Body::empty())
+            .map_err(|e| Error::Transport(e.to_string()))?;
         let response = self.send(request).await?;
         if !response.status().is_success() {
             let status = response.status();
-            let bytes = response.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+            let bytes = response
+                .into_body()
+                .collect()
+                .await
+                .map(|b| b.to_bytes())
+                .unwrap_or_default();
             return Err(status_error(status, &bytes));
         }
         Ok(response.into_body())
@@ -149,7 +195,9 @@ impl Client {
             "target": {"apiVersion": "v1", "kind": "Node", "name": node},
         });
         let path = format!("/api/v1/namespaces/{namespace}/pods/{pod}/binding");
-        self.json(Method::POST, &path, "application/json", Some(&binding)).await.map(|_| ())
+        self.json(Method::POST, &path, "application/json", Some(&binding))
+            .await
+            .map(|_| ())
     }
 }
 

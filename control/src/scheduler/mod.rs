@@ -31,11 +31,19 @@ pub async fn run(client: Client) {
             state.apply_pod(event);
         }
         for (key, pod) in state.pending() {
-            let Some(node) = choose_node(&state) else { break };
+            let Some(node) = choose_node(&state) else {
+                break;
+            };
             state.assign(&key, &node);
             let (client, binds) = (client.clone(), binds.clone());
-            let (namespace, name) = (pod.metadata.namespace.clone().unwrap_or_default(), pod.metadata.name.clone().unwrap_or_default());
-            let permit = binds.acquire_owned().await.expect("the semaphore is never closed");
+            let (namespace, name) = (
+                pod.metadata.namespace.clone().unwrap_or_default(),
+                pod.metadata.name.clone().unwrap_or_default(),
+            );
+            let permit = binds
+                .acquire_owned()
+                .await
+                .expect("the semaphore is never closed");
             tokio::spawn(async move {
                 if let Err(e) = client.bind_pod(&namespace, &name, &node).await {
                     tracing::debug!("binding {namespace}/{name} to {node}: {e}");
@@ -57,7 +65,11 @@ struct ClusterView {
 }
 
 fn pod_key(pod: &Pod) -> String {
-    format!("{}/{}", pod.metadata.namespace.as_deref().unwrap_or(""), pod.metadata.name.as_deref().unwrap_or(""))
+    format!(
+        "{}/{}",
+        pod.metadata.namespace.as_deref().unwrap_or(""),
+        pod.metadata.name.as_deref().unwrap_or("")
+    )
 }
 
 impl ClusterView {
@@ -69,7 +81,12 @@ impl ClusterView {
             }
             WatcherEvent::Applied(pod) => {
                 let key = pod_key(&pod);
-                if pod.spec.as_ref().and_then(|s| s.node_name.as_ref()).is_some() {
+                if pod
+                    .spec
+                    .as_ref()
+                    .and_then(|s| s.node_name.as_ref())
+                    .is_some()
+                {
                     self.assumed.remove(&key);
                 }
                 self.pods.insert(key, pod);
@@ -85,13 +102,18 @@ impl ClusterView {
     fn apply_node(&mut self, event: WatcherEvent<Node>) {
         match event {
             WatcherEvent::Restarted(all) => {
-                self.nodes = all.into_iter().map(|n| (n.metadata.name.clone().unwrap_or_default(), n)).collect();
+                self.nodes = all
+                    .into_iter()
+                    .map(|n| (n.metadata.name.clone().unwrap_or_default(), n))
+                    .collect();
             }
             WatcherEvent::Applied(node) => {
-                self.nodes.insert(node.metadata.name.clone().unwrap_or_default(), node);
+                self.nodes
+                    .insert(node.metadata.name.clone().unwrap_or_default(), node);
             }
             WatcherEvent::Deleted(node) => {
-                self.nodes.remove(node.metadata.name.as_deref().unwrap_or(""));
+                self.nodes
+                    .remove(node.metadata.name.as_deref().unwrap_or(""));
             }
         }
     }
@@ -102,13 +124,23 @@ impl ClusterView {
             .pods
             .iter()
             .filter(|(key, pod)| {
-                let unbound = pod.spec.as_ref().is_some_and(|s| s.node_name.as_deref().unwrap_or("").is_empty());
-                unbound && pod.metadata.deletion_timestamp.is_none() && !self.assumed.contains_key(*key)
+                let unbound = pod
+                    .spec
+                    .as_ref()
+                    .is_some_and(|s| s.node_name.as_deref().unwrap_or("").is_empty());
+                unbound
+                    && pod.metadata.deletion_timestamp.is_none()
+                    && !self.assumed.contains_key(*key)
             })
             .map(|(k, p)| (k.clone(), p.clone()))
             .collect();
         // Oldest first, so scheduling order follows creation order.
-        pending.sort_by(|a, b| a.1.metadata.creation_timestamp.cmp(&b.1.metadata.creation_timestamp).then(a.0.cmp(&b.0)));
+        pending.sort_by(|a, b| {
+            a.1.metadata
+                .creation_timestamp
+                .cmp(&b.1.metadata.creation_timestamp)
+                .then(a.0.cmp(&b.0))
+        });
         pending
     }
 
@@ -120,7 +152,11 @@ impl ClusterView {
     fn load(&self) -> HashMap<&str, usize> {
         let mut load: HashMap<&str, usize> = HashMap::new();
         for pod in self.pods.values() {
-            let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref()).unwrap_or("");
+            let phase = pod
+                .status
+                .as_ref()
+                .and_then(|s| s.phase.as_deref())
+                .unwrap_or("");
             if matches!(phase, "Succeeded" | "Failed") {
                 continue;
             }
@@ -142,7 +178,11 @@ pub fn node_is_eligible(node: &Node) -> bool {
         .as_ref()
         .and_then(|s| s.conditions.as_ref())
         .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
-    let cordoned = node.spec.as_ref().and_then(|s| s.unschedulable).unwrap_or(false);
+    let cordoned = node
+        .spec
+        .as_ref()
+        .and_then(|s| s.unschedulable)
+        .unwrap_or(false);
     ready && !cordoned
 }
 
@@ -177,8 +217,17 @@ mod tests {
     #[test]
     fn spreads_over_eligible_nodes_only() {
         let mut view = ClusterView::default();
-        view.apply_node(WatcherEvent::Restarted(vec![node("a", true, false), node("b", true, false), node("c", false, false), node("d", true, true)]));
-        view.apply_pod(WatcherEvent::Restarted(vec![pod("p1", Some("a")), pod("p2", None), pod("p3", None)]));
+        view.apply_node(WatcherEvent::Restarted(vec![
+            node("a", true, false),
+            node("b", true, false),
+            node("c", false, false),
+            node("d", true, true),
+        ]));
+        view.apply_pod(WatcherEvent::Restarted(vec![
+            pod("p1", Some("a")),
+            pod("p2", None),
+            pod("p3", None),
+        ]));
         assert_eq!(view.pending().len(), 2);
         let first = choose_node(&view).unwrap();
         assert_eq!(first, "b");

@@ -39,7 +39,10 @@ fn group_versions() -> Vec<(&'static str, &'static str)> {
 }
 
 fn wants_aggregated(headers: &HeaderMap) -> bool {
-    headers.get(ACCEPT).and_then(|v| v.to_str().ok()).is_some_and(|a| a.contains("as=APIGroupDiscoveryList"))
+    headers
+        .get(ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|a| a.contains("as=APIGroupDiscoveryList"))
 }
 
 fn json_response(content_type: &'static str, body: Value) -> Response {
@@ -48,7 +51,10 @@ fn json_response(content_type: &'static str, body: Value) -> Response {
 
 /// `GET /api` (`core = true`) or `GET /apis`.
 pub fn root(headers: &HeaderMap, core: bool) -> Response {
-    let groups: Vec<(&str, &str)> = group_versions().into_iter().filter(|(g, _)| g.is_empty() == core).collect();
+    let groups: Vec<(&str, &str)> = group_versions()
+        .into_iter()
+        .filter(|(g, _)| g.is_empty() == core)
+        .collect();
     if wants_aggregated(headers) {
         let items: Vec<Value> = groups
             .iter()
@@ -77,7 +83,10 @@ pub fn root(headers: &HeaderMap, core: bool) -> Response {
             json!({"name": group, "versions": [gv.clone()], "preferredVersion": gv})
         })
         .collect();
-    json_response("application/json", json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": groups}))
+    json_response(
+        "application/json",
+        json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": groups}),
+    )
 }
 
 fn aggregated_resource(r: &ResourceInfo) -> Value {
@@ -104,7 +113,10 @@ fn aggregated_resource(r: &ResourceInfo) -> Value {
 /// `GET /api/v1` or `GET /apis/{group}/{version}`: an `APIResourceList`, or `None` if the
 /// group-version is not served.
 pub fn resource_list(group: &str, version: &str) -> Option<Value> {
-    let served: Vec<&ResourceInfo> = RESOURCES.iter().filter(|r| r.group == group && r.version == version).collect();
+    let served: Vec<&ResourceInfo> = RESOURCES
+        .iter()
+        .filter(|r| r.group == group && r.version == version)
+        .collect();
     if served.is_empty() {
         return None;
     }
@@ -122,16 +134,29 @@ pub fn resource_list(group: &str, version: &str) -> Option<Value> {
     if group.is_empty() {
         resources.push(json!({"name": "pods/eviction", "singularName": "", "namespaced": true, "group": "policy", "version": "v1", "kind": "Eviction", "verbs": ["create"]}));
     }
-    let group_version = if group.is_empty() { version.to_string() } else { format!("{group}/{version}") };
-    Some(json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": group_version, "resources": resources}))
+    let group_version = if group.is_empty() {
+        version.to_string()
+    } else {
+        format!("{group}/{version}")
+    };
+    Some(
+        json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": group_version, "resources": resources}),
+    )
 }
 
 /// `GET /openapi/v3`: the index of per-group-version documents.
 pub fn openapi_root() -> Value {
     let mut paths = BTreeMap::new();
     for (group, version) in group_versions() {
-        let key = if group.is_empty() { format!("api/{version}") } else { format!("apis/{group}/{version}") };
-        paths.insert(key.clone(), json!({"serverRelativeURL": format!("/openapi/v3/{key}")}));
+        let key = if group.is_empty() {
+            format!("api/{version}")
+        } else {
+            format!("apis/{group}/{version}")
+        };
+        paths.insert(
+            key.clone(),
+            json!({"serverRelativeURL": format!("/openapi/v3/{key}")}),
+        );
     }
     json!({"paths": paths})
 }
@@ -140,12 +165,20 @@ pub fn openapi_root() -> Value {
 /// `fieldValidation` parameter and the GVK per kind (so kubectl validates on the server), and
 /// a small schema per kind for `kubectl explain`.
 pub fn openapi_group_version(path: &str) -> Option<Value> {
-    let (group, version) = match path.trim_matches('/').split('/').collect::<Vec<_>>().as_slice() {
+    let (group, version) = match path
+        .trim_matches('/')
+        .split('/')
+        .collect::<Vec<_>>()
+        .as_slice()
+    {
         ["api", version] => ("", *version),
         ["apis", group, version] => (*group, *version),
         _ => return None,
     };
-    let served: Vec<&ResourceInfo> = RESOURCES.iter().filter(|r| r.group == group && r.version == version).collect();
+    let served: Vec<&ResourceInfo> = RESOURCES
+        .iter()
+        .filter(|r| r.group == group && r.version == version)
+        .collect();
     if served.is_empty() {
         return None;
     }
@@ -154,16 +187,28 @@ pub fn openapi_group_version(path: &str) -> Option<Value> {
     for r in served {
         let gvk = json!({"group": r.group, "version": r.version, "kind": r.kind});
         let item = if r.namespaced {
-            format!("{}/namespaces/{{namespace}}/{}/{{name}}", r.group_version_path(), r.plural)
+            format!(
+                "{}/namespaces/{{namespace}}/{}/{{name}}",
+                r.group_version_path(),
+                r.plural
+            )
         } else {
             format!("{}/{}/{{name}}", r.group_version_path(), r.plural)
         };
         let patch = json!({"parameters": [{"name": "fieldValidation", "in": "query", "schema": {"type": "string"}}], "x-kubernetes-group-version-kind": gvk});
-        paths.insert(item, json!({"patch": patch, "put": patch, "get": {"x-kubernetes-group-version-kind": gvk}}));
+        paths.insert(
+            item,
+            json!({"patch": patch, "put": patch, "get": {"x-kubernetes-group-version-kind": gvk}}),
+        );
         let schema_name = if r.group.is_empty() {
             format!("io.k8s.api.core.{}.{}", r.version, r.kind)
         } else {
-            format!("io.k8s.api.{}.{}.{}", r.group.split('.').next().unwrap_or(r.group), r.version, r.kind)
+            format!(
+                "io.k8s.api.{}.{}.{}",
+                r.group.split('.').next().unwrap_or(r.group),
+                r.version,
+                r.kind
+            )
         };
         schemas.insert(
             schema_name,
@@ -181,7 +226,9 @@ pub fn openapi_group_version(path: &str) -> Option<Value> {
             }),
         );
     }
-    Some(json!({"openapi": "3.0.0", "info": {"title": "Shoal", "version": "v1.32.0"}, "paths": paths, "components": {"schemas": schemas}}))
+    Some(
+        json!({"openapi": "3.0.0", "info": {"title": "Shoal", "version": "v1.32.0"}, "paths": paths, "components": {"schemas": schemas}}),
+    )
 }
 
 /// `GET /openapi/v2`: kubectl reads v2 only as protobuf, and only when v3 lacks a kind (an
@@ -189,5 +236,12 @@ pub fn openapi_group_version(path: &str) -> Option<Value> {
 /// lets kubectl go on to report the unknown kind itself instead of "failed to download openapi".
 pub fn openapi_v2() -> Response {
     const DOCUMENT: &[u8] = b"\x0a\x032.0";
-    ([(CONTENT_TYPE, "application/com.github.proto-openapi.spec.v2.v1.0+protobuf")], DOCUMENT).into_response()
+    (
+        [(
+            CONTENT_TYPE,
+            "application/com.github.proto-openapi.spec.v2.v1.0+protobuf",
+        )],
+        DOCUMENT,
+    )
+        .into_response()
 }

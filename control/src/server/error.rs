@@ -15,9 +15,17 @@ pub enum ApiError {
     #[error("{resource} {name:?} already exists")]
     AlreadyExists { resource: String, name: String },
     #[error("Operation cannot be fulfilled on {resource} {name:?}: {why}")]
-    Conflict { resource: String, name: String, why: String },
+    Conflict {
+        resource: String,
+        name: String,
+        why: String,
+    },
     #[error("{kind} {name:?} is invalid: {}", summarize(.causes))]
-    Invalid { kind: String, name: String, causes: Vec<Cause> },
+    Invalid {
+        kind: String,
+        name: String,
+        causes: Vec<Cause>,
+    },
     #[error("{0}")]
     BadRequest(String),
     #[error("{0}")]
@@ -37,7 +45,10 @@ pub enum ApiError {
 pub type Result<T, E = ApiError> = std::result::Result<T, E>;
 
 fn summarize(causes: &[Cause]) -> String {
-    let parts: Vec<String> = causes.iter().map(|c| format!("{}: {}", c.field, c.message)).collect();
+    let parts: Vec<String> = causes
+        .iter()
+        .map(|c| format!("{}: {}", c.field, c.message))
+        .collect();
     match parts.len() {
         1 => parts[0].clone(),
         _ => format!("[{}]", parts.join(", ")),
@@ -78,7 +89,9 @@ impl ApiError {
     pub fn status(&self) -> Value {
         let mut details = json!({});
         match self {
-            Self::NotFound { resource, name } | Self::AlreadyExists { resource, name } | Self::Conflict { resource, name, .. } => {
+            Self::NotFound { resource, name }
+            | Self::AlreadyExists { resource, name }
+            | Self::Conflict { resource, name, .. } => {
                 let (kind, group) = resource.split_once('.').unwrap_or((resource, ""));
                 details = json!({"name": name, "group": group, "kind": kind});
             }
@@ -127,6 +140,11 @@ impl IntoResponse for ApiError {
             tracing::warn!("internal error: {msg}");
         }
         let body = serde_json::to_vec(&self.status()).expect("a Status always serializes");
-        (self.code(), [(http::header::CONTENT_TYPE, "application/json")], body).into_response()
+        (
+            self.code(),
+            [(http::header::CONTENT_TYPE, "application/json")],
+            body,
+        )
+            .into_response()
     }
 }

@@ -41,7 +41,9 @@ pub struct ApiServer {
 impl ApiServer {
     /// Builds the server over `store`, making sure the namespaces every cluster has exist.
     pub async fn new(store: Arc<dyn Store>) -> anyhow::Result<Arc<Self>> {
-        let agents = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http();
+        let agents =
+            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                .build_http();
         let server = Arc::new(Self { store, agents });
         namespaces::ensure_system_namespaces(&server).await?;
         namespaces::resume_terminations(&server);
@@ -59,19 +61,37 @@ impl ApiServer {
             .route("/healthz", get(|| async { "ok" }))
             .route("/readyz", get(|| async { "ok" }))
             .route("/livez", get(|| async { "ok" }))
-            .route("/api", get(|headers: HeaderMap| async move { discovery::root(&headers, true) }))
-            .route("/apis", get(|headers: HeaderMap| async move { discovery::root(&headers, false) }))
-            .route("/api/{version}", get(|Path(version): Path<String>| async move { resource_list("", &version) }))
+            .route(
+                "/api",
+                get(|headers: HeaderMap| async move { discovery::root(&headers, true) }),
+            )
+            .route(
+                "/apis",
+                get(|headers: HeaderMap| async move { discovery::root(&headers, false) }),
+            )
+            .route(
+                "/api/{version}",
+                get(|Path(version): Path<String>| async move { resource_list("", &version) }),
+            )
             .route(
                 "/apis/{group}/{version}",
-                get(|Path((group, version)): Path<(String, String)>| async move { resource_list(&group, &version) }),
+                get(
+                    |Path((group, version)): Path<(String, String)>| async move {
+                        resource_list(&group, &version)
+                    },
+                ),
             )
             .route("/openapi/v2", get(|| async { discovery::openapi_v2() }))
-            .route("/openapi/v3", get(|| async { Json(discovery::openapi_root()) }))
+            .route(
+                "/openapi/v3",
+                get(|| async { Json(discovery::openapi_root()) }),
+            )
             .route(
                 "/openapi/v3/{*path}",
                 get(|Path(path): Path<String>| async move {
-                    discovery::openapi_group_version(&path).map(Json).ok_or(ApiError::NoRoute)
+                    discovery::openapi_group_version(&path)
+                        .map(Json)
+                        .ok_or(ApiError::NoRoute)
                 }),
             )
             .fallback(handle_resource)
@@ -80,7 +100,9 @@ impl ApiServer {
 }
 
 fn resource_list(group: &str, version: &str) -> Result<Json<serde_json::Value>, ApiError> {
-    discovery::resource_list(group, version).map(Json).ok_or(ApiError::NoRoute)
+    discovery::resource_list(group, version)
+        .map(Json)
+        .ok_or(ApiError::NoRoute)
 }
 
 async fn handle_resource(
@@ -92,7 +114,10 @@ async fn handle_resource(
 ) -> Response {
     let request = resource::Request::new(&method, &uri, &headers, body);
     match request {
-        Ok(request) => server.serve(request).await.unwrap_or_else(IntoResponse::into_response),
+        Ok(request) => server
+            .serve(request)
+            .await
+            .unwrap_or_else(IntoResponse::into_response),
         Err(e) => e.into_response(),
     }
 }
@@ -109,7 +134,10 @@ pub async fn serve(
     router: Router,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>())
-        .with_graceful_shutdown(shutdown)
-        .await
+    axum::serve(
+        listener,
+        router.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await
 }

@@ -16,14 +16,19 @@ use crate::api::resources::RESOURCES;
 use crate::store::{revision_of, ObjectKey};
 
 /// Namespaces every cluster has; they cannot be deleted.
-pub const SYSTEM_NAMESPACES: [&str; 4] = ["default", "kube-system", "kube-public", "kube-node-lease"];
+pub const SYSTEM_NAMESPACES: [&str; 4] =
+    ["default", "kube-system", "kube-public", "kube-node-lease"];
 
 pub async fn ensure_system_namespaces(server: &ApiServer) -> anyhow::Result<()> {
     for name in SYSTEM_NAMESPACES {
         let key = ObjectKey::new("namespaces", "", name);
         if server.store.get(&key)?.is_none() {
             let mut namespace = json!({"metadata": {"name": name}});
-            crate::api::defaults::on_create(crate::api::resources::lookup("", "v1", "namespaces").expect("namespaces are served"), &mut namespace);
+            crate::api::defaults::on_create(
+                crate::api::resources::lookup("", "v1", "namespaces")
+                    .expect("namespaces are served"),
+                &mut namespace,
+            );
             match server.store.create(key, namespace).await {
                 Ok(_) | Err(crate::store::Error::AlreadyExists(_)) => {}
                 Err(e) => return Err(e.into()),
@@ -35,7 +40,9 @@ pub async fn ensure_system_namespaces(server: &ApiServer) -> anyhow::Result<()> 
 
 /// Restarts the clean-up of namespaces that were terminating when the server stopped.
 pub fn resume_terminations(server: &Arc<ApiServer>) {
-    let Ok(listing) = server.store.list("namespaces", None) else { return };
+    let Ok(listing) = server.store.list("namespaces", None) else {
+        return;
+    };
     for namespace in listing.objects {
         if namespace.pointer("/metadata/deletionTimestamp").is_some() {
             spawn_cleanup(server.clone(), object::name(&namespace).to_string());
@@ -50,24 +57,36 @@ pub fn check_accepts_content(server: &ApiServer, namespace: &str) -> Result<()> 
         .get(&ObjectKey::new("namespaces", "", namespace))
         .map_err(|e| ApiError::from_store(e, "namespaces", namespace))?;
     match found {
-        None => Err(ApiError::NotFound { resource: "namespaces".into(), name: namespace.into() }),
-        Some(ns) if ns.pointer("/metadata/deletionTimestamp").is_some() => Err(ApiError::Forbidden(format!(
+        None => Err(ApiError::NotFound {
+            resource: "namespaces".into(),
+            name: namespace.into(),
+        }),
+        Some(ns) if ns.pointer("/metadata/deletionTimestamp").is_some() => {
+            Err(ApiError::Forbidden(format!(
             "unable to create new content in namespace {namespace} because it is being terminated"
-        ))),
+        )))
+        }
         Some(_) => Ok(()),
     }
 }
 
-pub async fn delete(server: &Arc<ApiServer>, request: &Request, current: Value) -> Result<Response> {
+pub async fn delete(
+    server: &Arc<ApiServer>,
+    request: &Request,
+    current: Value,
+) -> Result<Response> {
     let name = request.name().to_string();
     if SYSTEM_NAMESPACES.contains(&name.as_str()) {
-        return Err(ApiError::Forbidden(format!("namespaces \"{name}\" is forbidden: this namespace may not be deleted")));
+        return Err(ApiError::Forbidden(format!(
+            "namespaces \"{name}\" is forbidden: this namespace may not be deleted"
+        )));
     }
     if current.pointer("/metadata/deletionTimestamp").is_some() {
         return Ok(json_response(StatusCode::OK, &current));
     }
     let mut marked = current.clone();
-    object::metadata_mut(&mut marked).insert("deletionTimestamp".into(), json!(object::now_rfc3339()));
+    object::metadata_mut(&mut marked)
+        .insert("deletionTimestamp".into(), json!(object::now_rfc3339()));
     object::set_at(&mut marked, "/status/phase", json!("Terminating"));
     let stored = server
         .store
@@ -85,20 +104,30 @@ fn spawn_cleanup(server: Arc<ApiServer>, namespace: String) {
         loop {
             let mut remaining = 0;
             for resource in RESOURCES.iter().filter(|r| r.namespaced) {
-                let Ok(listing) = server.store.list(&resource.store_name(), Some(&namespace)) else { continue };
+                let Ok(listing) = server.store.list(&resource.store_name(), Some(&namespace))
+                else {
+                    continue;
+                };
                 remaining += listing.objects.len();
                 for object in listing.objects {
-                    let key = ObjectKey::new(&resource.store_name(), &namespace, object::name(&object));
+                    let key =
+                        ObjectKey::new(&resource.store_name(), &namespace, object::name(&object));
                     let bound = !object::str_at(&object, "/spec/nodeName").is_empty();
                     if resource.kind == "Pod" && bound {
-                        super::pods::mark_for_deletion(&server, key, object, None).await.ok();
+                        super::pods::mark_for_deletion(&server, key, object, None)
+                            .await
+                            .ok();
                     } else {
                         server.store.delete(key, None).await.ok();
                     }
                 }
             }
             if remaining == 0 {
-                server.store.delete(ObjectKey::new("namespaces", "", &namespace), None).await.ok();
+                server
+                    .store
+                    .delete(ObjectKey::new("namespaces", "", &namespace), None)
+                    .await
+                    .ok();
                 return;
             }
             tokio::time::sleep(Duration::from_millis(200)).await;

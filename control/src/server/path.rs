@@ -48,7 +48,12 @@ pub fn parse(path: &str) -> Result<ResourcePath, PathError> {
             return Err(PathError::NoRoute);
         }
     }
-    Ok(ResourcePath { resource, namespace, name, subresource })
+    Ok(ResourcePath {
+        resource,
+        namespace,
+        name,
+        subresource,
+    })
 }
 
 #[cfg(test)]
@@ -56,8 +61,17 @@ mod tests {
     use super::*;
 
     fn check(path: &str, expected: Option<(&str, Option<&str>, Option<&str>, Option<&str>)>) {
-        let parsed = parse(path).ok().map(|p| (p.resource.plural, p.namespace, p.name, p.subresource));
-        let expected = expected.map(|(r, ns, n, s)| (r, ns.map(String::from), n.map(String::from), s.map(String::from)));
+        let parsed = parse(path)
+            .ok()
+            .map(|p| (p.resource.plural, p.namespace, p.name, p.subresource));
+        let expected = expected.map(|(r, ns, n, s)| {
+            (
+                r,
+                ns.map(String::from),
+                n.map(String::from),
+                s.map(String::from),
+            )
+        });
         assert_eq!(parsed, expected, "{path}");
     }
 
@@ -65,11 +79,26 @@ mod tests {
     fn resource_paths() {
         check("/api/v1/pods", Some(("pods", None, None, None)));
         check("/api/v1/namespaces", Some(("namespaces", None, None, None)));
-        check("/api/v1/namespaces/default", Some(("namespaces", None, Some("default"), None)));
-        check("/api/v1/namespaces/default/status", Some(("namespaces", None, Some("default"), Some("status"))));
-        check("/api/v1/namespaces/default/pods", Some(("pods", Some("default"), None, None)));
-        check("/api/v1/namespaces/default/pods/p1/log", Some(("pods", Some("default"), Some("p1"), Some("log"))));
-        check("/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases/n1", Some(("leases", Some("kube-node-lease"), Some("n1"), None)));
+        check(
+            "/api/v1/namespaces/default",
+            Some(("namespaces", None, Some("default"), None)),
+        );
+        check(
+            "/api/v1/namespaces/default/status",
+            Some(("namespaces", None, Some("default"), Some("status"))),
+        );
+        check(
+            "/api/v1/namespaces/default/pods",
+            Some(("pods", Some("default"), None, None)),
+        );
+        check(
+            "/api/v1/namespaces/default/pods/p1/log",
+            Some(("pods", Some("default"), Some("p1"), Some("log"))),
+        );
+        check(
+            "/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases/n1",
+            Some(("leases", Some("kube-node-lease"), Some("n1"), None)),
+        );
         check("/api/v1/namespaces/default/nodes/n1", None);
         check("/api/v1/namespaces/default/pods/p1/nosuch", None);
         check("/api/v1/widgets", None);

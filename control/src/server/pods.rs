@@ -19,7 +19,10 @@ use crate::store::{revision_of, ObjectKey};
 
 /// A new pod starts Pending with no observed state, whatever the client sent.
 pub fn prepare_create(pod: &mut Value) {
-    let qos = pod.pointer("/status/qosClass").cloned().unwrap_or(json!("BestEffort"));
+    let qos = pod
+        .pointer("/status/qosClass")
+        .cloned()
+        .unwrap_or(json!("BestEffort"));
     object::set_at(pod, "/status", json!({"phase": "Pending", "qosClass": qos}));
 }
 
@@ -41,16 +44,25 @@ pub async fn bind(server: &Arc<ApiServer>, request: &Request) -> Result<Response
             return Err(ApiError::Conflict {
                 resource: "pods".into(),
                 name: request.name().into(),
-                why: format!("pod {} is already assigned to node {current:?}", request.name()),
+                why: format!(
+                    "pod {} is already assigned to node {current:?}",
+                    request.name()
+                ),
             });
         }
         if pod.pointer("/metadata/deletionTimestamp").is_some() {
-            return Err(ApiError::Conflict { resource: "pods".into(), name: request.name().into(), why: "the pod is being deleted".into() });
+            return Err(ApiError::Conflict {
+                resource: "pods".into(),
+                name: request.name().into(),
+                why: "the pod is being deleted".into(),
+            });
         }
         let mut bound = pod.clone();
         object::set_at(&mut bound, "/spec/nodeName", json!(node));
         let condition = json!({"type": "PodScheduled", "status": "True", "lastTransitionTime": object::now_rfc3339()});
-        let conditions = bound.pointer_mut("/status/conditions").and_then(Value::as_array_mut);
+        let conditions = bound
+            .pointer_mut("/status/conditions")
+            .and_then(Value::as_array_mut);
         match conditions {
             Some(list) => {
                 list.retain(|c| c["type"] != "PodScheduled");
@@ -58,7 +70,11 @@ pub async fn bind(server: &Arc<ApiServer>, request: &Request) -> Result<Response
             }
             None => object::set_at(&mut bound, "/status/conditions", json!([condition])),
         }
-        match server.store.update(request.key(), bound, revision_of(&pod)).await {
+        match server
+            .store
+            .update(request.key(), bound, revision_of(&pod))
+            .await
+        {
             Ok(_) => {
                 let status = json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201});
                 return Ok(json_response(StatusCode::CREATED, &status));
@@ -67,7 +83,11 @@ pub async fn bind(server: &Arc<ApiServer>, request: &Request) -> Result<Response
             Err(e) => return Err(ApiError::from_store(e, "pods", request.name())),
         }
     }
-    Err(ApiError::Conflict { resource: "pods".into(), name: request.name().into(), why: "too many concurrent writers".into() })
+    Err(ApiError::Conflict {
+        resource: "pods".into(),
+        name: request.name().into(),
+        why: "too many concurrent writers".into(),
+    })
 }
 
 /// Deletes a pod: at once when it is not on a node or the grace period is zero; otherwise it
@@ -89,20 +109,37 @@ pub async fn delete(
 
 /// Sets `deletionTimestamp` (now + grace) and `deletionGracePeriodSeconds`; a later delete
 /// can only shorten the grace period.
-pub async fn mark_for_deletion(server: &ApiServer, key: ObjectKey, pod: Value, grace: Option<i64>) -> Result<Value> {
-    let default_grace = pod.pointer("/spec/terminationGracePeriodSeconds").and_then(Value::as_i64).unwrap_or(30);
+pub async fn mark_for_deletion(
+    server: &ApiServer,
+    key: ObjectKey,
+    pod: Value,
+    grace: Option<i64>,
+) -> Result<Value> {
+    let default_grace = pod
+        .pointer("/spec/terminationGracePeriodSeconds")
+        .and_then(Value::as_i64)
+        .unwrap_or(30);
     let grace = grace.unwrap_or(default_grace).max(0);
-    let existing = pod.pointer("/metadata/deletionGracePeriodSeconds").and_then(Value::as_i64);
+    let existing = pod
+        .pointer("/metadata/deletionGracePeriodSeconds")
+        .and_then(Value::as_i64);
     if existing.is_some_and(|e| e <= grace) {
         return Ok(pod);
     }
     let mut marked = pod.clone();
     let deadline = chrono::Utc::now() + chrono::Duration::seconds(grace);
     let meta = object::metadata_mut(&mut marked);
-    meta.insert("deletionTimestamp".into(), json!(deadline.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)));
+    meta.insert(
+        "deletionTimestamp".into(),
+        json!(deadline.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)),
+    );
     meta.insert("deletionGracePeriodSeconds".into(), json!(grace));
     let name = key.name.clone();
-    server.store.update(key, marked, revision_of(&pod)).await.map_err(|e| ApiError::from_store(e, "pods", &name))
+    server
+        .store
+        .update(key, marked, revision_of(&pod))
+        .await
+        .map_err(|e| ApiError::from_store(e, "pods", &name))
 }
 
 /// `GET pods/{name}/log`: streams the container's log from the agent of the pod's node.
@@ -111,7 +148,12 @@ pub async fn log(server: &Arc<ApiServer>, request: &Request) -> Result<Response>
     let name = request.name();
     let mut containers = Vec::new();
     for list in ["initContainers", "containers"] {
-        for c in pod.pointer(&format!("/spec/{list}")).and_then(Value::as_array).into_iter().flatten() {
+        for c in pod
+            .pointer(&format!("/spec/{list}"))
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
             containers.push(object::str_at(c, "/name").to_string());
         }
     }
@@ -120,9 +162,15 @@ pub async fn log(server: &Arc<ApiServer>, request: &Request) -> Result<Response>
         .and_then(Value::as_str)
         .unwrap_or_default()
         .to_string();
-    let container = request.query.get("container").map(str::to_string).unwrap_or(default);
+    let container = request
+        .query
+        .get("container")
+        .map(str::to_string)
+        .unwrap_or(default);
     if !containers.contains(&container) {
-        return Err(ApiError::BadRequest(format!("container {container} is not valid for pod {name}")));
+        return Err(ApiError::BadRequest(format!(
+            "container {container} is not valid for pod {name}"
+        )));
     }
     let node_name = object::str_at(&pod, "/spec/nodeName");
     if node_name.is_empty() {
@@ -131,27 +179,46 @@ pub async fn log(server: &Arc<ApiServer>, request: &Request) -> Result<Response>
         )));
     }
     let node = server.get_object(&ObjectKey::new("nodes", "", node_name))?;
-    let endpoint = agent_endpoint(&node)
-        .ok_or_else(|| ApiError::Internal(format!("node {node_name} publishes no agent endpoint")))?;
+    let endpoint = agent_endpoint(&node).ok_or_else(|| {
+        ApiError::Internal(format!("node {node_name} publishes no agent endpoint"))
+    })?;
     let query = {
         let mut query = url::form_urlencoded::Serializer::new(String::new());
-        for key in ["follow", "tailLines", "timestamps", "previous", "limitBytes", "sinceSeconds", "sinceTime"] {
+        for key in [
+            "follow",
+            "tailLines",
+            "timestamps",
+            "previous",
+            "limitBytes",
+            "sinceSeconds",
+            "sinceTime",
+        ] {
             if let Some(value) = request.query.get(key) {
                 query.append_pair(key, value);
             }
         }
         query.finish()
     };
-    let url = format!("http://{endpoint}/containerLogs/{}/{name}/{container}?{query}", request.namespace());
-    let uri: http::Uri = url.parse().map_err(|e| ApiError::Internal(format!("bad agent URL {url}: {e}")))?;
-    let answer = server
-        .agents
-        .get(uri)
-        .await
-        .map_err(|e| ApiError::Internal(format!("cannot reach the agent of node {node_name} at {endpoint}: {e}")))?;
+    let url = format!(
+        "http://{endpoint}/containerLogs/{}/{name}/{container}?{query}",
+        request.namespace()
+    );
+    let uri: http::Uri = url
+        .parse()
+        .map_err(|e| ApiError::Internal(format!("bad agent URL {url}: {e}")))?;
+    let answer = server.agents.get(uri).await.map_err(|e| {
+        ApiError::Internal(format!(
+            "cannot reach the agent of node {node_name} at {endpoint}: {e}"
+        ))
+    })?;
     if answer.status() != StatusCode::OK {
         let code = answer.status();
-        let text = answer.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+        let text = answer
+            .into_body()
+            .collect()
+            .await
+            .map(|b| b.to_bytes())
+            .unwrap_or_default();
         let message = String::from_utf8_lossy(&text).trim().to_string();
         return Err(if code == StatusCode::NOT_FOUND {
             ApiError::BadRequest(message)
@@ -159,12 +226,18 @@ pub async fn log(server: &Arc<ApiServer>, request: &Request) -> Result<Response>
             ApiError::Internal(format!("agent of node {node_name}: {message}"))
         });
     }
-    Ok(([(CONTENT_TYPE, "text/plain")], Body::new(answer.into_body())).into_response())
+    Ok((
+        [(CONTENT_TYPE, "text/plain")],
+        Body::new(answer.into_body()),
+    )
+        .into_response())
 }
 
 /// `host:port` of a node's agent, from its InternalIP and kubelet endpoint port.
 pub fn agent_endpoint(node: &Value) -> Option<String> {
-    let port = node.pointer("/status/daemonEndpoints/kubeletEndpoint/Port").and_then(Value::as_i64)?;
+    let port = node
+        .pointer("/status/daemonEndpoints/kubeletEndpoint/Port")
+        .and_then(Value::as_i64)?;
     let address = node
         .pointer("/status/addresses")
         .and_then(Value::as_array)?

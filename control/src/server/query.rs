@@ -11,7 +11,11 @@ pub struct Query(HashMap<String, String>);
 impl Query {
     pub fn parse(raw: Option<&str>) -> Self {
         let pairs = url::form_urlencoded::parse(raw.unwrap_or("").as_bytes());
-        Self(pairs.map(|(k, v)| (k.into_owned(), v.into_owned())).collect())
+        Self(
+            pairs
+                .map(|(k, v)| (k.into_owned(), v.into_owned()))
+                .collect(),
+        )
     }
 
     pub fn get(&self, key: &str) -> Option<&str> {
@@ -24,7 +28,11 @@ impl Query {
 
     pub fn number(&self, key: &str) -> Result<Option<i64>> {
         self.get(key)
-            .map(|v| v.parse().map_err(|_| ApiError::BadRequest(format!("query parameter {key}={v:?} must be an integer"))))
+            .map(|v| {
+                v.parse().map_err(|_| {
+                    ApiError::BadRequest(format!("query parameter {key}={v:?} must be an integer"))
+                })
+            })
             .transpose()
     }
 
@@ -33,7 +41,8 @@ impl Query {
     }
 
     pub fn label_selector(&self) -> Result<LabelSelector> {
-        LabelSelector::parse(self.get("labelSelector").unwrap_or("")).map_err(|e| ApiError::BadRequest(e.to_string()))
+        LabelSelector::parse(self.get("labelSelector").unwrap_or(""))
+            .map_err(|e| ApiError::BadRequest(e.to_string()))
     }
 
     pub fn field_selector(&self) -> Result<FieldSelector> {
@@ -45,10 +54,9 @@ impl Query {
     pub fn resource_version(&self) -> Result<Option<u64>> {
         match self.get("resourceVersion") {
             None | Some("") | Some("0") => Ok(None),
-            Some(v) => v
-                .parse()
-                .map(Some)
-                .map_err(|_| ApiError::BadRequest(format!("invalid resourceVersion {v:?}: must be an integer"))),
+            Some(v) => v.parse().map(Some).map_err(|_| {
+                ApiError::BadRequest(format!("invalid resourceVersion {v:?}: must be an integer"))
+            }),
         }
     }
 }

@@ -30,7 +30,12 @@ pub struct Request {
 impl Request {
     pub fn new(method: &Method, uri: &Uri, headers: &HeaderMap, body: Bytes) -> Result<Self> {
         let path = path::parse(uri.path()).map_err(|_| ApiError::NoRoute)?;
-        let header = |name| headers.get(name).and_then(|v: &http::HeaderValue| v.to_str().ok()).unwrap_or("");
+        let header = |name| {
+            headers
+                .get(name)
+                .and_then(|v: &http::HeaderValue| v.to_str().ok())
+                .unwrap_or("")
+        };
         Ok(Self {
             method: method.clone(),
             path,
@@ -67,12 +72,18 @@ impl Request {
             ));
         }
         let value: Value = if self.content_type.contains("yaml") {
-            serde_yaml::from_slice(&self.body).map_err(|e| ApiError::BadRequest(format!("the request body is not valid YAML: {e}")))?
+            serde_yaml::from_slice(&self.body).map_err(|e| {
+                ApiError::BadRequest(format!("the request body is not valid YAML: {e}"))
+            })?
         } else {
-            serde_json::from_slice(&self.body).map_err(|e| ApiError::BadRequest(format!("the request body is not valid JSON: {e}")))?
+            serde_json::from_slice(&self.body).map_err(|e| {
+                ApiError::BadRequest(format!("the request body is not valid JSON: {e}"))
+            })?
         };
         if !value.is_object() {
-            return Err(ApiError::BadRequest("the request body must be a JSON object".into()));
+            return Err(ApiError::BadRequest(
+                "the request body must be a JSON object".into(),
+            ));
         }
         Ok(value)
     }
@@ -95,7 +106,10 @@ impl ApiServer {
             (&Method::PUT, true, None | Some("status")) => self.replace(&request).await,
             (&Method::PATCH, true, None | Some("status")) => self.patch(&request).await,
             (&Method::DELETE, true, None) => self.delete(&request).await,
-            (method, _, _) => Err(ApiError::MethodNotAllowed(format!("{method} {}", request.resource().plural))),
+            (method, _, _) => Err(ApiError::MethodNotAllowed(format!(
+                "{method} {}",
+                request.resource().plural
+            ))),
         }
     }
 
@@ -103,7 +117,10 @@ impl ApiServer {
         let resource = resource_for_store_name(&key.resource);
         match self.store.get(key) {
             Ok(Some(object)) => Ok(object),
-            Ok(None) => Err(ApiError::NotFound { resource, name: key.name.clone() }),
+            Ok(None) => Err(ApiError::NotFound {
+                resource,
+                name: key.name.clone(),
+            }),
             Err(e) => Err(ApiError::from_store(e, &resource, &key.name)),
         }
     }
@@ -116,10 +133,17 @@ impl ApiServer {
             .store
             .list(&resource.store_name(), request.path.namespace.as_deref())
             .map_err(|e| ApiError::from_store(e, &resource.qualified_plural(), ""))?;
-        let items: Vec<&Value> = listing.objects.iter().filter(|o| labels.matches_object(o) && fields.matches(o)).collect();
+        let items: Vec<&Value> = listing
+            .objects
+            .iter()
+            .filter(|o| labels.matches_object(o) && fields.matches(o))
+            .collect();
         if request.wants_table {
             let include_object = request.query.get("includeObject") == Some("Object");
-            return Ok(json_response(StatusCode::OK, &table::render(resource.kind, &items, listing.revision, include_object)));
+            return Ok(json_response(
+                StatusCode::OK,
+                &table::render(resource.kind, &items, listing.revision, include_object),
+            ));
         }
         let body = json!({
             "kind": format!("{}List", resource.kind),
@@ -130,10 +154,18 @@ impl ApiServer {
         Ok(json_response(StatusCode::OK, &body))
     }
 
-    pub(super) fn respond_object(&self, request: &Request, code: StatusCode, object: &Value) -> Response {
+    pub(super) fn respond_object(
+        &self,
+        request: &Request,
+        code: StatusCode,
+        object: &Value,
+    ) -> Response {
         if request.wants_table {
             let revision = revision_of(object).unwrap_or(0);
-            return json_response(code, &table::render(request.resource().kind, &[object], revision, false));
+            return json_response(
+                code,
+                &table::render(request.resource().kind, &[object], revision, false),
+            );
         }
         json_response(code, object)
     }
@@ -150,7 +182,8 @@ impl ApiServer {
                     "the namespace of the provided object ({in_body}) does not match the namespace sent on the request ({namespace})"
                 )));
             }
-            object::metadata_mut(&mut object).insert("namespace".into(), Value::String(namespace.clone()));
+            object::metadata_mut(&mut object)
+                .insert("namespace".into(), Value::String(namespace.clone()));
             namespaces::check_accepts_content(self, &namespace)?;
         } else {
             object::metadata_mut(&mut object).remove("namespace");
@@ -164,7 +197,11 @@ impl ApiServer {
         let name = object::name(&object).to_string();
         let causes = validation::validate(resource.kind, &object);
         if !causes.is_empty() {
-            return Err(ApiError::Invalid { kind: resource.kind.into(), name, causes });
+            return Err(ApiError::Invalid {
+                kind: resource.kind.into(),
+                name,
+                causes,
+            });
         }
         if request.query.dry_run() {
             return Ok(self.respond_object(request, StatusCode::CREATED, &object));
@@ -191,18 +228,27 @@ impl ApiServer {
         let precondition = revision_of(&new);
         let current = self.get_object(&request.key())?;
         let merged = prepare_update(request, &current, new)?;
-        self.commit_update(request, merged, precondition.or(revision_of(&current))).await
+        self.commit_update(request, merged, precondition.or(revision_of(&current)))
+            .await
     }
 
     async fn patch(self: &Arc<Self>, request: &Request) -> Result<Response> {
         let patch_body: Value = serde_json::from_slice(&request.body)
             .or_else(|_| serde_yaml::from_slice(&request.body))
-            .map_err(|e| ApiError::BadRequest(format!("the patch is not valid JSON or YAML: {e}")))?;
+            .map_err(|e| {
+                ApiError::BadRequest(format!("the patch is not valid JSON or YAML: {e}"))
+            })?;
         let server_side_apply = request.content_type.contains("apply-patch");
         for _attempt in 0..16 {
             let current = match self.get_object(&request.key()) {
-                Err(ApiError::NotFound { .. }) if server_side_apply && request.path.subresource.is_none() => {
-                    let create = Request { body: Bytes::from(patch_body.to_string()), content_type: "application/json".into(), ..clone_request(request) };
+                Err(ApiError::NotFound { .. })
+                    if server_side_apply && request.path.subresource.is_none() =>
+                {
+                    let create = Request {
+                        body: Bytes::from(patch_body.to_string()),
+                        content_type: "application/json".into(),
+                        ..clone_request(request)
+                    };
                     return self.create(&create).await;
                 }
                 other => other?,
@@ -210,7 +256,8 @@ impl ApiServer {
             let mut patched = current.clone();
             let content_type = request.content_type.as_str();
             if content_type.contains("json-patch") {
-                patch::json_patch(&mut patched, &patch_body).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+                patch::json_patch(&mut patched, &patch_body)
+                    .map_err(|e| ApiError::BadRequest(e.to_string()))?;
             } else if content_type.contains("strategic-merge-patch") {
                 patch::strategic_merge_patch(&mut patched, &patch_body);
             } else if content_type.contains("merge-patch") || server_side_apply {
@@ -221,7 +268,10 @@ impl ApiServer {
                 )));
             }
             let merged = prepare_update(request, &current, patched)?;
-            match self.commit_update(request, merged, revision_of(&current)).await {
+            match self
+                .commit_update(request, merged, revision_of(&current))
+                .await
+            {
                 Err(ApiError::Conflict { .. }) => continue,
                 other => return other,
             }
@@ -233,7 +283,12 @@ impl ApiServer {
         })
     }
 
-    async fn commit_update(self: &Arc<Self>, request: &Request, object: Value, precondition: Option<u64>) -> Result<Response> {
+    async fn commit_update(
+        self: &Arc<Self>,
+        request: &Request,
+        object: Value,
+        precondition: Option<u64>,
+    ) -> Result<Response> {
         if request.query.dry_run() {
             return Ok(self.respond_object(request, StatusCode::OK, &object));
         }
@@ -245,8 +300,13 @@ impl ApiServer {
             .map_err(|e| ApiError::from_store(e, &resource.qualified_plural(), request.name()))?;
         // An object marked for deletion goes once its last finalizer is removed. Pods are
         // the exception: their node agent finishes their deletion.
-        let finalizers = stored.pointer("/metadata/finalizers").and_then(Value::as_array).map_or(0, Vec::len);
-        let marked = stored.pointer("/metadata/deletionTimestamp").is_some_and(|t| !t.is_null());
+        let finalizers = stored
+            .pointer("/metadata/finalizers")
+            .and_then(Value::as_array)
+            .map_or(0, Vec::len);
+        let marked = stored
+            .pointer("/metadata/deletionTimestamp")
+            .is_some_and(|t| !t.is_null());
         if marked && finalizers == 0 && resource.kind != "Pod" && resource.kind != "Namespace" {
             let _ = self.store.delete(request.key(), revision_of(&stored)).await;
         }
@@ -257,19 +317,26 @@ impl ApiServer {
         let options: Value = if request.body.is_empty() {
             json!({})
         } else {
-            serde_json::from_slice(&request.body).map_err(|e| ApiError::BadRequest(format!("invalid DeleteOptions: {e}")))?
+            serde_json::from_slice(&request.body)
+                .map_err(|e| ApiError::BadRequest(format!("invalid DeleteOptions: {e}")))?
         };
         let grace = match options.get("gracePeriodSeconds").and_then(Value::as_i64) {
             Some(g) => Some(g),
             None => request.query.number("gracePeriodSeconds")?,
         };
         let current = self.get_object(&request.key())?;
-        if let Some(uid) = options.pointer("/preconditions/uid").and_then(Value::as_str) {
+        if let Some(uid) = options
+            .pointer("/preconditions/uid")
+            .and_then(Value::as_str)
+        {
             if uid != object::uid(&current) {
                 return Err(ApiError::Conflict {
                     resource: request.resource().qualified_plural(),
                     name: request.name().into(),
-                    why: format!("Precondition failed: UID in precondition: {uid}, UID in object meta: {}", object::uid(&current)),
+                    why: format!(
+                        "Precondition failed: UID in precondition: {uid}, UID in object meta: {}",
+                        object::uid(&current)
+                    ),
                 });
             }
         }
@@ -285,36 +352,60 @@ impl ApiServer {
             "Namespace" => return namespaces::delete(self, request, current).await,
             _ => {}
         }
-        let has_finalizers = current.pointer("/metadata/finalizers").and_then(Value::as_array).is_some_and(|f| !f.is_empty());
+        let has_finalizers = current
+            .pointer("/metadata/finalizers")
+            .and_then(Value::as_array)
+            .is_some_and(|f| !f.is_empty());
         if has_finalizers {
             let mut marked = current.clone();
             if marked.pointer("/metadata/deletionTimestamp").is_none() {
-                object::metadata_mut(&mut marked).insert("deletionTimestamp".into(), json!(object::now_rfc3339()));
+                object::metadata_mut(&mut marked)
+                    .insert("deletionTimestamp".into(), json!(object::now_rfc3339()));
             }
-            return self.commit_update(request, marked, revision_of(&current)).await;
+            return self
+                .commit_update(request, marked, revision_of(&current))
+                .await;
         }
         self.delete_now(request, precondition).await
     }
 
     /// Removes an object from the store at once and answers with its last state.
-    pub(super) async fn delete_now(&self, request: &Request, precondition: Option<u64>) -> Result<Response> {
+    pub(super) async fn delete_now(
+        &self,
+        request: &Request,
+        precondition: Option<u64>,
+    ) -> Result<Response> {
         let deleted = self
             .store
             .delete(request.key(), precondition)
             .await
-            .map_err(|e| ApiError::from_store(e, &request.resource().qualified_plural(), request.name()))?;
+            .map_err(|e| {
+                ApiError::from_store(e, &request.resource().qualified_plural(), request.name())
+            })?;
         Ok(json_response(StatusCode::OK, &deleted))
     }
 
     /// Gives a new Node the first free /24 of 10.244.0.0/16 as its pod CIDR.
     fn assign_pod_cidr(&self, node: &mut Value) -> Result<()> {
-        if node.pointer("/spec/podCIDR").and_then(Value::as_str).is_some_and(|c| !c.is_empty()) {
+        if node
+            .pointer("/spec/podCIDR")
+            .and_then(Value::as_str)
+            .is_some_and(|c| !c.is_empty())
+        {
             return Ok(());
         }
-        let nodes = self.store.list("nodes", None).map_err(|e| ApiError::from_store(e, "nodes", ""))?;
-        let taken: Vec<&str> = nodes.objects.iter().filter_map(|n| n.pointer("/spec/podCIDR")?.as_str()).collect();
+        let nodes = self
+            .store
+            .list("nodes", None)
+            .map_err(|e| ApiError::from_store(e, "nodes", ""))?;
+        let taken: Vec<&str> = nodes
+            .objects
+            .iter()
+            .filter_map(|n| n.pointer("/spec/podCIDR")?.as_str())
+            .collect();
         let index = (0..=255).find(|i| !taken.contains(&format!("10.244.{i}.0/24").as_str()));
-        let index = index.ok_or_else(|| ApiError::Forbidden("no free pod CIDR left in 10.244.0.0/16".into()))?;
+        let index = index
+            .ok_or_else(|| ApiError::Forbidden("no free pod CIDR left in 10.244.0.0/16".into()))?;
         let cidr = format!("10.244.{index}.0/24");
         object::set_at(node, "/spec/podCIDR", json!(cidr));
         object::set_at(node, "/spec/podCIDRs", json!([cidr]));
@@ -347,7 +438,9 @@ fn resource_for_store_name(store_name: &str) -> String {
 fn check_type(resource: &ResourceInfo, object: &Value) -> Result<()> {
     let kind = object::str_at(object, "/kind");
     let api_version = object::str_at(object, "/apiVersion");
-    if (!kind.is_empty() && kind != resource.kind) || (!api_version.is_empty() && api_version != resource.api_version()) {
+    if (!kind.is_empty() && kind != resource.kind)
+        || (!api_version.is_empty() && api_version != resource.api_version())
+    {
         return Err(ApiError::BadRequest(format!(
             "the API version in the data ({api_version}) and kind ({kind}) do not match the resource {} ({}, {})",
             resource.qualified_plural(),
@@ -364,7 +457,11 @@ fn prepare_update(request: &Request, current: &Value, new: Value) -> Result<Valu
     let resource = request.resource();
     let mut merged = if request.path.subresource.as_deref() == Some("status") {
         let mut merged = current.clone();
-        object::set_at(&mut merged, "/status", new.get("status").cloned().unwrap_or(json!({})));
+        object::set_at(
+            &mut merged,
+            "/status",
+            new.get("status").cloned().unwrap_or(json!({})),
+        );
         merged
     } else {
         let mut merged = new;
@@ -377,13 +474,30 @@ fn prepare_update(request: &Request, current: &Value, new: Value) -> Result<Valu
             }
         }
         let spec_changed = merged.get("spec") != current.get("spec");
-        let generation = current.pointer("/metadata/generation").and_then(Value::as_i64).unwrap_or(1);
+        let generation = current
+            .pointer("/metadata/generation")
+            .and_then(Value::as_i64)
+            .unwrap_or(1);
         let meta = object::metadata_mut(&mut merged);
-        meta.insert("generation".into(), json!(if spec_changed { generation + 1 } else { generation }));
+        meta.insert(
+            "generation".into(),
+            json!(if spec_changed {
+                generation + 1
+            } else {
+                generation
+            }),
+        );
         merged
     };
     let meta = object::metadata_mut(&mut merged);
-    for field in ["uid", "creationTimestamp", "deletionTimestamp", "deletionGracePeriodSeconds", "name", "namespace"] {
+    for field in [
+        "uid",
+        "creationTimestamp",
+        "deletionTimestamp",
+        "deletionGracePeriodSeconds",
+        "name",
+        "namespace",
+    ] {
         match current.pointer(&format!("/metadata/{field}")) {
             Some(value) => meta.insert(field.into(), value.clone()),
             None => meta.remove(field),
@@ -397,7 +511,11 @@ fn prepare_update(request: &Request, current: &Value, new: Value) -> Result<Valu
     defaults::kind_defaults(resource.kind, &mut merged);
     let causes = validation::validate_update(resource.kind, current, &merged);
     if !causes.is_empty() {
-        return Err(ApiError::Invalid { kind: resource.kind.into(), name: request.name().into(), causes });
+        return Err(ApiError::Invalid {
+            kind: resource.kind.into(),
+            name: request.name().into(),
+            causes,
+        });
     }
     Ok(merged)
 }

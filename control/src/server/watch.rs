@@ -32,7 +32,8 @@ impl ApiServer {
             } else {
                 object.clone()
             };
-            let mut line = serde_json::to_vec(&json!({"type": event_type, "object": object})).expect("JSON always serializes");
+            let mut line = serde_json::to_vec(&json!({"type": event_type, "object": object}))
+                .expect("JSON always serializes");
             line.push(b'\n');
             Bytes::from(line)
         });
@@ -65,7 +66,9 @@ impl ApiServer {
         let plural = resource.qualified_plural();
         let live = live.filter_map(move |event| {
             let line = match event {
-                Ok(event) if labels.matches_object(&event.object) && fields.matches(&event.object) => {
+                Ok(event)
+                    if labels.matches_object(&event.object) && fields.matches(&event.object) =>
+                {
                     let event_type = match event.event_type {
                         EventType::Added => "ADDED",
                         EventType::Modified => "MODIFIED",
@@ -76,16 +79,19 @@ impl ApiServer {
                 Ok(_) => None,
                 Err(e) => {
                     let status = ApiError::from_store(e, &plural, "").status();
-                    Some(Bytes::from(format!("{}\n", json!({"type": "ERROR", "object": status}))))
+                    Some(Bytes::from(format!(
+                        "{}\n",
+                        json!({"type": "ERROR", "object": status})
+                    )))
                 }
             };
             futures::future::ready(line)
         });
         let events = stream::iter(initial).chain(live);
         let events = match request.query.number("timeoutSeconds")? {
-            Some(seconds) if seconds > 0 => {
-                events.take_until(tokio::time::sleep(Duration::from_secs(seconds as u64))).boxed()
-            }
+            Some(seconds) if seconds > 0 => events
+                .take_until(tokio::time::sleep(Duration::from_secs(seconds as u64)))
+                .boxed(),
             _ => events.boxed(),
         };
         Ok(stream_response(events))

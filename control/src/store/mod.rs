@@ -27,7 +27,11 @@ pub struct ObjectKey {
 
 impl ObjectKey {
     pub fn new(resource: &str, namespace: &str, name: &str) -> Self {
-        Self { resource: resource.into(), namespace: namespace.into(), name: name.into() }
+        Self {
+            resource: resource.into(),
+            namespace: namespace.into(),
+            name: name.into(),
+        }
     }
 
     /// The key's encoding in the store. Names and namespaces cannot contain `/`, so the
@@ -77,7 +81,11 @@ pub enum Error {
     #[error("{} {:?} already exists", .0.resource, .0.name)]
     AlreadyExists(ObjectKey),
     #[error("the object has been modified; please apply your changes to the latest version and try again (expected resourceVersion {expected}, current {current})")]
-    Conflict { key: ObjectKey, expected: u64, current: u64 },
+    Conflict {
+        key: ObjectKey,
+        expected: u64,
+        current: u64,
+    },
     #[error("too old resource version: {requested} ({oldest})")]
     Gone { requested: u64, oldest: u64 },
     #[error("store backend: {0}")]
@@ -99,7 +107,12 @@ pub trait Store: Send + Sync + 'static {
     async fn create(&self, key: ObjectKey, object: Value) -> Result<Value>;
     /// Replaces the object under `key`. With `precondition`, only if its current
     /// `resourceVersion` equals it (compare-and-swap), else `Conflict`.
-    async fn update(&self, key: ObjectKey, object: Value, precondition: Option<u64>) -> Result<Value>;
+    async fn update(
+        &self,
+        key: ObjectKey,
+        object: Value,
+        precondition: Option<u64>,
+    ) -> Result<Value>;
     /// Removes the object under `key` (with the same precondition rule as `update`) and
     /// returns its last state, stamped with the deletion revision.
     async fn delete(&self, key: ObjectKey, precondition: Option<u64>) -> Result<Value>;
@@ -115,14 +128,23 @@ pub trait Store: Send + Sync + 'static {
 /// Sets `metadata.resourceVersion` of a JSON object.
 pub(crate) fn stamp_revision(object: &mut Value, revision: u64) {
     if let Some(map) = object.as_object_mut() {
-        let meta = map.entry("metadata").or_insert_with(|| Value::Object(Default::default()));
+        let meta = map
+            .entry("metadata")
+            .or_insert_with(|| Value::Object(Default::default()));
         if let Some(meta) = meta.as_object_mut() {
-            meta.insert("resourceVersion".into(), Value::String(revision.to_string()));
+            meta.insert(
+                "resourceVersion".into(),
+                Value::String(revision.to_string()),
+            );
         }
     }
 }
 
 /// Reads `metadata.resourceVersion` of a JSON object as a revision.
 pub fn revision_of(object: &Value) -> Option<u64> {
-    object.pointer("/metadata/resourceVersion")?.as_str()?.parse().ok()
+    object
+        .pointer("/metadata/resourceVersion")?
+        .as_str()?
+        .parse()
+        .ok()
 }

@@ -33,9 +33,19 @@ const EVENT_LOG_LEN: u64 = 100_000;
 const MAX_BATCH: usize = 512;
 
 enum Op {
-    Create { key: ObjectKey, object: Value },
-    Update { key: ObjectKey, object: Value, precondition: Option<u64> },
-    Delete { key: ObjectKey, precondition: Option<u64> },
+    Create {
+        key: ObjectKey,
+        object: Value,
+    },
+    Update {
+        key: ObjectKey,
+        object: Value,
+        precondition: Option<u64>,
+    },
+    Delete {
+        key: ObjectKey,
+        precondition: Option<u64>,
+    },
 }
 
 struct PendingWrite {
@@ -71,12 +81,21 @@ impl RedbStore {
         let (writes, queue) = mpsc::unbounded_channel();
         let (live, _) = broadcast::channel(8192);
         let revision = Arc::new(AtomicU64::new(revision));
-        let writer = Writer { db: db.clone(), live: live.clone(), revision: revision.clone() };
+        let writer = Writer {
+            db: db.clone(),
+            live: live.clone(),
+            revision: revision.clone(),
+        };
         std::thread::Builder::new()
             .name("store-writer".into())
             .spawn(move || writer.run(queue))
             .map_err(backend)?;
-        Ok(Self { db, writes, live, revision })
+        Ok(Self {
+            db,
+            writes,
+            live,
+            revision,
+        })
     }
 
     async fn submit(&self, op: Op) -> Result<Value> {
@@ -84,9 +103,10 @@ impl RedbStore {
         self.writes
             .send(PendingWrite { op, reply })
             .map_err(|_| Error::Backend("the store writer has stopped".into()))?;
-        answer.await.map_err(|_| Error::Backend("the store writer has stopped".into()))?
+        answer
+            .await
+            .map_err(|_| Error::Backend("the store writer has stopped".into()))?
     }
-
 }
 
 /// Reads the logged events under `prefix` with a revision above `since`.
@@ -94,9 +114,16 @@ fn read_log(db: &Database, prefix: &str, since: u64) -> Result<Vec<WatchEvent>> 
     {
         let txn = db.begin_read().map_err(backend)?;
         let meta = txn.open_table(META).map_err(backend)?;
-        let oldest = meta.get(META_OLDEST).map_err(backend)?.map(|v| v.value()).unwrap_or(0);
+        let oldest = meta
+            .get(META_OLDEST)
+            .map_err(backend)?
+            .map(|v| v.value())
+            .unwrap_or(0);
         if since + 1 < oldest {
-            return Err(Error::Gone { requested: since, oldest });
+            return Err(Error::Gone {
+                requested: since,
+                oldest,
+            });
         }
         let events = txn.open_table(EVENTS).map_err(backend)?;
         let mut found = Vec::new();
@@ -117,8 +144,18 @@ impl Store for RedbStore {
         self.submit(Op::Create { key, object }).await
     }
 
-    async fn update(&self, key: ObjectKey, object: Value, precondition: Option<u64>) -> Result<Value> {
-        self.submit(Op::Update { key, object, precondition }).await
+    async fn update(
+        &self,
+        key: ObjectKey,
+        object: Value,
+        precondition: Option<u64>,
+    ) -> Result<Value> {
+        self.submit(Op::Update {
+            key,
+            object,
+            precondition,
+        })
+        .await
     }
 
     async fn delete(&self, key: ObjectKey, precondition: Option<u64>) -> Result<Value> {
@@ -129,14 +166,20 @@ impl Store for RedbStore {
         let txn = self.db.begin_read().map_err(backend)?;
         let objects = txn.open_table(OBJECTS).map_err(backend)?;
         let found = objects.get(key.encode().as_str()).map_err(backend)?;
-        found.map(|bytes| serde_json::from_slice(bytes.value()).map_err(backend)).transpose()
+        found
+            .map(|bytes| serde_json::from_slice(bytes.value()).map_err(backend))
+            .transpose()
     }
 
     fn list(&self, resource: &str, namespace: Option<&str>) -> Result<Listing> {
         let prefix = key_prefix(resource, namespace);
         let txn = self.db.begin_read().map_err(backend)?;
         let meta = txn.open_table(META).map_err(backend)?;
-        let revision = meta.get(META_REVISION).map_err(backend)?.map(|v| v.value()).unwrap_or(0);
+        let revision = meta
+            .get(META_REVISION)
+            .map_err(backend)?
+            .map(|v| v.value())
+            .unwrap_or(0);
         let objects = txn.open_table(OBJECTS).map_err(backend)?;
         let mut found = Vec::new();
         for entry in objects.range(prefix.as_str()..).map_err(backend)? {
@@ -146,7 +189,10 @@ impl Store for RedbStore {
             }
             found.push(serde_json::from_slice(bytes.value()).map_err(backend)?);
         }
-        Ok(Listing { objects: found, revision })
+        Ok(Listing {
+            objects: found,
+            revision,
+        })
     }
 
     fn watch(&self, resource: &str, namespace: Option<&str>, since: u64) -> Result<WatchStream> {
@@ -223,7 +269,7 @@ impl Writer {
                 }
             }
             commits += 1;
-            let compact = commits % 64 == 0;
+            let compact = commits.is_multiple_of(64);
             match self.commit(&batch, compact) {
                 Ok(outcomes) => {
                     for (pending, outcome) in batch.into_iter().zip(outcomes) {
@@ -237,7 +283,9 @@ impl Writer {
                 Err(e) => {
                     tracing::error!("store commit failed: {e}");
                     for pending in batch {
-                        let _ = pending.reply.send(Err(Error::Backend(format!("commit failed: {e}"))));
+                        let _ = pending
+                            .reply
+                            .send(Err(Error::Backend(format!("commit failed: {e}"))));
                     }
                 }
             }
@@ -246,19 +294,29 @@ impl Writer {
 
     /// Applies a batch in one durable transaction. Each write succeeds or fails on its own
     /// (a conflict fails that write only); the whole batch is acknowledged after the commit.
-    fn commit(&self, batch: &[PendingWrite], compact: bool) -> Result<Vec<Result<(WatchEvent, Value)>>> {
+    fn commit(
+        &self,
+        batch: &[PendingWrite],
+        compact: bool,
+    ) -> Result<Vec<Result<(WatchEvent, Value)>>> {
         let txn = self.db.begin_write().map_err(backend)?;
         let mut outcomes = Vec::with_capacity(batch.len());
         {
             let mut objects = txn.open_table(OBJECTS).map_err(backend)?;
             let mut events = txn.open_table(EVENTS).map_err(backend)?;
             let mut meta = txn.open_table(META).map_err(backend)?;
-            let mut revision = meta.get(META_REVISION).map_err(backend)?.map(|v| v.value()).unwrap_or(0);
+            let mut revision = meta
+                .get(META_REVISION)
+                .map_err(backend)?
+                .map(|v| v.value())
+                .unwrap_or(0);
             for pending in batch {
                 let outcome = apply(&mut objects, &pending.op, revision + 1);
                 if let Ok((event, _)) = &outcome {
                     revision = event.revision;
-                    events.insert(revision, encode_event(event).as_slice()).map_err(backend)?;
+                    events
+                        .insert(revision, encode_event(event).as_slice())
+                        .map_err(backend)?;
                 }
                 outcomes.push(outcome);
             }
@@ -280,21 +338,33 @@ type ObjectTable<'t> = redb::Table<'t, &'static str, &'static [u8]>;
 fn apply(objects: &mut ObjectTable<'_>, op: &Op, revision: u64) -> Result<(WatchEvent, Value)> {
     let (key, event_type, object) = match op {
         Op::Create { key, object } => {
-            if objects.get(key.encode().as_str()).map_err(backend)?.is_some() {
+            if objects
+                .get(key.encode().as_str())
+                .map_err(backend)?
+                .is_some()
+            {
                 return Err(Error::AlreadyExists(key.clone()));
             }
             let mut object = object.clone();
             stamp_revision(&mut object, revision);
             let bytes = serde_json::to_vec(&object).map_err(backend)?;
-            objects.insert(key.encode().as_str(), bytes.as_slice()).map_err(backend)?;
+            objects
+                .insert(key.encode().as_str(), bytes.as_slice())
+                .map_err(backend)?;
             (key, EventType::Added, object)
         }
-        Op::Update { key, object, precondition } => {
+        Op::Update {
+            key,
+            object,
+            precondition,
+        } => {
             check_precondition(objects, key, *precondition)?;
             let mut object = object.clone();
             stamp_revision(&mut object, revision);
             let bytes = serde_json::to_vec(&object).map_err(backend)?;
-            objects.insert(key.encode().as_str(), bytes.as_slice()).map_err(backend)?;
+            objects
+                .insert(key.encode().as_str(), bytes.as_slice())
+                .map_err(backend)?;
             (key, EventType::Modified, object)
         }
         Op::Delete { key, precondition } => {
@@ -304,12 +374,21 @@ fn apply(objects: &mut ObjectTable<'_>, op: &Op, revision: u64) -> Result<(Watch
             (key, EventType::Deleted, object)
         }
     };
-    let event = WatchEvent { event_type, key: key.clone(), revision, object: Arc::new(object.clone()) };
+    let event = WatchEvent {
+        event_type,
+        key: key.clone(),
+        revision,
+        object: Arc::new(object.clone()),
+    };
     Ok((event, object))
 }
 
 /// Returns the current object under `key`, checking the compare-and-swap precondition.
-fn check_precondition(objects: &ObjectTable<'_>, key: &ObjectKey, precondition: Option<u64>) -> Result<Value> {
+fn check_precondition(
+    objects: &ObjectTable<'_>,
+    key: &ObjectKey,
+    precondition: Option<u64>,
+) -> Result<Value> {
     let current = objects.get(key.encode().as_str()).map_err(backend)?;
     let current: Value = match current {
         Some(bytes) => serde_json::from_slice(bytes.value()).map_err(backend)?,
@@ -318,7 +397,11 @@ fn check_precondition(objects: &ObjectTable<'_>, key: &ObjectKey, precondition: 
     if let Some(expected) = precondition {
         let actual = revision_of(&current).unwrap_or(0);
         if actual != expected {
-            return Err(Error::Conflict { key: key.clone(), expected, current: actual });
+            return Err(Error::Conflict {
+                key: key.clone(),
+                expected,
+                current: actual,
+            });
         }
     }
     Ok(current)
@@ -340,7 +423,12 @@ fn decode_event(revision: u64, bytes: &[u8]) -> Result<WatchEvent> {
     let record: Record = serde_json::from_slice(bytes).map_err(backend)?;
     let key = ObjectKey::decode(&record.key)
         .ok_or_else(|| Error::Backend(format!("corrupt event key {:?}", record.key)))?;
-    Ok(WatchEvent { event_type: record.event_type, key, revision, object: Arc::new(record.object) })
+    Ok(WatchEvent {
+        event_type: record.event_type,
+        key,
+        revision,
+        object: Arc::new(record.object),
+    })
 }
 
 fn backend(e: impl std::fmt::Display) -> Error {
@@ -364,9 +452,19 @@ mod tests {
         let key = ObjectKey::new("pods", "default", "a");
         let created = store.create(key.clone(), pod("a")).await.unwrap();
         assert_eq!(revision_of(&created), Some(1));
-        assert!(matches!(store.create(key.clone(), pod("a")).await, Err(Error::AlreadyExists(_))));
+        assert!(matches!(
+            store.create(key.clone(), pod("a")).await,
+            Err(Error::AlreadyExists(_))
+        ));
         let stale = store.update(key.clone(), pod("a"), Some(7)).await;
-        assert!(matches!(stale, Err(Error::Conflict { expected: 7, current: 1, .. })));
+        assert!(matches!(
+            stale,
+            Err(Error::Conflict {
+                expected: 7,
+                current: 1,
+                ..
+            })
+        ));
         let updated = store.update(key.clone(), pod("a"), Some(1)).await.unwrap();
         assert_eq!(revision_of(&updated), Some(2));
         assert_eq!(revision_of(&store.get(&key).unwrap().unwrap()), Some(2));
@@ -380,11 +478,23 @@ mod tests {
     async fn list_is_scoped_by_resource_and_namespace() {
         let dir = tempfile::tempdir().unwrap();
         let store = RedbStore::open(&dir.path().join("db")).unwrap();
-        store.create(ObjectKey::new("pods", "default", "a"), pod("a")).await.unwrap();
-        store.create(ObjectKey::new("pods", "other", "b"), pod("b")).await.unwrap();
-        store.create(ObjectKey::new("podsx", "default", "c"), pod("c")).await.unwrap();
+        store
+            .create(ObjectKey::new("pods", "default", "a"), pod("a"))
+            .await
+            .unwrap();
+        store
+            .create(ObjectKey::new("pods", "other", "b"), pod("b"))
+            .await
+            .unwrap();
+        store
+            .create(ObjectKey::new("podsx", "default", "c"), pod("c"))
+            .await
+            .unwrap();
         assert_eq!(store.list("pods", None).unwrap().objects.len(), 2);
-        assert_eq!(store.list("pods", Some("default")).unwrap().objects.len(), 1);
+        assert_eq!(
+            store.list("pods", Some("default")).unwrap().objects.len(),
+            1
+        );
         assert_eq!(store.list("pods", Some("default")).unwrap().revision, 3);
     }
 
@@ -393,10 +503,16 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = RedbStore::open(&dir.path().join("db")).unwrap();
         for name in ["a", "b", "c"] {
-            store.create(ObjectKey::new("pods", "default", name), pod(name)).await.unwrap();
+            store
+                .create(ObjectKey::new("pods", "default", name), pod(name))
+                .await
+                .unwrap();
         }
         let mut watch = store.watch("pods", Some("default"), 1).unwrap();
-        store.delete(ObjectKey::new("pods", "default", "a"), None).await.unwrap();
+        store
+            .delete(ObjectKey::new("pods", "default", "a"), None)
+            .await
+            .unwrap();
         let mut seen = Vec::new();
         for _ in 0..3 {
             let event = watch.next().await.unwrap().unwrap();
@@ -418,7 +534,10 @@ mod tests {
         let path = dir.path().join("db");
         {
             let store = RedbStore::open(&path).unwrap();
-            store.create(ObjectKey::new("pods", "default", "a"), pod("a")).await.unwrap();
+            store
+                .create(ObjectKey::new("pods", "default", "a"), pod("a"))
+                .await
+                .unwrap();
         }
         // The writer thread holds the database until its queue closes; wait for it.
         let store = loop {
@@ -427,7 +546,10 @@ mod tests {
                 Err(_) => tokio::time::sleep(std::time::Duration::from_millis(20)).await,
             }
         };
-        assert!(store.get(&ObjectKey::new("pods", "default", "a")).unwrap().is_some());
+        assert!(store
+            .get(&ObjectKey::new("pods", "default", "a"))
+            .unwrap()
+            .is_some());
         assert_eq!(store.revision(), 1);
         let mut watch = store.watch("pods", None, 0).unwrap();
         assert_eq!(watch.next().await.unwrap().unwrap().key.name, "a");

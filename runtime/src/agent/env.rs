@@ -3,16 +3,29 @@
 
 use k8s_openapi::api::core::v1::{Container, Pod};
 
-pub fn container_env(pod: &Pod, container: &Container, pod_ip: &str) -> Result<Vec<(String, String)>, String> {
+pub fn container_env(
+    pod: &Pod,
+    container: &Container,
+    pod_ip: &str,
+) -> Result<Vec<(String, String)>, String> {
     let mut env = Vec::new();
     for var in container.env.iter().flatten() {
         let value = match (&var.value, &var.value_from) {
             (Some(value), _) => value.clone(),
             (None, None) => String::new(),
             (None, Some(source)) => match &source.field_ref {
-                Some(field) => field_value(pod, &field.field_path, pod_ip)
-                    .ok_or_else(|| format!("env {:?}: fieldRef {:?} is not supported", var.name, field.field_path))?,
-                None => return Err(format!("env {:?}: only value and fieldRef sources are supported by this agent yet", var.name)),
+                Some(field) => field_value(pod, &field.field_path, pod_ip).ok_or_else(|| {
+                    format!(
+                        "env {:?}: fieldRef {:?} is not supported",
+                        var.name, field.field_path
+                    )
+                })?,
+                None => {
+                    return Err(format!(
+                        "env {:?}: only value and fieldRef sources are supported by this agent yet",
+                        var.name
+                    ))
+                }
             },
         };
         env.push((var.name.clone(), value));
@@ -30,7 +43,12 @@ fn field_value(pod: &Pod, path: &str, pod_ip: &str) -> Option<String> {
         "metadata.namespace" => meta.namespace.clone().unwrap_or_default(),
         "metadata.uid" => meta.uid.clone().unwrap_or_default(),
         "spec.nodeName" => pod.spec.as_ref()?.node_name.clone().unwrap_or_default(),
-        "spec.serviceAccountName" => pod.spec.as_ref()?.service_account_name.clone().unwrap_or_default(),
+        "spec.serviceAccountName" => pod
+            .spec
+            .as_ref()?
+            .service_account_name
+            .clone()
+            .unwrap_or_default(),
         "status.podIP" => pod_ip.to_string(),
         _ => return None,
     })
@@ -38,16 +56,28 @@ fn field_value(pod: &Pod, path: &str, pod_ip: &str) -> Option<String> {
 
 /// `resources.limits.memory` in bytes, if set.
 pub fn memory_limit(container: &Container) -> Result<Option<usize>, String> {
-    let Some(quantity) = container.resources.as_ref().and_then(|r| r.limits.as_ref()).and_then(|l| l.get("memory")) else {
+    let Some(quantity) = container
+        .resources
+        .as_ref()
+        .and_then(|r| r.limits.as_ref())
+        .and_then(|l| l.get("memory"))
+    else {
         return Ok(None);
     };
-    parse_bytes(&quantity.0).map(Some).ok_or_else(|| format!("resources.limits.memory {:?} is not a valid quantity", quantity.0))
+    parse_bytes(&quantity.0).map(Some).ok_or_else(|| {
+        format!(
+            "resources.limits.memory {:?} is not a valid quantity",
+            quantity.0
+        )
+    })
 }
 
 /// Parses a Kubernetes byte quantity (`128Mi`, `1G`, `500000`).
 pub fn parse_bytes(text: &str) -> Option<usize> {
     let text = text.trim();
-    let split = text.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(text.len());
+    let split = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(text.len());
     let (number, suffix) = text.split_at(split);
     let number: f64 = number.parse().ok()?;
     let factor: f64 = match suffix {
@@ -91,10 +121,27 @@ mod tests {
             ]}]}
         }))
         .unwrap();
-        let env = container_env(&pod, &pod.spec.as_ref().unwrap().containers[0], "10.244.0.2").unwrap();
-        assert_eq!(env, vec![("A".into(), "1".into()), ("NODE".into(), "n1".into()), ("IP".into(), "10.244.0.2".into())]);
+        let env = container_env(
+            &pod,
+            &pod.spec.as_ref().unwrap().containers[0],
+            "10.244.0.2",
+        )
+        .unwrap();
+        assert_eq!(
+            env,
+            vec![
+                ("A".into(), "1".into()),
+                ("NODE".into(), "n1".into()),
+                ("IP".into(), "10.244.0.2".into())
+            ]
+        );
         let mut bad = pod.spec.as_ref().unwrap().containers[0].clone();
-        bad.env = Some(serde_json::from_value(json!([{"name": "X", "valueFrom": {"secretKeyRef": {"name": "s", "key": "k"}}}])).unwrap());
+        bad.env = Some(
+            serde_json::from_value(
+                json!([{"name": "X", "valueFrom": {"secretKeyRef": {"name": "s", "key": "k"}}}]),
+            )
+            .unwrap(),
+        );
         assert!(container_env(&pod, &bad, "").unwrap_err().contains("\"X\""));
     }
 }

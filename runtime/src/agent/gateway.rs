@@ -19,7 +19,10 @@ use crate::pod::log::{ContainerLog, LogLine};
 pub fn router(shared: Arc<Shared>) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
-        .route("/containerLogs/{namespace}/{pod}/{container}", get(container_logs))
+        .route(
+            "/containerLogs/{namespace}/{pod}/{container}",
+            get(container_logs),
+        )
         .with_state(shared)
 }
 
@@ -36,12 +39,18 @@ async fn container_logs(
         let message = if previous {
             format!("previous terminated container \"{container}\" in pod \"{pod}\" not found")
         } else {
-            format!("container \"{container}\" in pod \"{pod}\" is waiting to start: ContainerCreating")
+            format!(
+                "container \"{container}\" in pod \"{pod}\" is waiting to start: ContainerCreating"
+            )
         };
         return (StatusCode::NOT_FOUND, message).into_response();
     };
     let start = number("tailLines").map_or(0, |n| log.tail_start(n));
-    let options = StreamOptions { follow: flag("follow") && !previous, timestamps: flag("timestamps"), limit: number("limitBytes") };
+    let options = StreamOptions {
+        follow: flag("follow") && !previous,
+        timestamps: flag("timestamps"),
+        limit: number("limitBytes"),
+    };
     let body = Body::from_stream(log_stream(log, start, options));
     ([(http::header::CONTENT_TYPE, "text/plain")], body).into_response()
 }
@@ -55,40 +64,51 @@ struct StreamOptions {
 
 /// The log from line `start` on, as chunks; with `follow`, it waits for new lines until the
 /// run ends.
-fn log_stream(log: Arc<ContainerLog>, start: u64, options: StreamOptions) -> impl futures::Stream<Item = Result<Bytes, Infallible>> {
-    futures::stream::unfold((log, start, 0u64, false), move |(log, next, sent, finished)| async move {
-        if finished {
-            return None;
-        }
-        loop {
-            let (lines, closed) = log.read_from(next);
-            if let Some(last) = lines.last() {
-                let next = last.seq + 1;
-                let mut chunk = render(&lines, options.timestamps);
-                let mut finished = !options.follow;
-                if let Some(limit) = options.limit {
-                    let room = limit.saturating_sub(sent) as usize;
-                    if chunk.len() >= room {
-                        chunk.truncate(room);
-                        finished = true;
-                    }
-                }
-                let sent = sent + chunk.len() as u64;
-                return Some((Ok(Bytes::from(chunk)), (log, next, sent, finished)));
-            }
-            if closed || !options.follow {
+fn log_stream(
+    log: Arc<ContainerLog>,
+    start: u64,
+    options: StreamOptions,
+) -> impl futures::Stream<Item = Result<Bytes, Infallible>> {
+    futures::stream::unfold(
+        (log, start, 0u64, false),
+        move |(log, next, sent, finished)| async move {
+            if finished {
                 return None;
             }
-            log.wait_past(next).await;
-        }
-    })
+            loop {
+                let (lines, closed) = log.read_from(next);
+                if let Some(last) = lines.last() {
+                    let next = last.seq + 1;
+                    let mut chunk = render(&lines, options.timestamps);
+                    let mut finished = !options.follow;
+                    if let Some(limit) = options.limit {
+                        let room = limit.saturating_sub(sent) as usize;
+                        if chunk.len() >= room {
+                            chunk.truncate(room);
+                            finished = true;
+                        }
+                    }
+                    let sent = sent + chunk.len() as u64;
+                    return Some((Ok(Bytes::from(chunk)), (log, next, sent, finished)));
+                }
+                if closed || !options.follow {
+                    return None;
+                }
+                log.wait_past(next).await;
+            }
+        },
+    )
 }
 
 fn render(lines: &[LogLine], timestamps: bool) -> Vec<u8> {
     let mut out = Vec::new();
     for line in lines {
         if timestamps {
-            out.extend_from_slice(line.time.to_rfc3339_opts(chrono::SecondsFormat::Nanos, true).as_bytes());
+            out.extend_from_slice(
+                line.time
+                    .to_rfc3339_opts(chrono::SecondsFormat::Nanos, true)
+                    .as_bytes(),
+            );
             out.push(b' ');
         }
         out.extend_from_slice(line.text.as_bytes());

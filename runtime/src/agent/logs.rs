@@ -24,7 +24,13 @@ impl LogStore {
         let mut logs = self.logs.lock().unwrap_or_else(|p| p.into_inner());
         let key = (pod_key.to_string(), container.to_string());
         let previous = logs.remove(&key).map(|runs| runs.current);
-        logs.insert(key, Runs { current: log.clone(), previous });
+        logs.insert(
+            key,
+            Runs {
+                current: log.clone(),
+                previous,
+            },
+        );
         log
     }
 
@@ -39,6 +45,9 @@ impl LogStore {
     }
 
     pub fn forget_pod(&self, pod_key: &str) {
-        self.logs.lock().unwrap_or_else(|p| p.into_inner()).retain(|(pod, _), _| pod != pod_key);
+        self.logs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|(pod, _), _| pod != pod_key);
     }
 }

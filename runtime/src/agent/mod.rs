@@ -73,7 +73,10 @@ pub struct Agent {
 
 impl Agent {
     pub async fn start(client: Client, config: AgentConfig) -> anyhow::Result<Self> {
-        let engine = Engine::new(&EngineOptions { cache_dir: config.data_dir.join("cache"), max_instances: config.max_pods * 4 })?;
+        let engine = Engine::new(&EngineOptions {
+            cache_dir: config.data_dir.join("cache"),
+            max_instances: config.max_pods * 4,
+        })?;
         let listener = tokio::net::TcpListener::bind(config.gateway_addr).await?;
         let gateway_addr = listener.local_addr()?;
         let shared = Arc::new(Shared {
@@ -91,7 +94,10 @@ impl Agent {
             max_pods: config.max_pods,
         };
         let node = node::register(&client, &identity).await?;
-        let cidr = node.spec.and_then(|s| s.pod_cidr).unwrap_or_else(|| "10.244.0.0/24".into());
+        let cidr = node
+            .spec
+            .and_then(|s| s.pod_cidr)
+            .unwrap_or_else(|| "10.244.0.0/24".into());
         let ips = IpPool::new(&cidr)?;
 
         let gateway = gateway::router(shared.clone());
@@ -104,8 +110,15 @@ impl Agent {
             tokio::spawn(node::heartbeat(client.clone(), config.node_name.clone())),
             tokio::spawn(PodSupervisor::new(shared, ips, config.node_name.clone()).run()),
         ];
-        tracing::info!("agent {} ready, gateway on {gateway_addr}", config.node_name);
-        Ok(Self { node_name: config.node_name, gateway_addr, tasks })
+        tracing::info!(
+            "agent {} ready, gateway on {gateway_addr}",
+            config.node_name
+        );
+        Ok(Self {
+            node_name: config.node_name,
+            gateway_addr,
+            tasks,
+        })
     }
 
     pub fn shutdown(&mut self) {
@@ -132,7 +145,10 @@ impl IpPool {
         let base = cidr.split('/').next().unwrap_or("");
         let octets: Vec<&str> = base.split('.').collect();
         anyhow::ensure!(octets.len() == 4, "pod CIDR {cidr:?} is not an IPv4 /24");
-        Ok(Self { prefix: octets[..3].join("."), used: BTreeSet::new() })
+        Ok(Self {
+            prefix: octets[..3].join("."),
+            used: BTreeSet::new(),
+        })
     }
 
     fn allocate(&mut self) -> Option<String> {
@@ -142,7 +158,10 @@ impl IpPool {
     }
 
     fn release(&mut self, ip: &str) {
-        if let Some(last) = ip.strip_prefix(&format!("{}.", self.prefix)).and_then(|l| l.parse().ok()) {
+        if let Some(last) = ip
+            .strip_prefix(&format!("{}.", self.prefix))
+            .and_then(|l| l.parse().ok())
+        {
             self.used.remove(&last);
         }
     }
@@ -165,17 +184,28 @@ struct PodSupervisor {
 
 impl PodSupervisor {
     fn new(shared: Arc<Shared>, ips: IpPool, node_name: String) -> Self {
-        Self { shared, ips: Arc::new(Mutex::new(ips)), node_name, running: HashMap::new() }
+        Self {
+            shared,
+            ips: Arc::new(Mutex::new(ips)),
+            node_name,
+            running: HashMap::new(),
+        }
     }
 
     async fn run(mut self) {
         let params = ListParams::default().fields(&format!("spec.nodeName={}", self.node_name));
-        let mut events = shoal_control::client::watcher(self.shared.client.api::<Pod>(None), params);
+        let mut events =
+            shoal_control::client::watcher(self.shared.client.api::<Pod>(None), params);
         while let Some(event) = events.recv().await {
             match event {
                 WatcherEvent::Restarted(pods) => {
                     let keys: BTreeSet<String> = pods.iter().map(pod_key).collect();
-                    let gone: Vec<String> = self.running.keys().filter(|k| !keys.contains(*k)).cloned().collect();
+                    let gone: Vec<String> = self
+                        .running
+                        .keys()
+                        .filter(|k| !keys.contains(*k))
+                        .cloned()
+                        .collect();
                     for key in gone {
                         self.stop(&key);
                     }
@@ -201,18 +231,35 @@ impl PodSupervisor {
             self.finish_deletion(pod);
             return;
         }
-        let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref()).unwrap_or("Pending");
+        let phase = pod
+            .status
+            .as_ref()
+            .and_then(|s| s.phase.as_deref())
+            .unwrap_or("Pending");
         if self.running.contains_key(&key) || matches!(phase, "Succeeded" | "Failed") {
             return;
         }
-        let Some(ip) = self.ips.lock().unwrap_or_else(|p| p.into_inner()).allocate() else {
+        let Some(ip) = self
+            .ips
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .allocate()
+        else {
             tracing::warn!("pod {key}: no pod IP left on node {}", self.node_name);
             return;
         };
         let (stop, stopped) = watch::channel(false);
         let worker = worker::PodWorker::new(self.shared.clone(), pod, ip.clone(), stopped);
         let task = tokio::spawn(worker.run());
-        self.running.insert(key, Running { uid, ip, stop, task });
+        self.running.insert(
+            key,
+            Running {
+                uid,
+                ip,
+                stop,
+                task,
+            },
+        );
     }
 
     /// Stops the pod's worker (its guests are dropped) and frees what it held.
@@ -224,7 +271,9 @@ impl PodSupervisor {
             let key = key.to_string();
             tokio::spawn(async move {
                 let _ = running.task.await;
-                ips.lock().unwrap_or_else(|p| p.into_inner()).release(&running.ip);
+                ips.lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .release(&running.ip);
                 let _ = tokio::fs::remove_dir_all(shared.pod_dir(&running.uid)).await;
                 shared.logs.forget_pod(&key);
             });
@@ -237,7 +286,10 @@ impl PodSupervisor {
         tokio::spawn(async move {
             let name = pod.metadata.name.clone().unwrap_or_default();
             let pods = client.api::<Pod>(pod.metadata.namespace.as_deref());
-            let params = DeleteParams { grace_period_seconds: Some(0), uid: pod.metadata.uid.clone() };
+            let params = DeleteParams {
+                grace_period_seconds: Some(0),
+                uid: pod.metadata.uid.clone(),
+            };
             if let Err(e) = pods.delete(&name, &params).await {
                 if !e.is_not_found() && !e.is_conflict() {
                     tracing::warn!("finishing deletion of pod {name}: {e}");
@@ -248,7 +300,11 @@ impl PodSupervisor {
 }
 
 fn pod_key(pod: &Pod) -> String {
-    format!("{}/{}", pod.metadata.namespace.as_deref().unwrap_or(""), pod.metadata.name.as_deref().unwrap_or(""))
+    format!(
+        "{}/{}",
+        pod.metadata.namespace.as_deref().unwrap_or(""),
+        pod.metadata.name.as_deref().unwrap_or("")
+    )
 }
 
 #[cfg(test)]

@@ -6,7 +6,10 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
-use k8s_openapi::api::core::v1::{DaemonEndpoint, Node, NodeAddress, NodeCondition, NodeDaemonEndpoints, NodeStatus, NodeSystemInfo};
+use k8s_openapi::api::core::v1::{
+    DaemonEndpoint, Node, NodeAddress, NodeCondition, NodeDaemonEndpoints, NodeStatus,
+    NodeSystemInfo,
+};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta, Time};
 use shoal_control::client::{Client, Result};
@@ -35,7 +38,11 @@ pub async fn register(client: &Client, identity: &NodeIdentity) -> Result<Node> 
                 ("kubernetes.io/arch".to_string(), "wasm32".to_string()),
             ]);
             let node = Node {
-                metadata: ObjectMeta { name: Some(identity.name.clone()), labels: Some(labels), ..Default::default() },
+                metadata: ObjectMeta {
+                    name: Some(identity.name.clone()),
+                    labels: Some(labels),
+                    ..Default::default()
+                },
                 spec: None,
                 status: Some(status),
             };
@@ -51,14 +58,22 @@ pub async fn register(client: &Client, identity: &NodeIdentity) -> Result<Node> 
 
 async fn refresh_status(client: &Client, identity: &NodeIdentity) -> Result<Node> {
     let patch = serde_json::json!({"status": node_status(identity)});
-    client.api::<Node>(None).patch_status(&identity.name, &patch).await
+    client
+        .api::<Node>(None)
+        .patch_status(&identity.name, &patch)
+        .await
 }
 
 fn node_status(identity: &NodeIdentity) -> NodeStatus {
-    let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let cpus = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
     let resources = BTreeMap::from([
         ("cpu".to_string(), Quantity(cpus.to_string())),
-        ("memory".to_string(), Quantity(format!("{}Ki", total_memory_kib()))),
+        (
+            "memory".to_string(),
+            Quantity(format!("{}Ki", total_memory_kib())),
+        ),
         ("pods".to_string(), Quantity(identity.max_pods.to_string())),
     ]);
     let now = Time(chrono::Utc::now());
@@ -66,8 +81,14 @@ fn node_status(identity: &NodeIdentity) -> NodeStatus {
         capacity: Some(resources.clone()),
         allocatable: Some(resources),
         addresses: Some(vec![
-            NodeAddress { type_: "InternalIP".into(), address: identity.address.clone() },
-            NodeAddress { type_: "Hostname".into(), address: identity.name.clone() },
+            NodeAddress {
+                type_: "InternalIP".into(),
+                address: identity.address.clone(),
+            },
+            NodeAddress {
+                type_: "Hostname".into(),
+                address: identity.name.clone(),
+            },
         ]),
         conditions: Some(vec![NodeCondition {
             type_: "Ready".into(),
@@ -77,7 +98,11 @@ fn node_status(identity: &NodeIdentity) -> NodeStatus {
             last_heartbeat_time: Some(now.clone()),
             last_transition_time: Some(now),
         }]),
-        daemon_endpoints: Some(NodeDaemonEndpoints { kubelet_endpoint: Some(DaemonEndpoint { port: identity.gateway_port.into() }) }),
+        daemon_endpoints: Some(NodeDaemonEndpoints {
+            kubelet_endpoint: Some(DaemonEndpoint {
+                port: identity.gateway_port.into(),
+            }),
+        }),
         node_info: Some(NodeSystemInfo {
             architecture: "wasm32".into(),
             operating_system: "wasi".into(),
@@ -89,7 +114,6 @@ fn node_status(identity: &NodeIdentity) -> NodeStatus {
             machine_id: String::new(),
             system_uuid: String::new(),
             boot_id: String::new(),
-            ..Default::default()
         }),
         ..Default::default()
     }
@@ -119,7 +143,11 @@ pub async fn heartbeat(client: Client, node_name: String) {
             }
             Ok(None) => {
                 let lease = Lease {
-                    metadata: ObjectMeta { name: Some(node_name.clone()), namespace: Some("kube-node-lease".into()), ..Default::default() },
+                    metadata: ObjectMeta {
+                        name: Some(node_name.clone()),
+                        namespace: Some("kube-node-lease".into()),
+                        ..Default::default()
+                    },
                     spec: Some(LeaseSpec {
                         holder_identity: Some(node_name.clone()),
                         lease_duration_seconds: Some(LEASE_DURATION_SECONDS),

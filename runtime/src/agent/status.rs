@@ -3,7 +3,8 @@
 
 use chrono::{DateTime, Utc};
 use k8s_openapi::api::core::v1::{
-    ContainerState, ContainerStateRunning, ContainerStateTerminated, ContainerStateWaiting, ContainerStatus, PodCondition, PodIP, PodStatus,
+    ContainerState, ContainerStateRunning, ContainerStateTerminated, ContainerStateWaiting,
+    ContainerStatus, PodCondition, PodIP, PodStatus,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
@@ -11,9 +12,20 @@ use crate::pod::run::Exit;
 
 #[derive(Clone, Debug, PartialEq)]
 pub enum State {
-    Waiting { reason: String, message: Option<String> },
-    Running { started: DateTime<Utc> },
-    Terminated { code: i32, reason: String, message: Option<String>, started: DateTime<Utc>, finished: DateTime<Utc> },
+    Waiting {
+        reason: String,
+        message: Option<String>,
+    },
+    Running {
+        started: DateTime<Utc>,
+    },
+    Terminated {
+        code: i32,
+        reason: String,
+        message: Option<String>,
+        started: DateTime<Utc>,
+        finished: DateTime<Utc>,
+    },
 }
 
 #[derive(Clone, Debug)]
@@ -32,7 +44,10 @@ impl Container {
         Self {
             name: name.into(),
             image: image.into(),
-            state: State::Waiting { reason: "ContainerCreating".into(), message: None },
+            state: State::Waiting {
+                reason: "ContainerCreating".into(),
+                message: None,
+            },
             last_state: None,
             restart_count: 0,
             done: false,
@@ -53,9 +68,19 @@ impl Container {
         let (code, reason, message) = match exit {
             Exit::Code(0) => (0, "Completed".to_string(), None),
             Exit::Code(code) => (*code, "Error".to_string(), None),
-            Exit::Killed { reason, message, code } => (*code, reason.to_string(), Some(message.clone())),
+            Exit::Killed {
+                reason,
+                message,
+                code,
+            } => (*code, reason.to_string(), Some(message.clone())),
         };
-        self.state = State::Terminated { code, reason, message, started, finished };
+        self.state = State::Terminated {
+            code,
+            reason,
+            message,
+            started,
+            finished,
+        };
     }
 
     /// Waiting to be restarted after a back-off; the last run stays visible as `lastState`.
@@ -64,11 +89,17 @@ impl Container {
             self.last_state = Some(self.state.clone());
             self.restart_count += 1;
         }
-        self.state = State::Waiting { reason: "CrashLoopBackOff".into(), message: Some(message) };
+        self.state = State::Waiting {
+            reason: "CrashLoopBackOff".into(),
+            message: Some(message),
+        };
     }
 
     pub fn waiting(&mut self, reason: &str, message: String) {
-        self.state = State::Waiting { reason: reason.into(), message: Some(message) };
+        self.state = State::Waiting {
+            reason: reason.into(),
+            message: Some(message),
+        };
     }
 
     fn has_run(&self) -> bool {
@@ -99,14 +130,25 @@ impl Container {
 fn state_to_k8s(state: &State) -> ContainerState {
     match state {
         State::Waiting { reason, message } => ContainerState {
-            waiting: Some(ContainerStateWaiting { reason: Some(reason.clone()), message: message.clone() }),
+            waiting: Some(ContainerStateWaiting {
+                reason: Some(reason.clone()),
+                message: message.clone(),
+            }),
             ..Default::default()
         },
         State::Running { started } => ContainerState {
-            running: Some(ContainerStateRunning { started_at: Some(Time(*started)) }),
+            running: Some(ContainerStateRunning {
+                started_at: Some(Time(*started)),
+            }),
             ..Default::default()
         },
-        State::Terminated { code, reason, message, started, finished } => ContainerState {
+        State::Terminated {
+            code,
+            reason,
+            message,
+            started,
+            finished,
+        } => ContainerState {
             terminated: Some(ContainerStateTerminated {
                 exit_code: *code,
                 reason: Some(reason.clone()),
@@ -140,7 +182,11 @@ impl PodView {
             return "Failed";
         }
         if !self.main.is_empty() && self.main.iter().all(|c| c.done) {
-            return if self.main.iter().all(Container::succeeded) { "Succeeded" } else { "Failed" };
+            return if self.main.iter().all(Container::succeeded) {
+                "Succeeded"
+            } else {
+                "Failed"
+            };
         }
         if self.initialized && self.main.iter().any(Container::has_run) {
             return "Running";
@@ -150,7 +196,11 @@ impl PodView {
 
     pub fn to_status(&self) -> PodStatus {
         let now = Time(Utc::now());
-        let ready = !self.main.is_empty() && self.main.iter().all(|c| matches!(c.state, State::Running { .. }));
+        let ready = !self.main.is_empty()
+            && self
+                .main
+                .iter()
+                .all(|c| matches!(c.state, State::Running { .. }));
         let condition = |type_: &str, ok: bool| PodCondition {
             type_: type_.into(),
             status: if ok { "True" } else { "False" }.into(),
@@ -163,7 +213,9 @@ impl PodView {
             host_ip: Some(self.host_ip.clone()),
             host_ips: None,
             pod_ip: Some(self.pod_ip.clone()),
-            pod_ips: Some(vec![PodIP { ip: self.pod_ip.clone() }]),
+            pod_ips: Some(vec![PodIP {
+                ip: self.pod_ip.clone(),
+            }]),
             start_time: Some(Time(self.start_time)),
             qos_class: Some("BestEffort".into()),
             reason: self.failed_reason.as_ref().map(|(r, _)| r.clone()),
@@ -174,7 +226,11 @@ impl PodView {
                 condition("ContainersReady", ready),
                 condition("Ready", ready),
             ]),
-            init_container_statuses: if self.init.is_empty() { None } else { Some(self.init.iter().map(Container::to_status).collect()) },
+            init_container_statuses: if self.init.is_empty() {
+                None
+            } else {
+                Some(self.init.iter().map(Container::to_status).collect())
+            },
             container_statuses: Some(self.main.iter().map(Container::to_status).collect()),
             ..Default::default()
         }
@@ -186,7 +242,15 @@ mod tests {
     use super::*;
 
     fn view(main: Vec<Container>) -> PodView {
-        PodView { init: vec![], main, initialized: true, host_ip: "h".into(), pod_ip: "p".into(), start_time: Utc::now(), failed_reason: None }
+        PodView {
+            init: vec![],
+            main,
+            initialized: true,
+            host_ip: "h".into(),
+            pod_ip: "p".into(),
+            start_time: Utc::now(),
+            failed_reason: None,
+        }
     }
 
     #[test]
@@ -205,7 +269,17 @@ mod tests {
         assert_eq!(v.phase(), "Failed");
         let status = v.to_status();
         let b_status = &status.container_statuses.unwrap()[1];
-        assert_eq!(b_status.state.as_ref().unwrap().terminated.as_ref().unwrap().exit_code, 3);
+        assert_eq!(
+            b_status
+                .state
+                .as_ref()
+                .unwrap()
+                .terminated
+                .as_ref()
+                .unwrap()
+                .exit_code,
+            3
+        );
         assert_eq!(view(vec![a]).phase(), "Succeeded");
     }
 
@@ -213,11 +287,24 @@ mod tests {
     fn restarts_count_and_keep_last_state() {
         let mut c = Container::new("c", "c.wasm");
         c.started(Utc::now());
-        c.exited(&Exit::Killed { reason: "OOMKilled", message: "m".into(), code: 137 }, Utc::now(), Utc::now());
+        c.exited(
+            &Exit::Killed {
+                reason: "OOMKilled",
+                message: "m".into(),
+                code: 137,
+            },
+            Utc::now(),
+            Utc::now(),
+        );
         c.backing_off("back-off 10s restarting failed container".into());
         assert_eq!(c.restart_count, 1);
-        assert!(matches!(c.state, State::Waiting { ref reason, .. } if reason == "CrashLoopBackOff"));
-        assert!(matches!(c.last_state, Some(State::Terminated { code: 137, .. })));
+        assert!(
+            matches!(c.state, State::Waiting { ref reason, .. } if reason == "CrashLoopBackOff")
+        );
+        assert!(matches!(
+            c.last_state,
+            Some(State::Terminated { code: 137, .. })
+        ));
         c.started(Utc::now());
         assert_eq!(c.restart_count, 1);
     }

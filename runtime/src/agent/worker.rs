@@ -51,9 +51,15 @@ pub struct PodWorker {
 impl PodWorker {
     pub fn new(shared: Arc<Shared>, pod: Pod, pod_ip: String, stop: watch::Receiver<bool>) -> Self {
         let spec = pod.spec.clone().unwrap_or_default();
-        let to_record = |c: &ContainerSpec| Container::new(&c.name, c.image.as_deref().unwrap_or(""));
+        let to_record =
+            |c: &ContainerSpec| Container::new(&c.name, c.image.as_deref().unwrap_or(""));
         let view = PodView {
-            init: spec.init_containers.iter().flatten().map(to_record).collect(),
+            init: spec
+                .init_containers
+                .iter()
+                .flatten()
+                .map(to_record)
+                .collect(),
             main: spec.containers.iter().map(to_record).collect(),
             initialized: spec.init_containers.as_ref().is_none_or(Vec::is_empty),
             host_ip: shared.address.clone(),
@@ -61,7 +67,14 @@ impl PodWorker {
             start_time: Utc::now(),
             failed_reason: None,
         };
-        Self { shared, pod, view, stop, programs: Vec::new(), volumes: HashMap::new() }
+        Self {
+            shared,
+            pod,
+            view,
+            stop,
+            programs: Vec::new(),
+            volumes: HashMap::new(),
+        }
     }
 
     /// Runs the pod until it finishes or the worker is told to stop.
@@ -88,10 +101,16 @@ impl PodWorker {
                 }
                 Err(Retry(index, reason, message)) => {
                     let delay = backoff(attempt);
-                    self.all_waiting(index, &reason, format!("{message} (retrying in {}s)", delay.as_secs()));
+                    self.all_waiting(
+                        index,
+                        &reason,
+                        format!("{message} (retrying in {}s)", delay.as_secs()),
+                    );
                     self.publish().await;
                     self.sleep(delay).await?;
-                    Some(Stage::Prepare { attempt: attempt + 1 })
+                    Some(Stage::Prepare {
+                        attempt: attempt + 1,
+                    })
                 }
             },
             Stage::Init { index } if index < self.view.init.len() => {
@@ -101,7 +120,13 @@ impl PodWorker {
                     _ => "OnFailure",
                 };
                 let container = spec.init_containers.unwrap_or_default()[index].clone();
-                let succeeded = self.run_containers(vec![(index, container, self.programs[index].clone())], policy, true).await?;
+                let succeeded = self
+                    .run_containers(
+                        vec![(index, container, self.programs[index].clone())],
+                        policy,
+                        true,
+                    )
+                    .await?;
                 if succeeded {
                     Some(Stage::Init { index: index + 1 })
                 } else {
@@ -114,10 +139,17 @@ impl PodWorker {
             }
             Stage::Run => {
                 let spec = self.pod.spec.clone().unwrap_or_default();
-                let policy = spec.restart_policy.clone().unwrap_or_else(|| "Always".into());
+                let policy = spec
+                    .restart_policy
+                    .clone()
+                    .unwrap_or_else(|| "Always".into());
                 let offset = self.view.init.len();
-                let containers =
-                    spec.containers.iter().enumerate().map(|(i, c)| (i, c.clone(), self.programs[offset + i].clone())).collect();
+                let containers = spec
+                    .containers
+                    .iter()
+                    .enumerate()
+                    .map(|(i, c)| (i, c.clone(), self.programs[offset + i].clone()))
+                    .collect();
                 self.run_containers(containers, &policy, false).await?;
                 Some(Stage::Finished)
             }
@@ -127,8 +159,14 @@ impl PodWorker {
 
     async fn prepare(&mut self) -> Result<(), PrepareError> {
         let spec = self.pod.spec.clone().unwrap_or_default();
-        self.volumes = volumes::prepare(&spec, &self.pod_dir()).map_err(|m| Fatal("CreateContainerConfigError".into(), m))?;
-        let all: Vec<&ContainerSpec> = spec.init_containers.iter().flatten().chain(spec.containers.iter()).collect();
+        self.volumes = volumes::prepare(&spec, &self.pod_dir())
+            .map_err(|m| Fatal("CreateContainerConfigError".into(), m))?;
+        let all: Vec<&ContainerSpec> = spec
+            .init_containers
+            .iter()
+            .flatten()
+            .chain(spec.containers.iter())
+            .collect();
         let mut programs = Vec::with_capacity(all.len());
         for (index, container) in all.iter().enumerate() {
             let image = container.image.as_deref().unwrap_or("");
@@ -143,7 +181,12 @@ impl PodWorker {
 
     /// Runs `containers` (index within their list, spec, program) until each is done, restarting
     /// per `policy`; returns whether all succeeded, or `None` when told to stop.
-    async fn run_containers(&mut self, containers: Vec<(usize, ContainerSpec, Arc<Program>)>, policy: &str, init: bool) -> Option<bool> {
+    async fn run_containers(
+        &mut self,
+        containers: Vec<(usize, ContainerSpec, Arc<Program>)>,
+        policy: &str,
+        init: bool,
+    ) -> Option<bool> {
         let (events, mut inbox) = mpsc::channel(64);
         let mut tasks = JoinSet::new();
         for (index, spec, program) in containers {
@@ -159,7 +202,16 @@ impl PodWorker {
             let shared = self.shared.clone();
             let pod_key = self.pod_key();
             let (events, policy) = (events.clone(), policy.to_string());
-            tasks.spawn(container_loop(shared, pod_key, spec.name.clone(), index, program, launch, policy, events));
+            tasks.spawn(container_loop(
+                shared,
+                pod_key,
+                spec.name.clone(),
+                index,
+                program,
+                launch,
+                policy,
+                events,
+            ));
         }
         drop(events);
         loop {
@@ -178,8 +230,15 @@ impl PodWorker {
                 }
             }
         }
-        let list = if init { &self.view.init } else { &self.view.main };
-        Some(list.iter().all(|c| matches!(c.state, super::status::State::Terminated { code: 0, .. })))
+        let list = if init {
+            &self.view.init
+        } else {
+            &self.view.main
+        };
+        Some(
+            list.iter()
+                .all(|c| matches!(c.state, super::status::State::Terminated { code: 0, .. })),
+        )
     }
 
     fn record(&mut self, init: bool, index: usize) -> &mut Container {
@@ -193,11 +252,16 @@ impl PodWorker {
     fn apply(&mut self, event: Event, init: bool) {
         match event {
             Event::Started(i) => self.record(init, i).started(Utc::now()),
-            Event::Exited(i, exit, started, finished) => self.record(init, i).exited(&exit, started, finished),
+            Event::Exited(i, exit, started, finished) => {
+                self.record(init, i).exited(&exit, started, finished)
+            }
             Event::BackingOff(i, delay) => {
                 let name = self.record(init, i).name.clone();
                 let pod = self.pod.metadata.name.clone().unwrap_or_default();
-                let message = format!("back-off {}s restarting failed container={name} pod={pod}", delay.as_secs());
+                let message = format!(
+                    "back-off {}s restarting failed container={name} pod={pod}",
+                    delay.as_secs()
+                );
                 self.record(init, i).backing_off(message);
             }
             Event::Done(i) => self.record(init, i).done = true,
@@ -213,22 +277,37 @@ impl PodWorker {
         argv.extend(spec.args.clone().unwrap_or_default());
         let env = super::env::container_env(&self.pod, spec, &self.view.pod_ip)?;
         let mounts = volumes::mounts(spec, &self.volumes)?;
-        let memory_limit = super::env::memory_limit(spec)?.unwrap_or(self.shared.default_memory_limit);
-        Ok(LaunchTemplate { argv, env, mounts, memory_limit })
+        let memory_limit =
+            super::env::memory_limit(spec)?.unwrap_or(self.shared.default_memory_limit);
+        Ok(LaunchTemplate {
+            argv,
+            env,
+            mounts,
+            memory_limit,
+        })
     }
 
     fn all_waiting(&mut self, failing: usize, reason: &str, message: String) {
         let init_len = self.view.init.len();
-        let record = if failing < init_len { &mut self.view.init[failing] } else { &mut self.view.main[failing - init_len] };
+        let record = if failing < init_len {
+            &mut self.view.init[failing]
+        } else {
+            &mut self.view.main[failing - init_len]
+        };
         record.waiting(reason, message);
     }
 
     fn pod_key(&self) -> String {
-        format!("{}/{}", self.pod.metadata.namespace.as_deref().unwrap_or(""), self.pod.metadata.name.as_deref().unwrap_or(""))
+        format!(
+            "{}/{}",
+            self.pod.metadata.namespace.as_deref().unwrap_or(""),
+            self.pod.metadata.name.as_deref().unwrap_or("")
+        )
     }
 
     fn pod_dir(&self) -> PathBuf {
-        self.shared.pod_dir(self.pod.metadata.uid.as_deref().unwrap_or("unknown"))
+        self.shared
+            .pod_dir(self.pod.metadata.uid.as_deref().unwrap_or("unknown"))
     }
 
     async fn sleep(&mut self, delay: Duration) -> Option<()> {
@@ -297,7 +376,9 @@ async fn container_loop(
         let _ = events.send(Event::Started(index)).await;
         let exit = run::run(&shared.engine, &program, launch).await;
         let failed = exit != Exit::Code(0);
-        let _ = events.send(Event::Exited(index, exit, started, Utc::now())).await;
+        let _ = events
+            .send(Event::Exited(index, exit, started, Utc::now()))
+            .await;
         let restart = match policy.as_str() {
             "Always" => true,
             "OnFailure" => failed,

@@ -27,7 +27,11 @@ pub enum ImageError {
     #[error("image {image:?}: no such file {path:?}")]
     NotFound { image: String, path: PathBuf },
     #[error("image {image:?}: cannot read {path:?}: {error}")]
-    Unreadable { image: String, path: PathBuf, error: String },
+    Unreadable {
+        image: String,
+        path: PathBuf,
+        error: String,
+    },
     #[error("image {image:?}: {why}")]
     Unsupported { image: String, why: String },
     #[error("image {image:?} is not a WebAssembly module or component: {why}")]
@@ -44,8 +48,13 @@ impl ImageError {
     /// The container waiting reason Kubernetes users know for this failure.
     pub fn reason(&self) -> &'static str {
         match self {
-            Self::NotFound { .. } | Self::Unreadable { .. } | Self::Unsupported { .. } => "ErrImagePull",
-            Self::NotWasm { .. } | Self::Compile { .. } | Self::Link { .. } | Self::Cache { .. } => "CreateContainerError",
+            Self::NotFound { .. } | Self::Unreadable { .. } | Self::Unsupported { .. } => {
+                "ErrImagePull"
+            }
+            Self::NotWasm { .. }
+            | Self::Compile { .. }
+            | Self::Link { .. }
+            | Self::Cache { .. } => "CreateContainerError",
         }
     }
 }
@@ -57,51 +66,105 @@ impl Engine {
         let bytes = match tokio::fs::read(&path).await {
             Ok(bytes) => bytes,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Err(ImageError::NotFound { image: image.into(), path });
+                return Err(ImageError::NotFound {
+                    image: image.into(),
+                    path,
+                });
             }
-            Err(e) => return Err(ImageError::Unreadable { image: image.into(), path, error: e.to_string() }),
+            Err(e) => {
+                return Err(ImageError::Unreadable {
+                    image: image.into(),
+                    path,
+                    error: e.to_string(),
+                })
+            }
         };
         let digest = hex::encode(Sha256::digest(&bytes));
-        if let Some(program) = self.programs.lock().unwrap_or_else(|p| p.into_inner()).get(&digest) {
+        if let Some(program) = self
+            .programs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&digest)
+        {
             return Ok(program.clone());
         }
         let engine = self.clone();
         let (image_owned, digest_owned) = (image.to_string(), digest.clone());
-        let program = tokio::task::spawn_blocking(move || engine.compile_cached(&image_owned, &digest_owned, &bytes))
-            .await
-            .map_err(|e| ImageError::Compile { image: image.into(), error: format!("the compiler stopped: {e}") })??;
+        let program = tokio::task::spawn_blocking(move || {
+            engine.compile_cached(&image_owned, &digest_owned, &bytes)
+        })
+        .await
+        .map_err(|e| ImageError::Compile {
+            image: image.into(),
+            error: format!("the compiler stopped: {e}"),
+        })??;
         let program = Arc::new(program);
-        self.programs.lock().unwrap_or_else(|p| p.into_inner()).insert(digest, program.clone());
+        self.programs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(digest, program.clone());
         Ok(program)
     }
 
-    fn compile_cached(&self, image: &str, digest: &str, bytes: &[u8]) -> Result<Program, ImageError> {
-        let flavour = detect_flavour(bytes).map_err(|why| ImageError::NotWasm { image: image.into(), why })?;
+    fn compile_cached(
+        &self,
+        image: &str,
+        digest: &str,
+        bytes: &[u8],
+    ) -> Result<Program, ImageError> {
+        let flavour = detect_flavour(bytes).map_err(|why| ImageError::NotWasm {
+            image: image.into(),
+            why,
+        })?;
         let cached = self.cache_dir.join(format!("{digest}.cwasm"));
-        let cache_error = |e: &dyn std::fmt::Display| ImageError::Cache { image: image.into(), error: e.to_string() };
-        if wasmtime::Engine::detect_precompiled_file(&cached).ok().flatten() != Some(flavour) {
+        let cache_error = |e: &dyn std::fmt::Display| ImageError::Cache {
+            image: image.into(),
+            error: e.to_string(),
+        };
+        if wasmtime::Engine::detect_precompiled_file(&cached)
+            .ok()
+            .flatten()
+            != Some(flavour)
+        {
             let compiled = match flavour {
                 Precompiled::Component => self.wasmtime.precompile_component(bytes),
                 Precompiled::Module => self.wasmtime.precompile_module(bytes),
             }
-            .map_err(|e| ImageError::Compile { image: image.into(), error: format!("{e:#}") })?;
+            .map_err(|e| ImageError::Compile {
+                image: image.into(),
+                error: format!("{e:#}"),
+            })?;
             let partial = cached.with_extension(format!("partial-{}", std::process::id()));
             std::fs::write(&partial, &compiled).map_err(|e| cache_error(&e))?;
             std::fs::rename(&partial, &cached).map_err(|e| cache_error(&e))?;
         }
-        let link_error = |e: wasmtime::Error| ImageError::Link { image: image.into(), error: format!("{e:#}") };
+        let link_error = |e: wasmtime::Error| ImageError::Link {
+            image: image.into(),
+            error: format!("{e:#}"),
+        };
         // SAFETY: the file was written by this engine's own `precompile_*` into the agent's
         // private cache directory (named by the engine's compatibility hash), and is replaced
         // only by atomic renames, so it is a trusted artifact of this engine.
         match flavour {
             Precompiled::Module => {
-                let module = unsafe { Module::deserialize_file(&self.wasmtime, &cached) }.map_err(|e| cache_error(&e))?;
-                Ok(Program::Module(self.p1_linker.instantiate_pre(&module).map_err(link_error)?))
+                let module = unsafe { Module::deserialize_file(&self.wasmtime, &cached) }
+                    .map_err(|e| cache_error(&e))?;
+                Ok(Program::Module(
+                    self.p1_linker
+                        .instantiate_pre(&module)
+                        .map_err(link_error)?,
+                ))
             }
             Precompiled::Component => {
-                let component = unsafe { Component::deserialize_file(&self.wasmtime, &cached) }.map_err(|e| cache_error(&e))?;
-                let pre = self.p2_linker.instantiate_pre(&component).map_err(link_error)?;
-                Ok(Program::Component(CommandPre::new(pre).map_err(link_error)?))
+                let component = unsafe { Component::deserialize_file(&self.wasmtime, &cached) }
+                    .map_err(|e| cache_error(&e))?;
+                let pre = self
+                    .p2_linker
+                    .instantiate_pre(&component)
+                    .map_err(link_error)?;
+                Ok(Program::Component(
+                    CommandPre::new(pre).map_err(link_error)?,
+                ))
             }
         }
     }
@@ -114,7 +177,8 @@ fn resolve(image: &str) -> Result<PathBuf, ImageError> {
     if let Some(path) = image.strip_prefix("file://") {
         return Ok(PathBuf::from(path));
     }
-    if image.starts_with("http://") || image.starts_with("https://") || image.starts_with("sha256:") {
+    if image.starts_with("http://") || image.starts_with("https://") || image.starts_with("sha256:")
+    {
         return Err(ImageError::Unsupported {
             image: image.into(),
             why: "fetching images by URL or digest is not supported yet; use a file path".into(),
@@ -137,7 +201,9 @@ fn detect_flavour(bytes: &[u8]) -> Result<Precompiled, String> {
     match (bytes[4], bytes[5], bytes[6], bytes[7]) {
         (1, 0, 0, 0) => Ok(Precompiled::Module),
         (_, _, 1, 0) => Ok(Precompiled::Component),
-        (a, b, c, d) => Err(format!("unknown WebAssembly version/layer {a:02x}{b:02x}{c:02x}{d:02x}")),
+        (a, b, c, d) => Err(format!(
+            "unknown WebAssembly version/layer {a:02x}{b:02x}{c:02x}{d:02x}"
+        )),
     }
 }
 
@@ -155,15 +221,26 @@ mod tests {
 
     #[test]
     fn flavours() {
-        assert_eq!(detect_flavour(b"\0asm\x01\0\0\0rest").unwrap(), Precompiled::Module);
-        assert_eq!(detect_flavour(b"\0asm\x0d\0\x01\0rest").unwrap(), Precompiled::Component);
-        assert!(detect_flavour(b"#!/bin/sh\necho").unwrap_err().contains("magic"));
+        assert_eq!(
+            detect_flavour(b"\0asm\x01\0\0\0rest").unwrap(),
+            Precompiled::Module
+        );
+        assert_eq!(
+            detect_flavour(b"\0asm\x0d\0\x01\0rest").unwrap(),
+            Precompiled::Component
+        );
+        assert!(detect_flavour(b"#!/bin/sh\necho")
+            .unwrap_err()
+            .contains("magic"));
         assert!(detect_flavour(b"\0as").is_err());
     }
 
     #[test]
     fn image_references() {
-        assert_eq!(resolve("file:///x/y.wasm").unwrap(), PathBuf::from("/x/y.wasm"));
+        assert_eq!(
+            resolve("file:///x/y.wasm").unwrap(),
+            PathBuf::from("/x/y.wasm")
+        );
         assert_eq!(resolve("/x/y.wasm").unwrap(), PathBuf::from("/x/y.wasm"));
         assert_eq!(resolve("nginx:1.27").unwrap_err().reason(), "ErrImagePull");
         assert!(resolve("https://example.com/a.wasm").is_err());

@@ -50,7 +50,9 @@ impl Engine {
             .max_memories_per_component(8)
             .max_tables_per_component(8);
         let mut config = Config::new();
-        config.epoch_interruption(true).allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+        config
+            .epoch_interruption(true)
+            .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
         let wasmtime = wasmtime::Engine::new(&config)?;
         spawn_epoch_ticker(&wasmtime);
 
@@ -61,7 +63,13 @@ impl Engine {
 
         let cache_dir = options.cache_dir.join(image::engine_key(&wasmtime));
         std::fs::create_dir_all(&cache_dir)?;
-        Ok(Arc::new(Self { wasmtime, p1_linker, p2_linker, cache_dir, programs: Mutex::new(HashMap::new()) }))
+        Ok(Arc::new(Self {
+            wasmtime,
+            p1_linker,
+            p2_linker,
+            cache_dir,
+            programs: Mutex::new(HashMap::new()),
+        }))
     }
 }
 

@@ -42,13 +42,25 @@ pub struct LogLine {
 
 impl ContainerLog {
     pub fn new(capacity: usize) -> Arc<Self> {
-        let inner = Inner { lines: VecDeque::new(), first: 0, bytes: 0, capacity, partial: Vec::new(), closed: false };
-        Arc::new(Self { inner: Mutex::new(inner), progress: watch::channel((0, false)).0 })
+        let inner = Inner {
+            lines: VecDeque::new(),
+            first: 0,
+            bytes: 0,
+            capacity,
+            partial: Vec::new(),
+            closed: false,
+        };
+        Arc::new(Self {
+            inner: Mutex::new(inner),
+            progress: watch::channel((0, false)).0,
+        })
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         // A panic while holding this lock would only lose log lines; keep serving.
-        self.inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.inner
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     pub fn write(&self, bytes: &[u8]) {
@@ -93,7 +105,11 @@ impl ContainerLog {
             .iter()
             .skip(skip)
             .enumerate()
-            .map(|(i, (time, text))| LogLine { seq: start + i as u64, time: *time, text: text.clone() })
+            .map(|(i, (time, text))| LogLine {
+                seq: start + i as u64,
+                time: *time,
+                text: text.clone(),
+            })
             .collect();
         (lines, inner.closed)
     }
@@ -108,7 +124,9 @@ impl ContainerLog {
     /// Waits until lines at or after `from` exist or the log closes.
     pub async fn wait_past(&self, from: u64) {
         let mut progress = self.progress.subscribe();
-        let _ = progress.wait_for(|(next, closed)| *next > from || *closed).await;
+        let _ = progress
+            .wait_for(|(next, closed)| *next > from || *closed)
+            .await;
     }
 
     /// The whole log as text (tests and `describe`).
@@ -142,7 +160,11 @@ impl Inner {
 pub struct LogWriter(Arc<ContainerLog>);
 
 impl AsyncWrite for LogWriter {
-    fn poll_write(self: Pin<&mut Self>, _: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
         self.0.write(buf);
         Poll::Ready(Ok(buf.len()))
     }

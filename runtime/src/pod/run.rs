@@ -38,7 +38,11 @@ pub enum Exit {
     Code(i32),
     /// The runtime ended the guest: `reason` as Kubernetes names it (`Error`, `OOMKilled`),
     /// `message` says why, `code` is the exit code reported.
-    Killed { reason: &'static str, message: String, code: i32 },
+    Killed {
+        reason: &'static str,
+        message: String,
+        code: i32,
+    },
 }
 
 pub async fn run(engine: &Engine, program: &Program, launch: Launch) -> Exit {
@@ -60,20 +64,36 @@ fn wasi_builder(launch: &Launch) -> wasmtime::Result<WasiCtxBuilder> {
     for (key, value) in &launch.env {
         builder.env(key, value);
     }
-    builder.stdout(launch.log.writer()).stderr(launch.log.writer());
+    builder
+        .stdout(launch.log.writer())
+        .stderr(launch.log.writer());
     for mount in &launch.mounts {
-        let perms = if mount.read_only { FsPerms::ReadOnly } else { FsPerms::ReadWrite };
+        let perms = if mount.read_only {
+            FsPerms::ReadOnly
+        } else {
+            FsPerms::ReadWrite
+        };
         builder.preopened_dir(&mount.host_path, &mount.guest_path, perms)?;
     }
     Ok(builder)
 }
 
 fn limits(launch: &Launch) -> StoreLimits {
-    StoreLimitsBuilder::new().memory_size(launch.memory_limit).trap_on_grow_failure(true).build()
+    StoreLimitsBuilder::new()
+        .memory_size(launch.memory_limit)
+        .trap_on_grow_failure(true)
+        .build()
 }
 
-async fn run_module(engine: &Engine, pre: &wasmtime::InstancePre<P1Host>, launch: &Launch) -> wasmtime::Result<i32> {
-    let host = P1Host { wasi: wasi_builder(launch)?.build_p1(), limits: limits(launch) };
+async fn run_module(
+    engine: &Engine,
+    pre: &wasmtime::InstancePre<P1Host>,
+    launch: &Launch,
+) -> wasmtime::Result<i32> {
+    let host = P1Host {
+        wasi: wasi_builder(launch)?.build_p1(),
+        limits: limits(launch),
+    };
     let mut store = Store::new(&engine.wasmtime, host);
     store.limiter(|host| &mut host.limits);
     // Yield to the scheduler every epoch tick, so a spinning guest never holds a thread.
@@ -85,8 +105,16 @@ async fn run_module(engine: &Engine, pre: &wasmtime::InstancePre<P1Host>, launch
     Ok(0)
 }
 
-async fn run_component(engine: &Engine, pre: &wasmtime_wasi::p2::bindings::CommandPre<P2Host>, launch: &Launch) -> wasmtime::Result<i32> {
-    let host = P2Host { wasi: wasi_builder(launch)?.build(), table: ResourceTable::new(), limits: limits(launch) };
+async fn run_component(
+    engine: &Engine,
+    pre: &wasmtime_wasi::p2::bindings::CommandPre<P2Host>,
+    launch: &Launch,
+) -> wasmtime::Result<i32> {
+    let host = P2Host {
+        wasi: wasi_builder(launch)?.build(),
+        table: ResourceTable::new(),
+        limits: limits(launch),
+    };
     let mut store = Store::new(&engine.wasmtime, host);
     store.limiter(|host| &mut host.limits);
     store.set_epoch_deadline(1);
@@ -104,11 +132,20 @@ fn classify(error: wasmtime::Error) -> Exit {
         return Exit::Code(*code);
     }
     let message = format!("{error:#}");
-    let out_of_memory = message.contains("memory") && (message.contains("grow") || message.contains("limit"));
+    let out_of_memory =
+        message.contains("memory") && (message.contains("grow") || message.contains("limit"));
     if out_of_memory {
-        return Exit::Killed { reason: "OOMKilled", message, code: 137 };
+        return Exit::Killed {
+            reason: "OOMKilled",
+            message,
+            code: 137,
+        };
     }
-    Exit::Killed { reason: "Error", message, code: 128 }
+    Exit::Killed {
+        reason: "Error",
+        message,
+        code: 128,
+    }
 }
 
 #[cfg(test)]
@@ -117,39 +154,88 @@ mod tests {
     use crate::engine::EngineOptions;
     use crate::pod::log::ContainerLog;
 
-    async fn run_hello(engine: &Arc<Engine>, image: &str, args: &[&str], mounts: Vec<Mount>) -> (Exit, String) {
+    async fn run_hello(
+        engine: &Arc<Engine>,
+        image: &str,
+        args: &[&str],
+        mounts: Vec<Mount>,
+    ) -> (Exit, String) {
         let program = engine.load(image).await.unwrap();
         let log = ContainerLog::new(1 << 16);
         let mut argv = vec!["hello".to_string()];
         argv.extend(args.iter().map(|a| a.to_string()));
-        let launch = Launch { argv, env: vec![("GREETING".into(), "Ahoy".into())], mounts, log: log.clone(), memory_limit: 64 << 20 };
+        let launch = Launch {
+            argv,
+            env: vec![("GREETING".into(), "Ahoy".into())],
+            mounts,
+            log: log.clone(),
+            memory_limit: 64 << 20,
+        };
         (run(engine, &program, launch).await, log.text())
     }
 
     #[tokio::test]
     async fn runs_p1_modules_and_p2_components() {
         let dir = tempfile::tempdir().unwrap();
-        let engine = Engine::new(&EngineOptions { cache_dir: dir.path().join("cache"), max_instances: 8 }).unwrap();
+        let engine = Engine::new(&EngineOptions {
+            cache_dir: dir.path().join("cache"),
+            max_instances: 8,
+        })
+        .unwrap();
         let data = dir.path().join("data");
         std::fs::create_dir_all(&data).unwrap();
-        let mount = Mount { host_path: data.clone(), guest_path: "/data".into(), read_only: false };
-        for (image, flavour) in [(shoal_examples::HELLO_P1, "wasip1 module"), (shoal_examples::HELLO_P2, "wasip2 component")] {
-            let (exit, log) = run_hello(&engine, image, &["shoal", "--lines", "2"], vec![mount.clone()]).await;
+        let mount = Mount {
+            host_path: data.clone(),
+            guest_path: "/data".into(),
+            read_only: false,
+        };
+        for (image, flavour) in [
+            (shoal_examples::HELLO_P1, "wasip1 module"),
+            (shoal_examples::HELLO_P2, "wasip2 component"),
+        ] {
+            let (exit, log) = run_hello(
+                &engine,
+                image,
+                &["shoal", "--lines", "2"],
+                vec![mount.clone()],
+            )
+            .await;
             assert_eq!(exit, Exit::Code(0));
-            assert_eq!(log, format!("Ahoy, shoal! (from a {flavour})\nline 1\nline 2\n"));
+            assert_eq!(
+                log,
+                format!("Ahoy, shoal! (from a {flavour})\nline 1\nline 2\n")
+            );
         }
         let written = std::fs::read_to_string(data.join("hello.txt")).unwrap();
         assert_eq!(written.lines().count(), 2, "{written}");
         // p1 keeps the full exit code; Rust std on wasip2 reports any failure as 1.
-        assert_eq!(run_hello(&engine, shoal_examples::HELLO_P1, &["--exit", "3"], vec![]).await.0, Exit::Code(3));
-        assert_eq!(run_hello(&engine, shoal_examples::HELLO_P2, &["--exit", "3"], vec![]).await.0, Exit::Code(1));
+        assert_eq!(
+            run_hello(&engine, shoal_examples::HELLO_P1, &["--exit", "3"], vec![])
+                .await
+                .0,
+            Exit::Code(3)
+        );
+        assert_eq!(
+            run_hello(&engine, shoal_examples::HELLO_P2, &["--exit", "3"], vec![])
+                .await
+                .0,
+            Exit::Code(1)
+        );
     }
 
     #[tokio::test]
     async fn read_only_mounts_reject_writes() {
         let dir = tempfile::tempdir().unwrap();
-        let engine = Engine::new(&EngineOptions { cache_dir: dir.path().join("cache"), max_instances: 8 }).unwrap();
-        let mount = Mount { host_path: dir.path().to_path_buf(), guest_path: "/data".into(), read_only: true };
+        let engine = Engine::new(&EngineOptions {
+            cache_dir: dir.path().join("cache"),
+            max_instances: 8,
+        })
+        .unwrap();
+        let mount = Mount {
+            host_path: dir.path().to_path_buf(),
+            guest_path: "/data".into(),
+            read_only: true,
+        };
         let (exit, log) = run_hello(&engine, shoal_examples::HELLO_P1, &[], vec![mount]).await;
         assert_eq!(exit, Exit::Code(0));
         assert!(log.contains("cannot write /data/hello.txt"), "{log}");
@@ -159,7 +245,10 @@ mod tests {
     #[tokio::test]
     async fn compiled_artifacts_are_cached_on_disk() {
         let dir = tempfile::tempdir().unwrap();
-        let options = EngineOptions { cache_dir: dir.path().join("cache"), max_instances: 8 };
+        let options = EngineOptions {
+            cache_dir: dir.path().join("cache"),
+            max_instances: 8,
+        };
         let first = Engine::new(&options).unwrap();
         first.load(shoal_examples::HELLO_P2).await.unwrap();
         let cached: Vec<_> = walk(&options.cache_dir);
@@ -168,18 +257,28 @@ mod tests {
         // A second engine (an agent restart) loads the artifact instead of compiling again.
         let second = Engine::new(&options).unwrap();
         second.load(shoal_examples::HELLO_P2).await.unwrap();
-        assert_eq!(std::fs::metadata(&cached[0]).unwrap().modified().unwrap(), modified);
+        assert_eq!(
+            std::fs::metadata(&cached[0]).unwrap().modified().unwrap(),
+            modified
+        );
     }
 
     #[tokio::test]
     async fn bad_images_are_named() {
         let dir = tempfile::tempdir().unwrap();
-        let engine = Engine::new(&EngineOptions { cache_dir: dir.path().join("cache"), max_instances: 8 }).unwrap();
+        let engine = Engine::new(&EngineOptions {
+            cache_dir: dir.path().join("cache"),
+            max_instances: 8,
+        })
+        .unwrap();
         let text = dir.path().join("not.wasm");
         std::fs::write(&text, "hello, I am text").unwrap();
         let err = engine.load(text.to_str().unwrap()).await.err().unwrap();
         assert_eq!(err.reason(), "CreateContainerError");
-        assert!(err.to_string().contains("not a WebAssembly module"), "{err}");
+        assert!(
+            err.to_string().contains("not a WebAssembly module"),
+            "{err}"
+        );
         let missing = engine.load("/no/such/file.wasm").await.err().unwrap();
         assert_eq!(missing.reason(), "ErrImagePull");
         assert!(missing.to_string().contains("/no/such/file.wasm"));

@@ -16,26 +16,48 @@ pub fn prepare(spec: &PodSpec, pod_dir: &Path) -> Result<HashMap<String, PathBuf
     for volume in spec.volumes.iter().flatten() {
         if volume.empty_dir.is_none() {
             let kind = describe_kind(volume);
-            return Err(format!("volume {:?}: {kind} volumes are not supported by this agent yet (only emptyDir)", volume.name));
+            return Err(format!(
+                "volume {:?}: {kind} volumes are not supported by this agent yet (only emptyDir)",
+                volume.name
+            ));
         }
         let dir = pod_dir.join("volumes").join(&volume.name);
-        std::fs::create_dir_all(&dir).map_err(|e| format!("volume {:?}: cannot create {}: {e}", volume.name, dir.display()))?;
+        std::fs::create_dir_all(&dir).map_err(|e| {
+            format!(
+                "volume {:?}: cannot create {}: {e}",
+                volume.name,
+                dir.display()
+            )
+        })?;
         volumes.insert(volume.name.clone(), dir);
     }
     Ok(volumes)
 }
 
 /// The preopens of one container, from its `volumeMounts`.
-pub fn mounts(container: &Container, volumes: &HashMap<String, PathBuf>) -> Result<Vec<Mount>, String> {
+pub fn mounts(
+    container: &Container,
+    volumes: &HashMap<String, PathBuf>,
+) -> Result<Vec<Mount>, String> {
     let mut mounts = Vec::new();
     for mount in container.volume_mounts.iter().flatten() {
         let Some(dir) = volumes.get(&mount.name) else {
-            return Err(format!("volumeMount {:?} names no volume of the pod", mount.name));
+            return Err(format!(
+                "volumeMount {:?} names no volume of the pod",
+                mount.name
+            ));
         };
         if mount.sub_path.as_deref().is_some_and(|s| !s.is_empty()) {
-            return Err(format!("volumeMount {:?}: subPath is not supported yet", mount.name));
+            return Err(format!(
+                "volumeMount {:?}: subPath is not supported yet",
+                mount.name
+            ));
         }
-        mounts.push(Mount { host_path: dir.clone(), guest_path: mount.mount_path.clone(), read_only: mount.read_only.unwrap_or(false) });
+        mounts.push(Mount {
+            host_path: dir.clone(),
+            guest_path: mount.mount_path.clone(),
+            read_only: mount.read_only.unwrap_or(false),
+        });
     }
     Ok(mounts)
 }
@@ -80,6 +102,8 @@ mod tests {
             "containers": [], "volumes": [{"name": "cfg", "configMap": {"name": "x"}}]
         }))
         .unwrap();
-        assert!(prepare(&spec, dir.path()).unwrap_err().contains("configMap"));
+        assert!(prepare(&spec, dir.path())
+            .unwrap_err()
+            .contains("configMap"));
     }
 }

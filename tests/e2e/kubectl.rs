@@ -1,0 +1,133 @@
+//! Unmodified kubectl against `shoal dev`: apply, wait, logs, get -o wide, get -w, delete.
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use shoal_examples::{HELLO_P1, HELLO_P2};
+use shoal_tests::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_runs_hello_pods_end_to_end() {
+    if !kubectl_available("kubectl_runs_hello_pods_end_to_end") {
+        return;
+    }
+    let cluster = TestCluster::start(1).await;
+    let kubeconfig = cluster.kubeconfig.clone();
+    let http = Http::new(&cluster.url());
+
+    // A watch started before anything exists streams what follows.
+    let watch_log = cluster.dir.path().join("watch.log");
+    let mut watch = Command::new("kubectl")
+        .args([
+            "--kubeconfig",
+            kubeconfig.to_str().unwrap(),
+            "--cache-dir",
+            cluster.dir.path().join("watch-cache").to_str().unwrap(),
+        ])
+        .args(["get", "pods", "-w"])
+        .stdout(std::fs::File::create(&watch_log).unwrap())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+
+    let manifest = format!(
+        "{}---\n{}",
+        pod_yaml("hello-p1", HELLO_P1, &["kubectl"]),
+        pod_yaml("hello-p2", HELLO_P2, &["kubectl"])
+    );
+    let applied = ok(kubectl_stdin_async(&kubeconfig, &["apply", "-f", "-"], &manifest).await);
+    assert!(
+        applied.contains("pod/hello-p1 created") && applied.contains("pod/hello-p2 created"),
+        "{applied}"
+    );
+    wait_phase(&http, "default", "hello-p1", "Succeeded").await;
+    wait_phase(&http, "default", "hello-p2", "Succeeded").await;
+
+    let log = ok(kubectl_async(&kubeconfig, &["logs", "hello-p1"]).await);
+    assert_eq!(log, "Hello, kubectl! (from a wasip1 module)\n");
+    let log = ok(kubectl_async(&kubeconfig, &["logs", "hello-p2"]).await);
+    assert_eq!(log, "Hello, kubectl! (from a wasip2 component)\n");
+
+    let wide = ok(kubectl_async(&kubeconfig, &["get", "pods", "-o", "wide"]).await);
+    let row = wide
+        .lines()
+        .find(|l| l.starts_with("hello-p1"))
+        .unwrap_or_else(|| panic!("{wide}"));
+    assert!(
+        row.contains("Completed") && row.contains("node-0") && row.contains("10.244."),
+        "{wide}"
+    );
+    assert!(wide.lines().next().unwrap().contains("NODE"), "{wide}");
+
+    // Re-applying the same manifest changes nothing.
+    let again = ok(kubectl_stdin_async(&kubeconfig, &["apply", "-f", "-"], &manifest).await);
+    assert!(again.contains("pod/hello-p1 unchanged"), "{again}");
+
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    watch.kill().unwrap();
+    watch.wait().unwrap();
+    let streamed = std::fs::read_to_string(&watch_log).unwrap();
+    let p1_rows: Vec<&str> = streamed
+        .lines()
+        .filter(|l| l.starts_with("hello-p1"))
+        .collect();
+    assert!(
+        p1_rows.len() >= 2,
+        "expected several watch rows for hello-p1:\n{streamed}"
+    );
+    assert!(
+        p1_rows.iter().any(|l| l.contains("Completed")),
+        "{streamed}"
+    );
+
+    let deleted = ok(kubectl_async(&kubeconfig, &["delete", "pod", "hello-p1", "hello-p2"]).await);
+    assert!(deleted.contains("pod \"hello-p1\" deleted"), "{deleted}");
+    let left = kubectl_async(&kubeconfig, &["get", "pods"]).await;
+    assert!(
+        stderr(&left).contains("No resources found"),
+        "{} {}",
+        stdout(&left),
+        stderr(&left)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_reports_bad_manifests() {
+    if !kubectl_available("kubectl_reports_bad_manifests") {
+        return;
+    }
+    let cluster = TestCluster::start(1).await;
+    let kubeconfig = cluster.kubeconfig.clone();
+    let check = async |manifest: &str, expected: &str| {
+        let out = kubectl_stdin_async(&kubeconfig, &["apply", "-f", "-"], manifest).await;
+        assert!(!out.status.success(), "{manifest} was accepted");
+        assert!(
+            stderr(&out).contains(expected),
+            "expected {expected:?} in: {}",
+            stderr(&out)
+        );
+    };
+    check(
+        "apiVersion: v1\nkind: Pod\nmetadata: [\n",
+        "error converting YAML to JSON",
+    )
+    .await;
+    check(
+        "apiVersion: v1\nkind: Widget\nmetadata:\n  name: w\n",
+        "no matches for kind \"Widget\"",
+    )
+    .await;
+    check(
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: empty\nspec:\n  containers: []\n",
+        "spec.containers: Required value",
+    )
+    .await;
+    check(
+        &pod_yaml("Bad_Name", HELLO_P1, &[]),
+        "metadata.name: Invalid value: \"Bad_Name\"",
+    )
+    .await;
+    let pods = ok(kubectl_async(&kubeconfig, &["get", "pods", "-o", "name"]).await);
+    assert_eq!(pods, "", "nothing was created");
+}
