@@ -97,11 +97,22 @@ impl DevCluster {
         api_addr: SocketAddr,
         nodes: usize,
     ) -> anyhow::Result<Self> {
+        Self::start_with(data_dir, api_addr, nodes, |_| {}).await
+    }
+
+    /// Like [`DevCluster::start`], with `configure` adjusting each agent's configuration.
+    pub async fn start_with(
+        data_dir: &Path,
+        api_addr: SocketAddr,
+        nodes: usize,
+        configure: impl Fn(&mut AgentConfig),
+    ) -> anyhow::Result<Self> {
         let control = ControlPlane::start(data_dir, api_addr).await?;
         let mut agents = Vec::new();
         for i in 0..nodes {
             let name = format!("node-{i}");
-            let config = AgentConfig::new(&name, data_dir.join("nodes").join(&name));
+            let mut config = AgentConfig::new(&name, data_dir.join("nodes").join(&name));
+            configure(&mut config);
             agents.push(Agent::start(control.client.clone(), config).await?);
         }
         Ok(Self {

@@ -75,7 +75,7 @@ impl Agent {
     pub async fn start(client: Client, config: AgentConfig) -> anyhow::Result<Self> {
         let engine = Engine::new(&EngineOptions {
             cache_dir: config.data_dir.join("cache"),
-            max_instances: config.max_pods * 4,
+            max_instances: config.max_pods * 2,
         })?;
         let listener = tokio::net::TcpListener::bind(config.gateway_addr).await?;
         let gateway_addr = listener.local_addr()?;

@@ -39,16 +39,18 @@ pub struct Engine {
 impl Engine {
     pub fn new(options: &EngineOptions) -> anyhow::Result<Arc<Self>> {
         let mut pool = PoolingAllocationConfig::new();
-        // A Rust wasip2 component uses about three core instances (wasmtime-notes.md §6).
+        // A Rust wasip2 component holds three core instances and two memories
+        // (wasmtime-notes.md §6); each pooled memory reserves ~4 GiB of address space, so the
+        // pool is sized to what the node may run, not to the maximum.
         let instances = options.max_instances.max(1);
         pool.total_component_instances(instances)
-            .total_core_instances(instances * 4)
-            .total_memories(instances * 4)
-            .total_tables(instances * 4)
+            .total_core_instances(instances * 3)
+            .total_memories(instances * 2)
+            .total_tables(instances * 3)
             .total_stacks(instances)
-            .max_core_instances_per_component(32)
-            .max_memories_per_component(8)
-            .max_tables_per_component(8);
+            .max_core_instances_per_component(16)
+            .max_memories_per_component(4)
+            .max_tables_per_component(4);
         let mut config = Config::new();
         config
             .epoch_interruption(true)
