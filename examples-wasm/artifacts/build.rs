@@ -3,11 +3,16 @@
 //! In the manner of wasmtime's test-programs artifacts crate: a fresh machine needs nothing
 //! but the Rust toolchain.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
-const TARGETS: [&str; 2] = ["wasm32-wasip1", "wasm32-wasip2"];
-const GUESTS: [&str; 1] = ["hello"];
+/// Each guest with the targets it is built for, and whether it is a library (a component
+/// exporting an interface, such as an HTTP handler) rather than a command.
+const GUESTS: &[(&str, &[&str], bool)] = &[
+    ("hello", &["wasm32-wasip1", "wasm32-wasip2"], false),
+    ("misbehave", &["wasm32-wasip1", "wasm32-wasip2"], false),
+    ("web", &["wasm32-wasip2"], true),
+];
 
 fn main() {
     let manifest_dir = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap());
@@ -18,14 +23,58 @@ fn main() {
         "cargo:rerun-if-changed={}",
         guests_dir.join("Cargo.toml").display()
     );
-    for guest in GUESTS {
+    for (guest, _, _) in GUESTS {
         println!(
             "cargo:rerun-if-changed={}",
             guests_dir.join(guest).display()
         );
     }
     install_missing_targets();
+    for target in ["wasm32-wasip1", "wasm32-wasip2"] {
+        let packages: Vec<&str> = GUESTS
+            .iter()
+            .filter(|(_, ts, _)| ts.contains(&target))
+            .map(|(g, _, _)| *g)
+            .collect();
+        build(&guests_dir, &target_dir, target, &packages);
+    }
 
+    let mut paths = String::new();
+    let mut embedded = String::from(
+        "/// The bytes of each example, by file name.\npub const EMBEDDED: &[(&str, &[u8])] = &[\n",
+    );
+    for (guest, targets, _) in GUESTS {
+        for target in *targets {
+            let suffix = if *target == "wasm32-wasip1" {
+                "p1"
+            } else {
+                "p2"
+            };
+            let wasm = target_dir
+                .join(target)
+                .join("release")
+                .join(format!("{}.wasm", guest.replace('-', "_")));
+            assert!(wasm.exists(), "expected guest artifact {}", wasm.display());
+            let constant = format!(
+                "{}_{}",
+                guest.to_uppercase().replace('-', "_"),
+                suffix.to_uppercase()
+            );
+            paths.push_str(&format!(
+                "/// `{guest}` built for {target}.\npub const {constant}: &str = {:?};\n",
+                wasm.display().to_string()
+            ));
+            embedded.push_str(&format!(
+                "    (\"{guest}-{suffix}.wasm\", include_bytes!({:?})),\n",
+                wasm.display().to_string()
+            ));
+        }
+    }
+    embedded.push_str("];\n");
+    std::fs::write(out_dir.join("paths.rs"), paths + &embedded).unwrap();
+}
+
+fn build(guests_dir: &Path, target_dir: &Path, target: &str, packages: &[&str]) {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut build = Command::new(cargo);
     build
@@ -34,9 +83,11 @@ fn main() {
         .arg("--manifest-path")
         .arg(guests_dir.join("Cargo.toml"))
         .arg("--target-dir")
-        .arg(&target_dir);
-    for target in TARGETS {
-        build.arg("--target").arg(target);
+        .arg(target_dir)
+        .arg("--target")
+        .arg(target);
+    for package in packages {
+        build.arg("-p").arg(package);
     }
     // The outer build's flags are for the host; the guests must not inherit them.
     for var in [
@@ -52,26 +103,9 @@ fn main() {
     let status = build.status().expect("run cargo to build the wasm guests");
     assert!(
         status.success(),
-        "building the wasm guests in {} failed",
+        "building the wasm guests for {target} in {} failed",
         guests_dir.display()
     );
-
-    let mut paths = String::new();
-    for guest in GUESTS {
-        for (target, suffix) in TARGETS.iter().zip(["P1", "P2"]) {
-            let wasm = target_dir
-                .join(target)
-                .join("release")
-                .join(format!("{guest}.wasm"));
-            assert!(wasm.exists(), "expected guest artifact {}", wasm.display());
-            paths.push_str(&format!(
-                "/// `{guest}` built for {target}.\npub const {}_{suffix}: &str = {:?};\n",
-                guest.to_uppercase(),
-                wasm.display().to_string()
-            ));
-        }
-    }
-    std::fs::write(out_dir.join("paths.rs"), paths).unwrap();
 }
 
 fn install_missing_targets() {
@@ -83,7 +117,7 @@ fn install_missing_targets() {
         return;
     };
     let installed = String::from_utf8_lossy(&installed.stdout);
-    for target in TARGETS {
+    for target in ["wasm32-wasip1", "wasm32-wasip2"] {
         if !installed.lines().any(|line| line.trim() == target) {
             let status = Command::new("rustup")
                 .args(["target", "add", target])

@@ -16,8 +16,6 @@ async fn bad_requests_are_rejected_and_change_nothing() {
     let cluster = TestCluster::start(1).await;
     let http = Http::new(&cluster.url());
     let pods = "/api/v1/namespaces/default/pods";
-    let (_, before) = http.call("GET", pods, "", "").await;
-    let revision_before = before["metadata"]["resourceVersion"].clone();
 
     let (status, body) = http
         .call("POST", pods, "application/yaml", "metadata: [\n  name: x")

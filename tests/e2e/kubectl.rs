@@ -81,7 +81,46 @@ async fn kubectl_runs_hello_pods_end_to_end() {
         "{streamed}"
     );
 
-    let deleted = ok(kubectl_async(&kubeconfig, &["delete", "pod", "hello-p1", "hello-p2"]).await);
+    // `logs -f` streams a running container's lines and ends when the container does.
+    ok(kubectl_stdin_async(
+        &kubeconfig,
+        &["apply", "-f", "-"],
+        &pod_yaml(
+            "follower",
+            HELLO_P1,
+            &["follow", "--lines", "3", "--sleep-ms", "1500"],
+        ),
+    )
+    .await);
+    wait_phase(&http, "default", "follower", "Running").await;
+    let started = std::time::Instant::now();
+    let followed = ok(kubectl_async(&kubeconfig, &["logs", "-f", "follower"]).await);
+    assert_eq!(
+        followed,
+        "Hello, follow! (from a wasip1 module)\nline 1\nline 2\nline 3\n"
+    );
+    // The guest sleeps 1.5 s after its last line; -f must have waited for it to end.
+    assert!(
+        started.elapsed() >= std::time::Duration::from_millis(1000),
+        "-f returned after {:?}",
+        started.elapsed()
+    );
+    wait_phase(&http, "default", "follower", "Succeeded").await;
+
+    // describe shows what the scheduler and the agent did.
+    let described = ok(kubectl_async(&kubeconfig, &["describe", "pod", "follower"]).await);
+    assert!(
+        described.contains("Scheduled")
+            && described.contains("Successfully assigned default/follower to node-0"),
+        "{described}"
+    );
+    assert!(described.contains("Started container main"), "{described}");
+
+    let deleted = ok(kubectl_async(
+        &kubeconfig,
+        &["delete", "pod", "hello-p1", "hello-p2", "follower"],
+    )
+    .await);
     assert!(deleted.contains("pod \"hello-p1\" deleted"), "{deleted}");
     let left = kubectl_async(&kubeconfig, &["get", "pods"]).await;
     assert!(

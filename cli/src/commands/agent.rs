@@ -24,6 +24,9 @@ pub struct AgentCommand {
     /// How many pods the node accepts.
     #[arg(long, default_value_t = 110)]
     max_pods: u32,
+    /// A directory under which pods may mount hostPath volumes (repeatable; none by default).
+    #[arg(long = "allow-host-path")]
+    allow_host_path: Vec<PathBuf>,
 }
 
 impl AgentCommand {
@@ -38,6 +41,7 @@ impl AgentCommand {
         let mut config = AgentConfig::new(&name, self.data_dir);
         config.gateway_addr = self.gateway_addr;
         config.max_pods = self.max_pods;
+        config.host_path_allow = self.allow_host_path;
         let mut agent = Agent::start(Client::http(&self.server), config).await?;
         println!(
             "shoal agent {name} ready: joined {}; gateway on {}",

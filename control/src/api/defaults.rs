@@ -41,10 +41,32 @@ pub fn on_create(resource: &ResourceInfo, object: &mut Value) {
 pub fn kind_defaults(kind: &str, object: &mut Value) {
     match kind {
         "Pod" => pod(object),
+        "Secret" => secret(object),
         "Namespace" if object.pointer("/status/phase").is_none() => {
             set_at(object, "/status/phase", json!("Active"))
         }
         _ => {}
+    }
+}
+
+/// `stringData` is write-only: it is merged into `data` (base64) as Kubernetes does.
+fn secret(object: &mut Value) {
+    use base64::Engine as _;
+    let Some(map) = object.as_object_mut() else {
+        return;
+    };
+    let Some(Value::Object(strings)) = map.remove("stringData") else {
+        return;
+    };
+    let data = map.entry("data").or_insert_with(|| json!({}));
+    if let Some(data) = data.as_object_mut() {
+        for (key, value) in strings {
+            let text = value.as_str().unwrap_or_default().to_string();
+            data.insert(
+                key,
+                json!(base64::engine::general_purpose::STANDARD.encode(text)),
+            );
+        }
     }
 }
 
@@ -105,6 +127,13 @@ fn random_suffix() -> String {
 mod tests {
     use super::*;
     use crate::api::resources::lookup;
+
+    #[test]
+    fn secret_string_data_becomes_data() {
+        let mut secret = json!({"data": {"a": "eA=="}, "stringData": {"b": "hi"}});
+        kind_defaults("Secret", &mut secret);
+        assert_eq!(secret, json!({"data": {"a": "eA==", "b": "aGk="}}));
+    }
 
     #[test]
     fn pod_defaults_and_generate_name() {

@@ -4,6 +4,7 @@
 //! code path serves both (DESIGN.md §2).
 
 mod api;
+mod events;
 mod watcher;
 
 use std::sync::Arc;
@@ -17,6 +18,7 @@ use serde_json::Value;
 use tower::ServiceExt;
 
 pub use api::{Api, DeleteParams, ListParams, ObjectList, WatchEvent};
+pub use events::Recorder;
 pub use watcher::{watcher, WatcherEvent};
 
 #[derive(Debug, thiserror::Error)]

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use k8s_openapi::api::core::v1::{Node, Pod};
 use tokio::sync::Semaphore;
 
-use crate::client::{watcher, Client, ListParams, WatcherEvent};
+use crate::client::{watcher, Client, ListParams, Recorder, WatcherEvent};
 
 /// How many bindings may be in flight at once (they share the store's group commits).
 const PARALLEL_BINDS: usize = 64;
@@ -20,6 +20,7 @@ pub async fn run(client: Client) {
     let mut nodes = watcher(client.api::<Node>(None), ListParams::default());
     let mut state = ClusterView::default();
     let binds = Arc::new(Semaphore::new(PARALLEL_BINDS));
+    let recorder = Recorder::new(client.clone(), "default-scheduler", None);
     loop {
         tokio::select! {
             Some(event) = pods.recv() => state.apply_pod(event),
@@ -35,7 +36,7 @@ pub async fn run(client: Client) {
                 break;
             };
             state.assign(&key, &node);
-            let (client, binds) = (client.clone(), binds.clone());
+            let (client, binds, recorder) = (client.clone(), binds.clone(), recorder.clone());
             let (namespace, name) = (
                 pod.metadata.namespace.clone().unwrap_or_default(),
                 pod.metadata.name.clone().unwrap_or_default(),
@@ -45,8 +46,12 @@ pub async fn run(client: Client) {
                 .await
                 .expect("the semaphore is never closed");
             tokio::spawn(async move {
-                if let Err(e) = client.bind_pod(&namespace, &name, &node).await {
-                    tracing::debug!("binding {namespace}/{name} to {node}: {e}");
+                match client.bind_pod(&namespace, &name, &node).await {
+                    Ok(()) => {
+                        let message = format!("Successfully assigned {namespace}/{name} to {node}");
+                        recorder.normal(&pod, "Scheduled", &message).await;
+                    }
+                    Err(e) => tracing::debug!("binding {namespace}/{name} to {node}: {e}"),
                 }
                 drop(permit);
             });

@@ -10,6 +10,8 @@ pub struct ResourcePath {
     pub namespace: Option<String>,
     pub name: Option<String>,
     pub subresource: Option<String>,
+    /// What follows `proxy/` in a proxy URL (`pods/{name}/proxy/{rest}`).
+    pub rest: Option<String>,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -33,10 +35,15 @@ pub fn parse(path: &str) -> Result<ResourcePath, PathError> {
         }
         _ => (None, rest.to_vec()),
     };
+    let mut proxied = None;
     let (plural, name, subresource) = match rest.as_slice() {
         [plural] => (*plural, None, None),
         [plural, name] => (*plural, Some(name.to_string()), None),
         [plural, name, sub] => (*plural, Some(name.to_string()), Some(sub.to_string())),
+        [plural, name, "proxy", tail @ ..] => {
+            proxied = Some(tail.join("/"));
+            (*plural, Some(name.to_string()), Some("proxy".to_string()))
+        }
         _ => return Err(PathError::NoRoute),
     };
     let resource = lookup(group, version, plural).ok_or(PathError::NoRoute)?;
@@ -48,11 +55,16 @@ pub fn parse(path: &str) -> Result<ResourcePath, PathError> {
             return Err(PathError::NoRoute);
         }
     }
+    let rest = match &subresource {
+        Some(sub) if sub == "proxy" => Some(proxied.unwrap_or_default()),
+        _ => None,
+    };
     Ok(ResourcePath {
         resource,
         namespace,
         name,
         subresource,
+        rest,
     })
 }
 
@@ -98,6 +110,21 @@ mod tests {
         check(
             "/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases/n1",
             Some(("leases", Some("kube-node-lease"), Some("n1"), None)),
+        );
+        check(
+            "/api/v1/namespaces/default/pods/p1:8080/proxy",
+            Some(("pods", Some("default"), Some("p1:8080"), Some("proxy"))),
+        );
+        check(
+            "/api/v1/namespaces/default/pods/p1/proxy/a/b",
+            Some(("pods", Some("default"), Some("p1"), Some("proxy"))),
+        );
+        assert_eq!(
+            parse("/api/v1/namespaces/default/pods/p1/proxy/a/b")
+                .unwrap()
+                .rest
+                .as_deref(),
+            Some("a/b")
         );
         check("/api/v1/namespaces/default/nodes/n1", None);
         check("/api/v1/namespaces/default/pods/p1/nosuch", None);

@@ -246,3 +246,83 @@ pub fn agent_endpoint(node: &Value) -> Option<String> {
         .map(|a| object::str_at(a, "/address").to_string())?;
     Some(format!("{address}:{port}"))
 }
+
+/// `pods/{name}[:{port}]/proxy/{path}`: forwards the request to the pod's port through the
+/// agent of its node, and streams the answer back.
+pub async fn proxy(server: &Arc<ApiServer>, request: &Request) -> Result<Response> {
+    let (name, port) = match request.name().split_once(':') {
+        Some((name, port)) => (name, Some(port)),
+        None => (request.name(), None),
+    };
+    let pod = server.get_object(&ObjectKey::new("pods", request.namespace(), name))?;
+    let port: u16 = match port {
+        Some(port) => match port.parse() {
+            Ok(number) => number,
+            // A named port: look it up among the containers' ports.
+            Err(_) => named_port(&pod, port).ok_or_else(|| {
+                ApiError::BadRequest(format!("pod {name} has no port named {port:?}"))
+            })?,
+        },
+        None => pod
+            .pointer("/spec/containers")
+            .and_then(Value::as_array)
+            .and_then(|cs| {
+                cs.iter()
+                    .find_map(|c| c.pointer("/ports/0/containerPort")?.as_u64())
+            })
+            .and_then(|p| u16::try_from(p).ok())
+            .unwrap_or(80),
+    };
+    let node_name = object::str_at(&pod, "/spec/nodeName");
+    if node_name.is_empty() || object::str_at(&pod, "/status/phase") != "Running" {
+        return Err(ApiError::ServiceUnavailable(format!(
+            "pod {name} is not running"
+        )));
+    }
+    let node = server.get_object(&ObjectKey::new("nodes", "", node_name))?;
+    let endpoint = agent_endpoint(&node).ok_or_else(|| {
+        ApiError::Internal(format!("node {node_name} publishes no agent endpoint"))
+    })?;
+    let rest = request.path.rest.as_deref().unwrap_or("");
+    let query = request
+        .raw_query
+        .as_deref()
+        .map(|q| format!("?{q}"))
+        .unwrap_or_default();
+    let url = format!(
+        "http://{endpoint}/proxy/{}/{name}/{port}/{rest}{query}",
+        request.namespace()
+    );
+    let mut forwarded = http::Request::builder()
+        .method(request.method.clone())
+        .uri(&url);
+    for (header, value) in &request.headers {
+        if header != http::header::HOST {
+            forwarded = forwarded.header(header, value);
+        }
+    }
+    let forwarded = forwarded
+        .body(Body::from(request.body.clone()))
+        .map_err(|e| ApiError::BadRequest(format!("cannot forward to {url}: {e}")))?;
+    let answer = server.agents.request(forwarded).await.map_err(|e| {
+        ApiError::ServiceUnavailable(format!(
+            "cannot reach the agent of node {node_name} at {endpoint}: {e}"
+        ))
+    })?;
+    Ok(answer.map(Body::new).into_response())
+}
+
+fn named_port(pod: &Value, name: &str) -> Option<u16> {
+    let containers = pod.pointer("/spec/containers")?.as_array()?;
+    containers
+        .iter()
+        .flat_map(|c| {
+            c.get("ports")
+                .and_then(Value::as_array)
+                .cloned()
+                .unwrap_or_default()
+        })
+        .find(|p| p["name"] == name)
+        .and_then(|p| p["containerPort"].as_u64())
+        .and_then(|p| u16::try_from(p).ok())
+}

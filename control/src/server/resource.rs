@@ -25,6 +25,8 @@ pub struct Request {
     pub body: Bytes,
     pub content_type: String,
     pub wants_table: bool,
+    pub headers: HeaderMap,
+    pub raw_query: Option<String>,
 }
 
 impl Request {
@@ -43,6 +45,8 @@ impl Request {
             body,
             content_type: header(CONTENT_TYPE).to_ascii_lowercase(),
             wants_table: header(ACCEPT).contains("as=Table"),
+            headers: headers.clone(),
+            raw_query: uri.query().map(str::to_string),
         })
     }
 
@@ -96,6 +100,7 @@ impl ApiServer {
         match (&request.method, has_name, sub.as_deref()) {
             (&Method::GET, false, _) if request.query.flag("watch") => self.watch(&request),
             (&Method::GET, false, _) => self.list(&request),
+            (_, true, Some("proxy")) => pods::proxy(self, &request).await,
             (&Method::GET, true, Some("log")) => pods::log(self, &request).await,
             (&Method::GET, true, _) => {
                 let object = self.get_object(&request.key())?;
@@ -421,7 +426,10 @@ fn clone_request(request: &Request) -> Request {
             namespace: request.path.namespace.clone(),
             name: request.path.name.clone(),
             subresource: request.path.subresource.clone(),
+            rest: request.path.rest.clone(),
         },
+        headers: request.headers.clone(),
+        raw_query: None,
         query: Query::parse(None),
         body: request.body.clone(),
         content_type: request.content_type.clone(),

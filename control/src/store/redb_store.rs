@@ -28,7 +28,7 @@ const META_OLDEST: &str = "oldest_event";
 
 /// How many events the log keeps; older ones are compacted and a watch from before them
 /// gets 410 Gone (the client re-lists).
-const EVENT_LOG_LEN: u64 = 100_000;
+pub const DEFAULT_EVENT_LOG_LEN: u64 = 100_000;
 /// The most writes grouped into one commit.
 const MAX_BATCH: usize = 512;
 
@@ -64,6 +64,11 @@ impl RedbStore {
     /// Opens (or creates) the store file at `path` and starts its writer thread, which stops
     /// when the store is dropped.
     pub fn open(path: &Path) -> Result<Self> {
+        Self::open_with_log_len(path, DEFAULT_EVENT_LOG_LEN)
+    }
+
+    /// Like [`RedbStore::open`], keeping the last `log_len` events for watches to resume from.
+    pub fn open_with_log_len(path: &Path, log_len: u64) -> Result<Self> {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(backend)?;
         }
@@ -82,6 +87,7 @@ impl RedbStore {
         let (live, _) = broadcast::channel(8192);
         let revision = Arc::new(AtomicU64::new(revision));
         let writer = Writer {
+            log_len,
             db: db.clone(),
             live: live.clone(),
             revision: revision.clone(),
@@ -252,6 +258,7 @@ impl Store for RedbStore {
 }
 
 struct Writer {
+    log_len: u64,
     db: Arc<Database>,
     live: broadcast::Sender<WatchEvent>,
     revision: Arc<AtomicU64>,
@@ -321,8 +328,8 @@ impl Writer {
                 outcomes.push(outcome);
             }
             meta.insert(META_REVISION, revision).map_err(backend)?;
-            if compact && revision > EVENT_LOG_LEN {
-                let floor = revision - EVENT_LOG_LEN;
+            if compact && revision > self.log_len {
+                let floor = revision - self.log_len;
                 events.retain_in(..floor, |_, _| false).map_err(backend)?;
                 meta.insert(META_OLDEST, floor).map_err(backend)?;
             }
@@ -526,6 +533,26 @@ mod tests {
                 (EventType::Deleted, "a".into(), 4)
             ]
         );
+    }
+
+    #[tokio::test]
+    async fn watch_from_a_compacted_revision_is_gone() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = RedbStore::open_with_log_len(&dir.path().join("db"), 10).unwrap();
+        // Compaction runs every 64th commit; sequential writes are one commit each.
+        for i in 0..130 {
+            let name = format!("p{i}");
+            store
+                .create(ObjectKey::new("pods", "default", &name), pod(&name))
+                .await
+                .unwrap();
+        }
+        assert!(matches!(
+            store.watch("pods", None, 5),
+            Err(Error::Gone { requested: 5, .. })
+        ));
+        let mut recent = store.watch("pods", None, 125).unwrap();
+        assert_eq!(recent.next().await.unwrap().unwrap().revision, 126);
     }
 
     #[tokio::test]

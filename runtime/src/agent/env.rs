@@ -1,39 +1,95 @@
-//! A container's environment and memory limit, from its spec. `env` values and the downward
-//! API (`fieldRef`) are served; ConfigMap and Secret references come with those resources.
+//! A container's environment and memory limit, from its spec: `env` values, the downward API
+//! (`fieldRef`), ConfigMap and Secret keys (`configMapKeyRef`, `secretKeyRef`) and whole
+//! ConfigMaps and Secrets (`envFrom`, with `prefix`).
 
 use k8s_openapi::api::core::v1::{Container, Pod};
 
-pub fn container_env(
+use super::sources::Sources;
+
+pub async fn container_env(
     pod: &Pod,
     container: &Container,
     pod_ip: &str,
+    sources: &mut Sources,
 ) -> Result<Vec<(String, String)>, String> {
-    let mut env = Vec::new();
+    let mut env: Vec<(String, String)> = Vec::new();
+    for source in container.env_from.iter().flatten() {
+        let prefix = source.prefix.clone().unwrap_or_default();
+        let data = if let Some(cm) = &source.config_map_ref {
+            match sources.config_map(&cm.name).await? {
+                Some(data) => data,
+                None if cm.optional == Some(true) => Default::default(),
+                None => return Err(format!("envFrom: configmap {:?} not found", cm.name)),
+            }
+        } else if let Some(secret) = &source.secret_ref {
+            match sources.secret(&secret.name).await? {
+                Some(data) => data,
+                None if secret.optional == Some(true) => Default::default(),
+                None => return Err(format!("envFrom: secret {:?} not found", secret.name)),
+            }
+        } else {
+            continue;
+        };
+        for (key, value) in data {
+            set(
+                &mut env,
+                format!("{prefix}{key}"),
+                String::from_utf8_lossy(&value).into_owned(),
+            );
+        }
+    }
     for var in container.env.iter().flatten() {
         let value = match (&var.value, &var.value_from) {
             (Some(value), _) => value.clone(),
             (None, None) => String::new(),
-            (None, Some(source)) => match &source.field_ref {
-                Some(field) => field_value(pod, &field.field_path, pod_ip).ok_or_else(|| {
-                    format!(
-                        "env {:?}: fieldRef {:?} is not supported",
-                        var.name, field.field_path
-                    )
-                })?,
-                None => {
+            (None, Some(source)) => {
+                let what = |kind: &str, name: &str, key: &str| {
+                    format!("env {:?}: {kind} {name:?} has no key {key:?}", var.name)
+                };
+                if let Some(field) = &source.field_ref {
+                    field_value(pod, &field.field_path, pod_ip).ok_or_else(|| {
+                        format!(
+                            "env {:?}: fieldRef {:?} is not supported",
+                            var.name, field.field_path
+                        )
+                    })?
+                } else if let Some(key) = &source.config_map_key_ref {
+                    match sources
+                        .config_map(&key.name)
+                        .await?
+                        .and_then(|d| d.get(&key.key).cloned())
+                    {
+                        Some(value) => String::from_utf8_lossy(&value).into_owned(),
+                        None if key.optional == Some(true) => continue,
+                        None => return Err(what("configmap", &key.name, &key.key)),
+                    }
+                } else if let Some(key) = &source.secret_key_ref {
+                    match sources
+                        .secret(&key.name)
+                        .await?
+                        .and_then(|d| d.get(&key.key).cloned())
+                    {
+                        Some(value) => String::from_utf8_lossy(&value).into_owned(),
+                        None if key.optional == Some(true) => continue,
+                        None => return Err(what("secret", &key.name, &key.key)),
+                    }
+                } else {
                     return Err(format!(
-                        "env {:?}: only value and fieldRef sources are supported by this agent yet",
+                        "env {:?}: resourceFieldRef is not supported",
                         var.name
-                    ))
+                    ));
                 }
-            },
+            }
         };
-        env.push((var.name.clone(), value));
-    }
-    if container.env_from.as_ref().is_some_and(|e| !e.is_empty()) {
-        return Err("envFrom is not supported by this agent yet".into());
+        set(&mut env, var.name.clone(), value);
     }
     Ok(env)
+}
+
+/// Later definitions win, as in Kubernetes (`env` over `envFrom`).
+fn set(env: &mut Vec<(String, String)>, key: String, value: String) {
+    env.retain(|(k, _)| *k != key);
+    env.push((key, value));
 }
 
 fn field_value(pod: &Pod, path: &str, pod_ip: &str) -> Option<String> {
@@ -98,7 +154,6 @@ pub fn parse_bytes(text: &str) -> Option<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
 
     #[test]
     fn quantities() {
@@ -111,37 +166,14 @@ mod tests {
     }
 
     #[test]
-    fn env_with_downward_api() {
-        let pod: Pod = serde_json::from_value(json!({
-            "metadata": {"name": "p", "namespace": "ns"},
-            "spec": {"nodeName": "n1", "containers": [{"name": "c", "env": [
-                {"name": "A", "value": "1"},
-                {"name": "NODE", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}},
-                {"name": "IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}
-            ]}]}
-        }))
-        .unwrap();
-        let env = container_env(
-            &pod,
-            &pod.spec.as_ref().unwrap().containers[0],
-            "10.244.0.2",
-        )
-        .unwrap();
+    fn later_definitions_win() {
+        let mut env = Vec::new();
+        set(&mut env, "A".into(), "1".into());
+        set(&mut env, "B".into(), "2".into());
+        set(&mut env, "A".into(), "3".into());
         assert_eq!(
             env,
-            vec![
-                ("A".into(), "1".into()),
-                ("NODE".into(), "n1".into()),
-                ("IP".into(), "10.244.0.2".into())
-            ]
+            vec![("B".into(), "2".into()), ("A".into(), "3".into())]
         );
-        let mut bad = pod.spec.as_ref().unwrap().containers[0].clone();
-        bad.env = Some(
-            serde_json::from_value(
-                json!([{"name": "X", "valueFrom": {"secretKeyRef": {"name": "s", "key": "k"}}}]),
-            )
-            .unwrap(),
-        );
-        assert!(container_env(&pod, &bad, "").unwrap_err().contains("\"X\""));
     }
 }

@@ -1,6 +1,7 @@
-//! The agent's HTTP endpoint, what the API server calls for `kubectl logs` (the kubelet's
-//! `/containerLogs`). Pod traffic from other nodes will arrive here too (the pods and
-//! services issues).
+//! The agent's HTTP endpoint: what the API server calls for `kubectl logs` (the kubelet's
+//! `/containerLogs`), and the gateway into pods: `/proxy/{namespace}/{pod}/{port}/{path}`
+//! serves a request on the pod's loopback (the API server's pod proxy and other nodes come
+//! in here).
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -10,7 +11,7 @@ use axum::body::{Body, Bytes};
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{any, get};
 use axum::Router;
 
 use super::Shared;
@@ -23,6 +24,8 @@ pub fn router(shared: Arc<Shared>) -> Router {
             "/containerLogs/{namespace}/{pod}/{container}",
             get(container_logs),
         )
+        .route("/proxy/{namespace}/{pod}/{port}", any(proxy_root))
+        .route("/proxy/{namespace}/{pod}/{port}/{*path}", any(proxy))
         .with_state(shared)
 }
 
@@ -115,4 +118,65 @@ fn render(lines: &[LogLine], timestamps: bool) -> Vec<u8> {
         out.push(b'\n');
     }
     out
+}
+
+async fn proxy_root(
+    State(shared): State<Arc<Shared>>,
+    Path((namespace, pod, port)): Path<(String, String, u16)>,
+    request: axum::extract::Request,
+) -> Response {
+    forward(&shared, &namespace, &pod, port, "", request).await
+}
+
+async fn proxy(
+    State(shared): State<Arc<Shared>>,
+    Path((namespace, pod, port, path)): Path<(String, String, u16, String)>,
+    request: axum::extract::Request,
+) -> Response {
+    forward(&shared, &namespace, &pod, port, &path, request).await
+}
+
+/// Serves a request on a pod's loopback and streams the answer back.
+async fn forward(
+    shared: &Shared,
+    namespace: &str,
+    pod: &str,
+    port: u16,
+    path: &str,
+    request: axum::extract::Request,
+) -> Response {
+    let network = shared
+        .networks
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .get(&format!("{namespace}/{pod}"))
+        .cloned();
+    let Some(network) = network else {
+        return (
+            StatusCode::NOT_FOUND,
+            format!("pod {namespace}/{pod} is not running on this node\n"),
+        )
+            .into_response();
+    };
+    let (mut parts, body) = request.into_parts();
+    let query = parts
+        .uri
+        .query()
+        .map(|q| format!("?{q}"))
+        .unwrap_or_default();
+    parts.uri = match format!("http://localhost:{port}/{path}{query}").parse() {
+        Ok(uri) => uri,
+        Err(e) => {
+            return (StatusCode::BAD_REQUEST, format!("bad path {path:?}: {e}\n")).into_response()
+        }
+    };
+    parts.headers.insert(
+        http::header::HOST,
+        http::HeaderValue::from_str(&format!("localhost:{port}")).expect("a valid host header"),
+    );
+    let request = crate::pod::network::request(http::Request::from_parts(parts, body));
+    match network.serve(port, request).await {
+        Ok(response) => response.map(Body::new).into_response(),
+        Err(e) => (e.status(), format!("{e}\n")).into_response(),
+    }
 }

@@ -6,7 +6,10 @@ mod env;
 mod gateway;
 mod logs;
 mod node;
+mod probe;
+mod sources;
 pub mod status;
+mod volumes;
 mod worker;
 
 use std::collections::{BTreeSet, HashMap};
@@ -15,11 +18,12 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use k8s_openapi::api::core::v1::Pod;
-use shoal_control::client::{Client, DeleteParams, ListParams, WatcherEvent};
+use shoal_control::client::{Client, DeleteParams, ListParams, Recorder, WatcherEvent};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::engine::{Engine, EngineOptions};
+use crate::pod::network::PodNetwork;
 pub use env::parse_bytes;
 pub use node::{LEASE_DURATION_SECONDS, LEASE_RENEW};
 
@@ -34,6 +38,8 @@ pub struct AgentConfig {
     pub max_pods: u32,
     /// Memory limit of an instance whose container sets none.
     pub default_memory_limit: usize,
+    /// Directories under which pods may mount `hostPath` volumes (none by default).
+    pub host_path_allow: Vec<PathBuf>,
 }
 
 impl AgentConfig {
@@ -44,6 +50,7 @@ impl AgentConfig {
             gateway_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             max_pods: 110,
             default_memory_limit: 512 << 20,
+            host_path_allow: Vec::new(),
         }
     }
 }
@@ -53,9 +60,13 @@ pub(crate) struct Shared {
     client: Client,
     engine: Arc<Engine>,
     logs: logs::LogStore,
+    recorder: Recorder,
     address: String,
     data_dir: PathBuf,
     default_memory_limit: usize,
+    host_path_allow: Vec<PathBuf>,
+    /// The loopback of each pod running here, by `namespace/name`, for the gateway.
+    networks: Mutex<HashMap<String, Arc<PodNetwork>>>,
 }
 
 impl Shared {
@@ -83,9 +94,12 @@ impl Agent {
             client: client.clone(),
             engine,
             logs: logs::LogStore::default(),
+            recorder: Recorder::new(client.clone(), "shoal-agent", Some(&config.node_name)),
             address: gateway_addr.ip().to_string(),
             data_dir: config.data_dir.clone(),
             default_memory_limit: config.default_memory_limit,
+            host_path_allow: config.host_path_allow.clone(),
+            networks: Mutex::new(HashMap::new()),
         });
         let identity = node::NodeIdentity {
             name: config.node_name.clone(),
@@ -93,7 +107,7 @@ impl Agent {
             gateway_port: gateway_addr.port(),
             max_pods: config.max_pods,
         };
-        let node = node::register(&client, &identity).await?;
+        let node = register_with_retry(&client, &identity).await?;
         let cidr = node
             .spec
             .and_then(|s| s.pod_cidr)
@@ -134,6 +148,28 @@ impl Drop for Agent {
     }
 }
 
+/// Registers the Node, waiting up to a minute for an API server that is still starting.
+async fn register_with_retry(
+    client: &Client,
+    identity: &node::NodeIdentity,
+) -> anyhow::Result<k8s_openapi::api::core::v1::Node> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let mut delay = std::time::Duration::from_millis(100);
+    loop {
+        match node::register(client, identity).await {
+            Ok(node) => return Ok(node),
+            Err(shoal_control::client::Error::Transport(e))
+                if std::time::Instant::now() < deadline =>
+            {
+                tracing::info!("node {}: waiting for the API server: {e}", identity.name);
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(std::time::Duration::from_secs(2));
+            }
+            Err(e) => return Err(anyhow::anyhow!("registering node {}: {e}", identity.name)),
+        }
+    }
+}
+
 /// Pod IPs from the node's pod CIDR (a /24: .2 to .254).
 struct IpPool {
     prefix: String,
@@ -170,7 +206,7 @@ impl IpPool {
 struct Running {
     uid: String,
     ip: String,
-    stop: watch::Sender<bool>,
+    stop: watch::Sender<Option<std::time::Duration>>,
     task: JoinHandle<()>,
 }
 
@@ -180,6 +216,8 @@ struct PodSupervisor {
     ips: Arc<Mutex<IpPool>>,
     node_name: String,
     running: HashMap<String, Running>,
+    /// Pods whose deletion this agent is finishing.
+    terminating: BTreeSet<String>,
 }
 
 impl PodSupervisor {
@@ -189,6 +227,7 @@ impl PodSupervisor {
             ips: Arc::new(Mutex::new(ips)),
             node_name,
             running: HashMap::new(),
+            terminating: BTreeSet::new(),
         }
     }
 
@@ -206,15 +245,20 @@ impl PodSupervisor {
                         .filter(|k| !keys.contains(*k))
                         .cloned()
                         .collect();
+                    self.terminating.retain(|k| keys.contains(k));
                     for key in gone {
-                        self.stop(&key);
+                        self.stop(&key, std::time::Duration::ZERO, None);
                     }
                     for pod in pods {
                         self.observe(pod);
                     }
                 }
                 WatcherEvent::Applied(pod) => self.observe(pod),
-                WatcherEvent::Deleted(pod) => self.stop(&pod_key(&pod)),
+                WatcherEvent::Deleted(pod) => {
+                    let key = pod_key(&pod);
+                    self.terminating.remove(&key);
+                    self.stop(&key, std::time::Duration::ZERO, None);
+                }
             }
         }
     }
@@ -224,11 +268,18 @@ impl PodSupervisor {
         let uid = pod.metadata.uid.clone().unwrap_or_default();
         if self.running.get(&key).is_some_and(|r| r.uid != uid) {
             // A namesake replaced the pod we ran.
-            self.stop(&key);
+            self.stop(&key, std::time::Duration::ZERO, None);
         }
         if pod.metadata.deletion_timestamp.is_some() {
-            self.stop(&key);
-            self.finish_deletion(pod);
+            if !self.terminating.insert(key.clone()) {
+                return;
+            }
+            let grace = pod
+                .metadata
+                .deletion_grace_period_seconds
+                .unwrap_or(0)
+                .max(0) as u64;
+            self.stop(&key, std::time::Duration::from_secs(grace), Some(pod));
             return;
         }
         let phase = pod
@@ -248,8 +299,14 @@ impl PodSupervisor {
             tracing::warn!("pod {key}: no pod IP left on node {}", self.node_name);
             return;
         };
-        let (stop, stopped) = watch::channel(false);
-        let worker = worker::PodWorker::new(self.shared.clone(), pod, ip.clone(), stopped);
+        let (stop, stopped) = watch::channel(None);
+        let network = PodNetwork::new();
+        self.shared
+            .networks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(key.clone(), network.clone());
+        let worker = worker::PodWorker::new(self.shared.clone(), pod, ip.clone(), stopped, network);
         let task = tokio::spawn(worker.run());
         self.running.insert(
             key,
@@ -262,40 +319,45 @@ impl PodSupervisor {
         );
     }
 
-    /// Stops the pod's worker (its guests are dropped) and frees what it held.
-    fn stop(&mut self, key: &str) {
-        if let Some(running) = self.running.remove(key) {
-            let _ = running.stop.send(true);
-            let ips = self.ips.clone();
-            let shared = self.shared.clone();
-            let key = key.to_string();
-            tokio::spawn(async move {
+    /// Stops the pod's worker within `grace`, frees what it held, and with `delete` removes
+    /// the pod from the API once its containers are stopped.
+    fn stop(&mut self, key: &str, grace: std::time::Duration, delete: Option<Pod>) {
+        let running = self.running.remove(key);
+        let (ips, shared, key) = (self.ips.clone(), self.shared.clone(), key.to_string());
+        tokio::spawn(async move {
+            if let Some(running) = running {
+                let _ = running.stop.send(Some(grace));
                 let _ = running.task.await;
                 ips.lock()
                     .unwrap_or_else(|p| p.into_inner())
                     .release(&running.ip);
                 let _ = tokio::fs::remove_dir_all(shared.pod_dir(&running.uid)).await;
+                shared
+                    .networks
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(&key);
                 shared.logs.forget_pod(&key);
-            });
-        }
-    }
-
-    /// Removes a pod marked for deletion from the API once its guests are stopped.
-    fn finish_deletion(&self, pod: Pod) {
-        let client = self.shared.client.clone();
-        tokio::spawn(async move {
-            let name = pod.metadata.name.clone().unwrap_or_default();
-            let pods = client.api::<Pod>(pod.metadata.namespace.as_deref());
-            let params = DeleteParams {
-                grace_period_seconds: Some(0),
-                uid: pod.metadata.uid.clone(),
-            };
-            if let Err(e) = pods.delete(&name, &params).await {
-                if !e.is_not_found() && !e.is_conflict() {
-                    tracing::warn!("finishing deletion of pod {name}: {e}");
-                }
+            }
+            if let Some(pod) = delete {
+                finish_deletion(&shared.client, pod).await;
             }
         });
+    }
+}
+
+/// Removes a pod marked for deletion from the API (grace 0, only this uid).
+async fn finish_deletion(client: &Client, pod: Pod) {
+    let name = pod.metadata.name.clone().unwrap_or_default();
+    let pods = client.api::<Pod>(pod.metadata.namespace.as_deref());
+    let params = DeleteParams {
+        grace_period_seconds: Some(0),
+        uid: pod.metadata.uid.clone(),
+    };
+    if let Err(e) = pods.delete(&name, &params).await {
+        if !e.is_not_found() && !e.is_conflict() {
+            tracing::warn!("finishing deletion of pod {name}: {e}");
+        }
     }
 }
 

@@ -37,6 +37,8 @@ pub struct Container {
     pub restart_count: i32,
     /// The container has ended and will not run again.
     pub done: bool,
+    /// The readiness probe's verdict, if the container has one.
+    pub probe_ready: Option<bool>,
 }
 
 impl Container {
@@ -51,7 +53,32 @@ impl Container {
             last_state: None,
             restart_count: 0,
             done: false,
+            probe_ready: None,
         }
+    }
+
+    /// A container with a readiness probe starts unready.
+    pub fn with_readiness_probe(mut self, has_probe: bool) -> Self {
+        self.probe_ready = has_probe.then_some(false);
+        self
+    }
+
+    /// One instance of a serving container ended badly: it shows as the last termination and
+    /// counts as a restart, while the container keeps serving.
+    pub fn instance_failed(&mut self, exit: &Exit) {
+        let now = Utc::now();
+        let started = match self.state {
+            State::Running { started } => started,
+            _ => now,
+        };
+        let mut ended = self.clone();
+        ended.exited(exit, started, now);
+        self.last_state = Some(ended.state);
+        self.restart_count += 1;
+    }
+
+    fn ready(&self) -> bool {
+        matches!(self.state, State::Running { .. }) && self.probe_ready != Some(false)
     }
 
     pub fn started(&mut self, at: DateTime<Utc>) {
@@ -111,14 +138,14 @@ impl Container {
     }
 
     fn to_status(&self) -> ContainerStatus {
-        let ready = matches!(self.state, State::Running { .. });
+        let ready = self.ready();
         ContainerStatus {
             name: self.name.clone(),
             image: self.image.clone(),
             image_id: String::new(),
             container_id: None,
             ready,
-            started: Some(ready),
+            started: Some(matches!(self.state, State::Running { .. })),
             restart_count: self.restart_count,
             state: Some(state_to_k8s(&self.state)),
             last_state: self.last_state.as_ref().map(state_to_k8s),

@@ -1,8 +1,12 @@
-//! Drives one pod on this node from Pending to its end: prepare volumes, load images (retrying
-//! with back-off), run init containers in order, then the main containers with the pod's
-//! restart policy, writing the pod's status after every change. The pod's life is the
-//! [`Stage`] enum advanced by [`PodWorker::step`]; stopping (pod deletion) drops the running
-//! guests at once: a Wasm command has no signal to catch, so there is nothing to wait for.
+//! Drives one pod on this node from Pending to its end: prepare volumes and environment,
+//! load images (retrying with back-off), run init containers in order, then the main
+//! containers: commands run to completion under the pod's restart policy, HTTP components
+//! serve their ports on the pod's loopback until the pod stops. The pod's status is written
+//! after every change. The pod's life is the [`Stage`] enum advanced by [`PodWorker::step`].
+//!
+//! Stopping (pod deletion): HTTP containers stop taking requests and finish the ones in
+//! flight within the grace period; commands are dropped at once, since a Wasm command has no
+//! signal to catch and nothing to wait for.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -14,15 +18,20 @@ use k8s_openapi::api::core::v1::{Container as ContainerSpec, Pod};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 
+use super::sources::Sources;
 use super::status::{Container, PodView};
-use super::Shared;
+use super::{probe, volumes, Shared};
 use crate::engine::Program;
+use crate::pod::network::{HttpServer, PodNetwork};
 use crate::pod::run::{self, Exit, Launch};
-use crate::pod::volumes;
+use crate::pod::volumes::{mounts, PreparedVolume};
 
 /// Restart back-off, as the kubelet's: 10 s doubling to 5 min.
 pub const INITIAL_BACKOFF: Duration = Duration::from_secs(10);
 pub const MAX_BACKOFF: Duration = Duration::from_secs(300);
+
+/// What a worker is told by its supervisor: keep going (`None`) or stop within a grace period.
+pub type StopSignal = watch::Receiver<Option<Duration>>;
 
 enum Stage {
     Prepare { attempt: u32 },
@@ -31,28 +40,45 @@ enum Stage {
     Finished,
 }
 
-/// A message from a running container task to its pod worker.
-enum Event {
+/// A message from a container's task (or its probes) to the pod worker.
+pub(super) enum Event {
     Started(usize),
     Exited(usize, Exit, chrono::DateTime<Utc>, chrono::DateTime<Utc>),
+    /// One instance of a long-running (HTTP) container ended badly; the container serves on.
+    InstanceFailed(usize, Exit),
     BackingOff(usize, Duration),
     Done(usize),
+    Ready(usize, bool),
+    /// A liveness probe failed `failureThreshold` times.
+    Unhealthy(usize, String),
 }
 
 pub struct PodWorker {
     shared: Arc<Shared>,
     pod: Pod,
     view: PodView,
-    stop: watch::Receiver<bool>,
+    stop: StopSignal,
     programs: Vec<Arc<Program>>,
-    volumes: HashMap<String, PathBuf>,
+    volumes: HashMap<String, PreparedVolume>,
+    env: Vec<Vec<(String, String)>>,
+    network: Arc<PodNetwork>,
+    /// Events to record with the next status write: (warning?, reason, message).
+    events: Vec<(bool, &'static str, String)>,
 }
 
 impl PodWorker {
-    pub fn new(shared: Arc<Shared>, pod: Pod, pod_ip: String, stop: watch::Receiver<bool>) -> Self {
+    pub fn new(
+        shared: Arc<Shared>,
+        pod: Pod,
+        pod_ip: String,
+        stop: StopSignal,
+        network: Arc<PodNetwork>,
+    ) -> Self {
         let spec = pod.spec.clone().unwrap_or_default();
-        let to_record =
-            |c: &ContainerSpec| Container::new(&c.name, c.image.as_deref().unwrap_or(""));
+        let to_record = |c: &ContainerSpec| {
+            Container::new(&c.name, c.image.as_deref().unwrap_or(""))
+                .with_readiness_probe(c.readiness_probe.is_some())
+        };
         let view = PodView {
             init: spec
                 .init_containers
@@ -74,20 +100,70 @@ impl PodWorker {
             stop,
             programs: Vec::new(),
             volumes: HashMap::new(),
+            env: Vec::new(),
+            network,
+            events: Vec::new(),
         }
     }
 
-    /// Runs the pod until it finishes or the worker is told to stop.
+    /// Runs the pod until it finishes, is told to stop, or outlives `activeDeadlineSeconds`.
     pub async fn run(mut self) {
+        let deadline = self
+            .pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.active_deadline_seconds)
+            .map(|s| Duration::from_secs(s.max(0) as u64));
         let mut stage = Stage::Prepare { attempt: 0 };
         self.publish().await;
+        let started = tokio::time::Instant::now();
         loop {
-            stage = match self.step(stage).await {
-                Some(Stage::Finished) | None => break,
+            let step = async { self.step(stage).await };
+            let next = match deadline {
+                Some(limit) => match tokio::time::timeout_at(started + limit, step).await {
+                    Ok(next) => next,
+                    Err(_) => {
+                        self.deadline_exceeded(limit);
+                        break;
+                    }
+                },
+                None => step.await,
+            };
+            stage = match next {
+                Some(Stage::Finished) => break,
                 Some(next) => next,
+                None => {
+                    self.events
+                        .push((false, "Killing", "Stopping the pod's containers".into()));
+                    break;
+                }
             };
         }
         self.publish().await;
+    }
+
+    fn deadline_exceeded(&mut self, limit: Duration) {
+        let message = format!(
+            "Pod was active on the node longer than the specified deadline ({}s)",
+            limit.as_secs()
+        );
+        let now = Utc::now();
+        for container in self.view.init.iter_mut().chain(self.view.main.iter_mut()) {
+            if let super::status::State::Running { started } = container.state {
+                container.exited(
+                    &Exit::Killed {
+                        reason: "DeadlineExceeded",
+                        message: message.clone(),
+                        code: 137,
+                    },
+                    started,
+                    now,
+                );
+            }
+            container.done = true;
+        }
+        self.view.failed_reason = Some(("DeadlineExceeded".into(), message.clone()));
+        self.events.push((false, "DeadlineExceeded", message));
     }
 
     /// Advances one stage; `None` when told to stop.
@@ -96,12 +172,18 @@ impl PodWorker {
             Stage::Prepare { attempt } => match self.prepare().await {
                 Ok(()) => Some(Stage::Init { index: 0 }),
                 Err(Fatal(reason, message)) => {
+                    self.events.push((true, "Failed", message.clone()));
+                    for container in self.view.init.iter_mut().chain(self.view.main.iter_mut()) {
+                        container.waiting(&reason, message.clone());
+                        container.done = true;
+                    }
                     self.view.failed_reason = Some((reason, message));
                     Some(Stage::Finished)
                 }
                 Err(Retry(index, reason, message)) => {
                     let delay = backoff(attempt);
-                    self.all_waiting(
+                    self.events.push((true, "Failed", message.clone()));
+                    self.container_waiting(
                         index,
                         &reason,
                         format!("{message} (retrying in {}s)", delay.as_secs()),
@@ -121,17 +203,13 @@ impl PodWorker {
                 };
                 let container = spec.init_containers.unwrap_or_default()[index].clone();
                 let succeeded = self
-                    .run_containers(
-                        vec![(index, container, self.programs[index].clone())],
-                        policy,
-                        true,
-                    )
+                    .run_containers(vec![(index, container)], policy, true)
                     .await?;
-                if succeeded {
-                    Some(Stage::Init { index: index + 1 })
+                Some(if succeeded {
+                    Stage::Init { index: index + 1 }
                 } else {
-                    Some(Stage::Finished)
-                }
+                    Stage::Finished
+                })
             }
             Stage::Init { .. } => {
                 self.view.initialized = true;
@@ -143,13 +221,7 @@ impl PodWorker {
                     .restart_policy
                     .clone()
                     .unwrap_or_else(|| "Always".into());
-                let offset = self.view.init.len();
-                let containers = spec
-                    .containers
-                    .iter()
-                    .enumerate()
-                    .map(|(i, c)| (i, c.clone(), self.programs[offset + i].clone()))
-                    .collect();
+                let containers = spec.containers.iter().cloned().enumerate().collect();
                 self.run_containers(containers, &policy, false).await?;
                 Some(Stage::Finished)
             }
@@ -157,16 +229,39 @@ impl PodWorker {
         }
     }
 
+    /// Volumes, environments and programs for every container. Missing images are retried;
+    /// a volume or environment that cannot be made is retried too (the ConfigMap may come).
     async fn prepare(&mut self) -> Result<(), PrepareError> {
         let spec = self.pod.spec.clone().unwrap_or_default();
-        self.volumes = volumes::prepare(&spec, &self.pod_dir())
-            .map_err(|m| Fatal("CreateContainerConfigError".into(), m))?;
-        let all: Vec<&ContainerSpec> = spec
+        let namespace = self.pod.metadata.namespace.clone().unwrap_or_default();
+        let mut sources = Sources::new(self.shared.client.clone(), &namespace);
+        let pod_dir = self.pod_dir();
+        let claims_dir = self.shared.data_dir.join("claims");
+        let host = volumes::VolumeHost {
+            pod_dir: &pod_dir,
+            claims_dir: &claims_dir,
+            host_path_allow: &self.shared.host_path_allow,
+            client: &self.shared.client,
+            namespace: &namespace,
+        };
+        self.volumes = volumes::prepare(&spec, &host, &mut sources)
+            .await
+            .map_err(|m| Retry(0, "CreateContainerConfigError".into(), m))?;
+        let all: Vec<ContainerSpec> = spec
             .init_containers
             .iter()
             .flatten()
             .chain(spec.containers.iter())
+            .cloned()
             .collect();
+        self.env.clear();
+        for (index, container) in all.iter().enumerate() {
+            let env =
+                super::env::container_env(&self.pod, container, &self.view.pod_ip, &mut sources)
+                    .await
+                    .map_err(|m| Retry(index, "CreateContainerConfigError".into(), m))?;
+            self.env.push(env);
+        }
         let mut programs = Vec::with_capacity(all.len());
         for (index, container) in all.iter().enumerate() {
             let image = container.image.as_deref().unwrap_or("");
@@ -175,61 +270,123 @@ impl PodWorker {
                 Err(e) => return Err(Retry(index, e.reason().into(), e.to_string())),
             }
         }
+        if let Some((index, c)) = spec
+            .init_containers
+            .iter()
+            .flatten()
+            .enumerate()
+            .find(|(i, _)| programs[*i].is_http())
+        {
+            return Err(Fatal("CreateContainerConfigError".into(), format!("init container {:?} (#{index}) is an HTTP component; init containers must be commands", c.name)));
+        }
         self.programs = programs;
         Ok(())
     }
 
-    /// Runs `containers` (index within their list, spec, program) until each is done, restarting
-    /// per `policy`; returns whether all succeeded, or `None` when told to stop.
+    /// Runs `containers` (index within their list, spec) until each is done, restarting
+    /// commands per `policy`; returns whether all succeeded, or `None` when told to stop.
     async fn run_containers(
         &mut self,
-        containers: Vec<(usize, ContainerSpec, Arc<Program>)>,
+        containers: Vec<(usize, ContainerSpec)>,
         policy: &str,
         init: bool,
     ) -> Option<bool> {
-        let (events, mut inbox) = mpsc::channel(64);
+        let (events, mut inbox) = mpsc::channel(256);
         let mut tasks = JoinSet::new();
-        for (index, spec, program) in containers {
-            let launch = match self.launch_template(&spec) {
-                Ok(launch) => launch,
+        let mut servers: Vec<(Vec<u16>, Arc<HttpServer>)> = Vec::new();
+        for (index, spec) in containers {
+            let offset = if init { 0 } else { self.view.init.len() };
+            let program = self.programs[offset + index].clone();
+            let template = match self.launch_template(&spec, offset + index) {
+                Ok(template) => template,
                 Err(message) => {
+                    self.events.push((true, "Failed", message.clone()));
                     let record = self.record(init, index);
                     record.waiting("CreateContainerConfigError", message);
                     record.done = true;
                     continue;
                 }
             };
-            let shared = self.shared.clone();
-            let pod_key = self.pod_key();
-            let (events, policy) = (events.clone(), policy.to_string());
-            tasks.spawn(container_loop(
-                shared,
-                pod_key,
-                spec.name.clone(),
-                index,
-                program,
-                launch,
-                policy,
-                events,
-            ));
+            if let Program::Http(pre) = &*program {
+                let ports = http_ports(&spec);
+                if ports.is_empty() {
+                    let message = format!("container {:?} is an HTTP component but declares no containerPort to serve", spec.name);
+                    self.events.push((true, "Failed", message.clone()));
+                    let record = self.record(init, index);
+                    record.waiting("CreateContainerConfigError", message);
+                    record.done = true;
+                    continue;
+                }
+                let (failures, mut failed) = mpsc::unbounded_channel();
+                let launch = template.launch(
+                    self.shared.logs.start_run(&self.pod_key(), &spec.name),
+                    &self.network,
+                );
+                let server =
+                    HttpServer::new(self.shared.engine.clone(), pre.clone(), launch, failures);
+                for port in &ports {
+                    self.network.register(*port, server.clone());
+                }
+                servers.push((ports, server));
+                let events = events.clone();
+                tasks.spawn(async move {
+                    let _ = events.send(Event::Started(index)).await;
+                    while let Some(exit) = failed.recv().await {
+                        let _ = events.send(Event::InstanceFailed(index, exit)).await;
+                    }
+                });
+            } else {
+                let shared = self.shared.clone();
+                let context = (
+                    self.pod_key(),
+                    spec.name.clone(),
+                    Arc::downgrade(&self.network),
+                );
+                let (events, policy) = (events.clone(), policy.to_string());
+                tasks.spawn(container_loop(
+                    shared, context, index, program, template, policy, events,
+                ));
+            }
+            if !init {
+                probe::spawn(
+                    &mut tasks,
+                    &spec,
+                    index,
+                    self.network.clone(),
+                    events.clone(),
+                );
+            }
         }
         drop(events);
-        loop {
+        let outcome = loop {
             tokio::select! {
                 event = inbox.recv() => {
-                    let Some(event) = event else { break };
+                    let Some(event) = event else { break Some(()) };
                     self.apply(event, init);
                     while let Ok(event) = inbox.try_recv() {
                         self.apply(event, init);
                     }
                     self.publish().await;
+                    // Probes of finished commands keep running; the pod is done when every
+                    // container is.
+                    let list = if init { &self.view.init } else { &self.view.main };
+                    if list.iter().all(|c| c.done) {
+                        break Some(());
+                    }
                 }
-                _ = self.stop.changed() => {
-                    tasks.abort_all();
-                    return None;
-                }
+                _ = self.stop.changed() => break None,
             }
+        };
+        if outcome.is_none() {
+            let grace = (*self.stop.borrow()).unwrap_or_default();
+            for (ports, _) in &servers {
+                ports.iter().for_each(|p| self.network.unregister(*p));
+            }
+            let drained = futures::future::join_all(servers.iter().map(|(_, s)| s.drained()));
+            let _ = tokio::time::timeout(grace, drained).await;
         }
+        tasks.abort_all();
+        outcome?;
         let list = if init {
             &self.view.init
         } else {
@@ -251,9 +408,24 @@ impl PodWorker {
 
     fn apply(&mut self, event: Event, init: bool) {
         match event {
-            Event::Started(i) => self.record(init, i).started(Utc::now()),
+            Event::Started(i) => {
+                let record = self.record(init, i);
+                record.started(Utc::now());
+                let message = format!("Started container {}", record.name);
+                self.events.push((false, "Started", message));
+            }
             Event::Exited(i, exit, started, finished) => {
                 self.record(init, i).exited(&exit, started, finished)
+            }
+            Event::InstanceFailed(i, exit) => {
+                let record = self.record(init, i);
+                record.instance_failed(&exit);
+                let message = format!(
+                    "An instance of container {} failed: {}",
+                    record.name,
+                    describe(&exit)
+                );
+                self.events.push((true, "InstanceFailed", message));
             }
             Event::BackingOff(i, delay) => {
                 let name = self.record(init, i).name.clone();
@@ -262,32 +434,52 @@ impl PodWorker {
                     "back-off {}s restarting failed container={name} pod={pod}",
                     delay.as_secs()
                 );
-                self.record(init, i).backing_off(message);
+                self.record(init, i).backing_off(message.clone());
+                self.events.push((true, "BackOff", message));
             }
             Event::Done(i) => self.record(init, i).done = true,
+            Event::Ready(i, ready) => self.record(init, i).probe_ready = Some(ready),
+            Event::Unhealthy(i, message) => {
+                let record = self.record(init, i);
+                record.instance_failed(&Exit::Killed {
+                    reason: "Error",
+                    message: message.clone(),
+                    code: 137,
+                });
+                let name = record.name.clone();
+                self.events.push((true, "Unhealthy", message));
+                self.events.push((
+                    false,
+                    "Killing",
+                    format!("Container {name} failed liveness probe, will be restarted"),
+                ));
+            }
         }
     }
 
-    /// argv, env and mounts for a container; the log is made fresh for each run.
-    fn launch_template(&self, spec: &ContainerSpec) -> Result<LaunchTemplate, String> {
+    /// argv, env, mounts and limits of a container; the log is made fresh for each run.
+    fn launch_template(
+        &self,
+        spec: &ContainerSpec,
+        index: usize,
+    ) -> Result<LaunchTemplate, String> {
         let mut argv: Vec<String> = spec.command.clone().unwrap_or_default();
         if argv.is_empty() {
             argv.push(spec.name.clone());
         }
         argv.extend(spec.args.clone().unwrap_or_default());
-        let env = super::env::container_env(&self.pod, spec, &self.view.pod_ip)?;
-        let mounts = volumes::mounts(spec, &self.volumes)?;
+        let mounts = mounts(spec, &self.volumes)?;
         let memory_limit =
             super::env::memory_limit(spec)?.unwrap_or(self.shared.default_memory_limit);
         Ok(LaunchTemplate {
             argv,
-            env,
+            env: self.env[index].clone(),
             mounts,
             memory_limit,
         })
     }
 
-    fn all_waiting(&mut self, failing: usize, reason: &str, message: String) {
+    fn container_waiting(&mut self, failing: usize, reason: &str, message: String) {
         let init_len = self.view.init.len();
         let record = if failing < init_len {
             &mut self.view.init[failing]
@@ -317,7 +509,20 @@ impl PodWorker {
         }
     }
 
-    async fn publish(&self) {
+    async fn publish(&mut self) {
+        for (warning, reason, message) in std::mem::take(&mut self.events) {
+            if warning {
+                self.shared
+                    .recorder
+                    .warning(&self.pod, reason, &message)
+                    .await;
+            } else {
+                self.shared
+                    .recorder
+                    .normal(&self.pod, reason, &message)
+                    .await;
+            }
+        }
         let name = self.pod.metadata.name.clone().unwrap_or_default();
         let namespace = self.pod.metadata.namespace.clone();
         let pods = self.shared.client.api::<Pod>(namespace.as_deref());
@@ -344,6 +549,26 @@ fn backoff(attempt: u32) -> Duration {
     grown.min(MAX_BACKOFF) / 10
 }
 
+fn describe(exit: &Exit) -> String {
+    match exit {
+        Exit::Code(code) => format!("exit code {code}"),
+        Exit::Killed {
+            reason, message, ..
+        } => format!("{reason}: {message}"),
+    }
+}
+
+/// The TCP ports an HTTP container serves.
+fn http_ports(spec: &ContainerSpec) -> Vec<u16> {
+    spec.ports
+        .iter()
+        .flatten()
+        .filter(|p| p.protocol.as_deref().unwrap_or("TCP") == "TCP")
+        .filter_map(|p| u16::try_from(p.container_port).ok())
+        .collect()
+}
+
+/// A container's instance settings, reused for every run (commands) or request (HTTP).
 pub struct LaunchTemplate {
     argv: Vec<String>,
     env: Vec<(String, String)>,
@@ -351,11 +576,23 @@ pub struct LaunchTemplate {
     memory_limit: usize,
 }
 
-#[allow(clippy::too_many_arguments)]
+impl LaunchTemplate {
+    fn launch(&self, log: Arc<crate::pod::log::ContainerLog>, network: &Arc<PodNetwork>) -> Launch {
+        Launch {
+            argv: self.argv.clone(),
+            env: self.env.clone(),
+            mounts: self.mounts.clone(),
+            log,
+            memory_limit: self.memory_limit,
+            network: Arc::downgrade(network),
+        }
+    }
+}
+
+/// Runs a command container, restarting it per `policy` with back-off.
 async fn container_loop(
     shared: Arc<Shared>,
-    pod_key: String,
-    name: String,
+    (pod_key, name, network): (String, String, std::sync::Weak<PodNetwork>),
     index: usize,
     program: Arc<Program>,
     template: LaunchTemplate,
@@ -364,14 +601,11 @@ async fn container_loop(
 ) {
     let mut delay = INITIAL_BACKOFF;
     loop {
-        let log = shared.logs.start_run(&pod_key, &name);
-        let launch = Launch {
-            argv: template.argv.clone(),
-            env: template.env.clone(),
-            mounts: template.mounts.clone(),
-            log,
-            memory_limit: template.memory_limit,
+        let Some(network) = network.upgrade() else {
+            return;
         };
+        let launch = template.launch(shared.logs.start_run(&pod_key, &name), &network);
+        drop(network);
         let started = Utc::now();
         let _ = events.send(Event::Started(index)).await;
         let exit = run::run(&shared.engine, &program, launch).await;

@@ -1,10 +1,14 @@
-//! The per-instance host state a guest's store holds: its WASI context and resource limits.
-//! One type per WASI flavour, since preview 1 keeps its own resource table.
+//! The per-instance host state a guest's store holds: its WASI context, its HTTP context and
+//! hooks (the pod's loopback), and its resource limits. One type per WASI flavour, since
+//! preview 1 keeps its own resource table and has no HTTP.
 
 use wasmtime::component::ResourceTable;
 use wasmtime::StoreLimits;
 use wasmtime_wasi::p1::WasiP1Ctx;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
+
+use crate::pod::network::PodHooks;
 
 pub struct P1Host {
     pub wasi: WasiP1Ctx,
@@ -13,6 +17,8 @@ pub struct P1Host {
 
 pub struct P2Host {
     pub wasi: WasiCtx,
+    pub http: WasiHttpCtx,
+    pub hooks: PodHooks,
     pub table: ResourceTable,
     pub limits: StoreLimits,
 }
@@ -22,6 +28,16 @@ impl WasiView for P2Host {
         WasiCtxView {
             ctx: &mut self.wasi,
             table: &mut self.table,
+        }
+    }
+}
+
+impl WasiHttpView for P2Host {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView {
+            ctx: &mut self.http,
+            table: &mut self.table,
+            hooks: &mut self.hooks,
         }
     }
 }

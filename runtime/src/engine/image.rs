@@ -11,6 +11,7 @@ use sha2::{Digest, Sha256};
 use wasmtime::component::Component;
 use wasmtime::{Module, Precompiled};
 use wasmtime_wasi::p2::bindings::CommandPre;
+use wasmtime_wasi_http::p2::bindings::ProxyPre;
 
 use super::{Engine, P1Host, P2Host};
 
@@ -20,6 +21,15 @@ pub enum Program {
     Module(wasmtime::InstancePre<P1Host>),
     /// A WASI preview 2 command component, run through `wasi:cli/run`.
     Component(CommandPre<P2Host>),
+    /// A component exporting `wasi:http/incoming-handler`: an HTTP workload, instantiated
+    /// afresh for every request.
+    Http(ProxyPre<P2Host>),
+}
+
+impl Program {
+    pub fn is_http(&self) -> bool {
+        matches!(self, Self::Http(_))
+    }
 }
 
 #[derive(Debug, thiserror::Error)]

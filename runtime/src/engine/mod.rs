@@ -62,6 +62,9 @@ impl Engine {
         wasmtime_wasi::p1::add_to_linker_async(&mut p1_linker, |host: &mut P1Host| &mut host.wasi)?;
         let mut p2_linker = component::Linker::new(&wasmtime);
         wasmtime_wasi::p2::add_to_linker_async(&mut p2_linker)?;
+        // Full WASI plus http (not the proxy world alone): Rust wasip2 components import
+        // wasi:cli and wasi:filesystem even when they are HTTP handlers (wasmtime-notes.md §4).
+        wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut p2_linker)?;
 
         let cache_dir = options.cache_dir.join(image::engine_key(&wasmtime));
         std::fs::create_dir_all(&cache_dir)?;

@@ -1,7 +1,7 @@
-//! A pod sandbox: its containers' programs, volumes, logs and limits. For now a pod's
-//! containers are commands that share the pod's volumes; the in-process loopback and HTTP
-//! workloads come with the pods issue and plug in here.
+//! A pod sandbox: its containers' programs, volumes, logs, limits and its in-process network
+//! (the HTTP loopback its modules share).
 
 pub mod log;
+pub mod network;
 pub mod run;
 pub mod volumes;

@@ -4,13 +4,14 @@
 //! memory limit or a host error ends this instance only.
 
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 
 use wasmtime::component::ResourceTable;
 use wasmtime::{Store, StoreLimits, StoreLimitsBuilder};
 use wasmtime_wasi::{FsPerms, I32Exit, WasiCtxBuilder};
 
 use super::log::ContainerLog;
+use super::network::{PodHooks, PodNetwork};
 use crate::engine::{Engine, P1Host, P2Host, Program};
 
 /// A directory the guest sees at `guest_path`.
@@ -22,6 +23,7 @@ pub struct Mount {
 }
 
 /// Everything one run of a container needs besides its program.
+#[derive(Clone)]
 pub struct Launch {
     pub argv: Vec<String>,
     pub env: Vec<(String, String)>,
@@ -29,6 +31,8 @@ pub struct Launch {
     pub log: Arc<ContainerLog>,
     /// Bytes of linear memory the instance may use.
     pub memory_limit: usize,
+    /// The pod's loopback, for the guest's outgoing HTTP.
+    pub network: Weak<PodNetwork>,
 }
 
 /// How an instance ended.
@@ -49,6 +53,9 @@ pub async fn run(engine: &Engine, program: &Program, launch: Launch) -> Exit {
     let outcome = match program {
         Program::Module(pre) => run_module(engine, pre, &launch).await,
         Program::Component(pre) => run_component(engine, pre, &launch).await,
+        Program::Http(_) => Err(wasmtime::format_err!(
+            "an HTTP component is served, not run to completion"
+        )),
     };
     let exit = match outcome {
         Ok(code) => Exit::Code(code),
@@ -85,6 +92,19 @@ fn limits(launch: &Launch) -> StoreLimits {
         .build()
 }
 
+/// The host state of a preview 2 instance (command or HTTP handler) of `launch`.
+pub(crate) fn p2_host(launch: &Launch) -> wasmtime::Result<P2Host> {
+    Ok(P2Host {
+        wasi: wasi_builder(launch)?.build(),
+        http: wasmtime_wasi_http::WasiHttpCtx::new(),
+        hooks: PodHooks {
+            network: launch.network.clone(),
+        },
+        table: ResourceTable::new(),
+        limits: limits(launch),
+    })
+}
+
 async fn run_module(
     engine: &Engine,
     pre: &wasmtime::InstancePre<P1Host>,
@@ -110,12 +130,7 @@ async fn run_component(
     pre: &wasmtime_wasi::p2::bindings::CommandPre<P2Host>,
     launch: &Launch,
 ) -> wasmtime::Result<i32> {
-    let host = P2Host {
-        wasi: wasi_builder(launch)?.build(),
-        table: ResourceTable::new(),
-        limits: limits(launch),
-    };
-    let mut store = Store::new(&engine.wasmtime, host);
+    let mut store = Store::new(&engine.wasmtime, p2_host(launch)?);
     store.limiter(|host| &mut host.limits);
     store.set_epoch_deadline(1);
     store.epoch_deadline_async_yield_and_update(1);
@@ -127,7 +142,7 @@ async fn run_component(
 }
 
 /// Sorts an error that ended a guest: an explicit exit, running out of memory, or a trap.
-fn classify(error: wasmtime::Error) -> Exit {
+pub(crate) fn classify(error: wasmtime::Error) -> Exit {
     if let Some(I32Exit(code)) = error.downcast_ref::<I32Exit>() {
         return Exit::Code(*code);
     }
@@ -170,6 +185,7 @@ mod tests {
             mounts,
             log: log.clone(),
             memory_limit: 64 << 20,
+            network: Weak::new(),
         };
         (run(engine, &program, launch).await, log.text())
     }

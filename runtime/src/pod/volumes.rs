@@ -1,78 +1,77 @@
-//! A pod's volumes on the node's disk, and each container's view of them as WASI preopens.
-//! `emptyDir` lives under the pod's directory and goes with the pod. The other volume kinds
-//! (persistentVolumeClaim, configMap, secret, hostPath) come with the pods issue; until then a
-//! pod that asks for one gets a clear error instead of a silently missing mount.
+//! A pod's volumes as its containers see them: each volume is a directory on the node, and
+//! each `volumeMount` a WASI preopen of it. Which directory a volume is (and what is written
+//! into it) is decided by the agent (`agent::volumes`); this module only maps and writes.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::{Component, Path, PathBuf};
 
-use k8s_openapi::api::core::v1::{Container, PodSpec};
+use k8s_openapi::api::core::v1::Container;
 
 use super::run::Mount;
 
-/// Creates the pod's volumes under `pod_dir` and returns their host directories by name.
-pub fn prepare(spec: &PodSpec, pod_dir: &Path) -> Result<HashMap<String, PathBuf>, String> {
-    let mut volumes = HashMap::new();
-    for volume in spec.volumes.iter().flatten() {
-        if volume.empty_dir.is_none() {
-            let kind = describe_kind(volume);
-            return Err(format!(
-                "volume {:?}: {kind} volumes are not supported by this agent yet (only emptyDir)",
-                volume.name
-            ));
-        }
-        let dir = pod_dir.join("volumes").join(&volume.name);
-        std::fs::create_dir_all(&dir).map_err(|e| {
-            format!(
-                "volume {:?}: cannot create {}: {e}",
-                volume.name,
-                dir.display()
-            )
-        })?;
-        volumes.insert(volume.name.clone(), dir);
-    }
-    Ok(volumes)
+/// A volume made ready on the node.
+#[derive(Clone, Debug)]
+pub struct PreparedVolume {
+    pub dir: PathBuf,
+    /// ConfigMap and Secret volumes are read-only whatever the mount says.
+    pub read_only: bool,
 }
 
 /// The preopens of one container, from its `volumeMounts`.
 pub fn mounts(
     container: &Container,
-    volumes: &HashMap<String, PathBuf>,
+    volumes: &HashMap<String, PreparedVolume>,
 ) -> Result<Vec<Mount>, String> {
     let mut mounts = Vec::new();
     for mount in container.volume_mounts.iter().flatten() {
-        let Some(dir) = volumes.get(&mount.name) else {
+        let Some(volume) = volumes.get(&mount.name) else {
             return Err(format!(
                 "volumeMount {:?} names no volume of the pod",
                 mount.name
             ));
         };
-        if mount.sub_path.as_deref().is_some_and(|s| !s.is_empty()) {
-            return Err(format!(
-                "volumeMount {:?}: subPath is not supported yet",
-                mount.name
-            ));
+        let mut host_path = volume.dir.clone();
+        if let Some(sub) = mount.sub_path.as_deref().filter(|s| !s.is_empty()) {
+            host_path =
+                host_path.join(relative(sub).map_err(|why| {
+                    format!("volumeMount {:?}: subPath {sub:?} {why}", mount.name)
+                })?);
+            std::fs::create_dir_all(&host_path)
+                .map_err(|e| format!("volumeMount {:?}: subPath {sub:?}: {e}", mount.name))?;
         }
         mounts.push(Mount {
-            host_path: dir.clone(),
+            host_path,
             guest_path: mount.mount_path.clone(),
-            read_only: mount.read_only.unwrap_or(false),
+            read_only: volume.read_only || mount.read_only.unwrap_or(false),
         });
     }
     Ok(mounts)
 }
 
-fn describe_kind(volume: &k8s_openapi::api::core::v1::Volume) -> &'static str {
-    if volume.persistent_volume_claim.is_some() {
-        "persistentVolumeClaim"
-    } else if volume.config_map.is_some() {
-        "configMap"
-    } else if volume.secret.is_some() {
-        "secret"
-    } else if volume.host_path.is_some() {
-        "hostPath"
+/// Writes `files` (relative path, content) under `dir`, refusing paths that leave it.
+pub fn write_files(dir: &Path, files: &[(String, Vec<u8>)]) -> Result<(), String> {
+    std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    for (path, content) in files {
+        let target = dir.join(relative(path).map_err(|why| format!("item path {path:?} {why}"))?);
+        if let Some(parent) = target.parent() {
+            std::fs::create_dir_all(parent)
+                .map_err(|e| format!("cannot create {}: {e}", parent.display()))?;
+        }
+        std::fs::write(&target, content)
+            .map_err(|e| format!("cannot write {}: {e}", target.display()))?;
+    }
+    Ok(())
+}
+
+/// A path that stays inside the directory it is joined to.
+fn relative(path: &str) -> Result<PathBuf, &'static str> {
+    let path = Path::new(path);
+    if path.components().all(|c| matches!(c, Component::Normal(_)))
+        && path.components().next().is_some()
+    {
+        Ok(path.to_path_buf())
     } else {
-        "this kind of"
+        Err("must be a relative path without '..'")
     }
 }
 
@@ -81,29 +80,56 @@ mod tests {
     use super::*;
 
     #[test]
-    fn empty_dirs_become_mounts() {
+    fn mounts_follow_volume_mounts() {
         let dir = tempfile::tempdir().unwrap();
-        let spec: PodSpec = serde_json::from_value(serde_json::json!({
-            "containers": [{"name": "c", "volumeMounts": [{"name": "scratch", "mountPath": "/data", "readOnly": true}]}],
-            "volumes": [{"name": "scratch", "emptyDir": {}}]
+        let container: Container = serde_json::from_value(serde_json::json!({
+            "name": "c", "volumeMounts": [
+                {"name": "scratch", "mountPath": "/data", "readOnly": true},
+                {"name": "config", "mountPath": "/etc/app"},
+                {"name": "scratch", "mountPath": "/sub", "subPath": "inner"}
+            ]
         }))
         .unwrap();
-        let volumes = prepare(&spec, dir.path()).unwrap();
-        assert!(volumes["scratch"].is_dir());
-        let mounts = mounts(&spec.containers[0], &volumes).unwrap();
+        let volumes = HashMap::from([
+            (
+                "scratch".to_string(),
+                PreparedVolume {
+                    dir: dir.path().join("s"),
+                    read_only: false,
+                },
+            ),
+            (
+                "config".to_string(),
+                PreparedVolume {
+                    dir: dir.path().join("c"),
+                    read_only: true,
+                },
+            ),
+        ]);
+        let mounts = mounts(&container, &volumes).unwrap();
         assert_eq!(mounts[0].guest_path, "/data");
         assert!(mounts[0].read_only);
+        assert!(mounts[1].read_only, "a read-only volume stays read-only");
+        assert!(mounts[2].host_path.ends_with("s/inner") && mounts[2].host_path.is_dir());
+        let missing: Container = serde_json::from_value(
+            serde_json::json!({"name": "c", "volumeMounts": [{"name": "nope", "mountPath": "/x"}]}),
+        )
+        .unwrap();
+        assert!(super::mounts(&missing, &volumes)
+            .unwrap_err()
+            .contains("nope"));
     }
 
     #[test]
-    fn unsupported_kinds_are_named() {
+    fn files_cannot_leave_their_volume() {
         let dir = tempfile::tempdir().unwrap();
-        let spec: PodSpec = serde_json::from_value(serde_json::json!({
-            "containers": [], "volumes": [{"name": "cfg", "configMap": {"name": "x"}}]
-        }))
-        .unwrap();
-        assert!(prepare(&spec, dir.path())
-            .unwrap_err()
-            .contains("configMap"));
+        write_files(dir.path(), &[("a/b.txt".into(), b"x".to_vec())]).unwrap();
+        assert_eq!(std::fs::read(dir.path().join("a/b.txt")).unwrap(), b"x");
+        for bad in ["../escape", "/etc/passwd", "a/../../b", ""] {
+            assert!(
+                write_files(dir.path(), &[(bad.into(), b"x".to_vec())]).is_err(),
+                "{bad}"
+            );
+        }
     }
 }

@@ -1,0 +1,148 @@
+//! web: an HTTP workload, a `wasi:http/proxy` component. Each request gets a fresh instance.
+//!
+//! Routes (all answers are plain text):
+//! - `/` greets: `$GREETING from $NAME` (defaults `Hello`, `web`), with the pod name if known;
+//! - `/healthz` is 200 `ok`; `/flag/NAME` is 200 if the file `/data/NAME` exists, else 503
+//!   (readiness and liveness probes that a test can flip);
+//! - `/echo` answers the method and the request body;
+//! - `/env/NAME` answers an environment variable;
+//! - `/file/PATH` answers the content of file `/PATH`; `PUT /file/PATH` writes the body there;
+//! - `/call/AUTHORITY/PATH` makes an outgoing GET to `http://AUTHORITY/PATH` and answers the
+//!   status and body it got (or 502 with the error), which is how a frontend reaches a backend;
+//! - `/crash` panics, `/spin` never returns, `/alloc` allocates without bound.
+
+use std::io::{Read, Write};
+
+use wasip2::http::outgoing_handler;
+use wasip2::http::types::{
+    Fields, IncomingRequest, Method, OutgoingBody, OutgoingRequest, OutgoingResponse,
+    ResponseOutparam, Scheme,
+};
+
+wasip2::http::proxy::export!(Web);
+
+struct Web;
+
+impl wasip2::exports::http::incoming_handler::Guest for Web {
+    fn handle(request: IncomingRequest, out: ResponseOutparam) {
+        let path = request.path_with_query().unwrap_or_else(|| "/".into());
+        let method = request.method();
+        let body = read_request_body(&request);
+        let (status, text) = route(&method, &path, body);
+        respond(out, status, text.as_bytes());
+    }
+}
+
+fn route(method: &Method, path: &str, body: Vec<u8>) -> (u16, String) {
+    let path = path.split('?').next().unwrap_or("/");
+    let env = |k: &str| std::env::var(k).ok();
+    match path {
+        "/" => {
+            let greeting = env("GREETING").unwrap_or_else(|| "Hello".into());
+            let name = env("NAME").unwrap_or_else(|| "web".into());
+            let pod = env("POD_NAME").map(|p| format!(" (pod {p})")).unwrap_or_default();
+            (200, format!("{greeting} from {name}{pod}\n"))
+        }
+        "/healthz" => (200, "ok\n".into()),
+        "/echo" => (200, format!("{method:?} {}", String::from_utf8_lossy(&body))),
+        "/crash" => panic!("crash requested"),
+        "/spin" => {
+            let mut x: u64 = 0;
+            loop {
+                x = std::hint::black_box(x.wrapping_add(1));
+            }
+        }
+        "/alloc" => {
+            let mut hoard: Vec<Vec<u8>> = Vec::new();
+            loop {
+                hoard.push(vec![1u8; 1 << 20]);
+            }
+        }
+        _ => {
+            if let Some(flag) = path.strip_prefix("/flag/") {
+                return match std::path::Path::new("/data").join(flag).exists() {
+                    true => (200, format!("{flag} is set\n")),
+                    false => (503, format!("{flag} is not set\n")),
+                };
+            }
+            if let Some(name) = path.strip_prefix("/env/") {
+                return match env(name) {
+                    Some(value) => (200, value),
+                    None => (404, format!("no variable {name}\n")),
+                };
+            }
+            if let Some(file) = path.strip_prefix("/file") {
+                return file_route(method, file, &body);
+            }
+            if let Some(target) = path.strip_prefix("/call/") {
+                return call(target);
+            }
+            (404, format!("no route {path}\n"))
+        }
+    }
+}
+
+fn file_route(method: &Method, file: &str, body: &[u8]) -> (u16, String) {
+    let result = match method {
+        Method::Put | Method::Post => std::fs::write(file, body).map(|()| format!("wrote {} bytes to {file}\n", body.len())),
+        _ => std::fs::read_to_string(file),
+    };
+    match result {
+        Ok(text) => (200, text),
+        Err(e) => (403, format!("{file}: {e}\n")),
+    }
+}
+
+/// GET `http://AUTHORITY/PATH` for a target written `AUTHORITY/PATH`.
+fn call(target: &str) -> (u16, String) {
+    let (authority, path) = match target.split_once('/') {
+        Some((a, p)) => (a, format!("/{p}")),
+        None => (target, "/".to_string()),
+    };
+    let request = OutgoingRequest::new(Fields::new());
+    let _ = request.set_scheme(Some(&Scheme::Http));
+    let _ = request.set_authority(Some(authority));
+    let _ = request.set_path_with_query(Some(&path));
+    let response = match outgoing_handler::handle(request, None) {
+        Ok(future) => {
+            future.subscribe().block();
+            match future.get() {
+                Some(Ok(Ok(response))) => response,
+                Some(Ok(Err(code))) => return (502, format!("call to {authority} failed: {code:?}\n")),
+                other => return (502, format!("call to {authority} failed: {other:?}\n")),
+            }
+        }
+        Err(code) => return (502, format!("call to {authority} refused: {code:?}\n")),
+    };
+    let status = response.status();
+    let mut text = String::new();
+    if let Ok(body) = response.consume() {
+        if let Ok(mut stream) = body.stream() {
+            let _ = stream.read_to_string(&mut text);
+        }
+    }
+    (200, format!("{status} {text}"))
+}
+
+fn read_request_body(request: &IncomingRequest) -> Vec<u8> {
+    let mut bytes = Vec::new();
+    if let Ok(body) = request.consume() {
+        if let Ok(mut stream) = body.stream() {
+            let _ = stream.read_to_end(&mut bytes);
+        }
+    }
+    bytes
+}
+
+fn respond(out: ResponseOutparam, status: u16, body: &[u8]) {
+    let headers = Fields::from_list(&[("content-type".to_string(), b"text/plain".to_vec())]).unwrap_or_else(|_| Fields::new());
+    let response = OutgoingResponse::new(headers);
+    let _ = response.set_status_code(status);
+    let outgoing = response.body().expect("a new response has a body");
+    ResponseOutparam::set(out, Ok(response));
+    let mut stream = outgoing.write().expect("a new body has a stream");
+    let _ = stream.write_all(body);
+    let _ = stream.flush();
+    drop(stream);
+    let _ = OutgoingBody::finish(outgoing, None);
+}

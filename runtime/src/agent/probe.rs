@@ -1,0 +1,229 @@
+//! httpGet probes over the pod's loopback (DESIGN.md §3.2): a startup probe gates the other
+//! two; readiness drives the container's (and so the pod's) Ready condition; a liveness probe
+//! that fails `failureThreshold` times in a row restarts the container. Probes are requests
+//! served in-process, like any other request to the pod.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::Empty;
+use k8s_openapi::api::core::v1::{Container, HTTPGetAction, Probe};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinSet;
+
+use super::worker::Event;
+use crate::pod::network::{self, PodNetwork};
+
+/// Starts the container's probes as tasks of the pod worker.
+pub(super) fn spawn(
+    tasks: &mut JoinSet<()>,
+    spec: &Container,
+    index: usize,
+    network: Arc<PodNetwork>,
+    events: mpsc::Sender<Event>,
+) {
+    let (started_tx, started) = watch::channel(spec.startup_probe.is_none());
+    if let Some(probe) = spec.startup_probe.clone() {
+        let (spec, network, events) = (spec.clone(), network.clone(), events.clone());
+        tasks.spawn(async move {
+            let outcome = run_until_success(&probe, &spec, &network).await;
+            match outcome {
+                Ok(()) => {
+                    let _ = started_tx.send(true);
+                }
+                Err(message) => {
+                    let _ = events
+                        .send(Event::Unhealthy(
+                            index,
+                            format!("Startup probe failed: {message}"),
+                        ))
+                        .await;
+                }
+            }
+        });
+    }
+    if let Some(probe) = spec.readiness_probe.clone() {
+        let (spec, network, events, mut started) = (
+            spec.clone(),
+            network.clone(),
+            events.clone(),
+            started.clone(),
+        );
+        tasks.spawn(async move {
+            let _ = started.wait_for(|s| *s).await;
+            let mut checker = Checker::new(&probe);
+            let mut ready = None;
+            loop {
+                let ok = check(&probe, &spec, &network).await.is_ok();
+                if let Some(now) = checker.observe(ok) {
+                    if ready != Some(now) {
+                        ready = Some(now);
+                        if events.send(Event::Ready(index, now)).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+                tokio::time::sleep(checker.period).await;
+            }
+        });
+    }
+    if let Some(probe) = spec.liveness_probe.clone() {
+        let (spec, mut started) = (spec.clone(), started);
+        tasks.spawn(async move {
+            let _ = started.wait_for(|s| *s).await;
+            let mut checker = Checker::new(&probe);
+            loop {
+                let result = check(&probe, &spec, &network).await;
+                if checker.observe(result.is_ok()) == Some(false) {
+                    let message = format!(
+                        "Liveness probe failed: {}",
+                        result.err().unwrap_or_default()
+                    );
+                    if events.send(Event::Unhealthy(index, message)).await.is_err() {
+                        return;
+                    }
+                    checker = Checker::new(&probe);
+                    tokio::time::sleep(Duration::from_secs(
+                        probe.initial_delay_seconds.unwrap_or(0).max(0) as u64,
+                    ))
+                    .await;
+                }
+                tokio::time::sleep(checker.period).await;
+            }
+        });
+    }
+}
+
+/// Consecutive successes and failures against a probe's thresholds.
+struct Checker {
+    period: Duration,
+    success_threshold: i32,
+    failure_threshold: i32,
+    successes: i32,
+    failures: i32,
+    first: bool,
+}
+
+impl Checker {
+    fn new(probe: &Probe) -> Self {
+        Self {
+            period: Duration::from_secs(probe.period_seconds.unwrap_or(10).max(1) as u64),
+            success_threshold: probe.success_threshold.unwrap_or(1).max(1),
+            failure_threshold: probe.failure_threshold.unwrap_or(3).max(1),
+            successes: 0,
+            failures: 0,
+            first: true,
+        }
+    }
+
+    /// Records one result; `Some(verdict)` when a threshold is crossed (or on the first
+    /// result, so readiness is known at once).
+    fn observe(&mut self, ok: bool) -> Option<bool> {
+        let first = std::mem::replace(&mut self.first, false);
+        if ok {
+            self.failures = 0;
+            self.successes += 1;
+            (self.successes >= self.success_threshold).then_some(true)
+        } else {
+            self.successes = 0;
+            self.failures += 1;
+            (first || self.failures >= self.failure_threshold).then_some(false)
+        }
+    }
+}
+
+async fn run_until_success(
+    probe: &Probe,
+    spec: &Container,
+    network: &PodNetwork,
+) -> Result<(), String> {
+    tokio::time::sleep(Duration::from_secs(
+        probe.initial_delay_seconds.unwrap_or(0).max(0) as u64,
+    ))
+    .await;
+    let checker = Checker::new(probe);
+    let mut failures = 0;
+    loop {
+        match check(probe, spec, network).await {
+            Ok(()) => return Ok(()),
+            Err(message) => {
+                failures += 1;
+                if failures >= checker.failure_threshold {
+                    return Err(message);
+                }
+            }
+        }
+        tokio::time::sleep(checker.period).await;
+    }
+}
+
+/// One probe: `Ok` for a 2xx or 3xx answer within `timeoutSeconds`.
+async fn check(probe: &Probe, spec: &Container, network: &PodNetwork) -> Result<(), String> {
+    let Some(action) = &probe.http_get else {
+        return Err("only httpGet probes are supported".into());
+    };
+    let port = resolve_port(action, spec)?;
+    if action.scheme.as_deref().is_some_and(|s| s != "HTTP") {
+        return Err("HTTPS probes are not supported on the pod loopback".into());
+    }
+    let path = action.path.clone().unwrap_or_else(|| "/".into());
+    let mut request = http::Request::get(format!("http://localhost:{port}{path}"));
+    for header in action.http_headers.iter().flatten() {
+        request = request.header(&header.name, &header.value);
+    }
+    let request = request
+        .body(Empty::<Bytes>::new())
+        .map_err(|e| format!("bad probe request: {e}"))?;
+    let timeout = Duration::from_secs(probe.timeout_seconds.unwrap_or(1).max(1) as u64);
+    match tokio::time::timeout(timeout, network.serve(port, network::request(request))).await {
+        Ok(Ok(response)) if response.status().as_u16() < 400 => Ok(()),
+        Ok(Ok(response)) => Err(format!(
+            "HTTP probe failed with statuscode: {}",
+            response.status().as_u16()
+        )),
+        Ok(Err(e)) => Err(format!("Get \"http://localhost:{port}{path}\": {e}")),
+        Err(_) => Err(format!(
+            "Get \"http://localhost:{port}{path}\": timed out after {timeout:?}"
+        )),
+    }
+}
+
+fn resolve_port(action: &HTTPGetAction, spec: &Container) -> Result<u16, String> {
+    match &action.port {
+        IntOrString::Int(port) => {
+            u16::try_from(*port).map_err(|_| format!("probe port {port} is out of range"))
+        }
+        IntOrString::String(name) => spec
+            .ports
+            .iter()
+            .flatten()
+            .find(|p| p.name.as_deref() == Some(name))
+            .and_then(|p| u16::try_from(p.container_port).ok())
+            .ok_or_else(|| format!("the container declares no port named {name:?}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn thresholds() {
+        let probe = Probe {
+            failure_threshold: Some(2),
+            success_threshold: Some(1),
+            ..Default::default()
+        };
+        let mut checker = Checker::new(&probe);
+        assert_eq!(
+            checker.observe(false),
+            Some(false),
+            "the first result decides readiness"
+        );
+        assert_eq!(checker.observe(true), Some(true));
+        assert_eq!(checker.observe(false), None);
+        assert_eq!(checker.observe(false), Some(false));
+    }
+}

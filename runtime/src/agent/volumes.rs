@@ -1,0 +1,176 @@
+//! Making a pod's volumes on this node: `emptyDir` (under the pod's directory, gone with the
+//! pod), `configMap` and `secret` (their data written as read-only files, `items` mapping keys
+//! to paths), `persistentVolumeClaim` (a directory per claim under the agent's data directory,
+//! outliving pods), and `hostPath` (only under a prefix the agent was started with).
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+
+use k8s_openapi::api::core::v1::{KeyToPath, PersistentVolumeClaim, PodSpec, Volume};
+use shoal_control::client::Client;
+
+use super::sources::Sources;
+use crate::pod::volumes::{write_files, PreparedVolume};
+
+/// Where volumes live on this node and what the node allows.
+pub struct VolumeHost<'a> {
+    pub pod_dir: &'a Path,
+    pub claims_dir: &'a Path,
+    pub host_path_allow: &'a [PathBuf],
+    pub client: &'a Client,
+    pub namespace: &'a str,
+}
+
+/// Prepares every volume of `spec`; the error names the volume and the problem.
+pub async fn prepare(
+    spec: &PodSpec,
+    host: &VolumeHost<'_>,
+    sources: &mut Sources,
+) -> Result<HashMap<String, PreparedVolume>, String> {
+    let mut prepared = HashMap::new();
+    for volume in spec.volumes.iter().flatten() {
+        let ready = prepare_one(volume, host, sources)
+            .await
+            .map_err(|why| format!("volume {:?}: {why}", volume.name))?;
+        prepared.insert(volume.name.clone(), ready);
+    }
+    Ok(prepared)
+}
+
+async fn prepare_one(
+    volume: &Volume,
+    host: &VolumeHost<'_>,
+    sources: &mut Sources,
+) -> Result<PreparedVolume, String> {
+    let own_dir = host.pod_dir.join("volumes").join(&volume.name);
+    if volume.empty_dir.is_some() {
+        std::fs::create_dir_all(&own_dir)
+            .map_err(|e| format!("cannot create {}: {e}", own_dir.display()))?;
+        return Ok(PreparedVolume {
+            dir: own_dir,
+            read_only: false,
+        });
+    }
+    if let Some(source) = &volume.config_map {
+        let data = sources.config_map(&source.name).await?;
+        let data = present(data, "configmap", &source.name, source.optional)?;
+        write_files(
+            &own_dir,
+            &select(&data, source.items.as_deref(), "configmap", &source.name)?,
+        )?;
+        return Ok(PreparedVolume {
+            dir: own_dir,
+            read_only: true,
+        });
+    }
+    if let Some(source) = &volume.secret {
+        let name = source.secret_name.clone().unwrap_or_default();
+        let data = sources.secret(&name).await?;
+        let data = present(data, "secret", &name, source.optional)?;
+        write_files(
+            &own_dir,
+            &select(&data, source.items.as_deref(), "secret", &name)?,
+        )?;
+        return Ok(PreparedVolume {
+            dir: own_dir,
+            read_only: true,
+        });
+    }
+    if let Some(source) = &volume.persistent_volume_claim {
+        let claims = host
+            .client
+            .api::<PersistentVolumeClaim>(Some(host.namespace));
+        if claims
+            .get_opt(&source.claim_name)
+            .await
+            .map_err(|e| e.to_string())?
+            .is_none()
+        {
+            return Err(format!(
+                "persistentvolumeclaim {:?} not found",
+                source.claim_name
+            ));
+        }
+        let dir = host
+            .claims_dir
+            .join(host.namespace)
+            .join(&source.claim_name);
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        return Ok(PreparedVolume {
+            dir,
+            read_only: source.read_only.unwrap_or(false),
+        });
+    }
+    if let Some(source) = &volume.host_path {
+        let path = PathBuf::from(&source.path);
+        let allowed = path.is_absolute()
+            && !path
+                .components()
+                .any(|c| matches!(c, std::path::Component::ParentDir))
+            && host
+                .host_path_allow
+                .iter()
+                .any(|prefix| path.starts_with(prefix));
+        if !allowed {
+            let prefixes: Vec<String> = host
+                .host_path_allow
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect();
+            return Err(format!(
+                "hostPath {:?} is not allowed on this node (allowed prefixes: {})",
+                source.path,
+                if prefixes.is_empty() {
+                    "none; start the agent with --allow-host-path".to_string()
+                } else {
+                    prefixes.join(", ")
+                }
+            ));
+        }
+        if matches!(source.type_.as_deref(), Some("DirectoryOrCreate")) {
+            std::fs::create_dir_all(&path)
+                .map_err(|e| format!("cannot create {}: {e}", path.display()))?;
+        }
+        if !path.is_dir() {
+            return Err(format!("hostPath {:?} is not a directory", source.path));
+        }
+        return Ok(PreparedVolume {
+            dir: path,
+            read_only: false,
+        });
+    }
+    Err("this volume type is not supported (supported: emptyDir, configMap, secret, persistentVolumeClaim, hostPath)".into())
+}
+
+fn present(
+    data: Option<BTreeMap<String, Vec<u8>>>,
+    kind: &str,
+    name: &str,
+    optional: Option<bool>,
+) -> Result<BTreeMap<String, Vec<u8>>, String> {
+    match data {
+        Some(data) => Ok(data),
+        None if optional == Some(true) => Ok(BTreeMap::new()),
+        None => Err(format!("{kind} {name:?} not found")),
+    }
+}
+
+/// The files of a ConfigMap or Secret volume: every key, or the `items` mapping.
+fn select(
+    data: &BTreeMap<String, Vec<u8>>,
+    items: Option<&[KeyToPath]>,
+    kind: &str,
+    name: &str,
+) -> Result<Vec<(String, Vec<u8>)>, String> {
+    match items {
+        None => Ok(data.iter().map(|(k, v)| (k.clone(), v.clone())).collect()),
+        Some(items) => items
+            .iter()
+            .map(|item| match data.get(&item.key) {
+                Some(value) => Ok((item.path.clone(), value.clone())),
+                None => Err(format!("{kind} {name:?} has no key {:?}", item.key)),
+            })
+            .collect(),
+    }
+}
