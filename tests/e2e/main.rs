@@ -7,3 +7,4 @@ mod durability;
 mod http_api;
 mod kubectl;
 mod multi_process;
+mod pods;

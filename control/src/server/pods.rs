@@ -289,8 +289,14 @@ pub async fn proxy(server: &Arc<ApiServer>, request: &Request) -> Result<Respons
         .as_deref()
         .map(|q| format!("?{q}"))
         .unwrap_or_default();
+    // The agent's route for the pod root has no trailing slash.
+    let rest = if rest.is_empty() {
+        String::new()
+    } else {
+        format!("/{rest}")
+    };
     let url = format!(
-        "http://{endpoint}/proxy/{}/{name}/{port}/{rest}{query}",
+        "http://{endpoint}/proxy/{}/{name}/{port}{rest}{query}",
         request.namespace()
     );
     let mut forwarded = http::Request::builder()

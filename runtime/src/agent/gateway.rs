@@ -25,6 +25,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
             get(container_logs),
         )
         .route("/proxy/{namespace}/{pod}/{port}", any(proxy_root))
+        .route("/proxy/{namespace}/{pod}/{port}/", any(proxy_root))
         .route("/proxy/{namespace}/{pod}/{port}/{*path}", any(proxy))
         .with_state(shared)
 }

@@ -40,6 +40,9 @@ pub struct AgentConfig {
     pub default_memory_limit: usize,
     /// Directories under which pods may mount `hostPath` volumes (none by default).
     pub host_path_allow: Vec<PathBuf>,
+    /// The first restart back-off of a failed container (doubling to 30 times this); the
+    /// kubelet's 10 s by default.
+    pub restart_backoff: std::time::Duration,
 }
 
 impl AgentConfig {
@@ -51,6 +54,7 @@ impl AgentConfig {
             max_pods: 110,
             default_memory_limit: 512 << 20,
             host_path_allow: Vec::new(),
+            restart_backoff: worker::INITIAL_BACKOFF,
         }
     }
 }
@@ -65,6 +69,7 @@ pub(crate) struct Shared {
     data_dir: PathBuf,
     default_memory_limit: usize,
     host_path_allow: Vec<PathBuf>,
+    restart_backoff: std::time::Duration,
     /// The loopback of each pod running here, by `namespace/name`, for the gateway.
     networks: Mutex<HashMap<String, Arc<PodNetwork>>>,
 }
@@ -99,6 +104,7 @@ impl Agent {
             data_dir: config.data_dir.clone(),
             default_memory_limit: config.default_memory_limit,
             host_path_allow: config.host_path_allow.clone(),
+            restart_backoff: config.restart_backoff,
             networks: Mutex::new(HashMap::new()),
         });
         let identity = node::NodeIdentity {

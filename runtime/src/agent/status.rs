@@ -223,11 +223,7 @@ impl PodView {
 
     pub fn to_status(&self) -> PodStatus {
         let now = Time(Utc::now());
-        let ready = !self.main.is_empty()
-            && self
-                .main
-                .iter()
-                .all(|c| matches!(c.state, State::Running { .. }));
+        let ready = !self.main.is_empty() && self.main.iter().all(Container::ready);
         let condition = |type_: &str, ok: bool| PodCondition {
             type_: type_.into(),
             status: if ok { "True" } else { "False" }.into(),

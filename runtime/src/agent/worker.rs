@@ -26,9 +26,9 @@ use crate::pod::network::{HttpServer, PodNetwork};
 use crate::pod::run::{self, Exit, Launch};
 use crate::pod::volumes::{mounts, PreparedVolume};
 
-/// Restart back-off, as the kubelet's: 10 s doubling to 5 min.
+/// Restart back-off, as the kubelet's: 10 s doubling to 5 min (30 times the first).
 pub const INITIAL_BACKOFF: Duration = Duration::from_secs(10);
-pub const MAX_BACKOFF: Duration = Duration::from_secs(300);
+const MAX_BACKOFF_FACTOR: u32 = 30;
 
 /// What a worker is told by its supervisor: keep going (`None`) or stop within a grace period.
 pub type StopSignal = watch::Receiver<Option<Duration>>;
@@ -544,9 +544,11 @@ enum PrepareError {
     Retry(usize, String, String),
 }
 
+/// Retry delay of image pulls and configuration: 1 s doubling to 30 s.
 fn backoff(attempt: u32) -> Duration {
-    let grown = INITIAL_BACKOFF.saturating_mul(1u32 << attempt.min(8));
-    grown.min(MAX_BACKOFF) / 10
+    Duration::from_secs(1)
+        .saturating_mul(1u32 << attempt.min(5))
+        .min(Duration::from_secs(30))
 }
 
 fn describe(exit: &Exit) -> String {
@@ -599,7 +601,8 @@ async fn container_loop(
     policy: String,
     events: mpsc::Sender<Event>,
 ) {
-    let mut delay = INITIAL_BACKOFF;
+    let mut delay = shared.restart_backoff;
+    let max = shared.restart_backoff * MAX_BACKOFF_FACTOR;
     loop {
         let Some(network) = network.upgrade() else {
             return;
@@ -624,6 +627,6 @@ async fn container_loop(
         }
         let _ = events.send(Event::BackingOff(index, delay)).await;
         tokio::time::sleep(delay).await;
-        delay = (delay * 2).min(MAX_BACKOFF);
+        delay = (delay * 2).min(max);
     }
 }

@@ -172,9 +172,14 @@ impl Engine {
                     .p2_linker
                     .instantiate_pre(&component)
                     .map_err(link_error)?;
-                Ok(Program::Component(
-                    CommandPre::new(pre).map_err(link_error)?,
-                ))
+                if let Ok(proxy) = ProxyPre::new(pre.clone()) {
+                    return Ok(Program::Http(proxy));
+                }
+                let command = CommandPre::new(pre).map_err(|_| ImageError::Link {
+                    image: image.into(),
+                    error: "the component exports neither wasi:cli/run (a command) nor wasi:http/incoming-handler (an HTTP workload)".into(),
+                })?;
+                Ok(Program::Component(command))
             }
         }
     }

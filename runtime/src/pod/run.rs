@@ -146,13 +146,23 @@ pub(crate) fn classify(error: wasmtime::Error) -> Exit {
     if let Some(I32Exit(code)) = error.downcast_ref::<I32Exit>() {
         return Exit::Code(*code);
     }
-    let message = format!("{error:#}");
+    // The trap itself says what happened; the wasm backtrace is noise in a status message.
+    let message = match error.downcast_ref::<wasmtime::Trap>() {
+        Some(trap) => trap.to_string(),
+        None => format!("{error:#}")
+            .lines()
+            .last()
+            .unwrap_or_default()
+            .trim()
+            .to_string(),
+    };
+    let full = format!("{error:#}");
     let out_of_memory =
-        message.contains("memory") && (message.contains("grow") || message.contains("limit"));
+        full.contains("forcing trap when growing memory") || full.contains("memory allocation of");
     if out_of_memory {
         return Exit::Killed {
             reason: "OOMKilled",
-            message,
+            message: format!("the instance exceeded its memory limit ({message})"),
             code: 137,
         };
     }
