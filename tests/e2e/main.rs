@@ -4,6 +4,7 @@
 mod bad_input;
 mod cli;
 mod durability;
+mod examples;
 mod http_api;
 mod kubectl;
 mod multi_process;

@@ -1,0 +1,154 @@
+//! Every manifest in `examples-wasm/manifests`, applied as a user would (with its
+//! `~/.shoal/dev/examples/` images pointed at the built examples), does what it says.
+
+use std::time::Duration;
+
+use serde_json::Value;
+use shoal_tests::*;
+
+const PODS: &str = "/api/v1/namespaces/default/pods";
+
+/// The manifest with its example images replaced by the freshly built files.
+fn manifest(file: &str) -> String {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../examples-wasm/manifests")
+        .join(file);
+    let mut text = std::fs::read_to_string(&path).unwrap();
+    for (name, constant) in [
+        ("hello-p1.wasm", shoal_examples::HELLO_P1),
+        ("hello-p2.wasm", shoal_examples::HELLO_P2),
+        ("misbehave-p1.wasm", shoal_examples::MISBEHAVE_P1),
+        ("misbehave-p2.wasm", shoal_examples::MISBEHAVE_P2),
+        ("web-p2.wasm", shoal_examples::WEB_P2),
+    ] {
+        text = text.replace(&format!("~/.shoal/dev/examples/{name}"), constant);
+    }
+    assert!(
+        !text.contains("image: ~/"),
+        "{file} names an example this test does not know"
+    );
+    text
+}
+
+async fn pod_until(http: &Http, name: &str, what: &str, check: impl Fn(&Value) -> bool) -> Value {
+    wait_for(
+        &format!("{name}: {what}"),
+        Duration::from_secs(60),
+        async || {
+            let (_, pod) = http.call("GET", &format!("{PODS}/{name}"), "", "").await;
+            check(&pod).then_some(pod)
+        },
+    )
+    .await
+}
+
+async fn get_text(http: &Http, path: &str) -> String {
+    let (status, body) = http.raw("GET", path, "", "").await;
+    assert_eq!(status, 200, "{path}: {}", String::from_utf8_lossy(&body));
+    String::from_utf8_lossy(&body).into_owned()
+}
+
+fn ready(pod: &Value) -> bool {
+    pod["status"]["conditions"].as_array().is_some_and(|cs| {
+        cs.iter()
+            .any(|c| c["type"] == "Ready" && c["status"] == "True")
+    })
+}
+
+fn terminated_reason(pod: &Value) -> Value {
+    pod.pointer("/status/containerStatuses/0/state/terminated/reason")
+        .cloned()
+        .unwrap_or(Value::Null)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn example_manifests_behave_as_documented() {
+    let cluster = TestCluster::start(1).await;
+    let http = Http::new(&cluster.url());
+    for file in [
+        "http-hello.yaml",
+        "frontend-backend.yaml",
+        "writer-reader.yaml",
+        "crasher.yaml",
+        "spinner.yaml",
+        "memory-hog.yaml",
+        "greeter.yaml",
+        "hello.yaml",
+    ] {
+        let path = cluster.dir.path().join(file);
+        std::fs::write(&path, manifest(file)).unwrap();
+        ok(shoal_async(
+            &cluster.kubeconfig,
+            &["apply", "-f", path.to_str().unwrap()],
+        )
+        .await);
+    }
+
+    pod_until(&http, "http-hello", "Ready", ready).await;
+    assert_eq!(
+        get_text(&http, &format!("{PODS}/http-hello:8080/proxy/")).await,
+        "Hello from http-hello\n"
+    );
+
+    pod_until(&http, "frontend-backend", "Ready", ready).await;
+    let answer = get_text(
+        &http,
+        &format!("{PODS}/frontend-backend:8080/proxy/call/localhost:8081/"),
+    )
+    .await;
+    assert_eq!(answer, "200 Hello from backend\n");
+
+    pod_until(&http, "writer-reader", "Succeeded", |p| {
+        p["status"]["phase"] == "Succeeded"
+    })
+    .await;
+    let log = get_text(&http, &format!("{PODS}/writer-reader/log?container=reader")).await;
+    assert_eq!(log, "Hello, reader! (from a wasip2 component)\nread /shared/message.txt: Hello, writer! (from a wasip1 module)\n");
+
+    let crasher = pod_until(&http, "crasher", "restarted", |p| {
+        p["status"]["containerStatuses"][0]["restartCount"]
+            .as_i64()
+            .unwrap_or(0)
+            >= 1
+    })
+    .await;
+    assert_eq!(
+        crasher["status"]["containerStatuses"][0]["lastState"]["terminated"]["reason"],
+        "Error"
+    );
+
+    let spinner = pod_until(&http, "spinner", "Failed", |p| {
+        p["status"]["phase"] == "Failed"
+    })
+    .await;
+    assert_eq!(spinner["status"]["reason"], "DeadlineExceeded");
+
+    let hog = pod_until(&http, "memory-hog", "Failed", |p| {
+        p["status"]["phase"] == "Failed"
+    })
+    .await;
+    assert_eq!(terminated_reason(&hog), "OOMKilled");
+
+    pod_until(&http, "greeter", "Ready", ready).await;
+    assert_eq!(
+        get_text(&http, &format!("{PODS}/greeter:8080/proxy/")).await,
+        "Bonjour from greeter\n"
+    );
+    assert_eq!(
+        get_text(
+            &http,
+            &format!("{PODS}/greeter:8080/proxy/file/config/app.conf")
+        )
+        .await,
+        "mode=friendly"
+    );
+
+    pod_until(&http, "hello", "Succeeded", |p| {
+        p["status"]["phase"] == "Succeeded"
+    })
+    .await;
+    assert_eq!(
+        get_text(&http, &format!("{PODS}/hello/log")).await,
+        "Hello, you! (from a wasip2 component)\nline 1\nline 2\nline 3\n"
+    );
+}
