@@ -32,12 +32,13 @@ impl TestCluster {
     ) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let addr = "127.0.0.1:0".parse().unwrap();
-        let cluster = DevCluster::start_with(dir.path(), addr, nodes, |config| {
-            config.restart_backoff = Duration::from_millis(200);
-            configure(config);
-        })
-        .await
-        .unwrap();
+        let cluster =
+            DevCluster::start_with(dir.path(), addr, nodes, Default::default(), |config| {
+                config.restart_backoff = Duration::from_millis(200);
+                configure(config);
+            })
+            .await
+            .unwrap();
         let kubeconfig = cluster.write_kubeconfig().unwrap();
         Self {
             cluster,

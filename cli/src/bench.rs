@@ -1,39 +1,60 @@
 //! `shoal-bench`: Shoal's benchmarks (not timed tests), printing the figures the issues ask
-//! for. Run in release: `cargo run --release --bin shoal-bench -- --help`.
+//! for. Run in release: `cargo run --release --bin shoal-bench -- <which> [options]`.
 //!
 //! - `pods`: pod create -> Running as observed through a watch, over N pods in an in-process
-//!   `shoal dev` cluster, with the module already compiled and cached;
-//! - `writes`: durable API writes per second (ConfigMap creates over HTTP) with 1 and with
-//!   32 concurrent clients.
+//!   `shoal dev` cluster, with the module already compiled and cached (`--creators 1` for
+//!   one pod at a time);
+//! - `writes`: durable API writes per second (ConfigMap creates over HTTP), 1 and 32 clients;
+//! - `http-instance`: instantiate a pre-instantiated HTTP component and serve one request,
+//!   in-process (no socket), per request;
+//! - `gateway`: requests per second of one HTTP pod through the agent's gateway;
+//! - `density`: N idle HTTP pods on one agent, all Running and each answering a request, and
+//!   the process's RSS growth.
 //!
-//! Every request goes over a real loopback socket to the API server.
+//! Every API request goes over a real loopback socket to the API server.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use clap::Parser;
 use futures::StreamExt;
+use http_body_util::{BodyExt, Empty};
 use k8s_openapi::api::core::v1::{ConfigMap, Pod};
 use shoal::cluster::DevCluster;
 use shoal_control::client::{Client, ListParams, WatchEvent};
+use shoal_control::server::ServerOptions;
+use shoal_runtime::agent::AgentConfig;
 use tokio::sync::{Mutex, Semaphore};
 
 #[derive(Parser)]
 #[command(name = "shoal-bench", about = "Shoal's benchmarks")]
 struct Args {
-    /// Which benchmarks to run: pods, writes, or all.
+    /// pods, writes, http-instance, gateway, density, or all.
     #[arg(default_value = "all")]
     which: String,
-    /// Pods to create in the pod-start benchmark.
+    /// Pods to create in the pod-start benchmark (and pods in the density benchmark).
     #[arg(long, default_value_t = 1000)]
     pods: usize,
+    /// Nodes of the pod-start benchmark's cluster.
+    #[arg(long, default_value_t = 1)]
+    nodes: usize,
     /// Concurrent creators in the pod-start benchmark.
     #[arg(long, default_value_t = 16)]
     creators: usize,
     /// Writes per client count in the write benchmark.
     #[arg(long, default_value_t = 2000)]
     writes: usize,
+    /// Requests in the in-process HTTP benchmark.
+    #[arg(long, default_value_t = 5000)]
+    requests: usize,
+    /// Seconds of load in the gateway benchmark.
+    #[arg(long, default_value_t = 10)]
+    seconds: u64,
+    /// Concurrent connections in the gateway and density benchmarks.
+    #[arg(long, default_value_t = 32)]
+    connections: usize,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -42,31 +63,68 @@ fn main() -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     runtime.block_on(async {
-        if matches!(args.which.as_str(), "all" | "pods") {
+        let all = args.which == "all";
+        if all || args.which == "pods" {
             pod_start(&args).await?;
         }
-        if matches!(args.which.as_str(), "all" | "writes") {
+        if all || args.which == "writes" {
             writes(&args).await?;
+        }
+        if all || args.which == "http-instance" {
+            http_instance(&args).await?;
+        }
+        if all || args.which == "gateway" {
+            gateway(&args).await?;
+        }
+        if all || args.which == "density" {
+            density(&args).await?;
         }
         Ok(())
     })
 }
 
-async fn start_cluster(max_pods: u32) -> anyhow::Result<(DevCluster, tempfile::TempDir, Client)> {
-    let dir = tempfile::tempdir()?;
-    let cluster = DevCluster::start_with(dir.path(), "127.0.0.1:0".parse()?, 1, |config| {
-        config.max_pods = max_pods
-    })
-    .await?;
-    let client = Client::http(&cluster.control.url());
-    Ok((cluster, dir, client))
+struct Bench {
+    cluster: DevCluster,
+    client: Client,
+    _dir: tempfile::TempDir,
 }
 
-fn sleeping_pod(name: &str) -> anyhow::Result<Pod> {
+async fn start_cluster(
+    nodes: usize,
+    options: ServerOptions,
+    configure: impl Fn(&mut AgentConfig),
+) -> anyhow::Result<Bench> {
+    let dir = tempfile::tempdir()?;
+    let cluster = DevCluster::start_with(
+        dir.path(),
+        "127.0.0.1:0".parse()?,
+        nodes,
+        options,
+        configure,
+    )
+    .await?;
+    let client = Client::http(&cluster.control.url());
+    Ok(Bench {
+        cluster,
+        client,
+        _dir: dir,
+    })
+}
+
+fn pod(
+    name: &str,
+    label: &str,
+    image: &str,
+    args: &[&str],
+    port: Option<u16>,
+) -> anyhow::Result<Pod> {
+    let mut container = serde_json::json!({"name": "main", "image": image, "args": args});
+    if let Some(port) = port {
+        container["ports"] = serde_json::json!([{"containerPort": port}]);
+    }
     Ok(serde_json::from_value(serde_json::json!({
-        "metadata": {"name": name, "labels": {"bench": "pods"}},
-        "spec": {"restartPolicy": "Never", "terminationGracePeriodSeconds": 0,
-                 "containers": [{"name": "main", "image": shoal_examples::HELLO_P2, "args": ["bench", "--sleep-ms", "30000"]}]}
+        "metadata": {"name": name, "labels": {"bench": label}},
+        "spec": {"restartPolicy": "Never", "terminationGracePeriodSeconds": 0, "containers": [container]}
     }))?)
 }
 
@@ -74,41 +132,38 @@ fn is_running(pod: &Pod) -> bool {
     pod.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")
 }
 
-async fn pod_start(args: &Args) -> anyhow::Result<()> {
-    let (mut cluster, _dir, client) = start_cluster(args.pods as u32 + 16).await?;
+/// Creates pods named `{prefix}-{i}` with `creators` in flight and returns each pod's
+/// create -> Running latency as seen through a watch.
+async fn create_and_watch(
+    client: &Client,
+    count: usize,
+    creators: usize,
+    make: impl Fn(usize) -> anyhow::Result<Pod>,
+    label: &str,
+) -> anyhow::Result<(Vec<Duration>, Duration)> {
     let pods = client.api::<Pod>(Some("default"));
-    // Warm-up: the module is compiled once and cached, as the benchmark intends.
-    pods.create(&sleeping_pod("warmup")?).await?;
-    let params = ListParams::default().labels("bench=pods");
+    let params = ListParams::default().labels(&format!("bench={label}"));
     let list = pods.list(&params).await?;
     let mut watch = Box::pin(pods.watch(&params, &list.resource_version).await?);
-    while let Some(event) = watch.next().await {
-        if let Ok(WatchEvent::Modified(pod)) = event {
-            if is_running(&pod) {
-                break;
-            }
-        }
-    }
-
     let sent: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
     let observer = {
         let sent = sent.clone();
-        let total = args.pods;
         tokio::spawn(async move {
-            let mut latencies = Vec::with_capacity(total);
+            let mut latencies = Vec::with_capacity(count);
             let mut seen = std::collections::HashSet::new();
             while let Some(event) = watch.next().await {
                 let Ok(WatchEvent::Modified(pod) | WatchEvent::Added(pod)) = event else {
                     continue;
                 };
                 let name = pod.metadata.name.clone().unwrap_or_default();
-                if !is_running(&pod) || !seen.insert(name.clone()) {
+                if !is_running(&pod) || seen.contains(&name) {
                     continue;
                 }
                 if let Some(start) = sent.lock().await.get(&name) {
                     latencies.push(start.elapsed());
+                    seen.insert(name);
                 }
-                if latencies.len() == total {
+                if latencies.len() == count {
                     break;
                 }
             }
@@ -116,13 +171,13 @@ async fn pod_start(args: &Args) -> anyhow::Result<()> {
         })
     };
     let began = Instant::now();
-    let permits = Arc::new(Semaphore::new(args.creators));
-    for i in 0..args.pods {
+    let permits = Arc::new(Semaphore::new(creators));
+    for i in 0..count {
         let permit = permits.clone().acquire_owned().await?;
         let (pods, sent) = (pods.clone(), sent.clone());
-        let name = format!("bench-{i}");
-        let pod = sleeping_pod(&name)?;
+        let pod = make(i)?;
         tokio::spawn(async move {
+            let name = pod.metadata.name.clone().unwrap_or_default();
             sent.lock().await.insert(name.clone(), Instant::now());
             if let Err(e) = pods.create(&pod).await {
                 eprintln!("create {name}: {e}");
@@ -130,13 +185,50 @@ async fn pod_start(args: &Args) -> anyhow::Result<()> {
             drop(permit);
         });
     }
-    let mut latencies = tokio::time::timeout(Duration::from_secs(300), observer).await??;
-    let elapsed = began.elapsed();
+    let mut latencies = tokio::time::timeout(Duration::from_secs(600), observer).await??;
     latencies.sort();
+    Ok((latencies, began.elapsed()))
+}
+
+async fn pod_start(args: &Args) -> anyhow::Result<()> {
+    let per_node = (args.pods / args.nodes.max(1)) as u32 + 16;
+    let mut bench = start_cluster(args.nodes, ServerOptions::default(), |c| {
+        c.max_pods = per_node
+    })
+    .await?;
+    let sleeper = |name: String| {
+        pod(
+            &name,
+            "pods",
+            shoal_examples::HELLO_P2,
+            &["bench", "--sleep-ms", "120000"],
+            None,
+        )
+    };
+    // Warm-up: the module is compiled once and cached, as the benchmark intends.
+    // One warm-up pod per node (the scheduler spreads them).
+    let nodes = args.nodes.max(1);
+    create_and_watch(
+        &bench.client,
+        nodes,
+        nodes,
+        |i| sleeper(format!("warmup-{i}")),
+        "pods",
+    )
+    .await?;
+    let (latencies, elapsed) = create_and_watch(
+        &bench.client,
+        args.pods,
+        args.creators,
+        |i| sleeper(format!("bench-{i}")),
+        "pods",
+    )
+    .await?;
     println!(
-        "pod create -> Running (watch), {} pods, {} creators, 1 node: p50 {:.1} ms, p90 {:.1} ms, p99 {:.1} ms, max {:.1} ms; all Running after {:.2} s ({:.0} pods/s)",
+        "pod create -> Running (watch), {} pods, {} creator(s), {} node(s): p50 {:.1} ms, p90 {:.1} ms, p99 {:.1} ms, max {:.1} ms; all Running after {:.2} s ({:.0} pods/s)",
         latencies.len(),
         args.creators,
+        args.nodes,
         ms(percentile(&latencies, 0.50)),
         ms(percentile(&latencies, 0.90)),
         ms(percentile(&latencies, 0.99)),
@@ -144,13 +236,13 @@ async fn pod_start(args: &Args) -> anyhow::Result<()> {
         elapsed.as_secs_f64(),
         latencies.len() as f64 / elapsed.as_secs_f64()
     );
-    cluster.shutdown().await;
+    bench.cluster.shutdown().await;
     Ok(())
 }
 
 async fn writes(args: &Args) -> anyhow::Result<()> {
-    let (mut cluster, _dir, client) = start_cluster(16).await?;
-    let maps = client.api::<ConfigMap>(Some("default"));
+    let mut bench = start_cluster(1, ServerOptions::default(), |_| {}).await?;
+    let maps = bench.client.api::<ConfigMap>(Some("default"));
     for clients in [1usize, 32] {
         let began = Instant::now();
         let mut tasks = Vec::new();
@@ -186,8 +278,241 @@ async fn writes(args: &Args) -> anyhow::Result<()> {
             ms(percentile(&latencies, 0.99)),
         );
     }
-    cluster.shutdown().await;
+    bench.cluster.shutdown().await;
     Ok(())
+}
+
+/// Instantiates the pre-linked `web` component and serves GET /healthz, in-process.
+async fn http_instance(args: &Args) -> anyhow::Result<()> {
+    use shoal_runtime::engine::{Engine, EngineOptions, Program};
+    use shoal_runtime::pod::log::ContainerLog;
+    use shoal_runtime::pod::network::{self, HttpServer, PodNetwork};
+    use shoal_runtime::pod::run::Launch;
+    let dir = tempfile::tempdir()?;
+    let engine = Engine::new(&EngineOptions {
+        cache_dir: dir.path().to_path_buf(),
+        max_instances: 64,
+    })?;
+    let program = engine.load(shoal_examples::WEB_P2).await?;
+    let Program::Http(pre) = &*program else {
+        anyhow::bail!("the web example is not an HTTP component")
+    };
+    let pod_network = PodNetwork::new();
+    let launch = Launch {
+        argv: vec!["web".into()],
+        env: vec![],
+        mounts: vec![],
+        log: ContainerLog::new(1 << 16),
+        memory_limit: 64 << 20,
+        network: Arc::downgrade(&pod_network),
+    };
+    let (failures, _failed) = tokio::sync::mpsc::unbounded_channel();
+    let server = HttpServer::new(engine.clone(), pre.clone(), launch, failures);
+    let one = || async {
+        let request = http::Request::get("http://localhost:8080/healthz")
+            .body(Empty::<Bytes>::new())
+            .expect("a valid request");
+        let response = server
+            .serve(network::request(request))
+            .await
+            .expect("served");
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .expect("a body")
+            .to_bytes();
+        assert_eq!(&body[..], b"ok\n");
+    };
+    for _ in 0..200 {
+        one().await;
+    }
+    let mut latencies = Vec::with_capacity(args.requests);
+    for _ in 0..args.requests {
+        let start = Instant::now();
+        one().await;
+        latencies.push(start.elapsed());
+    }
+    latencies.sort();
+    println!(
+        "HTTP component, instantiate + serve one request in-process (pooling, pre-instantiated), {} requests: p50 {:.1} us, p90 {:.1} us, p99 {:.1} us",
+        latencies.len(),
+        us(percentile(&latencies, 0.50)),
+        us(percentile(&latencies, 0.90)),
+        us(percentile(&latencies, 0.99)),
+    );
+    Ok(())
+}
+
+type HttpClient = hyper_util::client::legacy::Client<
+    hyper_util::client::legacy::connect::HttpConnector,
+    Empty<Bytes>,
+>;
+
+fn http_client() -> HttpClient {
+    let mut connector = hyper_util::client::legacy::connect::HttpConnector::new();
+    connector.set_nodelay(true);
+    hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build(connector)
+}
+
+async fn get(client: &HttpClient, url: &str) -> anyhow::Result<u16> {
+    let response = client.get(url.parse()?).await?;
+    let status = response.status().as_u16();
+    response.into_body().collect().await?;
+    Ok(status)
+}
+
+async fn wait_running(client: &Client, label: &str, count: usize) -> anyhow::Result<()> {
+    let pods = client.api::<Pod>(Some("default"));
+    let deadline = Instant::now() + Duration::from_secs(600);
+    loop {
+        let list = pods
+            .list(&ListParams::default().labels(&format!("bench={label}")))
+            .await?;
+        if list.items.iter().filter(|p| is_running(p)).count() >= count {
+            return Ok(());
+        }
+        anyhow::ensure!(Instant::now() < deadline, "pods did not reach Running");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// One HTTP pod under load through the agent gateway, with keep-alive connections.
+async fn gateway(args: &Args) -> anyhow::Result<()> {
+    let mut bench = start_cluster(1, ServerOptions::default(), |_| {}).await?;
+    bench
+        .client
+        .api::<Pod>(Some("default"))
+        .create(&pod(
+            "web",
+            "gateway",
+            shoal_examples::WEB_P2,
+            &[],
+            Some(8080),
+        )?)
+        .await?;
+    wait_running(&bench.client, "gateway", 1).await?;
+    let url = format!(
+        "http://{}/proxy/default/web/8080/healthz",
+        bench.cluster.agents[0].gateway_addr
+    );
+    let client = http_client();
+    let deadline = Instant::now() + Duration::from_secs(args.seconds);
+    let mut tasks = Vec::new();
+    for _ in 0..args.connections {
+        let (client, url) = (client.clone(), url.clone());
+        tasks.push(tokio::spawn(async move {
+            let (mut latencies, mut errors) = (Vec::new(), 0usize);
+            while Instant::now() < deadline {
+                let start = Instant::now();
+                match get(&client, &url).await {
+                    Ok(200) => latencies.push(start.elapsed()),
+                    _ => errors += 1,
+                }
+            }
+            (latencies, errors)
+        }));
+    }
+    let (mut latencies, mut errors) = (Vec::new(), 0);
+    for task in tasks {
+        let (l, e) = task.await?;
+        latencies.extend(l);
+        errors += e;
+    }
+    latencies.sort();
+    println!(
+        "one HTTP pod through the agent gateway, {} connections, {} s: {:.0} requests/s ({} ok, {errors} failed), latency p50 {:.2} ms, p99 {:.2} ms",
+        args.connections,
+        args.seconds,
+        latencies.len() as f64 / args.seconds as f64,
+        latencies.len(),
+        ms(percentile(&latencies, 0.50)),
+        ms(percentile(&latencies, 0.99)),
+    );
+    bench.cluster.shutdown().await;
+    Ok(())
+}
+
+/// N idle HTTP pods on one agent: all Running, each answering a request; RSS growth.
+async fn density(args: &Args) -> anyhow::Result<()> {
+    let count = args.pods;
+    let options = ServerOptions { node_cidr_mask: 16 };
+    let mut bench = start_cluster(1, options, |c| {
+        c.max_pods = count as u32 + 16;
+        c.max_instances = Some(256);
+    })
+    .await?;
+    // Warm-up: compile and cache the module, so RSS growth counts pods, not the compiler.
+    let pods = bench.client.api::<Pod>(Some("default"));
+    pods.create(&pod(
+        "warmup",
+        "warmup",
+        shoal_examples::WEB_P2,
+        &[],
+        Some(8080),
+    )?)
+    .await?;
+    wait_running(&bench.client, "warmup", 1).await?;
+    let before = rss_kib();
+    let began = Instant::now();
+    let make = |i: usize| {
+        pod(
+            &format!("idle-{i}"),
+            "density",
+            shoal_examples::WEB_P2,
+            &[],
+            Some(8080),
+        )
+    };
+    let (latencies, elapsed) = create_and_watch(&bench.client, count, 32, make, "density").await?;
+    let running = latencies.len();
+    let client = http_client();
+    let gateway = bench.cluster.agents[0].gateway_addr;
+    let answered = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let permits = Arc::new(Semaphore::new(args.connections));
+    let mut tasks = Vec::new();
+    for i in 0..count {
+        let permit = permits.clone().acquire_owned().await?;
+        let (client, answered) = (client.clone(), answered.clone());
+        tasks.push(tokio::spawn(async move {
+            if let Ok(200) = get(
+                &client,
+                &format!("http://{gateway}/proxy/default/idle-{i}/8080/healthz"),
+            )
+            .await
+            {
+                answered.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+            drop(permit);
+        }));
+    }
+    for task in tasks {
+        task.await?;
+    }
+    let after = rss_kib();
+    println!(
+        "density: {count} idle HTTP pods on one agent: {running} Running after {:.1} s (create -> Running p50 {:.0} ms, p99 {:.0} ms), {} answered a request; RSS {} MiB -> {} MiB (+{} MiB for the whole in-process cluster: store, API server, scheduler, agent); total {:.1} s",
+        elapsed.as_secs_f64(),
+        ms(percentile(&latencies, 0.50)),
+        ms(percentile(&latencies, 0.99)),
+        answered.load(std::sync::atomic::Ordering::Relaxed),
+        before / 1024,
+        after / 1024,
+        (after.saturating_sub(before)) / 1024,
+        began.elapsed().as_secs_f64(),
+    );
+    bench.cluster.shutdown().await;
+    Ok(())
+}
+
+fn rss_kib() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
 }
 
 fn percentile(sorted: &[Duration], q: f64) -> Duration {
@@ -199,4 +524,8 @@ fn percentile(sorted: &[Duration], q: f64) -> Duration {
 
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
+}
+
+fn us(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e6
 }

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use shoal_control::client::Client;
-use shoal_control::server::ApiServer;
+use shoal_control::server::{ApiServer, ServerOptions};
 use shoal_control::store::RedbStore;
 use shoal_runtime::agent::{Agent, AgentConfig};
 use tokio::sync::oneshot;
@@ -25,10 +25,18 @@ pub struct ControlPlane {
 
 impl ControlPlane {
     pub async fn start(data_dir: &Path, api_addr: SocketAddr) -> anyhow::Result<Self> {
+        Self::start_with(data_dir, api_addr, ServerOptions::default()).await
+    }
+
+    pub async fn start_with(
+        data_dir: &Path,
+        api_addr: SocketAddr,
+        options: ServerOptions,
+    ) -> anyhow::Result<Self> {
         std::fs::create_dir_all(data_dir)?;
         let store = RedbStore::open(&data_dir.join("store.redb"))
             .map_err(|e| anyhow::anyhow!("opening the store in {}: {e}", data_dir.display()))?;
-        let server = ApiServer::new(Arc::new(store)).await?;
+        let server = ApiServer::with_options(Arc::new(store), options).await?;
         let router = server.router();
         let listener = tokio::net::TcpListener::bind(api_addr)
             .await
@@ -97,7 +105,7 @@ impl DevCluster {
         api_addr: SocketAddr,
         nodes: usize,
     ) -> anyhow::Result<Self> {
-        Self::start_with(data_dir, api_addr, nodes, |_| {}).await
+        Self::start_with(data_dir, api_addr, nodes, ServerOptions::default(), |_| {}).await
     }
 
     /// Like [`DevCluster::start`], with `configure` adjusting each agent's configuration.
@@ -105,9 +113,10 @@ impl DevCluster {
         data_dir: &Path,
         api_addr: SocketAddr,
         nodes: usize,
+        options: ServerOptions,
         configure: impl Fn(&mut AgentConfig),
     ) -> anyhow::Result<Self> {
-        let control = ControlPlane::start(data_dir, api_addr).await?;
+        let control = ControlPlane::start_with(data_dir, api_addr, options).await?;
         let mut agents = Vec::new();
         for i in 0..nodes {
             let name = format!("node-{i}");

@@ -5,6 +5,7 @@
 pub mod defaults;
 pub mod object;
 pub mod patch;
+pub mod quantity;
 pub mod resources;
 pub mod selector;
 pub mod table;

@@ -1,7 +1,8 @@
-//! The scheduler, minimal for now: binds each pending pod to a ready, schedulable node,
-//! spreading pods by choosing the node with the fewest active pods, through `pods/binding`.
-//! Filters (taints, affinity, resource fit) and scoring profiles come with the scheduler issue;
-//! [`choose_node`] is the seam.
+//! The scheduler: binds each pending pod to a ready, schedulable node where it fits (pod
+//! count, CPU and memory requests against the node's allocatable), spreading pods by choosing
+//! the node with the fewest active pods, through `pods/binding`. A pod that fits nowhere gets
+//! `PodScheduled=False` with the reason. Taints, affinity and scoring profiles come with the
+//! scheduler issue; [`choose_node`] is the seam.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -9,6 +10,7 @@ use std::sync::Arc;
 use k8s_openapi::api::core::v1::{Node, Pod};
 use tokio::sync::Semaphore;
 
+use crate::api::quantity;
 use crate::client::{watcher, Client, ListParams, Recorder, WatcherEvent};
 
 /// How many bindings may be in flight at once (they share the store's group commits).
@@ -32,10 +34,18 @@ pub async fn run(client: Client) {
             state.apply_pod(event);
         }
         for (key, pod) in state.pending() {
-            let Some(node) = choose_node(&state) else {
-                break;
+            let node = match choose_node(&state, &pod) {
+                Ok(node) => node,
+                Err(why) => {
+                    if state.unschedulable.insert(key.clone()) {
+                        let client = client.clone();
+                        tokio::spawn(async move { mark_unschedulable(&client, &pod, &why).await });
+                    }
+                    continue;
+                }
             };
-            state.assign(&key, &node);
+            state.unschedulable.remove(&key);
+            state.assign(&key, &node, Requests::of(&pod));
             let (client, binds, recorder) = (client.clone(), binds.clone(), recorder.clone());
             let (namespace, name) = (
                 pod.metadata.namespace.clone().unwrap_or_default(),
@@ -65,8 +75,102 @@ struct ClusterView {
     nodes: BTreeMap<String, Node>,
     /// Pods by namespace/name.
     pods: HashMap<String, Pod>,
-    /// Pods the scheduler has sent a binding for but not yet seen bound.
-    assumed: HashMap<String, String>,
+    /// Pods the scheduler has sent a binding for but not yet seen bound, with their requests.
+    assumed: HashMap<String, (String, Requests)>,
+    /// Pods already reported as fitting nowhere.
+    unschedulable: std::collections::HashSet<String>,
+}
+
+/// What a pod asks of a node.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Requests {
+    pub cpu_millis: u64,
+    pub memory: u64,
+    pub pods: u64,
+}
+
+impl Requests {
+    /// The sum of the containers' requests (an init container's, if larger, as they run alone).
+    pub fn of(pod: &Pod) -> Self {
+        let Some(spec) = pod.spec.as_ref() else {
+            return Self {
+                pods: 1,
+                ..Default::default()
+            };
+        };
+        fn request(c: &k8s_openapi::api::core::v1::Container, name: &str) -> Option<String> {
+            let resources = c.resources.as_ref()?;
+            let quantity = resources.requests.as_ref().and_then(|r| r.get(name));
+            let quantity = quantity.or_else(|| resources.limits.as_ref().and_then(|l| l.get(name)));
+            quantity.map(|q| q.0.clone())
+        }
+        let sum = |name: &str, parse: fn(&str) -> Option<u64>| -> u64 {
+            let main: u64 = spec
+                .containers
+                .iter()
+                .filter_map(|c| request(c, name))
+                .filter_map(|q| parse(&q))
+                .sum();
+            let init = spec
+                .init_containers
+                .iter()
+                .flatten()
+                .filter_map(|c| request(c, name))
+                .filter_map(|q| parse(&q))
+                .max()
+                .unwrap_or(0);
+            main.max(init)
+        };
+        Self {
+            cpu_millis: sum("cpu", quantity::parse_millis),
+            memory: sum("memory", quantity::parse),
+            pods: 1,
+        }
+    }
+
+    fn add(&mut self, other: Requests) {
+        self.cpu_millis += other.cpu_millis;
+        self.memory += other.memory;
+        self.pods += other.pods;
+    }
+}
+
+/// A node's allocatable resources (unknown ones are unlimited).
+fn allocatable(node: &Node) -> Requests {
+    let get = |name: &str, parse: fn(&str) -> Option<u64>| {
+        node.status
+            .as_ref()
+            .and_then(|s| s.allocatable.as_ref())
+            .and_then(|a| a.get(name))
+            .and_then(|q| parse(&q.0))
+            .unwrap_or(u64::MAX)
+    };
+    Requests {
+        cpu_millis: get("cpu", quantity::parse_millis),
+        memory: get("memory", quantity::parse),
+        pods: get("pods", quantity::parse),
+    }
+}
+
+/// Records on the pod why it cannot be scheduled (what `kubectl describe` shows).
+async fn mark_unschedulable(client: &Client, pod: &Pod, why: &str) {
+    let (namespace, name) = (
+        pod.metadata.namespace.clone().unwrap_or_default(),
+        pod.metadata.name.clone().unwrap_or_default(),
+    );
+    let condition = serde_json::json!({"type": "PodScheduled", "status": "False", "reason": "Unschedulable", "message": why,
+        "lastTransitionTime": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)});
+    let patch = serde_json::json!({"status": {"conditions": [condition]}});
+    if let Err(e) = client
+        .api::<Pod>(Some(&namespace))
+        .patch_status(&name, &patch)
+        .await
+    {
+        tracing::debug!("marking {namespace}/{name} unschedulable: {e}");
+    }
+    Recorder::new(client.clone(), "default-scheduler", None)
+        .warning(pod, "FailedScheduling", why)
+        .await;
 }
 
 fn pod_key(pod: &Pod) -> String {
@@ -149,13 +253,14 @@ impl ClusterView {
         pending
     }
 
-    fn assign(&mut self, key: &str, node: &str) {
-        self.assumed.insert(key.to_string(), node.to_string());
+    fn assign(&mut self, key: &str, node: &str, requests: Requests) {
+        self.assumed
+            .insert(key.to_string(), (node.to_string(), requests));
     }
 
-    /// Active (non-terminal) pods per node, counting assumed bindings.
-    fn load(&self) -> HashMap<&str, usize> {
-        let mut load: HashMap<&str, usize> = HashMap::new();
+    /// What active (non-terminal) pods use per node, counting assumed bindings.
+    fn usage(&self) -> HashMap<&str, Requests> {
+        let mut usage: HashMap<&str, Requests> = HashMap::new();
         for pod in self.pods.values() {
             let phase = pod
                 .status
@@ -166,13 +271,13 @@ impl ClusterView {
                 continue;
             }
             if let Some(node) = pod.spec.as_ref().and_then(|s| s.node_name.as_deref()) {
-                *load.entry(node).or_default() += 1;
+                usage.entry(node).or_default().add(Requests::of(pod));
             }
         }
-        for node in self.assumed.values() {
-            *load.entry(node.as_str()).or_default() += 1;
+        for (node, requests) in self.assumed.values() {
+            usage.entry(node.as_str()).or_default().add(*requests);
         }
-        load
+        usage
     }
 }
 
@@ -191,14 +296,57 @@ pub fn node_is_eligible(node: &Node) -> bool {
     ready && !cordoned
 }
 
-/// The eligible node with the fewest active pods (ties go to the first by name).
-fn choose_node(view: &ClusterView) -> Option<String> {
-    let load = view.load();
-    view.nodes
-        .iter()
-        .filter(|(_, node)| node_is_eligible(node))
-        .min_by_key(|(name, _)| load.get(name.as_str()).copied().unwrap_or(0))
-        .map(|(name, _)| name.clone())
+/// The eligible node where `pod` fits with the fewest active pods (ties go to the first by
+/// name), or why there is none, worded as Kubernetes' scheduler words it.
+fn choose_node(view: &ClusterView, pod: &Pod) -> Result<String, String> {
+    let usage = view.usage();
+    let wanted = Requests::of(pod);
+    let mut reasons: std::collections::BTreeMap<&str, usize> = Default::default();
+    let mut best: Option<(&String, u64)> = None;
+    for (name, node) in &view.nodes {
+        if !node_is_eligible(node) {
+            *reasons
+                .entry("node(s) were not ready or were cordoned")
+                .or_default() += 1;
+            continue;
+        }
+        let used = usage.get(name.as_str()).copied().unwrap_or_default();
+        let room = allocatable(node);
+        let misfit = if used.pods + 1 > room.pods {
+            Some("Too many pods")
+        } else if used.cpu_millis + wanted.cpu_millis > room.cpu_millis {
+            Some("Insufficient cpu")
+        } else if used.memory + wanted.memory > room.memory {
+            Some("Insufficient memory")
+        } else {
+            None
+        };
+        if let Some(reason) = misfit {
+            *reasons.entry(reason).or_default() += 1;
+            continue;
+        }
+        if best.is_none_or(|(_, pods)| used.pods < pods) {
+            best = Some((name, used.pods));
+        }
+    }
+    match best {
+        Some((name, _)) => Ok(name.clone()),
+        None => {
+            let detail: Vec<String> = reasons
+                .iter()
+                .map(|(reason, count)| format!("{count} {reason}"))
+                .collect();
+            let detail = if detail.is_empty() {
+                String::new()
+            } else {
+                format!(" {}.", detail.join(", "))
+            };
+            Err(format!(
+                "0/{} nodes are available:{detail}",
+                view.nodes.len()
+            ))
+        }
+    }
 }
 
 #[cfg(test)]
@@ -234,13 +382,58 @@ mod tests {
             pod("p3", None),
         ]));
         assert_eq!(view.pending().len(), 2);
-        let first = choose_node(&view).unwrap();
+        let p = pod("p2", None);
+        let first = choose_node(&view, &p).unwrap();
         assert_eq!(first, "b");
-        view.assign("default/p2", &first);
+        view.assign("default/p2", &first, Requests::of(&p));
         assert_eq!(view.pending().len(), 1);
-        view.assign("default/p3", "a");
+        view.assign("default/p3", "a", Requests::of(&p));
         // a: p1 + assumed p3 = 2, b: assumed p2 = 1.
-        assert_eq!(choose_node(&view).unwrap(), "b");
-        assert!(choose_node(&ClusterView::default()).is_none());
+        assert_eq!(choose_node(&view, &p).unwrap(), "b");
+        assert_eq!(
+            choose_node(&ClusterView::default(), &p).unwrap_err(),
+            "0/0 nodes are available:"
+        );
+    }
+
+    #[test]
+    fn pods_go_only_where_they_fit() {
+        let mut small = node("small", true, false);
+        small.status.as_mut().unwrap().allocatable = Some(
+            [("cpu", "1"), ("memory", "1Gi"), ("pods", "2")]
+                .into_iter()
+                .map(|(k, v)| {
+                    (
+                        k.to_string(),
+                        k8s_openapi::apimachinery::pkg::api::resource::Quantity(v.to_string()),
+                    )
+                })
+                .collect(),
+        );
+        let mut view = ClusterView::default();
+        view.apply_node(WatcherEvent::Restarted(vec![small]));
+        let wanting = |cpu: &str, memory: &str| -> Pod {
+            serde_json::from_value(json!({"metadata": {"name": "p", "namespace": "default"},
+                "spec": {"containers": [{"name": "c", "resources": {"requests": {"cpu": cpu, "memory": memory}}}]}}))
+            .unwrap()
+        };
+        assert_eq!(
+            choose_node(&view, &wanting("500m", "512Mi")).unwrap(),
+            "small"
+        );
+        assert_eq!(
+            choose_node(&view, &wanting("2", "1Mi")).unwrap_err(),
+            "0/1 nodes are available: 1 Insufficient cpu."
+        );
+        assert_eq!(
+            choose_node(&view, &wanting("1", "2Gi")).unwrap_err(),
+            "0/1 nodes are available: 1 Insufficient memory."
+        );
+        view.assign("default/a", "small", Requests::of(&wanting("100m", "1Mi")));
+        view.assign("default/b", "small", Requests::of(&wanting("100m", "1Mi")));
+        assert_eq!(
+            choose_node(&view, &wanting("100m", "1Mi")).unwrap_err(),
+            "0/1 nodes are available: 1 Too many pods."
+        );
     }
 }

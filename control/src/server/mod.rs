@@ -36,15 +36,46 @@ pub type AgentClient = hyper_util::client::legacy::Client<HttpConnector, Body>;
 pub struct ApiServer {
     store: Arc<dyn Store>,
     agents: AgentClient,
+    options: ServerOptions,
+}
+
+/// Cluster-wide settings of the API server.
+#[derive(Clone, Copy, Debug)]
+pub struct ServerOptions {
+    /// The prefix length of each node's pod CIDR: /24 (254 pods per node, nodes in
+    /// 10.244.0.0/16, as Kubernetes' default) or shorter for dense nodes (/16: nodes in
+    /// 10.0.0.0/8, 65534 pods each).
+    pub node_cidr_mask: u8,
+}
+
+impl Default for ServerOptions {
+    fn default() -> Self {
+        Self { node_cidr_mask: 24 }
+    }
 }
 
 impl ApiServer {
     /// Builds the server over `store`, making sure the namespaces every cluster has exist.
     pub async fn new(store: Arc<dyn Store>) -> anyhow::Result<Arc<Self>> {
+        Self::with_options(store, ServerOptions::default()).await
+    }
+
+    pub async fn with_options(
+        store: Arc<dyn Store>,
+        options: ServerOptions,
+    ) -> anyhow::Result<Arc<Self>> {
+        anyhow::ensure!(
+            (8..=30).contains(&options.node_cidr_mask),
+            "the node CIDR mask must be between /8 and /30"
+        );
         let agents =
             hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
                 .build_http();
-        let server = Arc::new(Self { store, agents });
+        let server = Arc::new(Self {
+            store,
+            agents,
+            options,
+        });
         namespaces::ensure_system_namespaces(&server).await?;
         namespaces::resume_terminations(&server);
         Ok(server)

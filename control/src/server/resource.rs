@@ -408,10 +408,23 @@ impl ApiServer {
             .iter()
             .filter_map(|n| n.pointer("/spec/podCIDR")?.as_str())
             .collect();
-        let index = (0..=255).find(|i| !taken.contains(&format!("10.244.{i}.0/24").as_str()));
-        let index = index
-            .ok_or_else(|| ApiError::Forbidden("no free pod CIDR left in 10.244.0.0/16".into()))?;
-        let cidr = format!("10.244.{index}.0/24");
+        let mask = self.options.node_cidr_mask;
+        // Nodes' ranges tile the cluster range: 10.244.0.0/16 for /24 nodes (Kubernetes'
+        // default), 10.0.0.0/8 for shorter ones.
+        let (base, cluster_mask) = if mask >= 24 {
+            (u32::from_be_bytes([10, 244, 0, 0]), 16)
+        } else {
+            (u32::from_be_bytes([10, 0, 0, 0]), 8)
+        };
+        let count = 1u64 << (mask.saturating_sub(cluster_mask));
+        let cidr_of = |i: u64| {
+            let start = base + ((i as u32) << (32 - mask));
+            format!("{}/{mask}", std::net::Ipv4Addr::from(start))
+        };
+        let cidr = (0..count)
+            .map(cidr_of)
+            .find(|c| !taken.contains(&c.as_str()))
+            .ok_or_else(|| ApiError::Forbidden("no free pod CIDR left for a new node".into()))?;
         object::set_at(node, "/spec/podCIDR", json!(cidr));
         object::set_at(node, "/spec/podCIDRs", json!([cidr]));
         Ok(())

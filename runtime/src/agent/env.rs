@@ -120,50 +120,20 @@ pub fn memory_limit(container: &Container) -> Result<Option<usize>, String> {
     else {
         return Ok(None);
     };
-    parse_bytes(&quantity.0).map(Some).ok_or_else(|| {
-        format!(
-            "resources.limits.memory {:?} is not a valid quantity",
-            quantity.0
-        )
-    })
-}
-
-/// Parses a Kubernetes byte quantity (`128Mi`, `1G`, `500000`).
-pub fn parse_bytes(text: &str) -> Option<usize> {
-    let text = text.trim();
-    let split = text
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(text.len());
-    let (number, suffix) = text.split_at(split);
-    let number: f64 = number.parse().ok()?;
-    let factor: f64 = match suffix {
-        "" => 1.0,
-        "Ki" => 1024.0,
-        "Mi" => 1024f64.powi(2),
-        "Gi" => 1024f64.powi(3),
-        "Ti" => 1024f64.powi(4),
-        "k" => 1e3,
-        "M" => 1e6,
-        "G" => 1e9,
-        "T" => 1e12,
-        _ => return None,
-    };
-    Some((number * factor) as usize)
+    shoal_control::api::quantity::parse(&quantity.0)
+        .map(|b| b as usize)
+        .map(Some)
+        .ok_or_else(|| {
+            format!(
+                "resources.limits.memory {:?} is not a valid quantity",
+                quantity.0
+            )
+        })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn quantities() {
-        assert_eq!(parse_bytes("128Mi"), Some(128 << 20));
-        assert_eq!(parse_bytes("1G"), Some(1_000_000_000));
-        assert_eq!(parse_bytes("1.5Ki"), Some(1536));
-        assert_eq!(parse_bytes("12"), Some(12));
-        assert_eq!(parse_bytes("lots"), None);
-        assert_eq!(parse_bytes("5Xi"), None);
-    }
 
     #[test]
     fn later_definitions_win() {

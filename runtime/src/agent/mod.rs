@@ -24,7 +24,6 @@ use tokio::task::JoinHandle;
 
 use crate::engine::{Engine, EngineOptions};
 use crate::pod::network::PodNetwork;
-pub use env::parse_bytes;
 pub use node::{LEASE_DURATION_SECONDS, LEASE_RENEW};
 
 #[derive(Clone, Debug)]
@@ -34,8 +33,11 @@ pub struct AgentConfig {
     pub data_dir: PathBuf,
     /// The address the gateway listens on (port 0 picks a free one).
     pub gateway_addr: SocketAddr,
-    /// The pod count the node advertises and sizes its engine for.
+    /// The pod count the node advertises.
     pub max_pods: u32,
+    /// How many guest instances may be alive at once (default: two per pod). HTTP pods hold
+    /// instances only while serving, so dense HTTP nodes need far fewer than their pods.
+    pub max_instances: Option<u32>,
     /// Memory limit of an instance whose container sets none.
     pub default_memory_limit: usize,
     /// Directories under which pods may mount `hostPath` volumes (none by default).
@@ -52,6 +54,7 @@ impl AgentConfig {
             data_dir,
             gateway_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             max_pods: 110,
+            max_instances: None,
             default_memory_limit: 512 << 20,
             host_path_allow: Vec::new(),
             restart_backoff: worker::INITIAL_BACKOFF,
@@ -91,7 +94,7 @@ impl Agent {
     pub async fn start(client: Client, config: AgentConfig) -> anyhow::Result<Self> {
         let engine = Engine::new(&EngineOptions {
             cache_dir: config.data_dir.join("cache"),
-            max_instances: config.max_pods * 2,
+            max_instances: config.max_instances.unwrap_or(config.max_pods * 2),
         })?;
         let listener = tokio::net::TcpListener::bind(config.gateway_addr).await?;
         let gateway_addr = listener.local_addr()?;
@@ -176,35 +179,56 @@ async fn register_with_retry(
     }
 }
 
-/// Pod IPs from the node's pod CIDR (a /24: .2 to .254).
+/// Pod IPs from the node's pod CIDR (network and first address excluded, as the node's own).
 struct IpPool {
-    prefix: String,
-    used: BTreeSet<u8>,
+    base: u32,
+    size: u32,
+    used: BTreeSet<u32>,
+    next: u32,
 }
 
 impl IpPool {
     fn new(cidr: &str) -> anyhow::Result<Self> {
-        let base = cidr.split('/').next().unwrap_or("");
-        let octets: Vec<&str> = base.split('.').collect();
-        anyhow::ensure!(octets.len() == 4, "pod CIDR {cidr:?} is not an IPv4 /24");
+        let (address, prefix) = cidr
+            .split_once('/')
+            .ok_or_else(|| anyhow::anyhow!("pod CIDR {cidr:?} has no prefix length"))?;
+        let address: std::net::Ipv4Addr = address
+            .parse()
+            .map_err(|_| anyhow::anyhow!("pod CIDR {cidr:?} is not IPv4"))?;
+        let prefix: u32 = prefix
+            .parse()
+            .ok()
+            .filter(|p| (8..=30).contains(p))
+            .ok_or_else(|| anyhow::anyhow!("pod CIDR {cidr:?}: prefix must be /8 to /30"))?;
+        let size = 1u32 << (32 - prefix);
         Ok(Self {
-            prefix: octets[..3].join("."),
+            base: u32::from(address),
+            size,
             used: BTreeSet::new(),
+            next: 2,
         })
     }
 
     fn allocate(&mut self) -> Option<String> {
-        let free = (2..=254u8).find(|i| !self.used.contains(i))?;
-        self.used.insert(free);
-        Some(format!("{}.{free}", self.prefix))
+        // Addresses .0 (network), .1 (the node) and the last (broadcast) are never handed out.
+        let usable = self.size.saturating_sub(3);
+        for step in 0..usable {
+            let offset = 2 + (self.next - 2 + step) % usable;
+            if self.used.insert(offset) {
+                self.next = offset + 1;
+                if self.next >= self.size - 1 {
+                    self.next = 2;
+                }
+                return Some(std::net::Ipv4Addr::from(self.base + offset).to_string());
+            }
+        }
+        None
     }
 
     fn release(&mut self, ip: &str) {
-        if let Some(last) = ip
-            .strip_prefix(&format!("{}.", self.prefix))
-            .and_then(|l| l.parse().ok())
-        {
-            self.used.remove(&last);
+        if let Ok(address) = ip.parse::<std::net::Ipv4Addr>() {
+            self.used
+                .remove(&u32::from(address).wrapping_sub(self.base));
         }
     }
 }
@@ -381,11 +405,26 @@ mod tests {
 
     #[test]
     fn ip_pool_allocates_and_reuses() {
-        let mut pool = IpPool::new("10.244.3.0/24").unwrap();
-        assert_eq!(pool.allocate().unwrap(), "10.244.3.2");
+        let mut pool = IpPool::new("10.244.3.0/29").unwrap();
+        let ips: Vec<String> = (0..5).filter_map(|_| pool.allocate()).collect();
+        assert_eq!(
+            ips,
+            [
+                "10.244.3.2",
+                "10.244.3.3",
+                "10.244.3.4",
+                "10.244.3.5",
+                "10.244.3.6"
+            ]
+        );
+        assert!(pool.allocate().is_none(), "a /29 has five pod addresses");
+        pool.release("10.244.3.3");
         assert_eq!(pool.allocate().unwrap(), "10.244.3.3");
-        pool.release("10.244.3.2");
-        assert_eq!(pool.allocate().unwrap(), "10.244.3.2");
+        let mut wide = IpPool::new("10.1.0.0/16").unwrap();
+        assert_eq!(
+            (0..300).filter_map(|_| wide.allocate()).last().unwrap(),
+            "10.1.1.45"
+        );
         assert!(IpPool::new("nonsense").is_err());
     }
 }

@@ -90,13 +90,20 @@ impl Engine {
             }
         };
         let digest = hex::encode(Sha256::digest(&bytes));
-        if let Some(program) = self
-            .programs
+        if let Some(program) = self.cached(&digest) {
+            return Ok(program);
+        }
+        // One compile per digest: concurrent loads of a new image wait for the first.
+        let gate = self
+            .compiling
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .get(&digest)
-        {
-            return Ok(program.clone());
+            .entry(digest.clone())
+            .or_default()
+            .clone();
+        let _compiling = gate.lock().await;
+        if let Some(program) = self.cached(&digest) {
+            return Ok(program);
         }
         let engine = self.clone();
         let (image_owned, digest_owned) = (image.to_string(), digest.clone());
@@ -112,8 +119,20 @@ impl Engine {
         self.programs
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(digest, program.clone());
+            .insert(digest.clone(), program.clone());
+        self.compiling
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&digest);
         Ok(program)
+    }
+
+    fn cached(&self, digest: &str) -> Option<Arc<Program>> {
+        self.programs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(digest)
+            .cloned()
     }
 
     fn compile_cached(

@@ -34,6 +34,8 @@ pub struct Engine {
     pub(crate) p2_linker: component::Linker<P2Host>,
     cache_dir: PathBuf,
     programs: Mutex<HashMap<String, Arc<Program>>>,
+    /// A gate per digest being compiled, so each image compiles once.
+    compiling: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 impl Engine {
@@ -74,6 +76,7 @@ impl Engine {
             p2_linker,
             cache_dir,
             programs: Mutex::new(HashMap::new()),
+            compiling: Mutex::new(HashMap::new()),
         }))
     }
 }
