@@ -6,6 +6,7 @@ mod cli;
 mod durability;
 mod examples;
 mod http_api;
+mod images;
 mod kubectl;
 mod multi_process;
 mod pods;

@@ -1,6 +1,6 @@
 //! The subcommands, one clap struct with an `execute()` each (in the manner of wasmtime's
 //! `src/commands`). Cluster commands: `dev`, `server`, `agent`. Client commands, which read a
-//! kubeconfig: `apply`, `get`, `describe`, `delete`, `logs`.
+//! kubeconfig: `apply`, `get`, `describe`, `delete`, `logs`, `push`.
 
 mod agent;
 mod apply;
@@ -10,6 +10,7 @@ mod describe;
 mod dev;
 mod get;
 mod logs;
+mod push;
 mod server;
 
 use clap::{Parser, Subcommand};
@@ -45,6 +46,8 @@ enum Command {
     Delete(delete::DeleteCommand),
     /// Print a container's log.
     Logs(logs::LogsCommand),
+    /// Upload a .wasm file into the cluster and print its image reference.
+    Push(push::PushCommand),
 }
 
 impl Cli {
@@ -58,6 +61,7 @@ impl Cli {
             Command::Describe(c) => c.execute().await,
             Command::Delete(c) => c.execute().await,
             Command::Logs(c) => c.execute().await,
+            Command::Push(c) => c.execute().await,
         }
     }
 }

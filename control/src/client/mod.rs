@@ -189,6 +189,51 @@ impl Client {
         Ok(response.into_body())
     }
 
+    /// Uploads a Wasm module into the cluster's module store; returns its image reference
+    /// (`sha256:<hex>`).
+    pub async fn push_module(&self, bytes: Vec<u8>) -> Result<String> {
+        let request = Request::post("/shoal/v1/modules")
+            .header(http::header::CONTENT_TYPE, "application/wasm")
+            .body(Body::from(bytes))
+            .map_err(|e| Error::Transport(e.to_string()))?;
+        let response = self.send(request).await?;
+        let status = response.status();
+        let bytes = response
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| Error::Transport(e.to_string()))?
+            .to_bytes();
+        if !status.is_success() {
+            return Err(status_error(status, &bytes));
+        }
+        let answer: Value =
+            serde_json::from_slice(&bytes).map_err(|e| Error::Decode(e.to_string()))?;
+        answer["image"]
+            .as_str()
+            .map(str::to_string)
+            .ok_or_else(|| Error::Decode("no image reference in the answer".into()))
+    }
+
+    /// Downloads a pushed module by its reference (`sha256:<hex>`).
+    pub async fn fetch_module(&self, reference: &str) -> Result<Vec<u8>> {
+        let request = Request::get(format!("/shoal/v1/modules/{reference}"))
+            .body(Body::empty())
+            .map_err(|e| Error::Transport(e.to_string()))?;
+        let response = self.send(request).await?;
+        let status = response.status();
+        let bytes = response
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| Error::Transport(e.to_string()))?
+            .to_bytes();
+        if !status.is_success() {
+            return Err(status_error(status, &bytes));
+        }
+        Ok(bytes.to_vec())
+    }
+
     /// Binds a pending pod to a node through `pods/binding`.
     pub async fn bind_pod(&self, namespace: &str, pod: &str, node: &str) -> Result<()> {
         let binding = serde_json::json!({

@@ -7,6 +7,7 @@
 
 mod discovery;
 pub mod error;
+mod modules;
 mod namespaces;
 mod path;
 mod pods;
@@ -113,6 +114,13 @@ impl ApiServer {
                 ),
             )
             .route("/openapi/v2", get(|| async { discovery::openapi_v2() }))
+            .route(
+                "/shoal/v1/modules",
+                axum::routing::post(modules::push).layer(axum::extract::DefaultBodyLimit::max(
+                    modules::MAX_MODULE_BYTES,
+                )),
+            )
+            .route("/shoal/v1/modules/{reference}", get(modules::fetch))
             .route(
                 "/openapi/v3",
                 get(|| async { Json(discovery::openapi_root()) }),

@@ -123,6 +123,10 @@ pub trait Store: Send + Sync + 'static {
     fn watch(&self, resource: &str, namespace: Option<&str>, since: u64) -> Result<WatchStream>;
     /// The revision of the last commit.
     fn revision(&self) -> u64;
+    /// Keeps a module pushed into the cluster (`shoal push`) under its sha256 digest (hex),
+    /// durably. Blobs are content-addressed, so writing one twice is harmless.
+    async fn put_blob(&self, digest: &str, bytes: Vec<u8>) -> Result<()>;
+    fn get_blob(&self, digest: &str) -> Result<Option<Vec<u8>>>;
 }
 
 /// Sets `metadata.resourceVersion` of a JSON object.

@@ -23,6 +23,7 @@ use super::{
 const OBJECTS: TableDefinition<&str, &[u8]> = TableDefinition::new("objects");
 const EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("events");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+const BLOBS: TableDefinition<&str, &[u8]> = TableDefinition::new("blobs");
 const META_REVISION: &str = "revision";
 const META_OLDEST: &str = "oldest_event";
 
@@ -77,6 +78,7 @@ impl RedbStore {
         let revision = {
             txn.open_table(OBJECTS).map_err(backend)?;
             txn.open_table(EVENTS).map_err(backend)?;
+            txn.open_table(BLOBS).map_err(backend)?;
             let meta = txn.open_table(META).map_err(backend)?;
             let revision = meta.get(META_REVISION).map_err(backend)?.map(|v| v.value());
             revision.unwrap_or(0)
@@ -250,6 +252,28 @@ impl Store for RedbStore {
             }
         });
         Ok(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx)))
+    }
+
+    async fn put_blob(&self, digest: &str, bytes: Vec<u8>) -> Result<()> {
+        let (db, digest) = (self.db.clone(), digest.to_string());
+        // A write transaction of its own: it waits for the writer thread's, and blobs are rare.
+        tokio::task::spawn_blocking(move || {
+            let txn = db.begin_write().map_err(backend)?;
+            txn.open_table(BLOBS)
+                .map_err(backend)?
+                .insert(digest.as_str(), bytes.as_slice())
+                .map_err(backend)?;
+            txn.commit().map_err(backend)
+        })
+        .await
+        .map_err(backend)?
+    }
+
+    fn get_blob(&self, digest: &str) -> Result<Option<Vec<u8>>> {
+        let txn = self.db.begin_read().map_err(backend)?;
+        let blobs = txn.open_table(BLOBS).map_err(backend)?;
+        let found = blobs.get(digest).map_err(backend)?;
+        Ok(found.map(|b| b.value().to_vec()))
     }
 
     fn revision(&self) -> u64 {
@@ -553,6 +577,15 @@ mod tests {
         ));
         let mut recent = store.watch("pods", None, 125).unwrap();
         assert_eq!(recent.next().await.unwrap().unwrap().revision, 126);
+    }
+
+    #[tokio::test]
+    async fn blobs_round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = RedbStore::open(&dir.path().join("db")).unwrap();
+        assert!(store.get_blob("abc").unwrap().is_none());
+        store.put_blob("abc", b"\0asm".to_vec()).await.unwrap();
+        assert_eq!(store.get_blob("abc").unwrap().unwrap(), b"\0asm");
     }
 
     #[tokio::test]

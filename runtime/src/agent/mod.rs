@@ -96,6 +96,7 @@ impl Agent {
             cache_dir: config.data_dir.join("cache"),
             max_instances: config.max_instances.unwrap_or(config.max_pods * 2),
         })?;
+        engine.use_cluster(client.clone());
         let listener = tokio::net::TcpListener::bind(config.gateway_addr).await?;
         let gateway_addr = listener.local_addr()?;
         let shared = Arc::new(Shared {

@@ -4,7 +4,7 @@
 //! of the agent deserializes (an mmap) instead of compiling.
 
 use std::hash::{Hash, Hasher};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
@@ -44,6 +44,8 @@ pub enum ImageError {
     },
     #[error("image {image:?}: {why}")]
     Unsupported { image: String, why: String },
+    #[error("image {image:?}: fetching it failed: {error}")]
+    Fetch { image: String, error: String },
     #[error("image {image:?} is not a WebAssembly module or component: {why}")]
     NotWasm { image: String, why: String },
     #[error("image {image:?} failed to compile: {error}")]
@@ -58,9 +60,10 @@ impl ImageError {
     /// The container waiting reason Kubernetes users know for this failure.
     pub fn reason(&self) -> &'static str {
         match self {
-            Self::NotFound { .. } | Self::Unreadable { .. } | Self::Unsupported { .. } => {
-                "ErrImagePull"
-            }
+            Self::NotFound { .. }
+            | Self::Unreadable { .. }
+            | Self::Unsupported { .. }
+            | Self::Fetch { .. } => "ErrImagePull",
             Self::NotWasm { .. }
             | Self::Compile { .. }
             | Self::Link { .. }
@@ -72,23 +75,7 @@ impl ImageError {
 impl Engine {
     /// Fetches, verifies, compiles (or loads from the cache) and links `image`.
     pub async fn load(self: &Arc<Self>, image: &str) -> Result<Arc<Program>, ImageError> {
-        let path = resolve(image)?;
-        let bytes = match tokio::fs::read(&path).await {
-            Ok(bytes) => bytes,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Err(ImageError::NotFound {
-                    image: image.into(),
-                    path,
-                });
-            }
-            Err(e) => {
-                return Err(ImageError::Unreadable {
-                    image: image.into(),
-                    path,
-                    error: e.to_string(),
-                })
-            }
-        };
+        let bytes = self.fetch(image).await?;
         let digest = hex::encode(Sha256::digest(&bytes));
         if let Some(program) = self.cached(&digest) {
             return Ok(program);
@@ -204,29 +191,6 @@ impl Engine {
     }
 }
 
-/// Maps an image reference to the file that holds it. Paths (`file://` or plain) are served
-/// here; URLs, pushed digests and OCI references are for the images issue.
-fn resolve(image: &str) -> Result<PathBuf, ImageError> {
-    let image = image.trim();
-    if let Some(path) = image.strip_prefix("file://") {
-        return Ok(PathBuf::from(path));
-    }
-    if image.starts_with("http://") || image.starts_with("https://") || image.starts_with("sha256:")
-    {
-        return Err(ImageError::Unsupported {
-            image: image.into(),
-            why: "fetching images by URL or digest is not supported yet; use a file path".into(),
-        });
-    }
-    if !Path::new(image).is_absolute() {
-        return Err(ImageError::Unsupported {
-            image: image.into(),
-            why: "an image must be an absolute file path (or file:// URL) to a .wasm module or component".into(),
-        });
-    }
-    Ok(PathBuf::from(image))
-}
-
 /// Tells a core module from a component by the binary's preamble.
 fn detect_flavour(bytes: &[u8]) -> Result<Precompiled, String> {
     if bytes.len() < 8 || &bytes[..4] != b"\0asm" {
@@ -267,16 +231,5 @@ mod tests {
             .unwrap_err()
             .contains("magic"));
         assert!(detect_flavour(b"\0as").is_err());
-    }
-
-    #[test]
-    fn image_references() {
-        assert_eq!(
-            resolve("file:///x/y.wasm").unwrap(),
-            PathBuf::from("/x/y.wasm")
-        );
-        assert_eq!(resolve("/x/y.wasm").unwrap(), PathBuf::from("/x/y.wasm"));
-        assert_eq!(resolve("nginx:1.27").unwrap_err().reason(), "ErrImagePull");
-        assert!(resolve("https://example.com/a.wasm").is_err());
     }
 }

@@ -2,6 +2,7 @@
 //! (DESIGN.md §4), the linkers for WASI preview 1 modules and preview 2 components, and the
 //! image cache that turns an image reference into a pre-instantiated program, compiled once.
 
+mod fetch;
 mod host;
 mod image;
 
@@ -34,6 +35,8 @@ pub struct Engine {
     pub(crate) p2_linker: component::Linker<P2Host>,
     cache_dir: PathBuf,
     programs: Mutex<HashMap<String, Arc<Program>>>,
+    /// The cluster whose module store serves `sha256:` images (set by the agent).
+    cluster: std::sync::OnceLock<shoal_control::client::Client>,
     /// A gate per digest being compiled, so each image compiles once.
     compiling: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
@@ -77,7 +80,15 @@ impl Engine {
             cache_dir,
             programs: Mutex::new(HashMap::new()),
             compiling: Mutex::new(HashMap::new()),
+            cluster: std::sync::OnceLock::new(),
         }))
+    }
+}
+
+impl Engine {
+    /// Lets `sha256:` images be fetched from this cluster's module store.
+    pub fn use_cluster(&self, client: shoal_control::client::Client) {
+        let _ = self.cluster.set(client);
     }
 }
 

@@ -1,0 +1,147 @@
+//! Fetching an image's bytes by its reference: a file path (`/x.wasm`, `file:///x.wasm`), an
+//! `http://` URL, or `sha256:<hex>` of a module pushed into the cluster (`shoal push`),
+//! downloaded from the control plane and verified against its digest.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty, Limited};
+use sha2::{Digest, Sha256};
+
+use super::image::ImageError;
+use super::Engine;
+
+/// The largest image fetched.
+const MAX_IMAGE_BYTES: usize = 256 << 20;
+const FETCH_TIMEOUT: Duration = Duration::from_secs(30);
+
+enum Source {
+    File(PathBuf),
+    Url(http::Uri),
+    Pushed(String),
+}
+
+fn resolve(image: &str) -> Result<Source, ImageError> {
+    let unsupported = |why: &str| ImageError::Unsupported {
+        image: image.into(),
+        why: why.into(),
+    };
+    let image = image.trim();
+    if let Some(path) = image.strip_prefix("file://") {
+        return Ok(Source::File(PathBuf::from(path)));
+    }
+    if image.starts_with("https://") {
+        return Err(unsupported("https images are not supported yet (no TLS client is built in); use http://, a file path, or `shoal push`"));
+    }
+    if image.starts_with("http://") {
+        return image
+            .parse()
+            .map(Source::Url)
+            .map_err(|e| unsupported(&format!("not a valid URL: {e}")));
+    }
+    if let Some(digest) = image.strip_prefix("sha256:") {
+        if digest.len() != 64 || !digest.chars().all(|c| c.is_ascii_hexdigit()) {
+            return Err(unsupported(
+                "a pushed module's reference is sha256: and 64 hex digits",
+            ));
+        }
+        return Ok(Source::Pushed(digest.to_ascii_lowercase()));
+    }
+    if !Path::new(image).is_absolute() {
+        return Err(unsupported(
+            "an image must be an absolute file path (or file:// URL), an http:// URL, or a sha256: reference from `shoal push`",
+        ));
+    }
+    Ok(Source::File(PathBuf::from(image)))
+}
+
+impl Engine {
+    pub(crate) async fn fetch(&self, image: &str) -> Result<Vec<u8>, ImageError> {
+        let failed = |error: String| ImageError::Fetch {
+            image: image.into(),
+            error,
+        };
+        match resolve(image)? {
+            Source::File(path) => match tokio::fs::read(&path).await {
+                Ok(bytes) => Ok(bytes),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(ImageError::NotFound {
+                    image: image.into(),
+                    path,
+                }),
+                Err(e) => Err(ImageError::Unreadable {
+                    image: image.into(),
+                    path,
+                    error: e.to_string(),
+                }),
+            },
+            Source::Url(uri) => {
+                let client = hyper_util::client::legacy::Client::builder(
+                    hyper_util::rt::TokioExecutor::new(),
+                )
+                .build_http::<Empty<Bytes>>();
+                let response = tokio::time::timeout(FETCH_TIMEOUT, client.get(uri))
+                    .await
+                    .map_err(|_| failed(format!("no answer within {FETCH_TIMEOUT:?}")))?
+                    .map_err(|e| failed(format!("cannot connect: {e}")))?;
+                if response.status() != http::StatusCode::OK {
+                    return Err(failed(format!("the server answered {}", response.status())));
+                }
+                let body = tokio::time::timeout(
+                    FETCH_TIMEOUT,
+                    Limited::new(response.into_body(), MAX_IMAGE_BYTES).collect(),
+                )
+                .await
+                .map_err(|_| failed(format!("the download took longer than {FETCH_TIMEOUT:?}")))?
+                .map_err(|e| failed(format!("reading the body: {e}")))?;
+                Ok(body.to_bytes().to_vec())
+            }
+            Source::Pushed(digest) => {
+                let client = self.cluster.get().ok_or_else(|| {
+                    failed("this engine is not connected to a cluster's module store".into())
+                })?;
+                let bytes = client.fetch_module(&format!("sha256:{digest}")).await.map_err(|e| match e.code() {
+                    Some(404) => failed("no such module in the cluster's module store (push it with `shoal push`)".into()),
+                    _ => failed(e.to_string()),
+                })?;
+                let actual = hex::encode(Sha256::digest(&bytes));
+                if actual != digest {
+                    return Err(failed(format!(
+                        "the downloaded module's digest is sha256:{actual}, not the one asked for"
+                    )));
+                }
+                Ok(bytes)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn references() {
+        assert!(
+            matches!(resolve("file:///x/y.wasm"), Ok(Source::File(p)) if p == Path::new("/x/y.wasm"))
+        );
+        assert!(matches!(resolve("/x/y.wasm"), Ok(Source::File(_))));
+        assert!(matches!(
+            resolve("http://127.0.0.1:9/m.wasm"),
+            Ok(Source::Url(_))
+        ));
+        let digest = "ab".repeat(32);
+        assert!(
+            matches!(resolve(&format!("sha256:{digest}")), Ok(Source::Pushed(d)) if d == digest)
+        );
+        for bad in [
+            "nginx:1.27",
+            "sha256:abc",
+            "https://example.com/a.wasm",
+            "hello.wasm",
+        ] {
+            let err = resolve(bad).err().unwrap();
+            assert_eq!(err.reason(), "ErrImagePull", "{bad}");
+        }
+    }
+}

@@ -1,0 +1,124 @@
+//! Images by file path, by `http://` URL, and by the `sha256:` reference of a module pushed
+//! into the cluster with `shoal push`; and the errors when an image cannot be had.
+
+use std::time::Duration;
+
+use serde_json::json;
+use shoal_examples::{HELLO_P1, HELLO_P2};
+use shoal_tests::*;
+
+const PODS: &str = "/api/v1/namespaces/default/pods";
+
+fn pod(name: &str, image: &str) -> String {
+    json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name},
+        "spec": {"restartPolicy": "Never", "containers": [{"name": "main", "image": image, "args": [name]}]}})
+    .to_string()
+}
+
+async fn waiting_message(http: &Http, name: &str) -> (String, String) {
+    wait_for(
+        &format!("{name} to report why it waits"),
+        Duration::from_secs(30),
+        async || {
+            let (_, pod) = http.call("GET", &format!("{PODS}/{name}"), "", "").await;
+            let waiting = pod
+                .pointer("/status/containerStatuses/0/state/waiting")?
+                .clone();
+            let reason = waiting["reason"].as_str()?.to_string();
+            (reason != "ContainerCreating").then(|| {
+                (
+                    reason,
+                    waiting["message"].as_str().unwrap_or("").to_string(),
+                )
+            })
+        },
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pushed_and_http_images_run() {
+    let cluster = TestCluster::start(1).await;
+    let http = Http::new(&cluster.url());
+
+    let pushed = ok(shoal_async(&cluster.kubeconfig, &["push", HELLO_P2]).await);
+    let reference = pushed.trim().to_string();
+    assert!(
+        reference.starts_with("sha256:") && reference.len() == 71,
+        "{reference}"
+    );
+    assert_eq!(
+        http.call("POST", PODS, "application/json", &pod("pushed", &reference))
+            .await
+            .0,
+        201
+    );
+    wait_phase(&http, "default", "pushed", "Succeeded").await;
+    let (_, log) = http.raw("GET", &format!("{PODS}/pushed/log"), "", "").await;
+    assert_eq!(
+        String::from_utf8_lossy(&log),
+        "Hello, pushed! (from a wasip2 component)\n"
+    );
+
+    // A module served over plain HTTP by a server on loopback.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let module = std::fs::read(HELLO_P1).unwrap();
+    let app = axum::Router::new().route(
+        "/hello.wasm",
+        axum::routing::get(move || {
+            let module = module.clone();
+            async move { module }
+        }),
+    );
+    let server = tokio::spawn(async move { axum::serve(listener, app).await });
+    let url = format!("http://{addr}/hello.wasm");
+    assert_eq!(
+        http.call("POST", PODS, "application/json", &pod("fetched", &url))
+            .await
+            .0,
+        201
+    );
+    wait_phase(&http, "default", "fetched", "Succeeded").await;
+
+    // Images that cannot be had say why.
+    let missing_url = format!("http://{addr}/nothing.wasm");
+    let unknown = format!("sha256:{}", "0".repeat(64));
+    let closed = format!("http://{}/m.wasm", free_addr());
+    for (name, image) in [
+        ("not-served", missing_url.as_str()),
+        ("not-pushed", unknown.as_str()),
+        ("unreachable", closed.as_str()),
+    ] {
+        assert_eq!(
+            http.call("POST", PODS, "application/json", &pod(name, image))
+                .await
+                .0,
+            201
+        );
+    }
+    let (reason, message) = waiting_message(&http, "not-served").await;
+    assert_eq!(reason, "ErrImagePull");
+    assert!(message.contains("404"), "{message}");
+    let (reason, message) = waiting_message(&http, "not-pushed").await;
+    assert_eq!(reason, "ErrImagePull");
+    assert!(
+        message.contains("no such module in the cluster's module store"),
+        "{message}"
+    );
+    let (reason, message) = waiting_message(&http, "unreachable").await;
+    assert_eq!(reason, "ErrImagePull");
+    assert!(message.contains("cannot connect"), "{message}");
+    server.abort();
+
+    // Pushing something that is not Wasm is refused.
+    let text = cluster.dir.path().join("notes.txt");
+    std::fs::write(&text, "not a module").unwrap();
+    let refused = shoal_async(&cluster.kubeconfig, &["push", text.to_str().unwrap()]).await;
+    assert!(!refused.status.success());
+    assert!(
+        stderr(&refused).contains("not a WebAssembly module"),
+        "{}",
+        stderr(&refused)
+    );
+}
