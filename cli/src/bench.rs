@@ -192,10 +192,12 @@ async fn create_and_watch(
 
 async fn pod_start(args: &Args) -> anyhow::Result<()> {
     let per_node = (args.pods / args.nodes.max(1)) as u32 + 16;
-    let mut bench = start_cluster(args.nodes, ServerOptions::default(), |c| {
-        c.max_pods = per_node
-    })
-    .await?;
+    // A /24 per node (the default) holds 253 pods; denser nodes get a /16.
+    let options = match per_node {
+        0..=250 => ServerOptions::default(),
+        _ => ServerOptions { node_cidr_mask: 16 },
+    };
+    let mut bench = start_cluster(args.nodes, options, |c| c.max_pods = per_node).await?;
     let sleeper = |name: String| {
         pod(
             &name,
@@ -307,7 +309,13 @@ async fn http_instance(args: &Args) -> anyhow::Result<()> {
         network: Arc::downgrade(&pod_network),
     };
     let (failures, _failed) = tokio::sync::mpsc::unbounded_channel();
-    let server = HttpServer::new(engine.clone(), pre.clone(), launch, failures);
+    let server = HttpServer::new(
+        engine.clone(),
+        pre.clone(),
+        launch,
+        network::DEFAULT_REQUEST_DEADLINE,
+        failures,
+    );
     let one = || async {
         let request = http::Request::get("http://localhost:8080/healthz")
             .body(Empty::<Bytes>::new())

@@ -536,3 +536,78 @@ async fn guests_cannot_leave_their_mounts() {
         "{message}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_that_spins_hits_its_deadline() {
+    let cluster =
+        TestCluster::start_with(1, |config| config.request_deadline = Duration::from_secs(1)).await;
+    let http = Http::new(&cluster.url());
+    create(&http, PODS, json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "spinny"}, "spec": {"containers": [web_container("spinny", 8080)]}})).await;
+    wait_pod(&http, "spinny", "Ready", ready).await;
+    let started = std::time::Instant::now();
+    let (status, body) = proxy_get(&http, "spinny:8080", "/spin").await;
+    assert_eq!(status, 504, "{body}");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        started.elapsed()
+    );
+    let pod = wait_pod(&http, "spinny", "the deadline is recorded", |p| {
+        p["status"]["containerStatuses"][0]["restartCount"] == 1
+    })
+    .await;
+    assert_eq!(
+        pod["status"]["containerStatuses"][0]["lastState"]["terminated"]["reason"],
+        "DeadlineExceeded"
+    );
+    assert_eq!(
+        proxy_get(&http, "spinny:8080", "/healthz").await.0,
+        200,
+        "the container keeps serving"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_an_http_pod_drains_its_requests() {
+    let cluster = TestCluster::start(1).await;
+    let http = Http::new(&cluster.url());
+    let pod = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "draining"},
+        "spec": {"terminationGracePeriodSeconds": 10, "containers": [web_container("draining", 8080)]}});
+    create(&http, PODS, pod).await;
+    wait_pod(&http, "draining", "Ready", ready).await;
+    let base = cluster.url();
+    let slow =
+        tokio::spawn(
+            async move { proxy_get(&Http::new(&base), "draining:8080", "/sleep/1500").await },
+        );
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let started = std::time::Instant::now();
+    let (status, _) = http
+        .call(
+            "DELETE",
+            &format!("{PODS}/draining"),
+            "application/json",
+            "{}",
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        slow.await.unwrap(),
+        (200, "slept 1500 ms\n".to_string()),
+        "the in-flight request finished"
+    );
+    wait_for("the pod to be gone", Duration::from_secs(20), async || {
+        (http
+            .call("GET", &format!("{PODS}/draining"), "", "")
+            .await
+            .0
+            == 404)
+            .then_some(())
+    })
+    .await;
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(800) && waited < Duration::from_secs(10),
+        "deletion took {waited:?}: it waits for in-flight requests, not the whole grace period"
+    );
+}

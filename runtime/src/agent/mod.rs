@@ -45,6 +45,8 @@ pub struct AgentConfig {
     /// The first restart back-off of a failed container (doubling to 30 times this); the
     /// kubelet's 10 s by default.
     pub restart_backoff: std::time::Duration,
+    /// How long a request to an HTTP pod may take to get its response head.
+    pub request_deadline: std::time::Duration,
 }
 
 impl AgentConfig {
@@ -58,6 +60,7 @@ impl AgentConfig {
             default_memory_limit: 512 << 20,
             host_path_allow: Vec::new(),
             restart_backoff: worker::INITIAL_BACKOFF,
+            request_deadline: crate::pod::network::DEFAULT_REQUEST_DEADLINE,
         }
     }
 }
@@ -73,6 +76,7 @@ pub(crate) struct Shared {
     default_memory_limit: usize,
     host_path_allow: Vec<PathBuf>,
     restart_backoff: std::time::Duration,
+    request_deadline: std::time::Duration,
     /// The loopback of each pod running here, by `namespace/name`, for the gateway.
     networks: Mutex<HashMap<String, Arc<PodNetwork>>>,
 }
@@ -109,6 +113,7 @@ impl Agent {
             default_memory_limit: config.default_memory_limit,
             host_path_allow: config.host_path_allow.clone(),
             restart_backoff: config.restart_backoff,
+            request_deadline: config.request_deadline,
             networks: Mutex::new(HashMap::new()),
         });
         let identity = node::NodeIdentity {

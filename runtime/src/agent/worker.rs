@@ -114,8 +114,9 @@ impl PodWorker {
             .as_ref()
             .and_then(|s| s.active_deadline_seconds)
             .map(|s| Duration::from_secs(s.max(0) as u64));
+        // No status is written until there is something to say (Running, or why not): a
+        // status write is an fsync on the path from create to Running.
         let mut stage = Stage::Prepare { attempt: 0 };
-        self.publish().await;
         let started = tokio::time::Instant::now();
         loop {
             let step = async { self.step(stage).await };
@@ -322,8 +323,13 @@ impl PodWorker {
                     self.shared.logs.start_run(&self.pod_key(), &spec.name),
                     &self.network,
                 );
-                let server =
-                    HttpServer::new(self.shared.engine.clone(), pre.clone(), launch, failures);
+                let server = HttpServer::new(
+                    self.shared.engine.clone(),
+                    pre.clone(),
+                    launch,
+                    self.shared.request_deadline,
+                    failures,
+                );
                 for port in &ports {
                     self.network.register(*port, server.clone());
                 }
@@ -509,20 +515,9 @@ impl PodWorker {
         }
     }
 
+    /// Writes the pod's status, then records the pending events (off the pod's critical path:
+    /// the status is what clients wait for).
     async fn publish(&mut self) {
-        for (warning, reason, message) in std::mem::take(&mut self.events) {
-            if warning {
-                self.shared
-                    .recorder
-                    .warning(&self.pod, reason, &message)
-                    .await;
-            } else {
-                self.shared
-                    .recorder
-                    .normal(&self.pod, reason, &message)
-                    .await;
-            }
-        }
         let name = self.pod.metadata.name.clone().unwrap_or_default();
         let namespace = self.pod.metadata.namespace.clone();
         let pods = self.shared.client.api::<Pod>(namespace.as_deref());
@@ -531,6 +526,19 @@ impl PodWorker {
             if !e.is_not_found() {
                 tracing::warn!("pod {}: writing status failed: {e}", self.pod_key());
             }
+        }
+        let events = std::mem::take(&mut self.events);
+        if !events.is_empty() {
+            let (recorder, pod) = (self.shared.recorder.clone(), self.pod.clone());
+            tokio::spawn(async move {
+                for (warning, reason, message) in events {
+                    if warning {
+                        recorder.warning(&pod, reason, &message).await;
+                    } else {
+                        recorder.normal(&pod, reason, &message).await;
+                    }
+                }
+            });
         }
     }
 }

@@ -113,13 +113,14 @@ impl HttpServer {
         engine: Arc<Engine>,
         pre: ProxyPre<P2Host>,
         launch: Launch,
+        deadline: Duration,
         failures: mpsc::UnboundedSender<Exit>,
     ) -> Arc<Self> {
         Arc::new(Self {
             engine,
             pre,
             launch,
-            deadline: DEFAULT_REQUEST_DEADLINE,
+            deadline,
             in_flight: AtomicUsize::new(0),
             idle: Notify::new(),
             failures,

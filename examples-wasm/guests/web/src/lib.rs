@@ -9,6 +9,7 @@
 //! - `/file/PATH` answers the content of file `/PATH`; `PUT /file/PATH` writes the body there;
 //! - `/call/AUTHORITY/PATH` makes an outgoing GET to `http://AUTHORITY/PATH` and answers the
 //!   status and body it got (or 502 with the error), which is how a frontend reaches a backend;
+//! - `/sleep/MS` answers after MS milliseconds (a slow request, for draining);
 //! - `/crash` panics, `/spin` never returns, `/alloc` allocates without bound.
 
 use std::io::{Read, Write};
@@ -44,6 +45,11 @@ fn route(method: &Method, path: &str, body: Vec<u8>) -> (u16, String) {
             (200, format!("{greeting} from {name}{pod}\n"))
         }
         "/healthz" => (200, "ok\n".into()),
+        _ if path.starts_with("/sleep/") => {
+            let millis: u64 = path["/sleep/".len()..].parse().unwrap_or(0);
+            std::thread::sleep(std::time::Duration::from_millis(millis));
+            (200, format!("slept {millis} ms\n"))
+        }
         "/echo" => (200, format!("{method:?} {}", String::from_utf8_lossy(&body))),
         "/crash" => panic!("crash requested"),
         "/spin" => {
