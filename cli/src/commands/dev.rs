@@ -44,7 +44,9 @@ impl DevCommand {
             kubeconfig.display()
         );
         if self.demo {
-            println!("demo deployed: try `kubectl --kubeconfig {} get pods -o wide` and `kubectl --kubeconfig {0} logs hello-p2`", kubeconfig.display());
+            let kc = kubeconfig.display();
+            println!("demo deployed: try `kubectl --kubeconfig {kc} get pods -o wide`, `kubectl --kubeconfig {kc} logs hello-p2`");
+            println!("  and the HTTP pod: `kubectl --kubeconfig {kc} get --raw /api/v1/namespaces/default/pods/web-demo:8080/proxy/`");
         }
         super::shutdown_signal().await;
         println!("shoal dev stopping");
@@ -63,21 +65,32 @@ fn install_examples(data_dir: &Path) -> anyhow::Result<PathBuf> {
     Ok(dir)
 }
 
-/// The demo: the hello example as a preview 1 module and as a preview 2 component.
+/// The demo: the hello example as a preview 1 module and as a preview 2 component, and the
+/// web example as an HTTP pod.
 async fn deploy_demo(cluster: &DevCluster, examples: &Path) -> anyhow::Result<()> {
     let pods = cluster
         .control
         .client
         .api::<k8s_openapi::api::core::v1::Pod>(Some("default"));
-    for (name, file) in [("hello-p1", "hello-p1.wasm"), ("hello-p2", "hello-p2.wasm")] {
-        let image = examples.join(file);
-        let pod = json!({
+    let hello = |name: &str, file: &str| {
+        json!({
             "apiVersion": "v1", "kind": "Pod",
             "metadata": {"name": name, "labels": {"app": "hello-demo"}},
-            "spec": {"restartPolicy": "Never", "containers": [{"name": "hello", "image": image, "args": ["shoal demo"]}]}
-        });
-        let pod = serde_json::from_value(pod)?;
-        match pods.create(&pod).await {
+            "spec": {"restartPolicy": "Never", "containers": [{"name": "hello", "image": examples.join(file), "args": ["shoal demo"]}]}
+        })
+    };
+    let web = json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "web-demo", "labels": {"app": "web-demo"}},
+        "spec": {"containers": [{"name": "web", "image": examples.join("web-p2.wasm"), "ports": [{"containerPort": 8080}],
+                 "env": [{"name": "NAME", "value": "the Shoal demo"}]}]}
+    });
+    for pod in [
+        hello("hello-p1", "hello-p1.wasm"),
+        hello("hello-p2", "hello-p2.wasm"),
+        web,
+    ] {
+        match pods.create(&serde_json::from_value(pod)?).await {
             Ok(_) => {}
             Err(e) if e.is_conflict() => {}
             Err(e) => return Err(e.into()),
