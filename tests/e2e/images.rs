@@ -122,3 +122,79 @@ async fn pushed_and_http_images_run() {
         stderr(&refused)
     );
 }
+
+/// Serves `module` over TLS (a self-signed certificate for `localhost`) on loopback; returns
+/// the port and the CA certificate (PEM).
+async fn tls_module_server(module: Vec<u8>) -> (u16, String, tokio::task::JoinHandle<()>) {
+    use hyper_util::rt::TokioIo;
+    let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    let key = rustls::pki_types::PrivateKeyDer::Pkcs8(certified.signing_key.serialize_der().into());
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![certified.cert.der().clone()], key)
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let server = tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            let (acceptor, module) = (acceptor.clone(), module.clone());
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(stream).await else {
+                    return;
+                };
+                let service = hyper::service::service_fn(move |_request| {
+                    let body = http_body_util::Full::new(bytes::Bytes::from(module.clone()));
+                    async move { Ok::<_, std::convert::Infallible>(hyper::Response::new(body)) }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(tls), service)
+                    .await;
+            });
+        }
+    });
+    (port, certified.cert.pem(), server)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_images_are_verified() {
+    let (port, ca, server) = tls_module_server(std::fs::read(HELLO_P1).unwrap()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let ca_file = dir.path().join("ca.pem");
+    std::fs::write(&ca_file, ca).unwrap();
+    let cluster =
+        TestCluster::start_with(1, move |config| config.image_ca = Some(ca_file.clone())).await;
+    let http = Http::new(&cluster.url());
+    let trusted = format!("https://localhost:{port}/hello.wasm");
+    assert_eq!(
+        http.call("POST", PODS, "application/json", &pod("tls", &trusted))
+            .await
+            .0,
+        201
+    );
+    wait_phase(&http, "default", "tls", "Succeeded").await;
+
+    // The certificate names localhost, not 127.0.0.1: the fetch is refused.
+    let mismatched = format!("https://127.0.0.1:{port}/hello.wasm");
+    assert_eq!(
+        http.call(
+            "POST",
+            PODS,
+            "application/json",
+            &pod("wrong-name", &mismatched)
+        )
+        .await
+        .0,
+        201
+    );
+    let (reason, message) = waiting_message(&http, "wrong-name").await;
+    assert_eq!(reason, "ErrImagePull");
+    assert!(message.to_lowercase().contains("certificate"), "{message}");
+    server.abort();
+}

@@ -27,6 +27,9 @@ pub struct AgentCommand {
     /// A directory under which pods may mount hostPath volumes (repeatable; none by default).
     #[arg(long = "allow-host-path")]
     allow_host_path: Vec<PathBuf>,
+    /// A PEM file of CA certificates to trust, besides the system's, for https:// images.
+    #[arg(long)]
+    image_ca: Option<PathBuf>,
 }
 
 impl AgentCommand {
@@ -42,6 +45,7 @@ impl AgentCommand {
         config.gateway_addr = self.gateway_addr;
         config.max_pods = self.max_pods;
         config.host_path_allow = self.allow_host_path;
+        config.image_ca = self.image_ca;
         let mut agent = Agent::start(Client::http(&self.server), config).await?;
         println!(
             "shoal agent {name} ready: joined {}; gateway on {}",

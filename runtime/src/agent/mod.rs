@@ -47,6 +47,8 @@ pub struct AgentConfig {
     pub restart_backoff: std::time::Duration,
     /// How long a request to an HTTP pod may take to get its response head.
     pub request_deadline: std::time::Duration,
+    /// A PEM file of CA certificates trusted, besides the system's, for `https://` images.
+    pub image_ca: Option<PathBuf>,
 }
 
 impl AgentConfig {
@@ -61,6 +63,7 @@ impl AgentConfig {
             host_path_allow: Vec::new(),
             restart_backoff: worker::INITIAL_BACKOFF,
             request_deadline: crate::pod::network::DEFAULT_REQUEST_DEADLINE,
+            image_ca: None,
         }
     }
 }
@@ -101,6 +104,9 @@ impl Agent {
             max_instances: config.max_instances.unwrap_or(config.max_pods * 2),
         })?;
         engine.use_cluster(client.clone());
+        if let Some(ca) = &config.image_ca {
+            engine.trust_image_ca(ca.clone());
+        }
         let listener = tokio::net::TcpListener::bind(config.gateway_addr).await?;
         let gateway_addr = listener.local_addr()?;
         let shared = Arc::new(Shared {

@@ -1,5 +1,6 @@
 //! Fetching an image's bytes by its reference: a file path (`/x.wasm`, `file:///x.wasm`), an
-//! `http://` URL, or `sha256:<hex>` of a module pushed into the cluster (`shoal push`),
+//! `http://` or `https://` URL (TLS by rustls, trusting the system's roots plus any CA the
+//! agent was given), or `sha256:<hex>` of a module pushed into the cluster (`shoal push`),
 //! downloaded from the control plane and verified against its digest.
 
 use std::path::{Path, PathBuf};
@@ -31,10 +32,7 @@ fn resolve(image: &str) -> Result<Source, ImageError> {
     if let Some(path) = image.strip_prefix("file://") {
         return Ok(Source::File(PathBuf::from(path)));
     }
-    if image.starts_with("https://") {
-        return Err(unsupported("https images are not supported yet (no TLS client is built in); use http://, a file path, or `shoal push`"));
-    }
-    if image.starts_with("http://") {
+    if image.starts_with("http://") || image.starts_with("https://") {
         return image
             .parse()
             .map(Source::Url)
@@ -56,7 +54,55 @@ fn resolve(image: &str) -> Result<Source, ImageError> {
     Ok(Source::File(PathBuf::from(image)))
 }
 
+pub(crate) type ImageClient = hyper_util::client::legacy::Client<
+    hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>,
+    Empty<Bytes>,
+>;
+
+/// An HTTP and HTTPS client trusting the system's roots and the PEM certificates in `extra_ca`.
+pub(crate) fn image_client(extra_ca: Option<&Path>) -> Result<ImageClient, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_native_certs::load_native_certs().certs {
+        let _ = roots.add(cert);
+    }
+    if let Some(path) = extra_ca {
+        use rustls::pki_types::pem::PemObject;
+        let certs = rustls::pki_types::CertificateDer::pem_file_iter(path)
+            .map_err(|e| format!("reading CA file {}: {e}", path.display()))?;
+        for cert in certs {
+            let cert = cert.map_err(|e| format!("CA file {}: {e}", path.display()))?;
+            roots
+                .add(cert)
+                .map_err(|e| format!("CA file {}: {e}", path.display()))?;
+        }
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("TLS configuration: {e}"))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let connector = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http()
+        .enable_http1()
+        .build();
+    Ok(
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .build(connector),
+    )
+}
+
 impl Engine {
+    /// The client for image URLs, made once.
+    fn image_client(&self) -> Result<&ImageClient, String> {
+        if let Some(client) = self.image_client.get() {
+            return Ok(client);
+        }
+        let client = image_client(self.image_ca.get().map(PathBuf::as_path))?;
+        Ok(self.image_client.get_or_init(|| client))
+    }
+
     pub(crate) async fn fetch(&self, image: &str) -> Result<Vec<u8>, ImageError> {
         let failed = |error: String| ImageError::Fetch {
             image: image.into(),
@@ -76,14 +122,11 @@ impl Engine {
                 }),
             },
             Source::Url(uri) => {
-                let client = hyper_util::client::legacy::Client::builder(
-                    hyper_util::rt::TokioExecutor::new(),
-                )
-                .build_http::<Empty<Bytes>>();
+                let client = self.image_client().map_err(&failed)?;
                 let response = tokio::time::timeout(FETCH_TIMEOUT, client.get(uri))
                     .await
                     .map_err(|_| failed(format!("no answer within {FETCH_TIMEOUT:?}")))?
-                    .map_err(|e| failed(format!("cannot connect: {e}")))?;
+                    .map_err(|e| failed(format!("cannot connect: {}", error_chain(&e))))?;
                 if response.status() != http::StatusCode::OK {
                     return Err(failed(format!("the server answered {}", response.status())));
                 }
@@ -116,6 +159,17 @@ impl Engine {
     }
 }
 
+/// An error with its causes (hyper's client error hides a TLS failure in its source).
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(&format!(": {cause}"));
+        source = cause.source();
+    }
+    text
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -134,12 +188,11 @@ mod tests {
         assert!(
             matches!(resolve(&format!("sha256:{digest}")), Ok(Source::Pushed(d)) if d == digest)
         );
-        for bad in [
-            "nginx:1.27",
-            "sha256:abc",
-            "https://example.com/a.wasm",
-            "hello.wasm",
-        ] {
+        assert!(matches!(
+            resolve("https://example.com/a.wasm"),
+            Ok(Source::Url(_))
+        ));
+        for bad in ["nginx:1.27", "sha256:abc", "hello.wasm"] {
             let err = resolve(bad).err().unwrap();
             assert_eq!(err.reason(), "ErrImagePull", "{bad}");
         }

@@ -35,6 +35,9 @@ pub struct Engine {
     pub(crate) p2_linker: component::Linker<P2Host>,
     cache_dir: PathBuf,
     programs: Mutex<HashMap<String, Arc<Program>>>,
+    /// Extra CA certificates (PEM) trusted for `https://` images (set by the agent).
+    image_ca: std::sync::OnceLock<PathBuf>,
+    image_client: std::sync::OnceLock<fetch::ImageClient>,
     /// The cluster whose module store serves `sha256:` images (set by the agent).
     cluster: std::sync::OnceLock<shoal_control::client::Client>,
     /// A gate per digest being compiled, so each image compiles once.
@@ -81,6 +84,8 @@ impl Engine {
             programs: Mutex::new(HashMap::new()),
             compiling: Mutex::new(HashMap::new()),
             cluster: std::sync::OnceLock::new(),
+            image_ca: std::sync::OnceLock::new(),
+            image_client: std::sync::OnceLock::new(),
         }))
     }
 }
@@ -89,6 +94,12 @@ impl Engine {
     /// Lets `sha256:` images be fetched from this cluster's module store.
     pub fn use_cluster(&self, client: shoal_control::client::Client) {
         let _ = self.cluster.set(client);
+    }
+
+    /// Trusts the CA certificates in this PEM file (as well as the system's) for `https://`
+    /// images; call before the first image is fetched.
+    pub fn trust_image_ca(&self, pem: PathBuf) {
+        let _ = self.image_ca.set(pem);
     }
 }
 
