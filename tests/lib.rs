@@ -425,3 +425,33 @@ pub async fn wait_phase(http: &Http, namespace: &str, name: &str, phase: &str) {
     )
     .await
 }
+
+/// Waits until a pod's first container is waiting for a reason other than ContainerCreating,
+/// and returns (reason, message).
+pub async fn waiting_reason(http: &Http, namespace: &str, name: &str) -> (String, String) {
+    wait_for(
+        &format!("{namespace}/{name} to report why it waits"),
+        Duration::from_secs(30),
+        async || {
+            let (_, pod) = http
+                .call(
+                    "GET",
+                    &format!("/api/v1/namespaces/{namespace}/pods/{name}"),
+                    "",
+                    "",
+                )
+                .await;
+            let waiting = pod
+                .pointer("/status/containerStatuses/0/state/waiting")?
+                .clone();
+            let reason = waiting["reason"].as_str()?.to_string();
+            (reason != "ContainerCreating").then(|| {
+                (
+                    reason,
+                    waiting["message"].as_str().unwrap_or("").to_string(),
+                )
+            })
+        },
+    )
+    .await
+}

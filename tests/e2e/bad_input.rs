@@ -113,39 +113,19 @@ async fn broken_images_get_a_reason_and_the_agent_keeps_running() {
             .await;
         assert_eq!(status, 201, "{body}");
     }
-    let waiting = async |name: &str| -> (String, String) {
-        wait_for(
-            &format!("{name} to report a waiting reason"),
-            std::time::Duration::from_secs(30),
-            async || {
-                let (_, pod) = http.call("GET", &format!("{pods}/{name}"), "", "").await;
-                let waiting = pod
-                    .pointer("/status/containerStatuses/0/state/waiting")?
-                    .clone();
-                let reason = waiting["reason"].as_str()?.to_string();
-                (reason != "ContainerCreating").then(|| {
-                    (
-                        reason,
-                        waiting["message"].as_str().unwrap_or("").to_string(),
-                    )
-                })
-            },
-        )
-        .await
-    };
-    let (reason, message) = waiting("missing").await;
+    let (reason, message) = waiting_reason(&http, "default", "missing").await;
     assert_eq!(reason, "ErrImagePull");
     assert!(
         message.contains("no such file \"/no/such/module.wasm\""),
         "{message}"
     );
-    let (reason, message) = waiting("notwasm").await;
+    let (reason, message) = waiting_reason(&http, "default", "notwasm").await;
     assert_eq!(reason, "CreateContainerError");
     assert!(
         message.contains("not a WebAssembly module or component"),
         "{message}"
     );
-    let (reason, message) = waiting("relative").await;
+    let (reason, message) = waiting_reason(&http, "default", "relative").await;
     assert_eq!(reason, "ErrImagePull");
     assert!(message.contains("absolute file path"), "{message}");
 

@@ -1,7 +1,6 @@
 //! Images by file path, by `http://` URL, and by the `sha256:` reference of a module pushed
 //! into the cluster with `shoal push`; and the errors when an image cannot be had.
 
-use std::time::Duration;
 
 use serde_json::json;
 use shoal_examples::{HELLO_P1, HELLO_P2};
@@ -13,27 +12,6 @@ fn pod(name: &str, image: &str) -> String {
     json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name},
         "spec": {"restartPolicy": "Never", "containers": [{"name": "main", "image": image, "args": [name]}]}})
     .to_string()
-}
-
-async fn waiting_message(http: &Http, name: &str) -> (String, String) {
-    wait_for(
-        &format!("{name} to report why it waits"),
-        Duration::from_secs(30),
-        async || {
-            let (_, pod) = http.call("GET", &format!("{PODS}/{name}"), "", "").await;
-            let waiting = pod
-                .pointer("/status/containerStatuses/0/state/waiting")?
-                .clone();
-            let reason = waiting["reason"].as_str()?.to_string();
-            (reason != "ContainerCreating").then(|| {
-                (
-                    reason,
-                    waiting["message"].as_str().unwrap_or("").to_string(),
-                )
-            })
-        },
-    )
-    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -97,16 +75,16 @@ async fn pushed_and_http_images_run() {
             201
         );
     }
-    let (reason, message) = waiting_message(&http, "not-served").await;
+    let (reason, message) = waiting_reason(&http, "default", "not-served").await;
     assert_eq!(reason, "ErrImagePull");
     assert!(message.contains("404"), "{message}");
-    let (reason, message) = waiting_message(&http, "not-pushed").await;
+    let (reason, message) = waiting_reason(&http, "default", "not-pushed").await;
     assert_eq!(reason, "ErrImagePull");
     assert!(
         message.contains("no such module in the cluster's module store"),
         "{message}"
     );
-    let (reason, message) = waiting_message(&http, "unreachable").await;
+    let (reason, message) = waiting_reason(&http, "default", "unreachable").await;
     assert_eq!(reason, "ErrImagePull");
     assert!(message.contains("cannot connect"), "{message}");
     server.abort();
@@ -193,7 +171,7 @@ async fn https_images_are_verified() {
         .0,
         201
     );
-    let (reason, message) = waiting_message(&http, "wrong-name").await;
+    let (reason, message) = waiting_reason(&http, "default", "wrong-name").await;
     assert_eq!(reason, "ErrImagePull");
     assert!(message.to_lowercase().contains("certificate"), "{message}");
     server.abort();

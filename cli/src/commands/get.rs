@@ -4,7 +4,6 @@
 use axum::body::Body;
 use clap::Args;
 use http::{Method, Request};
-use http_body_util::BodyExt;
 use serde_json::Value;
 
 use super::connection::{collection_path, kind_and_name, ConnectionArgs};
@@ -102,18 +101,7 @@ async fn get_table(client: &shoal_control::client::Client, path: &str) -> anyhow
             "application/json;as=Table;v=v1;g=meta.k8s.io",
         )
         .body(Body::empty())?;
-    let response = client.send(request).await?;
-    let status = response.status();
-    let bytes = response.into_body().collect().await?.to_bytes();
-    if !status.is_success() {
-        let value: Value = serde_json::from_slice(&bytes).unwrap_or_default();
-        return Err(shoal_control::client::Error::Api {
-            code: status.as_u16(),
-            reason: value["reason"].as_str().unwrap_or("").into(),
-            message: value["message"].as_str().unwrap_or("").into(),
-        }
-        .into());
-    }
+    let bytes = client.send_bytes(request).await?;
     Ok(serde_json::from_slice(&bytes)?)
 }
 

@@ -5,14 +5,13 @@ use std::marker::PhantomData;
 
 use futures::{Stream, StreamExt};
 use http::{Method, Request};
-use http_body_util::BodyExt;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::{Metadata, NamespaceResourceScope, Resource};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::Value;
 
-use super::{status_error, Client, Error, Result};
+use super::{Client, Error, Result};
 
 /// Selectors for lists and watches.
 #[derive(Clone, Debug, Default)]
@@ -259,18 +258,8 @@ where
         let request = Request::get(path)
             .body(axum::body::Body::empty())
             .map_err(|e| Error::Transport(e.to_string()))?;
-        let response = self.client.send(request).await?;
-        if !response.status().is_success() {
-            let status = response.status();
-            let bytes = response
-                .into_body()
-                .collect()
-                .await
-                .map(|b| b.to_bytes())
-                .unwrap_or_default();
-            return Err(status_error(status, &bytes));
-        }
-        let frames = response.into_body().into_data_stream();
+        let body = self.client.send_ok(request).await?;
+        let frames = body.into_data_stream();
         let lines = split_lines(frames);
         Ok(lines.map(|line| {
             let line = line?;

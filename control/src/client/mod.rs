@@ -124,6 +124,33 @@ impl Client {
         }
     }
 
+    /// Sends a request and returns the body of a successful answer as a stream; an error
+    /// status becomes [`Error::Api`].
+    pub async fn send_ok(&self, request: Request<Body>) -> Result<Body> {
+        let response = self.send(request).await?;
+        let status = response.status();
+        if status.is_success() {
+            return Ok(response.into_body());
+        }
+        let bytes = response
+            .into_body()
+            .collect()
+            .await
+            .map(|b| b.to_bytes())
+            .unwrap_or_default();
+        Err(status_error(status, &bytes))
+    }
+
+    /// Like [`Client::send_ok`], with the whole body read.
+    pub async fn send_bytes(&self, request: Request<Body>) -> Result<bytes::Bytes> {
+        let body = self.send_ok(request).await?;
+        Ok(body
+            .collect()
+            .await
+            .map_err(|e| Error::Transport(e.to_string()))?
+            .to_bytes())
+    }
+
     /// Sends a JSON request and decodes the JSON answer, turning error statuses into [`Error::Api`].
     pub async fn json(
         &self,
@@ -145,17 +172,7 @@ impl Client {
             .header(http::header::ACCEPT, "application/json")
             .body(body)
             .map_err(|e| Error::Transport(e.to_string()))?;
-        let response = self.send(request).await?;
-        let status = response.status();
-        let bytes = response
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| Error::Transport(e.to_string()))?
-            .to_bytes();
-        if !status.is_success() {
-            return Err(status_error(status, &bytes));
-        }
+        let bytes = self.send_bytes(request).await?;
         serde_json::from_slice(&bytes)
             .map_err(|e| Error::Decode(format!("{e}: {}", String::from_utf8_lossy(&bytes))))
     }
@@ -175,18 +192,7 @@ impl Client {
         let request = Request::get(path)
             .body(Body::empty())
             .map_err(|e| Error::Transport(e.to_string()))?;
-        let response = self.send(request).await?;
-        if !response.status().is_success() {
-            let status = response.status();
-            let bytes = response
-                .into_body()
-                .collect()
-                .await
-                .map(|b| b.to_bytes())
-                .unwrap_or_default();
-            return Err(status_error(status, &bytes));
-        }
-        Ok(response.into_body())
+        self.send_ok(request).await
     }
 
     /// Uploads a Wasm module into the cluster's module store; returns its image reference
@@ -196,19 +202,9 @@ impl Client {
             .header(http::header::CONTENT_TYPE, "application/wasm")
             .body(Body::from(bytes))
             .map_err(|e| Error::Transport(e.to_string()))?;
-        let response = self.send(request).await?;
-        let status = response.status();
-        let bytes = response
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| Error::Transport(e.to_string()))?
-            .to_bytes();
-        if !status.is_success() {
-            return Err(status_error(status, &bytes));
-        }
+        let answer = self.send_bytes(request).await?;
         let answer: Value =
-            serde_json::from_slice(&bytes).map_err(|e| Error::Decode(e.to_string()))?;
+            serde_json::from_slice(&answer).map_err(|e| Error::Decode(e.to_string()))?;
         answer["image"]
             .as_str()
             .map(str::to_string)
@@ -220,18 +216,7 @@ impl Client {
         let request = Request::get(format!("/shoal/v1/modules/{reference}"))
             .body(Body::empty())
             .map_err(|e| Error::Transport(e.to_string()))?;
-        let response = self.send(request).await?;
-        let status = response.status();
-        let bytes = response
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| Error::Transport(e.to_string()))?
-            .to_bytes();
-        if !status.is_success() {
-            return Err(status_error(status, &bytes));
-        }
-        Ok(bytes.to_vec())
+        Ok(self.send_bytes(request).await?.to_vec())
     }
 
     /// Binds a pending pod to a node through `pods/binding`.
