@@ -65,6 +65,9 @@ fn terminated_reason(pod: &Value) -> Value {
 async fn example_manifests_behave_as_documented() {
     let cluster = TestCluster::start(1).await;
     let http = Http::new(&cluster.url());
+    // Applied with kubectl where it is on the PATH (CI requires it), else with shoal.
+    let with_kubectl =
+        kubectl_available("example_manifests_behave_as_documented (falling back to shoal apply)");
     for file in [
         "http-hello.yaml",
         "frontend-backend.yaml",
@@ -77,11 +80,12 @@ async fn example_manifests_behave_as_documented() {
     ] {
         let path = cluster.dir.path().join(file);
         std::fs::write(&path, manifest(file)).unwrap();
-        ok(shoal_async(
-            &cluster.kubeconfig,
-            &["apply", "-f", path.to_str().unwrap()],
-        )
-        .await);
+        let args = ["apply", "-f", path.to_str().unwrap()];
+        if with_kubectl {
+            ok(kubectl_async(&cluster.kubeconfig, &args).await);
+        } else {
+            ok(shoal_async(&cluster.kubeconfig, &args).await);
+        }
     }
 
     pod_until(&http, "http-hello", "Ready", ready).await;
@@ -104,6 +108,27 @@ async fn example_manifests_behave_as_documented() {
     .await;
     let log = get_text(&http, &format!("{PODS}/writer-reader/log?container=reader")).await;
     assert_eq!(log, "Hello, reader! (from a wasip2 component)\nread /shared/message.txt: Hello, writer! (from a wasip1 module)\n");
+    if with_kubectl {
+        let log = ok(kubectl_async(
+            &cluster.kubeconfig,
+            &["logs", "writer-reader", "-c", "writer"],
+        )
+        .await);
+        assert_eq!(log, "Hello, writer! (from a wasip1 module)\n");
+        let table = ok(kubectl_async(&cluster.kubeconfig, &["get", "pods"]).await);
+        let row = |name: &str| {
+            table
+                .lines()
+                .find(|l| l.starts_with(name))
+                .unwrap_or_default()
+                .to_string()
+        };
+        assert!(row("writer-reader").contains("Completed"), "{table}");
+        assert!(
+            row("http-hello").contains("1/1") && row("http-hello").contains("Running"),
+            "{table}"
+        );
+    }
 
     let crasher = pod_until(&http, "crasher", "restarted", |p| {
         p["status"]["containerStatuses"][0]["restartCount"]

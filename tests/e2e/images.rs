@@ -1,7 +1,6 @@
 //! Images by file path, by `http://` URL, and by the `sha256:` reference of a module pushed
 //! into the cluster with `shoal push`; and the errors when an image cannot be had.
 
-
 use serde_json::json;
 use shoal_examples::{HELLO_P1, HELLO_P2};
 use shoal_tests::*;

@@ -611,3 +611,28 @@ async fn deleting_an_http_pod_drains_its_requests() {
         "deletion took {waited:?}: it waits for in-flight requests, not the whole grace period"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn egress_is_closed_unless_the_pod_opens_it() {
+    // A server "outside" the cluster, on another loopback address than the pods' own.
+    let listener = tokio::net::TcpListener::bind("127.0.0.2:0").await.unwrap();
+    let outside = listener.local_addr().unwrap();
+    let app = axum::Router::new().route("/hi", axum::routing::get(|| async { "outside says hi" }));
+    let server = tokio::spawn(async move { axum::serve(listener, app).await });
+
+    let cluster = TestCluster::start(1).await;
+    let http = Http::new(&cluster.url());
+    create(&http, PODS, json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "closed"}, "spec": {"containers": [web_container("closed", 8080)]}})).await;
+    create(&http, PODS, json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "open", "annotations": {"shoal.dev/egress": "allow"}},
+        "spec": {"containers": [web_container("open", 8080)]}})).await;
+    wait_pod(&http, "closed", "Ready", ready).await;
+    wait_pod(&http, "open", "Ready", ready).await;
+    let path = format!("/call/{outside}/hi");
+    let (_, denied) = proxy_get(&http, "closed:8080", &path).await;
+    assert!(denied.contains("HttpRequestDenied"), "{denied}");
+    assert_eq!(
+        proxy_get(&http, "open:8080", &path).await.1,
+        "200 outside says hi"
+    );
+    server.abort();
+}

@@ -342,7 +342,18 @@ impl PodSupervisor {
             return;
         };
         let (stop, stopped) = watch::channel(None);
-        let network = PodNetwork::new();
+        let egress = pod
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(crate::pod::network::EGRESS_ANNOTATION));
+        let network = match egress.map(String::as_str) {
+            Some("allow") => PodNetwork::with_egress().unwrap_or_else(|e| {
+                tracing::warn!("pod {key}: cannot open egress ({e}); it stays closed");
+                PodNetwork::new()
+            }),
+            _ => PodNetwork::new(),
+        };
         self.shared
             .networks
             .lock()

@@ -61,6 +61,17 @@ pub(crate) type ImageClient = hyper_util::client::legacy::Client<
 
 /// An HTTP and HTTPS client trusting the system's roots and the PEM certificates in `extra_ca`.
 pub(crate) fn image_client(extra_ca: Option<&Path>) -> Result<ImageClient, String> {
+    Ok(
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .build(https_connector(extra_ca)?),
+    )
+}
+
+/// A connector for `http://` and `https://` (rustls with the system's roots plus `extra_ca`).
+pub(crate) fn https_connector(
+    extra_ca: Option<&Path>,
+) -> Result<hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>, String>
+{
     let mut roots = rustls::RootCertStore::empty();
     for cert in rustls_native_certs::load_native_certs().certs {
         let _ = roots.add(cert);
@@ -82,15 +93,11 @@ pub(crate) fn image_client(extra_ca: Option<&Path>) -> Result<ImageClient, Strin
         .map_err(|e| format!("TLS configuration: {e}"))?
         .with_root_certificates(roots)
         .with_no_client_auth();
-    let connector = hyper_rustls::HttpsConnectorBuilder::new()
+    Ok(hyper_rustls::HttpsConnectorBuilder::new()
         .with_tls_config(tls)
         .https_or_http()
         .enable_http1()
-        .build();
-    Ok(
-        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-            .build(connector),
-    )
+        .build())
 }
 
 impl Engine {

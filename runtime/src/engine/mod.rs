@@ -2,7 +2,7 @@
 //! (DESIGN.md §4), the linkers for WASI preview 1 modules and preview 2 components, and the
 //! image cache that turns an image reference into a pre-instantiated program, compiled once.
 
-mod fetch;
+pub(crate) mod fetch;
 mod host;
 mod image;
 

@@ -5,7 +5,8 @@
 //! `localhost:PORT`) is served by instantiating the container's pre-linked component in a
 //! fresh store: no socket is opened inside the pod. [`PodHooks`] is the guest's view of the
 //! network: `localhost`/`127.0.0.1` go to this pod's servers, a port nobody serves is refused,
-//! and every other destination is refused until Services and egress policies exist.
+//! and every other destination is refused unless the pod's egress is open (the annotation
+//! `shoal.dev/egress: allow`), in which case the request goes out to the network.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -51,15 +52,38 @@ impl ServeError {
     }
 }
 
-/// The ports of one pod and who serves them.
+/// The annotation that opens a pod's egress to the network.
+pub const EGRESS_ANNOTATION: &str = "shoal.dev/egress";
+
+/// The client a pod with open egress sends its outside requests through.
+pub type EgressClient = hyper_util::client::legacy::Client<
+    hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>,
+    WasiBody,
+>;
+
+/// The ports of one pod and who serves them, and the way out if egress is open.
 #[derive(Default)]
 pub struct PodNetwork {
     servers: RwLock<HashMap<u16, Arc<HttpServer>>>,
+    egress: Option<EgressClient>,
 }
 
 impl PodNetwork {
+    /// A pod network with egress closed.
     pub fn new() -> Arc<Self> {
         Arc::new(Self::default())
+    }
+
+    /// A pod network whose guests may reach the outside network over HTTP(S).
+    pub fn with_egress() -> Result<Arc<Self>, String> {
+        let connector = crate::engine::fetch::https_connector(None)?;
+        let client =
+            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                .build(connector);
+        Ok(Arc::new(Self {
+            servers: RwLock::default(),
+            egress: Some(client),
+        }))
     }
 
     pub fn register(&self, port: u16, server: Arc<HttpServer>) {
@@ -274,13 +298,30 @@ impl WasiHttpHooks for PodHooks {
         Box::new(async move {
             let host = request.uri().host().unwrap_or("").to_string();
             let port = request.uri().port_u16().unwrap_or(80);
-            if !is_loopback(&host) {
-                // The seam for Services and egress policies (the services issue).
-                return Err(wasmtime_wasi_http::Error::HttpRequestDenied);
-            }
             let network = network
                 .upgrade()
                 .ok_or(wasmtime_wasi_http::Error::ConnectionRefused)?;
+            if !is_loopback(&host) {
+                // Services come here too (the services issue); for now only open egress.
+                let Some(egress) = network.egress.clone() else {
+                    return Err(wasmtime_wasi_http::Error::HttpRequestDenied);
+                };
+                let response =
+                    tokio::time::timeout(DEFAULT_REQUEST_DEADLINE, egress.request(request))
+                        .await
+                        .map_err(|_| wasmtime_wasi_http::Error::ConnectionTimeout)?
+                        .map_err(|e| {
+                            wasmtime_wasi_http::Error::InternalError(Some(format!(
+                                "egress to {host}:{port}: {e}"
+                            )))
+                        })?;
+                let response = response
+                    .map(|body| body.map_err(wasmtime_wasi_http::Error::from).boxed_unsync());
+                return Ok((
+                    response,
+                    Box::new(async { Ok(()) }) as Box<dyn Future<Output = _> + Send>,
+                ));
+            }
             match network.serve(port, request).await {
                 Ok(response) => Ok((
                     response,
