@@ -21,6 +21,7 @@ pub struct ControlPlane {
     stop_http: Option<oneshot::Sender<()>>,
     http: Option<JoinHandle<std::io::Result<()>>>,
     scheduler: JoinHandle<()>,
+    controllers: Vec<JoinHandle<()>>,
 }
 
 impl ControlPlane {
@@ -52,12 +53,14 @@ impl ControlPlane {
         ));
         let client = Client::in_process(router);
         let scheduler = tokio::spawn(shoal_control::scheduler::run(client.clone()));
+        let controllers = shoal_control::controllers::start(client.clone());
         Ok(Self {
             addr,
             client,
             stop_http: Some(stop_http),
             http: Some(http),
             scheduler,
+            controllers,
         })
     }
 
@@ -68,6 +71,7 @@ impl ControlPlane {
     /// Stops serving; open watches get a moment to close.
     pub async fn shutdown(&mut self) {
         self.scheduler.abort();
+        self.controllers.iter().for_each(JoinHandle::abort);
         if let Some(stop) = self.stop_http.take() {
             let _ = stop.send(());
         }
@@ -86,6 +90,7 @@ impl ControlPlane {
 impl Drop for ControlPlane {
     fn drop(&mut self) {
         self.scheduler.abort();
+        self.controllers.iter().for_each(JoinHandle::abort);
         if let Some(http) = &self.http {
             http.abort();
         }

@@ -4,12 +4,14 @@
 //! - [`store`]: the `Store` trait and its redb backend;
 //! - [`server`]: the Kubernetes-compatible REST server (axum);
 //! - [`client`]: the typed client (in-process or HTTP) everything else talks through;
-//! - [`scheduler`]: binds pending pods to nodes.
+//! - [`scheduler`]: binds pending pods to nodes;
+//! - [`controllers`]: the reconcile runtime and the workload controllers.
 //!
 //! Nothing in this crate knows about wasmtime.
 
 pub mod api;
 pub mod client;
+pub mod controllers;
 pub mod scheduler;
 pub mod server;
 pub mod store;

@@ -3,6 +3,7 @@
 
 mod bad_input;
 mod cli;
+mod controllers;
 mod durability;
 mod examples;
 mod http_api;

@@ -42,6 +42,9 @@ pub fn kind_defaults(kind: &str, object: &mut Value) {
     match kind {
         "Pod" => pod(object),
         "Secret" => secret(object),
+        "ReplicaSet" if object.pointer("/spec/replicas").is_none() => {
+            set_at(object, "/spec/replicas", json!(1))
+        }
         "Namespace" if object.pointer("/status/phase").is_none() => {
             set_at(object, "/status/phase", json!("Active"))
         }

@@ -152,6 +152,20 @@ pub static RESOURCES: &[ResourceInfo] = &[
         )],
     },
     ResourceInfo {
+        group: "apps",
+        version: "v1",
+        kind: "ReplicaSet",
+        plural: "replicasets",
+        singular: "replicaset",
+        namespaced: true,
+        short_names: &["rs"],
+        categories: &["all"],
+        subresources: &[
+            ("status", "ReplicaSet", &["get", "patch", "update"]),
+            ("scale", "Scale", &["get", "patch", "update"]),
+        ],
+    },
+    ResourceInfo {
         group: "coordination.k8s.io",
         version: "v1",
         kind: "Lease",

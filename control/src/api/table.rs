@@ -84,6 +84,19 @@ fn columns(kind: &str) -> &'static [Column] {
             ];
             C
         }
+        "ReplicaSet" => {
+            const C: &[Column] = &[
+                col("Name", "string", 0),
+                col("Desired", "integer", 0),
+                col("Current", "integer", 0),
+                col("Ready", "integer", 0),
+                col("Age", "string", 0),
+                col("Containers", "string", 1),
+                col("Images", "string", 1),
+                col("Selector", "string", 1),
+            ];
+            C
+        }
         _ => {
             const C: &[Column] = &[col("Name", "string", 0), col("Age", "string", 0)];
             C
@@ -127,6 +140,35 @@ fn cells(kind: &str, o: &Value) -> Vec<Value> {
                 .filter_map(|k| o.get(*k)?.as_object().map(|m| m.len()))
                 .sum::<usize>();
             vec![name, json!(count), age]
+        }
+        "ReplicaSet" => {
+            let number = |p: &str| json!(o.pointer(p).and_then(Value::as_i64).unwrap_or(0));
+            let containers = o
+                .pointer("/spec/template/spec/containers")
+                .and_then(Value::as_array)
+                .cloned()
+                .unwrap_or_default();
+            let names: Vec<&str> = containers.iter().map(|c| str_at(c, "/name")).collect();
+            let images: Vec<&str> = containers.iter().map(|c| str_at(c, "/image")).collect();
+            let selector = o
+                .pointer("/spec/selector/matchLabels")
+                .and_then(Value::as_object)
+                .map(|m| {
+                    m.iter()
+                        .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or("")))
+                        .collect::<Vec<_>>()
+                        .join(",")
+                });
+            vec![
+                name,
+                number("/spec/replicas"),
+                number("/status/replicas"),
+                number("/status/readyReplicas"),
+                age,
+                json!(names.join(",")),
+                json!(images.join(",")),
+                json!(selector.unwrap_or_default()),
+            ]
         }
         _ => vec![name, age],
     }

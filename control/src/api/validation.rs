@@ -83,10 +83,66 @@ pub fn validate(kind: &str, object: &Value) -> Vec<Cause> {
         }
     }
     validate_labels(object, &mut causes);
-    if kind == "Pod" {
-        pod(object, &mut causes);
+    match kind {
+        "Pod" => pod(object, &mut causes),
+        "ReplicaSet" => replica_set(object, &mut causes),
+        _ => {}
     }
     causes
+}
+
+/// A ReplicaSet needs a selector that its pod template's labels match, and a valid template.
+fn replica_set(object: &Value, causes: &mut Vec<Cause>) {
+    if let Some(replicas) = object.pointer("/spec/replicas").and_then(Value::as_i64) {
+        if replicas < 0 {
+            causes.push(Cause::invalid(
+                "spec.replicas",
+                &replicas.to_string(),
+                "must be greater than or equal to 0",
+            ));
+        }
+    }
+    let selector = object
+        .pointer("/spec/selector/matchLabels")
+        .and_then(Value::as_object);
+    let expressions = object
+        .pointer("/spec/selector/matchExpressions")
+        .and_then(Value::as_array);
+    if selector.is_none_or(|s| s.is_empty()) && expressions.is_none_or(|e| e.is_empty()) {
+        causes.push(Cause::required("spec.selector"));
+        return;
+    }
+    let labels = object
+        .pointer("/spec/template/metadata/labels")
+        .and_then(Value::as_object);
+    let matches = selector
+        .into_iter()
+        .flatten()
+        .all(|(k, v)| labels.and_then(|l| l.get(k)) == Some(v));
+    if !matches {
+        causes.push(Cause::invalid(
+            "spec.template.metadata.labels",
+            &labels
+                .map(|l| Value::Object(l.clone()).to_string())
+                .unwrap_or_default(),
+            "`selector` does not match template `labels`",
+        ));
+    }
+    // The template is a pod: validate it as one, reporting fields under spec.template.
+    let template = object
+        .pointer("/spec/template")
+        .cloned()
+        .unwrap_or(Value::Null);
+    let mut pod_causes = Vec::new();
+    let mut as_pod = serde_json::json!({"metadata": {"name": "template"}, "spec": template.get("spec").cloned().unwrap_or(Value::Null)});
+    if as_pod["spec"].is_null() {
+        as_pod.as_object_mut().map(|m| m.remove("spec"));
+    }
+    pod(&as_pod, &mut pod_causes);
+    for mut cause in pod_causes {
+        cause.field = format!("spec.template.{}", cause.field);
+        causes.push(cause);
+    }
 }
 
 /// Rules for changing an existing object: pods' specs are immutable apart from images, and a

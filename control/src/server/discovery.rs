@@ -94,7 +94,11 @@ fn aggregated_resource(r: &ResourceInfo) -> Value {
         .subresources
         .iter()
         .map(|(name, kind, verbs)| {
-            let (group, version) = if *kind == "Binding" { ("", "v1") } else { (r.group, r.version) };
+            let (group, version) = match *kind {
+                "Binding" => ("", "v1"),
+                "Scale" => ("autoscaling", "v1"),
+                _ => (r.group, r.version),
+            };
             json!({"subresource": name, "responseKind": {"group": group, "version": version, "kind": kind}, "verbs": verbs})
         })
         .collect();

@@ -13,6 +13,7 @@ mod path;
 mod pods;
 mod query;
 mod resource;
+mod scale;
 mod watch;
 
 use std::net::SocketAddr;
@@ -79,6 +80,7 @@ impl ApiServer {
         });
         namespaces::ensure_system_namespaces(&server).await?;
         namespaces::resume_terminations(&server);
+        spawn_event_expiry(&server);
         Ok(server)
     }
 
@@ -136,6 +138,40 @@ impl ApiServer {
             .fallback(handle_resource)
             .with_state(self.clone())
     }
+}
+
+/// How long Events are kept (Kubernetes' default `--event-ttl`).
+const EVENT_TTL: std::time::Duration = std::time::Duration::from_secs(3600);
+
+/// Deletes Events older than [`EVENT_TTL`] every minute, so a long-lived cluster's event log
+/// stays bounded. Holds only a weak reference: it stops with the server.
+fn spawn_event_expiry(server: &Arc<ApiServer>) {
+    let server = Arc::downgrade(server);
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(std::time::Duration::from_secs(60)).await;
+            let Some(server) = server.upgrade() else {
+                return;
+            };
+            let Ok(listing) = server.store.list("events", None) else {
+                continue;
+            };
+            let cutoff =
+                chrono::Utc::now() - chrono::Duration::from_std(EVENT_TTL).expect("an hour fits");
+            for event in listing.objects {
+                let stamp = crate::api::object::str_at(&event, "/metadata/creationTimestamp");
+                let old = chrono::DateTime::parse_from_rfc3339(stamp).is_ok_and(|t| t < cutoff);
+                if old {
+                    let key = crate::store::ObjectKey::new(
+                        "events",
+                        crate::api::object::namespace(&event),
+                        crate::api::object::name(&event),
+                    );
+                    let _ = server.store.delete(key, None).await;
+                }
+            }
+        }
+    });
 }
 
 fn resource_list(group: &str, version: &str) -> Result<Json<serde_json::Value>, ApiError> {

@@ -12,7 +12,7 @@ use serde_json::{json, Value};
 use super::error::{ApiError, Result};
 use super::path::{self, ResourcePath};
 use super::query::Query;
-use super::{json_response, namespaces, pods, ApiServer};
+use super::{json_response, namespaces, pods, scale, ApiServer};
 use crate::api::resources::ResourceInfo;
 use crate::api::{defaults, object, patch, table, validation};
 use crate::store::{revision_of, ObjectKey};
@@ -102,12 +102,16 @@ impl ApiServer {
             (&Method::GET, false, _) => self.list(&request),
             (_, true, Some("proxy")) => pods::proxy(self, &request).await,
             (&Method::GET, true, Some("log")) => pods::log(self, &request).await,
+            (&Method::GET, true, Some("scale")) => scale::get(self, &request),
             (&Method::GET, true, _) => {
                 let object = self.get_object(&request.key())?;
                 Ok(self.respond_object(&request, StatusCode::OK, &object))
             }
             (&Method::POST, false, _) => self.create(&request).await,
             (&Method::POST, true, Some("binding")) => pods::bind(self, &request).await,
+            (&Method::PUT | &Method::PATCH, true, Some("scale")) => {
+                scale::update(self, &request).await
+            }
             (&Method::PUT, true, None | Some("status")) => self.replace(&request).await,
             (&Method::PATCH, true, None | Some("status")) => self.patch(&request).await,
             (&Method::DELETE, true, None) => self.delete(&request).await,
@@ -371,6 +375,26 @@ impl ApiServer {
                 .commit_update(request, marked, revision_of(&current))
                 .await;
         }
+        if options.get("propagationPolicy").and_then(Value::as_str) == Some("Orphan") {
+            // Mark the owner first: its controller must not adopt the pods being orphaned.
+            let mut marked = current.clone();
+            object::metadata_mut(&mut marked)
+                .insert("deletionTimestamp".into(), json!(object::now_rfc3339()));
+            let marked = self
+                .store
+                .update(
+                    request.key(),
+                    marked,
+                    precondition.or(revision_of(&current)),
+                )
+                .await
+                .map_err(|e| {
+                    ApiError::from_store(e, &request.resource().qualified_plural(), request.name())
+                })?;
+            self.orphan_dependents(request.namespace(), object::uid(&current))
+                .await?;
+            return self.delete_now(request, revision_of(&marked)).await;
+        }
         self.delete_now(request, precondition).await
     }
 
@@ -388,6 +412,34 @@ impl ApiServer {
                 ApiError::from_store(e, &request.resource().qualified_plural(), request.name())
             })?;
         Ok(json_response(StatusCode::OK, &deleted))
+    }
+
+    /// Removes owner references to `owner_uid` from the pods of `namespace` (orphan
+    /// propagation: the dependents outlive their owner).
+    async fn orphan_dependents(&self, namespace: &str, owner_uid: &str) -> Result<()> {
+        let pods = self
+            .store
+            .list("pods", Some(namespace))
+            .map_err(|e| ApiError::from_store(e, "pods", ""))?;
+        for pod in pods.objects {
+            let refs = pod
+                .pointer("/metadata/ownerReferences")
+                .and_then(Value::as_array)
+                .cloned()
+                .unwrap_or_default();
+            if !refs.iter().any(|r| r["uid"] == owner_uid) {
+                continue;
+            }
+            let kept: Vec<Value> = refs.into_iter().filter(|r| r["uid"] != owner_uid).collect();
+            let mut updated = pod.clone();
+            object::metadata_mut(&mut updated).insert("ownerReferences".into(), Value::Array(kept));
+            let key = ObjectKey::new("pods", namespace, object::name(&pod));
+            self.store
+                .update(key, updated, revision_of(&pod))
+                .await
+                .map_err(|e| ApiError::from_store(e, "pods", object::name(&pod)))?;
+        }
+        Ok(())
     }
 
     /// Gives a new Node the first free /24 of 10.244.0.0/16 as its pod CIDR.

@@ -1,0 +1,20 @@
+//! Controllers: observe -> diff -> act loops that drive the cluster to its desired state
+//! (DESIGN.md §3.4). Each controller is a `reconcile(key)` function run by the small runtime in
+//! [`queue`]: triggers (watch events) enqueue object keys, duplicates collapse, one reconcile
+//! runs per key at a time, and the result says when to look again. Reconcilers are
+//! level-triggered: they read the whole current state and are never told why they run.
+//! Controllers talk to the API only through the client.
+
+pub mod gc;
+pub mod queue;
+pub mod replicaset;
+
+use crate::client::Client;
+
+/// Starts every controller; they stop when their tasks are aborted.
+pub fn start(client: Client) -> Vec<tokio::task::JoinHandle<()>> {
+    vec![
+        tokio::spawn(replicaset::run(client.clone())),
+        tokio::spawn(gc::run(client)),
+    ]
+}

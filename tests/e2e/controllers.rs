@@ -1,0 +1,236 @@
+//! Workload controllers: a ReplicaSet keeps its replicas (creating, replacing, scaling down),
+//! adopts matching orphans, and its pods go with it (or stay, with `--cascade=orphan`).
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use shoal_examples::WEB_P2;
+use shoal_tests::*;
+
+const PODS: &str = "/api/v1/namespaces/default/pods";
+const SETS: &str = "/apis/apps/v1/namespaces/default/replicasets";
+
+fn replica_set(name: &str, replicas: i64) -> Value {
+    json!({"apiVersion": "apps/v1", "kind": "ReplicaSet", "metadata": {"name": name},
+        "spec": {"replicas": replicas, "selector": {"matchLabels": {"app": name}},
+            "template": {"metadata": {"labels": {"app": name}}, "spec": {"containers": [
+                {"name": "web", "image": WEB_P2, "ports": [{"containerPort": 8080}]}]}}}})
+}
+
+/// The active pods of `app` and how many of them are ready.
+async fn pods_of(http: &Http, app: &str) -> (Vec<Value>, usize) {
+    let (_, list) = http
+        .call("GET", &format!("{PODS}?labelSelector=app%3D{app}"), "", "")
+        .await;
+    let active: Vec<Value> = list["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
+        .cloned()
+        .collect();
+    let ready = active
+        .iter()
+        .filter(|p| {
+            p["status"]["conditions"].as_array().is_some_and(|cs| {
+                cs.iter()
+                    .any(|c| c["type"] == "Ready" && c["status"] == "True")
+            })
+        })
+        .count();
+    (active, ready)
+}
+
+async fn wait_ready_replicas(http: &Http, name: &str, count: usize) -> Vec<Value> {
+    wait_for(
+        &format!("{count} ready pods of {name}"),
+        Duration::from_secs(60),
+        async || {
+            let (active, ready) = pods_of(http, name).await;
+            let (_, rs) = http.call("GET", &format!("{SETS}/{name}"), "", "").await;
+            let reported = rs["status"]["readyReplicas"].as_i64() == Some(count as i64);
+            (active.len() == count && ready == count && reported).then_some(active)
+        },
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_set_keeps_its_replicas() {
+    let cluster = TestCluster::start(2).await;
+    let http = Http::new(&cluster.url());
+    let with_kubectl = kubectl_available("a_replica_set_keeps_its_replicas (kubectl parts)");
+    let (status, body) = http
+        .call(
+            "POST",
+            SETS,
+            "application/json",
+            &replica_set("web", 3).to_string(),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let pods = wait_ready_replicas(&http, "web", 3).await;
+    for pod in &pods {
+        let owner = &pod["metadata"]["ownerReferences"][0];
+        assert_eq!(
+            (owner["kind"].as_str(), owner["controller"].as_bool()),
+            (Some("ReplicaSet"), Some(true))
+        );
+        assert!(pod["metadata"]["name"]
+            .as_str()
+            .unwrap()
+            .starts_with("web-"));
+    }
+
+    // A deleted pod is replaced.
+    let victim = pods[0]["metadata"]["name"].as_str().unwrap().to_string();
+    http.call(
+        "DELETE",
+        &format!("{PODS}/{victim}"),
+        "application/json",
+        "{}",
+    )
+    .await;
+    let replaced = wait_ready_replicas(&http, "web", 3).await;
+    assert!(replaced
+        .iter()
+        .all(|p| p["metadata"]["name"] != victim.as_str()));
+
+    // Scale through the scale subresource (kubectl scale when kubectl is here).
+    if with_kubectl {
+        let out =
+            ok(kubectl_async(&cluster.kubeconfig, &["scale", "rs/web", "--replicas=5"]).await);
+        assert!(out.contains("scaled"), "{out}");
+    } else {
+        let (status, _) = http
+            .call(
+                "PATCH",
+                &format!("{SETS}/web/scale"),
+                "application/merge-patch+json",
+                r#"{"spec":{"replicas":5}}"#,
+            )
+            .await;
+        assert_eq!(status, 200);
+    }
+    wait_ready_replicas(&http, "web", 5).await;
+    let (_, scale) = http.call("GET", &format!("{SETS}/web/scale"), "", "").await;
+    assert_eq!(
+        (
+            scale["kind"].as_str(),
+            scale["spec"]["replicas"].as_i64(),
+            scale["status"]["selector"].as_str()
+        ),
+        (Some("Scale"), Some(5), Some("app=web"))
+    );
+    let (status, _) = http
+        .call(
+            "PATCH",
+            &format!("{SETS}/web/scale"),
+            "application/merge-patch+json",
+            r#"{"spec":{"replicas":2}}"#,
+        )
+        .await;
+    assert_eq!(status, 200);
+    wait_ready_replicas(&http, "web", 2).await;
+    if with_kubectl {
+        let table = ok(kubectl_async(&cluster.kubeconfig, &["get", "rs", "web"]).await);
+        let row = table
+            .lines()
+            .nth(1)
+            .unwrap_or_default()
+            .split_whitespace()
+            .collect::<Vec<_>>();
+        assert_eq!(&row[..4], ["web", "2", "2", "2"], "{table}");
+    }
+
+    // An orphan that matches the selector is adopted (and so the surplus goes).
+    let orphan = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "stray", "labels": {"app": "web"}},
+        "spec": {"containers": [{"name": "web", "image": WEB_P2, "ports": [{"containerPort": 8080}]}]}});
+    assert_eq!(
+        http.call("POST", PODS, "application/json", &orphan.to_string())
+            .await
+            .0,
+        201
+    );
+    wait_for(
+        "the orphan to be adopted",
+        Duration::from_secs(30),
+        async || {
+            let (_, pod) = http.call("GET", &format!("{PODS}/stray"), "", "").await;
+            let adopted = pod["metadata"]["ownerReferences"][0]["name"] == "web";
+            (adopted || pod["kind"] == "Status").then_some(())
+        },
+    )
+    .await;
+    wait_ready_replicas(&http, "web", 2).await;
+
+    // Deleting the ReplicaSet takes its pods (background propagation).
+    let (status, _) = http
+        .call(
+            "DELETE",
+            &format!("{SETS}/web"),
+            "application/json",
+            r#"{"propagationPolicy":"Background"}"#,
+        )
+        .await;
+    assert_eq!(status, 200);
+    wait_for(
+        "the pods to go with their ReplicaSet",
+        Duration::from_secs(30),
+        async || pods_of(&http, "web").await.0.is_empty().then_some(()),
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn orphan_propagation_keeps_the_pods() {
+    let cluster = TestCluster::start(1).await;
+    let http = Http::new(&cluster.url());
+    assert_eq!(
+        http.call(
+            "POST",
+            SETS,
+            "application/json",
+            &replica_set("kept", 2).to_string()
+        )
+        .await
+        .0,
+        201
+    );
+    wait_ready_replicas(&http, "kept", 2).await;
+    let (status, _) = http
+        .call(
+            "DELETE",
+            &format!("{SETS}/kept"),
+            "application/json",
+            r#"{"propagationPolicy":"Orphan"}"#,
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        http.call("GET", &format!("{SETS}/kept"), "", "").await.0,
+        404
+    );
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let (pods, ready) = pods_of(&http, "kept").await;
+    assert_eq!(
+        (pods.len(), ready),
+        (2, 2),
+        "the pods outlive their ReplicaSet"
+    );
+    assert!(pods.iter().all(|p| p["metadata"]["ownerReferences"]
+        .as_array()
+        .is_none_or(Vec::is_empty)));
+
+    // A ReplicaSet whose selector does not match its template is refused.
+    let mut bad = replica_set("bad", 1);
+    bad["spec"]["template"]["metadata"]["labels"] = json!({"app": "other"});
+    let (status, body) = http
+        .call("POST", SETS, "application/json", &bad.to_string())
+        .await;
+    assert_eq!(status, 422, "{body}");
+    assert_eq!(
+        body["details"]["causes"][0]["field"],
+        "spec.template.metadata.labels"
+    );
+}
