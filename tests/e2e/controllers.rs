@@ -234,3 +234,148 @@ async fn orphan_propagation_keeps_the_pods() {
         "spec.template.metadata.labels"
     );
 }
+
+fn deployment_yaml(image: &str) -> String {
+    format!(
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: web\nspec:\n  replicas: 3\n  selector:\n    matchLabels:\n      app: web\n  template:\n    metadata:\n      labels:\n        app: web\n    spec:\n      containers:\n      - name: web\n        image: {image}\n        ports:\n        - containerPort: 8080\n"
+    )
+}
+
+/// The ReplicaSets of Deployment `web` as (revision, spec replicas) sorted by revision.
+async fn revisions(http: &Http) -> Vec<(i64, i64)> {
+    let (_, list) = http
+        .call("GET", &format!("{SETS}?labelSelector=app%3Dweb"), "", "")
+        .await;
+    let mut found: Vec<(i64, i64)> = list["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|rs| {
+            let revision = rs["metadata"]["annotations"]["deployment.kubernetes.io/revision"]
+                .as_str()
+                .unwrap_or("0")
+                .parse()
+                .unwrap_or(0);
+            (revision, rs["spec"]["replicas"].as_i64().unwrap_or(0))
+        })
+        .collect();
+    found.sort();
+    found
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deployments_roll_out_roll_back_and_restart_with_kubectl() {
+    if !kubectl_available("deployments_roll_out_roll_back_and_restart_with_kubectl") {
+        return;
+    }
+    let cluster = TestCluster::start(2).await;
+    let http = Http::new(&cluster.url());
+    let kc = cluster.kubeconfig.clone();
+    let v2 = cluster.dir.path().join("web-v2.wasm");
+    std::fs::copy(WEB_P2, &v2).unwrap();
+    let v2 = v2.to_str().unwrap().to_string();
+
+    ok(kubectl_stdin_async(&kc, &["apply", "-f", "-"], &deployment_yaml(WEB_P2)).await);
+    let status = ok(kubectl_async(
+        &kc,
+        &["rollout", "status", "deployment/web", "--timeout=60s"],
+    )
+    .await);
+    assert!(status.contains("successfully rolled out"), "{status}");
+    assert_eq!(revisions(&http).await, [(1, 3)]);
+    let table = ok(kubectl_async(&kc, &["get", "deploy", "web"]).await);
+    assert!(
+        table.lines().nth(1).unwrap_or_default().contains("3/3"),
+        "{table}"
+    );
+
+    // A new image rolls out as a new ReplicaSet; the old one is scaled to zero.
+    ok(kubectl_async(
+        &kc,
+        &["set", "image", "deployment/web", &format!("web={v2}")],
+    )
+    .await);
+    let status = ok(kubectl_async(
+        &kc,
+        &["rollout", "status", "deployment/web", "--timeout=60s"],
+    )
+    .await);
+    assert!(status.contains("successfully rolled out"), "{status}");
+    assert_eq!(revisions(&http).await, [(1, 0), (2, 3)]);
+    let history = ok(kubectl_async(&kc, &["rollout", "history", "deployment/web"]).await);
+    assert!(history.contains('1') && history.contains('2'), "{history}");
+
+    // Undo reuses the first ReplicaSet, which becomes revision 3.
+    ok(kubectl_async(&kc, &["rollout", "undo", "deployment/web"]).await);
+    ok(kubectl_async(
+        &kc,
+        &["rollout", "status", "deployment/web", "--timeout=60s"],
+    )
+    .await);
+    assert_eq!(revisions(&http).await, [(2, 0), (3, 3)]);
+    let (_, d) = http
+        .call(
+            "GET",
+            "/apis/apps/v1/namespaces/default/deployments/web",
+            "",
+            "",
+        )
+        .await;
+    assert_eq!(
+        d["spec"]["template"]["spec"]["containers"][0]["image"],
+        WEB_P2
+    );
+
+    // Paused: a change waits; resumed: it rolls out.
+    ok(kubectl_async(&kc, &["rollout", "pause", "deployment/web"]).await);
+    ok(kubectl_async(
+        &kc,
+        &["set", "image", "deployment/web", &format!("web={v2}")],
+    )
+    .await);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(
+        revisions(&http).await,
+        [(2, 0), (3, 3)],
+        "a paused deployment does not roll"
+    );
+    ok(kubectl_async(&kc, &["rollout", "resume", "deployment/web"]).await);
+    ok(kubectl_async(
+        &kc,
+        &["rollout", "status", "deployment/web", "--timeout=60s"],
+    )
+    .await);
+    assert_eq!(
+        revisions(&http).await,
+        [(3, 0), (4, 3)],
+        "the v2 ReplicaSet is reused as revision 4"
+    );
+
+    // Restart: a new template (restartedAt annotation), so a new ReplicaSet.
+    ok(kubectl_async(&kc, &["rollout", "restart", "deployment/web"]).await);
+    ok(kubectl_async(
+        &kc,
+        &["rollout", "status", "deployment/web", "--timeout=60s"],
+    )
+    .await);
+    assert_eq!(revisions(&http).await, [(3, 0), (4, 0), (5, 3)]);
+
+    // Scale, then delete: the ReplicaSets and pods go with it.
+    ok(kubectl_async(&kc, &["scale", "deployment/web", "--replicas=1"]).await);
+    ok(kubectl_async(
+        &kc,
+        &["rollout", "status", "deployment/web", "--timeout=60s"],
+    )
+    .await);
+    assert_eq!(pods_of(&http, "web").await.0.len(), 1);
+    ok(kubectl_async(&kc, &["delete", "deployment", "web"]).await);
+    wait_for(
+        "the ReplicaSets and pods to go",
+        Duration::from_secs(30),
+        async || {
+            (revisions(&http).await.is_empty() && pods_of(&http, "web").await.0.is_empty())
+                .then_some(())
+        },
+    )
+    .await;
+}

@@ -45,6 +45,7 @@ pub fn kind_defaults(kind: &str, object: &mut Value) {
         "ReplicaSet" if object.pointer("/spec/replicas").is_none() => {
             set_at(object, "/spec/replicas", json!(1))
         }
+        "Deployment" => deployment(object),
         "Namespace" if object.pointer("/status/phase").is_none() => {
             set_at(object, "/status/phase", json!("Active"))
         }
@@ -69,6 +70,35 @@ fn secret(object: &mut Value) {
                 key,
                 json!(base64::engine::general_purpose::STANDARD.encode(text)),
             );
+        }
+    }
+}
+
+/// What kubectl reads back: the strategy, history limit and progress deadline.
+fn deployment(object: &mut Value) {
+    let defaults = [
+        ("/spec/replicas", json!(1)),
+        ("/spec/revisionHistoryLimit", json!(10)),
+        ("/spec/progressDeadlineSeconds", json!(600)),
+        ("/spec/strategy/type", json!("RollingUpdate")),
+    ];
+    for (pointer, value) in defaults {
+        if object.pointer(pointer).is_none() {
+            set_at(object, pointer, value);
+        }
+    }
+    if object
+        .pointer("/spec/strategy/type")
+        .and_then(Value::as_str)
+        == Some("RollingUpdate")
+    {
+        for (pointer, value) in [
+            ("/spec/strategy/rollingUpdate/maxSurge", json!("25%")),
+            ("/spec/strategy/rollingUpdate/maxUnavailable", json!("25%")),
+        ] {
+            if object.pointer(pointer).is_none() {
+                set_at(object, pointer, value);
+            }
         }
     }
 }

@@ -154,6 +154,20 @@ pub static RESOURCES: &[ResourceInfo] = &[
     ResourceInfo {
         group: "apps",
         version: "v1",
+        kind: "Deployment",
+        plural: "deployments",
+        singular: "deployment",
+        namespaced: true,
+        short_names: &["deploy"],
+        categories: &["all"],
+        subresources: &[
+            ("status", "Deployment", &["get", "patch", "update"]),
+            ("scale", "Scale", &["get", "patch", "update"]),
+        ],
+    },
+    ResourceInfo {
+        group: "apps",
+        version: "v1",
         kind: "ReplicaSet",
         plural: "replicasets",
         singular: "replicaset",
@@ -229,7 +243,8 @@ mod tests {
             lookup_name("leases.coordination.k8s.io").unwrap().kind,
             "Lease"
         );
-        assert!(lookup_name("deployments").is_none());
+        assert_eq!(lookup_name("deploy").unwrap().kind, "Deployment");
+        assert!(lookup_name("widgets").is_none());
         assert_eq!(
             lookup("coordination.k8s.io", "v1", "leases")
                 .unwrap()

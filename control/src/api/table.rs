@@ -84,6 +84,19 @@ fn columns(kind: &str) -> &'static [Column] {
             ];
             C
         }
+        "Deployment" => {
+            const C: &[Column] = &[
+                col("Name", "string", 0),
+                col("Ready", "string", 0),
+                col("Up-to-date", "integer", 0),
+                col("Available", "integer", 0),
+                col("Age", "string", 0),
+                col("Containers", "string", 1),
+                col("Images", "string", 1),
+                col("Selector", "string", 1),
+            ];
+            C
+        }
         "ReplicaSet" => {
             const C: &[Column] = &[
                 col("Name", "string", 0),
@@ -141,7 +154,7 @@ fn cells(kind: &str, o: &Value) -> Vec<Value> {
                 .sum::<usize>();
             vec![name, json!(count), age]
         }
-        "ReplicaSet" => {
+        "Deployment" | "ReplicaSet" => {
             let number = |p: &str| json!(o.pointer(p).and_then(Value::as_i64).unwrap_or(0));
             let containers = o
                 .pointer("/spec/template/spec/containers")
@@ -159,6 +172,26 @@ fn cells(kind: &str, o: &Value) -> Vec<Value> {
                         .collect::<Vec<_>>()
                         .join(",")
                 });
+            if kind == "Deployment" {
+                let ready = o
+                    .pointer("/status/readyReplicas")
+                    .and_then(Value::as_i64)
+                    .unwrap_or(0);
+                let wanted = o
+                    .pointer("/spec/replicas")
+                    .and_then(Value::as_i64)
+                    .unwrap_or(0);
+                return vec![
+                    name,
+                    json!(format!("{ready}/{wanted}")),
+                    number("/status/updatedReplicas"),
+                    number("/status/availableReplicas"),
+                    age,
+                    json!(names.join(",")),
+                    json!(images.join(",")),
+                    json!(selector.unwrap_or_default()),
+                ];
+            }
             vec![
                 name,
                 number("/spec/replicas"),

@@ -5,6 +5,7 @@
 //! level-triggered: they read the whole current state and are never told why they run.
 //! Controllers talk to the API only through the client.
 
+pub mod deployment;
 pub mod gc;
 pub mod queue;
 pub mod replicaset;
@@ -15,6 +16,7 @@ use crate::client::Client;
 pub fn start(client: Client) -> Vec<tokio::task::JoinHandle<()>> {
     vec![
         tokio::spawn(replicaset::run(client.clone())),
+        tokio::spawn(deployment::run(client.clone())),
         tokio::spawn(gc::run(client)),
     ]
 }

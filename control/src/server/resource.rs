@@ -414,30 +414,33 @@ impl ApiServer {
         Ok(json_response(StatusCode::OK, &deleted))
     }
 
-    /// Removes owner references to `owner_uid` from the pods of `namespace` (orphan
-    /// propagation: the dependents outlive their owner).
+    /// Removes owner references to `owner_uid` from the pods and ReplicaSets of `namespace`
+    /// (orphan propagation: the dependents outlive their owner).
     async fn orphan_dependents(&self, namespace: &str, owner_uid: &str) -> Result<()> {
-        let pods = self
-            .store
-            .list("pods", Some(namespace))
-            .map_err(|e| ApiError::from_store(e, "pods", ""))?;
-        for pod in pods.objects {
-            let refs = pod
-                .pointer("/metadata/ownerReferences")
-                .and_then(Value::as_array)
-                .cloned()
-                .unwrap_or_default();
-            if !refs.iter().any(|r| r["uid"] == owner_uid) {
-                continue;
+        for resource in ["pods", "replicasets.apps"] {
+            let listing = self
+                .store
+                .list(resource, Some(namespace))
+                .map_err(|e| ApiError::from_store(e, resource, ""))?;
+            for dependent in listing.objects {
+                let refs = dependent
+                    .pointer("/metadata/ownerReferences")
+                    .and_then(Value::as_array)
+                    .cloned()
+                    .unwrap_or_default();
+                if !refs.iter().any(|r| r["uid"] == owner_uid) {
+                    continue;
+                }
+                let kept: Vec<Value> = refs.into_iter().filter(|r| r["uid"] != owner_uid).collect();
+                let mut updated = dependent.clone();
+                object::metadata_mut(&mut updated)
+                    .insert("ownerReferences".into(), Value::Array(kept));
+                let key = ObjectKey::new(resource, namespace, object::name(&dependent));
+                self.store
+                    .update(key, updated, revision_of(&dependent))
+                    .await
+                    .map_err(|e| ApiError::from_store(e, resource, object::name(&dependent)))?;
             }
-            let kept: Vec<Value> = refs.into_iter().filter(|r| r["uid"] != owner_uid).collect();
-            let mut updated = pod.clone();
-            object::metadata_mut(&mut updated).insert("ownerReferences".into(), Value::Array(kept));
-            let key = ObjectKey::new("pods", namespace, object::name(&pod));
-            self.store
-                .update(key, updated, revision_of(&pod))
-                .await
-                .map_err(|e| ApiError::from_store(e, "pods", object::name(&pod)))?;
         }
         Ok(())
     }
