@@ -379,3 +379,141 @@ async fn deployments_roll_out_roll_back_and_restart_with_kubectl() {
     )
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rolling_update_stays_within_surge_and_unavailability() {
+    let cluster = TestCluster::start(2).await;
+    let http = Http::new(&cluster.url());
+    let deployments = "/apis/apps/v1/namespaces/default/deployments";
+    let mut d: Value = serde_json::to_value(
+        serde_yaml::from_str::<serde_yaml::Value>(&deployment_yaml(WEB_P2)).unwrap(),
+    )
+    .unwrap();
+    d["spec"]["replicas"] = json!(4);
+    d["spec"]["strategy"] =
+        json!({"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 1}});
+    assert_eq!(
+        http.call("POST", deployments, "application/json", &d.to_string())
+            .await
+            .0,
+        201
+    );
+    wait_ready_replicas_of_deployment(&http, 4).await;
+
+    let (_, list) = http
+        .call("GET", &format!("{PODS}?labelSelector=app%3Dweb"), "", "")
+        .await;
+    let since = list["metadata"]["resourceVersion"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let mut pods: std::collections::HashMap<String, (bool, bool)> = list["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            (
+                p["metadata"]["name"].as_str().unwrap().to_string(),
+                pod_state(p),
+            )
+        })
+        .collect();
+    let mut events = EventReader::new(
+        http.stream(&format!(
+            "{PODS}?watch=true&labelSelector=app%3Dweb&resourceVersion={since}"
+        ))
+        .await,
+    );
+    let v2 = cluster.dir.path().join("web-v2.wasm");
+    std::fs::copy(WEB_P2, &v2).unwrap();
+    let patch = json!({"spec": {"template": {"spec": {"containers": [{"name": "web", "image": v2.to_str().unwrap()}]}}}});
+    let (status, _) = http
+        .call(
+            "PATCH",
+            &format!("{deployments}/web"),
+            "application/strategic-merge-patch+json",
+            &patch.to_string(),
+        )
+        .await;
+    assert_eq!(status, 200);
+
+    let (mut min_ready, mut max_total) = (usize::MAX, 0);
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the rollout did not finish"
+        );
+        if let Some(event) = events.next(Duration::from_millis(500)).await {
+            let name = event["object"]["metadata"]["name"]
+                .as_str()
+                .unwrap()
+                .to_string();
+            if event["type"] == "DELETED" {
+                pods.remove(&name);
+            } else {
+                pods.insert(name, pod_state(&event["object"]));
+            }
+            let live: Vec<&(bool, bool)> = pods
+                .values()
+                .filter(|(terminating, _)| !terminating)
+                .collect();
+            max_total = max_total.max(live.len());
+            min_ready = min_ready.min(live.iter().filter(|(_, ready)| *ready).count());
+        }
+        let (_, d) = http
+            .call("GET", &format!("{deployments}/web"), "", "")
+            .await;
+        let status = &d["status"];
+        let done = d["metadata"]["generation"] == status["observedGeneration"]
+            && [
+                &status["updatedReplicas"],
+                &status["replicas"],
+                &status["availableReplicas"],
+            ]
+            .iter()
+            .all(|v| v.as_i64() == Some(4));
+        if done && revisions(&http).await == [(1, 0), (2, 4)] {
+            break;
+        }
+    }
+    assert!(
+        max_total <= 5,
+        "total pods reached {max_total} > replicas + maxSurge = 5"
+    );
+    assert!(
+        min_ready >= 3,
+        "ready pods fell to {min_ready} < replicas - maxUnavailable = 3"
+    );
+}
+
+/// (terminating, ready) of a pod object.
+fn pod_state(pod: &Value) -> (bool, bool) {
+    let terminating = !pod["metadata"]["deletionTimestamp"].is_null();
+    let ready = pod["status"]["conditions"].as_array().is_some_and(|cs| {
+        cs.iter()
+            .any(|c| c["type"] == "Ready" && c["status"] == "True")
+    });
+    (terminating, ready)
+}
+
+async fn wait_ready_replicas_of_deployment(http: &Http, count: i64) {
+    wait_for(
+        "the deployment to be available",
+        Duration::from_secs(60),
+        async || {
+            let (_, d) = http
+                .call(
+                    "GET",
+                    "/apis/apps/v1/namespaces/default/deployments/web",
+                    "",
+                    "",
+                )
+                .await;
+            (d["status"]["availableReplicas"].as_i64() == Some(count)
+                && d["status"]["updatedReplicas"].as_i64() == Some(count))
+            .then_some(())
+        },
+    )
+    .await
+}

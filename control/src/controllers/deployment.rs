@@ -128,6 +128,13 @@ fn percent(text: &str, replicas: i32, round_up: bool) -> i32 {
     }) as i32
 }
 
+fn pod_ready(pod: &k8s_openapi::api::core::v1::Pod) -> bool {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
 fn spec_replicas(rs: &ReplicaSet) -> i32 {
     rs.spec.as_ref().and_then(|s| s.replicas).unwrap_or(0)
 }
@@ -220,7 +227,33 @@ async fn reconcile(client: Client, recorder: Recorder, key: String) -> Result<Ac
                 .await
                 .map_err(|e| e.to_string())?;
         }
-        roll(&sets, &recorder, &d, &mut owned, new_index, desired).await?;
+        // Availability from the pods themselves: ReplicaSet statuses lag behind the scale
+        // changes this controller just made, and acting on them could overshoot.
+        let pods = client.api::<k8s_openapi::api::core::v1::Pod>(Some(namespace));
+        let listed = pods
+            .list(&ListParams::default().labels(&selector_string(&spec.selector)))
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut ready_by_hash: std::collections::HashMap<String, i32> = Default::default();
+        for pod in listed
+            .items
+            .iter()
+            .filter(|p| p.metadata.deletion_timestamp.is_none() && pod_ready(p))
+        {
+            if let Some(h) = pod.metadata.labels.as_ref().and_then(|l| l.get(HASH_LABEL)) {
+                *ready_by_hash.entry(h.clone()).or_default() += 1;
+            }
+        }
+        roll(
+            &sets,
+            &recorder,
+            &d,
+            &mut owned,
+            new_index,
+            desired,
+            &ready_by_hash,
+        )
+        .await?;
         prune_history(
             &sets,
             &owned,
@@ -240,7 +273,14 @@ async fn roll(
     owned: &mut [ReplicaSet],
     new_index: usize,
     desired: i32,
+    ready_by_hash: &std::collections::HashMap<String, i32>,
 ) -> Result<(), String> {
+    let available = |rs: &ReplicaSet| {
+        let hash = rs.metadata.labels.as_ref().and_then(|l| l.get(HASH_LABEL));
+        hash.and_then(|h| ready_by_hash.get(h))
+            .copied()
+            .unwrap_or(0)
+    };
     let strategy = d
         .spec
         .as_ref()
