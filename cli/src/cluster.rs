@@ -13,7 +13,14 @@ use shoal_runtime::agent::{Agent, AgentConfig};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-/// The store, the API server on a socket, and the scheduler.
+/// Settings of a control plane: the API server's and the controller manager's.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ControlPlaneOptions {
+    pub server: ServerOptions,
+    pub controllers: shoal_control::controllers::Options,
+}
+
+/// The store, the API server on a socket, the scheduler and the controllers.
 pub struct ControlPlane {
     pub addr: SocketAddr,
     /// A client that calls the API in-process (what controllers and in-process agents use).
@@ -26,14 +33,18 @@ pub struct ControlPlane {
 
 impl ControlPlane {
     pub async fn start(data_dir: &Path, api_addr: SocketAddr) -> anyhow::Result<Self> {
-        Self::start_with(data_dir, api_addr, ServerOptions::default()).await
+        Self::start_with(data_dir, api_addr, ControlPlaneOptions::default()).await
     }
 
     pub async fn start_with(
         data_dir: &Path,
         api_addr: SocketAddr,
-        options: ServerOptions,
+        options: ControlPlaneOptions,
     ) -> anyhow::Result<Self> {
+        let ControlPlaneOptions {
+            server: options,
+            controllers: controller_options,
+        } = options;
         std::fs::create_dir_all(data_dir)?;
         let store = RedbStore::open(&data_dir.join("store.redb"))
             .map_err(|e| anyhow::anyhow!("opening the store in {}: {e}", data_dir.display()))?;
@@ -53,7 +64,7 @@ impl ControlPlane {
         ));
         let client = Client::in_process(router);
         let scheduler = tokio::spawn(shoal_control::scheduler::run(client.clone()));
-        let controllers = shoal_control::controllers::start(client.clone());
+        let controllers = shoal_control::controllers::start(client.clone(), controller_options);
         Ok(Self {
             addr,
             client,
@@ -121,6 +132,10 @@ impl DevCluster {
         options: ServerOptions,
         configure: impl Fn(&mut AgentConfig),
     ) -> anyhow::Result<Self> {
+        let options = ControlPlaneOptions {
+            server: options,
+            ..Default::default()
+        };
         let control = ControlPlane::start_with(data_dir, api_addr, options).await?;
         let mut agents = Vec::new();
         for i in 0..nodes {

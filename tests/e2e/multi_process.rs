@@ -103,3 +103,125 @@ async fn pods_run_on_two_agent_processes() {
         BTreeSet::from(["alpha".to_string(), "beta".to_string()])
     );
 }
+
+/// Self-healing: an agent killed with SIGKILL stops renewing its lease; its node turns
+/// unreachable, its pods are evicted, and the ReplicaSet brings them back on the other nodes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pods_of_a_killed_agent_run_again_elsewhere() {
+    let dir = tempfile::tempdir().unwrap();
+    let addr = free_addr().to_string();
+    let server_data = dir.path().join("server");
+    let server_args = [
+        "server",
+        "--api-addr",
+        &addr,
+        "--data-dir",
+        server_data.to_str().unwrap(),
+        "--pod-eviction-timeout-seconds",
+        "1",
+    ];
+    let _server = Process::start(
+        &server_args,
+        dir.path().join("server.log"),
+        "shoal server ready",
+    );
+    let url = format!("http://{addr}");
+    let mut agents = std::collections::HashMap::new();
+    for name in ["a", "b", "c"] {
+        let data = dir.path().join(name);
+        let args = [
+            "agent",
+            "--server",
+            &url,
+            "--name",
+            name,
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--lease-duration-seconds",
+            "2",
+            "--lease-renew-seconds",
+            "1",
+        ];
+        agents.insert(
+            name.to_string(),
+            Process::start(&args, dir.path().join(format!("{name}.log")), "shoal agent"),
+        );
+    }
+    let http = Http::new(&url);
+    let rs = json!({"apiVersion": "apps/v1", "kind": "ReplicaSet", "metadata": {"name": "healer"},
+        "spec": {"replicas": 6, "selector": {"matchLabels": {"app": "healer"}},
+            "template": {"metadata": {"labels": {"app": "healer"}}, "spec": {"containers": [
+                {"name": "web", "image": shoal_examples::WEB_P2, "ports": [{"containerPort": 8080}]}]}}}});
+    let (status, body) = http
+        .call(
+            "POST",
+            "/apis/apps/v1/namespaces/default/replicasets",
+            "application/json",
+            &rs.to_string(),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let ready_on = async |http: &Http| -> Vec<String> {
+        let (_, list) = http
+            .call(
+                "GET",
+                "/api/v1/namespaces/default/pods?labelSelector=app%3Dhealer",
+                "",
+                "",
+            )
+            .await;
+        list["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
+            .filter(|p| {
+                p["status"]["conditions"].as_array().is_some_and(|cs| {
+                    cs.iter()
+                        .any(|c| c["type"] == "Ready" && c["status"] == "True")
+                })
+            })
+            .map(|p| p["spec"]["nodeName"].as_str().unwrap_or("").to_string())
+            .collect()
+    };
+    let nodes = wait_for("6 ready pods", Duration::from_secs(60), async || {
+        let nodes = ready_on(&http).await;
+        (nodes.len() == 6).then_some(nodes)
+    })
+    .await;
+    let victim = nodes[0].clone();
+    agents
+        .get(&victim)
+        .unwrap()
+        .signal(nix::sys::signal::Signal::SIGKILL);
+    let killed = std::time::Instant::now();
+    wait_for(
+        "6 ready pods off the killed node",
+        Duration::from_secs(60),
+        async || {
+            let nodes = ready_on(&http).await;
+            (nodes.len() == 6 && !nodes.contains(&victim)).then_some(())
+        },
+    )
+    .await;
+    let healed = killed.elapsed();
+    // Lease of 2 s, eviction after 1 s more: the pods must be back within 10 s after that.
+    assert!(healed < Duration::from_secs(13), "healing took {healed:?}");
+    let (_, node) = http
+        .call("GET", &format!("/api/v1/nodes/{victim}"), "", "")
+        .await;
+    let ready = node["status"]["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == "Ready")
+        .unwrap()
+        .clone();
+    assert_eq!(ready["status"], "Unknown", "{node}");
+    assert!(node["spec"]["taints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|t| t["key"] == "node.kubernetes.io/unreachable"));
+    eprintln!("pods of the killed agent ran again elsewhere {healed:?} after SIGKILL");
+}

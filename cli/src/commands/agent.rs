@@ -30,6 +30,12 @@ pub struct AgentCommand {
     /// A PEM file of CA certificates to trust, besides the system's, for https:// images.
     #[arg(long)]
     image_ca: Option<PathBuf>,
+    /// How long the node's lease is valid.
+    #[arg(long, default_value_t = 40)]
+    lease_duration_seconds: u64,
+    /// How often the node's lease is renewed.
+    #[arg(long, default_value_t = 10)]
+    lease_renew_seconds: u64,
 }
 
 impl AgentCommand {
@@ -46,6 +52,8 @@ impl AgentCommand {
         config.max_pods = self.max_pods;
         config.host_path_allow = self.allow_host_path;
         config.image_ca = self.image_ca;
+        config.lease_duration = std::time::Duration::from_secs(self.lease_duration_seconds);
+        config.lease_renew = std::time::Duration::from_secs(self.lease_renew_seconds);
         let mut agent = Agent::start(Client::http(&self.server), config).await?;
         println!(
             "shoal agent {name} ready: joined {}; gateway on {}",

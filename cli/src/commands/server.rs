@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use clap::Args;
 
-use crate::cluster::ControlPlane;
+use crate::cluster::{ControlPlane, ControlPlaneOptions};
 
 #[derive(Args)]
 pub struct ServerCommand {
@@ -15,12 +15,18 @@ pub struct ServerCommand {
     /// Where the store and kubeconfig live.
     #[arg(long, default_value = "shoal-data")]
     data_dir: PathBuf,
+    /// Seconds a node may be unreachable (its lease expired) before its pods are evicted.
+    #[arg(long, default_value_t = 60)]
+    pod_eviction_timeout_seconds: u64,
 }
 
 impl ServerCommand {
     pub async fn execute(self) -> anyhow::Result<()> {
         super::init_tracing();
-        let mut control = ControlPlane::start(&self.data_dir, self.api_addr).await?;
+        let mut options = ControlPlaneOptions::default();
+        options.controllers.pod_eviction_timeout =
+            std::time::Duration::from_secs(self.pod_eviction_timeout_seconds);
+        let mut control = ControlPlane::start_with(&self.data_dir, self.api_addr, options).await?;
         let kubeconfig = self.data_dir.join("kubeconfig");
         crate::kubeconfig::write(&kubeconfig, &control.url())?;
         println!(

@@ -7,16 +7,36 @@
 
 pub mod deployment;
 pub mod gc;
+pub mod nodelifecycle;
 pub mod queue;
 pub mod replicaset;
 
 use crate::client::Client;
 
+/// Settings of the controller manager.
+#[derive(Clone, Copy, Debug)]
+pub struct Options {
+    /// How long a node may be unreachable before its pods are evicted (Kubernetes: 5 min).
+    pub pod_eviction_timeout: std::time::Duration,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            pod_eviction_timeout: std::time::Duration::from_secs(60),
+        }
+    }
+}
+
 /// Starts every controller; they stop when their tasks are aborted.
-pub fn start(client: Client) -> Vec<tokio::task::JoinHandle<()>> {
+pub fn start(client: Client, options: Options) -> Vec<tokio::task::JoinHandle<()>> {
     vec![
         tokio::spawn(replicaset::run(client.clone())),
         tokio::spawn(deployment::run(client.clone())),
+        tokio::spawn(nodelifecycle::run(
+            client.clone(),
+            options.pod_eviction_timeout,
+        )),
         tokio::spawn(gc::run(client)),
     ]
 }

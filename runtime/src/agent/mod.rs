@@ -49,6 +49,10 @@ pub struct AgentConfig {
     pub request_deadline: std::time::Duration,
     /// A PEM file of CA certificates trusted, besides the system's, for `https://` images.
     pub image_ca: Option<PathBuf>,
+    /// How long the node's Lease is valid, and how often it is renewed (40 s and 10 s, as the
+    /// kubelet's). The control plane declares the node unreachable when the lease expires.
+    pub lease_duration: std::time::Duration,
+    pub lease_renew: std::time::Duration,
 }
 
 impl AgentConfig {
@@ -64,6 +68,8 @@ impl AgentConfig {
             restart_backoff: worker::INITIAL_BACKOFF,
             request_deadline: crate::pod::network::DEFAULT_REQUEST_DEADLINE,
             image_ca: None,
+            lease_duration: std::time::Duration::from_secs(LEASE_DURATION_SECONDS as u64),
+            lease_renew: LEASE_RENEW,
         }
     }
 }
@@ -142,7 +148,12 @@ impl Agent {
                     tracing::error!("agent gateway stopped: {e}");
                 }
             }),
-            tokio::spawn(node::heartbeat(client.clone(), config.node_name.clone())),
+            tokio::spawn(node::heartbeat(
+                client.clone(),
+                config.node_name.clone(),
+                config.lease_duration,
+                config.lease_renew,
+            )),
             tokio::spawn(PodSupervisor::new(shared, ips, config.node_name.clone()).run()),
         ];
         tracing::info!(

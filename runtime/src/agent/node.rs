@@ -128,8 +128,9 @@ fn total_memory_kib() -> u64 {
         .unwrap_or(4 * 1024 * 1024)
 }
 
-/// Renews the node's Lease every [`LEASE_RENEW`] until the task is dropped.
-pub async fn heartbeat(client: Client, node_name: String) {
+/// Renews the node's Lease every `renew` (valid for `duration`) until the task is dropped.
+pub async fn heartbeat(client: Client, node_name: String, duration: Duration, renew: Duration) {
+    let duration_seconds = duration.as_secs().max(1) as i32;
     let leases = client.api::<Lease>(Some("kube-node-lease"));
     loop {
         let now = MicroTime(chrono::Utc::now());
@@ -138,7 +139,7 @@ pub async fn heartbeat(client: Client, node_name: String) {
                 let spec = lease.spec.get_or_insert_with(Default::default);
                 spec.renew_time = Some(now);
                 spec.holder_identity = Some(node_name.clone());
-                spec.lease_duration_seconds = Some(LEASE_DURATION_SECONDS);
+                spec.lease_duration_seconds = Some(duration_seconds);
                 leases.replace(&node_name, &lease).await.map(|_| ())
             }
             Ok(None) => {
@@ -150,7 +151,7 @@ pub async fn heartbeat(client: Client, node_name: String) {
                     },
                     spec: Some(LeaseSpec {
                         holder_identity: Some(node_name.clone()),
-                        lease_duration_seconds: Some(LEASE_DURATION_SECONDS),
+                        lease_duration_seconds: Some(duration_seconds),
                         renew_time: Some(now.clone()),
                         acquire_time: Some(now),
                         ..Default::default()
@@ -163,6 +164,6 @@ pub async fn heartbeat(client: Client, node_name: String) {
         if let Err(e) = renewed {
             tracing::warn!("node {node_name}: renewing the lease failed: {e}");
         }
-        tokio::time::sleep(LEASE_RENEW).await;
+        tokio::time::sleep(renew).await;
     }
 }
