@@ -517,3 +517,71 @@ async fn wait_ready_replicas_of_deployment(http: &Http, count: i64) {
     )
     .await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_daemon_set_follows_nodes() {
+    let cluster = TestCluster::start(2).await;
+    let http = Http::new(&cluster.url());
+    let ds = json!({"apiVersion": "apps/v1", "kind": "DaemonSet", "metadata": {"name": "agent"},
+        "spec": {"selector": {"matchLabels": {"app": "agent"}},
+            "template": {"metadata": {"labels": {"app": "agent"}}, "spec": {"containers": [
+                {"name": "web", "image": WEB_P2, "ports": [{"containerPort": 8080}]}]}}}});
+    let (status, body) = http
+        .call(
+            "POST",
+            "/apis/apps/v1/namespaces/default/daemonsets",
+            "application/json",
+            &ds.to_string(),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let nodes_with_pods = async |count: usize| -> Vec<String> {
+        wait_for(
+            &format!("daemon pods on {count} nodes"),
+            Duration::from_secs(60),
+            async || {
+                let (pods, ready) = pods_of(&http, "agent").await;
+                let mut nodes: Vec<String> = pods
+                    .iter()
+                    .map(|p| p["spec"]["nodeName"].as_str().unwrap_or("").to_string())
+                    .collect();
+                nodes.sort();
+                (pods.len() == count && ready == count).then_some(nodes)
+            },
+        )
+        .await
+    };
+    assert_eq!(nodes_with_pods(2).await, ["node-0", "node-1"]);
+
+    // A node joins: it gets its daemon pod.
+    let extra_dir = cluster.dir.path().join("extra");
+    let mut extra = shoal_runtime::agent::Agent::start(
+        cluster.cluster.control.client.clone(),
+        shoal_runtime::agent::AgentConfig::new("node-extra", extra_dir),
+    )
+    .await
+    .unwrap();
+    assert_eq!(nodes_with_pods(3).await, ["node-0", "node-1", "node-extra"]);
+    let (_, ds) = http
+        .call(
+            "GET",
+            "/apis/apps/v1/namespaces/default/daemonsets/agent",
+            "",
+            "",
+        )
+        .await;
+    assert_eq!(ds["status"]["desiredNumberScheduled"], 3);
+
+    // The node leaves: its daemon pod goes.
+    extra.shutdown();
+    let (status, _) = http
+        .call(
+            "DELETE",
+            "/api/v1/nodes/node-extra",
+            "application/json",
+            "{}",
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(nodes_with_pods(2).await, ["node-0", "node-1"]);
+}

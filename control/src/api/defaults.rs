@@ -46,6 +46,30 @@ pub fn kind_defaults(kind: &str, object: &mut Value) {
             set_at(object, "/spec/replicas", json!(1))
         }
         "Deployment" => deployment(object),
+        "DaemonSet" => {
+            for (pointer, value) in [
+                ("/spec/updateStrategy/type", json!("RollingUpdate")),
+                ("/spec/revisionHistoryLimit", json!(10)),
+            ] {
+                if object.pointer(pointer).is_none() {
+                    set_at(object, pointer, value);
+                }
+            }
+            if object
+                .pointer("/spec/updateStrategy/type")
+                .and_then(Value::as_str)
+                == Some("RollingUpdate")
+                && object
+                    .pointer("/spec/updateStrategy/rollingUpdate/maxUnavailable")
+                    .is_none()
+            {
+                set_at(
+                    object,
+                    "/spec/updateStrategy/rollingUpdate/maxUnavailable",
+                    json!(1),
+                );
+            }
+        }
         "Namespace" if object.pointer("/status/phase").is_none() => {
             set_at(object, "/status/phase", json!("Active"))
         }

@@ -168,6 +168,17 @@ pub static RESOURCES: &[ResourceInfo] = &[
     ResourceInfo {
         group: "apps",
         version: "v1",
+        kind: "DaemonSet",
+        plural: "daemonsets",
+        singular: "daemonset",
+        namespaced: true,
+        short_names: &["ds"],
+        categories: &["all"],
+        subresources: &[("status", "DaemonSet", &["get", "patch", "update"])],
+    },
+    ResourceInfo {
+        group: "apps",
+        version: "v1",
         kind: "ReplicaSet",
         plural: "replicasets",
         singular: "replicaset",

@@ -97,6 +97,18 @@ fn columns(kind: &str) -> &'static [Column] {
             ];
             C
         }
+        "DaemonSet" => {
+            const C: &[Column] = &[
+                col("Name", "string", 0),
+                col("Desired", "integer", 0),
+                col("Current", "integer", 0),
+                col("Ready", "integer", 0),
+                col("Up-to-date", "integer", 0),
+                col("Available", "integer", 0),
+                col("Age", "string", 0),
+            ];
+            C
+        }
         "ReplicaSet" => {
             const C: &[Column] = &[
                 col("Name", "string", 0),
@@ -153,6 +165,18 @@ fn cells(kind: &str, o: &Value) -> Vec<Value> {
                 .filter_map(|k| o.get(*k)?.as_object().map(|m| m.len()))
                 .sum::<usize>();
             vec![name, json!(count), age]
+        }
+        "DaemonSet" => {
+            let number = |p: &str| json!(o.pointer(p).and_then(Value::as_i64).unwrap_or(0));
+            vec![
+                name,
+                number("/status/desiredNumberScheduled"),
+                number("/status/currentNumberScheduled"),
+                number("/status/numberReady"),
+                number("/status/updatedNumberScheduled"),
+                number("/status/numberAvailable"),
+                age,
+            ]
         }
         "Deployment" | "ReplicaSet" => {
             let number = |p: &str| json!(o.pointer(p).and_then(Value::as_i64).unwrap_or(0));

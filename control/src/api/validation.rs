@@ -85,7 +85,7 @@ pub fn validate(kind: &str, object: &Value) -> Vec<Cause> {
     validate_labels(object, &mut causes);
     match kind {
         "Pod" => pod(object, &mut causes),
-        "ReplicaSet" | "Deployment" => replica_set(object, &mut causes),
+        "ReplicaSet" | "Deployment" | "DaemonSet" => replica_set(object, &mut causes),
         _ => {}
     }
     causes

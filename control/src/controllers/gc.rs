@@ -5,7 +5,7 @@
 
 use std::collections::HashSet;
 
-use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet};
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
@@ -16,7 +16,8 @@ use crate::client::{watcher, Client, DeleteParams, ListParams, WatcherEvent};
 struct Owners {
     replica_sets: HashSet<String>,
     deployments: HashSet<String>,
-    synced: (bool, bool),
+    daemon_sets: HashSet<String>,
+    synced: (bool, bool, bool),
 }
 
 impl Owners {
@@ -30,6 +31,7 @@ impl Owners {
                 .any(|r| match r.kind.as_str() {
                     "ReplicaSet" => self.synced.0 && !self.replica_sets.contains(&r.uid),
                     "Deployment" => self.synced.1 && !self.deployments.contains(&r.uid),
+                    "DaemonSet" => self.synced.2 && !self.daemon_sets.contains(&r.uid),
                     _ => false,
                 })
     }
@@ -38,6 +40,7 @@ impl Owners {
 pub async fn run(client: Client) {
     let mut sets = watcher(client.api::<ReplicaSet>(None), ListParams::default());
     let mut deployments = watcher(client.api::<Deployment>(None), ListParams::default());
+    let mut daemon_sets = watcher(client.api::<DaemonSet>(None), ListParams::default());
     let mut owners = Owners::default();
     loop {
         let namespace = tokio::select! {
@@ -68,6 +71,21 @@ pub async fn run(client: Client) {
                 }
                 WatcherEvent::Deleted(d) => {
                     d.metadata.uid.as_ref().map(|uid| owners.deployments.remove(uid));
+                    d.metadata.namespace.clone()
+                }
+            },
+            Some(event) = daemon_sets.recv() => match event {
+                WatcherEvent::Restarted(all) => {
+                    owners.daemon_sets = all.iter().filter_map(|d| d.metadata.uid.clone()).collect();
+                    owners.synced.2 = true;
+                    None
+                }
+                WatcherEvent::Applied(d) => {
+                    owners.daemon_sets.extend(d.metadata.uid.clone());
+                    continue;
+                }
+                WatcherEvent::Deleted(d) => {
+                    d.metadata.uid.as_ref().map(|uid| owners.daemon_sets.remove(uid));
                     d.metadata.namespace.clone()
                 }
             },
