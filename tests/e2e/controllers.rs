@@ -585,3 +585,171 @@ async fn a_daemon_set_follows_nodes() {
     assert_eq!(status, 200);
     assert_eq!(nodes_with_pods(2).await, ["node-0", "node-1"]);
 }
+
+fn job(name: &str, image: &str, args: &[&str], extra: Value) -> Value {
+    let mut spec = json!({"template": {"spec": {"restartPolicy": "Never", "containers": [{"name": "main", "image": image, "args": args}]}}});
+    if let (Some(spec), Some(extra)) = (spec.as_object_mut(), extra.as_object()) {
+        spec.extend(extra.clone());
+    }
+    json!({"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": name}, "spec": spec})
+}
+
+async fn job_condition(http: &Http, name: &str) -> (String, Value) {
+    wait_for(
+        &format!("job {name} to finish"),
+        Duration::from_secs(60),
+        async || {
+            let (_, job) = http
+                .call(
+                    "GET",
+                    &format!("/apis/batch/v1/namespaces/default/jobs/{name}"),
+                    "",
+                    "",
+                )
+                .await;
+            let condition = job["status"]["conditions"]
+                .as_array()?
+                .iter()
+                .find(|c| c["status"] == "True")?
+                .clone();
+            Some((condition["type"].as_str()?.to_string(), job))
+        },
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_complete_fail_and_index() {
+    let cluster = TestCluster::start(2).await;
+    let http = Http::new(&cluster.url());
+    let jobs = "/apis/batch/v1/namespaces/default/jobs";
+    let batch = job(
+        "batch",
+        shoal_examples::HELLO_P1,
+        &["batch", "--sleep-ms", "300"],
+        json!({"completions": 5, "parallelism": 2}),
+    );
+    let (status, body) = http
+        .call("POST", jobs, "application/json", &batch.to_string())
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let failing = job(
+        "failing",
+        shoal_examples::MISBEHAVE_P1,
+        &["exit", "3"],
+        json!({"backoffLimit": 2}),
+    );
+    assert_eq!(
+        http.call("POST", jobs, "application/json", &failing.to_string())
+            .await
+            .0,
+        201
+    );
+    let indexed = job(
+        "indexed",
+        shoal_examples::HELLO_P2,
+        &["indexed"],
+        json!({"completions": 3, "parallelism": 3, "completionMode": "Indexed"}),
+    );
+    assert_eq!(
+        http.call("POST", jobs, "application/json", &indexed.to_string())
+            .await
+            .0,
+        201
+    );
+
+    // Never more than `parallelism` pods of the batch at once.
+    let mut most_running = 0;
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let (_, list) = http
+            .call(
+                "GET",
+                &format!("{PODS}?labelSelector=job-name%3Dbatch"),
+                "",
+                "",
+            )
+            .await;
+        let items = list["items"].as_array().unwrap();
+        let running = items
+            .iter()
+            .filter(|p| !matches!(p["status"]["phase"].as_str(), Some("Succeeded" | "Failed")))
+            .count();
+        most_running = most_running.max(running);
+        if items
+            .iter()
+            .filter(|p| p["status"]["phase"] == "Succeeded")
+            .count()
+            >= 5
+            || std::time::Instant::now() > deadline
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        most_running <= 2,
+        "{most_running} pods of a parallelism-2 job ran at once"
+    );
+    let (outcome, batch) = job_condition(&http, "batch").await;
+    assert_eq!(outcome, "Complete", "{batch}");
+    assert_eq!(batch["status"]["succeeded"], 5);
+
+    let (outcome, failing) = job_condition(&http, "failing").await;
+    assert_eq!(outcome, "Failed");
+    let reason = failing["status"]["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == "Failed")
+        .unwrap()["reason"]
+        .clone();
+    assert_eq!(reason, "BackoffLimitExceeded");
+    assert_eq!(
+        failing["status"]["failed"], 3,
+        "backoffLimit 2 allows two retries"
+    );
+
+    let (outcome, indexed) = job_condition(&http, "indexed").await;
+    assert_eq!(outcome, "Complete");
+    assert_eq!(indexed["status"]["completedIndexes"], "0,1,2");
+    if kubectl_available("jobs_complete_fail_and_index (kubectl part)") {
+        let table = ok(kubectl_async(&cluster.kubeconfig, &["get", "jobs"]).await);
+        assert!(
+            table
+                .lines()
+                .any(|l| l.starts_with("batch") && l.contains("Complete") && l.contains("5/5")),
+            "{table}"
+        );
+        assert!(
+            table
+                .lines()
+                .any(|l| l.starts_with("failing") && l.contains("Failed")),
+            "{table}"
+        );
+    }
+    // Deleting a Job takes its pods.
+    http.call(
+        "DELETE",
+        &format!("{jobs}/batch"),
+        "application/json",
+        r#"{"propagationPolicy":"Background"}"#,
+    )
+    .await;
+    wait_for(
+        "the job's pods to go",
+        Duration::from_secs(30),
+        async || {
+            let (_, list) = http
+                .call(
+                    "GET",
+                    &format!("{PODS}?labelSelector=job-name%3Dbatch"),
+                    "",
+                    "",
+                )
+                .await;
+            list["items"].as_array().unwrap().is_empty().then_some(())
+        },
+    )
+    .await;
+}

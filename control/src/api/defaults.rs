@@ -46,6 +46,22 @@ pub fn kind_defaults(kind: &str, object: &mut Value) {
             set_at(object, "/spec/replicas", json!(1))
         }
         "Deployment" => deployment(object),
+        "Job" => {
+            let parallel = object.pointer("/spec/parallelism").is_some();
+            for (pointer, value) in [
+                ("/spec/parallelism", json!(1)),
+                ("/spec/backoffLimit", json!(6)),
+                ("/spec/completionMode", json!("NonIndexed")),
+            ] {
+                if object.pointer(pointer).is_none() {
+                    set_at(object, pointer, value);
+                }
+            }
+            // A Job with neither completions nor parallelism runs one pod to completion.
+            if object.pointer("/spec/completions").is_none() && !parallel {
+                set_at(object, "/spec/completions", json!(1));
+            }
+        }
         "DaemonSet" => {
             for (pointer, value) in [
                 ("/spec/updateStrategy/type", json!("RollingUpdate")),

@@ -191,6 +191,17 @@ pub static RESOURCES: &[ResourceInfo] = &[
         ],
     },
     ResourceInfo {
+        group: "batch",
+        version: "v1",
+        kind: "Job",
+        plural: "jobs",
+        singular: "job",
+        namespaced: true,
+        short_names: &[],
+        categories: &["all"],
+        subresources: &[("status", "Job", &["get", "patch", "update"])],
+    },
+    ResourceInfo {
         group: "coordination.k8s.io",
         version: "v1",
         kind: "Lease",

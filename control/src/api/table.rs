@@ -97,6 +97,16 @@ fn columns(kind: &str) -> &'static [Column] {
             ];
             C
         }
+        "Job" => {
+            const C: &[Column] = &[
+                col("Name", "string", 0),
+                col("Status", "string", 0),
+                col("Completions", "string", 0),
+                col("Duration", "string", 0),
+                col("Age", "string", 0),
+            ];
+            C
+        }
         "DaemonSet" => {
             const C: &[Column] = &[
                 col("Name", "string", 0),
@@ -165,6 +175,55 @@ fn cells(kind: &str, o: &Value) -> Vec<Value> {
                 .filter_map(|k| o.get(*k)?.as_object().map(|m| m.len()))
                 .sum::<usize>();
             vec![name, json!(count), age]
+        }
+        "Job" => {
+            let conditions = o
+                .pointer("/status/conditions")
+                .and_then(Value::as_array)
+                .cloned()
+                .unwrap_or_default();
+            let holds = |t: &str| {
+                conditions
+                    .iter()
+                    .any(|c| c["type"] == t && c["status"] == "True")
+            };
+            let status = if holds("Complete") {
+                "Complete"
+            } else if holds("Failed") {
+                "Failed"
+            } else {
+                "Running"
+            };
+            let succeeded = o
+                .pointer("/status/succeeded")
+                .and_then(Value::as_i64)
+                .unwrap_or(0);
+            let completions = o
+                .pointer("/spec/completions")
+                .and_then(Value::as_i64)
+                .unwrap_or(1);
+            let start = o
+                .pointer("/status/startTime")
+                .and_then(Value::as_str)
+                .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok());
+            let end = o
+                .pointer("/status/completionTime")
+                .and_then(Value::as_str)
+                .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok());
+            let duration = match (start, end) {
+                (Some(s), Some(e)) => super::object::human_duration((e - s).num_seconds()),
+                (Some(s), None) => super::object::human_duration(
+                    (chrono::Utc::now() - s.with_timezone(&chrono::Utc)).num_seconds(),
+                ),
+                _ => String::new(),
+            };
+            vec![
+                name,
+                json!(status),
+                json!(format!("{succeeded}/{completions}")),
+                json!(duration),
+                age,
+            ]
         }
         "DaemonSet" => {
             let number = |p: &str| json!(o.pointer(p).and_then(Value::as_i64).unwrap_or(0));

@@ -86,9 +86,45 @@ pub fn validate(kind: &str, object: &Value) -> Vec<Cause> {
     match kind {
         "Pod" => pod(object, &mut causes),
         "ReplicaSet" | "Deployment" | "DaemonSet" => replica_set(object, &mut causes),
+        "Job" => job(object, &mut causes),
         _ => {}
     }
     causes
+}
+
+/// A Job's pods must end: its template's restartPolicy is Never or OnFailure.
+fn job(object: &Value, causes: &mut Vec<Cause>) {
+    let policy = object
+        .pointer("/spec/template/spec/restartPolicy")
+        .and_then(Value::as_str)
+        .unwrap_or("Always");
+    if !matches!(policy, "Never" | "OnFailure") {
+        causes.push(Cause::not_supported(
+            "spec.template.spec.restartPolicy",
+            policy,
+            &["OnFailure", "Never"],
+        ));
+    }
+    for field in ["completions", "parallelism", "backoffLimit"] {
+        if object
+            .pointer(&format!("/spec/{field}"))
+            .and_then(Value::as_i64)
+            .is_some_and(|v| v < 0)
+        {
+            causes.push(Cause::invalid(
+                format!("spec.{field}"),
+                "negative",
+                "must be greater than or equal to 0",
+            ));
+        }
+    }
+    if object
+        .pointer("/spec/template/spec/containers")
+        .and_then(Value::as_array)
+        .is_none_or(|c| c.is_empty())
+    {
+        causes.push(Cause::required("spec.template.spec.containers"));
+    }
 }
 
 /// A ReplicaSet needs a selector that its pod template's labels match, and a valid template.

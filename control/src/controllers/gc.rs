@@ -6,6 +6,7 @@
 use std::collections::HashSet;
 
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet};
+use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
@@ -17,7 +18,8 @@ struct Owners {
     replica_sets: HashSet<String>,
     deployments: HashSet<String>,
     daemon_sets: HashSet<String>,
-    synced: (bool, bool, bool),
+    jobs: HashSet<String>,
+    synced: (bool, bool, bool, bool),
 }
 
 impl Owners {
@@ -32,6 +34,7 @@ impl Owners {
                     "ReplicaSet" => self.synced.0 && !self.replica_sets.contains(&r.uid),
                     "Deployment" => self.synced.1 && !self.deployments.contains(&r.uid),
                     "DaemonSet" => self.synced.2 && !self.daemon_sets.contains(&r.uid),
+                    "Job" => self.synced.3 && !self.jobs.contains(&r.uid),
                     _ => false,
                 })
     }
@@ -41,6 +44,7 @@ pub async fn run(client: Client) {
     let mut sets = watcher(client.api::<ReplicaSet>(None), ListParams::default());
     let mut deployments = watcher(client.api::<Deployment>(None), ListParams::default());
     let mut daemon_sets = watcher(client.api::<DaemonSet>(None), ListParams::default());
+    let mut jobs = watcher(client.api::<Job>(None), ListParams::default());
     let mut owners = Owners::default();
     loop {
         let namespace = tokio::select! {
@@ -87,6 +91,21 @@ pub async fn run(client: Client) {
                 WatcherEvent::Deleted(d) => {
                     d.metadata.uid.as_ref().map(|uid| owners.daemon_sets.remove(uid));
                     d.metadata.namespace.clone()
+                }
+            },
+            Some(event) = jobs.recv() => match event {
+                WatcherEvent::Restarted(all) => {
+                    owners.jobs = all.iter().filter_map(|j| j.metadata.uid.clone()).collect();
+                    owners.synced.3 = true;
+                    None
+                }
+                WatcherEvent::Applied(j) => {
+                    owners.jobs.extend(j.metadata.uid.clone());
+                    continue;
+                }
+                WatcherEvent::Deleted(j) => {
+                    j.metadata.uid.as_ref().map(|uid| owners.jobs.remove(uid));
+                    j.metadata.namespace.clone()
                 }
             },
             else => return,

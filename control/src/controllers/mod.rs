@@ -8,6 +8,7 @@
 pub mod daemonset;
 pub mod deployment;
 pub mod gc;
+pub mod job;
 pub mod nodelifecycle;
 pub mod queue;
 pub mod replicaset;
@@ -35,6 +36,7 @@ pub fn start(client: Client, options: Options) -> Vec<tokio::task::JoinHandle<()
         tokio::spawn(replicaset::run(client.clone())),
         tokio::spawn(deployment::run(client.clone())),
         tokio::spawn(daemonset::run(client.clone())),
+        tokio::spawn(job::run(client.clone())),
         tokio::spawn(nodelifecycle::run(
             client.clone(),
             options.pod_eviction_timeout,

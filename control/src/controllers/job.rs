@@ -1,0 +1,319 @@
+//! The Job controller: runs pods until `completions` succeed, at most `parallelism` at a time;
+//! fails the Job (BackoffLimitExceeded) once more than `backoffLimit` pods failed or restarted,
+//! or (DeadlineExceeded) once it outlives `activeDeadlineSeconds`; Indexed Jobs give each pod
+//! its completion index (annotation and `JOB_COMPLETION_INDEX`), one success per index.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use k8s_openapi::api::batch::v1::{Job, JobCondition, JobStatus};
+use k8s_openapi::api::core::v1::{EnvVar, Pod};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference, Time};
+use serde_json::json;
+
+use super::queue::{self, Action};
+use super::replicaset::controller_of;
+use crate::client::{watcher, Client, DeleteParams, ListParams, Recorder, WatcherEvent};
+
+pub const INDEX_ANNOTATION: &str = "batch.kubernetes.io/job-completion-index";
+pub const JOB_NAME_LABEL: &str = "batch.kubernetes.io/job-name";
+
+pub async fn run(client: Client) {
+    let recorder = Recorder::new(client.clone(), "job-controller", None);
+    let reconciler = client.clone();
+    let queue = queue::spawn("job", move |key| {
+        reconcile(reconciler.clone(), recorder.clone(), key)
+    });
+    let mut jobs = watcher(client.api::<Job>(None), ListParams::default());
+    let mut pods = watcher(client.api::<Pod>(None), ListParams::default());
+    loop {
+        tokio::select! {
+            Some(event) = jobs.recv() => {
+                let items = match event {
+                    WatcherEvent::Restarted(all) => all,
+                    WatcherEvent::Applied(job) | WatcherEvent::Deleted(job) => vec![job],
+                };
+                for job in items {
+                    queue.add(&format!("{}/{}", job.metadata.namespace.clone().unwrap_or_default(), job.metadata.name.clone().unwrap_or_default()));
+                }
+            }
+            Some(event) = pods.recv() => {
+                let items = match event {
+                    WatcherEvent::Restarted(all) => all,
+                    WatcherEvent::Applied(pod) | WatcherEvent::Deleted(pod) => vec![pod],
+                };
+                for pod in items {
+                    if let Some(owner) = controller_of(&pod.metadata).filter(|o| o.kind == "Job") {
+                        queue.add(&format!("{}/{}", pod.metadata.namespace.clone().unwrap_or_default(), owner.name));
+                    }
+                }
+            }
+            else => return,
+        }
+    }
+}
+
+fn phase(pod: &Pod) -> &str {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.phase.as_deref())
+        .unwrap_or("Pending")
+}
+
+fn index_of(pod: &Pod) -> Option<i32> {
+    pod.metadata
+        .annotations
+        .as_ref()?
+        .get(INDEX_ANNOTATION)?
+        .parse()
+        .ok()
+}
+
+fn finished(job: &Job) -> bool {
+    job.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|cs| {
+            cs.iter()
+                .any(|c| (c.type_ == "Complete" || c.type_ == "Failed") && c.status == "True")
+        })
+}
+
+async fn reconcile(client: Client, recorder: Recorder, key: String) -> Result<Action, String> {
+    let (namespace, name) = key.split_once('/').ok_or("bad key")?;
+    let jobs = client.api::<Job>(Some(namespace));
+    let Some(job) = jobs.get_opt(name).await.map_err(|e| e.to_string())? else {
+        return Ok(Action::AwaitChange);
+    };
+    if job.metadata.deletion_timestamp.is_some() || finished(&job) {
+        return Ok(Action::AwaitChange);
+    }
+    let spec = job.spec.clone().unwrap_or_default();
+    let uid = job.metadata.uid.clone().unwrap_or_default();
+    let pods_api = client.api::<Pod>(Some(namespace));
+    let pods: Vec<Pod> = pods_api
+        .list(&ListParams::default().labels(&format!("{JOB_NAME_LABEL}={name}")))
+        .await
+        .map_err(|e| e.to_string())?
+        .items
+        .into_iter()
+        .filter(|p| controller_of(&p.metadata).is_some_and(|o| o.uid == uid))
+        .collect();
+    let indexed = spec.completion_mode.as_deref() == Some("Indexed");
+    let completions = spec.completions.unwrap_or(1).max(0);
+    let parallelism = spec.parallelism.unwrap_or(1).max(0);
+    let succeeded_indexes: BTreeSet<i32> = pods
+        .iter()
+        .filter(|p| phase(p) == "Succeeded")
+        .filter_map(index_of)
+        .collect();
+    let succeeded = if indexed {
+        succeeded_indexes.len() as i32
+    } else {
+        pods.iter().filter(|p| phase(p) == "Succeeded").count() as i32
+    };
+    let failed_pods = pods.iter().filter(|p| phase(p) == "Failed").count() as i32;
+    let restarts: i32 = pods
+        .iter()
+        .flat_map(|p| {
+            p.status
+                .as_ref()
+                .and_then(|s| s.container_statuses.clone())
+                .unwrap_or_default()
+        })
+        .map(|c| c.restart_count)
+        .sum();
+    let failed = failed_pods + restarts;
+    let active: Vec<&Pod> = pods
+        .iter()
+        .filter(|p| {
+            p.metadata.deletion_timestamp.is_none() && !matches!(phase(p), "Succeeded" | "Failed")
+        })
+        .collect();
+    let now = chrono::Utc::now();
+    let start = job
+        .status
+        .as_ref()
+        .and_then(|s| s.start_time.clone())
+        .unwrap_or(Time(now));
+    let deadline_passed = spec
+        .active_deadline_seconds
+        .is_some_and(|d| now - start.0 > chrono::Duration::seconds(d));
+
+    let verdict = if succeeded >= completions {
+        Some(("Complete", None, None))
+    } else if failed > spec.backoff_limit.unwrap_or(6) {
+        Some((
+            "Failed",
+            Some("BackoffLimitExceeded"),
+            Some("Job has reached the specified backoff limit"),
+        ))
+    } else if deadline_passed {
+        Some((
+            "Failed",
+            Some("DeadlineExceeded"),
+            Some("Job was active longer than specified deadline"),
+        ))
+    } else {
+        None
+    };
+    let mut active_count = active.len() as i32;
+    if let Some((outcome, _, _)) = verdict {
+        if outcome == "Failed" {
+            for pod in &active {
+                let _ = pods_api
+                    .delete(
+                        pod.metadata.name.as_deref().unwrap_or(""),
+                        &DeleteParams {
+                            uid: pod.metadata.uid.clone(),
+                            ..Default::default()
+                        },
+                    )
+                    .await;
+            }
+            active_count = 0;
+        }
+    } else {
+        let remaining = completions - succeeded;
+        let wanted = parallelism.min(remaining) - active_count;
+        if wanted > 0 {
+            let busy: BTreeSet<i32> = active.iter().filter_map(|p| index_of(p)).collect();
+            let mut free =
+                (0..completions).filter(|i| !succeeded_indexes.contains(i) && !busy.contains(i));
+            for _ in 0..wanted {
+                let index = if indexed { free.next() } else { None };
+                if indexed && index.is_none() {
+                    break;
+                }
+                let created = pods_api
+                    .create(&job_pod(&job, index))
+                    .await
+                    .map_err(|e| e.to_string())?;
+                recorder
+                    .normal(
+                        &job,
+                        "SuccessfulCreate",
+                        &format!(
+                            "Created pod: {}",
+                            created.metadata.name.clone().unwrap_or_default()
+                        ),
+                    )
+                    .await;
+                active_count += 1;
+            }
+        }
+    }
+    let mut conditions = job
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.clone())
+        .unwrap_or_default();
+    let mut completion_time = None;
+    if let Some((outcome, reason, message)) = verdict {
+        conditions.push(JobCondition {
+            type_: outcome.into(),
+            status: "True".into(),
+            reason: reason.map(str::to_string),
+            message: message.map(str::to_string),
+            last_probe_time: Some(Time(now)),
+            last_transition_time: Some(Time(now)),
+        });
+        if outcome == "Complete" {
+            completion_time = Some(Time(now));
+        }
+        let event = format!(
+            "Job {}",
+            if outcome == "Complete" {
+                "completed".to_string()
+            } else {
+                format!("failed: {}", message.unwrap_or(""))
+            }
+        );
+        if outcome == "Complete" {
+            recorder.normal(&job, "Completed", &event).await;
+        } else {
+            recorder
+                .warning(&job, reason.unwrap_or("Failed"), &event)
+                .await;
+        }
+    }
+    let status = JobStatus {
+        active: Some(active_count),
+        succeeded: Some(succeeded),
+        failed: Some(failed),
+        start_time: Some(start),
+        completion_time,
+        conditions: if conditions.is_empty() {
+            None
+        } else {
+            Some(conditions)
+        },
+        completed_indexes: indexed
+            .then(|| {
+                succeeded_indexes
+                    .iter()
+                    .map(i32::to_string)
+                    .collect::<Vec<_>>()
+                    .join(",")
+            })
+            .filter(|s| !s.is_empty()),
+        ..Default::default()
+    };
+    if job.status.as_ref() != Some(&status) {
+        jobs.patch_status(name, &json!({"status": status}))
+            .await
+            .map_err(|e| e.to_string())?;
+    }
+    Ok(match (verdict, spec.active_deadline_seconds) {
+        (None, Some(_)) => Action::RequeueAfter(Duration::from_secs(1)),
+        _ => Action::AwaitChange,
+    })
+}
+
+fn job_pod(job: &Job, index: Option<i32>) -> Pod {
+    let template = job
+        .spec
+        .as_ref()
+        .map(|s| s.template.clone())
+        .unwrap_or_default();
+    let meta = template.metadata.unwrap_or_default();
+    let name = job.metadata.name.clone().unwrap_or_default();
+    let mut labels = meta.labels.unwrap_or_default();
+    labels.insert(JOB_NAME_LABEL.into(), name.clone());
+    labels.insert("job-name".into(), name.clone());
+    let mut annotations = meta.annotations.unwrap_or_default();
+    let mut spec = template.spec.unwrap_or_default();
+    if let Some(index) = index {
+        annotations.insert(INDEX_ANNOTATION.into(), index.to_string());
+        for container in &mut spec.containers {
+            container.env.get_or_insert_with(Vec::new).push(EnvVar {
+                name: "JOB_COMPLETION_INDEX".into(),
+                value: Some(index.to_string()),
+                value_from: None,
+            });
+        }
+    }
+    let generate_name = match index {
+        Some(index) => format!("{name}-{index}-"),
+        None => format!("{name}-"),
+    };
+    Pod {
+        metadata: ObjectMeta {
+            generate_name: Some(generate_name),
+            namespace: job.metadata.namespace.clone(),
+            labels: Some(labels),
+            annotations: Some(annotations),
+            owner_references: Some(vec![OwnerReference {
+                api_version: "batch/v1".into(),
+                kind: "Job".into(),
+                name,
+                uid: job.metadata.uid.clone().unwrap_or_default(),
+                controller: Some(true),
+                block_owner_deletion: Some(true),
+            }]),
+            ..Default::default()
+        },
+        spec: Some(spec),
+        status: None,
+    }
+}
