@@ -9,7 +9,10 @@
 //!   in-process (no socket), per request;
 //! - `gateway`: requests per second of one HTTP pod through the agent's gateway;
 //! - `density`: N idle HTTP pods on one agent, all Running and each answering a request, and
-//!   the process's RSS growth.
+//!   the process's RSS growth;
+//! - `scheduler`: binding N pods onto M registered (agentless) nodes, pods per second;
+//! - `scale`: a Deployment scaled to N replicas (the request `kubectl scale` sends) until all
+//!   N pods are Running.
 //!
 //! Every API request goes over a real loopback socket to the API server.
 
@@ -55,6 +58,9 @@ struct Args {
     /// Concurrent connections in the gateway and density benchmarks.
     #[arg(long, default_value_t = 32)]
     connections: usize,
+    /// Registered nodes in the scheduler benchmark.
+    #[arg(long, default_value_t = 1000)]
+    registered_nodes: usize,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -78,6 +84,12 @@ fn main() -> anyhow::Result<()> {
         }
         if all || args.which == "density" {
             density(&args).await?;
+        }
+        if all || args.which == "scheduler" {
+            scheduler(&args).await?;
+        }
+        if all || args.which == "scale" {
+            scale(&args).await?;
         }
         Ok(())
     })
@@ -536,4 +548,123 @@ fn ms(d: Duration) -> f64 {
 
 fn us(d: Duration) -> f64 {
     d.as_secs_f64() * 1e6
+}
+
+/// Binds `--pods` pods onto `--registered-nodes` Node objects that no agent runs.
+async fn scheduler(args: &Args) -> anyhow::Result<()> {
+    let mut bench = start_cluster(0, ServerOptions::default(), |_| {}).await?;
+    let nodes = bench.client.api::<k8s_openapi::api::core::v1::Node>(None);
+    let permits = Arc::new(Semaphore::new(32));
+    let mut tasks = Vec::new();
+    for i in 0..args.registered_nodes {
+        let permit = permits.clone().acquire_owned().await?;
+        let nodes = nodes.clone();
+        let node = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": format!("fake-{i}")},
+            "status": {"allocatable": {"cpu": "8", "memory": "32Gi", "pods": "110"}, "conditions": [{"type": "Ready", "status": "True"}]}
+        }))?;
+        tasks.push(tokio::spawn(async move {
+            nodes.create(&node).await.expect("create node");
+            drop(permit);
+        }));
+    }
+    for task in tasks {
+        task.await?;
+    }
+    let pods = bench.client.api::<Pod>(Some("default"));
+    let list = pods.list(&ListParams::default()).await?;
+    let mut watch = Box::pin(
+        pods.watch(&ListParams::default(), &list.resource_version)
+            .await?,
+    );
+    let total = args.pods;
+    let observer = tokio::spawn(async move {
+        let mut bound = std::collections::HashSet::new();
+        let (mut first, mut last) = (None, Instant::now());
+        while let Some(event) = watch.next().await {
+            let Ok(WatchEvent::Modified(pod)) = event else {
+                continue;
+            };
+            if pod
+                .spec
+                .as_ref()
+                .and_then(|s| s.node_name.as_ref())
+                .is_some()
+                && bound.insert(pod.metadata.name.clone().unwrap_or_default())
+            {
+                first.get_or_insert_with(Instant::now);
+                last = Instant::now();
+                if bound.len() == total {
+                    break;
+                }
+            }
+        }
+        (first, last, bound.len())
+    });
+    let began = Instant::now();
+    for i in 0..total {
+        let permit = permits.clone().acquire_owned().await?;
+        let pods = pods.clone();
+        let pod = pod(
+            &format!("s-{i}"),
+            "scheduler",
+            "/nonexistent.wasm",
+            &[],
+            None,
+        )?;
+        tokio::spawn(async move {
+            pods.create(&pod).await.expect("create pod");
+            drop(permit);
+        });
+    }
+    let created = began.elapsed();
+    let (first, last, bound) = tokio::time::timeout(Duration::from_secs(600), observer).await??;
+    let span = first.map(|f| last - f).unwrap_or_default();
+    println!(
+        "scheduler: {bound} of {total} pods bound onto {} registered nodes; creating them took {:.2} s; bindings from first to last {:.2} s = {:.0} pods/s; all bound {:.2} s after the first create",
+        args.registered_nodes,
+        created.as_secs_f64(),
+        span.as_secs_f64(),
+        bound as f64 / span.as_secs_f64().max(1e-9),
+        (last - began).as_secs_f64(),
+    );
+    bench.cluster.shutdown().await;
+    Ok(())
+}
+
+/// A Deployment of one HTTP pod scaled to `--pods` replicas through the scale subresource.
+async fn scale(args: &Args) -> anyhow::Result<()> {
+    let count = args.pods;
+    let options = if count > 250 {
+        ServerOptions { node_cidr_mask: 16 }
+    } else {
+        ServerOptions::default()
+    };
+    let mut bench = start_cluster(1, options, |c| c.max_pods = count as u32 + 16).await?;
+    let deployment: k8s_openapi::api::apps::v1::Deployment = serde_json::from_value(
+        serde_json::json!({
+            "metadata": {"name": "web"},
+            "spec": {"replicas": 1, "selector": {"matchLabels": {"bench": "scale"}}, "template": {"metadata": {"labels": {"bench": "scale"}},
+                "spec": {"containers": [{"name": "web", "image": shoal_examples::WEB_P2, "ports": [{"containerPort": 8080}]}]}}}
+        }),
+    )?;
+    let deployments = bench
+        .client
+        .api::<k8s_openapi::api::apps::v1::Deployment>(Some("default"));
+    deployments.create(&deployment).await?;
+    wait_running(&bench.client, "scale", 1).await?;
+    let began = Instant::now();
+    bench
+        .client
+        .json(
+            http::Method::PATCH,
+            "/apis/apps/v1/namespaces/default/deployments/web/scale",
+            "application/merge-patch+json",
+            Some(&serde_json::json!({"spec": {"replicas": count}})),
+        )
+        .await?;
+    wait_running(&bench.client, "scale", count).await?;
+    println!("scale: a Deployment scaled from 1 to {count} replicas: all {count} pods Running after {:.2} s (one node)", began.elapsed().as_secs_f64());
+    bench.cluster.shutdown().await;
+    Ok(())
 }

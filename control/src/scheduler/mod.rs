@@ -33,8 +33,10 @@ pub async fn run(client: Client) {
         while let Ok(event) = pods.try_recv() {
             state.apply_pod(event);
         }
+        // Usage is computed once per round and kept current as pods are assigned.
+        let mut usage = state.usage();
         for (key, pod) in state.pending() {
-            let node = match choose_node(&state, &pod) {
+            let node = match choose_node(&state, &usage, &pod) {
                 Ok(node) => node,
                 Err(why) => {
                     if state.unschedulable.insert(key.clone()) {
@@ -46,6 +48,10 @@ pub async fn run(client: Client) {
             };
             state.unschedulable.remove(&key);
             state.assign(&key, &node, Requests::of(&pod));
+            usage
+                .entry(node.clone())
+                .or_default()
+                .add(Requests::of(&pod));
             let (client, binds, recorder) = (client.clone(), binds.clone(), recorder.clone());
             let (namespace, name) = (
                 pod.metadata.namespace.clone().unwrap_or_default(),
@@ -259,8 +265,8 @@ impl ClusterView {
     }
 
     /// What active (non-terminal) pods use per node, counting assumed bindings.
-    fn usage(&self) -> HashMap<&str, Requests> {
-        let mut usage: HashMap<&str, Requests> = HashMap::new();
+    fn usage(&self) -> HashMap<String, Requests> {
+        let mut usage: HashMap<String, Requests> = HashMap::new();
         for pod in self.pods.values() {
             let phase = pod
                 .status
@@ -271,11 +277,14 @@ impl ClusterView {
                 continue;
             }
             if let Some(node) = pod.spec.as_ref().and_then(|s| s.node_name.as_deref()) {
-                usage.entry(node).or_default().add(Requests::of(pod));
+                usage
+                    .entry(node.to_string())
+                    .or_default()
+                    .add(Requests::of(pod));
             }
         }
         for (node, requests) in self.assumed.values() {
-            usage.entry(node.as_str()).or_default().add(*requests);
+            usage.entry(node.clone()).or_default().add(*requests);
         }
         usage
     }
@@ -298,8 +307,11 @@ pub fn node_is_eligible(node: &Node) -> bool {
 
 /// The eligible node where `pod` fits with the fewest active pods (ties go to the first by
 /// name), or why there is none, worded as Kubernetes' scheduler words it.
-fn choose_node(view: &ClusterView, pod: &Pod) -> Result<String, String> {
-    let usage = view.usage();
+fn choose_node(
+    view: &ClusterView,
+    usage: &HashMap<String, Requests>,
+    pod: &Pod,
+) -> Result<String, String> {
     let wanted = Requests::of(pod);
     let mut reasons: std::collections::BTreeMap<&str, usize> = Default::default();
     let mut best: Option<(&String, u64)> = None;
@@ -310,7 +322,7 @@ fn choose_node(view: &ClusterView, pod: &Pod) -> Result<String, String> {
                 .or_default() += 1;
             continue;
         }
-        let used = usage.get(name.as_str()).copied().unwrap_or_default();
+        let used = usage.get(name).copied().unwrap_or_default();
         let room = allocatable(node);
         let misfit = if used.pods + 1 > room.pods {
             Some("Too many pods")
@@ -383,15 +395,15 @@ mod tests {
         ]));
         assert_eq!(view.pending().len(), 2);
         let p = pod("p2", None);
-        let first = choose_node(&view, &p).unwrap();
+        let first = choose_node(&view, &view.usage(), &p).unwrap();
         assert_eq!(first, "b");
         view.assign("default/p2", &first, Requests::of(&p));
         assert_eq!(view.pending().len(), 1);
         view.assign("default/p3", "a", Requests::of(&p));
         // a: p1 + assumed p3 = 2, b: assumed p2 = 1.
-        assert_eq!(choose_node(&view, &p).unwrap(), "b");
+        assert_eq!(choose_node(&view, &view.usage(), &p).unwrap(), "b");
         assert_eq!(
-            choose_node(&ClusterView::default(), &p).unwrap_err(),
+            choose_node(&ClusterView::default(), &HashMap::new(), &p).unwrap_err(),
             "0/0 nodes are available:"
         );
     }
@@ -418,21 +430,21 @@ mod tests {
             .unwrap()
         };
         assert_eq!(
-            choose_node(&view, &wanting("500m", "512Mi")).unwrap(),
+            choose_node(&view, &view.usage(), &wanting("500m", "512Mi")).unwrap(),
             "small"
         );
         assert_eq!(
-            choose_node(&view, &wanting("2", "1Mi")).unwrap_err(),
+            choose_node(&view, &view.usage(), &wanting("2", "1Mi")).unwrap_err(),
             "0/1 nodes are available: 1 Insufficient cpu."
         );
         assert_eq!(
-            choose_node(&view, &wanting("1", "2Gi")).unwrap_err(),
+            choose_node(&view, &view.usage(), &wanting("1", "2Gi")).unwrap_err(),
             "0/1 nodes are available: 1 Insufficient memory."
         );
         view.assign("default/a", "small", Requests::of(&wanting("100m", "1Mi")));
         view.assign("default/b", "small", Requests::of(&wanting("100m", "1Mi")));
         assert_eq!(
-            choose_node(&view, &wanting("100m", "1Mi")).unwrap_err(),
+            choose_node(&view, &view.usage(), &wanting("100m", "1Mi")).unwrap_err(),
             "0/1 nodes are available: 1 Too many pods."
         );
     }
