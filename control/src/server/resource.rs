@@ -466,12 +466,15 @@ impl ApiServer {
         let mask = self.options.node_cidr_mask;
         // Nodes' ranges tile the cluster range: 10.244.0.0/16 for /24 nodes (Kubernetes'
         // default), 10.0.0.0/8 for shorter ones.
-        let (base, cluster_mask) = if mask >= 24 {
-            (u32::from_be_bytes([10, 244, 0, 0]), 16)
+        // /24 nodes start at 10.244.0.0 (Kubernetes' default) and continue up to 10.255.x;
+        // shorter prefixes tile 10.0.0.0/8.
+        let base = if mask >= 24 {
+            u32::from_be_bytes([10, 244, 0, 0])
         } else {
-            (u32::from_be_bytes([10, 0, 0, 0]), 8)
+            u32::from_be_bytes([10, 0, 0, 0])
         };
-        let count = 1u64 << (mask.saturating_sub(cluster_mask));
+        let end = u32::from_be_bytes([10, 255, 255, 255]) as u64;
+        let count = (end - base as u64 + 1) >> (32 - mask);
         let cidr_of = |i: u64| {
             let start = base + ((i as u32) << (32 - mask));
             format!("{}/{mask}", std::net::Ipv4Addr::from(start))
