@@ -12,6 +12,7 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use serde_json::json;
 
 use super::deployment::{template_hash, HASH_LABEL};
+use super::pod_is_ready as is_ready;
 use super::queue::{self, Action};
 use super::replicaset::{controller_of, selector_string};
 use crate::client::{watcher, Client, DeleteParams, ListParams, Recorder, WatcherEvent};
@@ -71,13 +72,6 @@ fn eligible(node: &Node, selector: Option<&BTreeMap<String, String>>) -> bool {
         .flatten()
         .all(|(k, v)| labels.get(k) == Some(v));
     !cordoned && matches && node.metadata.deletion_timestamp.is_none()
-}
-
-fn is_ready(pod: &Pod) -> bool {
-    pod.status
-        .as_ref()
-        .and_then(|s| s.conditions.as_ref())
-        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
 }
 
 async fn reconcile(client: Client, recorder: Recorder, key: String) -> Result<Action, String> {

@@ -128,13 +128,6 @@ fn percent(text: &str, replicas: i32, round_up: bool) -> i32 {
     }) as i32
 }
 
-fn pod_ready(pod: &k8s_openapi::api::core::v1::Pod) -> bool {
-    pod.status
-        .as_ref()
-        .and_then(|s| s.conditions.as_ref())
-        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
-}
-
 fn spec_replicas(rs: &ReplicaSet) -> i32 {
     rs.spec.as_ref().and_then(|s| s.replicas).unwrap_or(0)
 }
@@ -238,7 +231,7 @@ async fn reconcile(client: Client, recorder: Recorder, key: String) -> Result<Ac
         for pod in listed
             .items
             .iter()
-            .filter(|p| p.metadata.deletion_timestamp.is_none() && pod_ready(p))
+            .filter(|p| p.metadata.deletion_timestamp.is_none() && super::pod_is_ready(p))
         {
             if let Some(h) = pod.metadata.labels.as_ref().and_then(|l| l.get(HASH_LABEL)) {
                 *ready_by_hash.entry(h.clone()).or_default() += 1;

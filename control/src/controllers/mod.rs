@@ -15,6 +15,14 @@ pub mod replicaset;
 
 use crate::client::Client;
 
+/// Whether a pod's Ready condition is True (what the workload controllers count).
+pub fn pod_is_ready(pod: &k8s_openapi::api::core::v1::Pod) -> bool {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
 /// Settings of the controller manager.
 #[derive(Clone, Copy, Debug)]
 pub struct Options {

@@ -10,6 +10,7 @@ use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
 use serde_json::json;
 
+use super::pod_is_ready as is_ready;
 use super::queue::{self, Action};
 use crate::client::{watcher, Client, DeleteParams, ListParams, Recorder, WatcherEvent};
 
@@ -99,13 +100,6 @@ fn is_active(pod: &Pod) -> bool {
         .and_then(|s| s.phase.as_deref())
         .unwrap_or("");
     pod.metadata.deletion_timestamp.is_none() && !matches!(phase, "Succeeded" | "Failed")
-}
-
-fn is_ready(pod: &Pod) -> bool {
-    pod.status
-        .as_ref()
-        .and_then(|s| s.conditions.as_ref())
-        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
 }
 
 async fn reconcile(client: Client, recorder: Recorder, key: String) -> Result<Action, String> {
