@@ -290,6 +290,49 @@ impl ClusterView {
     }
 }
 
+/// Whether the node carries every label of the pod's `nodeSelector`.
+fn matches_node_selector(pod: &Pod, node: &Node) -> bool {
+    let Some(selector) = pod.spec.as_ref().and_then(|s| s.node_selector.as_ref()) else {
+        return true;
+    };
+    let labels = node.metadata.labels.clone().unwrap_or_default();
+    selector.iter().all(|(k, v)| labels.get(k) == Some(v))
+}
+
+/// The first NoSchedule or NoExecute taint of the node that the pod does not tolerate.
+fn untolerated_taint<'n>(
+    pod: &Pod,
+    node: &'n Node,
+) -> Option<&'n k8s_openapi::api::core::v1::Taint> {
+    let tolerations = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.tolerations.clone())
+        .unwrap_or_default();
+    let taints = node.spec.as_ref().and_then(|s| s.taints.as_ref())?;
+    taints
+        .iter()
+        .filter(|t| t.effect == "NoSchedule" || t.effect == "NoExecute")
+        .find(|taint| {
+            !tolerations.iter().any(|t| {
+                let effect = t
+                    .effect
+                    .as_deref()
+                    .is_none_or(|e| e.is_empty() || e == taint.effect);
+                let key = t.key.as_deref().unwrap_or("");
+                let matches = match t.operator.as_deref().unwrap_or("Equal") {
+                    "Exists" => key.is_empty() || key == taint.key,
+                    _ => {
+                        key == taint.key
+                            && t.value.as_deref().unwrap_or("")
+                                == taint.value.as_deref().unwrap_or("")
+                    }
+                };
+                effect && matches
+            })
+        })
+}
+
 /// A node is eligible when its Ready condition is True and it is not cordoned.
 pub fn node_is_eligible(node: &Node) -> bool {
     let ready = node
@@ -319,6 +362,18 @@ fn choose_node(
         if !node_is_eligible(node) {
             *reasons
                 .entry("node(s) were not ready or were cordoned")
+                .or_default() += 1;
+            continue;
+        }
+        if !matches_node_selector(pod, node) {
+            *reasons
+                .entry("node(s) didn't match Pod's node affinity/selector")
+                .or_default() += 1;
+            continue;
+        }
+        if untolerated_taint(pod, node).is_some() {
+            *reasons
+                .entry("node(s) had untolerated taint(s)")
                 .or_default() += 1;
             continue;
         }
@@ -446,6 +501,58 @@ mod tests {
         assert_eq!(
             choose_node(&view, &view.usage(), &wanting("100m", "1Mi")).unwrap_err(),
             "0/1 nodes are available: 1 Too many pods."
+        );
+    }
+
+    #[test]
+    fn node_selectors_and_taints_filter_nodes() {
+        let mut gpu = node("gpu", true, false);
+        gpu.metadata.labels = Some([("accel".to_string(), "yes".to_string())].into());
+        let mut tainted = node("tainted", true, false);
+        tainted.spec.as_mut().unwrap().taints = Some(vec![serde_json::from_value(
+            json!({"key": "dedicated", "value": "db", "effect": "NoSchedule"}),
+        )
+        .unwrap()]);
+        let mut view = ClusterView::default();
+        view.apply_node(WatcherEvent::Restarted(vec![gpu, tainted]));
+        let with = |extra: serde_json::Value| -> Pod {
+            let mut spec = json!({"containers": []});
+            spec.as_object_mut()
+                .unwrap()
+                .extend(extra.as_object().unwrap().clone());
+            serde_json::from_value(
+                json!({"metadata": {"name": "p", "namespace": "default"}, "spec": spec}),
+            )
+            .unwrap()
+        };
+        let usage = view.usage();
+        assert_eq!(
+            choose_node(&view, &usage, &with(json!({}))).unwrap(),
+            "gpu",
+            "the taint keeps plain pods off"
+        );
+        assert_eq!(
+            choose_node(
+                &view,
+                &usage,
+                &with(json!({"nodeSelector": {"accel": "yes"}}))
+            )
+            .unwrap(),
+            "gpu"
+        );
+        let tolerant = with(
+            json!({"nodeSelector": {"kubernetes.io/hostname": "x"}, "tolerations": [{"key": "dedicated", "operator": "Equal", "value": "db", "effect": "NoSchedule"}]}),
+        );
+        assert_eq!(
+            choose_node(&view, &usage, &tolerant).unwrap_err(),
+            "0/2 nodes are available: 2 node(s) didn't match Pod's node affinity/selector."
+        );
+        let tolerant = with(json!({"tolerations": [{"operator": "Exists"}], "nodeSelector": {}}));
+        view.assign("default/x", "gpu", Requests { pods: 1, ..Default::default() });
+        assert_eq!(
+            choose_node(&view, &view.usage(), &tolerant).unwrap(),
+            "tainted",
+            "tolerating everything, the emptier node wins"
         );
     }
 }
