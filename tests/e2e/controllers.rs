@@ -753,3 +753,42 @@ async fn jobs_complete_fail_and_index() {
     )
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_drain_evicts_and_pods_move() {
+    if !kubectl_available("kubectl_drain_evicts_and_pods_move") {
+        return;
+    }
+    let cluster = TestCluster::start(2).await;
+    let http = Http::new(&cluster.url());
+    assert_eq!(
+        http.call(
+            "POST",
+            SETS,
+            "application/json",
+            &replica_set("drained", 4).to_string()
+        )
+        .await
+        .0,
+        201
+    );
+    wait_ready_replicas(&http, "drained", 4).await;
+    let out = ok(kubectl_async(&cluster.kubeconfig, &["drain", "node-0", "--timeout=60s"]).await);
+    assert!(
+        out.contains("evicting pod") || out.contains("evicted"),
+        "{out}"
+    );
+    let pods = wait_ready_replicas(&http, "drained", 4).await;
+    assert!(
+        pods.iter().all(|p| p["spec"]["nodeName"] == "node-1"),
+        "all pods moved to node-1"
+    );
+    let (_, node) = http.call("GET", "/api/v1/nodes/node-0", "", "").await;
+    assert_eq!(node["spec"]["unschedulable"], true);
+    ok(kubectl_async(&cluster.kubeconfig, &["uncordon", "node-0"]).await);
+    let (_, node) = http.call("GET", "/api/v1/nodes/node-0", "", "").await;
+    assert!(
+        node["spec"]["unschedulable"].is_null() || node["spec"]["unschedulable"] == false,
+        "{node}"
+    );
+}

@@ -101,6 +101,7 @@ pub static RESOURCES: &[ResourceInfo] = &[
                 "PodProxyOptions",
                 &["create", "delete", "get", "patch", "update"],
             ),
+            ("eviction", "Eviction", &["create"]),
         ],
     },
     ResourceInfo {

@@ -548,7 +548,14 @@ mod tests {
             "0/2 nodes are available: 2 node(s) didn't match Pod's node affinity/selector."
         );
         let tolerant = with(json!({"tolerations": [{"operator": "Exists"}], "nodeSelector": {}}));
-        view.assign("default/x", "gpu", Requests { pods: 1, ..Default::default() });
+        view.assign(
+            "default/x",
+            "gpu",
+            Requests {
+                pods: 1,
+                ..Default::default()
+            },
+        );
         assert_eq!(
             choose_node(&view, &view.usage(), &tolerant).unwrap(),
             "tainted",

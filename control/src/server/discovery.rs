@@ -97,6 +97,7 @@ fn aggregated_resource(r: &ResourceInfo) -> Value {
             let (group, version) = match *kind {
                 "Binding" => ("", "v1"),
                 "Scale" => ("autoscaling", "v1"),
+                "Eviction" => ("policy", "v1"),
                 _ => (r.group, r.version),
             };
             json!({"subresource": name, "responseKind": {"group": group, "version": version, "kind": kind}, "verbs": verbs})
@@ -130,7 +131,12 @@ pub fn resource_list(group: &str, version: &str) -> Option<Value> {
             "name": r.plural, "singularName": r.singular, "namespaced": r.namespaced, "kind": r.kind,
             "verbs": VERBS, "shortNames": r.short_names, "categories": r.categories,
         }));
-        for (sub, kind, verbs) in r.subresources {
+        // pods/eviction is listed below with its policy/v1 group-version.
+        for (sub, kind, verbs) in r
+            .subresources
+            .iter()
+            .filter(|(sub, _, _)| *sub != "eviction")
+        {
             resources.push(json!({"name": format!("{}/{sub}", r.plural), "singularName": "", "namespaced": r.namespaced, "kind": kind, "verbs": verbs}));
         }
     }

@@ -332,3 +332,16 @@ fn named_port(pod: &Value, name: &str) -> Option<u16> {
         .and_then(|p| p["containerPort"].as_u64())
         .and_then(|p| u16::try_from(p).ok())
 }
+
+/// `POST pods/{name}/eviction` (`kubectl drain`): a graceful delete of the pod, answered with
+/// a Success Status. There are no PodDisruptionBudgets yet, so an eviction is never refused.
+pub async fn evict(server: &Arc<ApiServer>, request: &Request) -> Result<Response> {
+    let eviction = request.decode_body()?;
+    let grace = eviction
+        .pointer("/deleteOptions/gracePeriodSeconds")
+        .and_then(Value::as_i64);
+    let pod = server.get_object(&request.key())?;
+    delete(server, request, pod, grace, None).await?;
+    let status = json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201});
+    Ok(json_response(StatusCode::CREATED, &status))
+}
