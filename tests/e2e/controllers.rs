@@ -792,3 +792,70 @@ async fn kubectl_drain_evicts_and_pods_move() {
         "{node}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cron_job_fires_on_schedule() {
+    let cluster = TestCluster::start(1).await;
+    let http = Http::new(&cluster.url());
+    let cron = json!({"apiVersion": "batch/v1", "kind": "CronJob", "metadata": {"name": "tick"},
+        "spec": {"schedule": "* * * * *", "jobTemplate": {"spec": {"template": {"spec": {"restartPolicy": "Never",
+            "containers": [{"name": "main", "image": shoal_examples::HELLO_P1, "args": ["tick"]}]}}}}}});
+    let (status, body) = http
+        .call(
+            "POST",
+            "/apis/batch/v1/namespaces/default/cronjobs",
+            "application/json",
+            &cron.to_string(),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    // Every minute: the first Job comes at the next minute boundary.
+    let job = wait_for(
+        "the CronJob to create a Job",
+        Duration::from_secs(75),
+        async || {
+            let (_, list) = http
+                .call("GET", "/apis/batch/v1/namespaces/default/jobs", "", "")
+                .await;
+            list["items"].as_array()?.first().cloned()
+        },
+    )
+    .await;
+    assert_eq!(job["metadata"]["ownerReferences"][0]["kind"], "CronJob");
+    let name = job["metadata"]["name"].as_str().unwrap().to_string();
+    let (outcome, _) = job_condition(&http, &name).await;
+    assert_eq!(outcome, "Complete");
+    let (_, cron) = http
+        .call(
+            "GET",
+            "/apis/batch/v1/namespaces/default/cronjobs/tick",
+            "",
+            "",
+        )
+        .await;
+    assert!(cron["status"]["lastScheduleTime"].is_string(), "{cron}");
+    // Deleting the CronJob takes its Jobs (and their pods).
+    http.call(
+        "DELETE",
+        "/apis/batch/v1/namespaces/default/cronjobs/tick",
+        "application/json",
+        r#"{"propagationPolicy":"Background"}"#,
+    )
+    .await;
+    wait_for(
+        "the CronJob's Jobs to go",
+        Duration::from_secs(30),
+        async || {
+            let (_, list) = http
+                .call("GET", "/apis/batch/v1/namespaces/default/jobs", "", "")
+                .await;
+            list["items"].as_array()?.is_empty().then_some(())
+        },
+    )
+    .await;
+
+    let (status, body) = http.call("POST", "/apis/batch/v1/namespaces/default/cronjobs", "application/json",
+        &json!({"apiVersion": "batch/v1", "kind": "CronJob", "metadata": {"name": "bad"}, "spec": {"schedule": "every minute", "jobTemplate": {"spec": {"template": {"spec": {"containers": []}}}}}}).to_string()).await;
+    assert_eq!(status, 422, "{body}");
+    assert_eq!(body["details"]["causes"][0]["field"], "spec.schedule");
+}

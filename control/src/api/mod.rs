@@ -2,6 +2,7 @@
 //! way into the store (defaults, validation), plus selectors, patches and table rendering.
 //! Types are k8s-openapi's; nothing here does I/O.
 
+pub mod cron;
 pub mod defaults;
 pub mod object;
 pub mod patch;

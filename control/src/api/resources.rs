@@ -194,6 +194,17 @@ pub static RESOURCES: &[ResourceInfo] = &[
     ResourceInfo {
         group: "batch",
         version: "v1",
+        kind: "CronJob",
+        plural: "cronjobs",
+        singular: "cronjob",
+        namespaced: true,
+        short_names: &["cj"],
+        categories: &["all"],
+        subresources: &[("status", "CronJob", &["get", "patch", "update"])],
+    },
+    ResourceInfo {
+        group: "batch",
+        version: "v1",
         kind: "Job",
         plural: "jobs",
         singular: "job",

@@ -87,6 +87,15 @@ pub fn validate(kind: &str, object: &Value) -> Vec<Cause> {
         "Pod" => pod(object, &mut causes),
         "ReplicaSet" | "Deployment" | "DaemonSet" => replica_set(object, &mut causes),
         "Job" => job(object, &mut causes),
+        "CronJob" => {
+            let schedule = object
+                .pointer("/spec/schedule")
+                .and_then(Value::as_str)
+                .unwrap_or("");
+            if let Err(why) = super::cron::Schedule::parse(schedule) {
+                causes.push(Cause::invalid("spec.schedule", schedule, &why));
+            }
+        }
         _ => {}
     }
     causes

@@ -5,6 +5,7 @@
 //! level-triggered: they read the whole current state and are never told why they run.
 //! Controllers talk to the API only through the client.
 
+pub mod cronjob;
 pub mod daemonset;
 pub mod deployment;
 pub mod gc;
@@ -45,6 +46,7 @@ pub fn start(client: Client, options: Options) -> Vec<tokio::task::JoinHandle<()
         tokio::spawn(deployment::run(client.clone())),
         tokio::spawn(daemonset::run(client.clone())),
         tokio::spawn(job::run(client.clone())),
+        tokio::spawn(cronjob::run(client.clone())),
         tokio::spawn(nodelifecycle::run(
             client.clone(),
             options.pod_eviction_timeout,

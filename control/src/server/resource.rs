@@ -418,7 +418,7 @@ impl ApiServer {
     /// Removes owner references to `owner_uid` from the pods and ReplicaSets of `namespace`
     /// (orphan propagation: the dependents outlive their owner).
     async fn orphan_dependents(&self, namespace: &str, owner_uid: &str) -> Result<()> {
-        for resource in ["pods", "replicasets.apps"] {
+        for resource in ["pods", "replicasets.apps", "jobs.batch"] {
             let listing = self
                 .store
                 .list(resource, Some(namespace))
