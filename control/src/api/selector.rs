@@ -70,6 +70,20 @@ impl LabelSelector {
     }
 }
 
+/// A workload's `spec.selector.matchLabels` as selector text (`app=web,tier=be`), as
+/// `kubectl get -o wide` and the Scale subresource show it.
+pub fn match_labels_of(workload: &Value) -> String {
+    let labels = workload
+        .pointer("/spec/selector/matchLabels")
+        .and_then(Value::as_object);
+    let terms: Vec<String> = labels
+        .into_iter()
+        .flatten()
+        .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or("")))
+        .collect();
+    terms.join(",")
+}
+
 /// Splits on commas that are not inside parentheses.
 fn split_terms(text: &str) -> Vec<&str> {
     let mut terms = Vec::new();

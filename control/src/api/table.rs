@@ -246,15 +246,7 @@ fn cells(kind: &str, o: &Value) -> Vec<Value> {
                 .unwrap_or_default();
             let names: Vec<&str> = containers.iter().map(|c| str_at(c, "/name")).collect();
             let images: Vec<&str> = containers.iter().map(|c| str_at(c, "/image")).collect();
-            let selector = o
-                .pointer("/spec/selector/matchLabels")
-                .and_then(Value::as_object)
-                .map(|m| {
-                    m.iter()
-                        .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or("")))
-                        .collect::<Vec<_>>()
-                        .join(",")
-                });
+            let selector = super::selector::match_labels_of(o);
             if kind == "Deployment" {
                 let ready = o
                     .pointer("/status/readyReplicas")
@@ -272,7 +264,7 @@ fn cells(kind: &str, o: &Value) -> Vec<Value> {
                     age,
                     json!(names.join(",")),
                     json!(images.join(",")),
-                    json!(selector.unwrap_or_default()),
+                    json!(selector),
                 ];
             }
             vec![
@@ -283,7 +275,7 @@ fn cells(kind: &str, o: &Value) -> Vec<Value> {
                 age,
                 json!(names.join(",")),
                 json!(images.join(",")),
-                json!(selector.unwrap_or_default()),
+                json!(selector),
             ]
         }
         _ => vec![name, age],

@@ -14,16 +14,7 @@ use crate::api::{object, patch};
 use crate::store::revision_of;
 
 fn scale_of(workload: &Value) -> Value {
-    let selector = workload
-        .pointer("/spec/selector/matchLabels")
-        .and_then(Value::as_object)
-        .map(|m| {
-            m.iter()
-                .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or("")))
-                .collect::<Vec<_>>()
-                .join(",")
-        })
-        .unwrap_or_default();
+    let selector = crate::api::selector::match_labels_of(workload);
     json!({
         "kind": "Scale",
         "apiVersion": "autoscaling/v1",
