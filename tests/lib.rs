@@ -176,6 +176,7 @@ pub async fn wait_for<T>(
 }
 
 /// A plain HTTP/1.1 client (hyper), for testing the API as any HTTP client would use it.
+#[derive(Clone)]
 pub struct Http {
     client: hyper_util::client::legacy::Client<
         hyper_util::client::legacy::connect::HttpConnector,

@@ -141,6 +141,8 @@ impl DevCluster {
         for i in 0..nodes {
             let name = format!("node-{i}");
             let mut config = AgentConfig::new(&name, data_dir.join("nodes").join(&name));
+            // The nodes of one dev cluster share a disk, so claims follow their pods.
+            config.claims_dir = Some(data_dir.join("claims"));
             configure(&mut config);
             agents.push(Agent::start(control.client.clone(), config).await?);
         }

@@ -11,3 +11,4 @@ mod images;
 mod kubectl;
 mod multi_process;
 mod pods;
+mod statefulsets;

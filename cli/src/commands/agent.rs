@@ -36,6 +36,10 @@ pub struct AgentCommand {
     /// How often the node's lease is renewed.
     #[arg(long, default_value_t = 10)]
     lease_renew_seconds: u64,
+    /// Where persistentVolumeClaim data lives (default: `<data-dir>/claims`). Point agents at
+    /// one shared directory and a claim's data follows its pod from node to node.
+    #[arg(long)]
+    claims_dir: Option<PathBuf>,
 }
 
 impl AgentCommand {
@@ -52,6 +56,7 @@ impl AgentCommand {
         config.max_pods = self.max_pods;
         config.host_path_allow = self.allow_host_path;
         config.image_ca = self.image_ca;
+        config.claims_dir = self.claims_dir;
         config.lease_duration = std::time::Duration::from_secs(self.lease_duration_seconds);
         config.lease_renew = std::time::Duration::from_secs(self.lease_renew_seconds);
         let mut agent = Agent::start(Client::http(&self.server), config).await?;

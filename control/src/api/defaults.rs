@@ -46,6 +46,8 @@ pub fn kind_defaults(kind: &str, object: &mut Value) {
             set_at(object, "/spec/replicas", json!(1))
         }
         "Deployment" => deployment(object),
+        "StatefulSet" => stateful_set(object),
+        "ReplicationController" => replication_controller(object),
         "Job" => {
             let parallel = object.pointer("/spec/parallelism").is_some();
             for (pointer, value) in [
@@ -219,5 +221,64 @@ mod tests {
         assert_eq!(pod["status"]["phase"], "Pending");
         assert_eq!(pod["kind"], "Pod");
         assert!(!pod["metadata"]["uid"].as_str().unwrap().is_empty());
+    }
+}
+
+/// A StatefulSet's defaults, as the API server fills them (kubectl's `rollout status` reads
+/// the update strategy and its partition).
+fn stateful_set(object: &mut Value) {
+    for (pointer, value) in [
+        ("/spec/replicas", json!(1)),
+        ("/spec/podManagementPolicy", json!("OrderedReady")),
+        ("/spec/updateStrategy/type", json!("RollingUpdate")),
+        ("/spec/revisionHistoryLimit", json!(10)),
+        (
+            "/spec/persistentVolumeClaimRetentionPolicy",
+            json!({"whenDeleted": "Retain", "whenScaled": "Retain"}),
+        ),
+    ] {
+        if object.pointer(pointer).is_none() {
+            set_at(object, pointer, value);
+        }
+    }
+    let rolling = object
+        .pointer("/spec/updateStrategy/type")
+        .and_then(Value::as_str)
+        == Some("RollingUpdate");
+    if rolling
+        && object
+            .pointer("/spec/updateStrategy/rollingUpdate/partition")
+            .is_none()
+    {
+        set_at(
+            object,
+            "/spec/updateStrategy/rollingUpdate/partition",
+            json!(0),
+        );
+    }
+}
+
+/// A ReplicationController without a selector selects its template's labels (and a template
+/// without labels gets the selector's), as Kubernetes defaults them.
+fn replication_controller(object: &mut Value) {
+    if object.pointer("/spec/replicas").is_none() {
+        set_at(object, "/spec/replicas", json!(1));
+    }
+    let selector = object
+        .pointer("/spec/selector")
+        .and_then(Value::as_object)
+        .filter(|s| !s.is_empty())
+        .cloned();
+    let labels = object
+        .pointer("/spec/template/metadata/labels")
+        .and_then(Value::as_object)
+        .filter(|l| !l.is_empty())
+        .cloned();
+    match (selector, labels) {
+        (None, Some(labels)) => set_at(object, "/spec/selector", Value::Object(labels)),
+        (Some(selector), None) if object.pointer("/spec/template").is_some() => {
+            set_at(object, "/spec/template/metadata/labels", Value::Object(selector))
+        }
+        _ => {}
     }
 }

@@ -39,6 +39,10 @@ pub fn metadata_mut(object: &mut Value) -> &mut Map<String, Value> {
     meta.as_object_mut().expect("made an object above")
 }
 
+/// The finalizer of an object deleted with foreground propagation: it stays, marked, until
+/// its dependents are gone.
+pub const FOREGROUND_FINALIZER: &str = "foregroundDeletion";
+
 /// Sets a value at a JSON pointer, creating intermediate objects.
 pub fn set_at(object: &mut Value, pointer: &str, value: Value) {
     let mut current = object;

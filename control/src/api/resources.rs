@@ -51,6 +51,18 @@ impl ResourceInfo {
         }
     }
 
+    /// The URL of one object: `/api/v1/namespaces/ns/pods/name`, `/api/v1/nodes/name`.
+    pub fn item_path(&self, namespace: Option<&str>, name: &str) -> String {
+        match namespace.filter(|_| self.namespaced) {
+            Some(ns) => format!(
+                "{}/namespaces/{ns}/{}/{name}",
+                self.group_version_path(),
+                self.plural
+            ),
+            None => format!("{}/{}/{name}", self.group_version_path(), self.plural),
+        }
+    }
+
     pub fn has_subresource(&self, name: &str) -> bool {
         self.subresources.iter().any(|(sub, _, _)| *sub == name)
     }
@@ -188,6 +200,45 @@ pub static RESOURCES: &[ResourceInfo] = &[
         categories: &["all"],
         subresources: &[
             ("status", "ReplicaSet", &["get", "patch", "update"]),
+            ("scale", "Scale", &["get", "patch", "update"]),
+        ],
+    },
+    ResourceInfo {
+        group: "apps",
+        version: "v1",
+        kind: "StatefulSet",
+        plural: "statefulsets",
+        singular: "statefulset",
+        namespaced: true,
+        short_names: &["sts"],
+        categories: &["all"],
+        subresources: &[
+            ("status", "StatefulSet", &["get", "patch", "update"]),
+            ("scale", "Scale", &["get", "patch", "update"]),
+        ],
+    },
+    ResourceInfo {
+        group: "apps",
+        version: "v1",
+        kind: "ControllerRevision",
+        plural: "controllerrevisions",
+        singular: "controllerrevision",
+        namespaced: true,
+        short_names: &[],
+        categories: &[],
+        subresources: &[],
+    },
+    ResourceInfo {
+        group: "",
+        version: "v1",
+        kind: "ReplicationController",
+        plural: "replicationcontrollers",
+        singular: "replicationcontroller",
+        namespaced: true,
+        short_names: &["rc"],
+        categories: &["all"],
+        subresources: &[
+            ("status", "ReplicationController", &["get", "patch", "update"]),
             ("scale", "Scale", &["get", "patch", "update"]),
         ],
     },

@@ -73,9 +73,14 @@ impl LabelSelector {
 /// A workload's `spec.selector.matchLabels` as selector text (`app=web,tier=be`), as
 /// `kubectl get -o wide` and the Scale subresource show it.
 pub fn match_labels_of(workload: &Value) -> String {
-    let labels = workload
-        .pointer("/spec/selector/matchLabels")
-        .and_then(Value::as_object);
+    // A ReplicationController's selector is the label map itself.
+    let labels = match workload.pointer("/spec/selector/matchLabels") {
+        Some(labels) => labels.as_object(),
+        None if workload["kind"] == "ReplicationController" => {
+            workload.pointer("/spec/selector").and_then(Value::as_object)
+        }
+        None => None,
+    };
     let terms: Vec<String> = labels
         .into_iter()
         .flatten()

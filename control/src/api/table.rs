@@ -119,7 +119,26 @@ fn columns(kind: &str) -> &'static [Column] {
             ];
             C
         }
-        "ReplicaSet" => {
+        "StatefulSet" => {
+            const C: &[Column] = &[
+                col("Name", "string", 0),
+                col("Ready", "string", 0),
+                col("Age", "string", 0),
+                col("Containers", "string", 1),
+                col("Images", "string", 1),
+            ];
+            C
+        }
+        "ControllerRevision" => {
+            const C: &[Column] = &[
+                col("Name", "string", 0),
+                col("Controller", "string", 0),
+                col("Revision", "integer", 0),
+                col("Age", "string", 0),
+            ];
+            C
+        }
+        "ReplicaSet" | "ReplicationController" => {
             const C: &[Column] = &[
                 col("Name", "string", 0),
                 col("Desired", "integer", 0),
@@ -237,15 +256,44 @@ fn cells(kind: &str, o: &Value) -> Vec<Value> {
                 age,
             ]
         }
-        "Deployment" | "ReplicaSet" => {
-            let number = |p: &str| json!(o.pointer(p).and_then(Value::as_i64).unwrap_or(0));
-            let containers = o
-                .pointer("/spec/template/spec/containers")
+        "StatefulSet" => {
+            let (names, images) = template_containers(o);
+            let ready = o
+                .pointer("/status/readyReplicas")
+                .and_then(Value::as_i64)
+                .unwrap_or(0);
+            let wanted = o
+                .pointer("/spec/replicas")
+                .and_then(Value::as_i64)
+                .unwrap_or(0);
+            vec![
+                name,
+                json!(format!("{ready}/{wanted}")),
+                age,
+                json!(names),
+                json!(images),
+            ]
+        }
+        "ControllerRevision" => {
+            let owner = o
+                .pointer("/metadata/ownerReferences")
                 .and_then(Value::as_array)
-                .cloned()
-                .unwrap_or_default();
-            let names: Vec<&str> = containers.iter().map(|c| str_at(c, "/name")).collect();
-            let images: Vec<&str> = containers.iter().map(|c| str_at(c, "/image")).collect();
+                .and_then(|refs| refs.iter().find(|r| r["controller"] == true))
+                .map(|r| {
+                    let kind = str_at(r, "/kind").to_lowercase();
+                    let group = str_at(r, "/apiVersion").split_once('/').map(|(g, _)| g);
+                    match group {
+                        Some(group) => format!("{kind}.{group}/{}", str_at(r, "/name")),
+                        None => format!("{kind}/{}", str_at(r, "/name")),
+                    }
+                })
+                .unwrap_or_else(|| "<none>".into());
+            let revision = o.get("revision").and_then(Value::as_i64).unwrap_or(0);
+            vec![name, json!(owner), json!(revision), age]
+        }
+        "Deployment" | "ReplicaSet" | "ReplicationController" => {
+            let number = |p: &str| json!(o.pointer(p).and_then(Value::as_i64).unwrap_or(0));
+            let (names, images) = template_containers(o);
             let selector = super::selector::match_labels_of(o);
             if kind == "Deployment" {
                 let ready = o
@@ -262,8 +310,8 @@ fn cells(kind: &str, o: &Value) -> Vec<Value> {
                     number("/status/updatedReplicas"),
                     number("/status/availableReplicas"),
                     age,
-                    json!(names.join(",")),
-                    json!(images.join(",")),
+                    json!(names),
+                    json!(images),
                     json!(selector),
                 ];
             }
@@ -273,13 +321,25 @@ fn cells(kind: &str, o: &Value) -> Vec<Value> {
                 number("/status/replicas"),
                 number("/status/readyReplicas"),
                 age,
-                json!(names.join(",")),
-                json!(images.join(",")),
+                json!(names),
+                json!(images),
                 json!(selector),
             ]
         }
         _ => vec![name, age],
     }
+}
+
+/// The comma-separated container names and images of a workload's pod template.
+fn template_containers(workload: &Value) -> (String, String) {
+    let containers = workload
+        .pointer("/spec/template/spec/containers")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    let names: Vec<&str> = containers.iter().map(|c| str_at(c, "/name")).collect();
+    let images: Vec<&str> = containers.iter().map(|c| str_at(c, "/image")).collect();
+    (names.join(","), images.join(","))
 }
 
 /// Renders objects of one kind as a Table. With `include_object`, each row carries the full

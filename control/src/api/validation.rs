@@ -85,7 +85,21 @@ pub fn validate(kind: &str, object: &Value) -> Vec<Cause> {
     validate_labels(object, &mut causes);
     match kind {
         "Pod" => pod(object, &mut causes),
-        "ReplicaSet" | "Deployment" | "DaemonSet" => replica_set(object, &mut causes),
+        "ReplicaSet" | "Deployment" | "DaemonSet" | "StatefulSet" => {
+            replica_set(object, &mut causes)
+        }
+        "ReplicationController" => {
+            // Validate it as the ReplicaSet it is, its selector map as matchLabels.
+            let mut as_set = object.clone();
+            if let Some(selector) = object.pointer("/spec/selector").cloned() {
+                object::set_at(
+                    &mut as_set,
+                    "/spec/selector",
+                    serde_json::json!({"matchLabels": selector}),
+                );
+            }
+            replica_set(&as_set, &mut causes)
+        }
         "Job" => job(object, &mut causes),
         "CronJob" => {
             let schedule = object
@@ -182,6 +196,20 @@ fn replica_set(object: &Value, causes: &mut Vec<Cause>) {
     let mut as_pod = serde_json::json!({"metadata": {"name": "template"}, "spec": template.get("spec").cloned().unwrap_or(Value::Null)});
     if as_pod["spec"].is_null() {
         as_pod.as_object_mut().map(|m| m.remove("spec"));
+    }
+    // A StatefulSet's claim templates are volumes of its pods.
+    let claim_volumes = object
+        .pointer("/spec/volumeClaimTemplates")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|t| t.pointer("/metadata/name").and_then(Value::as_str))
+        .map(|name| serde_json::json!({"name": name, "persistentVolumeClaim": {"claimName": name}}));
+    if let Some(spec) = as_pod.get_mut("spec").and_then(Value::as_object_mut) {
+        let volumes = spec.entry("volumes").or_insert_with(|| Value::Array(Vec::new()));
+        if let Some(volumes) = volumes.as_array_mut() {
+            volumes.extend(claim_volumes);
+        }
     }
     pod(&as_pod, &mut pod_causes);
     for mut cause in pod_causes {

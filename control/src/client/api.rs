@@ -48,6 +48,8 @@ pub struct DeleteParams {
     pub grace_period_seconds: Option<i64>,
     /// Only delete the object with this uid (guards against deleting a namesake).
     pub uid: Option<String>,
+    /// `Background`, `Foreground` or `Orphan` (the server's default, Background, if unset).
+    pub propagation_policy: Option<&'static str>,
 }
 
 pub struct ObjectList<K> {
@@ -231,6 +233,9 @@ where
         }
         if let Some(uid) = &params.uid {
             options["preconditions"] = serde_json::json!({"uid": uid});
+        }
+        if let Some(policy) = params.propagation_policy {
+            options["propagationPolicy"] = policy.into();
         }
         self.client
             .json(

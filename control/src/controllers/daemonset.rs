@@ -144,6 +144,7 @@ async fn reconcile(client: Client, recorder: Recorder, key: String) -> Result<Ac
                     &DeleteParams {
                         uid,
                         grace_period_seconds,
+                        ..Default::default()
                     },
                 )
                 .await

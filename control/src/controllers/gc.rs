@@ -1,29 +1,52 @@
-//! Garbage collection through ownerReferences (background propagation): when an owner is
-//! deleted, what it owned is deleted (a Deployment's ReplicaSets, whose deletion in turn takes
-//! their pods; a CronJob's Jobs; the pods of DaemonSets and Jobs). Orphan propagation is done
-//! by the API server at the owner's deletion (it marks the owner and removes the references
-//! first); foreground is treated as background.
+//! Garbage collection through ownerReferences.
+//!
+//! Background propagation (the default): when an owner is gone, what it owned is deleted (a
+//! Deployment's ReplicaSets, whose deletion in turn takes their pods; a CronJob's Jobs; a
+//! StatefulSet's pods and ControllerRevisions; the pods of DaemonSets, Jobs and
+//! ReplicationControllers). Foreground: the API server leaves the owner in place, marked, with
+//! the `foregroundDeletion` finalizer; the collector deletes its dependents (foreground too, so
+//! the whole tree goes bottom-up) and removes the finalizer once none is left, which lets the
+//! server delete the owner. Orphan propagation is done by the API server at the owner's
+//! deletion (it marks the owner and removes the references first).
 
 use std::collections::{HashMap, HashSet};
 
-use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet};
+use k8s_openapi::api::apps::v1::{
+    ControllerRevision, DaemonSet, Deployment, ReplicaSet, StatefulSet,
+};
 use k8s_openapi::api::batch::v1::{CronJob, Job};
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, ReplicationController};
+use serde_json::json;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::{Metadata, Resource};
 
 use crate::client::{watcher, Client, DeleteParams, ListParams, WatcherEvent};
 
-/// The uids of the owners of each tracked kind, once that kind has been listed.
+use crate::api::object::FOREGROUND_FINALIZER;
+
+/// The uids of the owners of each tracked kind, once that kind has been listed, and the owners
+/// being deleted in the foreground.
 #[derive(Default)]
-struct Owners(HashMap<&'static str, HashSet<String>>);
+struct Owners {
+    uids: HashMap<&'static str, HashSet<String>>,
+    foreground: HashMap<String, Doomed>,
+}
+
+/// An owner waiting, in the foreground, for its dependents to go.
+#[derive(Clone)]
+struct Doomed {
+    kind: &'static str,
+    namespace: Option<String>,
+    name: String,
+    uid: String,
+}
 
 impl Owners {
     /// Whether the object names an owner of a tracked kind that no longer exists.
     fn orphaned(&self, meta: &ObjectMeta) -> bool {
         meta.deletion_timestamp.is_none()
             && meta.owner_references.iter().flatten().any(|r| {
-                self.0
+                self.uids
                     .get(r.kind.as_str())
                     .is_some_and(|uids| !uids.contains(&r.uid))
             })
@@ -35,7 +58,38 @@ impl Owners {
         &mut self,
         event: WatcherEvent<K>,
     ) -> Option<Option<String>> {
-        let uids = self.0.entry(K::KIND).or_default();
+        let doomed = |o: &K| {
+            let meta = o.metadata();
+            let marked = meta.deletion_timestamp.is_some()
+                && meta
+                    .finalizers
+                    .iter()
+                    .flatten()
+                    .any(|f| f == FOREGROUND_FINALIZER);
+            marked.then(|| Doomed {
+                kind: K::KIND,
+                namespace: meta.namespace.clone(),
+                name: meta.name.clone().unwrap_or_default(),
+                uid: meta.uid.clone().unwrap_or_default(),
+            })
+        };
+        match &event {
+            WatcherEvent::Restarted(all) => {
+                self.foreground.retain(|_, d| d.kind != K::KIND);
+                for d in all.iter().filter_map(doomed) {
+                    self.foreground.insert(d.uid.clone(), d);
+                }
+            }
+            WatcherEvent::Applied(o) => {
+                if let Some(d) = doomed(o) {
+                    self.foreground.insert(d.uid.clone(), d);
+                }
+            }
+            WatcherEvent::Deleted(o) => {
+                o.metadata().uid.as_ref().map(|uid| self.foreground.remove(uid));
+            }
+        }
+        let uids = self.uids.entry(K::KIND).or_default();
         match event {
             WatcherEvent::Restarted(all) => {
                 *uids = all
@@ -63,7 +117,11 @@ pub async fn run(client: Client) {
     let mut daemon_sets = watcher(client.api::<DaemonSet>(None), params());
     let mut cron_jobs = watcher(client.api::<CronJob>(None), params());
     let mut jobs = watcher(client.api::<Job>(None), params());
+    let mut stateful_sets = watcher(client.api::<StatefulSet>(None), params());
+    let mut controllers = watcher(client.api::<ReplicationController>(None), params());
     let mut owners = Owners::default();
+    // Foreground deletions wait on dependents' deletions that no watch here reports (pods).
+    let mut tick = tokio::time::interval(std::time::Duration::from_millis(250));
     loop {
         let collect_in = tokio::select! {
             Some(event) = deployments.recv() => owners.apply(event),
@@ -71,19 +129,118 @@ pub async fn run(client: Client) {
             Some(event) = daemon_sets.recv() => owners.apply(event),
             Some(event) = cron_jobs.recv() => owners.apply(event),
             Some(event) = jobs.recv() => owners.apply(event),
+            Some(event) = stateful_sets.recv() => owners.apply(event),
+            Some(event) = controllers.recv() => owners.apply(event),
+            _ = tick.tick() => None,
             else => return,
         };
         if let Some(namespace) = collect_in {
             collect(&client, &owners, namespace.as_deref()).await;
+        }
+        let doomed: Vec<Doomed> = owners.foreground.values().cloned().collect();
+        for owner in doomed {
+            if let Err(e) = delete_in_foreground(&client, &owner).await {
+                tracing::debug!("foreground deletion of {} {}: {e}", owner.kind, owner.name);
+            }
+        }
+    }
+}
+
+/// The kinds that have owners.
+macro_rules! for_each_dependent_kind {
+    ($f:ident, $($arg:expr),*) => {{
+        $f::<ReplicaSet>($($arg),*).await;
+        $f::<ReplicationController>($($arg),*).await;
+        $f::<Job>($($arg),*).await;
+        $f::<Pod>($($arg),*).await;
+        $f::<ControllerRevision>($($arg),*).await;
+        $f::<PersistentVolumeClaim>($($arg),*).await;
+    }};
+}
+
+/// One step of a foreground deletion: deletes the owner's remaining dependents, or, when none
+/// is left, removes the finalizer so the API server deletes the owner.
+async fn delete_in_foreground(client: &Client, owner: &Doomed) -> Result<(), String> {
+    let mut remaining = 0;
+    for_each_dependent_kind!(delete_dependents, client, owner, &mut remaining);
+    if remaining > 0 {
+        return Ok(());
+    }
+    let resource = crate::api::resources::RESOURCES
+        .iter()
+        .find(|r| r.kind == owner.kind)
+        .ok_or("unknown owner kind")?;
+    let path = resource.item_path(owner.namespace.as_deref(), &owner.name);
+    let current = client
+        .json(http::Method::GET, &path, "application/json", None)
+        .await
+        .map_err(|e| e.to_string())?;
+    if current.pointer("/metadata/uid").and_then(|u| u.as_str()) != Some(owner.uid.as_str()) {
+        return Ok(());
+    }
+    let finalizers: Vec<String> = current
+        .pointer("/metadata/finalizers")
+        .and_then(|f| serde_json::from_value::<Vec<String>>(f.clone()).ok())
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|f| f != FOREGROUND_FINALIZER)
+        .collect();
+    let body = json!({"metadata": {"finalizers": finalizers}});
+    client
+        .json(
+            http::Method::PATCH,
+            &path,
+            "application/merge-patch+json",
+            Some(&body),
+        )
+        .await
+        .map(drop)
+        .map_err(|e| e.to_string())
+}
+
+/// Deletes (in the foreground) the objects of kind `K` that `owner` owns, counting those that
+/// still exist.
+async fn delete_dependents<K>(client: &Client, owner: &Doomed, remaining: &mut usize)
+where
+    K: Resource
+        + Metadata<Ty = ObjectMeta>
+        + serde::Serialize
+        + serde::de::DeserializeOwned
+        + Send
+        + 'static,
+{
+    let api = client.api::<K>(owner.namespace.as_deref());
+    let Ok(list) = api.list(&ListParams::default()).await else {
+        *remaining += 1;
+        return;
+    };
+    for object in list.items {
+        let meta = object.metadata();
+        let owned = meta
+            .owner_references
+            .iter()
+            .flatten()
+            .any(|r| r.uid == owner.uid);
+        if !owned {
+            continue;
+        }
+        *remaining += 1;
+        if meta.deletion_timestamp.is_none() {
+            let params = DeleteParams {
+                uid: meta.uid.clone(),
+                propagation_policy: (K::KIND != "Pod").then_some("Foreground"),
+                ..Default::default()
+            };
+            let _ = api
+                .delete(meta.name.as_deref().unwrap_or_default(), &params)
+                .await;
         }
     }
 }
 
 /// Deletes, in `namespace` (or everywhere), the dependents whose owner is gone.
 async fn collect(client: &Client, owners: &Owners, namespace: Option<&str>) {
-    collect_kind::<ReplicaSet>(client, owners, namespace).await;
-    collect_kind::<Job>(client, owners, namespace).await;
-    collect_kind::<Pod>(client, owners, namespace).await;
+    for_each_dependent_kind!(collect_kind, client, owners, namespace);
 }
 
 async fn collect_kind<K>(client: &Client, owners: &Owners, namespace: Option<&str>)

@@ -13,6 +13,7 @@ pub mod job;
 pub mod nodelifecycle;
 pub mod queue;
 pub mod replicaset;
+pub mod statefulset;
 
 use crate::client::Client;
 
@@ -44,6 +45,8 @@ pub fn start(client: Client, options: Options) -> Vec<tokio::task::JoinHandle<()
     vec![
         tokio::spawn(replicaset::run(client.clone())),
         tokio::spawn(deployment::run(client.clone())),
+        tokio::spawn(replicaset::run_replication_controllers(client.clone())),
+        tokio::spawn(statefulset::run(client.clone())),
         tokio::spawn(daemonset::run(client.clone())),
         tokio::spawn(job::run(client.clone())),
         tokio::spawn(cronjob::run(client.clone())),

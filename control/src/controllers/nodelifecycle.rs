@@ -135,6 +135,7 @@ async fn evict(client: &Client, recorder: &Recorder, node: &str) {
                 &DeleteParams {
                     grace_period_seconds: Some(0),
                     uid: pod.metadata.uid.clone(),
+                    ..Default::default()
                 },
             )
             .await;

@@ -8,7 +8,12 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::{Metadata, Resource};
 use tokio::sync::mpsc;
+
+use crate::client::{watcher, Client, ListParams, WatcherEvent};
 
 /// What a reconcile asks for next.
 #[derive(Debug, PartialEq, Eq)]
@@ -110,6 +115,60 @@ where
         }
     });
     queue
+}
+
+impl<K> WatcherEvent<K> {
+    /// The objects an event carries (all of them after a fresh list).
+    pub fn into_objects(self) -> Vec<K> {
+        match self {
+            WatcherEvent::Restarted(all) => all,
+            WatcherEvent::Applied(object) | WatcherEvent::Deleted(object) => vec![object],
+        }
+    }
+}
+
+/// The `namespace/name` key of an object.
+pub fn key_of(meta: &ObjectMeta) -> String {
+    format!(
+        "{}/{}",
+        meta.namespace.as_deref().unwrap_or_default(),
+        meta.name.as_deref().unwrap_or_default()
+    )
+}
+
+/// The triggers of a controller of pods: enqueues every object of kind `K` that changes and
+/// the `K` that controls every pod that changes. Runs until the watches end.
+pub async fn watch_owners_and_pods<K>(client: Client, queue: WorkQueue)
+where
+    K: Resource
+        + Metadata<Ty = ObjectMeta>
+        + serde::Serialize
+        + serde::de::DeserializeOwned
+        + Clone
+        + Send
+        + 'static,
+{
+    let mut owners = watcher(client.api::<K>(None), ListParams::default());
+    let mut pods = watcher(client.api::<Pod>(None), ListParams::default());
+    loop {
+        tokio::select! {
+            Some(event) = owners.recv() => {
+                for owner in event.into_objects() {
+                    queue.add(&key_of(owner.metadata()));
+                }
+            }
+            Some(event) = pods.recv() => {
+                for pod in event.into_objects() {
+                    let owner = super::replicaset::controller_of(&pod.metadata).filter(|o| o.kind == K::KIND);
+                    if let Some(owner) = owner {
+                        let namespace = pod.metadata.namespace.as_deref().unwrap_or_default();
+                        queue.add(&format!("{namespace}/{}", owner.name));
+                    }
+                }
+            }
+            else => return,
+        }
+    }
 }
 
 #[cfg(test)]

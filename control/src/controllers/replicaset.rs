@@ -1,39 +1,134 @@
-//! The ReplicaSet controller: keeps `spec.replicas` active pods that match the selector and
+//! The ReplicaSet (and ReplicationController) controller: keeps `spec.replicas` active pods that match the selector and
 //! are controlled by the ReplicaSet; adopts matching orphans, creates from the template,
 //! deletes the surplus (unscheduled, then not ready, then newest first), and writes the status.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex};
 
-use k8s_openapi::api::apps::v1::{ReplicaSet, ReplicaSetStatus};
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::apps::v1::{ReplicaSet, ReplicaSetSpec, ReplicaSetStatus};
+use k8s_openapi::api::core::v1::{Pod, ReplicationController};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
 use serde_json::json;
 
 use super::pod_is_ready as is_ready;
 use super::queue::{self, Action};
-use crate::client::{watcher, Client, DeleteParams, ListParams, Recorder, WatcherEvent};
+use crate::client::{watcher, Client, DeleteParams, ListParams, Recorder};
+
+/// The two kinds this controller runs: ReplicaSets and their predecessor, the
+/// ReplicationController (a ReplicaSet whose selector is a plain label map).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    ReplicaSet,
+    ReplicationController,
+}
+
+impl Kind {
+    fn name(self) -> &'static str {
+        match self {
+            Kind::ReplicaSet => "ReplicaSet",
+            Kind::ReplicationController => "ReplicationController",
+        }
+    }
+}
+
+/// The object reconciled, as stored, with a ReplicaSet view of it.
+enum Owner {
+    Set(ReplicaSet),
+    Controller(ReplicationController),
+}
+
+impl Owner {
+    async fn get(client: &Client, kind: Kind, namespace: &str, name: &str) -> Result<Option<Self>, String> {
+        Ok(match kind {
+            Kind::ReplicaSet => client.api::<ReplicaSet>(Some(namespace)).get_opt(name).await.map_err(|e| e.to_string())?.map(Owner::Set),
+            Kind::ReplicationController => client.api::<ReplicationController>(Some(namespace)).get_opt(name).await.map_err(|e| e.to_string())?.map(Owner::Controller),
+        })
+    }
+
+    /// The object as a ReplicaSet: its selector map becomes matchLabels.
+    fn view(&self) -> ReplicaSet {
+        match self {
+            Owner::Set(rs) => rs.clone(),
+            Owner::Controller(rc) => {
+                let spec = rc.spec.clone().unwrap_or_default();
+                let status = rc.status.clone().map(|s| ReplicaSetStatus {
+                    replicas: s.replicas,
+                    fully_labeled_replicas: s.fully_labeled_replicas,
+                    ready_replicas: s.ready_replicas,
+                    available_replicas: s.available_replicas,
+                    observed_generation: s.observed_generation,
+                    conditions: None,
+                });
+                ReplicaSet {
+                    metadata: rc.metadata.clone(),
+                    spec: Some(ReplicaSetSpec {
+                        replicas: spec.replicas,
+                        min_ready_seconds: spec.min_ready_seconds,
+                        selector: LabelSelector { match_labels: spec.selector, match_expressions: None },
+                        template: spec.template,
+                    }),
+                    status,
+                }
+            }
+        }
+    }
+
+    async fn event(&self, recorder: &Recorder, reason: &str, message: &str) {
+        match self {
+            Owner::Set(rs) => recorder.normal(rs, reason, message).await,
+            Owner::Controller(rc) => recorder.normal(rc, reason, message).await,
+        }
+    }
+
+    async fn patch_status(&self, client: &Client, patch: &serde_json::Value) -> Result<(), String> {
+        let (namespace, name) = match self {
+            Owner::Set(rs) => (&rs.metadata.namespace, &rs.metadata.name),
+            Owner::Controller(rc) => (&rc.metadata.namespace, &rc.metadata.name),
+        };
+        let (namespace, name) = (namespace.as_deref(), name.as_deref().unwrap_or_default());
+        match self {
+            Owner::Set(_) => client.api::<ReplicaSet>(namespace).patch_status(name, patch).await.map(drop),
+            Owner::Controller(_) => client.api::<ReplicationController>(namespace).patch_status(name, patch).await.map(drop),
+        }
+        .map_err(|e| e.to_string())
+    }
+}
 
 pub async fn run(client: Client) {
-    let recorder = Recorder::new(client.clone(), "replicaset-controller", None);
+    run_kind::<ReplicaSet>(client, Kind::ReplicaSet).await
+}
+
+pub async fn run_replication_controllers(client: Client) {
+    run_kind::<ReplicationController>(client, Kind::ReplicationController).await
+}
+
+async fn run_kind<K>(client: Client, kind: Kind)
+where
+    K: k8s_openapi::Resource
+        + k8s_openapi::Metadata<Ty = ObjectMeta>
+        + serde::Serialize
+        + serde::de::DeserializeOwned
+        + Send
+        + 'static,
+{
+    let component = match kind {
+        Kind::ReplicaSet => "replicaset-controller",
+        Kind::ReplicationController => "replication-controller",
+    };
+    let recorder = Recorder::new(client.clone(), component, None);
     let reconciler = client.clone();
-    let queue = queue::spawn("replicaset", move |key| {
-        reconcile(reconciler.clone(), recorder.clone(), key)
+    let queue = queue::spawn(component, move |key| {
+        reconcile(reconciler.clone(), recorder.clone(), kind, key)
     });
-    // ReplicaSets by namespace, to wake the ones an orphan pod may belong to.
-    let known: Arc<Mutex<HashMap<String, Vec<String>>>> = Arc::default();
-    let mut sets = watcher(client.api::<ReplicaSet>(None), ListParams::default());
+    // Owners by namespace, to wake the ones an orphan pod may belong to.
+    let mut known: HashMap<String, Vec<String>> = HashMap::new();
+    let mut owners = watcher(client.api::<K>(None), ListParams::default());
     let mut pods = watcher(client.api::<Pod>(None), ListParams::default());
     loop {
         tokio::select! {
-            Some(event) = sets.recv() => {
-                let items = match event {
-                    WatcherEvent::Restarted(all) => all,
-                    WatcherEvent::Applied(rs) | WatcherEvent::Deleted(rs) => vec![rs],
-                };
-                let mut known = known.lock().unwrap_or_else(|p| p.into_inner());
-                for rs in items {
-                    let (ns, name) = (rs.metadata.namespace.clone().unwrap_or_default(), rs.metadata.name.clone().unwrap_or_default());
+            Some(event) = owners.recv() => {
+                for owner in event.into_objects() {
+                    let meta = owner.metadata();
+                    let (ns, name) = (meta.namespace.clone().unwrap_or_default(), meta.name.clone().unwrap_or_default());
                     let names = known.entry(ns.clone()).or_default();
                     if !names.contains(&name) {
                         names.push(name.clone());
@@ -42,17 +137,12 @@ pub async fn run(client: Client) {
                 }
             }
             Some(event) = pods.recv() => {
-                let items = match event {
-                    WatcherEvent::Restarted(all) => all,
-                    WatcherEvent::Applied(pod) | WatcherEvent::Deleted(pod) => vec![pod],
-                };
-                for pod in items {
+                for pod in event.into_objects() {
                     let ns = pod.metadata.namespace.clone().unwrap_or_default();
                     match controller_of(&pod.metadata) {
-                        Some(owner) if owner.kind == "ReplicaSet" => queue.add(&format!("{ns}/{}", owner.name)),
+                        Some(owner) if owner.kind == kind.name() => queue.add(&format!("{ns}/{}", owner.name)),
                         Some(_) => {}
                         None => {
-                            let known = known.lock().unwrap_or_else(|p| p.into_inner());
                             for name in known.get(&ns).into_iter().flatten() {
                                 queue.add(&format!("{ns}/{name}"));
                             }
@@ -102,12 +192,17 @@ fn is_active(pod: &Pod) -> bool {
     pod.metadata.deletion_timestamp.is_none() && !matches!(phase, "Succeeded" | "Failed")
 }
 
-async fn reconcile(client: Client, recorder: Recorder, key: String) -> Result<Action, String> {
+async fn reconcile(
+    client: Client,
+    recorder: Recorder,
+    kind: Kind,
+    key: String,
+) -> Result<Action, String> {
     let (namespace, name) = key.split_once('/').ok_or("bad key")?;
-    let sets = client.api::<ReplicaSet>(Some(namespace));
-    let Some(rs) = sets.get_opt(name).await.map_err(|e| e.to_string())? else {
+    let Some(owner) = Owner::get(&client, kind, namespace, name).await? else {
         return Ok(Action::AwaitChange);
     };
+    let rs = owner.view();
     if rs.metadata.deletion_timestamp.is_some() {
         return Ok(Action::AwaitChange);
     }
@@ -127,14 +222,14 @@ async fn reconcile(client: Client, recorder: Recorder, key: String) -> Result<Ac
             None if pod.metadata.deletion_timestamp.is_none() => {
                 // Adopt the orphan: it matches our selector and nobody controls it. Re-read the
                 // ReplicaSet first: one being deleted (say with orphan propagation) must not.
-                let fresh = sets.get_opt(name).await.map_err(|e| e.to_string())?;
+                let fresh = Owner::get(&client, kind, namespace, name).await?.map(|o| o.view());
                 if fresh.is_none_or(|f| {
                     f.metadata.deletion_timestamp.is_some() || f.metadata.uid != rs.metadata.uid
                 }) {
                     return Ok(Action::AwaitChange);
                 }
                 let pod_name = pod.metadata.name.clone().unwrap_or_default();
-                let patch = json!({"metadata": {"ownerReferences": [owner_reference(&rs)], "resourceVersion": pod.metadata.resource_version}});
+                let patch = json!({"metadata": {"ownerReferences": [owner_reference(&rs, kind)], "resourceVersion": pod.metadata.resource_version}});
                 if let Ok(adopted) = pods_api.patch_merge(&pod_name, &patch).await {
                     owned.push(adopted);
                 }
@@ -146,13 +241,13 @@ async fn reconcile(client: Client, recorder: Recorder, key: String) -> Result<Ac
     let wanted = spec.replicas.unwrap_or(1).max(0) as usize;
     if active.len() < wanted {
         for _ in active.len()..wanted {
-            let pod = pod_from_template(&rs).map_err(|e| e.to_string())?;
+            let pod = pod_from_template(&rs, kind);
             let created = pods_api.create(&pod).await.map_err(|e| e.to_string())?;
             let message = format!(
                 "Created pod: {}",
                 created.metadata.name.clone().unwrap_or_default()
             );
-            recorder.normal(&rs, "SuccessfulCreate", &message).await;
+            owner.event(&recorder, "SuccessfulCreate", &message).await;
             active.push(created);
         }
     } else if active.len() > wanted {
@@ -181,9 +276,8 @@ async fn reconcile(client: Client, recorder: Recorder, key: String) -> Result<Ac
                 .await
             {
                 Ok(()) => {
-                    recorder
-                        .normal(&rs, "SuccessfulDelete", &format!("Deleted pod: {pod_name}"))
-                        .await
+                    let message = format!("Deleted pod: {pod_name}");
+                    owner.event(&recorder, "SuccessfulDelete", &message).await
                 }
                 Err(e) if e.is_not_found() => {}
                 Err(e) => return Err(e.to_string()),
@@ -200,17 +294,20 @@ async fn reconcile(client: Client, recorder: Recorder, key: String) -> Result<Ac
         conditions: None,
     };
     if rs.status.as_ref() != Some(&status) {
-        sets.patch_status(name, &json!({"status": status}))
-            .await
-            .map_err(|e| e.to_string())?;
+        owner
+            .patch_status(&client, &json!({"status": status}))
+            .await?;
     }
     Ok(Action::AwaitChange)
 }
 
-fn owner_reference(rs: &ReplicaSet) -> OwnerReference {
+fn owner_reference(rs: &ReplicaSet, kind: Kind) -> OwnerReference {
     OwnerReference {
-        api_version: "apps/v1".into(),
-        kind: "ReplicaSet".into(),
+        api_version: match kind {
+            Kind::ReplicaSet => "apps/v1".into(),
+            Kind::ReplicationController => "v1".into(),
+        },
+        kind: kind.name().into(),
         name: rs.metadata.name.clone().unwrap_or_default(),
         uid: rs.metadata.uid.clone().unwrap_or_default(),
         controller: Some(true),
@@ -218,7 +315,7 @@ fn owner_reference(rs: &ReplicaSet) -> OwnerReference {
     }
 }
 
-fn pod_from_template(rs: &ReplicaSet) -> Result<Pod, serde_json::Error> {
+fn pod_from_template(rs: &ReplicaSet, kind: Kind) -> Pod {
     let template = rs
         .spec
         .as_ref()
@@ -226,18 +323,18 @@ fn pod_from_template(rs: &ReplicaSet) -> Result<Pod, serde_json::Error> {
         .unwrap_or_default();
     let template_meta = template.metadata.unwrap_or_default();
     let labels: BTreeMap<String, String> = template_meta.labels.unwrap_or_default();
-    Ok(Pod {
+    Pod {
         metadata: ObjectMeta {
             generate_name: Some(format!("{}-", rs.metadata.name.clone().unwrap_or_default())),
             namespace: rs.metadata.namespace.clone(),
             labels: Some(labels),
             annotations: template_meta.annotations,
-            owner_references: Some(vec![owner_reference(rs)]),
+            owner_references: Some(vec![owner_reference(rs, kind)]),
             ..Default::default()
         },
         spec: template.spec,
         status: None,
-    })
+    }
 }
 
 #[cfg(test)]

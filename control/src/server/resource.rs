@@ -376,7 +376,22 @@ impl ApiServer {
                 .commit_update(request, marked, revision_of(&current))
                 .await;
         }
-        if options.get("propagationPolicy").and_then(Value::as_str) == Some("Orphan") {
+        let policy = match options.get("propagationPolicy").and_then(Value::as_str) {
+            Some(policy) => Some(policy.to_string()),
+            None => request.query.get("propagationPolicy").map(str::to_string),
+        };
+        if policy.as_deref() == Some("Foreground") {
+            // The owner stays, marked, until the garbage collector has deleted its dependents
+            // and removed this finalizer (`controllers/gc.rs`).
+            let mut marked = current.clone();
+            let meta = object::metadata_mut(&mut marked);
+            meta.insert("deletionTimestamp".into(), json!(object::now_rfc3339()));
+            meta.insert("finalizers".into(), json!([object::FOREGROUND_FINALIZER]));
+            return self
+                .commit_update(request, marked, precondition.or(revision_of(&current)))
+                .await;
+        }
+        if policy.as_deref() == Some("Orphan") {
             // Mark the owner first: its controller must not adopt the pods being orphaned.
             let mut marked = current.clone();
             object::metadata_mut(&mut marked)
@@ -418,7 +433,7 @@ impl ApiServer {
     /// Removes owner references to `owner_uid` from the pods and ReplicaSets of `namespace`
     /// (orphan propagation: the dependents outlive their owner).
     async fn orphan_dependents(&self, namespace: &str, owner_uid: &str) -> Result<()> {
-        for resource in ["pods", "replicasets.apps", "jobs.batch"] {
+        for resource in DEPENDENT_RESOURCES {
             let listing = self
                 .store
                 .list(resource, Some(namespace))
@@ -489,6 +504,16 @@ impl ApiServer {
         Ok(())
     }
 }
+
+/// The store names of the resources that have owners (what orphaning must visit).
+const DEPENDENT_RESOURCES: [&str; 6] = [
+    "pods",
+    "replicasets.apps",
+    "jobs.batch",
+    "controllerrevisions.apps",
+    "persistentvolumeclaims",
+    "replicationcontrollers",
+];
 
 fn clone_request(request: &Request) -> Request {
     Request {

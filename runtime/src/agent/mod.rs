@@ -53,6 +53,10 @@ pub struct AgentConfig {
     /// kubelet's). The control plane declares the node unreachable when the lease expires.
     pub lease_duration: std::time::Duration,
     pub lease_renew: std::time::Duration,
+    /// Where persistentVolumeClaim data lives, one directory per namespace and claim
+    /// (default `<data_dir>/claims`). Agents that share it (the nodes of `shoal dev`, or
+    /// agents over a shared filesystem) keep a claim's data when its pod moves between them.
+    pub claims_dir: Option<PathBuf>,
 }
 
 impl AgentConfig {
@@ -68,6 +72,7 @@ impl AgentConfig {
             restart_backoff: worker::INITIAL_BACKOFF,
             request_deadline: crate::pod::network::DEFAULT_REQUEST_DEADLINE,
             image_ca: None,
+            claims_dir: None,
             lease_duration: std::time::Duration::from_secs(LEASE_DURATION_SECONDS as u64),
             lease_renew: LEASE_RENEW,
         }
@@ -82,6 +87,7 @@ pub(crate) struct Shared {
     recorder: Recorder,
     address: String,
     data_dir: PathBuf,
+    claims_dir: PathBuf,
     default_memory_limit: usize,
     host_path_allow: Vec<PathBuf>,
     restart_backoff: std::time::Duration,
@@ -122,6 +128,8 @@ impl Agent {
             recorder: Recorder::new(client.clone(), "shoal-agent", Some(&config.node_name)),
             address: gateway_addr.ip().to_string(),
             data_dir: config.data_dir.clone(),
+            claims_dir: (config.claims_dir.clone())
+                .unwrap_or_else(|| config.data_dir.join("claims")),
             default_memory_limit: config.default_memory_limit,
             host_path_allow: config.host_path_allow.clone(),
             restart_backoff: config.restart_backoff,
@@ -417,6 +425,7 @@ async fn finish_deletion(client: &Client, pod: Pod) {
     let params = DeleteParams {
         grace_period_seconds: Some(0),
         uid: pod.metadata.uid.clone(),
+        ..Default::default()
     };
     if let Err(e) = pods.delete(&name, &params).await {
         if !e.is_not_found() && !e.is_conflict() {

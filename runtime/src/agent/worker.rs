@@ -237,7 +237,7 @@ impl PodWorker {
         let namespace = self.pod.metadata.namespace.clone().unwrap_or_default();
         let mut sources = Sources::new(self.shared.client.clone(), &namespace);
         let pod_dir = self.pod_dir();
-        let claims_dir = self.shared.data_dir.join("claims");
+        let claims_dir = self.shared.claims_dir.clone();
         let host = volumes::VolumeHost {
             pod_dir: &pod_dir,
             claims_dir: &claims_dir,
