@@ -859,3 +859,134 @@ async fn a_cron_job_fires_on_schedule() {
     assert_eq!(status, 422, "{body}");
     assert_eq!(body["details"]["causes"][0]["field"], "spec.schedule");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replication_controller_keeps_its_replicas_with_kubectl() {
+    if !kubectl_available("a_replication_controller_keeps_its_replicas_with_kubectl") {
+        return;
+    }
+    let cluster = TestCluster::start(1).await;
+    let http = Http::new(&cluster.url());
+    let kc = cluster.kubeconfig.clone();
+    // No selector: it defaults to the template's labels.
+    let manifest = format!(
+        "apiVersion: v1\nkind: ReplicationController\nmetadata:\n  name: legacy\nspec:\n  replicas: 2\n  template:\n    metadata:\n      labels:\n        app: legacy\n    spec:\n      containers:\n      - name: web\n        image: {WEB_P2}\n        ports:\n        - containerPort: 8080\n"
+    );
+    ok(kubectl_stdin_async(&kc, &["apply", "-f", "-"], &manifest).await);
+    let ready = async |count: usize| {
+        wait_for(
+            &format!("{count} ready pods of rc/legacy"),
+            Duration::from_secs(60),
+            async || {
+                let (active, ready) = pods_of(&http, "legacy").await;
+                (active.len() == count && ready == count).then_some(active)
+            },
+        )
+        .await
+    };
+    let pods = ready(2).await;
+    assert_eq!(
+        pods[0]["metadata"]["ownerReferences"][0]["kind"],
+        "ReplicationController"
+    );
+    ok(kubectl_async(&kc, &["scale", "rc", "legacy", "--replicas=3"]).await);
+    let pods = ready(3).await;
+    let victim = pods[0]["metadata"]["name"].as_str().unwrap().to_string();
+    ok(kubectl_async(&kc, &["delete", "pod", &victim]).await);
+    let pods = ready(3).await;
+    assert!(pods.iter().all(|p| p["metadata"]["name"] != victim.as_str()));
+    let table = ok(kubectl_async(&kc, &["get", "rc", "legacy"]).await);
+    let row: Vec<&str> = table
+        .lines()
+        .nth(1)
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect();
+    assert_eq!(&row[..4], ["legacy", "3", "3", "3"], "{table}");
+    ok(kubectl_async(&kc, &["delete", "rc", "legacy"]).await);
+    wait_for("rc/legacy's pods gone", Duration::from_secs(30), async || {
+        pods_of(&http, "legacy").await.0.is_empty().then_some(())
+    })
+    .await;
+}
+
+/// The ReplicaSets and (not yet deleted) pods of Deployment `web`.
+async fn dependents_of_web(http: &Http) -> (usize, usize) {
+    let (_, sets) = http
+        .call("GET", &format!("{SETS}?labelSelector=app%3Dweb"), "", "")
+        .await;
+    let (_, pods) = http
+        .call("GET", &format!("{PODS}?labelSelector=app%3Dweb"), "", "")
+        .await;
+    let count = |v: &Value| v["items"].as_array().map_or(0, Vec::len);
+    (count(&sets), count(&pods))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_a_deployment_follows_each_propagation_policy() {
+    if !kubectl_available("deleting_a_deployment_follows_each_propagation_policy") {
+        return;
+    }
+    let cluster = TestCluster::start(1).await;
+    let http = Http::new(&cluster.url());
+    let kc = cluster.kubeconfig.clone();
+    let deploy = async || {
+        ok(kubectl_stdin_async(&kc, &["apply", "-f", "-"], &deployment_yaml(WEB_P2)).await);
+        ok(kubectl_async(
+            &kc,
+            &["rollout", "status", "deployment/web", "--timeout=60s"],
+        )
+        .await);
+        assert_eq!(dependents_of_web(&http).await, (1, 3));
+    };
+
+    // Foreground: kubectl waits for the Deployment to go, which is after all it owned.
+    deploy().await;
+    let mut events = EventReader::new(
+        http.stream("/apis/apps/v1/namespaces/default/deployments?watch=true")
+            .await,
+    );
+    ok(kubectl_async(
+        &kc,
+        &["delete", "deployment", "web", "--cascade=foreground"],
+    )
+    .await);
+    assert_eq!(
+        dependents_of_web(&http).await,
+        (0, 0),
+        "with foreground propagation the dependents are gone before the owner"
+    );
+    let mut saw_finalizer = false;
+    while let Some(event) = events.next(Duration::from_secs(5)).await {
+        let finalizers = &event["object"]["metadata"]["finalizers"];
+        saw_finalizer |= finalizers.as_array().is_some_and(|f| f.iter().any(|f| f == "foregroundDeletion"));
+        if event["type"] == "DELETED" {
+            break;
+        }
+    }
+    assert!(saw_finalizer, "the owner waited with the foregroundDeletion finalizer");
+
+    // Background: the Deployment goes at once, its dependents after it.
+    deploy().await;
+    ok(kubectl_async(
+        &kc,
+        &["delete", "deployment", "web", "--cascade=background"],
+    )
+    .await);
+    wait_for("web's dependents collected", Duration::from_secs(30), async || {
+        (dependents_of_web(&http).await == (0, 0)).then_some(())
+    })
+    .await;
+
+    // Orphan: the ReplicaSet and its pods stay, without an owner.
+    deploy().await;
+    ok(kubectl_async(&kc, &["delete", "deployment", "web", "--cascade=orphan"]).await);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(dependents_of_web(&http).await, (1, 3), "orphans stay");
+    let (_, sets) = http
+        .call("GET", &format!("{SETS}?labelSelector=app%3Dweb"), "", "")
+        .await;
+    assert!(sets["items"][0]["metadata"]["ownerReferences"]
+        .as_array()
+        .is_none_or(Vec::is_empty));
+}
