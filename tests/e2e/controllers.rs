@@ -752,6 +752,40 @@ async fn jobs_complete_fail_and_index() {
         },
     )
     .await;
+
+    // ttlSecondsAfterFinished: a finished Job goes, with its pods, that long after.
+    let expiring = job(
+        "expiring",
+        shoal_examples::HELLO_P1,
+        &["once"],
+        json!({"ttlSecondsAfterFinished": 3}),
+    );
+    assert_eq!(
+        http.call("POST", jobs, "application/json", &expiring.to_string())
+            .await
+            .0,
+        201
+    );
+    let (outcome, _) = job_condition(&http, "expiring").await;
+    assert_eq!(outcome, "Complete");
+    let completed = std::time::Instant::now();
+    wait_for("job expiring to be deleted", Duration::from_secs(30), async || {
+        let (status, _) = http.call("GET", &format!("{jobs}/expiring"), "", "").await;
+        (status == 404).then_some(())
+    })
+    .await;
+    assert!(
+        completed.elapsed() >= Duration::from_secs(2),
+        "deleted {:?} after completing, before its TTL",
+        completed.elapsed()
+    );
+    wait_for("job expiring's pods to go", Duration::from_secs(30), async || {
+        let (_, list) = http
+            .call("GET", &format!("{PODS}?labelSelector=job-name%3Dexpiring"), "", "")
+            .await;
+        list["items"].as_array().unwrap().is_empty().then_some(())
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

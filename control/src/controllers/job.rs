@@ -1,7 +1,8 @@
 //! The Job controller: runs pods until `completions` succeed, at most `parallelism` at a time;
 //! fails the Job (BackoffLimitExceeded) once more than `backoffLimit` pods failed or restarted,
 //! or (DeadlineExceeded) once it outlives `activeDeadlineSeconds`; Indexed Jobs give each pod
-//! its completion index (annotation and `JOB_COMPLETION_INDEX`), one success per index.
+//! its completion index (annotation and `JOB_COMPLETION_INDEX`), one success per index; a
+//! finished Job with `ttlSecondsAfterFinished` is deleted, with its pods, that long after.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -79,14 +80,56 @@ fn finished(job: &Job) -> bool {
         })
 }
 
+/// `ttlSecondsAfterFinished`: a finished Job is deleted (its pods with it) that long after it
+/// completed or failed.
+async fn expire(jobs: &crate::client::Api<Job>, job: &Job) -> Result<Action, String> {
+    let Some(ttl) = job.spec.as_ref().and_then(|s| s.ttl_seconds_after_finished) else {
+        return Ok(Action::AwaitChange);
+    };
+    let finished_at = job
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .into_iter()
+        .flatten()
+        .filter(|c| (c.type_ == "Complete" || c.type_ == "Failed") && c.status == "True")
+        .filter_map(|c| c.last_transition_time.as_ref())
+        .map(|t| t.0)
+        .max()
+        .unwrap_or_else(chrono::Utc::now);
+    let expiry = finished_at + chrono::Duration::seconds(ttl.max(0) as i64);
+    let left = expiry - chrono::Utc::now();
+    if left > chrono::Duration::zero() {
+        return Ok(Action::RequeueAfter(
+            left.to_std().unwrap_or_default() + Duration::from_millis(10),
+        ));
+    }
+    let params = DeleteParams {
+        uid: job.metadata.uid.clone(),
+        propagation_policy: Some("Background"),
+        ..Default::default()
+    };
+    match jobs
+        .delete(job.metadata.name.as_deref().unwrap_or_default(), &params)
+        .await
+    {
+        Ok(()) => Ok(Action::AwaitChange),
+        Err(e) if e.is_not_found() => Ok(Action::AwaitChange),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
 async fn reconcile(client: Client, recorder: Recorder, key: String) -> Result<Action, String> {
     let (namespace, name) = key.split_once('/').ok_or("bad key")?;
     let jobs = client.api::<Job>(Some(namespace));
     let Some(job) = jobs.get_opt(name).await.map_err(|e| e.to_string())? else {
         return Ok(Action::AwaitChange);
     };
-    if job.metadata.deletion_timestamp.is_some() || finished(&job) {
+    if job.metadata.deletion_timestamp.is_some() {
         return Ok(Action::AwaitChange);
+    }
+    if finished(&job) {
+        return expire(&jobs, &job).await;
     }
     let spec = job.spec.clone().unwrap_or_default();
     let uid = job.metadata.uid.clone().unwrap_or_default();
