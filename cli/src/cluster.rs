@@ -18,6 +18,9 @@ use tokio::task::JoinHandle;
 pub struct ControlPlaneOptions {
     pub server: ServerOptions,
     pub controllers: shoal_control::controllers::Options,
+    pub scheduler: shoal_control::scheduler::Options,
+    /// Leave the scheduler out (the scheduler benchmark starts its own on a backlog).
+    pub without_scheduler: bool,
 }
 
 /// The store, the API server on a socket, the scheduler and the controllers.
@@ -44,6 +47,8 @@ impl ControlPlane {
         let ControlPlaneOptions {
             server: options,
             controllers: controller_options,
+            scheduler: scheduler_options,
+            without_scheduler,
         } = options;
         std::fs::create_dir_all(data_dir)?;
         let store = RedbStore::open(&data_dir.join("store.redb"))
@@ -63,7 +68,14 @@ impl ControlPlane {
             },
         ));
         let client = Client::in_process(router);
-        let scheduler = tokio::spawn(shoal_control::scheduler::run(client.clone()));
+        let scheduler = if without_scheduler {
+            tokio::spawn(async {})
+        } else {
+            tokio::spawn(shoal_control::scheduler::run(
+                client.clone(),
+                scheduler_options,
+            ))
+        };
         let controllers = shoal_control::controllers::start(client.clone(), controller_options);
         Ok(Self {
             addr,
@@ -121,7 +133,7 @@ impl DevCluster {
         api_addr: SocketAddr,
         nodes: usize,
     ) -> anyhow::Result<Self> {
-        Self::start_with(data_dir, api_addr, nodes, ServerOptions::default(), |_| {}).await
+        Self::start_with(data_dir, api_addr, nodes, Default::default(), |_| {}).await
     }
 
     /// Like [`DevCluster::start`], with `configure` adjusting each agent's configuration.
@@ -129,13 +141,9 @@ impl DevCluster {
         data_dir: &Path,
         api_addr: SocketAddr,
         nodes: usize,
-        options: ServerOptions,
+        options: ControlPlaneOptions,
         configure: impl Fn(&mut AgentConfig),
     ) -> anyhow::Result<Self> {
-        let options = ControlPlaneOptions {
-            server: options,
-            ..Default::default()
-        };
         let control = ControlPlane::start_with(data_dir, api_addr, options).await?;
         let mut agents = Vec::new();
         for i in 0..nodes {

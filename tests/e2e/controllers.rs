@@ -769,22 +769,35 @@ async fn jobs_complete_fail_and_index() {
     let (outcome, _) = job_condition(&http, "expiring").await;
     assert_eq!(outcome, "Complete");
     let completed = std::time::Instant::now();
-    wait_for("job expiring to be deleted", Duration::from_secs(30), async || {
-        let (status, _) = http.call("GET", &format!("{jobs}/expiring"), "", "").await;
-        (status == 404).then_some(())
-    })
+    wait_for(
+        "job expiring to be deleted",
+        Duration::from_secs(30),
+        async || {
+            let (status, _) = http.call("GET", &format!("{jobs}/expiring"), "", "").await;
+            (status == 404).then_some(())
+        },
+    )
     .await;
     assert!(
         completed.elapsed() >= Duration::from_secs(2),
         "deleted {:?} after completing, before its TTL",
         completed.elapsed()
     );
-    wait_for("job expiring's pods to go", Duration::from_secs(30), async || {
-        let (_, list) = http
-            .call("GET", &format!("{PODS}?labelSelector=job-name%3Dexpiring"), "", "")
-            .await;
-        list["items"].as_array().unwrap().is_empty().then_some(())
-    })
+    wait_for(
+        "job expiring's pods to go",
+        Duration::from_secs(30),
+        async || {
+            let (_, list) = http
+                .call(
+                    "GET",
+                    &format!("{PODS}?labelSelector=job-name%3Dexpiring"),
+                    "",
+                    "",
+                )
+                .await;
+            list["items"].as_array().unwrap().is_empty().then_some(())
+        },
+    )
     .await;
 }
 
@@ -928,7 +941,9 @@ async fn a_replication_controller_keeps_its_replicas_with_kubectl() {
     let victim = pods[0]["metadata"]["name"].as_str().unwrap().to_string();
     ok(kubectl_async(&kc, &["delete", "pod", &victim]).await);
     let pods = ready(3).await;
-    assert!(pods.iter().all(|p| p["metadata"]["name"] != victim.as_str()));
+    assert!(pods
+        .iter()
+        .all(|p| p["metadata"]["name"] != victim.as_str()));
     let table = ok(kubectl_async(&kc, &["get", "rc", "legacy"]).await);
     let row: Vec<&str> = table
         .lines()
@@ -938,9 +953,11 @@ async fn a_replication_controller_keeps_its_replicas_with_kubectl() {
         .collect();
     assert_eq!(&row[..4], ["legacy", "3", "3", "3"], "{table}");
     ok(kubectl_async(&kc, &["delete", "rc", "legacy"]).await);
-    wait_for("rc/legacy's pods gone", Duration::from_secs(30), async || {
-        pods_of(&http, "legacy").await.0.is_empty().then_some(())
-    })
+    wait_for(
+        "rc/legacy's pods gone",
+        Duration::from_secs(30),
+        async || pods_of(&http, "legacy").await.0.is_empty().then_some(()),
+    )
     .await;
 }
 
@@ -993,12 +1010,17 @@ async fn deleting_a_deployment_follows_each_propagation_policy() {
     let mut saw_finalizer = false;
     while let Some(event) = events.next(Duration::from_secs(5)).await {
         let finalizers = &event["object"]["metadata"]["finalizers"];
-        saw_finalizer |= finalizers.as_array().is_some_and(|f| f.iter().any(|f| f == "foregroundDeletion"));
+        saw_finalizer |= finalizers
+            .as_array()
+            .is_some_and(|f| f.iter().any(|f| f == "foregroundDeletion"));
         if event["type"] == "DELETED" {
             break;
         }
     }
-    assert!(saw_finalizer, "the owner waited with the foregroundDeletion finalizer");
+    assert!(
+        saw_finalizer,
+        "the owner waited with the foregroundDeletion finalizer"
+    );
 
     // Background: the Deployment goes at once, its dependents after it.
     deploy().await;
@@ -1007,9 +1029,11 @@ async fn deleting_a_deployment_follows_each_propagation_policy() {
         &["delete", "deployment", "web", "--cascade=background"],
     )
     .await);
-    wait_for("web's dependents collected", Duration::from_secs(30), async || {
-        (dependents_of_web(&http).await == (0, 0)).then_some(())
-    })
+    wait_for(
+        "web's dependents collected",
+        Duration::from_secs(30),
+        async || (dependents_of_web(&http).await == (0, 0)).then_some(()),
+    )
     .await;
 
     // Orphan: the ReplicaSet and its pods stay, without an owner.

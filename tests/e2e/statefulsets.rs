@@ -118,7 +118,12 @@ async fn pod_uids(http: &Http) -> Vec<String> {
     let mut found = Vec::new();
     for i in 0..3 {
         let p = pod(http, &format!("db-{i}")).await;
-        found.push(p["metadata"]["uid"].as_str().unwrap_or_default().to_string());
+        found.push(
+            p["metadata"]["uid"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string(),
+        );
     }
     found
 }
@@ -126,15 +131,19 @@ async fn pod_uids(http: &Http) -> Vec<String> {
 /// The names of the pods with these uids, in the order the watch saw them deleted (waiting
 /// for the watch to catch up).
 async fn deletion_order(seen: &Seen, uids: &[String], expected: usize) -> Vec<String> {
-    wait_for("the watch to see the deletions", Duration::from_secs(10), async || {
-        let seen = seen.lock().unwrap();
-        let order: Vec<String> = seen
-            .iter()
-            .filter(|e| e.0 == "DELETED" && uids.contains(&e.3))
-            .map(|e| e.1.clone())
-            .collect();
-        (order.len() >= expected).then_some(order)
-    })
+    wait_for(
+        "the watch to see the deletions",
+        Duration::from_secs(10),
+        async || {
+            let seen = seen.lock().unwrap();
+            let order: Vec<String> = seen
+                .iter()
+                .filter(|e| e.0 == "DELETED" && uids.contains(&e.3))
+                .map(|e| e.1.clone())
+                .collect();
+            (order.len() >= expected).then_some(order)
+        },
+    )
     .await
 }
 
@@ -195,9 +204,10 @@ async fn a_stateful_set_starts_in_order_and_keeps_identity_and_data() {
     ok(kubectl_async(&kc, &["delete", "pod", "db-1"]).await);
     wait_for("db-1 back and ready", Duration::from_secs(60), async || {
         let p = pod(&http, "db-1").await;
-        let ready = p["status"]["conditions"]
-            .as_array()
-            .is_some_and(|cs| cs.iter().any(|c| c["type"] == "Ready" && c["status"] == "True"));
+        let ready = p["status"]["conditions"].as_array().is_some_and(|cs| {
+            cs.iter()
+                .any(|c| c["type"] == "Ready" && c["status"] == "True")
+        });
         (p["metadata"]["uid"] != old_uid.as_str() && ready).then_some(())
     })
     .await;
@@ -214,7 +224,11 @@ async fn a_stateful_set_starts_in_order_and_keeps_identity_and_data() {
     let v2 = v2.to_str().unwrap().to_string();
     let before = pod_revisions(&http).await;
     let uids = pod_uids(&http).await;
-    ok(kubectl_async(&kc, &["set", "image", "statefulset/db", &format!("web={v2}")]).await);
+    ok(kubectl_async(
+        &kc,
+        &["set", "image", "statefulset/db", &format!("web={v2}")],
+    )
+    .await);
     rollout_status(&kc).await;
     let after = pod_revisions(&http).await;
     assert!(
@@ -254,11 +268,19 @@ async fn a_stateful_set_starts_in_order_and_keeps_identity_and_data() {
         ],
     )
     .await);
-    ok(kubectl_async(&kc, &["set", "image", "statefulset/db", &format!("web={v2}")]).await);
+    ok(kubectl_async(
+        &kc,
+        &["set", "image", "statefulset/db", &format!("web={v2}")],
+    )
+    .await);
     let status = rollout_status(&kc).await;
     assert!(status.contains("partitioned roll out complete"), "{status}");
     let partitioned = pod_revisions(&http).await;
-    assert_eq!(&partitioned[..2], &before[..2], "below the partition: unchanged");
+    assert_eq!(
+        &partitioned[..2],
+        &before[..2],
+        "below the partition: unchanged"
+    );
     assert_eq!(partitioned[2], after[2], "db-2 updated");
 
     // Scaling down removes the highest ordinal first; the claims stay.
@@ -281,21 +303,25 @@ async fn a_stateful_set_starts_in_order_and_keeps_identity_and_data() {
 
     // Deleting the set takes its pods and revisions.
     ok(kubectl_async(&kc, &["delete", "statefulset", "db"]).await);
-    wait_for("db's pods and revisions gone", Duration::from_secs(30), async || {
-        let (_, pods) = http
-            .call("GET", &format!("{PODS}?labelSelector=app%3Ddb"), "", "")
-            .await;
-        let (_, revisions) = http
-            .call(
-                "GET",
-                "/apis/apps/v1/namespaces/default/controllerrevisions",
-                "",
-                "",
-            )
-            .await;
-        let empty = |v: &Value| v["items"].as_array().is_some_and(Vec::is_empty);
-        (empty(&pods) && empty(&revisions)).then_some(())
-    })
+    wait_for(
+        "db's pods and revisions gone",
+        Duration::from_secs(30),
+        async || {
+            let (_, pods) = http
+                .call("GET", &format!("{PODS}?labelSelector=app%3Ddb"), "", "")
+                .await;
+            let (_, revisions) = http
+                .call(
+                    "GET",
+                    "/apis/apps/v1/namespaces/default/controllerrevisions",
+                    "",
+                    "",
+                )
+                .await;
+            let empty = |v: &Value| v["items"].as_array().is_some_and(Vec::is_empty);
+            (empty(&pods) && empty(&revisions)).then_some(())
+        },
+    )
     .await;
     watch.abort();
 }

@@ -23,6 +23,10 @@ pub struct DevCommand {
     /// Deploy the demo workload once the cluster is up.
     #[arg(long)]
     demo: bool,
+    /// How the scheduler places pods that name no profile: `spread` (fewest pods first) or
+    /// `bin-packing` (fill the most allocated node first).
+    #[arg(long, default_value = "spread")]
+    scheduler_profile: shoal_control::scheduler::Profile,
 }
 
 impl DevCommand {
@@ -31,7 +35,10 @@ impl DevCommand {
         let data_dir = self
             .data_dir
             .unwrap_or_else(crate::kubeconfig::default_data_dir);
-        let mut cluster = DevCluster::start(&data_dir, self.api_addr, self.nodes).await?;
+        let mut options = crate::cluster::ControlPlaneOptions::default();
+        options.scheduler.default_profile = self.scheduler_profile;
+        let mut cluster =
+            DevCluster::start_with(&data_dir, self.api_addr, self.nodes, options, |_| {}).await?;
         let kubeconfig = cluster.write_kubeconfig()?;
         let examples = install_examples(&data_dir)?;
         if self.demo {

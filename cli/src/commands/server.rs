@@ -18,6 +18,10 @@ pub struct ServerCommand {
     /// Seconds a node may be unreachable (its lease expired) before its pods are evicted.
     #[arg(long, default_value_t = 60)]
     pod_eviction_timeout_seconds: u64,
+    /// How the scheduler places pods that name no profile: `spread` (fewest pods first) or
+    /// `bin-packing` (fill the most allocated node first).
+    #[arg(long, default_value = "spread")]
+    scheduler_profile: shoal_control::scheduler::Profile,
 }
 
 impl ServerCommand {
@@ -26,6 +30,7 @@ impl ServerCommand {
         let mut options = ControlPlaneOptions::default();
         options.controllers.pod_eviction_timeout =
             std::time::Duration::from_secs(self.pod_eviction_timeout_seconds);
+        options.scheduler.default_profile = self.scheduler_profile;
         let mut control = ControlPlane::start_with(&self.data_dir, self.api_addr, options).await?;
         let kubeconfig = self.data_dir.join("kubeconfig");
         crate::kubeconfig::write(&kubeconfig, &control.url())?;

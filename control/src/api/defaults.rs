@@ -276,9 +276,11 @@ fn replication_controller(object: &mut Value) {
         .cloned();
     match (selector, labels) {
         (None, Some(labels)) => set_at(object, "/spec/selector", Value::Object(labels)),
-        (Some(selector), None) if object.pointer("/spec/template").is_some() => {
-            set_at(object, "/spec/template/metadata/labels", Value::Object(selector))
-        }
+        (Some(selector), None) if object.pointer("/spec/template").is_some() => set_at(
+            object,
+            "/spec/template/metadata/labels",
+            Value::Object(selector),
+        ),
         _ => {}
     }
 }

@@ -238,7 +238,11 @@ pub static RESOURCES: &[ResourceInfo] = &[
         short_names: &["rc"],
         categories: &["all"],
         subresources: &[
-            ("status", "ReplicationController", &["get", "patch", "update"]),
+            (
+                "status",
+                "ReplicationController",
+                &["get", "patch", "update"],
+            ),
             ("scale", "Scale", &["get", "patch", "update"]),
         ],
     },

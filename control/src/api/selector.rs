@@ -70,15 +70,37 @@ impl LabelSelector {
     }
 }
 
+/// A structured label selector in its query-string form (`app=web,tier in (a,b),!canary`).
+pub fn query_of(
+    selector: &k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector,
+) -> String {
+    let mut terms: Vec<String> = selector
+        .match_labels
+        .iter()
+        .flatten()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    for expression in selector.match_expressions.iter().flatten() {
+        let values = expression.values.clone().unwrap_or_default().join(",");
+        terms.push(match expression.operator.as_str() {
+            "In" => format!("{} in ({values})", expression.key),
+            "NotIn" => format!("{} notin ({values})", expression.key),
+            "Exists" => expression.key.clone(),
+            _ => format!("!{}", expression.key),
+        });
+    }
+    terms.join(",")
+}
+
 /// A workload's `spec.selector.matchLabels` as selector text (`app=web,tier=be`), as
 /// `kubectl get -o wide` and the Scale subresource show it.
 pub fn match_labels_of(workload: &Value) -> String {
     // A ReplicationController's selector is the label map itself.
     let labels = match workload.pointer("/spec/selector/matchLabels") {
         Some(labels) => labels.as_object(),
-        None if workload["kind"] == "ReplicationController" => {
-            workload.pointer("/spec/selector").and_then(Value::as_object)
-        }
+        None if workload["kind"] == "ReplicationController" => workload
+            .pointer("/spec/selector")
+            .and_then(Value::as_object),
         None => None,
     };
     let terms: Vec<String> = labels

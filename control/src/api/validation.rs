@@ -204,9 +204,13 @@ fn replica_set(object: &Value, causes: &mut Vec<Cause>) {
         .into_iter()
         .flatten()
         .filter_map(|t| t.pointer("/metadata/name").and_then(Value::as_str))
-        .map(|name| serde_json::json!({"name": name, "persistentVolumeClaim": {"claimName": name}}));
+        .map(
+            |name| serde_json::json!({"name": name, "persistentVolumeClaim": {"claimName": name}}),
+        );
     if let Some(spec) = as_pod.get_mut("spec").and_then(Value::as_object_mut) {
-        let volumes = spec.entry("volumes").or_insert_with(|| Value::Array(Vec::new()));
+        let volumes = spec
+            .entry("volumes")
+            .or_insert_with(|| Value::Array(Vec::new()));
         if let Some(volumes) = volumes.as_array_mut() {
             volumes.extend(claim_volumes);
         }

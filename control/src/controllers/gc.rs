@@ -16,9 +16,9 @@ use k8s_openapi::api::apps::v1::{
 };
 use k8s_openapi::api::batch::v1::{CronJob, Job};
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, ReplicationController};
-use serde_json::json;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::{Metadata, Resource};
+use serde_json::json;
 
 use crate::client::{watcher, Client, DeleteParams, ListParams, WatcherEvent};
 
@@ -86,7 +86,10 @@ impl Owners {
                 }
             }
             WatcherEvent::Deleted(o) => {
-                o.metadata().uid.as_ref().map(|uid| self.foreground.remove(uid));
+                o.metadata()
+                    .uid
+                    .as_ref()
+                    .map(|uid| self.foreground.remove(uid));
             }
         }
         let uids = self.uids.entry(K::KIND).or_default();

@@ -37,10 +37,25 @@ enum Owner {
 }
 
 impl Owner {
-    async fn get(client: &Client, kind: Kind, namespace: &str, name: &str) -> Result<Option<Self>, String> {
+    async fn get(
+        client: &Client,
+        kind: Kind,
+        namespace: &str,
+        name: &str,
+    ) -> Result<Option<Self>, String> {
         Ok(match kind {
-            Kind::ReplicaSet => client.api::<ReplicaSet>(Some(namespace)).get_opt(name).await.map_err(|e| e.to_string())?.map(Owner::Set),
-            Kind::ReplicationController => client.api::<ReplicationController>(Some(namespace)).get_opt(name).await.map_err(|e| e.to_string())?.map(Owner::Controller),
+            Kind::ReplicaSet => client
+                .api::<ReplicaSet>(Some(namespace))
+                .get_opt(name)
+                .await
+                .map_err(|e| e.to_string())?
+                .map(Owner::Set),
+            Kind::ReplicationController => client
+                .api::<ReplicationController>(Some(namespace))
+                .get_opt(name)
+                .await
+                .map_err(|e| e.to_string())?
+                .map(Owner::Controller),
         })
     }
 
@@ -63,7 +78,10 @@ impl Owner {
                     spec: Some(ReplicaSetSpec {
                         replicas: spec.replicas,
                         min_ready_seconds: spec.min_ready_seconds,
-                        selector: LabelSelector { match_labels: spec.selector, match_expressions: None },
+                        selector: LabelSelector {
+                            match_labels: spec.selector,
+                            match_expressions: None,
+                        },
                         template: spec.template,
                     }),
                     status,
@@ -86,8 +104,16 @@ impl Owner {
         };
         let (namespace, name) = (namespace.as_deref(), name.as_deref().unwrap_or_default());
         match self {
-            Owner::Set(_) => client.api::<ReplicaSet>(namespace).patch_status(name, patch).await.map(drop),
-            Owner::Controller(_) => client.api::<ReplicationController>(namespace).patch_status(name, patch).await.map(drop),
+            Owner::Set(_) => client
+                .api::<ReplicaSet>(namespace)
+                .patch_status(name, patch)
+                .await
+                .map(drop),
+            Owner::Controller(_) => client
+                .api::<ReplicationController>(namespace)
+                .patch_status(name, patch)
+                .await
+                .map(drop),
         }
         .map_err(|e| e.to_string())
     }
@@ -164,24 +190,7 @@ pub fn controller_of(meta: &ObjectMeta) -> Option<&OwnerReference> {
 }
 
 /// A label selector in its query-string form.
-pub fn selector_string(selector: &LabelSelector) -> String {
-    let mut terms: Vec<String> = selector
-        .match_labels
-        .iter()
-        .flatten()
-        .map(|(k, v)| format!("{k}={v}"))
-        .collect();
-    for expression in selector.match_expressions.iter().flatten() {
-        let values = expression.values.clone().unwrap_or_default().join(",");
-        terms.push(match expression.operator.as_str() {
-            "In" => format!("{} in ({values})", expression.key),
-            "NotIn" => format!("{} notin ({values})", expression.key),
-            "Exists" => expression.key.clone(),
-            _ => format!("!{}", expression.key),
-        });
-    }
-    terms.join(",")
-}
+pub use crate::api::selector::query_of as selector_string;
 
 fn is_active(pod: &Pod) -> bool {
     let phase = pod
@@ -222,7 +231,9 @@ async fn reconcile(
             None if pod.metadata.deletion_timestamp.is_none() => {
                 // Adopt the orphan: it matches our selector and nobody controls it. Re-read the
                 // ReplicaSet first: one being deleted (say with orphan propagation) must not.
-                let fresh = Owner::get(&client, kind, namespace, name).await?.map(|o| o.view());
+                let fresh = Owner::get(&client, kind, namespace, name)
+                    .await?
+                    .map(|o| o.view());
                 if fresh.is_none_or(|f| {
                     f.metadata.deletion_timestamp.is_some() || f.metadata.uid != rs.metadata.uid
                 }) {

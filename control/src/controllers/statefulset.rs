@@ -106,7 +106,11 @@ async fn reconcile(client: Client, recorder: Recorder, key: String) -> Result<Ac
     let current_revision = status
         .current_revision
         .clone()
-        .filter(|r| revisions.iter().any(|k| k.metadata.name.as_ref() == Some(r)))
+        .filter(|r| {
+            revisions
+                .iter()
+                .any(|k| k.metadata.name.as_ref() == Some(r))
+        })
         .unwrap_or_else(|| update_revision.clone());
 
     let pods_api = client.api::<Pod>(Some(namespace));
@@ -197,8 +201,8 @@ async fn reconcile(client: Client, recorder: Recorder, key: String) -> Result<Ac
 
     // 3. RollingUpdate: one pod of an old revision at a time, highest ordinal first, down to
     //    the partition, and only while every pod is running and ready.
-    let healthy = pods.len() == replicas as usize
-        && pods.values().all(|p| is_ready(p) && !is_terminating(p));
+    let healthy =
+        pods.len() == replicas as usize && pods.values().all(|p| is_ready(p) && !is_terminating(p));
     if !on_delete && healthy && condemned.is_empty() {
         let outdated = (partition..replicas)
             .rev()
@@ -282,7 +286,12 @@ impl Context<'_> {
         for claim_template in spec.volume_claim_templates.iter().flatten() {
             let volume_name = claim_template.metadata.name.clone().unwrap_or_default();
             let claim_name = format!("{volume_name}-{pod_name}");
-            if claims_api.get_opt(&claim_name).await.map_err(err)?.is_none() {
+            if claims_api
+                .get_opt(&claim_name)
+                .await
+                .map_err(err)?
+                .is_none()
+            {
                 let claim = self.claim(claim_template, &claim_name);
                 match claims_api.create(&claim).await {
                     Ok(_) => {

@@ -1,8 +1,13 @@
-//! The scheduler: binds each pending pod to a ready, schedulable node where it fits (pod
-//! count, CPU and memory requests against the node's allocatable), spreading pods by choosing
-//! the node with the fewest active pods, through `pods/binding`. A pod that fits nowhere gets
-//! `PodScheduled=False` with the reason. Taints, affinity and scoring profiles come with the
-//! scheduler issue; [`choose_node`] is the seam.
+//! The scheduler: binds each pending pod to a node through `pods/binding`. Filters
+//! ([`filters`]: ready and uncordoned, nodeSelector and required node affinity, taints and
+//! tolerations; [`affinity`]: inter-pod affinity and anti-affinity; resource fit of pods,
+//! CPU and memory requests against allocatable) decide where a pod may go; scoring
+//! ([`score`]: stated preferences, then the spread or bin-packing profile) where it goes. A
+//! pod that fits nowhere gets `PodScheduled=False` with Kubernetes' wording of the reasons.
+
+pub mod affinity;
+pub mod filters;
+pub mod score;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -12,12 +17,22 @@ use tokio::sync::Semaphore;
 
 use crate::api::quantity;
 use crate::client::{watcher, Client, ListParams, Recorder, WatcherEvent};
+pub use filters::node_is_eligible;
+use filters::{matches_node_selector, preferred_node_affinity, untolerated_taint};
+pub use score::Profile;
+
+/// Settings of the scheduler.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Options {
+    /// The profile of pods that name no other (`schedulerName` unset or `default-scheduler`).
+    pub default_profile: Profile,
+}
 
 /// How many bindings may be in flight at once (they share the store's group commits).
 const PARALLEL_BINDS: usize = 64;
 
 /// Runs until the task is dropped.
-pub async fn run(client: Client) {
+pub async fn run(client: Client, options: Options) {
     let mut pods = watcher(client.api::<Pod>(None), ListParams::default());
     let mut nodes = watcher(client.api::<Node>(None), ListParams::default());
     let mut state = ClusterView::default();
@@ -35,8 +50,21 @@ pub async fn run(client: Client) {
         }
         // Usage is computed once per round and kept current as pods are assigned.
         let mut usage = state.usage();
+        let mut repellers = state.pods.values().filter(|p| affinity::repels(p)).count();
         for (key, pod) in state.pending() {
-            let node = match choose_node(&state, &usage, &pod) {
+            let scheduler_name = pod.spec.as_ref().and_then(|s| s.scheduler_name.as_deref());
+            let Some(profile) =
+                Profile::for_scheduler_name(scheduler_name, options.default_profile)
+            else {
+                continue; // another scheduler's pod
+            };
+            // Inter-pod terms need every placed pod; most pods have none and skip that.
+            let constraints = if affinity::has_terms(&pod) || repellers > 0 {
+                affinity::Constraints::of(&pod, &state.placed(), &state.nodes)
+            } else {
+                affinity::Constraints::default()
+            };
+            let node = match choose_node(&state, &usage, &pod, profile, &constraints) {
                 Ok(node) => node,
                 Err(why) => {
                     if state.unschedulable.insert(key.clone()) {
@@ -48,6 +76,7 @@ pub async fn run(client: Client) {
             };
             state.unschedulable.remove(&key);
             state.assign(&key, &node, Requests::of(&pod));
+            repellers += usize::from(affinity::repels(&pod));
             usage
                 .entry(node.clone())
                 .or_default()
@@ -264,6 +293,25 @@ impl ClusterView {
             .insert(key.to_string(), (node.to_string(), requests));
     }
 
+    /// Active pods that are bound, or being bound, with their node.
+    fn placed(&self) -> Vec<affinity::Placed<'_>> {
+        self.pods
+            .iter()
+            .filter(|(_, pod)| {
+                let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
+                pod.metadata.deletion_timestamp.is_none()
+                    && !matches!(phase, Some("Succeeded" | "Failed"))
+            })
+            .filter_map(|(key, pod)| {
+                let bound = pod.spec.as_ref().and_then(|s| s.node_name.as_deref());
+                let node = bound
+                    .filter(|n| !n.is_empty())
+                    .or_else(|| self.assumed.get(key).map(|(n, _)| n.as_str()))?;
+                Some(affinity::Placed { pod, node })
+            })
+            .collect()
+    }
+
     /// What active (non-terminal) pods use per node, counting assumed bindings.
     fn usage(&self) -> HashMap<String, Requests> {
         let mut usage: HashMap<String, Requests> = HashMap::new();
@@ -290,74 +338,18 @@ impl ClusterView {
     }
 }
 
-/// Whether the node carries every label of the pod's `nodeSelector`.
-fn matches_node_selector(pod: &Pod, node: &Node) -> bool {
-    let Some(selector) = pod.spec.as_ref().and_then(|s| s.node_selector.as_ref()) else {
-        return true;
-    };
-    let labels = node.metadata.labels.clone().unwrap_or_default();
-    selector.iter().all(|(k, v)| labels.get(k) == Some(v))
-}
-
-/// The first NoSchedule or NoExecute taint of the node that the pod does not tolerate.
-fn untolerated_taint<'n>(
-    pod: &Pod,
-    node: &'n Node,
-) -> Option<&'n k8s_openapi::api::core::v1::Taint> {
-    let tolerations = pod
-        .spec
-        .as_ref()
-        .and_then(|s| s.tolerations.clone())
-        .unwrap_or_default();
-    let taints = node.spec.as_ref().and_then(|s| s.taints.as_ref())?;
-    taints
-        .iter()
-        .filter(|t| t.effect == "NoSchedule" || t.effect == "NoExecute")
-        .find(|taint| {
-            !tolerations.iter().any(|t| {
-                let effect = t
-                    .effect
-                    .as_deref()
-                    .is_none_or(|e| e.is_empty() || e == taint.effect);
-                let key = t.key.as_deref().unwrap_or("");
-                let matches = match t.operator.as_deref().unwrap_or("Equal") {
-                    "Exists" => key.is_empty() || key == taint.key,
-                    _ => {
-                        key == taint.key
-                            && t.value.as_deref().unwrap_or("")
-                                == taint.value.as_deref().unwrap_or("")
-                    }
-                };
-                effect && matches
-            })
-        })
-}
-
-/// A node is eligible when its Ready condition is True and it is not cordoned.
-pub fn node_is_eligible(node: &Node) -> bool {
-    let ready = node
-        .status
-        .as_ref()
-        .and_then(|s| s.conditions.as_ref())
-        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
-    let cordoned = node
-        .spec
-        .as_ref()
-        .and_then(|s| s.unschedulable)
-        .unwrap_or(false);
-    ready && !cordoned
-}
-
-/// The eligible node where `pod` fits with the fewest active pods (ties go to the first by
-/// name), or why there is none, worded as Kubernetes' scheduler words it.
+/// The best-scoring eligible node where `pod` fits (ties go to the first by name), or why
+/// there is none, worded as Kubernetes' scheduler words it.
 fn choose_node(
     view: &ClusterView,
     usage: &HashMap<String, Requests>,
     pod: &Pod,
+    profile: Profile,
+    constraints: &affinity::Constraints,
 ) -> Result<String, String> {
     let wanted = Requests::of(pod);
     let mut reasons: std::collections::BTreeMap<&str, usize> = Default::default();
-    let mut best: Option<(&String, u64)> = None;
+    let mut best: Option<(&String, (i64, i64))> = None;
     for (name, node) in &view.nodes {
         if !node_is_eligible(node) {
             *reasons
@@ -377,6 +369,10 @@ fn choose_node(
                 .or_default() += 1;
             continue;
         }
+        if let Some(reason) = constraints.violation(node) {
+            *reasons.entry(reason).or_default() += 1;
+            continue;
+        }
         let used = usage.get(name).copied().unwrap_or_default();
         let room = allocatable(node);
         let misfit = if used.pods + 1 > room.pods {
@@ -392,8 +388,10 @@ fn choose_node(
             *reasons.entry(reason).or_default() += 1;
             continue;
         }
-        if best.is_none_or(|(_, pods)| used.pods < pods) {
-            best = Some((name, used.pods));
+        let preference = preferred_node_affinity(pod, node) + constraints.preference(node);
+        let score = (preference, profile.score(used, wanted, room));
+        if best.is_none_or(|(_, best_score)| score > best_score) {
+            best = Some((name, score));
         }
     }
     match best {
@@ -430,6 +428,10 @@ mod tests {
         .unwrap()
     }
 
+    fn none() -> affinity::Constraints {
+        affinity::Constraints::default()
+    }
+
     fn pod(name: &str, node: Option<&str>) -> Pod {
         serde_json::from_value(json!({"metadata": {"name": name, "namespace": "default"}, "spec": {"containers": [], "nodeName": node}})).unwrap()
     }
@@ -450,15 +452,25 @@ mod tests {
         ]));
         assert_eq!(view.pending().len(), 2);
         let p = pod("p2", None);
-        let first = choose_node(&view, &view.usage(), &p).unwrap();
+        let first = choose_node(&view, &view.usage(), &p, Profile::Spread, &none()).unwrap();
         assert_eq!(first, "b");
         view.assign("default/p2", &first, Requests::of(&p));
         assert_eq!(view.pending().len(), 1);
         view.assign("default/p3", "a", Requests::of(&p));
         // a: p1 + assumed p3 = 2, b: assumed p2 = 1.
-        assert_eq!(choose_node(&view, &view.usage(), &p).unwrap(), "b");
         assert_eq!(
-            choose_node(&ClusterView::default(), &HashMap::new(), &p).unwrap_err(),
+            choose_node(&view, &view.usage(), &p, Profile::Spread, &none()).unwrap(),
+            "b"
+        );
+        assert_eq!(
+            choose_node(
+                &ClusterView::default(),
+                &HashMap::new(),
+                &p,
+                Profile::Spread,
+                &none()
+            )
+            .unwrap_err(),
             "0/0 nodes are available:"
         );
     }
@@ -485,21 +497,49 @@ mod tests {
             .unwrap()
         };
         assert_eq!(
-            choose_node(&view, &view.usage(), &wanting("500m", "512Mi")).unwrap(),
+            choose_node(
+                &view,
+                &view.usage(),
+                &wanting("500m", "512Mi"),
+                Profile::Spread,
+                &none()
+            )
+            .unwrap(),
             "small"
         );
         assert_eq!(
-            choose_node(&view, &view.usage(), &wanting("2", "1Mi")).unwrap_err(),
+            choose_node(
+                &view,
+                &view.usage(),
+                &wanting("2", "1Mi"),
+                Profile::Spread,
+                &none()
+            )
+            .unwrap_err(),
             "0/1 nodes are available: 1 Insufficient cpu."
         );
         assert_eq!(
-            choose_node(&view, &view.usage(), &wanting("1", "2Gi")).unwrap_err(),
+            choose_node(
+                &view,
+                &view.usage(),
+                &wanting("1", "2Gi"),
+                Profile::Spread,
+                &none()
+            )
+            .unwrap_err(),
             "0/1 nodes are available: 1 Insufficient memory."
         );
         view.assign("default/a", "small", Requests::of(&wanting("100m", "1Mi")));
         view.assign("default/b", "small", Requests::of(&wanting("100m", "1Mi")));
         assert_eq!(
-            choose_node(&view, &view.usage(), &wanting("100m", "1Mi")).unwrap_err(),
+            choose_node(
+                &view,
+                &view.usage(),
+                &wanting("100m", "1Mi"),
+                Profile::Spread,
+                &none()
+            )
+            .unwrap_err(),
             "0/1 nodes are available: 1 Too many pods."
         );
     }
@@ -527,7 +567,7 @@ mod tests {
         };
         let usage = view.usage();
         assert_eq!(
-            choose_node(&view, &usage, &with(json!({}))).unwrap(),
+            choose_node(&view, &usage, &with(json!({})), Profile::Spread, &none()).unwrap(),
             "gpu",
             "the taint keeps plain pods off"
         );
@@ -535,7 +575,9 @@ mod tests {
             choose_node(
                 &view,
                 &usage,
-                &with(json!({"nodeSelector": {"accel": "yes"}}))
+                &with(json!({"nodeSelector": {"accel": "yes"}})),
+                Profile::Spread,
+                &none()
             )
             .unwrap(),
             "gpu"
@@ -544,7 +586,7 @@ mod tests {
             json!({"nodeSelector": {"kubernetes.io/hostname": "x"}, "tolerations": [{"key": "dedicated", "operator": "Equal", "value": "db", "effect": "NoSchedule"}]}),
         );
         assert_eq!(
-            choose_node(&view, &usage, &tolerant).unwrap_err(),
+            choose_node(&view, &usage, &tolerant, Profile::Spread, &none()).unwrap_err(),
             "0/2 nodes are available: 2 node(s) didn't match Pod's node affinity/selector."
         );
         let tolerant = with(json!({"tolerations": [{"operator": "Exists"}], "nodeSelector": {}}));
@@ -557,9 +599,152 @@ mod tests {
             },
         );
         assert_eq!(
-            choose_node(&view, &view.usage(), &tolerant).unwrap(),
+            choose_node(&view, &view.usage(), &tolerant, Profile::Spread, &none()).unwrap(),
             "tainted",
             "tolerating everything, the emptier node wins"
+        );
+    }
+
+    #[test]
+    fn affinity_and_profiles_place_pods() {
+        let mut view = ClusterView::default();
+        let nodes = [("a", "z1"), ("b", "z1"), ("c", "z2")].map(|(name, zone)| {
+            let mut n = node(name, true, false);
+            n.status.as_mut().unwrap().allocatable = Some(
+                [("cpu", "4"), ("memory", "8Gi"), ("pods", "110")]
+                    .map(|(k, v)| {
+                        (
+                            k.to_string(),
+                            k8s_openapi::apimachinery::pkg::api::resource::Quantity(v.into()),
+                        )
+                    })
+                    .into(),
+            );
+            n.metadata.labels = Some(
+                [("kubernetes.io/hostname", name), ("zone", zone)]
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .into(),
+            );
+            n
+        });
+        view.apply_node(WatcherEvent::Restarted(nodes.to_vec()));
+        let with = |name: &str, labels: serde_json::Value, affinity: serde_json::Value| -> Pod {
+            serde_json::from_value(
+                json!({"metadata": {"name": name, "namespace": "default", "labels": labels},
+                "spec": {"containers": [], "affinity": affinity}}),
+            )
+            .unwrap()
+        };
+        let place = |view: &ClusterView, pod: &Pod, profile: Profile| {
+            let constraints = affinity::Constraints::of(pod, &view.placed(), &view.nodes);
+            choose_node(view, &view.usage(), pod, profile, &constraints)
+        };
+        let zone_term = |op: &str, zone: &str| json!({"matchExpressions": [{"key": "zone", "operator": op, "values": [zone]}]});
+
+        let required = with(
+            "r",
+            json!({}),
+            json!({"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [zone_term("In", "z2")]}}}),
+        );
+        assert_eq!(place(&view, &required, Profile::Spread).unwrap(), "c");
+        let nowhere = with(
+            "n",
+            json!({}),
+            json!({"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [zone_term("In", "z9")]}}}),
+        );
+        assert_eq!(
+            place(&view, &nowhere, Profile::Spread).unwrap_err(),
+            "0/3 nodes are available: 3 node(s) didn't match Pod's node affinity/selector."
+        );
+        let by_name = with(
+            "f",
+            json!({}),
+            json!({"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [{"matchFields": [{"key": "metadata.name", "operator": "In", "values": ["b"]}]}]}}}),
+        );
+        assert_eq!(place(&view, &by_name, Profile::Spread).unwrap(), "b");
+        let preferred = with(
+            "p",
+            json!({}),
+            json!({"nodeAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [{"weight": 10, "preference": zone_term("In", "z2")}]}}),
+        );
+        view.apply_pod(WatcherEvent::Applied(pod("busy", Some("c"))));
+        assert_eq!(
+            place(&view, &preferred, Profile::Spread).unwrap(),
+            "c",
+            "a stated preference outranks spreading"
+        );
+        view.apply_pod(WatcherEvent::Deleted(pod("busy", Some("c"))));
+
+        // Required anti-affinity by hostname: one db pod per node, then no room.
+        let anti = json!({"podAntiAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [
+            {"labelSelector": {"matchLabels": {"app": "db"}}, "topologyKey": "kubernetes.io/hostname"}]}});
+        let mut used = Vec::new();
+        for i in 0..3 {
+            let mut db = with(&format!("db-{i}"), json!({"app": "db"}), anti.clone());
+            let chosen = place(&view, &db, Profile::BinPack).unwrap();
+            assert!(
+                !used.contains(&chosen),
+                "db-{i} went to {chosen}, which has a db pod"
+            );
+            db.spec.as_mut().unwrap().node_name = Some(chosen.clone());
+            view.apply_pod(WatcherEvent::Applied(db));
+            used.push(chosen);
+        }
+        let fourth = with("db-3", json!({"app": "db"}), anti.clone());
+        assert_eq!(
+            place(&view, &fourth, Profile::Spread).unwrap_err(),
+            "0/3 nodes are available: 3 node(s) didn't match pod anti-affinity rules."
+        );
+        // Symmetry: a pod matching the db pods' anti-affinity cannot join them either.
+        let plain_db = with("plain", json!({"app": "db"}), json!(null));
+        assert_eq!(
+            place(&view, &plain_db, Profile::Spread).unwrap_err(),
+            "0/3 nodes are available: 3 node(s) didn't satisfy existing pods anti-affinity rules."
+        );
+        // Required affinity by zone: a cache goes where a db pod of zone z2 is... any zone
+        // with a db pod; with the dbs only on z1 it must go to z1.
+        view.apply_pod(WatcherEvent::Deleted(with("db-2", json!({}), json!(null))));
+        let cache = with(
+            "cache",
+            json!({"app": "cache"}),
+            json!({"podAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [
+            {"labelSelector": {"matchLabels": {"app": "db"}}, "topologyKey": "zone"}]}}),
+        );
+        let zone_of = |n: &str| view.nodes[n].metadata.labels.as_ref().unwrap()["zone"].clone();
+        let db_zones: Vec<String> = ["db-0", "db-1"]
+            .iter()
+            .map(|p| {
+                zone_of(
+                    view.pods[&format!("default/{p}")]
+                        .spec
+                        .as_ref()
+                        .unwrap()
+                        .node_name
+                        .as_deref()
+                        .unwrap(),
+                )
+            })
+            .collect();
+        let chosen = place(&view, &cache, Profile::Spread).unwrap();
+        assert!(
+            db_zones.contains(&zone_of(&chosen)),
+            "cache on {chosen}, db zones {db_zones:?}"
+        );
+
+        // Profiles: with one pod on a, bin packing adds to a, spreading avoids it.
+        let mut fresh = ClusterView::default();
+        fresh.apply_node(WatcherEvent::Restarted(nodes.to_vec()));
+        fresh.apply_pod(WatcherEvent::Applied(pod("first", Some("b"))));
+        let next = pod("next", None);
+        assert_eq!(place(&fresh, &next, Profile::BinPack).unwrap(), "b");
+        assert_eq!(place(&fresh, &next, Profile::Spread).unwrap(), "a");
+        assert_eq!(
+            Profile::for_scheduler_name(Some(score::BIN_PACKING_SCHEDULER), Profile::Spread),
+            Some(Profile::BinPack)
+        );
+        assert_eq!(
+            Profile::for_scheduler_name(Some("other"), Profile::Spread),
+            None
         );
     }
 }
