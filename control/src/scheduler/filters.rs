@@ -23,7 +23,8 @@ pub fn node_is_eligible(node: &Node) -> bool {
 /// required node affinity (any one of the `nodeSelectorTerms`).
 pub fn matches_node_selector(pod: &Pod, node: &Node) -> bool {
     let spec = pod.spec.as_ref();
-    let labels = node.metadata.labels.clone().unwrap_or_default();
+    let no_labels = Default::default();
+    let labels = node.metadata.labels.as_ref().unwrap_or(&no_labels);
     let selected = spec
         .and_then(|s| s.node_selector.as_ref())
         .is_none_or(|selector| selector.iter().all(|(k, v)| labels.get(k) == Some(v)));
@@ -67,13 +68,14 @@ fn term_matches(term: &NodeSelectorTerm, node: &Node) -> bool {
     if expressions.is_empty() && fields.is_empty() {
         return false;
     }
-    let labels = node.metadata.labels.clone().unwrap_or_default();
-    let name = node.metadata.name.clone().unwrap_or_default();
+    let no_labels = Default::default();
+    let labels = node.metadata.labels.as_ref().unwrap_or(&no_labels);
+    let name = node.metadata.name.as_deref().unwrap_or_default();
     expressions
         .iter()
         .all(|r| requirement_holds(r, labels.get(&r.key).map(String::as_str)))
         && fields.iter().all(|r| {
-            let value = (r.key == "metadata.name").then_some(name.as_str());
+            let value = (r.key == "metadata.name").then_some(name);
             requirement_holds(r, value)
         })
 }
@@ -105,12 +107,12 @@ fn requirement_holds(requirement: &NodeSelectorRequirement, value: Option<&str>)
 
 /// The first NoSchedule or NoExecute taint of the node that the pod does not tolerate.
 pub fn untolerated_taint<'n>(pod: &Pod, node: &'n Node) -> Option<&'n Taint> {
+    let taints = node.spec.as_ref().and_then(|s| s.taints.as_ref())?;
     let tolerations = pod
         .spec
         .as_ref()
-        .and_then(|s| s.tolerations.clone())
+        .and_then(|s| s.tolerations.as_deref())
         .unwrap_or_default();
-    let taints = node.spec.as_ref().and_then(|s| s.taints.as_ref())?;
     taints
         .iter()
         .filter(|t| t.effect == "NoSchedule" || t.effect == "NoExecute")

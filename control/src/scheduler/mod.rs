@@ -29,7 +29,7 @@ pub struct Options {
 }
 
 /// How many bindings may be in flight at once (they share the store's group commits).
-const PARALLEL_BINDS: usize = 64;
+const PARALLEL_BINDS: usize = 256;
 
 /// Runs until the task is dropped.
 pub async fn run(client: Client, options: Options) {
@@ -91,14 +91,16 @@ pub async fn run(client: Client, options: Options) {
                 .await
                 .expect("the semaphore is never closed");
             tokio::spawn(async move {
-                match client.bind_pod(&namespace, &name, &node).await {
+                let bound = client.bind_pod(&namespace, &name, &node).await;
+                // The permit bounds bindings only; the event is recorded after it is released.
+                drop(permit);
+                match bound {
                     Ok(()) => {
                         let message = format!("Successfully assigned {namespace}/{name} to {node}");
                         recorder.normal(&pod, "Scheduled", &message).await;
                     }
                     Err(e) => tracing::debug!("binding {namespace}/{name} to {node}: {e}"),
                 }
-                drop(permit);
             });
         }
     }
@@ -108,6 +110,8 @@ pub async fn run(client: Client, options: Options) {
 #[derive(Default)]
 struct ClusterView {
     nodes: BTreeMap<String, Node>,
+    /// Each node's allocatable resources, parsed once per node update.
+    allocatable: HashMap<String, Requests>,
     /// Pods by namespace/name.
     pods: HashMap<String, Pod>,
     /// Pods the scheduler has sent a binding for but not yet seen bound, with their requests.
@@ -250,14 +254,21 @@ impl ClusterView {
                     .into_iter()
                     .map(|n| (n.metadata.name.clone().unwrap_or_default(), n))
                     .collect();
+                self.allocatable = self
+                    .nodes
+                    .iter()
+                    .map(|(name, node)| (name.clone(), allocatable(node)))
+                    .collect();
             }
             WatcherEvent::Applied(node) => {
-                self.nodes
-                    .insert(node.metadata.name.clone().unwrap_or_default(), node);
+                let name = node.metadata.name.clone().unwrap_or_default();
+                self.allocatable.insert(name.clone(), allocatable(&node));
+                self.nodes.insert(name, node);
             }
             WatcherEvent::Deleted(node) => {
-                self.nodes
-                    .remove(node.metadata.name.as_deref().unwrap_or(""));
+                let name = node.metadata.name.as_deref().unwrap_or("");
+                self.allocatable.remove(name);
+                self.nodes.remove(name);
             }
         }
     }
@@ -374,7 +385,7 @@ fn choose_node(
             continue;
         }
         let used = usage.get(name).copied().unwrap_or_default();
-        let room = allocatable(node);
+        let room = view.allocatable.get(name).copied().unwrap_or_default();
         let misfit = if used.pods + 1 > room.pods {
             Some("Too many pods")
         } else if used.cpu_millis + wanted.cpu_millis > room.cpu_millis {
