@@ -232,6 +232,20 @@ impl Http {
         )
     }
 
+    /// A GET with an explicit Host header (what a browser sends to a named virtual host).
+    pub async fn get_with_host(&self, path: &str, host: &str) -> (u16, bytes::Bytes) {
+        let request = http::Request::get(format!("{}{path}", self.base))
+            .header(http::header::HOST, host)
+            .body(Full::new(bytes::Bytes::new()))
+            .unwrap();
+        let response = self.client.request(request).await.unwrap();
+        let status = response.status().as_u16();
+        (
+            status,
+            response.into_body().collect().await.unwrap().to_bytes(),
+        )
+    }
+
     /// Opens a watch and returns its body for reading events line by line.
     pub async fn stream(&self, path: &str) -> hyper::body::Incoming {
         let request = http::Request::get(format!("{}{path}", self.base))

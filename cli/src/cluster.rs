@@ -125,6 +125,7 @@ pub struct DevCluster {
     pub control: ControlPlane,
     pub agents: Vec<Agent>,
     pub data_dir: PathBuf,
+    ingress: Option<JoinHandle<std::io::Result<()>>>,
 }
 
 impl DevCluster {
@@ -158,6 +159,7 @@ impl DevCluster {
             control,
             agents,
             data_dir: data_dir.to_path_buf(),
+            ingress: None,
         })
     }
 
@@ -168,7 +170,27 @@ impl DevCluster {
         Ok(path)
     }
 
+    /// Serves every Service at `http://<service>.<namespace>.localhost:<port>/` on `addr`,
+    /// through the first node's proxy; returns the bound address.
+    pub async fn start_ingress(&mut self, addr: SocketAddr) -> anyhow::Result<SocketAddr> {
+        let proxy = (self.agents.first())
+            .ok_or_else(|| anyhow::anyhow!("the ingress needs a node"))?
+            .proxy
+            .clone();
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|e| anyhow::anyhow!("binding the ingress to {addr}: {e}"))?;
+        let bound = listener.local_addr()?;
+        self.ingress = Some(tokio::spawn(shoal_runtime::proxy::ingress::serve(
+            listener, proxy,
+        )));
+        Ok(bound)
+    }
+
     pub async fn shutdown(&mut self) {
+        if let Some(ingress) = self.ingress.take() {
+            ingress.abort();
+        }
         for agent in &mut self.agents {
             agent.shutdown();
         }

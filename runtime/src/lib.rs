@@ -10,3 +10,4 @@
 pub mod agent;
 pub mod engine;
 pub mod pod;
+pub mod proxy;

@@ -11,4 +11,5 @@ mod images;
 mod kubectl;
 mod multi_process;
 mod pods;
+mod services;
 mod statefulsets;

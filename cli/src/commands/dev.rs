@@ -27,6 +27,9 @@ pub struct DevCommand {
     /// `bin-packing` (fill the most allocated node first).
     #[arg(long, default_value = "spread")]
     scheduler_profile: shoal_control::scheduler::Profile,
+    /// Where the ingress serves every Service, at `http://<service>.<namespace>.localhost:<port>/`.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    ingress_addr: SocketAddr,
 }
 
 impl DevCommand {
@@ -40,12 +43,13 @@ impl DevCommand {
         let mut cluster =
             DevCluster::start_with(&data_dir, self.api_addr, self.nodes, options, |_| {}).await?;
         let kubeconfig = cluster.write_kubeconfig()?;
+        let ingress = cluster.start_ingress(self.ingress_addr).await?;
         let examples = install_examples(&data_dir)?;
         if self.demo {
             deploy_demo(&cluster, &examples).await?;
         }
         println!(
-            "shoal dev ready: API at {} with {} node(s); kubeconfig at {}",
+            "shoal dev ready: API at {} with {} node(s); kubeconfig at {}; ingress on http://{ingress}",
             cluster.control.url(),
             cluster.agents.len(),
             kubeconfig.display()
@@ -54,6 +58,10 @@ impl DevCommand {
             let kc = kubeconfig.display();
             println!("demo deployed: try `kubectl --kubeconfig {kc} get pods -o wide`, `kubectl --kubeconfig {kc} logs hello-p2`");
             println!("  and the HTTP pod: `kubectl --kubeconfig {kc} get --raw /api/v1/namespaces/default/pods/web-demo:8080/proxy/`");
+            println!(
+                "  and its Service through the ingress: `curl http://web-demo.default.localhost:{}/`",
+                ingress.port()
+            );
         }
         super::shutdown_signal().await;
         println!("shoal dev stopping");
@@ -102,6 +110,20 @@ async fn deploy_demo(cluster: &DevCluster, examples: &Path) -> anyhow::Result<()
             Err(e) if e.is_conflict() => {}
             Err(e) => return Err(e.into()),
         }
+    }
+    let service = json!({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": "web-demo"},
+        "spec": {"selector": {"app": "web-demo"}, "ports": [{"port": 80, "targetPort": 8080}]}
+    });
+    let services = cluster
+        .control
+        .client
+        .api::<k8s_openapi::api::core::v1::Service>(Some("default"));
+    match services.create(&serde_json::from_value(service)?).await {
+        Ok(_) => {}
+        Err(e) if e.is_conflict() => {}
+        Err(e) => return Err(e.into()),
     }
     Ok(())
 }

@@ -47,6 +47,7 @@ pub fn kind_defaults(kind: &str, object: &mut Value) {
         }
         "Deployment" => deployment(object),
         "StatefulSet" => stateful_set(object),
+        "Service" => service(object),
         "ReplicationController" => replication_controller(object),
         "Job" => {
             let parallel = object.pointer("/spec/parallelism").is_some();
@@ -282,5 +283,32 @@ fn replication_controller(object: &mut Value) {
             Value::Object(selector),
         ),
         _ => {}
+    }
+}
+
+/// A Service's defaults: type ClusterIP, no session affinity, TCP ports whose targetPort is
+/// the port itself.
+fn service(object: &mut Value) {
+    for (pointer, value) in [
+        ("/spec/type", json!("ClusterIP")),
+        ("/spec/sessionAffinity", json!("None")),
+        ("/spec/internalTrafficPolicy", json!("Cluster")),
+    ] {
+        if object.pointer(pointer).is_none() {
+            set_at(object, pointer, value);
+        }
+    }
+    let ports = object
+        .pointer_mut("/spec/ports")
+        .and_then(Value::as_array_mut);
+    for port in ports.into_iter().flatten() {
+        let Some(map) = port.as_object_mut() else {
+            continue;
+        };
+        map.entry("protocol").or_insert(json!("TCP"));
+        if !map.contains_key("targetPort") {
+            let number = map.get("port").cloned().unwrap_or(Value::Null);
+            map.insert("targetPort".into(), number);
+        }
     }
 }

@@ -119,6 +119,26 @@ fn columns(kind: &str) -> &'static [Column] {
             ];
             C
         }
+        "Service" => {
+            const C: &[Column] = &[
+                col("Name", "string", 0),
+                col("Type", "string", 0),
+                col("Cluster-IP", "string", 0),
+                col("External-IP", "string", 0),
+                col("Port(s)", "string", 0),
+                col("Age", "string", 0),
+                col("Selector", "string", 1),
+            ];
+            C
+        }
+        "Endpoints" => {
+            const C: &[Column] = &[
+                col("Name", "string", 0),
+                col("Endpoints", "string", 0),
+                col("Age", "string", 0),
+            ];
+            C
+        }
         "StatefulSet" => {
             const C: &[Column] = &[
                 col("Name", "string", 0),
@@ -256,6 +276,36 @@ fn cells(kind: &str, o: &Value) -> Vec<Value> {
                 age,
             ]
         }
+        "Service" => service_cells(o, name, age),
+        "Endpoints" => {
+            let mut addresses = Vec::new();
+            for subset in o
+                .get("subsets")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+            {
+                let ports: Vec<i64> = (subset.get("ports").and_then(Value::as_array))
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|p| p.get("port").and_then(Value::as_i64))
+                    .collect();
+                for address in (subset.get("addresses").and_then(Value::as_array))
+                    .into_iter()
+                    .flatten()
+                {
+                    for port in &ports {
+                        addresses.push(format!("{}:{port}", str_at(address, "/ip")));
+                    }
+                }
+            }
+            let shown = match addresses.len() {
+                0 => "<none>".to_string(),
+                n if n > 3 => format!("{} + {} more...", addresses[..3].join(","), n - 3),
+                _ => addresses.join(","),
+            };
+            vec![name, json!(shown), age]
+        }
         "StatefulSet" => {
             let (names, images) = template_containers(o);
             let ready = o
@@ -328,6 +378,57 @@ fn cells(kind: &str, o: &Value) -> Vec<Value> {
         }
         _ => vec![name, age],
     }
+}
+
+/// `kubectl get svc` cells: ports as `80/TCP` or `80:30080/TCP` with a node port.
+fn service_cells(o: &Value, name: Value, age: Value) -> Vec<Value> {
+    let ports: Vec<String> = (o.pointer("/spec/ports").and_then(Value::as_array))
+        .into_iter()
+        .flatten()
+        .map(|p| {
+            let port = p.get("port").and_then(Value::as_i64).unwrap_or(0);
+            let protocol = p.get("protocol").and_then(Value::as_str).unwrap_or("TCP");
+            match p.get("nodePort").and_then(Value::as_i64) {
+                Some(node_port) => format!("{port}:{node_port}/{protocol}"),
+                None => format!("{port}/{protocol}"),
+            }
+        })
+        .collect();
+    let external = (o
+        .pointer("/status/loadBalancer/ingress")
+        .and_then(Value::as_array))
+    .into_iter()
+    .flatten()
+    .filter_map(|i| i.get("ip").and_then(Value::as_str))
+    .collect::<Vec<_>>()
+    .join(",");
+    let type_ = str_at(o, "/spec/type");
+    let external = match (external.is_empty(), type_) {
+        (false, _) => external,
+        (true, "LoadBalancer") => "<pending>".into(),
+        _ => "<none>".into(),
+    };
+    let selector = (o.pointer("/spec/selector").and_then(Value::as_object))
+        .map(|m| {
+            m.iter()
+                .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or("")))
+                .collect::<Vec<_>>()
+                .join(",")
+        })
+        .unwrap_or_else(|| "<none>".into());
+    vec![
+        name,
+        json!(type_),
+        json!(str_at(o, "/spec/clusterIP")),
+        json!(external),
+        json!(if ports.is_empty() {
+            "<none>".to_string()
+        } else {
+            ports.join(",")
+        }),
+        age,
+        json!(selector),
+    ]
 }
 
 /// The comma-separated container names and images of a workload's pod template.

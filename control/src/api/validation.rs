@@ -101,6 +101,7 @@ pub fn validate(kind: &str, object: &Value) -> Vec<Cause> {
             replica_set(&as_set, &mut causes)
         }
         "Job" => job(object, &mut causes),
+        "Service" => service(object, &mut causes),
         "CronJob" => {
             let schedule = object
                 .pointer("/spec/schedule")
@@ -113,6 +114,101 @@ pub fn validate(kind: &str, object: &Value) -> Vec<Cause> {
         _ => {}
     }
     causes
+}
+
+/// A Service: a known type and affinity, ports in range, unique by port and protocol, named
+/// (uniquely) when there are several, and target ports that are numbers in range or port
+/// names.
+fn service(object: &Value, causes: &mut Vec<Cause>) {
+    let spec = object.get("spec").cloned().unwrap_or(Value::Null);
+    let text = |pointer: &str| spec.pointer(pointer).and_then(Value::as_str);
+    let type_ = text("/type").unwrap_or("ClusterIP");
+    let types = ["ClusterIP", "NodePort", "LoadBalancer", "ExternalName"];
+    if !types.contains(&type_) {
+        causes.push(Cause::not_supported("spec.type", type_, &types));
+    }
+    let affinity = text("/sessionAffinity").unwrap_or("None");
+    if !["None", "ClientIP"].contains(&affinity) {
+        causes.push(Cause::not_supported(
+            "spec.sessionAffinity",
+            affinity,
+            &["ClientIP", "None"],
+        ));
+    }
+    let ports = spec
+        .get("ports")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    let headless = text("/clusterIP") == Some("None");
+    if ports.is_empty() && !headless && type_ != "ExternalName" {
+        causes.push(Cause::required("spec.ports"));
+    }
+    let mut seen = HashSet::new();
+    let mut names = HashSet::new();
+    for (i, port) in ports.iter().enumerate() {
+        let field = format!("spec.ports[{i}]");
+        let number = port.get("port").and_then(Value::as_i64);
+        match number {
+            None => causes.push(Cause::required(format!("{field}.port"))),
+            Some(n) if !(1..=65535).contains(&n) => causes.push(Cause::invalid(
+                format!("{field}.port"),
+                &n.to_string(),
+                "must be between 1 and 65535, inclusive",
+            )),
+            Some(_) => {}
+        }
+        let protocol = port
+            .get("protocol")
+            .and_then(Value::as_str)
+            .unwrap_or("TCP");
+        if !["TCP", "UDP", "SCTP"].contains(&protocol) {
+            causes.push(Cause::not_supported(
+                format!("{field}.protocol"),
+                protocol,
+                &["SCTP", "TCP", "UDP"],
+            ));
+        }
+        if let Some(n) = number {
+            if !seen.insert((n, protocol.to_string())) {
+                causes.push(Cause::duplicate(field.clone(), &format!("{n}/{protocol}")));
+            }
+        }
+        let name = port.get("name").and_then(Value::as_str).unwrap_or("");
+        if ports.len() > 1 && name.is_empty() {
+            causes.push(Cause::required(format!("{field}.name")));
+        } else if !name.is_empty() && !names.insert(name.to_string()) {
+            causes.push(Cause::duplicate(format!("{field}.name"), name));
+        }
+        match port.get("targetPort") {
+            Some(Value::Number(n)) if !n.as_i64().is_some_and(|n| (1..=65535).contains(&n)) => {
+                causes.push(Cause::invalid(
+                    format!("{field}.targetPort"),
+                    &n.to_string(),
+                    "must be between 1 and 65535, inclusive",
+                ))
+            }
+            Some(Value::String(target)) if !is_port_name(target) => causes.push(Cause::invalid(
+                format!("{field}.targetPort"),
+                target,
+                "must be a port number or an IANA_SVC_NAME (at most 15 lowercase letters, digits and '-', with a letter)",
+            )),
+            _ => {}
+        }
+    }
+}
+
+/// An IANA service name, as container port names and named target ports must be.
+pub fn is_port_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 15
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && name.chars().any(|c| c.is_ascii_lowercase())
+        && !name.starts_with('-')
+        && !name.ends_with('-')
+        && !name.contains("--")
 }
 
 /// A Job's pods must end: its template's restartPolicy is Never or OnFailure.

@@ -8,6 +8,7 @@
 pub mod cronjob;
 pub mod daemonset;
 pub mod deployment;
+pub mod endpoints;
 pub mod gc;
 pub mod job;
 pub mod nodelifecycle;
@@ -48,6 +49,7 @@ pub fn start(client: Client, options: Options) -> Vec<tokio::task::JoinHandle<()
         tokio::spawn(replicaset::run_replication_controllers(client.clone())),
         tokio::spawn(statefulset::run(client.clone())),
         tokio::spawn(daemonset::run(client.clone())),
+        tokio::spawn(endpoints::run(client.clone())),
         tokio::spawn(job::run(client.clone())),
         tokio::spawn(cronjob::run(client.clone())),
         tokio::spawn(nodelifecycle::run(

@@ -14,6 +14,7 @@ mod pods;
 mod query;
 mod resource;
 mod scale;
+mod services;
 mod watch;
 
 use std::net::SocketAddr;
@@ -39,6 +40,8 @@ pub struct ApiServer {
     store: Arc<dyn Store>,
     agents: AgentClient,
     options: ServerOptions,
+    /// Serialises Service creations, which allocate cluster IPs and node ports.
+    service_allocation: tokio::sync::Mutex<()>,
 }
 
 /// Cluster-wide settings of the API server.
@@ -77,6 +80,7 @@ impl ApiServer {
             store,
             agents,
             options,
+            service_allocation: tokio::sync::Mutex::new(()),
         });
         namespaces::ensure_system_namespaces(&server).await?;
         namespaces::resume_terminations(&server);

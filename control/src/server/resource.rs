@@ -12,7 +12,7 @@ use serde_json::{json, Value};
 use super::error::{ApiError, Result};
 use super::path::{self, ResourcePath};
 use super::query::Query;
-use super::{json_response, namespaces, pods, scale, ApiServer};
+use super::{json_response, namespaces, pods, scale, services, ApiServer};
 use crate::api::resources::ResourceInfo;
 use crate::api::{defaults, object, patch, table, validation};
 use crate::store::{revision_of, ObjectKey};
@@ -204,6 +204,18 @@ impl ApiServer {
             "Node" => self.assign_pod_cidr(&mut object)?,
             _ => {}
         }
+        // Services take addresses and ports from shared ranges: one allocation at a time,
+        // held until the Service is stored.
+        let _allocating = if resource.kind == "Service" {
+            let guard = self.service_allocation.lock().await;
+            if validation::validate(resource.kind, &object).is_empty() {
+                services::allocate(self, &mut object)?;
+                services::check_target_ports(self, &object)?;
+            }
+            Some(guard)
+        } else {
+            None
+        };
         let name = object::name(&object).to_string();
         let causes = validation::validate(resource.kind, &object);
         if !causes.is_empty() {

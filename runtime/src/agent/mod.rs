@@ -93,7 +93,9 @@ pub(crate) struct Shared {
     restart_backoff: std::time::Duration,
     request_deadline: std::time::Duration,
     /// The loopback of each pod running here, by `namespace/name`, for the gateway.
-    networks: Mutex<HashMap<String, Arc<PodNetwork>>>,
+    networks: Arc<Mutex<HashMap<String, Arc<PodNetwork>>>>,
+    /// Routes pods' requests for Services.
+    proxy: Arc<crate::proxy::Proxy>,
 }
 
 impl Shared {
@@ -106,6 +108,8 @@ impl Shared {
 pub struct Agent {
     pub node_name: String,
     pub gateway_addr: SocketAddr,
+    /// The node's Service proxy (the dev ingress serves through it).
+    pub proxy: Arc<crate::proxy::Proxy>,
     tasks: Vec<JoinHandle<()>>,
 }
 
@@ -121,6 +125,7 @@ impl Agent {
         }
         let listener = tokio::net::TcpListener::bind(config.gateway_addr).await?;
         let gateway_addr = listener.local_addr()?;
+        let networks: Arc<Mutex<HashMap<String, Arc<PodNetwork>>>> = Arc::default();
         let shared = Arc::new(Shared {
             client: client.clone(),
             engine,
@@ -134,8 +139,17 @@ impl Agent {
             host_path_allow: config.host_path_allow.clone(),
             restart_backoff: config.restart_backoff,
             request_deadline: config.request_deadline,
-            networks: Mutex::new(HashMap::new()),
+            networks: networks.clone(),
+            proxy: crate::proxy::Proxy::start(
+                client.clone(),
+                &config.node_name,
+                Arc::new(move |key: &str| {
+                    let networks = networks.lock().unwrap_or_else(|p| p.into_inner());
+                    networks.get(key).cloned()
+                }),
+            ),
         });
+        let proxy = shared.proxy.clone();
         let identity = node::NodeIdentity {
             name: config.node_name.clone(),
             address: shared.address.clone(),
@@ -171,6 +185,7 @@ impl Agent {
         Ok(Self {
             node_name: config.node_name,
             gateway_addr,
+            proxy,
             tasks,
         })
     }
@@ -366,13 +381,13 @@ impl PodSupervisor {
             .annotations
             .as_ref()
             .and_then(|a| a.get(crate::pod::network::EGRESS_ANNOTATION));
-        let network = match egress.map(String::as_str) {
-            Some("allow") => PodNetwork::with_egress().unwrap_or_else(|e| {
-                tracing::warn!("pod {key}: cannot open egress ({e}); it stays closed");
-                PodNetwork::new()
-            }),
-            _ => PodNetwork::new(),
-        };
+        let namespace = pod.metadata.namespace.clone().unwrap_or_default();
+        let proxy = Some(self.shared.proxy.clone());
+        let open = egress.map(String::as_str) == Some("allow");
+        let network = PodNetwork::for_pod(&namespace, proxy.clone(), open).unwrap_or_else(|e| {
+            tracing::warn!("pod {key}: cannot open egress ({e}); it stays closed");
+            PodNetwork::for_pod(&namespace, proxy, false).expect("a closed network needs no TLS")
+        });
         self.shared
             .networks
             .lock()

@@ -5,7 +5,8 @@
 //! `localhost:PORT`) is served by instantiating the container's pre-linked component in a
 //! fresh store: no socket is opened inside the pod. [`PodHooks`] is the guest's view of the
 //! network: `localhost`/`127.0.0.1` go to this pod's servers, a port nobody serves is refused,
-//! and every other destination is refused unless the pod's egress is open (the annotation
+//! Service names and ClusterIPs go to the node's proxy (`crate::proxy`), and every other
+//! destination is refused unless the pod's egress is open (the annotation
 //! `shoal.dev/egress: allow`), in which case the request goes out to the network.
 
 use std::collections::HashMap;
@@ -66,6 +67,9 @@ pub type EgressClient = hyper_util::client::legacy::Client<
 pub struct PodNetwork {
     servers: RwLock<HashMap<u16, Arc<HttpServer>>>,
     egress: Option<EgressClient>,
+    /// The pod's namespace (what a bare Service name is resolved in) and the node's proxy.
+    namespace: String,
+    proxy: Option<Arc<crate::proxy::Proxy>>,
 }
 
 impl PodNetwork {
@@ -74,15 +78,27 @@ impl PodNetwork {
         Arc::new(Self::default())
     }
 
-    /// A pod network whose guests may reach the outside network over HTTP(S).
-    pub fn with_egress() -> Result<Arc<Self>, String> {
-        let connector = crate::engine::fetch::https_connector(None)?;
-        let client =
-            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-                .build(connector);
+    /// The network of a pod of `namespace`: Services through `proxy`, and the outside
+    /// network over HTTP(S) if `egress` is open.
+    pub fn for_pod(
+        namespace: &str,
+        proxy: Option<Arc<crate::proxy::Proxy>>,
+        egress: bool,
+    ) -> Result<Arc<Self>, String> {
+        let egress = if egress {
+            let connector = crate::engine::fetch::https_connector(None)?;
+            Some(
+                hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                    .build(connector),
+            )
+        } else {
+            None
+        };
         Ok(Arc::new(Self {
             servers: RwLock::default(),
-            egress: Some(client),
+            egress,
+            namespace: namespace.to_string(),
+            proxy,
         }))
     }
 
@@ -301,7 +317,15 @@ impl WasiHttpHooks for PodHooks {
                 .upgrade()
                 .ok_or(wasmtime_wasi_http::Error::ConnectionRefused)?;
             if !is_loopback(&host) {
-                // Services come here too (the services issue); for now only open egress.
+                if let Some(proxy) = network.proxy.clone() {
+                    if let Some(route) = proxy.resolve(&network.namespace, &host, port) {
+                        let response = proxy.forward(&route, request, None).await;
+                        return Ok((
+                            response,
+                            Box::new(async { Ok(()) }) as Box<dyn Future<Output = _> + Send>,
+                        ));
+                    }
+                }
                 let Some(egress) = network.egress.clone() else {
                     return Err(wasmtime_wasi_http::Error::HttpRequestDenied);
                 };

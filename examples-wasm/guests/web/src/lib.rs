@@ -6,7 +6,8 @@
 //!   (readiness and liveness probes that a test can flip);
 //! - `/echo` answers the method and the request body;
 //! - `/env/NAME` answers an environment variable;
-//! - `/file/PATH` answers the content of file `/PATH`; `PUT /file/PATH` writes the body there;
+//! - `/file/PATH` answers the content of file `/PATH`; `PUT /file/PATH` writes the body there,
+//!   `DELETE /file/PATH` removes it;
 //! - `/call/AUTHORITY/PATH` makes an outgoing GET to `http://AUTHORITY/PATH` and answers the
 //!   status and body it got (or 502 with the error), which is how a frontend reaches a backend;
 //! - `/sleep/MS` answers after MS milliseconds (a slow request, for draining);
@@ -91,6 +92,7 @@ fn route(method: &Method, path: &str, body: Vec<u8>) -> (u16, String) {
 fn file_route(method: &Method, file: &str, body: &[u8]) -> (u16, String) {
     let result = match method {
         Method::Put | Method::Post => std::fs::write(file, body).map(|()| format!("wrote {} bytes to {file}\n", body.len())),
+        Method::Delete => std::fs::remove_file(file).map(|()| format!("removed {file}\n")),
         _ => std::fs::read_to_string(file),
     };
     match result {

@@ -1,0 +1,307 @@
+//! The endpoints controller: for each Service with a selector, the addresses of the pods it
+//! selects, written as an Endpoints object (same name as the Service; ready pods under
+//! `addresses`, others under `notReadyAddresses`) and one EndpointSlice (`<service>-<uid>`,
+//! with ready/serving/terminating conditions). Named target ports are resolved per pod through
+//! its containers' port names; a pod that lacks the name is left out of that port's subset.
+//! The proxy routes to the ready addresses only, so a pod that turns unready or is being
+//! deleted gets no new requests.
+
+use std::collections::{BTreeMap, HashMap};
+
+use k8s_openapi::api::core::v1::{
+    EndpointAddress, EndpointPort, EndpointSubset, Endpoints, ObjectReference, Pod, Service,
+};
+use k8s_openapi::api::discovery::v1::{
+    Endpoint, EndpointConditions, EndpointPort as SlicePort, EndpointSlice,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+
+use super::pod_is_ready;
+use super::queue::{self, key_of, Action};
+use crate::client::{watcher, Client, DeleteParams, ListParams};
+
+pub async fn run(client: Client) {
+    let reconciler = client.clone();
+    let queue = queue::spawn("endpoints", move |key| reconcile(reconciler.clone(), key));
+    // Services by namespace: any pod change there may change their endpoints.
+    let mut known: HashMap<String, Vec<String>> = HashMap::new();
+    let mut services = watcher(client.api::<Service>(None), ListParams::default());
+    let mut pods = watcher(client.api::<Pod>(None), ListParams::default());
+    loop {
+        tokio::select! {
+            Some(event) = services.recv() => {
+                for service in event.into_objects() {
+                    let key = key_of(&service.metadata);
+                    let (ns, name) = key.split_once('/').unwrap_or_default();
+                    let names = known.entry(ns.to_string()).or_default();
+                    if !names.iter().any(|n| n == name) {
+                        names.push(name.to_string());
+                    }
+                    queue.add(&key);
+                }
+            }
+            Some(event) = pods.recv() => {
+                for pod in event.into_objects() {
+                    let ns = pod.metadata.namespace.clone().unwrap_or_default();
+                    for name in known.get(&ns).into_iter().flatten() {
+                        queue.add(&format!("{ns}/{name}"));
+                    }
+                }
+            }
+            else => return,
+        }
+    }
+}
+
+/// One resolved port of a service: (name, number on the pod, protocol).
+type ResolvedPort = (Option<String>, i32, String);
+
+/// The port numbers `pod` serves the Service's ports on, or `None` for a named target port
+/// the pod does not declare.
+fn resolve_ports(service: &Service, pod: &Pod) -> Vec<Option<ResolvedPort>> {
+    let ports = service
+        .spec
+        .as_ref()
+        .and_then(|s| s.ports.clone())
+        .unwrap_or_default();
+    ports
+        .iter()
+        .map(|port| {
+            let number = match &port.target_port {
+                Some(IntOrString::Int(n)) => Some(*n),
+                Some(IntOrString::String(name)) => pod
+                    .spec
+                    .iter()
+                    .flat_map(|s| s.containers.iter())
+                    .flat_map(|c| c.ports.iter().flatten())
+                    .find(|p| p.name.as_deref() == Some(name.as_str()))
+                    .map(|p| p.container_port),
+                None => Some(port.port),
+            }?;
+            let protocol = port.protocol.clone().unwrap_or_else(|| "TCP".into());
+            Some((port.name.clone(), number, protocol))
+        })
+        .collect()
+}
+
+fn address(pod: &Pod) -> Option<EndpointAddress> {
+    let ip = pod.status.as_ref()?.pod_ip.clone()?;
+    Some(EndpointAddress {
+        ip,
+        hostname: pod.spec.as_ref().and_then(|s| s.hostname.clone()),
+        node_name: pod.spec.as_ref().and_then(|s| s.node_name.clone()),
+        target_ref: Some(ObjectReference {
+            kind: Some("Pod".into()),
+            name: pod.metadata.name.clone(),
+            namespace: pod.metadata.namespace.clone(),
+            uid: pod.metadata.uid.clone(),
+            ..Default::default()
+        }),
+    })
+}
+
+async fn reconcile(client: Client, key: String) -> Result<Action, String> {
+    let (namespace, name) = key.split_once('/').ok_or("bad key")?;
+    let endpoints_api = client.api::<Endpoints>(Some(namespace));
+    let slices_api = client.api::<EndpointSlice>(Some(namespace));
+    let service = client
+        .api::<Service>(Some(namespace))
+        .get_opt(name)
+        .await
+        .map_err(|e| e.to_string())?;
+    let Some(service) = service else {
+        let _ = endpoints_api.delete(name, &DeleteParams::default()).await;
+        let slices = slices_api
+            .list(&ListParams::default().labels(&format!("{SERVICE_NAME_LABEL}={name}")))
+            .await
+            .map_err(|e| e.to_string())?;
+        for slice in slices.items {
+            let slice_name = slice.metadata.name.unwrap_or_default();
+            let _ = slices_api
+                .delete(&slice_name, &DeleteParams::default())
+                .await;
+        }
+        return Ok(Action::AwaitChange);
+    };
+    let spec = service.spec.clone().unwrap_or_default();
+    let Some(selector) = spec.selector.clone().filter(|s| !s.is_empty()) else {
+        return Ok(Action::AwaitChange); // endpoints of a selector-less Service are the user's
+    };
+    let query: Vec<String> = selector.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    let pods = client
+        .api::<Pod>(Some(namespace))
+        .list(&ListParams::default().labels(&query.join(",")))
+        .await
+        .map_err(|e| e.to_string())?
+        .items;
+
+    // Subsets group the addresses that serve the same resolved ports.
+    let mut subsets: BTreeMap<Vec<ResolvedPort>, (Vec<EndpointAddress>, Vec<EndpointAddress>)> =
+        BTreeMap::new();
+    let mut slice_endpoints = Vec::new();
+    let mut slice_ports: Option<Vec<ResolvedPort>> = None;
+    for pod in &pods {
+        let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
+        if matches!(phase, Some("Succeeded" | "Failed")) {
+            continue;
+        }
+        let Some(address) = address(pod) else {
+            continue;
+        };
+        let terminating = pod.metadata.deletion_timestamp.is_some();
+        let ready = pod_is_ready(pod) && !terminating;
+        let ports: Vec<ResolvedPort> = resolve_ports(&service, pod).into_iter().flatten().collect();
+        if ports.is_empty() {
+            continue;
+        }
+        slice_ports.get_or_insert_with(|| ports.clone());
+        slice_endpoints.push(Endpoint {
+            addresses: vec![address.ip.clone()],
+            conditions: Some(EndpointConditions {
+                ready: Some(ready),
+                serving: Some(pod_is_ready(pod)),
+                terminating: Some(terminating),
+            }),
+            hostname: address.hostname.clone(),
+            node_name: address.node_name.clone(),
+            target_ref: address.target_ref.clone(),
+            ..Default::default()
+        });
+        let entry = subsets.entry(ports).or_default();
+        if ready {
+            entry.0.push(address);
+        } else {
+            entry.1.push(address);
+        }
+    }
+    let subsets: Vec<EndpointSubset> = subsets
+        .into_iter()
+        .map(|(ports, (mut ready, mut not_ready))| {
+            ready.sort_by(|a, b| a.ip.cmp(&b.ip));
+            not_ready.sort_by(|a, b| a.ip.cmp(&b.ip));
+            EndpointSubset {
+                addresses: (!ready.is_empty()).then_some(ready),
+                not_ready_addresses: (!not_ready.is_empty()).then_some(not_ready),
+                ports: Some(
+                    ports
+                        .into_iter()
+                        .map(|(name, port, protocol)| EndpointPort {
+                            name,
+                            port,
+                            protocol: Some(protocol),
+                            app_protocol: None,
+                        })
+                        .collect(),
+                ),
+            }
+        })
+        .collect();
+    write_endpoints(&endpoints_api, &service, subsets).await?;
+    slice_endpoints.sort_by(|a, b| a.addresses.cmp(&b.addresses));
+    write_slice(&slices_api, &service, slice_endpoints, slice_ports).await?;
+    Ok(Action::AwaitChange)
+}
+
+/// The label naming an EndpointSlice's Service.
+pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+
+async fn write_endpoints(
+    api: &crate::client::Api<Endpoints>,
+    service: &Service,
+    subsets: Vec<EndpointSubset>,
+) -> Result<(), String> {
+    let name = service.metadata.name.clone().unwrap_or_default();
+    let current = api.get_opt(&name).await.map_err(|e| e.to_string())?;
+    let subsets = (!subsets.is_empty()).then_some(subsets);
+    match current {
+        Some(current) if current.subsets == subsets => Ok(()),
+        Some(mut current) => {
+            current.subsets = subsets;
+            api.replace(&name, &current)
+                .await
+                .map(drop)
+                .map_err(|e| e.to_string())
+        }
+        None => {
+            let endpoints = Endpoints {
+                metadata: ObjectMeta {
+                    name: Some(name),
+                    namespace: service.metadata.namespace.clone(),
+                    labels: service.metadata.labels.clone(),
+                    ..Default::default()
+                },
+                subsets,
+            };
+            api.create(&endpoints)
+                .await
+                .map(drop)
+                .map_err(|e| e.to_string())
+        }
+    }
+}
+
+async fn write_slice(
+    api: &crate::client::Api<EndpointSlice>,
+    service: &Service,
+    endpoints: Vec<Endpoint>,
+    ports: Option<Vec<ResolvedPort>>,
+) -> Result<(), String> {
+    let service_name = service.metadata.name.clone().unwrap_or_default();
+    let uid = service.metadata.uid.clone().unwrap_or_default();
+    let name = format!("{service_name}-{}", &uid[..uid.len().min(5)]);
+    let ports = ports.map(|ports| {
+        ports
+            .into_iter()
+            .map(|(name, port, protocol)| SlicePort {
+                name,
+                port: Some(port),
+                protocol: Some(protocol),
+                app_protocol: None,
+            })
+            .collect()
+    });
+    let current = api.get_opt(&name).await.map_err(|e| e.to_string())?;
+    match current {
+        Some(current) if current.endpoints == endpoints && current.ports == ports => Ok(()),
+        Some(mut current) => {
+            current.endpoints = endpoints;
+            current.ports = ports;
+            api.replace(&name, &current)
+                .await
+                .map(drop)
+                .map_err(|e| e.to_string())
+        }
+        None => {
+            let slice = EndpointSlice {
+                metadata: ObjectMeta {
+                    name: Some(name),
+                    namespace: service.metadata.namespace.clone(),
+                    labels: Some(BTreeMap::from([
+                        (SERVICE_NAME_LABEL.to_string(), service_name.clone()),
+                        (
+                            "endpointslice.kubernetes.io/managed-by".to_string(),
+                            "endpointslice-controller.k8s.io".to_string(),
+                        ),
+                    ])),
+                    owner_references: Some(vec![OwnerReference {
+                        api_version: "v1".into(),
+                        kind: "Service".into(),
+                        name: service_name,
+                        uid,
+                        controller: Some(true),
+                        block_owner_deletion: Some(true),
+                    }]),
+                    ..Default::default()
+                },
+                address_type: "IPv4".into(),
+                endpoints,
+                ports,
+            };
+            api.create(&slice)
+                .await
+                .map(drop)
+                .map_err(|e| e.to_string())
+        }
+    }
+}

@@ -1,0 +1,86 @@
+//! The dev ingress: one HTTP listener (`shoal dev --ingress-addr`) that serves every Service
+//! at `http://<service>.<namespace>.localhost:<port>/`, choosing the Service by the Host header.
+//! An unknown host gets 404, a Service without ready endpoints 503.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{ConnectInfo, State};
+use axum::response::{IntoResponse, Response};
+use http::StatusCode;
+
+use super::Proxy;
+
+/// Serves the ingress on `listener` until the task is dropped.
+pub async fn serve(listener: tokio::net::TcpListener, proxy: Arc<Proxy>) -> std::io::Result<()> {
+    let app = axum::Router::new().fallback(route).with_state(proxy);
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .await
+}
+
+/// `<service>.<namespace>` from a Host of the form `<service>.<namespace>.localhost[:port]`.
+pub fn service_of_host(host: &str) -> Option<(&str, &str)> {
+    let host = host.rsplit_once(':').map_or(host, |(h, _)| h);
+    let rest = host.strip_suffix(".localhost")?;
+    let (service, namespace) = rest.split_once('.')?;
+    (!service.is_empty() && !namespace.is_empty() && !namespace.contains('.'))
+        .then_some((service, namespace))
+}
+
+async fn route(
+    State(proxy): State<Arc<Proxy>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    request: axum::extract::Request,
+) -> Response {
+    let host = request
+        .headers()
+        .get(http::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    let Some((service, namespace)) = service_of_host(&host) else {
+        return (
+            StatusCode::NOT_FOUND,
+            format!("no service for host {host:?}: use http://<service>.<namespace>.localhost:<port>/\n"),
+        )
+            .into_response();
+    };
+    let Some(route) = proxy.resolve_service(namespace, service) else {
+        return (
+            StatusCode::NOT_FOUND,
+            format!("no service {namespace}/{service}\n"),
+        )
+            .into_response();
+    };
+    let request = crate::pod::network::request(request);
+    let client = peer.ip().to_string();
+    proxy
+        .forward(&route, request, Some(&client))
+        .await
+        .map(Body::new)
+        .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::service_of_host;
+
+    #[test]
+    fn hosts_name_services() {
+        assert_eq!(
+            service_of_host("web.default.localhost:8080"),
+            Some(("web", "default"))
+        );
+        assert_eq!(
+            service_of_host("web.team-a.localhost"),
+            Some(("web", "team-a"))
+        );
+        assert_eq!(service_of_host("localhost:8080"), None);
+        assert_eq!(service_of_host("web.localhost"), None);
+        assert_eq!(service_of_host("example.com"), None);
+    }
+}

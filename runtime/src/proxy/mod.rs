@@ -1,0 +1,256 @@
+//! The built-in proxy (DESIGN.md §3.3): routes requests for Services to their ready endpoints.
+//! Pods reach it through their outgoing wasi-http (`PodHooks`), the outside through the dev
+//! ingress ([`ingress`]). A request is balanced over the Service's ready backends
+//! ([`balance`]), then served in-process when the backend pod runs on this node, or sent to
+//! the gateway of the node that runs it. A backend that refuses before any byte of the request
+//! was sent (its pod left this node, its node's gateway is down) is retried once on another.
+//!
+//! Not here yet (issue 5): a tower stack of timeouts, limits and metrics layers, `/metrics`,
+//! NodePort and LoadBalancer listeners, Ingress resources and pod-IP routing.
+
+pub mod balance;
+pub mod ingress;
+pub mod table;
+
+use std::sync::{Arc, RwLock};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use shoal_control::client::Client;
+use wasmtime_wasi_http::WasiBody;
+
+use crate::pod::network::{PodNetwork, ServeError};
+use table::{Backend, Route, Table};
+
+/// Finds the network of a pod running on this node by `namespace/name`.
+pub type LocalPods = Arc<dyn Fn(&str) -> Option<Arc<PodNetwork>> + Send + Sync>;
+
+type GatewayClient = hyper_util::client::legacy::Client<
+    hyper_util::client::legacy::connect::HttpConnector,
+    WasiBody,
+>;
+
+pub struct Proxy {
+    node_name: String,
+    table: Arc<RwLock<Table>>,
+    balancer: balance::Balancer,
+    local: LocalPods,
+    gateways: GatewayClient,
+    follower: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.follower.abort();
+    }
+}
+
+/// A plain-text response (the proxy's own answers: 404, 502, 503).
+pub fn text_response(status: http::StatusCode, text: String) -> http::Response<WasiBody> {
+    let mut response = http::Response::new(
+        Full::new(Bytes::from(text))
+            .map_err(|never| match never {})
+            .boxed_unsync(),
+    );
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
+}
+
+impl Proxy {
+    /// Starts following the cluster's Services, Endpoints and Nodes.
+    pub fn start(client: Client, node_name: &str, local: LocalPods) -> Arc<Self> {
+        let table = Arc::new(RwLock::new(Table::default()));
+        let follower = tokio::spawn(table::follow(client, table.clone()));
+        Arc::new(Self {
+            node_name: node_name.to_string(),
+            table,
+            balancer: balance::Balancer::default(),
+            local,
+            gateways: hyper_util::client::legacy::Client::builder(
+                hyper_util::rt::TokioExecutor::new(),
+            )
+            .build_http(),
+            follower,
+        })
+    }
+
+    fn table(&self) -> std::sync::RwLockReadGuard<'_, Table> {
+        self.table.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The route for `host:port` asked by a pod of `namespace`, if the host names a Service.
+    pub fn resolve(&self, namespace: &str, host: &str, port: u16) -> Option<Route> {
+        let table = self.table();
+        let key = table.service_for_host(namespace, host)?;
+        table.route(&key, Some(port))
+    }
+
+    /// The route for Service `namespace/name` on its main port (the dev ingress).
+    pub fn resolve_service(&self, namespace: &str, name: &str) -> Option<Route> {
+        self.table().route(&format!("{namespace}/{name}"), None)
+    }
+
+    /// Sends `request` to one of the route's ready backends and returns its answer, or the
+    /// proxy's own: 503 when no endpoint is ready, 502 when the chosen ones failed.
+    pub async fn forward(
+        &self,
+        route: &Route,
+        request: http::Request<WasiBody>,
+        client_ip: Option<&str>,
+    ) -> http::Response<WasiBody> {
+        let affinity = client_ip.filter(|_| route.client_ip_affinity);
+        let Some((backend, in_flight)) =
+            self.balancer
+                .pick(&route.service, &route.backends, None, affinity)
+        else {
+            return text_response(
+                http::StatusCode::SERVICE_UNAVAILABLE,
+                format!(
+                    "service {} has no ready endpoints for port {}\n",
+                    route.service, route.port
+                ),
+            );
+        };
+        let request = match self.try_backend(&backend, request).await {
+            Ok(response) => return with_guard(response, in_flight),
+            Err((Some(request), why)) => {
+                tracing::debug!(
+                    "{}: {} refused: {why}; retrying",
+                    route.service,
+                    backend.pod
+                );
+                request
+            }
+            Err((None, why)) => {
+                return text_response(
+                    http::StatusCode::BAD_GATEWAY,
+                    format!(
+                        "service {}: endpoint {} failed: {why}\n",
+                        route.service, backend.pod
+                    ),
+                )
+            }
+        };
+        drop(in_flight);
+        let Some((second, in_flight)) =
+            self.balancer
+                .pick(&route.service, &route.backends, Some(&backend), affinity)
+        else {
+            return text_response(
+                http::StatusCode::BAD_GATEWAY,
+                format!(
+                    "service {}: endpoint {} refused the connection\n",
+                    route.service, backend.pod
+                ),
+            );
+        };
+        match self.try_backend(&second, request).await {
+            Ok(response) => with_guard(response, in_flight),
+            Err((_, why)) => text_response(
+                http::StatusCode::BAD_GATEWAY,
+                format!(
+                    "service {}: endpoint {} failed: {why}\n",
+                    route.service, second.pod
+                ),
+            ),
+        }
+    }
+
+    /// Serves on one backend. On failure, the request comes back when nothing of it was sent
+    /// (so it may be retried elsewhere).
+    async fn try_backend(
+        &self,
+        backend: &Backend,
+        request: http::Request<WasiBody>,
+    ) -> Result<http::Response<WasiBody>, (Option<http::Request<WasiBody>>, String)> {
+        if backend.node == self.node_name {
+            let key = format!("{}/{}", backend.namespace, backend.pod);
+            let Some(network) = (self.local)(&key).filter(|n| n.server(backend.port).is_some())
+            else {
+                return Err((
+                    Some(request),
+                    format!("pod {key} serves no port {} here", backend.port),
+                ));
+            };
+            return match network.serve(backend.port, request).await {
+                Ok(response) => Ok(response),
+                Err(ServeError::NoServer(port)) => Err((None, format!("no server on port {port}"))),
+                Err(e) => Ok(text_response(e.status(), format!("{e}\n"))),
+            };
+        }
+        let Some(gateway) = self.table().gateway(&backend.node) else {
+            return Err((
+                Some(request),
+                format!("node {} has no gateway", backend.node),
+            ));
+        };
+        let (mut parts, body) = request.into_parts();
+        let path = parts
+            .uri
+            .path_and_query()
+            .map(|p| p.as_str())
+            .unwrap_or("/");
+        let uri = format!(
+            "http://{gateway}/proxy/{}/{}/{}{path}",
+            backend.namespace, backend.pod, backend.port
+        );
+        parts.uri = match uri.parse() {
+            Ok(uri) => uri,
+            Err(e) => return Err((None, format!("bad path {path:?}: {e}"))),
+        };
+        match self
+            .gateways
+            .request(http::Request::from_parts(parts, body))
+            .await
+        {
+            Ok(response) => Ok(response.map(|b| {
+                b.map_err(|e| wasmtime_wasi_http::Error::InternalError(Some(e.to_string())))
+                    .boxed_unsync()
+            })),
+            Err(e) => Err((None, format!("gateway {gateway}: {e}"))),
+        }
+    }
+}
+
+/// Keeps the backend's in-flight count until the response body is done.
+fn with_guard(
+    response: http::Response<WasiBody>,
+    in_flight: balance::InFlight,
+) -> http::Response<WasiBody> {
+    response.map(|body| {
+        let guarded = GuardedBody {
+            body,
+            _in_flight: in_flight,
+        };
+        guarded.boxed_unsync()
+    })
+}
+
+struct GuardedBody {
+    body: WasiBody,
+    _in_flight: balance::InFlight,
+}
+
+impl hyper::body::Body for GuardedBody {
+    type Data = Bytes;
+    type Error = wasmtime_wasi_http::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Self::Error>>> {
+        std::pin::Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.body.size_hint()
+    }
+}

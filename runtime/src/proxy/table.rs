@@ -1,0 +1,204 @@
+//! What the proxy knows of the cluster, kept current from watches: Services (by name and by
+//! ClusterIP), their Endpoints (ready addresses only) and the nodes' gateways.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+
+use k8s_openapi::api::core::v1::{Endpoints, Node, Service};
+use shoal_control::client::{watcher, Client, ListParams, WatcherEvent};
+
+/// One ready endpoint of a Service port.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Backend {
+    pub namespace: String,
+    pub pod: String,
+    pub ip: String,
+    pub node: String,
+    pub port: u16,
+}
+
+/// A Service port resolved to the ready backends behind it.
+#[derive(Clone, Debug)]
+pub struct Route {
+    /// `namespace/name` of the Service.
+    pub service: String,
+    pub port: u16,
+    pub backends: Vec<Backend>,
+    pub client_ip_affinity: bool,
+}
+
+#[derive(Default)]
+pub struct Table {
+    services: HashMap<String, Service>,
+    endpoints: HashMap<String, Endpoints>,
+    by_cluster_ip: HashMap<String, String>,
+    /// Node name -> `address:port` of its gateway.
+    gateways: HashMap<String, String>,
+}
+
+fn key(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> String {
+    format!(
+        "{}/{}",
+        meta.namespace.as_deref().unwrap_or_default(),
+        meta.name.as_deref().unwrap_or_default()
+    )
+}
+
+impl Table {
+    fn apply_service(&mut self, event: WatcherEvent<Service>) {
+        if let WatcherEvent::Restarted(_) = &event {
+            self.services.clear();
+        }
+        let deleted = matches!(event, WatcherEvent::Deleted(_));
+        for service in event.into_objects() {
+            let key = key(&service.metadata);
+            if deleted {
+                self.services.remove(&key);
+            } else {
+                self.services.insert(key, service);
+            }
+        }
+        self.by_cluster_ip = self
+            .services
+            .iter()
+            .filter_map(|(key, s)| {
+                let ip = s.spec.as_ref()?.cluster_ip.clone()?;
+                (ip != "None" && !ip.is_empty()).then(|| (ip, key.clone()))
+            })
+            .collect();
+    }
+
+    fn apply_endpoints(&mut self, event: WatcherEvent<Endpoints>) {
+        if let WatcherEvent::Restarted(_) = &event {
+            self.endpoints.clear();
+        }
+        let deleted = matches!(event, WatcherEvent::Deleted(_));
+        for endpoints in event.into_objects() {
+            let key = key(&endpoints.metadata);
+            if deleted {
+                self.endpoints.remove(&key);
+            } else {
+                self.endpoints.insert(key, endpoints);
+            }
+        }
+    }
+
+    fn apply_node(&mut self, event: WatcherEvent<Node>) {
+        if let WatcherEvent::Restarted(_) = &event {
+            self.gateways.clear();
+        }
+        let deleted = matches!(event, WatcherEvent::Deleted(_));
+        for node in event.into_objects() {
+            let name = node.metadata.name.clone().unwrap_or_default();
+            let status = node.status.unwrap_or_default();
+            let address = status
+                .addresses
+                .iter()
+                .flatten()
+                .find(|a| a.type_ == "InternalIP")
+                .map(|a| a.address.clone());
+            let port = status
+                .daemon_endpoints
+                .and_then(|d| d.kubelet_endpoint)
+                .map(|e| e.port);
+            match (deleted, address, port) {
+                (false, Some(address), Some(port)) => {
+                    self.gateways.insert(name, format!("{address}:{port}"));
+                }
+                _ => {
+                    self.gateways.remove(&name);
+                }
+            }
+        }
+    }
+
+    /// The gateway (`address:port`) of a node.
+    pub fn gateway(&self, node: &str) -> Option<String> {
+        self.gateways.get(node).cloned()
+    }
+
+    /// The Service a host names, seen from a pod of `namespace`: `svc`, `svc.ns`, `svc.ns.svc`,
+    /// `svc.ns.svc.cluster.local`, or a ClusterIP.
+    pub fn service_for_host(&self, namespace: &str, host: &str) -> Option<String> {
+        if let Some(key) = self.by_cluster_ip.get(host) {
+            return Some(key.clone());
+        }
+        let host = host
+            .strip_suffix(".svc.cluster.local")
+            .or_else(|| host.strip_suffix(".svc"))
+            .unwrap_or(host);
+        let key = match host.split_once('.') {
+            None => format!("{namespace}/{host}"),
+            Some((name, ns)) if !ns.contains('.') => format!("{ns}/{name}"),
+            Some(_) => return None,
+        };
+        self.services.contains_key(&key).then_some(key)
+    }
+
+    /// The ready backends of Service `key` on service port `port` (`None`: the port of a
+    /// single-port Service, or the one named `http`, as the dev ingress asks).
+    pub fn route(&self, key: &str, port: Option<u16>) -> Option<Route> {
+        let service = self.services.get(key)?;
+        let spec = service.spec.as_ref()?;
+        let ports = spec.ports.as_deref().unwrap_or_default();
+        let service_port = match port {
+            Some(port) => ports.iter().find(|p| p.port == port as i32)?,
+            None => ports
+                .iter()
+                .find(|p| p.name.as_deref() == Some("http"))
+                .or_else(|| ports.first())?,
+        };
+        let (namespace, _) = key.split_once('/')?;
+        let mut backends = Vec::new();
+        for subset in self
+            .endpoints
+            .get(key)
+            .and_then(|e| e.subsets.as_ref())
+            .into_iter()
+            .flatten()
+        {
+            let subset_ports = subset.ports.as_deref().unwrap_or_default();
+            let Some(port) = subset_ports
+                .iter()
+                .find(|p| p.name == service_port.name || subset_ports.len() == 1)
+            else {
+                continue;
+            };
+            for address in subset.addresses.iter().flatten() {
+                let pod = address.target_ref.as_ref().and_then(|r| r.name.clone());
+                let (Some(pod), Some(node)) = (pod, address.node_name.clone()) else {
+                    continue;
+                };
+                backends.push(Backend {
+                    namespace: namespace.to_string(),
+                    pod,
+                    ip: address.ip.clone(),
+                    node,
+                    port: port.port as u16,
+                });
+            }
+        }
+        Some(Route {
+            service: key.to_string(),
+            port: service_port.port as u16,
+            backends,
+            client_ip_affinity: spec.session_affinity.as_deref() == Some("ClientIP"),
+        })
+    }
+}
+
+/// Keeps `table` current until the watches end.
+pub async fn follow(client: Client, table: Arc<RwLock<Table>>) {
+    let mut services = watcher(client.api::<Service>(None), ListParams::default());
+    let mut endpoints = watcher(client.api::<Endpoints>(None), ListParams::default());
+    let mut nodes = watcher(client.api::<Node>(None), ListParams::default());
+    loop {
+        let write = || table.write().unwrap_or_else(|p| p.into_inner());
+        tokio::select! {
+            Some(event) = services.recv() => write().apply_service(event),
+            Some(event) = endpoints.recv() => write().apply_endpoints(event),
+            Some(event) = nodes.recv() => write().apply_node(event),
+            else => return,
+        }
+    }
+}

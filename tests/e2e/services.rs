@@ -1,0 +1,230 @@
+//! Services and the proxy: endpoints follow pod readiness; the dev ingress spreads requests
+//! over ready replicas by Host; pods call Services by name across nodes; bad Services and
+//! hosts get clear errors.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use shoal_examples::WEB_P2;
+use shoal_tests::*;
+
+const PODS: &str = "/api/v1/namespaces/default/pods";
+const SERVICES: &str = "/api/v1/namespaces/default/services";
+
+fn deployment() -> Value {
+    json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "hello"},
+        "spec": {"replicas": 3, "selector": {"matchLabels": {"app": "hello"}},
+            "template": {"metadata": {"labels": {"app": "hello"}}, "spec": {
+                "volumes": [{"name": "data", "emptyDir": {}}],
+                "containers": [{"name": "web", "image": WEB_P2,
+                    "ports": [{"name": "http", "containerPort": 8080}],
+                    "env": [{"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}],
+                    "volumeMounts": [{"name": "data", "mountPath": "/data"}],
+                    "readinessProbe": {"httpGet": {"path": "/flag/ready", "port": 8080}, "periodSeconds": 1}}]}}}})
+}
+
+/// Sends a GET through the ingress with `host` and returns the status and body.
+async fn through_ingress(ingress: &Http, host: &str, path: &str) -> (u16, String) {
+    let (status, body) = ingress.get_with_host(path, host).await;
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
+
+async fn ready_endpoints(http: &Http) -> Vec<String> {
+    let (_, endpoints) = http
+        .call("GET", "/api/v1/namespaces/default/endpoints/hello", "", "")
+        .await;
+    let mut pods: Vec<String> = endpoints["subsets"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|s| s["addresses"].as_array().cloned().unwrap_or_default())
+        .filter_map(|a| a["targetRef"]["name"].as_str().map(str::to_string))
+        .collect();
+    pods.sort();
+    pods
+}
+
+async fn wait_endpoints(http: &Http, expected: &[String]) {
+    wait_for(
+        &format!("ready endpoints {expected:?}"),
+        Duration::from_secs(30),
+        async || (ready_endpoints(http).await == expected).then_some(()),
+    )
+    .await;
+}
+
+async fn set_ready(http: &Http, pod: &str, ready: bool) {
+    let path = format!("{PODS}/{pod}:8080/proxy/file/data/ready");
+    let (status, body) = if ready {
+        http.raw("PUT", &path, "text/plain", "yes").await
+    } else {
+        http.raw("DELETE", &path, "", "").await
+    };
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+}
+
+/// Which pod answered each of `count` requests through the ingress.
+async fn spread(ingress: &Http, count: usize) -> HashMap<String, usize> {
+    let mut answers: HashMap<String, usize> = HashMap::new();
+    for _ in 0..count {
+        let (status, body) = through_ingress(ingress, "hello.default.localhost", "/").await;
+        assert_eq!(status, 200, "{body}");
+        let pod = body
+            .split("(pod ")
+            .nth(1)
+            .and_then(|rest| rest.split(')').next())
+            .unwrap_or_else(|| panic!("no pod name in {body:?}"));
+        *answers.entry(pod.to_string()).or_default() += 1;
+    }
+    answers
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn services_balance_over_ready_endpoints_through_the_ingress_and_between_pods() {
+    let mut cluster = TestCluster::start(2).await;
+    let http = Http::new(&cluster.url());
+    let ingress_addr = cluster
+        .cluster
+        .start_ingress("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let ingress = Http::new(&format!("http://{ingress_addr}"));
+    let (status, body) = http
+        .call(
+            "POST",
+            "/apis/apps/v1/namespaces/default/deployments",
+            "application/json",
+            &deployment().to_string(),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let service = json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "hello"},
+        "spec": {"selector": {"app": "hello"}, "ports": [{"name": "http", "port": 80, "targetPort": "http"}]}});
+    let (status, created) = http
+        .call("POST", SERVICES, "application/json", &service.to_string())
+        .await;
+    assert_eq!(status, 201, "{created}");
+    assert!(
+        created["spec"]["clusterIP"]
+            .as_str()
+            .unwrap()
+            .starts_with("10.96."),
+        "{created}"
+    );
+
+    // Running but unready pods: no endpoint, and the ingress says so at once.
+    let pods: Vec<String> = wait_for("3 running pods", Duration::from_secs(60), async || {
+        let (_, list) = http
+            .call("GET", &format!("{PODS}?labelSelector=app%3Dhello"), "", "")
+            .await;
+        let running: Vec<String> = list["items"]
+            .as_array()?
+            .iter()
+            .filter(|p| p["status"]["phase"] == "Running")
+            .filter_map(|p| p["metadata"]["name"].as_str().map(str::to_string))
+            .collect();
+        (running.len() == 3).then_some(running)
+    })
+    .await;
+    let asked = std::time::Instant::now();
+    let (status, body) = through_ingress(&ingress, "hello.default.localhost:80", "/").await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("no ready endpoints"), "{body}");
+    assert!(asked.elapsed() < Duration::from_secs(1), "503 at once");
+
+    let mut sorted = pods.clone();
+    sorted.sort();
+    for pod in &pods {
+        set_ready(&http, pod, true).await;
+    }
+    wait_endpoints(&http, &sorted).await;
+
+    // 300 requests spread over all three: each gets 20-46 %.
+    let answers = spread(&ingress, 300).await;
+    assert_eq!(answers.len(), 3, "{answers:?}");
+    for (pod, count) in &answers {
+        assert!(
+            (60..=138).contains(count),
+            "{pod} got {count} of 300: {answers:?}"
+        );
+    }
+
+    // An unready replica gets nothing until it is ready again.
+    set_ready(&http, &pods[0], false).await;
+    let others: Vec<String> = sorted.iter().filter(|p| **p != pods[0]).cloned().collect();
+    wait_endpoints(&http, &others).await;
+    let answers = spread(&ingress, 60).await;
+    assert!(!answers.contains_key(&pods[0]), "{answers:?}");
+    set_ready(&http, &pods[0], true).await;
+    wait_endpoints(&http, &sorted).await;
+    let answers = spread(&ingress, 90).await;
+    assert!(
+        answers.contains_key(&pods[0]),
+        "back in rotation: {answers:?}"
+    );
+
+    // A pod calls the Service by its names and by its ClusterIP (pods are on both nodes).
+    let cluster_ip = created["spec"]["clusterIP"].as_str().unwrap().to_string();
+    for pod in &pods {
+        for name in [
+            "hello",
+            "hello.default",
+            "hello.default.svc.cluster.local",
+            &cluster_ip,
+        ] {
+            let (status, body) = http
+                .raw(
+                    "GET",
+                    &format!("{PODS}/{pod}:8080/proxy/call/{name}/"),
+                    "",
+                    "",
+                )
+                .await;
+            let body = String::from_utf8_lossy(&body);
+            assert_eq!(status, 200, "{pod} -> {name}: {body}");
+            assert!(
+                body.contains("200") && body.contains("Hello from web"),
+                "{pod} -> {name}: {body}"
+            );
+        }
+    }
+    let (_, list) = http
+        .call("GET", &format!("{PODS}?labelSelector=app%3Dhello"), "", "")
+        .await;
+    let nodes: std::collections::HashSet<&str> = list["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|p| p["spec"]["nodeName"].as_str())
+        .collect();
+    assert_eq!(nodes.len(), 2, "the replicas run on both nodes");
+
+    // Unknown hosts get 404.
+    let (status, body) = through_ingress(&ingress, "nope.default.localhost", "/").await;
+    assert_eq!(status, 404, "{body}");
+    let (status, _) = through_ingress(&ingress, "example.com", "/").await;
+    assert_eq!(status, 404);
+
+    // Bad Services get 422 naming the field.
+    for (spec, field) in [
+        (json!({"ports": [{"port": 70000}]}), "spec.ports[0].port"),
+        (
+            json!({"ports": [{"name": "a", "port": 80}, {"name": "b", "port": 80}]}),
+            "spec.ports[1]",
+        ),
+        (
+            json!({"selector": {"app": "hello"}, "ports": [{"port": 80, "targetPort": "htp"}]}),
+            "spec.ports[0].targetPort",
+        ),
+    ] {
+        let bad = json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "bad"}, "spec": spec});
+        let (status, body) = http
+            .call("POST", SERVICES, "application/json", &bad.to_string())
+            .await;
+        assert_eq!(status, 422, "{body}");
+        assert_eq!(body["details"]["causes"][0]["field"], field, "{body}");
+    }
+    let (status, _) = http.call("GET", &format!("{SERVICES}/bad"), "", "").await;
+    assert_eq!(status, 404, "nothing was created");
+}
