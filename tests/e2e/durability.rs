@@ -20,6 +20,8 @@ async fn objects_survive_a_restart_of_shoal_dev() {
         &addr,
         "--data-dir",
         data.to_str().unwrap(),
+        "--ingress-addr",
+        "127.0.0.1:0",
     ];
     let mut dev = Process::start(&args, dir.path().join("dev1.log"), "shoal dev ready");
     let http = Http::new(&format!("http://{addr}"));
