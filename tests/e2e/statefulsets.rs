@@ -201,7 +201,9 @@ async fn a_stateful_set_starts_in_order_and_keeps_identity_and_data() {
         .await;
     assert_eq!(status, 200, "{body:?}");
     let old_uid = db1["metadata"]["uid"].as_str().unwrap().to_string();
-    ok(kubectl_async(&kc, &["delete", "pod", "db-1"]).await);
+    // --wait=false: kubectl's wait lists by name after its first check, and can find the
+    // replacement db-1 (a new uid) there and wait forever for its deletion.
+    ok(kubectl_async(&kc, &["delete", "pod", "db-1", "--wait=false"]).await);
     wait_for("db-1 back and ready", Duration::from_secs(60), async || {
         let p = pod(&http, "db-1").await;
         let ready = p["status"]["conditions"].as_array().is_some_and(|cs| {
