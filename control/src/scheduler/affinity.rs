@@ -204,14 +204,6 @@ impl Constraints {
             .map(|r| r.weight)
             .sum()
     }
-
-    /// Whether the pod has no inter-pod terms and no placed pod repels it.
-    pub fn is_empty(&self) -> bool {
-        self.required_affinity.is_empty()
-            && self.required_anti_affinity.is_empty()
-            && self.repelled_by.is_empty()
-            && self.preferred.is_empty()
-    }
 }
 
 /// Whether the pod declares inter-pod affinity or anti-affinity.

@@ -147,6 +147,14 @@ pub fn check_target_ports(server: &ApiServer, service: &Value) -> Result<()> {
     if selector.is_empty() {
         return Ok(());
     }
+    // The Service's selector is a label map: as a label selector, it is `k=v,...`.
+    let query: Vec<String> = selector
+        .iter()
+        .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()))
+        .collect();
+    let Ok(selects) = crate::api::selector::LabelSelector::parse(&query.join(",")) else {
+        return Ok(());
+    };
     let namespace = crate::api::object::namespace(service);
     let pods: Vec<Value> = server
         .store
@@ -154,11 +162,7 @@ pub fn check_target_ports(server: &ApiServer, service: &Value) -> Result<()> {
         .map_err(|e| ApiError::from_store(e, "pods", ""))?
         .objects
         .into_iter()
-        .filter(|pod| {
-            selector.iter().all(|(k, v)| {
-                pod.pointer(&format!("/metadata/labels/{}", k.replace('/', "~1"))) == Some(v)
-            })
-        })
+        .filter(|pod| selects.matches_object(pod))
         .collect();
     if pods.is_empty() {
         return Ok(());
