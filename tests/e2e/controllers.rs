@@ -487,6 +487,77 @@ async fn a_rolling_update_stays_within_surge_and_unavailability() {
     );
 }
 
+/// A pod counts as available only after `minReadySeconds` of readiness: the Deployment's
+/// `availableReplicas` lags `readyReplicas` by that long, and then catches up without any
+/// object changing (the ReplicaSet controller looks again when the time is up).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn min_ready_seconds_delays_availability() {
+    let cluster = TestCluster::start(1).await;
+    let http = Http::new(&cluster.url());
+    let deployment = json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web"},
+        "spec": {"replicas": 2, "minReadySeconds": 3, "selector": {"matchLabels": {"app": "web"}},
+            "template": {"metadata": {"labels": {"app": "web"}}, "spec": {"containers": [
+                {"name": "web", "image": WEB_P2, "ports": [{"containerPort": 8080}]}]}}}});
+    let (status, body) = http
+        .call(
+            "POST",
+            "/apis/apps/v1/namespaces/default/deployments",
+            "application/json",
+            &deployment.to_string(),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let started = std::time::Instant::now();
+    let (mut all_ready, mut all_available) = (None, None);
+    while all_available.is_none() {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "the deployment never became available"
+        );
+        let (_, d) = http
+            .call(
+                "GET",
+                "/apis/apps/v1/namespaces/default/deployments/web",
+                "",
+                "",
+            )
+            .await;
+        let now = chrono::Utc::now();
+        if all_ready.is_none() && d["status"]["readyReplicas"].as_i64() == Some(2) {
+            all_ready = Some(now);
+        }
+        if d["status"]["availableReplicas"].as_i64() == Some(2) {
+            all_available = Some(now);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (all_ready, all_available) = (
+        all_ready.expect("ready before available"),
+        all_available.unwrap(),
+    );
+    // Timestamps have whole seconds, so readiness may be recorded up to 1 s early.
+    let lag = (all_available - all_ready).num_milliseconds();
+    assert!(
+        lag >= 2000,
+        "available only {lag} ms after ready, minReadySeconds is 3"
+    );
+    let (pods, _) = pods_of(&http, "web").await;
+    let became_ready = pods
+        .iter()
+        .filter_map(|p| {
+            let conditions = p["status"]["conditions"].as_array()?;
+            let ready = conditions.iter().find(|c| c["type"] == "Ready")?;
+            chrono::DateTime::parse_from_rfc3339(ready["lastTransitionTime"].as_str()?).ok()
+        })
+        .max()
+        .expect("ready pods have a Ready transition time");
+    let late = (all_available - became_ready.with_timezone(&chrono::Utc)).num_milliseconds();
+    assert!(
+        (3000..6000).contains(&late),
+        "available {late} ms after the last pod turned ready; expected 3 s (plus at most the status round trip)"
+    );
+}
+
 /// (terminating, ready) of a pod object.
 fn pod_state(pod: &Value) -> (bool, bool) {
     let terminating = !pod["metadata"]["deletionTimestamp"].is_null();

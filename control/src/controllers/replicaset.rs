@@ -3,6 +3,9 @@
 //! deletes the surplus (unscheduled, then not ready, then newest first), and writes the status.
 
 use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
 
 use k8s_openapi::api::apps::v1::{ReplicaSet, ReplicaSetSpec, ReplicaSetStatus};
 use k8s_openapi::api::core::v1::{Pod, ReplicationController};
@@ -296,11 +299,22 @@ async fn reconcile(
         }
     }
     let ready = active.iter().filter(|p| is_ready(p)).count() as i32;
+    let min_ready = Duration::from_secs(spec.min_ready_seconds.unwrap_or(0).max(0) as u64);
+    let now = Utc::now();
+    let mut available = 0;
+    let mut next_check: Option<Duration> = None;
+    for pod in &active {
+        match available_in(pod, min_ready, now) {
+            Some(Duration::ZERO) => available += 1,
+            Some(wait) => next_check = Some(next_check.map_or(wait, |n| n.min(wait))),
+            None => {}
+        }
+    }
     let status = ReplicaSetStatus {
         replicas: active.len() as i32,
         fully_labeled_replicas: Some(active.len() as i32),
         ready_replicas: Some(ready),
-        available_replicas: Some(ready),
+        available_replicas: Some(available),
         observed_generation: rs.metadata.generation,
         conditions: None,
     };
@@ -309,7 +323,27 @@ async fn reconcile(
             .patch_status(&client, &json!({"status": status}))
             .await?;
     }
-    Ok(Action::AwaitChange)
+    // A pod turning available is a change of time, not of any object: look again then.
+    Ok(next_check.map_or(Action::AwaitChange, Action::RequeueAfter))
+}
+
+/// How long until a pod counts as available: ready for `min_ready` without a break, measured
+/// from its Ready condition's `lastTransitionTime`. `Some(ZERO)` when it already is, `None`
+/// when it is not ready at all.
+fn available_in(pod: &Pod, min_ready: Duration, now: DateTime<Utc>) -> Option<Duration> {
+    let ready = pod
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .and_then(|cs| cs.iter().find(|c| c.type_ == "Ready" && c.status == "True"))?;
+    if min_ready.is_zero() {
+        return Some(Duration::ZERO);
+    }
+    let Some(since) = ready.last_transition_time.as_ref() else {
+        return Some(Duration::ZERO);
+    };
+    let ready_for = (now - since.0).to_std().unwrap_or_default();
+    Some(min_ready.saturating_sub(ready_for))
 }
 
 fn owner_reference(rs: &ReplicaSet, kind: Kind) -> OwnerReference {
@@ -360,5 +394,32 @@ mod tests {
         }))
         .unwrap();
         assert_eq!(selector_string(&selector), "app=web,tier in (a,b),!canary");
+    }
+
+    #[test]
+    fn pods_are_available_after_min_ready_seconds_of_readiness() {
+        // Whole seconds, as the timestamps are serialised.
+        let now = DateTime::from_timestamp(Utc::now().timestamp(), 0).unwrap();
+        let pod = |ready: &str, since_secs: i64| -> Pod {
+            serde_json::from_value(json!({"status": {"conditions": [{
+                "type": "Ready", "status": ready,
+                "lastTransitionTime": (now - chrono::Duration::seconds(since_secs)).to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            }]}}))
+            .unwrap()
+        };
+        let ten = Duration::from_secs(10);
+        assert_eq!(available_in(&pod("False", 60), ten, now), None);
+        assert_eq!(
+            available_in(&pod("True", 60), ten, now),
+            Some(Duration::ZERO)
+        );
+        assert_eq!(
+            available_in(&pod("True", 4), ten, now),
+            Some(Duration::from_secs(6))
+        );
+        assert_eq!(
+            available_in(&pod("True", 0), Duration::ZERO, now),
+            Some(Duration::ZERO)
+        );
     }
 }

@@ -1,6 +1,8 @@
 //! What the agent knows of a pod it runs, and how that reads as a Kubernetes `PodStatus`:
 //! per-container state, restart counts, the pod phase and its conditions.
 
+use std::collections::BTreeMap;
+
 use chrono::{DateTime, Utc};
 use k8s_openapi::api::core::v1::{
     ContainerState, ContainerStateRunning, ContainerStateTerminated, ContainerStateWaiting,
@@ -199,6 +201,9 @@ pub struct PodView {
     pub start_time: DateTime<Utc>,
     /// Set when the pod can make no progress at all (for example its volumes cannot be made).
     pub failed_reason: Option<(String, String)>,
+    /// Each condition's last status and when it took it: `lastTransitionTime` moves only when
+    /// the status flips, as controllers measure `minReadySeconds` from the Ready transition.
+    pub transitions: BTreeMap<&'static str, (bool, DateTime<Utc>)>,
 }
 
 impl PodView {
@@ -221,15 +226,32 @@ impl PodView {
         "Pending"
     }
 
-    pub fn to_status(&self) -> PodStatus {
-        let now = Time(Utc::now());
+    pub fn to_status(&mut self) -> PodStatus {
+        let now = Utc::now();
         let ready = !self.main.is_empty() && self.main.iter().all(Container::ready);
-        let condition = |type_: &str, ok: bool| PodCondition {
-            type_: type_.into(),
-            status: if ok { "True" } else { "False" }.into(),
-            last_transition_time: Some(now.clone()),
-            ..Default::default()
+        let mut condition = |type_: &'static str, ok: bool| {
+            let (_, since) = *self
+                .transitions
+                .entry(type_)
+                .and_modify(|(was, since)| {
+                    if *was != ok {
+                        (*was, *since) = (ok, now);
+                    }
+                })
+                .or_insert((ok, now));
+            PodCondition {
+                type_: type_.into(),
+                status: if ok { "True" } else { "False" }.into(),
+                last_transition_time: Some(Time(since)),
+                ..Default::default()
+            }
         };
+        let conditions = vec![
+            condition("PodScheduled", true),
+            condition("Initialized", self.initialized),
+            condition("ContainersReady", ready),
+            condition("Ready", ready),
+        ];
         let phase = self.phase();
         PodStatus {
             phase: Some(phase.into()),
@@ -243,12 +265,7 @@ impl PodView {
             qos_class: Some("BestEffort".into()),
             reason: self.failed_reason.as_ref().map(|(r, _)| r.clone()),
             message: self.failed_reason.as_ref().map(|(_, m)| m.clone()),
-            conditions: Some(vec![
-                condition("PodScheduled", true),
-                condition("Initialized", self.initialized),
-                condition("ContainersReady", ready),
-                condition("Ready", ready),
-            ]),
+            conditions: Some(conditions),
             init_container_statuses: if self.init.is_empty() {
                 None
             } else {
@@ -273,7 +290,33 @@ mod tests {
             pod_ip: "p".into(),
             start_time: Utc::now(),
             failed_reason: None,
+            transitions: BTreeMap::new(),
         }
+    }
+
+    #[test]
+    fn condition_times_move_only_when_the_status_flips() {
+        let ready_since = |v: &mut PodView| {
+            let status = v.to_status();
+            let ready = status
+                .conditions
+                .unwrap()
+                .into_iter()
+                .find(|c| c.type_ == "Ready")
+                .unwrap();
+            (ready.status, ready.last_transition_time.unwrap().0)
+        };
+        let mut a = Container::new("a", "a.wasm");
+        a.started(Utc::now());
+        let mut v = view(vec![a]);
+        let (status, first) = ready_since(&mut v);
+        assert_eq!(status, "True");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        assert_eq!(ready_since(&mut v), ("True".to_string(), first));
+        v.main[0].exited(&Exit::Code(1), Utc::now(), Utc::now());
+        let (status, flipped) = ready_since(&mut v);
+        assert_eq!(status, "False");
+        assert!(flipped > first);
     }
 
     #[test]
@@ -288,7 +331,7 @@ mod tests {
         b.started(Utc::now());
         b.exited(&Exit::Code(3), Utc::now(), Utc::now());
         b.done = true;
-        let v = view(vec![a.clone(), b.clone()]);
+        let mut v = view(vec![a.clone(), b.clone()]);
         assert_eq!(v.phase(), "Failed");
         let status = v.to_status();
         let b_status = &status.container_statuses.unwrap()[1];

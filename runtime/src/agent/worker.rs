@@ -92,6 +92,7 @@ impl PodWorker {
             pod_ip,
             start_time: Utc::now(),
             failed_reason: None,
+            transitions: Default::default(),
         };
         Self {
             shared,
