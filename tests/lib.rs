@@ -211,6 +211,16 @@ impl Http {
         (status, value)
     }
 
+    /// POSTs `object` to `collection` and returns what was created; panics (naming the
+    /// server's answer) unless it is a 201.
+    pub async fn create(&self, collection: &str, object: &Value) -> Value {
+        let (status, body) = self
+            .call("POST", collection, "application/json", &object.to_string())
+            .await;
+        assert_eq!(status, 201, "creating in {collection}: {body}");
+        body
+    }
+
     pub async fn raw(
         &self,
         method: &str,

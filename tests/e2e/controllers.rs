@@ -498,15 +498,8 @@ async fn min_ready_seconds_delays_availability() {
         "spec": {"replicas": 2, "minReadySeconds": 3, "selector": {"matchLabels": {"app": "web"}},
             "template": {"metadata": {"labels": {"app": "web"}}, "spec": {"containers": [
                 {"name": "web", "image": WEB_P2, "ports": [{"containerPort": 8080}]}]}}}});
-    let (status, body) = http
-        .call(
-            "POST",
-            "/apis/apps/v1/namespaces/default/deployments",
-            "application/json",
-            &deployment.to_string(),
-        )
+    http.create("/apis/apps/v1/namespaces/default/deployments", &deployment)
         .await;
-    assert_eq!(status, 201, "{body}");
     let started = std::time::Instant::now();
     let (mut all_ready, mut all_available) = (None, None);
     while all_available.is_none() {
@@ -597,15 +590,8 @@ async fn a_daemon_set_follows_nodes() {
         "spec": {"selector": {"matchLabels": {"app": "agent"}},
             "template": {"metadata": {"labels": {"app": "agent"}}, "spec": {"containers": [
                 {"name": "web", "image": WEB_P2, "ports": [{"containerPort": 8080}]}]}}}});
-    let (status, body) = http
-        .call(
-            "POST",
-            "/apis/apps/v1/namespaces/default/daemonsets",
-            "application/json",
-            &ds.to_string(),
-        )
+    http.create("/apis/apps/v1/namespaces/default/daemonsets", &ds)
         .await;
-    assert_eq!(status, 201, "{body}");
     let nodes_with_pods = async |count: usize| -> Vec<String> {
         wait_for(
             &format!("daemon pods on {count} nodes"),
