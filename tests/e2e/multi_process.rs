@@ -5,7 +5,7 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use shoal_examples::{HELLO_P1, HELLO_P2};
+use shoal_examples::{HELLO_P1, HELLO_P2, WEB_P2};
 use shoal_tests::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -102,6 +102,44 @@ async fn pods_run_on_two_agent_processes() {
         nodes,
         BTreeSet::from(["alpha".to_string(), "beta".to_string()])
     );
+
+    // A pod calls a Service by name: on its own node (in-process) and from the other agent
+    // process (through the backend node's gateway).
+    let web = |name: &str, node: &str, app: &str| {
+        json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "labels": {"app": app}},
+            "spec": {"nodeSelector": {"kubernetes.io/hostname": node}, "containers": [{"name": "web", "image": WEB_P2,
+                "ports": [{"containerPort": 8080}], "env": [{"name": "NAME", "value": name}]}]}})
+    };
+    http.create(
+        "/api/v1/namespaces/default/pods",
+        &web("backend", "alpha", "backend"),
+    )
+    .await;
+    for (caller, node) in [("near", "alpha"), ("far", "beta")] {
+        http.create(
+            "/api/v1/namespaces/default/pods",
+            &web(caller, node, "caller"),
+        )
+        .await;
+    }
+    let service = json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "backend"},
+        "spec": {"selector": {"app": "backend"}, "ports": [{"port": 80, "targetPort": 8080}]}});
+    http.create("/api/v1/namespaces/default/services", &service)
+        .await;
+    for caller in ["near", "far"] {
+        let path = format!("/api/v1/namespaces/default/pods/{caller}:8080/proxy/call/backend/");
+        let answer = wait_for(
+            &format!("{caller} to reach Service backend"),
+            Duration::from_secs(30),
+            async || {
+                let (status, body) = http.raw("GET", &path, "", "").await;
+                let body = String::from_utf8_lossy(&body).into_owned();
+                (status == 200 && body.starts_with("200 ")).then_some(body)
+            },
+        )
+        .await;
+        assert_eq!(answer, "200 Hello from backend\n", "{caller}");
+    }
 }
 
 /// Self-healing: an agent killed with SIGKILL stops renewing its lease; its node turns
