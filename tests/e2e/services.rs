@@ -228,3 +228,114 @@ async fn services_balance_over_ready_endpoints_through_the_ingress_and_between_p
     let (status, _) = http.call("GET", &format!("{SERVICES}/bad"), "", "").await;
     assert_eq!(status, 404, "nothing was created");
 }
+
+/// Two clients send requests through the ingress for 30 s while a 3-replica Deployment rolls
+/// to a new version: not one request fails, and by the end the new version answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rolling_update_under_load_fails_no_request() {
+    const LOAD: Duration = Duration::from_secs(30);
+    let mut cluster = TestCluster::start(2).await;
+    let http = Http::new(&cluster.url());
+    let ingress_addr = cluster
+        .cluster
+        .start_ingress("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let ingress = Http::new(&format!("http://{ingress_addr}"));
+    let deployment = |version: &str| {
+        json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "roll"},
+            "spec": {"replicas": 3, "selector": {"matchLabels": {"app": "roll"}},
+                "template": {"metadata": {"labels": {"app": "roll"}}, "spec": {
+                    "containers": [{"name": "web", "image": WEB_P2,
+                        "ports": [{"containerPort": 8080}],
+                        "env": [{"name": "NAME", "value": version}],
+                        "readinessProbe": {"httpGet": {"path": "/healthz", "port": 8080}, "periodSeconds": 1}}]}}}})
+    };
+    http.create(
+        "/apis/apps/v1/namespaces/default/deployments",
+        &deployment("v1"),
+    )
+    .await;
+    let service = json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "roll"},
+        "spec": {"selector": {"app": "roll"}, "ports": [{"port": 80, "targetPort": 8080}]}});
+    http.create(SERVICES, &service).await;
+    wait_for("3 endpoints", Duration::from_secs(60), async || {
+        let (_, ep) = http
+            .call("GET", "/api/v1/namespaces/default/endpoints/roll", "", "")
+            .await;
+        let ready = ep["subsets"][0]["addresses"].as_array().map(Vec::len);
+        (ready == Some(3)).then_some(())
+    })
+    .await;
+
+    let started = std::time::Instant::now();
+    let clients: Vec<_> = (0..2)
+        .map(|_| {
+            let ingress = ingress.clone();
+            tokio::spawn(async move {
+                let (mut answers, mut failures) = (Vec::new(), Vec::new());
+                while started.elapsed() < LOAD {
+                    let (status, body) =
+                        through_ingress(&ingress, "roll.default.localhost", "/").await;
+                    if status == 200 {
+                        answers.push(body);
+                    } else {
+                        failures.push(format!("{status} {body}"));
+                    }
+                }
+                (answers, failures)
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let (status, body) = http
+        .call(
+            "PUT",
+            "/apis/apps/v1/namespaces/default/deployments/roll",
+            "application/json",
+            &deployment("v2").to_string(),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let (mut answers, mut failures) = (Vec::new(), Vec::new());
+    for client in clients {
+        let (a, f) = client.await.unwrap();
+        answers.extend(a);
+        failures.extend(f);
+    }
+    let (_, d) = http
+        .call(
+            "GET",
+            "/apis/apps/v1/namespaces/default/deployments/roll",
+            "",
+            "",
+        )
+        .await;
+    assert_eq!(
+        (
+            d["status"]["updatedReplicas"].as_i64(),
+            d["status"]["availableReplicas"].as_i64()
+        ),
+        (Some(3), Some(3)),
+        "the rollout finished within the load: {}",
+        d["status"]
+    );
+    let v1 = answers.iter().filter(|a| a.contains("from v1")).count();
+    let v2 = answers.iter().filter(|a| a.contains("from v2")).count();
+    println!(
+        "{} requests: {v1} answered by v1, {v2} by v2, {} failed",
+        answers.len() + failures.len(),
+        failures.len()
+    );
+    assert!(
+        failures.is_empty(),
+        "{} failed requests, first: {:?}",
+        failures.len(),
+        &failures[..failures.len().min(5)]
+    );
+    assert!(v1 > 0 && v2 > 0, "both versions answered: v1 {v1}, v2 {v2}");
+    assert!(
+        answers.last().is_some_and(|a| a.contains("from v2")),
+        "the new version answers at the end"
+    );
+}
