@@ -150,6 +150,32 @@ async fn services_balance_over_ready_endpoints_through_the_ingress_and_between_p
         );
     }
 
+    // The ingress's proxy counted them, and the 503 before (`/metrics`, Prometheus text).
+    let (status, metrics) = through_ingress(&ingress, "127.0.0.1", "/metrics").await;
+    assert_eq!(status, 200, "{metrics}");
+    let count = |line: &str| -> u64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(line)?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {line} in\n{metrics}"))
+    };
+    assert_eq!(
+        count(r#"shoal_proxy_requests_total{service="default/hello",code="200"}"#),
+        300
+    );
+    assert_eq!(
+        count(r#"shoal_proxy_requests_total{service="default/hello",code="503"}"#),
+        1
+    );
+    assert_eq!(
+        count(r#"shoal_proxy_errors_total{service="default/hello"}"#),
+        1
+    );
+    assert_eq!(
+        count(r#"shoal_proxy_request_duration_seconds_count{service="default/hello"}"#),
+        301
+    );
+
     // An unready replica gets nothing until it is ready again.
     set_ready(&http, &pods[0], false).await;
     let others: Vec<String> = sorted.iter().filter(|p| **p != pods[0]).cloned().collect();

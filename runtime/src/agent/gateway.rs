@@ -1,7 +1,7 @@
 //! The agent's HTTP endpoint: what the API server calls for `kubectl logs` (the kubelet's
 //! `/containerLogs`), and the gateway into pods: `/proxy/{namespace}/{pod}/{port}/{path}`
 //! serves a request on the pod's loopback (the API server's pod proxy and other nodes come
-//! in here).
+//! in here). `/metrics` is what this node's Service proxy counted.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -20,6 +20,7 @@ use crate::pod::log::{ContainerLog, LogLine};
 pub fn router(shared: Arc<Shared>) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
+        .route("/metrics", get(metrics))
         .route(
             "/containerLogs/{namespace}/{pod}/{container}",
             get(container_logs),
@@ -28,6 +29,11 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/proxy/{namespace}/{pod}/{port}/", any(proxy_root))
         .route("/proxy/{namespace}/{pod}/{port}/{*path}", any(proxy))
         .with_state(shared)
+}
+
+/// The Service proxy's metrics on this node.
+async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
+    crate::proxy::metrics::response(shared.proxy.metrics())
 }
 
 async fn container_logs(

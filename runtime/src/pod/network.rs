@@ -319,7 +319,7 @@ impl WasiHttpHooks for PodHooks {
             if !is_loopback(&host) {
                 if let Some(proxy) = network.proxy.clone() {
                     if let Some(route) = proxy.resolve(&network.namespace, &host, port) {
-                        let response = proxy.forward(&route, request, None).await;
+                        let response = proxy.forward(route, request, None).await;
                         return Ok((
                             response,
                             Box::new(async { Ok(()) }) as Box<dyn Future<Output = _> + Send>,

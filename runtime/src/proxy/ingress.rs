@@ -1,6 +1,7 @@
 //! The dev ingress: one HTTP listener (`shoal dev --ingress-addr`) that serves every Service
 //! at `http://<service>.<namespace>.localhost:<port>/`, choosing the Service by the Host header.
-//! An unknown host gets 404, a Service without ready endpoints 503.
+//! An unknown host gets 404, a Service without ready endpoints 503. `/metrics` on a host that
+//! names no Service (`http://127.0.0.1:8080/metrics`) is what the proxy counted.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -43,6 +44,9 @@ async fn route(
         .unwrap_or("")
         .to_string();
     let Some((service, namespace)) = service_of_host(&host) else {
+        if request.uri().path() == "/metrics" {
+            return super::metrics::response(proxy.metrics());
+        }
         return (
             StatusCode::NOT_FOUND,
             format!("no service for host {host:?}: use http://<service>.<namespace>.localhost:<port>/\n"),
@@ -59,7 +63,7 @@ async fn route(
     let request = crate::pod::network::request(request);
     let client = peer.ip().to_string();
     proxy
-        .forward(&route, request, Some(&client))
+        .forward(route, request, Some(&client))
         .await
         .map(Body::new)
         .into_response()

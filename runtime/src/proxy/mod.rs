@@ -5,11 +5,14 @@
 //! the gateway of the node that runs it. A backend that refuses before any byte of the request
 //! was sent (its pod left this node, its node's gateway is down) is retried once on another.
 //!
-//! Not here yet (issue 5): a tower stack of timeouts, limits and metrics layers, `/metrics`,
-//! NodePort and LoadBalancer listeners, Ingress resources and pod-IP routing.
+//! The way down is a tower stack ([`stack`]: metrics, error answers, load shedding, a
+//! concurrency limit, the deadline, the retry), with [`Dispatch`] at the bottom; what the
+//! stack counts is served as `/metrics` ([`metrics`]).
 
 pub mod balance;
 pub mod ingress;
+pub mod metrics;
+pub mod stack;
 pub mod table;
 
 use std::sync::{Arc, RwLock};
@@ -17,6 +20,7 @@ use std::sync::{Arc, RwLock};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use shoal_control::client::Client;
+use tower::ServiceExt;
 use wasmtime_wasi_http::WasiBody;
 
 use crate::pod::network::{PodNetwork, ServeError};
@@ -31,11 +35,9 @@ type GatewayClient = hyper_util::client::legacy::Client<
 >;
 
 pub struct Proxy {
-    node_name: String,
     table: Arc<RwLock<Table>>,
-    balancer: balance::Balancer,
-    local: LocalPods,
-    gateways: GatewayClient,
+    stack: stack::ProxyService,
+    metrics: Arc<metrics::Metrics>,
     follower: tokio::task::JoinHandle<()>,
 }
 
@@ -45,7 +47,7 @@ impl Drop for Proxy {
     }
 }
 
-/// A plain-text response (the proxy's own answers: 404, 502, 503).
+/// A plain-text response (the proxy's own answers: 404, 502, 503, 504).
 pub fn text_response(status: http::StatusCode, text: String) -> http::Response<WasiBody> {
     let mut response = http::Response::new(
         Full::new(Bytes::from(text))
@@ -60,106 +62,159 @@ pub fn text_response(status: http::StatusCode, text: String) -> http::Response<W
     response
 }
 
+fn read(table: &RwLock<Table>) -> std::sync::RwLockReadGuard<'_, Table> {
+    table.read().unwrap_or_else(|p| p.into_inner())
+}
+
 impl Proxy {
-    /// Starts following the cluster's Services, Endpoints and Nodes.
+    /// Starts following the cluster's Services, Endpoints and Nodes, with the default
+    /// [`stack::Options`].
     pub fn start(client: Client, node_name: &str, local: LocalPods) -> Arc<Self> {
+        Self::start_with(client, node_name, local, stack::Options::default())
+    }
+
+    pub fn start_with(
+        client: Client,
+        node_name: &str,
+        local: LocalPods,
+        options: stack::Options,
+    ) -> Arc<Self> {
         let table = Arc::new(RwLock::new(Table::default()));
         let follower = tokio::spawn(table::follow(client, table.clone()));
-        Arc::new(Self {
+        let dispatch = Dispatch(Arc::new(DispatchState {
             node_name: node_name.to_string(),
-            table,
+            table: table.clone(),
             balancer: balance::Balancer::default(),
             local,
             gateways: hyper_util::client::legacy::Client::builder(
                 hyper_util::rt::TokioExecutor::new(),
             )
             .build_http(),
+        }));
+        let metrics = Arc::new(metrics::Metrics::default());
+        Arc::new(Self {
+            table,
+            stack: stack::build(dispatch, metrics.clone(), options),
+            metrics,
             follower,
         })
     }
 
-    fn table(&self) -> std::sync::RwLockReadGuard<'_, Table> {
-        self.table.read().unwrap_or_else(|p| p.into_inner())
+    /// What this proxy has counted, as Prometheus scrapes it (`/metrics`).
+    pub fn metrics(&self) -> &metrics::Metrics {
+        &self.metrics
     }
 
     /// The route for `host:port` asked by a pod of `namespace`, if the host names a Service.
     pub fn resolve(&self, namespace: &str, host: &str, port: u16) -> Option<Route> {
-        let table = self.table();
+        let table = read(&self.table);
         let key = table.service_for_host(namespace, host)?;
         table.route(&key, Some(port))
     }
 
     /// The route for Service `namespace/name` on its main port (the dev ingress).
     pub fn resolve_service(&self, namespace: &str, name: &str) -> Option<Route> {
-        self.table().route(&format!("{namespace}/{name}"), None)
+        read(&self.table).route(&format!("{namespace}/{name}"), None)
     }
 
-    /// Sends `request` to one of the route's ready backends and returns its answer, or the
-    /// proxy's own: 503 when no endpoint is ready, 502 when the chosen ones failed.
+    /// Sends `request` down the stack to one of the route's ready backends and returns its
+    /// answer, or the proxy's own: 503 when no endpoint is ready or the proxy is overloaded,
+    /// 502 when the chosen ones failed, 504 past the deadline.
     pub async fn forward(
         &self,
-        route: &Route,
+        route: Route,
         request: http::Request<WasiBody>,
         client_ip: Option<&str>,
     ) -> http::Response<WasiBody> {
-        let affinity = client_ip.filter(|_| route.client_ip_affinity);
-        let Some((backend, in_flight)) =
-            self.balancer
-                .pick(&route.service, &route.backends, None, affinity)
-        else {
-            return text_response(
-                http::StatusCode::SERVICE_UNAVAILABLE,
-                format!(
-                    "service {} has no ready endpoints for port {}\n",
-                    route.service, route.port
-                ),
-            );
+        let request = stack::ProxyRequest {
+            route,
+            request,
+            client_ip: client_ip.map(str::to_string),
+            refused_by: None,
         };
-        let request = match self.try_backend(&backend, request).await {
-            Ok(response) => return with_guard(response, in_flight),
-            Err((Some(request), why)) => {
-                tracing::debug!(
-                    "{}: {} refused: {why}; retrying",
-                    route.service,
-                    backend.pod
-                );
-                request
-            }
-            Err((None, why)) => {
-                return text_response(
-                    http::StatusCode::BAD_GATEWAY,
-                    format!(
-                        "service {}: endpoint {} failed: {why}\n",
-                        route.service, backend.pod
-                    ),
-                )
-            }
-        };
-        drop(in_flight);
-        let Some((second, in_flight)) =
-            self.balancer
-                .pick(&route.service, &route.backends, Some(&backend), affinity)
-        else {
-            return text_response(
-                http::StatusCode::BAD_GATEWAY,
-                format!(
-                    "service {}: endpoint {} refused the connection\n",
-                    route.service, backend.pod
-                ),
-            );
-        };
-        match self.try_backend(&second, request).await {
-            Ok(response) => with_guard(response, in_flight),
-            Err((_, why)) => text_response(
-                http::StatusCode::BAD_GATEWAY,
-                format!(
-                    "service {}: endpoint {} failed: {why}\n",
-                    route.service, second.pod
-                ),
-            ),
+        match self.stack.clone().oneshot(request).await {
+            Ok(response) => response,
+            Err(never) => match never {},
         }
     }
+}
 
+/// The bottom of the stack: balances over the route's ready backends and serves on one,
+/// in-process when its pod runs on this node, else through the gateway of the node that
+/// runs it.
+#[derive(Clone)]
+struct Dispatch(Arc<DispatchState>);
+
+struct DispatchState {
+    node_name: String,
+    table: Arc<RwLock<Table>>,
+    balancer: balance::Balancer,
+    local: LocalPods,
+    gateways: GatewayClient,
+}
+
+impl tower::Service<stack::ProxyRequest> for Dispatch {
+    type Response = http::Response<WasiBody>;
+    type Error = stack::Refused;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Self::Response, Self::Error>> + Send>,
+    >;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, mut request: stack::ProxyRequest) -> Self::Future {
+        let state = self.0.clone();
+        Box::pin(async move {
+            let route = &request.route;
+            let affinity = request
+                .client_ip
+                .as_deref()
+                .filter(|_| route.client_ip_affinity);
+            let picked = state.balancer.pick(
+                &route.service,
+                &route.backends,
+                request.refused_by.as_ref(),
+                affinity,
+            );
+            let Some((backend, in_flight)) = picked else {
+                let text = match &request.refused_by {
+                    Some(refused) => format!(
+                        "service {}: endpoint {} refused the connection and no other is ready\n",
+                        route.service, refused.pod
+                    ),
+                    None => format!(
+                        "service {} has no ready endpoints for port {}\n",
+                        route.service, route.port
+                    ),
+                };
+                return Ok(text_response(http::StatusCode::SERVICE_UNAVAILABLE, text));
+            };
+            let service = route.service.clone();
+            match state.try_backend(&backend, request.request).await {
+                Ok(response) => Ok(with_guard(response, in_flight)),
+                Err((Some(unsent), why)) => {
+                    request.request = unsent;
+                    request.refused_by = Some(backend);
+                    Err(stack::Refused { request, why })
+                }
+                Err((None, why)) => Ok(text_response(
+                    http::StatusCode::BAD_GATEWAY,
+                    format!(
+                        "service {service}: endpoint {} failed: {why}\n",
+                        backend.pod
+                    ),
+                )),
+            }
+        })
+    }
+}
+
+impl DispatchState {
     /// Serves on one backend. On failure, the request comes back when nothing of it was sent
     /// (so it may be retried elsewhere).
     async fn try_backend(
@@ -182,7 +237,7 @@ impl Proxy {
                 Err(e) => Ok(text_response(e.status(), format!("{e}\n"))),
             };
         }
-        let Some(gateway) = self.table().gateway(&backend.node) else {
+        let Some(gateway) = read(&self.table).gateway(&backend.node) else {
             return Err((
                 Some(request),
                 format!("node {} has no gateway", backend.node),
