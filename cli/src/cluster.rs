@@ -126,6 +126,7 @@ pub struct DevCluster {
     pub agents: Vec<Agent>,
     pub data_dir: PathBuf,
     ingress: Option<JoinHandle<std::io::Result<()>>>,
+    node_ports: Option<JoinHandle<()>>,
 }
 
 impl DevCluster {
@@ -160,6 +161,7 @@ impl DevCluster {
             agents,
             data_dir: data_dir.to_path_buf(),
             ingress: None,
+            node_ports: None,
         })
     }
 
@@ -181,6 +183,12 @@ impl DevCluster {
             .await
             .map_err(|e| anyhow::anyhow!("binding the ingress to {addr}: {e}"))?;
         let bound = listener.local_addr()?;
+        // The nodes of a dev cluster share this host: NodePort and LoadBalancer Services are
+        // bound once, on the ingress's address.
+        self.node_ports = Some(tokio::spawn(shoal_runtime::proxy::node_ports::serve(
+            proxy.clone(),
+            bound.ip(),
+        )));
         self.ingress = Some(tokio::spawn(shoal_runtime::proxy::ingress::serve(
             listener, proxy,
         )));
@@ -190,6 +198,9 @@ impl DevCluster {
     pub async fn shutdown(&mut self) {
         if let Some(ingress) = self.ingress.take() {
             ingress.abort();
+        }
+        if let Some(node_ports) = self.node_ports.take() {
+            node_ports.abort();
         }
         for agent in &mut self.agents {
             agent.shutdown();

@@ -24,6 +24,19 @@ fn deployment() -> Value {
                     "readinessProbe": {"httpGet": {"path": "/flag/ready", "port": 8080}, "periodSeconds": 1}}]}}}})
 }
 
+/// A dev cluster of `nodes` with its ingress on a free port: the cluster, a client of its API
+/// and one of its ingress.
+async fn cluster_with_ingress(nodes: usize) -> (TestCluster, Http, Http) {
+    let mut cluster = TestCluster::start(nodes).await;
+    let http = Http::new(&cluster.url());
+    let ingress_addr = cluster
+        .cluster
+        .start_ingress("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    (cluster, http, Http::new(&format!("http://{ingress_addr}")))
+}
+
 /// Sends a GET through the ingress with `host` and returns the status and body.
 async fn through_ingress(ingress: &Http, host: &str, path: &str) -> (u16, String) {
     let (status, body) = ingress.get_with_host(path, host).await;
@@ -82,14 +95,7 @@ async fn spread(ingress: &Http, count: usize) -> HashMap<String, usize> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn services_balance_over_ready_endpoints_through_the_ingress_and_between_pods() {
-    let mut cluster = TestCluster::start(2).await;
-    let http = Http::new(&cluster.url());
-    let ingress_addr = cluster
-        .cluster
-        .start_ingress("127.0.0.1:0".parse().unwrap())
-        .await
-        .unwrap();
-    let ingress = Http::new(&format!("http://{ingress_addr}"));
+    let (cluster, http, ingress) = cluster_with_ingress(2).await;
     let (status, body) = http
         .call(
             "POST",
@@ -260,14 +266,7 @@ async fn services_balance_over_ready_endpoints_through_the_ingress_and_between_p
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rolling_update_under_load_fails_no_request() {
     const LOAD: Duration = Duration::from_secs(30);
-    let mut cluster = TestCluster::start(2).await;
-    let http = Http::new(&cluster.url());
-    let ingress_addr = cluster
-        .cluster
-        .start_ingress("127.0.0.1:0".parse().unwrap())
-        .await
-        .unwrap();
-    let ingress = Http::new(&format!("http://{ingress_addr}"));
+    let (cluster, http, ingress) = cluster_with_ingress(2).await;
     let deployment = |version: &str| {
         json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "roll"},
             "spec": {"replicas": 3, "selector": {"matchLabels": {"app": "roll"}},
@@ -363,5 +362,101 @@ async fn a_rolling_update_under_load_fails_no_request() {
     assert!(
         answers.last().is_some_and(|a| a.contains("from v2")),
         "the new version answers at the end"
+    );
+}
+
+/// Ingress rules route by host and path (Exact before Prefix, longest first); NodePort and
+/// LoadBalancer Services answer on their ports of the ingress host; bad Ingresses get 422.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ingress_rules_node_ports_and_load_balancers_route_to_services() {
+    let (cluster, http, ingress) = cluster_with_ingress(1).await;
+    for (name, env) in [
+        (
+            "alpha",
+            json!([{"name": "NAME", "value": "alpha"}, {"name": "GREETING", "value": "Hi"}]),
+        ),
+        ("beta", json!([{"name": "NAME", "value": "beta"}])),
+    ] {
+        let pod = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "labels": {"app": name}},
+            "spec": {"containers": [{"name": "web", "image": WEB_P2, "ports": [{"containerPort": 8080}], "env": env}]}});
+        http.create(PODS, &pod).await;
+    }
+    let lb_port = free_addr().port();
+    let services = [
+        json!({"metadata": {"name": "alpha"}, "spec": {"selector": {"app": "alpha"}, "ports": [{"port": 80, "targetPort": 8080}]}}),
+        json!({"metadata": {"name": "beta"}, "spec": {"type": "NodePort", "selector": {"app": "beta"},
+            "ports": [{"name": "http", "port": 80, "targetPort": 8080}]}}),
+        json!({"metadata": {"name": "gamma"}, "spec": {"type": "LoadBalancer", "selector": {"app": "alpha"},
+            "ports": [{"port": lb_port, "targetPort": 8080}]}}),
+    ];
+    let mut created = Vec::new();
+    for service in services {
+        created.push(http.create(SERVICES, &service).await);
+    }
+    let node_port = created[1]["spec"]["ports"][0]["nodePort"].as_i64().unwrap();
+    assert!((30000..=32767).contains(&node_port), "{}", created[1]);
+    let rules = json!({"apiVersion": "networking.k8s.io/v1", "kind": "Ingress", "metadata": {"name": "shop"},
+        "spec": {"rules": [{"host": "shop.test", "http": {"paths": [
+            {"path": "/", "pathType": "Prefix", "backend": {"service": {"name": "alpha", "port": {"number": 80}}}},
+            {"path": "/env", "pathType": "Prefix", "backend": {"service": {"name": "beta", "port": {"name": "http"}}}},
+            {"path": "/env/GREETING", "pathType": "Exact", "backend": {"service": {"name": "alpha", "port": {"number": 80}}}}]}}]}});
+    http.create(
+        "/apis/networking.k8s.io/v1/namespaces/default/ingresses",
+        &rules,
+    )
+    .await;
+
+    let answer = async |base: &Http, host: &str, path: &str| {
+        wait_for(
+            &format!("{host}{path} to answer"),
+            Duration::from_secs(60),
+            async || {
+                let (status, body) = through_ingress(base, host, path).await;
+                (status == 200).then_some(body)
+            },
+        )
+        .await
+    };
+    assert_eq!(answer(&ingress, "shop.test", "/").await, "Hi from alpha\n");
+    assert_eq!(
+        answer(&ingress, "shop.test:8080", "/env/NAME").await,
+        "beta"
+    );
+    assert_eq!(answer(&ingress, "shop.test", "/env/GREETING").await, "Hi");
+    let (status, body) = through_ingress(&ingress, "other.test", "/").await;
+    assert_eq!(status, 404, "no rule for other.test: {body}");
+
+    let node_port = Http::new(&format!("http://127.0.0.1:{node_port}"));
+    assert_eq!(answer(&node_port, "anything", "/env/NAME").await, "beta");
+    let load_balancer = Http::new(&format!("http://127.0.0.1:{lb_port}"));
+    assert_eq!(
+        answer(&load_balancer, "anything", "/").await,
+        "Hi from alpha\n"
+    );
+    wait_for(
+        "the load balancer's address",
+        Duration::from_secs(10),
+        async || {
+            let (_, gamma) = http.call("GET", &format!("{SERVICES}/gamma"), "", "").await;
+            (gamma["status"]["loadBalancer"]["ingress"][0]["ip"] == "127.0.0.1").then_some(())
+        },
+    )
+    .await;
+
+    let mut bad = rules.clone();
+    bad["metadata"]["name"] = json!("bad");
+    bad["spec"]["rules"][0]["http"]["paths"][1]["pathType"] = json!("Regex");
+    let (status, body) = http
+        .call(
+            "POST",
+            "/apis/networking.k8s.io/v1/namespaces/default/ingresses",
+            "application/json",
+            &bad.to_string(),
+        )
+        .await;
+    assert_eq!(status, 422, "{body}");
+    assert_eq!(
+        body["details"]["causes"][0]["field"],
+        "spec.rules[0].http.paths[1].pathType"
     );
 }

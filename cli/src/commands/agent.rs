@@ -40,6 +40,10 @@ pub struct AgentCommand {
     /// one shared directory and a claim's data follows its pod from node to node.
     #[arg(long)]
     claims_dir: Option<PathBuf>,
+    /// Do not bind the node ports of NodePort and LoadBalancer Services on this node's
+    /// address (for agents that share a host with another that binds them).
+    #[arg(long)]
+    no_node_ports: bool,
 }
 
 impl AgentCommand {
@@ -57,6 +61,7 @@ impl AgentCommand {
         config.host_path_allow = self.allow_host_path;
         config.image_ca = self.image_ca;
         config.claims_dir = self.claims_dir;
+        config.node_ports = !self.no_node_ports;
         config.lease_duration = std::time::Duration::from_secs(self.lease_duration_seconds);
         config.lease_renew = std::time::Duration::from_secs(self.lease_renew_seconds);
         let mut agent = Agent::start(Client::http(&self.server), config).await?;

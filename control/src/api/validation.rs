@@ -102,6 +102,7 @@ pub fn validate(kind: &str, object: &Value) -> Vec<Cause> {
         }
         "Job" => job(object, &mut causes),
         "Service" => service(object, &mut causes),
+        "Ingress" => ingress(object, &mut causes),
         "CronJob" => {
             let schedule = object
                 .pointer("/spec/schedule")
@@ -194,6 +195,73 @@ fn service(object: &Value, causes: &mut Vec<Cause>) {
                 "must be a port number or an IANA_SVC_NAME (at most 15 lowercase letters, digits and '-', with a letter)",
             )),
             _ => {}
+        }
+    }
+}
+
+/// An Ingress routes to Service backends by host and path: every path is absolute with a
+/// known pathType, and every backend names a Service and one of its ports.
+fn ingress(object: &Value, causes: &mut Vec<Cause>) {
+    let spec = object.get("spec").cloned().unwrap_or(Value::Null);
+    let backend = |backend: Option<&Value>, field: &str, causes: &mut Vec<Cause>| {
+        let Some(service) = backend.and_then(|b| b.get("service")) else {
+            causes.push(Cause::required(format!("{field}.service")));
+            return;
+        };
+        if service
+            .get("name")
+            .and_then(Value::as_str)
+            .is_none_or(str::is_empty)
+        {
+            causes.push(Cause::required(format!("{field}.service.name")));
+        }
+        let port = service.get("port");
+        let number = port.and_then(|p| p.get("number")).and_then(Value::as_i64);
+        let name = port.and_then(|p| p.get("name")).and_then(Value::as_str);
+        match (number, name) {
+            (Some(n), None) if !(1..=65535).contains(&n) => causes.push(Cause::invalid(
+                format!("{field}.service.port.number"),
+                &n.to_string(),
+                "must be between 1 and 65535, inclusive",
+            )),
+            (Some(_), None) | (None, Some(_)) => {}
+            _ => causes.push(Cause::required(format!(
+                "{field}.service.port: exactly one of number and name"
+            ))),
+        }
+    };
+    if let Some(default) = spec.get("defaultBackend") {
+        backend(Some(default), "spec.defaultBackend", causes);
+    }
+    let rules = spec
+        .get("rules")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    for (i, rule) in rules.iter().enumerate() {
+        let paths = rule
+            .pointer("/http/paths")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default();
+        for (j, path) in paths.iter().enumerate() {
+            let field = format!("spec.rules[{i}].http.paths[{j}]");
+            let text = path.get("path").and_then(Value::as_str).unwrap_or("");
+            let kind = path.get("pathType").and_then(Value::as_str);
+            let kinds = ["Exact", "ImplementationSpecific", "Prefix"];
+            match kind {
+                None => causes.push(Cause::required(format!("{field}.pathType"))),
+                Some(k) if !kinds.contains(&k) => {
+                    causes.push(Cause::not_supported(format!("{field}.pathType"), k, &kinds))
+                }
+                Some(_) if !text.starts_with('/') => causes.push(Cause::invalid(
+                    format!("{field}.path"),
+                    text,
+                    "must be an absolute path",
+                )),
+                Some(_) => {}
+            }
+            backend(path.get("backend"), &format!("{field}.backend"), causes);
         }
     }
 }

@@ -57,6 +57,9 @@ pub struct AgentConfig {
     /// (default `<data_dir>/claims`). Agents that share it (the nodes of `shoal dev`, or
     /// agents over a shared filesystem) keep a claim's data when its pod moves between them.
     pub claims_dir: Option<PathBuf>,
+    /// Whether this agent binds the node ports of NodePort and LoadBalancer Services on its
+    /// address. Off in `shoal dev`, whose nodes share one host and bind them once.
+    pub node_ports: bool,
 }
 
 impl AgentConfig {
@@ -73,6 +76,7 @@ impl AgentConfig {
             request_deadline: crate::pod::network::DEFAULT_REQUEST_DEADLINE,
             image_ca: None,
             claims_dir: None,
+            node_ports: false,
             lease_duration: std::time::Duration::from_secs(LEASE_DURATION_SECONDS as u64),
             lease_renew: LEASE_RENEW,
         }
@@ -164,7 +168,7 @@ impl Agent {
         let ips = IpPool::new(&cidr)?;
 
         let gateway = gateway::router(shared.clone());
-        let tasks = vec![
+        let mut tasks = vec![
             tokio::spawn(async move {
                 if let Err(e) = axum::serve(listener, gateway).await {
                     tracing::error!("agent gateway stopped: {e}");
@@ -178,6 +182,13 @@ impl Agent {
             )),
             tokio::spawn(PodSupervisor::new(shared, ips, config.node_name.clone()).run()),
         ];
+        if config.node_ports {
+            let host = gateway_addr.ip();
+            tasks.push(tokio::spawn(crate::proxy::node_ports::serve(
+                proxy.clone(),
+                host,
+            )));
+        }
         tracing::info!(
             "agent {} ready, gateway on {gateway_addr}",
             config.node_name

@@ -1,5 +1,6 @@
-//! The dev ingress: one HTTP listener (`shoal dev --ingress-addr`) that serves every Service
-//! at `http://<service>.<namespace>.localhost:<port>/`, choosing the Service by the Host header.
+//! The dev ingress: one HTTP listener (`shoal dev --ingress-addr`) that routes by the
+//! cluster's Ingress rules ([`super::rules`]) first, and otherwise serves every Service at
+//! `http://<service>.<namespace>.localhost:<port>/`, choosing the Service by the Host header.
 //! An unknown host gets 404, a Service without ready endpoints 503. `/metrics` on a host that
 //! names no Service (`http://127.0.0.1:8080/metrics`) is what the proxy counted.
 
@@ -43,6 +44,10 @@ async fn route(
         .and_then(|h| h.to_str().ok())
         .unwrap_or("")
         .to_string();
+    let bare_host = host.rsplit_once(':').map_or(host.as_str(), |(h, _)| h);
+    if let Some(route) = proxy.resolve_ingress(bare_host, request.uri().path()) {
+        return forward(&proxy, route, request, peer).await;
+    }
     let Some((service, namespace)) = service_of_host(&host) else {
         if request.uri().path() == "/metrics" {
             return super::metrics::response(proxy.metrics());
@@ -60,6 +65,17 @@ async fn route(
         )
             .into_response();
     };
+    forward(&proxy, route, request, peer).await
+}
+
+/// Sends an outside request down the proxy's stack; its peer address is the client IP that
+/// `sessionAffinity: ClientIP` sticks to.
+pub(super) async fn forward(
+    proxy: &Proxy,
+    route: super::table::Route,
+    request: axum::extract::Request,
+    peer: SocketAddr,
+) -> Response {
     let request = crate::pod::network::request(request);
     let client = peer.ip().to_string();
     proxy

@@ -12,6 +12,8 @@
 pub mod balance;
 pub mod ingress;
 pub mod metrics;
+pub mod node_ports;
+pub mod rules;
 pub mod stack;
 pub mod table;
 
@@ -39,6 +41,9 @@ pub struct Proxy {
     stack: stack::ProxyService,
     metrics: Arc<metrics::Metrics>,
     follower: tokio::task::JoinHandle<()>,
+    /// Ticks when a Service changes (the node-port listeners follow it).
+    services_changed: tokio::sync::watch::Receiver<u64>,
+    client: Client,
 }
 
 impl Drop for Proxy {
@@ -80,7 +85,8 @@ impl Proxy {
         options: stack::Options,
     ) -> Arc<Self> {
         let table = Arc::new(RwLock::new(Table::default()));
-        let follower = tokio::spawn(table::follow(client, table.clone()));
+        let (changed, services_changed) = tokio::sync::watch::channel(0);
+        let follower = tokio::spawn(table::follow(client.clone(), table.clone(), changed));
         let dispatch = Dispatch(Arc::new(DispatchState {
             node_name: node_name.to_string(),
             table: table.clone(),
@@ -97,6 +103,8 @@ impl Proxy {
             stack: stack::build(dispatch, metrics.clone(), options),
             metrics,
             follower,
+            services_changed,
+            client,
         })
     }
 
@@ -110,6 +118,16 @@ impl Proxy {
         let table = read(&self.table);
         let key = table.service_for_host(namespace, host)?;
         table.route(&key, Some(port))
+    }
+
+    /// The route an Ingress rule gives `host` (without port) and `path`.
+    pub fn resolve_ingress(&self, host: &str, path: &str) -> Option<Route> {
+        read(&self.table).ingress_route(host, path)
+    }
+
+    /// The route for Service `key` (`namespace/name`) on service port `port`.
+    pub fn resolve_port(&self, key: &str, port: u16) -> Option<Route> {
+        read(&self.table).route(key, Some(port))
     }
 
     /// The route for Service `namespace/name` on its main port (the dev ingress).

@@ -1,11 +1,16 @@
 //! What the proxy knows of the cluster, kept current from watches: Services (by name and by
-//! ClusterIP), their Endpoints (ready addresses only) and the nodes' gateways.
+//! ClusterIP), their Endpoints (ready addresses only), Ingresses and the nodes' gateways.
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
 use k8s_openapi::api::core::v1::{Endpoints, Node, Service};
+use k8s_openapi::api::networking::v1::Ingress;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::Metadata;
 use shoal_control::client::{watcher, Client, ListParams, WatcherEvent};
+
+use super::rules::ServicePort;
 
 /// One ready endpoint of a Service port.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -34,9 +39,10 @@ pub struct Table {
     by_cluster_ip: HashMap<String, String>,
     /// Node name -> `address:port` of its gateway.
     gateways: HashMap<String, String>,
+    ingresses: HashMap<String, Ingress>,
 }
 
-fn key(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> String {
+fn key(meta: &ObjectMeta) -> String {
     format!(
         "{}/{}",
         meta.namespace.as_deref().unwrap_or_default(),
@@ -44,20 +50,25 @@ fn key(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> Str
     )
 }
 
+/// Applies a watch event to a map of objects by `namespace/name`.
+fn apply<K: Metadata<Ty = ObjectMeta>>(objects: &mut HashMap<String, K>, event: WatcherEvent<K>) {
+    if let WatcherEvent::Restarted(_) = &event {
+        objects.clear();
+    }
+    let deleted = matches!(event, WatcherEvent::Deleted(_));
+    for object in event.into_objects() {
+        let key = key(object.metadata());
+        if deleted {
+            objects.remove(&key);
+        } else {
+            objects.insert(key, object);
+        }
+    }
+}
+
 impl Table {
     fn apply_service(&mut self, event: WatcherEvent<Service>) {
-        if let WatcherEvent::Restarted(_) = &event {
-            self.services.clear();
-        }
-        let deleted = matches!(event, WatcherEvent::Deleted(_));
-        for service in event.into_objects() {
-            let key = key(&service.metadata);
-            if deleted {
-                self.services.remove(&key);
-            } else {
-                self.services.insert(key, service);
-            }
-        }
+        apply(&mut self.services, event);
         self.by_cluster_ip = self
             .services
             .iter()
@@ -69,18 +80,11 @@ impl Table {
     }
 
     fn apply_endpoints(&mut self, event: WatcherEvent<Endpoints>) {
-        if let WatcherEvent::Restarted(_) = &event {
-            self.endpoints.clear();
-        }
-        let deleted = matches!(event, WatcherEvent::Deleted(_));
-        for endpoints in event.into_objects() {
-            let key = key(&endpoints.metadata);
-            if deleted {
-                self.endpoints.remove(&key);
-            } else {
-                self.endpoints.insert(key, endpoints);
-            }
-        }
+        apply(&mut self.endpoints, event);
+    }
+
+    fn apply_ingress(&mut self, event: WatcherEvent<Ingress>) {
+        apply(&mut self.ingresses, event);
     }
 
     fn apply_node(&mut self, event: WatcherEvent<Node>) {
@@ -135,6 +139,50 @@ impl Table {
         self.services.contains_key(&key).then_some(key)
     }
 
+    /// The route an Ingress rule gives a request for `host` (without port) and `path`.
+    pub fn ingress_route(&self, host: &str, path: &str) -> Option<Route> {
+        let target = super::rules::choose(self.ingresses.values(), host, path)?;
+        let key = format!("{}/{}", target.namespace, target.service);
+        match target.port {
+            ServicePort::Number(n) => self.route(&key, Some(n)),
+            ServicePort::Name(name) => {
+                let spec = self.services.get(&key)?.spec.as_ref()?;
+                let port = spec
+                    .ports
+                    .iter()
+                    .flatten()
+                    .find(|p| p.name.as_deref() == Some(&name))?;
+                self.route(&key, Some(port.port as u16))
+            }
+        }
+    }
+
+    /// Services of type NodePort and LoadBalancer: `(namespace/name, service port, node
+    /// port, load balancer)` for each of their ports.
+    pub fn node_ports(&self) -> Vec<(String, u16, u16, bool)> {
+        let mut ports = Vec::new();
+        for (key, service) in &self.services {
+            let Some(spec) = service.spec.as_ref() else {
+                continue;
+            };
+            let load_balancer = spec.type_.as_deref() == Some("LoadBalancer");
+            if !load_balancer && spec.type_.as_deref() != Some("NodePort") {
+                continue;
+            }
+            for port in spec.ports.iter().flatten() {
+                if let Some(node_port) = port.node_port {
+                    ports.push((
+                        key.clone(),
+                        port.port as u16,
+                        node_port as u16,
+                        load_balancer,
+                    ));
+                }
+            }
+        }
+        ports
+    }
+
     /// The ready backends of Service `key` on service port `port` (`None`: the port of a
     /// single-port Service, or the one named `http`, as the dev ingress asks).
     pub fn route(&self, key: &str, port: Option<u16>) -> Option<Route> {
@@ -187,17 +235,27 @@ impl Table {
     }
 }
 
-/// Keeps `table` current until the watches end.
-pub async fn follow(client: Client, table: Arc<RwLock<Table>>) {
+/// Keeps `table` current until the watches end; `changed` ticks after each change of a
+/// Service (what the node-port listeners follow).
+pub async fn follow(
+    client: Client,
+    table: Arc<RwLock<Table>>,
+    changed: tokio::sync::watch::Sender<u64>,
+) {
     let mut services = watcher(client.api::<Service>(None), ListParams::default());
     let mut endpoints = watcher(client.api::<Endpoints>(None), ListParams::default());
     let mut nodes = watcher(client.api::<Node>(None), ListParams::default());
+    let mut ingresses = watcher(client.api::<Ingress>(None), ListParams::default());
     loop {
         let write = || table.write().unwrap_or_else(|p| p.into_inner());
         tokio::select! {
-            Some(event) = services.recv() => write().apply_service(event),
+            Some(event) = services.recv() => {
+                write().apply_service(event);
+                changed.send_modify(|n| *n += 1);
+            }
             Some(event) = endpoints.recv() => write().apply_endpoints(event),
             Some(event) = nodes.recv() => write().apply_node(event),
+            Some(event) = ingresses.recv() => write().apply_ingress(event),
             else => return,
         }
     }
