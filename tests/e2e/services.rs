@@ -460,3 +460,70 @@ async fn ingress_rules_node_ports_and_load_balancers_route_to_services() {
         "spec.rules[0].http.paths[1].pathType"
     );
 }
+
+/// Through a headless Service, `pod.svc` (and its longer forms) reaches that pod; a pod IP
+/// is routable too: from a pod on the same node and from one on the other node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn headless_names_and_pod_ips_reach_one_pod() {
+    let cluster = TestCluster::start(2).await;
+    let http = Http::new(&cluster.url());
+    for (name, node) in [("peer-0", "node-0"), ("peer-1", "node-1")] {
+        let pod = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "labels": {"app": "peer"}},
+            "spec": {"hostname": name, "subdomain": "peers", "nodeSelector": {"kubernetes.io/hostname": node},
+                "containers": [{"name": "web", "image": WEB_P2, "ports": [{"containerPort": 8080}],
+                    "env": [{"name": "NAME", "value": name}]}]}});
+        http.create(PODS, &pod).await;
+    }
+    let headless = json!({"metadata": {"name": "peers"}, "spec": {"clusterIP": "None",
+        "selector": {"app": "peer"}, "ports": [{"port": 8080}]}});
+    let created = http.create(SERVICES, &headless).await;
+    assert_eq!(created["spec"]["clusterIP"], "None", "{created}");
+    let ips = wait_for(
+        "both peers ready with IPs",
+        Duration::from_secs(60),
+        async || {
+            let (_, ep) = http
+                .call("GET", "/api/v1/namespaces/default/endpoints/peers", "", "")
+                .await;
+            let addresses = ep["subsets"][0]["addresses"].as_array()?.clone();
+            let ip_of = |pod: &str| {
+                addresses
+                    .iter()
+                    .find(|a| a["targetRef"]["name"] == pod)
+                    .and_then(|a| a["ip"].as_str().map(str::to_string))
+            };
+            Some((ip_of("peer-0")?, ip_of("peer-1")?))
+        },
+    )
+    .await;
+    let call = async |from: &str, target: &str| {
+        let path = format!("{PODS}/{from}:8080/proxy/call/{target}");
+        let (status, body) = http.raw("GET", &path, "", "").await;
+        assert_eq!(status, 200, "{from} -> {target}");
+        String::from_utf8_lossy(&body).into_owned()
+    };
+    for from in ["peer-0", "peer-1"] {
+        for (target, answer) in [
+            ("peer-1.peers:8080/", "200 Hello from peer-1\n"),
+            ("peer-0.peers.default:8080/", "200 Hello from peer-0\n"),
+            (
+                "peer-1.peers.default.svc.cluster.local:8080/",
+                "200 Hello from peer-1\n",
+            ),
+            (&format!("{}:8080/", ips.0), "200 Hello from peer-0\n"),
+            (&format!("{}:8080/", ips.1), "200 Hello from peer-1\n"),
+        ] {
+            assert_eq!(call(from, target).await, answer, "{from} -> {target}");
+        }
+        let both = call(from, "peers:8080/").await;
+        assert!(
+            both.starts_with("200 Hello from peer-"),
+            "{from} -> peers: {both}"
+        );
+        let path = format!("{PODS}/{from}:8080/proxy/call/peer-7.peers:8080/");
+        let (status, body) = http.raw("GET", &path, "", "").await;
+        let body = String::from_utf8_lossy(&body);
+        assert_eq!(status, 502, "no such pod, no route: {body}");
+        assert!(body.contains("HttpRequestDenied"), "{body}");
+    }
+}

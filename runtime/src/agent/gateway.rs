@@ -1,7 +1,8 @@
 //! The agent's HTTP endpoint: what the API server calls for `kubectl logs` (the kubelet's
 //! `/containerLogs`), and the gateway into pods: `/proxy/{namespace}/{pod}/{port}/{path}`
 //! serves a request on the pod's loopback (the API server's pod proxy and other nodes come
-//! in here). `/metrics` is what this node's Service proxy counted.
+//! in here); `/proxy-ip/{ip}/{port}/{path}` does the same for a pod named by its IP.
+//! `/metrics` is what this node's Service proxy counted.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -28,6 +29,9 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/proxy/{namespace}/{pod}/{port}", any(proxy_root))
         .route("/proxy/{namespace}/{pod}/{port}/", any(proxy_root))
         .route("/proxy/{namespace}/{pod}/{port}/{*path}", any(proxy))
+        .route("/proxy-ip/{ip}/{port}", any(proxy_ip_root))
+        .route("/proxy-ip/{ip}/{port}/", any(proxy_ip_root))
+        .route("/proxy-ip/{ip}/{port}/{*path}", any(proxy_ip))
         .with_state(shared)
 }
 
@@ -143,6 +147,41 @@ async fn proxy(
     forward(&shared, &namespace, &pod, port, &path, request).await
 }
 
+async fn proxy_ip_root(
+    State(shared): State<Arc<Shared>>,
+    Path((ip, port)): Path<(String, u16)>,
+    request: axum::extract::Request,
+) -> Response {
+    forward_to_ip(&shared, &ip, port, "", request).await
+}
+
+async fn proxy_ip(
+    State(shared): State<Arc<Shared>>,
+    Path((ip, port, path)): Path<(String, u16, String)>,
+    request: axum::extract::Request,
+) -> Response {
+    forward_to_ip(&shared, &ip, port, &path, request).await
+}
+
+/// A request for a pod IP (another node's proxy sends those here, as this node owns the IP).
+async fn forward_to_ip(
+    shared: &Shared,
+    ip: &str,
+    port: u16,
+    path: &str,
+    request: axum::extract::Request,
+) -> Response {
+    let Some(key) = shared.networks.key_of_ip(ip) else {
+        return (
+            StatusCode::NOT_FOUND,
+            format!("no pod has IP {ip} on this node\n"),
+        )
+            .into_response();
+    };
+    let (namespace, pod) = key.split_once('/').unwrap_or_default();
+    forward(shared, namespace, pod, port, path, request).await
+}
+
 /// Serves a request on a pod's loopback and streams the answer back.
 async fn forward(
     shared: &Shared,
@@ -152,12 +191,8 @@ async fn forward(
     path: &str,
     request: axum::extract::Request,
 ) -> Response {
-    let network = shared
-        .networks
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .get(&format!("{namespace}/{pod}"))
-        .cloned();
+    let key = format!("{namespace}/{pod}");
+    let network = shared.networks.get(crate::proxy::LocalPod::Named(&key));
     let Some(network) = network else {
         return (
             StatusCode::NOT_FOUND,

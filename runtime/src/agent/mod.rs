@@ -5,6 +5,7 @@
 mod env;
 mod gateway;
 mod logs;
+mod networks;
 mod node;
 mod probe;
 mod sources;
@@ -96,8 +97,8 @@ pub(crate) struct Shared {
     host_path_allow: Vec<PathBuf>,
     restart_backoff: std::time::Duration,
     request_deadline: std::time::Duration,
-    /// The loopback of each pod running here, by `namespace/name`, for the gateway.
-    networks: Arc<Mutex<HashMap<String, Arc<PodNetwork>>>>,
+    /// The loopback of each pod running here, for the gateway and the proxy.
+    networks: Arc<networks::LocalNetworks>,
     /// Routes pods' requests for Services.
     proxy: Arc<crate::proxy::Proxy>,
 }
@@ -129,7 +130,7 @@ impl Agent {
         }
         let listener = tokio::net::TcpListener::bind(config.gateway_addr).await?;
         let gateway_addr = listener.local_addr()?;
-        let networks: Arc<Mutex<HashMap<String, Arc<PodNetwork>>>> = Arc::default();
+        let networks: Arc<networks::LocalNetworks> = Arc::default();
         let shared = Arc::new(Shared {
             client: client.clone(),
             engine,
@@ -147,10 +148,7 @@ impl Agent {
             proxy: crate::proxy::Proxy::start(
                 client.clone(),
                 &config.node_name,
-                Arc::new(move |key: &str| {
-                    let networks = networks.lock().unwrap_or_else(|p| p.into_inner());
-                    networks.get(key).cloned()
-                }),
+                Arc::new(move |pod| networks.get(pod)),
             ),
         });
         let proxy = shared.proxy.clone();
@@ -399,11 +397,7 @@ impl PodSupervisor {
             tracing::warn!("pod {key}: cannot open egress ({e}); it stays closed");
             PodNetwork::for_pod(&namespace, proxy, false).expect("a closed network needs no TLS")
         });
-        self.shared
-            .networks
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(key.clone(), network.clone());
+        self.shared.networks.insert(&key, &ip, network.clone());
         let worker = worker::PodWorker::new(self.shared.clone(), pod, ip.clone(), stopped, network);
         let task = tokio::spawn(worker.run());
         self.running.insert(
@@ -430,11 +424,7 @@ impl PodSupervisor {
                     .unwrap_or_else(|p| p.into_inner())
                     .release(&running.ip);
                 let _ = tokio::fs::remove_dir_all(shared.pod_dir(&running.uid)).await;
-                shared
-                    .networks
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .remove(&key);
+                shared.networks.remove(&key);
                 shared.logs.forget_pod(&key);
             }
             if let Some(pod) = delete {

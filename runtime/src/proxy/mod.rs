@@ -28,8 +28,16 @@ use wasmtime_wasi_http::WasiBody;
 use crate::pod::network::{PodNetwork, ServeError};
 use table::{Backend, Route, Table};
 
-/// Finds the network of a pod running on this node by `namespace/name`.
-pub type LocalPods = Arc<dyn Fn(&str) -> Option<Arc<PodNetwork>> + Send + Sync>;
+/// A pod on this node, as a backend names it.
+pub enum LocalPod<'a> {
+    /// `namespace/name`.
+    Named(&'a str),
+    /// The pod's IP.
+    Ip(&'a str),
+}
+
+/// Finds the network of a pod running on this node.
+pub type LocalPods = Arc<dyn Fn(LocalPod<'_>) -> Option<Arc<PodNetwork>> + Send + Sync>;
 
 type GatewayClient = hyper_util::client::legacy::Client<
     hyper_util::client::legacy::connect::HttpConnector,
@@ -113,11 +121,10 @@ impl Proxy {
         &self.metrics
     }
 
-    /// The route for `host:port` asked by a pod of `namespace`, if the host names a Service.
+    /// The route for `host:port` asked by a pod of `namespace`, if the host names a Service,
+    /// a pod behind one, or a pod IP.
     pub fn resolve(&self, namespace: &str, host: &str, port: u16) -> Option<Route> {
-        let table = read(&self.table);
-        let key = table.service_for_host(namespace, host)?;
-        table.route(&key, Some(port))
+        read(&self.table).resolve_host(namespace, host, port)
     }
 
     /// The route an Ingress rule gives `host` (without port) and `path`.
@@ -242,8 +249,17 @@ impl DispatchState {
     ) -> Result<http::Response<WasiBody>, (Option<http::Request<WasiBody>>, String)> {
         if backend.node == self.node_name {
             let key = format!("{}/{}", backend.namespace, backend.pod);
-            let Some(network) = (self.local)(&key).filter(|n| n.server(backend.port).is_some())
+            let pod = match backend.pod.is_empty() {
+                true => LocalPod::Ip(&backend.ip),
+                false => LocalPod::Named(&key),
+            };
+            let Some(network) = (self.local)(pod).filter(|n| n.server(backend.port).is_some())
             else {
+                let key = if backend.pod.is_empty() {
+                    &backend.ip
+                } else {
+                    &key
+                };
                 return Err((
                     Some(request),
                     format!("pod {key} serves no port {} here", backend.port),
@@ -267,10 +283,16 @@ impl DispatchState {
             .path_and_query()
             .map(|p| p.as_str())
             .unwrap_or("/");
-        let uri = format!(
-            "http://{gateway}/proxy/{}/{}/{}{path}",
-            backend.namespace, backend.pod, backend.port
-        );
+        let uri = match backend.pod.is_empty() {
+            true => format!(
+                "http://{gateway}/proxy-ip/{}/{}{path}",
+                backend.ip, backend.port
+            ),
+            false => format!(
+                "http://{gateway}/proxy/{}/{}/{}{path}",
+                backend.namespace, backend.pod, backend.port
+            ),
+        };
         parts.uri = match uri.parse() {
             Ok(uri) => uri,
             Err(e) => return Err((None, format!("bad path {path:?}: {e}"))),

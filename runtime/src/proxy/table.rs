@@ -2,9 +2,10 @@
 //! ClusterIP), their Endpoints (ready addresses only), Ingresses and the nodes' gateways.
 
 use std::collections::HashMap;
+use std::net::Ipv4Addr;
 use std::sync::{Arc, RwLock};
 
-use k8s_openapi::api::core::v1::{Endpoints, Node, Service};
+use k8s_openapi::api::core::v1::{EndpointAddress, Endpoints, Node, Service};
 use k8s_openapi::api::networking::v1::Ingress;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::Metadata;
@@ -16,6 +17,8 @@ use super::rules::ServicePort;
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Backend {
     pub namespace: String,
+    /// The pod's name; empty for a request to a bare pod IP, which the node that owns the
+    /// IP resolves (the proxy watches no pods).
     pub pod: String,
     pub ip: String,
     pub node: String,
@@ -39,6 +42,8 @@ pub struct Table {
     by_cluster_ip: HashMap<String, String>,
     /// Node name -> `address:port` of its gateway.
     gateways: HashMap<String, String>,
+    /// Node name -> its pod CIDR (base address, prefix length).
+    pod_cidrs: HashMap<String, (u32, u8)>,
     ingresses: HashMap<String, Ingress>,
 }
 
@@ -90,10 +95,24 @@ impl Table {
     fn apply_node(&mut self, event: WatcherEvent<Node>) {
         if let WatcherEvent::Restarted(_) = &event {
             self.gateways.clear();
+            self.pod_cidrs.clear();
         }
         let deleted = matches!(event, WatcherEvent::Deleted(_));
         for node in event.into_objects() {
             let name = node.metadata.name.clone().unwrap_or_default();
+            let cidr = node.spec.as_ref().and_then(|s| s.pod_cidr.as_deref());
+            match cidr.and_then(|c| c.split_once('/')).filter(|_| !deleted) {
+                Some((base, prefix)) => {
+                    if let (Ok(base), Ok(prefix)) = (base.parse::<Ipv4Addr>(), prefix.parse::<u8>())
+                    {
+                        self.pod_cidrs
+                            .insert(name.clone(), (u32::from(base), prefix.min(32)));
+                    }
+                }
+                None => {
+                    self.pod_cidrs.remove(&name);
+                }
+            }
             let status = node.status.unwrap_or_default();
             let address = status
                 .addresses
@@ -121,22 +140,121 @@ impl Table {
         self.gateways.get(node).cloned()
     }
 
-    /// The Service a host names, seen from a pod of `namespace`: `svc`, `svc.ns`, `svc.ns.svc`,
-    /// `svc.ns.svc.cluster.local`, or a ClusterIP.
-    pub fn service_for_host(&self, namespace: &str, host: &str) -> Option<String> {
+    /// The route a pod of `namespace` means by `host:port`: a ClusterIP, a pod IP,
+    /// `svc[.ns[.svc[.cluster.local]]]`, or `pod.svc[.ns[.svc[.cluster.local]]]` for a pod of a
+    /// Service by its hostname (a StatefulSet's pods behind their headless Service).
+    pub fn resolve_host(&self, namespace: &str, host: &str, port: u16) -> Option<Route> {
         if let Some(key) = self.by_cluster_ip.get(host) {
-            return Some(key.clone());
+            return self.route(key, Some(port));
         }
-        let host = host
+        if let Ok(ip) = host.parse::<Ipv4Addr>() {
+            return self.pod_ip_route(ip, port);
+        }
+        let name = host
             .strip_suffix(".svc.cluster.local")
             .or_else(|| host.strip_suffix(".svc"))
             .unwrap_or(host);
-        let key = match host.split_once('.') {
-            None => format!("{namespace}/{host}"),
-            Some((name, ns)) if !ns.contains('.') => format!("{ns}/{name}"),
-            Some(_) => return None,
-        };
-        self.services.contains_key(&key).then_some(key)
+        match name.split('.').collect::<Vec<_>>()[..] {
+            [service] => self.service_route(&format!("{namespace}/{service}"), port),
+            [service, ns] => self
+                .service_route(&format!("{ns}/{service}"), port)
+                .or_else(|| self.hostname_route(namespace, ns, service, port)),
+            [pod, service, ns] => self.hostname_route(ns, service, pod, port),
+            _ => None,
+        }
+    }
+
+    /// A Service's route; a headless one (clusterIP None) has no ports of its own to map, so
+    /// the port asked is the pods' port, as when a client connects to the pod IPs its DNS gives.
+    fn service_route(&self, key: &str, port: u16) -> Option<Route> {
+        let spec = self.services.get(key)?.spec.as_ref()?;
+        if spec.cluster_ip.as_deref() != Some("None") {
+            return self.route(key, Some(port));
+        }
+        Some(Route {
+            service: key.to_string(),
+            port,
+            backends: self.ready_backends(key, |_| true, port),
+            client_ip_affinity: false,
+        })
+    }
+
+    /// The pod with `hostname` among Service `namespace/service`'s endpoints.
+    fn hostname_route(
+        &self,
+        namespace: &str,
+        service: &str,
+        hostname: &str,
+        port: u16,
+    ) -> Option<Route> {
+        let key = format!("{namespace}/{service}");
+        self.services.get(&key)?;
+        let known = self.endpoints.get(&key)?.subsets.iter().flatten().any(|s| {
+            let all = s
+                .addresses
+                .iter()
+                .flatten()
+                .chain(s.not_ready_addresses.iter().flatten());
+            all.clone().any(|a| a.hostname.as_deref() == Some(hostname))
+        });
+        known.then(|| Route {
+            service: format!("{hostname}.{key}"),
+            port,
+            backends: self.ready_backends(&key, |a| a.hostname.as_deref() == Some(hostname), port),
+            client_ip_affinity: false,
+        })
+    }
+
+    /// The ready addresses of Service `key` that `keep` keeps, all on `port`.
+    fn ready_backends(
+        &self,
+        key: &str,
+        keep: impl Fn(&EndpointAddress) -> bool,
+        port: u16,
+    ) -> Vec<Backend> {
+        let (namespace, _) = key.split_once('/').unwrap_or_default();
+        let subsets = self.endpoints.get(key).and_then(|e| e.subsets.as_ref());
+        let addresses = subsets
+            .into_iter()
+            .flatten()
+            .flat_map(|s| s.addresses.iter().flatten());
+        addresses
+            .filter(|a| keep(a))
+            .filter_map(|a| {
+                Some(Backend {
+                    namespace: namespace.to_string(),
+                    pod: a.target_ref.as_ref()?.name.clone()?,
+                    ip: a.ip.clone(),
+                    node: a.node_name.clone()?,
+                    port,
+                })
+            })
+            .collect()
+    }
+
+    /// A pod IP: the node whose pod CIDR holds it serves it, on the port asked. The pod
+    /// itself is found by that node ([`Backend::pod`] stays empty).
+    fn pod_ip_route(&self, ip: Ipv4Addr, port: u16) -> Option<Route> {
+        let node = self
+            .pod_cidrs
+            .iter()
+            .find(|(_, (base, prefix))| {
+                let mask = u32::MAX.checked_shl(32 - *prefix as u32).unwrap_or(0);
+                u32::from(ip) & mask == *base & mask
+            })
+            .map(|(node, _)| node.clone())?;
+        Some(Route {
+            service: format!("pod {ip}"),
+            port,
+            backends: vec![Backend {
+                namespace: String::new(),
+                pod: String::new(),
+                ip: ip.to_string(),
+                node,
+                port,
+            }],
+            client_ip_affinity: false,
+        })
     }
 
     /// The route an Ingress rule gives a request for `host` (without port) and `path`.
