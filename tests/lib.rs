@@ -244,16 +244,33 @@ impl Http {
 
     /// A GET with an explicit Host header (what a browser sends to a named virtual host).
     pub async fn get_with_host(&self, path: &str, host: &str) -> (u16, bytes::Bytes) {
-        let request = http::Request::get(format!("{}{path}", self.base))
-            .header(http::header::HOST, host)
-            .body(Full::new(bytes::Bytes::new()))
+        let (status, _, body) = self.send_with_host("GET", path, host, "", "").await;
+        (status, body)
+    }
+
+    /// A request with an explicit Host header: status, headers and body of the answer.
+    pub async fn send_with_host(
+        &self,
+        method: &str,
+        path: &str,
+        host: &str,
+        content_type: &str,
+        body: &str,
+    ) -> (u16, http::HeaderMap, bytes::Bytes) {
+        let mut request = http::Request::builder()
+            .method(method)
+            .uri(format!("{}{path}", self.base))
+            .header(http::header::HOST, host);
+        if !content_type.is_empty() {
+            request = request.header(http::header::CONTENT_TYPE, content_type);
+        }
+        let request = request
+            .body(Full::new(bytes::Bytes::from(body.to_string())))
             .unwrap();
         let response = self.client.request(request).await.unwrap();
-        let status = response.status().as_u16();
-        (
-            status,
-            response.into_body().collect().await.unwrap().to_bytes(),
-        )
+        let (status, headers) = (response.status().as_u16(), response.headers().clone());
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        (status, headers, body)
     }
 
     /// Opens a watch and returns its body for reading events line by line.

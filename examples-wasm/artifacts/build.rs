@@ -12,6 +12,7 @@ const GUESTS: &[(&str, &[&str], bool)] = &[
     ("hello", &["wasm32-wasip1", "wasm32-wasip2"], false),
     ("misbehave", &["wasm32-wasip1", "wasm32-wasip2"], false),
     ("web", &["wasm32-wasip2"], true),
+    ("guestbook", &["wasm32-wasip2"], true),
 ];
 
 fn main() {

@@ -20,6 +20,7 @@ fn manifest(file: &str) -> String {
         ("misbehave-p1.wasm", shoal_examples::MISBEHAVE_P1),
         ("misbehave-p2.wasm", shoal_examples::MISBEHAVE_P2),
         ("web-p2.wasm", shoal_examples::WEB_P2),
+        ("guestbook-p2.wasm", shoal_examples::GUESTBOOK_P2),
     ] {
         text = text.replace(&format!("~/.shoal/dev/examples/{name}"), constant);
     }
@@ -63,8 +64,14 @@ fn terminated_reason(pod: &Value) -> Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn example_manifests_behave_as_documented() {
-    let cluster = TestCluster::start(1).await;
+    let mut cluster = TestCluster::start(1).await;
     let http = Http::new(&cluster.url());
+    let ingress_addr = cluster
+        .cluster
+        .start_ingress("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let ingress = Http::new(&format!("http://{ingress_addr}"));
     // Applied with kubectl where it is on the PATH (CI requires it), else with shoal.
     let with_kubectl =
         kubectl_available("example_manifests_behave_as_documented (falling back to shoal apply)");
@@ -77,6 +84,7 @@ async fn example_manifests_behave_as_documented() {
         "memory-hog.yaml",
         "greeter.yaml",
         "hello.yaml",
+        "guestbook.yaml",
     ] {
         let path = cluster.dir.path().join(file);
         std::fs::write(&path, manifest(file)).unwrap();
@@ -92,6 +100,57 @@ async fn example_manifests_behave_as_documented() {
     assert_eq!(
         get_text(&http, &format!("{PODS}/http-hello:8080/proxy/")).await,
         "Hello from http-hello\n"
+    );
+
+    // The guestbook: sign through the frontend Service, which calls the backend Service.
+    let frontend = "guestbook-frontend.default.localhost";
+    let page = wait_for("the guestbook page", Duration::from_secs(60), async || {
+        let (status, body) = ingress.get_with_host("/", frontend).await;
+        let body = String::from_utf8_lossy(&body).into_owned();
+        (status == 200 && body.contains("<h1>Guestbook</h1>")).then_some(body)
+    })
+    .await;
+    assert!(!page.contains("<li>"), "no entries yet: {page}");
+    for message in ["hello+from+shoal%21", "a+%3Cb%3E+tag"] {
+        let (status, headers, body) = ingress
+            .send_with_host(
+                "POST",
+                "/sign",
+                frontend,
+                "application/x-www-form-urlencoded",
+                &format!("message={message}"),
+            )
+            .await;
+        assert_eq!(status, 303, "{}", String::from_utf8_lossy(&body));
+        assert_eq!(headers["location"], "/");
+    }
+    let mut served_by = std::collections::HashSet::new();
+    for _ in 0..20 {
+        let (status, body) = ingress.get_with_host("/", frontend).await;
+        let body = String::from_utf8_lossy(&body);
+        assert_eq!(status, 200, "{body}");
+        assert!(
+            body.contains("<li>hello from shoal!</li>\n<li>a &lt;b&gt; tag</li>"),
+            "{body}"
+        );
+        served_by.insert(
+            body.split("served by ")
+                .nth(1)
+                .unwrap_or_default()
+                .to_string(),
+        );
+    }
+    assert_eq!(
+        served_by.len(),
+        2,
+        "both frontend replicas answered: {served_by:?}"
+    );
+    let (status, _, body) = ingress
+        .send_with_host("POST", "/sign", frontend, "", "message=")
+        .await;
+    assert_eq!(
+        (status, String::from_utf8_lossy(&body).as_ref()),
+        (400, "an entry needs some text\n")
     );
 
     pod_until(&http, "frontend-backend", "Ready", ready).await;

@@ -1,5 +1,5 @@
 //! Paths and bytes of the guest programs in `examples-wasm/guests`, built by this crate's
-//! build script: `HELLO_P1`, `HELLO_P2`, `MISBEHAVE_P1`, `MISBEHAVE_P2`, `WEB_P2`, and
+//! build script: `HELLO_P1`, `HELLO_P2`, `MISBEHAVE_P1`, `MISBEHAVE_P2`, `WEB_P2`, `GUESTBOOK_P2`, and
 //! [`EMBEDDED`] (file name, bytes) so a `shoal` binary can install them anywhere
 //! (`shoal dev` writes them to `<data-dir>/examples/`). Tests, benchmarks and
 //! `shoal dev --demo` use them as pod images.
