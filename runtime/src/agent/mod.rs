@@ -115,6 +115,7 @@ pub struct Agent {
     pub gateway_addr: SocketAddr,
     /// The node's Service proxy (the dev ingress serves through it).
     pub proxy: Arc<crate::proxy::Proxy>,
+    networks: Arc<networks::LocalNetworks>,
     tasks: Vec<JoinHandle<()>>,
 }
 
@@ -151,7 +152,7 @@ impl Agent {
                 Arc::new(move |pod| networks.get(pod)),
             ),
         });
-        let proxy = shared.proxy.clone();
+        let (proxy, local_networks) = (shared.proxy.clone(), shared.networks.clone());
         let identity = node::NodeIdentity {
             name: config.node_name.clone(),
             address: shared.address.clone(),
@@ -195,8 +196,16 @@ impl Agent {
             node_name: config.node_name,
             gateway_addr,
             proxy,
+            networks: local_networks,
             tasks,
         })
+    }
+
+    /// The network of pod `namespace/name` if it runs here: its servers answer in-process
+    /// (what the benchmarks compare the proxy with).
+    pub fn pod_network(&self, namespace: &str, name: &str) -> Option<Arc<PodNetwork>> {
+        let key = format!("{namespace}/{name}");
+        self.networks.get(crate::proxy::LocalPod::Named(&key))
     }
 
     pub fn shutdown(&mut self) {

@@ -22,7 +22,7 @@ use wasmtime::Store;
 use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
-use wasmtime_wasi_http::{WasiBody, WasiHttpHooks, WasiHttpView};
+use wasmtime_wasi_http::{WasiHttpHooks, WasiHttpView};
 
 use super::run::{self, Exit, Launch};
 use crate::engine::{Engine, P2Host};
@@ -31,6 +31,9 @@ use crate::engine::{Engine, P2Host};
 pub const DEFAULT_REQUEST_DEADLINE: Duration = Duration::from_secs(30);
 
 pub type Response = http::Response<HyperOutgoingBody>;
+
+/// The body of requests and responses on a pod's network (wasi-http's).
+pub use wasmtime_wasi_http::WasiBody;
 
 /// Why a request got no answer from the pod.
 #[derive(Debug, thiserror::Error)]
