@@ -217,7 +217,9 @@ pub async fn proxy_latency(args: &Args) -> anyhow::Result<()> {
         let route = proxy
             .resolve("default", "direct", 80)
             .ok_or_else(|| anyhow::anyhow!("no route to Service direct"))?;
-        let response = proxy.forward(route, empty_request("http://direct/healthz"), None).await;
+        let response = proxy
+            .forward(route, empty_request("http://direct/healthz"), None)
+            .await;
         anyhow::ensure!(response.status() == 200, "proxied: {}", response.status());
         response.into_body().collect().await.ok();
         if i >= 200 {

@@ -95,7 +95,7 @@ async fn spread(ingress: &Http, count: usize) -> HashMap<String, usize> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn services_balance_over_ready_endpoints_through_the_ingress_and_between_pods() {
-    let (cluster, http, ingress) = cluster_with_ingress(2).await;
+    let (_cluster, http, ingress) = cluster_with_ingress(2).await;
     let (status, body) = http
         .call(
             "POST",
@@ -266,7 +266,7 @@ async fn services_balance_over_ready_endpoints_through_the_ingress_and_between_p
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rolling_update_under_load_fails_no_request() {
     const LOAD: Duration = Duration::from_secs(30);
-    let (cluster, http, ingress) = cluster_with_ingress(2).await;
+    let (_cluster, http, ingress) = cluster_with_ingress(2).await;
     let deployment = |version: &str| {
         json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "roll"},
             "spec": {"replicas": 3, "selector": {"matchLabels": {"app": "roll"}},
@@ -369,7 +369,7 @@ async fn a_rolling_update_under_load_fails_no_request() {
 /// LoadBalancer Services answer on their ports of the ingress host; bad Ingresses get 422.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ingress_rules_node_ports_and_load_balancers_route_to_services() {
-    let (cluster, http, ingress) = cluster_with_ingress(1).await;
+    let (_cluster, http, ingress) = cluster_with_ingress(1).await;
     for (name, env) in [
         (
             "alpha",
@@ -525,5 +525,42 @@ async fn headless_names_and_pod_ips_reach_one_pod() {
         let body = String::from_utf8_lossy(&body);
         assert_eq!(status, 502, "no such pod, no route: {body}");
         assert!(body.contains("HttpRequestDenied"), "{body}");
+    }
+}
+
+/// An endpoint whose pod is not (or no longer) on its node gets no request lost: the node's
+/// gateway says it serves nothing there, and a request without a body goes to another
+/// endpoint (the window between a pod stopping and every proxy hearing of it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_for_a_vanished_endpoint_go_to_another() {
+    let (_cluster, http, ingress) = cluster_with_ingress(2).await;
+    let pod = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "real"},
+        "spec": {"nodeSelector": {"kubernetes.io/hostname": "node-0"},
+            "containers": [{"name": "web", "image": WEB_P2, "ports": [{"containerPort": 8080}]}]}});
+    http.create(PODS, &pod).await;
+    let ip = wait_for("the pod's IP", Duration::from_secs(60), async || {
+        let (_, pod) = http.call("GET", &format!("{PODS}/real"), "", "").await;
+        (pod["status"]["phase"] == "Running")
+            .then(|| pod["status"]["podIP"].as_str().map(str::to_string))
+            .flatten()
+    })
+    .await;
+    // A Service without selector: its Endpoints are ours to write, and one is a ghost.
+    let service = json!({"metadata": {"name": "mixed"}, "spec": {"ports": [{"port": 80, "targetPort": 8080}]}});
+    http.create(SERVICES, &service).await;
+    let address = |pod: &str, ip: &str, node: &str| json!({"ip": ip, "nodeName": node, "targetRef": {"kind": "Pod", "name": pod, "namespace": "default"}});
+    let endpoints = json!({"metadata": {"name": "mixed"}, "subsets": [{
+        "addresses": [address("ghost", "10.244.1.250", "node-1"), address("real", &ip, "node-0")],
+        "ports": [{"port": 8080}]}]});
+    http.create("/api/v1/namespaces/default/endpoints", &endpoints)
+        .await;
+    wait_for("the route", Duration::from_secs(10), async || {
+        let (status, _) = through_ingress(&ingress, "mixed.default.localhost", "/").await;
+        (status == 200).then_some(())
+    })
+    .await;
+    for _ in 0..30 {
+        let (status, body) = through_ingress(&ingress, "mixed.default.localhost", "/").await;
+        assert_eq!((status, body.as_str()), (200, "Hello from web\n"));
     }
 }

@@ -179,6 +179,19 @@ where
         .await
     }
 
+    /// Creates the object without reading back what was created (events, bulk writes).
+    pub async fn create_quietly(&self, object: &K) -> Result<()> {
+        let body = Self::to_value(object)?;
+        self.client
+            .json_ok(
+                Method::POST,
+                &self.collection_path(),
+                "application/json",
+                Some(&body),
+            )
+            .await
+    }
+
     /// Replaces the object; with `metadata.resourceVersion` set this is a compare-and-swap.
     pub async fn replace(&self, name: &str, object: &K) -> Result<K> {
         let body = Self::to_value(object)?;

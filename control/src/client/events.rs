@@ -81,10 +81,11 @@ impl Recorder {
             reporting_instance: self.host.clone(),
             ..Default::default()
         };
+        // The created Event is not needed back: skip decoding it.
         if let Err(e) = self
             .client
             .api::<Event>(Some(&namespace))
-            .create(&event)
+            .create_quietly(&event)
             .await
         {
             tracing::debug!("recording event {reason} for {}/{name}: {e}", K::KIND);

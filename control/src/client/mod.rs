@@ -5,6 +5,7 @@
 
 mod api;
 mod events;
+mod shared;
 mod watcher;
 
 use std::sync::Arc;
@@ -64,10 +65,33 @@ enum Transport {
     },
 }
 
+fn json_request(
+    method: Method,
+    path: &str,
+    content_type: &str,
+    body: Option<&Value>,
+) -> Result<Request<Body>> {
+    let body = match body {
+        Some(value) => {
+            Body::from(serde_json::to_vec(value).map_err(|e| Error::Decode(e.to_string()))?)
+        }
+        None => Body::empty(),
+    };
+    Request::builder()
+        .method(method)
+        .uri(path)
+        .header(http::header::CONTENT_TYPE, content_type)
+        .header(http::header::ACCEPT, "application/json")
+        .body(body)
+        .map_err(|e| Error::Transport(e.to_string()))
+}
+
 /// A handle on the API; cheap to clone.
 #[derive(Clone)]
 pub struct Client {
     transport: Arc<Transport>,
+    /// Watches shared by every clone of this client ([`Client::shared_watch`]).
+    shared: Arc<shared::SharedWatches>,
 }
 
 impl Client {
@@ -75,6 +99,7 @@ impl Client {
     pub fn in_process(router: Router) -> Self {
         Self {
             transport: Arc::new(Transport::InProcess(router)),
+            shared: Arc::default(),
         }
     }
 
@@ -88,6 +113,7 @@ impl Client {
                 base: base_url.trim_end_matches('/').to_string(),
                 http: Box::new(http),
             }),
+            shared: Arc::default(),
         }
     }
 
@@ -159,22 +185,22 @@ impl Client {
         content_type: &str,
         body: Option<&Value>,
     ) -> Result<Value> {
-        let body = match body {
-            Some(value) => {
-                Body::from(serde_json::to_vec(value).map_err(|e| Error::Decode(e.to_string()))?)
-            }
-            None => Body::empty(),
-        };
-        let request = Request::builder()
-            .method(method)
-            .uri(path)
-            .header(http::header::CONTENT_TYPE, content_type)
-            .header(http::header::ACCEPT, "application/json")
-            .body(body)
-            .map_err(|e| Error::Transport(e.to_string()))?;
+        let request = json_request(method, path, content_type, body)?;
         let bytes = self.send_bytes(request).await?;
         serde_json::from_slice(&bytes)
             .map_err(|e| Error::Decode(format!("{e}: {}", String::from_utf8_lossy(&bytes))))
+    }
+
+    /// Like [`Client::json`] for a caller that needs only success: the answer is not decoded.
+    pub async fn json_ok(
+        &self,
+        method: Method,
+        path: &str,
+        content_type: &str,
+        body: Option<&Value>,
+    ) -> Result<()> {
+        let request = json_request(method, path, content_type, body)?;
+        self.send_bytes(request).await.map(drop)
     }
 
     /// Streams a container's log (`follow` keeps it open while the container runs).
@@ -227,9 +253,8 @@ impl Client {
             "target": {"apiVersion": "v1", "kind": "Node", "name": node},
         });
         let path = format!("/api/v1/namespaces/{namespace}/pods/{pod}/binding");
-        self.json(Method::POST, &path, "application/json", Some(&binding))
+        self.json_ok(Method::POST, &path, "application/json", Some(&binding))
             .await
-            .map(|_| ())
     }
 }
 

@@ -24,7 +24,7 @@ pub async fn run(client: Client) {
         reconcile(reconciler.clone(), recorder.clone(), key)
     });
     let mut sets = watcher(client.api::<DaemonSet>(None), ListParams::default());
-    let mut pods = watcher(client.api::<Pod>(None), ListParams::default());
+    let mut pods = client.shared_watch::<Pod>();
     let mut nodes = watcher(client.api::<Node>(None), ListParams::default());
     let mut known: Vec<String> = Vec::new();
     loop {

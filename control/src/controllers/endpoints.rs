@@ -27,7 +27,7 @@ pub async fn run(client: Client) {
     // Services by namespace: any pod change there may change their endpoints.
     let mut known: HashMap<String, Vec<String>> = HashMap::new();
     let mut services = watcher(client.api::<Service>(None), ListParams::default());
-    let mut pods = watcher(client.api::<Pod>(None), ListParams::default());
+    let mut pods = client.shared_watch::<Pod>();
     loop {
         tokio::select! {
             Some(event) = services.recv() => {

@@ -26,7 +26,7 @@ pub async fn run(client: Client) {
         reconcile(reconciler.clone(), recorder.clone(), key)
     });
     let mut jobs = watcher(client.api::<Job>(None), ListParams::default());
-    let mut pods = watcher(client.api::<Pod>(None), ListParams::default());
+    let mut pods = client.shared_watch::<Pod>();
     loop {
         tokio::select! {
             Some(event) = jobs.recv() => {

@@ -149,7 +149,7 @@ where
         + 'static,
 {
     let mut owners = watcher(client.api::<K>(None), ListParams::default());
-    let mut pods = watcher(client.api::<Pod>(None), ListParams::default());
+    let mut pods = client.shared_watch::<Pod>();
     loop {
         tokio::select! {
             Some(event) = owners.recv() => {

@@ -151,7 +151,7 @@ where
     // Owners by namespace, to wake the ones an orphan pod may belong to.
     let mut known: HashMap<String, Vec<String>> = HashMap::new();
     let mut owners = watcher(client.api::<K>(None), ListParams::default());
-    let mut pods = watcher(client.api::<Pod>(None), ListParams::default());
+    let mut pods = client.shared_watch::<Pod>();
     loop {
         tokio::select! {
             Some(event) = owners.recv() => {

@@ -28,12 +28,16 @@ pub struct Options {
     pub default_profile: Profile,
 }
 
+/// Bindings this process's schedulers have had accepted by the API server (a counter, as
+/// Kubernetes' `scheduler_schedule_attempts_total{result="scheduled"}`; the benchmark reads it).
+pub static BINDINGS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 /// How many bindings may be in flight at once (they share the store's group commits).
 const PARALLEL_BINDS: usize = 256;
 
 /// Runs until the task is dropped.
 pub async fn run(client: Client, options: Options) {
-    let mut pods = watcher(client.api::<Pod>(None), ListParams::default());
+    let mut pods = client.shared_watch::<Pod>();
     let mut nodes = watcher(client.api::<Node>(None), ListParams::default());
     let mut state = ClusterView::default();
     let binds = Arc::new(Semaphore::new(PARALLEL_BINDS));
@@ -48,10 +52,15 @@ pub async fn run(client: Client, options: Options) {
         while let Ok(event) = pods.try_recv() {
             state.apply_pod(event);
         }
+        // Most rounds are bindings coming back: nothing pending, nothing to compute.
+        let pending = state.pending();
+        if pending.is_empty() {
+            continue;
+        }
         // Usage is computed once per round and kept current as pods are assigned.
         let mut usage = state.usage();
         let mut repellers = state.pods.values().filter(|p| affinity::repels(p)).count();
-        for (key, pod) in state.pending() {
+        for (key, pod) in pending {
             let scheduler_name = pod.spec.as_ref().and_then(|s| s.scheduler_name.as_deref());
             let Some(profile) =
                 Profile::for_scheduler_name(scheduler_name, options.default_profile)
@@ -86,16 +95,20 @@ pub async fn run(client: Client, options: Options) {
                 pod.metadata.namespace.clone().unwrap_or_default(),
                 pod.metadata.name.clone().unwrap_or_default(),
             );
-            let permit = binds
-                .acquire_owned()
-                .await
-                .expect("the semaphore is never closed");
+            // The binding waits for its permit in its own task: the loop goes on reading the
+            // pod feed meanwhile (a scheduler that stops reading stalls every other consumer
+            // of the shared feed, and makes the store replay its log).
             tokio::spawn(async move {
+                let permit = binds
+                    .acquire_owned()
+                    .await
+                    .expect("the semaphore is never closed");
                 let bound = client.bind_pod(&namespace, &name, &node).await;
                 // The permit bounds bindings only; the event is recorded after it is released.
                 drop(permit);
                 match bound {
                     Ok(()) => {
+                        BINDINGS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                         let message = format!("Successfully assigned {namespace}/{name} to {node}");
                         recorder.normal(&pod, "Scheduled", &message).await;
                     }
@@ -118,6 +131,8 @@ struct ClusterView {
     assumed: HashMap<String, (String, Requests)>,
     /// Pods already reported as fitting nowhere.
     unschedulable: std::collections::HashSet<String>,
+    /// Where the next pod's search of a sampled large cluster starts.
+    next_start: std::cell::Cell<usize>,
 }
 
 /// What a pod asks of a node.
@@ -351,6 +366,17 @@ impl ClusterView {
 
 /// The best-scoring eligible node where `pod` fits (ties go to the first by name), or why
 /// there is none, worded as Kubernetes' scheduler words it.
+/// How many feasible nodes a pod's choice looks at, as Kubernetes' adaptive
+/// percentageOfNodesToScore: every node of a cluster under 100; else 50 % less one point per
+/// 125 nodes, at least 5 % and at least 100 nodes.
+fn feasible_nodes_to_find(nodes: usize) -> usize {
+    if nodes < 100 {
+        return nodes;
+    }
+    let percentage = 50usize.saturating_sub(nodes / 125).max(5);
+    (nodes * percentage / 100).max(100)
+}
+
 fn choose_node(
     view: &ClusterView,
     usage: &HashMap<String, Requests>,
@@ -361,7 +387,25 @@ fn choose_node(
     let wanted = Requests::of(pod);
     let mut reasons: std::collections::BTreeMap<&str, usize> = Default::default();
     let mut best: Option<(&String, (i64, i64))> = None;
-    for (name, node) in &view.nodes {
+    // Large clusters: score only the first feasible nodes found, starting where the last pod
+    // stopped (Kubernetes' percentageOfNodesToScore), so a pod costs less than a full pass.
+    let to_find = feasible_nodes_to_find(view.nodes.len());
+    let start = if to_find < view.nodes.len() {
+        view.next_start.get() % view.nodes.len()
+    } else {
+        0
+    };
+    let (mut feasible, mut examined) = (0, 0);
+    let rotated = view
+        .nodes
+        .iter()
+        .skip(start)
+        .chain(view.nodes.iter().take(start));
+    for (name, node) in rotated {
+        if feasible == to_find {
+            break;
+        }
+        examined += 1;
         if !node_is_eligible(node) {
             *reasons
                 .entry("node(s) were not ready or were cordoned")
@@ -399,12 +443,14 @@ fn choose_node(
             *reasons.entry(reason).or_default() += 1;
             continue;
         }
+        feasible += 1;
         let preference = preferred_node_affinity(pod, node) + constraints.preference(node);
         let score = (preference, profile.score(used, wanted, room));
         if best.is_none_or(|(_, best_score)| score > best_score) {
             best = Some((name, score));
         }
     }
+    view.next_start.set(start + examined);
     match best {
         Some((name, _)) => Ok(name.clone()),
         None => {
@@ -445,6 +491,45 @@ mod tests {
 
     fn pod(name: &str, node: Option<&str>) -> Pod {
         serde_json::from_value(json!({"metadata": {"name": name, "namespace": "default"}, "spec": {"containers": [], "nodeName": node}})).unwrap()
+    }
+
+    #[test]
+    fn large_clusters_are_sampled_and_every_node_gets_its_turn() {
+        assert_eq!(feasible_nodes_to_find(5), 5);
+        assert_eq!(feasible_nodes_to_find(150), 100);
+        assert_eq!(feasible_nodes_to_find(1000), 420);
+        assert_eq!(feasible_nodes_to_find(5000), 500);
+        assert_eq!(feasible_nodes_to_find(20000), 1000);
+
+        let mut view = ClusterView::default();
+        let nodes = (0..300)
+            .map(|i| node(&format!("n{i:03}"), true, false))
+            .collect();
+        view.apply_node(WatcherEvent::Restarted(nodes));
+        let mut usage = view.usage();
+        let mut used = std::collections::HashSet::new();
+        for i in 0..300 {
+            let p = pod(&format!("p{i}"), None);
+            let chosen = choose_node(&view, &usage, &p, Profile::Spread, &none()).unwrap();
+            usage
+                .entry(chosen.clone())
+                .or_default()
+                .add(Requests::of(&p));
+            used.insert(chosen);
+        }
+        // 144 of 300 nodes are scored per pod, from a rotating start: the pods still spread.
+        assert!(used.len() >= 280, "300 pods on {} nodes", used.len());
+        // A pod that fits nowhere is still judged against every node.
+        let picky: Pod = serde_json::from_value(
+            json!({"metadata": {"name": "picky", "namespace": "default"},
+            "spec": {"containers": [], "nodeSelector": {"disk": "ssd"}}}),
+        )
+        .unwrap();
+        let why = choose_node(&view, &usage, &picky, Profile::Spread, &none()).unwrap_err();
+        assert_eq!(
+            why,
+            "0/300 nodes are available: 300 node(s) didn't match Pod's node affinity/selector."
+        );
     }
 
     #[test]

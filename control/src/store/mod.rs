@@ -40,6 +40,12 @@ impl ObjectKey {
         format!("{}/{}/{}", self.resource, self.namespace, self.name)
     }
 
+    /// Whether the key is one of `resource` (in `namespace`, if given): what
+    /// [`key_prefix`] selects, compared without building the encoding.
+    pub fn in_scope(&self, resource: &str, namespace: Option<&str>) -> bool {
+        self.resource == resource && namespace.is_none_or(|ns| self.namespace == ns)
+    }
+
     pub fn decode(encoded: &str) -> Option<Self> {
         let mut parts = encoded.splitn(3, '/');
         Some(Self::new(parts.next()?, parts.next()?, parts.next()?))

@@ -5,7 +5,7 @@
 //! after the commit that contains it is durable, and concurrent writers share one fsync.
 //! Reads use redb's MVCC read transactions and never wait for the writer.
 //! Committed events are kept in an `events` table (the event log watches resume from) and
-//! fanned out live through a broadcast channel.
+//! fanned out live through a broadcast channel per resource.
 
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -57,7 +57,7 @@ struct PendingWrite {
 pub struct RedbStore {
     db: Arc<Database>,
     writes: mpsc::UnboundedSender<PendingWrite>,
-    live: broadcast::Sender<WatchEvent>,
+    live: Arc<LiveFeeds>,
     revision: Arc<AtomicU64>,
 }
 
@@ -86,7 +86,7 @@ impl RedbStore {
         txn.commit().map_err(backend)?;
 
         let (writes, queue) = mpsc::unbounded_channel();
-        let (live, _) = broadcast::channel(8192);
+        let live = Arc::new(LiveFeeds::default());
         let revision = Arc::new(AtomicU64::new(revision));
         let writer = Writer {
             log_len,
@@ -117,6 +117,35 @@ impl RedbStore {
     }
 }
 
+/// The live feed of committed events, one broadcast channel per resource: a watcher wakes
+/// only for changes of the resource it watches (a flood of pod updates does not make every
+/// Lease or Service watcher filter it, and fall behind, and replay the log).
+#[derive(Default)]
+struct LiveFeeds {
+    by_resource: std::sync::Mutex<std::collections::HashMap<String, broadcast::Sender<WatchEvent>>>,
+}
+
+impl LiveFeeds {
+    /// How many events a watcher may fall behind before it catches up from the log.
+    const CAPACITY: usize = 8192;
+
+    fn subscribe(&self, resource: &str) -> broadcast::Receiver<WatchEvent> {
+        let mut feeds = self.by_resource.lock().unwrap_or_else(|p| p.into_inner());
+        feeds
+            .entry(resource.to_string())
+            .or_insert_with(|| broadcast::channel(Self::CAPACITY).0)
+            .subscribe()
+    }
+
+    fn publish(&self, event: &WatchEvent) {
+        let feeds = self.by_resource.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(feed) = feeds.get(&event.key.resource) {
+            // No receivers is fine: nobody is watching.
+            let _ = feed.send(event.clone());
+        }
+    }
+}
+
 /// Reads the logged events under `prefix` with a revision above `since`.
 fn read_log(db: &Database, prefix: &str, since: u64) -> Result<Vec<WatchEvent>> {
     {
@@ -137,9 +166,10 @@ fn read_log(db: &Database, prefix: &str, since: u64) -> Result<Vec<WatchEvent>> 
         let mut found = Vec::new();
         for entry in events.range(since + 1..).map_err(backend)? {
             let (revision, bytes) = entry.map_err(backend)?;
-            let event = decode_event(revision.value(), bytes.value())?;
-            if event.key.encode().starts_with(prefix) {
-                found.push(event);
+            // The log holds every resource's events: look at the key before building the
+            // object, which costs many times more (a lagging watcher reads thousands).
+            if event_key(bytes.value())?.starts_with(prefix) {
+                found.push(decode_event(revision.value(), bytes.value())?);
             }
         }
         Ok(found)
@@ -207,10 +237,11 @@ impl Store for RedbStore {
         let prefix = key_prefix(resource, namespace);
         // Subscribe before reading the log, so nothing committed in between is missed;
         // revisions already sent from the log are skipped when they come round live.
-        let mut live = self.live.subscribe();
+        let mut live = self.live.subscribe(resource);
         let backlog = read_log(&self.db, &prefix, since)?;
         let (tx, rx) = mpsc::channel::<Result<WatchEvent>>(1024);
         let db = self.db.clone();
+        let (resource, namespace) = (resource.to_string(), namespace.map(str::to_string));
         tokio::spawn(async move {
             let mut last = since;
             for event in backlog {
@@ -242,7 +273,8 @@ impl Store for RedbStore {
                         continue;
                     }
                 };
-                if event.revision <= last || !event.key.encode().starts_with(&prefix) {
+                // Every watcher sees every commit: this check must not allocate.
+                if event.revision <= last || !event.key.in_scope(&resource, namespace.as_deref()) {
                     continue;
                 }
                 last = event.revision;
@@ -284,7 +316,7 @@ impl Store for RedbStore {
 struct Writer {
     log_len: u64,
     db: Arc<Database>,
-    live: broadcast::Sender<WatchEvent>,
+    live: Arc<LiveFeeds>,
     revision: Arc<AtomicU64>,
 }
 
@@ -305,8 +337,7 @@ impl Writer {
                 Ok(outcomes) => {
                     for (pending, outcome) in batch.into_iter().zip(outcomes) {
                         if let Ok((event, _)) = &outcome {
-                            // No receivers is fine: nobody is watching.
-                            let _ = self.live.send(event.clone());
+                            self.live.publish(event);
                         }
                         let _ = pending.reply.send(outcome.map(|(_, object)| object));
                     }
@@ -343,12 +374,20 @@ impl Writer {
                 .unwrap_or(0);
             for pending in batch {
                 let outcome = apply(&mut objects, &pending.op, revision + 1);
-                if let Ok((event, _)) = &outcome {
-                    revision = event.revision;
-                    events
-                        .insert(revision, encode_event(event).as_slice())
-                        .map_err(backend)?;
-                }
+                let outcome = match outcome {
+                    Ok((event, object, bytes)) => {
+                        revision = event.revision;
+                        let logged = match bytes {
+                            Some(bytes) => encode_event_with(&event, &bytes),
+                            None => encode_event(&event),
+                        };
+                        events
+                            .insert(revision, logged.as_slice())
+                            .map_err(backend)?;
+                        Ok((event, object))
+                    }
+                    Err(e) => Err(e),
+                };
                 outcomes.push(outcome);
             }
             meta.insert(META_REVISION, revision).map_err(backend)?;
@@ -366,8 +405,14 @@ impl Writer {
 
 type ObjectTable<'t> = redb::Table<'t, &'static str, &'static [u8]>;
 
-fn apply(objects: &mut ObjectTable<'_>, op: &Op, revision: u64) -> Result<(WatchEvent, Value)> {
-    let (key, event_type, object) = match op {
+/// Applies one write: the event, the object as it is now, and the object's JSON when it
+/// was serialised for the table (the log reuses it).
+fn apply(
+    objects: &mut ObjectTable<'_>,
+    op: &Op,
+    revision: u64,
+) -> Result<(WatchEvent, Value, Option<Vec<u8>>)> {
+    let (key, event_type, object, bytes) = match op {
         Op::Create { key, object } => {
             if objects
                 .get(key.encode().as_str())
@@ -382,27 +427,27 @@ fn apply(objects: &mut ObjectTable<'_>, op: &Op, revision: u64) -> Result<(Watch
             objects
                 .insert(key.encode().as_str(), bytes.as_slice())
                 .map_err(backend)?;
-            (key, EventType::Added, object)
+            (key, EventType::Added, object, Some(bytes))
         }
         Op::Update {
             key,
             object,
             precondition,
         } => {
-            check_precondition(objects, key, *precondition)?;
+            check_exists_at(objects, key, *precondition)?;
             let mut object = object.clone();
             stamp_revision(&mut object, revision);
             let bytes = serde_json::to_vec(&object).map_err(backend)?;
             objects
                 .insert(key.encode().as_str(), bytes.as_slice())
                 .map_err(backend)?;
-            (key, EventType::Modified, object)
+            (key, EventType::Modified, object, Some(bytes))
         }
         Op::Delete { key, precondition } => {
             let mut object = check_precondition(objects, key, *precondition)?;
             objects.remove(key.encode().as_str()).map_err(backend)?;
             stamp_revision(&mut object, revision);
-            (key, EventType::Deleted, object)
+            (key, EventType::Deleted, object, None)
         }
     };
     let event = WatchEvent {
@@ -411,7 +456,46 @@ fn apply(objects: &mut ObjectTable<'_>, op: &Op, revision: u64) -> Result<(Watch
         revision,
         object: Arc::new(object.clone()),
     };
-    Ok((event, object))
+    Ok((event, object, bytes))
+}
+
+/// Like [`check_precondition`] for a write that replaces the object: only its
+/// `metadata.resourceVersion` is read, not the whole stored object.
+fn check_exists_at(
+    objects: &ObjectTable<'_>,
+    key: &ObjectKey,
+    precondition: Option<u64>,
+) -> Result<()> {
+    #[derive(serde::Deserialize)]
+    struct Stored {
+        #[serde(default)]
+        metadata: StoredMeta,
+    }
+    #[derive(serde::Deserialize, Default)]
+    struct StoredMeta {
+        #[serde(rename = "resourceVersion")]
+        resource_version: Option<String>,
+    }
+    let current = objects.get(key.encode().as_str()).map_err(backend)?;
+    let Some(current) = current else {
+        return Err(Error::NotFound(key.clone()));
+    };
+    if let Some(expected) = precondition {
+        let stored: Stored = serde_json::from_slice(current.value()).map_err(backend)?;
+        let actual = stored
+            .metadata
+            .resource_version
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        if actual != expected {
+            return Err(Error::Conflict {
+                key: key.clone(),
+                expected,
+                current: actual,
+            });
+        }
+    }
+    Ok(())
 }
 
 /// Returns the current object under `key`, checking the compare-and-swap precondition.
@@ -438,9 +522,47 @@ fn check_precondition(
     Ok(current)
 }
 
+/// [`encode_event`] with the object already serialised: the same bytes, no second pass.
+fn encode_event_with(event: &WatchEvent, object: &[u8]) -> Vec<u8> {
+    let key = serde_json::to_string(&event.key.encode()).expect("a string serializes");
+    let type_ = serde_json::to_string(&event.event_type).expect("an enum serializes");
+    let mut bytes = Vec::with_capacity(object.len() + key.len() + type_.len() + 28);
+    bytes.extend_from_slice(b"{\"key\":");
+    bytes.extend_from_slice(key.as_bytes());
+    bytes.extend_from_slice(b",\"object\":");
+    bytes.extend_from_slice(object);
+    bytes.extend_from_slice(b",\"type\":");
+    bytes.extend_from_slice(type_.as_bytes());
+    bytes.push(b'}');
+    bytes
+}
+
 fn encode_event(event: &WatchEvent) -> Vec<u8> {
-    let record = serde_json::json!({"type": event.event_type, "key": event.key.encode(), "object": &*event.object});
+    // "key" first (sorted or not): `event_key` reads it without parsing the rest.
+    let record = serde_json::json!({"key": event.key.encode(), "object": &*event.object, "type": event.event_type});
     serde_json::to_vec(&record).expect("a JSON value always serializes")
+}
+
+/// The encoded key of a logged event, without parsing its object. [`encode_event`] writes a
+/// JSON map with sorted keys, so `"key"` comes first; keys hold no quotes or escapes (names
+/// are DNS labels), so the key ends at the next quote. Anything else is parsed in full.
+fn event_key(bytes: &[u8]) -> Result<std::borrow::Cow<'_, str>> {
+    const START: &[u8] = b"{\"key\":\"";
+    if let Some(rest) = bytes.strip_prefix(START) {
+        if let Some(end) = rest.iter().position(|&b| b == b'"' || b == b'\\') {
+            if rest[end] == b'"' {
+                if let Ok(key) = std::str::from_utf8(&rest[..end]) {
+                    return Ok(std::borrow::Cow::Borrowed(key));
+                }
+            }
+        }
+    }
+    #[derive(serde::Deserialize)]
+    struct KeyOnly {
+        key: String,
+    }
+    let record: KeyOnly = serde_json::from_slice(bytes).map_err(backend)?;
+    Ok(std::borrow::Cow::Owned(record.key))
 }
 
 fn decode_event(revision: u64, bytes: &[u8]) -> Result<WatchEvent> {
@@ -503,6 +625,35 @@ mod tests {
         assert_eq!(revision_of(&deleted), Some(3));
         assert!(store.get(&key).unwrap().is_none());
         assert_eq!(store.revision(), 3);
+    }
+
+    #[test]
+    fn logged_event_keys_are_read_without_parsing_the_object() {
+        let event = WatchEvent {
+            event_type: EventType::Added,
+            key: ObjectKey::new("pods", "default", "web-1"),
+            revision: 7,
+            object: Arc::new(serde_json::json!({"metadata": {"name": "web-1"}, "a": "\"quoted\""})),
+        };
+        let bytes = encode_event(&event);
+        let object = serde_json::to_vec(&*event.object).unwrap();
+        assert_eq!(
+            encode_event_with(&event, &object),
+            bytes,
+            "one encoding, two ways"
+        );
+        let key = event_key(&bytes).unwrap();
+        assert!(
+            matches!(key, std::borrow::Cow::Borrowed(_)),
+            "the fast path"
+        );
+        assert_eq!(key, "pods/default/web-1");
+        let decoded = decode_event(7, &bytes).unwrap();
+        assert_eq!(decoded.key, event.key);
+        assert_eq!(decoded.object, event.object);
+        // Another layout still works, parsed in full.
+        let other = br#"{"type":"ADDED","key":"pods/default/x","object":{}}"#;
+        assert_eq!(event_key(other).unwrap(), "pods/default/x");
     }
 
     #[tokio::test]

@@ -17,6 +17,7 @@ use axum::Router;
 
 use super::Shared;
 use crate::pod::log::{ContainerLog, LogLine};
+use crate::pod::network::ServeError;
 
 pub fn router(shared: Arc<Shared>) -> Router {
     Router::new()
@@ -193,9 +194,11 @@ async fn forward(
 ) -> Response {
     let key = format!("{namespace}/{pod}");
     let network = shared.networks.get(crate::proxy::LocalPod::Named(&key));
+    let not_served = [(crate::proxy::NOT_SERVED_HEADER, "true")];
     let Some(network) = network else {
         return (
             StatusCode::NOT_FOUND,
+            not_served,
             format!("pod {namespace}/{pod} is not running on this node\n"),
         )
             .into_response();
@@ -219,6 +222,9 @@ async fn forward(
     let request = crate::pod::network::request(http::Request::from_parts(parts, body));
     match network.serve(port, request).await {
         Ok(response) => response.map(Body::new).into_response(),
+        Err(e @ ServeError::NoServer(_)) => {
+            (e.status(), not_served, format!("{e}\n")).into_response()
+        }
         Err(e) => (e.status(), format!("{e}\n")).into_response(),
     }
 }

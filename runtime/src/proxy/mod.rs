@@ -265,9 +265,13 @@ impl DispatchState {
                     format!("pod {key} serves no port {} here", backend.port),
                 ));
             };
+            // The server may go between the check above and the call (the pod stopping).
+            let replay = bodiless_copy(&request);
             return match network.serve(backend.port, request).await {
                 Ok(response) => Ok(response),
-                Err(ServeError::NoServer(port)) => Err((None, format!("no server on port {port}"))),
+                Err(ServeError::NoServer(port)) => {
+                    Err((replay, format!("no server on port {port}")))
+                }
                 Err(e) => Ok(text_response(e.status(), format!("{e}\n"))),
             };
         }
@@ -277,6 +281,7 @@ impl DispatchState {
                 format!("node {} has no gateway", backend.node),
             ));
         };
+        let replay = bodiless_copy(&request);
         let (mut parts, body) = request.into_parts();
         let path = parts
             .uri
@@ -302,13 +307,50 @@ impl DispatchState {
             .request(http::Request::from_parts(parts, body))
             .await
         {
+            // The pod left that node, or stopped serving, before our table heard of it.
+            Ok(response)
+                if response.headers().contains_key(NOT_SERVED_HEADER) && replay.is_some() =>
+            {
+                Err((
+                    replay,
+                    format!(
+                        "pod {} no longer serves port {} on {}",
+                        backend.pod, backend.port, backend.node
+                    ),
+                ))
+            }
             Ok(response) => Ok(response.map(|b| {
                 b.map_err(|e| wasmtime_wasi_http::Error::InternalError(Some(e.to_string())))
                     .boxed_unsync()
             })),
+            Err(e) if e.is_connect() => Err((replay, format!("gateway {gateway}: {e}"))),
             Err(e) => Err((None, format!("gateway {gateway}: {e}"))),
         }
     }
+}
+
+/// Marks a gateway's answer for a pod that is not there or serves nothing on the port: the
+/// request reached no guest, so the proxy may send it to another endpoint.
+pub const NOT_SERVED_HEADER: &str = "x-shoal-not-served";
+
+/// A copy of a request without a body (GET, HEAD, DELETE, most probes and calls), to send
+/// again when its first backend turned out not to serve it; `None` for a request with a body,
+/// which cannot be sent twice.
+fn bodiless_copy(request: &http::Request<WasiBody>) -> Option<http::Request<WasiBody>> {
+    use hyper::body::Body as _;
+    if request.body().size_hint().exact() != Some(0) {
+        return None;
+    }
+    let mut copy = http::Request::new(
+        http_body_util::Empty::<Bytes>::new()
+            .map_err(|never| match never {})
+            .boxed_unsync(),
+    );
+    *copy.method_mut() = request.method().clone();
+    *copy.uri_mut() = request.uri().clone();
+    *copy.version_mut() = request.version();
+    *copy.headers_mut() = request.headers().clone();
+    Some(copy)
 }
 
 /// Keeps the backend's in-flight count until the response body is done.

@@ -1,0 +1,238 @@
+//! Shared watches: one cluster-wide watch per kind for every component of a process that uses
+//! the same [`Client`] (its clones), in the manner of client-go's shared informers. The
+//! objects are decoded once and handed to each subscriber, who sees exactly what a
+//! [`watcher`] of its own would show: `Restarted` with the current set (from the shared
+//! cache when it joins late), then `Applied`/`Deleted` in order.
+//!
+//! Why: the scheduler and a controller manager in one process each watching pods meant every
+//! pod change was encoded and decoded seven times over; now it is once.
+//!
+//! A subscriber that stops reading slows the others (the feed waits for it), as one slow
+//! informer handler does in client-go: subscribers are expected to hand work to a queue.
+
+use std::any::{Any, TypeId};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::{Metadata, Resource};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tokio::sync::mpsc;
+
+use super::{watcher, Client, ListParams, WatcherEvent};
+
+/// What a kind needs to be watched once and handed to many.
+pub trait Shareable:
+    Resource + Metadata<Ty = ObjectMeta> + Serialize + DeserializeOwned + Clone + Send + Sync + 'static
+{
+}
+
+impl<K> Shareable for K where
+    K: Resource
+        + Metadata<Ty = ObjectMeta>
+        + Serialize
+        + DeserializeOwned
+        + Clone
+        + Send
+        + Sync
+        + 'static
+{
+}
+
+/// The shared watches of a client, by kind.
+#[derive(Default)]
+pub(crate) struct SharedWatches {
+    by_kind: Mutex<HashMap<TypeId, Arc<dyn Any + Send + Sync>>>,
+}
+
+/// One kind's feed: the current objects (once listed) and who is subscribed.
+struct Feed<K> {
+    state: Mutex<FeedState<K>>,
+}
+
+struct FeedState<K> {
+    /// `None` until the first list arrives.
+    cache: Option<HashMap<String, K>>,
+    subscribers: Vec<mpsc::Sender<WatcherEvent<K>>>,
+}
+
+fn key_of(meta: &ObjectMeta) -> String {
+    format!(
+        "{}/{}",
+        meta.namespace.as_deref().unwrap_or_default(),
+        meta.name.as_deref().unwrap_or_default()
+    )
+}
+
+impl<K> WatcherEvent<K>
+where
+    K: Clone,
+{
+    fn duplicate(&self) -> Self {
+        match self {
+            WatcherEvent::Restarted(all) => WatcherEvent::Restarted(all.clone()),
+            WatcherEvent::Applied(o) => WatcherEvent::Applied(o.clone()),
+            WatcherEvent::Deleted(o) => WatcherEvent::Deleted(o.clone()),
+        }
+    }
+}
+
+impl Client {
+    /// A cluster-wide watch of kind `K` shared with every other subscriber of this client
+    /// (and its clones); the same events as `watcher(client.api::<K>(None), default)`.
+    pub fn shared_watch<K: Shareable>(&self) -> mpsc::Receiver<WatcherEvent<K>> {
+        let (feed, started) = {
+            let mut by_kind = self
+                .shared
+                .by_kind
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            match by_kind.get(&TypeId::of::<K>()) {
+                Some(feed) => (
+                    feed.clone()
+                        .downcast::<Feed<K>>()
+                        .expect("feeds are stored under their own type"),
+                    true,
+                ),
+                None => {
+                    let feed = Arc::new(Feed::<K> {
+                        state: Mutex::new(FeedState {
+                            cache: None,
+                            subscribers: Vec::new(),
+                        }),
+                    });
+                    by_kind.insert(TypeId::of::<K>(), feed.clone());
+                    (feed, false)
+                }
+            }
+        };
+        let (tx, rx) = mpsc::channel(1024);
+        {
+            let mut state = feed.state.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(cache) = &state.cache {
+                let all = cache.values().cloned().collect();
+                // A new channel has room: this is its first message.
+                let _ = tx.try_send(WatcherEvent::Restarted(all));
+            }
+            state.subscribers.push(tx);
+        }
+        if !started {
+            tokio::spawn(feed_from(self.clone(), feed));
+        }
+        rx
+    }
+}
+
+/// Runs the kind's one watch and hands each event to every subscriber.
+async fn feed_from<K: Shareable>(client: Client, feed: Arc<Feed<K>>) {
+    let mut events = watcher(client.api::<K>(None), ListParams::default());
+    while let Some(event) = events.recv().await {
+        // Cache and subscriber list change together, so a subscriber joining now gets either
+        // this event or a snapshot that already holds it, never both or neither.
+        let subscribers = {
+            let mut state = feed.state.lock().unwrap_or_else(|p| p.into_inner());
+            let cache = state.cache.get_or_insert_with(HashMap::new);
+            match &event {
+                WatcherEvent::Restarted(all) => {
+                    *cache = all
+                        .iter()
+                        .map(|o| (key_of(o.metadata()), o.clone()))
+                        .collect();
+                }
+                WatcherEvent::Applied(o) => {
+                    cache.insert(key_of(o.metadata()), o.clone());
+                }
+                WatcherEvent::Deleted(o) => {
+                    cache.remove(&key_of(o.metadata()));
+                }
+            }
+            state.subscribers.clone()
+        };
+        let mut gone = Vec::new();
+        for (i, subscriber) in subscribers.iter().enumerate() {
+            if subscriber.send(event.duplicate()).await.is_err() {
+                gone.push(i);
+            }
+        }
+        if !gone.is_empty() {
+            let mut state = feed.state.lock().unwrap_or_else(|p| p.into_inner());
+            state.subscribers.retain(|s| !s.is_closed());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::server::ApiServer;
+    use k8s_openapi::api::core::v1::ConfigMap;
+    use std::time::Duration;
+
+    fn config_map(name: &str) -> ConfigMap {
+        serde_json::from_value(
+            serde_json::json!({"metadata": {"name": name, "namespace": "default"}}),
+        )
+        .unwrap()
+    }
+
+    async fn next(rx: &mut mpsc::Receiver<WatcherEvent<ConfigMap>>) -> WatcherEvent<ConfigMap> {
+        tokio::time::timeout(Duration::from_secs(5), rx.recv())
+            .await
+            .expect("an event within 5 s")
+            .expect("the feed is open")
+    }
+
+    fn names(event: &WatcherEvent<ConfigMap>) -> (&'static str, Vec<String>) {
+        let (kind, objects): (&str, Vec<&ConfigMap>) = match event {
+            WatcherEvent::Restarted(all) => ("restarted", all.iter().collect()),
+            WatcherEvent::Applied(o) => ("applied", vec![o]),
+            WatcherEvent::Deleted(o) => ("deleted", vec![o]),
+        };
+        let mut names: Vec<String> = objects
+            .iter()
+            .map(|o| o.metadata.name.clone().unwrap_or_default())
+            .collect();
+        names.sort();
+        (kind, names)
+    }
+
+    #[tokio::test]
+    async fn subscribers_early_and_late_see_the_same_state() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::store::RedbStore::open(&dir.path().join("db")).unwrap();
+        let server = ApiServer::new(Arc::new(store)).await.unwrap();
+        let client = Client::in_process(server.router());
+        let maps = client.api::<ConfigMap>(Some("default"));
+        maps.create(&config_map("a")).await.unwrap();
+
+        let mut early = client.shared_watch::<ConfigMap>();
+        assert_eq!(
+            names(&next(&mut early).await),
+            ("restarted", vec!["a".into()])
+        );
+        maps.create(&config_map("b")).await.unwrap();
+        assert_eq!(
+            names(&next(&mut early).await),
+            ("applied", vec!["b".into()])
+        );
+
+        // A late subscriber starts from the shared cache, then follows the same feed.
+        let mut late = client.clone().shared_watch::<ConfigMap>();
+        assert_eq!(
+            names(&next(&mut late).await),
+            ("restarted", vec!["a".into(), "b".into()])
+        );
+        maps.delete("a", &Default::default()).await.unwrap();
+        assert_eq!(
+            names(&next(&mut early).await),
+            ("deleted", vec!["a".into()])
+        );
+        assert_eq!(names(&next(&mut late).await), ("deleted", vec!["a".into()]));
+
+        // A subscriber that leaves does not stop the others.
+        drop(early);
+        maps.create(&config_map("c")).await.unwrap();
+        assert_eq!(names(&next(&mut late).await), ("applied", vec!["c".into()]));
+    }
+}
