@@ -53,6 +53,11 @@ pub async fn run(client: Client, options: Options) {
             state.apply_pod(event);
         }
         // Most rounds are bindings coming back: nothing pending, nothing to compute.
+        // Nothing is decided before both caches are filled (client-go's WaitForCacheSync): a
+        // backlog judged against no nodes would all be marked unschedulable.
+        if !(state.nodes_synced && state.pods_synced) {
+            continue;
+        }
         let pending = state.pending();
         if pending.is_empty() {
             continue;
@@ -133,6 +138,9 @@ struct ClusterView {
     unschedulable: std::collections::HashSet<String>,
     /// Where the next pod's search of a sampled large cluster starts.
     next_start: std::cell::Cell<usize>,
+    /// Whether the first full list of nodes, and of pods, has arrived.
+    nodes_synced: bool,
+    pods_synced: bool,
 }
 
 /// What a pod asks of a node.
@@ -239,6 +247,7 @@ impl ClusterView {
     fn apply_pod(&mut self, event: WatcherEvent<Pod>) {
         match event {
             WatcherEvent::Restarted(all) => {
+                self.pods_synced = true;
                 self.pods = all.into_iter().map(|p| (pod_key(&p), p)).collect();
                 self.assumed.retain(|k, _| self.pods.contains_key(k));
             }
@@ -265,6 +274,7 @@ impl ClusterView {
     fn apply_node(&mut self, event: WatcherEvent<Node>) {
         match event {
             WatcherEvent::Restarted(all) => {
+                self.nodes_synced = true;
                 self.nodes = all
                     .into_iter()
                     .map(|n| (n.metadata.name.clone().unwrap_or_default(), n))
@@ -491,6 +501,74 @@ mod tests {
 
     fn pod(name: &str, node: Option<&str>) -> Pod {
         serde_json::from_value(json!({"metadata": {"name": name, "namespace": "default"}, "spec": {"containers": [], "nodeName": node}})).unwrap()
+    }
+
+    /// A scheduler that starts with a backlog decides nothing before it knows the nodes: the
+    /// pods are bound, none is first marked unschedulable against an empty node list.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_backlog_waits_for_the_node_list() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::store::RedbStore::open(&dir.path().join("db")).unwrap();
+        let server = crate::server::ApiServer::new(Arc::new(store))
+            .await
+            .unwrap();
+        let client = Client::in_process(server.router());
+        for i in 0..3 {
+            let mut n = node(&format!("n{i}"), true, false);
+            n.status.get_or_insert_default().allocatable = Some(
+                [(
+                    "pods".to_string(),
+                    k8s_openapi::apimachinery::pkg::api::resource::Quantity("110".into()),
+                )]
+                .into(),
+            );
+            client.api::<Node>(None).create(&n).await.unwrap();
+        }
+        // The controllers of a control plane hold the shared pod feed, so the scheduler gets
+        // its pods from that cache at once, before its own node list arrives.
+        let mut warm = client.shared_watch::<Pod>();
+        assert!(matches!(
+            warm.recv().await,
+            Some(WatcherEvent::Restarted(_))
+        ));
+        let pods = client.api::<Pod>(Some("default"));
+        for i in 0..40 {
+            let p: Pod = serde_json::from_value(json!({"metadata": {"name": format!("p{i}")},
+                "spec": {"containers": [{"name": "c", "image": "/x.wasm"}]}}))
+            .unwrap();
+            pods.create(&p).await.unwrap();
+            assert!(matches!(warm.recv().await, Some(WatcherEvent::Applied(_))));
+        }
+        let scheduler = tokio::spawn(run(client.clone(), Options::default()));
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        let all = loop {
+            let all = pods.list(&ListParams::default()).await.unwrap().items;
+            let bound = all
+                .iter()
+                .filter(|p| p.spec.as_ref().is_some_and(|s| s.node_name.is_some()))
+                .count();
+            if bound == all.len() {
+                break all;
+            }
+            assert!(std::time::Instant::now() < deadline, "{bound} of 40 bound");
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        };
+        scheduler.abort();
+        assert_eq!(all.len(), 40);
+        // Marks are written off the loop: give any a moment to land, then look for them.
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        let events = client
+            .api::<k8s_openapi::api::core::v1::Event>(Some("default"))
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items;
+        let marked: Vec<_> = events
+            .iter()
+            .filter(|e| e.reason.as_deref() == Some("FailedScheduling"))
+            .map(|e| e.message.clone().unwrap_or_default())
+            .collect();
+        assert!(marked.is_empty(), "marked unschedulable first: {marked:?}");
     }
 
     #[test]
