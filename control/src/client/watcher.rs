@@ -22,6 +22,30 @@ pub enum WatcherEvent<K> {
     Deleted(K),
 }
 
+impl<K: Metadata<Ty = ObjectMeta>> WatcherEvent<K> {
+    /// Applies the event to a cache of objects by `namespace/name` (cluster-scoped: `/name`).
+    pub fn apply_to(self, objects: &mut std::collections::HashMap<String, K>) {
+        let key = |meta: &ObjectMeta| {
+            format!(
+                "{}/{}",
+                meta.namespace.as_deref().unwrap_or_default(),
+                meta.name.as_deref().unwrap_or_default()
+            )
+        };
+        match self {
+            WatcherEvent::Restarted(all) => {
+                *objects = all.into_iter().map(|o| (key(o.metadata()), o)).collect();
+            }
+            WatcherEvent::Applied(object) => {
+                objects.insert(key(object.metadata()), object);
+            }
+            WatcherEvent::Deleted(object) => {
+                objects.remove(&key(object.metadata()));
+            }
+        }
+    }
+}
+
 /// Starts watching; the task stops when the receiver is dropped.
 pub fn watcher<K>(api: Api<K>, params: ListParams) -> mpsc::Receiver<WatcherEvent<K>>
 where

@@ -22,24 +22,30 @@ pub async fn run(client: Client, eviction_timeout: Duration) {
     let recorder = Recorder::new(client.clone(), "node-controller", None);
     // When each node was first seen unreachable.
     let mut unreachable_since: HashMap<String, tokio::time::Instant> = HashMap::new();
+    // Nodes and node leases from the process's shared watches (a list of every node each
+    // period cost more than the check itself in large clusters).
+    let (mut node_feed, mut lease_feed) = (
+        client.shared_watch::<Node>(),
+        client.shared_watch::<Lease>(),
+    );
+    let (mut nodes, mut leases) = (HashMap::new(), HashMap::new());
+    let mut period = tokio::time::interval(PERIOD);
     loop {
-        tokio::time::sleep(PERIOD).await;
-        let (Ok(nodes), Ok(leases)) = (
-            client.api::<Node>(None).list(&ListParams::default()).await,
-            client
-                .api::<Lease>(Some("kube-node-lease"))
-                .list(&ListParams::default())
-                .await,
-        ) else {
-            continue;
-        };
+        tokio::select! {
+            Some(event) = node_feed.recv() => {
+                event.apply_to(&mut nodes);
+                continue;
+            }
+            Some(event) = lease_feed.recv() => {
+                event.apply_to(&mut leases);
+                continue;
+            }
+            _ = period.tick() => {}
+        }
         let now = chrono::Utc::now();
-        for node in nodes.items {
+        for node in nodes.values() {
             let name = node.metadata.name.clone().unwrap_or_default();
-            let lease = leases
-                .items
-                .iter()
-                .find(|l| l.metadata.name.as_deref() == Some(&name));
+            let lease: Option<&Lease> = leases.get(&format!("kube-node-lease/{name}"));
             let expired = match lease.and_then(|l| l.spec.as_ref()) {
                 Some(spec) => {
                     let renewed = spec.renew_time.as_ref().map(|t| t.0).unwrap_or(now);
@@ -60,10 +66,10 @@ pub async fn run(client: Client, eviction_timeout: Duration) {
                     .entry(name.clone())
                     .or_insert_with(tokio::time::Instant::now);
                 if !tainted {
-                    mark(&client, &node, false).await;
+                    mark(&client, node, false).await;
                     recorder
                         .warning(
-                            &node,
+                            node,
                             "NodeNotReady",
                             &format!("Node {name} status is now: NodeNotReady (its lease expired)"),
                         )
@@ -75,10 +81,10 @@ pub async fn run(client: Client, eviction_timeout: Duration) {
             } else {
                 unreachable_since.remove(&name);
                 if tainted {
-                    mark(&client, &node, true).await;
+                    mark(&client, node, true).await;
                     recorder
                         .normal(
-                            &node,
+                            node,
                             "NodeReady",
                             &format!("Node {name} status is now: NodeReady"),
                         )

@@ -138,6 +138,9 @@ struct ClusterView {
     unschedulable: std::collections::HashSet<String>,
     /// Where the next pod's search of a sampled large cluster starts.
     next_start: std::cell::Cell<usize>,
+    /// Pods with no node that are not being deleted: what `pending` looks through, so a
+    /// round does not walk every pod of the cluster.
+    unbound: std::collections::HashSet<String>,
     /// Whether the first full list of nodes, and of pods, has arrived.
     nodes_synced: bool,
     pods_synced: bool,
@@ -235,6 +238,13 @@ async fn mark_unschedulable(client: &Client, pod: &Pod, why: &str) {
         .await;
 }
 
+/// A pod waiting for a node: none yet, and not being deleted.
+fn is_unbound(pod: &Pod) -> bool {
+    let no_node =
+        (pod.spec.as_ref()).is_some_and(|s| s.node_name.as_deref().unwrap_or("").is_empty());
+    no_node && pod.metadata.deletion_timestamp.is_none()
+}
+
 fn pod_key(pod: &Pod) -> String {
     format!(
         "{}/{}",
@@ -249,6 +259,10 @@ impl ClusterView {
             WatcherEvent::Restarted(all) => {
                 self.pods_synced = true;
                 self.pods = all.into_iter().map(|p| (pod_key(&p), p)).collect();
+                self.unbound = (self.pods.iter())
+                    .filter(|(_, p)| is_unbound(p))
+                    .map(|(k, _)| k.clone())
+                    .collect();
                 self.assumed.retain(|k, _| self.pods.contains_key(k));
             }
             WatcherEvent::Applied(pod) => {
@@ -261,12 +275,18 @@ impl ClusterView {
                 {
                     self.assumed.remove(&key);
                 }
+                if is_unbound(&pod) {
+                    self.unbound.insert(key.clone());
+                } else {
+                    self.unbound.remove(&key);
+                }
                 self.pods.insert(key, pod);
             }
             WatcherEvent::Deleted(pod) => {
                 let key = pod_key(&pod);
                 self.pods.remove(&key);
                 self.assumed.remove(&key);
+                self.unbound.remove(&key);
             }
         }
     }
@@ -301,18 +321,10 @@ impl ClusterView {
     /// Pods with no node that are not being deleted and not already being bound.
     fn pending(&self) -> Vec<(String, Pod)> {
         let mut pending: Vec<(String, Pod)> = self
-            .pods
+            .unbound
             .iter()
-            .filter(|(key, pod)| {
-                let unbound = pod
-                    .spec
-                    .as_ref()
-                    .is_some_and(|s| s.node_name.as_deref().unwrap_or("").is_empty());
-                unbound
-                    && pod.metadata.deletion_timestamp.is_none()
-                    && !self.assumed.contains_key(*key)
-            })
-            .map(|(k, p)| (k.clone(), p.clone()))
+            .filter(|key| !self.assumed.contains_key(*key))
+            .filter_map(|key| Some((key.clone(), self.pods.get(key)?.clone())))
             .collect();
         // Oldest first, so scheduling order follows creation order.
         pending.sort_by(|a, b| {

@@ -7,8 +7,6 @@ use std::sync::{Arc, RwLock};
 
 use k8s_openapi::api::core::v1::{EndpointAddress, Endpoints, Node, Service};
 use k8s_openapi::api::networking::v1::Ingress;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use k8s_openapi::Metadata;
 use shoal_control::client::{watcher, Client, ListParams, WatcherEvent};
 
 use super::rules::ServicePort;
@@ -47,33 +45,9 @@ pub struct Table {
     ingresses: HashMap<String, Ingress>,
 }
 
-fn key(meta: &ObjectMeta) -> String {
-    format!(
-        "{}/{}",
-        meta.namespace.as_deref().unwrap_or_default(),
-        meta.name.as_deref().unwrap_or_default()
-    )
-}
-
-/// Applies a watch event to a map of objects by `namespace/name`.
-fn apply<K: Metadata<Ty = ObjectMeta>>(objects: &mut HashMap<String, K>, event: WatcherEvent<K>) {
-    if let WatcherEvent::Restarted(_) = &event {
-        objects.clear();
-    }
-    let deleted = matches!(event, WatcherEvent::Deleted(_));
-    for object in event.into_objects() {
-        let key = key(object.metadata());
-        if deleted {
-            objects.remove(&key);
-        } else {
-            objects.insert(key, object);
-        }
-    }
-}
-
 impl Table {
     fn apply_service(&mut self, event: WatcherEvent<Service>) {
-        apply(&mut self.services, event);
+        event.apply_to(&mut self.services);
         self.by_cluster_ip = self
             .services
             .iter()
@@ -85,11 +59,11 @@ impl Table {
     }
 
     fn apply_endpoints(&mut self, event: WatcherEvent<Endpoints>) {
-        apply(&mut self.endpoints, event);
+        event.apply_to(&mut self.endpoints);
     }
 
     fn apply_ingress(&mut self, event: WatcherEvent<Ingress>) {
-        apply(&mut self.ingresses, event);
+        event.apply_to(&mut self.ingresses);
     }
 
     fn apply_node(&mut self, event: WatcherEvent<Node>) {
