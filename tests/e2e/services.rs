@@ -564,3 +564,61 @@ async fn requests_for_a_vanished_endpoint_go_to_another() {
         assert_eq!((status, body.as_str()), (200, "Hello from web\n"));
     }
 }
+
+/// Pods that resolve a named targetPort to different numbers get one EndpointSlice per port
+/// set (and one Endpoints subset each); the proxy sends each to its own port.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_named_port_resolved_two_ways_makes_two_slices() {
+    let (_cluster, http, ingress) = cluster_with_ingress(1).await;
+    for (name, port) in [("eight", 8080), ("nine", 9090)] {
+        let pod = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "labels": {"app": "split"}},
+            "spec": {"containers": [{"name": "web", "image": WEB_P2, "env": [{"name": "NAME", "value": name}],
+                "ports": [{"name": "web", "containerPort": port}]}]}});
+        http.create(PODS, &pod).await;
+    }
+    let service = json!({"metadata": {"name": "split"}, "spec": {"selector": {"app": "split"},
+        "ports": [{"port": 80, "targetPort": "web"}]}});
+    http.create(SERVICES, &service).await;
+    let slices = wait_for("two slices", Duration::from_secs(60), async || {
+        let (_, list) = http
+            .call(
+                "GET",
+                "/apis/discovery.k8s.io/v1/namespaces/default/endpointslices?labelSelector=kubernetes.io%2Fservice-name%3Dsplit",
+                "",
+                "",
+            )
+            .await;
+        let mut slices: Vec<(i64, Vec<String>)> = list["items"]
+            .as_array()?
+            .iter()
+            .map(|s| {
+                let port = s["ports"][0]["port"].as_i64().unwrap_or(0);
+                let pods = (s["endpoints"].as_array().cloned().unwrap_or_default().iter())
+                    .filter(|e| e["conditions"]["ready"] == true)
+                    .filter_map(|e| e["targetRef"]["name"].as_str().map(str::to_string))
+                    .collect();
+                (port, pods)
+            })
+            .collect();
+        slices.sort();
+        (slices.len() == 2 && slices.iter().all(|(_, pods)| pods.len() == 1)).then_some(slices)
+    })
+    .await;
+    assert_eq!(
+        slices,
+        vec![
+            (8080, vec!["eight".to_string()]),
+            (9090, vec!["nine".to_string()])
+        ]
+    );
+    let mut answered = std::collections::BTreeSet::new();
+    for _ in 0..20 {
+        let (status, body) = through_ingress(&ingress, "split.default.localhost", "/").await;
+        assert_eq!(status, 200, "{body}");
+        answered.insert(body);
+    }
+    assert_eq!(
+        answered.into_iter().collect::<Vec<_>>(),
+        ["Hello from eight\n", "Hello from nine\n"]
+    );
+}

@@ -139,8 +139,8 @@ async fn reconcile(client: Client, key: String) -> Result<Action, String> {
     // Subsets group the addresses that serve the same resolved ports.
     let mut subsets: BTreeMap<Vec<ResolvedPort>, (Vec<EndpointAddress>, Vec<EndpointAddress>)> =
         BTreeMap::new();
-    let mut slice_endpoints = Vec::new();
-    let mut slice_ports: Option<Vec<ResolvedPort>> = None;
+    // Slices group the endpoints that serve the same resolved ports, as Endpoints subsets do.
+    let mut slices: BTreeMap<Vec<ResolvedPort>, Vec<Endpoint>> = BTreeMap::new();
     for pod in &pods {
         let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
         if matches!(phase, Some("Succeeded" | "Failed")) {
@@ -155,8 +155,7 @@ async fn reconcile(client: Client, key: String) -> Result<Action, String> {
         if ports.is_empty() {
             continue;
         }
-        slice_ports.get_or_insert_with(|| ports.clone());
-        slice_endpoints.push(Endpoint {
+        slices.entry(ports.clone()).or_default().push(Endpoint {
             addresses: vec![address.ip.clone()],
             conditions: Some(EndpointConditions {
                 ready: Some(ready),
@@ -198,9 +197,51 @@ async fn reconcile(client: Client, key: String) -> Result<Action, String> {
         })
         .collect();
     write_endpoints(&endpoints_api, &service, subsets).await?;
-    slice_endpoints.sort_by(|a, b| a.addresses.cmp(&b.addresses));
-    write_slice(&slices_api, &service, slice_endpoints, slice_ports).await?;
+    write_slices(&slices_api, &service, slices).await?;
     Ok(Action::AwaitChange)
+}
+
+/// One EndpointSlice per port set: the first named `<service>-<uid prefix>`, any other
+/// `<service>-<uid prefix>-<port set hash>`; slices of the Service not wanted any more go.
+async fn write_slices(
+    api: &crate::client::Api<EndpointSlice>,
+    service: &Service,
+    slices: BTreeMap<Vec<ResolvedPort>, Vec<Endpoint>>,
+) -> Result<(), String> {
+    let service_name = service.metadata.name.clone().unwrap_or_default();
+    let uid = service.metadata.uid.clone().unwrap_or_default();
+    let base = format!("{service_name}-{}", &uid[..uid.len().min(5)]);
+    let mut wanted = Vec::new();
+    if slices.is_empty() {
+        wanted.push((base.clone(), Vec::new(), None));
+    }
+    for (i, (ports, mut endpoints)) in slices.into_iter().enumerate() {
+        endpoints.sort_by(|a, b| a.addresses.cmp(&b.addresses));
+        let name = match i {
+            0 => base.clone(),
+            _ => {
+                use std::hash::{Hash, Hasher};
+                let mut hasher = std::collections::hash_map::DefaultHasher::new();
+                ports.hash(&mut hasher);
+                format!("{base}-{:06x}", hasher.finish() & 0xff_ffff)
+            }
+        };
+        wanted.push((name, endpoints, Some(ports)));
+    }
+    let existing = api
+        .list(&ListParams::default().labels(&format!("{SERVICE_NAME_LABEL}={service_name}")))
+        .await
+        .map_err(|e| e.to_string())?;
+    for slice in existing.items {
+        let name = slice.metadata.name.unwrap_or_default();
+        if !wanted.iter().any(|(n, _, _)| *n == name) {
+            let _ = api.delete(&name, &DeleteParams::default()).await;
+        }
+    }
+    for (name, endpoints, ports) in wanted {
+        write_slice(api, service, &name, endpoints, ports).await?;
+    }
+    Ok(())
 }
 
 /// The label naming an EndpointSlice's Service.
@@ -244,12 +285,12 @@ async fn write_endpoints(
 async fn write_slice(
     api: &crate::client::Api<EndpointSlice>,
     service: &Service,
+    name: &str,
     endpoints: Vec<Endpoint>,
     ports: Option<Vec<ResolvedPort>>,
 ) -> Result<(), String> {
     let service_name = service.metadata.name.clone().unwrap_or_default();
     let uid = service.metadata.uid.clone().unwrap_or_default();
-    let name = format!("{service_name}-{}", &uid[..uid.len().min(5)]);
     let ports = ports.map(|ports| {
         ports
             .into_iter()
@@ -275,7 +316,7 @@ async fn write_slice(
         None => {
             let slice = EndpointSlice {
                 metadata: ObjectMeta {
-                    name: Some(name),
+                    name: Some(name.to_string()),
                     namespace: service.metadata.namespace.clone(),
                     labels: Some(BTreeMap::from([
                         (SERVICE_NAME_LABEL.to_string(), service_name.clone()),
