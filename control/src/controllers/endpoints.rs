@@ -302,13 +302,13 @@ async fn write_slice(
             })
             .collect()
     });
-    let current = api.get_opt(&name).await.map_err(|e| e.to_string())?;
+    let current = api.get_opt(name).await.map_err(|e| e.to_string())?;
     match current {
         Some(current) if current.endpoints == endpoints && current.ports == ports => Ok(()),
         Some(mut current) => {
             current.endpoints = endpoints;
             current.ports = ports;
-            api.replace(&name, &current)
+            api.replace(name, &current)
                 .await
                 .map(drop)
                 .map_err(|e| e.to_string())
