@@ -127,6 +127,8 @@ pub struct DevCluster {
     pub data_dir: PathBuf,
     ingress: Option<JoinHandle<std::io::Result<()>>>,
     node_ports: Option<JoinHandle<()>>,
+    /// Writes the ingress's address into Ingresses' status.
+    ingress_address: Option<JoinHandle<()>>,
 }
 
 impl DevCluster {
@@ -162,6 +164,7 @@ impl DevCluster {
             data_dir: data_dir.to_path_buf(),
             ingress: None,
             node_ports: None,
+            ingress_address: None,
         })
     }
 
@@ -189,6 +192,10 @@ impl DevCluster {
             proxy.clone(),
             bound.ip(),
         )));
+        self.ingress_address = Some(tokio::spawn(shoal_runtime::proxy::ingress::announce(
+            proxy.clone(),
+            bound.ip(),
+        )));
         self.ingress = Some(tokio::spawn(shoal_runtime::proxy::ingress::serve(
             listener, proxy,
         )));
@@ -199,8 +206,11 @@ impl DevCluster {
         if let Some(ingress) = self.ingress.take() {
             ingress.abort();
         }
-        if let Some(node_ports) = self.node_ports.take() {
-            node_ports.abort();
+        for task in [self.node_ports.take(), self.ingress_address.take()]
+            .into_iter()
+            .flatten()
+        {
+            task.abort();
         }
         for agent in &mut self.agents {
             agent.shutdown();

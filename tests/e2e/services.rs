@@ -442,6 +442,16 @@ async fn ingress_rules_node_ports_and_load_balancers_route_to_services() {
         },
     )
     .await;
+    wait_for(
+        "the Ingress's address",
+        Duration::from_secs(10),
+        async || {
+            let path = "/apis/networking.k8s.io/v1/namespaces/default/ingresses/shop";
+            let (_, shop) = http.call("GET", path, "", "").await;
+            (shop["status"]["loadBalancer"]["ingress"][0]["ip"] == "127.0.0.1").then_some(())
+        },
+    )
+    .await;
 
     let mut bad = rules.clone();
     bad["metadata"]["name"] = json!("bad");

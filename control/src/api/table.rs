@@ -131,6 +131,27 @@ fn columns(kind: &str) -> &'static [Column] {
             ];
             C
         }
+        "Ingress" => {
+            const C: &[Column] = &[
+                col("Name", "string", 0),
+                col("Class", "string", 0),
+                col("Hosts", "string", 0),
+                col("Address", "string", 0),
+                col("Ports", "string", 0),
+                col("Age", "string", 0),
+            ];
+            C
+        }
+        "EndpointSlice" => {
+            const C: &[Column] = &[
+                col("Name", "string", 0),
+                col("AddressType", "string", 0),
+                col("Ports", "string", 0),
+                col("Endpoints", "string", 0),
+                col("Age", "string", 0),
+            ];
+            C
+        }
         "Endpoints" => {
             const C: &[Column] = &[
                 col("Name", "string", 0),
@@ -299,12 +320,38 @@ fn cells(kind: &str, o: &Value) -> Vec<Value> {
                     }
                 }
             }
-            let shown = match addresses.len() {
-                0 => "<none>".to_string(),
-                n if n > 3 => format!("{} + {} more...", addresses[..3].join(","), n - 3),
-                _ => addresses.join(","),
+            vec![name, json!(first_three(&addresses)), age]
+        }
+        "Ingress" => ingress_cells(o, name, age),
+        "EndpointSlice" => {
+            let list = |pointer: &str, field: &str| -> Vec<String> {
+                (o.pointer(pointer)
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten())
+                .filter_map(|item| match item.get(field)? {
+                    Value::Array(values) => Some(
+                        (values.iter().filter_map(Value::as_str))
+                            .collect::<Vec<_>>()
+                            .join(","),
+                    ),
+                    value => Some(value.to_string()),
+                })
+                .collect()
             };
-            vec![name, json!(shown), age]
+            let ports = list("/ports", "port");
+            let ports = if ports.is_empty() {
+                "<unset>".to_string()
+            } else {
+                ports.join(",")
+            };
+            vec![
+                name,
+                json!(str_at(o, "/addressType")),
+                json!(ports),
+                json!(first_three(&list("/endpoints", "addresses"))),
+                age,
+            ]
         }
         "StatefulSet" => {
             let (names, images) = template_containers(o);
@@ -381,6 +428,49 @@ fn cells(kind: &str, o: &Value) -> Vec<Value> {
 }
 
 /// `kubectl get svc` cells: ports as `80/TCP` or `80:30080/TCP` with a node port.
+/// Up to three items, then how many more (how kubectl shows endpoints).
+fn first_three(items: &[String]) -> String {
+    match items.len() {
+        0 => "<none>".to_string(),
+        n if n > 3 => format!("{} + {} more...", items[..3].join(","), n - 3),
+        _ => items.join(","),
+    }
+}
+
+/// `kubectl get ingress`: class, the rules' hosts, the load balancer's addresses, and 80 (plus
+/// 443 with TLS).
+fn ingress_cells(o: &Value, name: Value, age: Value) -> Vec<Value> {
+    let array = |pointer: &str| {
+        o.pointer(pointer)
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+    };
+    let hosts: Vec<&str> = array("/spec/rules")
+        .map(|r| r.get("host").and_then(Value::as_str).unwrap_or("*"))
+        .collect();
+    let addresses: Vec<&str> = array("/status/loadBalancer/ingress")
+        .filter_map(|i| i.get("ip").or_else(|| i.get("hostname"))?.as_str())
+        .collect();
+    let class = o
+        .pointer("/spec/ingressClassName")
+        .and_then(Value::as_str)
+        .unwrap_or("<none>");
+    let tls = array("/spec/tls").next().is_some();
+    vec![
+        name,
+        json!(class),
+        json!(if hosts.is_empty() {
+            "*".to_string()
+        } else {
+            hosts.join(",")
+        }),
+        json!(addresses.join(",")),
+        json!(if tls { "80, 443" } else { "80" }),
+        age,
+    ]
+}
+
 fn service_cells(o: &Value, name: Value, age: Value) -> Vec<Value> {
     let ports: Vec<String> = (o.pointer("/spec/ports").and_then(Value::as_array))
         .into_iter()
@@ -605,6 +695,35 @@ mod tests {
         assert_eq!(table["columnDefinitions"][0]["format"], "name");
         assert_eq!(table["rows"][0]["object"]["kind"], "PartialObjectMetadata");
         assert_eq!(table["metadata"]["resourceVersion"], "7");
+    }
+
+    #[test]
+    fn ingresses_and_slices_read_like_kubectl() {
+        let ingress = json!({"metadata": {"name": "shop"}, "spec": {"rules": [{"host": "a.test"}, {"http": {}}]},
+            "status": {"loadBalancer": {"ingress": [{"ip": "127.0.0.1"}]}}});
+        let cells = &render("Ingress", &[&ingress], 1, false)["rows"][0]["cells"];
+        assert_eq!(
+            cells.as_array().unwrap()[..5],
+            [
+                json!("shop"),
+                json!("<none>"),
+                json!("a.test,*"),
+                json!("127.0.0.1"),
+                json!("80")
+            ]
+        );
+        let slice = json!({"metadata": {"name": "web-abcde"}, "addressType": "IPv4", "ports": [{"port": 8080}],
+            "endpoints": [{"addresses": ["10.0.0.1"]}, {"addresses": ["10.0.0.2"]}, {"addresses": ["10.0.0.3"]}, {"addresses": ["10.0.0.4"]}]});
+        let cells = &render("EndpointSlice", &[&slice], 1, false)["rows"][0]["cells"];
+        assert_eq!(
+            cells.as_array().unwrap()[..4],
+            [
+                json!("web-abcde"),
+                json!("IPv4"),
+                json!("8080"),
+                json!("10.0.0.1,10.0.0.2,10.0.0.3 + 1 more...")
+            ]
+        );
     }
 
     #[test]

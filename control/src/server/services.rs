@@ -1,7 +1,7 @@
 //! Service admission: what the API server fills in when a Service is created. A ClusterIP
 //! Service gets the first free address of the service range (10.96.0.0/16; headless Services,
 //! `clusterIP: None`, get none); NodePort and LoadBalancer ports get the first free port of
-//! 30000-32767 unless they ask for one, which must then be free. Allocation reads the existing
+//! 30000-32767 (from a random point) unless they ask for one, which must then be free. Allocation reads the existing
 //! Services, so creations are serialised by a lock held until the Service is stored.
 
 use std::collections::HashSet;
@@ -107,8 +107,11 @@ pub fn allocate(server: &ApiServer, service: &mut Value) -> Result<()> {
                 }
                 Some(_) => {}
                 None => {
-                    let free = NODE_PORTS
-                        .clone()
+                    // From a random point of the range, as Kubernetes does: two clusters on
+                    // one host (dev clusters, tests) rarely want the same port.
+                    let start = rand::Rng::gen_range(&mut rand::thread_rng(), NODE_PORTS);
+                    let free = (start..=*NODE_PORTS.end())
+                        .chain(*NODE_PORTS.start()..start)
                         .find(|p| !taken_ports.contains(p))
                         .ok_or_else(|| invalid(&field, "", "no node port is free"))?;
                     taken_ports.insert(free);

@@ -24,6 +24,30 @@ pub async fn serve(listener: tokio::net::TcpListener, proxy: Arc<Proxy>) -> std:
     .await
 }
 
+/// Writes `host` as the address of every Ingress that shows none (`kubectl get ingress`
+/// ADDRESS), as an ingress controller does, until dropped.
+pub async fn announce(proxy: Arc<Proxy>, host: std::net::IpAddr) {
+    let mut changed = proxy.routes_changed.clone();
+    loop {
+        let unannounced = super::read(&proxy.table).ingresses_without_address();
+        for key in unannounced {
+            let Some((namespace, name)) = key.split_once('/') else {
+                continue;
+            };
+            let ingresses = proxy
+                .client
+                .api::<k8s_openapi::api::networking::v1::Ingress>(Some(namespace));
+            let patch = serde_json::json!({"status": {"loadBalancer": {"ingress": [{"ip": host.to_string()}]}}});
+            if let Err(e) = ingresses.patch_status(name, &patch).await {
+                tracing::debug!("ingress {key}: recording its address: {e}");
+            }
+        }
+        if changed.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
 /// `<service>.<namespace>` from a Host of the form `<service>.<namespace>.localhost[:port]`.
 pub fn service_of_host(host: &str) -> Option<(&str, &str)> {
     let host = host.rsplit_once(':').map_or(host, |(h, _)| h);

@@ -49,8 +49,8 @@ pub struct Proxy {
     stack: stack::ProxyService,
     metrics: Arc<metrics::Metrics>,
     follower: tokio::task::JoinHandle<()>,
-    /// Ticks when a Service changes (the node-port listeners follow it).
-    services_changed: tokio::sync::watch::Receiver<u64>,
+    /// Ticks when a Service or an Ingress changes (node-port listeners and the ingress follow).
+    routes_changed: tokio::sync::watch::Receiver<u64>,
     client: Client,
 }
 
@@ -93,7 +93,7 @@ impl Proxy {
         options: stack::Options,
     ) -> Arc<Self> {
         let table = Arc::new(RwLock::new(Table::default()));
-        let (changed, services_changed) = tokio::sync::watch::channel(0);
+        let (changed, routes_changed) = tokio::sync::watch::channel(0);
         let follower = tokio::spawn(table::follow(client.clone(), table.clone(), changed));
         let dispatch = Dispatch(Arc::new(DispatchState {
             node_name: node_name.to_string(),
@@ -111,7 +111,7 @@ impl Proxy {
             stack: stack::build(dispatch, metrics.clone(), options),
             metrics,
             follower,
-            services_changed,
+            routes_changed,
             client,
         })
     }

@@ -25,7 +25,7 @@ type Bindings = Arc<RwLock<HashMap<u16, (String, u16)>>>;
 pub async fn serve(proxy: Arc<Proxy>, host: IpAddr) {
     let bindings: Bindings = Arc::default();
     let mut listeners: HashMap<u16, tokio::task::JoinHandle<()>> = HashMap::new();
-    let mut changed = proxy.services_changed.clone();
+    let mut changed = proxy.routes_changed.clone();
     let mut announced: HashSet<String> = HashSet::new();
     loop {
         let mut wanted: HashMap<u16, (String, u16)> = HashMap::new();

@@ -249,6 +249,19 @@ impl Table {
         }
     }
 
+    /// `namespace/name` of the Ingresses whose status shows no address yet.
+    pub fn ingresses_without_address(&self) -> Vec<String> {
+        let has_address = |i: &Ingress| {
+            let lb = i.status.as_ref().and_then(|s| s.load_balancer.as_ref());
+            lb.and_then(|lb| lb.ingress.as_ref())
+                .is_some_and(|a| !a.is_empty())
+        };
+        (self.ingresses.iter())
+            .filter(|(_, i)| !has_address(i))
+            .map(|(key, _)| key.clone())
+            .collect()
+    }
+
     /// Services of type NodePort and LoadBalancer: `(namespace/name, service port, node
     /// port, load balancer)` for each of their ports.
     pub fn node_ports(&self) -> Vec<(String, u16, u16, bool)> {
@@ -328,7 +341,7 @@ impl Table {
 }
 
 /// Keeps `table` current until the watches end; `changed` ticks after each change of a
-/// Service (what the node-port listeners follow).
+/// Service or an Ingress (what the node-port listeners and the ingress follow).
 pub async fn follow(
     client: Client,
     table: Arc<RwLock<Table>>,
@@ -347,7 +360,10 @@ pub async fn follow(
             }
             Some(event) = endpoints.recv() => write().apply_endpoints(event),
             Some(event) = nodes.recv() => write().apply_node(event),
-            Some(event) = ingresses.recv() => write().apply_ingress(event),
+            Some(event) = ingresses.recv() => {
+                write().apply_ingress(event);
+                changed.send_modify(|n| *n += 1);
+            }
             else => return,
         }
     }
