@@ -367,7 +367,12 @@ async fn deployments_roll_out_roll_back_and_restart_with_kubectl() {
         &["rollout", "status", "deployment/web", "--timeout=60s"],
     )
     .await);
-    assert_eq!(pods_of(&http, "web").await.0.len(), 1);
+    // `rollout status` only waits for updated >= replicas (as on Kubernetes), so the surplus
+    // pods may still be on their way out when it returns.
+    wait_for("one pod left", Duration::from_secs(30), async || {
+        (pods_of(&http, "web").await.0.len() == 1).then_some(())
+    })
+    .await;
     ok(kubectl_async(&kc, &["delete", "deployment", "web"]).await);
     wait_for(
         "the ReplicaSets and pods to go",
