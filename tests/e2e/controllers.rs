@@ -60,15 +60,7 @@ async fn a_replica_set_keeps_its_replicas() {
     let cluster = TestCluster::start(2).await;
     let http = Http::new(&cluster.url());
     let with_kubectl = kubectl_available("a_replica_set_keeps_its_replicas (kubectl parts)");
-    let (status, body) = http
-        .call(
-            "POST",
-            SETS,
-            "application/json",
-            &replica_set("web", 3).to_string(),
-        )
-        .await;
-    assert_eq!(status, 201, "{body}");
+    http.create(SETS, &replica_set("web", 3)).await;
     let pods = wait_ready_replicas(&http, "web", 3).await;
     for pod in &pods {
         let owner = &pod["metadata"]["ownerReferences"][0];
@@ -146,12 +138,7 @@ async fn a_replica_set_keeps_its_replicas() {
     // An orphan that matches the selector is adopted (and so the surplus goes).
     let orphan = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "stray", "labels": {"app": "web"}},
         "spec": {"containers": [{"name": "web", "image": WEB_P2, "ports": [{"containerPort": 8080}]}]}});
-    assert_eq!(
-        http.call("POST", PODS, "application/json", &orphan.to_string())
-            .await
-            .0,
-        201
-    );
+    http.create(PODS, &orphan).await;
     wait_for(
         "the orphan to be adopted",
         Duration::from_secs(30),
@@ -186,17 +173,7 @@ async fn a_replica_set_keeps_its_replicas() {
 async fn orphan_propagation_keeps_the_pods() {
     let cluster = TestCluster::start(1).await;
     let http = Http::new(&cluster.url());
-    assert_eq!(
-        http.call(
-            "POST",
-            SETS,
-            "application/json",
-            &replica_set("kept", 2).to_string()
-        )
-        .await
-        .0,
-        201
-    );
+    http.create(SETS, &replica_set("kept", 2)).await;
     wait_ready_replicas(&http, "kept", 2).await;
     let (status, _) = http
         .call(
@@ -397,12 +374,7 @@ async fn a_rolling_update_stays_within_surge_and_unavailability() {
     d["spec"]["replicas"] = json!(4);
     d["spec"]["strategy"] =
         json!({"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 1}});
-    assert_eq!(
-        http.call("POST", deployments, "application/json", &d.to_string())
-            .await
-            .0,
-        201
-    );
+    http.create(deployments, &d).await;
     wait_ready_replicas_of_deployment(&http, 4).await;
 
     let (_, list) = http
@@ -554,6 +526,20 @@ async fn min_ready_seconds_delays_availability() {
     );
 }
 
+/// Waits until no pod of Job `job` is left.
+async fn wait_job_pods_gone(http: &Http, job: &str) {
+    let path = format!("{PODS}?labelSelector=job-name%3D{job}");
+    wait_for(
+        &format!("job {job}'s pods to go"),
+        Duration::from_secs(30),
+        async || {
+            let (_, list) = http.call("GET", &path, "", "").await;
+            list["items"].as_array().unwrap().is_empty().then_some(())
+        },
+    )
+    .await;
+}
+
 /// (terminating, ready) of a pod object.
 fn pod_state(pod: &Value) -> (bool, bool) {
     let terminating = !pod["metadata"]["deletionTimestamp"].is_null();
@@ -689,34 +675,21 @@ async fn jobs_complete_fail_and_index() {
         &["batch", "--sleep-ms", "300"],
         json!({"completions": 5, "parallelism": 2}),
     );
-    let (status, body) = http
-        .call("POST", jobs, "application/json", &batch.to_string())
-        .await;
-    assert_eq!(status, 201, "{body}");
+    http.create(jobs, &batch).await;
     let failing = job(
         "failing",
         shoal_examples::MISBEHAVE_P1,
         &["exit", "3"],
         json!({"backoffLimit": 2}),
     );
-    assert_eq!(
-        http.call("POST", jobs, "application/json", &failing.to_string())
-            .await
-            .0,
-        201
-    );
+    http.create(jobs, &failing).await;
     let indexed = job(
         "indexed",
         shoal_examples::HELLO_P2,
         &["indexed"],
         json!({"completions": 3, "parallelism": 3, "completionMode": "Indexed"}),
     );
-    assert_eq!(
-        http.call("POST", jobs, "application/json", &indexed.to_string())
-            .await
-            .0,
-        201
-    );
+    http.create(jobs, &indexed).await;
 
     // Never more than `parallelism` pods of the batch at once.
     let mut most_running = 0;
@@ -796,22 +769,7 @@ async fn jobs_complete_fail_and_index() {
         r#"{"propagationPolicy":"Background"}"#,
     )
     .await;
-    wait_for(
-        "the job's pods to go",
-        Duration::from_secs(30),
-        async || {
-            let (_, list) = http
-                .call(
-                    "GET",
-                    &format!("{PODS}?labelSelector=job-name%3Dbatch"),
-                    "",
-                    "",
-                )
-                .await;
-            list["items"].as_array().unwrap().is_empty().then_some(())
-        },
-    )
-    .await;
+    wait_job_pods_gone(&http, "batch").await;
 
     // ttlSecondsAfterFinished: a finished Job goes, with its pods, that long after.
     let expiring = job(
@@ -820,12 +778,7 @@ async fn jobs_complete_fail_and_index() {
         &["once"],
         json!({"ttlSecondsAfterFinished": 3}),
     );
-    assert_eq!(
-        http.call("POST", jobs, "application/json", &expiring.to_string())
-            .await
-            .0,
-        201
-    );
+    http.create(jobs, &expiring).await;
     let (outcome, _) = job_condition(&http, "expiring").await;
     assert_eq!(outcome, "Complete");
     let completed = std::time::Instant::now();
@@ -843,22 +796,7 @@ async fn jobs_complete_fail_and_index() {
         "deleted {:?} after completing, before its TTL",
         completed.elapsed()
     );
-    wait_for(
-        "job expiring's pods to go",
-        Duration::from_secs(30),
-        async || {
-            let (_, list) = http
-                .call(
-                    "GET",
-                    &format!("{PODS}?labelSelector=job-name%3Dexpiring"),
-                    "",
-                    "",
-                )
-                .await;
-            list["items"].as_array().unwrap().is_empty().then_some(())
-        },
-    )
-    .await;
+    wait_job_pods_gone(&http, "expiring").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -868,17 +806,7 @@ async fn kubectl_drain_evicts_and_pods_move() {
     }
     let cluster = TestCluster::start(2).await;
     let http = Http::new(&cluster.url());
-    assert_eq!(
-        http.call(
-            "POST",
-            SETS,
-            "application/json",
-            &replica_set("drained", 4).to_string()
-        )
-        .await
-        .0,
-        201
-    );
+    http.create(SETS, &replica_set("drained", 4)).await;
     wait_ready_replicas(&http, "drained", 4).await;
     let out = ok(kubectl_async(&cluster.kubeconfig, &["drain", "node-0", "--timeout=60s"]).await);
     assert!(
@@ -907,15 +835,8 @@ async fn a_cron_job_fires_on_schedule() {
     let cron = json!({"apiVersion": "batch/v1", "kind": "CronJob", "metadata": {"name": "tick"},
         "spec": {"schedule": "* * * * *", "jobTemplate": {"spec": {"template": {"spec": {"restartPolicy": "Never",
             "containers": [{"name": "main", "image": shoal_examples::HELLO_P1, "args": ["tick"]}]}}}}}});
-    let (status, body) = http
-        .call(
-            "POST",
-            "/apis/batch/v1/namespaces/default/cronjobs",
-            "application/json",
-            &cron.to_string(),
-        )
+    http.create("/apis/batch/v1/namespaces/default/cronjobs", &cron)
         .await;
-    assert_eq!(status, 201, "{body}");
     // Every minute: the first Job comes at the next minute boundary.
     let job = wait_for(
         "the CronJob to create a Job",

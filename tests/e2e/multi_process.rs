@@ -8,41 +8,46 @@ use serde_json::{json, Value};
 use shoal_examples::{HELLO_P1, HELLO_P2, WEB_P2};
 use shoal_tests::*;
 
+/// `shoal server` on a free port with its data under `dir`, and its URL.
+fn start_server(dir: &std::path::Path, extra: &[&str]) -> (Process, String) {
+    let addr = free_addr().to_string();
+    let data = dir.join("server");
+    let mut args = vec![
+        "server",
+        "--api-addr",
+        &addr,
+        "--data-dir",
+        data.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    let server = Process::start(&args, dir.join("server.log"), "shoal server ready");
+    (server, format!("http://{addr}"))
+}
+
+/// `shoal agent` named `name`, joined to the server at `url`, its data under `dir`.
+fn start_agent(dir: &std::path::Path, url: &str, name: &str, extra: &[&str]) -> Process {
+    let data = dir.join(name);
+    let mut args = vec![
+        "agent",
+        "--server",
+        url,
+        "--name",
+        name,
+        "--data-dir",
+        data.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    Process::start(&args, dir.join(format!("{name}.log")), "shoal agent")
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pods_run_on_two_agent_processes() {
     let dir = tempfile::tempdir().unwrap();
-    let addr = free_addr().to_string();
-    let server_data = dir.path().join("server");
-    let _server = Process::start(
-        &[
-            "server",
-            "--api-addr",
-            &addr,
-            "--data-dir",
-            server_data.to_str().unwrap(),
-        ],
-        dir.path().join("server.log"),
-        "shoal server ready",
-    );
-    let url = format!("http://{addr}");
-    let mut agents = Vec::new();
-    for name in ["alpha", "beta"] {
-        let data = dir.path().join(name);
-        let args = [
-            "agent",
-            "--server",
-            &url,
-            "--name",
-            name,
-            "--data-dir",
-            data.to_str().unwrap(),
-        ];
-        agents.push(Process::start(
-            &args,
-            dir.path().join(format!("{name}.log")),
-            "shoal agent",
-        ));
-    }
+    let (_server, url) = start_server(dir.path(), &[]);
+    let agents: Vec<Process> = ["alpha", "beta"]
+        .iter()
+        .map(|name| start_agent(dir.path(), &url, name, &[]))
+        .collect();
     let http = Http::new(&url);
     wait_for(
         "both nodes to be registered",
@@ -147,42 +152,18 @@ async fn pods_run_on_two_agent_processes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pods_of_a_killed_agent_run_again_elsewhere() {
     let dir = tempfile::tempdir().unwrap();
-    let addr = free_addr().to_string();
-    let server_data = dir.path().join("server");
-    let server_args = [
-        "server",
-        "--api-addr",
-        &addr,
-        "--data-dir",
-        server_data.to_str().unwrap(),
-        "--pod-eviction-timeout-seconds",
+    let (_server, url) = start_server(dir.path(), &["--pod-eviction-timeout-seconds", "1"]);
+    let lease = [
+        "--lease-duration-seconds",
+        "2",
+        "--lease-renew-seconds",
         "1",
     ];
-    let _server = Process::start(
-        &server_args,
-        dir.path().join("server.log"),
-        "shoal server ready",
-    );
-    let url = format!("http://{addr}");
     let mut agents = std::collections::HashMap::new();
     for name in ["a", "b", "c"] {
-        let data = dir.path().join(name);
-        let args = [
-            "agent",
-            "--server",
-            &url,
-            "--name",
-            name,
-            "--data-dir",
-            data.to_str().unwrap(),
-            "--lease-duration-seconds",
-            "2",
-            "--lease-renew-seconds",
-            "1",
-        ];
         agents.insert(
             name.to_string(),
-            Process::start(&args, dir.path().join(format!("{name}.log")), "shoal agent"),
+            start_agent(dir.path(), &url, name, &lease),
         );
     }
     let http = Http::new(&url);
