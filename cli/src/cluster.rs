@@ -71,10 +71,10 @@ impl ControlPlane {
         let scheduler = if without_scheduler {
             tokio::spawn(async {})
         } else {
-            tokio::spawn(shoal_control::scheduler::run(
-                client.clone(),
-                scheduler_options,
-            ))
+            let client = client.clone();
+            shoal_control::task::supervise("scheduler", move || {
+                shoal_control::scheduler::run(client.clone(), scheduler_options)
+            })
         };
         let controllers = shoal_control::controllers::start(client.clone(), controller_options);
         Ok(Self {

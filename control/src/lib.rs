@@ -5,7 +5,8 @@
 //! - [`server`]: the Kubernetes-compatible REST server (axum);
 //! - [`client`]: the typed client (in-process or HTTP) everything else talks through;
 //! - [`scheduler`]: binds pending pods to nodes;
-//! - [`controllers`]: the reconcile runtime and the workload controllers.
+//! - [`controllers`]: the reconcile runtime and the workload controllers;
+//! - [`task`]: long-lived tasks restarted when they panic.
 //!
 //! Nothing in this crate knows about wasmtime.
 
@@ -15,3 +16,4 @@ pub mod controllers;
 pub mod scheduler;
 pub mod server;
 pub mod store;
+pub mod task;

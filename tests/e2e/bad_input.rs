@@ -1,6 +1,8 @@
 //! Bad input gets a clear error naming the problem, changes nothing, and leaves the server
 //! serving and the agent running other pods.
 
+use std::time::Duration;
+
 use serde_json::{json, Value};
 use shoal_examples::HELLO_P1;
 use shoal_tests::*;
@@ -138,4 +140,138 @@ async fn broken_images_get_a_reason_and_the_agent_keeps_running() {
     let (status, version): (u16, Value) = http.call("GET", "/version", "", "").await;
     assert_eq!(status, 200, "{version}");
     assert_eq!(pod_phase(&http, "default", "missing").await, "Pending");
+}
+
+/// Values that used to panic a task (the scheduler's sums, pod deletion's grace period, the Job
+/// controller's deadline, the Deployment's surge arithmetic) are refused with a 422 naming the
+/// field, or are taken and survived: the server, scheduler and controllers keep working.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn values_that_used_to_panic_are_refused_or_survived() {
+    let cluster = TestCluster::start(1).await;
+    let http = Http::new(&cluster.url());
+    let pods = "/api/v1/namespaces/default/pods";
+
+    // A pod asking for more memory than a u64 holds: valid, but fits no node.
+    let greedy = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "greedy"},
+        "spec": {"restartPolicy": "Never", "containers": [{"name": "main", "image": HELLO_P1,
+            "resources": {"requests": {"memory": "99999999E", "cpu": "99999999999999"}}}]}});
+    http.create(pods, &greedy).await;
+    wait_for(
+        "the greedy pod to be unschedulable",
+        Duration::from_secs(30),
+        async || {
+            let (_, pod) = http.call("GET", &format!("{pods}/greedy"), "", "").await;
+            let conditions = pod["status"]["conditions"].as_array()?.clone();
+            conditions
+                .iter()
+                .find(|c| c["type"] == "PodScheduled" && c["status"] == "False")
+                .map(|c| c["message"].as_str().unwrap_or_default().to_string())
+                .filter(|m| m.contains("Insufficient"))
+        },
+    )
+    .await;
+
+    // A pod deadline past what a clock holds is refused, naming the field.
+    let mut forever = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "forever"},
+        "spec": {"activeDeadlineSeconds": i64::MAX, "containers": [{"name": "main", "image": HELLO_P1}]}});
+    let (status, body) = http
+        .call("POST", pods, "application/json", &forever.to_string())
+        .await;
+    assert_eq!(status, 422, "{body}");
+    assert_eq!(
+        body["details"]["causes"][0]["field"],
+        "spec.activeDeadlineSeconds"
+    );
+    forever["spec"]["activeDeadlineSeconds"] = json!(1);
+    forever["spec"]["containers"][0]["resources"] = json!({"limits": {"memory": "a lot"}});
+    let (status, body) = http
+        .call("POST", pods, "application/json", &forever.to_string())
+        .await;
+    assert_eq!(status, 422, "{body}");
+    assert_eq!(
+        body["details"]["causes"][0]["field"],
+        "spec.containers[0].resources.limits[memory]"
+    );
+
+    // A Job whose deadline is i64::MAX seconds: allowed (as on Kubernetes), and it completes.
+    let job = json!({"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": "patient"},
+        "spec": {"activeDeadlineSeconds": i64::MAX, "template": {"spec": {"restartPolicy": "Never",
+            "containers": [{"name": "main", "image": HELLO_P1}]}}}});
+    http.create("/apis/batch/v1/namespaces/default/jobs", &job)
+        .await;
+    wait_for("the Job to complete", Duration::from_secs(60), async || {
+        let (_, job) = http
+            .call(
+                "GET",
+                "/apis/batch/v1/namespaces/default/jobs/patient",
+                "",
+                "",
+            )
+            .await;
+        (job["status"]["succeeded"] == 1).then_some(())
+    })
+    .await;
+
+    // A Deployment with the largest surge there is: replicas + maxSurge overflowed an i32.
+    let deployment = json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "surge"},
+        "spec": {"replicas": 1, "selector": {"matchLabels": {"app": "surge"}},
+            "strategy": {"rollingUpdate": {"maxSurge": i32::MAX, "maxUnavailable": 0}},
+            "template": {"metadata": {"labels": {"app": "surge"}}, "spec": {"containers": [
+                {"name": "web", "image": shoal_examples::WEB_P2, "ports": [{"containerPort": 8080}]}]}}}});
+    http.create("/apis/apps/v1/namespaces/default/deployments", &deployment)
+        .await;
+    wait_for(
+        "the Deployment's pod to be ready",
+        Duration::from_secs(60),
+        async || {
+            let (_, d) = http
+                .call(
+                    "GET",
+                    "/apis/apps/v1/namespaces/default/deployments/surge",
+                    "",
+                    "",
+                )
+                .await;
+            (d["status"]["readyReplicas"] == 1).then_some(())
+        },
+    )
+    .await;
+
+    // Deleting a bound pod with the largest grace period there is.
+    let (_, list) = http
+        .call("GET", &format!("{pods}?labelSelector=app%3Dsurge"), "", "")
+        .await;
+    let name = list["items"][0]["metadata"]["name"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (status, body) = http
+        .call(
+            "DELETE",
+            &format!("{pods}/{name}?gracePeriodSeconds=9223372036854775807"),
+            "",
+            "",
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let deletion = body["metadata"]["deletionTimestamp"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(
+        chrono::DateTime::parse_from_rfc3339(deletion).is_ok(),
+        "a readable deletionTimestamp: {body}"
+    );
+    wait_for("the pod to go", Duration::from_secs(30), async || {
+        let (status, _) = http.call("GET", &format!("{pods}/{name}"), "", "").await;
+        (status == 404).then_some(())
+    })
+    .await;
+
+    // Everything still works: the scheduler places new pods, the server answers.
+    http.create(
+        pods,
+        &serde_json::from_str(&pod("after", HELLO_P1)).unwrap(),
+    )
+    .await;
+    wait_phase(&http, "default", "after", "Succeeded").await;
 }

@@ -44,7 +44,7 @@ fn start_agent(dir: &std::path::Path, url: &str, name: &str, extra: &[&str]) -> 
 async fn pods_run_on_two_agent_processes() {
     let dir = tempfile::tempdir().unwrap();
     let (_server, url) = start_server(dir.path(), &[]);
-    let agents: Vec<Process> = ["alpha", "beta"]
+    let _agents: Vec<Process> = ["alpha", "beta"]
         .iter()
         .map(|name| start_agent(dir.path(), &url, name, &[]))
         .collect();

@@ -1,101 +1,120 @@
-//! Cron schedules (five fields: minute hour day-of-month month day-of-week, UTC, with `*`,
-//! ranges, lists, steps and the `@hourly`-style shorthands), as CronJobs use them.
+//! CronJob schedules as Kubernetes reads them: five fields (minute hour day-of-month month
+//! day-of-week) with `*`, ranges, lists, steps, month and weekday names (`JAN`, `MON`), the
+//! `@hourly`-style shorthands, and Vixie cron's rule that a day matching *either* a restricted
+//! day-of-month or a restricted day-of-week fires. Times are wall-clock times in the CronJob's
+//! `spec.timeZone` (an IANA name; UTC when unset).
+//!
+//! Parsing and matching are `croner`'s (it follows Vixie semantics); this module adds the
+//! time zone and the questions the CronJob controller asks: the most recent scheduled time in a
+//! window, and the next one after a time.
 
-use chrono::{DateTime, Datelike, Timelike, Utc};
+use std::str::FromStr;
 
-/// A parsed five-field cron schedule: the allowed values of each field.
-#[derive(Debug, PartialEq, Eq)]
-pub struct Schedule {
-    minutes: Vec<u32>,
-    hours: Vec<u32>,
-    days: Vec<u32>,
-    months: Vec<u32>,
-    weekdays: Vec<u32>,
+use chrono::{DateTime, Utc};
+use chrono_tz::Tz;
+use croner::parser::{CronParser, Seconds};
+use croner::Cron;
+
+/// Why a schedule or time zone is refused; the message names the text.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ScheduleError {
+    #[error("unparseable schedule {schedule:?}: {why}")]
+    Syntax { schedule: String, why: String },
+    #[error("cannot use TZ or CRON_TZ in schedule, use timeZone field instead")]
+    TimeZoneInSchedule,
+    #[error("unknown time zone {0}")]
+    UnknownTimeZone(String),
 }
+
+/// A parsed schedule in its time zone.
+#[derive(Debug, Clone)]
+pub struct Schedule {
+    cron: Cron,
+    zone: Tz,
+}
+
+/// The scheduled times of a window, as the controller needs them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Missed {
+    /// The latest scheduled time in the window.
+    pub latest: DateTime<Utc>,
+    /// How many scheduled times the window held, counted up to [`TOO_MANY_MISSED`] + 1.
+    pub count: usize,
+}
+
+/// Past this many missed start times Kubernetes warns that the clock or the controller is
+/// badly behind; counting stops there.
+pub const TOO_MANY_MISSED: usize = 100;
 
 impl Schedule {
-    pub fn parse(text: &str) -> Result<Self, String> {
-        let text = match text.trim() {
-            "@hourly" => "0 * * * *",
-            "@daily" | "@midnight" => "0 0 * * *",
-            "@weekly" => "0 0 * * 0",
-            "@monthly" => "0 0 1 * *",
-            "@yearly" | "@annually" => "0 0 1 1 *",
-            other => other,
-        };
-        let fields: Vec<&str> = text.split_whitespace().collect();
-        let [minutes, hours, days, months, weekdays] = fields.as_slice() else {
-            return Err(format!("{text:?} is not a five-field cron schedule (minute hour day-of-month month day-of-week)"));
-        };
-        Ok(Self {
-            minutes: field(minutes, 0, 59)?,
-            hours: field(hours, 0, 23)?,
-            days: field(days, 1, 31)?,
-            months: field(months, 1, 12)?,
-            weekdays: field(weekdays, 0, 7)?.into_iter().map(|d| d % 7).collect(),
-        })
-    }
-
-    pub fn matches(&self, t: DateTime<Utc>) -> bool {
-        self.minutes.contains(&t.minute())
-            && self.hours.contains(&t.hour())
-            && self.days.contains(&t.day())
-            && self.months.contains(&t.month())
-            && self.weekdays.contains(&t.weekday().num_days_from_sunday())
-    }
-
-    /// The latest scheduled minute in (after, now], if any (looking back at most a day).
-    pub fn last_between(&self, after: DateTime<Utc>, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
-        let mut t = now.with_second(0)?.with_nanosecond(0)?;
-        for _ in 0..1440 {
-            if t <= after {
-                return None;
-            }
-            if self.matches(t) {
-                return Some(t);
-            }
-            t -= chrono::Duration::minutes(1);
+    /// Parses `schedule` for `time_zone` (UTC when `None`).
+    pub fn parse(schedule: &str, time_zone: Option<&str>) -> Result<Self, ScheduleError> {
+        let trimmed = schedule.trim();
+        if trimmed.starts_with("TZ=") || trimmed.starts_with("CRON_TZ=") {
+            return Err(ScheduleError::TimeZoneInSchedule);
         }
-        None
+        let syntax = |why: String| ScheduleError::Syntax {
+            schedule: schedule.to_string(),
+            why,
+        };
+        // Kubernetes' parser takes exactly five fields; croner would also take six or seven.
+        if !trimmed.starts_with('@') && trimmed.split_whitespace().count() != 5 {
+            return Err(syntax(format!(
+                "expected exactly 5 fields, found {}",
+                trimmed.split_whitespace().count()
+            )));
+        }
+        let cron = CronParser::builder()
+            .seconds(Seconds::Disallowed)
+            .build()
+            .parse(trimmed)
+            .map_err(|e| syntax(e.to_string()))?;
+        let zone = match time_zone {
+            None => Tz::UTC,
+            Some(name) => {
+                Tz::from_str(name).map_err(|_| ScheduleError::UnknownTimeZone(name.to_string()))?
+            }
+        };
+        Ok(Self { cron, zone })
+    }
+
+    /// The scheduled times in `(after, now]`: the latest and how many, if any.
+    pub fn missed(&self, after: DateTime<Utc>, now: DateTime<Utc>) -> Option<Missed> {
+        if now <= after {
+            return None;
+        }
+        let local_now = now.with_timezone(&self.zone);
+        let latest = self
+            .cron
+            .find_previous_occurrence(&local_now, true)
+            .ok()?
+            .with_timezone(&Utc);
+        if latest <= after {
+            return None;
+        }
+        let count = self
+            .cron
+            .iter_after(after.with_timezone(&self.zone))
+            .take_while(|t| t.with_timezone(&Utc) <= now)
+            .take(TOO_MANY_MISSED + 1)
+            .count();
+        Some(Missed { latest, count })
+    }
+
+    /// The first scheduled time after `time`, if the schedule ever fires again.
+    pub fn next_after(&self, time: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        self.cron
+            .find_next_occurrence(&time.with_timezone(&self.zone), false)
+            .ok()
+            .map(|t| t.with_timezone(&Utc))
     }
 }
 
-fn field(text: &str, low: u32, high: u32) -> Result<Vec<u32>, String> {
-    let mut values = Vec::new();
-    for part in text.split(',') {
-        let (range, step) = match part.split_once('/') {
-            Some((range, step)) => (
-                range,
-                step.parse::<u32>()
-                    .map_err(|_| format!("bad step in {part:?}"))?
-                    .max(1),
-            ),
-            None => (part, 1),
-        };
-        let (from, to) = match range {
-            "*" => (low, high),
-            _ => match range.split_once('-') {
-                Some((a, b)) => (number(a, low, high)?, number(b, low, high)?),
-                None if step > 1 => (number(range, low, high)?, high),
-                None => {
-                    let n = number(range, low, high)?;
-                    (n, n)
-                }
-            },
-        };
-        values.extend((from..=to).step_by(step as usize));
-    }
-    Ok(values)
-}
-
-fn number(text: &str, low: u32, high: u32) -> Result<u32, String> {
-    let n: u32 = text
-        .parse()
-        .map_err(|_| format!("{text:?} is not a number"))?;
-    if n < low || n > high {
-        return Err(format!("{n} is out of range {low}-{high}"));
-    }
-    Ok(n)
+/// Checks a time zone name as `spec.timeZone` validation does.
+pub fn check_time_zone(name: &str) -> Result<(), ScheduleError> {
+    Tz::from_str(name)
+        .map(|_| ())
+        .map_err(|_| ScheduleError::UnknownTimeZone(name.to_string()))
 }
 
 #[cfg(test)]
@@ -108,29 +127,162 @@ mod tests {
             .with_timezone(&Utc)
     }
 
-    #[test]
-    fn schedules() {
-        let every_five = Schedule::parse("*/5 * * * *").unwrap();
-        assert!(every_five.matches(at("2026-11-26T08:15:00Z")));
-        assert!(!every_five.matches(at("2026-11-26T08:16:00Z")));
+    /// `schedule` (in `zone`) next fires after `from` at `expected`.
+    fn check_next(schedule: &str, zone: Option<&str>, from: &str, expected: &str) {
+        let parsed = Schedule::parse(schedule, zone).unwrap_or_else(|e| panic!("{schedule}: {e}"));
         assert_eq!(
-            every_five.last_between(at("2026-11-26T08:00:00Z"), at("2026-11-26T08:17:30Z")),
-            Some(at("2026-11-26T08:15:00Z"))
+            parsed.next_after(at(from)),
+            Some(at(expected)),
+            "{schedule} in {zone:?} after {from}"
+        );
+    }
+
+    #[test]
+    fn next_times_follow_kubernetes_semantics() {
+        // 2026-11-26 is a Thursday.
+        let table = [
+            (
+                "*/5 * * * *",
+                None,
+                "2026-11-26T08:16:00Z",
+                "2026-11-26T08:20:00Z",
+            ),
+            (
+                "30 9 * * 1-5",
+                None,
+                "2026-11-27T10:00:00Z",
+                "2026-11-30T09:30:00Z",
+            ),
+            (
+                "@hourly",
+                None,
+                "2026-11-26T08:16:00Z",
+                "2026-11-26T09:00:00Z",
+            ),
+            (
+                "@daily",
+                None,
+                "2026-11-26T08:16:00Z",
+                "2026-11-27T00:00:00Z",
+            ),
+            (
+                "@weekly",
+                None,
+                "2026-11-26T08:16:00Z",
+                "2026-11-29T00:00:00Z",
+            ),
+            (
+                "@monthly",
+                None,
+                "2026-11-26T08:16:00Z",
+                "2026-12-01T00:00:00Z",
+            ),
+            (
+                "@yearly",
+                None,
+                "2026-11-26T08:16:00Z",
+                "2027-01-01T00:00:00Z",
+            ),
+            // Names for months and weekdays.
+            (
+                "0 12 * JAN MON",
+                None,
+                "2026-11-26T08:16:00Z",
+                "2027-01-04T12:00:00Z",
+            ),
+            (
+                "0 0 * * SAT,SUN",
+                None,
+                "2026-11-26T08:16:00Z",
+                "2026-11-28T00:00:00Z",
+            ),
+            // Day-of-month OR day-of-week when both are restricted (Vixie cron): the 1st, or
+            // any Friday, whichever comes first.
+            (
+                "0 0 1 * 5",
+                None,
+                "2026-11-26T08:16:00Z",
+                "2026-11-27T00:00:00Z",
+            ),
+            (
+                "0 0 1 * 5",
+                None,
+                "2026-11-28T00:00:00Z",
+                "2026-12-01T00:00:00Z",
+            ),
+            // Day 7 is Sunday too.
+            (
+                "0 0 * * 7",
+                None,
+                "2026-11-26T08:16:00Z",
+                "2026-11-29T00:00:00Z",
+            ),
+            // 09:00 in New York is 14:00 UTC in winter.
+            (
+                "0 9 * * *",
+                Some("America/New_York"),
+                "2026-11-26T08:16:00Z",
+                "2026-11-26T14:00:00Z",
+            ),
+            (
+                "0 9 * * *",
+                Some("Asia/Tokyo"),
+                "2026-11-26T08:16:00Z",
+                "2026-11-27T00:00:00Z",
+            ),
+        ];
+        for (schedule, zone, from, expected) in table {
+            check_next(schedule, zone, from, expected);
+        }
+    }
+
+    #[test]
+    fn missed_times_in_a_window() {
+        let every_five = Schedule::parse("*/5 * * * *", None).unwrap();
+        assert_eq!(
+            every_five.missed(at("2026-11-26T08:00:00Z"), at("2026-11-26T08:17:30Z")),
+            Some(Missed {
+                latest: at("2026-11-26T08:15:00Z"),
+                count: 3
+            })
         );
         assert_eq!(
-            every_five.last_between(at("2026-11-26T08:15:00Z"), at("2026-11-26T08:17:30Z")),
+            every_five.missed(at("2026-11-26T08:15:00Z"), at("2026-11-26T08:17:30Z")),
             None
         );
-        let weekdays = Schedule::parse("30 9 * * 1-5").unwrap();
-        assert!(weekdays.matches(at("2026-11-26T09:30:00Z")), "a Thursday");
-        assert!(!weekdays.matches(at("2026-11-29T09:30:00Z")), "a Sunday");
+        let every_minute = Schedule::parse("* * * * *", None).unwrap();
+        let many = every_minute
+            .missed(at("2026-11-20T00:00:00Z"), at("2026-11-26T00:00:00Z"))
+            .unwrap();
+        assert_eq!(many.latest, at("2026-11-26T00:00:00Z"));
         assert_eq!(
-            Schedule::parse("@hourly").unwrap(),
-            Schedule::parse("0 * * * *").unwrap()
+            many.count,
+            TOO_MANY_MISSED + 1,
+            "counting stops past the limit"
         );
-        assert!(Schedule::parse("* * *").is_err());
-        assert!(Schedule::parse("61 * * * *")
-            .unwrap_err()
-            .contains("out of range"));
+    }
+
+    #[test]
+    fn bad_schedules_and_zones_are_named() {
+        for bad in [
+            "* * *",
+            "61 * * * *",
+            "* * * * * *",
+            "0 0 32 * *",
+            "lots",
+            "",
+        ] {
+            let error = Schedule::parse(bad, None).expect_err(bad).to_string();
+            assert!(error.contains(&format!("{bad:?}")), "{error}");
+        }
+        assert_eq!(
+            Schedule::parse("TZ=UTC 0 * * * *", None).unwrap_err(),
+            ScheduleError::TimeZoneInSchedule
+        );
+        assert_eq!(
+            Schedule::parse("0 * * * *", Some("Mars/Olympus")).unwrap_err(),
+            ScheduleError::UnknownTimeZone("Mars/Olympus".into())
+        );
+        assert!(check_time_zone("Europe/Paris").is_ok());
     }
 }

@@ -199,32 +199,6 @@ fn random_suffix() -> String {
         .collect()
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::api::resources::lookup;
-
-    #[test]
-    fn secret_string_data_becomes_data() {
-        let mut secret = json!({"data": {"a": "eA=="}, "stringData": {"b": "hi"}});
-        kind_defaults("Secret", &mut secret);
-        assert_eq!(secret, json!({"data": {"a": "eA==", "b": "aGk="}}));
-    }
-
-    #[test]
-    fn pod_defaults_and_generate_name() {
-        let mut pod = json!({"metadata": {"generateName": "web-"}, "spec": {"containers": [{"name": "c", "image": "x.wasm", "ports": [{"containerPort": 80}]}]}});
-        on_create(lookup("", "v1", "pods").unwrap(), &mut pod);
-        let name = pod.pointer("/metadata/name").unwrap().as_str().unwrap();
-        assert!(name.starts_with("web-") && name.len() == 9, "{name}");
-        assert_eq!(pod["spec"]["restartPolicy"], "Always");
-        assert_eq!(pod["spec"]["containers"][0]["ports"][0]["protocol"], "TCP");
-        assert_eq!(pod["status"]["phase"], "Pending");
-        assert_eq!(pod["kind"], "Pod");
-        assert!(!pod["metadata"]["uid"].as_str().unwrap().is_empty());
-    }
-}
-
 /// A StatefulSet's defaults, as the API server fills them (kubectl's `rollout status` reads
 /// the update strategy and its partition).
 fn stateful_set(object: &mut Value) {
@@ -310,5 +284,31 @@ fn service(object: &mut Value) {
             let number = map.get("port").cloned().unwrap_or(Value::Null);
             map.insert("targetPort".into(), number);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::resources::lookup;
+
+    #[test]
+    fn secret_string_data_becomes_data() {
+        let mut secret = json!({"data": {"a": "eA=="}, "stringData": {"b": "hi"}});
+        kind_defaults("Secret", &mut secret);
+        assert_eq!(secret, json!({"data": {"a": "eA==", "b": "aGk="}}));
+    }
+
+    #[test]
+    fn pod_defaults_and_generate_name() {
+        let mut pod = json!({"metadata": {"generateName": "web-"}, "spec": {"containers": [{"name": "c", "image": "x.wasm", "ports": [{"containerPort": 80}]}]}});
+        on_create(lookup("", "v1", "pods").unwrap(), &mut pod);
+        let name = pod.pointer("/metadata/name").unwrap().as_str().unwrap();
+        assert!(name.starts_with("web-") && name.len() == 9, "{name}");
+        assert_eq!(pod["spec"]["restartPolicy"], "Always");
+        assert_eq!(pod["spec"]["containers"][0]["ports"][0]["protocol"], "TCP");
+        assert_eq!(pod["status"]["phase"], "Pending");
+        assert_eq!(pod["kind"], "Pod");
+        assert!(!pod["metadata"]["uid"].as_str().unwrap().is_empty());
     }
 }

@@ -4,8 +4,11 @@
 
 pub mod cron;
 pub mod defaults;
+pub mod intstr;
 pub mod object;
 pub mod patch;
+#[cfg(test)]
+mod proptests;
 pub mod quantity;
 pub mod resources;
 pub mod selector;

@@ -144,116 +144,27 @@ fn strip_directives(value: &mut Value) {
     }
 }
 
-/// RFC 6902 JSON patch. Applied to a copy: on any failing operation the target is unchanged.
+/// RFC 6902 JSON patch (the `json-patch` crate). Atomic: on any failing operation the target
+/// is unchanged.
 pub fn json_patch(target: &mut Value, patch: &Value) -> Result<(), PatchError> {
-    let ops = patch
-        .as_array()
-        .ok_or_else(|| PatchError::Decode("a JSON patch must be an array".into()))?;
-    let mut work = target.clone();
-    for (index, op) in ops.iter().enumerate() {
-        let name = op
-            .get("op")
+    if !patch.is_array() {
+        return Err(PatchError::Decode("a JSON patch must be an array".into()));
+    }
+    let operations: json_patch::Patch =
+        serde_json::from_value(patch.clone()).map_err(|e| PatchError::Decode(e.to_string()))?;
+    json_patch::patch(target, &operations).map_err(|e| {
+        let op = patch
+            .get(e.operation)
+            .and_then(|o| o.get("op"))
             .and_then(Value::as_str)
-            .unwrap_or("")
+            .unwrap_or_default()
             .to_string();
-        let fail = |why: &str| PatchError::Operation {
-            index,
-            op: name.clone(),
-            why: why.into(),
-        };
-        let path = op
-            .get("path")
-            .and_then(Value::as_str)
-            .ok_or_else(|| fail("missing path"))?;
-        let value = || {
-            op.get("value")
-                .cloned()
-                .ok_or_else(|| fail("missing value"))
-        };
-        match name.as_str() {
-            "add" => add(&mut work, path, value()?).map_err(|w| fail(&w))?,
-            "replace" => {
-                remove(&mut work, path).map_err(|w| fail(&w))?;
-                add(&mut work, path, value()?).map_err(|w| fail(&w))?;
-            }
-            "remove" => {
-                remove(&mut work, path).map_err(|w| fail(&w))?;
-            }
-            "test" => {
-                if work.pointer(path) != Some(&value()?) {
-                    return Err(fail("test failed"));
-                }
-            }
-            "move" | "copy" => {
-                let from = op
-                    .get("from")
-                    .and_then(Value::as_str)
-                    .ok_or_else(|| fail("missing from"))?;
-                let moved = if name == "move" {
-                    remove(&mut work, from).map_err(|w| fail(&w))?
-                } else {
-                    work.pointer(from)
-                        .cloned()
-                        .ok_or_else(|| fail("from path does not exist"))?
-                };
-                add(&mut work, path, moved).map_err(|w| fail(&w))?;
-            }
-            _ => return Err(fail("unknown operation")),
+        PatchError::Operation {
+            index: e.operation,
+            op,
+            why: format!("{} (path {:?})", e.kind, e.path.as_str()),
         }
-    }
-    *target = work;
-    Ok(())
-}
-
-fn split_pointer(path: &str) -> Result<(&str, String), String> {
-    let (parent, last) = path
-        .rsplit_once('/')
-        .ok_or_else(|| format!("invalid path {path:?}"))?;
-    Ok((parent, last.replace("~1", "/").replace("~0", "~")))
-}
-
-fn add(doc: &mut Value, path: &str, value: Value) -> Result<(), String> {
-    if path.is_empty() {
-        *doc = value;
-        return Ok(());
-    }
-    let (parent, last) = split_pointer(path)?;
-    match doc.pointer_mut(parent) {
-        Some(Value::Object(map)) => {
-            map.insert(last, value);
-            Ok(())
-        }
-        Some(Value::Array(list)) => {
-            let index = if last == "-" {
-                list.len()
-            } else {
-                last.parse().map_err(|_| format!("bad index {last:?}"))?
-            };
-            if index > list.len() {
-                return Err(format!("index {index} out of range"));
-            }
-            list.insert(index, value);
-            Ok(())
-        }
-        _ => Err(format!("path {parent:?} does not exist")),
-    }
-}
-
-fn remove(doc: &mut Value, path: &str) -> Result<Value, String> {
-    let (parent, last) = split_pointer(path)?;
-    match doc.pointer_mut(parent) {
-        Some(Value::Object(map)) => map
-            .remove(&last)
-            .ok_or_else(|| format!("path {path:?} does not exist")),
-        Some(Value::Array(list)) => {
-            let index: usize = last.parse().map_err(|_| format!("bad index {last:?}"))?;
-            if index >= list.len() {
-                return Err(format!("index {index} out of range"));
-            }
-            Ok(list.remove(index))
-        }
-        _ => Err(format!("path {parent:?} does not exist")),
-    }
+    })
 }
 
 #[cfg(test)]
@@ -298,5 +209,12 @@ mod tests {
         let err = json_patch(&mut v, &json!([{"op": "remove", "path": "/spec/template"}, {"op": "remove", "path": "/nope/x"}])).unwrap_err();
         assert!(matches!(err, PatchError::Operation { index: 1, .. }));
         assert_eq!(v, before);
+        // The root path names the whole document.
+        json_patch(&mut v, &json!([{"op": "test", "path": "", "value": before}, {"op": "replace", "path": "", "value": {"a": 1}}])).unwrap();
+        assert_eq!(v, json!({"a": 1}));
+        let err = json_patch(&mut v, &json!([{"op": "frobnicate", "path": "/a"}])).unwrap_err();
+        assert!(matches!(err, PatchError::Decode(_)), "{err}");
+        let err = json_patch(&mut v, &json!({"op": "add"})).unwrap_err();
+        assert!(matches!(err, PatchError::Decode(_)), "{err}");
     }
 }

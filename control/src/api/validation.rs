@@ -103,15 +103,7 @@ pub fn validate(kind: &str, object: &Value) -> Vec<Cause> {
         "Job" => job(object, &mut causes),
         "Service" => service(object, &mut causes),
         "Ingress" => ingress(object, &mut causes),
-        "CronJob" => {
-            let schedule = object
-                .pointer("/spec/schedule")
-                .and_then(Value::as_str)
-                .unwrap_or("");
-            if let Err(why) = super::cron::Schedule::parse(schedule) {
-                causes.push(Cause::invalid("spec.schedule", schedule, &why));
-            }
-        }
+        "CronJob" => cron_job(object, &mut causes),
         _ => {}
     }
     causes
@@ -279,6 +271,216 @@ pub fn is_port_name(name: &str) -> bool {
         && !name.contains("--")
 }
 
+/// A CronJob: a schedule Kubernetes' cron parser takes, a known time zone, sane counts, and a
+/// valid Job template.
+fn cron_job(object: &Value, causes: &mut Vec<Cause>) {
+    let schedule = object
+        .pointer("/spec/schedule")
+        .and_then(Value::as_str)
+        .unwrap_or("");
+    let time_zone = object.pointer("/spec/timeZone").and_then(Value::as_str);
+    if schedule.is_empty() {
+        causes.push(Cause::required("spec.schedule"));
+    } else if let Err(why) = super::cron::Schedule::parse(schedule, None) {
+        causes.push(Cause::invalid("spec.schedule", schedule, &why.to_string()));
+    }
+    if let Some(zone) = time_zone {
+        if let Err(why) = super::cron::check_time_zone(zone) {
+            causes.push(Cause::invalid("spec.timeZone", zone, &why.to_string()));
+        }
+    }
+    for field in [
+        "startingDeadlineSeconds",
+        "successfulJobsHistoryLimit",
+        "failedJobsHistoryLimit",
+    ] {
+        non_negative(object, "/spec", field, causes);
+    }
+    if let Some(policy) = object
+        .pointer("/spec/concurrencyPolicy")
+        .and_then(Value::as_str)
+    {
+        let supported = ["Allow", "Forbid", "Replace"];
+        if !supported.contains(&policy) {
+            causes.push(Cause::not_supported(
+                "spec.concurrencyPolicy",
+                policy,
+                &supported,
+            ));
+        }
+    }
+    if let Some(template) = object.pointer("/spec/jobTemplate") {
+        let mut job_causes = Vec::new();
+        job(template, &mut job_causes);
+        for mut cause in job_causes {
+            cause.field = format!("spec.jobTemplate.{}", cause.field);
+            causes.push(cause);
+        }
+    }
+}
+
+/// A container's `resources`: every request and limit a valid, non-negative quantity, and no
+/// request above its limit (Kubernetes' messages).
+fn resources(container: &Value, path: &str, causes: &mut Vec<Cause>) {
+    use super::quantity::Quantity;
+    let mut parsed = |section: &str| -> Vec<(String, String, Option<Quantity>)> {
+        let map = container
+            .pointer(&format!("/resources/{section}"))
+            .and_then(Value::as_object);
+        let mut out = Vec::new();
+        for (name, value) in map.into_iter().flatten() {
+            let field = format!("{path}resources.{section}[{name}]");
+            let text = match value {
+                Value::String(text) => text.clone(),
+                Value::Number(n) => n.to_string(),
+                other => {
+                    causes.push(Cause::invalid(
+                        field,
+                        &other.to_string(),
+                        "must be a quantity",
+                    ));
+                    continue;
+                }
+            };
+            match Quantity::parse(&text) {
+                Ok(q) if q.is_negative() => {
+                    causes.push(Cause::invalid(
+                        field,
+                        &text,
+                        "must be greater than or equal to 0",
+                    ));
+                }
+                Ok(q) => out.push((name.clone(), text, Some(q))),
+                Err(e) => causes.push(Cause::invalid(field, &text, &e.to_string())),
+            }
+        }
+        out
+    };
+    let limits = parsed("limits");
+    let requests = parsed("requests");
+    for (name, request_text, request) in &requests {
+        let limit = limits.iter().find(|(n, _, _)| n == name);
+        if let (Some(request), Some((_, limit_text, Some(limit)))) = (request, limit) {
+            if request > limit {
+                causes.push(Cause::invalid(
+                    format!("{path}resources.requests[{name}]"),
+                    request_text,
+                    &format!("must be less than or equal to {name} limit of {limit_text}"),
+                ));
+            }
+        }
+    }
+}
+
+/// `maxSurge` / `maxUnavailable` style fields: a non-negative integer or a percentage.
+fn int_or_percent(
+    object: &Value,
+    pointer: &str,
+    field: &str,
+    causes: &mut Vec<Cause>,
+) -> Option<i64> {
+    let value = object.pointer(&format!("{pointer}/{field}"))?;
+    let path = format!("{}{field}", dotted(pointer));
+    match value {
+        Value::Null => None,
+        Value::Number(n) => match n.as_i64().filter(|v| i32::try_from(*v).is_ok()) {
+            Some(v) if v < 0 => {
+                causes.push(Cause::invalid(
+                    path,
+                    &v.to_string(),
+                    "must be greater than or equal to 0",
+                ));
+                None
+            }
+            Some(v) => Some(v),
+            None => {
+                causes.push(Cause::invalid(
+                    path,
+                    &n.to_string(),
+                    "must be an int32 or a percentage",
+                ));
+                None
+            }
+        },
+        Value::String(text) => match super::intstr::percentage(text) {
+            Some(p) => Some(p),
+            None => {
+                causes.push(Cause::invalid(path, text, "a valid percent string must be a numeric string followed by an ending '%' (e.g. '1%',  or '93%', regex used for validation is '[0-9]+%')"));
+                None
+            }
+        },
+        other => {
+            causes.push(Cause::invalid(
+                path,
+                &other.to_string(),
+                "must be an integer or a percentage",
+            ));
+            None
+        }
+    }
+}
+
+/// `pointer/field`, if set, must be an integer >= 0 (Kubernetes' `ValidateNonnegativeField`).
+fn non_negative(object: &Value, pointer: &str, field: &str, causes: &mut Vec<Cause>) {
+    int_in_range(object, pointer, field, 0, i64::MAX, causes);
+}
+
+/// `pointer/field`, if set, must be an integer in `low..=high`. The message is Kubernetes'.
+fn int_in_range(
+    object: &Value,
+    pointer: &str,
+    field: &str,
+    low: i64,
+    high: i64,
+    causes: &mut Vec<Cause>,
+) {
+    let Some(value) = object.pointer(&format!("{pointer}/{field}")) else {
+        return;
+    };
+    if value.is_null() {
+        return;
+    }
+    let path = format!("{}{field}", dotted(pointer));
+    match value.as_i64() {
+        Some(v) if v >= low && v <= high => {}
+        Some(v) if low == 0 && (v < 0 || high == i64::MAX) => causes.push(Cause::invalid(
+            path,
+            &v.to_string(),
+            "must be greater than or equal to 0",
+        )),
+        Some(v) if high == i64::MAX => causes.push(Cause::invalid(
+            path,
+            &v.to_string(),
+            &format!("must be greater than or equal to {low}"),
+        )),
+        Some(v) => causes.push(Cause::invalid(
+            path,
+            &v.to_string(),
+            &format!("must be between {low} and {high}, inclusive"),
+        )),
+        None => causes.push(Cause::invalid(
+            path,
+            &value.to_string(),
+            "must be an integer",
+        )),
+    }
+}
+
+/// `/spec/containers/0/livenessProbe` -> `spec.containers[0].livenessProbe.`
+fn dotted(pointer: &str) -> String {
+    let mut path = String::new();
+    for segment in pointer.split('/').filter(|s| !s.is_empty()) {
+        if segment.bytes().all(|b| b.is_ascii_digit()) {
+            path.pop();
+            path.push_str(&format!("[{segment}]."));
+        } else {
+            path.push_str(segment);
+            path.push('.');
+        }
+    }
+    path
+}
+
 /// A Job's pods must end: its template's restartPolicy is Never or OnFailure.
 fn job(object: &Value, causes: &mut Vec<Cause>) {
     let policy = object
@@ -292,17 +494,28 @@ fn job(object: &Value, causes: &mut Vec<Cause>) {
             &["OnFailure", "Never"],
         ));
     }
-    for field in ["completions", "parallelism", "backoffLimit"] {
-        if object
-            .pointer(&format!("/spec/{field}"))
-            .and_then(Value::as_i64)
-            .is_some_and(|v| v < 0)
-        {
-            causes.push(Cause::invalid(
-                format!("spec.{field}"),
-                "negative",
-                "must be greater than or equal to 0",
-            ));
+    let int32 = i64::from(i32::MAX);
+    for field in [
+        "completions",
+        "parallelism",
+        "backoffLimit",
+        "ttlSecondsAfterFinished",
+    ] {
+        int_in_range(object, "/spec", field, 0, int32, causes);
+    }
+    non_negative(object, "/spec", "activeDeadlineSeconds", causes);
+    // The pod template: validated as a pod, reported under spec.template.
+    if let Some(spec) = object.pointer("/spec/template/spec") {
+        let as_pod = serde_json::json!({"metadata": {"name": "template"}, "spec": spec});
+        let mut pod_causes = Vec::new();
+        pod(&as_pod, &mut pod_causes);
+        for mut cause in pod_causes {
+            // Containers are checked below, once.
+            if cause.field == "spec.containers" {
+                continue;
+            }
+            cause.field = format!("spec.template.{}", cause.field);
+            causes.push(cause);
         }
     }
     if object
@@ -316,14 +529,53 @@ fn job(object: &Value, causes: &mut Vec<Cause>) {
 
 /// A ReplicaSet needs a selector that its pod template's labels match, and a valid template.
 fn replica_set(object: &Value, causes: &mut Vec<Cause>) {
-    if let Some(replicas) = object.pointer("/spec/replicas").and_then(Value::as_i64) {
-        if replicas < 0 {
+    let int32 = i64::from(i32::MAX);
+    for field in ["replicas", "minReadySeconds", "revisionHistoryLimit"] {
+        int_in_range(object, "/spec", field, 0, int32, causes);
+    }
+    int_in_range(object, "/spec", "progressDeadlineSeconds", 1, int32, causes);
+    let min_ready = object
+        .pointer("/spec/minReadySeconds")
+        .and_then(Value::as_i64);
+    if let (Some(deadline), Some(min_ready)) = (
+        object
+            .pointer("/spec/progressDeadlineSeconds")
+            .and_then(Value::as_i64),
+        min_ready,
+    ) {
+        if deadline <= min_ready {
             causes.push(Cause::invalid(
-                "spec.replicas",
-                &replicas.to_string(),
-                "must be greater than or equal to 0",
+                "spec.progressDeadlineSeconds",
+                &deadline.to_string(),
+                "must be greater than minReadySeconds",
             ));
         }
+    }
+    // Deployments' strategy, DaemonSets' and StatefulSets' updateStrategy.
+    for strategy in [
+        "/spec/strategy/rollingUpdate",
+        "/spec/updateStrategy/rollingUpdate",
+    ] {
+        let surge = int_or_percent(object, strategy, "maxSurge", causes);
+        let unavailable = int_or_percent(object, strategy, "maxUnavailable", causes);
+        let is_percent = object
+            .pointer(&format!("{strategy}/maxUnavailable"))
+            .is_some_and(Value::is_string);
+        if is_percent && unavailable.is_some_and(|p| p > 100) {
+            causes.push(Cause::invalid(
+                format!("{}maxUnavailable", dotted(strategy)),
+                &format!("{}%", unavailable.unwrap_or_default()),
+                "must not be greater than 100%",
+            ));
+        }
+        if surge == Some(0) && unavailable == Some(0) {
+            causes.push(Cause::invalid(
+                format!("{}maxUnavailable", dotted(strategy)),
+                "0",
+                "may not be 0 when `maxSurge` is 0",
+            ));
+        }
+        int_in_range(object, strategy, "partition", 0, int32, causes);
     }
     let selector = object
         .pointer("/spec/selector/matchLabels")
@@ -447,6 +699,42 @@ fn is_label_value(v: &str) -> bool {
 }
 
 fn pod(object: &Value, causes: &mut Vec<Cause>) {
+    // Numbers first, on the JSON: a value too large for its type would otherwise only fail
+    // the decode below, with a message that does not name the field.
+    int_in_range(
+        object,
+        "/spec",
+        "activeDeadlineSeconds",
+        1,
+        i64::from(i32::MAX),
+        causes,
+    );
+    non_negative(object, "/spec", "terminationGracePeriodSeconds", causes);
+    for list in ["initContainers", "containers"] {
+        let containers = object
+            .pointer(&format!("/spec/{list}"))
+            .and_then(Value::as_array);
+        for (i, container) in containers.into_iter().flatten().enumerate() {
+            let path = format!("/spec/{list}/{i}");
+            for probe in ["livenessProbe", "readinessProbe", "startupProbe"] {
+                let probe_path = format!("{path}/{probe}");
+                for field in [
+                    "initialDelaySeconds",
+                    "timeoutSeconds",
+                    "periodSeconds",
+                    "successThreshold",
+                    "failureThreshold",
+                ] {
+                    int_in_range(object, &probe_path, field, 0, i64::from(i32::MAX), causes);
+                }
+                non_negative(object, &probe_path, "terminationGracePeriodSeconds", causes);
+            }
+            resources(container, &dotted(&path), causes);
+        }
+    }
+    if causes.iter().any(|c| c.field.starts_with("spec.")) {
+        return;
+    }
     let pod: Pod = match serde_json::from_value(object.clone()) {
         Ok(pod) => pod,
         Err(e) => {
@@ -681,5 +969,79 @@ mod tests {
         assert!(validate_update("Pod", &old, &new).is_empty());
         new["spec"]["restartPolicy"] = json!("Never");
         assert_eq!(validate_update("Pod", &old, &new)[0].field, "spec");
+    }
+
+    fn messages(kind: &str, object: Value) -> Vec<String> {
+        validate(kind, &object)
+            .into_iter()
+            .map(|c| format!("{}: {}", c.field, c.message))
+            .collect()
+    }
+
+    fn pod_with(spec: Value) -> Value {
+        let mut spec = spec;
+        if spec.get("containers").is_none() {
+            spec["containers"] = json!([{"name": "c", "image": "h.wasm"}]);
+        }
+        json!({"metadata": {"name": "p"}, "spec": spec})
+    }
+
+    /// Values that used to overflow a controller, the scheduler or the agent: each is refused
+    /// with a message naming the field, as Kubernetes does.
+    #[test]
+    fn numbers_out_of_range_are_named() {
+        let table: &[(&str, Value, &[&str])] = &[
+            ("Pod", pod_with(json!({"activeDeadlineSeconds": 9_223_372_036_854_775_807_i64})),
+                &["spec.activeDeadlineSeconds: Invalid value: \"9223372036854775807\": must be between 1 and 2147483647, inclusive"]),
+            ("Pod", pod_with(json!({"activeDeadlineSeconds": 0})),
+                &["spec.activeDeadlineSeconds: Invalid value: \"0\": must be between 1 and 2147483647, inclusive"]),
+            ("Pod", pod_with(json!({"terminationGracePeriodSeconds": -1})),
+                &["spec.terminationGracePeriodSeconds: Invalid value: \"-1\": must be greater than or equal to 0"]),
+            ("Pod", pod_with(json!({"containers": [{"name": "c", "image": "h.wasm",
+                "resources": {"requests": {"memory": "99999999T", "cpu": "lots"}, "limits": {"memory": "1Gi", "cpu": "-1"}}}]})),
+                &["spec.containers[0].resources.limits[cpu]: Invalid value: \"-1\": must be greater than or equal to 0",
+                  "spec.containers[0].resources.requests[cpu]: Invalid value: \"lots\": quantities must match the regular expression '^([+-]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$': \"lots\"",
+                  "spec.containers[0].resources.requests[memory]: Invalid value: \"99999999T\": must be less than or equal to memory limit of 1Gi"]),
+            ("Pod", pod_with(json!({"containers": [{"name": "c", "image": "h.wasm",
+                "resources": {"requests": {"memory": "99999999999999999999999999999999999999999"}}}]})),
+                &["spec.containers[0].resources.requests[memory]: Invalid value: \"99999999999999999999999999999999999999999\": quantity \"99999999999999999999999999999999999999999\" is too large"]),
+            ("Pod", pod_with(json!({"containers": [{"name": "c", "image": "h.wasm", "livenessProbe": {"httpGet": {"port": 80}, "periodSeconds": 99_999_999_999_i64}}]})),
+                &["spec.containers[0].livenessProbe.periodSeconds: Invalid value: \"99999999999\": must be between 0 and 2147483647, inclusive"]),
+            ("Deployment", json!({"metadata": {"name": "d"}, "spec": {"replicas": 2_147_483_647, "selector": {"matchLabels": {"a": "b"}},
+                "strategy": {"rollingUpdate": {"maxSurge": "150%", "maxUnavailable": "150%"}},
+                "template": {"metadata": {"labels": {"a": "b"}}, "spec": {"containers": [{"name": "c", "image": "h.wasm"}]}}}}),
+                &["spec.strategy.rollingUpdate.maxUnavailable: Invalid value: \"150%\": must not be greater than 100%"]),
+            ("Deployment", json!({"metadata": {"name": "d"}, "spec": {"replicas": 99_999_999_999_i64, "minReadySeconds": 10, "progressDeadlineSeconds": 5,
+                "selector": {"matchLabels": {"a": "b"}},
+                "strategy": {"rollingUpdate": {"maxSurge": 0, "maxUnavailable": "x"}},
+                "template": {"metadata": {"labels": {"a": "b"}}, "spec": {"containers": [{"name": "c", "image": "h.wasm"}]}}}}),
+                &["spec.replicas: Invalid value: \"99999999999\": must be between 0 and 2147483647, inclusive",
+                  "spec.progressDeadlineSeconds: Invalid value: \"5\": must be greater than minReadySeconds",
+                  "spec.strategy.rollingUpdate.maxUnavailable: Invalid value: \"x\": a valid percent string must be a numeric string followed by an ending '%' (e.g. '1%',  or '93%', regex used for validation is '[0-9]+%')"]),
+            ("Deployment", json!({"metadata": {"name": "d"}, "spec": {"selector": {"matchLabels": {"a": "b"}},
+                "strategy": {"rollingUpdate": {"maxSurge": 0, "maxUnavailable": "0%"}},
+                "template": {"metadata": {"labels": {"a": "b"}}, "spec": {"containers": [{"name": "c", "image": "h.wasm"}]}}}}),
+                &["spec.strategy.rollingUpdate.maxUnavailable: Invalid value: \"0\": may not be 0 when `maxSurge` is 0"]),
+            ("Job", json!({"metadata": {"name": "j"}, "spec": {"activeDeadlineSeconds": -5, "ttlSecondsAfterFinished": -1,
+                "template": {"spec": {"restartPolicy": "Never", "activeDeadlineSeconds": 9_223_372_036_854_775_807_i64, "containers": [{"name": "c", "image": "h.wasm"}]}}}}),
+                &["spec.ttlSecondsAfterFinished: Invalid value: \"-1\": must be greater than or equal to 0",
+                  "spec.activeDeadlineSeconds: Invalid value: \"-5\": must be greater than or equal to 0",
+                  "spec.template.spec.activeDeadlineSeconds: Invalid value: \"9223372036854775807\": must be between 1 and 2147483647, inclusive"]),
+            ("CronJob", json!({"metadata": {"name": "c"}, "spec": {"schedule": "0 9 * * MON", "timeZone": "Mars/Olympus", "startingDeadlineSeconds": -1,
+                "concurrencyPolicy": "Sometimes",
+                "jobTemplate": {"spec": {"template": {"spec": {"restartPolicy": "Never", "containers": [{"name": "c", "image": "h.wasm"}]}}}}}}),
+                &["spec.timeZone: Invalid value: \"Mars/Olympus\": unknown time zone Mars/Olympus",
+                  "spec.startingDeadlineSeconds: Invalid value: \"-1\": must be greater than or equal to 0",
+                  "spec.concurrencyPolicy: Unsupported value: \"Sometimes\": supported values: \"Allow\", \"Forbid\", \"Replace\""]),
+        ];
+        for (kind, object, expected) in table {
+            assert_eq!(&messages(kind, object.clone()), expected, "{kind} {object}");
+        }
+        // Within range, nothing to say.
+        let fine = pod_with(
+            json!({"activeDeadlineSeconds": 2_147_483_647, "terminationGracePeriodSeconds": 9_223_372_036_854_775_807_i64,
+            "containers": [{"name": "c", "image": "h.wasm", "resources": {"requests": {"cpu": "250m", "memory": "64Mi"}, "limits": {"cpu": "1", "memory": "128Mi"}}}]}),
+        );
+        assert_eq!(messages("Pod", fine), Vec::<String>::new());
     }
 }

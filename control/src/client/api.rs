@@ -52,6 +52,16 @@ pub struct DeleteParams {
     pub propagation_policy: Option<&'static str>,
 }
 
+impl DeleteParams {
+    /// Delete now and let the garbage collector take the dependents.
+    pub fn background() -> Self {
+        Self {
+            propagation_policy: Some("Background"),
+            ..Default::default()
+        }
+    }
+}
+
 pub struct ObjectList<K> {
     pub items: Vec<K>,
     pub resource_version: String,

@@ -8,13 +8,14 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::apps::v1::{DaemonSet, DaemonSetStatus};
 use k8s_openapi::api::core::v1::{Node, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
-use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use serde_json::json;
 
 use super::deployment::{template_hash, HASH_LABEL};
 use super::pod_is_ready as is_ready;
-use super::queue::{self, Action};
+use super::queue::{self, Action, ObjectKey};
 use super::replicaset::{controller_of, selector_string};
+use super::Error;
+use crate::api::intstr;
 use crate::client::{watcher, Client, DeleteParams, ListParams, Recorder, WatcherEvent};
 
 pub async fn run(client: Client) {
@@ -26,7 +27,7 @@ pub async fn run(client: Client) {
     let mut sets = watcher(client.api::<DaemonSet>(None), ListParams::default());
     let mut pods = client.shared_watch::<Pod>();
     let mut nodes = watcher(client.api::<Node>(None), ListParams::default());
-    let mut known: Vec<String> = Vec::new();
+    let mut known: Vec<ObjectKey> = Vec::new();
     loop {
         tokio::select! {
             Some(event) = sets.recv() => {
@@ -35,11 +36,11 @@ pub async fn run(client: Client) {
                     WatcherEvent::Applied(ds) | WatcherEvent::Deleted(ds) => vec![ds],
                 };
                 for ds in items {
-                    let key = format!("{}/{}", ds.metadata.namespace.clone().unwrap_or_default(), ds.metadata.name.clone().unwrap_or_default());
+                    let key = ObjectKey::of(&ds.metadata);
                     if !known.contains(&key) {
                         known.push(key.clone());
                     }
-                    queue.add(&key);
+                    queue.add(key);
                 }
             }
             Some(event) = pods.recv() => {
@@ -49,12 +50,12 @@ pub async fn run(client: Client) {
                 };
                 for pod in items {
                     if let Some(owner) = controller_of(&pod.metadata).filter(|o| o.kind == "DaemonSet") {
-                        queue.add(&format!("{}/{}", pod.metadata.namespace.clone().unwrap_or_default(), owner.name));
+                        queue.add(ObjectKey::new(&pod.metadata.namespace.clone().unwrap_or_default(), &owner.name));
                     }
                 }
             }
             // Any node change may add or remove a daemon pod of every DaemonSet.
-            Some(_) = nodes.recv() => known.iter().for_each(|key| queue.add(key)),
+            Some(_) = nodes.recv() => known.iter().for_each(|key| queue.add(key.clone())),
             else => return,
         }
     }
@@ -74,17 +75,17 @@ fn eligible(node: &Node, selector: Option<&BTreeMap<String, String>>) -> bool {
     !cordoned && matches && node.metadata.deletion_timestamp.is_none()
 }
 
-async fn reconcile(client: Client, recorder: Recorder, key: String) -> Result<Action, String> {
-    let (namespace, name) = key.split_once('/').ok_or("bad key")?;
+async fn reconcile(client: Client, recorder: Recorder, key: ObjectKey) -> Result<Action, Error> {
+    let (namespace, name) = (key.namespace.as_str(), key.name.as_str());
     let sets = client.api::<DaemonSet>(Some(namespace));
-    let Some(ds) = sets.get_opt(name).await.map_err(|e| e.to_string())? else {
+    let Some(ds) = sets.get_opt(name).await? else {
         return Ok(Action::AwaitChange);
     };
     if ds.metadata.deletion_timestamp.is_some() {
         return Ok(Action::AwaitChange);
     }
     let spec = ds.spec.clone().unwrap_or_default();
-    let template = serde_json::to_value(&spec.template).map_err(|e| e.to_string())?;
+    let template = serde_json::to_value(&spec.template)?;
     let hash = template_hash(&template);
     let node_selector = spec
         .template
@@ -94,8 +95,7 @@ async fn reconcile(client: Client, recorder: Recorder, key: String) -> Result<Ac
     let nodes = client
         .api::<Node>(None)
         .list(&ListParams::default())
-        .await
-        .map_err(|e| e.to_string())?
+        .await?
         .items;
     let wanted: Vec<String> = nodes
         .iter()
@@ -106,8 +106,7 @@ async fn reconcile(client: Client, recorder: Recorder, key: String) -> Result<Ac
     let uid = ds.metadata.uid.clone().unwrap_or_default();
     let pods: Vec<Pod> = pods_api
         .list(&ListParams::default().labels(&selector_string(&spec.selector)))
-        .await
-        .map_err(|e| e.to_string())?
+        .await?
         .items
         .into_iter()
         .filter(|p| controller_of(&p.metadata).is_some_and(|o| o.uid == uid))
@@ -151,7 +150,7 @@ async fn reconcile(client: Client, recorder: Recorder, key: String) -> Result<Ac
             {
                 Ok(()) => Ok(()),
                 Err(e) if e.is_not_found() => Ok(()),
-                Err(e) => Err(e.to_string()),
+                Err(e) => Err(Error::from(e)),
             }
         }
     };
@@ -166,10 +165,7 @@ async fn reconcile(client: Client, recorder: Recorder, key: String) -> Result<Ac
         }
     }
     for node in wanted.iter().filter(|n| !seen.contains(n)) {
-        let created = pods_api
-            .create(&daemon_pod(&ds, node, &hash))
-            .await
-            .map_err(|e| e.to_string())?;
+        let created = pods_api.create(&daemon_pod(&ds, node, &hash)).await?;
         let message = format!(
             "Created pod: {}",
             created.metadata.name.clone().unwrap_or_default()
@@ -185,18 +181,18 @@ async fn reconcile(client: Client, recorder: Recorder, key: String) -> Result<Ac
         |p: &Pod| p.metadata.labels.as_ref().and_then(|l| l.get(HASH_LABEL)) != Some(&hash);
     let strategy = spec.update_strategy.clone().unwrap_or_default();
     if strategy.type_.as_deref() != Some("OnDelete") {
-        let max_unavailable = match strategy.rolling_update.and_then(|r| r.max_unavailable) {
-            Some(IntOrString::Int(n)) => n.max(1),
-            Some(IntOrString::String(p)) => ((p.trim_end_matches('%').parse::<f64>().unwrap_or(0.0)
-                * wanted.len() as f64
-                / 100.0)
-                .floor() as i32)
-                .max(1),
-            None => 1,
-        };
-        let unavailable =
-            wanted.len() as i32 - placed.iter().filter(|p| is_ready(p)).count() as i32;
-        let budget = (max_unavailable - unavailable).max(0) as usize;
+        let nodes = i32::try_from(wanted.len()).unwrap_or(i32::MAX);
+        let max_unavailable = strategy
+            .rolling_update
+            .and_then(|r| r.max_unavailable)
+            .and_then(|value| intstr::scaled(&value, nodes, false))
+            .unwrap_or(1)
+            .max(1);
+        let ready = placed.iter().filter(|p| is_ready(p)).count();
+        let unavailable = wanted.len().saturating_sub(ready);
+        let budget = usize::try_from(max_unavailable)
+            .unwrap_or(usize::MAX)
+            .saturating_sub(unavailable);
         for pod in placed
             .iter()
             .filter(|p| outdated(p))
@@ -219,9 +215,7 @@ async fn reconcile(client: Client, recorder: Recorder, key: String) -> Result<Ac
         ..Default::default()
     };
     if ds.status.as_ref() != Some(&status) {
-        sets.patch_status(name, &json!({"status": status}))
-            .await
-            .map_err(|e| e.to_string())?;
+        sets.patch_status(name, &json!({"status": status})).await?;
     }
     Ok(Action::AwaitChange)
 }

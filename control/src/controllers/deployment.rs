@@ -18,8 +18,10 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use serde_json::{json, Value};
 
-use super::queue::{self, Action};
+use super::queue::{self, Action, ObjectKey};
 use super::replicaset::{controller_of, selector_string};
+use super::Error;
+use crate::api::intstr;
 use crate::client::{watcher, Api, Client, DeleteParams, ListParams, Recorder, WatcherEvent};
 
 pub const REVISION: &str = "deployment.kubernetes.io/revision";
@@ -41,7 +43,7 @@ pub async fn run(client: Client) {
                     WatcherEvent::Applied(d) | WatcherEvent::Deleted(d) => vec![d],
                 };
                 for d in items {
-                    queue.add(&format!("{}/{}", d.metadata.namespace.clone().unwrap_or_default(), d.metadata.name.clone().unwrap_or_default()));
+                    queue.add(ObjectKey::of(&d.metadata));
                 }
             }
             Some(event) = sets.recv() => {
@@ -51,7 +53,7 @@ pub async fn run(client: Client) {
                 };
                 for rs in items {
                     if let Some(owner) = controller_of(&rs.metadata).filter(|o| o.kind == "Deployment") {
-                        queue.add(&format!("{}/{}", rs.metadata.namespace.clone().unwrap_or_default(), owner.name));
+                        queue.add(ObjectKey::new(&rs.metadata.namespace.clone().unwrap_or_default(), &owner.name));
                     }
                 }
             }
@@ -109,23 +111,12 @@ fn revision_of(rs: &ReplicaSet) -> i64 {
 }
 
 /// `maxSurge`/`maxUnavailable` as a number of pods (percentages of `replicas`; surge rounds up,
-/// unavailable down, as Kubernetes does).
+/// unavailable down, as Kubernetes does); `default` when unset or not a percentage.
 fn resolve(value: Option<&IntOrString>, replicas: i32, round_up: bool, default: &str) -> i32 {
-    match value {
-        Some(IntOrString::Int(n)) => *n,
-        Some(IntOrString::String(s)) => percent(s, replicas, round_up),
-        None => percent(default, replicas, round_up),
-    }
-}
-
-fn percent(text: &str, replicas: i32, round_up: bool) -> i32 {
-    let p: f64 = text.trim_end_matches('%').parse().unwrap_or(25.0);
-    let exact = p * replicas as f64 / 100.0;
-    (if round_up {
-        exact.ceil()
-    } else {
-        exact.floor()
-    }) as i32
+    let default = IntOrString::String(default.to_string());
+    intstr::scaled(value.unwrap_or(&default), replicas, round_up)
+        .or_else(|| intstr::scaled(&default, replicas, round_up))
+        .unwrap_or(0)
 }
 
 fn spec_replicas(rs: &ReplicaSet) -> i32 {
@@ -139,10 +130,10 @@ fn available(rs: &ReplicaSet) -> i32 {
         .unwrap_or(0)
 }
 
-async fn reconcile(client: Client, recorder: Recorder, key: String) -> Result<Action, String> {
-    let (namespace, name) = key.split_once('/').ok_or("bad key")?;
+async fn reconcile(client: Client, recorder: Recorder, key: ObjectKey) -> Result<Action, Error> {
+    let (namespace, name) = (key.namespace.as_str(), key.name.as_str());
     let deployments = client.api::<Deployment>(Some(namespace));
-    let Some(d) = deployments.get_opt(name).await.map_err(|e| e.to_string())? else {
+    let Some(d) = deployments.get_opt(name).await? else {
         return Ok(Action::AwaitChange);
     };
     if d.metadata.deletion_timestamp.is_some() {
@@ -153,8 +144,7 @@ async fn reconcile(client: Client, recorder: Recorder, key: String) -> Result<Ac
     let uid = d.metadata.uid.clone().unwrap_or_default();
     let mut owned: Vec<ReplicaSet> = sets
         .list(&ListParams::default().labels(&selector_string(&spec.selector)))
-        .await
-        .map_err(|e| e.to_string())?
+        .await?
         .items
         .into_iter()
         .filter(|rs| {
@@ -162,7 +152,7 @@ async fn reconcile(client: Client, recorder: Recorder, key: String) -> Result<Ac
                 && rs.metadata.deletion_timestamp.is_none()
         })
         .collect();
-    let template = serde_json::to_value(&spec.template).map_err(|e| e.to_string())?;
+    let template = serde_json::to_value(&spec.template)?;
     let hash = template_hash(&template);
     let is_new = |rs: &ReplicaSet| {
         rs.metadata.labels.as_ref().and_then(|l| l.get(HASH_LABEL)) == Some(&hash)
@@ -183,8 +173,7 @@ async fn reconcile(client: Client, recorder: Recorder, key: String) -> Result<Ac
                 };
                 let created = sets
                     .create(&new_replica_set(&d, &hash, max_revision + 1, initial))
-                    .await
-                    .map_err(|e| e.to_string())?;
+                    .await?;
                 let message = format!(
                     "Scaled up replica set {} from 0 to {initial}",
                     created.metadata.name.clone().unwrap_or_default()
@@ -196,17 +185,14 @@ async fn reconcile(client: Client, recorder: Recorder, key: String) -> Result<Ac
                 // A rollback to this template: the old ReplicaSet becomes the newest revision.
                 let rs_name = owned[i].metadata.name.clone().unwrap_or_default();
                 let patch = json!({"metadata": {"annotations": {REVISION: (max_revision + 1).to_string()}}});
-                owned[i] = sets
-                    .patch_merge(&rs_name, &patch)
-                    .await
-                    .map_err(|e| e.to_string())?;
+                owned[i] = sets.patch_merge(&rs_name, &patch).await?;
             }
             Some(_) => {}
         }
         let new_index = owned
             .iter()
             .position(is_new)
-            .ok_or("the new replica set vanished")?;
+            .ok_or_else(|| Error::Vanished("the new replica set".into()))?;
         let revision = revision_of(&owned[new_index]).to_string();
         if d.metadata
             .annotations
@@ -215,18 +201,14 @@ async fn reconcile(client: Client, recorder: Recorder, key: String) -> Result<Ac
             != Some(&revision)
         {
             let patch = json!({"metadata": {"annotations": {REVISION: revision}}});
-            deployments
-                .patch_merge(name, &patch)
-                .await
-                .map_err(|e| e.to_string())?;
+            deployments.patch_merge(name, &patch).await?;
         }
         // Availability from the pods themselves: ReplicaSet statuses lag behind the scale
         // changes this controller just made, and acting on them could overshoot.
         let pods = client.api::<k8s_openapi::api::core::v1::Pod>(Some(namespace));
         let listed = pods
             .list(&ListParams::default().labels(&selector_string(&spec.selector)))
-            .await
-            .map_err(|e| e.to_string())?;
+            .await?;
         let mut ready_by_hash: std::collections::HashMap<String, i32> = Default::default();
         for pod in listed
             .items
@@ -267,7 +249,7 @@ async fn roll(
     new_index: usize,
     desired: i32,
     ready_by_hash: &std::collections::HashMap<String, i32>,
-) -> Result<(), String> {
+) -> Result<(), Error> {
     let available = |rs: &ReplicaSet| {
         let hash = rs.metadata.labels.as_ref().and_then(|l| l.get(HASH_LABEL));
         hash.and_then(|h| ready_by_hash.get(h))
@@ -289,8 +271,7 @@ async fn roll(
                 return Ok(());
             }
             sets.patch_merge(&rs_name, &json!({"spec": {"replicas": to}}))
-                .await
-                .map_err(|e| e.to_string())?;
+                .await?;
             let verb = if to > from { "up" } else { "down" };
             recorder
                 .normal(
@@ -299,7 +280,7 @@ async fn roll(
                     &format!("Scaled {verb} replica set {rs_name} from {from} to {to}"),
                 )
                 .await;
-            Ok::<(), String>(())
+            Ok::<(), Error>(())
         }
     };
     let old_pods: i32 = owned
@@ -326,21 +307,29 @@ async fn roll(
         unavailable = 1;
     }
     // Scale the new ReplicaSet up within desired + maxSurge pods in all.
-    let total: i32 = owned.iter().map(spec_replicas).sum();
+    // Sums in i64: replicas and surge are each at most i32::MAX, their sum is not.
+    let total: i64 = owned.iter().map(|rs| i64::from(spec_replicas(rs))).sum();
     let new_replicas = spec_replicas(&owned[new_index]);
-    let room = desired + surge - total;
+    let room = i64::from(desired) + i64::from(surge) - total;
     let target = if new_replicas > desired {
         desired
     } else {
-        (new_replicas + room.max(0)).min(desired)
+        // At most `desired`, so it fits an i32.
+        (i64::from(new_replicas) + room.max(0)).min(i64::from(desired)) as i32
     };
     if target != new_replicas {
         scale(&owned[new_index], target).await?;
     }
     // Scale old ones down while at least desired - maxUnavailable pods stay available;
-    // old replicas that are not available can always go.
-    let all_available: i32 = owned.iter().map(available).sum();
-    let mut can_remove = (all_available - (desired - unavailable)).max(0);
+    // old replicas that are not available can always go. As Kubernetes does, the total
+    // removed is also capped by the pods that exist by spec (old ReplicaSets' statuses may
+    // lag a scale-down this controller just made; spec counts do not).
+    let min_available = i64::from(desired) - i64::from(unavailable);
+    let all_pods = total - i64::from(new_replicas) + i64::from(target);
+    let new_unavailable = (i64::from(target) - i64::from(available(&owned[new_index]))).max(0);
+    let mut budget = (all_pods - min_available - new_unavailable).max(0);
+    let all_available: i64 = owned.iter().map(|rs| i64::from(available(rs))).sum();
+    let mut can_remove = (all_available - min_available).max(0);
     let mut olds: Vec<&ReplicaSet> = owned
         .iter()
         .enumerate()
@@ -349,12 +338,14 @@ async fn roll(
         .collect();
     olds.sort_by_key(|rs| revision_of(rs));
     for rs in olds {
-        let current = spec_replicas(rs);
-        let unhealthy = (current - available(rs)).max(0);
-        let remove = (unhealthy + can_remove).min(current);
+        let current = i64::from(spec_replicas(rs));
+        let unhealthy = (current - i64::from(available(rs))).max(0);
+        let remove = (unhealthy + can_remove).min(current).min(budget);
         if remove > 0 {
             can_remove -= (remove - unhealthy).max(0);
-            scale(rs, current - remove).await?;
+            budget -= remove;
+            // Between 0 and `current`, so it fits an i32.
+            scale(rs, (current - remove) as i32).await?;
         }
     }
     Ok(())
@@ -391,7 +382,7 @@ async fn write_status(
     owned: &[ReplicaSet],
     hash: &str,
     desired: i32,
-) -> Result<Action, String> {
+) -> Result<Action, Error> {
     let sum = |f: fn(&ReplicaSet) -> i32| owned.iter().map(f).sum::<i32>();
     let replicas = sum(|rs| rs.status.as_ref().map_or(0, |s| s.replicas));
     let ready = sum(|rs| {
@@ -512,8 +503,7 @@ async fn write_status(
         let name = d.metadata.name.clone().unwrap_or_default();
         deployments
             .patch_status(&name, &json!({"status": status}))
-            .await
-            .map_err(|e| e.to_string())?;
+            .await?;
     }
     // A rollout in progress is looked at again for its progress deadline.
     Ok(if complete {
@@ -611,8 +601,15 @@ mod tests {
 
     #[test]
     fn surge_rounds_up_and_unavailable_down() {
-        assert_eq!(percent("25%", 3, true), 1);
-        assert_eq!(percent("25%", 3, false), 0);
+        let quarter = IntOrString::String("25%".into());
+        assert_eq!(resolve(Some(&quarter), 3, true, "25%"), 1);
+        assert_eq!(resolve(Some(&quarter), 3, false, "25%"), 0);
         assert_eq!(resolve(Some(&IntOrString::Int(2)), 10, true, "25%"), 2);
+        assert_eq!(resolve(None, i32::MAX, true, "25%"), 536_870_912);
+        assert_eq!(
+            resolve(Some(&IntOrString::String("lots".into())), 8, true, "25%"),
+            2,
+            "not a percentage: the default"
+        );
     }
 }

@@ -18,7 +18,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference}
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use super::pod_is_ready;
-use super::queue::{self, key_of, Action};
+use super::queue::{self, Action, ObjectKey};
+use super::Error;
 use crate::client::{watcher, Client, DeleteParams, ListParams};
 
 pub async fn run(client: Client) {
@@ -32,20 +33,19 @@ pub async fn run(client: Client) {
         tokio::select! {
             Some(event) = services.recv() => {
                 for service in event.into_objects() {
-                    let key = key_of(&service.metadata);
-                    let (ns, name) = key.split_once('/').unwrap_or_default();
-                    let names = known.entry(ns.to_string()).or_default();
-                    if !names.iter().any(|n| n == name) {
-                        names.push(name.to_string());
+                    let key = ObjectKey::of(&service.metadata);
+                    let names = known.entry(key.namespace.clone()).or_default();
+                    if !names.contains(&key.name) {
+                        names.push(key.name.clone());
                     }
-                    queue.add(&key);
+                    queue.add(key);
                 }
             }
             Some(event) = pods.recv() => {
                 for pod in event.into_objects() {
                     let ns = pod.metadata.namespace.clone().unwrap_or_default();
                     for name in known.get(&ns).into_iter().flatten() {
-                        queue.add(&format!("{ns}/{name}"));
+                        queue.add(ObjectKey::new(&ns, name));
                     }
                 }
             }
@@ -101,21 +101,16 @@ fn address(pod: &Pod) -> Option<EndpointAddress> {
     })
 }
 
-async fn reconcile(client: Client, key: String) -> Result<Action, String> {
-    let (namespace, name) = key.split_once('/').ok_or("bad key")?;
+async fn reconcile(client: Client, key: ObjectKey) -> Result<Action, Error> {
+    let (namespace, name) = (key.namespace.as_str(), key.name.as_str());
     let endpoints_api = client.api::<Endpoints>(Some(namespace));
     let slices_api = client.api::<EndpointSlice>(Some(namespace));
-    let service = client
-        .api::<Service>(Some(namespace))
-        .get_opt(name)
-        .await
-        .map_err(|e| e.to_string())?;
+    let service = client.api::<Service>(Some(namespace)).get_opt(name).await?;
     let Some(service) = service else {
         let _ = endpoints_api.delete(name, &DeleteParams::default()).await;
         let slices = slices_api
             .list(&ListParams::default().labels(&format!("{SERVICE_NAME_LABEL}={name}")))
-            .await
-            .map_err(|e| e.to_string())?;
+            .await?;
         for slice in slices.items {
             let slice_name = slice.metadata.name.unwrap_or_default();
             let _ = slices_api
@@ -132,8 +127,7 @@ async fn reconcile(client: Client, key: String) -> Result<Action, String> {
     let pods = client
         .api::<Pod>(Some(namespace))
         .list(&ListParams::default().labels(&query.join(",")))
-        .await
-        .map_err(|e| e.to_string())?
+        .await?
         .items;
 
     // Subsets group the addresses that serve the same resolved ports.
@@ -207,7 +201,7 @@ async fn write_slices(
     api: &crate::client::Api<EndpointSlice>,
     service: &Service,
     slices: BTreeMap<Vec<ResolvedPort>, Vec<Endpoint>>,
-) -> Result<(), String> {
+) -> Result<(), Error> {
     let service_name = service.metadata.name.clone().unwrap_or_default();
     let uid = service.metadata.uid.clone().unwrap_or_default();
     let base = format!("{service_name}-{}", &uid[..uid.len().min(5)]);
@@ -230,8 +224,7 @@ async fn write_slices(
     }
     let existing = api
         .list(&ListParams::default().labels(&format!("{SERVICE_NAME_LABEL}={service_name}")))
-        .await
-        .map_err(|e| e.to_string())?;
+        .await?;
     for slice in existing.items {
         let name = slice.metadata.name.unwrap_or_default();
         if !wanted.iter().any(|(n, _, _)| *n == name) {
@@ -251,9 +244,9 @@ async fn write_endpoints(
     api: &crate::client::Api<Endpoints>,
     service: &Service,
     subsets: Vec<EndpointSubset>,
-) -> Result<(), String> {
+) -> Result<(), Error> {
     let name = service.metadata.name.clone().unwrap_or_default();
-    let current = api.get_opt(&name).await.map_err(|e| e.to_string())?;
+    let current = api.get_opt(&name).await?;
     let subsets = (!subsets.is_empty()).then_some(subsets);
     match current {
         Some(current) if current.subsets == subsets => Ok(()),
@@ -262,7 +255,7 @@ async fn write_endpoints(
             api.replace(&name, &current)
                 .await
                 .map(drop)
-                .map_err(|e| e.to_string())
+                .map_err(Error::from)
         }
         None => {
             let endpoints = Endpoints {
@@ -274,10 +267,7 @@ async fn write_endpoints(
                 },
                 subsets,
             };
-            api.create(&endpoints)
-                .await
-                .map(drop)
-                .map_err(|e| e.to_string())
+            api.create(&endpoints).await.map(drop).map_err(Error::from)
         }
     }
 }
@@ -288,7 +278,7 @@ async fn write_slice(
     name: &str,
     endpoints: Vec<Endpoint>,
     ports: Option<Vec<ResolvedPort>>,
-) -> Result<(), String> {
+) -> Result<(), Error> {
     let service_name = service.metadata.name.clone().unwrap_or_default();
     let uid = service.metadata.uid.clone().unwrap_or_default();
     let ports = ports.map(|ports| {
@@ -302,7 +292,7 @@ async fn write_slice(
             })
             .collect()
     });
-    let current = api.get_opt(name).await.map_err(|e| e.to_string())?;
+    let current = api.get_opt(name).await?;
     match current {
         Some(current) if current.endpoints == endpoints && current.ports == ports => Ok(()),
         Some(mut current) => {
@@ -311,7 +301,7 @@ async fn write_slice(
             api.replace(name, &current)
                 .await
                 .map(drop)
-                .map_err(|e| e.to_string())
+                .map_err(Error::from)
         }
         None => {
             let slice = EndpointSlice {
@@ -339,10 +329,7 @@ async fn write_slice(
                 endpoints,
                 ports,
             };
-            api.create(&slice)
-                .await
-                .map(drop)
-                .map_err(|e| e.to_string())
+            api.create(&slice).await.map(drop).map_err(Error::from)
         }
     }
 }

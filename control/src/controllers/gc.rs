@@ -20,6 +20,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::{Metadata, Resource};
 use serde_json::json;
 
+use super::Error;
 use crate::client::{watcher, Client, DeleteParams, ListParams, WatcherEvent};
 
 use crate::api::object::FOREGROUND_FINALIZER;
@@ -163,7 +164,7 @@ macro_rules! for_each_dependent_kind {
 
 /// One step of a foreground deletion: deletes the owner's remaining dependents, or, when none
 /// is left, removes the finalizer so the API server deletes the owner.
-async fn delete_in_foreground(client: &Client, owner: &Doomed) -> Result<(), String> {
+async fn delete_in_foreground(client: &Client, owner: &Doomed) -> Result<(), Error> {
     let mut remaining = 0;
     for_each_dependent_kind!(delete_dependents, client, owner, &mut remaining);
     if remaining > 0 {
@@ -172,12 +173,11 @@ async fn delete_in_foreground(client: &Client, owner: &Doomed) -> Result<(), Str
     let resource = crate::api::resources::RESOURCES
         .iter()
         .find(|r| r.kind == owner.kind)
-        .ok_or("unknown owner kind")?;
+        .ok_or_else(|| Error::UnknownKind(owner.kind.to_string()))?;
     let path = resource.item_path(owner.namespace.as_deref(), &owner.name);
     let current = client
         .json(http::Method::GET, &path, "application/json", None)
-        .await
-        .map_err(|e| e.to_string())?;
+        .await?;
     if current.pointer("/metadata/uid").and_then(|u| u.as_str()) != Some(owner.uid.as_str()) {
         return Ok(());
     }
@@ -198,7 +198,7 @@ async fn delete_in_foreground(client: &Client, owner: &Doomed) -> Result<(), Str
         )
         .await
         .map(drop)
-        .map_err(|e| e.to_string())
+        .map_err(Error::from)
 }
 
 /// Deletes (in the foreground) the objects of kind `K` that `owner` owns, counting those that

@@ -12,8 +12,9 @@ use k8s_openapi::api::core::v1::{EnvVar, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference, Time};
 use serde_json::json;
 
-use super::queue::{self, Action};
+use super::queue::{self, Action, ObjectKey};
 use super::replicaset::controller_of;
+use super::Error;
 use crate::client::{watcher, Client, DeleteParams, ListParams, Recorder, WatcherEvent};
 
 pub const INDEX_ANNOTATION: &str = "batch.kubernetes.io/job-completion-index";
@@ -35,7 +36,7 @@ pub async fn run(client: Client) {
                     WatcherEvent::Applied(job) | WatcherEvent::Deleted(job) => vec![job],
                 };
                 for job in items {
-                    queue.add(&format!("{}/{}", job.metadata.namespace.clone().unwrap_or_default(), job.metadata.name.clone().unwrap_or_default()));
+                    queue.add(ObjectKey::of(&job.metadata));
                 }
             }
             Some(event) = pods.recv() => {
@@ -45,7 +46,7 @@ pub async fn run(client: Client) {
                 };
                 for pod in items {
                     if let Some(owner) = controller_of(&pod.metadata).filter(|o| o.kind == "Job") {
-                        queue.add(&format!("{}/{}", pod.metadata.namespace.clone().unwrap_or_default(), owner.name));
+                        queue.add(ObjectKey::new(&pod.metadata.namespace.clone().unwrap_or_default(), &owner.name));
                     }
                 }
             }
@@ -82,7 +83,7 @@ fn finished(job: &Job) -> bool {
 
 /// `ttlSecondsAfterFinished`: a finished Job is deleted (its pods with it) that long after it
 /// completed or failed.
-async fn expire(jobs: &crate::client::Api<Job>, job: &Job) -> Result<Action, String> {
+async fn expire(jobs: &crate::client::Api<Job>, job: &Job) -> Result<Action, Error> {
     let Some(ttl) = job.spec.as_ref().and_then(|s| s.ttl_seconds_after_finished) else {
         return Ok(Action::AwaitChange);
     };
@@ -115,14 +116,14 @@ async fn expire(jobs: &crate::client::Api<Job>, job: &Job) -> Result<Action, Str
     {
         Ok(()) => Ok(Action::AwaitChange),
         Err(e) if e.is_not_found() => Ok(Action::AwaitChange),
-        Err(e) => Err(e.to_string()),
+        Err(e) => Err(e.into()),
     }
 }
 
-async fn reconcile(client: Client, recorder: Recorder, key: String) -> Result<Action, String> {
-    let (namespace, name) = key.split_once('/').ok_or("bad key")?;
+async fn reconcile(client: Client, recorder: Recorder, key: ObjectKey) -> Result<Action, Error> {
+    let (namespace, name) = (key.namespace.as_str(), key.name.as_str());
     let jobs = client.api::<Job>(Some(namespace));
-    let Some(job) = jobs.get_opt(name).await.map_err(|e| e.to_string())? else {
+    let Some(job) = jobs.get_opt(name).await? else {
         return Ok(Action::AwaitChange);
     };
     if job.metadata.deletion_timestamp.is_some() {
@@ -136,8 +137,7 @@ async fn reconcile(client: Client, recorder: Recorder, key: String) -> Result<Ac
     let pods_api = client.api::<Pod>(Some(namespace));
     let pods: Vec<Pod> = pods_api
         .list(&ListParams::default().labels(&format!("{JOB_NAME_LABEL}={name}")))
-        .await
-        .map_err(|e| e.to_string())?
+        .await?
         .items
         .into_iter()
         .filter(|p| controller_of(&p.metadata).is_some_and(|o| o.uid == uid))
@@ -179,9 +179,12 @@ async fn reconcile(client: Client, recorder: Recorder, key: String) -> Result<Ac
         .as_ref()
         .and_then(|s| s.start_time.clone())
         .unwrap_or(Time(now));
-    let deadline_passed = spec
+    // When the deadline falls; a deadline past what a clock can hold never passes.
+    let deadline = spec
         .active_deadline_seconds
-        .is_some_and(|d| now - start.0 > chrono::Duration::seconds(d));
+        .and_then(chrono::TimeDelta::try_seconds)
+        .and_then(|d| start.0.checked_add_signed(d));
+    let deadline_passed = deadline.is_some_and(|deadline| now > deadline);
 
     let verdict = if succeeded >= completions {
         Some(("Complete", None, None))
@@ -228,10 +231,7 @@ async fn reconcile(client: Client, recorder: Recorder, key: String) -> Result<Ac
                 if indexed && index.is_none() {
                     break;
                 }
-                let created = pods_api
-                    .create(&job_pod(&job, index))
-                    .await
-                    .map_err(|e| e.to_string())?;
+                let created = pods_api.create(&job_pod(&job, index)).await?;
                 recorder
                     .normal(
                         &job,
@@ -303,12 +303,16 @@ async fn reconcile(client: Client, recorder: Recorder, key: String) -> Result<Ac
         ..Default::default()
     };
     if job.status.as_ref() != Some(&status) {
-        jobs.patch_status(name, &json!({"status": status}))
-            .await
-            .map_err(|e| e.to_string())?;
+        jobs.patch_status(name, &json!({"status": status})).await?;
     }
-    Ok(match (verdict, spec.active_deadline_seconds) {
-        (None, Some(_)) => Action::RequeueAfter(Duration::from_secs(1)),
+    Ok(match (verdict, deadline) {
+        // Look again when the deadline passes, not before.
+        (None, Some(deadline)) => Action::RequeueAfter(
+            (deadline - chrono::Utc::now())
+                .to_std()
+                .unwrap_or_default()
+                .saturating_add(Duration::from_millis(50)),
+        ),
         _ => Action::AwaitChange,
     })
 }

@@ -18,6 +18,20 @@ pub mod statefulset;
 
 use crate::client::Client;
 
+/// Why a reconcile failed; the queue logs it and retries with back-off.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Api(#[from] crate::client::Error),
+    #[error("cannot encode an object: {0}")]
+    Encode(#[from] serde_json::Error),
+    /// An object the reconcile had just written or read is gone (a racing delete).
+    #[error("{0} vanished")]
+    Vanished(String),
+    #[error("unknown owner kind {0}")]
+    UnknownKind(String),
+}
+
 /// Whether a pod's Ready condition is True (what the workload controllers count).
 pub fn pod_is_ready(pod: &k8s_openapi::api::core::v1::Pod) -> bool {
     pod.status
@@ -41,21 +55,36 @@ impl Default for Options {
     }
 }
 
-/// Starts every controller; they stop when their tasks are aborted.
+/// Starts every controller, each restarted if it panics; they stop when their tasks are
+/// aborted.
 pub fn start(client: Client, options: Options) -> Vec<tokio::task::JoinHandle<()>> {
+    let eviction = options.pod_eviction_timeout;
     vec![
-        tokio::spawn(replicaset::run(client.clone())),
-        tokio::spawn(deployment::run(client.clone())),
-        tokio::spawn(replicaset::run_replication_controllers(client.clone())),
-        tokio::spawn(statefulset::run(client.clone())),
-        tokio::spawn(daemonset::run(client.clone())),
-        tokio::spawn(endpoints::run(client.clone())),
-        tokio::spawn(job::run(client.clone())),
-        tokio::spawn(cronjob::run(client.clone())),
-        tokio::spawn(nodelifecycle::run(
-            client.clone(),
-            options.pod_eviction_timeout,
-        )),
-        tokio::spawn(gc::run(client)),
+        supervised("replicaset-controller", &client, replicaset::run),
+        supervised("deployment-controller", &client, deployment::run),
+        supervised(
+            "replicationcontroller-controller",
+            &client,
+            replicaset::run_replication_controllers,
+        ),
+        supervised("statefulset-controller", &client, statefulset::run),
+        supervised("daemonset-controller", &client, daemonset::run),
+        supervised("endpoints-controller", &client, endpoints::run),
+        supervised("job-controller", &client, job::run),
+        supervised("cronjob-controller", &client, cronjob::run),
+        supervised("node-lifecycle-controller", &client, move |client| {
+            nodelifecycle::run(client, eviction)
+        }),
+        supervised("garbage-collector", &client, gc::run),
     ]
+}
+
+/// Runs `run(client)` under [`crate::task::supervise`].
+fn supervised<F, Fut>(name: &'static str, client: &Client, run: F) -> tokio::task::JoinHandle<()>
+where
+    F: Fn(Client) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let client = client.clone();
+    crate::task::supervise(name, move || run(client.clone()))
 }

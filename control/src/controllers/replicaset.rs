@@ -13,7 +13,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, 
 use serde_json::json;
 
 use super::pod_is_ready as is_ready;
-use super::queue::{self, Action};
+use super::queue::{self, Action, ObjectKey};
+use super::Error;
 use crate::client::{watcher, Client, DeleteParams, ListParams, Recorder};
 
 /// The two kinds this controller runs: ReplicaSets and their predecessor, the
@@ -45,19 +46,17 @@ impl Owner {
         kind: Kind,
         namespace: &str,
         name: &str,
-    ) -> Result<Option<Self>, String> {
+    ) -> Result<Option<Self>, Error> {
         Ok(match kind {
             Kind::ReplicaSet => client
                 .api::<ReplicaSet>(Some(namespace))
                 .get_opt(name)
-                .await
-                .map_err(|e| e.to_string())?
+                .await?
                 .map(Owner::Set),
             Kind::ReplicationController => client
                 .api::<ReplicationController>(Some(namespace))
                 .get_opt(name)
-                .await
-                .map_err(|e| e.to_string())?
+                .await?
                 .map(Owner::Controller),
         })
     }
@@ -100,7 +99,7 @@ impl Owner {
         }
     }
 
-    async fn patch_status(&self, client: &Client, patch: &serde_json::Value) -> Result<(), String> {
+    async fn patch_status(&self, client: &Client, patch: &serde_json::Value) -> Result<(), Error> {
         let (namespace, name) = match self {
             Owner::Set(rs) => (&rs.metadata.namespace, &rs.metadata.name),
             Owner::Controller(rc) => (&rc.metadata.namespace, &rc.metadata.name),
@@ -118,7 +117,7 @@ impl Owner {
                 .await
                 .map(drop),
         }
-        .map_err(|e| e.to_string())
+        .map_err(Error::from)
     }
 }
 
@@ -162,18 +161,18 @@ where
                     if !names.contains(&name) {
                         names.push(name.clone());
                     }
-                    queue.add(&format!("{ns}/{name}"));
+                    queue.add(ObjectKey::new(&ns, &name));
                 }
             }
             Some(event) = pods.recv() => {
                 for pod in event.into_objects() {
                     let ns = pod.metadata.namespace.clone().unwrap_or_default();
                     match controller_of(&pod.metadata) {
-                        Some(owner) if owner.kind == kind.name() => queue.add(&format!("{ns}/{}", owner.name)),
+                        Some(owner) if owner.kind == kind.name() => queue.add(ObjectKey::new(&ns, &owner.name)),
                         Some(_) => {}
                         None => {
                             for name in known.get(&ns).into_iter().flatten() {
-                                queue.add(&format!("{ns}/{name}"));
+                                queue.add(ObjectKey::new(&ns, name));
                             }
                         }
                     }
@@ -208,9 +207,9 @@ async fn reconcile(
     client: Client,
     recorder: Recorder,
     kind: Kind,
-    key: String,
-) -> Result<Action, String> {
-    let (namespace, name) = key.split_once('/').ok_or("bad key")?;
+    key: ObjectKey,
+) -> Result<Action, Error> {
+    let (namespace, name) = (key.namespace.as_str(), key.name.as_str());
     let Some(owner) = Owner::get(&client, kind, namespace, name).await? else {
         return Ok(Action::AwaitChange);
     };
@@ -223,8 +222,7 @@ async fn reconcile(
     let pods_api = client.api::<Pod>(Some(namespace));
     let matching = pods_api
         .list(&ListParams::default().labels(&selector_string(&spec.selector)))
-        .await
-        .map_err(|e| e.to_string())?
+        .await?
         .items;
     let mut owned = Vec::new();
     for pod in matching {
@@ -256,7 +254,7 @@ async fn reconcile(
     if active.len() < wanted {
         for _ in active.len()..wanted {
             let pod = pod_from_template(&rs, kind);
-            let created = pods_api.create(&pod).await.map_err(|e| e.to_string())?;
+            let created = pods_api.create(&pod).await?;
             let message = format!(
                 "Created pod: {}",
                 created.metadata.name.clone().unwrap_or_default()
@@ -294,7 +292,7 @@ async fn reconcile(
                     owner.event(&recorder, "SuccessfulDelete", &message).await
                 }
                 Err(e) if e.is_not_found() => {}
-                Err(e) => return Err(e.to_string()),
+                Err(e) => return Err(e.into()),
             }
         }
     }

@@ -23,8 +23,9 @@ use serde_json::{json, Value};
 
 use super::deployment::template_hash;
 use super::pod_is_ready as is_ready;
-use super::queue::{self, Action};
+use super::queue::{self, Action, ObjectKey};
 use super::replicaset::{controller_of, selector_string};
+use super::Error;
 use crate::client::{Api, Client, DeleteParams, ListParams, Recorder};
 
 /// The label naming the ControllerRevision a pod was made from.
@@ -41,10 +42,6 @@ pub async fn run(client: Client) {
     queue::watch_owners_and_pods::<StatefulSet>(client, queue).await
 }
 
-fn err(e: impl std::fmt::Display) -> String {
-    e.to_string()
-}
-
 fn revision_of(pod: &Pod) -> Option<&String> {
     pod.metadata.labels.as_ref()?.get(REVISION_LABEL)
 }
@@ -58,10 +55,10 @@ fn has_ended(pod: &Pod) -> bool {
     matches!(phase, Some("Succeeded" | "Failed"))
 }
 
-async fn reconcile(client: Client, recorder: Recorder, key: String) -> Result<Action, String> {
-    let (namespace, name) = key.split_once('/').ok_or("bad key")?;
+async fn reconcile(client: Client, recorder: Recorder, key: ObjectKey) -> Result<Action, Error> {
+    let (namespace, name) = (key.namespace.as_str(), key.name.as_str());
     let sets = client.api::<StatefulSet>(Some(namespace));
-    let Some(set) = sets.get_opt(name).await.map_err(err)? else {
+    let Some(set) = sets.get_opt(name).await? else {
         return Ok(Action::AwaitChange);
     };
     if set.metadata.deletion_timestamp.is_some() {
@@ -76,13 +73,12 @@ async fn reconcile(client: Client, recorder: Recorder, key: String) -> Result<Ac
     let revisions_api = client.api::<ControllerRevision>(Some(namespace));
     let mut revisions: Vec<ControllerRevision> = revisions_api
         .list(&ListParams::default().labels(&selector))
-        .await
-        .map_err(err)?
+        .await?
         .items
         .into_iter()
         .filter(|r| owned(&r.metadata))
         .collect();
-    let template = serde_json::to_value(&spec.template).map_err(err)?;
+    let template = serde_json::to_value(&spec.template)?;
     let update_revision = format!("{name}-{}", template_hash(&template));
     let newest = revisions.iter().map(|r| r.revision).max().unwrap_or(0);
     match revisions
@@ -93,13 +89,12 @@ async fn reconcile(client: Client, recorder: Recorder, key: String) -> Result<Ac
         Some(revision) if revision.revision < newest => {
             *revision = revisions_api
                 .patch_merge(&update_revision, &json!({"revision": newest + 1}))
-                .await
-                .map_err(err)?;
+                .await?;
         }
         Some(_) => {}
         None => {
             let revision = new_revision(&set, &update_revision, &template, newest + 1);
-            revisions.push(revisions_api.create(&revision).await.map_err(err)?);
+            revisions.push(revisions_api.create(&revision).await?);
         }
     }
     let status = set.status.clone().unwrap_or_default();
@@ -117,8 +112,7 @@ async fn reconcile(client: Client, recorder: Recorder, key: String) -> Result<Ac
     let mut pods: BTreeMap<i32, Pod> = BTreeMap::new();
     for pod in pods_api
         .list(&ListParams::default().labels(&selector))
-        .await
-        .map_err(err)?
+        .await?
         .items
     {
         let ordinal = pod
@@ -237,8 +231,7 @@ async fn reconcile(client: Client, recorder: Recorder, key: String) -> Result<Ac
     };
     if set.status.as_ref() != Some(&new_status) {
         sets.patch_status(name, &json!({"status": new_status}))
-            .await
-            .map_err(err)?;
+            .await?;
     }
     let limit = spec.revision_history_limit.unwrap_or(10).max(0) as usize;
     prune_history(
@@ -271,7 +264,7 @@ impl Context<'_> {
         ordinal: i32,
         revision: &str,
         template: PodTemplateSpec,
-    ) -> Result<(), String> {
+    ) -> Result<(), Error> {
         let set_name = self.set_name();
         let pod_name = format!("{set_name}-{ordinal}");
         let spec = self.set.spec.clone().unwrap_or_default();
@@ -286,12 +279,7 @@ impl Context<'_> {
         for claim_template in spec.volume_claim_templates.iter().flatten() {
             let volume_name = claim_template.metadata.name.clone().unwrap_or_default();
             let claim_name = format!("{volume_name}-{pod_name}");
-            if claims_api
-                .get_opt(&claim_name)
-                .await
-                .map_err(err)?
-                .is_none()
-            {
+            if claims_api.get_opt(&claim_name).await?.is_none() {
                 let claim = self.claim(claim_template, &claim_name);
                 match claims_api.create(&claim).await {
                     Ok(_) => {
@@ -303,7 +291,7 @@ impl Context<'_> {
                             .await;
                     }
                     Err(e) if e.is_conflict() => {}
-                    Err(e) => return Err(e.to_string()),
+                    Err(e) => return Err(e.into()),
                 }
             }
             let volumes = pod_spec.volumes.get_or_insert_with(Vec::new);
@@ -344,7 +332,7 @@ impl Context<'_> {
             }
             // The previous pod of that name is still going away: the next event retries.
             Err(e) if e.is_conflict() => Ok(()),
-            Err(e) => Err(e.to_string()),
+            Err(e) => Err(e.into()),
         }
     }
 
@@ -373,7 +361,7 @@ impl Context<'_> {
         }
     }
 
-    async fn delete_pod(&self, pod: &Pod) -> Result<(), String> {
+    async fn delete_pod(&self, pod: &Pod) -> Result<(), Error> {
         let pod_name = pod.metadata.name.clone().unwrap_or_default();
         let params = DeleteParams {
             uid: pod.metadata.uid.clone(),
@@ -391,7 +379,7 @@ impl Context<'_> {
                 Ok(())
             }
             Err(e) if e.is_not_found() => Ok(()),
-            Err(e) => Err(e.to_string()),
+            Err(e) => Err(e.into()),
         }
     }
 
@@ -400,15 +388,14 @@ impl Context<'_> {
         &self,
         replicas: i32,
         pods: &BTreeMap<i32, Pod>,
-    ) -> Result<(), String> {
+    ) -> Result<(), Error> {
         let spec = self.set.spec.clone().unwrap_or_default();
         let claims_api = self
             .client
             .api::<PersistentVolumeClaim>(self.set.metadata.namespace.as_deref());
         let claims = claims_api
             .list(&ListParams::default().labels(&selector_string(&spec.selector)))
-            .await
-            .map_err(err)?
+            .await?
             .items;
         for claim_template in spec.volume_claim_templates.iter().flatten() {
             let prefix = format!(

@@ -175,7 +175,7 @@ impl Requests {
                 .iter()
                 .filter_map(|c| request(c, name))
                 .filter_map(|q| parse(&q))
-                .sum();
+                .fold(0, u64::saturating_add);
             let init = spec
                 .init_containers
                 .iter()
@@ -193,10 +193,18 @@ impl Requests {
         }
     }
 
+    /// Adds `other`, saturating: requests are user-given and may be absurdly large.
     fn add(&mut self, other: Requests) {
-        self.cpu_millis += other.cpu_millis;
-        self.memory += other.memory;
-        self.pods += other.pods;
+        *self = self.plus(other);
+    }
+
+    /// The sum, saturating at `u64::MAX` (which no node's allocatable can hold).
+    pub fn plus(self, other: Requests) -> Requests {
+        Requests {
+            cpu_millis: self.cpu_millis.saturating_add(other.cpu_millis),
+            memory: self.memory.saturating_add(other.memory),
+            pods: self.pods.saturating_add(other.pods),
+        }
     }
 }
 
@@ -452,11 +460,12 @@ fn choose_node(
         }
         let used = usage.get(name).copied().unwrap_or_default();
         let room = view.allocatable.get(name).copied().unwrap_or_default();
-        let misfit = if used.pods + 1 > room.pods {
+        let after = used.plus(wanted);
+        let misfit = if used.pods.saturating_add(1) > room.pods {
             Some("Too many pods")
-        } else if used.cpu_millis + wanted.cpu_millis > room.cpu_millis {
+        } else if after.cpu_millis > room.cpu_millis {
             Some("Insufficient cpu")
-        } else if used.memory + wanted.memory > room.memory {
+        } else if after.memory > room.memory {
             Some("Insufficient memory")
         } else {
             None
@@ -466,7 +475,8 @@ fn choose_node(
             continue;
         }
         feasible += 1;
-        let preference = preferred_node_affinity(pod, node) + constraints.preference(node);
+        let preference =
+            preferred_node_affinity(pod, node).saturating_add(constraints.preference(node));
         let score = (preference, profile.score(used, wanted, room));
         if best.is_none_or(|(_, best_score)| score > best_score) {
             best = Some((name, score));

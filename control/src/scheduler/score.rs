@@ -59,7 +59,7 @@ impl Profile {
                     if room == 0 {
                         0.0
                     } else {
-                        (used + wanted) as f64 / room as f64
+                        used.saturating_add(wanted) as f64 / room as f64
                     }
                 };
                 let mean = (fraction(used.cpu_millis, wanted.cpu_millis, room.cpu_millis)

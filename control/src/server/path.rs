@@ -72,7 +72,10 @@ pub fn parse(path: &str) -> Result<ResourcePath, PathError> {
 mod tests {
     use super::*;
 
-    fn check(path: &str, expected: Option<(&str, Option<&str>, Option<&str>, Option<&str>)>) {
+    /// Resource plural, namespace, name and subresource.
+    type Parts<'a> = (&'a str, Option<&'a str>, Option<&'a str>, Option<&'a str>);
+
+    fn check(path: &str, expected: Option<Parts>) {
         let parsed = parse(path)
             .ok()
             .map(|p| (p.resource.plural, p.namespace, p.name, p.subresource));

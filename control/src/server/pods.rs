@@ -107,6 +107,9 @@ pub async fn delete(
     Ok(json_response(StatusCode::OK, &stored))
 }
 
+/// The longest grace period a delete may ask for (Kubernetes' int32 bound on durations).
+pub const MAX_GRACE_SECONDS: i64 = i32::MAX as i64;
+
 /// Sets `deletionTimestamp` (now + grace) and `deletionGracePeriodSeconds`; a later delete
 /// can only shorten the grace period.
 pub async fn mark_for_deletion(
@@ -119,7 +122,9 @@ pub async fn mark_for_deletion(
         .pointer("/spec/terminationGracePeriodSeconds")
         .and_then(Value::as_i64)
         .unwrap_or(30);
-    let grace = grace.unwrap_or(default_grace).max(0);
+    // Clamped so that now + grace is a time every client can read back (a year of five
+    // digits is not RFC 3339); a Wasm pod stops at once anyway.
+    let grace = grace.unwrap_or(default_grace).clamp(0, MAX_GRACE_SECONDS);
     let existing = pod
         .pointer("/metadata/deletionGracePeriodSeconds")
         .and_then(Value::as_i64);
@@ -127,7 +132,9 @@ pub async fn mark_for_deletion(
         return Ok(pod);
     }
     let mut marked = pod.clone();
-    let deadline = chrono::Utc::now() + chrono::Duration::seconds(grace);
+    let deadline = chrono::TimeDelta::try_seconds(grace)
+        .and_then(|grace| chrono::Utc::now().checked_add_signed(grace))
+        .unwrap_or_else(chrono::Utc::now);
     let meta = object::metadata_mut(&mut marked);
     meta.insert(
         "deletionTimestamp".into(),

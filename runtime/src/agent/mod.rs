@@ -13,6 +13,7 @@ pub mod status;
 mod volumes;
 mod worker;
 
+use shoal_control::task::supervise;
 use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -173,12 +174,13 @@ impl Agent {
                     tracing::error!("agent gateway stopped: {e}");
                 }
             }),
-            tokio::spawn(node::heartbeat(
-                client.clone(),
-                config.node_name.clone(),
-                config.lease_duration,
-                config.lease_renew,
-            )),
+            {
+                let (client, name) = (client.clone(), config.node_name.clone());
+                let (duration, renew) = (config.lease_duration, config.lease_renew);
+                supervise("node-heartbeat", move || {
+                    node::heartbeat(client.clone(), name.clone(), duration, renew)
+                })
+            },
             tokio::spawn(PodSupervisor::new(shared, ips, config.node_name.clone()).run()),
         ];
         if config.node_ports {

@@ -119,10 +119,12 @@ impl PodWorker {
         // status write is an fsync on the path from create to Running.
         let mut stage = Stage::Prepare { attempt: 0 };
         let started = tokio::time::Instant::now();
+        // A deadline past what the clock can represent is no deadline.
+        let deadline = deadline.and_then(|limit| Some((started.checked_add(limit)?, limit)));
         loop {
             let step = async { self.step(stage).await };
             let next = match deadline {
-                Some(limit) => match tokio::time::timeout_at(started + limit, step).await {
+                Some((at, limit)) => match tokio::time::timeout_at(at, step).await {
                     Ok(next) => next,
                     Err(_) => {
                         self.deadline_exceeded(limit);
