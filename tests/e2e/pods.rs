@@ -636,3 +636,113 @@ async fn egress_is_closed_unless_the_pod_opens_it() {
     );
     server.abort();
 }
+
+/// The pod lifecycle's consequences, beyond status: a failed liveness probe restarts a command
+/// (a second run, with the first one's log as `--previous`), a failed startup probe ends an
+/// HTTP container that is never restarted (the pod fails), and `activeDeadlineSeconds` stops an
+/// HTTP pod from serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn probes_and_deadlines_stop_and_restart_containers() {
+    let cluster = TestCluster::start(1).await;
+    let http = Http::new(&cluster.url());
+    let flag_probe = |flag: &str| json!({"httpGet": {"path": format!("/flag/{flag}"), "port": 8080}, "periodSeconds": 1, "failureThreshold": 2});
+    let data = json!([{"name": "data", "mountPath": "/data"}]);
+    let volumes = json!([{"name": "data", "emptyDir": {}}]);
+
+    // A command whose liveness depends on a flag its sibling serves: absent, so it restarts.
+    let web = json!({"name": "web", "image": WEB_P2, "ports": [{"containerPort": 8080}], "volumeMounts": data});
+    let worker = json!({"name": "worker", "image": HELLO_P1, "args": ["worker", "--sleep-ms", "600000"],
+        "livenessProbe": flag_probe("alive")});
+    create(
+        &http,
+        PODS,
+        json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "sleeper"},
+        "spec": {"containers": [web, worker], "volumes": volumes}}),
+    )
+    .await;
+    let pod = wait_pod(&http, "sleeper", "the worker restarted", |p| {
+        p["status"]["containerStatuses"][1]["restartCount"]
+            .as_i64()
+            .unwrap_or(0)
+            >= 1
+    })
+    .await;
+    let last = &pod["status"]["containerStatuses"][1]["lastState"]["terminated"];
+    assert_eq!(last["exitCode"], 137, "{pod}");
+    assert!(
+        last["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("Liveness probe failed"),
+        "{pod}"
+    );
+    wait_for(
+        "the first run's log as --previous",
+        Duration::from_secs(30),
+        async || {
+            let (status, body) = http
+                .raw(
+                    "GET",
+                    &format!("{PODS}/sleeper/log?container=worker&previous=true"),
+                    "",
+                    "",
+                )
+                .await;
+            (status == 200 && String::from_utf8_lossy(&body).contains("Hello, worker!"))
+                .then_some(())
+        },
+    )
+    .await;
+    assert_eq!(
+        get_pod(&http, "sleeper").await["status"]["containerStatuses"][0]["restartCount"],
+        0,
+        "the healthy sibling is untouched"
+    );
+
+    // An HTTP container whose startup probe never passes, in a pod that never restarts.
+    let slow = json!({"name": "slow", "image": WEB_P2, "ports": [{"containerPort": 8080}], "volumeMounts": data,
+        "startupProbe": flag_probe("started")});
+    create(
+        &http,
+        PODS,
+        json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "never-started"},
+        "spec": {"restartPolicy": "Never", "containers": [slow], "volumes": volumes}}),
+    )
+    .await;
+    let pod = wait_pod(&http, "never-started", "Failed", |p| {
+        p["status"]["phase"] == "Failed"
+    })
+    .await;
+    let state = &pod["status"]["containerStatuses"][0]["state"]["terminated"];
+    assert!(
+        state["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("Startup probe failed"),
+        "{pod}"
+    );
+    let (status, _) = proxy_get(&http, "never-started:8080", "/").await;
+    assert_ne!(status, 200, "a killed HTTP container serves no more");
+
+    // An HTTP pod past its activeDeadlineSeconds stops serving.
+    create(
+        &http,
+        PODS,
+        json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "short-lived"},
+        "spec": {"activeDeadlineSeconds": 2, "containers": [web_container("short", 8080)]}}),
+    )
+    .await;
+    wait_pod(&http, "short-lived", "Ready", ready).await;
+    assert_eq!(proxy_get(&http, "short-lived:8080", "/").await.0, 200);
+    let pod = wait_pod(&http, "short-lived", "Failed", |p| {
+        p["status"]["phase"] == "Failed"
+    })
+    .await;
+    assert_eq!(pod["status"]["reason"], "DeadlineExceeded");
+    assert_eq!(
+        pod["status"]["containerStatuses"][0]["state"]["terminated"]["reason"],
+        "DeadlineExceeded"
+    );
+    let (status, _) = proxy_get(&http, "short-lived:8080", "/").await;
+    assert_ne!(status, 200, "past its deadline the pod serves no more");
+}

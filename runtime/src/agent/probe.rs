@@ -13,42 +13,51 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 
-use super::worker::Event;
+use crate::pod::lifecycle::Probe as ProbeKind;
 use crate::pod::network::{self, PodNetwork};
 
-/// Starts the container's probes as tasks of the pod worker.
-pub(super) fn spawn(
+/// What a container's probes tell its pod worker.
+#[derive(Debug)]
+pub enum ProbeReport {
+    /// The readiness probe's verdict changed.
+    Ready(usize, bool),
+    /// A liveness or startup probe failed `failureThreshold` times; the probe stops (the
+    /// container is restarted with fresh probes, or not at all).
+    Failed(usize, ProbeKind, String),
+}
+
+/// Starts the container's probes as tasks in `tasks` (aborted with it); reports go to
+/// `reports`.
+pub(super) fn spawn<R>(
     tasks: &mut JoinSet<()>,
     spec: &Container,
     index: usize,
     network: Arc<PodNetwork>,
-    events: mpsc::Sender<Event>,
-) {
+    reports: mpsc::Sender<R>,
+) where
+    R: From<ProbeReport> + Send + 'static,
+{
     let (started_tx, started) = watch::channel(spec.startup_probe.is_none());
     if let Some(probe) = spec.startup_probe.clone() {
-        let (spec, network, events) = (spec.clone(), network.clone(), events.clone());
+        let (spec, network, reports) = (spec.clone(), network.clone(), reports.clone());
         tasks.spawn(async move {
-            let outcome = run_until_success(&probe, &spec, &network).await;
-            match outcome {
+            match run_until_success(&probe, &spec, &network).await {
                 Ok(()) => {
                     let _ = started_tx.send(true);
                 }
                 Err(message) => {
-                    let _ = events
-                        .send(Event::Unhealthy(
-                            index,
-                            format!("Startup probe failed: {message}"),
-                        ))
-                        .await;
+                    let message = format!("Startup probe failed: {message}");
+                    let report = ProbeReport::Failed(index, ProbeKind::Startup, message);
+                    let _ = reports.send(report.into()).await;
                 }
             }
         });
     }
     if let Some(probe) = spec.readiness_probe.clone() {
-        let (spec, network, events, mut started) = (
+        let (spec, network, reports, mut started) = (
             spec.clone(),
             network.clone(),
-            events.clone(),
+            reports.clone(),
             started.clone(),
         );
         tasks.spawn(async move {
@@ -60,7 +69,8 @@ pub(super) fn spawn(
                 if let Some(now) = checker.observe(ok) {
                     if ready != Some(now) {
                         ready = Some(now);
-                        if events.send(Event::Ready(index, now)).await.is_err() {
+                        let report = ProbeReport::Ready(index, now);
+                        if reports.send(report.into()).await.is_err() {
                             return;
                         }
                     }
@@ -81,14 +91,9 @@ pub(super) fn spawn(
                         "Liveness probe failed: {}",
                         result.err().unwrap_or_default()
                     );
-                    if events.send(Event::Unhealthy(index, message)).await.is_err() {
-                        return;
-                    }
-                    checker = Checker::new(&probe);
-                    tokio::time::sleep(Duration::from_secs(
-                        probe.initial_delay_seconds.unwrap_or(0).max(0) as u64,
-                    ))
-                    .await;
+                    let report = ProbeReport::Failed(index, ProbeKind::Liveness, message);
+                    let _ = reports.send(report.into()).await;
+                    return;
                 }
                 tokio::time::sleep(checker.period).await;
             }

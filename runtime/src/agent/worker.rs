@@ -1,56 +1,73 @@
-//! Drives one pod on this node from Pending to its end: prepare volumes and environment,
-//! load images (retrying with back-off), run init containers in order, then the main
-//! containers: commands run to completion under the pod's restart policy, HTTP components
-//! serve their ports on the pod's loopback until the pod stops. The pod's status is written
-//! after every change. The pod's life is the [`Stage`] enum advanced by [`PodWorker::step`].
+//! Drives one pod on this node from Pending to its end by executing the decisions of the
+//! pod's state machine ([`crate::pod::lifecycle`]): the worker feeds it events (a container
+//! started or exited, a probe failed, a timer is due, the pod is being deleted) and carries
+//! out its effects (prepare volumes, environments and images; start or kill a container;
+//! record a back-off; finish). It also keeps the pod's status view and writes it when it
+//! changed. No restart, deadline or probe rule lives here.
 //!
-//! Stopping (pod deletion): HTTP containers stop taking requests and finish the ones in
-//! flight within the grace period; commands are dropped at once, since a Wasm command has no
-//! signal to catch and nothing to wait for.
+//! A command container's run is one task that reports its exit; an HTTP container serves its
+//! ports on the pod's loopback until it is killed. Stopping (pod deletion): HTTP containers
+//! stop taking requests and finish the ones in flight within the grace period; commands are
+//! dropped at once, since a Wasm command has no signal to catch and nothing to wait for.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
-use k8s_openapi::api::core::v1::{Container as ContainerSpec, Pod};
+use k8s_openapi::api::core::v1::{Container as ContainerSpec, Pod, PodStatus};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
+use tokio::time::Instant;
 
+use super::probe::{self, ProbeReport};
 use super::sources::Sources;
 use super::status::{Container, PodView};
-use super::{probe, volumes, Shared};
+use super::{volumes, Shared};
 use crate::engine::Program;
+use crate::pod::lifecycle::{self, Effect, End, Lifecycle, RestartPolicy, Timing};
 use crate::pod::network::{HttpServer, PodNetwork};
 use crate::pod::run::{self, Exit, Launch};
 use crate::pod::volumes::{mounts, PreparedVolume};
 
 /// Restart back-off, as the kubelet's: 10 s doubling to 5 min (30 times the first).
 pub const INITIAL_BACKOFF: Duration = Duration::from_secs(10);
-const MAX_BACKOFF_FACTOR: u32 = 30;
 
 /// What a worker is told by its supervisor: keep going (`None`) or stop within a grace period.
 pub type StopSignal = watch::Receiver<Option<Duration>>;
 
-enum Stage {
-    Prepare { attempt: u32 },
-    Init { index: usize },
-    Run,
-    Finished,
-}
-
-/// A message from a container's task (or its probes) to the pod worker.
-pub(super) enum Event {
-    Started(usize),
-    Exited(usize, Exit, chrono::DateTime<Utc>, chrono::DateTime<Utc>),
+/// What a container's tasks tell the pod worker. `run` numbers a container's runs, so that a
+/// late report of a run that was killed is told apart from the current one.
+#[derive(Debug)]
+pub(super) enum Report {
+    Started {
+        index: usize,
+        run: u64,
+    },
+    Exited {
+        index: usize,
+        run: u64,
+        exit: Exit,
+        started: chrono::DateTime<Utc>,
+        finished: chrono::DateTime<Utc>,
+    },
     /// One instance of a long-running (HTTP) container ended badly; the container serves on.
     InstanceFailed(usize, Exit),
-    BackingOff(usize, Duration),
-    Done(usize),
-    Ready(usize, bool),
-    /// A liveness probe failed `failureThreshold` times.
-    Unhealthy(usize, String),
+    Probe(ProbeReport),
+}
+
+impl From<ProbeReport> for Report {
+    fn from(report: ProbeReport) -> Self {
+        Report::Probe(report)
+    }
+}
+
+/// A started container: its tasks (the run or the failure forwarder, and its probes; dropping
+/// the set aborts them) and, for an HTTP container, the ports it serves.
+struct Active {
+    _tasks: JoinSet<()>,
+    http: Option<(Vec<u16>, Arc<HttpServer>)>,
 }
 
 pub struct PodWorker {
@@ -64,6 +81,16 @@ pub struct PodWorker {
     network: Arc<PodNetwork>,
     /// Events to record with the next status write: (warning?, reason, message).
     events: Vec<(bool, &'static str, String)>,
+    /// Every container's spec, init containers first (the lifecycle's indices).
+    specs: Vec<ContainerSpec>,
+    active: HashMap<usize, Active>,
+    /// Each container's current run number.
+    runs: Vec<u64>,
+    /// The container preparation last failed on (its status shows the retry).
+    failing: usize,
+    reports: mpsc::Sender<Report>,
+    inbox: mpsc::Receiver<Report>,
+    last_published: Option<PodStatus>,
 }
 
 impl PodWorker {
@@ -94,6 +121,14 @@ impl PodWorker {
             failed_reason: None,
             transitions: Default::default(),
         };
+        let specs: Vec<ContainerSpec> = spec
+            .init_containers
+            .iter()
+            .flatten()
+            .chain(spec.containers.iter())
+            .cloned()
+            .collect();
+        let (reports, inbox) = mpsc::channel(256);
         Self {
             shared,
             pod,
@@ -102,134 +137,394 @@ impl PodWorker {
             programs: Vec::new(),
             volumes: HashMap::new(),
             env: Vec::new(),
+            runs: vec![0; specs.len()],
+            specs,
+            active: HashMap::new(),
+            failing: 0,
+            reports,
+            inbox,
+            last_published: None,
             network,
             events: Vec::new(),
         }
     }
 
-    /// Runs the pod until it finishes, is told to stop, or outlives `activeDeadlineSeconds`.
+    /// Runs the pod until it finishes or is told to stop.
     pub async fn run(mut self) {
-        let deadline = self
-            .pod
-            .spec
-            .as_ref()
-            .and_then(|s| s.active_deadline_seconds)
-            .map(|s| Duration::from_secs(s.max(0) as u64));
-        // No status is written until there is something to say (Running, or why not): a
-        // status write is an fsync on the path from create to Running.
-        let mut stage = Stage::Prepare { attempt: 0 };
-        let started = tokio::time::Instant::now();
-        // A deadline past what the clock can represent is no deadline.
-        let deadline = deadline.and_then(|limit| Some((started.checked_add(limit)?, limit)));
-        loop {
-            let step = async { self.step(stage).await };
-            let next = match deadline {
-                Some((at, limit)) => match tokio::time::timeout_at(at, step).await {
-                    Ok(next) => next,
-                    Err(_) => {
-                        self.deadline_exceeded(limit);
-                        break;
-                    }
-                },
-                None => step.await,
-            };
-            stage = match next {
-                Some(Stage::Finished) => break,
-                Some(next) => next,
-                None => {
-                    self.events
-                        .push((false, "Killing", "Stopping the pod's containers".into()));
-                    break;
-                }
-            };
-        }
-        self.publish().await;
-    }
-
-    fn deadline_exceeded(&mut self, limit: Duration) {
-        let message = format!(
-            "Pod was active on the node longer than the specified deadline ({}s)",
-            limit.as_secs()
-        );
-        let now = Utc::now();
-        for container in self.view.init.iter_mut().chain(self.view.main.iter_mut()) {
-            if let super::status::State::Running { started } = container.state {
-                container.exited(
-                    &Exit::Killed {
-                        reason: "DeadlineExceeded",
-                        message: message.clone(),
-                        code: 137,
-                    },
-                    started,
-                    now,
-                );
+        let spec = self.pod.spec.clone().unwrap_or_default();
+        let policy = match RestartPolicy::parse(spec.restart_policy.as_deref()) {
+            Ok(policy) => policy,
+            Err(e) => {
+                // Validation refuses it; a pod stored before that rule still gets a reason.
+                self.view.failed_reason = Some(("InvalidRestartPolicy".into(), e.to_string()));
+                self.publish().await;
+                return;
             }
-            container.done = true;
+        };
+        let timing = Timing {
+            initial_backoff: self.shared.restart_backoff,
+        };
+        let (mut life, effects) = Lifecycle::new(
+            policy,
+            timing,
+            self.view.init.len(),
+            self.view.main.len(),
+            spec.active_deadline_seconds,
+            Instant::now().into_std(),
+        )
+        .begin(Instant::now().into_std());
+        let mut pending: VecDeque<Effect> = effects.into();
+        let mut wake: Option<Instant> = None;
+        let mut stop = self.stop.clone();
+        loop {
+            // Carry out what the machine decided; some effects produce the next event at once.
+            let mut finished = false;
+            while let Some(effect) = pending.pop_front() {
+                let event = match effect {
+                    Effect::Wake(at) => {
+                        wake = Some(Instant::from_std(at));
+                        None
+                    }
+                    Effect::Finish(end) => {
+                        self.finish(&end).await;
+                        finished = true;
+                        None
+                    }
+                    Effect::Prepare => {
+                        // Preparing may wait on images or sources: a stop or a due timer
+                        // (the deadline) interrupts it.
+                        let timer = sleep_until(wake);
+                        tokio::select! {
+                            outcome = self.prepare() => Some(self.prepared(outcome).await),
+                            _ = stop.changed() => Some(lifecycle::Event::Stop),
+                            _ = timer => Some(lifecycle::Event::Tick),
+                        }
+                    }
+                    other => self.execute(other),
+                };
+                if let Some(event) = event {
+                    let (next, effects) = life.step(event, Instant::now().into_std());
+                    life = next;
+                    pending.extend(effects);
+                }
+            }
+            // A stopped pod keeps the status it had: stopping (a deletion, or the agent
+            // shutting down) is not a failure of its containers.
+            if !matches!(life.stage(), lifecycle::Stage::Finished(End::Stopped)) {
+                self.sync_done(&life);
+            }
+            self.publish().await;
+            if finished {
+                return;
+            }
+            let timer = sleep_until(wake);
+            let event = tokio::select! {
+                report = self.inbox.recv() => match report.and_then(|r| self.take_report(r)) {
+                    Some(event) => event,
+                    None => continue,
+                },
+                _ = timer => {
+                    wake = None;
+                    lifecycle::Event::Tick
+                }
+                _ = stop.changed() => lifecycle::Event::Stop,
+            };
+            let (next, effects) = life.step(event, Instant::now().into_std());
+            life = next;
+            pending.extend(effects);
         }
-        self.view.failed_reason = Some(("DeadlineExceeded".into(), message.clone()));
-        self.events.push((false, "DeadlineExceeded", message));
     }
 
-    /// Advances one stage; `None` when told to stop.
-    async fn step(&mut self, stage: Stage) -> Option<Stage> {
-        match stage {
-            Stage::Prepare { attempt } => match self.prepare().await {
-                Ok(()) => Some(Stage::Init { index: 0 }),
-                Err(Fatal(reason, message)) => {
-                    self.events.push((true, "Failed", message.clone()));
-                    for container in self.view.init.iter_mut().chain(self.view.main.iter_mut()) {
-                        container.waiting(&reason, message.clone());
-                        container.done = true;
-                    }
-                    self.view.failed_reason = Some((reason, message));
-                    Some(Stage::Finished)
+    /// The outcome of preparing, as the machine's event (and the status it shows).
+    async fn prepared(&mut self, outcome: Result<(), PrepareError>) -> lifecycle::Event {
+        match outcome {
+            Ok(()) => lifecycle::Event::Prepared,
+            Err(Fatal(reason, message)) => {
+                self.events.push((true, "Failed", message.clone()));
+                for container in self.view.init.iter_mut().chain(self.view.main.iter_mut()) {
+                    container.waiting(&reason, message.clone());
                 }
-                Err(Retry(index, reason, message)) => {
-                    let delay = backoff(attempt);
-                    self.events.push((true, "Failed", message.clone()));
-                    self.container_waiting(
-                        index,
-                        &reason,
-                        format!("{message} (retrying in {}s)", delay.as_secs()),
-                    );
-                    self.publish().await;
-                    self.sleep(delay).await?;
-                    Some(Stage::Prepare {
-                        attempt: attempt + 1,
-                    })
+                lifecycle::Event::PrepareFailed {
+                    retry: false,
+                    reason,
+                    message,
                 }
-            },
-            Stage::Init { index } if index < self.view.init.len() => {
-                let spec = self.pod.spec.clone().unwrap_or_default();
-                let policy = match spec.restart_policy.as_deref() {
-                    Some("Never") => "Never",
-                    _ => "OnFailure",
+            }
+            Err(Retry(index, reason, message)) => {
+                self.failing = index;
+                lifecycle::Event::PrepareFailed {
+                    retry: true,
+                    reason,
+                    message,
+                }
+            }
+        }
+    }
+
+    /// Carries out one effect; returns the event it produces at once, if any.
+    fn execute(&mut self, effect: Effect) -> Option<lifecycle::Event> {
+        match effect {
+            Effect::Start(index) => self.start(index),
+            Effect::Kill { index, exit } => {
+                self.kill(index);
+                let (init, local) = self.locate(index);
+                let record = self.record(init, local);
+                let started = match record.state {
+                    super::status::State::Running { started } => started,
+                    _ => Utc::now(),
                 };
-                let container = spec.init_containers.unwrap_or_default()[index].clone();
-                let succeeded = self
-                    .run_containers(vec![(index, container)], policy, true)
-                    .await?;
-                Some(if succeeded {
-                    Stage::Init { index: index + 1 }
+                record.exited(&exit, started, Utc::now());
+                if let Exit::Killed {
+                    reason, message, ..
+                } = &exit
+                {
+                    if *reason != "DeadlineExceeded" {
+                        let name = record.name.clone();
+                        self.events.push((true, "Unhealthy", message.clone()));
+                        self.events.push((
+                            false,
+                            "Killing",
+                            format!("Stopping container {name}: {message}"),
+                        ));
+                    }
+                }
+                Some(lifecycle::Event::Exited { index, exit })
+            }
+            Effect::BackOff { index, delay } => {
+                let (init, local) = self.locate(index);
+                let name = self.record(init, local).name.clone();
+                let pod = self.pod.metadata.name.clone().unwrap_or_default();
+                let message = format!(
+                    "back-off {}s restarting failed container={name} pod={pod}",
+                    delay.as_secs()
+                );
+                self.record(init, local).backing_off(message.clone());
+                self.events.push((true, "BackOff", message));
+                None
+            }
+            Effect::RetryPrepare {
+                delay,
+                reason,
+                message,
+            } => {
+                self.events.push((true, "Failed", message.clone()));
+                self.container_waiting(
+                    self.failing,
+                    &reason,
+                    format!("{message} (retrying in {}s)", delay.as_secs()),
+                );
+                None
+            }
+            Effect::Initialized => {
+                self.view.initialized = true;
+                None
+            }
+            // Handled by the loop.
+            Effect::Prepare | Effect::Wake(_) | Effect::Finish(_) => None,
+        }
+    }
+
+    /// Starts container `index`: runs a command, or serves an HTTP component, with its probes.
+    fn start(&mut self, index: usize) -> Option<lifecycle::Event> {
+        let (init, local) = self.locate(index);
+        let spec = self.specs[index].clone();
+        let program = self.programs[index].clone();
+        let template = match self.launch_template(&spec, index) {
+            Ok(template) => template,
+            Err(message) => return Some(self.cannot_start(index, message)),
+        };
+        self.runs[index] = self.runs[index].wrapping_add(1);
+        let run = self.runs[index];
+        let mut tasks = JoinSet::new();
+        let reports = self.reports.clone();
+        let mut http = None;
+        if let Program::Http(pre) = &*program {
+            let ports = http_ports(&spec);
+            if ports.is_empty() {
+                let message = format!(
+                    "container {:?} is an HTTP component but declares no containerPort to serve",
+                    spec.name
+                );
+                return Some(self.cannot_start(index, message));
+            }
+            let (failures, mut failed) = mpsc::unbounded_channel();
+            let launch = template.launch(
+                self.shared.logs.start_run(&self.pod_key(), &spec.name),
+                &self.network,
+            );
+            let server = HttpServer::new(
+                self.shared.engine.clone(),
+                pre.clone(),
+                launch,
+                self.shared.request_deadline,
+                failures,
+            );
+            for port in &ports {
+                self.network.register(*port, server.clone());
+            }
+            http = Some((ports, server));
+            let reports = reports.clone();
+            tasks.spawn(async move {
+                let _ = reports.send(Report::Started { index, run }).await;
+                while let Some(exit) = failed.recv().await {
+                    let _ = reports.send(Report::InstanceFailed(index, exit)).await;
+                }
+            });
+        } else {
+            let (shared, network) = (self.shared.clone(), self.network.clone());
+            let log = shared.logs.start_run(&self.pod_key(), &spec.name);
+            let reports = reports.clone();
+            tasks.spawn(async move {
+                let launch = template.launch(log, &network);
+                drop(network);
+                let started = Utc::now();
+                let _ = reports.send(Report::Started { index, run }).await;
+                let exit = run::run(&shared.engine, &program, launch).await;
+                let finished = Utc::now();
+                let _ = reports
+                    .send(Report::Exited {
+                        index,
+                        run,
+                        exit,
+                        started,
+                        finished,
+                    })
+                    .await;
+            });
+        }
+        if !init {
+            probe::spawn(&mut tasks, &spec, local, self.network.clone(), reports);
+        }
+        self.active.insert(
+            index,
+            Active {
+                _tasks: tasks,
+                http,
+            },
+        );
+        None
+    }
+
+    /// A container whose configuration cannot work: shown waiting with the reason, and done.
+    fn cannot_start(&mut self, index: usize, message: String) -> lifecycle::Event {
+        self.events.push((true, "Failed", message.clone()));
+        let (init, local) = self.locate(index);
+        self.record(init, local)
+            .waiting("CreateContainerConfigError", message);
+        lifecycle::Event::CannotStart(index)
+    }
+
+    /// Stops container `index` at once: its run is dropped, its ports unregistered.
+    fn kill(&mut self, index: usize) {
+        if let Some(active) = self.active.remove(&index) {
+            if let Some((ports, _)) = &active.http {
+                ports.iter().for_each(|p| self.network.unregister(*p));
+            }
+        }
+    }
+
+    /// The pod is over: stop what still runs (draining HTTP containers within the grace
+    /// period when the pod is deleted) and record why it failed, if it did.
+    async fn finish(&mut self, end: &End) {
+        let active: Vec<Active> = self.active.drain().map(|(_, a)| a).collect();
+        let servers: Vec<Arc<HttpServer>> = active
+            .iter()
+            .filter_map(|a| a.http.as_ref())
+            .map(|(ports, server)| {
+                ports.iter().for_each(|p| self.network.unregister(*p));
+                server.clone()
+            })
+            .collect();
+        match end {
+            End::Stopped => {
+                self.events
+                    .push((false, "Killing", "Stopping the pod's containers".into()));
+                let grace = (*self.stop.borrow()).unwrap_or_default();
+                let drained = futures::future::join_all(servers.iter().map(|s| s.drained()));
+                let _ = tokio::time::timeout(grace, drained).await;
+            }
+            End::PodFailed { reason, message } => {
+                self.view.failed_reason = Some((reason.clone(), message.clone()));
+                let event = if reason == "DeadlineExceeded" {
+                    (false, "DeadlineExceeded", message.clone())
                 } else {
-                    Stage::Finished
+                    (true, "Failed", message.clone())
+                };
+                self.events.push(event);
+            }
+            End::Succeeded | End::ContainersFailed => {}
+        }
+        drop(active);
+    }
+
+    /// A report from a container's task, as the machine's event (`None`: status only, or a
+    /// late report of an earlier run).
+    fn take_report(&mut self, report: Report) -> Option<lifecycle::Event> {
+        match report {
+            Report::Started { index, run } if self.runs[index] == run => {
+                let (init, local) = self.locate(index);
+                let record = self.record(init, local);
+                record.started(Utc::now());
+                let message = format!("Started container {}", record.name);
+                self.events.push((false, "Started", message));
+                Some(lifecycle::Event::Started(index))
+            }
+            Report::Exited {
+                index,
+                run,
+                exit,
+                started,
+                finished,
+            } if self.runs[index] == run && self.active.remove(&index).is_some() => {
+                let (init, local) = self.locate(index);
+                self.record(init, local).exited(&exit, started, finished);
+                Some(lifecycle::Event::Exited { index, exit })
+            }
+            Report::Started { .. } | Report::Exited { .. } => None,
+            Report::InstanceFailed(index, exit) => {
+                let (init, local) = self.locate(index);
+                let record = self.record(init, local);
+                record.instance_failed(&exit);
+                let message = format!(
+                    "An instance of container {} failed: {}",
+                    record.name,
+                    describe(&exit)
+                );
+                self.events.push((true, "InstanceFailed", message));
+                None
+            }
+            Report::Probe(ProbeReport::Ready(local, ready)) => {
+                self.record(false, local).probe_ready = Some(ready);
+                None
+            }
+            Report::Probe(ProbeReport::Failed(local, probe, message)) => {
+                Some(lifecycle::Event::ProbeFailed {
+                    index: self.view.init.len() + local,
+                    probe,
+                    message,
                 })
             }
-            Stage::Init { .. } => {
-                self.view.initialized = true;
-                Some(Stage::Run)
-            }
-            Stage::Run => {
-                let spec = self.pod.spec.clone().unwrap_or_default();
-                let policy = spec
-                    .restart_policy
-                    .clone()
-                    .unwrap_or_else(|| "Always".into());
-                let containers = spec.containers.iter().cloned().enumerate().collect();
-                self.run_containers(containers, &policy, false).await?;
-                Some(Stage::Finished)
-            }
-            Stage::Finished => Some(Stage::Finished),
+        }
+    }
+
+    /// The view's `done` flags follow the machine's verdicts.
+    fn sync_done(&mut self, life: &Lifecycle) {
+        let records = self.view.init.iter_mut().chain(self.view.main.iter_mut());
+        for (index, record) in records.enumerate() {
+            record.done = matches!(
+                life.container(index),
+                Some(lifecycle::Container::Done { .. })
+            );
+        }
+    }
+
+    /// (is an init container, index within its list) of a lifecycle index.
+    fn locate(&self, index: usize) -> (bool, usize) {
+        let init_len = self.view.init.len();
+        if index < init_len {
+            (true, index)
+        } else {
+            (false, index - init_len)
         }
     }
 
@@ -287,182 +582,11 @@ impl PodWorker {
         Ok(())
     }
 
-    /// Runs `containers` (index within their list, spec) until each is done, restarting
-    /// commands per `policy`; returns whether all succeeded, or `None` when told to stop.
-    async fn run_containers(
-        &mut self,
-        containers: Vec<(usize, ContainerSpec)>,
-        policy: &str,
-        init: bool,
-    ) -> Option<bool> {
-        let (events, mut inbox) = mpsc::channel(256);
-        let mut tasks = JoinSet::new();
-        let mut servers: Vec<(Vec<u16>, Arc<HttpServer>)> = Vec::new();
-        for (index, spec) in containers {
-            let offset = if init { 0 } else { self.view.init.len() };
-            let program = self.programs[offset + index].clone();
-            let template = match self.launch_template(&spec, offset + index) {
-                Ok(template) => template,
-                Err(message) => {
-                    self.events.push((true, "Failed", message.clone()));
-                    let record = self.record(init, index);
-                    record.waiting("CreateContainerConfigError", message);
-                    record.done = true;
-                    continue;
-                }
-            };
-            if let Program::Http(pre) = &*program {
-                let ports = http_ports(&spec);
-                if ports.is_empty() {
-                    let message = format!("container {:?} is an HTTP component but declares no containerPort to serve", spec.name);
-                    self.events.push((true, "Failed", message.clone()));
-                    let record = self.record(init, index);
-                    record.waiting("CreateContainerConfigError", message);
-                    record.done = true;
-                    continue;
-                }
-                let (failures, mut failed) = mpsc::unbounded_channel();
-                let launch = template.launch(
-                    self.shared.logs.start_run(&self.pod_key(), &spec.name),
-                    &self.network,
-                );
-                let server = HttpServer::new(
-                    self.shared.engine.clone(),
-                    pre.clone(),
-                    launch,
-                    self.shared.request_deadline,
-                    failures,
-                );
-                for port in &ports {
-                    self.network.register(*port, server.clone());
-                }
-                servers.push((ports, server));
-                let events = events.clone();
-                tasks.spawn(async move {
-                    let _ = events.send(Event::Started(index)).await;
-                    while let Some(exit) = failed.recv().await {
-                        let _ = events.send(Event::InstanceFailed(index, exit)).await;
-                    }
-                });
-            } else {
-                let shared = self.shared.clone();
-                let context = (
-                    self.pod_key(),
-                    spec.name.clone(),
-                    Arc::downgrade(&self.network),
-                );
-                let (events, policy) = (events.clone(), policy.to_string());
-                tasks.spawn(container_loop(
-                    shared, context, index, program, template, policy, events,
-                ));
-            }
-            if !init {
-                probe::spawn(
-                    &mut tasks,
-                    &spec,
-                    index,
-                    self.network.clone(),
-                    events.clone(),
-                );
-            }
-        }
-        drop(events);
-        let outcome = loop {
-            tokio::select! {
-                event = inbox.recv() => {
-                    let Some(event) = event else { break Some(()) };
-                    self.apply(event, init);
-                    while let Ok(event) = inbox.try_recv() {
-                        self.apply(event, init);
-                    }
-                    self.publish().await;
-                    // Probes of finished commands keep running; the pod is done when every
-                    // container is.
-                    let list = if init { &self.view.init } else { &self.view.main };
-                    if list.iter().all(|c| c.done) {
-                        break Some(());
-                    }
-                }
-                _ = self.stop.changed() => break None,
-            }
-        };
-        if outcome.is_none() {
-            let grace = (*self.stop.borrow()).unwrap_or_default();
-            for (ports, _) in &servers {
-                ports.iter().for_each(|p| self.network.unregister(*p));
-            }
-            let drained = futures::future::join_all(servers.iter().map(|(_, s)| s.drained()));
-            let _ = tokio::time::timeout(grace, drained).await;
-        }
-        tasks.abort_all();
-        outcome?;
-        let list = if init {
-            &self.view.init
-        } else {
-            &self.view.main
-        };
-        Some(
-            list.iter()
-                .all(|c| matches!(c.state, super::status::State::Terminated { code: 0, .. })),
-        )
-    }
-
     fn record(&mut self, init: bool, index: usize) -> &mut Container {
         if init {
             &mut self.view.init[index]
         } else {
             &mut self.view.main[index]
-        }
-    }
-
-    fn apply(&mut self, event: Event, init: bool) {
-        match event {
-            Event::Started(i) => {
-                let record = self.record(init, i);
-                record.started(Utc::now());
-                let message = format!("Started container {}", record.name);
-                self.events.push((false, "Started", message));
-            }
-            Event::Exited(i, exit, started, finished) => {
-                self.record(init, i).exited(&exit, started, finished)
-            }
-            Event::InstanceFailed(i, exit) => {
-                let record = self.record(init, i);
-                record.instance_failed(&exit);
-                let message = format!(
-                    "An instance of container {} failed: {}",
-                    record.name,
-                    describe(&exit)
-                );
-                self.events.push((true, "InstanceFailed", message));
-            }
-            Event::BackingOff(i, delay) => {
-                let name = self.record(init, i).name.clone();
-                let pod = self.pod.metadata.name.clone().unwrap_or_default();
-                let message = format!(
-                    "back-off {}s restarting failed container={name} pod={pod}",
-                    delay.as_secs()
-                );
-                self.record(init, i).backing_off(message.clone());
-                self.events.push((true, "BackOff", message));
-            }
-            Event::Done(i) => self.record(init, i).done = true,
-            Event::Ready(i, ready) => self.record(init, i).probe_ready = Some(ready),
-            Event::Unhealthy(i, message) => {
-                let record = self.record(init, i);
-                record.instance_failed(&Exit::Killed {
-                    reason: "Error",
-                    message: message.clone(),
-                    code: 137,
-                });
-                let name = record.name.clone();
-                self.events.push((true, "Unhealthy", message));
-                self.events.push((
-                    false,
-                    "Killing",
-                    format!("Container {name} failed liveness probe, will be restarted"),
-                ));
-            }
         }
     }
 
@@ -506,28 +630,36 @@ impl PodWorker {
         )
     }
 
+    /// Before anything has happened (every container still being created, no event), a
+    /// status write would only cost an fsync on the path from create to Running.
+    fn nothing_to_say_yet(&self) -> bool {
+        self.last_published.is_none()
+            && self.events.is_empty()
+            && self.view.failed_reason.is_none()
+            && self.view.init.iter().chain(&self.view.main).all(|c| {
+                matches!(&c.state, super::status::State::Waiting { reason, .. } if reason == "ContainerCreating")
+            })
+    }
+
     fn pod_dir(&self) -> PathBuf {
         self.shared
             .pod_dir(self.pod.metadata.uid.as_deref().unwrap_or("unknown"))
     }
 
-    async fn sleep(&mut self, delay: Duration) -> Option<()> {
-        tokio::select! {
-            _ = tokio::time::sleep(delay) => Some(()),
-            _ = self.stop.changed() => None,
-        }
-    }
-
-    /// Writes the pod's status, then records the pending events (off the pod's critical path:
-    /// the status is what clients wait for).
+    /// Writes the pod's status when it changed, then records the pending events (off the
+    /// pod's critical path: the status is what clients wait for).
     async fn publish(&mut self) {
-        let name = self.pod.metadata.name.clone().unwrap_or_default();
-        let namespace = self.pod.metadata.namespace.clone();
-        let pods = self.shared.client.api::<Pod>(namespace.as_deref());
-        let patch = serde_json::json!({"status": self.view.to_status()});
-        if let Err(e) = pods.patch_status(&name, &patch).await {
-            if !e.is_not_found() {
-                tracing::warn!("pod {}: writing status failed: {e}", self.pod_key());
+        let status = self.view.to_status();
+        if self.last_published.as_ref() != Some(&status) && !self.nothing_to_say_yet() {
+            let name = self.pod.metadata.name.clone().unwrap_or_default();
+            let namespace = self.pod.metadata.namespace.clone();
+            let pods = self.shared.client.api::<Pod>(namespace.as_deref());
+            let patch = serde_json::json!({"status": status});
+            self.last_published = Some(status);
+            if let Err(e) = pods.patch_status(&name, &patch).await {
+                if !e.is_not_found() {
+                    tracing::warn!("pod {}: writing status failed: {e}", self.pod_key());
+                }
             }
         }
         let events = std::mem::take(&mut self.events);
@@ -555,13 +687,6 @@ enum PrepareError {
     Retry(usize, String, String),
 }
 
-/// Retry delay of image pulls and configuration: 1 s doubling to 30 s.
-fn backoff(attempt: u32) -> Duration {
-    Duration::from_secs(1)
-        .saturating_mul(1u32 << attempt.min(5))
-        .min(Duration::from_secs(30))
-}
-
 fn describe(exit: &Exit) -> String {
     match exit {
         Exit::Code(code) => format!("exit code {code}"),
@@ -579,6 +704,14 @@ fn http_ports(spec: &ContainerSpec) -> Vec<u16> {
         .filter(|p| p.protocol.as_deref().unwrap_or("TCP") == "TCP")
         .filter_map(|p| u16::try_from(p.container_port).ok())
         .collect()
+}
+
+/// Sleeps until `at`, or forever without one.
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
 }
 
 /// A container's instance settings, reused for every run (commands) or request (HTTP).
@@ -599,45 +732,5 @@ impl LaunchTemplate {
             memory_limit: self.memory_limit,
             network: Arc::downgrade(network),
         }
-    }
-}
-
-/// Runs a command container, restarting it per `policy` with back-off.
-async fn container_loop(
-    shared: Arc<Shared>,
-    (pod_key, name, network): (String, String, std::sync::Weak<PodNetwork>),
-    index: usize,
-    program: Arc<Program>,
-    template: LaunchTemplate,
-    policy: String,
-    events: mpsc::Sender<Event>,
-) {
-    let mut delay = shared.restart_backoff;
-    let max = shared.restart_backoff * MAX_BACKOFF_FACTOR;
-    loop {
-        let Some(network) = network.upgrade() else {
-            return;
-        };
-        let launch = template.launch(shared.logs.start_run(&pod_key, &name), &network);
-        drop(network);
-        let started = Utc::now();
-        let _ = events.send(Event::Started(index)).await;
-        let exit = run::run(&shared.engine, &program, launch).await;
-        let failed = exit != Exit::Code(0);
-        let _ = events
-            .send(Event::Exited(index, exit, started, Utc::now()))
-            .await;
-        let restart = match policy.as_str() {
-            "Always" => true,
-            "OnFailure" => failed,
-            _ => false,
-        };
-        if !restart {
-            let _ = events.send(Event::Done(index)).await;
-            return;
-        }
-        let _ = events.send(Event::BackingOff(index, delay)).await;
-        tokio::time::sleep(delay).await;
-        delay = (delay * 2).min(max);
     }
 }
