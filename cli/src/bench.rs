@@ -353,7 +353,7 @@ async fn http_instance(args: &Args) -> anyhow::Result<()> {
         engine.clone(),
         pre.clone(),
         launch,
-        network::DEFAULT_REQUEST_DEADLINE,
+        network::ServerLimits::default(),
         failures,
     );
     let one = || async {

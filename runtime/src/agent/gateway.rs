@@ -225,6 +225,15 @@ async fn forward(
         Err(e @ ServeError::NoServer(_)) => {
             (e.status(), not_served, format!("{e}\n")).into_response()
         }
-        Err(e) => (e.status(), format!("{e}\n")).into_response(),
+        Err(e) => {
+            let retry_after = e.retry_after();
+            let mut response = (e.status(), format!("{e}\n")).into_response();
+            if let Some(seconds) = retry_after {
+                response
+                    .headers_mut()
+                    .insert(http::header::RETRY_AFTER, seconds.into());
+            }
+            response
+        }
     }
 }

@@ -49,6 +49,10 @@ pub struct AgentConfig {
     pub restart_backoff: std::time::Duration,
     /// How long a request to an HTTP pod may take to get its response head.
     pub request_deadline: std::time::Duration,
+    /// Instances one HTTP container may run at once; past it requests queue (at most four
+    /// times this many) for `admission_wait`, then get 503 with `Retry-After`.
+    pub max_container_instances: usize,
+    pub admission_wait: std::time::Duration,
     /// A PEM file of CA certificates trusted, besides the system's, for `https://` images.
     pub image_ca: Option<PathBuf>,
     /// How long the node's Lease is valid, and how often it is renewed (40 s and 10 s, as the
@@ -76,6 +80,8 @@ impl AgentConfig {
             host_path_allow: Vec::new(),
             restart_backoff: worker::INITIAL_BACKOFF,
             request_deadline: crate::pod::network::DEFAULT_REQUEST_DEADLINE,
+            max_container_instances: 64,
+            admission_wait: std::time::Duration::from_secs(1),
             image_ca: None,
             claims_dir: None,
             node_ports: false,
@@ -97,7 +103,7 @@ pub(crate) struct Shared {
     default_memory_limit: usize,
     host_path_allow: Vec<PathBuf>,
     restart_backoff: std::time::Duration,
-    request_deadline: std::time::Duration,
+    server_limits: crate::pod::network::ServerLimits,
     /// The loopback of each pod running here, for the gateway and the proxy.
     networks: Arc<networks::LocalNetworks>,
     /// Routes pods' requests for Services.
@@ -145,7 +151,12 @@ impl Agent {
             default_memory_limit: config.default_memory_limit,
             host_path_allow: config.host_path_allow.clone(),
             restart_backoff: config.restart_backoff,
-            request_deadline: config.request_deadline,
+            server_limits: crate::pod::network::ServerLimits {
+                request_deadline: config.request_deadline,
+                max_instances: config.max_container_instances.max(1),
+                max_waiting: config.max_container_instances.max(1).saturating_mul(4),
+                admission_wait: config.admission_wait,
+            },
             networks: networks.clone(),
             proxy: crate::proxy::Proxy::start(
                 client.clone(),

@@ -356,7 +356,7 @@ impl PodWorker {
                 self.shared.engine.clone(),
                 pre.clone(),
                 launch,
-                self.shared.request_deadline,
+                self.shared.server_limits,
                 failures,
             );
             for port in &ports {
@@ -546,13 +546,7 @@ impl PodWorker {
         self.volumes = volumes::prepare(&spec, &host, &mut sources)
             .await
             .map_err(|m| Retry(0, "CreateContainerConfigError".into(), m))?;
-        let all: Vec<ContainerSpec> = spec
-            .init_containers
-            .iter()
-            .flatten()
-            .chain(spec.containers.iter())
-            .cloned()
-            .collect();
+        let all = self.specs.clone();
         self.env.clear();
         for (index, container) in all.iter().enumerate() {
             let env =

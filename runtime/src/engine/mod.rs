@@ -2,6 +2,7 @@
 //! (DESIGN.md §4), the linkers for WASI preview 1 modules and preview 2 components, and the
 //! image cache that turns an image reference into a pre-instantiated program, compiled once.
 
+pub mod admission;
 pub(crate) mod fetch;
 mod host;
 mod image;
@@ -31,6 +32,8 @@ pub struct EngineOptions {
 
 pub struct Engine {
     pub(crate) wasmtime: wasmtime::Engine,
+    /// Slots of the instance pool: every instance takes one first, so the pool never runs out.
+    pub admission: admission::Admission,
     pub(crate) p1_linker: wasmtime::Linker<P1Host>,
     pub(crate) p2_linker: component::Linker<P2Host>,
     cache_dir: PathBuf,
@@ -76,8 +79,10 @@ impl Engine {
 
         let cache_dir = options.cache_dir.join(image::engine_key(&wasmtime));
         std::fs::create_dir_all(&cache_dir)?;
+        let slots = instances as usize;
         Ok(Arc::new(Self {
             wasmtime,
+            admission: admission::Admission::new(slots, slots.saturating_mul(4)),
             p1_linker,
             p2_linker,
             cache_dir,

@@ -25,6 +25,7 @@ use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 use wasmtime_wasi_http::{WasiHttpHooks, WasiHttpView};
 
 use super::run::{self, Exit, Launch};
+use crate::engine::admission::{Admission, Overloaded};
 use crate::engine::{Engine, P2Host};
 
 /// How long a request may take to get its response head before it is cut off.
@@ -44,6 +45,9 @@ pub enum ServeError {
     Failed(String),
     #[error("the pod's handler did not answer within {0:?}")]
     Timeout(Duration),
+    /// No instance slot within the admission wait: not a failure of the container.
+    #[error("the pod is overloaded: {0}")]
+    Overloaded(#[from] Overloaded),
 }
 
 impl ServeError {
@@ -52,7 +56,13 @@ impl ServeError {
         match self {
             Self::NoServer(_) | Self::Failed(_) => http::StatusCode::BAD_GATEWAY,
             Self::Timeout(_) => http::StatusCode::GATEWAY_TIMEOUT,
+            Self::Overloaded(_) => http::StatusCode::SERVICE_UNAVAILABLE,
         }
+    }
+
+    /// Seconds a client should wait before trying again (`Retry-After`), if it should.
+    pub fn retry_after(&self) -> Option<u64> {
+        matches!(self, Self::Overloaded(_)).then_some(1)
     }
 }
 
@@ -139,12 +149,40 @@ impl PodNetwork {
     }
 }
 
+/// The bounds of one HTTP container.
+#[derive(Clone, Copy, Debug)]
+pub struct ServerLimits {
+    /// How long a request may run.
+    pub request_deadline: Duration,
+    /// Instances of this container alive at once.
+    pub max_instances: usize,
+    /// Requests that may wait for a slot.
+    pub max_waiting: usize,
+    /// How long a request may wait for a slot before it is refused.
+    pub admission_wait: Duration,
+}
+
+impl Default for ServerLimits {
+    fn default() -> Self {
+        Self {
+            request_deadline: DEFAULT_REQUEST_DEADLINE,
+            max_instances: 64,
+            max_waiting: 256,
+            admission_wait: Duration::from_secs(1),
+        }
+    }
+}
+
 /// One HTTP container: its pre-linked component and what each instance gets.
 pub struct HttpServer {
     engine: Arc<Engine>,
     pre: ProxyPre<P2Host>,
     launch: Launch,
     deadline: Duration,
+    /// This container's instance slots (the engine holds the node's).
+    admission: Admission,
+    /// How long a request may wait for a slot.
+    admission_wait: Duration,
     in_flight: AtomicUsize,
     idle: Notify,
     /// Instances that ended badly (trap, out of memory, deadline) are reported here.
@@ -156,14 +194,16 @@ impl HttpServer {
         engine: Arc<Engine>,
         pre: ProxyPre<P2Host>,
         launch: Launch,
-        deadline: Duration,
+        limits: ServerLimits,
         failures: mpsc::UnboundedSender<Exit>,
     ) -> Arc<Self> {
         Arc::new(Self {
             engine,
             pre,
             launch,
-            deadline,
+            deadline: limits.request_deadline,
+            admission: Admission::new(limits.max_instances, limits.max_waiting),
+            admission_wait: limits.admission_wait,
             in_flight: AtomicUsize::new(0),
             idle: Notify::new(),
             failures,
@@ -192,6 +232,11 @@ impl HttpServer {
         request: http::Request<WasiBody>,
     ) -> Result<Response, ServeError> {
         let _guard = InFlight::enter(self.clone());
+        // A slot of this container, then one of the node's pool: past either bound the
+        // request waits a bounded time, then is refused (503), never instantiated.
+        let admitted_by = tokio::time::Instant::now() + self.admission_wait;
+        let container_slot = self.admission.admit_until(admitted_by).await?;
+        let node_slot = self.engine.admission.admit_until(admitted_by).await?;
         let mut store = Store::new(
             &self.engine.wasmtime,
             run::p2_host(&self.launch).map_err(|e| ServeError::Failed(format!("{e:#}")))?,
@@ -218,6 +263,8 @@ impl HttpServer {
         // owns the store and ends with the guest (or at the deadline).
         let guest = tokio::spawn(async move {
             let _guard = InFlight::enter(server.clone());
+            // The instance holds its slots until it ends.
+            let _slots = (container_slot, node_slot);
             let run = async {
                 let proxy = pre.instantiate_async(&mut store).await?;
                 proxy
@@ -358,6 +405,23 @@ impl WasiHttpHooks for PodHooks {
                 Err(ServeError::Failed(message)) => {
                     Err(wasmtime_wasi_http::Error::InternalError(Some(message)))
                 }
+                // An overloaded sibling answers as a proxy would: 503, try again later.
+                Err(e @ ServeError::Overloaded(_)) => {
+                    let body = http_body_util::Full::new(Bytes::from(format!("{e}\n")))
+                        .map_err(|never| match never {})
+                        .boxed_unsync();
+                    let mut response = http::Response::new(body);
+                    *response.status_mut() = e.status();
+                    if let Some(seconds) = e.retry_after() {
+                        response
+                            .headers_mut()
+                            .insert(http::header::RETRY_AFTER, seconds.into());
+                    }
+                    Ok((
+                        response,
+                        Box::new(async { Ok(()) }) as Box<dyn Future<Output = _> + Send>,
+                    ))
+                }
             }
         })
     }
@@ -377,4 +441,92 @@ where
         body.map_err(|e| wasmtime_wasi_http::Error::InternalError(Some(e.to_string())))
             .boxed_unsync()
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::{EngineOptions, Program};
+    use http_body_util::Empty;
+
+    /// Past its instance bound a container queues a few requests for a bounded time and
+    /// refuses the rest with 503 and `Retry-After`; none of that is a container failure.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_full_container_queues_briefly_then_refuses_without_failing() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = Engine::new(&EngineOptions {
+            cache_dir: dir.path().to_path_buf(),
+            max_instances: 16,
+        })
+        .unwrap();
+        let program = engine.load(shoal_examples::WEB_P2).await.unwrap();
+        let Program::Http(pre) = &*program else {
+            panic!("web is an HTTP component")
+        };
+        let pod_network = PodNetwork::new();
+        let launch = Launch {
+            argv: vec!["web".into()],
+            env: vec![],
+            mounts: vec![],
+            log: super::super::log::ContainerLog::new(1 << 16),
+            memory_limit: 64 << 20,
+            network: Arc::downgrade(&pod_network),
+        };
+        let (failures, mut failed) = mpsc::unbounded_channel();
+        let limits = ServerLimits {
+            max_instances: 2,
+            max_waiting: 2,
+            admission_wait: Duration::from_millis(300),
+            ..ServerLimits::default()
+        };
+        let server = HttpServer::new(engine, pre.clone(), launch, limits, failures);
+        let calls = (0..8).map(|_| {
+            let server = server.clone();
+            tokio::spawn(async move {
+                let request = http::Request::get("http://localhost:8080/sleep/800")
+                    .body(Empty::<Bytes>::new())
+                    .unwrap();
+                match server.serve(request_of(request)).await {
+                    Ok(response) => Ok(response.status().as_u16()),
+                    Err(e) => Err((e.status().as_u16(), e.retry_after(), e.to_string())),
+                }
+            })
+        });
+        let outcomes: Vec<_> = futures::future::join_all(calls)
+            .await
+            .into_iter()
+            .map(Result::unwrap)
+            .collect();
+        let served = outcomes.iter().filter(|o| **o == Ok(200)).count();
+        let refused: Vec<_> = outcomes.iter().filter_map(|o| o.clone().err()).collect();
+        assert_eq!(served, 2, "{outcomes:?}");
+        assert_eq!(refused.len(), 6, "{outcomes:?}");
+        assert!(refused
+            .iter()
+            .all(|(status, retry, _)| *status == 503 && *retry == Some(1)));
+        let timed_out = refused
+            .iter()
+            .filter(|(_, _, m)| m.contains("within the admission wait"))
+            .count();
+        assert_eq!(
+            timed_out, 2,
+            "two waited their turn, then gave up: {refused:?}"
+        );
+        assert!(
+            failed.try_recv().is_err(),
+            "a full container is not a failed one"
+        );
+        // Once the slots free, the container serves again.
+        let request = http::Request::get("http://localhost:8080/healthz")
+            .body(Empty::<Bytes>::new())
+            .unwrap();
+        assert_eq!(
+            server.serve(request_of(request)).await.unwrap().status(),
+            200
+        );
+    }
+
+    fn request_of(request: http::Request<Empty<Bytes>>) -> http::Request<WasiBody> {
+        super::request(request)
+    }
 }

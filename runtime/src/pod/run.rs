@@ -50,6 +50,9 @@ pub enum Exit {
 }
 
 pub async fn run(engine: &Engine, program: &Program, launch: Launch) -> Exit {
+    // A slot of the node's instance pool first: a command waits for one rather than failing
+    // on a full pool.
+    let _slot = engine.admission.admit().await;
     let outcome = match program {
         Program::Module(pre) => run_module(engine, pre, &launch).await,
         Program::Component(pre) => run_component(engine, pre, &launch).await,

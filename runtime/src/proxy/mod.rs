@@ -272,7 +272,15 @@ impl DispatchState {
                 Err(ServeError::NoServer(port)) => {
                     Err((replay, format!("no server on port {port}")))
                 }
-                Err(e) => Ok(text_response(e.status(), format!("{e}\n"))),
+                Err(e) => {
+                    let mut response = text_response(e.status(), format!("{e}\n"));
+                    if let Some(seconds) = e.retry_after() {
+                        response
+                            .headers_mut()
+                            .insert(http::header::RETRY_AFTER, seconds.into());
+                    }
+                    Ok(response)
+                }
             };
         }
         let Some(gateway) = read(&self.table).gateway(&backend.node) else {
