@@ -79,7 +79,7 @@ pub fn validate(kind: &str, object: &Value) -> Vec<Cause> {
         } else {
             dns1123_subdomain(name)
         } {
-            causes.push(Cause::invalid("metadata.name", name, &why));
+            causes.push(Cause::invalid("metadata.name", name, &why.to_string()));
         }
     }
     validate_labels(object, &mut causes);
@@ -798,7 +798,7 @@ fn pod(object: &Value, causes: &mut Vec<Cause>) {
             causes.push(Cause::invalid(
                 format!("spec.volumes[{i}].name"),
                 &volume.name,
-                &why,
+                &why.to_string(),
             ));
         }
     }
@@ -816,7 +816,7 @@ fn container_rules(
         causes.push(Cause::invalid(
             format!("{path}.name"),
             &container.name,
-            &why,
+            &why.to_string(),
         ));
     }
     if container.image.as_deref().unwrap_or("").trim().is_empty() {
@@ -879,9 +879,20 @@ fn container_rules(
 const LABEL_RULE: &str = "a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-', and must start and end with an alphanumeric character (e.g. 'my-name',  or '123-abc', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?')";
 const SUBDOMAIN_RULE: &str = "a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character (e.g. 'example.com', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*')";
 
-pub fn dns1123_label(name: &str) -> Result<(), String> {
+/// Why a name is not a DNS-1123 label or subdomain (Kubernetes' messages).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum NameError {
+    #[error("must be no more than {0} characters")]
+    TooLong(usize),
+    #[error("{}", LABEL_RULE)]
+    NotALabel,
+    #[error("{}", SUBDOMAIN_RULE)]
+    NotASubdomain,
+}
+
+pub fn dns1123_label(name: &str) -> Result<(), NameError> {
     if name.len() > 63 {
-        return Err("must be no more than 63 characters".into());
+        return Err(NameError::TooLong(63));
     }
     let ok_char = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit();
     let valid = name.starts_with(ok_char)
@@ -890,18 +901,18 @@ pub fn dns1123_label(name: &str) -> Result<(), String> {
     if valid {
         Ok(())
     } else {
-        Err(LABEL_RULE.into())
+        Err(NameError::NotALabel)
     }
 }
 
-pub fn dns1123_subdomain(name: &str) -> Result<(), String> {
+pub fn dns1123_subdomain(name: &str) -> Result<(), NameError> {
     if name.len() > 253 {
-        return Err("must be no more than 253 characters".into());
+        return Err(NameError::TooLong(253));
     }
     if name.split('.').all(|part| dns1123_label(part).is_ok()) {
         Ok(())
     } else {
-        Err(SUBDOMAIN_RULE.into())
+        Err(NameError::NotASubdomain)
     }
 }
 

@@ -83,7 +83,9 @@ pub async fn run(client: Client, options: Options) {
                 Err(why) => {
                     if state.unschedulable.insert(key.clone()) {
                         let client = client.clone();
-                        tokio::spawn(async move { mark_unschedulable(&client, &pod, &why).await });
+                        tokio::spawn(
+                            async move { mark_unschedulable(&client, &pod, &why.0).await },
+                        );
                     }
                     continue;
                 }
@@ -407,13 +409,18 @@ fn feasible_nodes_to_find(nodes: usize) -> usize {
     (nodes * percentage / 100).max(100)
 }
 
+/// Why no node fits a pod, in Kubernetes' words (`0/3 nodes are available: ...`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct Unschedulable(pub String);
+
 fn choose_node(
     view: &ClusterView,
     usage: &HashMap<String, Requests>,
     pod: &Pod,
     profile: Profile,
     constraints: &affinity::Constraints,
-) -> Result<String, String> {
+) -> Result<String, Unschedulable> {
     let wanted = Requests::of(pod);
     let mut reasons: std::collections::BTreeMap<&str, usize> = Default::default();
     let mut best: Option<(&String, (i64, i64))> = None;
@@ -495,10 +502,10 @@ fn choose_node(
             } else {
                 format!(" {}.", detail.join(", "))
             };
-            Err(format!(
+            Err(Unschedulable(format!(
                 "0/{} nodes are available:{detail}",
                 view.nodes.len()
-            ))
+            )))
         }
     }
 }
@@ -625,7 +632,9 @@ mod tests {
             "spec": {"containers": [], "nodeSelector": {"disk": "ssd"}}}),
         )
         .unwrap();
-        let why = choose_node(&view, &usage, &picky, Profile::Spread, &none()).unwrap_err();
+        let why = choose_node(&view, &usage, &picky, Profile::Spread, &none())
+            .unwrap_err()
+            .0;
         assert_eq!(
             why,
             "0/300 nodes are available: 300 node(s) didn't match Pod's node affinity/selector."
@@ -666,7 +675,8 @@ mod tests {
                 Profile::Spread,
                 &none()
             )
-            .unwrap_err(),
+            .unwrap_err()
+            .0,
             "0/0 nodes are available:"
         );
     }
@@ -711,7 +721,8 @@ mod tests {
                 Profile::Spread,
                 &none()
             )
-            .unwrap_err(),
+            .unwrap_err()
+            .0,
             "0/1 nodes are available: 1 Insufficient cpu."
         );
         assert_eq!(
@@ -722,7 +733,8 @@ mod tests {
                 Profile::Spread,
                 &none()
             )
-            .unwrap_err(),
+            .unwrap_err()
+            .0,
             "0/1 nodes are available: 1 Insufficient memory."
         );
         view.assign("default/a", "small", Requests::of(&wanting("100m", "1Mi")));
@@ -735,7 +747,8 @@ mod tests {
                 Profile::Spread,
                 &none()
             )
-            .unwrap_err(),
+            .unwrap_err()
+            .0,
             "0/1 nodes are available: 1 Too many pods."
         );
     }
@@ -782,7 +795,9 @@ mod tests {
             json!({"nodeSelector": {"kubernetes.io/hostname": "x"}, "tolerations": [{"key": "dedicated", "operator": "Equal", "value": "db", "effect": "NoSchedule"}]}),
         );
         assert_eq!(
-            choose_node(&view, &usage, &tolerant, Profile::Spread, &none()).unwrap_err(),
+            choose_node(&view, &usage, &tolerant, Profile::Spread, &none())
+                .unwrap_err()
+                .0,
             "0/2 nodes are available: 2 node(s) didn't match Pod's node affinity/selector."
         );
         let tolerant = with(json!({"tolerations": [{"operator": "Exists"}], "nodeSelector": {}}));
@@ -849,7 +864,7 @@ mod tests {
             json!({"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [zone_term("In", "z9")]}}}),
         );
         assert_eq!(
-            place(&view, &nowhere, Profile::Spread).unwrap_err(),
+            place(&view, &nowhere, Profile::Spread).unwrap_err().0,
             "0/3 nodes are available: 3 node(s) didn't match Pod's node affinity/selector."
         );
         let by_name = with(
@@ -888,13 +903,13 @@ mod tests {
         }
         let fourth = with("db-3", json!({"app": "db"}), anti.clone());
         assert_eq!(
-            place(&view, &fourth, Profile::Spread).unwrap_err(),
+            place(&view, &fourth, Profile::Spread).unwrap_err().0,
             "0/3 nodes are available: 3 node(s) didn't match pod anti-affinity rules."
         );
         // Symmetry: a pod matching the db pods' anti-affinity cannot join them either.
         let plain_db = with("plain", json!({"app": "db"}), json!(null));
         assert_eq!(
-            place(&view, &plain_db, Profile::Spread).unwrap_err(),
+            place(&view, &plain_db, Profile::Spread).unwrap_err().0,
             "0/3 nodes are available: 3 node(s) didn't satisfy existing pods anti-affinity rules."
         );
         // Required affinity by zone: a cache goes where a db pod of zone z2 is... any zone

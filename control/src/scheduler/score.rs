@@ -24,16 +24,19 @@ pub enum Profile {
     BinPack,
 }
 
-impl std::str::FromStr for Profile {
-    type Err = String;
+/// A `--scheduler-profile` or `schedulerName` that names no profile.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown scheduling profile {0:?} (known: spread, bin-packing)")]
+pub struct UnknownProfile(pub String);
 
-    fn from_str(text: &str) -> Result<Self, String> {
+impl std::str::FromStr for Profile {
+    type Err = UnknownProfile;
+
+    fn from_str(text: &str) -> Result<Self, UnknownProfile> {
         match text {
             "spread" => Ok(Profile::Spread),
             "bin-packing" => Ok(Profile::BinPack),
-            other => Err(format!(
-                "unknown scheduling profile {other:?} (known: spread, bin-packing)"
-            )),
+            other => Err(UnknownProfile(other.to_string())),
         }
     }
 }
