@@ -497,3 +497,24 @@ pub async fn waiting_reason(http: &Http, namespace: &str, name: &str) -> (String
     )
     .await
 }
+
+/// `shoal server` on a free port with its data under `dir` (in `dir/server`), and its URL.
+pub fn start_server(dir: &std::path::Path, extra: &[&str]) -> (Process, String) {
+    let addr = free_addr().to_string();
+    let server = start_server_at(dir, &addr, extra);
+    (server, format!("http://{addr}"))
+}
+
+/// `shoal server` on `addr` with its data in `dir/server` (again, after a restart).
+pub fn start_server_at(dir: &std::path::Path, addr: &str, extra: &[&str]) -> Process {
+    let data = dir.join("server");
+    let mut args = vec![
+        "server",
+        "--api-addr",
+        addr,
+        "--data-dir",
+        data.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    Process::start(&args, dir.join("server.log"), "shoal server ready")
+}

@@ -21,6 +21,9 @@ pub struct ControlPlaneOptions {
     pub scheduler: shoal_control::scheduler::Options,
     /// Leave the scheduler out (the scheduler benchmark starts its own on a backlog).
     pub without_scheduler: bool,
+    /// Events the store keeps for watches to resume from (`None`: the store's default);
+    /// a watch from before them gets 410 Gone and relists.
+    pub event_log_len: Option<u64>,
 }
 
 /// The store, the API server on a socket, the scheduler and the controllers.
@@ -49,9 +52,11 @@ impl ControlPlane {
             controllers: controller_options,
             scheduler: scheduler_options,
             without_scheduler,
+            event_log_len,
         } = options;
         std::fs::create_dir_all(data_dir)?;
-        let store = RedbStore::open(&data_dir.join("store.redb"))
+        let log_len = event_log_len.unwrap_or(shoal_control::store::DEFAULT_EVENT_LOG_LEN);
+        let store = RedbStore::open_with_log_len(&data_dir.join("store.redb"), log_len)
             .map_err(|e| anyhow::anyhow!("opening the store in {}: {e}", data_dir.display()))?;
         let server = ApiServer::with_options(Arc::new(store), options).await?;
         let router = server.router();

@@ -8,22 +8,6 @@ use serde_json::{json, Value};
 use shoal_examples::{HELLO_P1, HELLO_P2, WEB_P2};
 use shoal_tests::*;
 
-/// `shoal server` on a free port with its data under `dir`, and its URL.
-fn start_server(dir: &std::path::Path, extra: &[&str]) -> (Process, String) {
-    let addr = free_addr().to_string();
-    let data = dir.join("server");
-    let mut args = vec![
-        "server",
-        "--api-addr",
-        &addr,
-        "--data-dir",
-        data.to_str().unwrap(),
-    ];
-    args.extend_from_slice(extra);
-    let server = Process::start(&args, dir.join("server.log"), "shoal server ready");
-    (server, format!("http://{addr}"))
-}
-
 /// `shoal agent` named `name`, joined to the server at `url`, its data under `dir`.
 fn start_agent(dir: &std::path::Path, url: &str, name: &str, extra: &[&str]) -> Process {
     let data = dir.join(name);

@@ -22,6 +22,10 @@ pub struct ServerCommand {
     /// `bin-packing` (fill the most allocated node first).
     #[arg(long, default_value = "spread")]
     scheduler_profile: shoal_control::scheduler::Profile,
+    /// Events the store keeps for watches to resume from; a watch from before them gets
+    /// 410 Gone (clients relist).
+    #[arg(long)]
+    event_log_len: Option<u64>,
 }
 
 impl ServerCommand {
@@ -31,6 +35,7 @@ impl ServerCommand {
         options.controllers.pod_eviction_timeout =
             std::time::Duration::from_secs(self.pod_eviction_timeout_seconds);
         options.scheduler.default_profile = self.scheduler_profile;
+        options.event_log_len = self.event_log_len;
         let mut control = ControlPlane::start_with(&self.data_dir, self.api_addr, options).await?;
         let kubeconfig = self.data_dir.join("kubeconfig");
         crate::kubeconfig::write(&kubeconfig, &control.url())?;

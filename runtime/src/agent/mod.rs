@@ -266,20 +266,16 @@ struct IpPool {
 
 impl IpPool {
     fn new(cidr: &str) -> anyhow::Result<Self> {
-        let (address, prefix) = cidr
-            .split_once('/')
-            .ok_or_else(|| anyhow::anyhow!("pod CIDR {cidr:?} has no prefix length"))?;
-        let address: std::net::Ipv4Addr = address
+        let net: ipnet::Ipv4Net = cidr
             .parse()
-            .map_err(|_| anyhow::anyhow!("pod CIDR {cidr:?} is not IPv4"))?;
-        let prefix: u32 = prefix
-            .parse()
-            .ok()
-            .filter(|p| (8..=30).contains(p))
-            .ok_or_else(|| anyhow::anyhow!("pod CIDR {cidr:?}: prefix must be /8 to /30"))?;
+            .map_err(|e| anyhow::anyhow!("pod CIDR {cidr:?} is not an IPv4 CIDR: {e}"))?;
+        let prefix = u32::from(net.prefix_len());
+        if !(8..=30).contains(&prefix) {
+            anyhow::bail!("pod CIDR {cidr:?}: prefix must be /8 to /30");
+        }
         let size = 1u32 << (32 - prefix);
         Ok(Self {
-            base: u32::from(address),
+            base: u32::from(net.network()),
             size,
             used: BTreeSet::new(),
             next: 2,

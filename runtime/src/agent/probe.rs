@@ -83,7 +83,10 @@ pub(super) fn spawn<R>(
         let (spec, mut started) = (spec.clone(), started);
         tasks.spawn(async move {
             let _ = started.wait_for(|s| *s).await;
+            // Liveness needs failureThreshold failures in a row, even at first: only
+            // readiness takes its first result as the verdict.
             let mut checker = Checker::new(&probe);
+            checker.first = false;
             loop {
                 let result = check(&probe, &spec, &network).await;
                 if checker.observe(result.is_ok()) == Some(false) {
@@ -230,5 +233,10 @@ mod tests {
         assert_eq!(checker.observe(true), Some(true));
         assert_eq!(checker.observe(false), None);
         assert_eq!(checker.observe(false), Some(false));
+        // Liveness: no verdict from the first failure alone.
+        let mut liveness = Checker::new(&probe);
+        liveness.first = false;
+        assert_eq!(liveness.observe(false), None);
+        assert_eq!(liveness.observe(false), Some(false));
     }
 }

@@ -327,10 +327,10 @@ impl Lifecycle {
                 }
             }
             Event::ProbeFailed { index, message, .. } => {
-                let running = self
-                    .slots
-                    .get(index)
-                    .is_some_and(|s| matches!(s.state, Container::Running { .. }));
+                // Starting counts: the probe may report before the start does.
+                let running = self.slots.get(index).is_some_and(|s| {
+                    matches!(s.state, Container::Running { .. } | Container::Starting)
+                });
                 // Liveness and startup failures have the same consequence: the container is
                 // killed and restarted per policy (the message says which probe).
                 if running {
@@ -771,6 +771,21 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn a_probe_failure_before_the_start_is_reported_still_kills() {
+        let mut pod = Pod::new(RestartPolicy::Always, 0, 1, None);
+        pod.send(Event::Prepared);
+        let effects = pod.send(Event::ProbeFailed {
+            index: 0,
+            probe: Probe::Liveness,
+            message: "Liveness probe failed: early".into(),
+        });
+        assert!(
+            matches!(effects[0], Effect::Kill { index: 0, .. }),
+            "{effects:?}"
+        );
     }
 
     #[test]

@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::net::Ipv4Addr;
 use std::sync::{Arc, RwLock};
 
+use ipnet::Ipv4Net;
 use k8s_openapi::api::core::v1::{EndpointAddress, Endpoints, Node, Service};
 use k8s_openapi::api::networking::v1::Ingress;
 use shoal_control::client::{watcher, Client, ListParams, WatcherEvent};
@@ -40,8 +41,8 @@ pub struct Table {
     by_cluster_ip: HashMap<String, String>,
     /// Node name -> `address:port` of its gateway.
     gateways: HashMap<String, String>,
-    /// Node name -> its pod CIDR (base address, prefix length).
-    pod_cidrs: HashMap<String, (u32, u8)>,
+    /// Node name -> its pod CIDR.
+    pod_cidrs: HashMap<String, Ipv4Net>,
     ingresses: HashMap<String, Ingress>,
 }
 
@@ -75,13 +76,12 @@ impl Table {
         for node in event.into_objects() {
             let name = node.metadata.name.clone().unwrap_or_default();
             let cidr = node.spec.as_ref().and_then(|s| s.pod_cidr.as_deref());
-            match cidr.and_then(|c| c.split_once('/')).filter(|_| !deleted) {
-                Some((base, prefix)) => {
-                    if let (Ok(base), Ok(prefix)) = (base.parse::<Ipv4Addr>(), prefix.parse::<u8>())
-                    {
-                        self.pod_cidrs
-                            .insert(name.clone(), (u32::from(base), prefix.min(32)));
-                    }
+            match cidr
+                .and_then(|c| c.parse::<Ipv4Net>().ok())
+                .filter(|_| !deleted)
+            {
+                Some(net) => {
+                    self.pod_cidrs.insert(name.clone(), net);
                 }
                 None => {
                     self.pod_cidrs.remove(&name);
@@ -212,10 +212,7 @@ impl Table {
         let node = self
             .pod_cidrs
             .iter()
-            .find(|(_, (base, prefix))| {
-                let mask = u32::MAX.checked_shl(32 - *prefix as u32).unwrap_or(0);
-                u32::from(ip) & mask == *base & mask
-            })
+            .find(|(_, net)| net.contains(&ip))
             .map(|(node, _)| node.clone())?;
         Some(Route {
             service: format!("pod {ip}"),
