@@ -4,6 +4,7 @@
 
 use k8s_openapi::api::core::v1::{Container, Pod};
 
+use super::config::ConfigError;
 use super::sources::Sources;
 
 pub async fn container_env(
@@ -11,7 +12,7 @@ pub async fn container_env(
     container: &Container,
     pod_ip: &str,
     sources: &mut Sources,
-) -> Result<Vec<(String, String)>, String> {
+) -> Result<Vec<(String, String)>, ConfigError> {
     let mut env: Vec<(String, String)> = Vec::new();
     for source in container.env_from.iter().flatten() {
         let prefix = source.prefix.clone().unwrap_or_default();
@@ -19,13 +20,25 @@ pub async fn container_env(
             match sources.config_map(&cm.name).await? {
                 Some(data) => data,
                 None if cm.optional == Some(true) => Default::default(),
-                None => return Err(format!("envFrom: configmap {:?} not found", cm.name)),
+                None => {
+                    return Err(ConfigError::NotFound {
+                        context: "envFrom: ".into(),
+                        kind: "configmap",
+                        name: cm.name.clone(),
+                    })
+                }
             }
         } else if let Some(secret) = &source.secret_ref {
             match sources.secret(&secret.name).await? {
                 Some(data) => data,
                 None if secret.optional == Some(true) => Default::default(),
-                None => return Err(format!("envFrom: secret {:?} not found", secret.name)),
+                None => {
+                    return Err(ConfigError::NotFound {
+                        context: "envFrom: ".into(),
+                        kind: "secret",
+                        name: secret.name.clone(),
+                    })
+                }
             }
         } else {
             continue;
@@ -43,15 +56,18 @@ pub async fn container_env(
             (Some(value), _) => value.clone(),
             (None, None) => String::new(),
             (None, Some(source)) => {
-                let what = |kind: &str, name: &str, key: &str| {
-                    format!("env {:?}: {kind} {name:?} has no key {key:?}", var.name)
+                let what = |kind: &'static str, name: &str, key: &str| ConfigError::NoKey {
+                    context: format!("env {:?}: ", var.name),
+                    kind,
+                    name: name.into(),
+                    key: key.into(),
                 };
                 if let Some(field) = &source.field_ref {
                     field_value(pod, &field.field_path, pod_ip).ok_or_else(|| {
-                        format!(
-                            "env {:?}: fieldRef {:?} is not supported",
-                            var.name, field.field_path
-                        )
+                        ConfigError::Unsupported {
+                            var: var.name.clone(),
+                            what: format!("fieldRef {:?}", field.field_path),
+                        }
                     })?
                 } else if let Some(key) = &source.config_map_key_ref {
                     match sources
@@ -74,10 +90,10 @@ pub async fn container_env(
                         None => return Err(what("secret", &key.name, &key.key)),
                     }
                 } else {
-                    return Err(format!(
-                        "env {:?}: resourceFieldRef is not supported",
-                        var.name
-                    ));
+                    return Err(ConfigError::Unsupported {
+                        var: var.name.clone(),
+                        what: "resourceFieldRef".into(),
+                    });
                 }
             }
         };
@@ -111,7 +127,7 @@ fn field_value(pod: &Pod, path: &str, pod_ip: &str) -> Option<String> {
 }
 
 /// `resources.limits.memory` in bytes, if set.
-pub fn memory_limit(container: &Container) -> Result<Option<usize>, String> {
+pub fn memory_limit(container: &Container) -> Result<Option<usize>, ConfigError> {
     let Some(quantity) = container
         .resources
         .as_ref()
@@ -123,12 +139,7 @@ pub fn memory_limit(container: &Container) -> Result<Option<usize>, String> {
     shoal_control::api::quantity::parse(&quantity.0)
         .map(|b| b as usize)
         .map(Some)
-        .ok_or_else(|| {
-            format!(
-                "resources.limits.memory {:?} is not a valid quantity",
-                quantity.0
-            )
-        })
+        .ok_or_else(|| ConfigError::MemoryLimit(quantity.0.clone()))
 }
 
 #[cfg(test)]

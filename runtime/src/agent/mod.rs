@@ -2,6 +2,7 @@
 //! bound to it and runs each through a [`worker::PodWorker`], finishes their deletion, and
 //! serves their logs on its gateway. It talks to the API only through the client.
 
+mod config;
 mod env;
 mod gateway;
 mod logs;

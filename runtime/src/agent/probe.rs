@@ -92,7 +92,7 @@ pub(super) fn spawn<R>(
                 if checker.observe(result.is_ok()) == Some(false) {
                     let message = format!(
                         "Liveness probe failed: {}",
-                        result.err().unwrap_or_default()
+                        result.err().map(|e| e.to_string()).unwrap_or_default()
                     );
                     let report = ProbeReport::Failed(index, ProbeKind::Liveness, message);
                     let _ = reports.send(report.into()).await;
@@ -142,11 +142,35 @@ impl Checker {
     }
 }
 
+/// Why one probe failed, in the kubelet's words where it has them.
+#[derive(Debug, thiserror::Error)]
+enum ProbeError {
+    #[error("only httpGet probes are supported")]
+    NotHttpGet,
+    #[error("HTTPS probes are not supported on the pod loopback")]
+    Https,
+    #[error("probe port {0} is out of range")]
+    PortOutOfRange(i32),
+    #[error("the container declares no port named {0:?}")]
+    NoSuchPort(String),
+    #[error("bad probe request: {0}")]
+    Request(#[from] http::Error),
+    #[error("HTTP probe failed with statuscode: {0}")]
+    Status(u16),
+    #[error("Get \"{url}\": {error}")]
+    Unreachable {
+        url: String,
+        error: network::ServeError,
+    },
+    #[error("Get \"{url}\": timed out after {after:?}")]
+    TimedOut { url: String, after: Duration },
+}
+
 async fn run_until_success(
     probe: &Probe,
     spec: &Container,
     network: &PodNetwork,
-) -> Result<(), String> {
+) -> Result<(), ProbeError> {
     tokio::time::sleep(Duration::from_secs(
         probe.initial_delay_seconds.unwrap_or(0).max(0) as u64,
     ))
@@ -156,10 +180,10 @@ async fn run_until_success(
     loop {
         match check(probe, spec, network).await {
             Ok(()) => return Ok(()),
-            Err(message) => {
+            Err(error) => {
                 failures += 1;
                 if failures >= checker.failure_threshold {
-                    return Err(message);
+                    return Err(error);
                 }
             }
         }
@@ -168,40 +192,37 @@ async fn run_until_success(
 }
 
 /// One probe: `Ok` for a 2xx or 3xx answer within `timeoutSeconds`.
-async fn check(probe: &Probe, spec: &Container, network: &PodNetwork) -> Result<(), String> {
+async fn check(probe: &Probe, spec: &Container, network: &PodNetwork) -> Result<(), ProbeError> {
     let Some(action) = &probe.http_get else {
-        return Err("only httpGet probes are supported".into());
+        return Err(ProbeError::NotHttpGet);
     };
     let port = resolve_port(action, spec)?;
     if action.scheme.as_deref().is_some_and(|s| s != "HTTP") {
-        return Err("HTTPS probes are not supported on the pod loopback".into());
+        return Err(ProbeError::Https);
     }
     let path = action.path.clone().unwrap_or_else(|| "/".into());
-    let mut request = http::Request::get(format!("http://localhost:{port}{path}"));
+    let url = format!("http://localhost:{port}{path}");
+    let mut request = http::Request::get(&url);
     for header in action.http_headers.iter().flatten() {
         request = request.header(&header.name, &header.value);
     }
-    let request = request
-        .body(Empty::<Bytes>::new())
-        .map_err(|e| format!("bad probe request: {e}"))?;
+    let request = request.body(Empty::<Bytes>::new())?;
     let timeout = Duration::from_secs(probe.timeout_seconds.unwrap_or(1).max(1) as u64);
     match tokio::time::timeout(timeout, network.serve(port, network::request(request))).await {
         Ok(Ok(response)) if response.status().as_u16() < 400 => Ok(()),
-        Ok(Ok(response)) => Err(format!(
-            "HTTP probe failed with statuscode: {}",
-            response.status().as_u16()
-        )),
-        Ok(Err(e)) => Err(format!("Get \"http://localhost:{port}{path}\": {e}")),
-        Err(_) => Err(format!(
-            "Get \"http://localhost:{port}{path}\": timed out after {timeout:?}"
-        )),
+        Ok(Ok(response)) => Err(ProbeError::Status(response.status().as_u16())),
+        Ok(Err(error)) => Err(ProbeError::Unreachable { url, error }),
+        Err(_) => Err(ProbeError::TimedOut {
+            url,
+            after: timeout,
+        }),
     }
 }
 
-fn resolve_port(action: &HTTPGetAction, spec: &Container) -> Result<u16, String> {
+fn resolve_port(action: &HTTPGetAction, spec: &Container) -> Result<u16, ProbeError> {
     match &action.port {
         IntOrString::Int(port) => {
-            u16::try_from(*port).map_err(|_| format!("probe port {port} is out of range"))
+            u16::try_from(*port).map_err(|_| ProbeError::PortOutOfRange(*port))
         }
         IntOrString::String(name) => spec
             .ports
@@ -209,7 +230,7 @@ fn resolve_port(action: &HTTPGetAction, spec: &Container) -> Result<u16, String>
             .flatten()
             .find(|p| p.name.as_deref() == Some(name))
             .and_then(|p| u16::try_from(p.container_port).ok())
-            .ok_or_else(|| format!("the container declares no port named {name:?}")),
+            .ok_or_else(|| ProbeError::NoSuchPort(name.clone())),
     }
 }
 

@@ -7,6 +7,8 @@ use std::collections::HashMap;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use shoal_control::client::Client;
 
+use super::config::ConfigError;
+
 pub struct Sources {
     client: Client,
     namespace: String,
@@ -28,14 +30,18 @@ impl Sources {
     pub async fn config_map(
         &mut self,
         name: &str,
-    ) -> Result<Option<BTreeMap<String, Vec<u8>>>, String> {
+    ) -> Result<Option<BTreeMap<String, Vec<u8>>>, ConfigError> {
         if !self.config_maps.contains_key(name) {
             let found = self
                 .client
                 .api::<ConfigMap>(Some(&self.namespace))
                 .get_opt(name)
                 .await
-                .map_err(|e| format!("reading configmap {name:?}: {e}"))?;
+                .map_err(|source| ConfigError::Read {
+                    kind: "configmap",
+                    name: name.into(),
+                    source,
+                })?;
             let data = found.map(|cm| {
                 let mut data: BTreeMap<String, Vec<u8>> = cm
                     .data
@@ -60,14 +66,18 @@ impl Sources {
     pub async fn secret(
         &mut self,
         name: &str,
-    ) -> Result<Option<BTreeMap<String, Vec<u8>>>, String> {
+    ) -> Result<Option<BTreeMap<String, Vec<u8>>>, ConfigError> {
         if !self.secrets.contains_key(name) {
             let found = self
                 .client
                 .api::<Secret>(Some(&self.namespace))
                 .get_opt(name)
                 .await
-                .map_err(|e| format!("reading secret {name:?}: {e}"))?;
+                .map_err(|source| ConfigError::Read {
+                    kind: "secret",
+                    name: name.into(),
+                    source,
+                })?;
             let data = found.map(|s| {
                 let mut data: BTreeMap<String, Vec<u8>> = s
                     .data

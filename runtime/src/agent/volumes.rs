@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use k8s_openapi::api::core::v1::{KeyToPath, PersistentVolumeClaim, PodSpec, Volume};
 use shoal_control::client::Client;
 
+use super::config::ConfigError;
 use super::sources::Sources;
 use crate::pod::volumes::{write_files, PreparedVolume};
 
@@ -26,12 +27,16 @@ pub async fn prepare(
     spec: &PodSpec,
     host: &VolumeHost<'_>,
     sources: &mut Sources,
-) -> Result<HashMap<String, PreparedVolume>, String> {
+) -> Result<HashMap<String, PreparedVolume>, ConfigError> {
     let mut prepared = HashMap::new();
     for volume in spec.volumes.iter().flatten() {
-        let ready = prepare_one(volume, host, sources)
-            .await
-            .map_err(|why| format!("volume {:?}: {why}", volume.name))?;
+        let ready =
+            prepare_one(volume, host, sources)
+                .await
+                .map_err(|why| ConfigError::Volume {
+                    volume: volume.name.clone(),
+                    source: Box::new(why),
+                })?;
         prepared.insert(volume.name.clone(), ready);
     }
     Ok(prepared)
@@ -41,11 +46,10 @@ async fn prepare_one(
     volume: &Volume,
     host: &VolumeHost<'_>,
     sources: &mut Sources,
-) -> Result<PreparedVolume, String> {
+) -> Result<PreparedVolume, ConfigError> {
     let own_dir = host.pod_dir.join("volumes").join(&volume.name);
     if volume.empty_dir.is_some() {
-        std::fs::create_dir_all(&own_dir)
-            .map_err(|e| format!("cannot create {}: {e}", own_dir.display()))?;
+        create_dir(&own_dir)?;
         return Ok(PreparedVolume {
             dir: own_dir,
             read_only: false,
@@ -80,23 +84,26 @@ async fn prepare_one(
         let claims = host
             .client
             .api::<PersistentVolumeClaim>(Some(host.namespace));
-        if claims
+        let found = claims
             .get_opt(&source.claim_name)
             .await
-            .map_err(|e| e.to_string())?
-            .is_none()
-        {
-            return Err(format!(
-                "persistentvolumeclaim {:?} not found",
-                source.claim_name
-            ));
+            .map_err(|source_error| ConfigError::Read {
+                kind: "persistentvolumeclaim",
+                name: source.claim_name.clone(),
+                source: source_error,
+            })?;
+        if found.is_none() {
+            return Err(ConfigError::NotFound {
+                context: String::new(),
+                kind: "persistentvolumeclaim",
+                name: source.claim_name.clone(),
+            });
         }
         let dir = host
             .claims_dir
             .join(host.namespace)
             .join(&source.claim_name);
-        std::fs::create_dir_all(&dir)
-            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        create_dir(&dir)?;
         return Ok(PreparedVolume {
             dir,
             read_only: source.read_only.unwrap_or(false),
@@ -118,41 +125,52 @@ async fn prepare_one(
                 .iter()
                 .map(|p| p.display().to_string())
                 .collect();
-            return Err(format!(
-                "hostPath {:?} is not allowed on this node (allowed prefixes: {})",
-                source.path,
-                if prefixes.is_empty() {
+            return Err(ConfigError::HostPathNotAllowed {
+                path: source.path.clone(),
+                allowed: if prefixes.is_empty() {
                     "none; start the agent with --allow-host-path".to_string()
                 } else {
                     prefixes.join(", ")
-                }
-            ));
+                },
+            });
         }
         if matches!(source.type_.as_deref(), Some("DirectoryOrCreate")) {
-            std::fs::create_dir_all(&path)
-                .map_err(|e| format!("cannot create {}: {e}", path.display()))?;
+            create_dir(&path)?;
         }
         if !path.is_dir() {
-            return Err(format!("hostPath {:?} is not a directory", source.path));
+            return Err(ConfigError::NotADirectory(source.path.clone()));
         }
         return Ok(PreparedVolume {
             dir: path,
             read_only: false,
         });
     }
-    Err("this volume type is not supported (supported: emptyDir, configMap, secret, persistentVolumeClaim, hostPath)".into())
+    Err(ConfigError::UnsupportedVolume)
+}
+
+fn create_dir(path: &Path) -> Result<(), ConfigError> {
+    std::fs::create_dir_all(path).map_err(|source| {
+        ConfigError::Files(crate::pod::volumes::VolumeError::Create {
+            path: path.to_path_buf(),
+            source,
+        })
+    })
 }
 
 fn present(
     data: Option<BTreeMap<String, Vec<u8>>>,
-    kind: &str,
+    kind: &'static str,
     name: &str,
     optional: Option<bool>,
-) -> Result<BTreeMap<String, Vec<u8>>, String> {
+) -> Result<BTreeMap<String, Vec<u8>>, ConfigError> {
     match data {
         Some(data) => Ok(data),
         None if optional == Some(true) => Ok(BTreeMap::new()),
-        None => Err(format!("{kind} {name:?} not found")),
+        None => Err(ConfigError::NotFound {
+            context: String::new(),
+            kind,
+            name: name.into(),
+        }),
     }
 }
 
@@ -160,16 +178,21 @@ fn present(
 fn select(
     data: &BTreeMap<String, Vec<u8>>,
     items: Option<&[KeyToPath]>,
-    kind: &str,
+    kind: &'static str,
     name: &str,
-) -> Result<Vec<(String, Vec<u8>)>, String> {
+) -> Result<Vec<(String, Vec<u8>)>, ConfigError> {
     match items {
         None => Ok(data.iter().map(|(k, v)| (k.clone(), v.clone())).collect()),
         Some(items) => items
             .iter()
             .map(|item| match data.get(&item.key) {
                 Some(value) => Ok((item.path.clone(), value.clone())),
-                None => Err(format!("{kind} {name:?} has no key {:?}", item.key)),
+                None => Err(ConfigError::NoKey {
+                    context: String::new(),
+                    kind,
+                    name: name.into(),
+                    key: item.key.clone(),
+                }),
             })
             .collect(),
     }

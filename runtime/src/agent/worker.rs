@@ -331,7 +331,7 @@ impl PodWorker {
         let program = self.programs[index].clone();
         let template = match self.launch_template(&spec, index) {
             Ok(template) => template,
-            Err(message) => return Some(self.cannot_start(index, message)),
+            Err(e) => return Some(self.cannot_start(index, e.to_string())),
         };
         self.runs[index] = self.runs[index].wrapping_add(1);
         let run = self.runs[index];
@@ -545,14 +545,16 @@ impl PodWorker {
         };
         self.volumes = volumes::prepare(&spec, &host, &mut sources)
             .await
-            .map_err(|m| Retry(0, "CreateContainerConfigError".into(), m))?;
+            .map_err(|e| Retry(0, "CreateContainerConfigError".into(), e.to_string()))?;
         let all = self.specs.clone();
         self.env.clear();
         for (index, container) in all.iter().enumerate() {
             let env =
                 super::env::container_env(&self.pod, container, &self.view.pod_ip, &mut sources)
                     .await
-                    .map_err(|m| Retry(index, "CreateContainerConfigError".into(), m))?;
+                    .map_err(|e| {
+                        Retry(index, "CreateContainerConfigError".into(), e.to_string())
+                    })?;
             self.env.push(env);
         }
         let mut programs = Vec::with_capacity(all.len());
@@ -589,7 +591,7 @@ impl PodWorker {
         &self,
         spec: &ContainerSpec,
         index: usize,
-    ) -> Result<LaunchTemplate, String> {
+    ) -> Result<LaunchTemplate, super::config::ConfigError> {
         let mut argv: Vec<String> = spec.command.clone().unwrap_or_default();
         if argv.is_empty() {
             argv.push(spec.name.clone());

@@ -59,8 +59,17 @@ pub(crate) type ImageClient = hyper_util::client::legacy::Client<
     Empty<Bytes>,
 >;
 
+/// Why a TLS client cannot be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsSetupError {
+    #[error("CA file {}: {why}", path.display())]
+    CaFile { path: PathBuf, why: String },
+    #[error("TLS configuration: {0}")]
+    Config(#[from] rustls::Error),
+}
+
 /// An HTTP and HTTPS client trusting the system's roots and the PEM certificates in `extra_ca`.
-pub(crate) fn image_client(extra_ca: Option<&Path>) -> Result<ImageClient, String> {
+pub(crate) fn image_client(extra_ca: Option<&Path>) -> Result<ImageClient, TlsSetupError> {
     Ok(
         hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
             .build(https_connector(extra_ca)?),
@@ -70,27 +79,30 @@ pub(crate) fn image_client(extra_ca: Option<&Path>) -> Result<ImageClient, Strin
 /// A connector for `http://` and `https://` (rustls with the system's roots plus `extra_ca`).
 pub(crate) fn https_connector(
     extra_ca: Option<&Path>,
-) -> Result<hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>, String>
-{
+) -> Result<
+    hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>,
+    TlsSetupError,
+> {
     let mut roots = rustls::RootCertStore::empty();
     for cert in rustls_native_certs::load_native_certs().certs {
         let _ = roots.add(cert);
     }
     if let Some(path) = extra_ca {
         use rustls::pki_types::pem::PemObject;
+        let bad = |why: String| TlsSetupError::CaFile {
+            path: path.to_path_buf(),
+            why,
+        };
         let certs = rustls::pki_types::CertificateDer::pem_file_iter(path)
-            .map_err(|e| format!("reading CA file {}: {e}", path.display()))?;
+            .map_err(|e| bad(format!("cannot read it: {e}")))?;
         for cert in certs {
-            let cert = cert.map_err(|e| format!("CA file {}: {e}", path.display()))?;
-            roots
-                .add(cert)
-                .map_err(|e| format!("CA file {}: {e}", path.display()))?;
+            let cert = cert.map_err(|e| bad(e.to_string()))?;
+            roots.add(cert).map_err(|e| bad(e.to_string()))?;
         }
     }
     let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
     let tls = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| format!("TLS configuration: {e}"))?
+        .with_safe_default_protocol_versions()?
         .with_root_certificates(roots)
         .with_no_client_auth();
     Ok(hyper_rustls::HttpsConnectorBuilder::new()
@@ -102,7 +114,7 @@ pub(crate) fn https_connector(
 
 impl Engine {
     /// The client for image URLs, made once.
-    fn image_client(&self) -> Result<&ImageClient, String> {
+    fn image_client(&self) -> Result<&ImageClient, TlsSetupError> {
         if let Some(client) = self.image_client.get() {
             return Ok(client);
         }
@@ -129,7 +141,7 @@ impl Engine {
                 }),
             },
             Source::Url(uri) => {
-                let client = self.image_client().map_err(&failed)?;
+                let client = self.image_client().map_err(|e| failed(e.to_string()))?;
                 let response = tokio::time::timeout(FETCH_TIMEOUT, client.get(uri))
                     .await
                     .map_err(|_| failed(format!("no answer within {FETCH_TIMEOUT:?}")))?

@@ -130,7 +130,7 @@ impl Engine {
     ) -> Result<Program, ImageError> {
         let flavour = detect_flavour(bytes).map_err(|why| ImageError::NotWasm {
             image: image.into(),
-            why,
+            why: why.to_string(),
         })?;
         let cached = self.cache_dir.join(format!("{digest}.cwasm"));
         let cache_error = |e: &dyn std::fmt::Display| ImageError::Cache {
@@ -192,17 +192,24 @@ impl Engine {
 }
 
 /// Tells a core module from a component by the binary's preamble.
-fn detect_flavour(bytes: &[u8]) -> Result<Precompiled, String> {
+fn detect_flavour(bytes: &[u8]) -> Result<Precompiled, NotWasm> {
     if bytes.len() < 8 || &bytes[..4] != b"\0asm" {
-        return Err("the file does not start with the \\0asm magic number".into());
+        return Err(NotWasm::NoMagic);
     }
     match (bytes[4], bytes[5], bytes[6], bytes[7]) {
         (1, 0, 0, 0) => Ok(Precompiled::Module),
         (_, _, 1, 0) => Ok(Precompiled::Component),
-        (a, b, c, d) => Err(format!(
-            "unknown WebAssembly version/layer {a:02x}{b:02x}{c:02x}{d:02x}"
-        )),
+        (a, b, c, d) => Err(NotWasm::UnknownVersion([a, b, c, d])),
     }
+}
+
+/// Why bytes are not WebAssembly.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+enum NotWasm {
+    #[error("the file does not start with the \\0asm magic number")]
+    NoMagic,
+    #[error("unknown WebAssembly version/layer {:02x}{:02x}{:02x}{:02x}", .0[0], .0[1], .0[2], .0[3])]
+    UnknownVersion([u8; 4]),
 }
 
 /// A directory name for this engine's compiled artifacts: artifacts of another wasmtime
@@ -229,6 +236,7 @@ mod tests {
         );
         assert!(detect_flavour(b"#!/bin/sh\necho")
             .unwrap_err()
+            .to_string()
             .contains("magic"));
         assert!(detect_flavour(b"\0as").is_err());
     }

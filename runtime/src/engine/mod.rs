@@ -15,6 +15,7 @@ use std::time::Duration;
 use wasmtime::component;
 use wasmtime::{Config, InstanceAllocationStrategy, PoolingAllocationConfig};
 
+pub use fetch::TlsSetupError;
 pub use host::{P1Host, P2Host};
 pub use image::{ImageError, Program};
 

@@ -97,7 +97,7 @@ impl PodNetwork {
         namespace: &str,
         proxy: Option<Arc<crate::proxy::Proxy>>,
         egress: bool,
-    ) -> Result<Arc<Self>, String> {
+    ) -> Result<Arc<Self>, crate::engine::TlsSetupError> {
         let egress = if egress {
             let connector = crate::engine::fetch::https_connector(None)?;
             Some(

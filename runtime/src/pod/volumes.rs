@@ -17,27 +17,49 @@ pub struct PreparedVolume {
     pub read_only: bool,
 }
 
+/// Why a volume cannot be laid out or mounted; each variant names the volume, mount or path.
+#[derive(Debug, thiserror::Error)]
+pub enum VolumeError {
+    #[error("volumeMount {0:?} names no volume of the pod")]
+    NoSuchVolume(String),
+    #[error("{what} {path:?} must be a relative path without '..'")]
+    LeavesVolume { what: String, path: String },
+    #[error("cannot create {}: {source}", path.display())]
+    Create {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot write {}: {source}", path.display())]
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+fn create_dir(path: &Path) -> Result<(), VolumeError> {
+    std::fs::create_dir_all(path).map_err(|source| VolumeError::Create {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
 /// The preopens of one container, from its `volumeMounts`.
 pub fn mounts(
     container: &Container,
     volumes: &HashMap<String, PreparedVolume>,
-) -> Result<Vec<Mount>, String> {
+) -> Result<Vec<Mount>, VolumeError> {
     let mut mounts = Vec::new();
     for mount in container.volume_mounts.iter().flatten() {
         let Some(volume) = volumes.get(&mount.name) else {
-            return Err(format!(
-                "volumeMount {:?} names no volume of the pod",
-                mount.name
-            ));
+            return Err(VolumeError::NoSuchVolume(mount.name.clone()));
         };
         let mut host_path = volume.dir.clone();
         if let Some(sub) = mount.sub_path.as_deref().filter(|s| !s.is_empty()) {
-            host_path =
-                host_path.join(relative(sub).map_err(|why| {
-                    format!("volumeMount {:?}: subPath {sub:?} {why}", mount.name)
-                })?);
-            std::fs::create_dir_all(&host_path)
-                .map_err(|e| format!("volumeMount {:?}: subPath {sub:?}: {e}", mount.name))?;
+            host_path = host_path.join(relative(sub).ok_or_else(|| VolumeError::LeavesVolume {
+                what: format!("volumeMount {:?}: subPath", mount.name),
+                path: sub.to_string(),
+            })?);
+            create_dir(&host_path)?;
         }
         mounts.push(Mount {
             host_path,
@@ -49,30 +71,30 @@ pub fn mounts(
 }
 
 /// Writes `files` (relative path, content) under `dir`, refusing paths that leave it.
-pub fn write_files(dir: &Path, files: &[(String, Vec<u8>)]) -> Result<(), String> {
-    std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+pub fn write_files(dir: &Path, files: &[(String, Vec<u8>)]) -> Result<(), VolumeError> {
+    create_dir(dir)?;
     for (path, content) in files {
-        let target = dir.join(relative(path).map_err(|why| format!("item path {path:?} {why}"))?);
+        let target = dir.join(relative(path).ok_or_else(|| VolumeError::LeavesVolume {
+            what: "item path".into(),
+            path: path.clone(),
+        })?);
         if let Some(parent) = target.parent() {
-            std::fs::create_dir_all(parent)
-                .map_err(|e| format!("cannot create {}: {e}", parent.display()))?;
+            create_dir(parent)?;
         }
-        std::fs::write(&target, content)
-            .map_err(|e| format!("cannot write {}: {e}", target.display()))?;
+        std::fs::write(&target, content).map_err(|source| VolumeError::Write {
+            path: target.clone(),
+            source,
+        })?;
     }
     Ok(())
 }
 
 /// A path that stays inside the directory it is joined to.
-fn relative(path: &str) -> Result<PathBuf, &'static str> {
+fn relative(path: &str) -> Option<PathBuf> {
     let path = Path::new(path);
-    if path.components().all(|c| matches!(c, Component::Normal(_)))
-        && path.components().next().is_some()
-    {
-        Ok(path.to_path_buf())
-    } else {
-        Err("must be a relative path without '..'")
-    }
+    (path.components().all(|c| matches!(c, Component::Normal(_)))
+        && path.components().next().is_some())
+    .then(|| path.to_path_buf())
 }
 
 #[cfg(test)]
@@ -117,6 +139,7 @@ mod tests {
         .unwrap();
         assert!(super::mounts(&missing, &volumes)
             .unwrap_err()
+            .to_string()
             .contains("nope"));
     }
 
