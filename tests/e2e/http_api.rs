@@ -318,6 +318,58 @@ async fn discovery_and_defaults() {
         .call("GET", "/api/v1/namespaces/scratch/pods", "", "")
         .await;
     assert_eq!(pods["items"].as_array().map(Vec::len), Some(0));
+
+    // Someone else's finalizer holds an emptied namespace until they remove it.
+    let (status, held) = http
+        .call(
+            "POST",
+            "/api/v1/namespaces",
+            "application/json",
+            r#"{"metadata":{"name":"held"},"spec":{"finalizers":["kubernetes","example.com/hold"]}}"#,
+        )
+        .await;
+    assert_eq!(status, 201, "{held}");
+    let (status, _) = http
+        .call(
+            "POST",
+            "/api/v1/namespaces/held/configmaps",
+            "application/json",
+            r#"{"metadata":{"name":"settings"},"data":{"a":"b"}}"#,
+        )
+        .await;
+    assert_eq!(status, 201);
+    http.call(
+        "DELETE",
+        "/api/v1/namespaces/held",
+        "application/json",
+        "{}",
+    )
+    .await;
+    let held = wait_for(
+        "namespace held to be emptied and its own finalizer removed",
+        Duration::from_secs(30),
+        async || {
+            let (_, ns) = http.call("GET", "/api/v1/namespaces/held", "", "").await;
+            (ns["spec"]["finalizers"] == json!(["example.com/hold"])).then_some(ns)
+        },
+    )
+    .await;
+    assert_eq!(held["status"]["phase"], "Terminating");
+    let (_, configmaps) = http
+        .call("GET", "/api/v1/namespaces/held/configmaps", "", "")
+        .await;
+    assert_eq!(configmaps["items"].as_array().map(Vec::len), Some(0));
+    let (status, body) = http
+        .call(
+            "PUT",
+            "/api/v1/namespaces/held/finalize",
+            "application/json",
+            r#"{"metadata":{"name":"held"},"spec":{"finalizers":[]}}"#,
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let (status, _) = http.call("GET", "/api/v1/namespaces/held", "", "").await;
+    assert_eq!(status, 404, "gone once no finalizer is left");
     let (status, body) = http
         .call(
             "DELETE",

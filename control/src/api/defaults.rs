@@ -89,8 +89,14 @@ pub fn kind_defaults(kind: &str, object: &mut Value) {
                 );
             }
         }
-        "Namespace" if object.pointer("/status/phase").is_none() => {
-            set_at(object, "/status/phase", json!("Active"))
+        "Namespace" => {
+            if object.pointer("/status/phase").is_none() {
+                set_at(object, "/status/phase", json!("Active"));
+            }
+            // The namespace controller's finalizer: it empties the namespace, then removes it.
+            if object.pointer("/spec/finalizers").is_none() {
+                set_at(object, "/spec/finalizers", json!(["kubernetes"]));
+            }
         }
         _ => {}
     }

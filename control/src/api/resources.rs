@@ -82,7 +82,10 @@ pub static RESOURCES: &[ResourceInfo] = &[
         namespaced: false,
         short_names: &["ns"],
         categories: &[],
-        subresources: &[("status", "Namespace", &["get", "patch", "update"])],
+        subresources: &[
+            ("status", "Namespace", &["get", "patch", "update"]),
+            ("finalize", "Namespace", &["update"]),
+        ],
     },
     ResourceInfo {
         group: "",

@@ -124,8 +124,10 @@ pub async fn run(client: Client) {
     let mut stateful_sets = watcher(client.api::<StatefulSet>(None), params());
     let mut controllers = watcher(client.api::<ReplicationController>(None), params());
     let mut owners = Owners::default();
-    // Foreground deletions wait on dependents' deletions that no watch here reports (pods).
+    // Foreground deletions wait on dependents' deletions that no watch here reports (pods):
+    // while one is in progress (and only then) it is stepped four times a second.
     let mut tick = tokio::time::interval(std::time::Duration::from_millis(250));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let collect_in = tokio::select! {
             Some(event) = deployments.recv() => owners.apply(event),
@@ -135,7 +137,7 @@ pub async fn run(client: Client) {
             Some(event) = jobs.recv() => owners.apply(event),
             Some(event) = stateful_sets.recv() => owners.apply(event),
             Some(event) = controllers.recv() => owners.apply(event),
-            _ = tick.tick() => None,
+            _ = tick.tick(), if !owners.foreground.is_empty() => None,
             else => return,
         };
         if let Some(namespace) = collect_in {

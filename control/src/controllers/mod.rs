@@ -11,6 +11,7 @@ pub mod deployment;
 pub mod endpoints;
 pub mod gc;
 pub mod job;
+pub mod namespace;
 pub mod nodelifecycle;
 pub mod queue;
 pub mod replicaset;
@@ -76,6 +77,7 @@ pub fn start(client: Client, options: Options) -> Vec<tokio::task::JoinHandle<()
             nodelifecycle::run(client, eviction)
         }),
         supervised("garbage-collector", &client, gc::run),
+        supervised("namespace-controller", &client, namespace::run),
     ]
 }
 

@@ -83,7 +83,6 @@ impl ApiServer {
             service_allocation: tokio::sync::Mutex::new(()),
         });
         namespaces::ensure_system_namespaces(&server).await?;
-        namespaces::resume_terminations(&server);
         spawn_event_expiry(&server);
         Ok(server)
     }

@@ -1,8 +1,10 @@
 //! Namespace rules: the system namespaces always exist; a namespace being deleted accepts no
-//! new content, loses everything in it, and then goes itself.
+//! new content and stays (Terminating) until its `spec.finalizers` are gone. The namespace
+//! controller (`controllers/namespace.rs`) empties it and removes the `kubernetes` finalizer
+//! through `namespaces/{name}/finalize`; others' finalizers are theirs to remove. The server
+//! deletes the namespace when no finalizer is left.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::response::Response;
 use http::StatusCode;
@@ -12,7 +14,6 @@ use super::error::{ApiError, Result};
 use super::resource::Request;
 use super::{json_response, ApiServer};
 use crate::api::object;
-use crate::api::resources::RESOURCES;
 use crate::store::{revision_of, ObjectKey};
 
 /// Namespaces every cluster has; they cannot be deleted.
@@ -39,17 +40,6 @@ pub async fn ensure_system_namespaces(server: &ApiServer) -> anyhow::Result<()> 
 }
 
 /// Restarts the clean-up of namespaces that were terminating when the server stopped.
-pub fn resume_terminations(server: &Arc<ApiServer>) {
-    let Ok(listing) = server.store.list("namespaces", None) else {
-        return;
-    };
-    for namespace in listing.objects {
-        if namespace.pointer("/metadata/deletionTimestamp").is_some() {
-            spawn_cleanup(server.clone(), object::name(&namespace).to_string());
-        }
-    }
-}
-
 /// Fails unless `namespace` exists and is not being deleted.
 pub fn check_accepts_content(server: &ApiServer, namespace: &str) -> Result<()> {
     let found = server
@@ -88,49 +78,94 @@ pub async fn delete(
     object::metadata_mut(&mut marked)
         .insert("deletionTimestamp".into(), json!(object::now_rfc3339()));
     object::set_at(&mut marked, "/status/phase", json!("Terminating"));
-    let stored = server
-        .store
-        .update(request.key(), marked, revision_of(&current))
-        .await
-        .map_err(|e| ApiError::from_store(e, "namespaces", &name))?;
-    spawn_cleanup(server.clone(), name);
+    // Namespaces stored before finalizers were defaulted still get emptied first.
+    if marked.pointer("/spec/finalizers").is_none() {
+        object::set_at(&mut marked, "/spec/finalizers", json!(["kubernetes"]));
+    }
+    let stored = if finalized(&marked) {
+        // Nothing holds it: gone at once.
+        server
+            .store
+            .delete(request.key(), revision_of(&current))
+            .await
+            .map_err(|e| ApiError::from_store(e, "namespaces", &name))?;
+        marked
+    } else {
+        server
+            .store
+            .update(request.key(), marked, revision_of(&current))
+            .await
+            .map_err(|e| ApiError::from_store(e, "namespaces", &name))?
+    };
     Ok(json_response(StatusCode::OK, &stored))
 }
 
-/// Deletes everything in a terminating namespace (pods gracefully, through their agents),
-/// then the namespace once nothing is left.
-fn spawn_cleanup(server: Arc<ApiServer>, namespace: String) {
-    tokio::spawn(async move {
-        loop {
-            let mut remaining = 0;
-            for resource in RESOURCES.iter().filter(|r| r.namespaced) {
-                let Ok(listing) = server.store.list(&resource.store_name(), Some(&namespace))
-                else {
-                    continue;
-                };
-                remaining += listing.objects.len();
-                for object in listing.objects {
-                    let key =
-                        ObjectKey::new(&resource.store_name(), &namespace, object::name(&object));
-                    let bound = !object::str_at(&object, "/spec/nodeName").is_empty();
-                    if resource.kind == "Pod" && bound {
-                        super::pods::mark_for_deletion(&server, key, object, None)
-                            .await
-                            .ok();
-                    } else {
-                        server.store.delete(key, None).await.ok();
-                    }
-                }
-            }
-            if remaining == 0 {
-                server
-                    .store
-                    .delete(ObjectKey::new("namespaces", "", &namespace), None)
-                    .await
-                    .ok();
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
+/// `PUT namespaces/{name}/finalize`: sets `spec.finalizers` from the body (nothing else); a
+/// terminating namespace with no finalizer left is deleted.
+pub async fn finalize(server: &Arc<ApiServer>, request: &Request) -> Result<Response> {
+    let name = request.name().to_string();
+    let body: Value = serde_json::from_slice(&request.body)
+        .map_err(|e| ApiError::BadRequest(format!("the Namespace is not valid JSON: {e}")))?;
+    let finalizers = match body.pointer("/spec/finalizers") {
+        None | Some(Value::Null) => Vec::new(),
+        Some(Value::Array(items)) => items
+            .iter()
+            .map(|f| f.as_str().map(str::to_string))
+            .collect::<Option<Vec<String>>>()
+            .ok_or_else(|| invalid_finalizers(&name))?,
+        Some(_) => return Err(invalid_finalizers(&name)),
+    };
+    // Without a resourceVersion in the body the last writer wins, as on Kubernetes: retry
+    // over concurrent changes (the namespace controller finalizing at the same moment).
+    for _attempt in 0..16 {
+        let current = server.get_object(&request.key())?;
+        let mut updated = current.clone();
+        object::set_at(&mut updated, "/spec/finalizers", json!(finalizers));
+        let terminating = updated.pointer("/metadata/deletionTimestamp").is_some();
+        let result = if terminating && finalized(&updated) {
+            server
+                .store
+                .delete(request.key(), revision_of(&current))
+                .await
+                .map(|_| updated)
+        } else {
+            server
+                .store
+                .update(request.key(), updated, revision_of(&current))
+                .await
+        };
+        match result {
+            Ok(stored) => return Ok(json_response(StatusCode::OK, &stored)),
+            Err(crate::store::Error::Conflict { .. }) => continue,
+            Err(e) => return Err(ApiError::from_store(e, "namespaces", &name)),
         }
-    });
+    }
+    Err(ApiError::Conflict {
+        resource: "namespaces".into(),
+        name,
+        why: "too many concurrent writers".into(),
+    })
+}
+
+fn invalid_finalizers(name: &str) -> ApiError {
+    ApiError::Invalid {
+        kind: "Namespace".into(),
+        name: name.into(),
+        causes: vec![crate::api::validation::Cause::invalid(
+            "spec.finalizers",
+            "",
+            "must be a list of strings",
+        )],
+    }
+}
+
+/// Whether nothing holds the namespace: no `spec.finalizers`, no `metadata.finalizers`.
+fn finalized(namespace: &Value) -> bool {
+    let empty = |pointer: &str| {
+        namespace
+            .pointer(pointer)
+            .and_then(Value::as_array)
+            .is_none_or(Vec::is_empty)
+    };
+    empty("/spec/finalizers") && empty("/metadata/finalizers")
 }

@@ -110,6 +110,7 @@ impl ApiServer {
             (&Method::POST, false, _) => self.create(&request).await,
             (&Method::POST, true, Some("binding")) => pods::bind(self, &request).await,
             (&Method::POST, true, Some("eviction")) => pods::evict(self, &request).await,
+            (&Method::PUT, true, Some("finalize")) => namespaces::finalize(self, &request).await,
             (&Method::PUT | &Method::PATCH, true, Some("scale")) => {
                 scale::update(self, &request).await
             }

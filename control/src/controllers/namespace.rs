@@ -1,0 +1,112 @@
+//! The namespace controller: a namespace being deleted is emptied through the API (every
+//! namespaced kind; pods gracefully, through their agents; owners' dependents by the garbage
+//! collector), then its `kubernetes` finalizer is removed through
+//! `namespaces/{name}/finalize`, and the API server deletes it once no finalizer is left
+//! (others' finalizers hold it until their owners remove them, as on Kubernetes).
+//!
+//! Level-triggered like every controller: a restarted control plane picks up namespaces that
+//! were terminating. While content remains it looks again shortly (pods end on their agents'
+//! schedule, which no watch here follows).
+
+use std::time::Duration;
+
+use http::Method;
+use k8s_openapi::api::core::v1::Namespace;
+use serde_json::{json, Value};
+
+use super::queue::{self, Action, ObjectKey};
+use super::Error;
+use crate::api::resources::RESOURCES;
+use crate::client::{watcher, Client, ListParams};
+
+/// The finalizer this controller owns.
+pub const FINALIZER: &str = "kubernetes";
+
+/// How soon a namespace whose content is still going is looked at again.
+const RECHECK: Duration = Duration::from_millis(250);
+
+pub async fn run(client: Client) {
+    let reconciler = client.clone();
+    let queue = queue::spawn("namespace", move |key| reconcile(reconciler.clone(), key));
+    let mut namespaces = watcher(client.api::<Namespace>(None), ListParams::default());
+    while let Some(event) = namespaces.recv().await {
+        for namespace in event.into_objects() {
+            if namespace.metadata.deletion_timestamp.is_some() {
+                queue.add(ObjectKey::of(&namespace.metadata));
+            }
+        }
+    }
+}
+
+async fn reconcile(client: Client, key: ObjectKey) -> Result<Action, Error> {
+    let Some(namespace) = client.api::<Namespace>(None).get_opt(&key.name).await? else {
+        return Ok(Action::AwaitChange);
+    };
+    if namespace.metadata.deletion_timestamp.is_none() {
+        return Ok(Action::AwaitChange);
+    }
+    let name = key.name.as_str();
+    let mut remaining = 0;
+    for resource in RESOURCES.iter().filter(|r| r.namespaced) {
+        let collection = format!(
+            "{}/namespaces/{name}/{}",
+            resource.group_version_path(),
+            resource.plural
+        );
+        let list = client
+            .json(Method::GET, &collection, "application/json", None)
+            .await?;
+        for item in list["items"].as_array().into_iter().flatten() {
+            remaining += 1;
+            if item.pointer("/metadata/deletionTimestamp").is_some() {
+                continue;
+            }
+            let item_name = item
+                .pointer("/metadata/name")
+                .and_then(Value::as_str)
+                .unwrap_or_default();
+            let options = json!({"propagationPolicy": "Background"});
+            match client
+                .json(
+                    Method::DELETE,
+                    &resource.item_path(Some(name), item_name),
+                    "application/json",
+                    Some(&options),
+                )
+                .await
+            {
+                Ok(_) => {}
+                Err(e) if e.is_not_found() => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+    if remaining > 0 {
+        return Ok(Action::RequeueAfter(RECHECK));
+    }
+    let mut finalizers: Vec<String> = namespace
+        .spec
+        .and_then(|s| s.finalizers)
+        .unwrap_or_default();
+    let ours = finalizers.len();
+    finalizers.retain(|f| f != FINALIZER);
+    if finalizers.len() == ours && ours > 0 {
+        // Ours is gone already: the rest belong to others.
+        return Ok(Action::AwaitChange);
+    }
+    let body = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name},
+        "spec": {"finalizers": finalizers}});
+    match client
+        .json(
+            Method::PUT,
+            &format!("/api/v1/namespaces/{name}/finalize"),
+            "application/json",
+            Some(&body),
+        )
+        .await
+    {
+        Ok(_) => Ok(Action::AwaitChange),
+        Err(e) if e.is_not_found() => Ok(Action::AwaitChange),
+        Err(e) => Err(e.into()),
+    }
+}
