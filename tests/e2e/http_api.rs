@@ -207,7 +207,7 @@ async fn discovery_and_defaults() {
     assert!(version["gitVersion"]
         .as_str()
         .unwrap()
-        .starts_with("v1.32."));
+        .starts_with("v1.33."));
     let (_, namespaces) = http.call("GET", "/api/v1/namespaces", "", "").await;
     let names: Vec<&str> = namespaces["items"]
         .as_array()

@@ -14,3 +14,13 @@ pub mod resources;
 pub mod selector;
 pub mod table;
 pub mod validation;
+
+/// The Kubernetes minor version whose API Shoal serves (`/version`, nodes' kubelet version,
+/// the OpenAPI document): one constant, so the three never disagree. kubectl dispatchers pick
+/// their client by it.
+pub const KUBERNETES_MINOR: u32 = 33;
+
+/// `v1.<minor>.0`.
+pub fn kubernetes_version() -> String {
+    format!("v1.{KUBERNETES_MINOR}.0")
+}

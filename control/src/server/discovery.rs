@@ -16,8 +16,8 @@ const AGGREGATED: &str = "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGrou
 pub fn version() -> Value {
     json!({
         "major": "1",
-        "minor": "32",
-        "gitVersion": concat!("v1.32.0+shoal-", env!("CARGO_PKG_VERSION")),
+        "minor": crate::api::KUBERNETES_MINOR.to_string(),
+        "gitVersion": format!("{}+shoal-{}", crate::api::kubernetes_version(), env!("CARGO_PKG_VERSION")),
         "gitCommit": "",
         "gitTreeState": "clean",
         "buildDate": "",
@@ -237,7 +237,7 @@ pub fn openapi_group_version(path: &str) -> Option<Value> {
         );
     }
     Some(
-        json!({"openapi": "3.0.0", "info": {"title": "Shoal", "version": "v1.32.0"}, "paths": paths, "components": {"schemas": schemas}}),
+        json!({"openapi": "3.0.0", "info": {"title": "Shoal", "version": crate::api::kubernetes_version()}, "paths": paths, "components": {"schemas": schemas}}),
     )
 }
 

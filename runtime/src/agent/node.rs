@@ -109,7 +109,11 @@ fn node_status(identity: &NodeIdentity) -> NodeStatus {
             os_image: "Shoal (WASI preview 1 and 2)".into(),
             kernel_version: std::env::consts::OS.into(),
             container_runtime_version: "wasmtime://48.0.8".into(),
-            kubelet_version: concat!("v1.32.0-shoal-", env!("CARGO_PKG_VERSION")).into(),
+            kubelet_version: format!(
+                "{}-shoal-{}",
+                shoal_control::api::kubernetes_version(),
+                env!("CARGO_PKG_VERSION")
+            ),
             kube_proxy_version: String::new(),
             machine_id: String::new(),
             system_uuid: String::new(),
