@@ -52,7 +52,10 @@ where
     K: Resource + Metadata<Ty = ObjectMeta> + Serialize + DeserializeOwned + Send + 'static,
 {
     let (tx, rx) = mpsc::channel(1024);
-    tokio::spawn(async move {
+    // The task ends as soon as the receiver is gone, even while its watch is idle (an idle
+    // in-process watch would otherwise keep it, and the API server it holds, alive forever).
+    let receiver_gone = tx.clone();
+    let watch = async move {
         let mut backoff = Duration::from_millis(100);
         'relist: loop {
             let list = match api.list(&params).await {
@@ -100,6 +103,12 @@ where
                     return;
                 }
             }
+        }
+    };
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = watch => {}
+            _ = receiver_gone.closed() => {}
         }
     });
     rx
