@@ -96,11 +96,6 @@ impl Quantity {
         })
     }
 
-    /// A quantity of `millis` thousandths.
-    pub fn from_millis(millis: i128) -> Self {
-        Self { millis }
-    }
-
     /// Thousandths of the base unit (`500m` -> 500, `2` -> 2000).
     pub fn millis(self) -> i128 {
         self.millis
@@ -113,10 +108,6 @@ impl Quantity {
 
     pub fn is_negative(self) -> bool {
         self.millis < 0
-    }
-
-    pub fn checked_add(self, other: Self) -> Option<Self> {
-        self.millis.checked_add(other.millis).map(Self::from_millis)
     }
 }
 
