@@ -100,7 +100,8 @@ impl WorkQueue {
         }
     }
 
-    /// Whether the key is queued or being reconciled (for tests and diagnostics).
+    /// Whether the key is queued or being reconciled.
+    #[cfg(test)]
     pub fn is_pending(&self, key: &ObjectKey) -> bool {
         let state = self.state.lock().unwrap_or_else(|p| p.into_inner());
         state.queued.contains(key) || state.running.contains(key)

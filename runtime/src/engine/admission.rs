@@ -64,6 +64,7 @@ impl Admission {
     }
 
     /// Instances running now.
+    #[cfg(test)]
     pub fn in_use(&self) -> usize {
         self.limit - self.permits.available_permits()
     }
