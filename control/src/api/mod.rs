@@ -13,6 +13,7 @@ pub mod quantity;
 pub mod resources;
 pub mod selector;
 pub mod table;
+pub mod time;
 pub mod validation;
 
 /// The Kubernetes minor version whose API Shoal serves (`/version`, nodes' kubelet version,

@@ -3,10 +3,11 @@
 //! record is logged, never returned.
 
 use k8s_openapi::api::core::v1::{Event, EventSource, ObjectReference};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::{Metadata, Resource};
 
 use super::Client;
+use crate::api::time;
 
 #[derive(Clone)]
 pub struct Recorder {
@@ -74,8 +75,8 @@ impl Recorder {
                 component: Some(self.component.clone()),
                 host: self.host.clone(),
             }),
-            first_timestamp: Some(Time(now)),
-            last_timestamp: Some(Time(now)),
+            first_timestamp: Some(time::time(now)),
+            last_timestamp: Some(time::time(now)),
             count: Some(1),
             reporting_component: Some(self.component.clone()),
             reporting_instance: self.host.clone(),

@@ -18,6 +18,7 @@ use super::queue::{self, Action, ObjectKey};
 use super::replicaset::controller_of;
 use super::Error;
 use crate::api::cron::{Schedule, TOO_MANY_MISSED};
+use crate::api::time;
 use crate::client::{watcher, Client, DeleteParams, ListParams, Recorder};
 
 pub async fn run(client: Client) {
@@ -54,8 +55,8 @@ pub fn plan(cronjob: &CronJob, owned: &[Job], now: DateTime<Utc>) -> Plan {
     let last = cronjob
         .status
         .as_ref()
-        .and_then(|s| s.last_schedule_time.clone())
-        .map(|t| t.0);
+        .and_then(|s| s.last_schedule_time.as_ref())
+        .map(time::instant);
     plan.last_schedule_time = last;
     let schedule = match Schedule::parse(&spec.schedule, spec.time_zone.as_deref()) {
         Ok(schedule) => schedule,
@@ -66,7 +67,11 @@ pub fn plan(cronjob: &CronJob, owned: &[Job], now: DateTime<Utc>) -> Plan {
     };
     plan.next = schedule.next_after(now);
     let mut earliest = last
-        .or(cronjob.metadata.creation_timestamp.clone().map(|t| t.0))
+        .or(cronjob
+            .metadata
+            .creation_timestamp
+            .as_ref()
+            .map(time::instant))
         .unwrap_or(now);
     // Starts later than the deadline are not made up for.
     if let Some(deadline) = spec

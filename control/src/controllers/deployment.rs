@@ -21,7 +21,7 @@ use serde_json::{json, Value};
 use super::queue::{self, Action, ObjectKey};
 use super::replicaset::{controller_of, selector_string};
 use super::Error;
-use crate::api::intstr;
+use crate::api::{intstr, time};
 use crate::client::{watcher, Api, Client, DeleteParams, ListParams, Recorder, WatcherEvent};
 
 pub const REVISION: &str = "deployment.kubernetes.io/revision";
@@ -415,7 +415,7 @@ async fn write_status(
         ),
     };
     let complete = updated == desired && replicas == desired && available_now == desired;
-    let now = Time(chrono::Utc::now());
+    let now = time::time(chrono::Utc::now());
     let previous = d
         .status
         .as_ref()
@@ -438,8 +438,8 @@ async fn write_status(
             .filter(|c| c.reason.as_deref() == Some("ReplicaSetUpdated"))
             .and_then(|c| c.last_update_time.clone())
             .unwrap_or(now.clone());
-        let stuck =
-            chrono::Utc::now() - since.0 > chrono::Duration::from_std(deadline).unwrap_or_default();
+        let stuck = chrono::Utc::now() - time::instant(&since)
+            > chrono::Duration::from_std(deadline).unwrap_or_default();
         if stuck {
             condition(
                 "Progressing",
@@ -483,6 +483,8 @@ async fn write_status(
         observed_generation: d.metadata.generation,
         conditions: Some(vec![available_condition, progressing]),
         collision_count: None,
+        // Behind the DeploymentReplicaSetTerminatingReplicas gate (alpha in 1.33, off).
+        terminating_replicas: None,
     };
     let changed = {
         let strip = |s: &DeploymentStatus| {

@@ -9,12 +9,13 @@ use std::time::Duration;
 
 use k8s_openapi::api::batch::v1::{Job, JobCondition, JobStatus};
 use k8s_openapi::api::core::v1::{EnvVar, Pod};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference, Time};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use serde_json::json;
 
 use super::queue::{self, Action, ObjectKey};
 use super::replicaset::controller_of;
 use super::Error;
+use crate::api::time;
 use crate::client::{watcher, Client, DeleteParams, ListParams, Recorder, WatcherEvent};
 
 pub const INDEX_ANNOTATION: &str = "batch.kubernetes.io/job-completion-index";
@@ -95,7 +96,7 @@ async fn expire(jobs: &crate::client::Api<Job>, job: &Job) -> Result<Action, Err
         .flatten()
         .filter(|c| (c.type_ == "Complete" || c.type_ == "Failed") && c.status == "True")
         .filter_map(|c| c.last_transition_time.as_ref())
-        .map(|t| t.0)
+        .map(time::instant)
         .max()
         .unwrap_or_else(chrono::Utc::now);
     let expiry = finished_at + chrono::Duration::seconds(ttl.max(0) as i64);
@@ -177,13 +178,14 @@ async fn reconcile(client: Client, recorder: Recorder, key: ObjectKey) -> Result
     let start = job
         .status
         .as_ref()
-        .and_then(|s| s.start_time.clone())
-        .unwrap_or(Time(now));
+        .and_then(|s| s.start_time.as_ref())
+        .map(time::instant)
+        .unwrap_or(now);
     // When the deadline falls; a deadline past what a clock can hold never passes.
     let deadline = spec
         .active_deadline_seconds
         .and_then(chrono::TimeDelta::try_seconds)
-        .and_then(|d| start.0.checked_add_signed(d));
+        .and_then(|d| start.checked_add_signed(d));
     let deadline_passed = deadline.is_some_and(|deadline| now > deadline);
 
     let verdict = if succeeded >= completions {
@@ -258,11 +260,11 @@ async fn reconcile(client: Client, recorder: Recorder, key: ObjectKey) -> Result
             status: "True".into(),
             reason: reason.map(str::to_string),
             message: message.map(str::to_string),
-            last_probe_time: Some(Time(now)),
-            last_transition_time: Some(Time(now)),
+            last_probe_time: Some(time::time(now)),
+            last_transition_time: Some(time::time(now)),
         });
         if outcome == "Complete" {
-            completion_time = Some(Time(now));
+            completion_time = Some(time::time(now));
         }
         let event = format!(
             "Job {}",
@@ -284,7 +286,7 @@ async fn reconcile(client: Client, recorder: Recorder, key: ObjectKey) -> Result
         active: Some(active_count),
         succeeded: Some(succeeded),
         failed: Some(failed),
-        start_time: Some(start),
+        start_time: Some(time::time(start)),
         completion_time,
         conditions: if conditions.is_empty() {
             None

@@ -12,6 +12,7 @@ use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Node, Pod};
 use serde_json::json;
 
+use crate::api::time;
 use crate::client::{Client, DeleteParams, ListParams, Recorder};
 
 pub const UNREACHABLE_TAINT: &str = "node.kubernetes.io/unreachable";
@@ -50,7 +51,11 @@ pub fn assess(
         let lease = leases.get(&format!("kube-node-lease/{name}"));
         // No lease yet: the agent is still starting.
         let expires = lease.and_then(|l| l.spec.as_ref()).map(|spec| {
-            let renewed = spec.renew_time.as_ref().map(|t| t.0).unwrap_or(now);
+            let renewed = spec
+                .renew_time
+                .as_ref()
+                .map(time::micro_instant)
+                .unwrap_or(now);
             let valid = chrono::TimeDelta::try_seconds(i64::from(
                 spec.lease_duration_seconds.unwrap_or(40).max(0),
             ))

@@ -15,6 +15,7 @@ use serde_json::json;
 use super::pod_is_ready as is_ready;
 use super::queue::{self, Action, ObjectKey};
 use super::Error;
+use crate::api::time;
 use crate::client::{watcher, Client, DeleteParams, ListParams, Recorder};
 
 /// The two kinds this controller runs: ReplicaSets and their predecessor, the
@@ -74,6 +75,7 @@ impl Owner {
                     available_replicas: s.available_replicas,
                     observed_generation: s.observed_generation,
                     conditions: None,
+                    terminating_replicas: None,
                 });
                 ReplicaSet {
                     metadata: rc.metadata.clone(),
@@ -270,7 +272,7 @@ async fn reconcile(
                 .metadata
                 .creation_timestamp
                 .as_ref()
-                .map(|t| -t.0.timestamp_micros())
+                .map(|t| -t.0.as_microsecond())
                 .unwrap_or(0);
             (scheduled, is_ready(p), created)
         });
@@ -315,6 +317,8 @@ async fn reconcile(
         available_replicas: Some(available),
         observed_generation: rs.metadata.generation,
         conditions: None,
+        // Behind the DeploymentReplicaSetTerminatingReplicas gate (alpha in 1.33, off).
+        terminating_replicas: None,
     };
     if rs.status.as_ref() != Some(&status) {
         owner
@@ -340,7 +344,7 @@ fn available_in(pod: &Pod, min_ready: Duration, now: DateTime<Utc>) -> Option<Du
     let Some(since) = ready.last_transition_time.as_ref() else {
         return Some(Duration::ZERO);
     };
-    let ready_for = (now - since.0).to_std().unwrap_or_default();
+    let ready_for = (now - time::instant(since)).to_std().unwrap_or_default();
     Some(min_ready.saturating_sub(ready_for))
 }
 

@@ -270,8 +270,8 @@ impl Context<'_> {
         let spec = self.set.spec.clone().unwrap_or_default();
         let mut pod_spec = template.spec.unwrap_or_default();
         pod_spec.hostname = Some(pod_name.clone());
-        if !spec.service_name.is_empty() {
-            pod_spec.subdomain = Some(spec.service_name.clone());
+        if let Some(service) = spec.service_name.filter(|s| !s.is_empty()) {
+            pod_spec.subdomain = Some(service);
         }
         let claims_api = self
             .client

@@ -11,7 +11,8 @@ use k8s_openapi::api::core::v1::{
     NodeSystemInfo,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta, Time};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use shoal_control::api::time;
 use shoal_control::client::{Client, Result};
 
 /// How long a lease is valid; the agent renews it every [`LEASE_RENEW`].
@@ -76,7 +77,7 @@ fn node_status(identity: &NodeIdentity) -> NodeStatus {
         ),
         ("pods".to_string(), Quantity(identity.max_pods.to_string())),
     ]);
-    let now = Time(chrono::Utc::now());
+    let now = time::time(chrono::Utc::now());
     NodeStatus {
         capacity: Some(resources.clone()),
         allocatable: Some(resources),
@@ -118,6 +119,8 @@ fn node_status(identity: &NodeIdentity) -> NodeStatus {
             machine_id: String::new(),
             system_uuid: String::new(),
             boot_id: String::new(),
+            // Pods cannot swap: a module's memory is its linear memory.
+            swap: None,
         }),
         ..Default::default()
     }
@@ -137,7 +140,7 @@ pub async fn heartbeat(client: Client, node_name: String, duration: Duration, re
     let duration_seconds = duration.as_secs().max(1) as i32;
     let leases = client.api::<Lease>(Some("kube-node-lease"));
     loop {
-        let now = MicroTime(chrono::Utc::now());
+        let now = time::micro_time(chrono::Utc::now());
         let renewed = match leases.get_opt(&node_name).await {
             Ok(Some(mut lease)) => {
                 let spec = lease.spec.get_or_insert_with(Default::default);

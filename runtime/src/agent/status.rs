@@ -8,7 +8,8 @@ use k8s_openapi::api::core::v1::{
     ContainerState, ContainerStateRunning, ContainerStateTerminated, ContainerStateWaiting,
     ContainerStatus, PodCondition, PodIP, PodStatus,
 };
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+
+use shoal_control::api::time;
 
 use crate::pod::run::Exit;
 
@@ -167,7 +168,7 @@ fn state_to_k8s(state: &State) -> ContainerState {
         },
         State::Running { started } => ContainerState {
             running: Some(ContainerStateRunning {
-                started_at: Some(Time(*started)),
+                started_at: Some(time::time(*started)),
             }),
             ..Default::default()
         },
@@ -182,8 +183,8 @@ fn state_to_k8s(state: &State) -> ContainerState {
                 exit_code: *code,
                 reason: Some(reason.clone()),
                 message: message.clone(),
-                started_at: Some(Time(*started)),
-                finished_at: Some(Time(*finished)),
+                started_at: Some(time::time(*started)),
+                finished_at: Some(time::time(*finished)),
                 ..Default::default()
             }),
             ..Default::default()
@@ -242,7 +243,7 @@ impl PodView {
             PodCondition {
                 type_: type_.into(),
                 status: if ok { "True" } else { "False" }.into(),
-                last_transition_time: Some(Time(since)),
+                last_transition_time: Some(time::time(since)),
                 ..Default::default()
             }
         };
@@ -261,7 +262,7 @@ impl PodView {
             pod_ips: Some(vec![PodIP {
                 ip: self.pod_ip.clone(),
             }]),
-            start_time: Some(Time(self.start_time)),
+            start_time: Some(time::time(self.start_time)),
             qos_class: Some("BestEffort".into()),
             reason: self.failed_reason.as_ref().map(|(r, _)| r.clone()),
             message: self.failed_reason.as_ref().map(|(_, m)| m.clone()),
