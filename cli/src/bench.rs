@@ -143,7 +143,7 @@ async fn start_cluster_with(
         configure,
     )
     .await?;
-    let client = Client::http(&cluster.control.url());
+    let client = Client::http(&cluster.control.url())?;
     Ok(Bench {
         cluster,
         client,
@@ -184,7 +184,13 @@ async fn create_and_watch(
     let pods = client.api::<Pod>(Some("default"));
     let params = ListParams::default().labels(&format!("bench={label}"));
     let list = pods.list(&params).await?;
-    let mut watch = Box::pin(pods.watch(&params, &list.resource_version).await?);
+    let mut watch = Box::pin(
+        pods.watch(
+            &params,
+            list.metadata.resource_version.as_deref().unwrap_or("0"),
+        )
+        .await?,
+    );
     let sent: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
     let observer = {
         let sent = sent.clone();
@@ -611,9 +617,9 @@ async fn scheduler(args: &Args) -> anyhow::Result<()> {
     // two cores, fell seconds behind the bindings and measured itself.
     let path = format!(
         "/api/v1/namespaces/default/pods?watch=true&resourceVersion={}",
-        list.resource_version
+        list.metadata.resource_version.as_deref().unwrap_or("0")
     );
-    let request = http::Request::get(path).body(axum::body::Body::empty())?;
+    let request = http::Request::get(path).body(Vec::new())?;
     let mut watch = bench.client.send_ok(request).await?;
     let total = args.pods;
     let observer = tokio::spawn(async move {

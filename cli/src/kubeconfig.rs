@@ -1,9 +1,11 @@
 //! Kubeconfig files: `shoal dev` writes one kubectl can use; the client commands read the
-//! server URL from one (`--kubeconfig`, `$KUBECONFIG`, or `~/.shoal/dev/kubeconfig`).
+//! server and credentials from one (`--kubeconfig`, `$KUBECONFIG`, or `~/.shoal/dev/kubeconfig`).
 
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use shoal_control::client::Client;
 
 /// Writes an admin kubeconfig for the cluster at `server` (plain HTTP on loopback: kubectl
 /// sends no credentials over http://, so none are written).
@@ -49,63 +51,41 @@ pub fn locate(flag: Option<&Path>) -> PathBuf {
     }
 }
 
-/// The server URL and default namespace of the current context.
-pub fn read(path: &Path) -> anyhow::Result<(String, String)> {
-    let text = std::fs::read_to_string(path).with_context(|| {
-        format!(
-            "reading kubeconfig {} (start a cluster with `shoal dev`, or pass --kubeconfig)",
-            path.display()
-        )
-    })?;
-    let config: serde_yaml::Value = serde_yaml::from_str(&text)
-        .with_context(|| format!("parsing kubeconfig {}", path.display()))?;
-    let current = config["current-context"].as_str().unwrap_or("");
-    let find = |list: &str, name: &str| {
-        config[list].as_sequence().and_then(|items| {
-            items
-                .iter()
-                .find(|i| i["name"].as_str() == Some(name))
-                .cloned()
-        })
-    };
-    let context = find("contexts", current)
-        .ok_or_else(|| anyhow::anyhow!("kubeconfig {}: no context {current:?}", path.display()))?;
-    let cluster_name = context["context"]["cluster"].as_str().unwrap_or("");
-    let namespace = context["context"]["namespace"]
-        .as_str()
-        .unwrap_or("default")
-        .to_string();
-    let cluster = find("clusters", cluster_name).ok_or_else(|| {
-        anyhow::anyhow!("kubeconfig {}: no cluster {cluster_name:?}", path.display())
-    })?;
-    let server = cluster["cluster"]["server"]
-        .as_str()
-        .ok_or_else(|| anyhow::anyhow!("kubeconfig {}: cluster has no server", path.display()))?;
-    if server.starts_with("https://") {
+/// A client for the current context of the kubeconfig at `path`, and its default namespace.
+/// kube-rs reads the file: every server (http or https), certificate authority, client
+/// certificate, token or exec plugin kubectl accepts works here too.
+pub async fn connect(path: &Path) -> anyhow::Result<(Client, String)> {
+    if !path.exists() {
         anyhow::bail!(
-            "kubeconfig {}: https servers are not supported by this client yet",
+            "reading kubeconfig {}: no such file (start a cluster with `shoal dev`, or pass --kubeconfig)",
             path.display()
         );
     }
-    Ok((server.to_string(), namespace))
+    let kubeconfig = Kubeconfig::read_from(path)
+        .with_context(|| format!("reading kubeconfig {}", path.display()))?;
+    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+        .await
+        .with_context(|| format!("kubeconfig {}", path.display()))?;
+    let namespace = config.default_namespace.clone();
+    let client = kube::Client::try_from(config)
+        .with_context(|| format!("kubeconfig {}: making a client", path.display()))?;
+    Ok((Client::new(client), namespace))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[test]
-    fn round_trip() {
+    #[tokio::test]
+    async fn written_kubeconfigs_are_read_by_kube() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("kubeconfig");
         write(&path, "http://127.0.0.1:1234").unwrap();
-        assert_eq!(
-            read(&path).unwrap(),
-            ("http://127.0.0.1:1234".to_string(), "default".to_string())
-        );
-        assert!(read(&dir.path().join("missing"))
-            .unwrap_err()
-            .to_string()
-            .contains("shoal dev"));
+        let (_, namespace) = connect(&path).await.unwrap();
+        assert_eq!(namespace, "default");
+        let Err(missing) = connect(&dir.path().join("missing")).await else {
+            panic!("a missing kubeconfig connects nowhere");
+        };
+        assert!(missing.to_string().contains("shoal dev"));
     }
 }

@@ -64,7 +64,7 @@ impl AgentCommand {
         config.node_ports = !self.no_node_ports;
         config.lease_duration = std::time::Duration::from_secs(self.lease_duration_seconds);
         config.lease_renew = std::time::Duration::from_secs(self.lease_renew_seconds);
-        let mut agent = Agent::start(Client::http(&self.server), config).await?;
+        let mut agent = Agent::start(Client::http(&self.server)?, config).await?;
         println!(
             "shoal agent {name} ready: joined {}; gateway on {}",
             self.server, agent.gateway_addr

@@ -19,7 +19,7 @@ pub struct ApplyCommand {
 
 impl ApplyCommand {
     pub async fn execute(self) -> anyhow::Result<()> {
-        let connection = self.connection.connect()?;
+        let connection = self.connection.connect().await?;
         let mut documents = Vec::new();
         for file in &self.files {
             documents.extend(read_manifests(file)?);

@@ -24,11 +24,11 @@ pub struct Connection {
 }
 
 impl ConnectionArgs {
-    pub fn connect(&self) -> anyhow::Result<Connection> {
+    pub async fn connect(&self) -> anyhow::Result<Connection> {
         let path = crate::kubeconfig::locate(self.kubeconfig.as_deref());
-        let (server, namespace) = crate::kubeconfig::read(&path)?;
+        let (client, namespace) = crate::kubeconfig::connect(&path).await?;
         Ok(Connection {
-            client: Client::http(&server),
+            client,
             namespace: self.namespace.clone().unwrap_or(namespace),
         })
     }

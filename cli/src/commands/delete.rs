@@ -31,7 +31,7 @@ pub struct DeleteCommand {
 
 impl DeleteCommand {
     pub async fn execute(self) -> anyhow::Result<()> {
-        let connection = self.connection.connect()?;
+        let connection = self.connection.connect().await?;
         let mut targets = Vec::new();
         if let Some(file) = &self.file {
             for object in read_manifests(file)? {

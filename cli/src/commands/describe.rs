@@ -17,7 +17,7 @@ pub struct DescribeCommand {
 
 impl DescribeCommand {
     pub async fn execute(self) -> anyhow::Result<()> {
-        let connection = self.connection.connect()?;
+        let connection = self.connection.connect().await?;
         let (resource, name) = kind_and_name(&self.kind, self.name.as_deref())?;
         let name = name.ok_or_else(|| {
             anyhow::anyhow!(

@@ -1,7 +1,6 @@
 //! `shoal get KIND [NAME]`: the server's Table for the resource, printed as columns, or the
 //! objects as YAML or JSON.
 
-use axum::body::Body;
 use clap::Args;
 use http::{Method, Request};
 use serde_json::Value;
@@ -28,7 +27,7 @@ pub struct GetCommand {
 
 impl GetCommand {
     pub async fn execute(self) -> anyhow::Result<()> {
-        let connection = self.connection.connect()?;
+        let connection = self.connection.connect().await?;
         let (resource, name) = kind_and_name(&self.kind, self.name.as_deref())?;
         let namespace = (!self.all_namespaces).then_some(connection.namespace.as_str());
         let mut path = collection_path(resource, namespace);
@@ -100,7 +99,7 @@ async fn get_table(client: &shoal_control::client::Client, path: &str) -> anyhow
             http::header::ACCEPT,
             "application/json;as=Table;v=v1;g=meta.k8s.io",
         )
-        .body(Body::empty())?;
+        .body(Vec::new())?;
     let bytes = client.send_bytes(request).await?;
     Ok(serde_json::from_slice(&bytes)?)
 }

@@ -23,7 +23,7 @@ pub struct LogsCommand {
 
 impl LogsCommand {
     pub async fn execute(self) -> anyhow::Result<()> {
-        let connection = self.connection.connect()?;
+        let connection = self.connection.connect().await?;
         let pod = self
             .pod
             .strip_prefix("pod/")

@@ -17,7 +17,7 @@ impl PushCommand {
     pub async fn execute(self) -> anyhow::Result<()> {
         let bytes = std::fs::read(&self.file)
             .map_err(|e| anyhow::anyhow!("reading {}: {e}", self.file.display()))?;
-        let connection = self.connection.connect()?;
+        let connection = self.connection.connect().await?;
         let reference = connection.client.push_module(bytes).await?;
         println!("{reference}");
         Ok(())

@@ -1,7 +1,9 @@
 //! The typed client everything talks to the API through: the scheduler, controllers, node
-//! agents, the CLI and tests. One interface, two transports: in-process (the API server's
-//! router called directly, used by `shoal dev`) and HTTP (a separate `shoal server`), so one
-//! code path serves both (DESIGN.md §2).
+//! agents, the CLI and tests. It is a [`kube::Client`] (kube-rs) with Shoal's conveniences on
+//! top; one interface, two transports: in-process (the API server's axum router as the
+//! client's tower `Service`, no socket, used by `shoal dev`) and kube's own HTTP(S) client for a
+//! separate `shoal server` (a URL or a kubeconfig: TLS, tokens and client certificates come with
+//! it), so one code path serves both (DESIGN.md §2).
 
 mod api;
 mod events;
@@ -10,16 +12,16 @@ mod watcher;
 
 use std::sync::Arc;
 
-use axum::body::Body;
 use axum::Router;
+use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::BodyExt;
-use hyper_util::client::legacy::connect::HttpConnector;
 use serde_json::Value;
-use tower::ServiceExt;
 
 pub use api::{Api, DeleteParams, ListParams, ObjectList, WatchEvent};
 pub use events::Recorder;
+pub use kube::client::Body;
+pub use shared::ApiObject;
 pub use watcher::{watcher, WatcherEvent};
 
 #[derive(Debug, thiserror::Error)]
@@ -31,10 +33,17 @@ pub enum Error {
         reason: String,
         message: String,
     },
+    /// Boxed: kube's error is large, and this one travels in every `Result` of the client.
     #[error("cannot reach the API server: {0}")]
-    Transport(String),
+    Transport(#[source] Box<kube::Error>),
     #[error("unexpected answer from the API server: {0}")]
     Decode(String),
+    #[error("cannot make a client for {url}: {source}")]
+    Config {
+        url: String,
+        #[source]
+        source: Box<kube::Error>,
+    },
 }
 
 impl Error {
@@ -54,28 +63,32 @@ impl Error {
     }
 }
 
-pub type Result<T, E = Error> = std::result::Result<T, E>;
-
-#[derive(Clone)]
-enum Transport {
-    InProcess(Router),
-    Http {
-        base: String,
-        http: Box<hyper_util::client::legacy::Client<HttpConnector, Body>>,
-    },
+impl From<kube::Error> for Error {
+    fn from(error: kube::Error) -> Self {
+        match error {
+            kube::Error::Api(status) => Self::Api {
+                code: status.code,
+                reason: status.reason,
+                message: status.message,
+            },
+            kube::Error::SerdeError(e) => Self::Decode(e.to_string()),
+            kube::Error::FromUtf8(e) => Self::Decode(e.to_string()),
+            other => Self::Transport(Box::new(other)),
+        }
+    }
 }
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 fn json_request(
     method: Method,
     path: &str,
     content_type: &str,
     body: Option<&Value>,
-) -> Result<Request<Body>> {
+) -> Result<Request<Vec<u8>>> {
     let body = match body {
-        Some(value) => {
-            Body::from(serde_json::to_vec(value).map_err(|e| Error::Decode(e.to_string()))?)
-        }
-        None => Body::empty(),
+        Some(value) => serde_json::to_vec(value).map_err(|e| Error::Decode(e.to_string()))?,
+        None => Vec::new(),
     };
     Request::builder()
         .method(method)
@@ -83,76 +96,70 @@ fn json_request(
         .header(http::header::CONTENT_TYPE, content_type)
         .header(http::header::ACCEPT, "application/json")
         .body(body)
-        .map_err(|e| Error::Transport(e.to_string()))
+        .map_err(|e| Error::Transport(Box::new(kube::Error::HttpError(e))))
 }
 
 /// A handle on the API; cheap to clone.
 #[derive(Clone)]
 pub struct Client {
-    transport: Arc<Transport>,
+    kube: kube::Client,
     /// Watches shared by every clone of this client ([`Client::shared_watch`]).
     shared: Arc<shared::SharedWatches>,
 }
 
 impl Client {
-    /// A client that calls the API server's router in this process, with no socket.
+    /// A client that calls the API server's router in this process, with no socket: the
+    /// router is the kube client's service, so requests take exactly the path (handlers,
+    /// admission) they take over HTTP.
     pub fn in_process(router: Router) -> Self {
+        Self::new(kube::Client::new(router, "default"))
+    }
+
+    /// A client over a kube client (from a kubeconfig, or any other transport).
+    pub fn new(kube: kube::Client) -> Self {
         Self {
-            transport: Arc::new(Transport::InProcess(router)),
+            kube,
             shared: Arc::default(),
         }
     }
 
-    /// A client for the API server at `base_url` (such as `http://127.0.0.1:6443`).
-    pub fn http(base_url: &str) -> Self {
-        let http =
-            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-                .build_http();
-        Self {
-            transport: Arc::new(Transport::Http {
-                base: base_url.trim_end_matches('/').to_string(),
-                http: Box::new(http),
-            }),
-            shared: Arc::default(),
-        }
+    /// A client for the API server at `base_url` (such as `http://127.0.0.1:6443`), with no
+    /// credentials.
+    pub fn http(base_url: &str) -> Result<Self> {
+        let config_error = |source| Error::Config {
+            url: base_url.to_string(),
+            source: Box::new(source),
+        };
+        let uri: http::Uri = base_url
+            .parse()
+            .map_err(|e| config_error(kube::Error::HttpError(http::Error::from(e))))?;
+        let kube = kube::Client::try_from(kube::Config::new(uri)).map_err(config_error)?;
+        Ok(Self::new(kube))
+    }
+
+    /// The kube-rs client underneath, for `kube::Api` and `kube::runtime`.
+    pub fn kube(&self) -> &kube::Client {
+        &self.kube
     }
 
     /// Typed access to resources of kind `K`, in `namespace` (ignored for cluster-scoped kinds;
     /// `None` means all namespaces for lists and watches).
-    pub fn api<K>(&self, namespace: Option<&str>) -> Api<K> {
+    pub fn api<K>(&self, namespace: Option<&str>) -> Api<K>
+    where
+        K: k8s_openapi::Resource<Scope: 'static>,
+    {
         Api::new(self.clone(), namespace)
     }
 
     /// Sends a request whose URI is a path (`/api/v1/pods`) and returns the raw response.
-    pub async fn send(&self, request: Request<Body>) -> Result<Response<Body>> {
-        match &*self.transport {
-            Transport::InProcess(router) => router
-                .clone()
-                .oneshot(request)
-                .await
-                .map_err(|e| Error::Transport(e.to_string())),
-            Transport::Http { base, http } => {
-                let (mut parts, body) = request.into_parts();
-                let path = parts
-                    .uri
-                    .path_and_query()
-                    .map(|p| p.as_str())
-                    .unwrap_or("/");
-                parts.uri = format!("{base}{path}")
-                    .parse()
-                    .map_err(|e| Error::Transport(format!("bad URL: {e}")))?;
-                let response = http
-                    .request(Request::from_parts(parts, body))
-                    .await
-                    .map_err(|e| Error::Transport(format!("{base}: {e}")))?;
-                Ok(response.map(Body::new))
-            }
-        }
+    pub async fn send(&self, request: Request<Vec<u8>>) -> Result<Response<Body>> {
+        let request = request.map(Body::from);
+        self.kube.send(request).await.map_err(Error::from)
     }
 
     /// Sends a request and returns the body of a successful answer as a stream; an error
     /// status becomes [`Error::Api`].
-    pub async fn send_ok(&self, request: Request<Body>) -> Result<Body> {
+    pub async fn send_ok(&self, request: Request<Vec<u8>>) -> Result<Body> {
         let response = self.send(request).await?;
         let status = response.status();
         if status.is_success() {
@@ -168,13 +175,9 @@ impl Client {
     }
 
     /// Like [`Client::send_ok`], with the whole body read.
-    pub async fn send_bytes(&self, request: Request<Body>) -> Result<bytes::Bytes> {
+    pub async fn send_bytes(&self, request: Request<Vec<u8>>) -> Result<Bytes> {
         let body = self.send_ok(request).await?;
-        Ok(body
-            .collect()
-            .await
-            .map_err(|e| Error::Transport(e.to_string()))?
-            .to_bytes())
+        body.collect_bytes().await.map_err(Error::from)
     }
 
     /// Sends a JSON request and decodes the JSON answer, turning error statuses into [`Error::Api`].
@@ -216,8 +219,8 @@ impl Client {
             path.push_str(&format!("&container={container}"));
         }
         let request = Request::get(path)
-            .body(Body::empty())
-            .map_err(|e| Error::Transport(e.to_string()))?;
+            .body(Vec::new())
+            .map_err(|e| Error::Transport(Box::new(kube::Error::HttpError(e))))?;
         self.send_ok(request).await
     }
 
@@ -226,8 +229,8 @@ impl Client {
     pub async fn push_module(&self, bytes: Vec<u8>) -> Result<String> {
         let request = Request::post("/shoal/v1/modules")
             .header(http::header::CONTENT_TYPE, "application/wasm")
-            .body(Body::from(bytes))
-            .map_err(|e| Error::Transport(e.to_string()))?;
+            .body(bytes)
+            .map_err(|e| Error::Transport(Box::new(kube::Error::HttpError(e))))?;
         let answer = self.send_bytes(request).await?;
         let answer: Value =
             serde_json::from_slice(&answer).map_err(|e| Error::Decode(e.to_string()))?;
@@ -240,8 +243,8 @@ impl Client {
     /// Downloads a pushed module by its reference (`sha256:<hex>`).
     pub async fn fetch_module(&self, reference: &str) -> Result<Vec<u8>> {
         let request = Request::get(format!("/shoal/v1/modules/{reference}"))
-            .body(Body::empty())
-            .map_err(|e| Error::Transport(e.to_string()))?;
+            .body(Vec::new())
+            .map_err(|e| Error::Transport(Box::new(kube::Error::HttpError(e))))?;
         Ok(self.send_bytes(request).await?.to_vec())
     }
 

@@ -15,25 +15,36 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use k8s_openapi::{Metadata, Resource};
+use k8s_openapi::Metadata;
 use serde::de::DeserializeOwned;
-use serde::Serialize;
 use tokio::sync::mpsc;
 
 use super::{watcher, Client, ListParams, WatcherEvent};
 
-/// What a kind needs to be watched once and handed to many.
-pub trait Shareable:
-    Resource + Metadata<Ty = ObjectMeta> + Serialize + DeserializeOwned + Clone + Send + Sync + 'static
+/// A kind of API object as the client handles it: typed by k8s-openapi, known to kube-rs,
+/// decodable, and cheap enough to clone to hand one watch to many.
+pub trait ApiObject:
+    kube::Resource<DynamicType = ()>
+    + k8s_openapi::Resource<Scope: 'static>
+    + Metadata<Ty = ObjectMeta>
+    + serde::Serialize
+    + DeserializeOwned
+    + Clone
+    + std::fmt::Debug
+    + Send
+    + Sync
+    + 'static
 {
 }
 
-impl<K> Shareable for K where
-    K: Resource
+impl<K> ApiObject for K where
+    K: kube::Resource<DynamicType = ()>
+        + k8s_openapi::Resource<Scope: 'static>
         + Metadata<Ty = ObjectMeta>
-        + Serialize
+        + serde::Serialize
         + DeserializeOwned
         + Clone
+        + std::fmt::Debug
         + Send
         + Sync
         + 'static
@@ -80,8 +91,8 @@ where
 
 impl Client {
     /// A cluster-wide watch of kind `K` shared with every other subscriber of this client
-    /// (and its clones); the same events as `watcher(client.api::<K>(None), default)`.
-    pub fn shared_watch<K: Shareable>(&self) -> mpsc::Receiver<WatcherEvent<K>> {
+    /// (and its clones); the same events as `watcher::<K>(&client, default)`.
+    pub fn shared_watch<K: ApiObject>(&self) -> mpsc::Receiver<WatcherEvent<K>> {
         let (feed, started) = {
             let mut by_kind = self
                 .shared
@@ -125,8 +136,8 @@ impl Client {
 }
 
 /// Runs the kind's one watch and hands each event to every subscriber.
-async fn feed_from<K: Shareable>(client: Client, feed: Arc<Feed<K>>) {
-    let mut events = watcher(client.api::<K>(None), ListParams::default());
+async fn feed_from<K: ApiObject>(client: Client, feed: Arc<Feed<K>>) {
+    let mut events = watcher::<K>(&client, ListParams::default());
     while let Some(event) = events.recv().await {
         // Cache and subscriber list change together, so a subscriber joining now gets either
         // this event or a snapshot that already holds it, never both or neither.

@@ -1,19 +1,18 @@
-//! A resilient watch, in kube-runtime's shape: list, then watch from the list's revision;
-//! when the watch ends it resumes from the last revision seen, and when that revision is gone
-//! (410) or anything fails it lists again. Consumers see `Restarted` with the full set after
-//! every list, then `Applied`/`Deleted` per change, and keep a cache from that.
-
-use std::time::Duration;
+//! A resilient watch, in kube-runtime's shape, made by kube-runtime: `kube::runtime::watcher`
+//! lists, watches from the list's revision, resumes from the last revision seen and lists again
+//! when that revision is gone (410), with its default back-off on errors. Consumers see
+//! `Restarted` with the full set after every list, then `Applied`/`Deleted` per change, and
+//! keep a cache from that.
 
 use futures::StreamExt;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use k8s_openapi::{Metadata, Resource};
+use k8s_openapi::Metadata;
+use kube::runtime::watcher::{self as kube_watcher, Event};
+use kube::runtime::WatchStreamExt;
 use serde::de::DeserializeOwned;
-use serde::Serialize;
 use tokio::sync::mpsc;
 
-use super::{Api, ListParams, WatchEvent};
-
+use super::{Client, ListParams};
 #[derive(Debug)]
 pub enum WatcherEvent<K> {
     /// A fresh list: the whole current set, replacing whatever the consumer had.
@@ -46,62 +45,51 @@ impl<K: Metadata<Ty = ObjectMeta>> WatcherEvent<K> {
     }
 }
 
-/// Starts watching; the task stops when the receiver is dropped.
-pub fn watcher<K>(api: Api<K>, params: ListParams) -> mpsc::Receiver<WatcherEvent<K>>
+/// Starts a cluster-wide watch of kind `K`; the task stops when the receiver is dropped.
+pub fn watcher<K>(client: &Client, params: ListParams) -> mpsc::Receiver<WatcherEvent<K>>
 where
-    K: Resource + Metadata<Ty = ObjectMeta> + Serialize + DeserializeOwned + Send + 'static,
+    K: kube::Resource<DynamicType = ()>
+        + Metadata<Ty = ObjectMeta>
+        + DeserializeOwned
+        + Clone
+        + std::fmt::Debug
+        + Send
+        + 'static,
 {
     let (tx, rx) = mpsc::channel(1024);
+    let config = kube_watcher::Config {
+        label_selector: params.label_selector,
+        field_selector: params.field_selector,
+        ..Default::default()
+    };
+    let api = kube::Api::<K>::all(client.kube().clone());
     // The task ends as soon as the receiver is gone, even while its watch is idle (an idle
     // in-process watch would otherwise keep it, and the API server it holds, alive forever).
     let receiver_gone = tx.clone();
     let watch = async move {
-        let mut backoff = Duration::from_millis(100);
-        'relist: loop {
-            let list = match api.list(&params).await {
-                Ok(list) => list,
+        let mut events = std::pin::pin!(kube_watcher::watcher(api, config).default_backoff());
+        // A relist arrives as Init, InitApply per object, InitDone: handed on as one set.
+        let mut relisting: Vec<K> = Vec::new();
+        while let Some(event) = events.next().await {
+            let event = match event {
+                Ok(Event::Init) => {
+                    relisting.clear();
+                    continue;
+                }
+                Ok(Event::InitApply(object)) => {
+                    relisting.push(object);
+                    continue;
+                }
+                Ok(Event::InitDone) => WatcherEvent::Restarted(std::mem::take(&mut relisting)),
+                Ok(Event::Apply(object)) => WatcherEvent::Applied(object),
+                Ok(Event::Delete(object)) => WatcherEvent::Deleted(object),
                 Err(e) => {
-                    tracing::debug!("watcher list {}: {e}", K::KIND);
-                    if tx.is_closed() {
-                        return;
-                    }
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                    tracing::debug!("watcher {}: {e}", K::kind(&()));
                     continue;
                 }
             };
-            backoff = Duration::from_millis(100);
-            let mut revision = list.resource_version;
-            if tx.send(WatcherEvent::Restarted(list.items)).await.is_err() {
+            if tx.send(event).await.is_err() {
                 return;
-            }
-            loop {
-                let mut stream = match api.watch(&params, &revision).await {
-                    Ok(stream) => Box::pin(stream),
-                    Err(_) => {
-                        tokio::time::sleep(backoff).await;
-                        continue 'relist;
-                    }
-                };
-                while let Some(event) = stream.next().await {
-                    let event = match event {
-                        Ok(WatchEvent::Added(o) | WatchEvent::Modified(o)) => {
-                            revision = o.metadata().resource_version.clone().unwrap_or(revision);
-                            WatcherEvent::Applied(o)
-                        }
-                        Ok(WatchEvent::Deleted(o)) => {
-                            revision = o.metadata().resource_version.clone().unwrap_or(revision);
-                            WatcherEvent::Deleted(o)
-                        }
-                        Ok(WatchEvent::Error(_)) | Err(_) => continue 'relist,
-                    };
-                    if tx.send(event).await.is_err() {
-                        return;
-                    }
-                }
-                if tx.is_closed() {
-                    return;
-                }
             }
         }
     };

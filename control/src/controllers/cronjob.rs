@@ -27,8 +27,8 @@ pub async fn run(client: Client) {
     let queue = queue::spawn("cronjob", move |key| {
         reconcile(reconciler.clone(), recorder.clone(), key)
     });
-    let cronjobs = watcher(client.api::<CronJob>(None), ListParams::default());
-    let jobs = watcher(client.api::<Job>(None), ListParams::default());
+    let cronjobs = watcher::<CronJob>(&client, ListParams::default());
+    let jobs = watcher::<Job>(&client, ListParams::default());
     queue::watch_owners_and_children(cronjobs, jobs, queue).await;
 }
 

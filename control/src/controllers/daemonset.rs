@@ -24,9 +24,9 @@ pub async fn run(client: Client) {
     let queue = queue::spawn("daemonset", move |key| {
         reconcile(reconciler.clone(), recorder.clone(), key)
     });
-    let mut sets = watcher(client.api::<DaemonSet>(None), ListParams::default());
+    let mut sets = watcher::<DaemonSet>(&client, ListParams::default());
     let mut pods = client.shared_watch::<Pod>();
-    let mut nodes = watcher(client.api::<Node>(None), ListParams::default());
+    let mut nodes = watcher::<Node>(&client, ListParams::default());
     let mut known: Vec<ObjectKey> = Vec::new();
     loop {
         tokio::select! {

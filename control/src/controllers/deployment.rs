@@ -33,8 +33,8 @@ pub async fn run(client: Client) {
     let queue = queue::spawn("deployment", move |key| {
         reconcile(reconciler.clone(), recorder.clone(), key)
     });
-    let mut deployments = watcher(client.api::<Deployment>(None), ListParams::default());
-    let mut sets = watcher(client.api::<ReplicaSet>(None), ListParams::default());
+    let mut deployments = watcher::<Deployment>(&client, ListParams::default());
+    let mut sets = watcher::<ReplicaSet>(&client, ListParams::default());
     loop {
         tokio::select! {
             Some(event) = deployments.recv() => {

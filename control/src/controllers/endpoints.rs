@@ -27,7 +27,7 @@ pub async fn run(client: Client) {
     let queue = queue::spawn("endpoints", move |key| reconcile(reconciler.clone(), key));
     // Services by namespace: any pod change there may change their endpoints.
     let mut known: HashMap<String, Vec<String>> = HashMap::new();
-    let mut services = watcher(client.api::<Service>(None), ListParams::default());
+    let mut services = watcher::<Service>(&client, ListParams::default());
     let mut pods = client.shared_watch::<Pod>();
     loop {
         tokio::select! {

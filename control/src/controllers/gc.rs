@@ -116,13 +116,13 @@ impl Owners {
 
 pub async fn run(client: Client) {
     let params = ListParams::default;
-    let mut deployments = watcher(client.api::<Deployment>(None), params());
-    let mut sets = watcher(client.api::<ReplicaSet>(None), params());
-    let mut daemon_sets = watcher(client.api::<DaemonSet>(None), params());
-    let mut cron_jobs = watcher(client.api::<CronJob>(None), params());
-    let mut jobs = watcher(client.api::<Job>(None), params());
-    let mut stateful_sets = watcher(client.api::<StatefulSet>(None), params());
-    let mut controllers = watcher(client.api::<ReplicationController>(None), params());
+    let mut deployments = watcher::<Deployment>(&client, params());
+    let mut sets = watcher::<ReplicaSet>(&client, params());
+    let mut daemon_sets = watcher::<DaemonSet>(&client, params());
+    let mut cron_jobs = watcher::<CronJob>(&client, params());
+    let mut jobs = watcher::<Job>(&client, params());
+    let mut stateful_sets = watcher::<StatefulSet>(&client, params());
+    let mut controllers = watcher::<ReplicationController>(&client, params());
     let mut owners = Owners::default();
     // Foreground deletions wait on dependents' deletions that no watch here reports (pods):
     // while one is in progress (and only then) it is stepped four times a second.
@@ -207,12 +207,7 @@ async fn delete_in_foreground(client: &Client, owner: &Doomed) -> Result<(), Err
 /// still exist.
 async fn delete_dependents<K>(client: &Client, owner: &Doomed, remaining: &mut usize)
 where
-    K: Resource
-        + Metadata<Ty = ObjectMeta>
-        + serde::Serialize
-        + serde::de::DeserializeOwned
-        + Send
-        + 'static,
+    K: crate::client::ApiObject,
 {
     let api = client.api::<K>(owner.namespace.as_deref());
     let Ok(list) = api.list(&ListParams::default()).await else {
@@ -250,12 +245,7 @@ async fn collect(client: &Client, owners: &Owners, namespace: Option<&str>) {
 
 async fn collect_kind<K>(client: &Client, owners: &Owners, namespace: Option<&str>)
 where
-    K: Resource
-        + Metadata<Ty = ObjectMeta>
-        + serde::Serialize
-        + serde::de::DeserializeOwned
-        + Send
-        + 'static,
+    K: crate::client::ApiObject,
 {
     let Ok(list) = client
         .api::<K>(namespace)

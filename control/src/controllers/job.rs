@@ -27,7 +27,7 @@ pub async fn run(client: Client) {
     let queue = queue::spawn("job", move |key| {
         reconcile(reconciler.clone(), recorder.clone(), key)
     });
-    let mut jobs = watcher(client.api::<Job>(None), ListParams::default());
+    let mut jobs = watcher::<Job>(&client, ListParams::default());
     let mut pods = client.shared_watch::<Pod>();
     loop {
         tokio::select! {

@@ -28,7 +28,7 @@ const RECHECK: Duration = Duration::from_millis(250);
 pub async fn run(client: Client) {
     let reconciler = client.clone();
     let queue = queue::spawn("namespace", move |key| reconcile(reconciler.clone(), key));
-    let mut namespaces = watcher(client.api::<Namespace>(None), ListParams::default());
+    let mut namespaces = watcher::<Namespace>(&client, ListParams::default());
     while let Some(event) = namespaces.recv().await {
         for namespace in event.into_objects() {
             if namespace.metadata.deletion_timestamp.is_some() {

@@ -245,16 +245,9 @@ impl<K> WatcherEvent<K> {
 /// the `K` that controls every pod that changes. Runs until the watches end.
 pub async fn watch_owners_and_pods<K>(client: crate::client::Client, queue: WorkQueue)
 where
-    K: Resource
-        + Metadata<Ty = ObjectMeta>
-        + serde::Serialize
-        + serde::de::DeserializeOwned
-        + Clone
-        + Send
-        + 'static,
+    K: crate::client::ApiObject,
 {
-    let owners =
-        crate::client::watcher(client.api::<K>(None), crate::client::ListParams::default());
+    let owners = crate::client::watcher::<K>(&client, crate::client::ListParams::default());
     watch_owners_and_children(owners, client.shared_watch::<Pod>(), queue).await;
 }
 

@@ -133,12 +133,7 @@ pub async fn run_replication_controllers(client: Client) {
 
 async fn run_kind<K>(client: Client, kind: Kind)
 where
-    K: k8s_openapi::Resource
-        + k8s_openapi::Metadata<Ty = ObjectMeta>
-        + serde::Serialize
-        + serde::de::DeserializeOwned
-        + Send
-        + 'static,
+    K: crate::client::ApiObject,
 {
     let component = match kind {
         Kind::ReplicaSet => "replicaset-controller",
@@ -151,7 +146,7 @@ where
     });
     // Owners by namespace, to wake the ones an orphan pod may belong to.
     let mut known: HashMap<String, Vec<String>> = HashMap::new();
-    let mut owners = watcher(client.api::<K>(None), ListParams::default());
+    let mut owners = watcher::<K>(&client, ListParams::default());
     let mut pods = client.shared_watch::<Pod>();
     loop {
         tokio::select! {

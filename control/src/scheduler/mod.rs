@@ -38,7 +38,7 @@ const PARALLEL_BINDS: usize = 256;
 /// Runs until the task is dropped.
 pub async fn run(client: Client, options: Options) {
     let mut pods = client.shared_watch::<Pod>();
-    let mut nodes = watcher(client.api::<Node>(None), ListParams::default());
+    let mut nodes = watcher::<Node>(&client, ListParams::default());
     let mut state = ClusterView::default();
     let binds = Arc::new(Semaphore::new(PARALLEL_BINDS));
     let recorder = Recorder::new(client.clone(), "default-scheduler", None);

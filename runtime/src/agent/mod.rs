@@ -337,8 +337,7 @@ impl PodSupervisor {
 
     async fn run(mut self) {
         let params = ListParams::default().fields(&format!("spec.nodeName={}", self.node_name));
-        let mut events =
-            shoal_control::client::watcher(self.shared.client.api::<Pod>(None), params);
+        let mut events = shoal_control::client::watcher::<Pod>(&self.shared.client, params);
         while let Some(event) = events.recv().await {
             match event {
                 WatcherEvent::Restarted(pods) => {

@@ -344,10 +344,10 @@ pub async fn follow(
     table: Arc<RwLock<Table>>,
     changed: tokio::sync::watch::Sender<u64>,
 ) {
-    let mut services = watcher(client.api::<Service>(None), ListParams::default());
-    let mut endpoints = watcher(client.api::<Endpoints>(None), ListParams::default());
-    let mut nodes = watcher(client.api::<Node>(None), ListParams::default());
-    let mut ingresses = watcher(client.api::<Ingress>(None), ListParams::default());
+    let mut services = watcher::<Service>(&client, ListParams::default());
+    let mut endpoints = watcher::<Endpoints>(&client, ListParams::default());
+    let mut nodes = watcher::<Node>(&client, ListParams::default());
+    let mut ingresses = watcher::<Ingress>(&client, ListParams::default());
     loop {
         let write = || table.write().unwrap_or_else(|p| p.into_inner());
         tokio::select! {
