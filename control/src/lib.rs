@@ -1,19 +1,21 @@
-//! shoal-control: Shoal's API and control plane (DESIGN.md §2).
+//! shoal-control: Shoal's API server and control plane (DESIGN.md §2).
 //!
-//! - [`api`]: the object model, selectors, validation, defaults, patches, tables;
 //! - [`store`]: the `Store` trait and its redb backend;
 //! - [`server`]: the Kubernetes-compatible REST server (axum);
-//! - [`client`]: the typed client (in-process or HTTP) everything else talks through;
 //! - [`scheduler`]: binds pending pods to nodes;
-//! - [`controllers`]: the reconcile runtime and the workload controllers;
-//! - [`task`]: long-lived tasks restarted when they panic.
+//! - [`controllers`]: the reconcile runtime and the workload controllers.
+//!
+//! The object model ([`api`]), the client ([`client`]) and task supervision ([`task`]) live in
+//! `shoal-api`, shared with the node agent; they are re-exported here under their old paths.
 //!
 //! Nothing in this crate knows about wasmtime.
 
-pub mod api;
-pub mod client;
+pub use shoal_api::{api, client, task};
+
 pub mod controllers;
 pub mod scheduler;
 pub mod server;
 pub mod store;
-pub mod task;
+
+#[cfg(test)]
+mod client_tests;

@@ -4,7 +4,7 @@
 //! - [`pod`]: a pod sandbox: running its modules, volumes, logs, limits;
 //! - [`agent`]: the node agent: Node registration, Lease, pod workers, gateway.
 //!
-//! The runtime uses only `shoal_control::api` types and `shoal_control::client`, never the
+//! The runtime uses only `shoal_api::api` types and `shoal_api::client`, never the
 //! store or the server.
 
 pub mod agent;

@@ -231,16 +231,6 @@ fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> &str {
         .unwrap_or("(no message)")
 }
 
-impl<K> WatcherEvent<K> {
-    /// The objects an event carries (all of them after a fresh list).
-    pub fn into_objects(self) -> Vec<K> {
-        match self {
-            WatcherEvent::Restarted(all) => all,
-            WatcherEvent::Applied(object) | WatcherEvent::Deleted(object) => vec![object],
-        }
-    }
-}
-
 /// The triggers of a controller of pods: enqueues every object of kind `K` that changes and
 /// the `K` that controls every pod that changes. Runs until the watches end.
 pub async fn watch_owners_and_pods<K>(client: crate::client::Client, queue: WorkQueue)

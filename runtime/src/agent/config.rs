@@ -10,7 +10,7 @@ pub enum ConfigError {
     Read {
         kind: &'static str,
         name: String,
-        source: shoal_control::client::Error,
+        source: shoal_api::client::Error,
     },
     /// `context` says where the reference came from (`envFrom: `, or nothing for a volume).
     #[error("{context}{kind} {name:?} not found")]

@@ -136,7 +136,7 @@ pub fn memory_limit(container: &Container) -> Result<Option<usize>, ConfigError>
     else {
         return Ok(None);
     };
-    shoal_control::api::quantity::parse(&quantity.0)
+    shoal_api::api::quantity::parse(&quantity.0)
         .map(|b| b as usize)
         .map(Some)
         .ok_or_else(|| ConfigError::MemoryLimit(quantity.0.clone()))

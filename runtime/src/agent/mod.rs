@@ -14,14 +14,14 @@ pub mod status;
 mod volumes;
 mod worker;
 
-use shoal_control::task::supervise;
+use shoal_api::task::supervise;
 use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use k8s_openapi::api::core::v1::Pod;
-use shoal_control::client::{Client, DeleteParams, ListParams, Recorder, WatcherEvent};
+use shoal_api::client::{Client, DeleteParams, ListParams, Recorder, WatcherEvent};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -245,9 +245,7 @@ async fn register_with_retry(
     loop {
         match node::register(client, identity).await {
             Ok(node) => return Ok(node),
-            Err(shoal_control::client::Error::Transport(e))
-                if std::time::Instant::now() < deadline =>
-            {
+            Err(shoal_api::client::Error::Transport(e)) if std::time::Instant::now() < deadline => {
                 tracing::info!("node {}: waiting for the API server: {e}", identity.name);
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(std::time::Duration::from_secs(2));
@@ -337,7 +335,7 @@ impl PodSupervisor {
 
     async fn run(mut self) {
         let params = ListParams::default().fields(&format!("spec.nodeName={}", self.node_name));
-        let mut events = shoal_control::client::watcher::<Pod>(&self.shared.client, params);
+        let mut events = shoal_api::client::watcher::<Pod>(&self.shared.client, params);
         while let Some(event) = events.recv().await {
             match event {
                 WatcherEvent::Restarted(pods) => {

@@ -12,8 +12,8 @@ use k8s_openapi::api::core::v1::{
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use shoal_control::api::time;
-use shoal_control::client::{Client, Result};
+use shoal_api::api::time;
+use shoal_api::client::{Client, Result};
 
 /// How long a lease is valid; the agent renews it every [`LEASE_RENEW`].
 pub const LEASE_DURATION_SECONDS: i32 = 40;
@@ -112,7 +112,7 @@ fn node_status(identity: &NodeIdentity) -> NodeStatus {
             container_runtime_version: "wasmtime://48.0.8".into(),
             kubelet_version: format!(
                 "{}-shoal-{}",
-                shoal_control::api::kubernetes_version(),
+                shoal_api::api::kubernetes_version(),
                 env!("CARGO_PKG_VERSION")
             ),
             kube_proxy_version: String::new(),

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::collections::HashMap;
 
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
-use shoal_control::client::Client;
+use shoal_api::client::Client;
 
 use super::config::ConfigError;
 

@@ -9,7 +9,7 @@ use k8s_openapi::api::core::v1::{
     ContainerStatus, PodCondition, PodIP, PodStatus,
 };
 
-use shoal_control::api::time;
+use shoal_api::api::time;
 
 use crate::pod::run::Exit;
 

@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
 use k8s_openapi::api::core::v1::{KeyToPath, PersistentVolumeClaim, PodSpec, Volume};
-use shoal_control::client::Client;
+use shoal_api::client::Client;
 
 use super::config::ConfigError;
 use super::sources::Sources;

@@ -43,7 +43,7 @@ pub struct Engine {
     image_ca: std::sync::OnceLock<PathBuf>,
     image_client: std::sync::OnceLock<fetch::ImageClient>,
     /// The cluster whose module store serves `sha256:` images (set by the agent).
-    cluster: std::sync::OnceLock<shoal_control::client::Client>,
+    cluster: std::sync::OnceLock<shoal_api::client::Client>,
     /// A gate per digest being compiled, so each image compiles once.
     compiling: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
@@ -98,7 +98,7 @@ impl Engine {
 
 impl Engine {
     /// Lets `sha256:` images be fetched from this cluster's module store.
-    pub fn use_cluster(&self, client: shoal_control::client::Client) {
+    pub fn use_cluster(&self, client: shoal_api::client::Client) {
         let _ = self.cluster.set(client);
     }
 

@@ -21,7 +21,7 @@ use std::sync::{Arc, RwLock};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
-use shoal_control::client::Client;
+use shoal_api::client::Client;
 use tower::ServiceExt;
 use wasmtime_wasi_http::WasiBody;
 

@@ -8,7 +8,7 @@ use std::sync::{Arc, RwLock};
 use ipnet::Ipv4Net;
 use k8s_openapi::api::core::v1::{EndpointAddress, Endpoints, Node, Service};
 use k8s_openapi::api::networking::v1::Ingress;
-use shoal_control::client::{watcher, Client, ListParams, WatcherEvent};
+use shoal_api::client::{watcher, Client, ListParams, WatcherEvent};
 
 use super::rules::ServicePort;
 

@@ -21,6 +21,16 @@ pub enum WatcherEvent<K> {
     Deleted(K),
 }
 
+impl<K> WatcherEvent<K> {
+    /// The objects an event carries (all of them after a fresh list).
+    pub fn into_objects(self) -> Vec<K> {
+        match self {
+            WatcherEvent::Restarted(all) => all,
+            WatcherEvent::Applied(object) | WatcherEvent::Deleted(object) => vec![object],
+        }
+    }
+}
+
 impl<K: Metadata<Ty = ObjectMeta>> WatcherEvent<K> {
     /// Applies the event to a cache of objects by `namespace/name` (cluster-scoped: `/name`).
     pub fn apply_to(self, objects: &mut std::collections::HashMap<String, K>) {

@@ -12,7 +12,6 @@ mod watcher;
 
 use std::sync::Arc;
 
-use axum::Router;
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::BodyExt;
@@ -108,11 +107,17 @@ pub struct Client {
 }
 
 impl Client {
-    /// A client that calls the API server's router in this process, with no socket: the
-    /// router is the kube client's service, so requests take exactly the path (handlers,
-    /// admission) they take over HTTP.
-    pub fn in_process(router: Router) -> Self {
-        Self::new(kube::Client::new(router, "default"))
+    /// A client that calls a service in this process (the API server's router), with no
+    /// socket: requests take exactly the path (handlers, admission) they take over HTTP.
+    pub fn in_process<S, B>(service: S) -> Self
+    where
+        S: tower::Service<Request<Body>, Response = Response<B>> + Send + 'static,
+        S::Future: Send + 'static,
+        S::Error: Into<tower::BoxError>,
+        B: http_body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<tower::BoxError>,
+    {
+        Self::new(kube::Client::new(service, "default"))
     }
 
     /// A client over a kube client (from a kubeconfig, or any other transport).

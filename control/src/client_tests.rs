@@ -1,0 +1,75 @@
+//! The client of `shoal-api` against the real API server and store: what needs both crates.
+
+use std::sync::Arc;
+
+use tokio::sync::mpsc;
+
+use crate::client::{Client, WatcherEvent};
+use crate::server::ApiServer;
+use k8s_openapi::api::core::v1::ConfigMap;
+use std::time::Duration;
+
+fn config_map(name: &str) -> ConfigMap {
+    serde_json::from_value(serde_json::json!({"metadata": {"name": name, "namespace": "default"}}))
+        .unwrap()
+}
+
+async fn next(rx: &mut mpsc::Receiver<WatcherEvent<ConfigMap>>) -> WatcherEvent<ConfigMap> {
+    tokio::time::timeout(Duration::from_secs(5), rx.recv())
+        .await
+        .expect("an event within 5 s")
+        .expect("the feed is open")
+}
+
+fn names(event: &WatcherEvent<ConfigMap>) -> (&'static str, Vec<String>) {
+    let (kind, objects): (&str, Vec<&ConfigMap>) = match event {
+        WatcherEvent::Restarted(all) => ("restarted", all.iter().collect()),
+        WatcherEvent::Applied(o) => ("applied", vec![o]),
+        WatcherEvent::Deleted(o) => ("deleted", vec![o]),
+    };
+    let mut names: Vec<String> = objects
+        .iter()
+        .map(|o| o.metadata.name.clone().unwrap_or_default())
+        .collect();
+    names.sort();
+    (kind, names)
+}
+
+#[tokio::test]
+async fn subscribers_early_and_late_see_the_same_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = crate::store::RedbStore::open(&dir.path().join("db")).unwrap();
+    let server = ApiServer::new(Arc::new(store)).await.unwrap();
+    let client = Client::in_process(server.router());
+    let maps = client.api::<ConfigMap>(Some("default"));
+    maps.create(&config_map("a")).await.unwrap();
+
+    let mut early = client.shared_watch::<ConfigMap>();
+    assert_eq!(
+        names(&next(&mut early).await),
+        ("restarted", vec!["a".into()])
+    );
+    maps.create(&config_map("b")).await.unwrap();
+    assert_eq!(
+        names(&next(&mut early).await),
+        ("applied", vec!["b".into()])
+    );
+
+    // A late subscriber starts from the shared cache, then follows the same feed.
+    let mut late = client.clone().shared_watch::<ConfigMap>();
+    assert_eq!(
+        names(&next(&mut late).await),
+        ("restarted", vec!["a".into(), "b".into()])
+    );
+    maps.delete("a", &Default::default()).await.unwrap();
+    assert_eq!(
+        names(&next(&mut early).await),
+        ("deleted", vec!["a".into()])
+    );
+    assert_eq!(names(&next(&mut late).await), ("deleted", vec!["a".into()]));
+
+    // A subscriber that leaves does not stop the others.
+    drop(early);
+    maps.create(&config_map("c")).await.unwrap();
+    assert_eq!(names(&next(&mut late).await), ("applied", vec!["c".into()]));
+}
