@@ -3,8 +3,11 @@
 //! must not leave the process up but silently without it. [`supervise`] runs a loop, and when
 //! it panics logs the panic and starts it again after a pause; a loop that returns is done.
 //!
-//! Used by the control plane and by the runtime (the one module besides `api` and `client`
-//! that the runtime may use: it knows nothing of the store or the server).
+//! [`Tasks`] is the set of tasks one component (a control plane, an agent) started: shutting
+//! it down cancels them all and waits until every one has ended, so nothing it started
+//! survives it (no task, and through them no socket, file or store handle).
+//!
+//! Used by the control plane and by the runtime; it knows nothing of the store or the server.
 
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
@@ -12,6 +15,8 @@ use std::time::Duration;
 
 use futures::FutureExt;
 use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 /// How long a panicked task waits before it starts again (a loop that panics at once must not
 /// spin).
@@ -23,7 +28,75 @@ where
     F: Fn() -> Fut + Send + 'static,
     Fut: Future<Output = ()> + Send + 'static,
 {
-    tokio::spawn(async move {
+    tokio::spawn(supervised(name, make))
+}
+
+/// The tasks of one component, stopped together. Cheap to clone (clones are the same set).
+#[derive(Clone, Default)]
+pub struct Tasks {
+    cancel: CancellationToken,
+    tracker: TaskTracker,
+}
+
+impl Tasks {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Runs `task` until it ends or the set shuts down. After shutdown began, a new task
+    /// ends at once without running.
+    pub fn spawn<F>(&self, task: F) -> JoinHandle<()>
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        let cancel = self.cancel.clone();
+        self.tracker.spawn(async move {
+            tokio::select! {
+                biased;
+                _ = cancel.cancelled() => {}
+                _ = task => {}
+            }
+        })
+    }
+
+    /// Like [`supervise`], in this set.
+    pub fn supervise<F, Fut>(&self, name: &'static str, make: F)
+    where
+        F: Fn() -> Fut + Send + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        self.spawn(supervised(name, make));
+    }
+
+    /// A sign that tells when this set shuts down, for loops that end on their own terms.
+    pub fn token(&self) -> CancellationToken {
+        self.cancel.clone()
+    }
+
+    /// Cancels every task and waits until all have ended (each is dropped at its next await).
+    pub async fn shutdown(&self) {
+        self.cancel.cancel();
+        self.tracker.close();
+        self.tracker.wait().await;
+    }
+
+    /// How many tasks of the set are running.
+    pub fn len(&self) -> usize {
+        self.tracker.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.tracker.is_empty()
+    }
+}
+
+/// `make()` run and restarted whenever it panics, as one future.
+async fn supervised<F, Fut>(name: &'static str, make: F)
+where
+    F: Fn() -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    {
         let mut restarts: u64 = 0;
         loop {
             match AssertUnwindSafe(make()).catch_unwind().await {
@@ -42,7 +115,7 @@ where
                 }
             }
         }
-    })
+    }
 }
 
 #[cfg(test)]
@@ -66,5 +139,41 @@ mod tests {
         tokio::time::sleep(Duration::from_secs(5)).await;
         assert!(handle.is_finished(), "the third run returned");
         assert_eq!(starts.load(Ordering::SeqCst), 3, "two panics, two restarts");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn shutdown_cancels_every_task_and_waits_for_it() {
+        struct Dropped(Arc<AtomicUsize>);
+        impl Drop for Dropped {
+            fn drop(&mut self) {
+                self.0.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+        let tasks = Tasks::new();
+        let dropped = Arc::new(AtomicUsize::new(0));
+        for _ in 0..3 {
+            let guard = Dropped(dropped.clone());
+            tasks.spawn(async move {
+                let _guard = guard;
+                std::future::pending::<()>().await
+            });
+        }
+        let guard = Dropped(dropped.clone());
+        tasks.supervise("forever", move || {
+            let _ = &guard;
+            std::future::pending::<()>()
+        });
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert_eq!((tasks.len(), dropped.load(Ordering::SeqCst)), (4, 0));
+        tasks.shutdown().await;
+        assert_eq!(
+            (tasks.len(), dropped.load(Ordering::SeqCst)),
+            (0, 4),
+            "all ended, and what they held was dropped, before shutdown returned"
+        );
+        let late = tasks.spawn(async { panic!("nothing starts after shutdown") });
+        assert!(late.await.is_ok(), "the late task ended without running");
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert!(tasks.is_empty());
     }
 }

@@ -243,7 +243,7 @@ async fn pod_start(args: &Args) -> anyhow::Result<()> {
         0..=250 => ServerOptions::default(),
         _ => ServerOptions { node_cidr_mask: 16 },
     };
-    let mut bench = start_cluster(args.nodes, options, |c| c.max_pods = per_node).await?;
+    let bench = start_cluster(args.nodes, options, |c| c.max_pods = per_node).await?;
     let sleeper = |name: String| {
         pod(
             &name,
@@ -289,7 +289,7 @@ async fn pod_start(args: &Args) -> anyhow::Result<()> {
 }
 
 async fn writes(args: &Args) -> anyhow::Result<()> {
-    let mut bench = start_cluster(1, ServerOptions::default(), |_| {}).await?;
+    let bench = start_cluster(1, ServerOptions::default(), |_| {}).await?;
     let maps = bench.client.api::<ConfigMap>(Some("default"));
     for clients in [1usize, 32] {
         let began = Instant::now();
@@ -434,7 +434,7 @@ async fn wait_running(client: &Client, label: &str, count: usize) -> anyhow::Res
 
 /// One HTTP pod under load through the agent gateway, with keep-alive connections.
 async fn gateway(args: &Args) -> anyhow::Result<()> {
-    let mut bench = start_cluster(1, ServerOptions::default(), |_| {}).await?;
+    let bench = start_cluster(1, ServerOptions::default(), |_| {}).await?;
     bench
         .client
         .api::<Pod>(Some("default"))
@@ -492,7 +492,7 @@ async fn gateway(args: &Args) -> anyhow::Result<()> {
 async fn density(args: &Args) -> anyhow::Result<()> {
     let count = args.pods;
     let options = ServerOptions { node_cidr_mask: 16 };
-    let mut bench = start_cluster(1, options, |c| {
+    let bench = start_cluster(1, options, |c| {
         c.max_pods = count as u32 + 16;
         c.max_instances = Some(256);
     })
@@ -592,7 +592,7 @@ async fn scheduler(args: &Args) -> anyhow::Result<()> {
         without_scheduler: true,
         ..Default::default()
     };
-    let mut bench = start_cluster_with(0, options, |_| {}).await?;
+    let bench = start_cluster_with(0, options, |_| {}).await?;
     let nodes = bench.client.api::<k8s_openapi::api::core::v1::Node>(None);
     let permits = Arc::new(Semaphore::new(32));
     let mut tasks = Vec::new();
@@ -738,7 +738,7 @@ async fn scale(args: &Args) -> anyhow::Result<()> {
     } else {
         ServerOptions::default()
     };
-    let mut bench = start_cluster(1, options, |c| c.max_pods = count as u32 + 16).await?;
+    let bench = start_cluster(1, options, |c| c.max_pods = count as u32 + 16).await?;
     let deployment: k8s_openapi::api::apps::v1::Deployment = serde_json::from_value(
         serde_json::json!({
             "metadata": {"name": "web"},

@@ -195,7 +195,7 @@ fn empty_request(uri: &str) -> http::Request<shoal_runtime::pod::network::WasiBo
 /// The proxy's cost: the same pod served in-process directly and through `Proxy::forward`,
 /// one after the other, `requests` times.
 pub async fn proxy_latency(args: &Args) -> anyhow::Result<()> {
-    let mut bench = start_cluster(1, ServerOptions::default(), |_| {}).await?;
+    let bench = start_cluster(1, ServerOptions::default(), |_| {}).await?;
     let agent = &bench.cluster.agents[0];
     let proxy = agent.proxy.clone();
     web_service(&bench, &proxy, "direct", 1).await?;
@@ -274,7 +274,7 @@ async fn until_backends(proxy: Arc<Proxy>, name: &str, count: usize, start: Inst
 
 /// Endpoint changes -> routing, two ways.
 pub async fn endpoints(args: &Args) -> anyhow::Result<()> {
-    let mut bench = start_cluster(1, ServerOptions::default(), |_| {}).await?;
+    let bench = start_cluster(1, ServerOptions::default(), |_| {}).await?;
     let proxy = bench.cluster.agents[0].proxy.clone();
     web_service(&bench, &proxy, "watched", 1).await?;
     let rounds = (args.requests / 25).clamp(20, 400);

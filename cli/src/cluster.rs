@@ -8,7 +8,8 @@ use std::sync::Arc;
 
 use shoal_control::client::Client;
 use shoal_control::server::{ApiServer, ServerOptions};
-use shoal_control::store::RedbStore;
+use shoal_control::store::{RedbStore, Released};
+use shoal_control::task::Tasks;
 use shoal_runtime::agent::{Agent, AgentConfig};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -31,10 +32,13 @@ pub struct ControlPlane {
     pub addr: SocketAddr,
     /// A client that calls the API in-process (what controllers and in-process agents use).
     pub client: Client,
+    server: Arc<ApiServer>,
+    /// To tell when everything holding the store is gone (and its file released).
+    store: Option<Released>,
     stop_http: Option<oneshot::Sender<()>>,
     http: Option<JoinHandle<std::io::Result<()>>>,
-    scheduler: JoinHandle<()>,
-    controllers: Vec<JoinHandle<()>>,
+    /// The scheduler and the controllers.
+    tasks: Tasks,
 }
 
 impl ControlPlane {
@@ -58,6 +62,7 @@ impl ControlPlane {
         let log_len = event_log_len.unwrap_or(shoal_control::store::DEFAULT_EVENT_LOG_LEN);
         let store = RedbStore::open_with_log_len(&data_dir.join("store.redb"), log_len)
             .map_err(|e| anyhow::anyhow!("opening the store in {}: {e}", data_dir.display()))?;
+        let released = store.released();
         let server = ApiServer::with_options(Arc::new(store), options).await?;
         let router = server.router();
         let listener = tokio::net::TcpListener::bind(api_addr)
@@ -73,22 +78,22 @@ impl ControlPlane {
             },
         ));
         let client = Client::in_process(router);
-        let scheduler = if without_scheduler {
-            tokio::spawn(async {})
-        } else {
+        let tasks = Tasks::new();
+        if !without_scheduler {
             let client = client.clone();
-            shoal_control::task::supervise("scheduler", move || {
+            tasks.supervise("scheduler", move || {
                 shoal_control::scheduler::run(client.clone(), scheduler_options)
-            })
-        };
-        let controllers = shoal_control::controllers::start(client.clone(), controller_options);
+            });
+        }
+        shoal_control::controllers::start(client.clone(), controller_options, &tasks);
         Ok(Self {
             addr,
             client,
+            server,
+            store: Some(released),
             stop_http: Some(stop_http),
             http: Some(http),
-            scheduler,
-            controllers,
+            tasks,
         })
     }
 
@@ -96,29 +101,50 @@ impl ControlPlane {
         format!("http://{}", self.addr)
     }
 
-    /// Stops serving; open watches get a moment to close.
-    pub async fn shutdown(&mut self) {
-        self.scheduler.abort();
-        self.controllers.iter().for_each(JoinHandle::abort);
+    /// Stops the scheduler and the controllers and waits for them, ends open watches, stops
+    /// serving once the requests in flight are answered (at most 5 s), and returns once the
+    /// store is closed: a control plane can start again on the same data directory at once.
+    /// Clients of this control plane held elsewhere (agents) must be dropped first.
+    pub async fn shutdown(mut self) {
+        self.tasks.shutdown().await;
+        self.client.stop_shared_watches();
+        self.server.stop();
         if let Some(stop) = self.stop_http.take() {
             let _ = stop.send(());
         }
         if let Some(http) = self.http.take() {
             let abort = http.abort_handle();
-            if tokio::time::timeout(std::time::Duration::from_secs(1), http)
+            if tokio::time::timeout(std::time::Duration::from_secs(5), http)
                 .await
                 .is_err()
             {
+                tracing::warn!("the API server did not finish its requests within 5 s");
                 abort.abort();
             }
+        }
+        let store = self.store.take();
+        drop(self);
+        // The last holders (the in-process client's service, watch streams) let go as their
+        // tasks notice; the store's own drop then joins its writer.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while store.as_ref().is_some_and(|store| !store.is_released()) {
+            if std::time::Instant::now() > deadline {
+                tracing::warn!("the store is still in use 5 s after the control plane stopped");
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
         }
     }
 }
 
 impl Drop for ControlPlane {
+    /// Without [`ControlPlane::shutdown`]: everything is told to stop, nothing is waited for.
     fn drop(&mut self) {
-        self.scheduler.abort();
-        self.controllers.iter().for_each(JoinHandle::abort);
+        let tasks = self.tasks.clone();
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move { tasks.shutdown().await });
+        }
+        self.server.stop();
         if let Some(http) = &self.http {
             http.abort();
         }
@@ -207,18 +233,22 @@ impl DevCluster {
         Ok(bound)
     }
 
-    pub async fn shutdown(&mut self) {
-        if let Some(ingress) = self.ingress.take() {
-            ingress.abort();
-        }
+    /// Stops the ingress, the agents and the control plane, each waited for (see
+    /// [`ControlPlane::shutdown`]).
+    pub async fn shutdown(mut self) {
         for task in [self.node_ports.take(), self.ingress_address.take()]
             .into_iter()
             .flatten()
         {
             task.abort();
+            let _ = task.await;
         }
-        for agent in &mut self.agents {
-            agent.shutdown();
+        if let Some(ingress) = self.ingress.take() {
+            ingress.abort();
+            let _ = ingress.await;
+        }
+        for mut agent in self.agents.drain(..) {
+            agent.shutdown().await;
         }
         self.control.shutdown().await;
     }

@@ -619,7 +619,7 @@ async fn a_daemon_set_follows_nodes() {
     assert_eq!(ds["status"]["desiredNumberScheduled"], 3);
 
     // The node leaves: its daemon pod goes.
-    extra.shutdown();
+    extra.shutdown().await;
     let (status, _) = http
         .call(
             "DELETE",

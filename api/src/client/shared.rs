@@ -52,9 +52,23 @@ impl<K> ApiObject for K where
 }
 
 /// The shared watches of a client, by kind.
-#[derive(Default)]
 pub(crate) struct SharedWatches {
     by_kind: Mutex<HashMap<TypeId, Arc<dyn Any + Send + Sync>>>,
+    /// Cancelled when the last clone of the client is dropped: the feeds stop with it (they
+    /// hold the kube client, not this, so they do not keep themselves alive).
+    _stop_feeds: tokio_util::sync::DropGuard,
+    feeds_stopped: tokio_util::sync::CancellationToken,
+}
+
+impl Default for SharedWatches {
+    fn default() -> Self {
+        let token = tokio_util::sync::CancellationToken::new();
+        Self {
+            by_kind: Mutex::default(),
+            feeds_stopped: token.clone(),
+            _stop_feeds: token.drop_guard(),
+        }
+    }
 }
 
 /// One kind's feed: the current objects (once listed) and who is subscribed.
@@ -90,6 +104,12 @@ where
 }
 
 impl Client {
+    /// Ends the shared watches of this client and every clone of it (a control plane that
+    /// stops; they also end when the last clone is dropped).
+    pub fn stop_shared_watches(&self) {
+        self.shared.feeds_stopped.cancel();
+    }
+
     /// A cluster-wide watch of kind `K` shared with every other subscriber of this client
     /// (and its clones); the same events as `watcher::<K>(&client, default)`.
     pub fn shared_watch<K: ApiObject>(&self) -> mpsc::Receiver<WatcherEvent<K>> {
@@ -129,15 +149,21 @@ impl Client {
             state.subscribers.push(tx);
         }
         if !started {
-            tokio::spawn(feed_from(self.clone(), feed));
+            let (kube, stopped) = (self.kube.clone(), self.shared.feeds_stopped.clone());
+            tokio::spawn(async move {
+                tokio::select! {
+                    _ = feed_from(kube, feed) => {}
+                    _ = stopped.cancelled() => {}
+                }
+            });
         }
         rx
     }
 }
 
 /// Runs the kind's one watch and hands each event to every subscriber.
-async fn feed_from<K: ApiObject>(client: Client, feed: Arc<Feed<K>>) {
-    let mut events = watcher::<K>(&client, ListParams::default());
+async fn feed_from<K: ApiObject>(kube: kube::Client, feed: Arc<Feed<K>>) {
+    let mut events = watcher::watch::<K>(kube, ListParams::default());
     while let Some(event) = events.recv().await {
         // Cache and subscriber list change together, so a subscriber joining now gets either
         // this event or a snapshot that already holds it, never both or neither.

@@ -66,13 +66,27 @@ where
         + Send
         + 'static,
 {
+    watch(client.kube().clone(), params)
+}
+
+/// [`watcher`] over a bare kube client.
+pub(super) fn watch<K>(kube: kube::Client, params: ListParams) -> mpsc::Receiver<WatcherEvent<K>>
+where
+    K: kube::Resource<DynamicType = ()>
+        + Metadata<Ty = ObjectMeta>
+        + DeserializeOwned
+        + Clone
+        + std::fmt::Debug
+        + Send
+        + 'static,
+{
     let (tx, rx) = mpsc::channel(1024);
     let config = kube_watcher::Config {
         label_selector: params.label_selector,
         field_selector: params.field_selector,
         ..Default::default()
     };
-    let api = kube::Api::<K>::all(client.kube().clone());
+    let api = kube::Api::<K>::all(kube);
     // The task ends as soon as the receiver is gone, even while its watch is idle (an idle
     // in-process watch would otherwise keep it, and the API server it holds, alive forever).
     let receiver_gone = tx.clone();

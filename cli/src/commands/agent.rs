@@ -70,7 +70,7 @@ impl AgentCommand {
             self.server, agent.gateway_addr
         );
         super::shutdown_signal().await;
-        agent.shutdown();
+        agent.shutdown().await;
         Ok(())
     }
 }

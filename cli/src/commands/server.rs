@@ -36,7 +36,7 @@ impl ServerCommand {
             std::time::Duration::from_secs(self.pod_eviction_timeout_seconds);
         options.scheduler.default_profile = self.scheduler_profile;
         options.event_log_len = self.event_log_len;
-        let mut control = ControlPlane::start_with(&self.data_dir, self.api_addr, options).await?;
+        let control = ControlPlane::start_with(&self.data_dir, self.api_addr, options).await?;
         let kubeconfig = self.data_dir.join("kubeconfig");
         crate::kubeconfig::write(&kubeconfig, &control.url())?;
         println!(

@@ -17,7 +17,10 @@ pub mod queue;
 pub mod replicaset;
 pub mod statefulset;
 
+use futures::future::{BoxFuture, FutureExt};
+
 use crate::client::Client;
+use crate::task::Tasks;
 
 /// Why a reconcile failed; the queue logs it and retries with back-off.
 #[derive(Debug, thiserror::Error)]
@@ -56,37 +59,28 @@ impl Default for Options {
     }
 }
 
-/// Starts every controller, each restarted if it panics; they stop when their tasks are
-/// aborted.
-pub fn start(client: Client, options: Options) -> Vec<tokio::task::JoinHandle<()>> {
+/// Starts every controller in `tasks`, each restarted if it panics; they stop when `tasks`
+/// shuts down.
+pub fn start(client: Client, options: Options, tasks: &Tasks) {
     let eviction = options.pod_eviction_timeout;
-    vec![
-        supervised("replicaset-controller", &client, replicaset::run),
-        supervised("deployment-controller", &client, deployment::run),
-        supervised(
-            "replicationcontroller-controller",
-            &client,
-            replicaset::run_replication_controllers,
-        ),
-        supervised("statefulset-controller", &client, statefulset::run),
-        supervised("daemonset-controller", &client, daemonset::run),
-        supervised("endpoints-controller", &client, endpoints::run),
-        supervised("job-controller", &client, job::run),
-        supervised("cronjob-controller", &client, cronjob::run),
-        supervised("node-lifecycle-controller", &client, move |client| {
-            nodelifecycle::run(client, eviction)
-        }),
-        supervised("garbage-collector", &client, gc::run),
-        supervised("namespace-controller", &client, namespace::run),
-    ]
-}
-
-/// Runs `run(client)` under [`crate::task::supervise`].
-fn supervised<F, Fut>(name: &'static str, client: &Client, run: F) -> tokio::task::JoinHandle<()>
-where
-    F: Fn(Client) -> Fut + Send + 'static,
-    Fut: std::future::Future<Output = ()> + Send + 'static,
-{
+    let supervised = |name: &'static str, run: fn(Client) -> BoxFuture<'static, ()>| {
+        let client = client.clone();
+        tasks.supervise(name, move || run(client.clone()));
+    };
+    supervised("replicaset-controller", |c| replicaset::run(c).boxed());
+    supervised("deployment-controller", |c| deployment::run(c).boxed());
+    supervised("replicationcontroller-controller", |c| {
+        replicaset::run_replication_controllers(c).boxed()
+    });
+    supervised("statefulset-controller", |c| statefulset::run(c).boxed());
+    supervised("daemonset-controller", |c| daemonset::run(c).boxed());
+    supervised("endpoints-controller", |c| endpoints::run(c).boxed());
+    supervised("job-controller", |c| job::run(c).boxed());
+    supervised("cronjob-controller", |c| cronjob::run(c).boxed());
+    supervised("garbage-collector", |c| gc::run(c).boxed());
+    supervised("namespace-controller", |c| namespace::run(c).boxed());
     let client = client.clone();
-    crate::task::supervise(name, move || run(client.clone()))
+    tasks.supervise("node-lifecycle-controller", move || {
+        nodelifecycle::run(client.clone(), eviction)
+    });
 }

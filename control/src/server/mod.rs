@@ -20,6 +20,8 @@ mod watch;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use tokio_util::sync::{CancellationToken, DropGuard};
+
 use axum::body::{Body, Bytes};
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, Method, Uri};
@@ -42,6 +44,10 @@ pub struct ApiServer {
     options: ServerOptions,
     /// Serialises Service creations, which allocate cluster IPs and node ports.
     service_allocation: tokio::sync::Mutex<()>,
+    /// Cancelled when the server stops ([`ApiServer::stop`]) or is dropped: open watches end
+    /// (so a graceful HTTP shutdown completes) and background work stops.
+    stopping: CancellationToken,
+    _stop_on_drop: DropGuard,
 }
 
 /// Cluster-wide settings of the API server.
@@ -76,11 +82,14 @@ impl ApiServer {
         let agents =
             hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
                 .build_http();
+        let stopping = CancellationToken::new();
         let server = Arc::new(Self {
             store,
             agents,
             options,
             service_allocation: tokio::sync::Mutex::new(()),
+            _stop_on_drop: stopping.clone().drop_guard(),
+            stopping,
         });
         namespaces::ensure_system_namespaces(&server).await?;
         spawn_event_expiry(&server);
@@ -89,6 +98,11 @@ impl ApiServer {
 
     pub fn store(&self) -> &Arc<dyn Store> {
         &self.store
+    }
+
+    /// Ends every open watch and the server's background work; requests still answer.
+    pub fn stop(&self) {
+        self.stopping.cancel();
     }
 
     /// The axum router serving the whole API.
@@ -147,10 +161,11 @@ impl ApiServer {
 const EVENT_TTL: std::time::Duration = std::time::Duration::from_secs(3600);
 
 /// Deletes Events older than [`EVENT_TTL`] every minute, so a long-lived cluster's event log
-/// stays bounded. Holds only a weak reference: it stops with the server.
+/// stays bounded. Holds only a weak reference, and ends when the server stops or is dropped.
 fn spawn_event_expiry(server: &Arc<ApiServer>) {
+    let stopping = server.stopping.clone();
     let server = Arc::downgrade(server);
-    tokio::spawn(async move {
+    tokio::spawn(stopping.run_until_cancelled_owned(async move {
         loop {
             tokio::time::sleep(std::time::Duration::from_secs(60)).await;
             let Some(server) = server.upgrade() else {
@@ -174,7 +189,7 @@ fn spawn_event_expiry(server: &Arc<ApiServer>) {
                 }
             }
         }
-    });
+    }));
 }
 
 fn resource_list(group: &str, version: &str) -> Result<Json<serde_json::Value>, ApiError> {

@@ -20,6 +20,12 @@ use crate::store::{self, EventType};
 
 impl ApiServer {
     pub(super) fn watch(&self, request: &Request) -> Result<Response> {
+        if self.stopping.is_cancelled() {
+            // An empty watch would be retried at once; an error makes clients back off.
+            return Err(ApiError::ServiceUnavailable(
+                "the API server is shutting down".into(),
+            ));
+        }
         let resource = request.resource();
         let labels = request.query.label_selector()?;
         let fields = request.query.field_selector()?;
@@ -87,7 +93,11 @@ impl ApiServer {
             };
             futures::future::ready(line)
         });
-        let events = stream::iter(initial).chain(live);
+        // A stopping server ends its watches, as kube-apiserver does on shutdown: clients
+        // resume from their last revision elsewhere.
+        let events = stream::iter(initial)
+            .chain(live)
+            .take_until(self.stopping.clone().cancelled_owned());
         let events = match request.query.number("timeoutSeconds")? {
             Some(seconds) if seconds > 0 => events
                 .take_until(tokio::time::sleep(Duration::from_secs(seconds as u64)))

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use futures::Stream;
 use serde_json::Value;
 
-pub use redb_store::{RedbStore, DEFAULT_EVENT_LOG_LEN};
+pub use redb_store::{RedbStore, Released, DEFAULT_EVENT_LOG_LEN};
 
 /// Where an object lives: `resource` is the plural name plus the group for non-core groups
 /// (`pods`, `leases.coordination.k8s.io`); `namespace` is empty for cluster-scoped objects.

@@ -56,14 +56,17 @@ struct PendingWrite {
 
 pub struct RedbStore {
     db: Arc<Database>,
-    writes: mpsc::UnboundedSender<PendingWrite>,
+    /// `None` only while the store is being dropped.
+    writes: Option<mpsc::UnboundedSender<PendingWrite>>,
+    /// Joined on drop: the file is released when the store is gone, not some time after.
+    writer: Option<std::thread::JoinHandle<()>>,
     live: Arc<LiveFeeds>,
     revision: Arc<AtomicU64>,
 }
 
 impl RedbStore {
     /// Opens (or creates) the store file at `path` and starts its writer thread, which stops
-    /// when the store is dropped.
+    /// (and is joined) when the store is dropped.
     pub fn open(path: &Path) -> Result<Self> {
         Self::open_with_log_len(path, DEFAULT_EVENT_LOG_LEN)
     }
@@ -94,26 +97,54 @@ impl RedbStore {
             live: live.clone(),
             revision: revision.clone(),
         };
-        std::thread::Builder::new()
+        let writer = std::thread::Builder::new()
             .name("store-writer".into())
             .spawn(move || writer.run(queue))
             .map_err(backend)?;
         Ok(Self {
             db,
-            writes,
+            writes: Some(writes),
+            writer: Some(writer),
             live,
             revision,
         })
     }
 
+    /// Tells when the store's file is released: every handle on the database (the store, its
+    /// writer, its watches) gone.
+    pub fn released(&self) -> Released {
+        Released(Arc::downgrade(&self.db))
+    }
+
     async fn submit(&self, op: Op) -> Result<Value> {
         let (reply, answer) = oneshot::channel();
         self.writes
+            .as_ref()
+            .ok_or_else(|| Error::Backend("the store is closing".into()))?
             .send(PendingWrite { op, reply })
             .map_err(|_| Error::Backend("the store writer has stopped".into()))?;
         answer
             .await
             .map_err(|_| Error::Backend("the store writer has stopped".into()))?
+    }
+}
+
+/// See [`RedbStore::released`].
+pub struct Released(std::sync::Weak<Database>);
+
+impl Released {
+    pub fn is_released(&self) -> bool {
+        self.0.strong_count() == 0
+    }
+}
+
+impl Drop for RedbStore {
+    /// Closes the write queue and waits for the writer to commit what it holds and exit.
+    fn drop(&mut self) {
+        self.writes.take();
+        if let Some(writer) = self.writer.take() {
+            let _ = writer.join();
+        }
     }
 }
 
@@ -251,7 +282,13 @@ impl Store for RedbStore {
                 }
             }
             loop {
-                let event = match live.recv().await {
+                // An idle watch whose reader is gone ends now, not at the next commit: it holds
+                // the database open.
+                let received = tokio::select! {
+                    received = live.recv() => received,
+                    _ = tx.closed() => return,
+                };
+                let event = match received {
                     Ok(event) => event,
                     Err(broadcast::error::RecvError::Closed) => return,
                     Err(broadcast::error::RecvError::Lagged(_)) => {

@@ -14,7 +14,7 @@ pub mod status;
 mod volumes;
 mod worker;
 
-use shoal_api::task::supervise;
+use shoal_api::task::Tasks;
 use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -124,7 +124,8 @@ pub struct Agent {
     /// The node's Service proxy (the dev ingress serves through it).
     pub proxy: Arc<crate::proxy::Proxy>,
     networks: Arc<networks::LocalNetworks>,
-    tasks: Vec<JoinHandle<()>>,
+    /// Everything the agent runs: gateway, heartbeat, pod supervisor, pod workers.
+    tasks: Tasks,
 }
 
 impl Agent {
@@ -140,6 +141,10 @@ impl Agent {
         let listener = tokio::net::TcpListener::bind(config.gateway_addr).await?;
         let gateway_addr = listener.local_addr()?;
         let networks: Arc<networks::LocalNetworks> = Arc::default();
+        let tasks = Tasks::new();
+        // Weak: the pods' networks hold the proxy (their egress), so a strong reference back
+        // would be a cycle that outlives the agent.
+        let local_pods = Arc::downgrade(&networks);
         let shared = Arc::new(Shared {
             client: client.clone(),
             engine,
@@ -158,11 +163,12 @@ impl Agent {
                 max_waiting: config.max_container_instances.max(1).saturating_mul(4),
                 admission_wait: config.admission_wait,
             },
-            networks: networks.clone(),
+            networks,
             proxy: crate::proxy::Proxy::start(
                 client.clone(),
                 &config.node_name,
-                Arc::new(move |pod| networks.get(pod)),
+                Arc::new(move |pod| local_pods.upgrade()?.get(pod)),
+                &tasks,
             ),
         });
         let (proxy, local_networks) = (shared.proxy.clone(), shared.networks.clone());
@@ -180,27 +186,23 @@ impl Agent {
         let ips = IpPool::new(&cidr)?;
 
         let gateway = gateway::router(shared.clone());
-        let mut tasks = vec![
-            tokio::spawn(async move {
-                if let Err(e) = axum::serve(listener, gateway).await {
-                    tracing::error!("agent gateway stopped: {e}");
-                }
-            }),
-            {
-                let (client, name) = (client.clone(), config.node_name.clone());
-                let (duration, renew) = (config.lease_duration, config.lease_renew);
-                supervise("node-heartbeat", move || {
-                    node::heartbeat(client.clone(), name.clone(), duration, renew)
-                })
-            },
-            tokio::spawn(PodSupervisor::new(shared, ips, config.node_name.clone()).run()),
-        ];
+        tasks.spawn(async move {
+            if let Err(e) = axum::serve(listener, gateway).await {
+                tracing::error!("agent gateway stopped: {e}");
+            }
+        });
+        {
+            let (client, name) = (client.clone(), config.node_name.clone());
+            let (duration, renew) = (config.lease_duration, config.lease_renew);
+            tasks.supervise("node-heartbeat", move || {
+                node::heartbeat(client.clone(), name.clone(), duration, renew)
+            });
+        }
+        let supervisor = PodSupervisor::new(shared, ips, config.node_name.clone(), tasks.clone());
+        tasks.spawn(supervisor.run());
         if config.node_ports {
             let host = gateway_addr.ip();
-            tasks.push(tokio::spawn(crate::proxy::node_ports::serve(
-                proxy.clone(),
-                host,
-            )));
+            tasks.spawn(crate::proxy::node_ports::serve(proxy.clone(), host));
         }
         tracing::info!(
             "agent {} ready, gateway on {gateway_addr}",
@@ -222,16 +224,20 @@ impl Agent {
         self.networks.get(crate::proxy::LocalPod::Named(&key))
     }
 
-    pub fn shutdown(&mut self) {
-        for task in self.tasks.drain(..) {
-            task.abort();
-        }
+    /// Stops everything the agent runs (its pods' containers too, without grace: on a
+    /// restart the pods start again from the API) and waits until all of it has ended.
+    pub async fn shutdown(&mut self) {
+        self.tasks.shutdown().await;
     }
 }
 
 impl Drop for Agent {
+    /// Without [`Agent::shutdown`]: everything is told to stop, nothing is waited for.
     fn drop(&mut self) {
-        self.shutdown();
+        let tasks = self.tasks.clone();
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move { tasks.shutdown().await });
+        }
     }
 }
 
@@ -320,16 +326,19 @@ struct PodSupervisor {
     running: HashMap<String, Running>,
     /// Pods whose deletion this agent is finishing.
     terminating: BTreeSet<String>,
+    /// The agent's tasks: pod workers and their clean-ups run there, so they stop with it.
+    tasks: Tasks,
 }
 
 impl PodSupervisor {
-    fn new(shared: Arc<Shared>, ips: IpPool, node_name: String) -> Self {
+    fn new(shared: Arc<Shared>, ips: IpPool, node_name: String, tasks: Tasks) -> Self {
         Self {
             shared,
             ips: Arc::new(Mutex::new(ips)),
             node_name,
             running: HashMap::new(),
             terminating: BTreeSet::new(),
+            tasks,
         }
     }
 
@@ -415,7 +424,7 @@ impl PodSupervisor {
         });
         self.shared.networks.insert(&key, &ip, network.clone());
         let worker = worker::PodWorker::new(self.shared.clone(), pod, ip.clone(), stopped, network);
-        let task = tokio::spawn(worker.run());
+        let task = self.tasks.spawn(worker.run());
         self.running.insert(
             key,
             Running {
@@ -432,7 +441,7 @@ impl PodSupervisor {
     fn stop(&mut self, key: &str, grace: std::time::Duration, delete: Option<Pod>) {
         let running = self.running.remove(key);
         let (ips, shared, key) = (self.ips.clone(), self.shared.clone(), key.to_string());
-        tokio::spawn(async move {
+        self.tasks.spawn(async move {
             if let Some(running) = running {
                 let _ = running.stop.send(Some(grace));
                 let _ = running.task.await;

@@ -22,6 +22,7 @@ use std::sync::{Arc, RwLock};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use shoal_api::client::Client;
+use shoal_api::task::Tasks;
 use tower::ServiceExt;
 use wasmtime_wasi_http::WasiBody;
 
@@ -80,10 +81,10 @@ fn read(table: &RwLock<Table>) -> std::sync::RwLockReadGuard<'_, Table> {
 }
 
 impl Proxy {
-    /// Starts following the cluster's Services, Endpoints and Nodes, with the default
-    /// [`stack::Options`].
-    pub fn start(client: Client, node_name: &str, local: LocalPods) -> Arc<Self> {
-        Self::start_with(client, node_name, local, stack::Options::default())
+    /// Starts following the cluster's Services, Endpoints and Nodes (in `tasks`: the follower
+    /// stops when they shut down or the proxy is dropped), with the default [`stack::Options`].
+    pub fn start(client: Client, node_name: &str, local: LocalPods, tasks: &Tasks) -> Arc<Self> {
+        Self::start_with(client, node_name, local, stack::Options::default(), tasks)
     }
 
     pub fn start_with(
@@ -91,10 +92,11 @@ impl Proxy {
         node_name: &str,
         local: LocalPods,
         options: stack::Options,
+        tasks: &Tasks,
     ) -> Arc<Self> {
         let table = Arc::new(RwLock::new(Table::default()));
         let (changed, routes_changed) = tokio::sync::watch::channel(0);
-        let follower = tokio::spawn(table::follow(client.clone(), table.clone(), changed));
+        let follower = tasks.spawn(table::follow(client.clone(), table.clone(), changed));
         let dispatch = Dispatch(Arc::new(DispatchState {
             node_name: node_name.to_string(),
             table: table.clone(),
