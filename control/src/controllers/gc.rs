@@ -16,7 +16,7 @@ use k8s_openapi::api::apps::v1::{
 };
 use k8s_openapi::api::batch::v1::{CronJob, Job};
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, ReplicationController};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use k8s_openapi::{Metadata, Resource};
 use serde_json::json;
 
@@ -24,6 +24,7 @@ use super::Error;
 use crate::client::{watcher, Client, DeleteParams, ListParams, WatcherEvent};
 
 use crate::api::object::FOREGROUND_FINALIZER;
+use crate::api::resources::lookup_kind;
 
 /// The uids of the owners of each tracked kind, once that kind has been listed, and the owners
 /// being deleted in the foreground.
@@ -46,11 +47,18 @@ impl Owners {
     /// Whether the object names an owner of a tracked kind that no longer exists.
     fn orphaned(&self, meta: &ObjectMeta) -> bool {
         meta.deletion_timestamp.is_none()
-            && meta.owner_references.iter().flatten().any(|r| {
-                self.uids
-                    .get(r.kind.as_str())
-                    .is_some_and(|uids| !uids.contains(&r.uid))
-            })
+            && meta
+                .owner_references
+                .iter()
+                .flatten()
+                .any(|r| self.misses(r))
+    }
+
+    /// Whether the reference names an owner of a tracked kind that the cache does not know.
+    fn misses(&self, reference: &OwnerReference) -> bool {
+        self.uids
+            .get(reference.kind.as_str())
+            .is_some_and(|uids| !uids.contains(&reference.uid))
     }
 
     /// Applies a watch event of kind `K`; returns the namespace to collect in after a deletion
@@ -243,6 +251,45 @@ async fn collect(client: &Client, owners: &Owners, namespace: Option<&str>) {
     for_each_dependent_kind!(collect_kind, client, owners, namespace);
 }
 
+/// Whether an owner the cache misses is really gone. The owners' cache can lag behind a fresh
+/// list of dependents (a Deployment created a moment ago, whose ReplicaSet is already listed):
+/// as Kubernetes' collector does, each missing owner is looked up in the API before its
+/// dependent is deleted. Anything but a clear answer (404, or a namesake with another uid)
+/// keeps the dependent.
+async fn owner_confirmed_gone(client: &Client, owners: &Owners, meta: &ObjectMeta) -> bool {
+    for reference in meta.owner_references.iter().flatten() {
+        if !owners.misses(reference) {
+            continue;
+        }
+        let Some(resource) = lookup_kind(&reference.api_version, &reference.kind) else {
+            continue;
+        };
+        let path = match meta.namespace.as_deref() {
+            Some(ns) if resource.namespaced => format!(
+                "{}/namespaces/{ns}/{}/{}",
+                resource.group_version_path(),
+                resource.plural,
+                reference.name
+            ),
+            _ => format!(
+                "{}/{}/{}",
+                resource.group_version_path(),
+                resource.plural,
+                reference.name
+            ),
+        };
+        match client
+            .json(http::Method::GET, &path, "application/json", None)
+            .await
+        {
+            Ok(owner) if owner["metadata"]["uid"] != reference.uid.as_str() => return true,
+            Err(e) if e.is_not_found() => return true,
+            _ => {}
+        }
+    }
+    false
+}
+
 async fn collect_kind<K>(client: &Client, owners: &Owners, namespace: Option<&str>)
 where
     K: crate::client::ApiObject,
@@ -260,6 +307,9 @@ where
         .filter(|o| owners.orphaned(o.metadata()))
     {
         let meta = object.metadata();
+        if !owner_confirmed_gone(client, owners, meta).await {
+            continue;
+        }
         let api = client.api::<K>(meta.namespace.as_deref());
         let _ = api
             .delete(
@@ -270,5 +320,93 @@ where
                 },
             )
             .await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::server::ApiServer;
+
+    async fn replica_sets(client: &Client) -> Vec<String> {
+        let list = client
+            .api::<ReplicaSet>(Some("default"))
+            .list(&ListParams::default())
+            .await
+            .unwrap();
+        list.items
+            .into_iter()
+            .filter_map(|rs| rs.metadata.name)
+            .collect()
+    }
+
+    /// The owners' cache lags (Deployments were listed before this one was created): the
+    /// ReplicaSet it owns must survive a collection; once the Deployment is really gone, the
+    /// ReplicaSet goes.
+    #[tokio::test]
+    async fn a_lagging_owner_cache_never_deletes_a_dependent_whose_owner_exists() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::store::RedbStore::open(&dir.path().join("db")).unwrap();
+        let server = ApiServer::new(Arc::new(store)).await.unwrap();
+        let client = Client::in_process(server.router());
+        let deployment: Deployment = serde_json::from_value(json!({
+            "metadata": {"name": "web", "namespace": "default"},
+            "spec": {"selector": {"matchLabels": {"app": "web"}},
+                "template": {"metadata": {"labels": {"app": "web"}},
+                    "spec": {"containers": [{"name": "c", "image": "x.wasm"}]}}},
+        }))
+        .unwrap();
+        let deployment = client
+            .api::<Deployment>(Some("default"))
+            .create(&deployment)
+            .await
+            .unwrap();
+        let uid = deployment.metadata.uid.clone().unwrap();
+        let replica_set: ReplicaSet = serde_json::from_value(json!({
+            "metadata": {"name": "web-1", "namespace": "default", "ownerReferences": [{
+                "apiVersion": "apps/v1", "kind": "Deployment", "name": "web", "uid": uid,
+                "controller": true}]},
+            "spec": {"selector": {"matchLabels": {"app": "web"}},
+                "template": {"metadata": {"labels": {"app": "web"}},
+                    "spec": {"containers": [{"name": "c", "image": "x.wasm"}]}}},
+        }))
+        .unwrap();
+        client
+            .api::<ReplicaSet>(Some("default"))
+            .create(&replica_set)
+            .await
+            .unwrap();
+
+        let mut owners = Owners::default();
+        owners.uids.insert("Deployment", HashSet::new());
+        collect(&client, &owners, Some("default")).await;
+        assert_eq!(replica_sets(&client).await, ["web-1"], "its owner exists");
+
+        let orphan = DeleteParams {
+            propagation_policy: Some("Orphan"),
+            ..Default::default()
+        };
+        client
+            .api::<Deployment>(Some("default"))
+            .delete("web", &orphan)
+            .await
+            .unwrap();
+        // Orphan propagation strips the reference: put one back to a Deployment that is gone.
+        client
+            .api::<ReplicaSet>(Some("default"))
+            .patch_merge(
+                "web-1",
+                &json!({"metadata": {"ownerReferences": [{"apiVersion": "apps/v1",
+                    "kind": "Deployment", "name": "web", "uid": uid, "controller": true}]}}),
+            )
+            .await
+            .unwrap();
+        collect(&client, &owners, Some("default")).await;
+        assert!(
+            replica_sets(&client).await.is_empty(),
+            "its owner is gone, so it goes"
+        );
     }
 }
