@@ -15,6 +15,7 @@ pub mod namespace;
 pub mod nodelifecycle;
 pub mod queue;
 pub mod replicaset;
+pub mod runtime;
 pub mod statefulset;
 
 use futures::future::{BoxFuture, FutureExt};
@@ -34,6 +35,9 @@ pub enum Error {
     Vanished(String),
     #[error("unknown owner kind {0}")]
     UnknownKind(String),
+    /// The reconcile panicked (caught; retried with back-off like an error).
+    #[error("panicked: {0}")]
+    Panicked(String),
 }
 
 /// Whether a pod's Ready condition is True (what the workload controllers count).

@@ -8,16 +8,17 @@
 //! were terminating. While content remains it looks again shortly (pods end on their agents'
 //! schedule, which no watch here follows).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::Method;
 use k8s_openapi::api::core::v1::Namespace;
 use serde_json::{json, Value};
 
-use super::queue::{self, Action, ObjectKey};
+use super::queue::Action;
 use super::Error;
 use crate::api::resources::RESOURCES;
-use crate::client::{watcher, Client, ListParams};
+use crate::client::Client;
 
 /// The finalizer this controller owns.
 pub const FINALIZER: &str = "kubernetes";
@@ -25,27 +26,20 @@ pub const FINALIZER: &str = "kubernetes";
 /// How soon a namespace whose content is still going is looked at again.
 const RECHECK: Duration = Duration::from_millis(250);
 
+/// Runs on kube-runtime's `Controller` ([`super::runtime`]): the namespace comes from its cache.
 pub async fn run(client: Client) {
     let reconciler = client.clone();
-    let queue = queue::spawn("namespace", move |key| reconcile(reconciler.clone(), key));
-    let mut namespaces = watcher::<Namespace>(&client, ListParams::default());
-    while let Some(event) = namespaces.recv().await {
-        for namespace in event.into_objects() {
-            if namespace.metadata.deletion_timestamp.is_some() {
-                queue.add(ObjectKey::of(&namespace.metadata));
-            }
-        }
-    }
+    super::runtime::run("namespace", &client, move |namespace| {
+        reconcile(reconciler.clone(), namespace)
+    })
+    .await
 }
 
-async fn reconcile(client: Client, key: ObjectKey) -> Result<Action, Error> {
-    let Some(namespace) = client.api::<Namespace>(None).get_opt(&key.name).await? else {
-        return Ok(Action::AwaitChange);
-    };
+async fn reconcile(client: Client, namespace: Arc<Namespace>) -> Result<Action, Error> {
     if namespace.metadata.deletion_timestamp.is_none() {
         return Ok(Action::AwaitChange);
     }
-    let name = key.name.as_str();
+    let name = namespace.metadata.name.as_deref().unwrap_or_default();
     let mut remaining = 0;
     for resource in RESOURCES.iter().filter(|r| r.namespaced) {
         let collection = format!(
@@ -86,7 +80,8 @@ async fn reconcile(client: Client, key: ObjectKey) -> Result<Action, Error> {
     }
     let mut finalizers: Vec<String> = namespace
         .spec
-        .and_then(|s| s.finalizers)
+        .as_ref()
+        .and_then(|s| s.finalizers.clone())
         .unwrap_or_default();
     let ours = finalizers.len();
     finalizers.retain(|f| f != FINALIZER);

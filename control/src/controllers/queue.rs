@@ -39,7 +39,7 @@ pub enum Action {
 pub const MAX_CONCURRENT: usize = 16;
 
 /// Back-off after the n-th consecutive failure of a key: 50 ms doubling, at most 30 s.
-fn backoff(failures: u32) -> Duration {
+pub(super) fn backoff(failures: u32) -> Duration {
     Duration::from_millis(50)
         .saturating_mul(1 << failures.min(10))
         .min(Duration::from_secs(30))
@@ -223,7 +223,7 @@ async fn run<F, Fut, E>(
     }
 }
 
-fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> &str {
+pub(super) fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> &str {
     panic
         .downcast_ref::<&str>()
         .copied()
