@@ -1,6 +1,6 @@
 //! Long-lived tasks that survive their own panics. A server or agent runs a handful of loops
 //! (controllers, the scheduler, heartbeats, the pod supervisor); a bug that panics one of them
-//! must not leave the process up but silently without it. [`supervise`] runs a loop, and when
+//! must not leave the process up but silently without it. [`Tasks::supervise`] runs a loop, and when
 //! it panics logs the panic and starts it again after a pause; a loop that returns is done.
 //!
 //! [`Tasks`] is the set of tasks one component (a control plane, an agent) started: shutting
@@ -21,15 +21,6 @@ use tokio_util::task::TaskTracker;
 /// How long a panicked task waits before it starts again (a loop that panics at once must not
 /// spin).
 pub const RESTART_DELAY: Duration = Duration::from_secs(1);
-
-/// Spawns `make()` and restarts it whenever it panics; the handle aborts it for good.
-pub fn supervise<F, Fut>(name: &'static str, make: F) -> JoinHandle<()>
-where
-    F: Fn() -> Fut + Send + 'static,
-    Fut: Future<Output = ()> + Send + 'static,
-{
-    tokio::spawn(supervised(name, make))
-}
 
 /// The tasks of one component, stopped together. Cheap to clone (clones are the same set).
 #[derive(Clone, Default)]
@@ -59,18 +50,14 @@ impl Tasks {
         })
     }
 
-    /// Like [`supervise`], in this set.
-    pub fn supervise<F, Fut>(&self, name: &'static str, make: F)
+    /// Runs `make()` in this set and restarts it whenever it panics (after
+    /// [`RESTART_DELAY`]); a run that returns is done.
+    pub fn supervise<F, Fut>(&self, name: &'static str, make: F) -> JoinHandle<()>
     where
         F: Fn() -> Fut + Send + 'static,
         Fut: Future<Output = ()> + Send + 'static,
     {
-        self.spawn(supervised(name, make));
-    }
-
-    /// A sign that tells when this set shuts down, for loops that end on their own terms.
-    pub fn token(&self) -> CancellationToken {
-        self.cancel.clone()
+        self.spawn(supervised(name, make))
     }
 
     /// Cancels every task and waits until all have ended (each is dropped at its next await).
@@ -128,7 +115,7 @@ mod tests {
     async fn a_panicking_task_is_restarted_and_a_finished_one_is_not() {
         let starts = Arc::new(AtomicUsize::new(0));
         let counted = starts.clone();
-        let handle = supervise("flaky", move || {
+        let handle = Tasks::new().supervise("flaky", move || {
             let starts = counted.clone();
             async move {
                 if starts.fetch_add(1, Ordering::SeqCst) < 2 {
