@@ -9,10 +9,9 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::Metadata;
 use kube::runtime::watcher::{self as kube_watcher, Event};
 use kube::runtime::WatchStreamExt;
-use serde::de::DeserializeOwned;
 use tokio::sync::mpsc;
 
-use super::{Client, ListParams};
+use super::{ApiObject, Client, ListParams};
 #[derive(Debug)]
 pub enum WatcherEvent<K> {
     /// A fresh list: the whole current set, replacing whatever the consumer had.
@@ -58,13 +57,7 @@ impl<K: Metadata<Ty = ObjectMeta>> WatcherEvent<K> {
 /// Starts a cluster-wide watch of kind `K`; the task stops when the receiver is dropped.
 pub fn watcher<K>(client: &Client, params: ListParams) -> mpsc::Receiver<WatcherEvent<K>>
 where
-    K: kube::Resource<DynamicType = ()>
-        + Metadata<Ty = ObjectMeta>
-        + DeserializeOwned
-        + Clone
-        + std::fmt::Debug
-        + Send
-        + 'static,
+    K: ApiObject,
 {
     watch(client.kube().clone(), params)
 }
@@ -72,13 +65,7 @@ where
 /// [`watcher`] over a bare kube client.
 pub(super) fn watch<K>(kube: kube::Client, params: ListParams) -> mpsc::Receiver<WatcherEvent<K>>
 where
-    K: kube::Resource<DynamicType = ()>
-        + Metadata<Ty = ObjectMeta>
-        + DeserializeOwned
-        + Clone
-        + std::fmt::Debug
-        + Send
-        + 'static,
+    K: ApiObject,
 {
     let (tx, rx) = mpsc::channel(1024);
     let config = kube_watcher::Config {
