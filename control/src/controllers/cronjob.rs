@@ -14,22 +14,19 @@ use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use serde_json::json;
 
-use super::queue::{self, Action, ObjectKey};
 use super::replicaset::controller_of;
+use super::runtime::{Action, ObjectKey, Reconciler};
 use super::Error;
 use crate::api::cron::{Schedule, TOO_MANY_MISSED};
 use crate::api::time;
-use crate::client::{watcher, Client, DeleteParams, ListParams, Recorder};
+use crate::client::{Client, DeleteParams, ListParams, Recorder};
 
 pub async fn run(client: Client) {
     let recorder = Recorder::new(client.clone(), "cronjob-controller", None);
-    let reconciler = client.clone();
-    let queue = queue::spawn("cronjob", move |key| {
-        reconcile(reconciler.clone(), recorder.clone(), key)
-    });
-    let cronjobs = watcher::<CronJob>(&client, ListParams::default());
-    let jobs = watcher::<Job>(&client, ListParams::default());
-    queue::watch_owners_and_children(cronjobs, jobs, queue).await;
+    Reconciler::<CronJob>::new("cronjob", &client)
+        .owns::<Job>()
+        .run_by_key(move |key| reconcile(client.clone(), recorder.clone(), key))
+        .await
 }
 
 /// What one reconcile of a CronJob does.

@@ -12,53 +12,20 @@ use serde_json::json;
 
 use super::deployment::{template_hash, HASH_LABEL};
 use super::pod_is_ready as is_ready;
-use super::queue::{self, Action, ObjectKey};
 use super::replicaset::{controller_of, selector_string};
+use super::runtime::{Action, ObjectKey, Reconciler};
 use super::Error;
 use crate::api::intstr;
-use crate::client::{watcher, Client, DeleteParams, ListParams, Recorder, WatcherEvent};
+use crate::client::{Client, DeleteParams, ListParams, Recorder};
 
 pub async fn run(client: Client) {
     let recorder = Recorder::new(client.clone(), "daemonset-controller", None);
-    let reconciler = client.clone();
-    let queue = queue::spawn("daemonset", move |key| {
-        reconcile(reconciler.clone(), recorder.clone(), key)
-    });
-    let mut sets = watcher::<DaemonSet>(&client, ListParams::default());
-    let mut pods = client.shared_watch::<Pod>();
-    let mut nodes = watcher::<Node>(&client, ListParams::default());
-    let mut known: Vec<ObjectKey> = Vec::new();
-    loop {
-        tokio::select! {
-            Some(event) = sets.recv() => {
-                let items = match event {
-                    WatcherEvent::Restarted(all) => all,
-                    WatcherEvent::Applied(ds) | WatcherEvent::Deleted(ds) => vec![ds],
-                };
-                for ds in items {
-                    let key = ObjectKey::of(&ds.metadata);
-                    if !known.contains(&key) {
-                        known.push(key.clone());
-                    }
-                    queue.add(key);
-                }
-            }
-            Some(event) = pods.recv() => {
-                let items = match event {
-                    WatcherEvent::Restarted(all) => all,
-                    WatcherEvent::Applied(pod) | WatcherEvent::Deleted(pod) => vec![pod],
-                };
-                for pod in items {
-                    if let Some(owner) = controller_of(&pod.metadata).filter(|o| o.kind == "DaemonSet") {
-                        queue.add(ObjectKey::new(&pod.metadata.namespace.clone().unwrap_or_default(), &owner.name));
-                    }
-                }
-            }
-            // Any node change may add or remove a daemon pod of every DaemonSet.
-            Some(_) = nodes.recv() => known.iter().for_each(|key| queue.add(key.clone())),
-            else => return,
-        }
-    }
+    Reconciler::<DaemonSet>::new("daemonset", &client)
+        .owns::<Pod>()
+        // Any node change may add or remove a daemon pod of every DaemonSet.
+        .reconcile_all_on_change_of::<Node>()
+        .run_by_key(move |key| reconcile(client.clone(), recorder.clone(), key))
+        .await
 }
 
 fn eligible(node: &Node, selector: Option<&BTreeMap<String, String>>) -> bool {

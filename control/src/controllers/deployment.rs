@@ -18,48 +18,21 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use serde_json::{json, Value};
 
-use super::queue::{self, Action, ObjectKey};
 use super::replicaset::{controller_of, selector_string};
+use super::runtime::{Action, ObjectKey, Reconciler};
 use super::Error;
 use crate::api::{intstr, time};
-use crate::client::{watcher, Api, Client, DeleteParams, ListParams, Recorder, WatcherEvent};
+use crate::client::{Api, Client, DeleteParams, ListParams, Recorder};
 
 pub const REVISION: &str = "deployment.kubernetes.io/revision";
 pub const HASH_LABEL: &str = "pod-template-hash";
 
 pub async fn run(client: Client) {
     let recorder = Recorder::new(client.clone(), "deployment-controller", None);
-    let reconciler = client.clone();
-    let queue = queue::spawn("deployment", move |key| {
-        reconcile(reconciler.clone(), recorder.clone(), key)
-    });
-    let mut deployments = watcher::<Deployment>(&client, ListParams::default());
-    let mut sets = watcher::<ReplicaSet>(&client, ListParams::default());
-    loop {
-        tokio::select! {
-            Some(event) = deployments.recv() => {
-                let items = match event {
-                    WatcherEvent::Restarted(all) => all,
-                    WatcherEvent::Applied(d) | WatcherEvent::Deleted(d) => vec![d],
-                };
-                for d in items {
-                    queue.add(ObjectKey::of(&d.metadata));
-                }
-            }
-            Some(event) = sets.recv() => {
-                let items = match event {
-                    WatcherEvent::Restarted(all) => all,
-                    WatcherEvent::Applied(rs) | WatcherEvent::Deleted(rs) => vec![rs],
-                };
-                for rs in items {
-                    if let Some(owner) = controller_of(&rs.metadata).filter(|o| o.kind == "Deployment") {
-                        queue.add(ObjectKey::new(&rs.metadata.namespace.clone().unwrap_or_default(), &owner.name));
-                    }
-                }
-            }
-            else => return,
-        }
-    }
+    Reconciler::<Deployment>::new("deployment", &client)
+        .owns::<ReplicaSet>()
+        .run_by_key(move |key| reconcile(client.clone(), recorder.clone(), key))
+        .await
 }
 
 /// A stable hash of a pod template, ignoring the hash label itself and empty fields (kubectl's
@@ -415,53 +388,20 @@ async fn write_status(
         ),
     };
     let complete = updated == desired && replicas == desired && available_now == desired;
-    let now = time::time(chrono::Utc::now());
+    let clock = chrono::Utc::now();
+    let now = time::time(clock);
     let previous = d
         .status
         .as_ref()
         .and_then(|s| s.conditions.clone())
         .unwrap_or_default();
-    let old_progress = previous.iter().find(|c| c.type_ == "Progressing").cloned();
     let deadline = Duration::from_secs(spec.progress_deadline_seconds.unwrap_or(600).max(0) as u64);
-    let progressing = if complete {
-        condition(
-            "Progressing",
-            true,
-            "NewReplicaSetAvailable",
-            "has successfully progressed",
-            &now,
-            old_progress.as_ref(),
-        )
-    } else {
-        let since = old_progress
-            .as_ref()
-            .filter(|c| c.reason.as_deref() == Some("ReplicaSetUpdated"))
-            .and_then(|c| c.last_update_time.clone())
-            .unwrap_or(now.clone());
-        let stuck = chrono::Utc::now() - time::instant(&since)
-            > chrono::Duration::from_std(deadline).unwrap_or_default();
-        if stuck {
-            condition(
-                "Progressing",
-                false,
-                "ProgressDeadlineExceeded",
-                "has timed out progressing",
-                &now,
-                old_progress.as_ref(),
-            )
-        } else {
-            let mut c = condition(
-                "Progressing",
-                true,
-                "ReplicaSetUpdated",
-                "is progressing",
-                &now,
-                old_progress.as_ref(),
-            );
-            c.last_update_time = Some(since);
-            c
-        }
-    };
+    let (progressing, deadline_due_in) = progress(
+        complete,
+        previous.iter().find(|c| c.type_ == "Progressing"),
+        deadline,
+        clock,
+    );
     let available_condition = condition(
         "Available",
         available_now >= desired - unavailable_allowed,
@@ -507,12 +447,63 @@ async fn write_status(
             .patch_status(&name, &json!({"status": status}))
             .await?;
     }
-    // A rollout in progress is looked at again for its progress deadline.
-    Ok(if complete {
-        Action::AwaitChange
-    } else {
-        Action::RequeueAfter(Duration::from_secs(5))
-    })
+    // A rollout in progress is looked at again when its progress deadline is due.
+    Ok(deadline_due_in.map_or(Action::AwaitChange, Action::RequeueAfter))
+}
+
+/// The Progressing condition of a rollout at `now`, and how long until its progress deadline
+/// is due (`None`: complete, or already timed out; only a change wakes it then). The deadline
+/// runs from when the rollout started progressing (the condition's `lastUpdateTime` while its
+/// reason stays `ReplicaSetUpdated`).
+fn progress(
+    complete: bool,
+    previous: Option<&DeploymentCondition>,
+    deadline: Duration,
+    now: chrono::DateTime<chrono::Utc>,
+) -> (DeploymentCondition, Option<Duration>) {
+    let stamp = time::time(now);
+    if complete {
+        let done = condition(
+            "Progressing",
+            true,
+            "NewReplicaSetAvailable",
+            "has successfully progressed",
+            &stamp,
+            previous,
+        );
+        return (done, None);
+    }
+    let since = previous
+        .filter(|c| c.reason.as_deref() == Some("ReplicaSetUpdated"))
+        .and_then(|c| c.last_update_time.clone())
+        .unwrap_or(stamp.clone());
+    let due = chrono::Duration::from_std(deadline)
+        .ok()
+        .and_then(|d| time::instant(&since).checked_add_signed(d));
+    if due.is_some_and(|due| now > due) {
+        let stuck = condition(
+            "Progressing",
+            false,
+            "ProgressDeadlineExceeded",
+            "has timed out progressing",
+            &stamp,
+            previous,
+        );
+        return (stuck, None);
+    }
+    let mut progressing = condition(
+        "Progressing",
+        true,
+        "ReplicaSetUpdated",
+        "is progressing",
+        &stamp,
+        previous,
+    );
+    progressing.last_update_time = Some(since);
+    // Just past the due moment, so that the deadline has passed when it runs again; a
+    // deadline beyond the calendar is never due.
+    let wait = due.map(|due| (due - now).to_std().unwrap_or_default() + Duration::from_millis(1));
+    (progressing, wait)
 }
 
 fn condition(
@@ -589,6 +580,45 @@ fn new_replica_set(d: &Deployment, hash: &str, revision: i64, replicas: i32) -> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_progress_deadline_is_due_at_its_moment_and_then_times_out() {
+        let start = chrono::DateTime::parse_from_rfc3339("2026-01-01T00:00:00Z")
+            .unwrap()
+            .with_timezone(&chrono::Utc);
+        let deadline = Duration::from_secs(600);
+        let (first, due) = progress(false, None, deadline, start);
+        assert_eq!(first.reason.as_deref(), Some("ReplicaSetUpdated"));
+        assert_eq!(
+            due,
+            Some(Duration::from_secs(600) + Duration::from_millis(1))
+        );
+
+        let later = start + chrono::Duration::seconds(599);
+        let (still, due) = progress(false, Some(&first), deadline, later);
+        assert_eq!(still.status, "True");
+        assert_eq!(
+            still.last_update_time, first.last_update_time,
+            "runs from the start"
+        );
+        assert_eq!(due, Some(Duration::from_secs(1) + Duration::from_millis(1)));
+
+        let past = start + chrono::Duration::seconds(601);
+        let (stuck, due) = progress(false, Some(&still), deadline, past);
+        assert_eq!(stuck.status, "False");
+        assert_eq!(stuck.reason.as_deref(), Some("ProgressDeadlineExceeded"));
+        assert_eq!(due, None, "a timed-out rollout waits for a change");
+
+        let (done, due) = progress(true, Some(&stuck), deadline, past);
+        assert_eq!(done.reason.as_deref(), Some("NewReplicaSetAvailable"));
+        assert_eq!(due, None);
+
+        let (_, due) = progress(false, None, Duration::from_secs(u64::MAX), start);
+        assert_eq!(
+            due, None,
+            "an absurd deadline never comes due and does not panic"
+        );
+    }
 
     #[test]
     fn hashes_ignore_empty_fields_and_the_hash_label() {

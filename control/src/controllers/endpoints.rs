@@ -6,7 +6,7 @@
 //! The proxy routes to the ready addresses only, so a pod that turns unready or is being
 //! deleted gets no new requests.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{
     EndpointAddress, EndpointPort, EndpointSubset, Endpoints, ObjectReference, Pod, Service,
@@ -18,40 +18,21 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference}
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use super::pod_is_ready;
-use super::queue::{self, Action, ObjectKey};
+use super::runtime::{all_in_namespace, Action, ObjectKey, Reconciler};
 use super::Error;
-use crate::client::{watcher, Client, DeleteParams, ListParams};
+use crate::client::{Client, DeleteParams, ListParams};
 
+/// The Service's own changes, and any pod change in its namespace, reconcile it; a deleted
+/// Service is reconciled by key to remove its Endpoints and slices.
 pub async fn run(client: Client) {
-    let reconciler = client.clone();
-    let queue = queue::spawn("endpoints", move |key| reconcile(reconciler.clone(), key));
-    // Services by namespace: any pod change there may change their endpoints.
-    let mut known: HashMap<String, Vec<String>> = HashMap::new();
-    let mut services = watcher::<Service>(&client, ListParams::default());
-    let mut pods = client.shared_watch::<Pod>();
-    loop {
-        tokio::select! {
-            Some(event) = services.recv() => {
-                for service in event.into_objects() {
-                    let key = ObjectKey::of(&service.metadata);
-                    let names = known.entry(key.namespace.clone()).or_default();
-                    if !names.contains(&key.name) {
-                        names.push(key.name.clone());
-                    }
-                    queue.add(key);
-                }
-            }
-            Some(event) = pods.recv() => {
-                for pod in event.into_objects() {
-                    let ns = pod.metadata.namespace.clone().unwrap_or_default();
-                    for name in known.get(&ns).into_iter().flatten() {
-                        queue.add(ObjectKey::new(&ns, name));
-                    }
-                }
-            }
-            else => return,
-        }
-    }
+    let reconciler = Reconciler::<Service>::new("endpoints", &client);
+    let services = reconciler.store();
+    reconciler
+        .watches::<Pod, _>(move |pod| {
+            all_in_namespace(&services, pod.metadata.namespace.as_deref().unwrap_or(""))
+        })
+        .run_by_key(move |key| reconcile(client.clone(), key))
+        .await
 }
 
 /// One resolved port of a service: (name, number on the pod, protocol).

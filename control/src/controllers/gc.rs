@@ -21,7 +21,7 @@ use k8s_openapi::{Metadata, Resource};
 use serde_json::json;
 
 use super::Error;
-use crate::client::{watcher, Client, DeleteParams, ListParams, WatcherEvent};
+use crate::client::{Client, DeleteParams, ListParams, WatcherEvent};
 
 use crate::api::object::FOREGROUND_FINALIZER;
 use crate::api::resources::lookup_kind;
@@ -123,14 +123,14 @@ impl Owners {
 }
 
 pub async fn run(client: Client) {
-    let params = ListParams::default;
-    let mut deployments = watcher::<Deployment>(&client, params());
-    let mut sets = watcher::<ReplicaSet>(&client, params());
-    let mut daemon_sets = watcher::<DaemonSet>(&client, params());
-    let mut cron_jobs = watcher::<CronJob>(&client, params());
-    let mut jobs = watcher::<Job>(&client, params());
-    let mut stateful_sets = watcher::<StatefulSet>(&client, params());
-    let mut controllers = watcher::<ReplicationController>(&client, params());
+    // The owners' watches are the process's shared ones (the controllers read the same).
+    let mut deployments = client.shared_watch::<Deployment>();
+    let mut sets = client.shared_watch::<ReplicaSet>();
+    let mut daemon_sets = client.shared_watch::<DaemonSet>();
+    let mut cron_jobs = client.shared_watch::<CronJob>();
+    let mut jobs = client.shared_watch::<Job>();
+    let mut stateful_sets = client.shared_watch::<StatefulSet>();
+    let mut controllers = client.shared_watch::<ReplicationController>();
     let mut owners = Owners::default();
     // Foreground deletions wait on dependents' deletions that no watch here reports (pods):
     // while one is in progress (and only then) it is stepped four times a second.

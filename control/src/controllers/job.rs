@@ -12,48 +12,21 @@ use k8s_openapi::api::core::v1::{EnvVar, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use serde_json::json;
 
-use super::queue::{self, Action, ObjectKey};
 use super::replicaset::controller_of;
+use super::runtime::{Action, ObjectKey, Reconciler};
 use super::Error;
 use crate::api::time;
-use crate::client::{watcher, Client, DeleteParams, ListParams, Recorder, WatcherEvent};
+use crate::client::{Client, DeleteParams, ListParams, Recorder};
 
 pub const INDEX_ANNOTATION: &str = "batch.kubernetes.io/job-completion-index";
 pub const JOB_NAME_LABEL: &str = "batch.kubernetes.io/job-name";
 
 pub async fn run(client: Client) {
     let recorder = Recorder::new(client.clone(), "job-controller", None);
-    let reconciler = client.clone();
-    let queue = queue::spawn("job", move |key| {
-        reconcile(reconciler.clone(), recorder.clone(), key)
-    });
-    let mut jobs = watcher::<Job>(&client, ListParams::default());
-    let mut pods = client.shared_watch::<Pod>();
-    loop {
-        tokio::select! {
-            Some(event) = jobs.recv() => {
-                let items = match event {
-                    WatcherEvent::Restarted(all) => all,
-                    WatcherEvent::Applied(job) | WatcherEvent::Deleted(job) => vec![job],
-                };
-                for job in items {
-                    queue.add(ObjectKey::of(&job.metadata));
-                }
-            }
-            Some(event) = pods.recv() => {
-                let items = match event {
-                    WatcherEvent::Restarted(all) => all,
-                    WatcherEvent::Applied(pod) | WatcherEvent::Deleted(pod) => vec![pod],
-                };
-                for pod in items {
-                    if let Some(owner) = controller_of(&pod.metadata).filter(|o| o.kind == "Job") {
-                        queue.add(ObjectKey::new(&pod.metadata.namespace.clone().unwrap_or_default(), &owner.name));
-                    }
-                }
-            }
-            else => return,
-        }
-    }
+    Reconciler::<Job>::new("job", &client)
+        .owns::<Pod>()
+        .run_by_key(move |key| reconcile(client.clone(), recorder.clone(), key))
+        .await
 }
 
 fn phase(pod: &Pod) -> &str {

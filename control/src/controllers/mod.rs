@@ -1,9 +1,12 @@
 //! Controllers: observe -> diff -> act loops that drive the cluster to its desired state
-//! (DESIGN.md §3.4). Each controller is a `reconcile(key)` function run by the small runtime in
-//! [`queue`]: triggers (watch events) enqueue object keys, duplicates collapse, one reconcile
-//! runs per key at a time, and the result says when to look again. Reconcilers are
-//! level-triggered: they read the whole current state and are never told why they run.
-//! Controllers talk to the API only through the client.
+//! (DESIGN.md §3.4). Each per-object controller is a [`runtime::Reconciler`] (a
+//! `kube::runtime::Controller` fed by the process's shared watches): triggers (the object's
+//! own changes, its children's, related kinds') wake objects, duplicates collapse, one
+//! reconcile runs per object at a time, and the result says when to look again. Reconcilers
+//! are level-triggered: they read the whole current state through the API and are never told
+//! why they run. The garbage collector and the node lifecycle controller are not per object:
+//! each folds the shared watches it needs into its own view and wakes when the next thing is
+//! due. Controllers talk to the API only through the client.
 
 pub mod cronjob;
 pub mod daemonset;
@@ -13,7 +16,6 @@ pub mod gc;
 pub mod job;
 pub mod namespace;
 pub mod nodelifecycle;
-pub mod queue;
 pub mod replicaset;
 pub mod runtime;
 pub mod statefulset;
@@ -23,7 +25,7 @@ use futures::future::{BoxFuture, FutureExt};
 use crate::client::Client;
 use crate::task::Tasks;
 
-/// Why a reconcile failed; the queue logs it and retries with back-off.
+/// Why a reconcile failed; the runtime logs it and retries with back-off.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error(transparent)]

@@ -15,7 +15,7 @@ use http::Method;
 use k8s_openapi::api::core::v1::Namespace;
 use serde_json::{json, Value};
 
-use super::queue::Action;
+use super::runtime::Action;
 use super::Error;
 use crate::api::resources::RESOURCES;
 use crate::client::Client;
@@ -28,11 +28,9 @@ const RECHECK: Duration = Duration::from_millis(250);
 
 /// Runs on kube-runtime's `Controller` ([`super::runtime`]): the namespace comes from its cache.
 pub async fn run(client: Client) {
-    let reconciler = client.clone();
-    super::runtime::run("namespace", &client, move |namespace| {
-        reconcile(reconciler.clone(), namespace)
-    })
-    .await
+    super::runtime::Reconciler::<Namespace>::new("namespace", &client)
+        .run(move |namespace| reconcile(client.clone(), namespace))
+        .await
 }
 
 async fn reconcile(client: Client, namespace: Arc<Namespace>) -> Result<Action, Error> {

@@ -2,7 +2,7 @@
 //! are controlled by the ReplicaSet; adopts matching orphans, creates from the template,
 //! deletes the surplus (unscheduled, then not ready, then newest first), and writes the status.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -13,10 +13,10 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, 
 use serde_json::json;
 
 use super::pod_is_ready as is_ready;
-use super::queue::{self, Action, ObjectKey};
+use super::runtime::{all_in_namespace, controller_ref, Action, ObjectKey, Reconciler};
 use super::Error;
 use crate::api::time;
-use crate::client::{watcher, Client, DeleteParams, ListParams, Recorder};
+use crate::client::{Client, DeleteParams, ListParams, Recorder};
 
 /// The two kinds this controller runs: ReplicaSets and their predecessor, the
 /// ReplicationController (a ReplicaSet whose selector is a plain label map).
@@ -140,44 +140,19 @@ where
         Kind::ReplicationController => "replication-controller",
     };
     let recorder = Recorder::new(client.clone(), component, None);
-    let reconciler = client.clone();
-    let queue = queue::spawn(component, move |key| {
-        reconcile(reconciler.clone(), recorder.clone(), kind, key)
-    });
-    // Owners by namespace, to wake the ones an orphan pod may belong to.
-    let mut known: HashMap<String, Vec<String>> = HashMap::new();
-    let mut owners = watcher::<K>(&client, ListParams::default());
-    let mut pods = client.shared_watch::<Pod>();
-    loop {
-        tokio::select! {
-            Some(event) = owners.recv() => {
-                for owner in event.into_objects() {
-                    let meta = owner.metadata();
-                    let (ns, name) = (meta.namespace.clone().unwrap_or_default(), meta.name.clone().unwrap_or_default());
-                    let names = known.entry(ns.clone()).or_default();
-                    if !names.contains(&name) {
-                        names.push(name.clone());
-                    }
-                    queue.add(ObjectKey::new(&ns, &name));
-                }
-            }
-            Some(event) = pods.recv() => {
-                for pod in event.into_objects() {
-                    let ns = pod.metadata.namespace.clone().unwrap_or_default();
-                    match controller_of(&pod.metadata) {
-                        Some(owner) if owner.kind == kind.name() => queue.add(ObjectKey::new(&ns, &owner.name)),
-                        Some(_) => {}
-                        None => {
-                            for name in known.get(&ns).into_iter().flatten() {
-                                queue.add(ObjectKey::new(&ns, name));
-                            }
-                        }
-                    }
-                }
-            }
-            else => return,
+    let reconciler = Reconciler::<K>::new(component, &client);
+    let owners = reconciler.store();
+    let reconciler = reconciler.watches::<Pod, _>(move |pod| {
+        // A pod wakes the owner that controls it; an orphan, every owner in its namespace
+        // (one of them may adopt it).
+        match controller_of(&pod.metadata) {
+            Some(_) => controller_ref::<K>(&pod.metadata).into_iter().collect(),
+            None => all_in_namespace(&owners, pod.metadata.namespace.as_deref().unwrap_or("")),
         }
-    }
+    });
+    reconciler
+        .run_by_key(move |key| reconcile(client.clone(), recorder.clone(), kind, key))
+        .await
 }
 
 /// The controller owner reference of an object, if any.

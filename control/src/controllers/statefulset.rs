@@ -23,8 +23,8 @@ use serde_json::{json, Value};
 
 use super::deployment::template_hash;
 use super::pod_is_ready as is_ready;
-use super::queue::{self, Action, ObjectKey};
 use super::replicaset::{controller_of, selector_string};
+use super::runtime::{Action, ObjectKey, Reconciler};
 use super::Error;
 use crate::client::{Api, Client, DeleteParams, ListParams, Recorder};
 
@@ -35,11 +35,10 @@ const POD_INDEX_LABEL: &str = "apps.kubernetes.io/pod-index";
 
 pub async fn run(client: Client) {
     let recorder = Recorder::new(client.clone(), "statefulset-controller", None);
-    let reconciler = client.clone();
-    let queue = queue::spawn("statefulset", move |key| {
-        reconcile(reconciler.clone(), recorder.clone(), key)
-    });
-    queue::watch_owners_and_pods::<StatefulSet>(client, queue).await
+    Reconciler::<StatefulSet>::new("statefulset", &client)
+        .owns::<Pod>()
+        .run_by_key(move |key| reconcile(client.clone(), recorder.clone(), key))
+        .await
 }
 
 fn revision_of(pod: &Pod) -> Option<&String> {
