@@ -352,7 +352,7 @@ async fn http_instance(args: &Args) -> anyhow::Result<()> {
         mounts: vec![],
         log: ContainerLog::new(1 << 16),
         memory_limit: 64 << 20,
-        network: Arc::downgrade(&pod_network),
+        outgoing: pod_network.outgoing(),
     };
     let (failures, _failed) = tokio::sync::mpsc::unbounded_channel();
     let server = HttpServer::new(

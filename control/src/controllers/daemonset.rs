@@ -10,9 +10,10 @@ use k8s_openapi::api::core::v1::{Node, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use serde_json::json;
 
+use super::controller_of;
 use super::deployment::{template_hash, HASH_LABEL};
 use super::pod_is_ready as is_ready;
-use super::replicaset::{controller_of, selector_string};
+use super::replicaset::selector_string;
 use super::runtime::{Action, ObjectKey, Reconciler};
 use super::Error;
 use crate::api::intstr;

@@ -18,7 +18,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use serde_json::{json, Value};
 
-use super::replicaset::{controller_of, selector_string};
+use super::controller_of;
+use super::replicaset::selector_string;
 use super::runtime::{Action, ObjectKey, Reconciler};
 use super::Error;
 use crate::api::{intstr, time};

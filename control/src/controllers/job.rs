@@ -12,7 +12,7 @@ use k8s_openapi::api::core::v1::{EnvVar, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use serde_json::json;
 
-use super::replicaset::controller_of;
+use super::controller_of;
 use super::runtime::{Action, ObjectKey, Reconciler};
 use super::Error;
 use crate::api::time;

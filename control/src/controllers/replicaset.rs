@@ -12,6 +12,7 @@ use k8s_openapi::api::core::v1::{Pod, ReplicationController};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
 use serde_json::json;
 
+use super::controller_of;
 use super::pod_is_ready as is_ready;
 use super::runtime::{all_in_namespace, controller_ref, Action, ObjectKey, Reconciler};
 use super::Error;
@@ -153,14 +154,6 @@ where
     reconciler
         .run_by_key(move |key| reconcile(client.clone(), recorder.clone(), kind, key))
         .await
-}
-
-/// The controller owner reference of an object, if any.
-pub fn controller_of(meta: &ObjectMeta) -> Option<&OwnerReference> {
-    meta.owner_references
-        .iter()
-        .flatten()
-        .find(|r| r.controller == Some(true))
 }
 
 /// A label selector in its query-string form.

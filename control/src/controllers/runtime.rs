@@ -96,7 +96,7 @@ pub(super) fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> &str {
 
 /// The `K` that controls an object (its controller owner reference), as a trigger.
 pub fn controller_ref<K: ApiObject>(meta: &ObjectMeta) -> Option<ObjectRef<K>> {
-    let owner = super::replicaset::controller_of(meta).filter(|o| o.kind == K::KIND)?;
+    let owner = super::controller_of(meta).filter(|o| o.kind == K::KIND)?;
     let reference = ObjectRef::new(&owner.name);
     Some(match meta.namespace.as_deref() {
         Some(namespace) => reference.within(namespace),

@@ -21,9 +21,10 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference}
 use k8s_openapi::apimachinery::pkg::runtime::RawExtension;
 use serde_json::{json, Value};
 
+use super::controller_of;
 use super::deployment::template_hash;
 use super::pod_is_ready as is_ready;
-use super::replicaset::{controller_of, selector_string};
+use super::replicaset::selector_string;
 use super::runtime::{Action, ObjectKey, Reconciler};
 use super::Error;
 use crate::client::{Api, Client, DeleteParams, ListParams, Recorder};

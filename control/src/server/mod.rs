@@ -9,10 +9,13 @@ mod discovery;
 pub mod error;
 mod modules;
 mod namespaces;
+mod objects;
 mod path;
 mod pods;
 mod query;
+mod request;
 mod resource;
+mod routes;
 mod scale;
 mod services;
 mod watch;
@@ -205,7 +208,7 @@ async fn handle_resource(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let request = resource::Request::new(&method, &uri, &headers, body);
+    let request = request::Request::new(&method, &uri, &headers, body);
     match request {
         Ok(request) => server
             .serve(request)

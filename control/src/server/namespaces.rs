@@ -11,7 +11,7 @@ use http::StatusCode;
 use serde_json::{json, Value};
 
 use super::error::{ApiError, Result};
-use super::resource::Request;
+use super::request::Request;
 use super::{json_response, ApiServer};
 use crate::api::object;
 use crate::store::{revision_of, ObjectKey};

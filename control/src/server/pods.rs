@@ -12,7 +12,7 @@ use http_body_util::BodyExt;
 use serde_json::{json, Value};
 
 use super::error::{ApiError, Result};
-use super::resource::Request;
+use super::request::Request;
 use super::{json_response, ApiServer};
 use crate::api::object;
 use crate::store::{revision_of, ObjectKey};

@@ -1,142 +1,24 @@
-//! Requests on resource URLs: create, get, list, replace, patch, delete, and the dispatch to
-//! watch and to the subresources. One code path for every resource; objects are JSON.
+//! The generic verbs on resource URLs: create (admission: decode, defaults, validation, the
+//! kinds' own preparation), list, replace, patch and delete. One code path for every
+//! resource; objects are JSON. Kinds with their own rules (pods, namespaces, services) are
+//! called from here; they reach the store through [`super::objects`], never back here.
 
 use std::sync::Arc;
 
 use axum::body::Bytes;
 use axum::response::Response;
-use http::header::{ACCEPT, CONTENT_TYPE};
-use http::{HeaderMap, Method, StatusCode, Uri};
+use http::StatusCode;
 use serde_json::{json, Value};
 
 use super::error::{ApiError, Result};
-use super::path::{self, ResourcePath};
-use super::query::Query;
-use super::{json_response, namespaces, pods, scale, services, ApiServer};
+use super::request::Request;
+use super::{json_response, namespaces, pods, services, ApiServer};
 use crate::api::resources::ResourceInfo;
 use crate::api::{defaults, object, patch, table, validation};
 use crate::store::{revision_of, ObjectKey};
 
-/// A decoded request on a resource URL.
-pub struct Request {
-    pub method: Method,
-    pub path: ResourcePath,
-    pub query: Query,
-    pub body: Bytes,
-    pub content_type: String,
-    pub wants_table: bool,
-    pub headers: HeaderMap,
-    pub raw_query: Option<String>,
-}
-
-impl Request {
-    pub fn new(method: &Method, uri: &Uri, headers: &HeaderMap, body: Bytes) -> Result<Self> {
-        let path = path::parse(uri.path()).map_err(|_| ApiError::NoRoute)?;
-        let header = |name| {
-            headers
-                .get(name)
-                .and_then(|v: &http::HeaderValue| v.to_str().ok())
-                .unwrap_or("")
-        };
-        Ok(Self {
-            method: method.clone(),
-            path,
-            query: Query::parse(uri.query()),
-            body,
-            content_type: header(CONTENT_TYPE).to_ascii_lowercase(),
-            wants_table: header(ACCEPT).contains("as=Table"),
-            headers: headers.clone(),
-            raw_query: uri.query().map(str::to_string),
-        })
-    }
-
-    pub fn resource(&self) -> &'static ResourceInfo {
-        self.path.resource
-    }
-
-    /// The object name from the URL; handlers for item URLs call this.
-    pub fn name(&self) -> &str {
-        self.path.name.as_deref().unwrap_or("")
-    }
-
-    /// The namespace an item lives in: the URL's, or empty for cluster-scoped resources.
-    pub fn namespace(&self) -> &str {
-        self.path.namespace.as_deref().unwrap_or("")
-    }
-
-    pub fn key(&self) -> ObjectKey {
-        ObjectKey::new(&self.resource().store_name(), self.namespace(), self.name())
-    }
-
-    /// Decodes the body as a JSON (or YAML) object.
-    pub fn decode_body(&self) -> Result<Value> {
-        if self.content_type.contains("protobuf") {
-            return Err(ApiError::UnsupportedMediaType(
-                "protobuf request bodies are not supported; send application/json (for `kubectl create <generator>`, use `--dry-run=client -o yaml | kubectl apply -f -`)".into(),
-            ));
-        }
-        let value: Value = if self.content_type.contains("yaml") {
-            serde_yaml::from_slice(&self.body).map_err(|e| {
-                ApiError::BadRequest(format!("the request body is not valid YAML: {e}"))
-            })?
-        } else {
-            serde_json::from_slice(&self.body).map_err(|e| {
-                ApiError::BadRequest(format!("the request body is not valid JSON: {e}"))
-            })?
-        };
-        if !value.is_object() {
-            return Err(ApiError::BadRequest(
-                "the request body must be a JSON object".into(),
-            ));
-        }
-        Ok(value)
-    }
-}
-
 impl ApiServer {
-    pub(super) async fn serve(self: &Arc<Self>, request: Request) -> Result<Response> {
-        let has_name = request.path.name.is_some();
-        let sub = request.path.subresource.clone();
-        match (&request.method, has_name, sub.as_deref()) {
-            (&Method::GET, false, _) if request.query.flag("watch") => self.watch(&request),
-            (&Method::GET, false, _) => self.list(&request),
-            (_, true, Some("proxy")) => pods::proxy(self, &request).await,
-            (&Method::GET, true, Some("log")) => pods::log(self, &request).await,
-            (&Method::GET, true, Some("scale")) => scale::get(self, &request),
-            (&Method::GET, true, _) => {
-                let object = self.get_object(&request.key())?;
-                Ok(self.respond_object(&request, StatusCode::OK, &object))
-            }
-            (&Method::POST, false, _) => self.create(&request).await,
-            (&Method::POST, true, Some("binding")) => pods::bind(self, &request).await,
-            (&Method::POST, true, Some("eviction")) => pods::evict(self, &request).await,
-            (&Method::PUT, true, Some("finalize")) => namespaces::finalize(self, &request).await,
-            (&Method::PUT | &Method::PATCH, true, Some("scale")) => {
-                scale::update(self, &request).await
-            }
-            (&Method::PUT, true, None | Some("status")) => self.replace(&request).await,
-            (&Method::PATCH, true, None | Some("status")) => self.patch(&request).await,
-            (&Method::DELETE, true, None) => self.delete(&request).await,
-            (method, _, _) => Err(ApiError::MethodNotAllowed(format!(
-                "{method} {}",
-                request.resource().plural
-            ))),
-        }
-    }
-
-    pub(super) fn get_object(&self, key: &ObjectKey) -> Result<Value> {
-        let resource = resource_for_store_name(&key.resource);
-        match self.store.get(key) {
-            Ok(Some(object)) => Ok(object),
-            Ok(None) => Err(ApiError::NotFound {
-                resource,
-                name: key.name.clone(),
-            }),
-            Err(e) => Err(ApiError::from_store(e, &resource, &key.name)),
-        }
-    }
-
-    fn list(&self, request: &Request) -> Result<Response> {
+    pub(super) fn list(&self, request: &Request) -> Result<Response> {
         let resource = request.resource();
         let labels = request.query.label_selector()?;
         let fields = request.query.field_selector()?;
@@ -181,7 +63,7 @@ impl ApiServer {
         json_response(code, object)
     }
 
-    async fn create(self: &Arc<Self>, request: &Request) -> Result<Response> {
+    pub(super) async fn create(self: &Arc<Self>, request: &Request) -> Result<Response> {
         let resource = request.resource();
         let mut object = request.decode_body()?;
         check_type(resource, &object)?;
@@ -238,7 +120,7 @@ impl ApiServer {
         Ok(self.respond_object(request, StatusCode::CREATED, &stored))
     }
 
-    async fn replace(self: &Arc<Self>, request: &Request) -> Result<Response> {
+    pub(super) async fn replace(self: &Arc<Self>, request: &Request) -> Result<Response> {
         let new = request.decode_body()?;
         check_type(request.resource(), &new)?;
         let body_name = object::name(&new);
@@ -255,7 +137,7 @@ impl ApiServer {
             .await
     }
 
-    async fn patch(self: &Arc<Self>, request: &Request) -> Result<Response> {
+    pub(super) async fn patch(self: &Arc<Self>, request: &Request) -> Result<Response> {
         let patch_body: Value = serde_json::from_slice(&request.body)
             .or_else(|_| serde_yaml::from_slice(&request.body))
             .map_err(|e| {
@@ -270,7 +152,7 @@ impl ApiServer {
                     let create = Request {
                         body: Bytes::from(patch_body.to_string()),
                         content_type: "application/json".into(),
-                        ..clone_request(request)
+                        ..request.duplicate()
                     };
                     return self.create(&create).await;
                 }
@@ -336,7 +218,7 @@ impl ApiServer {
         Ok(self.respond_object(request, StatusCode::OK, &stored))
     }
 
-    async fn delete(self: &Arc<Self>, request: &Request) -> Result<Response> {
+    pub(super) async fn delete(self: &Arc<Self>, request: &Request) -> Result<Response> {
         let options: Value = if request.body.is_empty() {
             json!({})
         } else {
@@ -427,22 +309,6 @@ impl ApiServer {
         self.delete_now(request, precondition).await
     }
 
-    /// Removes an object from the store at once and answers with its last state.
-    pub(super) async fn delete_now(
-        &self,
-        request: &Request,
-        precondition: Option<u64>,
-    ) -> Result<Response> {
-        let deleted = self
-            .store
-            .delete(request.key(), precondition)
-            .await
-            .map_err(|e| {
-                ApiError::from_store(e, &request.resource().qualified_plural(), request.name())
-            })?;
-        Ok(json_response(StatusCode::OK, &deleted))
-    }
-
     /// Removes owner references to `owner_uid` from the pods and ReplicaSets of `namespace`
     /// (orphan propagation: the dependents outlive their owner).
     async fn orphan_dependents(&self, namespace: &str, owner_uid: &str) -> Result<()> {
@@ -527,30 +393,6 @@ const DEPENDENT_RESOURCES: [&str; 6] = [
     "persistentvolumeclaims",
     "replicationcontrollers",
 ];
-
-fn clone_request(request: &Request) -> Request {
-    Request {
-        method: request.method.clone(),
-        path: ResourcePath {
-            resource: request.path.resource,
-            namespace: request.path.namespace.clone(),
-            name: request.path.name.clone(),
-            subresource: request.path.subresource.clone(),
-            rest: request.path.rest.clone(),
-        },
-        headers: request.headers.clone(),
-        raw_query: None,
-        query: Query::parse(None),
-        body: request.body.clone(),
-        content_type: request.content_type.clone(),
-        wants_table: request.wants_table,
-    }
-}
-
-/// The qualified resource name (for messages) of a store resource name.
-fn resource_for_store_name(store_name: &str) -> String {
-    store_name.to_string()
-}
 
 /// Rejects a body whose `apiVersion`/`kind` name another resource than the URL.
 fn check_type(resource: &ResourceInfo, object: &Value) -> Result<()> {

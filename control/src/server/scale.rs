@@ -8,7 +8,7 @@ use http::{Method, StatusCode};
 use serde_json::{json, Value};
 
 use super::error::{ApiError, Result};
-use super::resource::Request;
+use super::request::Request;
 use super::{json_response, ApiServer};
 use crate::api::{object, patch};
 use crate::store::revision_of;

@@ -13,7 +13,7 @@ use http::header::CONTENT_TYPE;
 use serde_json::{json, Value};
 
 use super::error::{ApiError, Result};
-use super::resource::Request;
+use super::request::Request;
 use super::ApiServer;
 use crate::api::table;
 use crate::store::{self, EventType};

@@ -416,7 +416,8 @@ impl PodSupervisor {
             .as_ref()
             .and_then(|a| a.get(crate::pod::network::EGRESS_ANNOTATION));
         let namespace = pod.metadata.namespace.clone().unwrap_or_default();
-        let proxy = Some(self.shared.proxy.clone());
+        let proxy: Option<Arc<dyn crate::pod::network::ServiceRoutes>> =
+            Some(self.shared.proxy.clone());
         let open = egress.map(String::as_str) == Some("allow");
         let network = PodNetwork::for_pod(&namespace, proxy.clone(), open).unwrap_or_else(|e| {
             tracing::warn!("pod {key}: cannot open egress ({e}); it stays closed");

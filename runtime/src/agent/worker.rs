@@ -739,7 +739,7 @@ impl LaunchTemplate {
             mounts: self.mounts.clone(),
             log,
             memory_limit: self.memory_limit,
-            network: Arc::downgrade(network),
+            outgoing: network.outgoing(),
         }
     }
 }

@@ -6,9 +6,7 @@ use wasmtime::component::ResourceTable;
 use wasmtime::StoreLimits;
 use wasmtime_wasi::p1::WasiP1Ctx;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
-use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
-
-use crate::pod::network::PodHooks;
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpView};
 
 pub struct P1Host {
     pub wasi: WasiP1Ctx,
@@ -18,7 +16,9 @@ pub struct P1Host {
 pub struct P2Host {
     pub wasi: WasiCtx,
     pub http: WasiHttpCtx,
-    pub hooks: PodHooks,
+    /// Where the guest's outgoing requests go (the pod's network decides; the engine does
+    /// not know it).
+    pub hooks: Box<dyn WasiHttpHooks + Send>,
     pub table: ResourceTable,
     pub limits: StoreLimits,
 }
@@ -37,7 +37,7 @@ impl WasiHttpView for P2Host {
         WasiHttpCtxView {
             ctx: &mut self.http,
             table: &mut self.table,
-            hooks: &mut self.hooks,
+            hooks: &mut *self.hooks,
         }
     }
 }

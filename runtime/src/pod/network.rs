@@ -24,6 +24,8 @@ use wasmtime_wasi_http::p2::bindings::ProxyPre;
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 use wasmtime_wasi_http::{WasiHttpHooks, WasiHttpView};
 
+use futures::future::BoxFuture;
+
 use super::run::{self, Exit, Launch};
 use crate::engine::admission::{Admission, Overloaded};
 use crate::engine::{Engine, P2Host};
@@ -75,6 +77,22 @@ pub type EgressClient = hyper_util::client::legacy::Client<
     WasiBody,
 >;
 
+/// Where a pod's requests for Services go: the node's Service proxy implements it
+/// (`crate::proxy`); the pod network does not know the proxy, the proxy knows pod networks.
+pub trait ServiceRoutes: Send + Sync {
+    /// Sends `request` to the Service `host:port` names as seen from `namespace` (a Service
+    /// name or a ClusterIP) and returns its answer; gives the request back when `host:port`
+    /// names no Service.
+    #[allow(clippy::result_large_err)] // the request goes on to the egress; boxing costs a copy
+    fn forward_to_service(
+        self: Arc<Self>,
+        namespace: &str,
+        host: &str,
+        port: u16,
+        request: http::Request<WasiBody>,
+    ) -> Result<BoxFuture<'static, http::Response<WasiBody>>, http::Request<WasiBody>>;
+}
+
 /// The ports of one pod and who serves them, and the way out if egress is open.
 #[derive(Default)]
 pub struct PodNetwork {
@@ -82,7 +100,7 @@ pub struct PodNetwork {
     egress: Option<EgressClient>,
     /// The pod's namespace (what a bare Service name is resolved in) and the node's proxy.
     namespace: String,
-    proxy: Option<Arc<crate::proxy::Proxy>>,
+    proxy: Option<Arc<dyn ServiceRoutes>>,
 }
 
 impl PodNetwork {
@@ -95,7 +113,7 @@ impl PodNetwork {
     /// network over HTTP(S) if `egress` is open.
     pub fn for_pod(
         namespace: &str,
-        proxy: Option<Arc<crate::proxy::Proxy>>,
+        proxy: Option<Arc<dyn ServiceRoutes>>,
         egress: bool,
     ) -> Result<Arc<Self>, crate::engine::TlsSetupError> {
         let egress = if egress {
@@ -113,6 +131,17 @@ impl PodNetwork {
             namespace: namespace.to_string(),
             proxy,
         }))
+    }
+
+    /// The guest's outgoing HTTP through this network, for a [`Launch`]. Holds the network
+    /// weakly: a running instance does not keep a stopped pod's network alive.
+    pub fn outgoing(self: &Arc<Self>) -> run::OutgoingHttp {
+        let network = Arc::downgrade(self);
+        Arc::new(move || {
+            Box::new(PodHooks {
+                network: network.clone(),
+            })
+        })
     }
 
     pub fn register(&self, port: u16, server: Arc<HttpServer>) {
@@ -361,6 +390,7 @@ impl WasiHttpHooks for PodHooks {
     ) -> SendFuture {
         let network = self.network.clone();
         Box::new(async move {
+            let mut request = request;
             let host = request.uri().host().unwrap_or("").to_string();
             let port = request.uri().port_u16().unwrap_or(80);
             let network = network
@@ -368,12 +398,14 @@ impl WasiHttpHooks for PodHooks {
                 .ok_or(wasmtime_wasi_http::Error::ConnectionRefused)?;
             if !is_loopback(&host) {
                 if let Some(proxy) = network.proxy.clone() {
-                    if let Some(route) = proxy.resolve(&network.namespace, &host, port) {
-                        let response = proxy.forward(route, request, None).await;
-                        return Ok((
-                            response,
-                            Box::new(async { Ok(()) }) as Box<dyn Future<Output = _> + Send>,
-                        ));
+                    match proxy.forward_to_service(&network.namespace, &host, port, request) {
+                        Ok(answer) => {
+                            return Ok((
+                                answer.await,
+                                Box::new(async { Ok(()) }) as Box<dyn Future<Output = _> + Send>,
+                            ));
+                        }
+                        Err(not_a_service) => request = not_a_service,
                     }
                 }
                 let Some(egress) = network.egress.clone() else {
@@ -470,7 +502,7 @@ mod tests {
             mounts: vec![],
             log: super::super::log::ContainerLog::new(1 << 16),
             memory_limit: 64 << 20,
-            network: Arc::downgrade(&pod_network),
+            outgoing: pod_network.outgoing(),
         };
         let (failures, mut failed) = mpsc::unbounded_channel();
         let limits = ServerLimits {

@@ -4,14 +4,13 @@
 //! memory limit or a host error ends this instance only.
 
 use std::path::PathBuf;
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
 
 use wasmtime::component::ResourceTable;
 use wasmtime::{Store, StoreLimits, StoreLimitsBuilder};
 use wasmtime_wasi::{FsPerms, I32Exit, WasiCtxBuilder};
 
 use super::log::ContainerLog;
-use super::network::{PodHooks, PodNetwork};
 use crate::engine::{Engine, P1Host, P2Host, Program};
 
 /// A directory the guest sees at `guest_path`.
@@ -31,9 +30,13 @@ pub struct Launch {
     pub log: Arc<ContainerLog>,
     /// Bytes of linear memory the instance may use.
     pub memory_limit: usize,
-    /// The pod's loopback, for the guest's outgoing HTTP.
-    pub network: Weak<PodNetwork>,
+    /// The guest's outgoing HTTP (the pod's loopback: [`super::network::PodNetwork::outgoing`]).
+    pub outgoing: OutgoingHttp,
 }
+
+/// Makes the wasi-http hooks each instance sends its outgoing requests through.
+pub type OutgoingHttp =
+    Arc<dyn Fn() -> Box<dyn wasmtime_wasi_http::WasiHttpHooks + Send> + Send + Sync>;
 
 /// How an instance ended.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -100,9 +103,7 @@ pub(crate) fn p2_host(launch: &Launch) -> wasmtime::Result<P2Host> {
     Ok(P2Host {
         wasi: wasi_builder(launch)?.build(),
         http: wasmtime_wasi_http::WasiHttpCtx::new(),
-        hooks: PodHooks {
-            network: launch.network.clone(),
-        },
+        hooks: (launch.outgoing)(),
         table: ResourceTable::new(),
         limits: limits(launch),
     })
@@ -198,7 +199,7 @@ mod tests {
             mounts,
             log: log.clone(),
             memory_limit: 64 << 20,
-            network: Weak::new(),
+            outgoing: crate::pod::network::PodNetwork::new().outgoing(),
         };
         (run(engine, &program, launch).await, log.text())
     }

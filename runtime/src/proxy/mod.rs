@@ -26,7 +26,9 @@ use shoal_api::task::Tasks;
 use tower::ServiceExt;
 use wasmtime_wasi_http::WasiBody;
 
-use crate::pod::network::{PodNetwork, ServeError};
+use futures::future::BoxFuture;
+
+use crate::pod::network::{PodNetwork, ServeError, ServiceRoutes};
 use table::{Backend, Route, Table};
 
 /// A pod on this node, as a backend names it.
@@ -399,5 +401,23 @@ impl hyper::body::Body for GuardedBody {
 
     fn size_hint(&self) -> hyper::body::SizeHint {
         self.body.size_hint()
+    }
+}
+
+/// Pods' requests for Services come here (their networks know only the trait).
+impl ServiceRoutes for Proxy {
+    fn forward_to_service(
+        self: Arc<Self>,
+        namespace: &str,
+        host: &str,
+        port: u16,
+        request: http::Request<WasiBody>,
+    ) -> Result<BoxFuture<'static, http::Response<WasiBody>>, http::Request<WasiBody>> {
+        match self.resolve(namespace, host, port) {
+            Some(route) => Ok(Box::pin(
+                async move { self.forward(route, request, None).await },
+            )),
+            None => Err(request),
+        }
     }
 }

@@ -1,0 +1,43 @@
+//! Which handler serves a request on a resource URL: the generic verbs, watch, or a
+//! subresource (proxy, log, scale, binding, eviction, finalize).
+
+use std::sync::Arc;
+
+use axum::response::Response;
+use http::{Method, StatusCode};
+
+use super::error::{ApiError, Result};
+use super::request::Request;
+use super::{namespaces, pods, scale, ApiServer};
+
+impl ApiServer {
+    pub(super) async fn serve(self: &Arc<Self>, request: Request) -> Result<Response> {
+        let has_name = request.path.name.is_some();
+        let sub = request.path.subresource.clone();
+        match (&request.method, has_name, sub.as_deref()) {
+            (&Method::GET, false, _) if request.query.flag("watch") => self.watch(&request),
+            (&Method::GET, false, _) => self.list(&request),
+            (_, true, Some("proxy")) => pods::proxy(self, &request).await,
+            (&Method::GET, true, Some("log")) => pods::log(self, &request).await,
+            (&Method::GET, true, Some("scale")) => scale::get(self, &request),
+            (&Method::GET, true, _) => {
+                let object = self.get_object(&request.key())?;
+                Ok(self.respond_object(&request, StatusCode::OK, &object))
+            }
+            (&Method::POST, false, _) => self.create(&request).await,
+            (&Method::POST, true, Some("binding")) => pods::bind(self, &request).await,
+            (&Method::POST, true, Some("eviction")) => pods::evict(self, &request).await,
+            (&Method::PUT, true, Some("finalize")) => namespaces::finalize(self, &request).await,
+            (&Method::PUT | &Method::PATCH, true, Some("scale")) => {
+                scale::update(self, &request).await
+            }
+            (&Method::PUT, true, None | Some("status")) => self.replace(&request).await,
+            (&Method::PATCH, true, None | Some("status")) => self.patch(&request).await,
+            (&Method::DELETE, true, None) => self.delete(&request).await,
+            (method, _, _) => Err(ApiError::MethodNotAllowed(format!(
+                "{method} {}",
+                request.resource().plural
+            ))),
+        }
+    }
+}
