@@ -6,11 +6,10 @@ use rand::Rng;
 use serde_json::{json, Value};
 
 use super::object::{metadata_mut, now_rfc3339, set_at};
-use super::resources::ResourceInfo;
 
 /// Fills the metadata every created object gets: a name from `generateName`, a uid, the
-/// creation time and the first generation.
-pub fn on_create(resource: &ResourceInfo, object: &mut Value) {
+/// creation time and the first generation; `apiVersion` and `kind` as the URL says.
+pub fn metadata_on_create(object: &mut Value, api_version: String, kind: &str) {
     let meta = metadata_mut(object);
     let has_name = meta
         .get("name")
@@ -31,79 +30,79 @@ pub fn on_create(resource: &ResourceInfo, object: &mut Value) {
     meta.remove("deletionTimestamp");
     meta.remove("resourceVersion");
     if let Some(map) = object.as_object_mut() {
-        map.insert("apiVersion".into(), Value::String(resource.api_version()));
-        map.insert("kind".into(), Value::String(resource.kind.into()));
+        map.insert("apiVersion".into(), Value::String(api_version));
+        map.insert("kind".into(), Value::String(kind.into()));
     }
-    kind_defaults(resource.kind, object);
 }
 
-/// Defaults of the kind's own fields (applied on create and update).
-pub fn kind_defaults(kind: &str, object: &mut Value) {
-    match kind {
-        "Pod" => pod(object),
-        "Secret" => secret(object),
-        "ReplicaSet" if object.pointer("/spec/replicas").is_none() => {
-            set_at(object, "/spec/replicas", json!(1))
+/// Sets each absent field to its default.
+fn set_absent(object: &mut Value, defaults: impl IntoIterator<Item = (&'static str, Value)>) {
+    for (pointer, value) in defaults {
+        if object.pointer(pointer).is_none() {
+            set_at(object, pointer, value);
         }
-        "Deployment" => deployment(object),
-        "StatefulSet" => stateful_set(object),
-        "Service" => service(object),
-        "ReplicationController" => replication_controller(object),
-        "Job" => {
-            let parallel = object.pointer("/spec/parallelism").is_some();
-            for (pointer, value) in [
-                ("/spec/parallelism", json!(1)),
-                ("/spec/backoffLimit", json!(6)),
-                ("/spec/completionMode", json!("NonIndexed")),
-            ] {
-                if object.pointer(pointer).is_none() {
-                    set_at(object, pointer, value);
-                }
-            }
-            // A Job with neither completions nor parallelism runs one pod to completion.
-            if object.pointer("/spec/completions").is_none() && !parallel {
-                set_at(object, "/spec/completions", json!(1));
-            }
-        }
-        "DaemonSet" => {
-            for (pointer, value) in [
-                ("/spec/updateStrategy/type", json!("RollingUpdate")),
-                ("/spec/revisionHistoryLimit", json!(10)),
-            ] {
-                if object.pointer(pointer).is_none() {
-                    set_at(object, pointer, value);
-                }
-            }
-            if object
-                .pointer("/spec/updateStrategy/type")
-                .and_then(Value::as_str)
-                == Some("RollingUpdate")
-                && object
-                    .pointer("/spec/updateStrategy/rollingUpdate/maxUnavailable")
-                    .is_none()
-            {
-                set_at(
-                    object,
-                    "/spec/updateStrategy/rollingUpdate/maxUnavailable",
-                    json!(1),
-                );
-            }
-        }
-        "Namespace" => {
-            if object.pointer("/status/phase").is_none() {
-                set_at(object, "/status/phase", json!("Active"));
-            }
-            // The namespace controller's finalizer: it empties the namespace, then removes it.
-            if object.pointer("/spec/finalizers").is_none() {
-                set_at(object, "/spec/finalizers", json!(["kubernetes"]));
-            }
-        }
-        _ => {}
     }
+}
+
+pub fn replica_set(object: &mut Value) {
+    set_absent(object, [("/spec/replicas", json!(1))]);
+}
+
+/// Parallelism 1, six retries; a Job with neither completions nor parallelism runs one pod
+/// to completion.
+pub fn job(object: &mut Value) {
+    let parallel = object.pointer("/spec/parallelism").is_some();
+    set_absent(
+        object,
+        [
+            ("/spec/parallelism", json!(1)),
+            ("/spec/backoffLimit", json!(6)),
+            ("/spec/completionMode", json!("NonIndexed")),
+        ],
+    );
+    if object.pointer("/spec/completions").is_none() && !parallel {
+        set_at(object, "/spec/completions", json!(1));
+    }
+}
+
+/// Rolling updates one node at a time, ten revisions kept.
+pub fn daemon_set(object: &mut Value) {
+    set_absent(
+        object,
+        [
+            ("/spec/updateStrategy/type", json!("RollingUpdate")),
+            ("/spec/revisionHistoryLimit", json!(10)),
+        ],
+    );
+    if object
+        .pointer("/spec/updateStrategy/type")
+        .and_then(Value::as_str)
+        == Some("RollingUpdate")
+    {
+        set_absent(
+            object,
+            [(
+                "/spec/updateStrategy/rollingUpdate/maxUnavailable",
+                json!(1),
+            )],
+        );
+    }
+}
+
+/// Active, with the namespace controller's finalizer: it empties the namespace, then removes
+/// it.
+pub fn namespace(object: &mut Value) {
+    set_absent(
+        object,
+        [
+            ("/status/phase", json!("Active")),
+            ("/spec/finalizers", json!(["kubernetes"])),
+        ],
+    );
 }
 
 /// `stringData` is write-only: it is merged into `data` (base64) as Kubernetes does.
-fn secret(object: &mut Value) {
+pub fn secret(object: &mut Value) {
     use base64::Engine as _;
     let Some(map) = object.as_object_mut() else {
         return;
@@ -124,7 +123,7 @@ fn secret(object: &mut Value) {
 }
 
 /// What kubectl reads back: the strategy, history limit and progress deadline.
-fn deployment(object: &mut Value) {
+pub fn deployment(object: &mut Value) {
     let defaults = [
         ("/spec/replicas", json!(1)),
         ("/spec/revisionHistoryLimit", json!(10)),
@@ -152,7 +151,7 @@ fn deployment(object: &mut Value) {
     }
 }
 
-fn pod(object: &mut Value) {
+pub fn pod(object: &mut Value) {
     let defaults = [
         ("/spec/restartPolicy", json!("Always")),
         ("/spec/terminationGracePeriodSeconds", json!(30)),
@@ -207,7 +206,7 @@ fn random_suffix() -> String {
 
 /// A StatefulSet's defaults, as the API server fills them (kubectl's `rollout status` reads
 /// the update strategy and its partition).
-fn stateful_set(object: &mut Value) {
+pub fn stateful_set(object: &mut Value) {
     for (pointer, value) in [
         ("/spec/replicas", json!(1)),
         ("/spec/podManagementPolicy", json!("OrderedReady")),
@@ -241,7 +240,7 @@ fn stateful_set(object: &mut Value) {
 
 /// A ReplicationController without a selector selects its template's labels (and a template
 /// without labels gets the selector's), as Kubernetes defaults them.
-fn replication_controller(object: &mut Value) {
+pub fn replication_controller(object: &mut Value) {
     if object.pointer("/spec/replicas").is_none() {
         set_at(object, "/spec/replicas", json!(1));
     }
@@ -268,7 +267,7 @@ fn replication_controller(object: &mut Value) {
 
 /// A Service's defaults: type ClusterIP, no session affinity, TCP ports whose targetPort is
 /// the port itself.
-fn service(object: &mut Value) {
+pub fn service(object: &mut Value) {
     for (pointer, value) in [
         ("/spec/type", json!("ClusterIP")),
         ("/spec/sessionAffinity", json!("None")),
@@ -296,25 +295,11 @@ fn service(object: &mut Value) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::resources::lookup;
 
     #[test]
     fn secret_string_data_becomes_data() {
-        let mut secret = json!({"data": {"a": "eA=="}, "stringData": {"b": "hi"}});
-        kind_defaults("Secret", &mut secret);
-        assert_eq!(secret, json!({"data": {"a": "eA==", "b": "aGk="}}));
-    }
-
-    #[test]
-    fn pod_defaults_and_generate_name() {
-        let mut pod = json!({"metadata": {"generateName": "web-"}, "spec": {"containers": [{"name": "c", "image": "x.wasm", "ports": [{"containerPort": 80}]}]}});
-        on_create(lookup("", "v1", "pods").unwrap(), &mut pod);
-        let name = pod.pointer("/metadata/name").unwrap().as_str().unwrap();
-        assert!(name.starts_with("web-") && name.len() == 9, "{name}");
-        assert_eq!(pod["spec"]["restartPolicy"], "Always");
-        assert_eq!(pod["spec"]["containers"][0]["ports"][0]["protocol"], "TCP");
-        assert_eq!(pod["status"]["phase"], "Pending");
-        assert_eq!(pod["kind"], "Pod");
-        assert!(!pod["metadata"]["uid"].as_str().unwrap().is_empty());
+        let mut object = json!({"data": {"a": "eA=="}, "stringData": {"b": "hi"}});
+        secret(&mut object);
+        assert_eq!(object, json!({"data": {"a": "eA==", "b": "aGk="}}));
     }
 }

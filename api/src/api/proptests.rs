@@ -6,9 +6,9 @@
 use proptest::prelude::*;
 use serde_json::{Map, Value};
 
+use super::patch;
 use super::resources::RESOURCES;
 use super::selector::{FieldSelector, LabelSelector};
-use super::{defaults, patch, table, validation};
 
 /// Field names the object model looks at, so that generated objects reach deep code paths
 /// instead of being rejected at the top.
@@ -146,12 +146,16 @@ proptest! {
     fn every_kind_takes_any_json(object in json(), other in json()) {
         for resource in RESOURCES {
             let mut created = object.clone();
-            defaults::on_create(resource, &mut created);
-            let _ = validation::validate(resource.kind, &created);
+            resource.prepare_for_create(&mut created);
+            let _ = resource.validate(&created);
             let mut updated = other.clone();
-            defaults::kind_defaults(resource.kind, &mut updated);
-            let _ = validation::validate_update(resource.kind, &created, &updated);
-            let _ = table::render(resource.kind, &[&created, &object], 7, true);
+            resource.apply_defaults(&mut updated);
+            let _ = resource.validate_update(&created, &updated);
+            let table = resource.table(&[&created, &object], 7, true);
+            let columns = table["columnDefinitions"].as_array().map_or(0, Vec::len);
+            for row in table["rows"].as_array().into_iter().flatten() {
+                prop_assert_eq!(row["cells"].as_array().map_or(0, Vec::len), columns);
+            }
         }
     }
 

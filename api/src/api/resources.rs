@@ -1,8 +1,29 @@
-//! The resources this API server serves: names, scope, kinds and subresources, as discovery,
-//! OpenAPI, routing and the store key all need them. Adding a resource starts here.
+//! The kinds this API server serves, described once: names, scope and subresources (as
+//! discovery, OpenAPI, routing, GC and the store key need them) and each kind's strategy
+//! (defaults, validation, table printer: Kubernetes' `PrepareForCreate`, `Validate`,
+//! `ValidateUpdate` and `TableConvertor`). Group, version, kind and plural come from
+//! k8s-openapi's `Resource` constants. Adding a kind touches this table only (plus the
+//! strategy functions it names).
+
+use k8s_openapi::api::apps::v1::{
+    ControllerRevision, DaemonSet, Deployment, ReplicaSet, StatefulSet,
+};
+use k8s_openapi::api::batch::v1::{CronJob, Job};
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{
+    ConfigMap, Endpoints, Event, Namespace, Node, PersistentVolumeClaim, Pod,
+    ReplicationController, Secret, Service,
+};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::networking::v1::Ingress;
+use serde_json::Value;
+
+use super::defaults;
+use super::table::{self, TableConvertor};
+use super::validation::{self, Cause, NameError};
 
 /// One served resource type.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug)]
 pub struct ResourceInfo {
     /// API group, empty for the core group.
     pub group: &'static str,
@@ -16,6 +37,87 @@ pub struct ResourceInfo {
     pub categories: &'static [&'static str],
     /// Subresources as (name, kind of their response, verbs).
     pub subresources: &'static [(&'static str, &'static str, &'static [&'static str])],
+    /// What the API server does with this kind's objects.
+    pub strategy: Strategy,
+}
+
+/// Rows are one per group, version and kind.
+impl PartialEq for ResourceInfo {
+    fn eq(&self, other: &Self) -> bool {
+        (self.group, self.version, self.kind) == (other.group, other.version, other.kind)
+    }
+}
+
+impl Eq for ResourceInfo {}
+
+/// A kind's rules, as Kubernetes' REST strategy for it.
+pub struct Strategy {
+    /// Defaults of the kind's own fields, on create and on update.
+    pub defaults: fn(&mut Value),
+    /// The rule names of this kind follow (DNS subdomain for most, DNS label for some).
+    pub name: fn(&str) -> Result<(), NameError>,
+    /// The kind's own validation, after the shared metadata checks.
+    pub validate: fn(&Value, &mut Vec<Cause>),
+    /// What an update may not change, on top of `validate` of the new object.
+    pub validate_update: fn(&Value, &Value, &mut Vec<Cause>),
+    /// How `kubectl get` prints it.
+    pub table: &'static dyn TableConvertor,
+}
+
+impl std::fmt::Debug for Strategy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Strategy").finish_non_exhaustive()
+    }
+}
+
+/// The strategy of a kind with no rules of its own: no defaults, the shared metadata checks,
+/// name and age in tables.
+const PLAIN: Strategy = Strategy {
+    defaults: |_| {},
+    name: validation::dns1123_subdomain,
+    validate: |_, _| {},
+    validate_update: |_, _, _| {},
+    table: &table::NAME_AGE,
+};
+
+/// Whether a k8s-openapi scope is a namespace's.
+trait Scope {
+    const NAMESPACED: bool;
+}
+
+impl Scope for k8s_openapi::NamespaceResourceScope {
+    const NAMESPACED: bool = true;
+}
+
+impl Scope for k8s_openapi::ClusterResourceScope {
+    const NAMESPACED: bool = false;
+}
+
+/// A row of the table for the k8s-openapi type `K`: group, version, kind, plural and scope
+/// from its constants; the rest as Kubernetes' discovery lists them.
+const fn kind<K>(
+    singular: &'static str,
+    short_names: &'static [&'static str],
+    categories: &'static [&'static str],
+    subresources: &'static [(&'static str, &'static str, &'static [&'static str])],
+    strategy: Strategy,
+) -> ResourceInfo
+where
+    K: k8s_openapi::Resource,
+    K::Scope: Scope,
+{
+    ResourceInfo {
+        group: K::GROUP,
+        version: K::VERSION,
+        kind: K::KIND,
+        plural: K::URL_PATH_SEGMENT,
+        singular,
+        namespaced: <K::Scope as Scope>::NAMESPACED,
+        short_names,
+        categories,
+        subresources,
+        strategy,
+    }
 }
 
 impl ResourceInfo {
@@ -66,6 +168,38 @@ impl ResourceInfo {
     pub fn has_subresource(&self, name: &str) -> bool {
         self.subresources.iter().any(|(sub, _, _)| *sub == name)
     }
+
+    /// Prepares a new object for the store: generated name, uid, timestamps, `apiVersion`
+    /// and `kind`, then the kind's defaults.
+    pub fn prepare_for_create(&self, object: &mut Value) {
+        defaults::metadata_on_create(object, self.api_version(), self.kind);
+        self.apply_defaults(object);
+    }
+
+    /// The kind's own defaults (on create and on update).
+    pub fn apply_defaults(&self, object: &mut Value) {
+        (self.strategy.defaults)(object);
+    }
+
+    /// Why an object about to be created or replaced is invalid; empty when it is valid.
+    pub fn validate(&self, object: &Value) -> Vec<Cause> {
+        let mut causes = Vec::new();
+        validation::object_meta(object, self.strategy.name, &mut causes);
+        (self.strategy.validate)(object, &mut causes);
+        causes
+    }
+
+    /// Why `new` may not replace `old`; empty when it may.
+    pub fn validate_update(&self, old: &Value, new: &Value) -> Vec<Cause> {
+        let mut causes = self.validate(new);
+        (self.strategy.validate_update)(old, new, &mut causes);
+        causes
+    }
+
+    /// Objects of this kind as a `meta.k8s.io/v1` Table.
+    pub fn table(&self, objects: &[&Value], revision: u64, include_object: bool) -> Value {
+        table::render(self.strategy.table, objects, revision, include_object)
+    }
 }
 
 pub const VERBS: &[&str] = &[
@@ -73,41 +207,36 @@ pub const VERBS: &[&str] = &[
 ];
 
 pub static RESOURCES: &[ResourceInfo] = &[
-    ResourceInfo {
-        group: "",
-        version: "v1",
-        kind: "Namespace",
-        plural: "namespaces",
-        singular: "namespace",
-        namespaced: false,
-        short_names: &["ns"],
-        categories: &[],
-        subresources: &[
+    kind::<Namespace>(
+        "namespace",
+        &["ns"],
+        &[],
+        &[
             ("status", "Namespace", &["get", "patch", "update"]),
             ("finalize", "Namespace", &["update"]),
         ],
-    },
-    ResourceInfo {
-        group: "",
-        version: "v1",
-        kind: "Node",
-        plural: "nodes",
-        singular: "node",
-        namespaced: false,
-        short_names: &["no"],
-        categories: &[],
-        subresources: &[("status", "Node", &["get", "patch", "update"])],
-    },
-    ResourceInfo {
-        group: "",
-        version: "v1",
-        kind: "Pod",
-        plural: "pods",
-        singular: "pod",
-        namespaced: true,
-        short_names: &["po"],
-        categories: &["all"],
-        subresources: &[
+        Strategy {
+            defaults: defaults::namespace,
+            name: validation::dns1123_label,
+            table: &table::NAMESPACE,
+            ..PLAIN
+        },
+    ),
+    kind::<Node>(
+        "node",
+        &["no"],
+        &[],
+        &[("status", "Node", &["get", "patch", "update"])],
+        Strategy {
+            table: &table::NODE,
+            ..PLAIN
+        },
+    ),
+    kind::<Pod>(
+        "pod",
+        &["po"],
+        &["all"],
+        &[
             ("status", "Pod", &["get", "patch", "update"]),
             ("binding", "Binding", &["create"]),
             ("log", "Pod", &["get"]),
@@ -118,173 +247,170 @@ pub static RESOURCES: &[ResourceInfo] = &[
             ),
             ("eviction", "Eviction", &["create"]),
         ],
-    },
-    ResourceInfo {
-        group: "",
-        version: "v1",
-        kind: "Event",
-        plural: "events",
-        singular: "event",
-        namespaced: true,
-        short_names: &["ev"],
-        categories: &[],
-        subresources: &[],
-    },
-    ResourceInfo {
-        group: "",
-        version: "v1",
-        kind: "ConfigMap",
-        plural: "configmaps",
-        singular: "configmap",
-        namespaced: true,
-        short_names: &["cm"],
-        categories: &[],
-        subresources: &[],
-    },
-    ResourceInfo {
-        group: "",
-        version: "v1",
-        kind: "Secret",
-        plural: "secrets",
-        singular: "secret",
-        namespaced: true,
-        short_names: &[],
-        categories: &[],
-        subresources: &[],
-    },
-    ResourceInfo {
-        group: "",
-        version: "v1",
-        kind: "PersistentVolumeClaim",
-        plural: "persistentvolumeclaims",
-        singular: "persistentvolumeclaim",
-        namespaced: true,
-        short_names: &["pvc"],
-        categories: &[],
-        subresources: &[(
+        Strategy {
+            defaults: defaults::pod,
+            validate: validation::pod,
+            validate_update: validation::pod_update,
+            table: &table::POD,
+            ..PLAIN
+        },
+    ),
+    kind::<Event>(
+        "event",
+        &["ev"],
+        &[],
+        &[],
+        Strategy {
+            table: &table::EVENT,
+            ..PLAIN
+        },
+    ),
+    kind::<ConfigMap>(
+        "configmap",
+        &["cm"],
+        &[],
+        &[],
+        Strategy {
+            table: &table::CONFIG_MAP,
+            ..PLAIN
+        },
+    ),
+    kind::<Secret>(
+        "secret",
+        &[],
+        &[],
+        &[],
+        Strategy {
+            defaults: defaults::secret,
+            ..PLAIN
+        },
+    ),
+    kind::<PersistentVolumeClaim>(
+        "persistentvolumeclaim",
+        &["pvc"],
+        &[],
+        &[(
             "status",
             "PersistentVolumeClaim",
             &["get", "patch", "update"],
         )],
-    },
-    ResourceInfo {
-        group: "",
-        version: "v1",
-        kind: "Service",
-        plural: "services",
-        singular: "service",
-        namespaced: true,
-        short_names: &["svc"],
-        categories: &["all"],
-        subresources: &[("status", "Service", &["get", "patch", "update"])],
-    },
-    ResourceInfo {
-        group: "",
-        version: "v1",
-        kind: "Endpoints",
-        plural: "endpoints",
-        singular: "endpoints",
-        namespaced: true,
-        short_names: &["ep"],
-        categories: &[],
-        subresources: &[],
-    },
-    ResourceInfo {
-        group: "discovery.k8s.io",
-        version: "v1",
-        kind: "EndpointSlice",
-        plural: "endpointslices",
-        singular: "endpointslice",
-        namespaced: true,
-        short_names: &[],
-        categories: &[],
-        subresources: &[],
-    },
-    ResourceInfo {
-        group: "networking.k8s.io",
-        version: "v1",
-        kind: "Ingress",
-        plural: "ingresses",
-        singular: "ingress",
-        namespaced: true,
-        short_names: &["ing"],
-        categories: &[],
-        subresources: &[("status", "Ingress", &["get", "patch", "update"])],
-    },
-    ResourceInfo {
-        group: "apps",
-        version: "v1",
-        kind: "Deployment",
-        plural: "deployments",
-        singular: "deployment",
-        namespaced: true,
-        short_names: &["deploy"],
-        categories: &["all"],
-        subresources: &[
+        PLAIN,
+    ),
+    kind::<Service>(
+        "service",
+        &["svc"],
+        &["all"],
+        &[("status", "Service", &["get", "patch", "update"])],
+        Strategy {
+            defaults: defaults::service,
+            validate: validation::service,
+            table: &table::SERVICE,
+            ..PLAIN
+        },
+    ),
+    kind::<Endpoints>(
+        "endpoints",
+        &["ep"],
+        &[],
+        &[],
+        Strategy {
+            table: &table::ENDPOINTS,
+            ..PLAIN
+        },
+    ),
+    kind::<EndpointSlice>(
+        "endpointslice",
+        &[],
+        &[],
+        &[],
+        Strategy {
+            table: &table::ENDPOINT_SLICE,
+            ..PLAIN
+        },
+    ),
+    kind::<Ingress>(
+        "ingress",
+        &["ing"],
+        &[],
+        &[("status", "Ingress", &["get", "patch", "update"])],
+        Strategy {
+            validate: validation::ingress,
+            table: &table::INGRESS,
+            ..PLAIN
+        },
+    ),
+    kind::<Deployment>(
+        "deployment",
+        &["deploy"],
+        &["all"],
+        &[
             ("status", "Deployment", &["get", "patch", "update"]),
             ("scale", "Scale", &["get", "patch", "update"]),
         ],
-    },
-    ResourceInfo {
-        group: "apps",
-        version: "v1",
-        kind: "DaemonSet",
-        plural: "daemonsets",
-        singular: "daemonset",
-        namespaced: true,
-        short_names: &["ds"],
-        categories: &["all"],
-        subresources: &[("status", "DaemonSet", &["get", "patch", "update"])],
-    },
-    ResourceInfo {
-        group: "apps",
-        version: "v1",
-        kind: "ReplicaSet",
-        plural: "replicasets",
-        singular: "replicaset",
-        namespaced: true,
-        short_names: &["rs"],
-        categories: &["all"],
-        subresources: &[
+        Strategy {
+            defaults: defaults::deployment,
+            validate: validation::replica_set,
+            table: &table::DEPLOYMENT,
+            ..PLAIN
+        },
+    ),
+    kind::<DaemonSet>(
+        "daemonset",
+        &["ds"],
+        &["all"],
+        &[("status", "DaemonSet", &["get", "patch", "update"])],
+        Strategy {
+            defaults: defaults::daemon_set,
+            validate: validation::replica_set,
+            table: &table::DAEMON_SET,
+            ..PLAIN
+        },
+    ),
+    kind::<ReplicaSet>(
+        "replicaset",
+        &["rs"],
+        &["all"],
+        &[
             ("status", "ReplicaSet", &["get", "patch", "update"]),
             ("scale", "Scale", &["get", "patch", "update"]),
         ],
-    },
-    ResourceInfo {
-        group: "apps",
-        version: "v1",
-        kind: "StatefulSet",
-        plural: "statefulsets",
-        singular: "statefulset",
-        namespaced: true,
-        short_names: &["sts"],
-        categories: &["all"],
-        subresources: &[
+        Strategy {
+            defaults: defaults::replica_set,
+            validate: validation::replica_set,
+            table: &table::REPLICA_SET,
+            ..PLAIN
+        },
+    ),
+    kind::<StatefulSet>(
+        "statefulset",
+        &["sts"],
+        &["all"],
+        &[
             ("status", "StatefulSet", &["get", "patch", "update"]),
             ("scale", "Scale", &["get", "patch", "update"]),
         ],
-    },
-    ResourceInfo {
-        group: "apps",
-        version: "v1",
-        kind: "ControllerRevision",
-        plural: "controllerrevisions",
-        singular: "controllerrevision",
-        namespaced: true,
-        short_names: &[],
-        categories: &[],
-        subresources: &[],
-    },
-    ResourceInfo {
-        group: "",
-        version: "v1",
-        kind: "ReplicationController",
-        plural: "replicationcontrollers",
-        singular: "replicationcontroller",
-        namespaced: true,
-        short_names: &["rc"],
-        categories: &["all"],
-        subresources: &[
+        Strategy {
+            defaults: defaults::stateful_set,
+            validate: validation::replica_set,
+            table: &table::STATEFUL_SET,
+            ..PLAIN
+        },
+    ),
+    kind::<ControllerRevision>(
+        "controllerrevision",
+        &[],
+        &[],
+        &[],
+        Strategy {
+            table: &table::CONTROLLER_REVISION,
+            ..PLAIN
+        },
+    ),
+    kind::<ReplicationController>(
+        "replicationcontroller",
+        &["rc"],
+        &["all"],
+        &[
             (
                 "status",
                 "ReplicationController",
@@ -292,40 +418,45 @@ pub static RESOURCES: &[ResourceInfo] = &[
             ),
             ("scale", "Scale", &["get", "patch", "update"]),
         ],
-    },
-    ResourceInfo {
-        group: "batch",
-        version: "v1",
-        kind: "CronJob",
-        plural: "cronjobs",
-        singular: "cronjob",
-        namespaced: true,
-        short_names: &["cj"],
-        categories: &["all"],
-        subresources: &[("status", "CronJob", &["get", "patch", "update"])],
-    },
-    ResourceInfo {
-        group: "batch",
-        version: "v1",
-        kind: "Job",
-        plural: "jobs",
-        singular: "job",
-        namespaced: true,
-        short_names: &[],
-        categories: &["all"],
-        subresources: &[("status", "Job", &["get", "patch", "update"])],
-    },
-    ResourceInfo {
-        group: "coordination.k8s.io",
-        version: "v1",
-        kind: "Lease",
-        plural: "leases",
-        singular: "lease",
-        namespaced: true,
-        short_names: &[],
-        categories: &[],
-        subresources: &[],
-    },
+        Strategy {
+            defaults: defaults::replication_controller,
+            validate: validation::replication_controller,
+            table: &table::REPLICA_SET,
+            ..PLAIN
+        },
+    ),
+    kind::<CronJob>(
+        "cronjob",
+        &["cj"],
+        &["all"],
+        &[("status", "CronJob", &["get", "patch", "update"])],
+        Strategy {
+            validate: validation::cron_job,
+            ..PLAIN
+        },
+    ),
+    kind::<Job>(
+        "job",
+        &[],
+        &["all"],
+        &[("status", "Job", &["get", "patch", "update"])],
+        Strategy {
+            defaults: defaults::job,
+            validate: validation::job,
+            table: &table::JOB,
+            ..PLAIN
+        },
+    ),
+    kind::<Lease>(
+        "lease",
+        &[],
+        &[],
+        &[],
+        Strategy {
+            table: &table::LEASE,
+            ..PLAIN
+        },
+    ),
 ];
 
 /// Finds the resource served at `group`/`version` under the URL name `plural`.
@@ -361,6 +492,67 @@ pub fn lookup_name(name: &str) -> Option<&'static ResourceInfo> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
+
+    /// The GVK, plural and scope of each row are k8s-openapi's, and names are unique.
+    #[test]
+    fn rows_agree_with_k8s_openapi_and_are_unique() {
+        let row = |kind: &str| RESOURCES.iter().find(|r| r.kind == kind).unwrap();
+        assert_eq!(row("Pod").plural, "pods");
+        assert!(row("Pod").namespaced);
+        assert!(!row("Node").namespaced && !row("Namespace").namespaced);
+        assert_eq!(row("Deployment").api_version(), "apps/v1");
+        assert_eq!(row("Lease").group, "coordination.k8s.io");
+        for (i, a) in RESOURCES.iter().enumerate() {
+            for b in &RESOURCES[i + 1..] {
+                assert!(
+                    a.store_name() != b.store_name()
+                        && a.api_version() + a.kind != b.api_version() + b.kind,
+                    "{} and {} collide",
+                    a.kind,
+                    b.kind
+                );
+            }
+        }
+    }
+
+    /// Every kind's strategy runs through the row: its defaults, validation and printer.
+    #[test]
+    fn each_row_carries_its_kinds_strategy() {
+        let pod = lookup_name("pod").unwrap();
+        let mut object = json!({"metadata": {"generateName": "web-"}, "spec": {"containers": [{"name": "c", "image": "x.wasm", "ports": [{"containerPort": 80}]}]}});
+        pod.prepare_for_create(&mut object);
+        let name = object["metadata"]["name"].as_str().unwrap();
+        assert!(name.starts_with("web-") && name.len() == 9, "{name}");
+        assert_eq!(object["spec"]["restartPolicy"], "Always");
+        assert_eq!(
+            object["spec"]["containers"][0]["ports"][0]["protocol"],
+            "TCP"
+        );
+        assert_eq!(object["status"]["phase"], "Pending");
+        assert_eq!(object["kind"], "Pod");
+        assert_eq!(object["apiVersion"], "v1");
+        assert!(!object["metadata"]["uid"].as_str().unwrap().is_empty());
+        assert!(pod.validate(&object).is_empty());
+        let table = pod.table(&[&object], 1, false);
+        assert_eq!(table["columnDefinitions"][2]["name"], "Status");
+        assert_eq!(table["rows"][0]["cells"][2], "Pending");
+
+        // Namespaces' names are DNS labels, other kinds' subdomains.
+        let dotted = json!({"metadata": {"name": "a.b"}});
+        assert_eq!(lookup_name("ns").unwrap().validate(&dotted).len(), 1);
+        assert!(lookup_name("cm").unwrap().validate(&dotted).is_empty());
+
+        // A kind without a printer of its own prints name and age.
+        let cron = lookup_name("cronjob").unwrap().table(&[&dotted], 1, false);
+        assert_eq!(cron["rows"][0]["cells"][0], "a.b");
+        assert_eq!(cron["columnDefinitions"].as_array().unwrap().len(), 2);
+
+        // A Job without completions or parallelism runs one pod.
+        let mut job = json!({"metadata": {"name": "j"}});
+        lookup_name("job").unwrap().apply_defaults(&mut job);
+        assert_eq!(job["spec"]["completions"], 1);
+    }
 
     #[test]
     fn lookups() {

@@ -1,11 +1,16 @@
 //! `meta.k8s.io/v1` Table rendering for `kubectl get`: the server computes every cell
 //! (kubectl-wire.md §3). Columns with priority 1 appear only with `-o wide`.
+//!
+//! Each kind's printer (Kubernetes' `TableConvertor`) is a [`Printer`] whose column list and
+//! cell function have the same length by type, so the two can never disagree; the kinds table
+//! in `resources` names the printer of each kind.
 
 use serde_json::{json, Value};
 
 use super::object::{human_age, str_at};
 
-struct Column {
+/// One column of a kind's table.
+pub struct Column {
     name: &'static str,
     kind: &'static str,
     priority: u8,
@@ -19,413 +24,429 @@ const fn col(name: &'static str, kind: &'static str, priority: u8) -> Column {
     }
 }
 
-fn columns(kind: &str) -> &'static [Column] {
-    match kind {
-        "Pod" => {
-            const C: &[Column] = &[
-                col("Name", "string", 0),
-                col("Ready", "string", 0),
-                col("Status", "string", 0),
-                col("Restarts", "string", 0),
-                col("Age", "string", 0),
-                col("IP", "string", 1),
-                col("Node", "string", 1),
-                col("Nominated Node", "string", 1),
-                col("Readiness Gates", "string", 1),
-            ];
-            C
-        }
-        "Node" => {
-            const C: &[Column] = &[
-                col("Name", "string", 0),
-                col("Status", "string", 0),
-                col("Roles", "string", 0),
-                col("Age", "string", 0),
-                col("Version", "string", 0),
-                col("Internal-IP", "string", 1),
-                col("External-IP", "string", 1),
-                col("OS-Image", "string", 1),
-                col("Kernel-Version", "string", 1),
-                col("Container-Runtime", "string", 1),
-            ];
-            C
-        }
-        "Namespace" => {
-            const C: &[Column] = &[
-                col("Name", "string", 0),
-                col("Status", "string", 0),
-                col("Age", "string", 0),
-            ];
-            C
-        }
-        "Event" => {
-            const C: &[Column] = &[
-                col("Last Seen", "string", 0),
-                col("Type", "string", 0),
-                col("Reason", "string", 0),
-                col("Object", "string", 0),
-                col("Message", "string", 0),
-            ];
-            C
-        }
-        "Lease" => {
-            const C: &[Column] = &[
-                col("Name", "string", 0),
-                col("Holder", "string", 0),
-                col("Age", "string", 0),
-            ];
-            C
-        }
-        "ConfigMap" => {
-            const C: &[Column] = &[
-                col("Name", "string", 0),
-                col("Data", "integer", 0),
-                col("Age", "string", 0),
-            ];
-            C
-        }
-        "Deployment" => {
-            const C: &[Column] = &[
-                col("Name", "string", 0),
-                col("Ready", "string", 0),
-                col("Up-to-date", "integer", 0),
-                col("Available", "integer", 0),
-                col("Age", "string", 0),
-                col("Containers", "string", 1),
-                col("Images", "string", 1),
-                col("Selector", "string", 1),
-            ];
-            C
-        }
-        "Job" => {
-            const C: &[Column] = &[
-                col("Name", "string", 0),
-                col("Status", "string", 0),
-                col("Completions", "string", 0),
-                col("Duration", "string", 0),
-                col("Age", "string", 0),
-            ];
-            C
-        }
-        "DaemonSet" => {
-            const C: &[Column] = &[
-                col("Name", "string", 0),
-                col("Desired", "integer", 0),
-                col("Current", "integer", 0),
-                col("Ready", "integer", 0),
-                col("Up-to-date", "integer", 0),
-                col("Available", "integer", 0),
-                col("Age", "string", 0),
-            ];
-            C
-        }
-        "Service" => {
-            const C: &[Column] = &[
-                col("Name", "string", 0),
-                col("Type", "string", 0),
-                col("Cluster-IP", "string", 0),
-                col("External-IP", "string", 0),
-                col("Port(s)", "string", 0),
-                col("Age", "string", 0),
-                col("Selector", "string", 1),
-            ];
-            C
-        }
-        "Ingress" => {
-            const C: &[Column] = &[
-                col("Name", "string", 0),
-                col("Class", "string", 0),
-                col("Hosts", "string", 0),
-                col("Address", "string", 0),
-                col("Ports", "string", 0),
-                col("Age", "string", 0),
-            ];
-            C
-        }
-        "EndpointSlice" => {
-            const C: &[Column] = &[
-                col("Name", "string", 0),
-                col("AddressType", "string", 0),
-                col("Ports", "string", 0),
-                col("Endpoints", "string", 0),
-                col("Age", "string", 0),
-            ];
-            C
-        }
-        "Endpoints" => {
-            const C: &[Column] = &[
-                col("Name", "string", 0),
-                col("Endpoints", "string", 0),
-                col("Age", "string", 0),
-            ];
-            C
-        }
-        "StatefulSet" => {
-            const C: &[Column] = &[
-                col("Name", "string", 0),
-                col("Ready", "string", 0),
-                col("Age", "string", 0),
-                col("Containers", "string", 1),
-                col("Images", "string", 1),
-            ];
-            C
-        }
-        "ControllerRevision" => {
-            const C: &[Column] = &[
-                col("Name", "string", 0),
-                col("Controller", "string", 0),
-                col("Revision", "integer", 0),
-                col("Age", "string", 0),
-            ];
-            C
-        }
-        "ReplicaSet" | "ReplicationController" => {
-            const C: &[Column] = &[
-                col("Name", "string", 0),
-                col("Desired", "integer", 0),
-                col("Current", "integer", 0),
-                col("Ready", "integer", 0),
-                col("Age", "string", 0),
-                col("Containers", "string", 1),
-                col("Images", "string", 1),
-                col("Selector", "string", 1),
-            ];
-            C
-        }
-        _ => {
-            const C: &[Column] = &[col("Name", "string", 0), col("Age", "string", 0)];
-            C
-        }
+/// How a kind reads in `kubectl get`: its columns and the cells of one object.
+pub trait TableConvertor: Sync {
+    fn columns(&self) -> &[Column];
+    fn cells(&self, object: &Value) -> Vec<Value>;
+}
+
+/// A printer of `N` columns: `cells` returns exactly one value per column.
+pub struct Printer<const N: usize> {
+    columns: [Column; N],
+    cells: fn(&Value) -> [Value; N],
+}
+
+impl<const N: usize> TableConvertor for Printer<N> {
+    fn columns(&self) -> &[Column] {
+        &self.columns
+    }
+
+    fn cells(&self, object: &Value) -> Vec<Value> {
+        (self.cells)(object).into()
     }
 }
 
-fn cells(kind: &str, o: &Value) -> Vec<Value> {
-    let name = json!(str_at(o, "/metadata/name"));
-    let age = json!(human_age(str_at(o, "/metadata/creationTimestamp")));
-    match kind {
-        "Pod" => pod_cells(o, name, age),
-        "Node" => node_cells(o, name, age),
-        "Namespace" => vec![name, json!(str_at(o, "/status/phase")), age],
-        "Event" => {
-            let last = [
-                str_at(o, "/lastTimestamp"),
-                str_at(o, "/eventTime"),
-                str_at(o, "/metadata/creationTimestamp"),
-            ]
+/// The NAME cell.
+fn name(o: &Value) -> Value {
+    json!(str_at(o, "/metadata/name"))
+}
+
+/// The AGE cell.
+fn age(o: &Value) -> Value {
+    json!(human_age(str_at(o, "/metadata/creationTimestamp")))
+}
+
+/// An integer field, 0 when absent.
+fn number(o: &Value, pointer: &str) -> Value {
+    json!(integer(o, pointer))
+}
+
+fn integer(o: &Value, pointer: &str) -> i64 {
+    o.pointer(pointer).and_then(Value::as_i64).unwrap_or(0)
+}
+
+/// Kinds without printer of their own: name and age, as Kubernetes' default table.
+pub static NAME_AGE: Printer<2> = Printer {
+    columns: [col("Name", "string", 0), col("Age", "string", 0)],
+    cells: |o| [name(o), age(o)],
+};
+
+pub static POD: Printer<9> = Printer {
+    columns: [
+        col("Name", "string", 0),
+        col("Ready", "string", 0),
+        col("Status", "string", 0),
+        col("Restarts", "string", 0),
+        col("Age", "string", 0),
+        col("IP", "string", 1),
+        col("Node", "string", 1),
+        col("Nominated Node", "string", 1),
+        col("Readiness Gates", "string", 1),
+    ],
+    cells: pod_cells,
+};
+
+pub static NODE: Printer<10> = Printer {
+    columns: [
+        col("Name", "string", 0),
+        col("Status", "string", 0),
+        col("Roles", "string", 0),
+        col("Age", "string", 0),
+        col("Version", "string", 0),
+        col("Internal-IP", "string", 1),
+        col("External-IP", "string", 1),
+        col("OS-Image", "string", 1),
+        col("Kernel-Version", "string", 1),
+        col("Container-Runtime", "string", 1),
+    ],
+    cells: node_cells,
+};
+
+pub static NAMESPACE: Printer<3> = Printer {
+    columns: [
+        col("Name", "string", 0),
+        col("Status", "string", 0),
+        col("Age", "string", 0),
+    ],
+    cells: |o| [name(o), json!(str_at(o, "/status/phase")), age(o)],
+};
+
+pub static EVENT: Printer<5> = Printer {
+    columns: [
+        col("Last Seen", "string", 0),
+        col("Type", "string", 0),
+        col("Reason", "string", 0),
+        col("Object", "string", 0),
+        col("Message", "string", 0),
+    ],
+    cells: event_cells,
+};
+
+fn event_cells(o: &Value) -> [Value; 5] {
+    let last = [
+        str_at(o, "/lastTimestamp"),
+        str_at(o, "/eventTime"),
+        str_at(o, "/metadata/creationTimestamp"),
+    ]
+    .into_iter()
+    .find(|t| !t.is_empty())
+    .unwrap_or("");
+    let object = format!(
+        "{}/{}",
+        str_at(o, "/involvedObject/kind").to_lowercase(),
+        str_at(o, "/involvedObject/name")
+    );
+    [
+        json!(human_age(last)),
+        json!(str_at(o, "/type")),
+        json!(str_at(o, "/reason")),
+        json!(object),
+        json!(str_at(o, "/message")),
+    ]
+}
+
+pub static LEASE: Printer<3> = Printer {
+    columns: [
+        col("Name", "string", 0),
+        col("Holder", "string", 0),
+        col("Age", "string", 0),
+    ],
+    cells: |o| [name(o), json!(str_at(o, "/spec/holderIdentity")), age(o)],
+};
+
+pub static CONFIG_MAP: Printer<3> = Printer {
+    columns: [
+        col("Name", "string", 0),
+        col("Data", "integer", 0),
+        col("Age", "string", 0),
+    ],
+    cells: |o| {
+        let count = ["data", "binaryData"]
+            .iter()
+            .filter_map(|k| o.get(*k)?.as_object().map(|m| m.len()))
+            .sum::<usize>();
+        [name(o), json!(count), age(o)]
+    },
+};
+
+pub static DEPLOYMENT: Printer<8> = Printer {
+    columns: [
+        col("Name", "string", 0),
+        col("Ready", "string", 0),
+        col("Up-to-date", "integer", 0),
+        col("Available", "integer", 0),
+        col("Age", "string", 0),
+        col("Containers", "string", 1),
+        col("Images", "string", 1),
+        col("Selector", "string", 1),
+    ],
+    cells: |o| {
+        let (names, images) = template_containers(o);
+        let ready = integer(o, "/status/readyReplicas");
+        let wanted = integer(o, "/spec/replicas");
+        [
+            name(o),
+            json!(format!("{ready}/{wanted}")),
+            number(o, "/status/updatedReplicas"),
+            number(o, "/status/availableReplicas"),
+            age(o),
+            json!(names),
+            json!(images),
+            json!(super::selector::match_labels_of(o)),
+        ]
+    },
+};
+
+/// ReplicaSets and ReplicationControllers.
+pub static REPLICA_SET: Printer<8> = Printer {
+    columns: [
+        col("Name", "string", 0),
+        col("Desired", "integer", 0),
+        col("Current", "integer", 0),
+        col("Ready", "integer", 0),
+        col("Age", "string", 0),
+        col("Containers", "string", 1),
+        col("Images", "string", 1),
+        col("Selector", "string", 1),
+    ],
+    cells: |o| {
+        let (names, images) = template_containers(o);
+        [
+            name(o),
+            number(o, "/spec/replicas"),
+            number(o, "/status/replicas"),
+            number(o, "/status/readyReplicas"),
+            age(o),
+            json!(names),
+            json!(images),
+            json!(super::selector::match_labels_of(o)),
+        ]
+    },
+};
+
+pub static JOB: Printer<5> = Printer {
+    columns: [
+        col("Name", "string", 0),
+        col("Status", "string", 0),
+        col("Completions", "string", 0),
+        col("Duration", "string", 0),
+        col("Age", "string", 0),
+    ],
+    cells: job_cells,
+};
+
+fn job_cells(o: &Value) -> [Value; 5] {
+    let conditions = o
+        .pointer("/status/conditions")
+        .and_then(Value::as_array)
+        .map(Vec::as_slice)
+        .unwrap_or_default();
+    let holds = |t: &str| {
+        conditions
+            .iter()
+            .any(|c| c["type"] == t && c["status"] == "True")
+    };
+    let status = if holds("Complete") {
+        "Complete"
+    } else if holds("Failed") {
+        "Failed"
+    } else {
+        "Running"
+    };
+    let succeeded = integer(o, "/status/succeeded");
+    let completions = o
+        .pointer("/spec/completions")
+        .and_then(Value::as_i64)
+        .unwrap_or(1);
+    let time = |pointer: &str| {
+        o.pointer(pointer)
+            .and_then(Value::as_str)
+            .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+    };
+    let duration = match (time("/status/startTime"), time("/status/completionTime")) {
+        (Some(s), Some(e)) => super::object::human_duration((e - s).num_seconds()),
+        (Some(s), None) => super::object::human_duration(
+            (chrono::Utc::now() - s.with_timezone(&chrono::Utc)).num_seconds(),
+        ),
+        _ => String::new(),
+    };
+    [
+        name(o),
+        json!(status),
+        json!(format!("{succeeded}/{completions}")),
+        json!(duration),
+        age(o),
+    ]
+}
+
+pub static DAEMON_SET: Printer<7> = Printer {
+    columns: [
+        col("Name", "string", 0),
+        col("Desired", "integer", 0),
+        col("Current", "integer", 0),
+        col("Ready", "integer", 0),
+        col("Up-to-date", "integer", 0),
+        col("Available", "integer", 0),
+        col("Age", "string", 0),
+    ],
+    cells: |o| {
+        [
+            name(o),
+            number(o, "/status/desiredNumberScheduled"),
+            number(o, "/status/currentNumberScheduled"),
+            number(o, "/status/numberReady"),
+            number(o, "/status/updatedNumberScheduled"),
+            number(o, "/status/numberAvailable"),
+            age(o),
+        ]
+    },
+};
+
+pub static SERVICE: Printer<7> = Printer {
+    columns: [
+        col("Name", "string", 0),
+        col("Type", "string", 0),
+        col("Cluster-IP", "string", 0),
+        col("External-IP", "string", 0),
+        col("Port(s)", "string", 0),
+        col("Age", "string", 0),
+        col("Selector", "string", 1),
+    ],
+    cells: service_cells,
+};
+
+pub static INGRESS: Printer<6> = Printer {
+    columns: [
+        col("Name", "string", 0),
+        col("Class", "string", 0),
+        col("Hosts", "string", 0),
+        col("Address", "string", 0),
+        col("Ports", "string", 0),
+        col("Age", "string", 0),
+    ],
+    cells: ingress_cells,
+};
+
+pub static ENDPOINT_SLICE: Printer<5> = Printer {
+    columns: [
+        col("Name", "string", 0),
+        col("AddressType", "string", 0),
+        col("Ports", "string", 0),
+        col("Endpoints", "string", 0),
+        col("Age", "string", 0),
+    ],
+    cells: endpoint_slice_cells,
+};
+
+fn endpoint_slice_cells(o: &Value) -> [Value; 5] {
+    let list = |pointer: &str, field: &str| -> Vec<String> {
+        (o.pointer(pointer)
+            .and_then(Value::as_array)
             .into_iter()
-            .find(|t| !t.is_empty())
-            .unwrap_or("");
-            let object = format!(
-                "{}/{}",
-                str_at(o, "/involvedObject/kind").to_lowercase(),
-                str_at(o, "/involvedObject/name")
-            );
-            vec![
-                json!(human_age(last)),
-                json!(str_at(o, "/type")),
-                json!(str_at(o, "/reason")),
-                json!(object),
-                json!(str_at(o, "/message")),
-            ]
-        }
-        "Lease" => vec![name, json!(str_at(o, "/spec/holderIdentity")), age],
-        "ConfigMap" => {
-            let count = ["data", "binaryData"]
-                .iter()
-                .filter_map(|k| o.get(*k)?.as_object().map(|m| m.len()))
-                .sum::<usize>();
-            vec![name, json!(count), age]
-        }
-        "Job" => {
-            let conditions = o
-                .pointer("/status/conditions")
-                .and_then(Value::as_array)
-                .cloned()
-                .unwrap_or_default();
-            let holds = |t: &str| {
-                conditions
-                    .iter()
-                    .any(|c| c["type"] == t && c["status"] == "True")
-            };
-            let status = if holds("Complete") {
-                "Complete"
-            } else if holds("Failed") {
-                "Failed"
-            } else {
-                "Running"
-            };
-            let succeeded = o
-                .pointer("/status/succeeded")
-                .and_then(Value::as_i64)
-                .unwrap_or(0);
-            let completions = o
-                .pointer("/spec/completions")
-                .and_then(Value::as_i64)
-                .unwrap_or(1);
-            let start = o
-                .pointer("/status/startTime")
-                .and_then(Value::as_str)
-                .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok());
-            let end = o
-                .pointer("/status/completionTime")
-                .and_then(Value::as_str)
-                .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok());
-            let duration = match (start, end) {
-                (Some(s), Some(e)) => super::object::human_duration((e - s).num_seconds()),
-                (Some(s), None) => super::object::human_duration(
-                    (chrono::Utc::now() - s.with_timezone(&chrono::Utc)).num_seconds(),
-                ),
-                _ => String::new(),
-            };
-            vec![
-                name,
-                json!(status),
-                json!(format!("{succeeded}/{completions}")),
-                json!(duration),
-                age,
-            ]
-        }
-        "DaemonSet" => {
-            let number = |p: &str| json!(o.pointer(p).and_then(Value::as_i64).unwrap_or(0));
-            vec![
-                name,
-                number("/status/desiredNumberScheduled"),
-                number("/status/currentNumberScheduled"),
-                number("/status/numberReady"),
-                number("/status/updatedNumberScheduled"),
-                number("/status/numberAvailable"),
-                age,
-            ]
-        }
-        "Service" => service_cells(o, name, age),
-        "Endpoints" => {
-            let mut addresses = Vec::new();
-            for subset in o
-                .get("subsets")
-                .and_then(Value::as_array)
+            .flatten())
+        .filter_map(|item| match item.get(field)? {
+            Value::Array(values) => Some(
+                (values.iter().filter_map(Value::as_str))
+                    .collect::<Vec<_>>()
+                    .join(","),
+            ),
+            value => Some(value.to_string()),
+        })
+        .collect()
+    };
+    let ports = list("/ports", "port");
+    let ports = if ports.is_empty() {
+        "<unset>".to_string()
+    } else {
+        ports.join(",")
+    };
+    [
+        name(o),
+        json!(str_at(o, "/addressType")),
+        json!(ports),
+        json!(first_three(&list("/endpoints", "addresses"))),
+        age(o),
+    ]
+}
+
+pub static ENDPOINTS: Printer<3> = Printer {
+    columns: [
+        col("Name", "string", 0),
+        col("Endpoints", "string", 0),
+        col("Age", "string", 0),
+    ],
+    cells: |o| {
+        let mut addresses = Vec::new();
+        for subset in o
+            .get("subsets")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            let ports: Vec<i64> = (subset.get("ports").and_then(Value::as_array))
+                .into_iter()
+                .flatten()
+                .filter_map(|p| p.get("port").and_then(Value::as_i64))
+                .collect();
+            for address in (subset.get("addresses").and_then(Value::as_array))
                 .into_iter()
                 .flatten()
             {
-                let ports: Vec<i64> = (subset.get("ports").and_then(Value::as_array))
-                    .into_iter()
-                    .flatten()
-                    .filter_map(|p| p.get("port").and_then(Value::as_i64))
-                    .collect();
-                for address in (subset.get("addresses").and_then(Value::as_array))
-                    .into_iter()
-                    .flatten()
-                {
-                    for port in &ports {
-                        addresses.push(format!("{}:{port}", str_at(address, "/ip")));
-                    }
+                for port in &ports {
+                    addresses.push(format!("{}:{port}", str_at(address, "/ip")));
                 }
             }
-            vec![name, json!(first_three(&addresses)), age]
         }
-        "Ingress" => ingress_cells(o, name, age),
-        "EndpointSlice" => {
-            let list = |pointer: &str, field: &str| -> Vec<String> {
-                (o.pointer(pointer)
-                    .and_then(Value::as_array)
-                    .into_iter()
-                    .flatten())
-                .filter_map(|item| match item.get(field)? {
-                    Value::Array(values) => Some(
-                        (values.iter().filter_map(Value::as_str))
-                            .collect::<Vec<_>>()
-                            .join(","),
-                    ),
-                    value => Some(value.to_string()),
-                })
-                .collect()
-            };
-            let ports = list("/ports", "port");
-            let ports = if ports.is_empty() {
-                "<unset>".to_string()
-            } else {
-                ports.join(",")
-            };
-            vec![
-                name,
-                json!(str_at(o, "/addressType")),
-                json!(ports),
-                json!(first_three(&list("/endpoints", "addresses"))),
-                age,
-            ]
-        }
-        "StatefulSet" => {
-            let (names, images) = template_containers(o);
-            let ready = o
-                .pointer("/status/readyReplicas")
-                .and_then(Value::as_i64)
-                .unwrap_or(0);
-            let wanted = o
-                .pointer("/spec/replicas")
-                .and_then(Value::as_i64)
-                .unwrap_or(0);
-            vec![
-                name,
-                json!(format!("{ready}/{wanted}")),
-                age,
-                json!(names),
-                json!(images),
-            ]
-        }
-        "ControllerRevision" => {
-            let owner = o
-                .pointer("/metadata/ownerReferences")
-                .and_then(Value::as_array)
-                .and_then(|refs| refs.iter().find(|r| r["controller"] == true))
-                .map(|r| {
-                    let kind = str_at(r, "/kind").to_lowercase();
-                    let group = str_at(r, "/apiVersion").split_once('/').map(|(g, _)| g);
-                    match group {
-                        Some(group) => format!("{kind}.{group}/{}", str_at(r, "/name")),
-                        None => format!("{kind}/{}", str_at(r, "/name")),
-                    }
-                })
-                .unwrap_or_else(|| "<none>".into());
-            let revision = o.get("revision").and_then(Value::as_i64).unwrap_or(0);
-            vec![name, json!(owner), json!(revision), age]
-        }
-        "Deployment" | "ReplicaSet" | "ReplicationController" => {
-            let number = |p: &str| json!(o.pointer(p).and_then(Value::as_i64).unwrap_or(0));
-            let (names, images) = template_containers(o);
-            let selector = super::selector::match_labels_of(o);
-            if kind == "Deployment" {
-                let ready = o
-                    .pointer("/status/readyReplicas")
-                    .and_then(Value::as_i64)
-                    .unwrap_or(0);
-                let wanted = o
-                    .pointer("/spec/replicas")
-                    .and_then(Value::as_i64)
-                    .unwrap_or(0);
-                return vec![
-                    name,
-                    json!(format!("{ready}/{wanted}")),
-                    number("/status/updatedReplicas"),
-                    number("/status/availableReplicas"),
-                    age,
-                    json!(names),
-                    json!(images),
-                    json!(selector),
-                ];
-            }
-            vec![
-                name,
-                number("/spec/replicas"),
-                number("/status/replicas"),
-                number("/status/readyReplicas"),
-                age,
-                json!(names),
-                json!(images),
-                json!(selector),
-            ]
-        }
-        _ => vec![name, age],
-    }
-}
+        [name(o), json!(first_three(&addresses)), age(o)]
+    },
+};
+
+pub static STATEFUL_SET: Printer<5> = Printer {
+    columns: [
+        col("Name", "string", 0),
+        col("Ready", "string", 0),
+        col("Age", "string", 0),
+        col("Containers", "string", 1),
+        col("Images", "string", 1),
+    ],
+    cells: |o| {
+        let (names, images) = template_containers(o);
+        let ready = integer(o, "/status/readyReplicas");
+        let wanted = integer(o, "/spec/replicas");
+        [
+            name(o),
+            json!(format!("{ready}/{wanted}")),
+            age(o),
+            json!(names),
+            json!(images),
+        ]
+    },
+};
+
+pub static CONTROLLER_REVISION: Printer<4> = Printer {
+    columns: [
+        col("Name", "string", 0),
+        col("Controller", "string", 0),
+        col("Revision", "integer", 0),
+        col("Age", "string", 0),
+    ],
+    cells: |o| {
+        let owner = o
+            .pointer("/metadata/ownerReferences")
+            .and_then(Value::as_array)
+            .and_then(|refs| refs.iter().find(|r| r["controller"] == true))
+            .map(|r| {
+                let kind = str_at(r, "/kind").to_lowercase();
+                let group = str_at(r, "/apiVersion").split_once('/').map(|(g, _)| g);
+                match group {
+                    Some(group) => format!("{kind}.{group}/{}", str_at(r, "/name")),
+                    None => format!("{kind}/{}", str_at(r, "/name")),
+                }
+            })
+            .unwrap_or_else(|| "<none>".into());
+        [name(o), json!(owner), number(o, "/revision"), age(o)]
+    },
+};
 
 /// `kubectl get svc` cells: ports as `80/TCP` or `80:30080/TCP` with a node port.
 /// Up to three items, then how many more (how kubectl shows endpoints).
@@ -439,7 +460,7 @@ fn first_three(items: &[String]) -> String {
 
 /// `kubectl get ingress`: class, the rules' hosts, the load balancer's addresses, and 80 (plus
 /// 443 with TLS).
-fn ingress_cells(o: &Value, name: Value, age: Value) -> Vec<Value> {
+fn ingress_cells(o: &Value) -> [Value; 6] {
     let array = |pointer: &str| {
         o.pointer(pointer)
             .and_then(Value::as_array)
@@ -457,8 +478,8 @@ fn ingress_cells(o: &Value, name: Value, age: Value) -> Vec<Value> {
         .and_then(Value::as_str)
         .unwrap_or("<none>");
     let tls = array("/spec/tls").next().is_some();
-    vec![
-        name,
+    [
+        name(o),
         json!(class),
         json!(if hosts.is_empty() {
             "*".to_string()
@@ -467,11 +488,11 @@ fn ingress_cells(o: &Value, name: Value, age: Value) -> Vec<Value> {
         }),
         json!(addresses.join(",")),
         json!(if tls { "80, 443" } else { "80" }),
-        age,
+        age(o),
     ]
 }
 
-fn service_cells(o: &Value, name: Value, age: Value) -> Vec<Value> {
+fn service_cells(o: &Value) -> [Value; 7] {
     let ports: Vec<String> = (o.pointer("/spec/ports").and_then(Value::as_array))
         .into_iter()
         .flatten()
@@ -506,8 +527,8 @@ fn service_cells(o: &Value, name: Value, age: Value) -> Vec<Value> {
                 .join(",")
         })
         .unwrap_or_else(|| "<none>".into());
-    vec![
-        name,
+    [
+        name(o),
         json!(type_),
         json!(str_at(o, "/spec/clusterIP")),
         json!(external),
@@ -516,7 +537,7 @@ fn service_cells(o: &Value, name: Value, age: Value) -> Vec<Value> {
         } else {
             ports.join(",")
         }),
-        age,
+        age(o),
         json!(selector),
     ]
 }
@@ -535,8 +556,14 @@ fn template_containers(workload: &Value) -> (String, String) {
 
 /// Renders objects of one kind as a Table. With `include_object`, each row carries the full
 /// object (`includeObject=Object`, used by `--sort-by`); otherwise its metadata only.
-pub fn render(kind: &str, objects: &[&Value], revision: u64, include_object: bool) -> Value {
-    let definitions: Vec<Value> = columns(kind)
+pub fn render(
+    printer: &dyn TableConvertor,
+    objects: &[&Value],
+    revision: u64,
+    include_object: bool,
+) -> Value {
+    let definitions: Vec<Value> = printer
+        .columns()
         .iter()
         .map(|c| {
             let format = if c.name == "Name" { "name" } else { "" };
@@ -545,7 +572,7 @@ pub fn render(kind: &str, objects: &[&Value], revision: u64, include_object: boo
         .collect();
     let rows: Vec<Value> = objects
         .iter()
-        .map(|o| row(kind, o, include_object))
+        .map(|o| row(printer, o, include_object))
         .collect();
     json!({
         "kind": "Table",
@@ -556,9 +583,9 @@ pub fn render(kind: &str, objects: &[&Value], revision: u64, include_object: boo
     })
 }
 
-fn row(kind: &str, object: &Value, include_object: bool) -> Value {
+fn row(printer: &dyn TableConvertor, object: &Value, include_object: bool) -> Value {
     // Cells come from the full object; the row's object is metadata unless asked otherwise.
-    let row_cells = cells(kind, object);
+    let row_cells = printer.cells(object);
     let row_object = if include_object {
         object.clone()
     } else {
@@ -567,7 +594,7 @@ fn row(kind: &str, object: &Value, include_object: bool) -> Value {
     json!({"cells": row_cells, "object": row_object})
 }
 
-fn pod_cells(o: &Value, name: Value, age: Value) -> Vec<Value> {
+fn pod_cells(o: &Value) -> [Value; 9] {
     let statuses = o
         .pointer("/status/containerStatuses")
         .and_then(Value::as_array)
@@ -587,12 +614,12 @@ fn pod_cells(o: &Value, name: Value, age: Value) -> Vec<Value> {
         .sum();
     let node = str_at(o, "/spec/nodeName");
     let ip = str_at(o, "/status/podIP");
-    vec![
-        name,
+    [
+        name(o),
         json!(format!("{ready}/{total}")),
         json!(pod_status_reason(o)),
         json!(restarts.to_string()),
-        age,
+        age(o),
         json!(if ip.is_empty() { "<none>" } else { ip }),
         json!(if node.is_empty() { "<none>" } else { node }),
         json!("<none>"),
@@ -635,7 +662,7 @@ pub fn pod_status_reason(o: &Value) -> String {
     reason
 }
 
-fn node_cells(o: &Value, name: Value, age: Value) -> Vec<Value> {
+fn node_cells(o: &Value) -> [Value; 10] {
     let conditions = o
         .pointer("/status/conditions")
         .and_then(Value::as_array)
@@ -657,11 +684,11 @@ fn node_cells(o: &Value, name: Value, age: Value) -> Vec<Value> {
             .map(|x| str_at(x, "/address").to_string())
             .unwrap_or_else(|| "<none>".into())
     };
-    vec![
-        name,
+    [
+        name(o),
         json!(status),
         json!("<none>"),
-        age,
+        age(o),
         json!(str_at(o, "/status/nodeInfo/kubeletVersion")),
         json!(address("InternalIP")),
         json!(address("ExternalIP")),
@@ -684,7 +711,7 @@ mod tests {
                 {"name": "c", "ready": false, "restartCount": 2, "state": {"terminated": {"exitCode": 0, "reason": "Completed"}}}
             ]}
         });
-        let table = render("Pod", &[&pod], 7, false);
+        let table = render(&POD, &[&pod], 7, false);
         let cells = &table["rows"][0]["cells"];
         assert_eq!(cells[0], "p");
         assert_eq!(cells[1], "0/1");
@@ -701,7 +728,7 @@ mod tests {
     fn ingresses_and_slices_read_like_kubectl() {
         let ingress = json!({"metadata": {"name": "shop"}, "spec": {"rules": [{"host": "a.test"}, {"http": {}}]},
             "status": {"loadBalancer": {"ingress": [{"ip": "127.0.0.1"}]}}});
-        let cells = &render("Ingress", &[&ingress], 1, false)["rows"][0]["cells"];
+        let cells = &render(&INGRESS, &[&ingress], 1, false)["rows"][0]["cells"];
         assert_eq!(
             cells.as_array().unwrap()[..5],
             [
@@ -714,7 +741,7 @@ mod tests {
         );
         let slice = json!({"metadata": {"name": "web-abcde"}, "addressType": "IPv4", "ports": [{"port": 8080}],
             "endpoints": [{"addresses": ["10.0.0.1"]}, {"addresses": ["10.0.0.2"]}, {"addresses": ["10.0.0.3"]}, {"addresses": ["10.0.0.4"]}]});
-        let cells = &render("EndpointSlice", &[&slice], 1, false)["rows"][0]["cells"];
+        let cells = &render(&ENDPOINT_SLICE, &[&slice], 1, false)["rows"][0]["cells"];
         assert_eq!(
             cells.as_array().unwrap()[..4],
             [

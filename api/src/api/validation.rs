@@ -65,54 +65,40 @@ impl Cause {
     }
 }
 
-/// Validates an object about to be created or replaced. `namespaced` tells whether the
-/// object's name must be unique per namespace; Namespaces' own names are DNS labels.
-pub fn validate(kind: &str, object: &Value) -> Vec<Cause> {
-    let mut causes = Vec::new();
+/// The object metadata every kind shares (Kubernetes' `ValidateObjectMeta`): a name that
+/// passes the kind's name rule, and labels that are label values.
+pub fn object_meta(
+    object: &Value,
+    name_rule: fn(&str) -> Result<(), NameError>,
+    causes: &mut Vec<Cause>,
+) {
     let name = object::name(object);
     if name.is_empty() {
         causes.push(Cause::required("metadata.name"));
-    } else {
-        let label_only = kind == "Namespace";
-        if let Err(why) = if label_only {
-            dns1123_label(name)
-        } else {
-            dns1123_subdomain(name)
-        } {
-            causes.push(Cause::invalid("metadata.name", name, &why.to_string()));
-        }
+    } else if let Err(why) = name_rule(name) {
+        causes.push(Cause::invalid("metadata.name", name, &why.to_string()));
     }
-    validate_labels(object, &mut causes);
-    match kind {
-        "Pod" => pod(object, &mut causes),
-        "ReplicaSet" | "Deployment" | "DaemonSet" | "StatefulSet" => {
-            replica_set(object, &mut causes)
-        }
-        "ReplicationController" => {
-            // Validate it as the ReplicaSet it is, its selector map as matchLabels.
-            let mut as_set = object.clone();
-            if let Some(selector) = object.pointer("/spec/selector").cloned() {
-                object::set_at(
-                    &mut as_set,
-                    "/spec/selector",
-                    serde_json::json!({"matchLabels": selector}),
-                );
-            }
-            replica_set(&as_set, &mut causes)
-        }
-        "Job" => job(object, &mut causes),
-        "Service" => service(object, &mut causes),
-        "Ingress" => ingress(object, &mut causes),
-        "CronJob" => cron_job(object, &mut causes),
-        _ => {}
+    validate_labels(object, causes);
+}
+
+/// A ReplicationController is validated as the ReplicaSet it is, its selector map as
+/// matchLabels.
+pub fn replication_controller(object: &Value, causes: &mut Vec<Cause>) {
+    let mut as_set = object.clone();
+    if let Some(selector) = object.pointer("/spec/selector").cloned() {
+        object::set_at(
+            &mut as_set,
+            "/spec/selector",
+            serde_json::json!({"matchLabels": selector}),
+        );
     }
-    causes
+    replica_set(&as_set, causes)
 }
 
 /// A Service: a known type and affinity, ports in range, unique by port and protocol, named
 /// (uniquely) when there are several, and target ports that are numbers in range or port
 /// names.
-fn service(object: &Value, causes: &mut Vec<Cause>) {
+pub fn service(object: &Value, causes: &mut Vec<Cause>) {
     let spec = object.get("spec").cloned().unwrap_or(Value::Null);
     let text = |pointer: &str| spec.pointer(pointer).and_then(Value::as_str);
     let type_ = text("/type").unwrap_or("ClusterIP");
@@ -193,7 +179,7 @@ fn service(object: &Value, causes: &mut Vec<Cause>) {
 
 /// An Ingress routes to Service backends by host and path: every path is absolute with a
 /// known pathType, and every backend names a Service and one of its ports.
-fn ingress(object: &Value, causes: &mut Vec<Cause>) {
+pub fn ingress(object: &Value, causes: &mut Vec<Cause>) {
     let spec = object.get("spec").cloned().unwrap_or(Value::Null);
     let backend = |backend: Option<&Value>, field: &str, causes: &mut Vec<Cause>| {
         let Some(service) = backend.and_then(|b| b.get("service")) else {
@@ -273,7 +259,7 @@ pub fn is_port_name(name: &str) -> bool {
 
 /// A CronJob: a schedule Kubernetes' cron parser takes, a known time zone, sane counts, and a
 /// valid Job template.
-fn cron_job(object: &Value, causes: &mut Vec<Cause>) {
+pub fn cron_job(object: &Value, causes: &mut Vec<Cause>) {
     let schedule = object
         .pointer("/spec/schedule")
         .and_then(Value::as_str)
@@ -482,7 +468,7 @@ fn dotted(pointer: &str) -> String {
 }
 
 /// A Job's pods must end: its template's restartPolicy is Never or OnFailure.
-fn job(object: &Value, causes: &mut Vec<Cause>) {
+pub fn job(object: &Value, causes: &mut Vec<Cause>) {
     let policy = object
         .pointer("/spec/template/spec/restartPolicy")
         .and_then(Value::as_str)
@@ -528,7 +514,7 @@ fn job(object: &Value, causes: &mut Vec<Cause>) {
 }
 
 /// A ReplicaSet needs a selector that its pod template's labels match, and a valid template.
-fn replica_set(object: &Value, causes: &mut Vec<Cause>) {
+pub fn replica_set(object: &Value, causes: &mut Vec<Cause>) {
     let int32 = i64::from(i32::MAX);
     for field in ["replicas", "minReadySeconds", "revisionHistoryLimit"] {
         int_in_range(object, "/spec", field, 0, int32, causes);
@@ -638,30 +624,25 @@ fn replica_set(object: &Value, causes: &mut Vec<Cause>) {
     }
 }
 
-/// Rules for changing an existing object: pods' specs are immutable apart from images, and a
-/// bound pod stays on its node.
-pub fn validate_update(kind: &str, old: &Value, new: &Value) -> Vec<Cause> {
-    let mut causes = validate(kind, new);
-    if kind == "Pod" {
-        let strip_images = |spec: Option<&Value>| {
-            let mut spec = spec.cloned().unwrap_or(Value::Null);
-            for list in ["containers", "initContainers"] {
-                if let Some(items) = spec.get_mut(list).and_then(Value::as_array_mut) {
-                    for c in items.iter_mut().filter_map(Value::as_object_mut) {
-                        c.remove("image");
-                    }
+/// A pod's spec is immutable apart from images, so a bound pod stays on its node.
+pub fn pod_update(old: &Value, new: &Value, causes: &mut Vec<Cause>) {
+    let strip_images = |spec: Option<&Value>| {
+        let mut spec = spec.cloned().unwrap_or(Value::Null);
+        for list in ["containers", "initContainers"] {
+            if let Some(items) = spec.get_mut(list).and_then(Value::as_array_mut) {
+                for c in items.iter_mut().filter_map(Value::as_object_mut) {
+                    c.remove("image");
                 }
             }
-            spec
-        };
-        if strip_images(old.get("spec")) != strip_images(new.get("spec")) {
-            causes.push(Cause::forbidden(
-                "spec",
-                "pod updates may not change fields other than `spec.containers[*].image` and `spec.initContainers[*].image`",
-            ));
         }
+        spec
+    };
+    if strip_images(old.get("spec")) != strip_images(new.get("spec")) {
+        causes.push(Cause::forbidden(
+            "spec",
+            "pod updates may not change fields other than `spec.containers[*].image` and `spec.initContainers[*].image`",
+        ));
     }
-    causes
 }
 
 fn validate_labels(object: &Value, causes: &mut Vec<Cause>) {
@@ -698,7 +679,7 @@ fn is_label_value(v: &str) -> bool {
         && v.chars().all(|c| alnum(c) || matches!(c, '-' | '_' | '.'))
 }
 
-fn pod(object: &Value, causes: &mut Vec<Cause>) {
+pub fn pod(object: &Value, causes: &mut Vec<Cause>) {
     // Numbers first, on the JSON: a value too large for its type would otherwise only fail
     // the decode below, with a message that does not name the field.
     int_in_range(
@@ -920,6 +901,19 @@ pub fn dns1123_subdomain(name: &str) -> Result<(), NameError> {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    /// Validation as the API server runs it, through the kinds table.
+    fn validate(kind: &str, object: &Value) -> Vec<Cause> {
+        crate::api::resources::lookup_name(kind)
+            .expect("a served kind")
+            .validate(object)
+    }
+
+    fn validate_update(kind: &str, old: &Value, new: &Value) -> Vec<Cause> {
+        crate::api::resources::lookup_name(kind)
+            .expect("a served kind")
+            .validate_update(old, new)
+    }
 
     fn fields(kind: &str, object: Value) -> Vec<String> {
         validate(kind, &object)

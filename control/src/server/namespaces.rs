@@ -25,11 +25,9 @@ pub async fn ensure_system_namespaces(server: &ApiServer) -> anyhow::Result<()> 
         let key = ObjectKey::new("namespaces", "", name);
         if server.store.get(&key)?.is_none() {
             let mut namespace = json!({"metadata": {"name": name}});
-            crate::api::defaults::on_create(
-                crate::api::resources::lookup("", "v1", "namespaces")
-                    .expect("namespaces are served"),
-                &mut namespace,
-            );
+            crate::api::resources::lookup("", "v1", "namespaces")
+                .expect("namespaces are served")
+                .prepare_for_create(&mut namespace);
             match server.store.create(key, namespace).await {
                 Ok(_) | Err(crate::store::Error::AlreadyExists(_)) => {}
                 Err(e) => return Err(e.into()),

@@ -14,7 +14,7 @@ use super::error::{ApiError, Result};
 use super::request::Request;
 use super::{json_response, namespaces, pods, services, ApiServer};
 use crate::api::resources::ResourceInfo;
-use crate::api::{defaults, object, patch, table, validation};
+use crate::api::{object, patch};
 use crate::store::{revision_of, ObjectKey};
 
 impl ApiServer {
@@ -35,7 +35,7 @@ impl ApiServer {
             let include_object = request.query.get("includeObject") == Some("Object");
             return Ok(json_response(
                 StatusCode::OK,
-                &table::render(resource.kind, &items, listing.revision, include_object),
+                &resource.table(&items, listing.revision, include_object),
             ));
         }
         let body = json!({
@@ -55,10 +55,7 @@ impl ApiServer {
     ) -> Response {
         if request.wants_table {
             let revision = revision_of(object).unwrap_or(0);
-            return json_response(
-                code,
-                &table::render(request.resource().kind, &[object], revision, false),
-            );
+            return json_response(code, &request.resource().table(&[object], revision, false));
         }
         json_response(code, object)
     }
@@ -81,7 +78,7 @@ impl ApiServer {
         } else {
             object::metadata_mut(&mut object).remove("namespace");
         }
-        defaults::on_create(resource, &mut object);
+        resource.prepare_for_create(&mut object);
         match resource.kind {
             "Pod" => pods::prepare_create(&mut object),
             "Node" => self.assign_pod_cidr(&mut object)?,
@@ -91,7 +88,7 @@ impl ApiServer {
         // held until the Service is stored.
         let _allocating = if resource.kind == "Service" {
             let guard = self.service_allocation.lock().await;
-            if validation::validate(resource.kind, &object).is_empty() {
+            if resource.validate(&object).is_empty() {
                 services::allocate(self, &mut object)?;
                 services::check_target_ports(self, &object)?;
             }
@@ -100,7 +97,7 @@ impl ApiServer {
             None
         };
         let name = object::name(&object).to_string();
-        let causes = validation::validate(resource.kind, &object);
+        let causes = resource.validate(&object);
         if !causes.is_empty() {
             return Err(ApiError::Invalid {
                 kind: resource.kind.into(),
@@ -468,8 +465,8 @@ fn prepare_update(request: &Request, current: &Value, new: Value) -> Result<Valu
         map.insert("apiVersion".into(), json!(resource.api_version()));
         map.insert("kind".into(), json!(resource.kind));
     }
-    defaults::kind_defaults(resource.kind, &mut merged);
-    let causes = validation::validate_update(resource.kind, current, &merged);
+    resource.apply_defaults(&mut merged);
+    let causes = resource.validate_update(current, &merged);
     if !causes.is_empty() {
         return Err(ApiError::Invalid {
             kind: resource.kind.into(),

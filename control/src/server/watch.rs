@@ -15,7 +15,6 @@ use serde_json::{json, Value};
 use super::error::{ApiError, Result};
 use super::request::Request;
 use super::ApiServer;
-use crate::api::table;
 use crate::store::{self, EventType};
 
 impl ApiServer {
@@ -34,7 +33,7 @@ impl ApiServer {
         let encode = Arc::new(move |event_type: &str, object: &Value| -> Bytes {
             let object = if wants_table {
                 let revision = store::revision_of(object).unwrap_or(0);
-                table::render(resource.kind, &[object], revision, false)
+                resource.table(&[object], revision, false)
             } else {
                 object.clone()
             };
