@@ -6,7 +6,9 @@
 //! ReplicationControllers). Foreground: the API server leaves the owner in place, marked, with
 //! the `foregroundDeletion` finalizer; the collector deletes its dependents (foreground too, so
 //! the whole tree goes bottom-up) and removes the finalizer once none is left, which lets the
-//! server delete the owner. Orphan propagation is done by the API server at the owner's
+//! server delete the owner. Each step is driven by events, never a timer: an owner marked or
+//! gone, a dependent deleted (pods, revisions and claims are watched only while an owner waits
+//! in the foreground), or a retry a second after a step that failed. Orphan propagation is done by the API server at the owner's
 //! deletion (it marks the owner and removes the references first).
 
 use std::collections::{HashMap, HashSet};
@@ -59,6 +61,21 @@ impl Owners {
         self.uids
             .get(reference.kind.as_str())
             .is_some_and(|uids| !uids.contains(&reference.uid))
+    }
+
+    /// Applies a watch event of an owner kind: where to collect (see [`Owners::apply`]), and
+    /// whether foreground deletions should take a step (an owner or dependent may have gone,
+    /// or an owner was marked for foreground deletion).
+    fn changed<K: Resource + Metadata<Ty = ObjectMeta>>(
+        &mut self,
+        event: WatcherEvent<K>,
+    ) -> (Option<Option<String>>, bool) {
+        let waiting = self.foreground.len();
+        let collect_in = self.apply(event);
+        (
+            collect_in.clone(),
+            collect_in.is_some() || self.foreground.len() != waiting,
+        )
     }
 
     /// Applies a watch event of kind `K`; returns the namespace to collect in after a deletion
@@ -132,29 +149,90 @@ pub async fn run(client: Client) {
     let mut stateful_sets = client.shared_watch::<StatefulSet>();
     let mut controllers = client.shared_watch::<ReplicationController>();
     let mut owners = Owners::default();
-    // Foreground deletions wait on dependents' deletions that no watch here reports (pods):
-    // while one is in progress (and only then) it is stepped four times a second.
-    let mut tick = tokio::time::interval(std::time::Duration::from_millis(250));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Foreground deletions wait on dependents' deletions; the watches of the kinds no owner
+    // watch here reports (pods, revisions, claims) are held only while one is in progress.
+    let mut dependents: Option<DependentWatches> = None;
+    let mut retry_at: Option<tokio::time::Instant> = None;
     loop {
-        let collect_in = tokio::select! {
-            Some(event) = deployments.recv() => owners.apply(event),
-            Some(event) = sets.recv() => owners.apply(event),
-            Some(event) = daemon_sets.recv() => owners.apply(event),
-            Some(event) = cron_jobs.recv() => owners.apply(event),
-            Some(event) = jobs.recv() => owners.apply(event),
-            Some(event) = stateful_sets.recv() => owners.apply(event),
-            Some(event) = controllers.recv() => owners.apply(event),
-            _ = tick.tick(), if !owners.foreground.is_empty() => None,
+        let (collect_in, step) = tokio::select! {
+            Some(event) = deployments.recv() => owners.changed(event),
+            Some(event) = sets.recv() => owners.changed(event),
+            Some(event) = daemon_sets.recv() => owners.changed(event),
+            Some(event) = cron_jobs.recv() => owners.changed(event),
+            Some(event) = jobs.recv() => owners.changed(event),
+            Some(event) = stateful_sets.recv() => owners.changed(event),
+            Some(event) = controllers.recv() => owners.changed(event),
+            Some(()) = async { dependents.as_mut()?.gone().await } => (None, true),
+            () = sleep_until_some(retry_at), if retry_at.is_some() => (None, true),
             else => return,
         };
         if let Some(namespace) = collect_in {
             collect(&client, &owners, namespace.as_deref()).await;
         }
+        if owners.foreground.is_empty() {
+            dependents = None;
+            retry_at = None;
+            continue;
+        }
+        if !step {
+            continue;
+        }
+        if dependents.is_none() {
+            dependents = Some(DependentWatches::new(&client));
+        }
+        retry_at = None;
         let doomed: Vec<Doomed> = owners.foreground.values().cloned().collect();
         for owner in doomed {
             if let Err(e) = delete_in_foreground(&client, &owner).await {
                 tracing::debug!("foreground deletion of {} {}: {e}", owner.kind, owner.name);
+                retry_at = Some(tokio::time::Instant::now() + FOREGROUND_RETRY);
+            }
+        }
+    }
+}
+
+/// How long a foreground deletion step that failed waits before it is tried again.
+const FOREGROUND_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Sleeps until the moment, or forever without one.
+async fn sleep_until_some(moment: Option<tokio::time::Instant>) {
+    match moment {
+        Some(moment) => tokio::time::sleep_until(moment).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The watches of dependents that owners in the foreground wait for and that no owner watch
+/// reports.
+struct DependentWatches {
+    pods: tokio::sync::mpsc::Receiver<WatcherEvent<Pod>>,
+    revisions: tokio::sync::mpsc::Receiver<WatcherEvent<ControllerRevision>>,
+    claims: tokio::sync::mpsc::Receiver<WatcherEvent<PersistentVolumeClaim>>,
+}
+
+impl DependentWatches {
+    fn new(client: &Client) -> Self {
+        Self {
+            pods: client.shared_watch(),
+            revisions: client.shared_watch(),
+            claims: client.shared_watch(),
+        }
+    }
+
+    /// Waits until a dependent may have gone: a deletion, or a relist (which may hide one).
+    /// `None` once the feeds have stopped.
+    async fn gone(&mut self) -> Option<()> {
+        fn gone<K>(event: WatcherEvent<K>) -> bool {
+            !matches!(event, WatcherEvent::Applied(_))
+        }
+        loop {
+            let gone = tokio::select! {
+                event = self.pods.recv() => gone(event?),
+                event = self.revisions.recv() => gone(event?),
+                event = self.claims.recv() => gone(event?),
+            };
+            if gone {
+                return Some(());
             }
         }
     }
