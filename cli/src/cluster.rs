@@ -6,8 +6,10 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use shoal_control::auth::pki::{CertAndKey, Pki};
+use shoal_control::auth::tls::{RotatingCertificate, TlsServing};
 use shoal_control::client::Client;
-use shoal_control::server::{ApiServer, ServerOptions};
+use shoal_control::server::{ApiServer, SecurityOptions, ServerOptions};
 use shoal_control::store::{RedbStore, Released};
 use shoal_control::task::Tasks;
 use shoal_runtime::agent::{Agent, AgentConfig};
@@ -15,8 +17,10 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 /// Settings of a control plane: the API server's and the controller manager's.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct ControlPlaneOptions {
+    /// TLS and authentication of the API.
+    pub security: ApiSecurity,
     pub server: ServerOptions,
     pub controllers: shoal_control::controllers::Options,
     pub scheduler: shoal_control::scheduler::Options,
@@ -27,9 +31,155 @@ pub struct ControlPlaneOptions {
     pub event_log_len: Option<u64>,
 }
 
+/// How the API is served and who may use it.
+#[derive(Clone, Debug)]
+pub struct ApiSecurity {
+    /// Requests without credentials may read `/healthz`, `/livez`, `/readyz`, `/version`.
+    pub anonymous_auth: bool,
+    /// A plain HTTP address besides HTTPS, loopback only (requests there act as a superuser).
+    pub insecure_http_addr: Option<SocketAddr>,
+    /// The user's own serving certificate and key (PEM files) instead of the cluster CA's.
+    pub tls_cert_file: Option<PathBuf>,
+    pub tls_private_key_file: Option<PathBuf>,
+    /// More CA certificates (PEM) whose client certificates authenticate users.
+    pub client_ca_file: Option<PathBuf>,
+    /// More names (DNS or IP) for the serving certificate.
+    pub extra_names: Vec<String>,
+}
+
+impl Default for ApiSecurity {
+    fn default() -> Self {
+        Self {
+            anonymous_auth: true,
+            insecure_http_addr: None,
+            tls_cert_file: None,
+            tls_private_key_file: None,
+            client_ca_file: None,
+            extra_names: Vec::new(),
+        }
+    }
+}
+
+/// The `kubernetes` Service's names and ClusterIP (the first of the service range), which
+/// pods use to reach the API.
+const KUBERNETES_SERVICE_NAMES: &[&str] = &[
+    "kubernetes",
+    "kubernetes.default",
+    "kubernetes.default.svc",
+    "kubernetes.default.svc.cluster.local",
+    "10.96.0.1",
+];
+
+/// How long the admin kubeconfig's client certificate is valid.
+const ADMIN_CERT_TTL: std::time::Duration = std::time::Duration::from_secs(365 * 24 * 3600);
+
+/// The names the serving certificate carries for an API on `addr`.
+fn serving_names(addr: SocketAddr, extra: &[String]) -> Vec<String> {
+    let mut names: Vec<String> = ["localhost", "127.0.0.1", "::1"]
+        .iter()
+        .chain(KUBERNETES_SERVICE_NAMES)
+        .map(|n| n.to_string())
+        .collect();
+    if addr.ip().is_unspecified() {
+        // Listening everywhere: the host's own name too.
+        if let Ok(host) = std::fs::read_to_string("/etc/hostname") {
+            let host = host.trim();
+            if !host.is_empty() {
+                names.push(host.to_string());
+            }
+        }
+    } else {
+        names.push(addr.ip().to_string());
+    }
+    names.extend(extra.iter().cloned());
+    names.sort();
+    names.dedup();
+    names
+}
+
+/// The API's TLS setup: the cluster PKI's (or the user's) serving certificate and the client
+/// CAs, and the CA clients are told to trust.
+struct ApiTls {
+    serving: Arc<TlsServing>,
+    /// The CA certificate kubeconfigs carry.
+    server_ca_pem: String,
+    /// Names the cluster-issued serving certificate carries (`None`: the user's certificate).
+    rotate_for: Option<Vec<String>>,
+}
+
+fn read_pem(path: &Path, what: &str) -> anyhow::Result<String> {
+    std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("reading {what} {}: {e}", path.display()))
+}
+
+fn api_tls(pki: &Pki, addr: SocketAddr, security: &ApiSecurity) -> anyhow::Result<ApiTls> {
+    let mut client_cas = vec![pki.ca_pem().to_string()];
+    if let Some(path) = &security.client_ca_file {
+        client_cas.push(read_pem(path, "--client-ca-file")?);
+    }
+    let (serving, server_ca_pem, rotate_for) =
+        match (&security.tls_cert_file, &security.tls_private_key_file) {
+            (Some(cert), Some(key)) => {
+                let pem = CertAndKey {
+                    cert_pem: read_pem(cert, "--tls-cert-file")?,
+                    key_pem: read_pem(key, "--tls-private-key-file")?,
+                };
+                // Clients trust the last certificate of the chain given (its CA, when the
+                // file holds the whole chain).
+                let last = pem.cert_pem.rfind("-----BEGIN CERTIFICATE-----").unwrap_or(0);
+                let ca = pem.cert_pem[last..].to_string();
+                (pem, ca, None)
+            }
+            (None, None) => {
+                let names = serving_names(addr, &security.extra_names);
+                let pem = pki.serving_certificate(&names, time_now())?;
+                (pem, pki.ca_pem().to_string(), Some(names))
+            }
+            _ => anyhow::bail!("--tls-cert-file and --tls-private-key-file go together"),
+        };
+    let certificate = Arc::new(RotatingCertificate::new(&serving)?);
+    let client_cas: Vec<&str> = client_cas.iter().map(String::as_str).collect();
+    Ok(ApiTls {
+        serving: Arc::new(TlsServing::new(certificate, &client_cas)?),
+        server_ca_pem,
+        rotate_for,
+    })
+}
+
+fn time_now() -> time::OffsetDateTime {
+    time::OffsetDateTime::now_utc()
+}
+
+/// Re-issues the serving certificate when it nears expiry (looking every hour) and swaps it
+/// into the listener; new connections get the new one.
+async fn rotate_serving_certificate(pki: Arc<Pki>, names: Vec<String>, tls: Arc<TlsServing>) {
+    let mut current = pki.serving_certificate(&names, time_now()).ok().map(|c| c.cert_pem);
+    loop {
+        tokio::time::sleep(std::time::Duration::from_secs(3600)).await;
+        match pki.serving_certificate(&names, time_now()) {
+            Ok(fresh) if Some(&fresh.cert_pem) != current.as_ref() => {
+                match tls.certificate.replace(&fresh) {
+                    Ok(()) => {
+                        tracing::info!("rotated the API serving certificate");
+                        current = Some(fresh.cert_pem);
+                    }
+                    Err(e) => tracing::warn!("rotating the API serving certificate: {e}"),
+                }
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!("rotating the API serving certificate: {e}"),
+        }
+    }
+}
+
 /// The store, the API server on a socket, the scheduler and the controllers.
 pub struct ControlPlane {
     pub addr: SocketAddr,
+    /// The plain HTTP address, when one was asked for.
+    pub insecure_addr: Option<SocketAddr>,
+    /// The cluster CA and what it issues.
+    pub pki: Arc<Pki>,
+    /// The CA certificate clients trust for this API.
+    pub server_ca_pem: String,
     /// A client that calls the API in-process (what controllers and in-process agents use).
     pub client: Client,
     server: Arc<ApiServer>,
@@ -37,6 +187,7 @@ pub struct ControlPlane {
     store: Option<Released>,
     stop_http: Option<oneshot::Sender<()>>,
     http: Option<JoinHandle<std::io::Result<()>>>,
+    insecure_http: Option<JoinHandle<std::io::Result<()>>>,
     /// The scheduler and the controllers.
     tasks: Tasks,
 }
@@ -52,6 +203,7 @@ impl ControlPlane {
         options: ControlPlaneOptions,
     ) -> anyhow::Result<Self> {
         let ControlPlaneOptions {
+            security,
             server: options,
             controllers: controller_options,
             scheduler: scheduler_options,
@@ -63,22 +215,60 @@ impl ControlPlane {
         let store = RedbStore::open_with_log_len(&data_dir.join("store.redb"), log_len)
             .map_err(|e| anyhow::anyhow!("opening the store in {}: {e}", data_dir.display()))?;
         let released = store.released();
-        let server = ApiServer::with_options(Arc::new(store), options).await?;
+        let pki = Arc::new(Pki::load_or_create(&data_dir.join("pki"))?);
+        let (sa_private, sa_public) = pki.service_account_keys();
+        let security_options = SecurityOptions {
+            anonymous_auth: security.anonymous_auth,
+            service_account_keys: Some((sa_private.to_string(), sa_public.to_string())),
+        };
+        let server =
+            ApiServer::with_security(Arc::new(store), options, security_options).await?;
         let router = server.router();
+        if let Some(insecure) = security.insecure_http_addr {
+            anyhow::ensure!(
+                insecure.ip().is_loopback(),
+                "--insecure-http-addr {insecure} is not a loopback address: plain HTTP would answer the network without authentication"
+            );
+        }
         let listener = tokio::net::TcpListener::bind(api_addr)
             .await
             .map_err(|e| anyhow::anyhow!("binding the API server to {api_addr}: {e}"))?;
         let addr = listener.local_addr()?;
+        let tls = api_tls(&pki, addr, &security)?;
         let (stop_http, stopped) = oneshot::channel::<()>();
-        let http = tokio::spawn(shoal_control::server::serve(
+        let stopped = futures::FutureExt::shared(async move {
+            let _ = stopped.await;
+        });
+        let http = tokio::spawn(shoal_control::auth::tls::serve_https(
             listener,
             router.clone(),
-            async move {
-                let _ = stopped.await;
-            },
+            tls.serving.clone(),
+            stopped.clone(),
         ));
+        let (insecure_addr, insecure_http) = match security.insecure_http_addr {
+            Some(insecure) => {
+                let listener = tokio::net::TcpListener::bind(insecure).await.map_err(|e| {
+                    anyhow::anyhow!("binding the insecure HTTP address {insecure}: {e}")
+                })?;
+                let bound = listener.local_addr()?;
+                tracing::warn!("serving plain HTTP on {bound}: requests there act as a superuser");
+                let task = tokio::spawn(shoal_control::auth::tls::serve_http(
+                    listener,
+                    router.clone(),
+                    stopped.clone(),
+                ));
+                (Some(bound), Some(task))
+            }
+            None => (None, None),
+        };
         let client = Client::in_process(router);
         let tasks = Tasks::new();
+        if let Some(names) = tls.rotate_for.clone() {
+            let (pki, serving) = (pki.clone(), tls.serving.clone());
+            tasks.supervise("serving certificate rotation", move || {
+                rotate_serving_certificate(pki.clone(), names.clone(), serving.clone())
+            });
+        }
         if !without_scheduler {
             let client = client.clone();
             tasks.supervise("scheduler", move || {
@@ -88,17 +278,47 @@ impl ControlPlane {
         shoal_control::controllers::start(client.clone(), controller_options, &tasks);
         Ok(Self {
             addr,
+            insecure_addr,
+            pki,
+            server_ca_pem: tls.server_ca_pem,
             client,
             server,
             store: Some(released),
             stop_http: Some(stop_http),
             http: Some(http),
+            insecure_http,
             tasks,
         })
     }
 
+    /// The API's HTTPS URL.
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        format!("https://{}", self.addr)
+    }
+
+    /// The plain HTTP URL of `--insecure-http-addr`, when one was asked for.
+    pub fn insecure_url(&self) -> Option<String> {
+        self.insecure_addr.map(|addr| format!("http://{addr}"))
+    }
+
+    /// Writes the admin kubeconfig (user `shoal-admin` in `system:masters`) at `path`.
+    pub fn write_admin_kubeconfig(&self, path: &Path) -> anyhow::Result<()> {
+        let groups = [shoal_control::auth::SUPERUSER_GROUP.to_string()];
+        self.write_kubeconfig_for(path, "shoal-admin", &groups, ADMIN_CERT_TTL)
+    }
+
+    /// Writes a kubeconfig at `path` for `user` in `groups` (a client certificate from the
+    /// cluster CA, valid for `ttl`), trusting this API's CA.
+    pub fn write_kubeconfig_for(
+        &self,
+        path: &Path,
+        user: &str,
+        groups: &[String],
+        ttl: std::time::Duration,
+    ) -> anyhow::Result<()> {
+        let credentials = self.pki.issue_client(user, groups, ttl)?;
+        let text = crate::kubeconfig::render(&self.url(), &self.server_ca_pem, user, &credentials);
+        crate::kubeconfig::write_private(path, &text)
     }
 
     /// Stops the scheduler and the controllers and waits for them, ends open watches, stops
@@ -111,6 +331,9 @@ impl ControlPlane {
         self.server.stop();
         if let Some(stop) = self.stop_http.take() {
             let _ = stop.send(());
+        }
+        if let Some(insecure) = self.insecure_http.take() {
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(5), insecure).await;
         }
         if let Some(http) = self.http.take() {
             let abort = http.abort_handle();
@@ -145,7 +368,7 @@ impl Drop for ControlPlane {
             runtime.spawn(async move { tasks.shutdown().await });
         }
         self.server.stop();
-        if let Some(http) = &self.http {
+        for http in [&self.http, &self.insecure_http].into_iter().flatten() {
             http.abort();
         }
     }
@@ -199,10 +422,11 @@ impl DevCluster {
         })
     }
 
-    /// Writes a kubeconfig for this cluster at `<data-dir>/kubeconfig` and returns its path.
+    /// Writes an admin kubeconfig for this cluster at `<data-dir>/kubeconfig` (a client
+    /// certificate in `system:masters`) and returns its path.
     pub fn write_kubeconfig(&self) -> anyhow::Result<PathBuf> {
         let path = self.data_dir.join("kubeconfig");
-        crate::kubeconfig::write(&path, &self.control.url())?;
+        self.control.write_admin_kubeconfig(&path)?;
         Ok(path)
     }
 

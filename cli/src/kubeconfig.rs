@@ -1,35 +1,45 @@
-//! Kubeconfig files: `shoal dev` writes one kubectl can use; the client commands read the
+//! Kubeconfig files: `shoal dev` and `shoal server` write an admin one (a client certificate
+//! from the cluster CA), `shoal kubeconfig` one for any user; the client commands read the
 //! server and credentials from one (`--kubeconfig`, `$KUBECONFIG`, or `~/.shoal/dev/kubeconfig`).
 
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use kube::config::{KubeConfigOptions, Kubeconfig};
+use base64::Engine;
+use shoal_control::auth::pki::CertAndKey;
 use shoal_control::client::Client;
 
-/// Writes an admin kubeconfig for the cluster at `server` (plain HTTP on loopback: kubectl
-/// sends no credentials over http://, so none are written).
-pub fn write(path: &Path, server: &str) -> anyhow::Result<()> {
-    let config = format!(
-        "apiVersion: v1
-kind: Config
-clusters:
-- name: shoal
-  cluster:
-    server: {server}
-contexts:
-- name: shoal
-  context:
-    cluster: shoal
-    user: admin
-    namespace: default
-current-context: shoal
-users:
-- name: admin
-  user: {{}}
-"
-    );
-    std::fs::write(path, config).with_context(|| format!("writing {}", path.display()))
+/// A kubeconfig for the API at `server` (HTTPS), trusting `ca_pem`, as `user` with a client
+/// certificate. Certificates and key are embedded (`*-data`), so the file stands alone.
+pub fn render(server: &str, ca_pem: &str, user: &str, credentials: &CertAndKey) -> String {
+    let b64 = |text: &str| base64::engine::general_purpose::STANDARD.encode(text);
+    let user_entry = serde_json::json!({
+        "name": user,
+        "user": {
+            "client-certificate-data": b64(&credentials.cert_pem),
+            "client-key-data": b64(&credentials.key_pem),
+        }
+    });
+    let config = serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": "shoal", "cluster": {"server": server, "certificate-authority-data": b64(ca_pem)}}],
+        "contexts": [{"name": format!("{user}@shoal"), "context": {"cluster": "shoal", "user": user, "namespace": "default"}}],
+        "current-context": format!("{user}@shoal"),
+        "preferences": {},
+        "users": [user_entry],
+    });
+    serde_yaml::to_string(&config).expect("a kubeconfig always serializes")
+}
+
+/// Writes a kubeconfig (it holds a private key: mode 0600).
+pub fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+    }
+    shoal_control::auth::pki::write_private(path, text)
+        .with_context(|| format!("writing {}", path.display()))
 }
 
 /// The default data directory of `shoal dev`: `~/.shoal/dev`.
@@ -49,6 +59,25 @@ pub fn locate(flag: Option<&Path>) -> PathBuf {
         Some(value) if !value.is_empty() => PathBuf::from(value),
         _ => default_data_dir().join("kubeconfig"),
     }
+}
+
+/// A client for the kubeconfig at `path`, talking to `server` if given (else the
+/// kubeconfig's), and the URL it talks to.
+pub async fn connect_to(path: &Path, server: Option<&str>) -> anyhow::Result<(Client, String)> {
+    let kubeconfig = Kubeconfig::read_from(path)
+        .with_context(|| format!("reading kubeconfig {}", path.display()))?;
+    let mut config = kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+        .await
+        .with_context(|| format!("kubeconfig {}", path.display()))?;
+    if let Some(server) = server {
+        config.cluster_url = server
+            .parse()
+            .with_context(|| format!("{server:?} is not a URL"))?;
+    }
+    let url = config.cluster_url.to_string();
+    let client = kube::Client::try_from(config)
+        .with_context(|| format!("kubeconfig {}: making a client", path.display()))?;
+    Ok((Client::new(client), url.trim_end_matches('/').to_string()))
 }
 
 /// A client for the current context of the kubeconfig at `path`, and its default namespace.
@@ -79,8 +108,12 @@ mod tests {
     #[tokio::test]
     async fn written_kubeconfigs_are_read_by_kube() {
         let dir = tempfile::tempdir().unwrap();
+        let pki = shoal_control::auth::pki::Pki::load_or_create(&dir.path().join("pki")).unwrap();
+        let credentials = pki
+            .issue_client("alice", &[], std::time::Duration::from_secs(60))
+            .unwrap();
         let path = dir.path().join("kubeconfig");
-        write(&path, "http://127.0.0.1:1234").unwrap();
+        write_private(&path, &render("https://127.0.0.1:1234", pki.ca_pem(), "alice", &credentials)).unwrap();
         let (_, namespace) = connect(&path).await.unwrap();
         assert_eq!(namespace, "default");
         let Err(missing) = connect(&dir.path().join("missing")).await else {

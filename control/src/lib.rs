@@ -1,6 +1,7 @@
 //! shoal-control: Shoal's API server and control plane (DESIGN.md §2).
 //!
 //! - [`store`]: the `Store` trait and its redb backend;
+//! - [`auth`]: PKI, TLS serving, authentication and RBAC;
 //! - [`server`]: the Kubernetes-compatible REST server (axum);
 //! - [`scheduler`]: binds pending pods to nodes;
 //! - [`controllers`]: the reconcile runtime and the workload controllers.
@@ -12,6 +13,7 @@
 
 pub use shoal_api::{api, client, task};
 
+pub mod auth;
 pub mod controllers;
 pub mod scheduler;
 pub mod server;

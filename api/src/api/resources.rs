@@ -12,9 +12,15 @@ use k8s_openapi::api::batch::v1::{CronJob, Job};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{
     ConfigMap, Endpoints, Event, Namespace, Node, PersistentVolumeClaim, Pod,
-    ReplicationController, Secret, Service,
+    ReplicationController, Secret, Service, ServiceAccount,
+};
+use k8s_openapi::api::authentication::v1::SelfSubjectReview;
+use k8s_openapi::api::authorization::v1::{
+    LocalSubjectAccessReview, SelfSubjectAccessReview, SelfSubjectRulesReview,
+    SubjectAccessReview,
 };
 use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
 use k8s_openapi::api::networking::v1::Ingress;
 use serde_json::Value;
 
@@ -37,6 +43,9 @@ pub struct ResourceInfo {
     pub categories: &'static [&'static str],
     /// Subresources as (name, kind of their response, verbs).
     pub subresources: &'static [(&'static str, &'static str, &'static [&'static str])],
+    /// What may be done with it: [`VERBS`], or only `create` for the reviews (answered, never
+    /// stored).
+    pub verbs: &'static [&'static str],
     /// What the API server does with this kind's objects.
     pub strategy: Strategy,
 }
@@ -116,11 +125,28 @@ where
         short_names,
         categories,
         subresources,
+        verbs: VERBS,
         strategy,
     }
 }
 
+/// A row for a kind that is only ever created, answered and not stored (access reviews).
+const fn review<K>(singular: &'static str) -> ResourceInfo
+where
+    K: k8s_openapi::Resource,
+    K::Scope: Scope,
+{
+    let mut row = kind::<K>(singular, &[], &[], &[], PLAIN);
+    row.verbs = &["create"];
+    row
+}
+
 impl ResourceInfo {
+    /// Whether this kind is answered, never stored (the access reviews).
+    pub fn is_review(&self) -> bool {
+        self.verbs == ["create"]
+    }
+
     /// `v1` for core, `group/version` otherwise.
     pub fn api_version(&self) -> String {
         if self.group.is_empty() {
@@ -457,6 +483,66 @@ pub static RESOURCES: &[ResourceInfo] = &[
             ..PLAIN
         },
     ),
+    kind::<ServiceAccount>(
+        "serviceaccount",
+        &["sa"],
+        &[],
+        &[("token", "TokenRequest", &["create"])],
+        PLAIN,
+    ),
+    kind::<Role>(
+        "role",
+        &[],
+        &[],
+        &[],
+        Strategy {
+            name: validation::rbac_name,
+            validate: validation::role,
+            ..PLAIN
+        },
+    ),
+    kind::<ClusterRole>(
+        "clusterrole",
+        &[],
+        &[],
+        &[],
+        Strategy {
+            name: validation::rbac_name,
+            validate: validation::cluster_role,
+            ..PLAIN
+        },
+    ),
+    kind::<RoleBinding>(
+        "rolebinding",
+        &[],
+        &[],
+        &[],
+        Strategy {
+            name: validation::rbac_name,
+            validate: validation::role_binding,
+            validate_update: validation::role_binding_update,
+            table: &table::ROLE_BINDING,
+            ..PLAIN
+        },
+    ),
+    kind::<ClusterRoleBinding>(
+        "clusterrolebinding",
+        &[],
+        &[],
+        &[],
+        Strategy {
+            name: validation::rbac_name,
+            validate: validation::cluster_role_binding,
+            validate_update: validation::role_binding_update,
+            table: &table::ROLE_BINDING,
+            ..PLAIN
+        },
+    ),
+    review::<SelfSubjectAccessReview>("selfsubjectaccessreview"),
+    review::<SelfSubjectRulesReview>("selfsubjectrulesreview"),
+    review::<SubjectAccessReview>("subjectaccessreview"),
+    review::<LocalSubjectAccessReview>("localsubjectaccessreview"),
+    review::<SelfSubjectReview>("selfsubjectreview"),
 ];
 
 /// Finds the resource served at `group`/`version` under the URL name `plural`.

@@ -154,6 +154,18 @@ pub static LEASE: Printer<3> = Printer {
     cells: |o| [name(o), json!(str_at(o, "/spec/holderIdentity")), age(o)],
 };
 
+pub static ROLE_BINDING: Printer<3> = Printer {
+    columns: [
+        col("Name", "string", 0),
+        col("Role", "string", 0),
+        col("Age", "string", 0),
+    ],
+    cells: |o| {
+        let role = format!("{}/{}", str_at(o, "/roleRef/kind"), str_at(o, "/roleRef/name"));
+        [name(o), json!(role), age(o)]
+    },
+};
+
 pub static CONFIG_MAP: Printer<3> = Printer {
     columns: [
         col("Name", "string", 0),

@@ -52,7 +52,7 @@ impl Cause {
         }
     }
 
-    fn not_supported(field: impl Into<String>, value: &str, supported: &[&str]) -> Self {
+    pub fn not_supported(field: impl Into<String>, value: &str, supported: &[&str]) -> Self {
         let quoted: Vec<String> = supported.iter().map(|s| format!("{s:?}")).collect();
         Self {
             reason: "FieldValueNotSupported",
@@ -869,6 +869,8 @@ pub enum NameError {
     NotALabel,
     #[error("{}", SUBDOMAIN_RULE)]
     NotASubdomain,
+    #[error("may not be '.' or '..' and may not contain '/' or '%'")]
+    NotAPathSegment,
 }
 
 pub fn dns1123_label(name: &str) -> Result<(), NameError> {
@@ -894,6 +896,130 @@ pub fn dns1123_subdomain(name: &str) -> Result<(), NameError> {
         Ok(())
     } else {
         Err(NameError::NotASubdomain)
+    }
+}
+
+/// The verbs an RBAC rule may name: the API's, RBAC's own, and `*`.
+pub const RBAC_VERBS: &[&str] = &[
+    "*", "get", "list", "watch", "create", "update", "patch", "delete", "deletecollection",
+    "bind", "escalate", "impersonate", "approve", "sign", "use", "proxy", "post", "put", "head",
+];
+
+/// Names of RBAC objects may hold `:` (`system:node`): any path segment, as Kubernetes'
+/// `ValidateRBACName`.
+pub fn rbac_name(name: &str) -> Result<(), NameError> {
+    if name.len() > 253 {
+        return Err(NameError::TooLong(253));
+    }
+    if name == "." || name == ".." || name.contains(['/', '%']) {
+        return Err(NameError::NotAPathSegment);
+    }
+    Ok(())
+}
+
+fn policy_rules(object: &Value, namespaced: bool, causes: &mut Vec<Cause>) {
+    let Some(rules) = object.get("rules") else {
+        return;
+    };
+    let Some(rules) = rules.as_array() else {
+        if !rules.is_null() {
+            causes.push(Cause::invalid("rules", &rules.to_string(), "must be a list of rules"));
+        }
+        return;
+    };
+    for (i, rule) in rules.iter().enumerate() {
+        let field = |name: &str| format!("rules[{i}].{name}");
+        let list = |name: &str| -> Vec<String> {
+            rule[name]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|v| v.as_str().unwrap_or("").to_string())
+                .collect()
+        };
+        let verbs = list("verbs");
+        if verbs.is_empty() {
+            causes.push(Cause::required(field("verbs")));
+        }
+        for (j, verb) in verbs.iter().enumerate() {
+            if !RBAC_VERBS.contains(&verb.as_str()) {
+                causes.push(Cause::not_supported(format!("rules[{i}].verbs[{j}]"), verb, RBAC_VERBS));
+            }
+        }
+        let urls = list("nonResourceURLs");
+        if !urls.is_empty() {
+            if namespaced {
+                causes.push(Cause::invalid(field("nonResourceURLs"), &urls.join(","), "namespaced rules cannot apply to non-resource URLs"));
+            }
+            if !list("apiGroups").is_empty() || !list("resources").is_empty() {
+                causes.push(Cause::invalid(field("nonResourceURLs"), &urls.join(","), "rules cannot apply to both regular resources and non-resource URLs"));
+            }
+            for url in &urls {
+                if !url.starts_with('/') && url != "*" {
+                    causes.push(Cause::invalid(field("nonResourceURLs"), url, "must start with / or be *"));
+                }
+            }
+            continue;
+        }
+        if list("apiGroups").is_empty() {
+            causes.push(Cause::invalid(field("apiGroups"), "", "resource rules must supply at least one api group (\"\" is the core group)"));
+        }
+        if list("resources").is_empty() {
+            causes.push(Cause::required(field("resources")));
+        }
+    }
+}
+
+pub fn role(object: &Value, causes: &mut Vec<Cause>) {
+    policy_rules(object, true, causes);
+}
+
+pub fn cluster_role(object: &Value, causes: &mut Vec<Cause>) {
+    policy_rules(object, false, causes);
+}
+
+fn binding(object: &Value, namespaced: bool, causes: &mut Vec<Cause>) {
+    let kind = object.pointer("/roleRef/kind").and_then(Value::as_str).unwrap_or("");
+    let allowed: &[&str] = if namespaced { &["Role", "ClusterRole"] } else { &["ClusterRole"] };
+    if !allowed.contains(&kind) {
+        causes.push(Cause::not_supported("roleRef.kind", kind, allowed));
+    }
+    if object.pointer("/roleRef/name").and_then(Value::as_str).unwrap_or("").is_empty() {
+        causes.push(Cause::required("roleRef.name"));
+    }
+    let group = object.pointer("/roleRef/apiGroup").and_then(Value::as_str).unwrap_or("");
+    if group != "rbac.authorization.k8s.io" {
+        causes.push(Cause::not_supported("roleRef.apiGroup", group, &["rbac.authorization.k8s.io"]));
+    }
+    for (i, subject) in object["subjects"].as_array().into_iter().flatten().enumerate() {
+        let field = |name: &str| format!("subjects[{i}].{name}");
+        if subject["name"].as_str().unwrap_or("").is_empty() {
+            causes.push(Cause::required(field("name")));
+        }
+        match subject["kind"].as_str().unwrap_or("") {
+            "User" | "Group" => {}
+            "ServiceAccount" => {
+                if !namespaced && subject["namespace"].as_str().unwrap_or("").is_empty() {
+                    causes.push(Cause::required(field("namespace")));
+                }
+            }
+            other => causes.push(Cause::not_supported(field("kind"), other, &["ServiceAccount", "User", "Group"])),
+        }
+    }
+}
+
+pub fn role_binding(object: &Value, causes: &mut Vec<Cause>) {
+    binding(object, true, causes);
+}
+
+pub fn cluster_role_binding(object: &Value, causes: &mut Vec<Cause>) {
+    binding(object, false, causes);
+}
+
+/// A binding's role cannot change (Kubernetes: delete and re-create it).
+pub fn role_binding_update(old: &Value, new: &Value, causes: &mut Vec<Cause>) {
+    if old.get("roleRef") != new.get("roleRef") {
+        causes.push(Cause::invalid("roleRef", &new["roleRef"].to_string(), "cannot change roleRef"));
     }
 }
 

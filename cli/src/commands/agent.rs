@@ -4,14 +4,17 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use clap::Args;
-use shoal_control::client::Client;
 use shoal_runtime::agent::{Agent, AgentConfig};
 
 #[derive(Args)]
 pub struct AgentCommand {
-    /// The API server's URL.
+    /// The kubeconfig with the agent's credentials (a client certificate for
+    /// `system:node:<name>` in `system:nodes`, from `shoal kubeconfig`).
     #[arg(long)]
-    server: String,
+    kubeconfig: PathBuf,
+    /// The API server's URL (default: the kubeconfig's).
+    #[arg(long)]
+    server: Option<String>,
     /// The node's name (default: the host name).
     #[arg(long)]
     name: Option<String>,
@@ -64,10 +67,12 @@ impl AgentCommand {
         config.node_ports = !self.no_node_ports;
         config.lease_duration = std::time::Duration::from_secs(self.lease_duration_seconds);
         config.lease_renew = std::time::Duration::from_secs(self.lease_renew_seconds);
-        let mut agent = Agent::start(Client::http(&self.server)?, config).await?;
+        let (client, server) =
+            crate::kubeconfig::connect_to(&self.kubeconfig, self.server.as_deref()).await?;
+        let mut agent = Agent::start(client, config).await?;
         println!(
-            "shoal agent {name} ready: joined {}; gateway on {}",
-            self.server, agent.gateway_addr
+            "shoal agent {name} ready: joined {server}; gateway on {}",
+            agent.gateway_addr
         );
         super::shutdown_signal().await;
         agent.shutdown().await;

@@ -30,6 +30,8 @@ pub struct DevCommand {
     /// Where the ingress serves every Service, at `http://<service>.<namespace>.localhost:<port>/`.
     #[arg(long, default_value = "127.0.0.1:8080")]
     ingress_addr: SocketAddr,
+    #[command(flatten)]
+    security: super::server::SecurityArgs,
 }
 
 impl DevCommand {
@@ -40,6 +42,7 @@ impl DevCommand {
             .unwrap_or_else(crate::kubeconfig::default_data_dir);
         let mut options = crate::cluster::ControlPlaneOptions::default();
         options.scheduler.default_profile = self.scheduler_profile;
+        options.security = self.security.options();
         let mut cluster =
             DevCluster::start_with(&data_dir, self.api_addr, self.nodes, options, |_| {}).await?;
         let kubeconfig = cluster.write_kubeconfig()?;

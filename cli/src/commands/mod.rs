@@ -1,6 +1,7 @@
 //! The subcommands, one clap struct with an `execute()` each (in the manner of wasmtime's
 //! `src/commands`). Cluster commands: `dev`, `server`, `agent`. Client commands, which read a
-//! kubeconfig: `apply`, `get`, `describe`, `delete`, `logs`, `push`.
+//! kubeconfig: `apply`, `get`, `describe`, `delete`, `logs`, `push`; and `kubeconfig`, which
+//! issues one.
 
 mod agent;
 mod apply;
@@ -9,6 +10,7 @@ mod delete;
 mod describe;
 mod dev;
 mod get;
+mod kubeconfig;
 mod logs;
 mod push;
 mod server;
@@ -48,6 +50,8 @@ enum Command {
     Logs(logs::LogsCommand),
     /// Upload a .wasm file into the cluster and print its image reference.
     Push(push::PushCommand),
+    /// Issue a kubeconfig with a client certificate for a user (on the server's machine).
+    Kubeconfig(kubeconfig::KubeconfigCommand),
 }
 
 impl Cli {
@@ -62,6 +66,7 @@ impl Cli {
             Command::Delete(c) => c.execute().await,
             Command::Logs(c) => c.execute().await,
             Command::Push(c) => c.execute().await,
+            Command::Kubeconfig(c) => c.execute().await,
         }
     }
 }

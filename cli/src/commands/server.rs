@@ -26,6 +26,47 @@ pub struct ServerCommand {
     /// 410 Gone (clients relist).
     #[arg(long)]
     event_log_len: Option<u64>,
+    #[command(flatten)]
+    security: SecurityArgs,
+}
+
+/// How the API is served and authenticated (`shoal server` and `shoal dev`).
+#[derive(Args, Clone, Debug)]
+pub struct SecurityArgs {
+    /// Let requests without credentials read /healthz, /livez, /readyz and /version (they
+    /// get 401 everywhere else either way).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    anonymous_auth: bool,
+    /// Also serve plain HTTP here (loopback addresses only; requests there act as a
+    /// superuser, as kube-apiserver's old insecure port did).
+    #[arg(long)]
+    insecure_http_addr: Option<SocketAddr>,
+    /// Serve this certificate (PEM, the chain ending with its CA) instead of one from the
+    /// cluster CA.
+    #[arg(long, requires = "tls_private_key_file")]
+    tls_cert_file: Option<PathBuf>,
+    /// The private key (PEM) of --tls-cert-file.
+    #[arg(long, requires = "tls_cert_file")]
+    tls_private_key_file: Option<PathBuf>,
+    /// Also accept client certificates signed by these CAs (PEM).
+    #[arg(long)]
+    client_ca_file: Option<PathBuf>,
+    /// More names (DNS or IP) for the serving certificate (repeatable).
+    #[arg(long = "tls-san")]
+    tls_sans: Vec<String>,
+}
+
+impl SecurityArgs {
+    pub fn options(&self) -> crate::cluster::ApiSecurity {
+        crate::cluster::ApiSecurity {
+            anonymous_auth: self.anonymous_auth,
+            insecure_http_addr: self.insecure_http_addr,
+            tls_cert_file: self.tls_cert_file.clone(),
+            tls_private_key_file: self.tls_private_key_file.clone(),
+            client_ca_file: self.client_ca_file.clone(),
+            extra_names: self.tls_sans.clone(),
+        }
+    }
 }
 
 impl ServerCommand {
@@ -36,9 +77,10 @@ impl ServerCommand {
             std::time::Duration::from_secs(self.pod_eviction_timeout_seconds);
         options.scheduler.default_profile = self.scheduler_profile;
         options.event_log_len = self.event_log_len;
+        options.security = self.security.options();
         let control = ControlPlane::start_with(&self.data_dir, self.api_addr, options).await?;
         let kubeconfig = self.data_dir.join("kubeconfig");
-        crate::kubeconfig::write(&kubeconfig, &control.url())?;
+        control.write_admin_kubeconfig(&kubeconfig)?;
         println!(
             "shoal server ready: API at {}; kubeconfig at {}",
             control.url(),

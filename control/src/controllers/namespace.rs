@@ -39,7 +39,7 @@ async fn reconcile(client: Client, namespace: Arc<Namespace>) -> Result<Action, 
     }
     let name = namespace.metadata.name.as_deref().unwrap_or_default();
     let mut remaining = 0;
-    for resource in RESOURCES.iter().filter(|r| r.namespaced) {
+    for resource in RESOURCES.iter().filter(|r| r.namespaced && !r.is_review()) {
         let collection = format!(
             "{}/namespaces/{name}/{}",
             resource.group_version_path(),

@@ -9,7 +9,7 @@ use http::header::{ACCEPT, CONTENT_TYPE};
 use http::HeaderMap;
 use serde_json::{json, Value};
 
-use crate::api::resources::{ResourceInfo, RESOURCES, VERBS};
+use crate::api::resources::{ResourceInfo, RESOURCES};
 
 const AGGREGATED: &str = "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList";
 
@@ -98,6 +98,7 @@ fn aggregated_resource(r: &ResourceInfo) -> Value {
                 "Binding" => ("", "v1"),
                 "Scale" => ("autoscaling", "v1"),
                 "Eviction" => ("policy", "v1"),
+                "TokenRequest" => ("authentication.k8s.io", "v1"),
                 _ => (r.group, r.version),
             };
             json!({"subresource": name, "responseKind": {"group": group, "version": version, "kind": kind}, "verbs": verbs})
@@ -108,7 +109,7 @@ fn aggregated_resource(r: &ResourceInfo) -> Value {
         "responseKind": {"group": r.group, "version": r.version, "kind": r.kind},
         "scope": if r.namespaced { "Namespaced" } else { "Cluster" },
         "singularResource": r.singular,
-        "verbs": VERBS,
+        "verbs": r.verbs,
         "shortNames": r.short_names,
         "categories": r.categories,
         "subresources": subresources,
@@ -129,7 +130,7 @@ pub fn resource_list(group: &str, version: &str) -> Option<Value> {
     for r in &served {
         resources.push(json!({
             "name": r.plural, "singularName": r.singular, "namespaced": r.namespaced, "kind": r.kind,
-            "verbs": VERBS, "shortNames": r.short_names, "categories": r.categories,
+            "verbs": r.verbs, "shortNames": r.short_names, "categories": r.categories,
         }));
         // pods/eviction is listed below with its policy/v1 group-version.
         for (sub, kind, verbs) in r

@@ -7,14 +7,18 @@
 
 mod discovery;
 pub mod error;
+mod escalation;
+mod guard;
 mod modules;
 mod namespaces;
 mod objects;
 mod path;
 mod pods;
+mod protobuf;
 mod query;
 mod request;
 mod resource;
+mod reviews;
 mod routes;
 mod scale;
 mod services;
@@ -34,6 +38,10 @@ use axum::{Json, Router};
 use http::header::CONTENT_TYPE;
 use hyper_util::client::legacy::connect::HttpConnector;
 
+use crate::auth::authn::Authenticator;
+use crate::auth::rbac::PolicyCache;
+use crate::auth::tokens::ServiceAccountTokens;
+use crate::auth::UserInfo;
 use crate::store::Store;
 pub use error::ApiError;
 
@@ -45,6 +53,11 @@ pub struct ApiServer {
     store: Arc<dyn Store>,
     agents: AgentClient,
     options: ServerOptions,
+    /// Who a request is (x509, tokens, anonymous).
+    authenticator: Authenticator,
+    /// RBAC roles and bindings, kept from the store.
+    policy: Arc<PolicyCache>,
+    security: SecurityOptions,
     /// Serialises Service creations, which allocate cluster IPs and node ports.
     service_allocation: tokio::sync::Mutex<()>,
     /// Cancelled when the server stops ([`ApiServer::stop`]) or is dropped: open watches end
@@ -60,6 +73,26 @@ pub struct ServerOptions {
     /// 10.244.0.0/16, as Kubernetes' default) or shorter for dense nodes (/16: nodes in
     /// 10.0.0.0/8, 65534 pods each).
     pub node_cidr_mask: u8,
+}
+
+/// How the API server authenticates.
+#[derive(Clone, Debug)]
+pub struct SecurityOptions {
+    /// Whether requests without credentials may reach the public paths (`/healthz`,
+    /// `/livez`, `/readyz`, `/version`); elsewhere they always get 401.
+    pub anonymous_auth: bool,
+    /// The ServiceAccount token signing key (PKCS#8 PEM) and its public key (PEM); a fresh
+    /// pair when `None` (tokens then die with the server).
+    pub service_account_keys: Option<(String, String)>,
+}
+
+impl Default for SecurityOptions {
+    fn default() -> Self {
+        Self {
+            anonymous_auth: true,
+            service_account_keys: None,
+        }
+    }
 }
 
 impl Default for ServerOptions {
@@ -78,6 +111,14 @@ impl ApiServer {
         store: Arc<dyn Store>,
         options: ServerOptions,
     ) -> anyhow::Result<Arc<Self>> {
+        Self::with_security(store, options, SecurityOptions::default()).await
+    }
+
+    pub async fn with_security(
+        store: Arc<dyn Store>,
+        options: ServerOptions,
+        security: SecurityOptions,
+    ) -> anyhow::Result<Arc<Self>> {
         anyhow::ensure!(
             (8..=30).contains(&options.node_cidr_mask),
             "the node CIDR mask must be between /8 and /30"
@@ -86,7 +127,18 @@ impl ApiServer {
             hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
                 .build_http();
         let stopping = CancellationToken::new();
+        let (private, public) = match &security.service_account_keys {
+            Some(keys) => keys.clone(),
+            None => {
+                let key = rcgen::KeyPair::generate()?;
+                (key.serialize_pem(), key.public_key_pem())
+            }
+        };
+        let authenticator = Authenticator::new(ServiceAccountTokens::new(&private, &public)?, store.clone());
         let server = Arc::new(Self {
+            authenticator,
+            policy: Arc::default(),
+            security,
             store,
             agents,
             options,
@@ -95,7 +147,9 @@ impl ApiServer {
             stopping,
         });
         namespaces::ensure_system_namespaces(&server).await?;
+        reviews::ensure_bootstrap_policy(&server).await?;
         spawn_event_expiry(&server);
+        spawn_policy_sync(&server);
         Ok(server)
     }
 
@@ -156,6 +210,7 @@ impl ApiServer {
                 }),
             )
             .fallback(handle_resource)
+            .layer(axum::middleware::from_fn_with_state(self.clone(), guard::guard))
             .with_state(self.clone())
     }
 }
@@ -195,6 +250,15 @@ fn spawn_event_expiry(server: &Arc<ApiServer>) {
     }));
 }
 
+/// Keeps the RBAC policy cache current from the store until the server stops. Holds the
+/// store and the cache, not the server.
+fn spawn_policy_sync(server: &Arc<ApiServer>) {
+    let (store, policy) = (server.store.clone(), server.policy.clone());
+    tokio::spawn(server.stopping.clone().run_until_cancelled_owned(async move {
+        policy.sync(store.as_ref()).await;
+    }));
+}
+
 fn resource_list(group: &str, version: &str) -> Result<Json<serde_json::Value>, ApiError> {
     discovery::resource_list(group, version)
         .map(Json)
@@ -203,12 +267,17 @@ fn resource_list(group: &str, version: &str) -> Result<Json<serde_json::Value>, 
 
 async fn handle_resource(
     State(server): State<Arc<ApiServer>>,
+    user: Option<axum::Extension<Arc<UserInfo>>>,
     method: Method,
     uri: Uri,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let request = request::Request::new(&method, &uri, &headers, body);
+    // The guard always sets the user; a route added without it runs as no one.
+    let Some(axum::Extension(user)) = user else {
+        return ApiError::Unauthorized.into_response();
+    };
+    let request = request::Request::new(&method, &uri, &headers, body, user);
     match request {
         Ok(request) => server
             .serve(request)

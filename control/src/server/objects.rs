@@ -36,6 +36,7 @@ impl ApiServer {
             .map_err(|e| {
                 ApiError::from_store(e, &request.resource().qualified_plural(), request.name())
             })?;
+        super::escalation::settle(self, request, &deleted).await;
         Ok(json_response(StatusCode::OK, &deleted))
     }
 }

@@ -9,7 +9,10 @@ use serde_json::Value;
 use super::error::{ApiError, Result};
 use super::path::{self, ResourcePath};
 use super::query::Query;
+use std::sync::Arc;
+
 use crate::api::resources::ResourceInfo;
+use crate::auth::UserInfo;
 use crate::store::ObjectKey;
 
 /// A decoded request on a resource URL.
@@ -22,10 +25,18 @@ pub struct Request {
     pub wants_table: bool,
     pub headers: HeaderMap,
     pub raw_query: Option<String>,
+    /// Who is asking (authenticated and authorized by the guard).
+    pub user: Arc<UserInfo>,
 }
 
 impl Request {
-    pub fn new(method: &Method, uri: &Uri, headers: &HeaderMap, body: Bytes) -> Result<Self> {
+    pub fn new(
+        method: &Method,
+        uri: &Uri,
+        headers: &HeaderMap,
+        body: Bytes,
+        user: Arc<UserInfo>,
+    ) -> Result<Self> {
         let path = path::parse(uri.path()).map_err(|_| ApiError::NoRoute)?;
         let header = |name| {
             headers
@@ -42,6 +53,7 @@ impl Request {
             wants_table: header(ACCEPT).contains("as=Table"),
             headers: headers.clone(),
             raw_query: uri.query().map(str::to_string),
+            user,
         })
     }
 
@@ -66,9 +78,7 @@ impl Request {
     /// Decodes the body as a JSON (or YAML) object.
     pub fn decode_body(&self) -> Result<Value> {
         if self.content_type.contains("protobuf") {
-            return Err(ApiError::UnsupportedMediaType(
-                "protobuf request bodies are not supported; send application/json (for `kubectl create <generator>`, use `--dry-run=client -o yaml | kubectl apply -f -`)".into(),
-            ));
+            return super::protobuf::decode(&self.body);
         }
         let value: Value = if self.content_type.contains("yaml") {
             serde_yaml::from_slice(&self.body).map_err(|e| {
@@ -104,6 +114,7 @@ impl Request {
             body: self.body.clone(),
             content_type: self.content_type.clone(),
             wants_table: self.wants_table,
+            user: self.user.clone(),
         }
     }
 }

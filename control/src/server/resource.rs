@@ -12,7 +12,7 @@ use serde_json::{json, Value};
 
 use super::error::{ApiError, Result};
 use super::request::Request;
-use super::{json_response, namespaces, pods, services, ApiServer};
+use super::{escalation, json_response, namespaces, pods, services, ApiServer};
 use crate::api::resources::ResourceInfo;
 use crate::api::{object, patch};
 use crate::store::{revision_of, ObjectKey};
@@ -105,6 +105,7 @@ impl ApiServer {
                 causes,
             });
         }
+        escalation::check(self, request, &object)?;
         if request.query.dry_run() {
             return Ok(self.respond_object(request, StatusCode::CREATED, &object));
         }
@@ -114,6 +115,7 @@ impl ApiServer {
             .create(key, object)
             .await
             .map_err(|e| ApiError::from_store(e, &resource.qualified_plural(), &name))?;
+        escalation::settle(self, request, &stored).await;
         Ok(self.respond_object(request, StatusCode::CREATED, &stored))
     }
 
@@ -191,6 +193,7 @@ impl ApiServer {
         object: Value,
         precondition: Option<u64>,
     ) -> Result<Response> {
+        escalation::check(self, request, &object)?;
         if request.query.dry_run() {
             return Ok(self.respond_object(request, StatusCode::OK, &object));
         }
@@ -200,6 +203,7 @@ impl ApiServer {
             .update(request.key(), object, precondition)
             .await
             .map_err(|e| ApiError::from_store(e, &resource.qualified_plural(), request.name()))?;
+        escalation::settle(self, request, &stored).await;
         // An object marked for deletion goes once its last finalizer is removed. Pods are
         // the exception: their node agent finishes their deletion.
         let finalizers = stored

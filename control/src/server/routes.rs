@@ -1,5 +1,5 @@
 //! Which handler serves a request on a resource URL: the generic verbs, watch, or a
-//! subresource (proxy, log, scale, binding, eviction, finalize).
+//! subresource (proxy, log, scale, binding, eviction, finalize), or an access review.
 
 use std::sync::Arc;
 
@@ -8,12 +8,21 @@ use http::{Method, StatusCode};
 
 use super::error::{ApiError, Result};
 use super::request::Request;
-use super::{namespaces, pods, scale, ApiServer};
+use super::{namespaces, pods, reviews, scale, ApiServer};
 
 impl ApiServer {
     pub(super) async fn serve(self: &Arc<Self>, request: Request) -> Result<Response> {
         let has_name = request.path.name.is_some();
         let sub = request.path.subresource.clone();
+        if request.resource().is_review() {
+            return match (&request.method, has_name) {
+                (&Method::POST, false) => reviews::create(self, &request).await,
+                (method, _) => Err(ApiError::MethodNotAllowed(format!(
+                    "{method} {}",
+                    request.resource().plural
+                ))),
+            };
+        }
         match (&request.method, has_name, sub.as_deref()) {
             (&Method::GET, false, _) if request.query.flag("watch") => self.watch(&request),
             (&Method::GET, false, _) => self.list(&request),
