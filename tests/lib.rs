@@ -30,15 +30,23 @@ impl TestCluster {
         nodes: usize,
         configure: impl Fn(&mut shoal_runtime::agent::AgentConfig),
     ) -> Self {
+        Self::start_with_options(nodes, Default::default(), configure).await
+    }
+
+    /// Like [`TestCluster::start_with`], with control plane options.
+    pub async fn start_with_options(
+        nodes: usize,
+        options: shoal::cluster::ControlPlaneOptions,
+        configure: impl Fn(&mut shoal_runtime::agent::AgentConfig),
+    ) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let addr = "127.0.0.1:0".parse().unwrap();
-        let cluster =
-            DevCluster::start_with(dir.path(), addr, nodes, Default::default(), |config| {
-                config.restart_backoff = Duration::from_millis(200);
-                configure(config);
-            })
-            .await
-            .unwrap();
+        let cluster = DevCluster::start_with(dir.path(), addr, nodes, options, |config| {
+            config.restart_backoff = Duration::from_millis(200);
+            configure(config);
+        })
+        .await
+        .unwrap();
         let kubeconfig = cluster.write_kubeconfig().unwrap();
         Self {
             cluster,
@@ -49,6 +57,22 @@ impl TestCluster {
 
     pub fn url(&self) -> String {
         self.cluster.control.url()
+    }
+
+    /// An HTTPS client to the API as the cluster's admin.
+    pub fn http(&self) -> Http {
+        Http::from_kubeconfig(&self.kubeconfig)
+    }
+
+    /// Writes a kubeconfig for `user` in `groups` (no rights until bound) and returns its path.
+    pub fn kubeconfig_for(&self, user: &str, groups: &[&str]) -> PathBuf {
+        let path = self.dir.path().join(format!("kubeconfig-{user}"));
+        let groups: Vec<String> = groups.iter().map(|g| g.to_string()).collect();
+        self.cluster
+            .control
+            .write_kubeconfig_for(&path, user, &groups, Duration::from_secs(3600))
+            .unwrap();
+        path
     }
 }
 
@@ -175,25 +199,130 @@ pub async fn wait_for<T>(
     }
 }
 
-/// A plain HTTP/1.1 client (hyper), for testing the API as any HTTP client would use it.
+/// An HTTP/1.1 client (hyper, rustls for https://), for testing the API as any HTTP client
+/// would use it: plain, or over TLS with the credentials of a kubeconfig, a bearer token or
+/// none.
 #[derive(Clone)]
 pub struct Http {
     client: hyper_util::client::legacy::Client<
-        hyper_util::client::legacy::connect::HttpConnector,
+        hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>,
         Full<bytes::Bytes>,
     >,
     base: String,
+    token: Option<String>,
+}
+
+/// What a kubeconfig's first cluster and user say.
+pub struct KubeconfigParts {
+    pub server: String,
+    pub ca_pem: String,
+    /// Client certificate and key (PEM).
+    pub client: Option<(String, String)>,
+}
+
+pub fn read_kubeconfig(path: &Path) -> KubeconfigParts {
+    use base64::Engine;
+    let config: serde_yaml::Value =
+        serde_yaml::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let field = |v: &serde_yaml::Value, key: &str| -> Option<String> {
+        let encoded = v.get(key)?.as_str()?;
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(encoded)
+            .ok()?;
+        String::from_utf8(bytes).ok()
+    };
+    let cluster = &config["clusters"][0]["cluster"];
+    let user = &config["users"][0]["user"];
+    KubeconfigParts {
+        server: cluster["server"].as_str().unwrap().to_string(),
+        ca_pem: field(cluster, "certificate-authority-data").unwrap_or_default(),
+        client: field(user, "client-certificate-data").zip(field(user, "client-key-data")),
+    }
 }
 
 impl Http {
+    /// Plain HTTP (or HTTPS trusting nothing but the system's roots).
     pub fn new(base: &str) -> Self {
+        Self::build(base, None, None)
+    }
+
+    /// HTTPS to the kubeconfig's server, as its user.
+    pub fn from_kubeconfig(path: &Path) -> Self {
+        let parts = read_kubeconfig(path);
+        Self::build(&parts.server, Some(&parts.ca_pem), parts.client)
+    }
+
+    /// HTTPS trusting `ca_pem`, with no credentials (anonymous).
+    pub fn anonymous(base: &str, ca_pem: &str) -> Self {
+        Self::build(base, Some(ca_pem), None)
+    }
+
+    /// HTTPS trusting `ca_pem`, with a client certificate and key (PEM).
+    pub fn with_client_certificate(
+        base: &str,
+        ca_pem: &str,
+        cert_pem: &str,
+        key_pem: &str,
+    ) -> Self {
+        Self::build(
+            base,
+            Some(ca_pem),
+            Some((cert_pem.to_string(), key_pem.to_string())),
+        )
+    }
+
+    /// The same client, sending `Authorization: Bearer <token>`.
+    pub fn bearer(mut self, token: &str) -> Self {
+        self.token = Some(token.to_string());
+        self
+    }
+
+    fn build(base: &str, ca_pem: Option<&str>, client: Option<(String, String)>) -> Self {
+        use rustls::pki_types::pem::PemObject;
+        let mut roots = rustls::RootCertStore::empty();
+        if let Some(ca) = ca_pem {
+            for cert in rustls::pki_types::CertificateDer::pem_slice_iter(ca.as_bytes()) {
+                roots.add(cert.unwrap()).unwrap();
+            }
+        }
+        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+        let builder = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots);
+        let config = match client {
+            Some((cert, key)) => {
+                let chain = rustls::pki_types::CertificateDer::pem_slice_iter(cert.as_bytes())
+                    .collect::<Result<Vec<_>, _>>()
+                    .unwrap();
+                let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap();
+                builder.with_client_auth_cert(chain, key).unwrap()
+            }
+            None => builder.with_no_client_auth(),
+        };
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(config)
+            .https_or_http()
+            .enable_http1()
+            .build();
         let client =
             hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-                .build_http();
+                .build(connector);
         Self {
             client,
             base: base.trim_end_matches('/').to_string(),
+            token: None,
         }
+    }
+
+    fn request(&self, method: &str, path: &str) -> http::request::Builder {
+        let mut request = http::Request::builder()
+            .method(method)
+            .uri(format!("{}{path}", self.base));
+        if let Some(token) = &self.token {
+            request = request.header(http::header::AUTHORIZATION, format!("Bearer {token}"));
+        }
+        request
     }
 
     /// Sends a request and returns the status and the body as JSON (or as a JSON string if it
@@ -228,9 +357,8 @@ impl Http {
         content_type: &str,
         body: &str,
     ) -> (u16, bytes::Bytes) {
-        let request = http::Request::builder()
-            .method(method)
-            .uri(format!("{}{path}", self.base))
+        let request = self
+            .request(method, path)
             .header("content-type", content_type)
             .body(Full::new(bytes::Bytes::from(body.to_string())))
             .unwrap();
@@ -257,10 +385,7 @@ impl Http {
         content_type: &str,
         body: &str,
     ) -> (u16, http::HeaderMap, bytes::Bytes) {
-        let mut request = http::Request::builder()
-            .method(method)
-            .uri(format!("{}{path}", self.base))
-            .header(http::header::HOST, host);
+        let mut request = self.request(method, path).header(http::header::HOST, host);
         if !content_type.is_empty() {
             request = request.header(http::header::CONTENT_TYPE, content_type);
         }
@@ -275,7 +400,8 @@ impl Http {
 
     /// Opens a watch and returns its body for reading events line by line.
     pub async fn stream(&self, path: &str) -> hyper::body::Incoming {
-        let request = http::Request::get(format!("{}{path}", self.base))
+        let request = self
+            .request("GET", path)
             .body(Full::new(bytes::Bytes::new()))
             .unwrap();
         let response = self.client.request(request).await.unwrap();
@@ -502,7 +628,34 @@ pub async fn waiting_reason(http: &Http, namespace: &str, name: &str) -> (String
 pub fn start_server(dir: &std::path::Path, extra: &[&str]) -> (Process, String) {
     let addr = free_addr().to_string();
     let server = start_server_at(dir, &addr, extra);
-    (server, format!("http://{addr}"))
+    (server, format!("https://{addr}"))
+}
+
+/// The admin kubeconfig `shoal server` wrote for the server started in `dir`.
+pub fn server_kubeconfig(dir: &std::path::Path) -> PathBuf {
+    dir.join("server").join("kubeconfig")
+}
+
+/// A kubeconfig for `user` in `groups` issued by `shoal kubeconfig` from the server's CA in
+/// `dir`, written to `dir/<file>`.
+pub fn issue_kubeconfig(dir: &std::path::Path, user: &str, groups: &[&str], file: &str) -> PathBuf {
+    let path = dir.join(file);
+    let data = dir.join("server");
+    let mut args = vec![
+        "kubeconfig",
+        "--user",
+        user,
+        "--data-dir",
+        data.to_str().unwrap(),
+        "-o",
+        path.to_str().unwrap(),
+    ];
+    for group in groups {
+        args.extend(["--group", group]);
+    }
+    let output = Command::new(shoal_bin()).args(&args).output().unwrap();
+    ok(output);
+    path
 }
 
 /// `shoal server` on `addr` with its data in `dir/server` (again, after a restart).

@@ -143,7 +143,9 @@ async fn start_cluster_with(
         configure,
     )
     .await?;
-    let client = Client::http(&cluster.control.url())?;
+    // The benchmark's client is a user's: HTTPS with the admin kubeconfig's certificate.
+    let kubeconfig = cluster.write_kubeconfig()?;
+    let (client, _) = shoal::kubeconfig::connect(&kubeconfig).await?;
     Ok(Bench {
         cluster,
         client,

@@ -108,7 +108,8 @@ struct ApiTls {
 }
 
 fn read_pem(path: &Path, what: &str) -> anyhow::Result<String> {
-    std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("reading {what} {}: {e}", path.display()))
+    std::fs::read_to_string(path)
+        .map_err(|e| anyhow::anyhow!("reading {what} {}: {e}", path.display()))
 }
 
 fn api_tls(pki: &Pki, addr: SocketAddr, security: &ApiSecurity) -> anyhow::Result<ApiTls> {
@@ -125,7 +126,10 @@ fn api_tls(pki: &Pki, addr: SocketAddr, security: &ApiSecurity) -> anyhow::Resul
                 };
                 // Clients trust the last certificate of the chain given (its CA, when the
                 // file holds the whole chain).
-                let last = pem.cert_pem.rfind("-----BEGIN CERTIFICATE-----").unwrap_or(0);
+                let last = pem
+                    .cert_pem
+                    .rfind("-----BEGIN CERTIFICATE-----")
+                    .unwrap_or(0);
                 let ca = pem.cert_pem[last..].to_string();
                 (pem, ca, None)
             }
@@ -152,7 +156,10 @@ fn time_now() -> time::OffsetDateTime {
 /// Re-issues the serving certificate when it nears expiry (looking every hour) and swaps it
 /// into the listener; new connections get the new one.
 async fn rotate_serving_certificate(pki: Arc<Pki>, names: Vec<String>, tls: Arc<TlsServing>) {
-    let mut current = pki.serving_certificate(&names, time_now()).ok().map(|c| c.cert_pem);
+    let mut current = pki
+        .serving_certificate(&names, time_now())
+        .ok()
+        .map(|c| c.cert_pem);
     loop {
         tokio::time::sleep(std::time::Duration::from_secs(3600)).await;
         match pki.serving_certificate(&names, time_now()) {
@@ -221,8 +228,7 @@ impl ControlPlane {
             anonymous_auth: security.anonymous_auth,
             service_account_keys: Some((sa_private.to_string(), sa_public.to_string())),
         };
-        let server =
-            ApiServer::with_security(Arc::new(store), options, security_options).await?;
+        let server = ApiServer::with_security(Arc::new(store), options, security_options).await?;
         let router = server.router();
         if let Some(insecure) = security.insecure_http_addr {
             anyhow::ensure!(

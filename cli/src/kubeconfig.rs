@@ -5,8 +5,8 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
-use kube::config::{KubeConfigOptions, Kubeconfig};
 use base64::Engine;
+use kube::config::{KubeConfigOptions, Kubeconfig};
 use shoal_control::auth::pki::CertAndKey;
 use shoal_control::client::Client;
 
@@ -36,7 +36,8 @@ pub fn render(server: &str, ca_pem: &str, user: &str, credentials: &CertAndKey) 
 /// Writes a kubeconfig (it holds a private key: mode 0600).
 pub fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
     if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("creating {}", parent.display()))?;
     }
     shoal_control::auth::pki::write_private(path, text)
         .with_context(|| format!("writing {}", path.display()))
@@ -66,9 +67,10 @@ pub fn locate(flag: Option<&Path>) -> PathBuf {
 pub async fn connect_to(path: &Path, server: Option<&str>) -> anyhow::Result<(Client, String)> {
     let kubeconfig = Kubeconfig::read_from(path)
         .with_context(|| format!("reading kubeconfig {}", path.display()))?;
-    let mut config = kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
-        .await
-        .with_context(|| format!("kubeconfig {}", path.display()))?;
+    let mut config =
+        kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+            .await
+            .with_context(|| format!("kubeconfig {}", path.display()))?;
     if let Some(server) = server {
         config.cluster_url = server
             .parse()
@@ -113,7 +115,16 @@ mod tests {
             .issue_client("alice", &[], std::time::Duration::from_secs(60))
             .unwrap();
         let path = dir.path().join("kubeconfig");
-        write_private(&path, &render("https://127.0.0.1:1234", pki.ca_pem(), "alice", &credentials)).unwrap();
+        write_private(
+            &path,
+            &render(
+                "https://127.0.0.1:1234",
+                pki.ca_pem(),
+                "alice",
+                &credentials,
+            ),
+        )
+        .unwrap();
         let (_, namespace) = connect(&path).await.unwrap();
         assert_eq!(namespace, "default");
         let Err(missing) = connect(&dir.path().join("missing")).await else {

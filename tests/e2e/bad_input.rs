@@ -16,7 +16,7 @@ fn pod(name: &str, image: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_requests_are_rejected_and_change_nothing() {
     let cluster = TestCluster::start(1).await;
-    let http = Http::new(&cluster.url());
+    let http = cluster.http();
     let pods = "/api/v1/namespaces/default/pods";
 
     let (status, body) = http
@@ -101,7 +101,7 @@ async fn bad_requests_are_rejected_and_change_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broken_images_get_a_reason_and_the_agent_keeps_running() {
     let cluster = TestCluster::start(1).await;
-    let http = Http::new(&cluster.url());
+    let http = cluster.http();
     let pods = "/api/v1/namespaces/default/pods";
     let text_file = cluster.dir.path().join("readme.wasm");
     std::fs::write(&text_file, "this is not WebAssembly").unwrap();
@@ -148,7 +148,7 @@ async fn broken_images_get_a_reason_and_the_agent_keeps_running() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn values_that_used_to_panic_are_refused_or_survived() {
     let cluster = TestCluster::start(1).await;
-    let http = Http::new(&cluster.url());
+    let http = cluster.http();
     let pods = "/api/v1/namespaces/default/pods";
 
     // A pod asking for more memory than a u64 holds: valid, but fits no node.

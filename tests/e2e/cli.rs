@@ -7,7 +7,7 @@ use shoal_tests::*;
 async fn shoal_client_commands_run_hello_pods() {
     let cluster = TestCluster::start(1).await;
     let kubeconfig = cluster.kubeconfig.clone();
-    let http = Http::new(&cluster.url());
+    let http = cluster.http();
     let manifest = cluster.dir.path().join("hello.yaml");
     std::fs::write(
         &manifest,

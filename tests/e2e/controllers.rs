@@ -58,7 +58,7 @@ async fn wait_ready_replicas(http: &Http, name: &str, count: usize) -> Vec<Value
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_set_keeps_its_replicas() {
     let cluster = TestCluster::start(2).await;
-    let http = Http::new(&cluster.url());
+    let http = cluster.http();
     let with_kubectl = kubectl_available("a_replica_set_keeps_its_replicas (kubectl parts)");
     http.create(SETS, &replica_set("web", 3)).await;
     let pods = wait_ready_replicas(&http, "web", 3).await;
@@ -172,7 +172,7 @@ async fn a_replica_set_keeps_its_replicas() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn orphan_propagation_keeps_the_pods() {
     let cluster = TestCluster::start(1).await;
-    let http = Http::new(&cluster.url());
+    let http = cluster.http();
     http.create(SETS, &replica_set("kept", 2)).await;
     wait_ready_replicas(&http, "kept", 2).await;
     let (status, _) = http
@@ -246,7 +246,7 @@ async fn deployments_roll_out_roll_back_and_restart_with_kubectl() {
         return;
     }
     let cluster = TestCluster::start(2).await;
-    let http = Http::new(&cluster.url());
+    let http = cluster.http();
     let kc = cluster.kubeconfig.clone();
     let v2 = cluster.dir.path().join("web-v2.wasm");
     std::fs::copy(WEB_P2, &v2).unwrap();
@@ -365,7 +365,7 @@ async fn deployments_roll_out_roll_back_and_restart_with_kubectl() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rolling_update_stays_within_surge_and_unavailability() {
     let cluster = TestCluster::start(2).await;
-    let http = Http::new(&cluster.url());
+    let http = cluster.http();
     let deployments = "/apis/apps/v1/namespaces/default/deployments";
     let mut d: Value = serde_json::to_value(
         serde_yaml::from_str::<serde_yaml::Value>(&deployment_yaml(WEB_P2)).unwrap(),
@@ -470,7 +470,7 @@ async fn a_rolling_update_stays_within_surge_and_unavailability() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn min_ready_seconds_delays_availability() {
     let cluster = TestCluster::start(1).await;
-    let http = Http::new(&cluster.url());
+    let http = cluster.http();
     let deployment = json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web"},
         "spec": {"replicas": 2, "minReadySeconds": 3, "selector": {"matchLabels": {"app": "web"}},
             "template": {"metadata": {"labels": {"app": "web"}}, "spec": {"containers": [
@@ -574,7 +574,7 @@ async fn wait_ready_replicas_of_deployment(http: &Http, count: i64) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_daemon_set_follows_nodes() {
     let cluster = TestCluster::start(2).await;
-    let http = Http::new(&cluster.url());
+    let http = cluster.http();
     let ds = json!({"apiVersion": "apps/v1", "kind": "DaemonSet", "metadata": {"name": "agent"},
         "spec": {"selector": {"matchLabels": {"app": "agent"}},
             "template": {"metadata": {"labels": {"app": "agent"}}, "spec": {"containers": [
@@ -667,7 +667,7 @@ async fn job_condition(http: &Http, name: &str) -> (String, Value) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn jobs_complete_fail_and_index() {
     let cluster = TestCluster::start(2).await;
-    let http = Http::new(&cluster.url());
+    let http = cluster.http();
     let jobs = "/apis/batch/v1/namespaces/default/jobs";
     let batch = job(
         "batch",
@@ -805,7 +805,7 @@ async fn kubectl_drain_evicts_and_pods_move() {
         return;
     }
     let cluster = TestCluster::start(2).await;
-    let http = Http::new(&cluster.url());
+    let http = cluster.http();
     http.create(SETS, &replica_set("drained", 4)).await;
     wait_ready_replicas(&http, "drained", 4).await;
     let out = ok(kubectl_async(&cluster.kubeconfig, &["drain", "node-0", "--timeout=60s"]).await);
@@ -831,7 +831,7 @@ async fn kubectl_drain_evicts_and_pods_move() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cron_job_fires_on_schedule() {
     let cluster = TestCluster::start(1).await;
-    let http = Http::new(&cluster.url());
+    let http = cluster.http();
     let cron = json!({"apiVersion": "batch/v1", "kind": "CronJob", "metadata": {"name": "tick"},
         "spec": {"schedule": "* * * * *", "jobTemplate": {"spec": {"template": {"spec": {"restartPolicy": "Never",
             "containers": [{"name": "main", "image": shoal_examples::HELLO_P1, "args": ["tick"]}]}}}}}});
@@ -894,7 +894,7 @@ async fn a_replication_controller_keeps_its_replicas_with_kubectl() {
         return;
     }
     let cluster = TestCluster::start(1).await;
-    let http = Http::new(&cluster.url());
+    let http = cluster.http();
     let kc = cluster.kubeconfig.clone();
     // No selector: it defaults to the template's labels.
     let manifest = format!(
@@ -960,7 +960,7 @@ async fn deleting_a_deployment_follows_each_propagation_policy() {
         return;
     }
     let cluster = TestCluster::start(1).await;
-    let http = Http::new(&cluster.url());
+    let http = cluster.http();
     let kc = cluster.kubeconfig.clone();
     let deploy = async || {
         ok(kubectl_stdin_async(&kc, &["apply", "-f", "-"], &deployment_yaml(WEB_P2)).await);

@@ -24,7 +24,7 @@ async fn objects_survive_a_restart_of_shoal_dev() {
         "127.0.0.1:0",
     ];
     let mut dev = Process::start(&args, dir.path().join("dev1.log"), "shoal dev ready");
-    let http = Http::new(&format!("http://{addr}"));
+    let http = Http::from_kubeconfig(&data.join("kubeconfig"));
     let config = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "kept"}, "data": {"k": "v"}});
     let (status, _) = http
         .call(
@@ -64,14 +64,14 @@ async fn acknowledged_writes_survive_sigkill() {
         data.to_str().unwrap(),
     ];
     let server = Process::start(&args, dir.path().join("server1.log"), "shoal server ready");
-    let base = format!("http://{addr}");
+    let kubeconfig = data.join("kubeconfig");
 
     let acknowledged = Arc::new(Mutex::new(BTreeSet::new()));
     let mut writers = Vec::new();
     for writer in 0..16 {
-        let (acknowledged, base) = (acknowledged.clone(), base.clone());
+        let (acknowledged, kubeconfig) = (acknowledged.clone(), kubeconfig.clone());
         writers.push(tokio::spawn(async move {
-            let http = Http::new(&base);
+            let http = Http::from_kubeconfig(&kubeconfig);
             for i in 0..100_000 {
                 let name = format!("w{writer}-{i}");
                 let body = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name}, "data": {"i": i.to_string()}});
@@ -101,7 +101,7 @@ async fn acknowledged_writes_survive_sigkill() {
     let acknowledged = acknowledged.lock().unwrap().clone();
 
     let _server = Process::start(&args, dir.path().join("server2.log"), "shoal server ready");
-    let http = Http::new(&base);
+    let http = Http::from_kubeconfig(&kubeconfig);
     let (status, list) = http
         .call("GET", "/api/v1/namespaces/default/configmaps", "", "")
         .await;

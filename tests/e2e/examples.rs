@@ -65,7 +65,7 @@ fn terminated_reason(pod: &Value) -> Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn example_manifests_behave_as_documented() {
     let mut cluster = TestCluster::start(1).await;
-    let http = Http::new(&cluster.url());
+    let http = cluster.http();
     let ingress_addr = cluster
         .cluster
         .start_ingress("127.0.0.1:0".parse().unwrap())

@@ -19,7 +19,7 @@ fn pod_json(name: &str, args: &[&str]) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn plain_http_client_drives_a_pod() {
     let cluster = TestCluster::start(1).await;
-    let http = Http::new(&cluster.url());
+    let http = cluster.http();
     let (status, list) = http
         .call("GET", "/api/v1/namespaces/default/pods", "", "")
         .await;
@@ -202,7 +202,7 @@ async fn plain_http_client_drives_a_pod() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn discovery_and_defaults() {
     let cluster = TestCluster::start(1).await;
-    let http = Http::new(&cluster.url());
+    let http = cluster.http();
     let (_, version) = http.call("GET", "/version", "", "").await;
     assert!(version["gitVersion"]
         .as_str()

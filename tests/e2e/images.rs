@@ -16,7 +16,7 @@ fn pod(name: &str, image: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pushed_and_http_images_run() {
     let cluster = TestCluster::start(1).await;
-    let http = Http::new(&cluster.url());
+    let http = cluster.http();
 
     let pushed = ok(shoal_async(&cluster.kubeconfig, &["push", HELLO_P2]).await);
     let reference = pushed.trim().to_string();
@@ -147,7 +147,7 @@ async fn https_images_are_verified() {
     std::fs::write(&ca_file, ca).unwrap();
     let cluster =
         TestCluster::start_with(1, move |config| config.image_ca = Some(ca_file.clone())).await;
-    let http = Http::new(&cluster.url());
+    let http = cluster.http();
     let trusted = format!("https://localhost:{port}/hello.wasm");
     assert_eq!(
         http.call("POST", PODS, "application/json", &pod("tls", &trusted))

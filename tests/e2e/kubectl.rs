@@ -13,7 +13,7 @@ async fn kubectl_runs_hello_pods_end_to_end() {
     }
     let cluster = TestCluster::start(1).await;
     let kubeconfig = cluster.kubeconfig.clone();
-    let http = Http::new(&cluster.url());
+    let http = cluster.http();
 
     // A watch started before anything exists streams what follows.
     let watch_log = cluster.dir.path().join("watch.log");

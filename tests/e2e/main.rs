@@ -12,5 +12,6 @@ mod kubectl;
 mod multi_process;
 mod operator;
 mod pods;
+mod security;
 mod services;
 mod statefulsets;

@@ -8,11 +8,20 @@ use serde_json::{json, Value};
 use shoal_examples::{HELLO_P1, HELLO_P2, WEB_P2};
 use shoal_tests::*;
 
-/// `shoal agent` named `name`, joined to the server at `url`, its data under `dir`.
+/// `shoal agent` named `name`, joined to the server at `url` as `system:node:<name>` (a
+/// kubeconfig from `shoal kubeconfig`), its data under `dir`.
 fn start_agent(dir: &std::path::Path, url: &str, name: &str, extra: &[&str]) -> Process {
     let data = dir.join(name);
+    let kubeconfig = issue_kubeconfig(
+        dir,
+        &format!("system:node:{name}"),
+        &["system:nodes"],
+        &format!("kubeconfig-{name}"),
+    );
     let mut args = vec![
         "agent",
+        "--kubeconfig",
+        kubeconfig.to_str().unwrap(),
         "--server",
         url,
         "--name",
@@ -32,7 +41,7 @@ async fn pods_run_on_two_agent_processes() {
         .iter()
         .map(|name| start_agent(dir.path(), &url, name, &[]))
         .collect();
-    let http = Http::new(&url);
+    let http = Http::from_kubeconfig(&server_kubeconfig(dir.path()));
     wait_for(
         "both nodes to be registered",
         Duration::from_secs(30),
@@ -150,7 +159,7 @@ async fn pods_of_a_killed_agent_run_again_elsewhere() {
             start_agent(dir.path(), &url, name, &lease),
         );
     }
-    let http = Http::new(&url);
+    let http = Http::from_kubeconfig(&server_kubeconfig(dir.path()));
     let rs = json!({"apiVersion": "apps/v1", "kind": "ReplicaSet", "metadata": {"name": "healer"},
         "spec": {"replicas": 6, "selector": {"matchLabels": {"app": "healer"}},
             "template": {"metadata": {"labels": {"app": "healer"}}, "spec": {"containers": [

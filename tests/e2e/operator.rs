@@ -87,7 +87,12 @@ async fn a_kube_rs_operator_lists_watches_and_recovers_from_a_restart() {
     // the server is down.
     let log = ["--event-log-len", "20"];
     let mut server = start_server_at(dir.path(), &addr, &log);
-    let client = Client::try_from(Config::new(format!("http://{addr}").parse().unwrap())).unwrap();
+    // kube-rs reads the server's kubeconfig: HTTPS, the cluster CA, a client certificate.
+    let kubeconfig = kube::config::Kubeconfig::read_from(server_kubeconfig(dir.path())).unwrap();
+    let config = Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+        .await
+        .unwrap();
+    let client = Client::try_from(config).unwrap();
     let configmaps: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
 
     // Initial list: a source that exists before the operator starts.
@@ -161,7 +166,7 @@ async fn a_kube_rs_operator_lists_watches_and_recovers_from_a_restart() {
     let _server = start_server_at(dir.path(), &addr, &log);
 
     // The revision the operator last saw is gone: a watch from it is refused with 410...
-    let http = Http::new(&format!("http://{addr}"));
+    let http = Http::from_kubeconfig(&server_kubeconfig(dir.path()));
     let mut events = EventReader::new(
         http.stream(&format!(
             "/api/v1/namespaces/default/configmaps?watch=true&resourceVersion={last_seen}"

@@ -57,7 +57,7 @@ fn web_container(name: &str, port: u16) -> Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http_hello_serves_through_the_pod_proxy_and_the_gateway() {
     let cluster = TestCluster::start(1).await;
-    let http = Http::new(&cluster.url());
+    let http = cluster.http();
     create(&http, PODS, json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "web"}, "spec": {"containers": [web_container("hello", 8080)]}})).await;
     let pod = wait_pod(&http, "web", "Ready", ready).await;
     let status = &pod["status"]["containerStatuses"][0];
@@ -127,7 +127,7 @@ async fn http_hello_serves_through_the_pod_proxy_and_the_gateway() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn modules_of_a_pod_talk_over_localhost_and_nothing_else() {
     let cluster = TestCluster::start(1).await;
-    let http = Http::new(&cluster.url());
+    let http = cluster.http();
     let spec =
         json!({"containers": [web_container("frontend", 8080), web_container("backend", 8081)]});
     create(
@@ -164,7 +164,7 @@ async fn modules_of_a_pod_talk_over_localhost_and_nothing_else() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_p1_writer_and_a_p2_reader_share_an_empty_dir() {
     let cluster = TestCluster::start(1).await;
-    let http = Http::new(&cluster.url());
+    let http = cluster.http();
     let mount = json!([{"name": "shared", "mountPath": "/shared"}]);
     let pod = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "pair"}, "spec": {
         "restartPolicy": "Never",
@@ -192,7 +192,7 @@ async fn a_p1_writer_and_a_p2_reader_share_an_empty_dir() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn configmaps_and_secrets_reach_env_and_files() {
     let cluster = TestCluster::start(1).await;
-    let http = Http::new(&cluster.url());
+    let http = cluster.http();
     create(&http, "/api/v1/namespaces/default/configmaps", json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "greeting"}, "data": {"greeting": "Bonjour", "app.conf": "mode=friendly"}})).await;
     create(&http, "/api/v1/namespaces/default/secrets", json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "token"}, "stringData": {"token": "s3cret"}})).await;
     let container = json!({"name": "greeter", "image": WEB_P2, "ports": [{"containerPort": 8080}],
@@ -258,7 +258,7 @@ async fn configmaps_and_secrets_reach_env_and_files() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn probes_drive_readiness_and_restarts() {
     let cluster = TestCluster::start(1).await;
-    let http = Http::new(&cluster.url());
+    let http = cluster.http();
     let probe = |flag: &str| json!({"httpGet": {"path": format!("/flag/{flag}"), "port": "web"}, "periodSeconds": 1, "failureThreshold": 1});
     let container = json!({"name": "app", "image": WEB_P2, "ports": [{"name": "web", "containerPort": 8080}],
         "readinessProbe": probe("ready"), "volumeMounts": [{"name": "data", "mountPath": "/data"}]});
@@ -304,7 +304,7 @@ async fn probes_drive_readiness_and_restarts() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn misbehaving_guests_end_alone() {
     let cluster = TestCluster::start(1).await;
-    let http = Http::new(&cluster.url());
+    let http = cluster.http();
     create(&http, PODS, json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "steady"}, "spec": {"containers": [web_container("steady", 8080)]}})).await;
     wait_pod(&http, "steady", "Ready", ready).await;
 
@@ -446,7 +446,7 @@ async fn misbehaving_guests_end_alone() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crash_loops_back_off_and_keep_the_previous_log() {
     let cluster = TestCluster::start(1).await;
-    let http = Http::new(&cluster.url());
+    let http = cluster.http();
     create(
         &http,
         PODS,
@@ -500,7 +500,7 @@ async fn guests_cannot_leave_their_mounts() {
         config.host_path_allow = vec![prefix.clone()]
     })
     .await;
-    let http = Http::new(&cluster.url());
+    let http = cluster.http();
     let pod = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "escaper"}, "spec": {"restartPolicy": "Never",
         "volumes": [{"name": "data", "hostPath": {"path": volume.to_str().unwrap()}}],
         "containers": [{"name": "main", "image": MISBEHAVE_P1, "args": ["escape"], "volumeMounts": [{"name": "data", "mountPath": "/data"}]}]}});
@@ -541,7 +541,7 @@ async fn guests_cannot_leave_their_mounts() {
 async fn a_request_that_spins_hits_its_deadline() {
     let cluster =
         TestCluster::start_with(1, |config| config.request_deadline = Duration::from_secs(1)).await;
-    let http = Http::new(&cluster.url());
+    let http = cluster.http();
     create(&http, PODS, json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "spinny"}, "spec": {"containers": [web_container("spinny", 8080)]}})).await;
     wait_pod(&http, "spinny", "Ready", ready).await;
     let started = std::time::Instant::now();
@@ -570,16 +570,14 @@ async fn a_request_that_spins_hits_its_deadline() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deleting_an_http_pod_drains_its_requests() {
     let cluster = TestCluster::start(1).await;
-    let http = Http::new(&cluster.url());
+    let http = cluster.http();
     let pod = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "draining"},
         "spec": {"terminationGracePeriodSeconds": 10, "containers": [web_container("draining", 8080)]}});
     create(&http, PODS, pod).await;
     wait_pod(&http, "draining", "Ready", ready).await;
-    let base = cluster.url();
+    let slow_http = cluster.http();
     let slow =
-        tokio::spawn(
-            async move { proxy_get(&Http::new(&base), "draining:8080", "/sleep/1500").await },
-        );
+        tokio::spawn(async move { proxy_get(&slow_http, "draining:8080", "/sleep/1500").await });
     tokio::time::sleep(Duration::from_millis(400)).await;
     let started = std::time::Instant::now();
     let (status, _) = http
@@ -621,7 +619,7 @@ async fn egress_is_closed_unless_the_pod_opens_it() {
     let server = tokio::spawn(async move { axum::serve(listener, app).await });
 
     let cluster = TestCluster::start(1).await;
-    let http = Http::new(&cluster.url());
+    let http = cluster.http();
     create(&http, PODS, json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "closed"}, "spec": {"containers": [web_container("closed", 8080)]}})).await;
     create(&http, PODS, json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "open", "annotations": {"shoal.dev/egress": "allow"}},
         "spec": {"containers": [web_container("open", 8080)]}})).await;
@@ -644,7 +642,7 @@ async fn egress_is_closed_unless_the_pod_opens_it() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn probes_and_deadlines_stop_and_restart_containers() {
     let cluster = TestCluster::start(1).await;
-    let http = Http::new(&cluster.url());
+    let http = cluster.http();
     let flag_probe = |flag: &str| json!({"httpGet": {"path": format!("/flag/{flag}"), "port": 8080}, "periodSeconds": 1, "failureThreshold": 2});
     let data = json!([{"name": "data", "mountPath": "/data"}]);
     let volumes = json!([{"name": "data", "emptyDir": {}}]);

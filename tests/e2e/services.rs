@@ -28,7 +28,7 @@ fn deployment() -> Value {
 /// and one of its ingress.
 async fn cluster_with_ingress(nodes: usize) -> (TestCluster, Http, Http) {
     let mut cluster = TestCluster::start(nodes).await;
-    let http = Http::new(&cluster.url());
+    let http = cluster.http();
     let ingress_addr = cluster
         .cluster
         .start_ingress("127.0.0.1:0".parse().unwrap())
@@ -476,7 +476,7 @@ async fn ingress_rules_node_ports_and_load_balancers_route_to_services() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn headless_names_and_pod_ips_reach_one_pod() {
     let cluster = TestCluster::start(2).await;
-    let http = Http::new(&cluster.url());
+    let http = cluster.http();
     for (name, node) in [("peer-0", "node-0"), ("peer-1", "node-1")] {
         let pod = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "labels": {"app": "peer"}},
             "spec": {"hostname": name, "subdomain": "peers", "nodeSelector": {"kubernetes.io/hostname": node},

@@ -161,7 +161,7 @@ async fn a_stateful_set_starts_in_order_and_keeps_identity_and_data() {
         return;
     }
     let cluster = TestCluster::start(2).await;
-    let http = Http::new(&cluster.url());
+    let http = cluster.http();
     let kc = cluster.kubeconfig.clone();
     let (seen, watch) = record_pod_events(&http);
 

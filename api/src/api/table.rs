@@ -161,7 +161,11 @@ pub static ROLE_BINDING: Printer<3> = Printer {
         col("Age", "string", 0),
     ],
     cells: |o| {
-        let role = format!("{}/{}", str_at(o, "/roleRef/kind"), str_at(o, "/roleRef/name"));
+        let role = format!(
+            "{}/{}",
+            str_at(o, "/roleRef/kind"),
+            str_at(o, "/roleRef/name")
+        );
         [name(o), json!(role), age(o)]
     },
 };

@@ -901,8 +901,25 @@ pub fn dns1123_subdomain(name: &str) -> Result<(), NameError> {
 
 /// The verbs an RBAC rule may name: the API's, RBAC's own, and `*`.
 pub const RBAC_VERBS: &[&str] = &[
-    "*", "get", "list", "watch", "create", "update", "patch", "delete", "deletecollection",
-    "bind", "escalate", "impersonate", "approve", "sign", "use", "proxy", "post", "put", "head",
+    "*",
+    "get",
+    "list",
+    "watch",
+    "create",
+    "update",
+    "patch",
+    "delete",
+    "deletecollection",
+    "bind",
+    "escalate",
+    "impersonate",
+    "approve",
+    "sign",
+    "use",
+    "proxy",
+    "post",
+    "put",
+    "head",
 ];
 
 /// Names of RBAC objects may hold `:` (`system:node`): any path segment, as Kubernetes'
@@ -923,7 +940,11 @@ fn policy_rules(object: &Value, namespaced: bool, causes: &mut Vec<Cause>) {
     };
     let Some(rules) = rules.as_array() else {
         if !rules.is_null() {
-            causes.push(Cause::invalid("rules", &rules.to_string(), "must be a list of rules"));
+            causes.push(Cause::invalid(
+                "rules",
+                &rules.to_string(),
+                "must be a list of rules",
+            ));
         }
         return;
     };
@@ -943,26 +964,46 @@ fn policy_rules(object: &Value, namespaced: bool, causes: &mut Vec<Cause>) {
         }
         for (j, verb) in verbs.iter().enumerate() {
             if !RBAC_VERBS.contains(&verb.as_str()) {
-                causes.push(Cause::not_supported(format!("rules[{i}].verbs[{j}]"), verb, RBAC_VERBS));
+                causes.push(Cause::not_supported(
+                    format!("rules[{i}].verbs[{j}]"),
+                    verb,
+                    RBAC_VERBS,
+                ));
             }
         }
         let urls = list("nonResourceURLs");
         if !urls.is_empty() {
             if namespaced {
-                causes.push(Cause::invalid(field("nonResourceURLs"), &urls.join(","), "namespaced rules cannot apply to non-resource URLs"));
+                causes.push(Cause::invalid(
+                    field("nonResourceURLs"),
+                    &urls.join(","),
+                    "namespaced rules cannot apply to non-resource URLs",
+                ));
             }
             if !list("apiGroups").is_empty() || !list("resources").is_empty() {
-                causes.push(Cause::invalid(field("nonResourceURLs"), &urls.join(","), "rules cannot apply to both regular resources and non-resource URLs"));
+                causes.push(Cause::invalid(
+                    field("nonResourceURLs"),
+                    &urls.join(","),
+                    "rules cannot apply to both regular resources and non-resource URLs",
+                ));
             }
             for url in &urls {
                 if !url.starts_with('/') && url != "*" {
-                    causes.push(Cause::invalid(field("nonResourceURLs"), url, "must start with / or be *"));
+                    causes.push(Cause::invalid(
+                        field("nonResourceURLs"),
+                        url,
+                        "must start with / or be *",
+                    ));
                 }
             }
             continue;
         }
         if list("apiGroups").is_empty() {
-            causes.push(Cause::invalid(field("apiGroups"), "", "resource rules must supply at least one api group (\"\" is the core group)"));
+            causes.push(Cause::invalid(
+                field("apiGroups"),
+                "",
+                "resource rules must supply at least one api group (\"\" is the core group)",
+            ));
         }
         if list("resources").is_empty() {
             causes.push(Cause::required(field("resources")));
@@ -979,19 +1020,43 @@ pub fn cluster_role(object: &Value, causes: &mut Vec<Cause>) {
 }
 
 fn binding(object: &Value, namespaced: bool, causes: &mut Vec<Cause>) {
-    let kind = object.pointer("/roleRef/kind").and_then(Value::as_str).unwrap_or("");
-    let allowed: &[&str] = if namespaced { &["Role", "ClusterRole"] } else { &["ClusterRole"] };
+    let kind = object
+        .pointer("/roleRef/kind")
+        .and_then(Value::as_str)
+        .unwrap_or("");
+    let allowed: &[&str] = if namespaced {
+        &["Role", "ClusterRole"]
+    } else {
+        &["ClusterRole"]
+    };
     if !allowed.contains(&kind) {
         causes.push(Cause::not_supported("roleRef.kind", kind, allowed));
     }
-    if object.pointer("/roleRef/name").and_then(Value::as_str).unwrap_or("").is_empty() {
+    if object
+        .pointer("/roleRef/name")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .is_empty()
+    {
         causes.push(Cause::required("roleRef.name"));
     }
-    let group = object.pointer("/roleRef/apiGroup").and_then(Value::as_str).unwrap_or("");
+    let group = object
+        .pointer("/roleRef/apiGroup")
+        .and_then(Value::as_str)
+        .unwrap_or("");
     if group != "rbac.authorization.k8s.io" {
-        causes.push(Cause::not_supported("roleRef.apiGroup", group, &["rbac.authorization.k8s.io"]));
+        causes.push(Cause::not_supported(
+            "roleRef.apiGroup",
+            group,
+            &["rbac.authorization.k8s.io"],
+        ));
     }
-    for (i, subject) in object["subjects"].as_array().into_iter().flatten().enumerate() {
+    for (i, subject) in object["subjects"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .enumerate()
+    {
         let field = |name: &str| format!("subjects[{i}].{name}");
         if subject["name"].as_str().unwrap_or("").is_empty() {
             causes.push(Cause::required(field("name")));
@@ -1003,7 +1068,11 @@ fn binding(object: &Value, namespaced: bool, causes: &mut Vec<Cause>) {
                     causes.push(Cause::required(field("namespace")));
                 }
             }
-            other => causes.push(Cause::not_supported(field("kind"), other, &["ServiceAccount", "User", "Group"])),
+            other => causes.push(Cause::not_supported(
+                field("kind"),
+                other,
+                &["ServiceAccount", "User", "Group"],
+            )),
         }
     }
 }
@@ -1019,7 +1088,11 @@ pub fn cluster_role_binding(object: &Value, causes: &mut Vec<Cause>) {
 /// A binding's role cannot change (Kubernetes: delete and re-create it).
 pub fn role_binding_update(old: &Value, new: &Value, causes: &mut Vec<Cause>) {
     if old.get("roleRef") != new.get("roleRef") {
-        causes.push(Cause::invalid("roleRef", &new["roleRef"].to_string(), "cannot change roleRef"));
+        causes.push(Cause::invalid(
+            "roleRef",
+            &new["roleRef"].to_string(),
+            "cannot change roleRef",
+        ));
     }
 }
 

@@ -70,7 +70,10 @@ impl KubeconfigCommand {
             None => {
                 let admin = self.data_dir.join("kubeconfig");
                 let config = kube::config::Kubeconfig::read_from(&admin).with_context(|| {
-                    format!("reading {} for the server URL (or pass --server)", admin.display())
+                    format!(
+                        "reading {} for the server URL (or pass --server)",
+                        admin.display()
+                    )
                 })?;
                 config
                     .clusters
@@ -100,7 +103,15 @@ mod tests {
         assert_eq!(parse_duration("15m").unwrap(), Duration::from_secs(900));
         assert_eq!(parse_duration("24h").unwrap(), Duration::from_secs(86_400));
         assert_eq!(parse_duration("7d").unwrap(), Duration::from_secs(604_800));
-        for bad in ["", "0", "h", "5w", "-1h", "99999999999999999999d", "9999999d"] {
+        for bad in [
+            "",
+            "0",
+            "h",
+            "5w",
+            "-1h",
+            "99999999999999999999d",
+            "9999999d",
+        ] {
             assert!(parse_duration(bad).is_err(), "{bad}");
         }
     }

@@ -73,7 +73,9 @@ impl Authenticator {
             return self.bootstrap_user(&bootstrap);
         }
         if !tokens::looks_like_jwt(token) {
-            return Err(AuthnError::Unauthorized("the bearer token is not recognised".into()));
+            return Err(AuthnError::Unauthorized(
+                "the bearer token is not recognised".into(),
+            ));
         }
         let claims = self
             .tokens
@@ -90,10 +92,8 @@ impl Authenticator {
                 account.name
             )));
         }
-        let mut user = UserInfo::authenticated(
-            claims.username(),
-            tokens::service_account_groups(namespace),
-        );
+        let mut user =
+            UserInfo::authenticated(claims.username(), tokens::service_account_groups(namespace));
         user.uid = account.uid.clone();
         if let Some(pod) = &claims.kubernetes.pod {
             let current = self.get("pods", namespace, &pod.name)?;
@@ -118,7 +118,9 @@ impl Authenticator {
     fn bootstrap_user(&self, token: &tokens::BootstrapToken<'_>) -> Result<UserInfo, AuthnError> {
         let refused = || AuthnError::Unauthorized("the bootstrap token is not valid".into());
         let name = tokens::bootstrap_secret_name(token.id);
-        let secret = self.get("secrets", "kube-system", &name)?.ok_or_else(refused)?;
+        let secret = self
+            .get("secrets", "kube-system", &name)?
+            .ok_or_else(refused)?;
         if secret["type"] != "bootstrap.kubernetes.io/token"
             || secret.pointer("/metadata/deletionTimestamp").is_some()
         {
@@ -126,7 +128,9 @@ impl Authenticator {
         }
         let field = |key: &str| -> Option<String> {
             let encoded = secret.pointer(&format!("/data/{key}"))?.as_str()?;
-            let bytes = base64::engine::general_purpose::STANDARD.decode(encoded).ok()?;
+            let bytes = base64::engine::general_purpose::STANDARD
+                .decode(encoded)
+                .ok()?;
             String::from_utf8(bytes).ok()
         };
         let stored = field("token-secret").ok_or_else(refused)?;
@@ -140,7 +144,9 @@ impl Authenticator {
                 .map(|at| at < chrono::Utc::now())
                 .unwrap_or(true);
             if expired {
-                return Err(AuthnError::Unauthorized("the bootstrap token has expired".into()));
+                return Err(AuthnError::Unauthorized(
+                    "the bootstrap token has expired".into(),
+                ));
             }
         }
         let mut groups = vec!["system:bootstrappers".to_string()];
@@ -156,7 +162,12 @@ impl Authenticator {
         ))
     }
 
-    fn get(&self, resource: &str, namespace: &str, name: &str) -> Result<Option<Value>, AuthnError> {
+    fn get(
+        &self,
+        resource: &str,
+        namespace: &str,
+        name: &str,
+    ) -> Result<Option<Value>, AuthnError> {
         self.store
             .get(&ObjectKey::new(resource, namespace, name))
             .map_err(|e| AuthnError::Unavailable(e.to_string()))

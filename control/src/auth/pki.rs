@@ -9,8 +9,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose,
-    IsCa, Issuer, KeyPair, KeyUsagePurpose,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose,
 };
 use time::OffsetDateTime;
 
@@ -147,14 +147,18 @@ impl Pki {
     /// one on disk while it carries every name and has more than [`RENEW_BEFORE`] left at
     /// `now`, else a new one (written to disk).
     pub fn serving_certificate(&self, names: &[String], now: OffsetDateTime) -> Result<CertAndKey> {
-        let (cert_path, key_path) = (self.dir.join("apiserver.crt"), self.dir.join("apiserver.key"));
+        let (cert_path, key_path) = (
+            self.dir.join("apiserver.crt"),
+            self.dir.join("apiserver.key"),
+        );
         if cert_path.exists() && key_path.exists() {
             let current = CertAndKey {
                 cert_pem: read(&cert_path)?,
                 key_pem: read(&key_path)?,
             };
             if let Ok(info) = CertificateInfo::parse(&current.cert_pem) {
-                let fresh = info.not_after - now > time::Duration::try_from(RENEW_BEFORE).unwrap_or(time::Duration::ZERO);
+                let fresh = info.not_after - now
+                    > time::Duration::try_from(RENEW_BEFORE).unwrap_or(time::Duration::ZERO);
                 if fresh && names.iter().all(|n| info.names.contains(n)) {
                     return Ok(current);
                 }
@@ -193,7 +197,17 @@ impl Pki {
     /// A client certificate for `user` in `groups`, valid for `ttl`.
     pub fn issue_client(&self, user: &str, groups: &[String], ttl: Duration) -> Result<CertAndKey> {
         if user.is_empty() {
-            return Err(PkiError::Invalid("a client certificate needs a user name".into()));
+            return Err(PkiError::Invalid(
+                "a client certificate needs a user name".into(),
+            ));
+        }
+        // rcgen writes one attribute per type in a subject: one O, so one group. More groups
+        // come from bindings to the user, or from a ServiceAccount token.
+        if groups.len() > 1 {
+            return Err(PkiError::Invalid(format!(
+                "a client certificate carries one group (O), not {}: bind the user to more roles instead",
+                groups.len()
+            )));
         }
         let mut params = CertificateParams::default();
         params.distinguished_name = name(user, groups);
@@ -253,7 +267,9 @@ impl CertificateInfo {
                     GeneralName::IPAddress(bytes) => {
                         let ip = match bytes.len() {
                             4 => <[u8; 4]>::try_from(*bytes).map(std::net::IpAddr::from).ok(),
-                            16 => <[u8; 16]>::try_from(*bytes).map(std::net::IpAddr::from).ok(),
+                            16 => <[u8; 16]>::try_from(*bytes)
+                                .map(std::net::IpAddr::from)
+                                .ok(),
                             _ => None,
                         };
                         names.extend(ip.map(|ip| ip.to_string()));
@@ -353,27 +369,45 @@ mod tests {
     use super::*;
 
     fn names() -> Vec<String> {
-        vec!["localhost".into(), "127.0.0.1".into(), "kubernetes.default.svc".into()]
+        vec![
+            "localhost".into(),
+            "127.0.0.1".into(),
+            "kubernetes.default.svc".into(),
+        ]
     }
 
     #[test]
     fn the_pki_is_made_once_and_reused() {
         let dir = tempfile::tempdir().unwrap();
         let first = Pki::load_or_create(dir.path()).unwrap();
-        let serving = first.serving_certificate(&names(), OffsetDateTime::now_utc()).unwrap();
+        let serving = first
+            .serving_certificate(&names(), OffsetDateTime::now_utc())
+            .unwrap();
         let second = Pki::load_or_create(dir.path()).unwrap();
         assert_eq!(first.ca_pem(), second.ca_pem());
         assert_eq!(first.service_account_keys(), second.service_account_keys());
-        let again = second.serving_certificate(&names(), OffsetDateTime::now_utc()).unwrap();
-        assert_eq!(serving.cert_pem, again.cert_pem, "a fresh certificate is reused");
+        let again = second
+            .serving_certificate(&names(), OffsetDateTime::now_utc())
+            .unwrap();
+        assert_eq!(
+            serving.cert_pem, again.cert_pem,
+            "a fresh certificate is reused"
+        );
         let info = CertificateInfo::parse(&again.cert_pem).unwrap();
         for name in names() {
-            assert!(info.names.contains(&name), "{name} missing from {:?}", info.names);
+            assert!(
+                info.names.contains(&name),
+                "{name} missing from {:?}",
+                info.names
+            );
         }
         #[cfg(unix)]
         for key in ["ca.key", "sa.key", "apiserver.key"] {
             use std::os::unix::fs::PermissionsExt;
-            let mode = std::fs::metadata(dir.path().join(key)).unwrap().permissions().mode();
+            let mode = std::fs::metadata(dir.path().join(key))
+                .unwrap()
+                .permissions()
+                .mode();
             assert_eq!(mode & 0o777, 0o600, "{key}");
         }
     }
@@ -395,7 +429,10 @@ mod tests {
         more.push("10.1.2.3".into());
         let widened = pki.serving_certificate(&more, later).unwrap();
         assert_ne!(renewed.cert_pem, widened.cert_pem);
-        assert!(CertificateInfo::parse(&widened.cert_pem).unwrap().names.contains(&"10.1.2.3".to_string()));
+        assert!(CertificateInfo::parse(&widened.cert_pem)
+            .unwrap()
+            .names
+            .contains(&"10.1.2.3".to_string()));
     }
 
     #[test]
@@ -403,11 +440,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let pki = Pki::load_or_create(dir.path()).unwrap();
         let issued = pki
-            .issue_client("alice", &["dev".into(), "ops".into()], Duration::from_secs(3600))
+            .issue_client("alice", &["dev".into()], Duration::from_secs(3600))
             .unwrap();
         let info = CertificateInfo::parse(&issued.cert_pem).unwrap();
         assert_eq!(info.common_name, "alice");
-        assert_eq!(info.organizations, vec!["dev".to_string(), "ops".to_string()]);
+        assert_eq!(info.organizations, vec!["dev".to_string()]);
+        let two = pki.issue_client("bob", &["dev".into(), "ops".into()], Duration::from_secs(1));
+        assert!(two.unwrap_err().to_string().contains("one group"));
         assert!(pki.issue_client("", &[], Duration::from_secs(1)).is_err());
     }
 

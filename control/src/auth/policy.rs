@@ -67,23 +67,52 @@ fn view_rules() -> Vec<Value> {
             READ,
             &[""],
             &[
-                "configmaps", "endpoints", "persistentvolumeclaims", "persistentvolumeclaims/status",
-                "pods", "pods/log", "pods/status", "replicationcontrollers",
-                "replicationcontrollers/scale", "replicationcontrollers/status", "serviceaccounts",
-                "services", "services/status", "events", "namespaces", "namespaces/status",
+                "configmaps",
+                "endpoints",
+                "persistentvolumeclaims",
+                "persistentvolumeclaims/status",
+                "pods",
+                "pods/log",
+                "pods/status",
+                "replicationcontrollers",
+                "replicationcontrollers/scale",
+                "replicationcontrollers/status",
+                "serviceaccounts",
+                "services",
+                "services/status",
+                "events",
+                "namespaces",
+                "namespaces/status",
             ],
         ),
         rule(
             READ,
             &["apps"],
             &[
-                "controllerrevisions", "daemonsets", "daemonsets/status", "deployments",
-                "deployments/scale", "deployments/status", "replicasets", "replicasets/scale",
-                "replicasets/status", "statefulsets", "statefulsets/scale", "statefulsets/status",
+                "controllerrevisions",
+                "daemonsets",
+                "daemonsets/status",
+                "deployments",
+                "deployments/scale",
+                "deployments/status",
+                "replicasets",
+                "replicasets/scale",
+                "replicasets/status",
+                "statefulsets",
+                "statefulsets/scale",
+                "statefulsets/status",
             ],
         ),
-        rule(READ, &["batch"], &["cronjobs", "cronjobs/status", "jobs", "jobs/status"]),
-        rule(READ, &["networking.k8s.io"], &["ingresses", "ingresses/status", "networkpolicies"]),
+        rule(
+            READ,
+            &["batch"],
+            &["cronjobs", "cronjobs/status", "jobs", "jobs/status"],
+        ),
+        rule(
+            READ,
+            &["networking.k8s.io"],
+            &["ingresses", "ingresses/status", "networkpolicies"],
+        ),
         rule(READ, &["discovery.k8s.io"], &["endpointslices"]),
         rule(READ, &["coordination.k8s.io"], &["leases"]),
     ]
@@ -97,23 +126,47 @@ fn edit_rules() -> Vec<Value> {
             WRITE,
             &[""],
             &[
-                "configmaps", "endpoints", "persistentvolumeclaims", "pods", "pods/attach",
-                "pods/exec", "pods/portforward", "pods/proxy", "replicationcontrollers",
-                "replicationcontrollers/scale", "secrets", "serviceaccounts", "services",
+                "configmaps",
+                "endpoints",
+                "persistentvolumeclaims",
+                "pods",
+                "pods/attach",
+                "pods/exec",
+                "pods/portforward",
+                "pods/proxy",
+                "replicationcontrollers",
+                "replicationcontrollers/scale",
+                "secrets",
+                "serviceaccounts",
+                "services",
                 "services/proxy",
             ],
         ),
-        rule(&["create"], &[""], &["pods/eviction", "serviceaccounts/token"]),
+        rule(
+            &["create"],
+            &[""],
+            &["pods/eviction", "serviceaccounts/token"],
+        ),
         rule(
             WRITE,
             &["apps"],
             &[
-                "daemonsets", "deployments", "deployments/rollback", "deployments/scale",
-                "replicasets", "replicasets/scale", "statefulsets", "statefulsets/scale",
+                "daemonsets",
+                "deployments",
+                "deployments/rollback",
+                "deployments/scale",
+                "replicasets",
+                "replicasets/scale",
+                "statefulsets",
+                "statefulsets/scale",
             ],
         ),
         rule(WRITE, &["batch"], &["cronjobs", "jobs"]),
-        rule(WRITE, &["networking.k8s.io"], &["ingresses", "networkpolicies"]),
+        rule(
+            WRITE,
+            &["networking.k8s.io"],
+            &["ingresses", "networkpolicies"],
+        ),
         rule(WRITE, &["discovery.k8s.io"], &["endpointslices"]),
         rule(WRITE, &["coordination.k8s.io"], &["leases"]),
     ]
@@ -122,9 +175,22 @@ fn edit_rules() -> Vec<Value> {
 /// What `admin` adds to `edit`: roles and bindings in its namespace, and access reviews.
 fn admin_rules() -> Vec<Value> {
     vec![
-        rule(&["create"], &["authorization.k8s.io"], &["localsubjectaccessreviews"]),
         rule(
-            &["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"],
+            &["create"],
+            &["authorization.k8s.io"],
+            &["localsubjectaccessreviews"],
+        ),
+        rule(
+            &[
+                "create",
+                "delete",
+                "deletecollection",
+                "get",
+                "list",
+                "patch",
+                "update",
+                "watch",
+            ],
             &[GROUP],
             &["rolebindings", "roles"],
         ),
@@ -138,7 +204,12 @@ pub fn bootstrap_objects() -> Vec<(&'static str, Value)> {
     let view = view_rules();
     let edit: Vec<Value> = edit_rules();
     let admin: Vec<Value> = admin_rules();
-    let all = |parts: &[&Vec<Value>]| parts.iter().flat_map(|p| p.iter().cloned()).collect::<Vec<_>>();
+    let all = |parts: &[&Vec<Value>]| {
+        parts
+            .iter()
+            .flat_map(|p| p.iter().cloned())
+            .collect::<Vec<_>>()
+    };
     let roles = vec![
         cluster_role(
             "cluster-admin",
@@ -157,45 +228,115 @@ pub fn bootstrap_objects() -> Vec<(&'static str, Value)> {
             defaults.clone(),
             vec![urls(
                 &["get"],
-                &["/api", "/api/*", "/apis", "/apis/*", "/healthz", "/livez", "/openapi", "/openapi/*", "/readyz", "/version", "/version/"],
+                &[
+                    "/api",
+                    "/api/*",
+                    "/apis",
+                    "/apis/*",
+                    "/healthz",
+                    "/livez",
+                    "/openapi",
+                    "/openapi/*",
+                    "/readyz",
+                    "/version",
+                    "/version/",
+                ],
             )],
         ),
         cluster_role(
             "system:public-info-viewer",
             defaults.clone(),
-            vec![urls(&["get"], &["/healthz", "/livez", "/readyz", "/version", "/version/"])],
+            vec![urls(
+                &["get"],
+                &["/healthz", "/livez", "/readyz", "/version", "/version/"],
+            )],
         ),
         cluster_role(
             "system:basic-user",
             defaults.clone(),
             vec![
-                rule(&["create"], &["authorization.k8s.io"], &["selfsubjectaccessreviews", "selfsubjectrulesreviews"]),
-                rule(&["create"], &["authentication.k8s.io"], &["selfsubjectreviews"]),
+                rule(
+                    &["create"],
+                    &["authorization.k8s.io"],
+                    &["selfsubjectaccessreviews", "selfsubjectrulesreviews"],
+                ),
+                rule(
+                    &["create"],
+                    &["authentication.k8s.io"],
+                    &["selfsubjectreviews"],
+                ),
             ],
         ),
         cluster_role(
             "system:node",
             defaults.clone(),
             vec![
-                rule(&["create", "get", "list", "watch", "update", "patch", "delete"], &[""], &["nodes"]),
-                rule(&["patch", "update"], &[""], &["nodes/status", "pods/status"]),
+                rule(
+                    &[
+                        "create", "get", "list", "watch", "update", "patch", "delete",
+                    ],
+                    &[""],
+                    &["nodes"],
+                ),
+                rule(
+                    &["patch", "update"],
+                    &[""],
+                    &["nodes/status", "pods/status"],
+                ),
                 rule(&["get", "list", "watch", "delete"], &[""], &["pods"]),
                 rule(&["create", "patch", "update"], &[""], &["events"]),
-                rule(READ, &[""], &["configmaps", "secrets", "persistentvolumeclaims", "services", "endpoints", "namespaces"]),
+                rule(
+                    READ,
+                    &[""],
+                    &[
+                        "configmaps",
+                        "secrets",
+                        "persistentvolumeclaims",
+                        "services",
+                        "endpoints",
+                        "namespaces",
+                    ],
+                ),
                 rule(&["create"], &[""], &["serviceaccounts/token"]),
-                rule(&["create", "delete", "get", "list", "patch", "update", "watch"], &["coordination.k8s.io"], &["leases"]),
+                rule(
+                    &[
+                        "create", "delete", "get", "list", "patch", "update", "watch",
+                    ],
+                    &["coordination.k8s.io"],
+                    &["leases"],
+                ),
                 rule(READ, &["discovery.k8s.io"], &["endpointslices"]),
-                rule(READ, &["networking.k8s.io"], &["ingresses", "networkpolicies"]),
-                rule(&["patch", "update"], &["networking.k8s.io"], &["ingresses/status"]),
-                rule(&["create", "get", "list", "watch"], &["certificates.k8s.io"], &["certificatesigningrequests"]),
+                rule(
+                    READ,
+                    &["networking.k8s.io"],
+                    &["ingresses", "networkpolicies"],
+                ),
+                rule(
+                    &["patch", "update"],
+                    &["networking.k8s.io"],
+                    &["ingresses/status"],
+                ),
+                rule(
+                    &["create", "get", "list", "watch"],
+                    &["certificates.k8s.io"],
+                    &["certificatesigningrequests"],
+                ),
                 rule(&["get"], &["shoal.dev"], &["modules"]),
             ],
         ),
     ];
     let bindings = vec![
         binding("cluster-admin", "cluster-admin", &["system:masters"]),
-        binding("system:discovery", "system:discovery", &["system:authenticated"]),
-        binding("system:basic-user", "system:basic-user", &["system:authenticated"]),
+        binding(
+            "system:discovery",
+            "system:discovery",
+            &["system:authenticated"],
+        ),
+        binding(
+            "system:basic-user",
+            "system:basic-user",
+            &["system:authenticated"],
+        ),
         binding(
             "system:public-info-viewer",
             "system:public-info-viewer",
@@ -213,7 +354,10 @@ pub fn bootstrap_objects() -> Vec<(&'static str, Value)> {
 /// The rules of the ClusterRoles among `roles` that `aggregation_rule` selects, in name
 /// order, without repeats (what the aggregation controller writes into an aggregated role).
 pub fn aggregate(aggregation_rule: &Value, roles: &[Value], own_name: &str) -> Vec<Rule> {
-    let selectors = aggregation_rule["clusterRoleSelectors"].as_array().cloned().unwrap_or_default();
+    let selectors = aggregation_rule["clusterRoleSelectors"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
     let mut selected: Vec<&Value> = roles
         .iter()
         .filter(|role| role.pointer("/metadata/name").and_then(Value::as_str) != Some(own_name))
@@ -230,7 +374,12 @@ pub fn aggregate(aggregation_rule: &Value, roles: &[Value], own_name: &str) -> V
             })
         })
         .collect();
-    selected.sort_by_key(|role| role.pointer("/metadata/name").and_then(Value::as_str).unwrap_or("").to_string());
+    selected.sort_by_key(|role| {
+        role.pointer("/metadata/name")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string()
+    });
     let mut rules: Vec<Rule> = Vec::new();
     for role in selected {
         for rule in Rule::of_role(role) {
@@ -258,7 +407,10 @@ mod tests {
             .map(|(_, o)| o.clone())
             .collect();
         for name in ["view", "edit", "admin"] {
-            let role = roles.iter().find(|r| r["metadata"]["name"] == name).unwrap();
+            let role = roles
+                .iter()
+                .find(|r| r["metadata"]["name"] == name)
+                .unwrap();
             let gathered = aggregate(&role["aggregationRule"], &roles, name);
             let written = Rule::of_role(role);
             assert!(uncovered(&written, &gathered).is_empty(), "{name}");
@@ -278,13 +430,29 @@ mod tests {
         };
         assert!(can(&alice, http::Method::GET, "/apis"));
         assert!(can(&alice, http::Method::GET, "/api/v1"));
-        assert!(can(&alice, http::Method::POST, "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews"));
+        assert!(can(
+            &alice,
+            http::Method::POST,
+            "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews"
+        ));
         assert!(!can(&alice, http::Method::GET, "/api/v1/pods"));
-        assert!(!can(&alice, http::Method::GET, "/api/v1/namespaces/default/secrets"));
+        assert!(!can(
+            &alice,
+            http::Method::GET,
+            "/api/v1/namespaces/default/secrets"
+        ));
         assert!(can(&UserInfo::anonymous(), http::Method::GET, "/version"));
         assert!(!can(&UserInfo::anonymous(), http::Method::GET, "/apis"));
         let node = UserInfo::authenticated("system:node:n1", vec!["system:nodes".into()]);
-        assert!(can(&node, http::Method::PATCH, "/api/v1/namespaces/a/pods/p/status"));
-        assert!(!can(&node, http::Method::POST, "/apis/rbac.authorization.k8s.io/v1/clusterrolebindings"));
+        assert!(can(
+            &node,
+            http::Method::PATCH,
+            "/api/v1/namespaces/a/pods/p/status"
+        ));
+        assert!(!can(
+            &node,
+            http::Method::POST,
+            "/apis/rbac.authorization.k8s.io/v1/clusterrolebindings"
+        ));
     }
 }

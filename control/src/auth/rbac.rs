@@ -144,7 +144,11 @@ impl Binding {
                 _ => {}
             }
         }
-        Some(Self { role, users, groups })
+        Some(Self {
+            role,
+            users,
+            groups,
+        })
     }
 }
 
@@ -158,15 +162,24 @@ struct SubjectIndex {
 impl SubjectIndex {
     fn add(&mut self, name: &str, binding: &Binding) {
         for user in &binding.users {
-            self.users.entry(user.clone()).or_default().insert(name.to_string());
+            self.users
+                .entry(user.clone())
+                .or_default()
+                .insert(name.to_string());
         }
         for group in &binding.groups {
-            self.groups.entry(group.clone()).or_default().insert(name.to_string());
+            self.groups
+                .entry(group.clone())
+                .or_default()
+                .insert(name.to_string());
         }
     }
 
     fn remove(&mut self, name: &str, binding: &Binding) {
-        for (map, keys) in [(&mut self.users, &binding.users), (&mut self.groups, &binding.groups)] {
+        for (map, keys) in [
+            (&mut self.users, &binding.users),
+            (&mut self.groups, &binding.groups),
+        ] {
             for key in keys {
                 if let Some(names) = map.get_mut(key) {
                     names.remove(name);
@@ -234,7 +247,8 @@ impl Policy {
                 if deleted {
                     self.cluster_roles.remove(&name);
                 } else {
-                    self.cluster_roles.insert(name, Rule::of_role(object).into());
+                    self.cluster_roles
+                        .insert(name, Rule::of_role(object).into());
                 }
             }
             ROLE_BINDINGS => {
@@ -274,7 +288,12 @@ impl Policy {
 
     /// Calls `visit` with each rule `user` holds in `namespace` (cluster-wide rules first;
     /// empty namespace: cluster-wide only) until it returns true.
-    fn any_rule(&self, user: &UserInfo, namespace: &str, mut visit: impl FnMut(&Rule) -> bool) -> bool {
+    fn any_rule(
+        &self,
+        user: &UserInfo,
+        namespace: &str,
+        mut visit: impl FnMut(&Rule) -> bool,
+    ) -> bool {
         for name in self.cluster_index.bindings_of(user) {
             let rules = self
                 .cluster_role_bindings
@@ -291,7 +310,9 @@ impl Policy {
             return false;
         };
         for name in index.bindings_of(user) {
-            let binding = self.role_bindings.get(&(namespace.to_string(), name.clone()));
+            let binding = self
+                .role_bindings
+                .get(&(namespace.to_string(), name.clone()));
             let rules = binding.and_then(|b| self.rules_of(&b.role, namespace));
             // Non-resource rules mean nothing inside a namespace.
             let mut resource_rules = |rule: &Rule| rule.non_resource_urls.is_empty() && visit(rule);
@@ -304,7 +325,11 @@ impl Policy {
 
     /// Whether RBAC allows `request` by `user` (members of `system:masters` always may).
     pub fn authorize(&self, user: &UserInfo, request: &RequestInfo) -> Decision {
-        let namespace = if request.resource_request { request.namespace.as_str() } else { "" };
+        let namespace = if request.resource_request {
+            request.namespace.as_str()
+        } else {
+            ""
+        };
         if user.is_superuser() || self.any_rule(user, namespace, |rule| rule.allows(request)) {
             Decision::Allow
         } else {
@@ -381,7 +406,10 @@ fn covers(owner: &Rule, atom: &Rule) -> bool {
         || atom.resources.iter().all(|wanted| {
             has(&owner.resources, wanted)
                 || wanted.split_once('/').is_some_and(|(_, sub)| {
-                    owner.resources.iter().any(|r| r.strip_prefix("*/") == Some(sub))
+                    owner
+                        .resources
+                        .iter()
+                        .any(|r| r.strip_prefix("*/") == Some(sub))
                 })
         });
     let urls = atom.non_resource_urls.iter().all(|wanted| {
@@ -427,11 +455,15 @@ impl Default for PolicyCache {
 
 impl PolicyCache {
     pub fn read(&self) -> std::sync::RwLockReadGuard<'_, Policy> {
-        self.policy.read().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.policy
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     fn write(&self) -> std::sync::RwLockWriteGuard<'_, Policy> {
-        self.policy.write().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.policy
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Waits (at most 2 s) until the cache holds `resource` as of `revision`: a client that
@@ -441,7 +473,8 @@ impl PolicyCache {
             return;
         };
         let mut seen = self.seen[i].subscribe();
-        let _ = tokio::time::timeout(Duration::from_secs(2), seen.wait_for(|&r| r >= revision)).await;
+        let _ =
+            tokio::time::timeout(Duration::from_secs(2), seen.wait_for(|&r| r >= revision)).await;
     }
 
     /// Loads the policy from `store` and keeps it current until the watch ends; relists when
@@ -493,7 +526,13 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn request(verb: &str, group: &str, namespace: &str, resource: &str, name: &str) -> RequestInfo {
+    fn request(
+        verb: &str,
+        group: &str,
+        namespace: &str,
+        resource: &str,
+        name: &str,
+    ) -> RequestInfo {
         let (resource, subresource) = resource.split_once('/').unwrap_or((resource, ""));
         RequestInfo {
             resource_request: true,
@@ -516,21 +555,33 @@ mod tests {
         policy.apply(CLUSTER_ROLES, &json!({"metadata": {"name": "view"}, "rules": [
             {"apiGroups": ["", "apps"], "resources": ["pods", "pods/log", "deployments"], "verbs": ["get", "list", "watch"]}
         ]}), false);
-        policy.apply(CLUSTER_ROLES, &json!({"metadata": {"name": "health"}, "rules": [
-            {"nonResourceURLs": ["/healthz", "/apis/*"], "verbs": ["get"]}
-        ]}), false);
+        policy.apply(
+            CLUSTER_ROLES,
+            &json!({"metadata": {"name": "health"}, "rules": [
+                {"nonResourceURLs": ["/healthz", "/apis/*"], "verbs": ["get"]}
+            ]}),
+            false,
+        );
         policy.apply(ROLES, &json!({"metadata": {"name": "cm-one", "namespace": "a"}, "rules": [
             {"apiGroups": [""], "resources": ["configmaps"], "resourceNames": ["one"], "verbs": ["get", "update"]}
         ]}), false);
         policy.apply(ROLE_BINDINGS, &json!({"metadata": {"name": "alice-view", "namespace": "a"},
             "roleRef": {"kind": "ClusterRole", "name": "view", "apiGroup": GROUP},
             "subjects": [{"kind": "User", "name": "alice"}, {"kind": "ServiceAccount", "name": "robot"}]}), false);
-        policy.apply(ROLE_BINDINGS, &json!({"metadata": {"name": "devs-cm", "namespace": "a"},
+        policy.apply(
+            ROLE_BINDINGS,
+            &json!({"metadata": {"name": "devs-cm", "namespace": "a"},
             "roleRef": {"kind": "Role", "name": "cm-one", "apiGroup": GROUP},
-            "subjects": [{"kind": "Group", "name": "devs"}]}), false);
-        policy.apply(CLUSTER_ROLE_BINDINGS, &json!({"metadata": {"name": "health"},
+            "subjects": [{"kind": "Group", "name": "devs"}]}),
+            false,
+        );
+        policy.apply(
+            CLUSTER_ROLE_BINDINGS,
+            &json!({"metadata": {"name": "health"},
             "roleRef": {"kind": "ClusterRole", "name": "health", "apiGroup": GROUP},
-            "subjects": [{"kind": "Group", "name": "system:authenticated"}]}), false);
+            "subjects": [{"kind": "Group", "name": "system:authenticated"}]}),
+            false,
+        );
         policy
     }
 
@@ -541,12 +592,21 @@ mod tests {
         let allowed = |u: &UserInfo, r: RequestInfo| policy.authorize(u, &r) == Decision::Allow;
         assert!(allowed(&alice, request("list", "", "a", "pods", "")));
         assert!(allowed(&alice, request("get", "", "a", "pods/log", "p")));
-        assert!(allowed(&alice, request("watch", "apps", "a", "deployments", "")));
+        assert!(allowed(
+            &alice,
+            request("watch", "apps", "a", "deployments", "")
+        ));
         assert!(!allowed(&alice, request("create", "", "a", "pods", "")));
         assert!(!allowed(&alice, request("list", "", "b", "pods", "")));
-        assert!(!allowed(&alice, request("list", "", "", "pods", "")), "cluster-wide list");
+        assert!(
+            !allowed(&alice, request("list", "", "", "pods", "")),
+            "cluster-wide list"
+        );
         assert!(!allowed(&alice, request("get", "", "a", "pods/exec", "p")));
-        assert!(!allowed(&alice, request("list", "apps", "a", "pods", "")), "wrong group");
+        assert!(
+            !allowed(&alice, request("list", "batch", "a", "pods", "")),
+            "wrong group"
+        );
         // A ServiceAccount subject without a namespace is the binding's namespace's.
         let robot = user("system:serviceaccount:a:robot", &[]);
         assert!(allowed(&robot, request("get", "", "a", "pods", "p")));
@@ -558,12 +618,19 @@ mod tests {
         assert!(!allowed(&dev, request("get", "", "a", "configmaps", "two")));
         assert!(!allowed(&dev, request("list", "", "a", "configmaps", "")));
         // Non-resource URLs, exact and by prefix, through cluster bindings only.
-        let path = |p: &str| RequestInfo { path: p.into(), verb: "get".into(), ..RequestInfo::default() };
+        let path = |p: &str| RequestInfo {
+            path: p.into(),
+            verb: "get".into(),
+            ..RequestInfo::default()
+        };
         assert!(allowed(&dev, path("/healthz")));
         assert!(allowed(&dev, path("/apis/apps/v1")));
         assert!(!allowed(&dev, path("/metrics")));
         assert!(!allowed(&UserInfo::anonymous(), path("/healthz")));
-        assert!(allowed(&UserInfo::in_process(), request("delete", "", "z", "secrets", "s")));
+        assert!(allowed(
+            &UserInfo::in_process(),
+            request("delete", "", "z", "secrets", "s")
+        ));
     }
 
     #[test]
@@ -574,9 +641,15 @@ mod tests {
         policy.apply(ROLE_BINDINGS, &json!({"metadata": {"name": "alice-view", "namespace": "a"},
             "roleRef": {"kind": "ClusterRole", "name": "view"}, "subjects": [{"kind": "User", "name": "carol"}]}), false);
         assert_eq!(policy.authorize(&alice, &list_pods), Decision::Deny);
-        assert_eq!(policy.authorize(&user("carol", &[]), &list_pods), Decision::Allow);
+        assert_eq!(
+            policy.authorize(&user("carol", &[]), &list_pods),
+            Decision::Allow
+        );
         policy.apply(CLUSTER_ROLES, &json!({"metadata": {"name": "view"}}), true);
-        assert_eq!(policy.authorize(&user("carol", &[]), &list_pods), Decision::Deny);
+        assert_eq!(
+            policy.authorize(&user("carol", &[]), &list_pods),
+            Decision::Deny
+        );
     }
 
     #[test]
@@ -597,7 +670,10 @@ mod tests {
         assert!(uncovered(&owner, &[asked(&["get"], &["pods"], &[])]).is_empty());
         assert!(uncovered(&owner, &[asked(&["list"], &["pods"], &["x"])]).is_empty());
         assert!(uncovered(&owner, &[asked(&["get"], &["services/status"], &[])]).is_empty());
-        assert_eq!(uncovered(&owner, &[asked(&["get", "delete"], &["pods"], &[])]).len(), 1);
+        assert_eq!(
+            uncovered(&owner, &[asked(&["get", "delete"], &["pods"], &[])]).len(),
+            1
+        );
         assert_eq!(uncovered(&owner, &[asked(&["get"], &["*"], &[])]).len(), 1);
         assert_eq!(uncovered(&owner, &[asked(&["*"], &["pods"], &[])]).len(), 1);
         let admin = vec![Rule {
@@ -607,8 +683,16 @@ mod tests {
             ..Rule::default()
         }];
         assert!(uncovered(&admin, &[asked(&["*"], &["*"], &[])]).is_empty());
-        let url = Rule { verbs: vec!["get".into()], non_resource_urls: vec!["/metrics".into()], ..Rule::default() };
-        assert_eq!(uncovered(&admin, std::slice::from_ref(&url)).len(), 1, "resource rules grant no URLs");
+        let url = Rule {
+            verbs: vec!["get".into()],
+            non_resource_urls: vec!["/metrics".into()],
+            ..Rule::default()
+        };
+        assert_eq!(
+            uncovered(&admin, std::slice::from_ref(&url)).len(),
+            1,
+            "resource rules grant no URLs"
+        );
     }
 
     #[test]
@@ -616,7 +700,9 @@ mod tests {
         let policy = policy();
         let rules = policy.rules_for(&user("bob", &["devs"]), "a");
         assert_eq!(rules.len(), 2, "{rules:?}");
-        assert!(rules.iter().any(|r| r.resource_names == vec!["one".to_string()]));
+        assert!(rules
+            .iter()
+            .any(|r| r.resource_names == vec!["one".to_string()]));
         assert!(rules.iter().any(|r| !r.non_resource_urls.is_empty()));
     }
 }

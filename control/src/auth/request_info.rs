@@ -117,10 +117,21 @@ pub fn parse(method: &Method, path: &str, query: Option<&str>) -> RequestInfo {
 mod tests {
     use super::*;
 
-    fn info(method: Method, path: &str, query: Option<&str>) -> (String, String, String, String, String, String) {
+    fn info(
+        method: Method,
+        path: &str,
+        query: Option<&str>,
+    ) -> (String, String, String, String, String, String) {
         let i = parse(&method, path, query);
         assert!(i.resource_request, "{path}");
-        (i.verb, i.api_group, i.namespace, i.resource, i.subresource, i.name)
+        (
+            i.verb,
+            i.api_group,
+            i.namespace,
+            i.resource,
+            i.subresource,
+            i.name,
+        )
     }
 
     fn t(parts: [&str; 6]) -> (String, String, String, String, String, String) {
@@ -131,21 +142,103 @@ mod tests {
     #[test]
     fn resource_requests_as_kube_apiserver_reads_them() {
         let cases = [
-            (Method::GET, "/api/v1/pods", None, ["list", "", "", "pods", "", ""]),
-            (Method::GET, "/api/v1/namespaces/a/pods", Some("watch=true"), ["watch", "", "a", "pods", "", ""]),
-            (Method::GET, "/api/v1/namespaces/a/pods", Some("fieldSelector=metadata.name%3Dx"), ["list", "", "a", "pods", "", "x"]),
-            (Method::GET, "/api/v1/namespaces/a/pods/x/log", None, ["get", "", "a", "pods", "log", "x"]),
-            (Method::POST, "/api/v1/namespaces/a/pods", None, ["create", "", "a", "pods", "", ""]),
-            (Method::DELETE, "/api/v1/namespaces/a/pods", None, ["deletecollection", "", "a", "pods", "", ""]),
-            (Method::DELETE, "/api/v1/namespaces/a/pods/x", None, ["delete", "", "a", "pods", "", "x"]),
-            (Method::PATCH, "/apis/apps/v1/namespaces/a/deployments/d/scale", None, ["patch", "apps", "a", "deployments", "scale", "d"]),
-            (Method::GET, "/api/v1/namespaces/a", None, ["get", "", "a", "namespaces", "", "a"]),
-            (Method::PUT, "/api/v1/namespaces/a/finalize", None, ["update", "", "a", "namespaces", "finalize", "a"]),
-            (Method::GET, "/api/v1/namespaces", None, ["list", "", "", "namespaces", "", ""]),
-            (Method::GET, "/api/v1/nodes/n", None, ["get", "", "", "nodes", "", "n"]),
-            (Method::GET, "/api/v1/watch/namespaces/a/pods", None, ["watch", "", "a", "pods", "", ""]),
-            (Method::POST, "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews", None, ["create", "authorization.k8s.io", "", "selfsubjectaccessreviews", "", ""]),
-            (Method::GET, "/apis/example.com/v1/namespaces/a/widgets/w", None, ["get", "example.com", "a", "widgets", "", "w"]),
+            (
+                Method::GET,
+                "/api/v1/pods",
+                None,
+                ["list", "", "", "pods", "", ""],
+            ),
+            (
+                Method::GET,
+                "/api/v1/namespaces/a/pods",
+                Some("watch=true"),
+                ["watch", "", "a", "pods", "", ""],
+            ),
+            (
+                Method::GET,
+                "/api/v1/namespaces/a/pods",
+                Some("fieldSelector=metadata.name%3Dx"),
+                ["list", "", "a", "pods", "", "x"],
+            ),
+            (
+                Method::GET,
+                "/api/v1/namespaces/a/pods/x/log",
+                None,
+                ["get", "", "a", "pods", "log", "x"],
+            ),
+            (
+                Method::POST,
+                "/api/v1/namespaces/a/pods",
+                None,
+                ["create", "", "a", "pods", "", ""],
+            ),
+            (
+                Method::DELETE,
+                "/api/v1/namespaces/a/pods",
+                None,
+                ["deletecollection", "", "a", "pods", "", ""],
+            ),
+            (
+                Method::DELETE,
+                "/api/v1/namespaces/a/pods/x",
+                None,
+                ["delete", "", "a", "pods", "", "x"],
+            ),
+            (
+                Method::PATCH,
+                "/apis/apps/v1/namespaces/a/deployments/d/scale",
+                None,
+                ["patch", "apps", "a", "deployments", "scale", "d"],
+            ),
+            (
+                Method::GET,
+                "/api/v1/namespaces/a",
+                None,
+                ["get", "", "a", "namespaces", "", "a"],
+            ),
+            (
+                Method::PUT,
+                "/api/v1/namespaces/a/finalize",
+                None,
+                ["update", "", "a", "namespaces", "finalize", "a"],
+            ),
+            (
+                Method::GET,
+                "/api/v1/namespaces",
+                None,
+                ["list", "", "", "namespaces", "", ""],
+            ),
+            (
+                Method::GET,
+                "/api/v1/nodes/n",
+                None,
+                ["get", "", "", "nodes", "", "n"],
+            ),
+            (
+                Method::GET,
+                "/api/v1/watch/namespaces/a/pods",
+                None,
+                ["watch", "", "a", "pods", "", ""],
+            ),
+            (
+                Method::POST,
+                "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews",
+                None,
+                [
+                    "create",
+                    "authorization.k8s.io",
+                    "",
+                    "selfsubjectaccessreviews",
+                    "",
+                    "",
+                ],
+            ),
+            (
+                Method::GET,
+                "/apis/example.com/v1/namespaces/a/widgets/w",
+                None,
+                ["get", "example.com", "a", "widgets", "", "w"],
+            ),
         ];
         for (method, path, query, expected) in cases {
             assert_eq!(info(method, path, query), t(expected), "{path}");
@@ -154,7 +247,18 @@ mod tests {
 
     #[test]
     fn other_paths_are_non_resource_urls() {
-        for path in ["/version", "/healthz", "/api", "/api/v1", "/apis", "/apis/apps", "/apis/apps/v1", "/openapi/v3", "/shoal/v1/modules/x", "/"] {
+        for path in [
+            "/version",
+            "/healthz",
+            "/api",
+            "/api/v1",
+            "/apis",
+            "/apis/apps",
+            "/apis/apps/v1",
+            "/openapi/v3",
+            "/shoal/v1/modules/x",
+            "/",
+        ] {
             let i = parse(&Method::GET, path, None);
             assert!(!i.resource_request, "{path}");
             assert_eq!(i.verb, "get");

@@ -157,20 +157,26 @@ pub struct TlsServing {
 
 impl TlsServing {
     /// Serving `certificate`, trusting client certificates signed by any of `client_ca_pems`.
-    pub fn new(certificate: Arc<RotatingCertificate>, client_ca_pems: &[&str]) -> Result<Self, TlsError> {
+    pub fn new(
+        certificate: Arc<RotatingCertificate>,
+        client_ca_pems: &[&str],
+    ) -> Result<Self, TlsError> {
         let mut roots = rustls::RootCertStore::empty();
         for pem in client_ca_pems {
             for cert in CertificateDer::pem_slice_iter(pem.as_bytes()) {
                 let cert = cert.map_err(|e| TlsError::ClientCa(e.to_string()))?;
-                roots.add(cert).map_err(|e| TlsError::ClientCa(e.to_string()))?;
+                roots
+                    .add(cert)
+                    .map_err(|e| TlsError::ClientCa(e.to_string()))?;
             }
         }
         if roots.is_empty() {
             return Err(TlsError::ClientCa("no CA certificate to trust".into()));
         }
-        let client_verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
-            .build()
-            .map_err(|e| TlsError::ClientCa(e.to_string()))?;
+        let client_verifier =
+            WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
+                .build()
+                .map_err(|e| TlsError::ClientCa(e.to_string()))?;
         let mut config = rustls::ServerConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()?
             .with_client_cert_verifier(Arc::new(OptionalClientCertificate {
@@ -186,12 +192,15 @@ impl TlsServing {
     }
 
     /// What a finished handshake says of the client's certificate.
-    fn client_certificate(&self, connection: &rustls::ServerConnection) -> Option<ClientCertificate> {
+    fn client_certificate(
+        &self,
+        connection: &rustls::ServerConnection,
+    ) -> Option<ClientCertificate> {
         let chain = connection.peer_certificates()?;
         let (leaf, intermediates) = chain.split_first()?;
-        if let Err(e) = self
-            .client_verifier
-            .verify_client_cert(leaf, intermediates, UnixTime::now())
+        if let Err(e) =
+            self.client_verifier
+                .verify_client_cert(leaf, intermediates, UnixTime::now())
         {
             return Some(ClientCertificate::Rejected(e.to_string()));
         }
@@ -199,7 +208,9 @@ impl TlsServing {
             Ok(info) if !info.common_name.is_empty() => ClientCertificate::Verified(
                 UserInfo::authenticated(info.common_name, info.organizations),
             ),
-            Ok(_) => ClientCertificate::Rejected("the certificate's subject has no common name (the user)".into()),
+            Ok(_) => ClientCertificate::Rejected(
+                "the certificate's subject has no common name (the user)".into(),
+            ),
             Err(e) => ClientCertificate::Rejected(e),
         })
     }
@@ -239,14 +250,15 @@ pub async fn serve_https(
         let watcher = graceful.watcher();
         connections.spawn(async move {
             let _ = stream.set_nodelay(true);
-            let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
-                Ok(Ok(stream)) => stream,
-                Ok(Err(e)) => {
-                    tracing::debug!("TLS handshake with {peer}: {e}");
-                    return;
-                }
-                Err(_) => return,
-            };
+            let stream =
+                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                    Ok(Ok(stream)) => stream,
+                    Ok(Err(e)) => {
+                        tracing::debug!("TLS handshake with {peer}: {e}");
+                        return;
+                    }
+                    Err(_) => return,
+                };
             let certificate = tls.client_certificate(stream.get_ref().1);
             let connection = Connection::Tls { peer, certificate };
             serve_connection(stream, router, connection, watcher).await;
@@ -281,7 +293,12 @@ pub async fn serve_http(
         };
         let _ = stream.set_nodelay(true);
         let connection = Connection::Insecure { peer };
-        tokio::spawn(serve_connection(stream, router.clone(), connection, graceful.watcher()));
+        tokio::spawn(serve_connection(
+            stream,
+            router.clone(),
+            connection,
+            graceful.watcher(),
+        ));
     }
     drop(listener);
     let _ = tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown()).await;
@@ -298,10 +315,11 @@ async fn serve_connection<S>(
 ) where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let service = hyper::service::service_fn(move |mut request: http::Request<hyper::body::Incoming>| {
-        request.extensions_mut().insert(connection.clone());
-        router.clone().oneshot(request.map(axum::body::Body::new))
-    });
+    let service =
+        hyper::service::service_fn(move |mut request: http::Request<hyper::body::Incoming>| {
+            request.extensions_mut().insert(connection.clone());
+            router.clone().oneshot(request.map(axum::body::Body::new))
+        });
     let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new()).http1_only();
     let _ = watcher
         .watch(builder.serve_connection_with_upgrades(TokioIo::new(stream), service))

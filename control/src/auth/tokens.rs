@@ -55,7 +55,10 @@ pub struct Claims {
 impl Claims {
     /// The username the token authenticates as.
     pub fn username(&self) -> String {
-        service_account_username(&self.kubernetes.namespace, &self.kubernetes.serviceaccount.name)
+        service_account_username(
+            &self.kubernetes.namespace,
+            &self.kubernetes.serviceaccount.name,
+        )
     }
 }
 
@@ -99,7 +102,11 @@ impl ServiceAccountTokens {
         let expires = now
             .checked_add(ttl)
             .ok_or_else(|| TokenError::Invalid("the expiry is out of range".into()))?;
-        let seconds = |t: SystemTime| t.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+        let seconds = |t: SystemTime| {
+            t.duration_since(UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0)
+        };
         let claims = Claims {
             iss: ISSUER.to_string(),
             sub: service_account_username(&claim.namespace, &claim.serviceaccount.name),
@@ -160,7 +167,10 @@ pub fn bootstrap_secret_name(id: &str) -> String {
 pub fn parse_bootstrap_token(token: &str) -> Option<BootstrapToken<'_>> {
     let (id, secret) = token.split_once('.')?;
     let valid = |part: &str, len: usize| {
-        part.len() == len && part.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+        part.len() == len
+            && part
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
     };
     (valid(id, 6) && valid(secret, 16)).then_some(BootstrapToken { id, secret })
 }
@@ -233,7 +243,13 @@ mod tests {
             .issue(claim(), &["vault".to_string()], DEFAULT_TOKEN_TTL)
             .unwrap();
         assert!(tokens.verify(&vault).is_err());
-        for garbage in ["", "a.b.c", "....", "eyJhbGciOiJub25lIn0.e30.", "x".repeat(10_000).as_str()] {
+        for garbage in [
+            "",
+            "a.b.c",
+            "....",
+            "eyJhbGciOiJub25lIn0.e30.",
+            "x".repeat(10_000).as_str(),
+        ] {
             assert!(tokens.verify(garbage).is_err(), "{garbage:?}");
         }
     }
@@ -251,7 +267,7 @@ mod tests {
         let hmac = jsonwebtoken::encode(
             &Header::new(Algorithm::HS256),
             &tokens.verify(&token).unwrap(),
-            &EncodingKey::from_secret(public.as_bytes()),
+            &EncodingKey::from_secret(public.as_bytes()).unwrap(),
         )
         .unwrap();
         assert!(tokens.verify(&hmac).is_err());
@@ -266,7 +282,14 @@ mod tests {
                 secret: "0123456789abcdef"
             })
         );
-        for bad in ["abcdef", "ABCDEF.0123456789abcdef", "abcde.0123456789abcdef", "abcdef.0123456789abcde", "abcdef.0123456789abcdef0", "ab-def.0123456789abcdef"] {
+        for bad in [
+            "abcdef",
+            "ABCDEF.0123456789abcdef",
+            "abcde.0123456789abcdef",
+            "abcdef.0123456789abcde",
+            "abcdef.0123456789abcdef0",
+            "ab-def.0123456789abcdef",
+        ] {
             assert_eq!(parse_bootstrap_token(bad), None, "{bad}");
         }
         let generated = generate_bootstrap_token();

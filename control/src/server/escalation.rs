@@ -45,9 +45,19 @@ pub(super) fn check(server: &ApiServer, request: &Request, object: &Value) -> Re
             Rule::of_role(object)
         }
         "RoleBinding" | "ClusterRoleBinding" => {
-            let kind = object.pointer("/roleRef/kind").and_then(Value::as_str).unwrap_or("");
-            let role = object.pointer("/roleRef/name").and_then(Value::as_str).unwrap_or("");
-            let plural = if kind == "Role" { "roles" } else { "clusterroles" };
+            let kind = object
+                .pointer("/roleRef/kind")
+                .and_then(Value::as_str)
+                .unwrap_or("");
+            let role = object
+                .pointer("/roleRef/name")
+                .and_then(Value::as_str)
+                .unwrap_or("");
+            let plural = if kind == "Role" {
+                "roles"
+            } else {
+                "clusterroles"
+            };
             if may("bind", plural, role) {
                 return Ok(());
             }

@@ -36,7 +36,10 @@ pub(super) async fn guard(
                 .headers()
                 .get(http::header::AUTHORIZATION)
                 .and_then(|v| v.to_str().ok());
-            match server.authenticator.authenticate(certificate.as_ref(), authorization) {
+            match server
+                .authenticator
+                .authenticate(certificate.as_ref(), authorization)
+            {
                 Ok(Some(user)) => user,
                 Ok(None)
                     if server.security.anonymous_auth
@@ -47,7 +50,11 @@ pub(super) async fn guard(
                 Ok(None) => return ApiError::Unauthorized.into_response(),
                 Err(AuthnError::Unauthorized(why)) => {
                     // The reason is for the server's log only (never the credential itself).
-                    tracing::info!("401 for {} {}: {why}", request.method(), request.uri().path());
+                    tracing::info!(
+                        "401 for {} {}: {why}",
+                        request.method(),
+                        request.uri().path()
+                    );
                     return ApiError::Unauthorized.into_response();
                 }
                 Err(AuthnError::Unavailable(why)) => {
@@ -56,7 +63,11 @@ pub(super) async fn guard(
             }
         }
     };
-    let info = request_info::parse(request.method(), request.uri().path(), request.uri().query());
+    let info = request_info::parse(
+        request.method(),
+        request.uri().path(),
+        request.uri().query(),
+    );
     if server.policy.read().authorize(&user, &info) == Decision::Deny {
         return ApiError::Forbidden(forbidden_message(&user, &info)).into_response();
     }
@@ -108,7 +119,11 @@ mod tests {
             forbidden_message(&alice, &list),
             "pods is forbidden: User \"alice\" cannot list resource \"pods\" in API group \"\" in the namespace \"b\""
         );
-        let get = request_info::parse(&http::Method::GET, "/apis/apps/v1/namespaces/a/deployments/d/scale", None);
+        let get = request_info::parse(
+            &http::Method::GET,
+            "/apis/apps/v1/namespaces/a/deployments/d/scale",
+            None,
+        );
         assert_eq!(
             forbidden_message(&alice, &get),
             "deployments.apps \"d\" is forbidden: User \"alice\" cannot get resource \"deployments/scale\" in API group \"apps\" in the namespace \"a\""
@@ -116,6 +131,9 @@ mod tests {
         let nodes = request_info::parse(&http::Method::GET, "/api/v1/nodes", None);
         assert!(forbidden_message(&alice, &nodes).ends_with("at the cluster scope"));
         let path = request_info::parse(&http::Method::GET, "/metrics", None);
-        assert_eq!(forbidden_message(&alice, &path), "forbidden: User \"alice\" cannot get path \"/metrics\"");
+        assert_eq!(
+            forbidden_message(&alice, &path),
+            "forbidden: User \"alice\" cannot get path \"/metrics\""
+        );
     }
 }

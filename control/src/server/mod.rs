@@ -134,7 +134,8 @@ impl ApiServer {
                 (key.serialize_pem(), key.public_key_pem())
             }
         };
-        let authenticator = Authenticator::new(ServiceAccountTokens::new(&private, &public)?, store.clone());
+        let authenticator =
+            Authenticator::new(ServiceAccountTokens::new(&private, &public)?, store.clone());
         let server = Arc::new(Self {
             authenticator,
             policy: Arc::default(),
@@ -210,7 +211,10 @@ impl ApiServer {
                 }),
             )
             .fallback(handle_resource)
-            .layer(axum::middleware::from_fn_with_state(self.clone(), guard::guard))
+            .layer(axum::middleware::from_fn_with_state(
+                self.clone(),
+                guard::guard,
+            ))
             .with_state(self.clone())
     }
 }
@@ -254,9 +258,14 @@ fn spawn_event_expiry(server: &Arc<ApiServer>) {
 /// store and the cache, not the server.
 fn spawn_policy_sync(server: &Arc<ApiServer>) {
     let (store, policy) = (server.store.clone(), server.policy.clone());
-    tokio::spawn(server.stopping.clone().run_until_cancelled_owned(async move {
-        policy.sync(store.as_ref()).await;
-    }));
+    tokio::spawn(
+        server
+            .stopping
+            .clone()
+            .run_until_cancelled_owned(async move {
+                policy.sync(store.as_ref()).await;
+            }),
+    );
 }
 
 fn resource_list(group: &str, version: &str) -> Result<Json<serde_json::Value>, ApiError> {

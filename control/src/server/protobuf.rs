@@ -15,7 +15,8 @@ const MAGIC: &[u8] = b"k8s\0";
 
 /// The JSON form of a protobuf body.
 pub fn decode(body: &[u8]) -> Result<Value> {
-    let bad = |why: String| ApiError::BadRequest(format!("the protobuf body cannot be read: {why}"));
+    let bad =
+        |why: String| ApiError::BadRequest(format!("the protobuf body cannot be read: {why}"));
     let raw = body
         .strip_prefix(MAGIC)
         .ok_or_else(|| bad("it does not start with the k8s\\0 envelope".into()))?;
@@ -107,7 +108,11 @@ mod tests {
             }),
             status: None,
         };
-        let body = envelope("authorization.k8s.io/v1", "SelfSubjectAccessReview", review.encode_to_vec());
+        let body = envelope(
+            "authorization.k8s.io/v1",
+            "SelfSubjectAccessReview",
+            review.encode_to_vec(),
+        );
         let value = decode(&body).unwrap();
         assert_eq!(value["kind"], "SelfSubjectAccessReview");
         assert_eq!(value["spec"]["resourceAttributes"]["verb"], "list");
@@ -117,8 +122,14 @@ mod tests {
     #[test]
     fn other_bodies_are_clear_errors() {
         assert!(matches!(decode(b"{}"), Err(ApiError::BadRequest(_))));
-        assert!(matches!(decode(b"k8s\0\xff\xff\xff"), Err(ApiError::BadRequest(_))));
+        assert!(matches!(
+            decode(b"k8s\0\xff\xff\xff"),
+            Err(ApiError::BadRequest(_))
+        ));
         let configmap = envelope("v1", "ConfigMap", vec![]);
-        assert!(matches!(decode(&configmap), Err(ApiError::UnsupportedMediaType(_))));
+        assert!(matches!(
+            decode(&configmap),
+            Err(ApiError::UnsupportedMediaType(_))
+        ));
     }
 }

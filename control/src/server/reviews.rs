@@ -22,7 +22,10 @@ use crate::store::ObjectKey;
 /// Creates the bootstrap ClusterRoles and ClusterRoleBindings that are missing.
 pub(super) async fn ensure_bootstrap_policy(server: &ApiServer) -> anyhow::Result<()> {
     for (resource, mut object) in policy::bootstrap_objects() {
-        let name = object["metadata"]["name"].as_str().unwrap_or("").to_string();
+        let name = object["metadata"]["name"]
+            .as_str()
+            .unwrap_or("")
+            .to_string();
         let key = ObjectKey::new(resource, "", &name);
         if server.store.get(&key)?.is_some() {
             continue;
@@ -30,7 +33,11 @@ pub(super) async fn ensure_bootstrap_policy(server: &ApiServer) -> anyhow::Resul
         crate::api::defaults::metadata_on_create(
             &mut object,
             "rbac.authorization.k8s.io/v1".into(),
-            if resource == crate::auth::rbac::CLUSTER_ROLES { "ClusterRole" } else { "ClusterRoleBinding" },
+            if resource == crate::auth::rbac::CLUSTER_ROLES {
+                "ClusterRole"
+            } else {
+                "ClusterRoleBinding"
+            },
         );
         match server.store.create(key, object).await {
             Ok(_) | Err(crate::store::Error::AlreadyExists(_)) => {}
@@ -50,9 +57,15 @@ pub(super) async fn create(server: &Arc<ApiServer>, request: &Request) -> Result
         "SelfSubjectAccessReview" => access(server, &request.user, &spec)?,
         "SubjectAccessReview" => access(server, &subject_of(&spec), &spec)?,
         "LocalSubjectAccessReview" => {
-            let namespace = spec.pointer("/resourceAttributes/namespace").and_then(Value::as_str);
+            let namespace = spec
+                .pointer("/resourceAttributes/namespace")
+                .and_then(Value::as_str);
             if namespace.is_some_and(|ns| ns != request.namespace()) {
-                return Err(invalid(resource.kind, "spec.resourceAttributes.namespace", "must match the namespace of the request"));
+                return Err(invalid(
+                    resource.kind,
+                    "spec.resourceAttributes.namespace",
+                    "must match the namespace of the request",
+                ));
             }
             let mut spec = spec.clone();
             spec["resourceAttributes"]["namespace"] = json!(request.namespace());

@@ -1,0 +1,447 @@
+//! Security over real HTTPS sockets: who gets 401 (no, wrong or stale credentials), what RBAC
+//! allows per namespace (kubectl as an ordinary user, `auth can-i`, `whoami`), escalation
+//! prevention, and the insecure address's loopback rule.
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use shoal_control::auth::tokens::{KubernetesClaim, ObjectRef, ServiceAccountTokens};
+use shoal_tests::*;
+
+fn ca(cluster: &TestCluster) -> String {
+    cluster.cluster.control.server_ca_pem.clone()
+}
+
+fn cluster_tokens(cluster: &TestCluster) -> ServiceAccountTokens {
+    let (private, public) = cluster.cluster.control.pki.service_account_keys();
+    ServiceAccountTokens::new(private, public).unwrap()
+}
+
+fn claim(namespace: &str, name: &str, uid: &str) -> KubernetesClaim {
+    KubernetesClaim {
+        namespace: namespace.into(),
+        serviceaccount: ObjectRef {
+            name: name.into(),
+            uid: uid.into(),
+        },
+        pod: None,
+    }
+}
+
+async fn whoami(http: &Http) -> (u16, Value) {
+    let review = json!({"apiVersion": "authentication.k8s.io/v1", "kind": "SelfSubjectReview"});
+    http.call(
+        "POST",
+        "/apis/authentication.k8s.io/v1/selfsubjectreviews",
+        "application/json",
+        &review.to_string(),
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_without_valid_credentials_get_401() {
+    let cluster = TestCluster::start(0).await;
+    let url = cluster.url();
+    assert!(url.starts_with("https://"), "{url}");
+    let anonymous = Http::anonymous(&url, &ca(&cluster));
+    for public in ["/version", "/healthz", "/livez", "/readyz"] {
+        assert_eq!(
+            anonymous.call("GET", public, "", "").await.0,
+            200,
+            "{public}"
+        );
+    }
+    for private in [
+        "/api/v1/pods",
+        "/api",
+        "/apis",
+        "/openapi/v3",
+        "/api/v1/namespaces/default/secrets",
+    ] {
+        let (status, body) = anonymous.call("GET", private, "", "").await;
+        assert_eq!(
+            (status, body["reason"].as_str()),
+            (401, Some("Unauthorized")),
+            "{private}: {body}"
+        );
+    }
+
+    // A client certificate from another CA, even one claiming system:masters.
+    let other = tempfile::tempdir().unwrap();
+    let other_pki = shoal_control::auth::pki::Pki::load_or_create(other.path()).unwrap();
+    let forged = other_pki
+        .issue_client(
+            "mallory",
+            &["system:masters".into()],
+            Duration::from_secs(600),
+        )
+        .unwrap();
+    let mallory =
+        Http::with_client_certificate(&url, &ca(&cluster), &forged.cert_pem, &forged.key_pem);
+    assert_eq!(mallory.call("GET", "/api/v1/pods", "", "").await.0, 401);
+
+    // ServiceAccount tokens: valid, then signed elsewhere, expired, revoked.
+    let admin = cluster.http();
+    let account = admin
+        .create(
+            "/api/v1/namespaces/default/serviceaccounts",
+            &json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "robot"}}),
+        )
+        .await;
+    let uid = account["metadata"]["uid"].as_str().unwrap();
+    let tokens = cluster_tokens(&cluster);
+    let (token, _) = tokens
+        .issue(
+            claim("default", "robot", uid),
+            &[],
+            Duration::from_secs(600),
+        )
+        .unwrap();
+    let robot = Http::anonymous(&url, &ca(&cluster)).bearer(&token);
+    let (status, me) = whoami(&robot).await;
+    assert_eq!(status, 201, "{me}");
+    assert_eq!(
+        me["status"]["userInfo"]["username"],
+        "system:serviceaccount:default:robot"
+    );
+    let groups = me["status"]["userInfo"]["groups"].to_string();
+    assert!(
+        groups.contains("system:serviceaccounts:default"),
+        "{groups}"
+    );
+    // Authenticated, and allowed nothing it was not granted.
+    assert_eq!(
+        robot
+            .call("GET", "/api/v1/namespaces/default/pods", "", "")
+            .await
+            .0,
+        403
+    );
+
+    let foreign_key = rcgen::KeyPair::generate().unwrap();
+    let foreign =
+        ServiceAccountTokens::new(&foreign_key.serialize_pem(), &foreign_key.public_key_pem())
+            .unwrap();
+    let (forged, _) = foreign
+        .issue(
+            claim("default", "robot", uid),
+            &[],
+            Duration::from_secs(600),
+        )
+        .unwrap();
+    let (expired, _) = tokens
+        .issue(claim("default", "robot", uid), &[], Duration::ZERO)
+        .unwrap();
+    let (wrong_uid, _) = tokens
+        .issue(
+            claim("default", "robot", "another-uid"),
+            &[],
+            Duration::from_secs(600),
+        )
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    for (what, bad) in [
+        ("signed by another key", forged.as_str()),
+        ("expired", expired.as_str()),
+        ("for an older account of the same name", wrong_uid.as_str()),
+        ("garbage", "not-a-token"),
+        ("three garbage parts", "a.b.c"),
+    ] {
+        let http = Http::anonymous(&url, &ca(&cluster)).bearer(bad);
+        assert_eq!(whoami(&http).await.0, 401, "{what}");
+        // A bad token never falls back to anonymous, even on a public path.
+        assert_eq!(
+            http.call("GET", "/version", "", "").await.0,
+            401,
+            "{what} on /version"
+        );
+    }
+    let (status, _) = admin
+        .call(
+            "DELETE",
+            "/api/v1/namespaces/default/serviceaccounts/robot",
+            "",
+            "",
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        whoami(&robot).await.0,
+        401,
+        "a deleted account's token is revoked"
+    );
+
+    // A bootstrap token authenticates while its Secret exists and is unexpired.
+    let secret = json!({"apiVersion": "v1", "kind": "Secret", "type": "bootstrap.kubernetes.io/token",
+        "metadata": {"name": "bootstrap-token-abcdef", "namespace": "kube-system"},
+        "stringData": {"token-id": "abcdef", "token-secret": "0123456789abcdef", "usage-bootstrap-authentication": "true"}});
+    admin
+        .create("/api/v1/namespaces/kube-system/secrets", &secret)
+        .await;
+    let joiner = Http::anonymous(&url, &ca(&cluster)).bearer("abcdef.0123456789abcdef");
+    let (status, me) = whoami(&joiner).await;
+    assert_eq!(
+        (status, me["status"]["userInfo"]["username"].as_str()),
+        (201, Some("system:bootstrap:abcdef")),
+        "{me}"
+    );
+    let wrong_secret = Http::anonymous(&url, &ca(&cluster)).bearer("abcdef.0123456789abcdee");
+    assert_eq!(whoami(&wrong_secret).await.0, 401);
+    let (status, _) = admin
+        .call(
+            "DELETE",
+            "/api/v1/namespaces/kube-system/secrets/bootstrap-token-abcdef",
+            "",
+            "",
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(whoami(&joiner).await.0, 401, "a deleted bootstrap token");
+    let expired_secret = json!({"apiVersion": "v1", "kind": "Secret", "type": "bootstrap.kubernetes.io/token",
+        "metadata": {"name": "bootstrap-token-zyxwvu", "namespace": "kube-system"},
+        "stringData": {"token-secret": "0123456789abcdef", "usage-bootstrap-authentication": "true", "expiration": "2020-01-01T00:00:00Z"}});
+    admin
+        .create("/api/v1/namespaces/kube-system/secrets", &expired_secret)
+        .await;
+    let late = Http::anonymous(&url, &ca(&cluster)).bearer("zyxwvu.0123456789abcdef");
+    assert_eq!(whoami(&late).await.0, 401, "an expired bootstrap token");
+    cluster.cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn anonymous_auth_can_be_turned_off_and_plain_http_stays_on_loopback() {
+    let mut options = shoal::cluster::ControlPlaneOptions::default();
+    options.security.anonymous_auth = false;
+    options.security.insecure_http_addr = Some("127.0.0.1:0".parse().unwrap());
+    let cluster = TestCluster::start_with_options(0, options, |_| {}).await;
+    let anonymous = Http::anonymous(&cluster.url(), &ca(&cluster));
+    assert_eq!(anonymous.call("GET", "/version", "", "").await.0, 401);
+    assert_eq!(cluster.http().call("GET", "/version", "", "").await.0, 200);
+    // The loopback plain HTTP address answers without credentials, as a superuser.
+    let insecure = Http::new(&cluster.cluster.control.insecure_url().unwrap());
+    assert_eq!(
+        insecure.call("GET", "/api/v1/namespaces", "", "").await.0,
+        200
+    );
+    cluster.cluster.shutdown().await;
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut options = shoal::cluster::ControlPlaneOptions::default();
+    options.security.insecure_http_addr = Some("0.0.0.0:0".parse().unwrap());
+    let refused = shoal::cluster::ControlPlane::start_with(
+        dir.path(),
+        "127.0.0.1:0".parse().unwrap(),
+        options,
+    )
+    .await;
+    let error = refused
+        .err()
+        .expect("plain HTTP beyond loopback is refused")
+        .to_string();
+    assert!(error.contains("not a loopback address"), "{error}");
+}
+
+const NAMESPACES: &str = "
+apiVersion: v1
+kind: Namespace
+metadata: {name: team-a}
+---
+apiVersion: v1
+kind: Namespace
+metadata: {name: team-b}
+";
+
+fn binding(name: &str, namespace: &str, role: &str, user: &str) -> String {
+    format!(
+        "apiVersion: rbac.authorization.k8s.io/v1\nkind: RoleBinding\nmetadata: {{name: {name}, namespace: {namespace}}}\nroleRef: {{apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: {role}}}\nsubjects:\n- {{apiGroup: rbac.authorization.k8s.io, kind: User, name: {user}}}\n"
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_view_binding_lets_a_user_read_one_namespace_and_nothing_more() {
+    if !kubectl_available("a_view_binding_lets_a_user_read_one_namespace_and_nothing_more") {
+        return;
+    }
+    let cluster = TestCluster::start(1).await;
+    let admin = &cluster.kubeconfig;
+    ok(kubectl_stdin_async(admin, &["apply", "-f", "-"], NAMESPACES).await);
+    ok(kubectl_stdin_async(
+        admin,
+        &["apply", "-f", "-"],
+        &binding("alice-view", "team-a", "view", "alice"),
+    )
+    .await);
+    let pod = pod_yaml("p", shoal_examples::HELLO_P1, &["x"]);
+    ok(kubectl_stdin_async(admin, &["apply", "-n", "team-a", "-f", "-"], &pod).await);
+    let alice = cluster.kubeconfig_for("alice", &[]);
+
+    let listed = ok(kubectl_async(&alice, &["get", "pods", "-n", "team-a", "-o", "name"]).await);
+    assert_eq!(listed.trim(), "pod/p");
+    let whoami = ok(kubectl_async(&alice, &["auth", "whoami"]).await);
+    assert!(whoami.contains("alice"), "{whoami}");
+
+    let other = kubectl_async(&alice, &["get", "pods", "-n", "team-b"]).await;
+    assert!(!other.status.success());
+    assert!(
+        stderr(&other).contains("pods is forbidden: User \"alice\" cannot list resource \"pods\" in API group \"\" in the namespace \"team-b\""),
+        "{}",
+        stderr(&other)
+    );
+    let create = kubectl_stdin_async(
+        &alice,
+        &["apply", "-n", "team-a", "-f", "-"],
+        &pod_yaml("q", shoal_examples::HELLO_P1, &[]),
+    )
+    .await;
+    assert!(!create.status.success());
+    assert!(stderr(&create).contains("forbidden"), "{}", stderr(&create));
+    let secrets = kubectl_async(&alice, &["get", "secrets", "-n", "team-a"]).await;
+    assert!(
+        stderr(&secrets).contains("cannot list resource \"secrets\""),
+        "{}",
+        stderr(&secrets)
+    );
+
+    // kubectl auth can-i agrees with what the server enforces.
+    for (args, expected) in [
+        (&["list", "pods", "-n", "team-a"][..], "yes"),
+        (&["watch", "pods", "-n", "team-a"], "yes"),
+        (&["get", "pods/log", "-n", "team-a"], "yes"),
+        (&["create", "pods", "-n", "team-a"], "no"),
+        (&["list", "pods", "-n", "team-b"], "no"),
+        (&["list", "secrets", "-n", "team-a"], "no"),
+        (&["list", "nodes"], "no"),
+    ] {
+        let mut full = vec!["auth", "can-i"];
+        full.extend_from_slice(args);
+        let answer = kubectl_async(&alice, &full).await;
+        assert_eq!(
+            stdout(&answer).trim(),
+            expected,
+            "can-i {args:?}: {}",
+            stderr(&answer)
+        );
+    }
+    let rules = ok(kubectl_async(&alice, &["auth", "can-i", "--list", "-n", "team-a"]).await);
+    assert!(rules.contains("pods "), "{rules}");
+    assert!(!rules.contains("secrets "), "{rules}");
+
+    // Watches are authorized as lists.
+    let http = Http::from_kubeconfig(&alice);
+    let (status, _) = http
+        .call("GET", "/api/v1/namespaces/team-b/pods?watch=true", "", "")
+        .await;
+    assert_eq!(status, 403);
+    let (status, _) = http.call("GET", "/api/v1/pods?watch=true", "", "").await;
+    assert_eq!(status, 403, "a cluster-wide watch");
+
+    // A SubjectAccessReview asks the same question for someone else (admins only).
+    let review = json!({"apiVersion": "authorization.k8s.io/v1", "kind": "SubjectAccessReview",
+        "spec": {"user": "alice", "resourceAttributes": {"namespace": "team-a", "verb": "get", "resource": "pods"}}});
+    let path = "/apis/authorization.k8s.io/v1/subjectaccessreviews";
+    let (status, answer) = cluster
+        .http()
+        .call("POST", path, "application/json", &review.to_string())
+        .await;
+    assert_eq!(
+        (status, answer["status"]["allowed"].as_bool()),
+        (201, Some(true)),
+        "{answer}"
+    );
+    assert_eq!(
+        http.call("POST", path, "application/json", &review.to_string())
+            .await
+            .0,
+        403
+    );
+    cluster.cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn users_cannot_grant_what_they_do_not_hold() {
+    if !kubectl_available("users_cannot_grant_what_they_do_not_hold") {
+        return;
+    }
+    let cluster = TestCluster::start(0).await;
+    let admin = &cluster.kubeconfig;
+    ok(kubectl_stdin_async(admin, &["apply", "-f", "-"], NAMESPACES).await);
+    ok(kubectl_stdin_async(
+        admin,
+        &["apply", "-f", "-"],
+        &binding("bob-admin", "team-a", "admin", "bob"),
+    )
+    .await);
+    ok(kubectl_stdin_async(
+        admin,
+        &["apply", "-f", "-"],
+        &binding("carol-edit", "team-a", "edit", "carol"),
+    )
+    .await);
+    let bob = cluster.kubeconfig_for("bob", &[]);
+    let carol = cluster.kubeconfig_for("carol", &[]);
+
+    // edit may not touch bindings at all.
+    let denied = kubectl_stdin_async(
+        &carol,
+        &["apply", "-f", "-"],
+        &binding("carol-root", "team-a", "cluster-admin", "carol"),
+    )
+    .await;
+    assert!(!denied.status.success());
+    assert!(stderr(&denied).contains("forbidden"), "{}", stderr(&denied));
+
+    // admin may bind roles, but only to what it holds itself.
+    let escalation = kubectl_stdin_async(
+        &bob,
+        &["apply", "-f", "-"],
+        &binding("bob-root", "team-a", "cluster-admin", "bob"),
+    )
+    .await;
+    assert!(!escalation.status.success());
+    assert!(
+        stderr(&escalation).contains("is attempting to grant RBAC permissions not currently held"),
+        "{}",
+        stderr(&escalation)
+    );
+    ok(kubectl_stdin_async(
+        &bob,
+        &["apply", "-f", "-"],
+        &binding("dave-view", "team-a", "view", "dave"),
+    )
+    .await);
+    let other_namespace = kubectl_stdin_async(
+        &bob,
+        &["apply", "-f", "-"],
+        &binding("dave-view", "team-b", "view", "dave"),
+    )
+    .await;
+    assert!(
+        !other_namespace.status.success(),
+        "bob holds nothing in team-b"
+    );
+    let wide_role = "apiVersion: rbac.authorization.k8s.io/v1\nkind: Role\nmetadata: {name: everything, namespace: team-a}\nrules:\n- {apiGroups: ['*'], resources: ['*'], verbs: ['*']}\n";
+    let denied = kubectl_stdin_async(&bob, &["apply", "-f", "-"], wide_role).await;
+    assert!(
+        stderr(&denied).contains("not currently held"),
+        "{}",
+        stderr(&denied)
+    );
+
+    // The binding bob made is in force when its create returns.
+    let dave = cluster.kubeconfig_for("dave", &[]);
+    ok(kubectl_async(&dave, &["get", "pods", "-n", "team-a"]).await);
+
+    // Bad RBAC objects are refused with the field named, and change nothing.
+    let bad = "apiVersion: rbac.authorization.k8s.io/v1\nkind: Role\nmetadata: {name: bad, namespace: team-a}\nrules:\n- {apiGroups: [''], resources: [pods], verbs: [fly]}\n- {apiGroups: [''], resources: [pods], verbs: []}\n";
+    let invalid = kubectl_stdin_async(admin, &["apply", "-f", "-"], bad).await;
+    let message = stderr(&invalid);
+    assert!(
+        message.contains("rules[0].verbs[0]") && message.contains("fly"),
+        "{message}"
+    );
+    assert!(message.contains("rules[1].verbs"), "{message}");
+    let absent = kubectl_async(admin, &["get", "role", "bad", "-n", "team-a"]).await;
+    assert!(!absent.status.success());
+    cluster.cluster.shutdown().await;
+}
