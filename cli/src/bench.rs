@@ -13,10 +13,12 @@
 //! - `scheduler`: binding N pods onto M registered (agentless) nodes, pods per second;
 //! - `scale`: a Deployment scaled to N replicas (the request `kubectl scale` sends) until all
 //!   N pods are Running.
-//! - `ingress`, `proxy-latency`, `endpoints`: the Services benchmarks ([`bench_services`]).
+//! - `ingress`, `proxy-latency`, `endpoints`: the Services benchmarks ([`bench_services`]);
+//! - `api-tls`, `authz`: HTTPS vs plain HTTP, and what RBAC costs ([`bench_security`]).
 //!
 //! Every API request goes over a real loopback socket to the API server.
 
+mod bench_security;
 mod bench_services;
 
 use std::collections::HashMap;
@@ -38,7 +40,7 @@ use tokio::sync::{Mutex, Semaphore};
 #[command(name = "shoal-bench", about = "Shoal's benchmarks")]
 struct Args {
     /// pods, writes, http-instance, gateway, density, scheduler, scale, ingress,
-    /// proxy-latency, endpoints, or all.
+    /// proxy-latency, endpoints, api-tls, authz, or all.
     #[arg(default_value = "all")]
     which: String,
     /// Pods to create in the pod-start benchmark (and pods in the density benchmark).
@@ -106,6 +108,12 @@ fn main() -> anyhow::Result<()> {
         }
         if all || args.which == "endpoints" {
             bench_services::endpoints(&args).await?;
+        }
+        if all || args.which == "api-tls" {
+            bench_security::api_tls(&args).await?;
+        }
+        if all || args.which == "authz" {
+            bench_security::authz(&args).await?;
         }
         Ok(())
     })

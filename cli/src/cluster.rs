@@ -178,6 +178,54 @@ async fn rotate_serving_certificate(pki: Arc<Pki>, names: Vec<String>, tls: Arc<
     }
 }
 
+/// The `default/kubernetes` Service (ClusterIP 10.96.0.1, port 443) and its Endpoints, the
+/// API server's address: how pods find the API (`https://kubernetes.default.svc`).
+async fn publish_kubernetes_service(client: &Client, addr: SocketAddr) -> anyhow::Result<()> {
+    use k8s_openapi::api::core::v1::{Endpoints, Service};
+    let ip = if addr.ip().is_unspecified() {
+        std::net::IpAddr::from([127, 0, 0, 1])
+    } else {
+        addr.ip()
+    };
+    let service: Service = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "kubernetes", "namespace": "default",
+            "labels": {"component": "apiserver", "provider": "kubernetes"}},
+        "spec": {"clusterIP": "10.96.0.1", "type": "ClusterIP",
+            "ports": [{"name": "https", "port": 443, "protocol": "TCP", "targetPort": addr.port()}]}
+    }))?;
+    let services = client.api::<Service>(Some("default"));
+    if services.get_opt("kubernetes").await?.is_some() {
+        // From an earlier start: the API's port may have changed.
+        let ports = serde_json::json!({"spec": {"ports": [
+            {"name": "https", "port": 443, "protocol": "TCP", "targetPort": addr.port()}]}});
+        services.patch_merge("kubernetes", &ports).await?;
+    } else {
+        match services.create(&service).await {
+            Ok(_) => {}
+            Err(e) if e.is_conflict() => {}
+            Err(e) => return Err(anyhow::anyhow!("creating the kubernetes Service: {e}")),
+        }
+    }
+    let endpoints: Endpoints = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "kubernetes", "namespace": "default"},
+        "subsets": [{"addresses": [{"ip": ip.to_string()}],
+            "ports": [{"name": "https", "port": addr.port(), "protocol": "TCP"}]}]
+    }))?;
+    let api = client.api::<Endpoints>(Some("default"));
+    match api.get_opt("kubernetes").await? {
+        None => {
+            api.create(&endpoints).await?;
+        }
+        Some(current) => {
+            // The API's address may change between starts (a free port in tests).
+            let mut updated = endpoints;
+            updated.metadata.resource_version = current.metadata.resource_version;
+            api.replace("kubernetes", &updated).await?;
+        }
+    }
+    Ok(())
+}
+
 /// The store, the API server on a socket, the scheduler and the controllers.
 pub struct ControlPlane {
     pub addr: SocketAddr,
@@ -282,6 +330,7 @@ impl ControlPlane {
             });
         }
         shoal_control::controllers::start(client.clone(), controller_options, &tasks);
+        publish_kubernetes_service(&client, addr).await?;
         Ok(Self {
             addr,
             insecure_addr,
@@ -415,6 +464,7 @@ impl DevCluster {
             let mut config = AgentConfig::new(&name, data_dir.join("nodes").join(&name));
             // The nodes of one dev cluster share a disk, so claims follow their pods.
             config.claims_dir = Some(data_dir.join("claims"));
+            config.api_endpoint = Some((control.url(), control.server_ca_pem.clone()));
             configure(&mut config);
             agents.push(Agent::start(control.client.clone(), config).await?);
         }

@@ -63,10 +63,21 @@ pub fn locate(flag: Option<&Path>) -> PathBuf {
 }
 
 /// A client for the kubeconfig at `path`, talking to `server` if given (else the
-/// kubeconfig's), and the URL it talks to.
-pub async fn connect_to(path: &Path, server: Option<&str>) -> anyhow::Result<(Client, String)> {
+/// kubeconfig's): the client, the URL it talks to, and the CA (PEM) it trusts, if the
+/// kubeconfig names one.
+pub async fn connect_to(
+    path: &Path,
+    server: Option<&str>,
+) -> anyhow::Result<(Client, String, Option<String>)> {
     let kubeconfig = Kubeconfig::read_from(path)
         .with_context(|| format!("reading kubeconfig {}", path.display()))?;
+    let ca_pem = kubeconfig
+        .clusters
+        .first()
+        .and_then(|c| c.cluster.as_ref())
+        .and_then(|c| c.certificate_authority_data.as_deref())
+        .and_then(|data| base64::engine::general_purpose::STANDARD.decode(data).ok())
+        .and_then(|bytes| String::from_utf8(bytes).ok());
     let mut config =
         kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
             .await
@@ -79,7 +90,11 @@ pub async fn connect_to(path: &Path, server: Option<&str>) -> anyhow::Result<(Cl
     let url = config.cluster_url.to_string();
     let client = kube::Client::try_from(config)
         .with_context(|| format!("kubeconfig {}: making a client", path.display()))?;
-    Ok((Client::new(client), url.trim_end_matches('/').to_string()))
+    Ok((
+        Client::new(client),
+        url.trim_end_matches('/').to_string(),
+        ca_pem,
+    ))
 }
 
 /// A client for the current context of the kubeconfig at `path`, and its default namespace.

@@ -445,3 +445,231 @@ async fn users_cannot_grant_what_they_do_not_hold() {
     assert!(!absent.status.success());
     cluster.cluster.shutdown().await;
 }
+
+/// A GET through the API server's pod proxy: (status, body).
+async fn proxy_get(http: &Http, pod_and_port: &str, path: &str) -> (u16, String) {
+    let (status, body) = http
+        .raw(
+            "GET",
+            &format!("/api/v1/namespaces/default/pods/{pod_and_port}/proxy{path}"),
+            "",
+            "",
+        )
+        .await;
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
+
+async fn wait_ready(http: &Http, name: &str) {
+    wait_for(
+        &format!("pod {name} to be ready"),
+        Duration::from_secs(60),
+        async || {
+            let (_, pod) = http
+                .call(
+                    "GET",
+                    &format!("/api/v1/namespaces/default/pods/{name}"),
+                    "",
+                    "",
+                )
+                .await;
+            pod["status"]["conditions"]
+                .as_array()
+                .is_some_and(|cs| {
+                    cs.iter()
+                        .any(|c| c["type"] == "Ready" && c["status"] == "True")
+                })
+                .then_some(())
+        },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wasm_pod_calls_the_api_as_its_service_account() {
+    let cluster = TestCluster::start(1).await;
+    let admin = cluster.http();
+    // The control plane publishes itself as the kubernetes Service.
+    let (_, service) = admin
+        .call(
+            "GET",
+            "/api/v1/namespaces/default/services/kubernetes",
+            "",
+            "",
+        )
+        .await;
+    assert_eq!(service["spec"]["clusterIP"], "10.96.0.1", "{service}");
+    // Every namespace gets a default ServiceAccount.
+    admin
+        .create(
+            "/api/v1/namespaces",
+            &json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "fresh"}}),
+        )
+        .await;
+    wait_for(
+        "the default ServiceAccount of a new namespace",
+        Duration::from_secs(10),
+        async || {
+            let (status, _) = admin
+                .call(
+                    "GET",
+                    "/api/v1/namespaces/fresh/serviceaccounts/default",
+                    "",
+                    "",
+                )
+                .await;
+            (status == 200).then_some(())
+        },
+    )
+    .await;
+
+    for (path, object) in [
+        (
+            "/api/v1/namespaces/default/serviceaccounts",
+            json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "reader"}}),
+        ),
+        (
+            "/api/v1/namespaces/default/configmaps",
+            json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "settings"}, "data": {"color": "blue"}}),
+        ),
+        (
+            "/api/v1/namespaces/default/secrets",
+            json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "hidden"}, "stringData": {"k": "v"}}),
+        ),
+        (
+            "/apis/rbac.authorization.k8s.io/v1/namespaces/default/roles",
+            json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+            "metadata": {"name": "configmap-reader"}, "rules": [{"apiGroups": [""], "resources": ["configmaps"], "verbs": ["get"]}]}),
+        ),
+        (
+            "/apis/rbac.authorization.k8s.io/v1/namespaces/default/rolebindings",
+            json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+            "metadata": {"name": "reader"}, "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "configmap-reader"},
+            "subjects": [{"kind": "ServiceAccount", "name": "reader"}]}),
+        ),
+    ] {
+        admin.create(path, &object).await;
+    }
+    let web = |name: &str| json!({"name": name, "image": shoal_examples::WEB_P2, "ports": [{"containerPort": 8080}]});
+    admin
+        .create(
+            "/api/v1/namespaces/default/pods",
+            &json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "client"},
+        "spec": {"serviceAccountName": "reader", "containers": [web("web")]}}),
+        )
+        .await;
+    admin
+        .create(
+            "/api/v1/namespaces/default/pods",
+            &json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "tokenless"},
+        "spec": {"automountServiceAccountToken": false, "containers": [web("web")]}}),
+        )
+        .await;
+    wait_ready(&admin, "client").await;
+    wait_ready(&admin, "tokenless").await;
+
+    // From its guest code, the pod reads what its ServiceAccount may read...
+    let (status, body) = proxy_get(
+        &admin,
+        "client:8080",
+        "/kube/api/v1/namespaces/default/configmaps/settings",
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        body.starts_with("200 ") && body.contains("\"color\":\"blue\""),
+        "{body}"
+    );
+    // ...and nothing more.
+    let (_, body) = proxy_get(
+        &admin,
+        "client:8080",
+        "/kube/api/v1/namespaces/default/secrets/hidden",
+    )
+    .await;
+    assert!(
+        body.starts_with("403 ") && body.contains("system:serviceaccount:default:reader"),
+        "{body}"
+    );
+    let (_, body) = proxy_get(
+        &admin,
+        "client:8080",
+        "/file/var/run/secrets/kubernetes.io/serviceaccount/namespace",
+    )
+    .await;
+    assert_eq!(body, "default");
+    let (_, body) = proxy_get(
+        &admin,
+        "client:8080",
+        "/file/var/run/secrets/kubernetes.io/serviceaccount/ca.crt",
+    )
+    .await;
+    assert_eq!(body, ca(&cluster));
+    // The mount is read-only.
+    let (status, body) = admin
+        .raw("PUT", "/api/v1/namespaces/default/pods/client:8080/proxy/file/var/run/secrets/kubernetes.io/serviceaccount/token", "text/plain", "stolen")
+        .await;
+    assert_eq!(status, 403, "{}", String::from_utf8_lossy(&body));
+    // A pod that opts out has no token.
+    let (status, body) = proxy_get(
+        &admin,
+        "tokenless:8080",
+        "/kube/api/v1/namespaces/default/configmaps/settings",
+    )
+    .await;
+    assert_eq!(status, 500, "{body}");
+
+    // TokenRequest: the token names the account; too short a lifetime is refused.
+    let path = "/api/v1/namespaces/default/serviceaccounts/reader/token";
+    let request = json!({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "spec": {"expirationSeconds": 3600}});
+    let (status, answer) = admin
+        .call("POST", path, "application/json", &request.to_string())
+        .await;
+    assert_eq!(status, 201, "{answer}");
+    let token = answer["status"]["token"].as_str().unwrap();
+    let as_reader = Http::anonymous(&cluster.url(), &ca(&cluster)).bearer(token);
+    let (_, me) = whoami(&as_reader).await;
+    assert_eq!(
+        me["status"]["userInfo"]["username"],
+        "system:serviceaccount:default:reader"
+    );
+    let short = json!({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "spec": {"expirationSeconds": 60}});
+    let (status, answer) = admin
+        .call("POST", path, "application/json", &short.to_string())
+        .await;
+    assert_eq!(status, 422, "{answer}");
+    let (status, _) = admin
+        .call(
+            "POST",
+            "/api/v1/namespaces/default/serviceaccounts/nobody/token",
+            "application/json",
+            &request.to_string(),
+        )
+        .await;
+    assert_eq!(status, 404);
+    // A token bound to a pod dies with the pod.
+    let bound = json!({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
+        "spec": {"boundObjectRef": {"kind": "Pod", "apiVersion": "v1", "name": "tokenless"}}});
+    let (status, answer) = admin
+        .call("POST", path, "application/json", &bound.to_string())
+        .await;
+    assert_eq!(status, 201, "{answer}");
+    let bound_client = Http::anonymous(&cluster.url(), &ca(&cluster))
+        .bearer(answer["status"]["token"].as_str().unwrap());
+    assert_eq!(whoami(&bound_client).await.0, 201);
+    let (status, _) = admin
+        .call(
+            "DELETE",
+            "/api/v1/namespaces/default/pods/tokenless?gracePeriodSeconds=0",
+            "",
+            "",
+        )
+        .await;
+    assert_eq!(status, 200);
+    wait_for(
+        "the pod-bound token to die with its pod",
+        Duration::from_secs(30),
+        async || (whoami(&bound_client).await.0 == 401).then_some(()),
+    )
+    .await;
+    cluster.cluster.shutdown().await;
+}

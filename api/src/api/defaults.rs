@@ -157,6 +157,7 @@ pub fn pod(object: &mut Value) {
         ("/spec/terminationGracePeriodSeconds", json!(30)),
         ("/spec/dnsPolicy", json!("ClusterFirst")),
         ("/spec/schedulerName", json!("default-scheduler")),
+        ("/spec/serviceAccountName", json!("default")),
         ("/status/phase", json!("Pending")),
         ("/status/qosClass", json!("BestEffort")),
     ];

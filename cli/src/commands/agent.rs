@@ -67,8 +67,10 @@ impl AgentCommand {
         config.node_ports = !self.no_node_ports;
         config.lease_duration = std::time::Duration::from_secs(self.lease_duration_seconds);
         config.lease_renew = std::time::Duration::from_secs(self.lease_renew_seconds);
-        let (client, server) =
+        let (client, server, ca_pem) =
             crate::kubeconfig::connect_to(&self.kubeconfig, self.server.as_deref()).await?;
+        // Pods reach the API where the agent does, trusting the same CA.
+        config.api_endpoint = ca_pem.map(|ca| (server.clone(), ca));
         let mut agent = Agent::start(client, config).await?;
         println!(
             "shoal agent {name} ready: joined {server}; gateway on {}",

@@ -18,6 +18,7 @@ pub mod namespace;
 pub mod nodelifecycle;
 pub mod replicaset;
 pub mod runtime;
+pub mod serviceaccount;
 pub mod statefulset;
 
 use futures::future::{BoxFuture, FutureExt};
@@ -95,6 +96,9 @@ pub fn start(client: Client, options: Options, tasks: &Tasks) {
     supervised("cronjob-controller", |c| cronjob::run(c).boxed());
     supervised("garbage-collector", |c| gc::run(c).boxed());
     supervised("namespace-controller", |c| namespace::run(c).boxed());
+    supervised("serviceaccount-controller", |c| {
+        serviceaccount::run(c).boxed()
+    });
     let client = client.clone();
     tasks.supervise("node-lifecycle-controller", move || {
         nodelifecycle::run(client.clone(), eviction)

@@ -21,6 +21,7 @@ mod resource;
 mod reviews;
 mod routes;
 mod scale;
+mod serviceaccounts;
 mod services;
 mod watch;
 

@@ -1,7 +1,8 @@
 //! Protobuf request bodies (`application/vnd.kubernetes.protobuf`, what kubectl's typed
 //! calls send): the `k8s\0` envelope (a `runtime.Unknown` naming apiVersion and kind) around
 //! the object, decoded with kube-rs' generated messages (`k8s-pb`) into the JSON the rest of
-//! the server reads. Decoded so far: the access reviews (`kubectl auth can-i`, `whoami`);
+//! the server reads. Decoded so far: the access reviews (`kubectl auth can-i`, `whoami`) and
+//! TokenRequest (`kubectl create token`);
 //! other kinds get a 415 naming the JSON way round.
 
 use k8s_pb::api::authorization::v1 as authorization;
@@ -38,6 +39,24 @@ pub fn decode(body: &[u8]) -> Result<Value> {
             json!({"spec": {"namespace": namespace}})
         }
         ("authentication.k8s.io/v1", "SelfSubjectReview") => json!({}),
+        ("authentication.k8s.io/v1", "TokenRequest") => {
+            let request = k8s_pb::api::authentication::v1::TokenRequest::decode(object)
+                .map_err(|e| bad(e.to_string()))?;
+            let spec = request.spec.unwrap_or_default();
+            let mut value = json!({"spec": {"audiences": spec.audiences}});
+            if let Some(seconds) = spec.expiration_seconds {
+                value["spec"]["expirationSeconds"] = json!(seconds);
+            }
+            if let Some(bound) = spec.bound_object_ref {
+                value["spec"]["boundObjectRef"] = json!({
+                    "kind": bound.kind.unwrap_or_default(),
+                    "apiVersion": bound.api_version.unwrap_or_default(),
+                    "name": bound.name.unwrap_or_default(),
+                    "uid": bound.u_id.unwrap_or_default(),
+                });
+            }
+            value
+        }
         _ => {
             return Err(ApiError::UnsupportedMediaType(format!(
                 "protobuf request bodies of {api_version} {kind} are not supported; send application/json (for `kubectl create <generator>`, use `--dry-run=client -o yaml | kubectl apply -f -`)"

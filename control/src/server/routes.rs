@@ -8,7 +8,7 @@ use http::{Method, StatusCode};
 
 use super::error::{ApiError, Result};
 use super::request::Request;
-use super::{namespaces, pods, reviews, scale, ApiServer};
+use super::{namespaces, pods, reviews, scale, serviceaccounts, ApiServer};
 
 impl ApiServer {
     pub(super) async fn serve(self: &Arc<Self>, request: Request) -> Result<Response> {
@@ -36,6 +36,7 @@ impl ApiServer {
             (&Method::POST, false, _) => self.create(&request).await,
             (&Method::POST, true, Some("binding")) => pods::bind(self, &request).await,
             (&Method::POST, true, Some("eviction")) => pods::evict(self, &request).await,
+            (&Method::POST, true, Some("token")) => serviceaccounts::token(self, &request).await,
             (&Method::PUT, true, Some("finalize")) => namespaces::finalize(self, &request).await,
             (&Method::PUT | &Method::PATCH, true, Some("scale")) => {
                 scale::update(self, &request).await

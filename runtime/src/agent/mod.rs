@@ -67,6 +67,10 @@ pub struct AgentConfig {
     /// Whether this agent binds the node ports of NodePort and LoadBalancer Services on its
     /// address. Off in `shoal dev`, whose nodes share one host and bind them once.
     pub node_ports: bool,
+    /// The API server's URL and CA (PEM) as pods see it: where `kubernetes.default.svc`
+    /// leads, and what is mounted with each pod's ServiceAccount token. `None`: pods get no
+    /// token and no way to the API.
+    pub api_endpoint: Option<(String, String)>,
 }
 
 impl AgentConfig {
@@ -88,6 +92,7 @@ impl AgentConfig {
             node_ports: false,
             lease_duration: std::time::Duration::from_secs(LEASE_DURATION_SECONDS as u64),
             lease_renew: LEASE_RENEW,
+            api_endpoint: None,
         }
     }
 }
@@ -109,6 +114,8 @@ pub(crate) struct Shared {
     networks: Arc<networks::LocalNetworks>,
     /// Routes pods' requests for Services.
     proxy: Arc<crate::proxy::Proxy>,
+    /// Routes pods' requests for the API, and the CA mounted with their tokens.
+    api: Option<(Arc<crate::pod::network::ApiRoute>, String)>,
 }
 
 impl Shared {
@@ -145,7 +152,15 @@ impl Agent {
         // Weak: the pods' networks hold the proxy (their egress), so a strong reference back
         // would be a cycle that outlives the agent.
         let local_pods = Arc::downgrade(&networks);
+        let api = match &config.api_endpoint {
+            Some((url, ca)) => Some((
+                Arc::new(crate::pod::network::ApiRoute::new(url, ca)?),
+                ca.clone(),
+            )),
+            None => None,
+        };
         let shared = Arc::new(Shared {
+            api,
             client: client.clone(),
             engine,
             logs: logs::LogStore::default(),
@@ -419,10 +434,13 @@ impl PodSupervisor {
         let proxy: Option<Arc<dyn crate::pod::network::ServiceRoutes>> =
             Some(self.shared.proxy.clone());
         let open = egress.map(String::as_str) == Some("allow");
-        let network = PodNetwork::for_pod(&namespace, proxy.clone(), open).unwrap_or_else(|e| {
-            tracing::warn!("pod {key}: cannot open egress ({e}); it stays closed");
-            PodNetwork::for_pod(&namespace, proxy, false).expect("a closed network needs no TLS")
-        });
+        let api = self.shared.api.as_ref().map(|(route, _)| route.clone());
+        let network = PodNetwork::for_pod(&namespace, proxy.clone(), open, api.clone())
+            .unwrap_or_else(|e| {
+                tracing::warn!("pod {key}: cannot open egress ({e}); it stays closed");
+                PodNetwork::for_pod(&namespace, proxy, false, api)
+                    .expect("a closed network needs no TLS")
+            });
         self.shared.networks.insert(&key, &ip, network.clone());
         let worker = worker::PodWorker::new(self.shared.clone(), pod, ip.clone(), stopped, network);
         let task = self.tasks.spawn(worker.run());

@@ -77,6 +77,8 @@ pub struct PodWorker {
     stop: StopSignal,
     programs: Vec<Arc<Program>>,
     volumes: HashMap<String, PreparedVolume>,
+    /// Where the pod's ServiceAccount token, CA and namespace are written, if it has them.
+    service_account_dir: Option<PathBuf>,
     env: Vec<Vec<(String, String)>>,
     network: Arc<PodNetwork>,
     /// Events to record with the next status write: (warning?, reason, message).
@@ -136,6 +138,7 @@ impl PodWorker {
             stop,
             programs: Vec::new(),
             volumes: HashMap::new(),
+            service_account_dir: None,
             env: Vec::new(),
             runs: vec![0; specs.len()],
             specs,
@@ -558,6 +561,10 @@ impl PodWorker {
         self.volumes = volumes::prepare(&spec, &host, &mut sources)
             .await
             .map_err(|e| Retry(0, "CreateContainerConfigError".into(), e.to_string()))?;
+        self.service_account_dir = self
+            .write_service_account_token()
+            .await
+            .map_err(|e| Retry(0, "CreateContainerConfigError".into(), e))?;
         let all = self.specs.clone();
         self.env.clear();
         for (index, container) in all.iter().enumerate() {
@@ -609,7 +616,16 @@ impl PodWorker {
             argv.push(spec.name.clone());
         }
         argv.extend(spec.args.clone().unwrap_or_default());
-        let mounts = mounts(spec, &self.volumes)?;
+        let mut mounts = mounts(spec, &self.volumes)?;
+        if let Some(dir) = &self.service_account_dir {
+            if !mounts.iter().any(|m| m.guest_path == SERVICE_ACCOUNT_PATH) {
+                mounts.push(run::Mount {
+                    host_path: dir.clone(),
+                    guest_path: SERVICE_ACCOUNT_PATH.into(),
+                    read_only: true,
+                });
+            }
+        }
         let memory_limit =
             super::env::memory_limit(spec)?.unwrap_or(self.shared.default_memory_limit);
         Ok(LaunchTemplate {
@@ -647,6 +663,62 @@ impl PodWorker {
             && self.view.init.iter().chain(&self.view.main).all(|c| {
                 matches!(&c.state, super::status::State::Waiting { reason, .. } if reason == "ContainerCreating")
             })
+    }
+
+    /// The pod's ServiceAccount token (bound to the pod, from TokenRequest), the cluster CA
+    /// and the namespace, written for every container to find at [`SERVICE_ACCOUNT_PATH`]
+    /// (read-only); none when the agent has no API route or the pod opts out with
+    /// `automountServiceAccountToken: false`.
+    async fn write_service_account_token(&self) -> Result<Option<PathBuf>, String> {
+        let Some((_, ca)) = &self.shared.api else {
+            return Ok(None);
+        };
+        let spec = self.pod.spec.as_ref();
+        if spec.and_then(|s| s.automount_service_account_token) == Some(false) {
+            return Ok(None);
+        }
+        let account = spec
+            .and_then(|s| s.service_account_name.as_deref())
+            .filter(|s| !s.is_empty())
+            .unwrap_or("default");
+        let meta = &self.pod.metadata;
+        let namespace = meta.namespace.as_deref().unwrap_or("default");
+        let request = serde_json::json!({
+            "apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
+            "spec": {
+                "expirationSeconds": SERVICE_ACCOUNT_TOKEN_SECONDS,
+                "boundObjectRef": {"kind": "Pod", "apiVersion": "v1",
+                    "name": meta.name.as_deref().unwrap_or(""), "uid": meta.uid.as_deref().unwrap_or("")},
+            }
+        });
+        let path = format!("/api/v1/namespaces/{namespace}/serviceaccounts/{account}/token");
+        let answer = self
+            .shared
+            .client
+            .json(
+                http::Method::POST,
+                &path,
+                "application/json",
+                Some(&request),
+            )
+            .await
+            .map_err(|e| {
+                format!("requesting a token for ServiceAccount {namespace}/{account}: {e}")
+            })?;
+        let token = answer
+            .pointer("/status/token")
+            .and_then(serde_json::Value::as_str)
+            .ok_or_else(|| {
+                format!("the token for ServiceAccount {namespace}/{account} came back empty")
+            })?;
+        let dir = self.pod_dir().join("serviceaccount");
+        let files = [
+            ("token".to_string(), token.as_bytes().to_vec()),
+            ("ca.crt".to_string(), ca.as_bytes().to_vec()),
+            ("namespace".to_string(), namespace.as_bytes().to_vec()),
+        ];
+        crate::pod::volumes::write_files(&dir, &files).map_err(|e| e.to_string())?;
+        Ok(Some(dir))
     }
 
     fn pod_dir(&self) -> PathBuf {
@@ -688,6 +760,12 @@ impl PodWorker {
 }
 
 use PrepareError::{Fatal, Retry};
+
+/// Where a pod finds its ServiceAccount credentials, as on Kubernetes.
+pub const SERVICE_ACCOUNT_PATH: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
+/// How long a mounted token lives: the longest the API grants (48 h). The kubelet refreshes
+/// shorter tokens as they age; Shoal does not yet, so a pod keeps its first token.
+const SERVICE_ACCOUNT_TOKEN_SECONDS: u64 = 48 * 3600;
 
 enum PrepareError {
     /// The pod cannot run at all (reason, message).

@@ -76,6 +76,45 @@ pub(crate) fn image_client(extra_ca: Option<&Path>) -> Result<ImageClient, TlsSe
     )
 }
 
+/// A connector for `https://` trusting only the certificates of `ca_pem` (the cluster CA).
+pub(crate) fn https_connector_trusting(
+    ca_pem: &str,
+) -> Result<
+    hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>,
+    TlsSetupError,
+> {
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls::pki_types::CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+        let bad = |why: String| TlsSetupError::CaFile {
+            path: PathBuf::from("<cluster CA>"),
+            why,
+        };
+        let cert = cert.map_err(|e| bad(e.to_string()))?;
+        roots.add(cert).map_err(|e| bad(e.to_string()))?;
+    }
+    connector_trusting(roots)
+}
+
+/// A connector for `http://` and `https://` trusting `roots` (rustls with ring).
+fn connector_trusting(
+    roots: rustls::RootCertStore,
+) -> Result<
+    hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>,
+    TlsSetupError,
+> {
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http()
+        .enable_http1()
+        .build())
+}
+
 /// A connector for `http://` and `https://` (rustls with the system's roots plus `extra_ca`).
 pub(crate) fn https_connector(
     extra_ca: Option<&Path>,
@@ -100,16 +139,7 @@ pub(crate) fn https_connector(
             roots.add(cert).map_err(|e| bad(e.to_string()))?;
         }
     }
-    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
-    let tls = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    Ok(hyper_rustls::HttpsConnectorBuilder::new()
-        .with_tls_config(tls)
-        .https_or_http()
-        .enable_http1()
-        .build())
+    connector_trusting(roots)
 }
 
 impl Engine {

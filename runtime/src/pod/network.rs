@@ -93,11 +93,77 @@ pub trait ServiceRoutes: Send + Sync {
     ) -> Result<BoxFuture<'static, http::Response<WasiBody>>, http::Request<WasiBody>>;
 }
 
+/// The names a pod reaches the API by: the `default/kubernetes` Service's.
+const API_HOSTS: &[&str] = &[
+    "kubernetes",
+    "kubernetes.default",
+    "kubernetes.default.svc",
+    "kubernetes.default.svc.cluster.local",
+    "10.96.0.1",
+];
+
+/// How pods reach the API server: a request for `https://kubernetes.default.svc` (or the
+/// Service's other names and ClusterIP) goes to the API's address over TLS checked against
+/// the cluster CA, carrying only the guest's own credentials (its ServiceAccount token),
+/// never the agent's.
+pub struct ApiRoute {
+    client: EgressClient,
+    base: http::Uri,
+}
+
+impl ApiRoute {
+    pub fn new(url: &str, ca_pem: &str) -> Result<Self, crate::engine::TlsSetupError> {
+        let connector = crate::engine::fetch::https_connector_trusting(ca_pem)?;
+        let base = url.parse().map_err(|e: http::uri::InvalidUri| {
+            crate::engine::TlsSetupError::CaFile {
+                path: url.into(),
+                why: e.to_string(),
+            }
+        })?;
+        Ok(Self {
+            client: hyper_util::client::legacy::Client::builder(
+                hyper_util::rt::TokioExecutor::new(),
+            )
+            .build(connector),
+            base,
+        })
+    }
+
+    fn serves(host: &str) -> bool {
+        API_HOSTS.contains(&host)
+    }
+
+    async fn forward(
+        &self,
+        mut request: http::Request<WasiBody>,
+    ) -> Result<http::Response<WasiBody>, wasmtime_wasi_http::Error> {
+        let path = request
+            .uri()
+            .path_and_query()
+            .map(|p| p.as_str().to_string())
+            .unwrap_or_else(|| "/".into());
+        let mut parts = self.base.clone().into_parts();
+        parts.path_and_query = path.parse().ok();
+        *request.uri_mut() = http::Uri::from_parts(parts)
+            .map_err(|e| wasmtime_wasi_http::Error::InternalError(Some(e.to_string())))?;
+        request.headers_mut().remove(http::header::HOST);
+        let response = tokio::time::timeout(DEFAULT_REQUEST_DEADLINE, self.client.request(request))
+            .await
+            .map_err(|_| wasmtime_wasi_http::Error::ConnectionTimeout)?
+            .map_err(|e| {
+                wasmtime_wasi_http::Error::InternalError(Some(format!("the API server: {e}")))
+            })?;
+        Ok(response.map(|body| body.map_err(wasmtime_wasi_http::Error::from).boxed_unsync()))
+    }
+}
+
 /// The ports of one pod and who serves them, and the way out if egress is open.
 #[derive(Default)]
 pub struct PodNetwork {
     servers: RwLock<HashMap<u16, Arc<HttpServer>>>,
     egress: Option<EgressClient>,
+    /// The way to the API server, for pods that mount a ServiceAccount token.
+    api: Option<Arc<ApiRoute>>,
     /// The pod's namespace (what a bare Service name is resolved in) and the node's proxy.
     namespace: String,
     proxy: Option<Arc<dyn ServiceRoutes>>,
@@ -115,6 +181,7 @@ impl PodNetwork {
         namespace: &str,
         proxy: Option<Arc<dyn ServiceRoutes>>,
         egress: bool,
+        api: Option<Arc<ApiRoute>>,
     ) -> Result<Arc<Self>, crate::engine::TlsSetupError> {
         let egress = if egress {
             let connector = crate::engine::fetch::https_connector(None)?;
@@ -128,6 +195,7 @@ impl PodNetwork {
         Ok(Arc::new(Self {
             servers: RwLock::default(),
             egress,
+            api,
             namespace: namespace.to_string(),
             proxy,
         }))
@@ -397,6 +465,13 @@ impl WasiHttpHooks for PodHooks {
                 .upgrade()
                 .ok_or(wasmtime_wasi_http::Error::ConnectionRefused)?;
             if !is_loopback(&host) {
+                if let Some(api) = network.api.clone().filter(|_| ApiRoute::serves(&host)) {
+                    let response = api.forward(request).await?;
+                    return Ok((
+                        response,
+                        Box::new(async { Ok(()) }) as Box<dyn Future<Output = _> + Send>,
+                    ));
+                }
                 if let Some(proxy) = network.proxy.clone() {
                     match proxy.forward_to_service(&network.namespace, &host, port, request) {
                         Ok(answer) => {

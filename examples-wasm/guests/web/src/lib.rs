@@ -10,6 +10,9 @@
 //!   `DELETE /file/PATH` removes it;
 //! - `/call/AUTHORITY/PATH` makes an outgoing GET to `http://AUTHORITY/PATH` and answers the
 //!   status and body it got (or 502 with the error), which is how a frontend reaches a backend;
+//! - `/kube/PATH` GETs `https://kubernetes.default.svc/PATH` with the pod's ServiceAccount
+//!   token (`/var/run/secrets/kubernetes.io/serviceaccount/token`) and answers the API's
+//!   status and body: how a workload talks to the Kubernetes API;
 //! - `/sleep/MS` answers after MS milliseconds (a slow request, for draining);
 //! - `/crash` panics, `/spin` never returns, `/alloc` allocates without bound.
 
@@ -84,6 +87,9 @@ fn route(method: &Method, path: &str, body: Vec<u8>) -> (u16, String) {
             if let Some(target) = path.strip_prefix("/call/") {
                 return call(target);
             }
+            if let Some(api_path) = path.strip_prefix("/kube/") {
+                return kube(api_path);
+            }
             (404, format!("no route {path}\n"))
         }
     }
@@ -101,16 +107,34 @@ fn file_route(method: &Method, file: &str, body: &[u8]) -> (u16, String) {
     }
 }
 
+/// GET `/PATH` of the Kubernetes API as the pod's ServiceAccount.
+fn kube(api_path: &str) -> (u16, String) {
+    let token_file = "/var/run/secrets/kubernetes.io/serviceaccount/token";
+    let token = match std::fs::read_to_string(token_file) {
+        Ok(token) => token,
+        Err(e) => return (500, format!("{token_file}: {e}\n")),
+    };
+    let headers = Fields::new();
+    let _ = headers.append("authorization", format!("Bearer {}", token.trim()).as_bytes());
+    get(Scheme::Https, "kubernetes.default.svc", &format!("/{api_path}"), headers)
+}
+
 /// GET `http://AUTHORITY/PATH` for a target written `AUTHORITY/PATH`.
 fn call(target: &str) -> (u16, String) {
     let (authority, path) = match target.split_once('/') {
         Some((a, p)) => (a, format!("/{p}")),
         None => (target, "/".to_string()),
     };
-    let request = OutgoingRequest::new(Fields::new());
-    let _ = request.set_scheme(Some(&Scheme::Http));
+    get(Scheme::Http, authority, &path, Fields::new())
+}
+
+/// GET `SCHEME://AUTHORITY/PATH` and answer 200 with the status and body it got (502 if it
+/// got nothing).
+fn get(scheme: Scheme, authority: &str, path: &str, headers: Fields) -> (u16, String) {
+    let request = OutgoingRequest::new(headers);
+    let _ = request.set_scheme(Some(&scheme));
     let _ = request.set_authority(Some(authority));
-    let _ = request.set_path_with_query(Some(&path));
+    let _ = request.set_path_with_query(Some(path));
     let response = match outgoing_handler::handle(request, None) {
         Ok(future) => {
             future.subscribe().block();
