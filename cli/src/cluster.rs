@@ -45,6 +45,8 @@ pub struct ApiSecurity {
     pub client_ca_file: Option<PathBuf>,
     /// More names (DNS or IP) for the serving certificate.
     pub extra_names: Vec<String>,
+    /// An `EncryptionConfiguration` file: which resources are encrypted at rest, and how.
+    pub encryption_config: Option<PathBuf>,
 }
 
 impl Default for ApiSecurity {
@@ -56,6 +58,7 @@ impl Default for ApiSecurity {
             tls_private_key_file: None,
             client_ca_file: None,
             extra_names: Vec::new(),
+            encryption_config: None,
         }
     }
 }
@@ -107,7 +110,7 @@ struct ApiTls {
     rotate_for: Option<Vec<String>>,
 }
 
-fn read_pem(path: &Path, what: &str) -> anyhow::Result<String> {
+fn read_text(path: &Path, what: &str) -> anyhow::Result<String> {
     std::fs::read_to_string(path)
         .map_err(|e| anyhow::anyhow!("reading {what} {}: {e}", path.display()))
 }
@@ -115,14 +118,14 @@ fn read_pem(path: &Path, what: &str) -> anyhow::Result<String> {
 fn api_tls(pki: &Pki, addr: SocketAddr, security: &ApiSecurity) -> anyhow::Result<ApiTls> {
     let mut client_cas = vec![pki.ca_pem().to_string()];
     if let Some(path) = &security.client_ca_file {
-        client_cas.push(read_pem(path, "--client-ca-file")?);
+        client_cas.push(read_text(path, "--client-ca-file")?);
     }
     let (serving, server_ca_pem, rotate_for) =
         match (&security.tls_cert_file, &security.tls_private_key_file) {
             (Some(cert), Some(key)) => {
                 let pem = CertAndKey {
-                    cert_pem: read_pem(cert, "--tls-cert-file")?,
-                    key_pem: read_pem(key, "--tls-private-key-file")?,
+                    cert_pem: read_text(cert, "--tls-cert-file")?,
+                    key_pem: read_text(key, "--tls-private-key-file")?,
                 };
                 // Clients trust the last certificate of the chain given (its CA, when the
                 // file holds the whole chain).
@@ -270,13 +273,25 @@ impl ControlPlane {
         let store = RedbStore::open_with_log_len(&data_dir.join("store.redb"), log_len)
             .map_err(|e| anyhow::anyhow!("opening the store in {}: {e}", data_dir.display()))?;
         let released = store.released();
+        let store: Arc<dyn shoal_control::store::Store> = match &security.encryption_config {
+            Some(path) => {
+                let text = read_text(path, "--encryption-provider-config")?;
+                let config = shoal_control::store::encryption::EncryptionConfig::parse(&text)
+                    .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+                Arc::new(shoal_control::store::encryption::EncryptedStore::new(
+                    Arc::new(store),
+                    config,
+                ))
+            }
+            None => Arc::new(store),
+        };
         let pki = Arc::new(Pki::load_or_create(&data_dir.join("pki"))?);
         let (sa_private, sa_public) = pki.service_account_keys();
         let security_options = SecurityOptions {
             anonymous_auth: security.anonymous_auth,
             service_account_keys: Some((sa_private.to_string(), sa_public.to_string())),
         };
-        let server = ApiServer::with_security(Arc::new(store), options, security_options).await?;
+        let server = ApiServer::with_security(store, options, security_options).await?;
         let router = server.router();
         if let Some(insecure) = security.insecure_http_addr {
             anyhow::ensure!(

@@ -54,6 +54,10 @@ pub struct SecurityArgs {
     /// More names (DNS or IP) for the serving certificate (repeatable).
     #[arg(long = "tls-san")]
     tls_sans: Vec<String>,
+    /// An EncryptionConfiguration (apiserver.config.k8s.io/v1) saying which resources are
+    /// encrypted in the store and with which keys (aesgcm, aescbc, secretbox, identity).
+    #[arg(long)]
+    encryption_provider_config: Option<PathBuf>,
 }
 
 impl SecurityArgs {
@@ -65,6 +69,7 @@ impl SecurityArgs {
             tls_private_key_file: self.tls_private_key_file.clone(),
             client_ca_file: self.client_ca_file.clone(),
             extra_names: self.tls_sans.clone(),
+            encryption_config: self.encryption_provider_config.clone(),
         }
     }
 }

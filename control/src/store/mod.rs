@@ -6,6 +6,7 @@
 //! a given revision. The store knows nothing of Kubernetes semantics beyond
 //! `metadata.resourceVersion`: defaulting, validation and selectors live in `api` and `server`.
 
+pub mod encryption;
 mod redb_store;
 
 use std::pin::Pin;
