@@ -12,6 +12,8 @@ use shoal_tests::*;
 /// kubeconfig from `shoal kubeconfig`), its data under `dir`.
 fn start_agent(dir: &std::path::Path, url: &str, name: &str, extra: &[&str]) -> Process {
     let data = dir.join(name);
+    // The built example guests are the only files these agents run.
+    let examples_dir = std::path::Path::new(shoal_examples::WEB_P2).parent().unwrap();
     let kubeconfig = issue_kubeconfig(
         dir,
         &format!("system:node:{name}"),
@@ -28,6 +30,8 @@ fn start_agent(dir: &std::path::Path, url: &str, name: &str, extra: &[&str]) -> 
         name,
         "--data-dir",
         data.to_str().unwrap(),
+        "--allow-image-dir",
+        examples_dir.to_str().unwrap(),
     ];
     args.extend_from_slice(extra);
     Process::start(&args, dir.join(format!("{name}.log")), "shoal agent")

@@ -793,3 +793,29 @@ async fn secrets_are_encrypted_at_rest_and_survive_a_key_rotation() {
         "{error}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn file_images_come_only_from_allowed_directories() {
+    let examples = std::path::Path::new(shoal_examples::HELLO_P1).parent().unwrap().to_path_buf();
+    let links = tempfile::tempdir().unwrap();
+    let allowed = vec![examples, links.path().to_path_buf()];
+    let cluster = TestCluster::start_with(1, |config| config.image_dirs = Some(allowed.clone())).await;
+    let http = cluster.http();
+    let outside = cluster.dir.path().join("outside.wasm");
+    std::fs::copy(shoal_examples::HELLO_P1, &outside).unwrap();
+    // A link inside an allowed directory to a file outside it is outside.
+    let escape = links.path().join("escape.wasm");
+    std::os::unix::fs::symlink(&outside, &escape).unwrap();
+    let pod = |name: &str, image: &str| json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name},
+        "spec": {"restartPolicy": "Never", "containers": [{"name": "main", "image": image, "args": ["x"]}]}});
+    http.create("/api/v1/namespaces/default/pods", &pod("inside", shoal_examples::HELLO_P1)).await;
+    http.create("/api/v1/namespaces/default/pods", &pod("outside", outside.to_str().unwrap())).await;
+    http.create("/api/v1/namespaces/default/pods", &pod("escape", escape.to_str().unwrap())).await;
+    for name in ["outside", "escape"] {
+        let (reason, message) = waiting_reason(&http, "default", name).await;
+        assert_eq!(reason, "ErrImagePull", "{name}: {message}");
+        assert!(message.contains("--allow-image-dir"), "{name}: {message}");
+    }
+    wait_phase(&http, "default", "inside", "Succeeded").await;
+    cluster.cluster.shutdown().await;
+}

@@ -30,6 +30,10 @@ pub struct AgentCommand {
     /// A directory under which pods may mount hostPath volumes (repeatable; none by default).
     #[arg(long = "allow-host-path")]
     allow_host_path: Vec<PathBuf>,
+    /// A directory file-path images may come from (repeatable; without one, pods can run
+    /// only http(s):// and pushed sha256: images).
+    #[arg(long = "allow-image-dir")]
+    allow_image_dir: Vec<PathBuf>,
     /// A PEM file of CA certificates to trust, besides the system's, for https:// images.
     #[arg(long)]
     image_ca: Option<PathBuf>,
@@ -62,6 +66,7 @@ impl AgentCommand {
         config.gateway_addr = self.gateway_addr;
         config.max_pods = self.max_pods;
         config.host_path_allow = self.allow_host_path;
+        config.image_dirs = Some(self.allow_image_dir);
         config.image_ca = self.image_ca;
         config.claims_dir = self.claims_dir;
         config.node_ports = !self.no_node_ports;

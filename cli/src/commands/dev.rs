@@ -30,6 +30,10 @@ pub struct DevCommand {
     /// Where the ingress serves every Service, at `http://<service>.<namespace>.localhost:<port>/`.
     #[arg(long, default_value = "127.0.0.1:8080")]
     ingress_addr: SocketAddr,
+    /// More directories file-path images may come from (repeatable; the examples directory
+    /// `<data-dir>/examples` always may).
+    #[arg(long = "allow-image-dir")]
+    allow_image_dir: Vec<PathBuf>,
     #[command(flatten)]
     security: super::server::SecurityArgs,
 }
@@ -43,11 +47,15 @@ impl DevCommand {
         let mut options = crate::cluster::ControlPlaneOptions::default();
         options.scheduler.default_profile = self.scheduler_profile;
         options.security = self.security.options();
-        let mut cluster =
-            DevCluster::start_with(&data_dir, self.api_addr, self.nodes, options, |_| {}).await?;
+        let examples = install_examples(&data_dir)?;
+        let mut image_dirs = vec![examples.clone()];
+        image_dirs.extend(self.allow_image_dir.iter().cloned());
+        let mut cluster = DevCluster::start_with(&data_dir, self.api_addr, self.nodes, options, |c| {
+            c.image_dirs = Some(image_dirs.clone());
+        })
+        .await?;
         let kubeconfig = cluster.write_kubeconfig()?;
         let ingress = cluster.start_ingress(self.ingress_addr).await?;
-        let examples = install_examples(&data_dir)?;
         if self.demo {
             deploy_demo(&cluster, &examples).await?;
         }

@@ -4,7 +4,7 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use jsonwebtoken::{Algorithm, DecodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 
 /// The issuer and default audience of ServiceAccount tokens, as kube-apiserver's default.
@@ -74,18 +74,28 @@ pub fn service_account_groups(namespace: &str) -> Vec<String> {
     ]
 }
 
-/// Signs and verifies ServiceAccount tokens with the cluster's key.
+/// Signs and verifies ServiceAccount tokens with the cluster's key. Signing is on every pod's
+/// start (its token), so it uses ring's P-256; verification is jsonwebtoken's, with its
+/// claim checks.
 pub struct ServiceAccountTokens {
-    encoding: EncodingKey,
+    signer: ring::signature::EcdsaKeyPair,
     decoding: DecodingKey,
 }
 
 impl ServiceAccountTokens {
     /// From the PKCS#8 PEM private key and its PEM public key.
     pub fn new(private_pem: &str, public_pem: &str) -> Result<Self, TokenError> {
+        use rustls::pki_types::pem::PemObject;
+        let pkcs8 = rustls::pki_types::PrivatePkcs8KeyDer::from_pem_slice(private_pem.as_bytes())
+            .map_err(|e| TokenError::Key(e.to_string()))?;
+        let signer = ring::signature::EcdsaKeyPair::from_pkcs8(
+            &ring::signature::ECDSA_P256_SHA256_FIXED_SIGNING,
+            pkcs8.secret_pkcs8_der(),
+            &ring::rand::SystemRandom::new(),
+        )
+        .map_err(|e| TokenError::Key(e.to_string()))?;
         Ok(Self {
-            encoding: EncodingKey::from_ec_pem(private_pem.as_bytes())
-                .map_err(|e| TokenError::Key(e.to_string()))?,
+            signer,
             decoding: DecodingKey::from_ec_pem(public_pem.as_bytes())
                 .map_err(|e| TokenError::Key(e.to_string()))?,
         })
@@ -120,9 +130,19 @@ impl ServiceAccountTokens {
             nbf: seconds(now),
             kubernetes: claim,
         };
-        let token = jsonwebtoken::encode(&Header::new(Algorithm::ES256), &claims, &self.encoding)
+        // A JWS in compact form: header.claims.signature, base64url without padding; ES256's
+        // signature is r || s (ring's "fixed" format).
+        use base64::Engine;
+        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let header = serde_json::to_vec(&Header::new(Algorithm::ES256))
             .map_err(|e| TokenError::Key(e.to_string()))?;
-        Ok((token, expires))
+        let body = serde_json::to_vec(&claims).map_err(|e| TokenError::Key(e.to_string()))?;
+        let signing_input = format!("{}.{}", b64.encode(header), b64.encode(body));
+        let signature = self
+            .signer
+            .sign(&ring::rand::SystemRandom::new(), signing_input.as_bytes())
+            .map_err(|e| TokenError::Key(e.to_string()))?;
+        Ok((format!("{signing_input}.{}", b64.encode(signature)), expires))
     }
 
     /// The claims of `token` if it is a ServiceAccount token signed by this cluster, for the
@@ -201,6 +221,7 @@ pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use jsonwebtoken::EncodingKey;
 
     fn keys() -> (String, String) {
         let key = rcgen::KeyPair::generate().unwrap();

@@ -71,6 +71,9 @@ pub struct AgentConfig {
     /// leads, and what is mounted with each pod's ServiceAccount token. `None`: pods get no
     /// token and no way to the API.
     pub api_endpoint: Option<(String, String)>,
+    /// Directories file-path images may come from (`--allow-image-dir`); `None` allows any
+    /// file, which only in-process clusters of tests and benchmarks use.
+    pub image_dirs: Option<Vec<PathBuf>>,
 }
 
 impl AgentConfig {
@@ -93,6 +96,7 @@ impl AgentConfig {
             lease_duration: std::time::Duration::from_secs(LEASE_DURATION_SECONDS as u64),
             lease_renew: LEASE_RENEW,
             api_endpoint: None,
+            image_dirs: None,
         }
     }
 }
@@ -144,6 +148,9 @@ impl Agent {
         engine.use_cluster(client.clone());
         if let Some(ca) = &config.image_ca {
             engine.trust_image_ca(ca.clone());
+        }
+        if let Some(dirs) = &config.image_dirs {
+            engine.allow_image_dirs(dirs.clone());
         }
         let listener = tokio::net::TcpListener::bind(config.gateway_addr).await?;
         let gateway_addr = listener.local_addr()?;

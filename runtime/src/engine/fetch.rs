@@ -152,24 +152,53 @@ impl Engine {
         Ok(self.image_client.get_or_init(|| client))
     }
 
+    /// The file an image names, resolved (links followed), if it exists and lies under a
+    /// directory file images may come from.
+    async fn allowed_file(&self, image: &str, path: PathBuf) -> Result<PathBuf, ImageError> {
+        let resolved = match tokio::fs::canonicalize(&path).await {
+            Ok(resolved) => resolved,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(ImageError::NotFound {
+                    image: image.into(),
+                    path,
+                })
+            }
+            Err(e) => {
+                return Err(ImageError::Unreadable {
+                    image: image.into(),
+                    path,
+                    error: e.to_string(),
+                })
+            }
+        };
+        match self.image_dirs.get() {
+            Some(dirs) if !dirs.iter().any(|dir| resolved.starts_with(dir)) => {
+                Err(ImageError::NotAllowed {
+                    image: image.into(),
+                    allowed: dirs.clone(),
+                })
+            }
+            _ => Ok(resolved),
+        }
+    }
+
     pub(crate) async fn fetch(&self, image: &str) -> Result<Vec<u8>, ImageError> {
         let failed = |error: String| ImageError::Fetch {
             image: image.into(),
             error,
         };
         match resolve(image)? {
-            Source::File(path) => match tokio::fs::read(&path).await {
-                Ok(bytes) => Ok(bytes),
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(ImageError::NotFound {
-                    image: image.into(),
-                    path,
-                }),
-                Err(e) => Err(ImageError::Unreadable {
-                    image: image.into(),
-                    path,
-                    error: e.to_string(),
-                }),
-            },
+            Source::File(path) => {
+                let path = self.allowed_file(image, path).await?;
+                match tokio::fs::read(&path).await {
+                    Ok(bytes) => Ok(bytes),
+                    Err(e) => Err(ImageError::Unreadable {
+                        image: image.into(),
+                        path,
+                        error: e.to_string(),
+                    }),
+                }
+            }
             Source::Url(uri) => {
                 let client = self.image_client().map_err(|e| failed(e.to_string()))?;
                 let response = tokio::time::timeout(FETCH_TIMEOUT, client.get(uri))

@@ -41,6 +41,8 @@ pub struct Engine {
     programs: Mutex<HashMap<String, Arc<Program>>>,
     /// Extra CA certificates (PEM) trusted for `https://` images (set by the agent).
     image_ca: std::sync::OnceLock<PathBuf>,
+    /// The directories file images may come from (unset: any file).
+    image_dirs: std::sync::OnceLock<Vec<PathBuf>>,
     image_client: std::sync::OnceLock<fetch::ImageClient>,
     /// The cluster whose module store serves `sha256:` images (set by the agent).
     cluster: std::sync::OnceLock<shoal_api::client::Client>,
@@ -91,6 +93,7 @@ impl Engine {
             compiling: Mutex::new(HashMap::new()),
             cluster: std::sync::OnceLock::new(),
             image_ca: std::sync::OnceLock::new(),
+            image_dirs: std::sync::OnceLock::new(),
             image_client: std::sync::OnceLock::new(),
         }))
     }
@@ -106,6 +109,16 @@ impl Engine {
     /// images; call before the first image is fetched.
     pub fn trust_image_ca(&self, pem: PathBuf) {
         let _ = self.image_ca.set(pem);
+    }
+
+    /// Allows file images only under `dirs` (none: no file images at all), like hostPath
+    /// volumes; call before the first image is fetched.
+    pub fn allow_image_dirs(&self, dirs: Vec<PathBuf>) {
+        let dirs = dirs
+            .into_iter()
+            .map(|d| std::fs::canonicalize(&d).unwrap_or(d))
+            .collect();
+        let _ = self.image_dirs.set(dirs);
     }
 }
 
