@@ -120,11 +120,21 @@ pub(crate) struct Shared {
     proxy: Arc<crate::proxy::Proxy>,
     /// Routes pods' requests for the API, and the CA mounted with their tokens.
     api: Option<(Arc<crate::pod::network::ApiRoute>, String)>,
+    /// Where pods' ServiceAccount tokens are written: memory (`/dev/shm`) where the host has
+    /// it, as the kubelet's tmpfs for projected tokens: secrets never reach the disk, and
+    /// making a pod's token directory costs no disk inode. Removed when the agent stops.
+    tokens_dir: PathBuf,
 }
 
 impl Shared {
     fn pod_dir(&self, uid: &str) -> PathBuf {
         self.data_dir.join("pods").join(uid)
+    }
+
+    /// Where a pod's ServiceAccount token is written (and the per-namespace CA and namespace
+    /// files, under `.shared`).
+    fn token_dir(&self, uid: &str) -> PathBuf {
+        self.tokens_dir.join(uid)
     }
 }
 
@@ -137,6 +147,34 @@ pub struct Agent {
     networks: Arc<networks::LocalNetworks>,
     /// Everything the agent runs: gateway, heartbeat, pod supervisor, pod workers.
     tasks: Tasks,
+    tokens_dir: PathBuf,
+}
+
+/// A directory of this agent's own for pods' tokens: in `/dev/shm` when the host has it (a
+/// name no other agent process uses), else under the data directory.
+fn tokens_dir(config: &AgentConfig) -> PathBuf {
+    let memory = std::path::Path::new("/dev/shm");
+    if memory.is_dir() {
+        let unique = format!(
+            "shoal-tokens-{}-{}-{}",
+            config.node_name,
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos())
+                .unwrap_or(0)
+        );
+        let dir = memory.join(unique);
+        if std::fs::create_dir(&dir).is_ok() {
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::PermissionsExt;
+                let _ = std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700));
+            }
+            return dir;
+        }
+    }
+    config.data_dir.join("tokens")
 }
 
 impl Agent {
@@ -166,7 +204,9 @@ impl Agent {
             )),
             None => None,
         };
+        let tokens_dir = tokens_dir(&config);
         let shared = Arc::new(Shared {
+            tokens_dir: tokens_dir.clone(),
             api,
             client: client.clone(),
             engine,
@@ -236,6 +276,7 @@ impl Agent {
             proxy,
             networks: local_networks,
             tasks,
+            tokens_dir,
         })
     }
 
@@ -250,6 +291,7 @@ impl Agent {
     /// restart the pods start again from the API) and waits until all of it has ended.
     pub async fn shutdown(&mut self) {
         self.tasks.shutdown().await;
+        let _ = tokio::fs::remove_dir_all(&self.tokens_dir).await;
     }
 }
 
@@ -260,6 +302,8 @@ impl Drop for Agent {
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             runtime.spawn(async move { tasks.shutdown().await });
         }
+        // Tokens are secrets: never left behind, even without a clean shutdown.
+        let _ = std::fs::remove_dir_all(&self.tokens_dir);
     }
 }
 
@@ -475,6 +519,7 @@ impl PodSupervisor {
                     .unwrap_or_else(|p| p.into_inner())
                     .release(&running.ip);
                 let _ = tokio::fs::remove_dir_all(shared.pod_dir(&running.uid)).await;
+                let _ = tokio::fs::remove_dir_all(shared.token_dir(&running.uid)).await;
                 shared.networks.remove(&key);
                 shared.logs.forget_pod(&key);
             }

@@ -711,13 +711,29 @@ impl PodWorker {
             .ok_or_else(|| {
                 format!("the token for ServiceAccount {namespace}/{account} came back empty")
             })?;
-        let dir = self.pod_dir().join("serviceaccount");
-        let files = [
-            ("token".to_string(), token.as_bytes().to_vec()),
-            ("ca.crt".to_string(), ca.as_bytes().to_vec()),
-            ("namespace".to_string(), namespace.as_bytes().to_vec()),
-        ];
-        crate::pod::volumes::write_files(&dir, &files).map_err(|e| e.to_string())?;
+        // Two new inodes per pod (its directory and token): creating files is what a pod
+        // start pays most for on a busy ext4, so the CA and namespace files are hard links to
+        // one copy per namespace.
+        let shared = self.shared.token_dir(".shared").join(namespace);
+        let fixed = [("ca.crt", ca.as_str()), ("namespace", namespace)];
+        if fixed.iter().any(|(name, _)| !shared.join(name).exists()) {
+            let files: Vec<(String, Vec<u8>)> = fixed
+                .iter()
+                .map(|(name, text)| (name.to_string(), text.as_bytes().to_vec()))
+                .collect();
+            crate::pod::volumes::write_files(&shared, &files).map_err(|e| e.to_string())?;
+        }
+        let dir = self
+            .shared
+            .token_dir(self.pod.metadata.uid.as_deref().unwrap_or("unknown"));
+        let token_file = [("token".to_string(), token.as_bytes().to_vec())];
+        crate::pod::volumes::write_files(&dir, &token_file).map_err(|e| e.to_string())?;
+        for (name, text) in fixed {
+            let target = dir.join(name);
+            if !target.exists() && std::fs::hard_link(shared.join(name), &target).is_err() {
+                std::fs::write(&target, text).map_err(|e| format!("{}: {e}", target.display()))?;
+            }
+        }
         Ok(Some(dir))
     }
 
