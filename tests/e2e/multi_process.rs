@@ -12,8 +12,12 @@ use shoal_tests::*;
 /// kubeconfig from `shoal kubeconfig`), its data under `dir`.
 fn start_agent(dir: &std::path::Path, url: &str, name: &str, extra: &[&str]) -> Process {
     let data = dir.join(name);
-    // The built example guests are the only files these agents run.
-    let examples_dir = std::path::Path::new(shoal_examples::WEB_P2).parent().unwrap();
+    // The built example guests (`guests-target/<target>/release/*.wasm`) are the only files
+    // these agents run.
+    let examples_dir = std::path::Path::new(shoal_examples::WEB_P2)
+        .ancestors()
+        .nth(3)
+        .unwrap();
     let kubeconfig = issue_kubeconfig(
         dir,
         &format!("system:node:{name}"),

@@ -50,10 +50,11 @@ impl DevCommand {
         let examples = install_examples(&data_dir)?;
         let mut image_dirs = vec![examples.clone()];
         image_dirs.extend(self.allow_image_dir.iter().cloned());
-        let mut cluster = DevCluster::start_with(&data_dir, self.api_addr, self.nodes, options, |c| {
-            c.image_dirs = Some(image_dirs.clone());
-        })
-        .await?;
+        let mut cluster =
+            DevCluster::start_with(&data_dir, self.api_addr, self.nodes, options, |c| {
+                c.image_dirs = Some(image_dirs.clone());
+            })
+            .await?;
         let kubeconfig = cluster.write_kubeconfig()?;
         let ingress = cluster.start_ingress(self.ingress_addr).await?;
         if self.demo {

@@ -1,13 +1,14 @@
 //! Who is asking, and may they: the cluster PKI ([`pki`]), TLS serving with client
 //! certificates ([`tls`]), authentication of a request ([`authn`]: x509, bearer tokens,
 //! anonymous, in Kubernetes' order), ServiceAccount and bootstrap tokens ([`tokens`]), the
-//! attributes a request is authorized on ([`request_info`]), RBAC ([`rbac`]) and the roles every
-//! cluster starts with ([`policy`]).
+//! attributes a request is authorized on ([`request_info`]), the Node authorizer ([`node`]),
+//! RBAC ([`rbac`]) and the roles every cluster starts with ([`policy`]).
 //!
 //! The API server's middleware (`server::guard`) puts these together; nothing here knows the
 //! server.
 
 pub mod authn;
+pub mod node;
 pub mod pki;
 pub mod policy;
 pub mod rbac;

@@ -270,41 +270,12 @@ pub fn bootstrap_objects() -> Vec<(&'static str, Value)> {
         cluster_role(
             "system:node",
             defaults.clone(),
+            // Reads only: a node's writes (its Node, Lease, pods' status) and its reads of
+            // Secrets, ConfigMaps and claims are the Node authorizer's (`auth/node.rs`).
             vec![
-                rule(
-                    &[
-                        "create", "get", "list", "watch", "update", "patch", "delete",
-                    ],
-                    &[""],
-                    &["nodes"],
-                ),
-                rule(
-                    &["patch", "update"],
-                    &[""],
-                    &["nodes/status", "pods/status"],
-                ),
-                rule(&["get", "list", "watch", "delete"], &[""], &["pods"]),
+                rule(READ, &[""], &["nodes", "pods", "services", "endpoints", "namespaces"]),
                 rule(&["create", "patch", "update"], &[""], &["events"]),
-                rule(
-                    READ,
-                    &[""],
-                    &[
-                        "configmaps",
-                        "secrets",
-                        "persistentvolumeclaims",
-                        "services",
-                        "endpoints",
-                        "namespaces",
-                    ],
-                ),
-                rule(&["create"], &[""], &["serviceaccounts/token"]),
-                rule(
-                    &[
-                        "create", "delete", "get", "list", "patch", "update", "watch",
-                    ],
-                    &["coordination.k8s.io"],
-                    &["leases"],
-                ),
+                rule(READ, &["coordination.k8s.io"], &["leases"]),
                 rule(READ, &["discovery.k8s.io"], &["endpointslices"]),
                 rule(
                     READ,
@@ -444,11 +415,11 @@ mod tests {
         assert!(can(&UserInfo::anonymous(), http::Method::GET, "/version"));
         assert!(!can(&UserInfo::anonymous(), http::Method::GET, "/apis"));
         let node = UserInfo::authenticated("system:node:n1", vec!["system:nodes".into()]);
-        assert!(can(
-            &node,
-            http::Method::PATCH,
-            "/api/v1/namespaces/a/pods/p/status"
-        ));
+        assert!(can(&node, http::Method::GET, "/api/v1/pods"));
+        assert!(
+            !can(&node, http::Method::GET, "/api/v1/namespaces/a/secrets/s"),
+            "the Node authorizer's"
+        );
         assert!(!can(
             &node,
             http::Method::POST,

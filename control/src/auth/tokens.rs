@@ -142,7 +142,10 @@ impl ServiceAccountTokens {
             .signer
             .sign(&ring::rand::SystemRandom::new(), signing_input.as_bytes())
             .map_err(|e| TokenError::Key(e.to_string()))?;
-        Ok((format!("{signing_input}.{}", b64.encode(signature)), expires))
+        Ok((
+            format!("{signing_input}.{}", b64.encode(signature)),
+            expires,
+        ))
     }
 
     /// The claims of `token` if it is a ServiceAccount token signed by this cluster, for the

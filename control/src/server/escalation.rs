@@ -1,4 +1,4 @@
-//! RBAC's escalation prevention, checked before a Role, ClusterRole, RoleBinding or
+//! NodeRestriction ([`node_restriction`]) and RBAC's escalation prevention, checked before a Role, ClusterRole, RoleBinding or
 //! ClusterRoleBinding is written: a user may grant only rules it already holds where the grant
 //! applies, unless it may `escalate` (roles) or `bind` (the referenced role), as on
 //! Kubernetes. And after such a write, the policy cache is waited for, so the grant is in
@@ -85,6 +85,26 @@ pub(super) fn check(server: &ApiServer, request: &Request, object: &Value) -> Re
         user.groups,
         missing.join("\n")
     )))
+}
+
+/// NodeRestriction: a node may create and change only its own Node and Lease (their names are
+/// in the body, where the authorizer cannot see them on a create).
+pub(super) fn node_restriction(request: &Request, object: &Value) -> Result<()> {
+    let Some(node) = crate::auth::node::node_name(&request.user) else {
+        return Ok(());
+    };
+    let kind = request.resource().kind;
+    let name = object
+        .pointer("/metadata/name")
+        .and_then(Value::as_str)
+        .unwrap_or("");
+    if matches!(kind, "Node" | "Lease") && name != node {
+        return Err(ApiError::Forbidden(format!(
+            "node \"{node}\" is not allowed to modify {} \"{name}\"",
+            kind.to_lowercase()
+        )));
+    }
+    Ok(())
 }
 
 /// After a write of an RBAC object: wait until the policy cache has it.

@@ -1,5 +1,5 @@
-//! The gate every request passes before a handler: authentication (who), then RBAC (may
-//! they), then the user rides along as a request extension for handlers that need it
+//! The gate every request passes before a handler: authentication (who), then the Node
+//! authorizer and RBAC (may they), then the user rides along as a request extension for handlers that need it
 //! (reviews, escalation checks). In-process requests (no [`Connection`]) are the control
 //! plane's own parts; the insecure loopback address acts as a superuser, as kube-apiserver's
 //! old insecure port did.
@@ -13,6 +13,7 @@ use axum::response::{IntoResponse, Response};
 use super::error::ApiError;
 use super::ApiServer;
 use crate::auth::authn::AuthnError;
+use crate::auth::node::{self, NodeDecision};
 use crate::auth::rbac::Decision;
 use crate::auth::request_info::{self, RequestInfo};
 use crate::auth::tls::Connection;
@@ -67,8 +68,22 @@ pub(super) async fn guard(
     if !user.is_superuser() {
         let uri = request.uri();
         let info = request_info::parse(request.method(), uri.path(), uri.query());
-        if server.policy.read().authorize(&user, &info) == Decision::Deny {
-            return ApiError::Forbidden(forbidden_message(&user, &info)).into_response();
+        // The Node authorizer first, then RBAC, as kube-apiserver's `Node,RBAC`.
+        let by_node = match node::node_name(&user) {
+            Some(name) => node::authorize(server.store.as_ref(), name, &info),
+            None => NodeDecision::NoOpinion,
+        };
+        match by_node {
+            NodeDecision::Allow => {}
+            NodeDecision::Deny(why) => {
+                let message = format!("{}: {why}", forbidden_message(&user, &info));
+                return ApiError::Forbidden(message).into_response();
+            }
+            NodeDecision::NoOpinion => {
+                if server.policy.read().authorize(&user, &info) == Decision::Deny {
+                    return ApiError::Forbidden(forbidden_message(&user, &info)).into_response();
+                }
+            }
         }
     }
     request.extensions_mut().insert(Arc::new(user));

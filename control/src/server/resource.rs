@@ -106,6 +106,7 @@ impl ApiServer {
             });
         }
         escalation::check(self, request, &object)?;
+        escalation::node_restriction(request, &object)?;
         if request.query.dry_run() {
             return Ok(self.respond_object(request, StatusCode::CREATED, &object));
         }
@@ -194,6 +195,7 @@ impl ApiServer {
         precondition: Option<u64>,
     ) -> Result<Response> {
         escalation::check(self, request, &object)?;
+        escalation::node_restriction(request, &object)?;
         if request.query.dry_run() {
             return Ok(self.respond_object(request, StatusCode::OK, &object));
         }

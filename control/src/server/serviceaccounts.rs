@@ -73,6 +73,16 @@ pub async fn token(server: &Arc<ApiServer>, request: &Request) -> Result<Respons
         pod: None,
     };
     let bound = &spec["boundObjectRef"];
+    // A node may ask only for tokens bound to pods it runs (NodeRestriction).
+    if let Some(node) = crate::auth::node::node_name(&request.user) {
+        let pod = bound["name"].as_str().unwrap_or("");
+        let on = crate::auth::node::pod_node(server.store().as_ref(), namespace, pod);
+        if bound["kind"] != "Pod" || on.as_deref() != Some(node) {
+            return Err(ApiError::Forbidden(format!(
+                "node \"{node}\" may only request tokens bound to pods it runs"
+            )));
+        }
+    }
     if bound.is_object() {
         let kind = bound["kind"].as_str().unwrap_or("");
         if kind != "Pod" {

@@ -45,7 +45,10 @@ pub enum ImageError {
     #[error("image {image:?}: {why}")]
     Unsupported { image: String, why: String },
     #[error("image {image:?}: file images are allowed only under {allowed:?} (the agent's --allow-image-dir)")]
-    NotAllowed { image: String, allowed: Vec<PathBuf> },
+    NotAllowed {
+        image: String,
+        allowed: Vec<PathBuf>,
+    },
     #[error("image {image:?}: fetching it failed: {error}")]
     Fetch { image: String, error: String },
     #[error("image {image:?} is not a WebAssembly module or component: {why}")]
