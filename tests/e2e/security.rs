@@ -843,51 +843,151 @@ async fn nodes_touch_only_their_own_objects() {
     let cluster = TestCluster::start(1).await;
     let admin = cluster.http();
     let secret = |name: &str| json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name}, "stringData": {"k": "v"}});
-    admin.create("/api/v1/namespaces/default/secrets", &secret("used")).await;
-    admin.create("/api/v1/namespaces/default/secrets", &secret("unused")).await;
+    admin
+        .create("/api/v1/namespaces/default/secrets", &secret("used"))
+        .await;
+    admin
+        .create("/api/v1/namespaces/default/secrets", &secret("unused"))
+        .await;
     admin.create("/api/v1/namespaces/default/pods", &json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p0"},
         "spec": {"nodeName": "node-0", "volumes": [{"name": "s", "secret": {"secretName": "used"}}],
             "containers": [{"name": "web", "image": shoal_examples::WEB_P2, "ports": [{"containerPort": 8080}],
                 "volumeMounts": [{"name": "s", "mountPath": "/s"}]}]}})).await;
     wait_ready(&admin, "p0").await;
-    let node0 = Http::from_kubeconfig(&cluster.kubeconfig_for("system:node:node-0", &["system:nodes"]));
-    let node1 = Http::from_kubeconfig(&cluster.kubeconfig_for("system:node:node-1", &["system:nodes"]));
+    let node0 =
+        Http::from_kubeconfig(&cluster.kubeconfig_for("system:node:node-0", &["system:nodes"]));
+    let node1 =
+        Http::from_kubeconfig(&cluster.kubeconfig_for("system:node:node-1", &["system:nodes"]));
 
     // Secrets: only those a pod bound to the node uses, and never a list.
-    assert_eq!(node0.call("GET", "/api/v1/namespaces/default/secrets/used", "", "").await.0, 200);
-    let (status, body) = node0.call("GET", "/api/v1/namespaces/default/secrets/unused", "", "").await;
+    assert_eq!(
+        node0
+            .call("GET", "/api/v1/namespaces/default/secrets/used", "", "")
+            .await
+            .0,
+        200
+    );
+    let (status, body) = node0
+        .call("GET", "/api/v1/namespaces/default/secrets/unused", "", "")
+        .await;
     assert_eq!(status, 403);
-    assert!(body["message"].as_str().unwrap().contains("no relationship found between node 'node-0'"), "{body}");
-    assert_eq!(node0.call("GET", "/api/v1/namespaces/default/secrets", "", "").await.0, 403);
-    assert_eq!(node1.call("GET", "/api/v1/namespaces/default/secrets/used", "", "").await.0, 403);
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("no relationship found between node 'node-0'"),
+        "{body}"
+    );
+    assert_eq!(
+        node0
+            .call("GET", "/api/v1/namespaces/default/secrets", "", "")
+            .await
+            .0,
+        403
+    );
+    assert_eq!(
+        node1
+            .call("GET", "/api/v1/namespaces/default/secrets/used", "", "")
+            .await
+            .0,
+        403
+    );
 
     // Nodes: reading any, changing only its own.
-    assert_eq!(node1.call("GET", "/api/v1/nodes/node-0", "", "").await.0, 200);
-    let ready = json!({"status": {"conditions": [{"type": "Ready", "status": "False"}]}}).to_string();
+    assert_eq!(
+        node1.call("GET", "/api/v1/nodes/node-0", "", "").await.0,
+        200
+    );
+    let ready =
+        json!({"status": {"conditions": [{"type": "Ready", "status": "False"}]}}).to_string();
     let merge = "application/merge-patch+json";
-    assert_eq!(node1.call("PATCH", "/api/v1/nodes/node-0/status", merge, &ready).await.0, 403);
-    let node = |name: &str| json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": name}}).to_string();
-    let (status, body) = node1.call("POST", "/api/v1/nodes", "application/json", &node("node-7")).await;
+    assert_eq!(
+        node1
+            .call("PATCH", "/api/v1/nodes/node-0/status", merge, &ready)
+            .await
+            .0,
+        403
+    );
+    let node = |name: &str| {
+        json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": name}}).to_string()
+    };
+    let (status, body) = node1
+        .call("POST", "/api/v1/nodes", "application/json", &node("node-7"))
+        .await;
     assert_eq!(status, 403, "{body}");
-    assert_eq!(node1.call("POST", "/api/v1/nodes", "application/json", &node("node-1")).await.0, 201);
-    assert_eq!(node1.call("PATCH", "/api/v1/nodes/node-1/status", merge, &ready).await.0, 200);
-    let lease = |name: &str| json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease", "metadata": {"name": name}}).to_string();
+    assert_eq!(
+        node1
+            .call("POST", "/api/v1/nodes", "application/json", &node("node-1"))
+            .await
+            .0,
+        201
+    );
+    assert_eq!(
+        node1
+            .call("PATCH", "/api/v1/nodes/node-1/status", merge, &ready)
+            .await
+            .0,
+        200
+    );
+    let lease = |name: &str| {
+        json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease", "metadata": {"name": name}})
+            .to_string()
+    };
     let leases = "/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases";
-    assert_eq!(node1.call("POST", leases, "application/json", &lease("node-0")).await.0, 403);
-    assert_eq!(node1.call("DELETE", &format!("{leases}/node-0"), "", "").await.0, 403);
+    assert_eq!(
+        node1
+            .call("POST", leases, "application/json", &lease("node-0"))
+            .await
+            .0,
+        403
+    );
+    assert_eq!(
+        node1
+            .call("DELETE", &format!("{leases}/node-0"), "", "")
+            .await
+            .0,
+        403
+    );
 
     // Pods: status and deletion only of pods bound to it; tokens only for them.
     let status_patch = json!({"status": {"message": "x"}}).to_string();
     let path = "/api/v1/namespaces/default/pods/p0/status";
     assert_eq!(node1.call("PATCH", path, merge, &status_patch).await.0, 403);
     assert_eq!(node0.call("PATCH", path, merge, &status_patch).await.0, 200);
-    assert_eq!(node1.call("DELETE", "/api/v1/namespaces/default/pods/p0", "", "").await.0, 403);
+    assert_eq!(
+        node1
+            .call("DELETE", "/api/v1/namespaces/default/pods/p0", "", "")
+            .await
+            .0,
+        403
+    );
     let token = json!({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
-        "spec": {"boundObjectRef": {"kind": "Pod", "apiVersion": "v1", "name": "p0"}}}).to_string();
+        "spec": {"boundObjectRef": {"kind": "Pod", "apiVersion": "v1", "name": "p0"}}})
+    .to_string();
     let token_path = "/api/v1/namespaces/default/serviceaccounts/default/token";
-    assert_eq!(node1.call("POST", token_path, "application/json", &token).await.0, 403);
-    assert_eq!(node0.call("POST", token_path, "application/json", &token).await.0, 201);
-    let unbound = json!({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "spec": {}}).to_string();
-    assert_eq!(node0.call("POST", token_path, "application/json", &unbound).await.0, 403);
+    assert_eq!(
+        node1
+            .call("POST", token_path, "application/json", &token)
+            .await
+            .0,
+        403
+    );
+    assert_eq!(
+        node0
+            .call("POST", token_path, "application/json", &token)
+            .await
+            .0,
+        201
+    );
+    let unbound =
+        json!({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "spec": {}})
+            .to_string();
+    assert_eq!(
+        node0
+            .call("POST", token_path, "application/json", &unbound)
+            .await
+            .0,
+        403
+    );
     cluster.cluster.shutdown().await;
 }

@@ -69,9 +69,7 @@ pub fn authorize(store: &dyn Store, node: &str, info: &RequestInfo) -> NodeDecis
         ("", "pods", sub) if (verb == "delete" && sub.is_empty()) || sub == "status" => {
             match pod_node(store, &info.namespace, &info.name) {
                 Some(bound) if bound == node => Allow,
-                _ => Deny(format!(
-                    "node '{node}' may only change pods bound to it"
-                )),
+                _ => Deny(format!("node '{node}' may only change pods bound to it")),
             }
         }
         ("", "pods", _) => Deny(format!("node '{node}' may not {verb} pods")),
@@ -132,13 +130,29 @@ pub fn references(pod: &Value, resource: &str) -> Vec<String> {
         }
         "secrets" | "configmaps" => {
             let (volume_key, volume_name, key_ref, from_ref, projected) = if resource == "secrets" {
-                ("secret", "secretName", "secretKeyRef", "secretRef", "secret")
+                (
+                    "secret",
+                    "secretName",
+                    "secretKeyRef",
+                    "secretRef",
+                    "secret",
+                )
             } else {
-                ("configMap", "name", "configMapKeyRef", "configMapRef", "configMap")
+                (
+                    "configMap",
+                    "name",
+                    "configMapKeyRef",
+                    "configMapRef",
+                    "configMap",
+                )
             };
             for volume in volumes {
                 add(&volume[volume_key][volume_name]);
-                for source in volume["projected"]["sources"].as_array().into_iter().flatten() {
+                for source in volume["projected"]["sources"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                {
                     add(&source[projected]["name"]);
                 }
             }
@@ -177,7 +191,10 @@ mod tests {
                 "envFrom": [{"secretRef": {"name": "s4"}}, {"configMapRef": {"name": "c4"}}]}],
             "initContainers": [{"name": "i", "envFrom": [{"secretRef": {"name": "s5"}}]}],
             "imagePullSecrets": [{"name": "s6"}]}});
-        assert_eq!(references(&pod, "secrets"), ["s1", "s2", "s3", "s4", "s5", "s6"]);
+        assert_eq!(
+            references(&pod, "secrets"),
+            ["s1", "s2", "s3", "s4", "s5", "s6"]
+        );
         assert_eq!(references(&pod, "configmaps"), ["c1", "c2", "c3", "c4"]);
         assert_eq!(references(&pod, "persistentvolumeclaims"), ["p1"]);
     }

@@ -273,7 +273,11 @@ pub fn bootstrap_objects() -> Vec<(&'static str, Value)> {
             // Reads only: a node's writes (its Node, Lease, pods' status) and its reads of
             // Secrets, ConfigMaps and claims are the Node authorizer's (`auth/node.rs`).
             vec![
-                rule(READ, &[""], &["nodes", "pods", "services", "endpoints", "namespaces"]),
+                rule(
+                    READ,
+                    &[""],
+                    &["nodes", "pods", "services", "endpoints", "namespaces"],
+                ),
                 rule(&["create", "patch", "update"], &[""], &["events"]),
                 rule(READ, &["coordination.k8s.io"], &["leases"]),
                 rule(READ, &["discovery.k8s.io"], &["endpointslices"]),
