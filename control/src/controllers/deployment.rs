@@ -104,6 +104,13 @@ fn available(rs: &ReplicaSet) -> i32 {
         .unwrap_or(0)
 }
 
+/// A Deployment's pods that are not being deleted, by template hash: all, and the ready ones.
+#[derive(Default)]
+struct PodCounts {
+    live: std::collections::HashMap<String, i32>,
+    ready: std::collections::HashMap<String, i32>,
+}
+
 async fn reconcile(client: Client, recorder: Recorder, key: ObjectKey) -> Result<Action, Error> {
     let (namespace, name) = (key.namespace.as_str(), key.name.as_str());
     let deployments = client.api::<Deployment>(Some(namespace));
@@ -183,14 +190,17 @@ async fn reconcile(client: Client, recorder: Recorder, key: ObjectKey) -> Result
         let listed = pods
             .list(&ListParams::default().labels(&selector_string(&spec.selector)))
             .await?;
-        let mut ready_by_hash: std::collections::HashMap<String, i32> = Default::default();
+        let mut pods_by_hash = PodCounts::default();
         for pod in listed
             .items
             .iter()
-            .filter(|p| p.metadata.deletion_timestamp.is_none() && super::pod_is_ready(p))
+            .filter(|p| p.metadata.deletion_timestamp.is_none())
         {
             if let Some(h) = pod.metadata.labels.as_ref().and_then(|l| l.get(HASH_LABEL)) {
-                *ready_by_hash.entry(h.clone()).or_default() += 1;
+                *pods_by_hash.live.entry(h.clone()).or_default() += 1;
+                if super::pod_is_ready(pod) {
+                    *pods_by_hash.ready.entry(h.clone()).or_default() += 1;
+                }
             }
         }
         roll(
@@ -200,7 +210,7 @@ async fn reconcile(client: Client, recorder: Recorder, key: ObjectKey) -> Result
             &mut owned,
             new_index,
             desired,
-            &ready_by_hash,
+            &pods_by_hash,
         )
         .await?;
         prune_history(
@@ -222,13 +232,15 @@ async fn roll(
     owned: &mut [ReplicaSet],
     new_index: usize,
     desired: i32,
-    ready_by_hash: &std::collections::HashMap<String, i32>,
+    pods: &PodCounts,
 ) -> Result<(), Error> {
+    let live = |rs: &ReplicaSet| {
+        let hash = rs.metadata.labels.as_ref().and_then(|l| l.get(HASH_LABEL));
+        hash.and_then(|h| pods.live.get(h)).copied().unwrap_or(0)
+    };
     let available = |rs: &ReplicaSet| {
         let hash = rs.metadata.labels.as_ref().and_then(|l| l.get(HASH_LABEL));
-        hash.and_then(|h| ready_by_hash.get(h))
-            .copied()
-            .unwrap_or(0)
+        hash.and_then(|h| pods.ready.get(h)).copied().unwrap_or(0)
     };
     let strategy = d
         .spec
@@ -283,8 +295,15 @@ async fn roll(
     // Scale the new ReplicaSet up within desired + maxSurge pods in all.
     // Sums in i64: replicas and surge are each at most i32::MAX, their sum is not.
     let total: i64 = owned.iter().map(|rs| i64::from(spec_replicas(rs))).sum();
+    // Room is counted against the pods that exist too: an old ReplicaSet just scaled down
+    // may not have marked its surplus pods for deletion yet, and the new one must not create
+    // pods until it has, or the pods alive would pass desired + maxSurge.
+    let existing: i64 = owned
+        .iter()
+        .map(|rs| i64::from(spec_replicas(rs).max(live(rs))))
+        .sum();
     let new_replicas = spec_replicas(&owned[new_index]);
-    let room = i64::from(desired) + i64::from(surge) - total;
+    let room = i64::from(desired) + i64::from(surge) - existing;
     let target = if new_replicas > desired {
         desired
     } else {
