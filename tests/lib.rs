@@ -594,6 +594,33 @@ pub async fn wait_phase(http: &Http, namespace: &str, name: &str, phase: &str) {
     .await
 }
 
+/// A GET through the API server's pod proxy to a pod of `default`: (status, body).
+pub async fn proxy_get(http: &Http, pod_and_port: &str, path: &str) -> (u16, String) {
+    let url = format!("/api/v1/namespaces/default/pods/{pod_and_port}/proxy{path}");
+    let (status, body) = http.raw("GET", &url, "", "").await;
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
+
+/// Waits until a pod's Ready condition is True.
+pub async fn wait_ready(http: &Http, namespace: &str, name: &str) {
+    wait_for(
+        &format!("pod {namespace}/{name} to be ready"),
+        Duration::from_secs(60),
+        async || {
+            let path = format!("/api/v1/namespaces/{namespace}/pods/{name}");
+            let (_, pod) = http.call("GET", &path, "", "").await;
+            pod["status"]["conditions"]
+                .as_array()
+                .is_some_and(|cs| {
+                    cs.iter()
+                        .any(|c| c["type"] == "Ready" && c["status"] == "True")
+                })
+                .then_some(())
+        },
+    )
+    .await;
+}
+
 /// Waits until a pod's first container is waiting for a reason other than ContainerCreating,
 /// and returns (reason, message).
 pub async fn waiting_reason(http: &Http, namespace: &str, name: &str) -> (String, String) {

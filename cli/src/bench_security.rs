@@ -10,7 +10,7 @@
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use shoal_control::auth::rbac::{Decision, Policy, CLUSTER_ROLE_BINDINGS, ROLE_BINDINGS};
+use shoal_control::auth::rbac::{Decision, Policy, ROLE_BINDINGS};
 use shoal_control::auth::{policy, request_info, UserInfo};
 use shoal_control::client::Client;
 
@@ -84,7 +84,6 @@ pub async fn authz(args: &Args) -> anyhow::Result<()> {
     for i in 0..BINDINGS {
         policy.apply(ROLE_BINDINGS, &binding(i), false);
     }
-    let _ = CLUSTER_ROLE_BINDINGS;
     let user = UserInfo::authenticated("user777", vec!["group3".into()]);
     let allowed = request_info::parse(&http::Method::GET, "/api/v1/namespaces/ns27/pods", None);
     let denied = request_info::parse(&http::Method::POST, "/api/v1/namespaces/ns27/pods", None);

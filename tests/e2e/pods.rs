@@ -41,14 +41,6 @@ fn ready(pod: &Value) -> bool {
     })
 }
 
-/// A GET through the API server's pod proxy: (status, body).
-async fn proxy_get(http: &Http, pod_and_port: &str, path: &str) -> (u16, String) {
-    let (status, body) = http
-        .raw("GET", &format!("{PODS}/{pod_and_port}/proxy{path}"), "", "")
-        .await;
-    (status, String::from_utf8_lossy(&body).into_owned())
-}
-
 fn web_container(name: &str, port: u16) -> Value {
     json!({"name": name, "image": WEB_P2, "ports": [{"containerPort": port}],
            "env": [{"name": "NAME", "value": name}, {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}]})

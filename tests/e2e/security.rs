@@ -446,44 +446,6 @@ async fn users_cannot_grant_what_they_do_not_hold() {
     cluster.cluster.shutdown().await;
 }
 
-/// A GET through the API server's pod proxy: (status, body).
-async fn proxy_get(http: &Http, pod_and_port: &str, path: &str) -> (u16, String) {
-    let (status, body) = http
-        .raw(
-            "GET",
-            &format!("/api/v1/namespaces/default/pods/{pod_and_port}/proxy{path}"),
-            "",
-            "",
-        )
-        .await;
-    (status, String::from_utf8_lossy(&body).into_owned())
-}
-
-async fn wait_ready(http: &Http, name: &str) {
-    wait_for(
-        &format!("pod {name} to be ready"),
-        Duration::from_secs(60),
-        async || {
-            let (_, pod) = http
-                .call(
-                    "GET",
-                    &format!("/api/v1/namespaces/default/pods/{name}"),
-                    "",
-                    "",
-                )
-                .await;
-            pod["status"]["conditions"]
-                .as_array()
-                .is_some_and(|cs| {
-                    cs.iter()
-                        .any(|c| c["type"] == "Ready" && c["status"] == "True")
-                })
-                .then_some(())
-        },
-    )
-    .await;
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wasm_pod_calls_the_api_as_its_service_account() {
     let cluster = TestCluster::start(1).await;
@@ -564,8 +526,8 @@ async fn a_wasm_pod_calls_the_api_as_its_service_account() {
         "spec": {"automountServiceAccountToken": false, "containers": [web("web")]}}),
         )
         .await;
-    wait_ready(&admin, "client").await;
-    wait_ready(&admin, "tokenless").await;
+    wait_ready(&admin, "default", "client").await;
+    wait_ready(&admin, "default", "tokenless").await;
 
     // From its guest code, the pod reads what its ServiceAccount may read...
     let (status, body) = proxy_get(
@@ -853,7 +815,7 @@ async fn nodes_touch_only_their_own_objects() {
         "spec": {"nodeName": "node-0", "volumes": [{"name": "s", "secret": {"secretName": "used"}}],
             "containers": [{"name": "web", "image": shoal_examples::WEB_P2, "ports": [{"containerPort": 8080}],
                 "volumeMounts": [{"name": "s", "mountPath": "/s"}]}]}})).await;
-    wait_ready(&admin, "p0").await;
+    wait_ready(&admin, "default", "p0").await;
     let node0 =
         Http::from_kubeconfig(&cluster.kubeconfig_for("system:node:node-0", &["system:nodes"]));
     let node1 =

@@ -484,19 +484,30 @@ impl PolicyCache {
             let mut streams = Vec::new();
             let mut fresh = Policy::default();
             let mut revisions = [0; 4];
+            let mut complete = true;
             for (i, resource) in RESOURCES.iter().enumerate() {
-                let Ok(listing) = store.list(resource, None) else {
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                    continue;
+                let watched = store.list(resource, None).and_then(|listing| {
+                    let stream = store.watch(resource, None, listing.revision)?;
+                    Ok((listing, stream))
+                });
+                let (listing, stream) = match watched {
+                    Ok(watched) => watched,
+                    Err(e) => {
+                        // Every part of the policy is watched, or the load starts over.
+                        tracing::warn!("RBAC: loading {resource}: {e}");
+                        complete = false;
+                        break;
+                    }
                 };
                 for object in &listing.objects {
                     fresh.apply(resource, object, false);
                 }
                 revisions[i] = listing.revision;
-                match store.watch(resource, None, listing.revision) {
-                    Ok(stream) => streams.push(stream.map(move |event| (i, event)).boxed()),
-                    Err(e) => tracing::warn!("RBAC: watching {resource}: {e}"),
-                }
+                streams.push(stream.map(move |event| (i, event)).boxed());
+            }
+            if !complete {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
             }
             *self.write() = fresh;
             for (i, revision) in revisions.into_iter().enumerate() {

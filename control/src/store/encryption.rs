@@ -169,11 +169,6 @@ impl std::fmt::Debug for EncryptionConfig {
     }
 }
 
-/// The store's name of a resource as the config writes it (`secrets`, `deployments.apps`).
-fn store_name(resource: &str) -> String {
-    resource.trim().to_string()
-}
-
 impl EncryptionConfig {
     pub fn parse(text: &str) -> std::result::Result<Self, ConfigError> {
         let config: Value =
@@ -194,7 +189,7 @@ impl EncryptionConfig {
                 .as_array()
                 .into_iter()
                 .flatten()
-                .filter_map(|r| r.as_str().map(store_name))
+                .filter_map(|r| r.as_str().map(|r| r.trim().to_string()))
                 .collect();
             if resources.is_empty() {
                 return Err(invalid(format!(
