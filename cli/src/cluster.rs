@@ -345,6 +345,12 @@ impl ControlPlane {
             });
         }
         shoal_control::controllers::start(client.clone(), controller_options, &tasks);
+        shoal_control::controllers::start_certificate_signer(
+            client.clone(),
+            pki.clone(),
+            controller_options,
+            &tasks,
+        );
         publish_kubernetes_service(&client, addr).await?;
         Ok(Self {
             addr,

@@ -71,13 +71,7 @@ pub async fn connect_to(
 ) -> anyhow::Result<(Client, String, Option<String>)> {
     let kubeconfig = Kubeconfig::read_from(path)
         .with_context(|| format!("reading kubeconfig {}", path.display()))?;
-    let ca_pem = kubeconfig
-        .clusters
-        .first()
-        .and_then(|c| c.cluster.as_ref())
-        .and_then(|c| c.certificate_authority_data.as_deref())
-        .and_then(|data| base64::engine::general_purpose::STANDARD.decode(data).ok())
-        .and_then(|bytes| String::from_utf8(bytes).ok());
+    let ca_pem = embedded_ca(&kubeconfig);
     let mut config =
         kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
             .await
@@ -95,6 +89,30 @@ pub async fn connect_to(
         url.trim_end_matches('/').to_string(),
         ca_pem,
     ))
+}
+
+/// The CA certificate (PEM) the kubeconfig's first cluster embeds, if any.
+fn embedded_ca(kubeconfig: &Kubeconfig) -> Option<String> {
+    kubeconfig
+        .clusters
+        .first()
+        .and_then(|c| c.cluster.as_ref())
+        .and_then(|c| c.certificate_authority_data.as_deref())
+        .and_then(|data| base64::engine::general_purpose::STANDARD.decode(data).ok())
+        .and_then(|bytes| String::from_utf8(bytes).ok())
+}
+
+/// The server URL and embedded CA (PEM) of the kubeconfig at `path`'s first cluster.
+pub fn cluster_of(path: &Path) -> anyhow::Result<(String, Option<String>)> {
+    let kubeconfig = Kubeconfig::read_from(path)
+        .with_context(|| format!("reading kubeconfig {}", path.display()))?;
+    let server = kubeconfig
+        .clusters
+        .first()
+        .and_then(|c| c.cluster.as_ref())
+        .and_then(|c| c.server.clone())
+        .with_context(|| format!("kubeconfig {} names no server", path.display()))?;
+    Ok((server, embedded_ca(&kubeconfig)))
 }
 
 /// A client for the current context of the kubeconfig at `path`, and its default namespace.

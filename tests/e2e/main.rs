@@ -10,6 +10,7 @@ mod http_api;
 mod images;
 mod kubectl;
 mod multi_process;
+mod node_join;
 mod operator;
 mod pods;
 mod security;

@@ -953,3 +953,177 @@ async fn nodes_touch_only_their_own_objects() {
     );
     cluster.cluster.shutdown().await;
 }
+
+/// CertificateSigningRequests as a user meets them: bad requests are refused naming the field,
+/// the requester is recorded by the server, approving needs `approve` on the signer, and
+/// `kubectl certificate approve` gets a usable client certificate signed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certificate_signing_requests_are_approved_only_by_approvers() {
+    use base64::Engine;
+    let cluster = TestCluster::start(0).await;
+    let admin = cluster.http();
+    let collection = "/apis/certificates.k8s.io/v1/certificatesigningrequests";
+    let b64 = |text: &str| base64::engine::general_purpose::STANDARD.encode(text);
+    let csr = |name: &str, request: &str, usages: Value| {
+        json!({"apiVersion": "certificates.k8s.io/v1", "kind": "CertificateSigningRequest",
+            "metadata": {"name": name},
+            "spec": {"request": b64(request), "signerName": "kubernetes.io/kube-apiserver-client",
+                "usages": usages, "username": "mallory", "groups": ["system:masters"]}})
+        .to_string()
+    };
+    let (request_pem, key_pem) =
+        shoal_control::auth::pki::certificate_request("carol", &["devs".into()]).unwrap();
+
+    // Bad input names what is wrong and stores nothing.
+    let garbage = "-----BEGIN CERTIFICATE REQUEST-----\nAAAA\n-----END CERTIFICATE REQUEST-----\n";
+    for (body, field) in [
+        (csr("bad", garbage, json!(["client auth"])), "spec.request"),
+        (
+            csr("bad", &request_pem, json!(["client auth", "flying"])),
+            "spec.usages[1]",
+        ),
+        (csr("bad", &request_pem, json!([])), "spec.usages"),
+    ] {
+        let (status, answer) = admin
+            .call("POST", collection, "application/json", &body)
+            .await;
+        assert_eq!(status, 422, "{answer}");
+        assert_eq!(answer["details"]["causes"][0]["field"], field, "{answer}");
+    }
+    assert_eq!(
+        admin
+            .call("GET", &format!("{collection}/bad"), "", "")
+            .await
+            .0,
+        404
+    );
+
+    // The server records who asked, whatever the body claims; nothing approves a user's
+    // request on its own.
+    let (status, created) = admin
+        .call(
+            "POST",
+            collection,
+            "application/json",
+            &csr(
+                "carol",
+                &request_pem,
+                json!(["digital signature", "client auth"]),
+            ),
+        )
+        .await;
+    assert_eq!(status, 201, "{created}");
+    assert_eq!(created["spec"]["username"], "shoal-admin");
+    assert!(!created["spec"]["groups"]
+        .as_array()
+        .unwrap()
+        .contains(&json!("devs")));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (_, pending) = admin
+        .call("GET", &format!("{collection}/carol"), "", "")
+        .await;
+    assert!(pending["status"]["conditions"].is_null(), "{pending}");
+
+    // Updating the approval subresource is not enough: approving needs `approve` on the signer.
+    let rules = json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
+        "metadata": {"name": "csr-updater"},
+        "rules": [{"apiGroups": ["certificates.k8s.io"], "resources": ["certificatesigningrequests", "certificatesigningrequests/approval"], "verbs": ["get", "update", "patch"]}]});
+    admin
+        .create("/apis/rbac.authorization.k8s.io/v1/clusterroles", &rules)
+        .await;
+    let binding = json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+        "metadata": {"name": "csr-updater"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "csr-updater"},
+        "subjects": [{"kind": "User", "apiGroup": "rbac.authorization.k8s.io", "name": "dave"}]});
+    admin
+        .create(
+            "/apis/rbac.authorization.k8s.io/v1/clusterrolebindings",
+            &binding,
+        )
+        .await;
+    let dave = Http::from_kubeconfig(&cluster.kubeconfig_for("dave", &[]));
+    let approve = json!({"status": {"conditions": [{"type": "Approved", "status": "True", "reason": "ByHand"}]}});
+    let (status, body) = dave
+        .call(
+            "PATCH",
+            &format!("{collection}/carol/approval"),
+            "application/merge-patch+json",
+            &approve.to_string(),
+        )
+        .await;
+    assert_eq!(status, 403, "{body}");
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("user not permitted to approve requests with signerName \"kubernetes.io/kube-apiserver-client\""),
+        "{body}"
+    );
+    // Nor can the main resource carry an approval in.
+    let (_, current) = dave
+        .call("GET", &format!("{collection}/carol"), "", "")
+        .await;
+    let mut sneaky = current.clone();
+    sneaky["status"] = approve["status"].clone();
+    let (status, after) = dave
+        .call(
+            "PUT",
+            &format!("{collection}/carol"),
+            "application/json",
+            &sneaky.to_string(),
+        )
+        .await;
+    assert_eq!(status, 200, "{after}");
+    assert!(after["status"]["conditions"].is_null(), "{after}");
+
+    // kubectl approves (a protobuf body to /approval); the signer issues carol's certificate.
+    if kubectl_available("certificate_signing_requests_are_approved_only_by_approvers") {
+        let admin_kubeconfig = cluster.kubeconfig_for("csr-admin", &["system:masters"]);
+        let approved =
+            ok(kubectl_async(&admin_kubeconfig, &["certificate", "approve", "carol"]).await);
+        assert!(approved.contains("approved"), "{approved}");
+    } else {
+        let (status, body) = admin
+            .call(
+                "PATCH",
+                &format!("{collection}/carol/approval"),
+                "application/merge-patch+json",
+                &approve.to_string(),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+    }
+    let certificate = wait_for("carol's certificate", Duration::from_secs(10), async || {
+        let (_, csr) = admin
+            .call("GET", &format!("{collection}/carol"), "", "")
+            .await;
+        let encoded = csr["status"]["certificate"].as_str()?.to_string();
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(encoded)
+            .ok()?;
+        String::from_utf8(bytes).ok()
+    })
+    .await;
+    let carol =
+        Http::with_client_certificate(&cluster.url(), &ca(&cluster), &certificate, &key_pem);
+    let (status, review) = whoami(&carol).await;
+    assert_eq!(status, 201, "{review}");
+    assert_eq!(review["status"]["userInfo"]["username"], "carol");
+    assert!(review["status"]["userInfo"]["groups"]
+        .as_array()
+        .unwrap()
+        .contains(&json!("devs")));
+    // An approval is never taken back.
+    let (status, _) = admin
+        .call(
+            "PUT",
+            &format!("{collection}/carol/approval"),
+            "application/json",
+            &json!({"apiVersion": "certificates.k8s.io/v1", "kind": "CertificateSigningRequest",
+                "metadata": {"name": "carol"}, "status": {"conditions": []}})
+            .to_string(),
+        )
+        .await;
+    assert_eq!(status, 422);
+    cluster.cluster.shutdown().await;
+}

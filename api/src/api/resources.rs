@@ -13,6 +13,7 @@ use k8s_openapi::api::authorization::v1::{
     LocalSubjectAccessReview, SelfSubjectAccessReview, SelfSubjectRulesReview, SubjectAccessReview,
 };
 use k8s_openapi::api::batch::v1::{CronJob, Job};
+use k8s_openapi::api::certificates::v1::CertificateSigningRequest;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{
     ConfigMap, Endpoints, Event, Namespace, Node, PersistentVolumeClaim, Pod,
@@ -534,6 +535,29 @@ pub static RESOURCES: &[ResourceInfo] = &[
             validate: validation::cluster_role_binding,
             validate_update: validation::role_binding_update,
             table: &table::ROLE_BINDING,
+            ..PLAIN
+        },
+    ),
+    kind::<CertificateSigningRequest>(
+        "certificatesigningrequest",
+        &["csr"],
+        &[],
+        &[
+            (
+                "approval",
+                "CertificateSigningRequest",
+                &["get", "patch", "update"],
+            ),
+            (
+                "status",
+                "CertificateSigningRequest",
+                &["get", "patch", "update"],
+            ),
+        ],
+        Strategy {
+            validate: validation::certificate_signing_request,
+            validate_update: validation::certificate_signing_request_update,
+            table: &table::CERTIFICATE_SIGNING_REQUEST,
             ..PLAIN
         },
     ),

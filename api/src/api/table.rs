@@ -154,6 +154,45 @@ pub static LEASE: Printer<3> = Printer {
     cells: |o| [name(o), json!(str_at(o, "/spec/holderIdentity")), age(o)],
 };
 
+/// `kubectl get csr`: who asked, for which signer, and where it stands.
+pub static CERTIFICATE_SIGNING_REQUEST: Printer<5> = Printer {
+    columns: [
+        col("Name", "string", 0),
+        col("Age", "string", 0),
+        col("SignerName", "string", 0),
+        col("Requestor", "string", 0),
+        col("Condition", "string", 0),
+    ],
+    cells: |o| {
+        let conditions: Vec<&str> = o
+            .pointer("/status/conditions")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter(|c| c["status"] != "False")
+            .filter_map(|c| c["type"].as_str())
+            .collect();
+        let mut condition = if conditions.is_empty() {
+            "Pending".to_string()
+        } else {
+            conditions.join(",")
+        };
+        if o.pointer("/status/certificate")
+            .and_then(Value::as_str)
+            .is_some_and(|c| !c.is_empty())
+        {
+            condition.push_str(",Issued");
+        }
+        [
+            name(o),
+            age(o),
+            json!(str_at(o, "/spec/signerName")),
+            json!(str_at(o, "/spec/username")),
+            json!(condition),
+        ]
+    },
+};
+
 pub static ROLE_BINDING: Printer<3> = Printer {
     columns: [
         col("Name", "string", 0),

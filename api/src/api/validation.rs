@@ -1096,6 +1096,165 @@ pub fn role_binding_update(old: &Value, new: &Value, causes: &mut Vec<Cause>) {
     }
 }
 
+/// The key usages a CertificateSigningRequest may ask for (Kubernetes' `KeyUsage` values).
+pub const KEY_USAGES: &[&str] = &[
+    "signing",
+    "digital signature",
+    "content commitment",
+    "key encipherment",
+    "key agreement",
+    "data encipherment",
+    "cert sign",
+    "crl sign",
+    "encipher only",
+    "decipher only",
+    "any",
+    "server auth",
+    "client auth",
+    "code signing",
+    "email protection",
+    "s/mime",
+    "ipsec end system",
+    "ipsec tunnel",
+    "ipsec user",
+    "timestamping",
+    "ocsp signing",
+    "microsoft sgc",
+    "netscape sgc",
+];
+
+/// The shortest certificate a CertificateSigningRequest may ask for (`expirationSeconds`).
+pub const MIN_CSR_EXPIRATION_SECONDS: i64 = 600;
+
+/// A CertificateSigningRequest: a PEM `CERTIFICATE REQUEST` (base64 in JSON), a signer, known
+/// usages, a lifetime of at least ten minutes, and conditions that do not contradict. The
+/// request's signature and subject are checked by the API server, which can parse it.
+pub fn certificate_signing_request(object: &Value, causes: &mut Vec<Cause>) {
+    use base64::Engine;
+    match object.pointer("/spec/request").and_then(Value::as_str) {
+        None | Some("") => causes.push(Cause::required("spec.request")),
+        Some(encoded) => {
+            let pem = base64::engine::general_purpose::STANDARD
+                .decode(encoded)
+                .ok()
+                .and_then(|bytes| String::from_utf8(bytes).ok());
+            if !pem.is_some_and(|pem| pem.contains("-----BEGIN CERTIFICATE REQUEST-----")) {
+                causes.push(Cause::invalid(
+                    "spec.request",
+                    "<request>",
+                    "must be a base64-encoded PEM block of type CERTIFICATE REQUEST",
+                ));
+            }
+        }
+    }
+    let signer = object
+        .pointer("/spec/signerName")
+        .and_then(Value::as_str)
+        .unwrap_or("");
+    if signer.is_empty() {
+        causes.push(Cause::required("spec.signerName"));
+    } else if !signer.contains('/') || signer.starts_with('/') || signer.ends_with('/') {
+        causes.push(Cause::invalid(
+            "spec.signerName",
+            signer,
+            "must be a fully qualified domain and path of the form 'example.com/signer-name'",
+        ));
+    }
+    let usages = object.pointer("/spec/usages").and_then(Value::as_array);
+    match usages {
+        None => causes.push(Cause::required("spec.usages")),
+        Some(usages) if usages.is_empty() => causes.push(Cause::required("spec.usages")),
+        Some(usages) => {
+            let mut seen = Vec::new();
+            for (i, usage) in usages.iter().enumerate() {
+                let text = usage.as_str().unwrap_or("");
+                if !KEY_USAGES.contains(&text) {
+                    causes.push(Cause::not_supported(
+                        format!("spec.usages[{i}]"),
+                        text,
+                        KEY_USAGES,
+                    ));
+                } else if seen.contains(&text) {
+                    causes.push(Cause::duplicate(format!("spec.usages[{i}]"), text));
+                }
+                seen.push(text);
+            }
+        }
+    }
+    if let Some(seconds) = object.pointer("/spec/expirationSeconds") {
+        match seconds.as_i64() {
+            Some(s) if (MIN_CSR_EXPIRATION_SECONDS..=i64::from(i32::MAX)).contains(&s) => {}
+            _ => causes.push(Cause::invalid(
+                "spec.expirationSeconds",
+                &seconds.to_string(),
+                "may not specify a duration less than 600 seconds (10 minutes)",
+            )),
+        }
+    }
+    let conditions = object
+        .pointer("/status/conditions")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    let mut types = Vec::new();
+    for (i, condition) in conditions.iter().enumerate() {
+        let kind = condition["type"].as_str().unwrap_or("");
+        let field = format!("status.conditions[{i}].type");
+        if !matches!(kind, "Approved" | "Denied" | "Failed") {
+            causes.push(Cause::not_supported(
+                field,
+                kind,
+                &["Approved", "Denied", "Failed"],
+            ));
+        } else if types.contains(&kind) {
+            causes.push(Cause::duplicate(field, kind));
+        }
+        types.push(kind);
+    }
+    if types.contains(&"Approved") && types.contains(&"Denied") {
+        causes.push(Cause::invalid(
+            "status.conditions",
+            "Approved,Denied",
+            "Approved and Denied conditions are mutually exclusive",
+        ));
+    }
+}
+
+/// A CertificateSigningRequest's spec never changes; an approval or denial is never taken
+/// back, and an issued certificate never replaced.
+pub fn certificate_signing_request_update(old: &Value, new: &Value, causes: &mut Vec<Cause>) {
+    if old.get("spec") != new.get("spec") {
+        causes.push(Cause::forbidden("spec", "field is immutable"));
+    }
+    let has = |object: &Value, kind: &str| {
+        object
+            .pointer("/status/conditions")
+            .and_then(Value::as_array)
+            .is_some_and(|cs| cs.iter().any(|c| c["type"] == kind))
+    };
+    for kind in ["Approved", "Denied"] {
+        if has(old, kind) && !has(new, kind) {
+            causes.push(Cause::forbidden(
+                "status.conditions",
+                &format!("updates may not remove a condition of type {kind:?}"),
+            ));
+        }
+    }
+    let certificate = |object: &Value| {
+        object
+            .pointer("/status/certificate")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string()
+    };
+    if !certificate(old).is_empty() && certificate(old) != certificate(new) {
+        causes.push(Cause::forbidden(
+            "status.certificate",
+            "updates may not modify existing certificate content",
+        ));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -162,8 +162,18 @@ where
 
     /// Applies a JSON merge patch to the `/status` subresource.
     pub async fn patch_status(&self, name: &str, patch: &Value) -> Result<K> {
+        self.patch_subresource("status", name, patch).await
+    }
+
+    /// Applies a JSON merge patch to a subresource (`status`, `approval`, ...).
+    pub async fn patch_subresource(
+        &self,
+        subresource: &str,
+        name: &str,
+        patch: &Value,
+    ) -> Result<K> {
         let request = self.request.patch_subresource(
-            "status",
+            subresource,
             name,
             &PatchParams::default(),
             &Patch::Merge(patch),

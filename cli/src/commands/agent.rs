@@ -1,4 +1,6 @@
-//! `shoal agent`: a node agent in its own process, joining the control plane at `--server`.
+//! `shoal agent`: a node agent in its own process, joining the control plane at `--server`,
+//! either with a kubeconfig made for it or with a bootstrap token and the CA's pin (then it
+//! gets and renews its own certificate: `crate::join`).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -9,12 +11,26 @@ use shoal_runtime::agent::{Agent, AgentConfig};
 #[derive(Args)]
 pub struct AgentCommand {
     /// The kubeconfig with the agent's credentials (a client certificate for
-    /// `system:node:<name>` in `system:nodes`, from `shoal kubeconfig`).
-    #[arg(long)]
-    kubeconfig: PathBuf,
-    /// The API server's URL (default: the kubeconfig's).
+    /// `system:node:<name>` in `system:nodes`, from `shoal kubeconfig`). Without it, the
+    /// agent joins with --token and --ca-cert-hash.
+    #[arg(long, conflicts_with_all = ["token", "ca_cert_hash"])]
+    kubeconfig: Option<PathBuf>,
+    /// The API server's URL (default: the kubeconfig's; required to join with a token).
     #[arg(long)]
     server: Option<String>,
+    /// A bootstrap token (`shoal token create`) to join with: the agent asks for its own
+    /// client certificate, keeps it in <data-dir>/node.kubeconfig and renews it.
+    #[arg(
+        long,
+        requires = "ca_cert_hash",
+        env = "SHOAL_JOIN_TOKEN",
+        hide_env_values = true
+    )]
+    token: Option<String>,
+    /// The pin of the cluster CA (`sha256:<hex>` of its public key): the server must present
+    /// that CA, so the token goes to no one else.
+    #[arg(long, requires = "token")]
+    ca_cert_hash: Option<String>,
     /// The node's name (default: the host name).
     #[arg(long)]
     name: Option<String>,
@@ -72,8 +88,36 @@ impl AgentCommand {
         config.node_ports = !self.no_node_ports;
         config.lease_duration = std::time::Duration::from_secs(self.lease_duration_seconds);
         config.lease_renew = std::time::Duration::from_secs(self.lease_renew_seconds);
-        let (client, server, ca_pem) =
-            crate::kubeconfig::connect_to(&self.kubeconfig, self.server.as_deref()).await?;
+        let mut renewal = None;
+        let (client, server, ca_pem) = match &self.kubeconfig {
+            Some(kubeconfig) => {
+                crate::kubeconfig::connect_to(kubeconfig, self.server.as_deref()).await?
+            }
+            None => {
+                let server = self.server.clone().ok_or_else(|| {
+                    anyhow::anyhow!("--server is needed to join without a --kubeconfig")
+                })?;
+                let credentials = std::sync::Arc::new(
+                    crate::join::NodeCredentials::load_or_join(
+                        &config.data_dir,
+                        &name,
+                        &server,
+                        self.token.as_deref(),
+                        self.ca_cert_hash.as_deref(),
+                    )
+                    .await?,
+                );
+                let client = credentials.client()?;
+                renewal = Some(tokio::spawn(
+                    credentials.clone().keep_renewed(client.clone()),
+                ));
+                (
+                    client,
+                    credentials.server.clone(),
+                    Some(credentials.ca_pem.clone()),
+                )
+            }
+        };
         // Pods reach the API where the agent does, trusting the same CA.
         config.api_endpoint = ca_pem.map(|ca| (server.clone(), ca));
         let mut agent = Agent::start(client, config).await?;
@@ -82,6 +126,9 @@ impl AgentCommand {
             agent.gateway_addr
         );
         super::shutdown_signal().await;
+        if let Some(renewal) = renewal {
+            renewal.abort();
+        }
         agent.shutdown().await;
         Ok(())
     }

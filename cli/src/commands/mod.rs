@@ -1,7 +1,7 @@
 //! The subcommands, one clap struct with an `execute()` each (in the manner of wasmtime's
 //! `src/commands`). Cluster commands: `dev`, `server`, `agent`. Client commands, which read a
-//! kubeconfig: `apply`, `get`, `describe`, `delete`, `logs`, `push`; and `kubeconfig`, which
-//! issues one.
+//! kubeconfig: `apply`, `get`, `describe`, `delete`, `logs`, `push`, `token`; and `kubeconfig`,
+//! which issues one.
 
 mod agent;
 mod apply;
@@ -14,6 +14,7 @@ mod kubeconfig;
 mod logs;
 mod push;
 mod server;
+mod token;
 
 use clap::{Parser, Subcommand};
 
@@ -52,6 +53,8 @@ enum Command {
     Push(push::PushCommand),
     /// Issue a kubeconfig with a client certificate for a user (on the server's machine).
     Kubeconfig(kubeconfig::KubeconfigCommand),
+    /// Bootstrap tokens that new nodes join with.
+    Token(token::TokenCommand),
 }
 
 impl Cli {
@@ -67,6 +70,7 @@ impl Cli {
             Command::Logs(c) => c.execute().await,
             Command::Push(c) => c.execute().await,
             Command::Kubeconfig(c) => c.execute().await,
+            Command::Token(c) => c.execute().await,
         }
     }
 }

@@ -26,6 +26,11 @@ pub struct ServerCommand {
     /// 410 Gone (clients relist).
     #[arg(long)]
     event_log_len: Option<u64>,
+    /// The longest client certificate the cluster signs for a CertificateSigningRequest
+    /// (nodes joining with a token, and their renewals): seconds, or a number with s, m, h
+    /// or d.
+    #[arg(long, default_value = "365d")]
+    cluster_signing_duration: String,
     #[command(flatten)]
     security: SecurityArgs,
 }
@@ -82,6 +87,8 @@ impl ServerCommand {
             std::time::Duration::from_secs(self.pod_eviction_timeout_seconds);
         options.scheduler.default_profile = self.scheduler_profile;
         options.event_log_len = self.event_log_len;
+        options.controllers.cluster_signing_duration =
+            super::kubeconfig::parse_duration(&self.cluster_signing_duration)?;
         options.security = self.security.options();
         let control = ControlPlane::start_with(&self.data_dir, self.api_addr, options).await?;
         let kubeconfig = self.data_dir.join("kubeconfig");

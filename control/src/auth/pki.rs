@@ -224,6 +224,119 @@ impl Pki {
             key_pem: key.serialize_pem(),
         })
     }
+
+    /// Signs a PEM certificate request as a client certificate valid for `lifetime` from
+    /// now, with the key usages named (Kubernetes' usage names); the subject and names are
+    /// the request's. Returns the certificate (PEM).
+    pub fn sign_client_request(
+        &self,
+        request_pem: &str,
+        usages: &[String],
+        lifetime: Duration,
+    ) -> Result<String> {
+        let mut request = rcgen::CertificateSigningRequestParams::from_pem(request_pem)
+            .map_err(|e| PkiError::Invalid(format!("not a valid certificate request: {e}")))?;
+        let params = &mut request.params;
+        params.is_ca = IsCa::ExplicitNoCa;
+        params.key_usages.clear();
+        params.extended_key_usages.clear();
+        for usage in usages {
+            match usage.as_str() {
+                "digital signature" => params.key_usages.push(KeyUsagePurpose::DigitalSignature),
+                "key encipherment" => params.key_usages.push(KeyUsagePurpose::KeyEncipherment),
+                "client auth" => params
+                    .extended_key_usages
+                    .push(ExtendedKeyUsagePurpose::ClientAuth),
+                other => {
+                    return Err(PkiError::Invalid(format!(
+                        "usage {other:?} is not allowed for a client certificate"
+                    )))
+                }
+            }
+        }
+        // Backdated for clocks a little behind, but never by much of a short life: a client
+        // renews at 70-90% of it, counted from notBefore.
+        let now = OffsetDateTime::now_utc();
+        params.not_before = now - BACKDATE.min(lifetime / 4);
+        params.not_after = now + lifetime;
+        let cert = request.signed_by(&self.issuer()?)?;
+        Ok(cert.pem())
+    }
+}
+
+/// What a PEM certificate signing request asks for (its signature checked).
+#[derive(Debug)]
+pub struct CsrInfo {
+    pub common_name: String,
+    pub organizations: Vec<String>,
+    /// Subject alternative names, as text (any kind).
+    pub names: Vec<String>,
+    /// Whether the request asks to be a CA.
+    pub is_ca: bool,
+}
+
+impl CsrInfo {
+    /// Reads and checks a PEM `CERTIFICATE REQUEST`: its self-signature must verify, and it
+    /// may carry only extensions a certificate can take over.
+    pub fn parse(pem: &str) -> Result<Self, String> {
+        use x509_parser::prelude::FromDer;
+        let request = rcgen::CertificateSigningRequestParams::from_pem(pem)
+            .map_err(|e| format!("not a valid certificate request: {e}"))?;
+        let (_, block) = x509_parser::pem::parse_x509_pem(pem.as_bytes())
+            .map_err(|e| format!("not a PEM block: {e}"))?;
+        let (_, csr) =
+            x509_parser::certification_request::X509CertificationRequest::from_der(&block.contents)
+                .map_err(|e| format!("not a certificate request: {e}"))?;
+        let subject = &csr.certification_request_info.subject;
+        let text = |attr: &x509_parser::x509::AttributeTypeAndValue| {
+            attr.as_str().map(str::to_string).map_err(|e| e.to_string())
+        };
+        let common_name = match subject.iter_common_name().next() {
+            Some(cn) => text(cn)?,
+            None => String::new(),
+        };
+        let organizations = subject
+            .iter_organization()
+            .map(text)
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Self {
+            common_name,
+            organizations,
+            names: request
+                .params
+                .subject_alt_names
+                .iter()
+                .map(|san| format!("{san:?}"))
+                .collect(),
+            is_ca: !matches!(request.params.is_ca, IsCa::NoCa | IsCa::ExplicitNoCa),
+        })
+    }
+}
+
+/// A new key and a PEM certificate request for `user` in `groups` (what a node sends to
+/// join: CN `system:node:<name>`, O `system:nodes`). The key is PKCS#8 PEM.
+pub fn certificate_request(user: &str, groups: &[String]) -> Result<(String, String)> {
+    let mut params = CertificateParams::default();
+    params.distinguished_name = name(user, groups);
+    let key = KeyPair::generate()?;
+    let request = params.serialize_request(&key)?;
+    Ok((request.pem()?, key.serialize_pem()))
+}
+
+/// The `sha256:<hex>` pin of a CA certificate (PEM or DER): the hash of its
+/// SubjectPublicKeyInfo, as `kubeadm join --discovery-token-ca-cert-hash` takes it.
+pub fn ca_cert_hash_der(der: &[u8]) -> Result<String, String> {
+    use sha2::Digest;
+    use x509_parser::prelude::{FromDer, X509Certificate};
+    let (_, cert) = X509Certificate::from_der(der).map_err(|e| e.to_string())?;
+    let digest = sha2::Sha256::digest(cert.tbs_certificate.subject_pki.raw);
+    Ok(format!("sha256:{}", hex::encode(digest)))
+}
+
+/// [`ca_cert_hash_der`] of the first certificate of a PEM text.
+pub fn ca_cert_hash(pem: &str) -> Result<String, String> {
+    let (_, block) = x509_parser::pem::parse_x509_pem(pem.as_bytes()).map_err(|e| e.to_string())?;
+    ca_cert_hash_der(&block.contents)
 }
 
 /// What Shoal reads from a certificate.
@@ -233,6 +346,7 @@ pub struct CertificateInfo {
     pub organizations: Vec<String>,
     /// Subject alternative names: DNS names and IP addresses as text.
     pub names: Vec<String>,
+    pub not_before: OffsetDateTime,
     pub not_after: OffsetDateTime,
 }
 
@@ -283,6 +397,7 @@ impl CertificateInfo {
             common_name,
             organizations,
             names,
+            not_before: cert.validity().not_before.to_datetime(),
             not_after,
         })
     }

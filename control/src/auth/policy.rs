@@ -197,6 +197,12 @@ fn admin_rules() -> Vec<Value> {
     ]
 }
 
+/// Every bootstrap token's user is in this group.
+pub const BOOTSTRAPPERS_GROUP: &str = "system:bootstrappers";
+const NODE_CLIENT_ROLE: &str = "system:certificates.k8s.io:certificatesigningrequests:nodeclient";
+const SELF_NODE_CLIENT_ROLE: &str =
+    "system:certificates.k8s.io:certificatesigningrequests:selfnodeclient";
+
 /// The bootstrap objects as (store resource, object).
 pub fn bootstrap_objects() -> Vec<(&'static str, Value)> {
     let label = |to: &str| json!({format!("{AGGREGATE_TO}{to}"): "true", "kubernetes.io/bootstrapping": "rbac-defaults"});
@@ -299,9 +305,53 @@ pub fn bootstrap_objects() -> Vec<(&'static str, Value)> {
                 rule(&["get"], &["shoal.dev"], &["modules"]),
             ],
         ),
+        // Joining nodes: a bootstrap token may ask for a node client certificate, which is
+        // approved on its own; a node may renew its own (`controllers/certificates.rs`).
+        cluster_role(
+            "system:node-bootstrapper",
+            defaults.clone(),
+            vec![rule(
+                &["create", "get", "list", "watch"],
+                &["certificates.k8s.io"],
+                &["certificatesigningrequests"],
+            )],
+        ),
+        cluster_role(
+            NODE_CLIENT_ROLE,
+            defaults.clone(),
+            vec![rule(
+                &["create"],
+                &["certificates.k8s.io"],
+                &["certificatesigningrequests/nodeclient"],
+            )],
+        ),
+        cluster_role(
+            SELF_NODE_CLIENT_ROLE,
+            defaults.clone(),
+            vec![rule(
+                &["create"],
+                &["certificates.k8s.io"],
+                &["certificatesigningrequests/selfnodeclient"],
+            )],
+        ),
     ];
     let bindings = vec![
         binding("cluster-admin", "cluster-admin", &["system:masters"]),
+        binding(
+            "shoal:node-bootstrapper",
+            "system:node-bootstrapper",
+            &[BOOTSTRAPPERS_GROUP],
+        ),
+        binding(
+            "shoal:node-autoapprove-bootstrap",
+            NODE_CLIENT_ROLE,
+            &[BOOTSTRAPPERS_GROUP],
+        ),
+        binding(
+            "shoal:node-autoapprove-certificate-rotation",
+            SELF_NODE_CLIENT_ROLE,
+            &["system:nodes"],
+        ),
         binding(
             "system:discovery",
             "system:discovery",

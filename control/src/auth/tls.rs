@@ -191,20 +191,27 @@ impl TlsServing {
         })
     }
 
-    /// What a finished handshake says of the client's certificate.
+    /// What a finished handshake says of the client's certificate, and when a verified one
+    /// expires.
     fn client_certificate(
         &self,
         connection: &rustls::ServerConnection,
-    ) -> Option<ClientCertificate> {
-        let chain = connection.peer_certificates()?;
-        let (leaf, intermediates) = chain.split_first()?;
+    ) -> (Option<ClientCertificate>, Option<time::OffsetDateTime>) {
+        let Some((leaf, intermediates)) = connection
+            .peer_certificates()
+            .and_then(|chain| chain.split_first())
+        else {
+            return (None, None);
+        };
         if let Err(e) =
             self.client_verifier
                 .verify_client_cert(leaf, intermediates, UnixTime::now())
         {
-            return Some(ClientCertificate::Rejected(e.to_string()));
+            return (Some(ClientCertificate::Rejected(e.to_string())), None);
         }
-        Some(match CertificateInfo::from_der(leaf) {
+        let info = CertificateInfo::from_der(leaf);
+        let expires = info.as_ref().ok().map(|info| info.not_after);
+        let certificate = match info {
             Ok(info) if !info.common_name.is_empty() => ClientCertificate::Verified(
                 UserInfo::authenticated(info.common_name, info.organizations),
             ),
@@ -212,7 +219,8 @@ impl TlsServing {
                 "the certificate's subject has no common name (the user)".into(),
             ),
             Err(e) => ClientCertificate::Rejected(e),
-        })
+        };
+        (Some(certificate), expires)
     }
 }
 
@@ -265,9 +273,19 @@ pub async fn serve_https(
                     }
                     Err(_) => return,
                 };
-            let certificate = tls.client_certificate(stream.get_ref().1);
+            let (certificate, expires) = tls.client_certificate(stream.get_ref().1);
             let connection = Connection::Tls { peer, certificate };
-            serve_connection(stream, router, connection, watcher).await;
+            let serving = serve_connection(stream, router, connection, watcher);
+            match expires {
+                // A connection does not outlive the certificate it was authenticated with:
+                // the client reconnects with its renewed one.
+                Some(expires) => {
+                    let left = expires - time::OffsetDateTime::now_utc();
+                    let left = Duration::try_from(left).unwrap_or(Duration::ZERO);
+                    let _ = tokio::time::timeout(left, serving).await;
+                }
+                None => serving.await,
+            }
         });
     }
     drop(listener);

@@ -8,6 +8,7 @@
 //! each folds the shared watches it needs into its own view and wakes when the next thing is
 //! due. Controllers talk to the API only through the client.
 
+pub mod certificates;
 pub mod cronjob;
 pub mod daemonset;
 pub mod deployment;
@@ -66,12 +67,15 @@ pub fn pod_is_ready(pod: &k8s_openapi::api::core::v1::Pod) -> bool {
 pub struct Options {
     /// How long a node may be unreachable before its pods are evicted (Kubernetes: 5 min).
     pub pod_eviction_timeout: std::time::Duration,
+    /// The longest client certificate the CSR signer issues (`--cluster-signing-duration`).
+    pub cluster_signing_duration: std::time::Duration,
 }
 
 impl Default for Options {
     fn default() -> Self {
         Self {
             pod_eviction_timeout: std::time::Duration::from_secs(60),
+            cluster_signing_duration: certificates::DEFAULT_SIGNING_DURATION,
         }
     }
 }
@@ -102,5 +106,18 @@ pub fn start(client: Client, options: Options, tasks: &Tasks) {
     let client = client.clone();
     tasks.supervise("node-lifecycle-controller", move || {
         nodelifecycle::run(client.clone(), eviction)
+    });
+}
+
+/// Starts the CertificateSigningRequest approver and signer, which sign with `pki`'s CA.
+pub fn start_certificate_signer(
+    client: Client,
+    pki: std::sync::Arc<crate::auth::pki::Pki>,
+    options: Options,
+    tasks: &Tasks,
+) {
+    let duration = options.cluster_signing_duration;
+    tasks.supervise("certificatesigningrequest-controller", move || {
+        certificates::run(client.clone(), pki.clone(), duration).boxed()
     });
 }

@@ -1,8 +1,9 @@
 //! Protobuf request bodies (`application/vnd.kubernetes.protobuf`, what kubectl's typed
 //! calls send): the `k8s\0` envelope (a `runtime.Unknown` naming apiVersion and kind) around
 //! the object, decoded with kube-rs' generated messages (`k8s-pb`) into the JSON the rest of
-//! the server reads. Decoded so far: the access reviews (`kubectl auth can-i`, `whoami`) and
-//! TokenRequest (`kubectl create token`);
+//! the server reads. Decoded so far: the access reviews (`kubectl auth can-i`, `whoami`),
+//! TokenRequest (`kubectl create token`) and CertificateSigningRequest (`kubectl certificate
+//! approve|deny`);
 //! other kinds get a 415 naming the JSON way round.
 
 use k8s_pb::api::authorization::v1 as authorization;
@@ -57,6 +58,11 @@ pub fn decode(body: &[u8]) -> Result<Value> {
             }
             value
         }
+        ("certificates.k8s.io/v1", "CertificateSigningRequest") => {
+            let csr = k8s_pb::api::certificates::v1::CertificateSigningRequest::decode(object)
+                .map_err(|e| bad(e.to_string()))?;
+            certificate_signing_request(csr)
+        }
         _ => {
             return Err(ApiError::UnsupportedMediaType(format!(
                 "protobuf request bodies of {api_version} {kind} are not supported; send application/json (for `kubectl create <generator>`, use `--dry-run=client -o yaml | kubectl apply -f -`)"
@@ -65,8 +71,67 @@ pub fn decode(body: &[u8]) -> Result<Value> {
     };
     value["apiVersion"] = json!(api_version);
     value["kind"] = json!(kind);
-    value["metadata"] = json!({});
+    if !value["metadata"].is_object() {
+        value["metadata"] = json!({});
+    }
     Ok(value)
+}
+
+/// A CertificateSigningRequest (`kubectl certificate approve|deny` sends one to `/approval`):
+/// name, resourceVersion, spec and status conditions. The requester's identity in the spec
+/// is the server's to fill in, so it is not read.
+fn certificate_signing_request(
+    csr: k8s_pb::api::certificates::v1::CertificateSigningRequest,
+) -> Value {
+    use base64::Engine;
+    let meta = csr.metadata.unwrap_or_default();
+    let spec = csr.spec.unwrap_or_default();
+    let time = |t: Option<k8s_pb::apimachinery::pkg::apis::meta::v1::Time>| {
+        t.and_then(|t| t.seconds)
+            .and_then(|s| time::OffsetDateTime::from_unix_timestamp(s).ok())
+            .and_then(|t| {
+                t.format(&time::format_description::well_known::Rfc3339)
+                    .ok()
+            })
+    };
+    let conditions: Vec<Value> = csr
+        .status
+        .unwrap_or_default()
+        .conditions
+        .into_iter()
+        .map(|c| {
+            let mut condition = json!({
+                "type": c.r#type.unwrap_or_default(),
+                "status": c.status.unwrap_or_default(),
+                "reason": c.reason.unwrap_or_default(),
+                "message": c.message.unwrap_or_default(),
+            });
+            if let Some(at) = time(c.last_update_time) {
+                condition["lastUpdateTime"] = json!(at);
+            }
+            if let Some(at) = time(c.last_transition_time) {
+                condition["lastTransitionTime"] = json!(at);
+            }
+            condition
+        })
+        .collect();
+    let mut metadata = json!({"name": meta.name.unwrap_or_default()});
+    if let Some(version) = meta.resource_version.filter(|v| !v.is_empty()) {
+        metadata["resourceVersion"] = json!(version);
+    }
+    let mut value = json!({
+        "metadata": metadata,
+        "spec": {
+            "request": base64::engine::general_purpose::STANDARD.encode(spec.request.unwrap_or_default()),
+            "signerName": spec.signer_name.unwrap_or_default(),
+            "usages": spec.usages,
+        },
+        "status": {"conditions": conditions},
+    });
+    if let Some(seconds) = spec.expiration_seconds {
+        value["spec"]["expirationSeconds"] = json!(seconds);
+    }
+    value
 }
 
 fn access_review_spec(

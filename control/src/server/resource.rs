@@ -12,7 +12,7 @@ use serde_json::{json, Value};
 
 use super::error::{ApiError, Result};
 use super::request::Request;
-use super::{escalation, json_response, namespaces, pods, services, ApiServer};
+use super::{certificates, escalation, json_response, namespaces, pods, services, ApiServer};
 use crate::api::resources::ResourceInfo;
 use crate::api::{object, patch};
 use crate::store::{revision_of, ObjectKey};
@@ -82,6 +82,7 @@ impl ApiServer {
         match resource.kind {
             "Pod" => pods::prepare_create(&mut object),
             "Node" => self.assign_pod_cidr(&mut object)?,
+            "CertificateSigningRequest" => certificates::prepare_create(request, &mut object)?,
             _ => {}
         }
         // Services take addresses and ports from shared ranges: one allocation at a time,
@@ -196,6 +197,7 @@ impl ApiServer {
     ) -> Result<Response> {
         escalation::check(self, request, &object)?;
         escalation::node_restriction(request, &object)?;
+        certificates::check_signer(self, request, &object)?;
         if request.query.dry_run() {
             return Ok(self.respond_object(request, StatusCode::OK, &object));
         }
@@ -415,15 +417,28 @@ fn check_type(resource: &ResourceInfo, object: &Value) -> Result<()> {
 }
 
 /// Builds the object an update stores: the main resource takes the new spec and metadata but
-/// keeps the status; `/status` takes only the new status. Identity fields never change.
+/// keeps the status; `/status` takes only the new status, `/approval` only the new
+/// conditions. Identity fields never change.
 fn prepare_update(request: &Request, current: &Value, new: Value) -> Result<Value> {
     let resource = request.resource();
-    let mut merged = if request.path.subresource.as_deref() == Some("status") {
+    let subresource = request.path.subresource.as_deref();
+    let mut merged = if subresource == Some("status") {
         let mut merged = current.clone();
         object::set_at(
             &mut merged,
             "/status",
             new.get("status").cloned().unwrap_or(json!({})),
+        );
+        merged
+    } else if subresource == Some("approval") {
+        // A CertificateSigningRequest's approval: its conditions and nothing else.
+        let mut merged = current.clone();
+        object::set_at(
+            &mut merged,
+            "/status/conditions",
+            new.pointer("/status/conditions")
+                .cloned()
+                .unwrap_or(json!([])),
         );
         merged
     } else {

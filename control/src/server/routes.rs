@@ -1,5 +1,5 @@
 //! Which handler serves a request on a resource URL: the generic verbs, watch, or a
-//! subresource (proxy, log, scale, binding, eviction, finalize), or an access review.
+//! subresource (proxy, log, scale, binding, eviction, finalize, status, approval), or an access review.
 
 use std::sync::Arc;
 
@@ -41,8 +41,12 @@ impl ApiServer {
             (&Method::PUT | &Method::PATCH, true, Some("scale")) => {
                 scale::update(self, &request).await
             }
-            (&Method::PUT, true, None | Some("status")) => self.replace(&request).await,
-            (&Method::PATCH, true, None | Some("status")) => self.patch(&request).await,
+            (&Method::PUT, true, None | Some("status" | "approval")) => {
+                self.replace(&request).await
+            }
+            (&Method::PATCH, true, None | Some("status" | "approval")) => {
+                self.patch(&request).await
+            }
             (&Method::DELETE, true, None) => self.delete(&request).await,
             (method, _, _) => Err(ApiError::MethodNotAllowed(format!(
                 "{method} {}",

@@ -1,0 +1,268 @@
+//! Nodes join a `shoal server` over a real socket with a bootstrap token and the CA's pin,
+//! get their own client certificates through CertificateSigningRequests, are held to their
+//! own objects by the Node authorizer, and renew their certificates before they expire.
+
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use shoal_tests::*;
+
+/// The value after `flag` in a printed command line.
+fn arg_after<'a>(words: &[&'a str], flag: &str) -> &'a str {
+    let at = words.iter().position(|w| *w == flag).unwrap();
+    words[at + 1]
+}
+
+fn examples_dir() -> &'static std::path::Path {
+    std::path::Path::new(shoal_examples::WEB_P2)
+        .ancestors()
+        .nth(3)
+        .unwrap()
+}
+
+fn join_args<'a>(
+    dir: &'a str,
+    url: &'a str,
+    token: &'a str,
+    pin: &'a str,
+    name: &'a str,
+) -> Vec<&'a str> {
+    vec![
+        "agent",
+        "--server",
+        url,
+        "--token",
+        token,
+        "--ca-cert-hash",
+        pin,
+        "--name",
+        name,
+        "--data-dir",
+        dir,
+        "--allow-image-dir",
+        examples_dir().to_str().unwrap(),
+        "--lease-renew-seconds",
+        "2",
+    ]
+}
+
+fn certificate_of(kubeconfig: &std::path::Path) -> String {
+    read_kubeconfig(kubeconfig).client.unwrap().0
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_join_with_a_token_and_renew_their_certificates() {
+    let dir = tempfile::tempdir().unwrap();
+    // Short certificates, so that renewal (at 70-90% of their life) happens within the test.
+    let (_server, url) = start_server(dir.path(), &["--cluster-signing-duration", "20s"]);
+    let admin_kubeconfig = server_kubeconfig(dir.path());
+    let admin = Http::from_kubeconfig(&admin_kubeconfig);
+    let printed = ok(shoal_async(
+        &admin_kubeconfig,
+        &["token", "create", "--print-join-command", "--ttl", "1h"],
+    )
+    .await);
+    let words: Vec<&str> = printed.split_whitespace().collect();
+    assert_eq!(&words[..2], ["shoal", "agent"], "{printed}");
+    assert_eq!(arg_after(&words, "--server"), url);
+    let (token, pin) = (
+        arg_after(&words, "--token").to_string(),
+        arg_after(&words, "--ca-cert-hash").to_string(),
+    );
+    let token_id = token.split('.').next().unwrap().to_string();
+
+    // A wrong pin: the agent stops before it sends its token anywhere.
+    let wrong_pin = format!("sha256:{}", "0".repeat(64));
+    let mallory = dir.path().join("mallory");
+    let args = join_args(
+        mallory.to_str().unwrap(),
+        &url,
+        &token,
+        &wrong_pin,
+        "mallory",
+    );
+    let output = tokio::task::spawn_blocking({
+        let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        move || {
+            std::process::Command::new(shoal_bin())
+                .args(&args)
+                .output()
+                .unwrap()
+        }
+    })
+    .await
+    .unwrap();
+    assert!(!output.status.success());
+    assert!(
+        stderr(&output).contains("no certificate matching --ca-cert-hash"),
+        "{}",
+        stderr(&output)
+    );
+    // A token that is not one of the cluster's gets nowhere either.
+    let bogus = dir.path().join("bogus");
+    let args = join_args(
+        bogus.to_str().unwrap(),
+        &url,
+        "abcdef.0123456789abcdef",
+        &pin,
+        "bogus",
+    );
+    let output = tokio::task::spawn_blocking({
+        let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        move || {
+            std::process::Command::new(shoal_bin())
+                .args(&args)
+                .output()
+                .unwrap()
+        }
+    })
+    .await
+    .unwrap();
+    assert!(!output.status.success());
+    assert!(
+        stderr(&output).contains("Unauthorized"),
+        "{}",
+        stderr(&output)
+    );
+
+    // Two nodes join with the token.
+    let joined_at = Instant::now();
+    let mut agents = Vec::new();
+    for name in ["alpha", "beta"] {
+        let data = dir.path().join(name);
+        let args = join_args(data.to_str().unwrap(), &url, &token, &pin, name);
+        agents.push(Process::start(
+            &args,
+            dir.path().join(format!("{name}.log")),
+            "shoal agent",
+        ));
+    }
+    let node_kubeconfig = |name: &str| dir.path().join(name).join("node.kubeconfig");
+    let first_alpha_cert = certificate_of(&node_kubeconfig("alpha"));
+    let (alpha, beta) = (
+        Http::from_kubeconfig(&node_kubeconfig("alpha")),
+        Http::from_kubeconfig(&node_kubeconfig("beta")),
+    );
+    let (status, review) = alpha
+        .call(
+            "POST",
+            "/apis/authentication.k8s.io/v1/selfsubjectreviews",
+            "application/json",
+            r#"{"apiVersion":"authentication.k8s.io/v1","kind":"SelfSubjectReview"}"#,
+        )
+        .await;
+    assert_eq!(status, 201, "{review}");
+    assert_eq!(
+        review["status"]["userInfo"]["username"],
+        "system:node:alpha"
+    );
+    assert!(review["status"]["userInfo"]["groups"]
+        .as_array()
+        .unwrap()
+        .contains(&json!("system:nodes")));
+
+    // Their requests were made by the token's user, approved on their own and signed.
+    let (_, csrs) = admin
+        .call(
+            "GET",
+            "/apis/certificates.k8s.io/v1/certificatesigningrequests",
+            "",
+            "",
+        )
+        .await;
+    let by_token: Vec<&Value> = csrs["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["spec"]["username"] == format!("system:bootstrap:{token_id}"))
+        .collect();
+    assert_eq!(by_token.len(), 2, "{csrs}");
+    for csr in by_token {
+        assert_eq!(csr["status"]["conditions"][0]["type"], "Approved", "{csr}");
+        assert!(csr["status"]["certificate"]
+            .as_str()
+            .is_some_and(|c| !c.is_empty()));
+    }
+
+    // The Node authorizer holds each to its own: a Secret only alpha's pod uses.
+    let secret = json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "alpha-only"}, "stringData": {"k": "v"}});
+    admin
+        .create("/api/v1/namespaces/default/secrets", &secret)
+        .await;
+    admin.create("/api/v1/namespaces/default/pods", &json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "on-alpha"},
+        "spec": {"nodeName": "alpha", "volumes": [{"name": "s", "secret": {"secretName": "alpha-only"}}],
+            "containers": [{"name": "web", "image": shoal_examples::WEB_P2, "ports": [{"containerPort": 8080}],
+                "volumeMounts": [{"name": "s", "mountPath": "/s"}]}]}})).await;
+    wait_ready(&admin, "default", "on-alpha").await;
+    let secret_path = "/api/v1/namespaces/default/secrets/alpha-only";
+    assert_eq!(alpha.call("GET", secret_path, "", "").await.0, 200);
+    let (status, body) = beta.call("GET", secret_path, "", "").await;
+    assert_eq!(status, 403, "{body}");
+    let ready =
+        json!({"status": {"conditions": [{"type": "Ready", "status": "False"}]}}).to_string();
+    let (status, body) = beta
+        .call(
+            "PATCH",
+            "/api/v1/nodes/alpha/status",
+            "application/merge-patch+json",
+            &ready,
+        )
+        .await;
+    assert_eq!(status, 403, "{body}");
+    // A node's certificate does not let it approve anything.
+    let (status, _) = beta
+        .call(
+            "PUT",
+            "/apis/certificates.k8s.io/v1/certificatesigningrequests/x/approval",
+            "application/json",
+            "{}",
+        )
+        .await;
+    assert_eq!(status, 403);
+
+    // Renewal: alpha asks for a new certificate as itself before the first one expires...
+    let renewed = wait_for(
+        "alpha to renew its certificate",
+        Duration::from_secs(40),
+        async || {
+            let current = certificate_of(&node_kubeconfig("alpha"));
+            (current != first_alpha_cert).then_some(current)
+        },
+    )
+    .await;
+    assert_ne!(renewed, first_alpha_cert);
+    let (_, csrs) = admin
+        .call(
+            "GET",
+            "/apis/certificates.k8s.io/v1/certificatesigningrequests",
+            "",
+            "",
+        )
+        .await;
+    assert!(
+        csrs["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["spec"]["username"] == "system:node:alpha"
+                && c["status"]["conditions"][0]["reason"] == "AutoApproved"),
+        "{csrs}"
+    );
+    // ...and keeps working after it has expired: its connections made with the old one are
+    // closed by the server, and new ones present the renewed certificate.
+    let after_expiry = Duration::from_secs(22).saturating_sub(joined_at.elapsed());
+    tokio::time::sleep(after_expiry).await;
+    admin.create("/api/v1/namespaces/default/pods", &json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "later"},
+        "spec": {"nodeName": "alpha", "containers": [{"name": "web", "image": shoal_examples::WEB_P2, "ports": [{"containerPort": 8080}]}]}})).await;
+    wait_ready(&admin, "default", "later").await;
+    let (_, node) = admin.call("GET", "/api/v1/nodes/alpha", "", "").await;
+    let ready = node["status"]["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == "Ready")
+        .unwrap()
+        .clone();
+    assert_eq!(ready["status"], "True", "{node}");
+    drop(agents);
+}
