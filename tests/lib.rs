@@ -277,6 +277,29 @@ impl Http {
         self
     }
 
+    /// HTTPS to an agent's gateway (`https://address:port`), presenting `identity` as another
+    /// node does.
+    pub fn gateway(base: &str, identity: shoal_runtime::agent::GatewayTls) -> Self {
+        let config = shoal_api::tls::gateway_client_config(identity.identity).unwrap();
+        Self::with_config(base, config)
+    }
+
+    fn with_config(base: &str, config: rustls::ClientConfig) -> Self {
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(config)
+            .https_or_http()
+            .enable_http1()
+            .build();
+        let client =
+            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                .build(connector);
+        Self {
+            client,
+            base: base.trim_end_matches('/').to_string(),
+            token: None,
+        }
+    }
+
     fn build(base: &str, ca_pem: Option<&str>, client: Option<(String, String)>) -> Self {
         use rustls::pki_types::pem::PemObject;
         let mut roots = rustls::RootCertStore::empty();
@@ -300,19 +323,7 @@ impl Http {
             }
             None => builder.with_no_client_auth(),
         };
-        let connector = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(config)
-            .https_or_http()
-            .enable_http1()
-            .build();
-        let client =
-            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-                .build(connector);
-        Self {
-            client,
-            base: base.trim_end_matches('/').to_string(),
-            token: None,
-        }
+        Self::with_config(base, config)
     }
 
     fn request(&self, method: &str, path: &str) -> http::request::Builder {

@@ -409,15 +409,58 @@ async fn http_instance(args: &Args) -> anyhow::Result<()> {
 }
 
 type HttpClient = hyper_util::client::legacy::Client<
-    hyper_util::client::legacy::connect::HttpConnector,
+    hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>,
     Empty<Bytes>,
 >;
 
+/// A client for plain `http://` URLs (and `https://` ones, presenting no certificate).
 fn http_client() -> HttpClient {
+    client_presenting(Arc::new(NoCertificate)).expect("a client without a certificate builds")
+}
+
+/// A client for agents' gateways (`https://`, presenting a node certificate of `bench`'s
+/// cluster, as another agent does) and plain `http://` URLs.
+fn gateway_client(bench: &Bench) -> anyhow::Result<HttpClient> {
+    let identity = bench
+        .cluster
+        .control
+        .node_gateway_tls("bench-client")?
+        .identity;
+    Ok(client_presenting(identity)?)
+}
+
+fn client_presenting(
+    identity: Arc<dyn rustls::client::ResolvesClientCert>,
+) -> Result<HttpClient, shoal_api::tls::TlsError> {
     let mut connector = hyper_util::client::legacy::connect::HttpConnector::new();
     connector.set_nodelay(true);
-    hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-        .build(connector)
+    connector.enforce_http(false);
+    let https = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(shoal_api::tls::gateway_client_config(identity)?)
+        .https_or_http()
+        .enable_http1()
+        .wrap_connector(connector);
+    Ok(
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .build(https),
+    )
+}
+
+#[derive(Debug)]
+struct NoCertificate;
+
+impl rustls::client::ResolvesClientCert for NoCertificate {
+    fn resolve(
+        &self,
+        _root_hint_subjects: &[&[u8]],
+        _sigschemes: &[rustls::SignatureScheme],
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        None
+    }
+
+    fn has_certs(&self) -> bool {
+        false
+    }
 }
 
 async fn get(client: &HttpClient, url: &str) -> anyhow::Result<u16> {
@@ -457,43 +500,59 @@ async fn gateway(args: &Args) -> anyhow::Result<()> {
         )?)
         .await?;
     wait_running(&bench.client, "gateway", 1).await?;
-    let url = format!(
+    let agent = &bench.cluster.agents[0];
+    let mtls = format!(
+        "https://{}/proxy/default/web/8080/healthz",
+        agent.gateway_addr
+    );
+    // The same routes on plain HTTP, beside the real gateway: what mTLS costs.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let plain = format!(
         "http://{}/proxy/default/web/8080/healthz",
-        bench.cluster.agents[0].gateway_addr
+        listener.local_addr()?
     );
-    let client = http_client();
-    let deadline = Instant::now() + Duration::from_secs(args.seconds);
-    let mut tasks = Vec::new();
-    for _ in 0..args.connections {
-        let (client, url) = (client.clone(), url.clone());
-        tasks.push(tokio::spawn(async move {
-            let (mut latencies, mut errors) = (Vec::new(), 0usize);
-            while Instant::now() < deadline {
-                let start = Instant::now();
-                match get(&client, &url).await {
-                    Ok(200) => latencies.push(start.elapsed()),
-                    _ => errors += 1,
-                }
+    let router = agent.gateway_router();
+    let plain_server = tokio::spawn(async move { axum::serve(listener, router).await });
+    let client = gateway_client(&bench)?;
+    // Half the time each, alternating, so both see the same machine.
+    let seconds = (args.seconds / 2).max(1);
+    for round in 1..=2 {
+        for (what, url) in [("mTLS", &mtls), ("plain HTTP", &plain)] {
+            let deadline = Instant::now() + Duration::from_secs(seconds) / 2;
+            let mut tasks = Vec::new();
+            for _ in 0..args.connections {
+                let (client, url) = (client.clone(), url.clone());
+                tasks.push(tokio::spawn(async move {
+                    let (mut latencies, mut errors) = (Vec::new(), 0usize);
+                    while Instant::now() < deadline {
+                        let start = Instant::now();
+                        match get(&client, &url).await {
+                            Ok(200) => latencies.push(start.elapsed()),
+                            _ => errors += 1,
+                        }
+                    }
+                    (latencies, errors)
+                }));
             }
-            (latencies, errors)
-        }));
+            let (mut latencies, mut errors) = (Vec::new(), 0);
+            for task in tasks {
+                let (l, e) = task.await?;
+                latencies.extend(l);
+                errors += e;
+            }
+            latencies.sort();
+            let elapsed = seconds as f64 / 2.0;
+            println!(
+                "one HTTP pod through the agent gateway over {what}, round {round}, {} connections: {:.0} requests/s ({} ok, {errors} failed), latency p50 {:.2} ms, p99 {:.2} ms",
+                args.connections,
+                latencies.len() as f64 / elapsed,
+                latencies.len(),
+                ms(percentile(&latencies, 0.50)),
+                ms(percentile(&latencies, 0.99)),
+            );
+        }
     }
-    let (mut latencies, mut errors) = (Vec::new(), 0);
-    for task in tasks {
-        let (l, e) = task.await?;
-        latencies.extend(l);
-        errors += e;
-    }
-    latencies.sort();
-    println!(
-        "one HTTP pod through the agent gateway, {} connections, {} s: {:.0} requests/s ({} ok, {errors} failed), latency p50 {:.2} ms, p99 {:.2} ms",
-        args.connections,
-        args.seconds,
-        latencies.len() as f64 / args.seconds as f64,
-        latencies.len(),
-        ms(percentile(&latencies, 0.50)),
-        ms(percentile(&latencies, 0.99)),
-    );
+    plain_server.abort();
     bench.cluster.shutdown().await;
     Ok(())
 }
@@ -531,7 +590,7 @@ async fn density(args: &Args) -> anyhow::Result<()> {
     };
     let (latencies, elapsed) = create_and_watch(&bench.client, count, 32, make, "density").await?;
     let running = latencies.len();
-    let client = http_client();
+    let client = gateway_client(&bench)?;
     let gateway = bench.cluster.agents[0].gateway_addr;
     let answered = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let permits = Arc::new(Semaphore::new(args.connections));
@@ -542,7 +601,7 @@ async fn density(args: &Args) -> anyhow::Result<()> {
         tasks.push(tokio::spawn(async move {
             if let Ok(200) = get(
                 &client,
-                &format!("http://{gateway}/proxy/default/idle-{i}/8080/healthz"),
+                &format!("https://{gateway}/proxy/default/idle-{i}/8080/healthz"),
             )
             .await
             {

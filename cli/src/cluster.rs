@@ -287,9 +287,16 @@ impl ControlPlane {
         };
         let pki = Arc::new(Pki::load_or_create(&data_dir.join("pki"))?);
         let (sa_private, sa_public) = pki.service_account_keys();
+        // What the API server shows agents' gateways (re-issued at every start).
+        let kubelet_client = pki.issue_client(
+            "kube-apiserver-kubelet-client",
+            &[shoal_control::auth::SUPERUSER_GROUP.to_string()],
+            ADMIN_CERT_TTL,
+        )?;
         let security_options = SecurityOptions {
             anonymous_auth: security.anonymous_auth,
             service_account_keys: Some((sa_private.to_string(), sa_public.to_string())),
+            kubelet_client: Some((kubelet_client.cert_pem, kubelet_client.key_pem)),
         };
         let server = ApiServer::with_security(store, options, security_options).await?;
         let router = server.router();
@@ -375,6 +382,23 @@ impl ControlPlane {
     /// The plain HTTP URL of `--insecure-http-addr`, when one was asked for.
     pub fn insecure_url(&self) -> Option<String> {
         self.insecure_addr.map(|addr| format!("http://{addr}"))
+    }
+
+    /// The gateway mTLS of an in-process agent named `name`: trusting the cluster CA, and
+    /// presenting a node certificate from it.
+    pub fn node_gateway_tls(&self, name: &str) -> anyhow::Result<shoal_runtime::agent::GatewayTls> {
+        let node = self.pki.issue_client(
+            &format!("system:node:{name}"),
+            &["system:nodes".to_string()],
+            ADMIN_CERT_TTL,
+        )?;
+        Ok(shoal_runtime::agent::GatewayTls {
+            client_ca_pem: self.pki.ca_pem().to_string(),
+            identity: Arc::new(shoal_api::tls::ClientIdentity::from_pem(
+                &node.cert_pem,
+                &node.key_pem,
+            )?),
+        })
     }
 
     /// Writes the admin kubeconfig (user `shoal-admin` in `system:masters`) at `path`.
@@ -482,7 +506,9 @@ impl DevCluster {
         let mut agents = Vec::new();
         for i in 0..nodes {
             let name = format!("node-{i}");
-            let mut config = AgentConfig::new(&name, data_dir.join("nodes").join(&name));
+            let gateway_tls = control.node_gateway_tls(&name)?;
+            let mut config =
+                AgentConfig::new(&name, data_dir.join("nodes").join(&name), gateway_tls);
             // The nodes of one dev cluster share a disk, so claims follow their pods.
             config.claims_dir = Some(data_dir.join("claims"));
             config.api_endpoint = Some((control.url(), control.server_ca_pem.clone()));

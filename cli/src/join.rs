@@ -10,7 +10,7 @@
 //!    signs it. The result is written to `<data-dir>/node.kubeconfig` (0600) and reused on
 //!    restart while it is valid.
 //! 3. **Renewal.** Between 70% and 90% of the certificate's life, the agent asks for a new
-//!    one as itself and swaps it into its TLS client in place ([`NodeIdentity`]): new
+//!    one as itself and swaps it into its TLS client in place (`ClientIdentity`): new
 //!    connections present the new certificate, and the server closes old ones when the
 //!    certificate they were opened with expires.
 
@@ -23,9 +23,9 @@ use base64::Engine;
 use k8s_openapi::api::certificates::v1::CertificateSigningRequest;
 use kube::client::ConfigExt;
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
-use rustls::sign::CertifiedKey;
+use rustls::pki_types::{CertificateDer, ServerName};
 use serde_json::json;
+use shoal_api::tls::ClientIdentity;
 use shoal_control::auth::pki::{self, CertAndKey, CertificateInfo};
 use shoal_control::client::Client;
 use shoal_control::controllers::certificates::{issued_certificate, KUBELET_CLIENT_SIGNER};
@@ -36,60 +36,6 @@ const NODES_GROUP: &str = "system:nodes";
 const SIGNING_WAIT: Duration = Duration::from_secs(120);
 /// The file a joined node keeps its identity in, under its data directory.
 pub const NODE_KUBECONFIG: &str = "node.kubeconfig";
-
-fn provider() -> Arc<rustls::crypto::CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
-}
-
-/// Accepts any server certificate: used once, to read the chain a pin is checked against.
-/// Nothing secret is sent on that connection.
-#[derive(Debug)]
-struct ReadChainOnly(Arc<rustls::crypto::CryptoProvider>);
-
-impl rustls::client::danger::ServerCertVerifier for ReadChainOnly {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp: &[u8],
-        _now: rustls::pki_types::UnixTime,
-    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
-        Ok(rustls::client::danger::ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
-}
 
 /// The CA certificate (PEM) in the chain the server at `server` presents whose public key
 /// hashes to `pin` (`sha256:<hex>`); an error naming the hashes seen when none does.
@@ -112,10 +58,12 @@ pub async fn fetch_pinned_ca(server: &str, pin: &str) -> anyhow::Result<String> 
         .context("the server URL has no host")?
         .to_string();
     let port = url.port_or_known_default().unwrap_or(443);
-    let config = rustls::ClientConfig::builder_with_provider(provider())
+    let config = rustls::ClientConfig::builder_with_provider(shoal_api::tls::provider())
         .with_safe_default_protocol_versions()?
         .dangerous()
-        .with_custom_certificate_verifier(Arc::new(ReadChainOnly(provider())))
+        .with_custom_certificate_verifier(Arc::new(
+            shoal_api::tls::GatewayServerCertificate::default(),
+        ))
         .with_no_client_auth();
     let name = ServerName::try_from(host.trim_matches(['[', ']']).to_string())
         .with_context(|| format!("{host:?} is not a server name"))?;
@@ -176,63 +124,12 @@ async fn token_client(server: &str, ca_pem: &str, token: &str) -> anyhow::Result
     Ok(Client::new(kube::Client::try_from(config)?))
 }
 
-/// The node's client certificate, replaceable while connections are made with it.
-#[derive(Debug)]
-pub struct NodeIdentity {
-    current: RwLock<Arc<CertifiedKey>>,
-}
-
-impl NodeIdentity {
-    fn new(credentials: &CertAndKey) -> anyhow::Result<Self> {
-        Ok(Self {
-            current: RwLock::new(certified_key(credentials)?),
-        })
-    }
-
-    /// New connections present `credentials` from now on.
-    fn replace(&self, credentials: &CertAndKey) -> anyhow::Result<()> {
-        let key = certified_key(credentials)?;
-        *self.current.write().unwrap_or_else(|p| p.into_inner()) = key;
-        Ok(())
-    }
-}
-
-impl rustls::client::ResolvesClientCert for NodeIdentity {
-    fn resolve(
-        &self,
-        _root_hint_subjects: &[&[u8]],
-        _sigschemes: &[rustls::SignatureScheme],
-    ) -> Option<Arc<CertifiedKey>> {
-        Some(
-            self.current
-                .read()
-                .unwrap_or_else(|p| p.into_inner())
-                .clone(),
-        )
-    }
-
-    fn has_certs(&self) -> bool {
-        true
-    }
-}
-
-fn certified_key(credentials: &CertAndKey) -> anyhow::Result<Arc<CertifiedKey>> {
-    let chain = CertificateDer::pem_slice_iter(credentials.cert_pem.as_bytes())
-        .collect::<Result<Vec<_>, _>>()
-        .context("the node certificate is not PEM")?;
-    anyhow::ensure!(!chain.is_empty(), "the node certificate is empty");
-    let key = PrivateKeyDer::from_pem_slice(credentials.key_pem.as_bytes())
-        .context("the node key is not PEM")?;
-    let signing = provider().key_provider.load_private_key(key)?;
-    Ok(Arc::new(CertifiedKey::new(chain, signing)))
-}
-
 /// A joined node's identity: where the API is, the CA it trusts, and its certificate.
 pub struct NodeCredentials {
     pub server: String,
     pub ca_pem: String,
     name: String,
-    identity: Arc<NodeIdentity>,
+    identity: Arc<ClientIdentity>,
     current: RwLock<CertAndKey>,
     kubeconfig: PathBuf,
 }
@@ -275,7 +172,10 @@ impl NodeCredentials {
             server: server.to_string(),
             ca_pem,
             name: name.to_string(),
-            identity: Arc::new(NodeIdentity::new(&credentials)?),
+            identity: Arc::new(ClientIdentity::from_pem(
+                &credentials.cert_pem,
+                &credentials.key_pem,
+            )?),
             current: RwLock::new(credentials),
             kubeconfig,
         })
@@ -286,20 +186,9 @@ impl NodeCredentials {
         if !path.exists() {
             return Ok(None);
         }
-        let config = kube::config::Kubeconfig::read_from(path)
-            .with_context(|| format!("reading {}", path.display()))?;
         let (server, ca_pem) = crate::kubeconfig::cluster_of(path)?;
-        let decode = |data: Option<&str>| {
-            data.and_then(|d| base64::engine::general_purpose::STANDARD.decode(d).ok())
-                .and_then(|b| String::from_utf8(b).ok())
-        };
-        let user = config.auth_infos.first().and_then(|a| a.auth_info.as_ref());
-        let cert_pem = decode(user.and_then(|u| u.client_certificate_data.as_deref()));
-        let key_pem = user
-            .and_then(|u| u.client_key_data.as_ref())
-            .map(secrecy_text)
-            .and_then(|d| decode(Some(&d)));
-        let (Some(ca_pem), Some(cert_pem), Some(key_pem)) = (ca_pem, cert_pem, key_pem) else {
+        let certificate = crate::kubeconfig::client_certificate(path)?;
+        let (Some(ca_pem), Some((cert_pem, key_pem))) = (ca_pem, certificate) else {
             return Ok(None);
         };
         let info = CertificateInfo::parse(&cert_pem).map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -312,10 +201,18 @@ impl NodeCredentials {
             server,
             ca_pem,
             name: name.to_string(),
-            identity: Arc::new(NodeIdentity::new(&credentials)?),
+            identity: Arc::new(ClientIdentity::from_pem(
+                &credentials.cert_pem,
+                &credentials.key_pem,
+            )?),
             current: RwLock::new(credentials),
             kubeconfig: path.to_path_buf(),
         }))
+    }
+
+    /// The node's certificate, as its gateway client presents it to other nodes.
+    pub fn identity(&self) -> Arc<ClientIdentity> {
+        self.identity.clone()
     }
 
     /// A client that presents the node's current certificate on every new connection.
@@ -394,7 +291,8 @@ impl NodeCredentials {
 
     /// Uses `credentials` from now on, and keeps them for restarts.
     fn install(&self, credentials: &CertAndKey) -> anyhow::Result<()> {
-        self.identity.replace(credentials)?;
+        self.identity
+            .replace(&credentials.cert_pem, &credentials.key_pem)?;
         crate::kubeconfig::write_private(
             &self.kubeconfig,
             &crate::kubeconfig::render(
@@ -407,11 +305,6 @@ impl NodeCredentials {
         *self.current.write().unwrap_or_else(|p| p.into_inner()) = credentials.clone();
         Ok(())
     }
-}
-
-fn secrecy_text(secret: &secrecy::SecretString) -> String {
-    use secrecy::ExposeSecret;
-    secret.expose_secret().to_string()
 }
 
 fn node_user(name: &str) -> String {

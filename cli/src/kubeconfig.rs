@@ -115,6 +115,31 @@ pub fn cluster_of(path: &Path) -> anyhow::Result<(String, Option<String>)> {
     Ok((server, embedded_ca(&kubeconfig)))
 }
 
+/// The client certificate and key (PEM) embedded in the kubeconfig at `path`'s first user,
+/// if it has them.
+pub fn client_certificate(path: &Path) -> anyhow::Result<Option<(String, String)>> {
+    use secrecy::ExposeSecret;
+    let kubeconfig = Kubeconfig::read_from(path)
+        .with_context(|| format!("reading kubeconfig {}", path.display()))?;
+    let decode = |data: &str| {
+        base64::engine::general_purpose::STANDARD
+            .decode(data)
+            .ok()
+            .and_then(|b| String::from_utf8(b).ok())
+    };
+    let user = kubeconfig
+        .auth_infos
+        .first()
+        .and_then(|a| a.auth_info.as_ref());
+    let cert = user
+        .and_then(|u| u.client_certificate_data.as_deref())
+        .and_then(decode);
+    let key = user
+        .and_then(|u| u.client_key_data.as_ref())
+        .and_then(|k| decode(k.expose_secret()));
+    Ok(cert.zip(key))
+}
+
 /// A client for the current context of the kubeconfig at `path`, and its default namespace.
 /// kube-rs reads the file: every server (http or https), certificate authority, client
 /// certificate, token or exec plugin kubectl accepts works here too.

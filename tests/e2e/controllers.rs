@@ -603,7 +603,15 @@ async fn a_daemon_set_follows_nodes() {
     let extra_dir = cluster.dir.path().join("extra");
     let mut extra = shoal_runtime::agent::Agent::start(
         cluster.cluster.control.client.clone(),
-        shoal_runtime::agent::AgentConfig::new("node-extra", extra_dir),
+        shoal_runtime::agent::AgentConfig::new(
+            "node-extra",
+            extra_dir,
+            cluster
+                .cluster
+                .control
+                .node_gateway_tls("node-extra")
+                .unwrap(),
+        ),
     )
     .await
     .unwrap();

@@ -1,6 +1,7 @@
 //! Nodes join a `shoal server` over a real socket with a bootstrap token and the CA's pin,
 //! get their own client certificates through CertificateSigningRequests, are held to their
-//! own objects by the Node authorizer, and renew their certificates before they expire.
+//! own objects by the Node authorizer, serve their gateways only to nodes and the control
+//! plane (mTLS), and renew their certificates before they expire.
 
 use std::time::{Duration, Instant};
 
@@ -44,6 +45,75 @@ fn join_args<'a>(
         "--lease-renew-seconds",
         "2",
     ]
+}
+
+/// `GET /healthz` on a gateway at `addr` over TLS, presenting `identity` (certificate and key
+/// PEM) or no certificate: the status and body, or why no HTTP answer came.
+async fn gateway_get(addr: &str, identity: Option<(&str, &str)>) -> Result<(u16, String), String> {
+    use http_body_util::BodyExt;
+    use shoal_api::tls::{ClientIdentity, GatewayServerCertificate};
+    let config = match identity {
+        Some((cert, key)) => shoal_api::tls::gateway_client_config(std::sync::Arc::new(
+            ClientIdentity::from_pem(cert, key).unwrap(),
+        ))
+        .unwrap(),
+        None => rustls::ClientConfig::builder_with_provider(shoal_api::tls::provider())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .dangerous()
+            .with_custom_certificate_verifier(std::sync::Arc::new(
+                GatewayServerCertificate::default(),
+            ))
+            .with_no_client_auth(),
+    };
+    let tcp = tokio::net::TcpStream::connect(addr)
+        .await
+        .map_err(|e| e.to_string())?;
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+        .connect(name, tcp)
+        .await
+        .map_err(|e| format!("handshake: {e}"))?;
+    let (mut sender, connection) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
+            .await
+            .map_err(|e| e.to_string())?;
+    tokio::spawn(connection);
+    let request = http::Request::get("/healthz")
+        .header("host", "gateway")
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .unwrap();
+    let response = sender
+        .send_request(request)
+        .await
+        .map_err(|e| format!("request: {e}"))?;
+    let status = response.status().as_u16();
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok((
+        status,
+        String::from_utf8_lossy(&body.to_bytes()).to_string(),
+    ))
+}
+
+/// The `address:port` of a node's gateway, from its status.
+fn gateway_of(node: &Value) -> String {
+    let address = node["status"]["addresses"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["type"] == "InternalIP")
+        .unwrap()["address"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let port = node["status"]["daemonEndpoints"]["kubeletEndpoint"]["Port"]
+        .as_i64()
+        .unwrap();
+    format!("{address}:{port}")
 }
 
 fn certificate_of(kubeconfig: &std::path::Path) -> String {
@@ -219,6 +289,54 @@ async fn nodes_join_with_a_token_and_renew_their_certificates() {
         )
         .await;
     assert_eq!(status, 403);
+
+    // alpha's gateway serves only cluster certificates of nodes and the control plane.
+    let (_, node) = admin.call("GET", "/api/v1/nodes/alpha", "", "").await;
+    let gateway = gateway_of(&node);
+    let refused = gateway_get(&gateway, None).await;
+    assert!(refused.is_err(), "no certificate: {refused:?}");
+    let stranger_ca = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let stranger_issuer = rcgen::Issuer::new(ca_params, stranger_ca);
+    let mut forged = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    forged
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "system:node:beta");
+    forged
+        .distinguished_name
+        .push(rcgen::DnType::OrganizationName, "system:nodes");
+    let forged_key = rcgen::KeyPair::generate().unwrap();
+    let forged_cert = forged.signed_by(&forged_key, &stranger_issuer).unwrap();
+    let refused = gateway_get(
+        &gateway,
+        Some((&forged_cert.pem(), &forged_key.serialize_pem())),
+    )
+    .await;
+    assert!(refused.is_err(), "another CA's certificate: {refused:?}");
+    let user = read_kubeconfig(&issue_kubeconfig(dir.path(), "alice", &[], "alice"))
+        .client
+        .unwrap();
+    let (status, body) = gateway_get(&gateway, Some((&user.0, &user.1)))
+        .await
+        .unwrap();
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("may not use a node's gateway"), "{body}");
+    let beta_identity = read_kubeconfig(&node_kubeconfig("beta")).client.unwrap();
+    let (status, body) = gateway_get(&gateway, Some((&beta_identity.0, &beta_identity.1)))
+        .await
+        .unwrap();
+    assert_eq!((status, body.as_str()), (200, "ok"));
+    // The API server reaches it with its own certificate: logs through the API.
+    let (status, _) = admin
+        .raw(
+            "GET",
+            "/api/v1/namespaces/default/pods/on-alpha/log",
+            "",
+            "",
+        )
+        .await;
+    assert_eq!(status, 200);
 
     // Renewal: alpha asks for a new certificate as itself before the first one expires...
     let renewed = wait_for(

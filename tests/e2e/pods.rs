@@ -85,10 +85,10 @@ async fn http_hello_serves_through_the_pod_proxy_and_the_gateway() {
     assert_eq!(status, 502, "nobody serves port 9090");
 
     // The same through the agent's gateway, as other nodes reach the pod.
-    let gateway = Http::new(&format!(
-        "http://{}",
-        cluster.cluster.agents[0].gateway_addr
-    ));
+    let gateway = Http::gateway(
+        &format!("https://{}", cluster.cluster.agents[0].gateway_addr),
+        cluster.cluster.control.node_gateway_tls("node-9").unwrap(),
+    );
     let (status, body) = gateway.raw("GET", "/proxy/default/web/8080/", "", "").await;
     assert_eq!(
         (status, String::from_utf8_lossy(&body).as_ref()),

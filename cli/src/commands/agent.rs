@@ -6,7 +6,9 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use clap::Args;
-use shoal_runtime::agent::{Agent, AgentConfig};
+use std::sync::Arc;
+
+use shoal_runtime::agent::{Agent, AgentConfig, GatewayTls};
 
 #[derive(Args)]
 pub struct AgentCommand {
@@ -78,28 +80,29 @@ impl AgentCommand {
                 .map(|h| h.trim().to_lowercase())
                 .unwrap_or_else(|_| "node".into()),
         };
-        let mut config = AgentConfig::new(&name, self.data_dir);
-        config.gateway_addr = self.gateway_addr;
-        config.max_pods = self.max_pods;
-        config.host_path_allow = self.allow_host_path;
-        config.image_dirs = Some(self.allow_image_dir);
-        config.image_ca = self.image_ca;
-        config.claims_dir = self.claims_dir;
-        config.node_ports = !self.no_node_ports;
-        config.lease_duration = std::time::Duration::from_secs(self.lease_duration_seconds);
-        config.lease_renew = std::time::Duration::from_secs(self.lease_renew_seconds);
         let mut renewal = None;
-        let (client, server, ca_pem) = match &self.kubeconfig {
+        let (client, server, ca_pem, identity) = match &self.kubeconfig {
             Some(kubeconfig) => {
-                crate::kubeconfig::connect_to(kubeconfig, self.server.as_deref()).await?
+                let (client, server, ca_pem) =
+                    crate::kubeconfig::connect_to(kubeconfig, self.server.as_deref()).await?;
+                let (cert, key) = crate::kubeconfig::client_certificate(kubeconfig)?
+                    .ok_or_else(|| {
+                        anyhow::anyhow!(
+                            "kubeconfig {} has no client certificate: an agent shows it to other nodes' gateways (make one with `shoal kubeconfig --user system:node:{name} --group system:nodes`, or join with --token)",
+                            kubeconfig.display()
+                        )
+                    })?;
+                let identity: Arc<dyn rustls::client::ResolvesClientCert> =
+                    Arc::new(shoal_api::tls::ClientIdentity::from_pem(&cert, &key)?);
+                (client, server, ca_pem, identity)
             }
             None => {
                 let server = self.server.clone().ok_or_else(|| {
                     anyhow::anyhow!("--server is needed to join without a --kubeconfig")
                 })?;
-                let credentials = std::sync::Arc::new(
+                let credentials = Arc::new(
                     crate::join::NodeCredentials::load_or_join(
-                        &config.data_dir,
+                        &self.data_dir,
                         &name,
                         &server,
                         self.token.as_deref(),
@@ -111,13 +114,32 @@ impl AgentCommand {
                 renewal = Some(tokio::spawn(
                     credentials.clone().keep_renewed(client.clone()),
                 ));
+                let identity: Arc<dyn rustls::client::ResolvesClientCert> = credentials.identity();
                 (
                     client,
                     credentials.server.clone(),
                     Some(credentials.ca_pem.clone()),
+                    identity,
                 )
             }
         };
+        let client_ca_pem = ca_pem.clone().ok_or_else(|| {
+            anyhow::anyhow!("the agent's kubeconfig embeds no CA certificate (certificate-authority-data): its gateway trusts that CA's certificates")
+        })?;
+        let gateway_tls = GatewayTls {
+            client_ca_pem,
+            identity,
+        };
+        let mut config = AgentConfig::new(&name, self.data_dir, gateway_tls);
+        config.gateway_addr = self.gateway_addr;
+        config.max_pods = self.max_pods;
+        config.host_path_allow = self.allow_host_path;
+        config.image_dirs = Some(self.allow_image_dir);
+        config.image_ca = self.image_ca;
+        config.claims_dir = self.claims_dir;
+        config.node_ports = !self.no_node_ports;
+        config.lease_duration = std::time::Duration::from_secs(self.lease_duration_seconds);
+        config.lease_renew = std::time::Duration::from_secs(self.lease_renew_seconds);
         // Pods reach the API where the agent does, trusting the same CA.
         config.api_endpoint = ca_pem.map(|ca| (server.clone(), ca));
         let mut agent = Agent::start(client, config).await?;

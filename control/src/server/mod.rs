@@ -47,8 +47,10 @@ use crate::auth::UserInfo;
 use crate::store::Store;
 pub use error::ApiError;
 
-/// The HTTP client the server uses to reach node agents (logs, later the pod proxy).
-pub type AgentClient = hyper_util::client::legacy::Client<HttpConnector, Body>;
+/// The HTTPS client the server reaches node agents' gateways with (logs, the pod proxy),
+/// presenting its kubelet client certificate (mTLS).
+pub type AgentClient =
+    hyper_util::client::legacy::Client<hyper_rustls::HttpsConnector<HttpConnector>, Body>;
 
 /// Shared state of the API server.
 pub struct ApiServer {
@@ -86,6 +88,10 @@ pub struct SecurityOptions {
     /// The ServiceAccount token signing key (PKCS#8 PEM) and its public key (PEM); a fresh
     /// pair when `None` (tokens then die with the server).
     pub service_account_keys: Option<(String, String)>,
+    /// The client certificate and key (PEM) the server presents to agents' gateways
+    /// (`system:masters`, as kube-apiserver's `--kubelet-client-certificate`); `None`: it
+    /// presents none, and gateways refuse it.
+    pub kubelet_client: Option<(String, String)>,
 }
 
 impl Default for SecurityOptions {
@@ -93,6 +99,7 @@ impl Default for SecurityOptions {
         Self {
             anonymous_auth: true,
             service_account_keys: None,
+            kubelet_client: None,
         }
     }
 }
@@ -125,9 +132,11 @@ impl ApiServer {
             (8..=30).contains(&options.node_cidr_mask),
             "the node CIDR mask must be between /8 and /30"
         );
-        let agents =
-            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-                .build_http();
+        let identity: Arc<dyn rustls::client::ResolvesClientCert> = match &security.kubelet_client {
+            Some((cert, key)) => Arc::new(shoal_api::tls::ClientIdentity::from_pem(cert, key)?),
+            None => Arc::new(NoClientCertificate),
+        };
+        let agents = shoal_api::tls::gateway_http_client(identity)?;
         let stopping = CancellationToken::new();
         let (private, public) = match &security.service_account_keys {
             Some(keys) => keys.clone(),
@@ -316,4 +325,22 @@ pub async fn serve(
     )
     .with_graceful_shutdown(shutdown)
     .await
+}
+
+/// Presents no client certificate (a server without a kubelet client certificate).
+#[derive(Debug)]
+struct NoClientCertificate;
+
+impl rustls::client::ResolvesClientCert for NoClientCertificate {
+    fn resolve(
+        &self,
+        _root_hint_subjects: &[&[u8]],
+        _sigschemes: &[rustls::SignatureScheme],
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        None
+    }
+
+    fn has_certs(&self) -> bool {
+        false
+    }
 }

@@ -207,7 +207,7 @@ pub async fn log(server: &Arc<ApiServer>, request: &Request) -> Result<Response>
         query.finish()
     };
     let url = format!(
-        "http://{endpoint}/containerLogs/{}/{name}/{container}?{query}",
+        "https://{endpoint}/containerLogs/{}/{name}/{container}?{query}",
         request.namespace()
     );
     let uri: http::Uri = url
@@ -303,7 +303,7 @@ pub async fn proxy(server: &Arc<ApiServer>, request: &Request) -> Result<Respons
         format!("/{rest}")
     };
     let url = format!(
-        "http://{endpoint}/proxy/{}/{name}/{port}{rest}{query}",
+        "https://{endpoint}/proxy/{}/{name}/{port}{rest}{query}",
         request.namespace()
     );
     let mut forwarded = http::Request::builder()

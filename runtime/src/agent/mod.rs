@@ -5,6 +5,7 @@
 mod config;
 mod env;
 mod gateway;
+mod gateway_tls;
 mod logs;
 mod networks;
 mod node;
@@ -27,6 +28,7 @@ use tokio::task::JoinHandle;
 
 use crate::engine::{Engine, EngineOptions};
 use crate::pod::network::PodNetwork;
+pub use gateway_tls::GatewayTls;
 pub use node::{LEASE_DURATION_SECONDS, LEASE_RENEW};
 
 #[derive(Clone, Debug)]
@@ -74,11 +76,15 @@ pub struct AgentConfig {
     /// Directories file-path images may come from (`--allow-image-dir`); `None` allows any
     /// file, which only in-process clusters of tests and benchmarks use.
     pub image_dirs: Option<Vec<PathBuf>>,
+    /// The gateway's mTLS: the cluster CA its clients need, and this node's certificate for
+    /// calling other gateways.
+    pub gateway_tls: GatewayTls,
 }
 
 impl AgentConfig {
-    pub fn new(node_name: &str, data_dir: PathBuf) -> Self {
+    pub fn new(node_name: &str, data_dir: PathBuf, gateway_tls: GatewayTls) -> Self {
         Self {
+            gateway_tls,
             node_name: node_name.into(),
             data_dir,
             gateway_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
@@ -145,6 +151,8 @@ pub struct Agent {
     /// The node's Service proxy (the dev ingress serves through it).
     pub proxy: Arc<crate::proxy::Proxy>,
     networks: Arc<networks::LocalNetworks>,
+    /// The gateway's routes (served over mTLS).
+    gateway: axum::Router,
     /// Everything the agent runs: gateway, heartbeat, pod supervisor, pod workers.
     tasks: Tasks,
     tokens_dir: PathBuf,
@@ -230,8 +238,9 @@ impl Agent {
                 client.clone(),
                 &config.node_name,
                 Arc::new(move |pod| local_pods.upgrade()?.get(pod)),
+                config.gateway_tls.identity.clone(),
                 &tasks,
-            ),
+            )?,
         });
         let (proxy, local_networks) = (shared.proxy.clone(), shared.networks.clone());
         let identity = node::NodeIdentity {
@@ -248,11 +257,13 @@ impl Agent {
         let ips = IpPool::new(&cidr)?;
 
         let gateway = gateway::router(shared.clone());
-        tasks.spawn(async move {
-            if let Err(e) = axum::serve(listener, gateway).await {
-                tracing::error!("agent gateway stopped: {e}");
-            }
-        });
+        let names = vec![
+            config.node_name.clone(),
+            gateway_addr.ip().to_string(),
+            "localhost".to_string(),
+        ];
+        let tls = gateway_tls::server_config(&config.gateway_tls, names)?;
+        tasks.spawn(gateway_tls::serve(listener, gateway.clone(), tls));
         {
             let (client, name) = (client.clone(), config.node_name.clone());
             let (duration, renew) = (config.lease_duration, config.lease_renew);
@@ -275,9 +286,16 @@ impl Agent {
             gateway_addr,
             proxy,
             networks: local_networks,
+            gateway,
             tasks,
             tokens_dir,
         })
+    }
+
+    /// The gateway's routes without its mTLS: what `shoal-bench gateway` serves on plain
+    /// HTTP beside the real gateway, to measure what mTLS costs. Nothing else serves them.
+    pub fn gateway_router(&self) -> axum::Router {
+        self.gateway.clone()
     }
 
     /// The network of pod `namespace/name` if it runs here: its servers answer in-process

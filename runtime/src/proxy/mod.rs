@@ -42,8 +42,9 @@ pub enum LocalPod<'a> {
 /// Finds the network of a pod running on this node.
 pub type LocalPods = Arc<dyn Fn(LocalPod<'_>) -> Option<Arc<PodNetwork>> + Send + Sync>;
 
+/// Other nodes' gateways are reached over mTLS, as this node.
 type GatewayClient = hyper_util::client::legacy::Client<
-    hyper_util::client::legacy::connect::HttpConnector,
+    hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>,
     WasiBody,
 >;
 
@@ -85,17 +86,32 @@ fn read(table: &RwLock<Table>) -> std::sync::RwLockReadGuard<'_, Table> {
 impl Proxy {
     /// Starts following the cluster's Services, Endpoints and Nodes (in `tasks`: the follower
     /// stops when they shut down or the proxy is dropped), with the default [`stack::Options`].
-    pub fn start(client: Client, node_name: &str, local: LocalPods, tasks: &Tasks) -> Arc<Self> {
-        Self::start_with(client, node_name, local, stack::Options::default(), tasks)
+    /// `identity` is the certificate it presents to other nodes' gateways.
+    pub fn start(
+        client: Client,
+        node_name: &str,
+        local: LocalPods,
+        identity: Arc<dyn rustls::client::ResolvesClientCert>,
+        tasks: &Tasks,
+    ) -> Result<Arc<Self>, shoal_api::tls::TlsError> {
+        Self::start_with(
+            client,
+            node_name,
+            local,
+            identity,
+            stack::Options::default(),
+            tasks,
+        )
     }
 
     pub fn start_with(
         client: Client,
         node_name: &str,
         local: LocalPods,
+        identity: Arc<dyn rustls::client::ResolvesClientCert>,
         options: stack::Options,
         tasks: &Tasks,
-    ) -> Arc<Self> {
+    ) -> Result<Arc<Self>, shoal_api::tls::TlsError> {
         let table = Arc::new(RwLock::new(Table::default()));
         let (changed, routes_changed) = tokio::sync::watch::channel(0);
         let follower = tasks.spawn(table::follow(client.clone(), table.clone(), changed));
@@ -104,20 +120,17 @@ impl Proxy {
             table: table.clone(),
             balancer: balance::Balancer::default(),
             local,
-            gateways: hyper_util::client::legacy::Client::builder(
-                hyper_util::rt::TokioExecutor::new(),
-            )
-            .build_http(),
+            gateways: shoal_api::tls::gateway_http_client(identity)?,
         }));
         let metrics = Arc::new(metrics::Metrics::default());
-        Arc::new(Self {
+        Ok(Arc::new(Self {
             table,
             stack: stack::build(dispatch, metrics.clone(), options),
             metrics,
             follower,
             routes_changed,
             client,
-        })
+        }))
     }
 
     /// What this proxy has counted, as Prometheus scrapes it (`/metrics`).
@@ -302,11 +315,11 @@ impl DispatchState {
             .unwrap_or("/");
         let uri = match backend.pod.is_empty() {
             true => format!(
-                "http://{gateway}/proxy-ip/{}/{}{path}",
+                "https://{gateway}/proxy-ip/{}/{}{path}",
                 backend.ip, backend.port
             ),
             false => format!(
-                "http://{gateway}/proxy/{}/{}/{}{path}",
+                "https://{gateway}/proxy/{}/{}/{}{path}",
                 backend.namespace, backend.pod, backend.port
             ),
         };
