@@ -245,3 +245,167 @@ async fn pods_of_a_killed_agent_run_again_elsewhere() {
         .any(|t| t["key"] == "node.kubernetes.io/unreachable"));
     eprintln!("pods of the killed agent ran again elsewhere {healed:?} after SIGKILL");
 }
+
+/// NetworkPolicy, from the pods' own guest code, on one node and across two agent processes:
+/// an ingress policy admits only `role=frontend` pods to the backend, and an egress policy
+/// keeps the frontends to the backend alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn network_policies_decide_which_pods_talk() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_server, url) = start_server(dir.path(), &[]);
+    let _agents: Vec<Process> = ["alpha", "beta"]
+        .iter()
+        .map(|name| start_agent(dir.path(), &url, name, &[]))
+        .collect();
+    let http = Http::from_kubeconfig(&server_kubeconfig(dir.path()));
+    let web = |name: &str, node: &str, labels: Value| {
+        json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "labels": labels},
+            "spec": {"nodeSelector": {"kubernetes.io/hostname": node}, "containers": [{"name": "web", "image": WEB_P2,
+                "ports": [{"containerPort": 8080}], "env": [{"name": "NAME", "value": name}]}]}})
+    };
+    let pods = [
+        ("backend", "alpha", json!({"app": "backend"})),
+        ("elsewhere", "alpha", json!({"app": "elsewhere"})),
+        ("front-near", "alpha", json!({"role": "frontend"})),
+        ("plain-near", "alpha", json!({"role": "batch"})),
+        ("front-far", "beta", json!({"role": "frontend"})),
+        ("plain-far", "beta", json!({})),
+    ];
+    for (name, node, labels) in &pods {
+        http.create(
+            "/api/v1/namespaces/default/pods",
+            &web(name, node, labels.clone()),
+        )
+        .await;
+    }
+    for (service, app) in [("backend", "backend"), ("elsewhere", "elsewhere")] {
+        let object = json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": service},
+            "spec": {"selector": {"app": app}, "ports": [{"port": 80, "targetPort": 8080}]}});
+        http.create("/api/v1/namespaces/default/services", &object)
+            .await;
+    }
+    for (name, _, _) in &pods {
+        wait_ready(&http, "default", name).await;
+    }
+    let call = async |caller: &str, service: &str| -> String {
+        let path = format!("/api/v1/namespaces/default/pods/{caller}:8080/proxy/call/{service}/");
+        let (_, body) = http.raw("GET", &path, "", "").await;
+        String::from_utf8_lossy(&body).into_owned()
+    };
+    // Open by default: every caller reaches the backend.
+    for (caller, _, _) in &pods[2..] {
+        let answer = wait_for(
+            &format!("{caller} to reach the backend"),
+            Duration::from_secs(30),
+            async || {
+                let answer = call(caller, "backend").await;
+                answer.starts_with("200 ").then_some(answer)
+            },
+        )
+        .await;
+        assert_eq!(answer, "200 Hello from backend\n", "{caller}");
+    }
+
+    let policy = async |object: Value| {
+        let (status, body) = http
+            .call(
+                "POST",
+                "/apis/networking.k8s.io/v1/namespaces/default/networkpolicies",
+                "application/json",
+                &object.to_string(),
+            )
+            .await;
+        assert_eq!(status, 201, "{body}");
+    };
+    policy(
+        json!({"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+        "metadata": {"name": "backend-from-frontends"},
+        "spec": {"podSelector": {"matchLabels": {"app": "backend"}},
+            "ingress": [{"from": [{"podSelector": {"matchLabels": {"role": "frontend"}}}],
+                         "ports": [{"port": 8080}]}]}}),
+    )
+    .await;
+    let refused = wait_for(
+        "the ingress policy to apply",
+        Duration::from_secs(20),
+        async || {
+            let answer = call("plain-near", "backend").await;
+            answer.starts_with("403 ").then_some(answer)
+        },
+    )
+    .await;
+    assert!(refused.contains("no ingress rule"), "{refused}");
+    let refused = wait_for(
+        "the ingress policy to apply on beta",
+        Duration::from_secs(20),
+        async || {
+            let answer = call("plain-far", "backend").await;
+            answer.starts_with("403 ").then_some(answer)
+        },
+    )
+    .await;
+    assert!(refused.contains("no ingress rule"), "{refused}");
+    for caller in ["front-near", "front-far"] {
+        assert_eq!(
+            call(caller, "backend").await,
+            "200 Hello from backend\n",
+            "{caller}"
+        );
+    }
+    // The unselected Service stays open to everyone.
+    assert_eq!(
+        call("plain-far", "elsewhere").await,
+        "200 Hello from elsewhere\n"
+    );
+
+    policy(
+        json!({"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+        "metadata": {"name": "frontends-to-backend-only"},
+        "spec": {"podSelector": {"matchLabels": {"role": "frontend"}}, "policyTypes": ["Egress"],
+            "egress": [{"to": [{"podSelector": {"matchLabels": {"app": "backend"}}}]}]}}),
+    )
+    .await;
+    for caller in ["front-near", "front-far"] {
+        let refused = wait_for(
+            &format!("the egress policy to apply to {caller}"),
+            Duration::from_secs(20),
+            async || {
+                let answer = call(caller, "elsewhere").await;
+                answer.starts_with("403 ").then_some(answer)
+            },
+        )
+        .await;
+        assert!(refused.contains("no egress rule"), "{refused}");
+        assert_eq!(
+            call(caller, "backend").await,
+            "200 Hello from backend\n",
+            "{caller}"
+        );
+    }
+    assert_eq!(
+        call("plain-near", "elsewhere").await,
+        "200 Hello from elsewhere\n"
+    );
+
+    // A policy with a bad peer is refused, naming the field, and changes nothing.
+    let (status, body) = http
+        .call(
+            "POST",
+            "/apis/networking.k8s.io/v1/namespaces/default/networkpolicies",
+            "application/json",
+            &json!({"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+                "metadata": {"name": "bad"},
+                "spec": {"podSelector": {}, "ingress": [{"from": [{"ipBlock": {"cidr": "10.0.0.0/33"}}]}]}})
+            .to_string(),
+        )
+        .await;
+    assert_eq!(status, 422, "{body}");
+    assert_eq!(
+        body["details"]["causes"][0]["field"],
+        "spec.ingress[0].from[0].ipBlock.cidr"
+    );
+    assert_eq!(
+        call("front-near", "backend").await,
+        "200 Hello from backend\n"
+    );
+}

@@ -602,8 +602,10 @@ async fn deleting_an_http_pod_drains_its_requests() {
     );
 }
 
+/// The outside network is closed to pods unless a cluster admin opens their namespace: a pod's
+/// own annotation does nothing, and a namespace admin cannot annotate the namespace.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn egress_is_closed_unless_the_pod_opens_it() {
+async fn egress_is_closed_unless_an_admin_opens_the_namespace() {
     // A server "outside" the cluster, on another loopback address than the pods' own.
     let listener = tokio::net::TcpListener::bind("127.0.0.2:0").await.unwrap();
     let outside = listener.local_addr().unwrap();
@@ -612,18 +614,46 @@ async fn egress_is_closed_unless_the_pod_opens_it() {
 
     let cluster = TestCluster::start(1).await;
     let http = cluster.http();
-    create(&http, PODS, json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "closed"}, "spec": {"containers": [web_container("closed", 8080)]}})).await;
-    create(&http, PODS, json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "open", "annotations": {"shoal.dev/egress": "allow"}},
-        "spec": {"containers": [web_container("open", 8080)]}})).await;
-    wait_pod(&http, "closed", "Ready", ready).await;
-    wait_pod(&http, "open", "Ready", ready).await;
+    create(&http, PODS, json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "asks", "annotations": {"shoal.dev/egress": "allow"}},
+        "spec": {"containers": [web_container("asks", 8080)]}})).await;
+    wait_pod(&http, "asks", "Ready", ready).await;
     let path = format!("/call/{outside}/hi");
-    let (_, denied) = proxy_get(&http, "closed:8080", &path).await;
+    let (_, denied) = proxy_get(&http, "asks:8080", &path).await;
     assert!(denied.contains("HttpRequestDenied"), "{denied}");
-    assert_eq!(
-        proxy_get(&http, "open:8080", &path).await.1,
-        "200 outside says hi"
-    );
+
+    // A namespace admin may not open it...
+    let binding = json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+        "metadata": {"name": "dana-admin", "namespace": "default"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "admin"},
+        "subjects": [{"kind": "User", "apiGroup": "rbac.authorization.k8s.io", "name": "dana"}]});
+    create(
+        &http,
+        "/apis/rbac.authorization.k8s.io/v1/namespaces/default/rolebindings",
+        binding,
+    )
+    .await;
+    let dana = Http::from_kubeconfig(&cluster.kubeconfig_for("dana", &[]));
+    let open = json!({"metadata": {"annotations": {"shoal.dev/egress": "allow"}}}).to_string();
+    let merge = "application/merge-patch+json";
+    let (status, body) = dana
+        .call("PATCH", "/api/v1/namespaces/default", merge, &open)
+        .await;
+    assert_eq!(status, 403, "{body}");
+    // ...the cluster admin may.
+    let (status, body) = http
+        .call("PATCH", "/api/v1/namespaces/default", merge, &open)
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let answer = wait_for(
+        "the namespace to open",
+        Duration::from_secs(10),
+        async || {
+            let (_, answer) = proxy_get(&http, "asks:8080", &path).await;
+            answer.starts_with("200").then_some(answer)
+        },
+    )
+    .await;
+    assert_eq!(answer, "200 outside says hi");
     server.abort();
 }
 

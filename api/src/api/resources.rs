@@ -20,7 +20,7 @@ use k8s_openapi::api::core::v1::{
     ReplicationController, Secret, Service, ServiceAccount,
 };
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use k8s_openapi::api::networking::v1::Ingress;
+use k8s_openapi::api::networking::v1::{Ingress, NetworkPolicy};
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
 use serde_json::Value;
 
@@ -362,6 +362,17 @@ pub static RESOURCES: &[ResourceInfo] = &[
         Strategy {
             validate: validation::ingress,
             table: &table::INGRESS,
+            ..PLAIN
+        },
+    ),
+    kind::<NetworkPolicy>(
+        "networkpolicy",
+        &["netpol"],
+        &[],
+        &[],
+        Strategy {
+            validate: validation::network_policy,
+            table: &table::NETWORK_POLICY,
             ..PLAIN
         },
     ),

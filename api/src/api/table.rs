@@ -193,6 +193,25 @@ pub static CERTIFICATE_SIGNING_REQUEST: Printer<5> = Printer {
     },
 };
 
+/// `kubectl get netpol`: the pods a policy selects.
+pub static NETWORK_POLICY: Printer<3> = Printer {
+    columns: [
+        col("Name", "string", 0),
+        col("Pod-Selector", "string", 0),
+        col("Age", "string", 0),
+    ],
+    cells: |o| {
+        let selector = o
+            .pointer("/spec/podSelector")
+            .cloned()
+            .and_then(|s| serde_json::from_value(s).ok())
+            .map(|s| super::selector::query_of(&s))
+            .filter(|s| !s.is_empty())
+            .unwrap_or_else(|| "<none>".into());
+        [name(o), json!(selector), age(o)]
+    },
+};
+
 pub static ROLE_BINDING: Printer<3> = Printer {
     columns: [
         col("Name", "string", 0),

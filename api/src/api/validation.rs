@@ -1096,6 +1096,118 @@ pub fn role_binding_update(old: &Value, new: &Value, causes: &mut Vec<Cause>) {
     }
 }
 
+/// Whether `text` is an IPv4 or IPv6 CIDR (`10.0.0.0/8`, `::/0`).
+fn is_cidr(text: &str) -> bool {
+    let Some((address, prefix)) = text.split_once('/') else {
+        return false;
+    };
+    let Ok(address) = address.parse::<std::net::IpAddr>() else {
+        return false;
+    };
+    let max = if address.is_ipv4() { 32 } else { 128 };
+    prefix.parse::<u8>().is_ok_and(|p| p <= max)
+}
+
+/// A NetworkPolicy: a pod selector, policy types among Ingress and Egress, peers that name
+/// pods, namespaces or a valid IP block (not more than one kind of peer with an IP block),
+/// and ports that are numbers 1-65535 (or names) with a protocol Kubernetes knows.
+pub fn network_policy(object: &Value, causes: &mut Vec<Cause>) {
+    if object.pointer("/spec/podSelector").is_none() {
+        causes.push(Cause::required("spec.podSelector"));
+    }
+    for (i, kind) in object
+        .pointer("/spec/policyTypes")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .enumerate()
+    {
+        let text = kind.as_str().unwrap_or("");
+        if !matches!(text, "Ingress" | "Egress") {
+            causes.push(Cause::not_supported(
+                format!("spec.policyTypes[{i}]"),
+                text,
+                &["Ingress", "Egress"],
+            ));
+        }
+    }
+    for (direction, peers_key) in [("ingress", "from"), ("egress", "to")] {
+        let rules = object
+            .pointer(&format!("/spec/{direction}"))
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default();
+        for (r, rule) in rules.iter().enumerate() {
+            let at = format!("spec.{direction}[{r}]");
+            for (p, peer) in rule[peers_key].as_array().into_iter().flatten().enumerate() {
+                let field = format!("{at}.{peers_key}[{p}]");
+                let has = |key: &str| peer.get(key).is_some_and(|v| !v.is_null());
+                if let Some(block) = peer.get("ipBlock").filter(|b| !b.is_null()) {
+                    if has("podSelector") || has("namespaceSelector") {
+                        causes.push(Cause::forbidden(
+                            field.clone(),
+                            "may not specify more than 1 peer type when ipBlock is given",
+                        ));
+                    }
+                    let cidr = block["cidr"].as_str().unwrap_or("");
+                    if !is_cidr(cidr) {
+                        causes.push(Cause::invalid(
+                            format!("{field}.ipBlock.cidr"),
+                            cidr,
+                            "must be a valid CIDR",
+                        ));
+                    }
+                    for (e, except) in block["except"].as_array().into_iter().flatten().enumerate()
+                    {
+                        let text = except.as_str().unwrap_or("");
+                        if !is_cidr(text) {
+                            causes.push(Cause::invalid(
+                                format!("{field}.ipBlock.except[{e}]"),
+                                text,
+                                "must be a valid CIDR",
+                            ));
+                        }
+                    }
+                } else if !has("podSelector") && !has("namespaceSelector") {
+                    causes.push(Cause::required(format!(
+                        "{field}: must specify a peer (podSelector, namespaceSelector or ipBlock)"
+                    )));
+                }
+            }
+            for (p, port) in rule["ports"].as_array().into_iter().flatten().enumerate() {
+                let field = format!("{at}.ports[{p}]");
+                let protocol = port["protocol"].as_str().unwrap_or("TCP");
+                if !matches!(protocol, "TCP" | "UDP" | "SCTP") {
+                    causes.push(Cause::not_supported(
+                        format!("{field}.protocol"),
+                        protocol,
+                        &["TCP", "UDP", "SCTP"],
+                    ));
+                }
+                let number = port["port"].as_i64();
+                if let Some(n) = number {
+                    if !(1..=65535).contains(&n) {
+                        causes.push(Cause::invalid(
+                            format!("{field}.port"),
+                            &n.to_string(),
+                            "must be between 1 and 65535, inclusive",
+                        ));
+                    }
+                }
+                if let Some(end) = port["endPort"].as_i64() {
+                    if number.is_none_or(|n| end < n) || end > 65535 {
+                        causes.push(Cause::invalid(
+                            format!("{field}.endPort"),
+                            &end.to_string(),
+                            "must be a number at least port and at most 65535, with a numeric port",
+                        ));
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// The key usages a CertificateSigningRequest may ask for (Kubernetes' `KeyUsage` values).
 pub const KEY_USAGES: &[&str] = &[
     "signing",

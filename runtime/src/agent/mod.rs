@@ -124,6 +124,9 @@ pub(crate) struct Shared {
     networks: Arc<networks::LocalNetworks>,
     /// Routes pods' requests for Services.
     proxy: Arc<crate::proxy::Proxy>,
+    /// The outside network, for pods the proxy lets leave the cluster (one client, with the
+    /// system's roots, for the whole node); `None` if the roots could not be read.
+    egress: Option<crate::pod::network::EgressClient>,
     /// Routes pods' requests for the API, and the CA mounted with their tokens.
     api: Option<(Arc<crate::pod::network::ApiRoute>, String)>,
     /// Where pods' ServiceAccount tokens are written: memory (`/dev/shm`) where the host has
@@ -234,6 +237,18 @@ impl Agent {
                 admission_wait: config.admission_wait,
             },
             networks,
+            egress: match crate::engine::fetch::https_connector(None) {
+                Ok(connector) => Some(
+                    hyper_util::client::legacy::Client::builder(
+                        hyper_util::rt::TokioExecutor::new(),
+                    )
+                    .build(connector),
+                ),
+                Err(e) => {
+                    tracing::warn!("pods cannot reach outside the cluster: {e}");
+                    None
+                }
+            },
             proxy: crate::proxy::Proxy::start(
                 client.clone(),
                 &config.node_name,
@@ -494,22 +509,10 @@ impl PodSupervisor {
             return;
         };
         let (stop, stopped) = watch::channel(None);
-        let egress = pod
-            .metadata
-            .annotations
-            .as_ref()
-            .and_then(|a| a.get(crate::pod::network::EGRESS_ANNOTATION));
-        let namespace = pod.metadata.namespace.clone().unwrap_or_default();
         let proxy: Option<Arc<dyn crate::pod::network::ServiceRoutes>> =
             Some(self.shared.proxy.clone());
-        let open = egress.map(String::as_str) == Some("allow");
         let api = self.shared.api.as_ref().map(|(route, _)| route.clone());
-        let network = PodNetwork::for_pod(&namespace, proxy.clone(), open, api.clone())
-            .unwrap_or_else(|e| {
-                tracing::warn!("pod {key}: cannot open egress ({e}); it stays closed");
-                PodNetwork::for_pod(&namespace, proxy, false, api)
-                    .expect("a closed network needs no TLS")
-            });
+        let network = PodNetwork::for_pod(&key, proxy, self.shared.egress.clone(), api);
         self.shared.networks.insert(&key, &ip, network.clone());
         let worker = worker::PodWorker::new(self.shared.clone(), pod, ip.clone(), stopped, network);
         let task = self.tasks.spawn(worker.run());

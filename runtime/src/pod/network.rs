@@ -6,8 +6,9 @@
 //! fresh store: no socket is opened inside the pod. [`PodHooks`] is the guest's view of the
 //! network: `localhost`/`127.0.0.1` go to this pod's servers, a port nobody serves is refused,
 //! Service names and ClusterIPs go to the node's proxy (`crate::proxy`), and every other
-//! destination is refused unless the pod's egress is open (the annotation
-//! `shoal.dev/egress: allow`), in which case the request goes out to the network.
+//! destination is refused unless the proxy lets the pod leave the cluster (its namespace is
+//! annotated `shoal.dev/egress: allow` by an admin and NetworkPolicy allows it), in which
+//! case the request goes out to the network.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -68,9 +69,6 @@ impl ServeError {
     }
 }
 
-/// The annotation that opens a pod's egress to the network.
-pub const EGRESS_ANNOTATION: &str = "shoal.dev/egress";
-
 /// The client a pod with open egress sends its outside requests through.
 pub type EgressClient = hyper_util::client::legacy::Client<
     hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>,
@@ -83,14 +81,20 @@ pub trait ServiceRoutes: Send + Sync {
     /// Sends `request` to the Service `host:port` names as seen from `namespace` (a Service
     /// name or a ClusterIP) and returns its answer; gives the request back when `host:port`
     /// names no Service.
+    /// `pod` (`namespace/name`) is the sender, as NetworkPolicy sees it.
     #[allow(clippy::result_large_err)] // the request goes on to the egress; boxing costs a copy
     fn forward_to_service(
         self: Arc<Self>,
+        pod: &str,
         namespace: &str,
         host: &str,
         port: u16,
         request: http::Request<WasiBody>,
     ) -> Result<BoxFuture<'static, http::Response<WasiBody>>, http::Request<WasiBody>>;
+
+    /// Whether pod `pod` of `namespace` may send a request outside the cluster (its
+    /// namespace allows egress and NetworkPolicy does not forbid it), and if not, why.
+    fn may_leave_cluster(&self, pod: &str, namespace: &str) -> Result<(), String>;
 }
 
 /// The names a pod reaches the API by: the `default/kubernetes` Service's.
@@ -157,14 +161,17 @@ impl ApiRoute {
     }
 }
 
-/// The ports of one pod and who serves them, and the way out if egress is open.
+/// The ports of one pod and who serves them, and the way out.
 #[derive(Default)]
 pub struct PodNetwork {
     servers: RwLock<HashMap<u16, Arc<HttpServer>>>,
+    /// The way to the outside network, for when the proxy lets the pod leave the cluster.
     egress: Option<EgressClient>,
     /// The way to the API server, for pods that mount a ServiceAccount token.
     api: Option<Arc<ApiRoute>>,
-    /// The pod's namespace (what a bare Service name is resolved in) and the node's proxy.
+    /// The pod (`namespace/name`), its namespace (what a bare Service name is resolved in)
+    /// and the node's proxy.
+    pod: String,
     namespace: String,
     proxy: Option<Arc<dyn ServiceRoutes>>,
 }
@@ -175,30 +182,24 @@ impl PodNetwork {
         Arc::new(Self::default())
     }
 
-    /// The network of a pod of `namespace`: Services through `proxy`, and the outside
-    /// network over HTTP(S) if `egress` is open.
+    /// The network of pod `pod` (`namespace/name`): Services through `proxy`, the outside
+    /// network through `egress` when the proxy lets the pod leave the cluster, the API
+    /// through `api`.
     pub fn for_pod(
-        namespace: &str,
+        pod: &str,
         proxy: Option<Arc<dyn ServiceRoutes>>,
-        egress: bool,
+        egress: Option<EgressClient>,
         api: Option<Arc<ApiRoute>>,
-    ) -> Result<Arc<Self>, crate::engine::TlsSetupError> {
-        let egress = if egress {
-            let connector = crate::engine::fetch::https_connector(None)?;
-            Some(
-                hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-                    .build(connector),
-            )
-        } else {
-            None
-        };
-        Ok(Arc::new(Self {
+    ) -> Arc<Self> {
+        let namespace = pod.split_once('/').map_or("", |(ns, _)| ns);
+        Arc::new(Self {
             servers: RwLock::default(),
             egress,
             api,
+            pod: pod.to_string(),
             namespace: namespace.to_string(),
             proxy,
-        }))
+        })
     }
 
     /// The guest's outgoing HTTP through this network, for a [`Launch`]. Holds the network
@@ -473,7 +474,13 @@ impl WasiHttpHooks for PodHooks {
                     ));
                 }
                 if let Some(proxy) = network.proxy.clone() {
-                    match proxy.forward_to_service(&network.namespace, &host, port, request) {
+                    match proxy.forward_to_service(
+                        &network.pod,
+                        &network.namespace,
+                        &host,
+                        port,
+                        request,
+                    ) {
                         Ok(answer) => {
                             return Ok((
                                 answer.await,
@@ -486,6 +493,14 @@ impl WasiHttpHooks for PodHooks {
                 let Some(egress) = network.egress.clone() else {
                     return Err(wasmtime_wasi_http::Error::HttpRequestDenied);
                 };
+                let allowed = network
+                    .proxy
+                    .as_ref()
+                    .map(|proxy| proxy.may_leave_cluster(&network.pod, &network.namespace));
+                if let Some(Err(why)) = allowed {
+                    tracing::debug!("egress to {host}:{port} refused: {why}");
+                    return Err(wasmtime_wasi_http::Error::HttpRequestDenied);
+                }
                 let response =
                     tokio::time::timeout(DEFAULT_REQUEST_DEADLINE, egress.request(request))
                         .await

@@ -7,12 +7,15 @@
 //!
 //! The way down is a tower stack ([`stack`]: metrics, error answers, load shedding, a
 //! concurrency limit, the deadline, the retry), with [`Dispatch`] at the bottom; what the
-//! stack counts is served as `/metrics` ([`metrics`]).
+//! stack counts is served as `/metrics` ([`metrics`]). [`Dispatch`] also enforces
+//! NetworkPolicy on the backend it picked ([`policy`]), and pods' calls outside the cluster
+//! ask it first.
 
 pub mod balance;
 pub mod ingress;
 pub mod metrics;
 pub mod node_ports;
+pub mod policy;
 pub mod rules;
 pub mod stack;
 pub mod table;
@@ -50,6 +53,9 @@ type GatewayClient = hyper_util::client::legacy::Client<
 
 pub struct Proxy {
     table: Arc<RwLock<Table>>,
+    /// NetworkPolicies, namespaces and pods, as [`policy`] needs them.
+    policies: Arc<RwLock<policy::Policies>>,
+    policy_follower: tokio::task::JoinHandle<()>,
     stack: stack::ProxyService,
     metrics: Arc<metrics::Metrics>,
     follower: tokio::task::JoinHandle<()>,
@@ -61,6 +67,7 @@ pub struct Proxy {
 impl Drop for Proxy {
     fn drop(&mut self) {
         self.follower.abort();
+        self.policy_follower.abort();
     }
 }
 
@@ -115,16 +122,21 @@ impl Proxy {
         let table = Arc::new(RwLock::new(Table::default()));
         let (changed, routes_changed) = tokio::sync::watch::channel(0);
         let follower = tasks.spawn(table::follow(client.clone(), table.clone(), changed));
+        let policies = Arc::new(RwLock::new(policy::Policies::default()));
+        let policy_follower = tasks.spawn(policy::follow(client.clone(), policies.clone()));
         let dispatch = Dispatch(Arc::new(DispatchState {
             node_name: node_name.to_string(),
             table: table.clone(),
             balancer: balance::Balancer::default(),
             local,
             gateways: shoal_api::tls::gateway_http_client(identity)?,
+            policies: policies.clone(),
         }));
         let metrics = Arc::new(metrics::Metrics::default());
         Ok(Arc::new(Self {
             table,
+            policies,
+            policy_follower,
             stack: stack::build(dispatch, metrics.clone(), options),
             metrics,
             follower,
@@ -168,10 +180,21 @@ impl Proxy {
         request: http::Request<WasiBody>,
         client_ip: Option<&str>,
     ) -> http::Response<WasiBody> {
+        self.send(route, request, client_ip, None).await
+    }
+
+    async fn send(
+        &self,
+        route: Route,
+        request: http::Request<WasiBody>,
+        client_ip: Option<&str>,
+        source_pod: Option<String>,
+    ) -> http::Response<WasiBody> {
         let request = stack::ProxyRequest {
             route,
             request,
             client_ip: client_ip.map(str::to_string),
+            source_pod,
             refused_by: None,
         };
         match self.stack.clone().oneshot(request).await {
@@ -193,6 +216,7 @@ struct DispatchState {
     balancer: balance::Balancer,
     local: LocalPods,
     gateways: GatewayClient,
+    policies: Arc<RwLock<policy::Policies>>,
 }
 
 impl tower::Service<stack::ProxyRequest> for Dispatch {
@@ -237,6 +261,12 @@ impl tower::Service<stack::ProxyRequest> for Dispatch {
                 return Ok(text_response(http::StatusCode::SERVICE_UNAVAILABLE, text));
             };
             let service = route.service.clone();
+            if let Err(why) = state.policy_allows(&request, &backend) {
+                return Ok(text_response(
+                    http::StatusCode::FORBIDDEN,
+                    format!("service {service}: {why}\n"),
+                ));
+            }
             match state.try_backend(&backend, request.request).await {
                 Ok(response) => Ok(with_guard(response, in_flight)),
                 Err((Some(unsent), why)) => {
@@ -257,6 +287,30 @@ impl tower::Service<stack::ProxyRequest> for Dispatch {
 }
 
 impl DispatchState {
+    /// Whether NetworkPolicy lets the request's source reach `backend`.
+    fn policy_allows(
+        &self,
+        request: &stack::ProxyRequest,
+        backend: &Backend,
+    ) -> Result<(), String> {
+        let policies = self.policies.read().unwrap_or_else(|p| p.into_inner());
+        if policies.is_empty() {
+            return Ok(());
+        }
+        let source = match &request.source_pod {
+            Some(pod) => policy::Peer::Pod(pod),
+            None => policy::Peer::Outside(request.client_ip.as_deref()),
+        };
+        let key;
+        let destination = if backend.pod.is_empty() {
+            policy::Peer::PodIp(&backend.ip)
+        } else {
+            key = format!("{}/{}", backend.namespace, backend.pod);
+            policy::Peer::Pod(&key)
+        };
+        policies.check(source, destination, backend.port)
+    }
+
     /// Serves on one backend. On failure, the request comes back when nothing of it was sent
     /// (so it may be retried elsewhere).
     async fn try_backend(
@@ -421,16 +475,27 @@ impl hyper::body::Body for GuardedBody {
 impl ServiceRoutes for Proxy {
     fn forward_to_service(
         self: Arc<Self>,
+        pod: &str,
         namespace: &str,
         host: &str,
         port: u16,
         request: http::Request<WasiBody>,
     ) -> Result<BoxFuture<'static, http::Response<WasiBody>>, http::Request<WasiBody>> {
         match self.resolve(namespace, host, port) {
-            Some(route) => Ok(Box::pin(
-                async move { self.forward(route, request, None).await },
-            )),
+            Some(route) => {
+                let pod = pod.to_string();
+                Ok(Box::pin(async move {
+                    self.send(route, request, None, Some(pod)).await
+                }))
+            }
             None => Err(request),
         }
+    }
+
+    fn may_leave_cluster(&self, pod: &str, namespace: &str) -> Result<(), String> {
+        self.policies
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .check_outside(namespace, pod)
     }
 }

@@ -37,6 +37,8 @@ pub struct ProxyRequest {
     pub request: http::Request<WasiBody>,
     /// The caller's address, for `sessionAffinity: ClientIP`.
     pub client_ip: Option<String>,
+    /// The pod that sent it (`namespace/name`), when a pod did: what NetworkPolicy checks.
+    pub source_pod: Option<String>,
     /// A backend that already refused this request: not to be chosen again.
     pub refused_by: Option<Backend>,
 }
@@ -250,6 +252,7 @@ mod tests {
 
     fn request(service: &str) -> ProxyRequest {
         ProxyRequest {
+            source_pod: None,
             route: Route {
                 service: service.to_string(),
                 port: 80,
