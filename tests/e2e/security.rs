@@ -1127,3 +1127,115 @@ async fn certificate_signing_requests_are_approved_only_by_approvers() {
     assert_eq!(status, 422);
     cluster.cluster.shutdown().await;
 }
+
+/// The API server dials a node's agent (logs, pod proxy) only where the node itself said it
+/// listens: a status rewritten by someone else, or the record written directly, is not used.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_server_dials_only_where_the_node_said_it_listens() {
+    let cluster = TestCluster::start(1).await;
+    let admin = cluster.http();
+    admin.create("/api/v1/namespaces/default/pods", &json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p0"},
+        "spec": {"nodeName": "node-0", "containers": [{"name": "web", "image": shoal_examples::WEB_P2, "ports": [{"containerPort": 8080}]}]}})).await;
+    wait_ready(&admin, "default", "p0").await;
+    let log = "/api/v1/namespaces/default/pods/p0/log";
+    assert_eq!(admin.call("GET", log, "", "").await.0, 200);
+    let (_, node) = admin.call("GET", "/api/v1/nodes/node-0", "", "").await;
+    let recorded = node["metadata"]["annotations"]["shoal.dev/agent-endpoint"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let port = node["status"]["daemonEndpoints"]["kubeletEndpoint"]["Port"].clone();
+    assert!(recorded.ends_with(&format!(":{port}")), "{recorded}");
+
+    let merge = "application/merge-patch+json";
+    let elsewhere = json!({"status": {"daemonEndpoints": {"kubeletEndpoint": {"Port": 1}}}});
+    let (status, patched) = admin
+        .call(
+            "PATCH",
+            "/api/v1/nodes/node-0/status",
+            merge,
+            &elsewhere.to_string(),
+        )
+        .await;
+    assert_eq!(status, 200, "{patched}");
+    assert!(patched["metadata"]["annotations"]["shoal.dev/agent-endpoint"].is_null());
+    let (status, body) = admin.call("GET", log, "", "").await;
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("no agent endpoint that the node itself published"),
+        "{body}"
+    );
+    let forged = json!({"metadata": {"annotations": {"shoal.dev/agent-endpoint": recorded}}});
+    let (status, patched) = admin
+        .call("PATCH", "/api/v1/nodes/node-0", merge, &forged.to_string())
+        .await;
+    assert_eq!(status, 200, "{patched}");
+    assert!(patched["metadata"]["annotations"]["shoal.dev/agent-endpoint"].is_null());
+    assert_eq!(admin.call("GET", log, "", "").await.0, 503);
+
+    // The node publishing its own address again restores it.
+    let node0 =
+        Http::from_kubeconfig(&cluster.kubeconfig_for("system:node:node-0", &["system:nodes"]));
+    let back = json!({"status": {"daemonEndpoints": {"kubeletEndpoint": {"Port": port}}}});
+    let (status, patched) = node0
+        .call(
+            "PATCH",
+            "/api/v1/nodes/node-0/status",
+            merge,
+            &back.to_string(),
+        )
+        .await;
+    assert_eq!(status, 200, "{patched}");
+    assert_eq!(
+        patched["metadata"]["annotations"]["shoal.dev/agent-endpoint"],
+        recorded
+    );
+    assert_eq!(admin.call("GET", log, "", "").await.0, 200);
+    cluster.cluster.shutdown().await;
+}
+
+/// A running pod's token is replaced before it expires (here every second), in place: the
+/// guest reads a new, valid token bound to it from the same file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn running_pods_get_fresh_tokens() {
+    let cluster = TestCluster::start_with(1, |config| {
+        config.token_refresh = Duration::from_secs(1);
+    })
+    .await;
+    let admin = cluster.http();
+    admin.create("/api/v1/namespaces/default/pods", &json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "fresh"},
+        "spec": {"containers": [{"name": "web", "image": shoal_examples::WEB_P2, "ports": [{"containerPort": 8080}]}]}})).await;
+    wait_ready(&admin, "default", "fresh").await;
+    let read = async || {
+        let (status, token) = proxy_get(
+            &admin,
+            "fresh:8080",
+            "/file/var/run/secrets/kubernetes.io/serviceaccount/token",
+        )
+        .await;
+        assert_eq!(status, 200, "{token}");
+        token
+    };
+    let first = read().await;
+    let tokens = cluster_tokens(&cluster);
+    let renewed = wait_for("a new token", Duration::from_secs(10), async || {
+        let current = read().await;
+        (current != first).then_some(current)
+    })
+    .await;
+    for token in [&first, &renewed] {
+        let claims = tokens.verify(token).unwrap();
+        assert_eq!(claims.kubernetes.pod.as_ref().unwrap().name, "fresh");
+    }
+    let (status, review) =
+        whoami(&Http::anonymous(&cluster.url(), &ca(&cluster)).bearer(&renewed)).await;
+    assert_eq!(status, 201, "{review}");
+    assert_eq!(
+        review["status"]["userInfo"]["username"],
+        "system:serviceaccount:default:default"
+    );
+    cluster.cluster.shutdown().await;
+}

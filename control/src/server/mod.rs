@@ -12,6 +12,7 @@ mod escalation;
 mod guard;
 mod modules;
 mod namespaces;
+pub mod nodes;
 mod objects;
 mod path;
 mod pods;

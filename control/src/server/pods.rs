@@ -186,8 +186,10 @@ pub async fn log(server: &Arc<ApiServer>, request: &Request) -> Result<Response>
         )));
     }
     let node = server.get_object(&ObjectKey::new("nodes", "", node_name))?;
-    let endpoint = agent_endpoint(&node).ok_or_else(|| {
-        ApiError::Internal(format!("node {node_name} publishes no agent endpoint"))
+    let endpoint = super::nodes::agent_endpoint(&node).ok_or_else(|| {
+        ApiError::ServiceUnavailable(format!(
+            "node {node_name} has no agent endpoint that the node itself published"
+        ))
     })?;
     let query = {
         let mut query = url::form_urlencoded::Serializer::new(String::new());
@@ -240,20 +242,6 @@ pub async fn log(server: &Arc<ApiServer>, request: &Request) -> Result<Response>
         .into_response())
 }
 
-/// `host:port` of a node's agent, from its InternalIP and kubelet endpoint port.
-pub fn agent_endpoint(node: &Value) -> Option<String> {
-    let port = node
-        .pointer("/status/daemonEndpoints/kubeletEndpoint/Port")
-        .and_then(Value::as_i64)?;
-    let address = node
-        .pointer("/status/addresses")
-        .and_then(Value::as_array)?
-        .iter()
-        .find(|a| a["type"] == "InternalIP")
-        .map(|a| object::str_at(a, "/address").to_string())?;
-    Some(format!("{address}:{port}"))
-}
-
 /// `pods/{name}[:{port}]/proxy/{path}`: forwards the request to the pod's port through the
 /// agent of its node, and streams the answer back.
 pub async fn proxy(server: &Arc<ApiServer>, request: &Request) -> Result<Response> {
@@ -287,8 +275,10 @@ pub async fn proxy(server: &Arc<ApiServer>, request: &Request) -> Result<Respons
         )));
     }
     let node = server.get_object(&ObjectKey::new("nodes", "", node_name))?;
-    let endpoint = agent_endpoint(&node).ok_or_else(|| {
-        ApiError::Internal(format!("node {node_name} publishes no agent endpoint"))
+    let endpoint = super::nodes::agent_endpoint(&node).ok_or_else(|| {
+        ApiError::ServiceUnavailable(format!(
+            "node {node_name} has no agent endpoint that the node itself published"
+        ))
     })?;
     let rest = request.path.rest.as_deref().unwrap_or("");
     let query = request

@@ -12,7 +12,9 @@ use serde_json::{json, Value};
 
 use super::error::{ApiError, Result};
 use super::request::Request;
-use super::{certificates, escalation, json_response, namespaces, pods, services, ApiServer};
+use super::{
+    certificates, escalation, json_response, namespaces, nodes, pods, services, ApiServer,
+};
 use crate::api::resources::ResourceInfo;
 use crate::api::{object, patch};
 use crate::store::{revision_of, ObjectKey};
@@ -81,7 +83,10 @@ impl ApiServer {
         resource.prepare_for_create(&mut object);
         match resource.kind {
             "Pod" => pods::prepare_create(&mut object),
-            "Node" => self.assign_pod_cidr(&mut object)?,
+            "Node" => {
+                self.assign_pod_cidr(&mut object)?;
+                nodes::stamp_agent_endpoint(request, None, &mut object);
+            }
             "CertificateSigningRequest" => certificates::prepare_create(request, &mut object)?,
             _ => {}
         }
@@ -485,6 +490,9 @@ fn prepare_update(request: &Request, current: &Value, new: Value) -> Result<Valu
     if let Some(map) = merged.as_object_mut() {
         map.insert("apiVersion".into(), json!(resource.api_version()));
         map.insert("kind".into(), json!(resource.kind));
+    }
+    if resource.kind == "Node" {
+        nodes::stamp_agent_endpoint(request, Some(current), &mut merged);
     }
     resource.apply_defaults(&mut merged);
     let causes = resource.validate_update(current, &merged);

@@ -76,6 +76,9 @@ pub struct AgentConfig {
     /// Directories file-path images may come from (`--allow-image-dir`); `None` allows any
     /// file, which only in-process clusters of tests and benchmarks use.
     pub image_dirs: Option<Vec<PathBuf>>,
+    /// How often a running pod's ServiceAccount token is replaced (default: at 80% of its
+    /// 48 h life, as the kubelet does).
+    pub token_refresh: std::time::Duration,
     /// The gateway's mTLS: the cluster CA its clients need, and this node's certificate for
     /// calling other gateways.
     pub gateway_tls: GatewayTls,
@@ -103,6 +106,9 @@ impl AgentConfig {
             lease_renew: LEASE_RENEW,
             api_endpoint: None,
             image_dirs: None,
+            token_refresh: std::time::Duration::from_secs(
+                worker::SERVICE_ACCOUNT_TOKEN_SECONDS * 8 / 10,
+            ),
         }
     }
 }
@@ -124,6 +130,8 @@ pub(crate) struct Shared {
     networks: Arc<networks::LocalNetworks>,
     /// Routes pods' requests for Services.
     proxy: Arc<crate::proxy::Proxy>,
+    /// How often running pods' tokens are replaced.
+    token_refresh: std::time::Duration,
     /// The outside network, for pods the proxy lets leave the cluster (one client, with the
     /// system's roots, for the whole node); `None` if the roots could not be read.
     egress: Option<crate::pod::network::EgressClient>,
@@ -237,6 +245,7 @@ impl Agent {
                 admission_wait: config.admission_wait,
             },
             networks,
+            token_refresh: config.token_refresh,
             egress: match crate::engine::fetch::https_connector(None) {
                 Ok(connector) => Some(
                     hyper_util::client::legacy::Client::builder(

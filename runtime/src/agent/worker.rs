@@ -79,6 +79,8 @@ pub struct PodWorker {
     volumes: HashMap<String, PreparedVolume>,
     /// Where the pod's ServiceAccount token, CA and namespace are written, if it has them.
     service_account_dir: Option<PathBuf>,
+    /// Replaces the token before it expires, for as long as the worker lives.
+    token_refresher: Option<tokio_util::task::AbortOnDropHandle<()>>,
     env: Vec<Vec<(String, String)>>,
     network: Arc<PodNetwork>,
     /// Events to record with the next status write: (warning?, reason, message).
@@ -138,6 +140,7 @@ impl PodWorker {
             stop,
             programs: Vec::new(),
             volumes: HashMap::new(),
+            token_refresher: None,
             service_account_dir: None,
             env: Vec::new(),
             runs: vec![0; specs.len()],
@@ -565,6 +568,12 @@ impl PodWorker {
             .write_service_account_token()
             .await
             .map_err(|e| Retry(0, "CreateContainerConfigError".into(), e))?;
+        if let Some(dir) = &self.service_account_dir {
+            let refresh = refresh_token(self.shared.clone(), self.pod.clone(), dir.join("token"));
+            self.token_refresher = Some(tokio_util::task::AbortOnDropHandle::new(tokio::spawn(
+                refresh,
+            )));
+        }
         let all = self.specs.clone();
         self.env.clear();
         for (index, container) in all.iter().enumerate() {
@@ -677,40 +686,8 @@ impl PodWorker {
         if spec.and_then(|s| s.automount_service_account_token) == Some(false) {
             return Ok(None);
         }
-        let account = spec
-            .and_then(|s| s.service_account_name.as_deref())
-            .filter(|s| !s.is_empty())
-            .unwrap_or("default");
-        let meta = &self.pod.metadata;
-        let namespace = meta.namespace.as_deref().unwrap_or("default");
-        let request = serde_json::json!({
-            "apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
-            "spec": {
-                "expirationSeconds": SERVICE_ACCOUNT_TOKEN_SECONDS,
-                "boundObjectRef": {"kind": "Pod", "apiVersion": "v1",
-                    "name": meta.name.as_deref().unwrap_or(""), "uid": meta.uid.as_deref().unwrap_or("")},
-            }
-        });
-        let path = format!("/api/v1/namespaces/{namespace}/serviceaccounts/{account}/token");
-        let answer = self
-            .shared
-            .client
-            .json(
-                http::Method::POST,
-                &path,
-                "application/json",
-                Some(&request),
-            )
-            .await
-            .map_err(|e| {
-                format!("requesting a token for ServiceAccount {namespace}/{account}: {e}")
-            })?;
-        let token = answer
-            .pointer("/status/token")
-            .and_then(serde_json::Value::as_str)
-            .ok_or_else(|| {
-                format!("the token for ServiceAccount {namespace}/{account} came back empty")
-            })?;
+        let namespace = self.pod.metadata.namespace.as_deref().unwrap_or("default");
+        let token = request_token(&self.shared, &self.pod).await?;
         // Two new inodes per pod (its directory and token): creating files is what a pod
         // start pays most for on a busy ext4, so the CA and namespace files are hard links to
         // one copy per namespace.
@@ -726,7 +703,7 @@ impl PodWorker {
         let dir = self
             .shared
             .token_dir(self.pod.metadata.uid.as_deref().unwrap_or("unknown"));
-        let token_file = [("token".to_string(), token.as_bytes().to_vec())];
+        let token_file = [("token".to_string(), token.into_bytes())];
         crate::pod::volumes::write_files(&dir, &token_file).map_err(|e| e.to_string())?;
         for (name, text) in fixed {
             let target = dir.join(name);
@@ -775,13 +752,83 @@ impl PodWorker {
     }
 }
 
+/// A token for the pod's ServiceAccount, bound to the pod (TokenRequest).
+async fn request_token(shared: &Shared, pod: &Pod) -> Result<String, String> {
+    let spec = pod.spec.as_ref();
+    let account = spec
+        .and_then(|s| s.service_account_name.as_deref())
+        .filter(|s| !s.is_empty())
+        .unwrap_or("default");
+    let meta = &pod.metadata;
+    let namespace = meta.namespace.as_deref().unwrap_or("default");
+    let request = serde_json::json!({
+        "apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
+        "spec": {
+            "expirationSeconds": SERVICE_ACCOUNT_TOKEN_SECONDS,
+            "boundObjectRef": {"kind": "Pod", "apiVersion": "v1",
+                "name": meta.name.as_deref().unwrap_or(""), "uid": meta.uid.as_deref().unwrap_or("")},
+        }
+    });
+    let path = format!("/api/v1/namespaces/{namespace}/serviceaccounts/{account}/token");
+    let answer = shared
+        .client
+        .json(
+            http::Method::POST,
+            &path,
+            "application/json",
+            Some(&request),
+        )
+        .await
+        .map_err(|e| format!("requesting a token for ServiceAccount {namespace}/{account}: {e}"))?;
+    answer
+        .pointer("/status/token")
+        .and_then(serde_json::Value::as_str)
+        .map(str::to_string)
+        .ok_or_else(|| {
+            format!("the token for ServiceAccount {namespace}/{account} came back empty")
+        })
+}
+
+/// Replaces the pod's token at `path` every `token_refresh`, atomically (a guest reading it
+/// sees the old token or the new one, never part of either). A failed renewal is retried
+/// after a tenth of the period; the old token stays valid meanwhile.
+async fn refresh_token(shared: Arc<Shared>, pod: Pod, path: PathBuf) {
+    let period = shared.token_refresh;
+    let mut wait = period;
+    loop {
+        tokio::time::sleep(wait).await;
+        let renewed = match request_token(&shared, &pod).await {
+            Ok(token) => {
+                let temporary = path.with_extension("new");
+                std::fs::write(&temporary, token)
+                    .and_then(|()| std::fs::rename(&temporary, &path))
+                    .map_err(|e| format!("{}: {e}", path.display()))
+            }
+            Err(e) => Err(e),
+        };
+        wait = match renewed {
+            Ok(()) => period,
+            Err(e) => {
+                let key = format!(
+                    "{}/{}",
+                    pod.metadata.namespace.as_deref().unwrap_or(""),
+                    pod.metadata.name.as_deref().unwrap_or("")
+                );
+                tracing::warn!("pod {key}: renewing its ServiceAccount token: {e}");
+                period / 10
+            }
+        };
+    }
+}
+
 use PrepareError::{Fatal, Retry};
 
 /// Where a pod finds its ServiceAccount credentials, as on Kubernetes.
 pub const SERVICE_ACCOUNT_PATH: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
-/// How long a mounted token lives: the longest the API grants (48 h). The kubelet refreshes
-/// shorter tokens as they age; Shoal does not yet, so a pod keeps its first token.
-const SERVICE_ACCOUNT_TOKEN_SECONDS: u64 = 48 * 3600;
+/// How long a mounted token lives: the longest the API grants (48 h). The agent replaces it
+/// while the pod runs, at 80% of that by default (`AgentConfig::token_refresh`), as the
+/// kubelet does.
+pub const SERVICE_ACCOUNT_TOKEN_SECONDS: u64 = 48 * 3600;
 
 enum PrepareError {
     /// The pod cannot run at all (reason, message).

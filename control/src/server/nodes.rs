@@ -1,0 +1,66 @@
+//! Where the API server may dial a node's agent (logs, the pod proxy): only at the address
+//! and port the node itself published. A Node's status can be written by others too (an
+//! admin, a controller), so the server keeps its own record, the annotation
+//! [`AGENT_ENDPOINT_ANNOTATION`]: set from the status when the node itself (or an in-process
+//! agent) writes it, kept while others leave the address alone, removed when someone else
+//! changes it, and never taken from a request body.
+
+use serde_json::{json, Value};
+
+use super::request::Request;
+use crate::api::object;
+
+/// `address:port` of the agent, as the node itself last published it.
+pub const AGENT_ENDPOINT_ANNOTATION: &str = "shoal.dev/agent-endpoint";
+const POINTER: &str = "/metadata/annotations/shoal.dev~1agent-endpoint";
+
+/// `host:port` of a node's agent in its status: its InternalIP and kubelet endpoint port.
+fn endpoint_in_status(node: &Value) -> Option<String> {
+    let port = node
+        .pointer("/status/daemonEndpoints/kubeletEndpoint/Port")
+        .and_then(Value::as_i64)?;
+    let address = node
+        .pointer("/status/addresses")
+        .and_then(Value::as_array)?
+        .iter()
+        .find(|a| a["type"] == "InternalIP")
+        .map(|a| object::str_at(a, "/address").to_string())?;
+    Some(format!("{address}:{port}"))
+}
+
+/// The agent endpoint the API server may dial for `node`.
+pub fn agent_endpoint(node: &Value) -> Option<String> {
+    node.pointer(POINTER)
+        .and_then(Value::as_str)
+        .map(str::to_string)
+}
+
+/// Records (or drops) the trusted endpoint on a Node being written by `request`'s user;
+/// `current` is the stored Node on an update.
+pub(super) fn stamp_agent_endpoint(request: &Request, current: Option<&Value>, node: &mut Value) {
+    let name = object::name(node).to_string();
+    let writer = &request.user;
+    let by_the_node = crate::auth::node::node_name(writer) == Some(name.as_str())
+        || *writer.as_ref() == crate::auth::UserInfo::in_process();
+    let published = endpoint_in_status(node);
+    let trusted = if by_the_node {
+        published
+    } else if published.is_some() && published == current.and_then(endpoint_in_status) {
+        current.and_then(agent_endpoint)
+    } else {
+        None
+    };
+    let annotations = object::metadata_mut(node)
+        .entry("annotations")
+        .or_insert_with(|| json!({}));
+    if let Some(map) = annotations.as_object_mut() {
+        match trusted {
+            Some(endpoint) => {
+                map.insert(AGENT_ENDPOINT_ANNOTATION.into(), json!(endpoint));
+            }
+            None => {
+                map.remove(AGENT_ENDPOINT_ANNOTATION);
+            }
+        }
+    }
+}
