@@ -208,6 +208,7 @@ pub struct Http {
         hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>,
         Full<bytes::Bytes>,
     >,
+    config: rustls::ClientConfig,
     base: String,
     token: Option<String>,
 }
@@ -252,6 +253,30 @@ impl Http {
         Self::build(&parts.server, Some(&parts.ca_pem), parts.client)
     }
 
+    /// HTTPS to the kubeconfig's server, as its user, speaking HTTP/2 only (ALPN `h2`): every
+    /// request and watch shares one connection, as Go clients do.
+    pub fn from_kubeconfig_http2(path: &Path) -> Self {
+        let parts = read_kubeconfig(path);
+        let mut http = Self::build(&parts.server, Some(&parts.ca_pem), parts.client);
+        let config = http.config.clone();
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(config)
+            .https_only()
+            .enable_http2()
+            .build();
+        http.client =
+            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                .http2_only(true)
+                .build(connector);
+        http
+    }
+
+    /// The same client, its requests sent to `base` instead (through a relay, say).
+    pub fn at(mut self, base: &str) -> Self {
+        self.base = base.trim_end_matches('/').to_string();
+        self
+    }
+
     /// HTTPS trusting `ca_pem`, with no credentials (anonymous).
     pub fn anonymous(base: &str, ca_pem: &str) -> Self {
         Self::build(base, Some(ca_pem), None)
@@ -286,7 +311,7 @@ impl Http {
 
     fn with_config(base: &str, config: rustls::ClientConfig) -> Self {
         let connector = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(config)
+            .with_tls_config(config.clone())
             .https_or_http()
             .enable_http1()
             .build();
@@ -295,6 +320,7 @@ impl Http {
                 .build(connector);
         Self {
             client,
+            config,
             base: base.trim_end_matches('/').to_string(),
             token: None,
         }

@@ -1239,3 +1239,124 @@ async fn running_pods_get_fresh_tokens() {
     );
     cluster.cluster.shutdown().await;
 }
+
+/// A TCP relay to `server` that counts the connections made through it.
+async fn counting_relay(
+    server: std::net::SocketAddr,
+) -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    tokio::task::JoinHandle<()>,
+) {
+    let relay = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let relay_addr = relay.local_addr().unwrap();
+    let connections = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = connections.clone();
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((mut client, _)) = relay.accept().await else {
+                return;
+            };
+            counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            tokio::spawn(async move {
+                if let Ok(mut upstream) = tokio::net::TcpStream::connect(server).await {
+                    let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+                }
+            });
+        }
+    });
+    (relay_addr, connections, task)
+}
+
+/// One kubectl command, discovery included, sends all its requests on one connection,
+/// counted by a TCP relay in front of the server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kubectl_command_opens_one_connection() {
+    if !kubectl_available("a_kubectl_command_opens_one_connection") {
+        return;
+    }
+    let cluster = TestCluster::start(0).await;
+    let server = cluster.cluster.control.addr;
+    let (relay_addr, connections, relay_task) = counting_relay(server).await;
+    // The admin kubeconfig, pointed at the relay (the serving certificate names 127.0.0.1).
+    let text = std::fs::read_to_string(&cluster.kubeconfig)
+        .unwrap()
+        .replace(&server.to_string(), &relay_addr.to_string());
+    let kubeconfig = cluster.dir.path().join("relayed").join("kubeconfig");
+    std::fs::create_dir_all(kubeconfig.parent().unwrap()).unwrap();
+    std::fs::write(&kubeconfig, text).unwrap();
+    // A cold discovery cache: kubectl asks /api, /apis and every group first; -v=6 logs
+    // each request it sends.
+    let output = kubectl_async(
+        &kubeconfig,
+        &["get", "pods,services,deployments", "-A", "-v=6"],
+    )
+    .await;
+    let log = String::from_utf8_lossy(&output.stderr).to_string();
+    ok(output);
+    let requests = log
+        .lines()
+        .filter(|line| line.contains(&format!("https://{relay_addr}/")))
+        .count();
+    let opened = connections.load(std::sync::atomic::Ordering::SeqCst);
+    // The kubectl on CI machines is a dispatcher that asks /version on a connection of its
+    // own before it runs the matching client: at most one more.
+    assert!(
+        requests >= 5 && opened <= 2,
+        "{requests} requests over {opened} connections (one for kubectl, one for a \
+         version dispatcher at most):\n{log}"
+    );
+    relay_task.abort();
+    cluster.cluster.shutdown().await;
+}
+
+/// The API speaks HTTP/2 (ALPN h2, as kube-apiserver): a client's concurrent watches and
+/// writes share one TLS connection, where HTTP/1.1 would need one connection per watch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_clients_multiplex_watches_on_one_connection() {
+    let cluster = TestCluster::start(0).await;
+    let (relay_addr, connections, relay_task) = counting_relay(cluster.cluster.control.addr).await;
+    let http =
+        Http::from_kubeconfig_http2(&cluster.kubeconfig).at(&format!("https://{relay_addr}"));
+    let kinds = ["configmaps", "secrets", "serviceaccounts"];
+    let mut watches = Vec::new();
+    for kind in kinds {
+        let body = http
+            .stream(&format!("/api/v1/namespaces/default/{kind}?watch=true"))
+            .await;
+        watches.push(EventReader::new(body));
+    }
+    for (kind, object) in [
+        (
+            "configmaps",
+            json!({"metadata": {"name": "over-h2"}, "data": {"a": "b"}}),
+        ),
+        (
+            "secrets",
+            json!({"metadata": {"name": "over-h2"}, "stringData": {"a": "b"}}),
+        ),
+        ("serviceaccounts", json!({"metadata": {"name": "over-h2"}})),
+    ] {
+        http.create(&format!("/api/v1/namespaces/default/{kind}"), &object)
+            .await;
+    }
+    for (kind, watch) in kinds.iter().zip(watches.iter_mut()) {
+        // Objects already there (the default ServiceAccount) come first as ADDED too.
+        let mut seen = false;
+        while let Some(event) = watch.next(Duration::from_secs(10)).await {
+            if event["object"]["metadata"]["name"] == "over-h2" {
+                assert_eq!(event["type"], "ADDED", "{kind}: {event}");
+                seen = true;
+                break;
+            }
+        }
+        assert!(seen, "the {kind} watch saw the new object");
+    }
+    assert_eq!(
+        connections.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "connections for three watches and three creates over HTTP/2"
+    );
+    relay_task.abort();
+    cluster.cluster.shutdown().await;
+}

@@ -183,7 +183,10 @@ impl TlsServing {
                 inner: client_verifier.clone(),
             }))
             .with_cert_resolver(certificate.clone());
-        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        // HTTP/2 first, as kube-apiserver: Go clients (kubectl, client-go controllers) then
+        // multiplex all their requests and watches on one connection. kube-rs, the Python
+        // client and upgrades (exec, port-forward) use HTTP/1.1.
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         Ok(Self {
             config: Arc::new(config),
             client_verifier,
@@ -322,7 +325,7 @@ pub async fn serve_http(
     Ok(())
 }
 
-/// Serves one connection's requests (HTTP/1.1, upgrades allowed), each tagged with
+/// Serves one connection's requests (HTTP/2, or HTTP/1.1 with upgrades), each tagged with
 /// `connection`, until it closes or a graceful shutdown ends it.
 async fn serve_connection<S>(
     stream: S,
@@ -337,7 +340,8 @@ async fn serve_connection<S>(
             request.extensions_mut().insert(connection.clone());
             router.clone().oneshot(request.map(axum::body::Body::new))
         });
-    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new()).http1_only();
+    // HTTP/1.1 or HTTP/2, as the client chose (ALPN on TLS, the preface in plain text).
+    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     let _ = watcher
         .watch(builder.serve_connection_with_upgrades(TokioIo::new(stream), service))
         .await;
