@@ -2,6 +2,8 @@
 //! kubectl and shoal command runners, a plain HTTP client, and polling helpers. Everything
 //! binds 127.0.0.1 on free ports and is stopped when its handle drops.
 
+pub mod etcd;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};

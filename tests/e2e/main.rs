@@ -16,3 +16,4 @@ mod pods;
 mod security;
 mod services;
 mod statefulsets;
+mod store;

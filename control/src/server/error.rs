@@ -134,6 +134,10 @@ impl ApiError {
             store::Error::Gone { requested, oldest } => {
                 Self::Gone(format!("too old resource version: {requested} ({oldest})"))
             }
+            store::Error::Unavailable(e) => {
+                tracing::warn!("store unavailable for {resource}/{name}: {e}");
+                Self::ServiceUnavailable(format!("the store is unavailable: {e}"))
+            }
             store::Error::Backend(e) => {
                 tracing::error!("store failure on {resource}/{name}: {e}");
                 Self::Internal("the store failed to complete the request".into())

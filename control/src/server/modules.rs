@@ -50,7 +50,7 @@ pub async fn fetch(
         ))
         .into_response();
     };
-    match server.store.get_blob(&digest.to_ascii_lowercase()) {
+    match server.store.get_blob(&digest.to_ascii_lowercase()).await {
         Ok(Some(bytes)) => ([(CONTENT_TYPE, "application/wasm")], bytes).into_response(),
         Ok(None) => ApiError::NotFound {
             resource: "modules".into(),

@@ -436,8 +436,8 @@ impl Store for EncryptedStore {
         self.inner.put_blob(digest, bytes).await
     }
 
-    fn get_blob(&self, digest: &str) -> Result<Option<Vec<u8>>> {
-        self.inner.get_blob(digest)
+    async fn get_blob(&self, digest: &str) -> Result<Option<Vec<u8>>> {
+        self.inner.get_blob(digest).await
     }
 }
 

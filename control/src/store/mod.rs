@@ -7,6 +7,8 @@
 //! `metadata.resourceVersion`: defaulting, validation and selectors live in `api` and `server`.
 
 pub mod encryption;
+pub mod etcd;
+mod feeds;
 mod redb_store;
 
 use std::pin::Pin;
@@ -15,6 +17,7 @@ use std::sync::Arc;
 use futures::Stream;
 use serde_json::Value;
 
+pub use etcd::{EtcdOptions, EtcdStore};
 pub use redb_store::{RedbStore, Released, DEFAULT_EVENT_LOG_LEN};
 
 /// Where an object lives: `resource` is the plural name plus the group for non-core groups
@@ -97,6 +100,10 @@ pub enum Error {
     Gone { requested: u64, oldest: u64 },
     #[error("store backend: {0}")]
     Backend(String),
+    /// The backend cannot answer now (etcd unreachable or without quorum): the request may
+    /// be retried; a write that got this may or may not have been applied.
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -133,7 +140,7 @@ pub trait Store: Send + Sync + 'static {
     /// Keeps a module pushed into the cluster (`shoal push`) under its sha256 digest (hex),
     /// durably. Blobs are content-addressed, so writing one twice is harmless.
     async fn put_blob(&self, digest: &str, bytes: Vec<u8>) -> Result<()>;
-    fn get_blob(&self, digest: &str) -> Result<Option<Vec<u8>>>;
+    async fn get_blob(&self, digest: &str) -> Result<Option<Vec<u8>>>;
 }
 
 /// Sets `metadata.resourceVersion` of a JSON object.

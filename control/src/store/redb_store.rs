@@ -13,8 +13,9 @@ use std::sync::Arc;
 
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde_json::Value;
-use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot};
 
+use super::feeds::{self, LiveFeeds};
 use super::{
     key_prefix, revision_of, stamp_revision, Error, EventType, Listing, ObjectKey, Result, Store,
     WatchEvent, WatchStream,
@@ -148,35 +149,6 @@ impl Drop for RedbStore {
     }
 }
 
-/// The live feed of committed events, one broadcast channel per resource: a watcher wakes
-/// only for changes of the resource it watches (a flood of pod updates does not make every
-/// Lease or Service watcher filter it, and fall behind, and replay the log).
-#[derive(Default)]
-struct LiveFeeds {
-    by_resource: std::sync::Mutex<std::collections::HashMap<String, broadcast::Sender<WatchEvent>>>,
-}
-
-impl LiveFeeds {
-    /// How many events a watcher may fall behind before it catches up from the log.
-    const CAPACITY: usize = 8192;
-
-    fn subscribe(&self, resource: &str) -> broadcast::Receiver<WatchEvent> {
-        let mut feeds = self.by_resource.lock().unwrap_or_else(|p| p.into_inner());
-        feeds
-            .entry(resource.to_string())
-            .or_insert_with(|| broadcast::channel(Self::CAPACITY).0)
-            .subscribe()
-    }
-
-    fn publish(&self, event: &WatchEvent) {
-        let feeds = self.by_resource.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(feed) = feeds.get(&event.key.resource) {
-            // No receivers is fine: nobody is watching.
-            let _ = feed.send(event.clone());
-        }
-    }
-}
-
 /// Reads the logged events under `prefix` with a revision above `since`.
 fn read_log(db: &Database, prefix: &str, since: u64) -> Result<Vec<WatchEvent>> {
     {
@@ -268,59 +240,17 @@ impl Store for RedbStore {
         let prefix = key_prefix(resource, namespace);
         // Subscribe before reading the log, so nothing committed in between is missed;
         // revisions already sent from the log are skipped when they come round live.
-        let mut live = self.live.subscribe(resource);
+        let live = self.live.subscribe(resource);
         let backlog = read_log(&self.db, &prefix, since)?;
-        let (tx, rx) = mpsc::channel::<Result<WatchEvent>>(1024);
         let db = self.db.clone();
-        let (resource, namespace) = (resource.to_string(), namespace.map(str::to_string));
-        tokio::spawn(async move {
-            let mut last = since;
-            for event in backlog {
-                last = event.revision;
-                if tx.send(Ok(event)).await.is_err() {
-                    return;
-                }
-            }
-            loop {
-                // An idle watch whose reader is gone ends now, not at the next commit: it holds
-                // the database open.
-                let received = tokio::select! {
-                    received = live.recv() => received,
-                    _ = tx.closed() => return,
-                };
-                let event = match received {
-                    Ok(event) => event,
-                    Err(broadcast::error::RecvError::Closed) => return,
-                    Err(broadcast::error::RecvError::Lagged(_)) => {
-                        // This watcher fell behind the live feed: catch up from the log.
-                        match read_log(&db, &prefix, last) {
-                            Ok(events) => {
-                                for event in events {
-                                    last = event.revision;
-                                    if tx.send(Ok(event)).await.is_err() {
-                                        return;
-                                    }
-                                }
-                            }
-                            Err(e) => {
-                                let _ = tx.send(Err(e)).await;
-                                return;
-                            }
-                        }
-                        continue;
-                    }
-                };
-                // Every watcher sees every commit: this check must not allocate.
-                if event.revision <= last || !event.key.in_scope(&resource, namespace.as_deref()) {
-                    continue;
-                }
-                last = event.revision;
-                if tx.send(Ok(event)).await.is_err() {
-                    return;
-                }
-            }
-        });
-        Ok(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx)))
+        Ok(feeds::follow(
+            live,
+            backlog,
+            since,
+            move |last| read_log(&db, &prefix, last),
+            resource,
+            namespace,
+        ))
     }
 
     async fn put_blob(&self, digest: &str, bytes: Vec<u8>) -> Result<()> {
@@ -338,7 +268,7 @@ impl Store for RedbStore {
         .map_err(backend)?
     }
 
-    fn get_blob(&self, digest: &str) -> Result<Option<Vec<u8>>> {
+    async fn get_blob(&self, digest: &str) -> Result<Option<Vec<u8>>> {
         let txn = self.db.begin_read().map_err(backend)?;
         let blobs = txn.open_table(BLOBS).map_err(backend)?;
         let found = blobs.get(digest).map_err(backend)?;
@@ -771,9 +701,9 @@ mod tests {
     async fn blobs_round_trip() {
         let dir = tempfile::tempdir().unwrap();
         let store = RedbStore::open(&dir.path().join("db")).unwrap();
-        assert!(store.get_blob("abc").unwrap().is_none());
+        assert!(store.get_blob("abc").await.unwrap().is_none());
         store.put_blob("abc", b"\0asm".to_vec()).await.unwrap();
-        assert_eq!(store.get_blob("abc").unwrap().unwrap(), b"\0asm");
+        assert_eq!(store.get_blob("abc").await.unwrap().unwrap(), b"\0asm");
     }
 
     #[tokio::test]

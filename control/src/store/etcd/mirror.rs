@@ -1,0 +1,379 @@
+//! The watch cache: this API server's in-memory copy of every object in etcd, kept current by
+//! one etcd watch over the whole object range.
+//!
+//! Gets, lists and every client watch are served from here, so a thousand watchers cost one
+//! etcd watch, and a list is consistent at the revision the mirror has applied. The mirror
+//! keeps the last events (a ring) for watches to resume from; a watch from before them gets
+//! `Gone` and relists. A write through this server returns only once the mirror has applied
+//! it, so this server reads its own writes. When etcd compacts past what the mirror has seen
+//! (it was cut off for long), the mirror reloads and ends every watch, whose clients resume
+//! or relist.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use serde_json::Value;
+use tokio::sync::watch;
+
+use super::layout::Layout;
+use crate::store::feeds::{self, LiveFeeds};
+use crate::store::{
+    key_prefix, stamp_revision, Error, EventType, Listing, ObjectKey, Result, WatchEvent,
+    WatchStream,
+};
+
+/// One key-value pair as etcd holds it (what the follower hands the mirror).
+pub struct Entry {
+    pub key: String,
+    pub value: Vec<u8>,
+    pub mod_revision: u64,
+}
+
+/// A change etcd reported.
+pub enum Change {
+    /// A put: created when `created` (its create revision is its mod revision).
+    Put { entry: Entry, created: bool },
+    /// A delete at `revision`, with the value it had.
+    Delete { previous: Entry, revision: u64 },
+}
+
+struct State {
+    /// Objects by their encoded [`ObjectKey`] (sorted, so a list is a range), stamped with
+    /// their revision.
+    objects: BTreeMap<String, Arc<Value>>,
+    /// The last events, oldest first.
+    events: VecDeque<WatchEvent>,
+    /// A watch may resume from any revision at or above this one.
+    floor: u64,
+    /// The last revision applied.
+    revision: u64,
+}
+
+pub struct Mirror {
+    layout: Layout,
+    capacity: usize,
+    state: RwLock<State>,
+    /// Replaced on a reload, which closes every live watch.
+    live: RwLock<Arc<LiveFeeds>>,
+    applied: watch::Sender<u64>,
+}
+
+impl Mirror {
+    /// A mirror of `entries`, read at `revision`, keeping `capacity` events.
+    pub fn new(layout: Layout, capacity: usize, entries: Vec<Entry>, revision: u64) -> Self {
+        let objects = load(&layout, entries);
+        Self {
+            layout,
+            capacity: capacity.max(1),
+            state: RwLock::new(State {
+                objects,
+                events: VecDeque::new(),
+                floor: revision,
+                revision,
+            }),
+            live: RwLock::new(Arc::new(LiveFeeds::default())),
+            applied: watch::channel(revision).0,
+        }
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, State> {
+        self.state.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn feeds(&self) -> Arc<LiveFeeds> {
+        self.live.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// The last revision applied.
+    pub fn revision(&self) -> u64 {
+        self.read().revision
+    }
+
+    /// Waits until the mirror has applied `revision` (a write this server made), at most
+    /// `timeout`; `false` if it has not by then.
+    pub async fn wait_for(&self, revision: u64, timeout: Duration) -> bool {
+        let mut applied = self.applied.subscribe();
+        tokio::time::timeout(timeout, applied.wait_for(|&r| r >= revision))
+            .await
+            .is_ok_and(|r| r.is_ok())
+    }
+
+    /// Applies a change etcd reported at `revision` (a decoding failure is logged with its
+    /// key and skipped: the revision still counts).
+    pub fn apply(&self, change: Change) {
+        let event = match self.event(change) {
+            Ok(event) => event,
+            Err((revision, key, why)) => {
+                tracing::warn!("etcd: skipping {key} at revision {revision}: {why}");
+                self.advance(revision);
+                return;
+            }
+        };
+        let revision = event.revision;
+        {
+            let mut state = self.state.write().unwrap_or_else(|p| p.into_inner());
+            if revision <= state.revision {
+                return;
+            }
+            let encoded = event.key.encode();
+            match event.event_type {
+                EventType::Deleted => {
+                    state.objects.remove(&encoded);
+                }
+                _ => {
+                    state.objects.insert(encoded, event.object.clone());
+                }
+            }
+            state.revision = revision;
+            if state.events.len() == self.capacity {
+                if let Some(dropped) = state.events.pop_front() {
+                    state.floor = dropped.revision;
+                }
+            }
+            state.events.push_back(event.clone());
+            // Published under the lock: a watch subscribing while it reads the ring sees
+            // each event once, from one or the other.
+            self.feeds().publish(&event);
+        }
+        self.applied.send_replace(revision);
+    }
+
+    /// Moves the applied revision to `revision` with no change to objects (a value that did
+    /// not decode, or a progress notification).
+    pub fn advance(&self, revision: u64) {
+        let mut state = self.state.write().unwrap_or_else(|p| p.into_inner());
+        if revision > state.revision {
+            state.revision = revision;
+            drop(state);
+            self.applied.send_replace(revision);
+        }
+    }
+
+    /// Replaces everything with `entries` read at `revision` (after etcd compacted past the
+    /// mirror): the event ring starts over and every live watch ends.
+    pub fn reload(&self, entries: Vec<Entry>, revision: u64) {
+        let objects = load(&self.layout, entries);
+        let mut state = self.state.write().unwrap_or_else(|p| p.into_inner());
+        state.objects = objects;
+        state.events.clear();
+        state.floor = revision;
+        state.revision = revision;
+        *self.live.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(LiveFeeds::default());
+        drop(state);
+        self.applied.send_replace(revision);
+    }
+
+    fn event(&self, change: Change) -> std::result::Result<WatchEvent, (u64, String, String)> {
+        let (entry, revision, event_type) = match change {
+            Change::Put { entry, created } => {
+                let revision = entry.mod_revision;
+                let kind = if created {
+                    EventType::Added
+                } else {
+                    EventType::Modified
+                };
+                (entry, revision, kind)
+            }
+            Change::Delete { previous, revision } => (previous, revision, EventType::Deleted),
+        };
+        let (key, object) = decode(&self.layout, &entry, revision)
+            .map_err(|why| (revision, entry.key.clone(), why))?;
+        Ok(WatchEvent {
+            event_type,
+            key,
+            revision,
+            object: Arc::new(object),
+        })
+    }
+
+    pub fn get(&self, key: &ObjectKey) -> Option<Value> {
+        self.read()
+            .objects
+            .get(&key.encode())
+            .map(|object| (**object).clone())
+    }
+
+    pub fn list(&self, resource: &str, namespace: Option<&str>) -> Listing {
+        let prefix = key_prefix(resource, namespace);
+        let state = self.read();
+        let objects = state
+            .objects
+            .range(prefix.clone()..)
+            .take_while(|(key, _)| key.starts_with(&prefix))
+            .map(|(_, object)| (**object).clone())
+            .collect();
+        Listing {
+            objects,
+            revision: state.revision,
+        }
+    }
+
+    pub fn watch(
+        self: &Arc<Self>,
+        resource: &str,
+        namespace: Option<&str>,
+        since: u64,
+    ) -> Result<WatchStream> {
+        let (live, backlog) = {
+            let state = self.read();
+            let live = self.feeds().subscribe(resource);
+            (live, events_after(&state, resource, namespace, since)?)
+        };
+        let mirror = self.clone();
+        let (owned_resource, owned_namespace) =
+            (resource.to_string(), namespace.map(str::to_string));
+        Ok(feeds::follow(
+            live,
+            backlog,
+            since,
+            move |last| {
+                events_after(
+                    &mirror.read(),
+                    &owned_resource,
+                    owned_namespace.as_deref(),
+                    last,
+                )
+            },
+            resource,
+            namespace,
+        ))
+    }
+}
+
+/// The ring's events of `resource` (in `namespace`) after `since`; `Gone` when the ring no
+/// longer reaches back to it.
+fn events_after(
+    state: &State,
+    resource: &str,
+    namespace: Option<&str>,
+    since: u64,
+) -> Result<Vec<WatchEvent>> {
+    if since < state.floor {
+        return Err(Error::Gone {
+            requested: since,
+            oldest: state.floor,
+        });
+    }
+    let start = state
+        .events
+        .partition_point(|event| event.revision <= since);
+    Ok(state
+        .events
+        .range(start..)
+        .filter(|event| event.key.in_scope(resource, namespace))
+        .cloned()
+        .collect())
+}
+
+/// Objects of `entries` by their encoded key; those that do not decode are logged and left out.
+fn load(layout: &Layout, entries: Vec<Entry>) -> BTreeMap<String, Arc<Value>> {
+    let mut objects = BTreeMap::new();
+    for entry in entries {
+        match decode(layout, &entry, entry.mod_revision) {
+            Ok((key, object)) => {
+                objects.insert(key.encode(), Arc::new(object));
+            }
+            Err(why) => tracing::warn!("etcd: skipping {}: {why}", entry.key),
+        }
+    }
+    objects
+}
+
+/// The object an entry holds, stamped with `revision`, and its key.
+fn decode(
+    layout: &Layout,
+    entry: &Entry,
+    revision: u64,
+) -> std::result::Result<(ObjectKey, Value), String> {
+    let mut object: Value = serde_json::from_slice(&entry.value)
+        .map_err(|e| format!("the value is not a JSON object: {e}"))?;
+    let key = layout
+        .object_key(&entry.key, &object)
+        .ok_or("the key does not match the object's name and namespace")?;
+    stamp_revision(&mut object, revision);
+    Ok((key, object))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures::StreamExt;
+    use serde_json::json;
+
+    fn entry(namespace: &str, name: &str, revision: u64) -> Entry {
+        Entry {
+            key: format!("/registry/pods/{namespace}/{name}"),
+            value: json!({"metadata": {"name": name, "namespace": namespace}})
+                .to_string()
+                .into_bytes(),
+            mod_revision: revision,
+        }
+    }
+
+    #[tokio::test]
+    async fn applies_changes_serves_lists_and_watches_and_forgets_the_oldest() {
+        let mirror = Arc::new(Mirror::new(
+            Layout::new("/registry"),
+            2,
+            vec![entry("a", "one", 3)],
+            5,
+        ));
+        assert_eq!(mirror.list("pods", Some("a")).objects.len(), 1);
+        let mut watch = mirror.watch("pods", Some("a"), 5).unwrap();
+        mirror.apply(Change::Put {
+            entry: entry("a", "two", 6),
+            created: true,
+        });
+        // Another namespace: not this watch's.
+        mirror.apply(Change::Put {
+            entry: entry("b", "three", 7),
+            created: true,
+        });
+        mirror.apply(Change::Delete {
+            previous: entry("a", "one", 3),
+            revision: 8,
+        });
+        let first = watch.next().await.unwrap().unwrap();
+        assert_eq!((first.event_type, first.revision), (EventType::Added, 6));
+        let second = watch.next().await.unwrap().unwrap();
+        assert_eq!(
+            (second.event_type, second.revision),
+            (EventType::Deleted, 8)
+        );
+        assert_eq!(second.object["metadata"]["resourceVersion"], "8");
+        let listing = mirror.list("pods", None);
+        assert_eq!((listing.objects.len(), listing.revision), (2, 8));
+        assert!(mirror.wait_for(8, Duration::from_millis(10)).await);
+        assert!(!mirror.wait_for(9, Duration::from_millis(10)).await);
+        // The ring holds two events: revisions 7 and 8; a watch from 6 resumes, from 5 not.
+        assert!(mirror.watch("pods", None, 6).is_ok());
+        assert!(matches!(
+            mirror.watch("pods", None, 5),
+            Err(Error::Gone { requested: 5, .. })
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_value_that_does_not_decode_is_skipped_and_a_reload_ends_watches() {
+        let mirror = Arc::new(Mirror::new(Layout::new("/registry"), 10, vec![], 1));
+        let mut watch = mirror.watch("pods", None, 1).unwrap();
+        mirror.apply(Change::Put {
+            entry: Entry {
+                key: "/registry/pods/a/broken".into(),
+                value: b"not json".to_vec(),
+                mod_revision: 2,
+            },
+            created: true,
+        });
+        assert_eq!(mirror.revision(), 2);
+        assert!(mirror.list("pods", None).objects.is_empty());
+        mirror.reload(vec![entry("a", "one", 9)], 10);
+        assert!(watch.next().await.is_none(), "the watch ends at a reload");
+        assert_eq!(mirror.list("pods", None).objects.len(), 1);
+        assert!(matches!(
+            mirror.watch("pods", None, 2),
+            Err(Error::Gone { .. })
+        ));
+    }
+}

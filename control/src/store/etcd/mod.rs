@@ -1,0 +1,517 @@
+//! The etcd store: what a cluster of several API servers shares (`shoal server
+//! --etcd-servers`), behind the same [`Store`] contract as the embedded redb store.
+//!
+//! Objects are JSON values at Kubernetes' keys ([`layout`]); an object's `resourceVersion`
+//! is its etcd `mod_revision`. Writes are etcd transactions: a create compares
+//! `create_revision == 0`, an update or delete with a precondition compares `mod_revision`
+//! (else `Conflict`), one without compares that the key exists (else `NotFound`). Reads and
+//! watches are served by this server's [`mirror`] (its watch cache), which one etcd watch
+//! keeps current; a write returns once the mirror has it. Every five minutes (by default,
+//! as kube-apiserver) the history before the revision seen at the previous pass is
+//! compacted. Module blobs are stored in chunks under their own prefix.
+
+mod layout;
+mod mirror;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use etcd_client::{
+    Certificate, Client, Compare, CompareOp, ConnectOptions, DeleteOptions, EventType as EtcdEvent,
+    GetOptions, Identity, KeyValue, TlsOptions, Txn, TxnOp, TxnOpResponse, WatchOptions,
+};
+use serde_json::Value;
+
+pub use layout::Layout;
+use mirror::{Change, Entry, Mirror};
+
+use super::{Error, Listing, ObjectKey, Result, Store, WatchStream, DEFAULT_EVENT_LOG_LEN};
+
+/// How long a write waits for this server's watch cache to show it before returning anyway
+/// (it is durable in etcd either way).
+const MIRROR_WAIT: Duration = Duration::from_secs(10);
+/// The largest chunk of a blob in one etcd value (etcd's default request limit is 1.5 MiB).
+const BLOB_CHUNK: usize = 1024 * 1024;
+
+/// How to reach etcd, as kube-apiserver's `--etcd-*` flags say.
+#[derive(Clone, Debug)]
+pub struct EtcdOptions {
+    /// Client URLs (`http://127.0.0.1:2379`, `https://…`).
+    pub endpoints: Vec<String>,
+    /// Where objects live (`--etcd-prefix`, `/registry` by default).
+    pub prefix: String,
+    /// The CA that signed etcd's serving certificates (PEM).
+    pub ca_file: Option<PathBuf>,
+    /// A client certificate and key (PEM) to present to etcd.
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
+    /// How often history is compacted (`--etcd-compaction-interval`; zero: never).
+    pub compaction_interval: Duration,
+    /// How long to keep trying an unreachable etcd at start before giving up.
+    pub connect_timeout: Duration,
+    /// Events the watch cache keeps for watches to resume from.
+    pub event_log_len: usize,
+}
+
+impl EtcdOptions {
+    pub fn new(endpoints: Vec<String>) -> Self {
+        Self {
+            endpoints,
+            prefix: "/registry".into(),
+            ca_file: None,
+            cert_file: None,
+            key_file: None,
+            compaction_interval: Duration::from_secs(300),
+            connect_timeout: Duration::from_secs(60),
+            event_log_len: DEFAULT_EVENT_LOG_LEN as usize,
+        }
+    }
+}
+
+pub struct EtcdStore {
+    client: Client,
+    layout: Layout,
+    mirror: Arc<Mirror>,
+    /// The follower and the compactor, stopped when the store is dropped.
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for EtcdStore {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}
+
+fn unavailable(e: etcd_client::Error) -> Error {
+    Error::Unavailable(format!("etcd: {e}"))
+}
+
+fn read_pem(path: &PathBuf, what: &str) -> Result<Vec<u8>> {
+    std::fs::read(path).map_err(|e| Error::Backend(format!("{what} {}: {e}", path.display())))
+}
+
+impl EtcdStore {
+    /// Connects to etcd (retrying an unreachable one until `connect_timeout`, saying why
+    /// each time), loads the watch cache and starts following etcd.
+    pub async fn connect(options: EtcdOptions) -> Result<Self> {
+        if options.endpoints.is_empty() {
+            return Err(Error::Backend("no etcd endpoints given".into()));
+        }
+        let mut connect = ConnectOptions::new()
+            .with_connect_timeout(Duration::from_secs(5))
+            .with_timeout(Duration::from_secs(30))
+            .with_keep_alive(Duration::from_secs(10), Duration::from_secs(5));
+        if options.ca_file.is_some() || options.cert_file.is_some() {
+            let mut tls = TlsOptions::new();
+            if let Some(ca) = &options.ca_file {
+                tls = tls.ca_certificate(Certificate::from_pem(read_pem(ca, "--etcd-cafile")?));
+            }
+            match (&options.cert_file, &options.key_file) {
+                (Some(cert), Some(key)) => {
+                    tls = tls.identity(Identity::from_pem(
+                        read_pem(cert, "--etcd-certfile")?,
+                        read_pem(key, "--etcd-keyfile")?,
+                    ));
+                }
+                (None, None) => {}
+                _ => {
+                    return Err(Error::Backend(
+                        "--etcd-certfile and --etcd-keyfile go together".into(),
+                    ))
+                }
+            }
+            connect = connect.with_tls(tls);
+        }
+        let layout = Layout::new(&options.prefix);
+        let deadline = Instant::now() + options.connect_timeout;
+        let (client, entries, revision) = loop {
+            let attempt = async {
+                let mut client = Client::connect(&options.endpoints, Some(connect.clone())).await?;
+                let (entries, revision) = read_all(&mut client, &layout).await?;
+                Ok::<_, etcd_client::Error>((client, entries, revision))
+            };
+            match attempt.await {
+                Ok(connected) => break connected,
+                Err(e) if Instant::now() < deadline => {
+                    tracing::warn!("etcd at {}: {e}; retrying", options.endpoints.join(","));
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+                Err(e) => {
+                    return Err(Error::Unavailable(format!(
+                        "etcd at {} did not answer within {:?}: {e}",
+                        options.endpoints.join(","),
+                        options.connect_timeout
+                    )))
+                }
+            }
+        };
+        let mirror = Arc::new(Mirror::new(
+            layout.clone(),
+            options.event_log_len,
+            entries,
+            revision,
+        ));
+        let mut tasks = vec![tokio::spawn(follow(
+            client.clone(),
+            layout.clone(),
+            mirror.clone(),
+        ))];
+        if !options.compaction_interval.is_zero() {
+            tasks.push(tokio::spawn(compact(
+                client.clone(),
+                options.compaction_interval,
+            )));
+        }
+        Ok(Self {
+            client,
+            layout,
+            mirror,
+            tasks,
+        })
+    }
+
+    /// Compacts etcd's history up to the current revision now (what the periodic compactor
+    /// does with an older one); for tests and tools.
+    pub async fn compact_now(&self) -> Result<u64> {
+        let mut client = self.client.clone();
+        let revision = current_revision(&mut client).await.map_err(unavailable)?;
+        client
+            .compact(revision as i64, None)
+            .await
+            .map_err(unavailable)?;
+        Ok(revision)
+    }
+
+    /// Runs a transaction on `key` whose `then` branch is `operation` and whose `else` branch
+    /// reads the key; returns whether it succeeded, its revision and its responses.
+    async fn transact(
+        &self,
+        key: &str,
+        compare: Compare,
+        operation: TxnOp,
+    ) -> Result<(bool, u64, Vec<TxnOpResponse>)> {
+        let txn = Txn::new()
+            .when([compare])
+            .and_then([operation])
+            .or_else([TxnOp::get(key, None)]);
+        let response = self.client.clone().txn(txn).await.map_err(unavailable)?;
+        let revision = response.header().map_or(0, |h| h.revision().max(0) as u64);
+        Ok((response.succeeded(), revision, response.op_responses()))
+    }
+
+    /// Returns `object` stamped with `revision` once this server's watch cache has it.
+    async fn written(&self, mut object: Value, revision: u64) -> Value {
+        super::stamp_revision(&mut object, revision);
+        if !self.mirror.wait_for(revision, MIRROR_WAIT).await {
+            tracing::warn!(
+                "etcd: the watch cache has not reached revision {revision} after {MIRROR_WAIT:?}"
+            );
+        }
+        object
+    }
+}
+
+/// The current value of the key an `else` branch read, if any.
+fn current(responses: &[TxnOpResponse]) -> Option<&KeyValue> {
+    responses.iter().find_map(|response| match response {
+        TxnOpResponse::Get(get) => get.kvs().first(),
+        _ => None,
+    })
+}
+
+/// The JSON to store: the object without `resourceVersion` (etcd's revision is the truth).
+fn encode(object: &Value) -> Result<Vec<u8>> {
+    let mut object = object.clone();
+    if let Some(meta) = object.get_mut("metadata").and_then(Value::as_object_mut) {
+        meta.remove("resourceVersion");
+    }
+    serde_json::to_vec(&object).map_err(|e| Error::Backend(format!("encoding: {e}")))
+}
+
+fn entry(kv: &KeyValue) -> Entry {
+    Entry {
+        key: String::from_utf8_lossy(kv.key()).into_owned(),
+        value: kv.value().to_vec(),
+        mod_revision: kv.mod_revision().max(0) as u64,
+    }
+}
+
+/// Every object's entry, and the revision they were read at.
+async fn read_all(
+    client: &mut Client,
+    layout: &Layout,
+) -> std::result::Result<(Vec<Entry>, u64), etcd_client::Error> {
+    let response = client
+        .get(layout.objects(), Some(GetOptions::new().with_prefix()))
+        .await?;
+    let revision = response.header().map_or(0, |h| h.revision().max(0) as u64);
+    Ok((response.kvs().iter().map(entry).collect(), revision))
+}
+
+async fn current_revision(client: &mut Client) -> std::result::Result<u64, etcd_client::Error> {
+    let response = client
+        .get("\0", Some(GetOptions::new().with_count_only()))
+        .await?;
+    Ok(response.header().map_or(0, |h| h.revision().max(0) as u64))
+}
+
+/// Keeps the mirror current: one watch over every object from the mirror's revision; on a
+/// broken stream it resumes from there, and when etcd has compacted past it, reloads.
+async fn follow(mut client: Client, layout: Layout, mirror: Arc<Mirror>) {
+    loop {
+        let from = mirror.revision() + 1;
+        let options = WatchOptions::new()
+            .with_prefix()
+            .with_prev_key()
+            .with_progress_notify()
+            .with_start_revision(from as i64);
+        let compacted = match client.watch(layout.objects(), Some(options)).await {
+            Ok(mut stream) => loop {
+                match stream.message().await {
+                    Ok(Some(response)) => {
+                        if response.canceled() {
+                            let compacted = response.compact_revision() > 0;
+                            if !compacted {
+                                tracing::warn!(
+                                    "etcd: the watch was canceled: {}",
+                                    response.cancel_reason()
+                                );
+                            }
+                            break compacted;
+                        }
+                        for event in response.events() {
+                            if let Some(change) = change(event) {
+                                mirror.apply(change);
+                            }
+                        }
+                        if response.events().is_empty() {
+                            // A progress notification: nothing changed up to this revision.
+                            if let Some(header) = response.header() {
+                                mirror.advance(header.revision().max(0) as u64);
+                            }
+                        }
+                    }
+                    Ok(None) => break false,
+                    Err(e) => {
+                        tracing::warn!("etcd: the watch broke: {e}; resuming");
+                        break false;
+                    }
+                }
+            },
+            Err(e) => {
+                tracing::warn!("etcd: cannot watch: {e}; retrying");
+                false
+            }
+        };
+        if compacted {
+            match read_all(&mut client, &layout).await {
+                Ok((entries, revision)) => {
+                    tracing::warn!(
+                        "etcd compacted past the watch cache (revision {from}): reloaded at {revision}, watches restart"
+                    );
+                    mirror.reload(entries, revision);
+                    continue;
+                }
+                Err(e) => tracing::warn!("etcd: reloading the watch cache: {e}"),
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+fn change(event: &etcd_client::Event) -> Option<Change> {
+    let kv = event.kv()?;
+    match event.event_type() {
+        EtcdEvent::Put => Some(Change::Put {
+            entry: entry(kv),
+            created: kv.create_revision() == kv.mod_revision(),
+        }),
+        EtcdEvent::Delete => Some(Change::Delete {
+            previous: entry(event.prev_kv()?),
+            revision: kv.mod_revision().max(0) as u64,
+        }),
+    }
+}
+
+/// Compacts history every `interval` up to the revision seen one interval before, so a
+/// watch always has at least one interval of history to resume from (kube-apiserver's rule).
+async fn compact(mut client: Client, interval: Duration) {
+    let mut previous = None;
+    loop {
+        tokio::time::sleep(interval).await;
+        if let Some(revision) = previous {
+            match client.compact(revision as i64, None).await {
+                Ok(_) => tracing::debug!("etcd: compacted to revision {revision}"),
+                // Another API server compacted first (or further): nothing to do.
+                Err(e) if e.to_string().contains("compacted") => {}
+                Err(e) => tracing::warn!("etcd: compacting to {revision}: {e}"),
+            }
+        }
+        previous = current_revision(&mut client).await.ok();
+    }
+}
+
+#[async_trait::async_trait]
+impl Store for EtcdStore {
+    async fn create(&self, key: ObjectKey, object: Value) -> Result<Value> {
+        let etcd_key = self.layout.key(&key);
+        let value = encode(&object)?;
+        let (created, revision, _) = self
+            .transact(
+                &etcd_key,
+                Compare::create_revision(etcd_key.clone(), CompareOp::Equal, 0),
+                TxnOp::put(etcd_key.clone(), value, None),
+            )
+            .await?;
+        if !created {
+            return Err(Error::AlreadyExists(key));
+        }
+        Ok(self.written(object, revision).await)
+    }
+
+    async fn update(
+        &self,
+        key: ObjectKey,
+        object: Value,
+        precondition: Option<u64>,
+    ) -> Result<Value> {
+        let etcd_key = self.layout.key(&key);
+        let value = encode(&object)?;
+        let compare = match precondition {
+            Some(expected) => {
+                Compare::mod_revision(etcd_key.clone(), CompareOp::Equal, expected as i64)
+            }
+            None => Compare::create_revision(etcd_key.clone(), CompareOp::Greater, 0),
+        };
+        let (updated, revision, responses) = self
+            .transact(
+                &etcd_key,
+                compare,
+                TxnOp::put(etcd_key.clone(), value, None),
+            )
+            .await?;
+        if !updated {
+            return Err(match (current(&responses), precondition) {
+                (Some(kv), Some(expected)) => Error::Conflict {
+                    key,
+                    expected,
+                    current: kv.mod_revision().max(0) as u64,
+                },
+                _ => Error::NotFound(key),
+            });
+        }
+        Ok(self.written(object, revision).await)
+    }
+
+    async fn delete(&self, key: ObjectKey, precondition: Option<u64>) -> Result<Value> {
+        let etcd_key = self.layout.key(&key);
+        let compare = match precondition {
+            Some(expected) => {
+                Compare::mod_revision(etcd_key.clone(), CompareOp::Equal, expected as i64)
+            }
+            None => Compare::create_revision(etcd_key.clone(), CompareOp::Greater, 0),
+        };
+        let (deleted, revision, responses) = self
+            .transact(
+                &etcd_key,
+                compare,
+                TxnOp::delete(etcd_key.clone(), Some(DeleteOptions::new().with_prev_key())),
+            )
+            .await?;
+        if !deleted {
+            return Err(match (current(&responses), precondition) {
+                (Some(kv), Some(expected)) => Error::Conflict {
+                    key,
+                    expected,
+                    current: kv.mod_revision().max(0) as u64,
+                },
+                _ => Error::NotFound(key),
+            });
+        }
+        let previous = responses.iter().find_map(|response| match response {
+            TxnOpResponse::Delete(delete) => delete.prev_kvs().first(),
+            _ => None,
+        });
+        let object = previous
+            .and_then(|kv| serde_json::from_slice::<Value>(kv.value()).ok())
+            .ok_or_else(|| Error::Backend(format!("etcd: {etcd_key} had no readable value")))?;
+        Ok(self.written(object, revision).await)
+    }
+
+    fn get(&self, key: &ObjectKey) -> Result<Option<Value>> {
+        Ok(self.mirror.get(key))
+    }
+
+    fn list(&self, resource: &str, namespace: Option<&str>) -> Result<Listing> {
+        Ok(self.mirror.list(resource, namespace))
+    }
+
+    fn watch(&self, resource: &str, namespace: Option<&str>, since: u64) -> Result<WatchStream> {
+        self.mirror.watch(resource, namespace, since)
+    }
+
+    fn revision(&self) -> u64 {
+        self.mirror.revision()
+    }
+
+    async fn put_blob(&self, digest: &str, bytes: Vec<u8>) -> Result<()> {
+        let mut client = self.client.clone();
+        let chunks: Vec<&[u8]> = if bytes.is_empty() {
+            vec![&[]]
+        } else {
+            bytes.chunks(BLOB_CHUNK).collect()
+        };
+        for (index, chunk) in chunks.iter().enumerate() {
+            client
+                .put(self.layout.blob_chunk(digest, index), chunk.to_vec(), None)
+                .await
+                .map_err(unavailable)?;
+        }
+        // The manifest last: a reader sees a blob only once all of it is there.
+        let manifest = serde_json::json!({"chunks": chunks.len(), "size": bytes.len()});
+        client
+            .put(self.layout.blob(digest), manifest.to_string(), None)
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn get_blob(&self, digest: &str) -> Result<Option<Vec<u8>>> {
+        let mut client = self.client.clone();
+        let manifest = client
+            .get(self.layout.blob(digest), None)
+            .await
+            .map_err(unavailable)?;
+        let Some(manifest) = manifest.kvs().first() else {
+            return Ok(None);
+        };
+        let manifest: Value = serde_json::from_slice(manifest.value())
+            .map_err(|e| Error::Backend(format!("blob {digest}: bad manifest: {e}")))?;
+        let (Some(count), Some(size)) = (manifest["chunks"].as_u64(), manifest["size"].as_u64())
+        else {
+            return Err(Error::Backend(format!("blob {digest}: bad manifest")));
+        };
+        let chunks = client
+            .get(
+                format!("{}/", self.layout.blob(digest)),
+                Some(GetOptions::new().with_prefix()),
+            )
+            .await
+            .map_err(unavailable)?;
+        let mut bytes = Vec::with_capacity(size.min(1 << 30) as usize);
+        for kv in chunks.kvs().iter().take(count as usize) {
+            bytes.extend_from_slice(kv.value());
+        }
+        if chunks.kvs().len() as u64 != count || bytes.len() as u64 != size {
+            return Err(Error::Backend(format!(
+                "blob {digest}: {} chunks ({} bytes) where the manifest says {count} ({size})",
+                chunks.kvs().len(),
+                bytes.len()
+            )));
+        }
+        Ok(Some(bytes))
+    }
+}

@@ -1,0 +1,358 @@
+//! One conformance suite for both store backends (the embedded redb store and etcd, a real
+//! 3-member cluster on loopback): compare-and-swap, lists at a revision, watches from a
+//! revision, `Gone` once the history is gone, concurrent read-modify-write, blobs. Then what
+//! only etcd does: several API servers' stores on one etcd, and a member lost under writes.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use serde_json::{json, Value};
+use shoal_control::store::{
+    revision_of, Error, EtcdOptions, EtcdStore, EventType, ObjectKey, RedbStore, Store,
+};
+use shoal_tests::etcd::{etcd_available, EtcdCluster};
+
+fn config_map(namespace: &str, name: &str, value: u64) -> Value {
+    json!({
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": name, "namespace": namespace},
+        "data": {"value": value.to_string()},
+    })
+}
+
+fn key(namespace: &str, name: &str) -> ObjectKey {
+    ObjectKey::new("configmaps", namespace, name)
+}
+
+/// Compare-and-swap on create, update and delete, with the errors the API maps to 409/404.
+async fn compare_and_swap(store: &dyn Store) {
+    let created = store
+        .create(key("a", "cas"), config_map("a", "cas", 1))
+        .await
+        .unwrap();
+    let first = revision_of(&created).expect("a created object has a resourceVersion");
+    assert!(matches!(
+        store
+            .create(key("a", "cas"), config_map("a", "cas", 1))
+            .await,
+        Err(Error::AlreadyExists(_))
+    ));
+    assert_eq!(store.get(&key("a", "cas")).unwrap().unwrap(), created);
+    let updated = store
+        .update(key("a", "cas"), config_map("a", "cas", 2), Some(first))
+        .await
+        .unwrap();
+    let second = revision_of(&updated).unwrap();
+    assert!(second > first);
+    // A stale precondition: 409 naming the current revision.
+    match store
+        .update(key("a", "cas"), config_map("a", "cas", 3), Some(first))
+        .await
+    {
+        Err(Error::Conflict {
+            expected, current, ..
+        }) => assert_eq!((expected, current), (first, second)),
+        other => panic!("a stale update: {other:?}"),
+    }
+    assert!(matches!(
+        store
+            .update(key("a", "missing"), config_map("a", "missing", 1), None)
+            .await,
+        Err(Error::NotFound(_))
+    ));
+    assert!(matches!(
+        store.delete(key("a", "cas"), Some(first)).await,
+        Err(Error::Conflict { .. })
+    ));
+    let deleted = store.delete(key("a", "cas"), Some(second)).await.unwrap();
+    assert_eq!(
+        deleted["data"]["value"], "2",
+        "a delete returns the last state"
+    );
+    assert!(revision_of(&deleted).unwrap() > second);
+    assert!(store.get(&key("a", "cas")).unwrap().is_none());
+    assert!(matches!(
+        store.delete(key("a", "cas"), None).await,
+        Err(Error::NotFound(_))
+    ));
+}
+
+/// A list holds exactly a namespace's (or every) object, at a revision no older than the
+/// last write; a watch from that revision gets what follows, in order, and nothing before.
+async fn lists_and_watches_at_revisions(store: &dyn Store) {
+    for (namespace, name) in [("b", "one"), ("b", "two"), ("c", "three")] {
+        store
+            .create(key(namespace, name), config_map(namespace, name, 0))
+            .await
+            .unwrap();
+    }
+    let listing = store.list("configmaps", Some("b")).unwrap();
+    let names: Vec<&str> = listing
+        .objects
+        .iter()
+        .map(|o| o["metadata"]["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["one", "two"]);
+    assert_eq!(
+        listing.revision,
+        store.revision(),
+        "a list is at the last revision"
+    );
+    let all = store.list("configmaps", None).unwrap();
+    assert!(all.objects.len() >= 3);
+
+    let mut watch = store
+        .watch("configmaps", Some("b"), listing.revision)
+        .unwrap();
+    let three = store
+        .update(key("c", "three"), config_map("c", "three", 1), None)
+        .await
+        .unwrap();
+    let one = store
+        .update(key("b", "one"), config_map("b", "one", 1), None)
+        .await
+        .unwrap();
+    store.delete(key("b", "two"), None).await.unwrap();
+    let first = next(&mut watch).await;
+    assert_eq!(first.event_type, EventType::Modified);
+    assert_eq!(first.key, key("b", "one"));
+    assert_eq!(Some(first.revision), revision_of(&one));
+    assert!(first.revision > revision_of(&three).unwrap());
+    let second = next(&mut watch).await;
+    assert_eq!(
+        (second.event_type, second.key),
+        (EventType::Deleted, key("b", "two"))
+    );
+    assert_eq!(
+        revision_of(&second.object),
+        Some(second.revision),
+        "a deleted object is stamped with the deletion revision"
+    );
+
+    // A watch from an older revision replays the history after it.
+    let mut replay = store
+        .watch("configmaps", Some("b"), listing.revision)
+        .unwrap();
+    assert_eq!(next(&mut replay).await.revision, first.revision);
+    assert_eq!(next(&mut replay).await.revision, second.revision);
+}
+
+async fn next(watch: &mut shoal_control::store::WatchStream) -> shoal_control::store::WatchEvent {
+    tokio::time::timeout(Duration::from_secs(10), watch.next())
+        .await
+        .expect("a watch event within 10 s")
+        .expect("the watch is open")
+        .expect("no watch error")
+}
+
+/// Sixteen writers each add to one counter by read-modify-write with the revision as the
+/// precondition, retrying on conflict: no increment is lost.
+async fn concurrent_read_modify_write(store: Arc<dyn Store>) {
+    store
+        .create(key("d", "counter"), config_map("d", "counter", 0))
+        .await
+        .unwrap();
+    let mut writers = Vec::new();
+    for _ in 0..16 {
+        let store = store.clone();
+        writers.push(tokio::spawn(async move {
+            let mut conflicts = 0;
+            for _ in 0..10 {
+                loop {
+                    let current = store.get(&key("d", "counter")).unwrap().unwrap();
+                    let value: u64 = current["data"]["value"].as_str().unwrap().parse().unwrap();
+                    let next = config_map("d", "counter", value + 1);
+                    match store
+                        .update(key("d", "counter"), next, revision_of(&current))
+                        .await
+                    {
+                        Ok(_) => break,
+                        Err(Error::Conflict { .. }) => conflicts += 1,
+                        Err(e) => panic!("an update failed: {e}"),
+                    }
+                }
+            }
+            conflicts
+        }));
+    }
+    let mut conflicts = 0;
+    for writer in writers {
+        conflicts += writer.await.unwrap();
+    }
+    let counter = store.get(&key("d", "counter")).unwrap().unwrap();
+    assert_eq!(
+        counter["data"]["value"], "160",
+        "after {conflicts} conflicts"
+    );
+}
+
+/// A watch from before the history the store keeps gets `Gone` (the API's 410).
+async fn gone_once_history_is_compacted(store: &dyn Store, writes: usize) {
+    let start = store.revision();
+    for i in 0..writes {
+        let name = format!("g{i}");
+        store
+            .create(key("e", &name), config_map("e", &name, 0))
+            .await
+            .unwrap();
+    }
+    assert!(matches!(
+        store.watch("configmaps", Some("e"), start),
+        Err(Error::Gone { .. })
+    ));
+    // The present is still watchable.
+    assert!(store
+        .watch("configmaps", Some("e"), store.revision())
+        .is_ok());
+}
+
+/// A module blob larger than etcd's request limit goes in and comes back whole.
+async fn blobs_round_trip(store: &dyn Store) {
+    let bytes: Vec<u8> = (0..(2_500_000u32)).map(|i| (i % 251) as u8).collect();
+    store.put_blob("feedface", bytes.clone()).await.unwrap();
+    assert_eq!(store.get_blob("feedface").await.unwrap(), Some(bytes));
+    assert_eq!(store.get_blob("absent").await.unwrap(), None);
+}
+
+async fn conformance(store: Arc<dyn Store>) {
+    compare_and_swap(store.as_ref()).await;
+    lists_and_watches_at_revisions(store.as_ref()).await;
+    concurrent_read_modify_write(store.clone()).await;
+    blobs_round_trip(store.as_ref()).await;
+}
+
+async fn etcd_store(etcd: &EtcdCluster, prefix: &str, event_log_len: usize) -> EtcdStore {
+    let mut options = EtcdOptions::new(etcd.endpoints());
+    options.prefix = prefix.into();
+    options.event_log_len = event_log_len;
+    EtcdStore::connect(options).await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_redb_store_conforms() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(RedbStore::open(&dir.path().join("store.redb")).unwrap());
+    conformance(store).await;
+    // redb compacts its event log every 64th commit.
+    let small = RedbStore::open_with_log_len(&dir.path().join("small.redb"), 10).unwrap();
+    gone_once_history_is_compacted(&small, 130).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_etcd_store_conforms() {
+    if !etcd_available("the_etcd_store_conforms") {
+        return;
+    }
+    let etcd = EtcdCluster::start(3);
+    let store = Arc::new(etcd_store(&etcd, "/conformance", 100_000).await);
+    conformance(store.clone()).await;
+    // Objects are where Kubernetes puts them, and an object's resourceVersion is its etcd
+    // mod_revision: a second store (another API server) reads them back as they are.
+    let reader = etcd_store(&etcd, "/conformance", 100_000).await;
+    let counter = reader.get(&key("d", "counter")).unwrap().unwrap();
+    assert_eq!(counter, store.get(&key("d", "counter")).unwrap().unwrap());
+    // The watch cache keeps 10 events here.
+    let small = etcd_store(&etcd, "/small", 10).await;
+    gone_once_history_is_compacted(&small, 30).await;
+}
+
+/// Two API servers' stores on one etcd: each sees the other's writes through its watch
+/// cache, and compare-and-swap holds across them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_servers_share_one_etcd() {
+    if !etcd_available("two_servers_share_one_etcd") {
+        return;
+    }
+    let etcd = EtcdCluster::start(3);
+    let first = etcd_store(&etcd, "/shared", 1000).await;
+    let second = etcd_store(&etcd, "/shared", 1000).await;
+    let mut watch = second.watch("configmaps", None, second.revision()).unwrap();
+    let created = first
+        .create(key("x", "shared"), config_map("x", "shared", 1))
+        .await
+        .unwrap();
+    let event = next(&mut watch).await;
+    assert_eq!(
+        (event.event_type, event.key),
+        (EventType::Added, key("x", "shared"))
+    );
+    assert_eq!(event.revision, revision_of(&created).unwrap());
+    // The second server updates it; the first, with the old revision, conflicts.
+    second
+        .update(
+            key("x", "shared"),
+            config_map("x", "shared", 2),
+            revision_of(&created),
+        )
+        .await
+        .unwrap();
+    assert!(matches!(
+        first
+            .update(
+                key("x", "shared"),
+                config_map("x", "shared", 3),
+                revision_of(&created)
+            )
+            .await,
+        Err(Error::Conflict { .. })
+    ));
+    // History compacted in etcd does not disturb live watch caches.
+    first.compact_now().await.unwrap();
+    let late = first
+        .create(key("x", "late"), config_map("x", "late", 1))
+        .await
+        .unwrap();
+    let event = next(&mut watch).await;
+    assert_eq!(event.event_type, EventType::Modified);
+    let event = next(&mut watch).await;
+    assert_eq!(
+        (event.key, Some(event.revision)),
+        (key("x", "late"), revision_of(&late))
+    );
+}
+
+/// A member SIGKILLed under writes: writes go on with the other two; restarted, it catches
+/// up (a store talking only to it reads every write).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_go_on_when_an_etcd_member_dies() {
+    if !etcd_available("writes_go_on_when_an_etcd_member_dies") {
+        return;
+    }
+    let mut etcd = EtcdCluster::start(3);
+    let store = etcd_store(&etcd, "/faults", 1000).await;
+    let mut written = 0;
+    for i in 0..60 {
+        if i == 20 {
+            etcd.kill(0);
+        }
+        let name = format!("w{i}");
+        // The client may have been talking to the killed member: retry on another.
+        let mut attempts = 0;
+        loop {
+            match store
+                .create(key("f", &name), config_map("f", &name, i))
+                .await
+            {
+                Ok(_) | Err(Error::AlreadyExists(_)) => break,
+                Err(e) => {
+                    attempts += 1;
+                    assert!(attempts < 50, "write {i} kept failing: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+        written += 1;
+    }
+    etcd.restart(0);
+    let mut options = EtcdOptions::new(vec![etcd.endpoints()[0].clone()]);
+    options.prefix = "/faults".into();
+    let member_zero = EtcdStore::connect(options).await.unwrap();
+    let listing = member_zero.list("configmaps", Some("f")).unwrap();
+    assert_eq!(
+        listing.objects.len(),
+        written,
+        "the restarted member caught up"
+    );
+}
