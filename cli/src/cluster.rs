@@ -10,7 +10,7 @@ use shoal_control::auth::pki::{CertAndKey, Pki};
 use shoal_control::auth::tls::{RotatingCertificate, TlsServing};
 use shoal_control::client::Client;
 use shoal_control::server::{ApiServer, SecurityOptions, ServerOptions};
-use shoal_control::store::{RedbStore, Released};
+use shoal_control::store::{EtcdStore, RedbStore, Released};
 use shoal_control::task::Tasks;
 use shoal_runtime::agent::{Agent, AgentConfig};
 use tokio::sync::oneshot;
@@ -29,6 +29,8 @@ pub struct ControlPlaneOptions {
     /// Events the store keeps for watches to resume from (`None`: the store's default);
     /// a watch from before them gets 410 Gone and relists.
     pub event_log_len: Option<u64>,
+    /// Keep objects in etcd instead of the data dir's redb file.
+    pub etcd: Option<shoal_control::store::EtcdOptions>,
 }
 
 /// How the API is served and who may use it.
@@ -267,23 +269,38 @@ impl ControlPlane {
             scheduler: scheduler_options,
             without_scheduler,
             event_log_len,
+            etcd,
         } = options;
         std::fs::create_dir_all(data_dir)?;
         let log_len = event_log_len.unwrap_or(shoal_control::store::DEFAULT_EVENT_LOG_LEN);
-        let store = RedbStore::open_with_log_len(&data_dir.join("store.redb"), log_len)
-            .map_err(|e| anyhow::anyhow!("opening the store in {}: {e}", data_dir.display()))?;
-        let released = store.released();
+        let (store, released): (Arc<dyn shoal_control::store::Store>, _) = match etcd {
+            Some(mut etcd) => {
+                etcd.event_log_len = usize::try_from(log_len).unwrap_or(usize::MAX);
+                let endpoints = etcd.endpoints.join(",");
+                let store = EtcdStore::connect(etcd).await.map_err(|e| {
+                    anyhow::anyhow!("opening the store in etcd at {endpoints}: {e}")
+                })?;
+                (Arc::new(store), None)
+            }
+            None => {
+                let store = RedbStore::open_with_log_len(&data_dir.join("store.redb"), log_len)
+                    .map_err(|e| {
+                        anyhow::anyhow!("opening the store in {}: {e}", data_dir.display())
+                    })?;
+                let released = store.released();
+                (Arc::new(store), Some(released))
+            }
+        };
         let store: Arc<dyn shoal_control::store::Store> = match &security.encryption_config {
             Some(path) => {
                 let text = read_text(path, "--encryption-provider-config")?;
                 let config = shoal_control::store::encryption::EncryptionConfig::parse(&text)
                     .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
                 Arc::new(shoal_control::store::encryption::EncryptedStore::new(
-                    Arc::new(store),
-                    config,
+                    store, config,
                 ))
             }
-            None => Arc::new(store),
+            None => store,
         };
         let pki = Arc::new(Pki::load_or_create(&data_dir.join("pki"))?);
         let (sa_private, sa_public) = pki.service_account_keys();
@@ -366,7 +383,7 @@ impl ControlPlane {
             server_ca_pem: tls.server_ca_pem,
             client,
             server,
-            store: Some(released),
+            store: released,
             stop_http: Some(stop_http),
             http: Some(http),
             insecure_http,

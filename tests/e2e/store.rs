@@ -356,3 +356,96 @@ async fn writes_go_on_when_an_etcd_member_dies() {
         "the restarted member caught up"
     );
 }
+
+/// `shoal server --etcd-servers`: objects live in etcd, not the data dir; a second server
+/// with the same PKI on the same etcd serves them; a SIGKILLed server restarted finds them
+/// all, and sees what the other wrote meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn servers_on_etcd_share_objects_and_survive_a_restart() {
+    if !etcd_available("servers_on_etcd_share_objects_and_survive_a_restart")
+        || !shoal_tests::kubectl_available("servers_on_etcd_share_objects_and_survive_a_restart")
+    {
+        return;
+    }
+    let etcd = EtcdCluster::start(3);
+    let endpoints = etcd.endpoints().join(",");
+    let etcd_args = ["--etcd-servers", endpoints.as_str()];
+    let first_dir = tempfile::tempdir().unwrap();
+    let second_dir = tempfile::tempdir().unwrap();
+    let first_addr = shoal_tests::free_addr().to_string();
+    let mut first = shoal_tests::start_server_at(first_dir.path(), &first_addr, &etcd_args);
+    let first_kubeconfig = shoal_tests::server_kubeconfig(first_dir.path());
+    let manifest = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: shared\n  namespace: default\ndata:\n  greeting: hello\n";
+    shoal_tests::ok(
+        shoal_tests::kubectl_stdin_async(&first_kubeconfig, &["apply", "-f", "-"], manifest).await,
+    );
+    assert!(
+        !first_dir.path().join("server/store.redb").exists(),
+        "with --etcd-servers nothing is stored in the data dir"
+    );
+
+    // Another API server: the cluster's PKI copied over, as onto another machine.
+    let pki = first_dir.path().join("server/pki");
+    let copied = second_dir.path().join("server/pki");
+    std::fs::create_dir_all(&copied).unwrap();
+    for file in std::fs::read_dir(&pki).unwrap() {
+        let file = file.unwrap();
+        std::fs::copy(file.path(), copied.join(file.file_name())).unwrap();
+    }
+    let (_second, _) = shoal_tests::start_server(second_dir.path(), &etcd_args);
+    let second_kubeconfig = shoal_tests::server_kubeconfig(second_dir.path());
+    let read = |kubeconfig: std::path::PathBuf, name: &'static str| async move {
+        shoal_tests::kubectl_async(
+            &kubeconfig,
+            &["get", "configmap", name, "-o", "jsonpath={.data.greeting}"],
+        )
+        .await
+    };
+    let output = read(second_kubeconfig.clone(), "shared").await;
+    assert_eq!(shoal_tests::ok(output).trim(), "hello");
+
+    // SIGKILL the first; the second takes a write; the first, restarted, has both.
+    first.signal(nix::sys::signal::Signal::SIGKILL);
+    first.wait(Duration::from_secs(10));
+    let later = manifest.replace("shared", "later");
+    shoal_tests::ok(
+        shoal_tests::kubectl_stdin_async(&second_kubeconfig, &["apply", "-f", "-"], &later).await,
+    );
+    let _first = shoal_tests::start_server_at(first_dir.path(), &first_addr, &etcd_args);
+    for name in ["shared", "later"] {
+        let output = read(first_kubeconfig.clone(), name).await;
+        assert_eq!(shoal_tests::ok(output).trim(), "hello", "{name}");
+    }
+}
+
+/// An etcd that does not answer at start: the server says which and that it retries, and
+/// keeps trying rather than exiting or serving without a store.
+#[test]
+fn a_server_retries_an_unreachable_etcd_and_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let nowhere = format!("http://{}", shoal_tests::free_addr());
+    let mut server = shoal_tests::Process::start(
+        &[
+            "server",
+            "--api-addr",
+            &shoal_tests::free_addr().to_string(),
+            "--data-dir",
+            dir.path().join("server").to_str().unwrap(),
+            "--etcd-servers",
+            &nowhere,
+        ],
+        dir.path().join("server.log"),
+        "retrying",
+    );
+    let log = server.output();
+    assert!(
+        log.contains(&nowhere),
+        "the log names the etcd endpoint: {log}"
+    );
+    assert!(!log.contains("shoal server ready"), "{log}");
+    assert!(
+        server.wait(Duration::from_secs(2)).is_none(),
+        "the server keeps retrying: {}",
+        server.output()
+    );
+}

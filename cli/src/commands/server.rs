@@ -33,6 +33,62 @@ pub struct ServerCommand {
     cluster_signing_duration: String,
     #[command(flatten)]
     security: SecurityArgs,
+    #[command(flatten)]
+    etcd: EtcdArgs,
+}
+
+/// Where objects are kept when not in the data dir: an etcd cluster (kube-apiserver's flags).
+#[derive(Args, Clone, Debug)]
+pub struct EtcdArgs {
+    /// etcd client URLs, comma-separated (`http://10.0.0.1:2379,https://…`): keep objects in
+    /// etcd, shared by every API server given the same list, instead of the data dir.
+    #[arg(long, value_delimiter = ',')]
+    etcd_servers: Vec<String>,
+    /// The key prefix objects live under in etcd.
+    #[arg(long, default_value = "/registry")]
+    etcd_prefix: String,
+    /// The CA (PEM) that signed etcd's serving certificates.
+    #[arg(long)]
+    etcd_cafile: Option<PathBuf>,
+    /// A client certificate (PEM) to present to etcd.
+    #[arg(long, requires = "etcd_keyfile")]
+    etcd_certfile: Option<PathBuf>,
+    /// The private key (PEM) of --etcd-certfile.
+    #[arg(long, requires = "etcd_certfile")]
+    etcd_keyfile: Option<PathBuf>,
+    /// How often etcd's history is compacted: seconds, or a number with s, m or h; 0 never.
+    #[arg(long, default_value = "5m")]
+    etcd_compaction_interval: String,
+}
+
+impl EtcdArgs {
+    /// The etcd to use, if `--etcd-servers` names one.
+    pub fn options(&self) -> anyhow::Result<Option<shoal_control::store::EtcdOptions>> {
+        if self.etcd_servers.is_empty() {
+            anyhow::ensure!(
+                self.etcd_cafile.is_none() && self.etcd_certfile.is_none(),
+                "--etcd-cafile and --etcd-certfile need --etcd-servers"
+            );
+            return Ok(None);
+        }
+        for url in &self.etcd_servers {
+            anyhow::ensure!(
+                url.starts_with("http://") || url.starts_with("https://"),
+                "--etcd-servers: {url:?} is not an http:// or https:// URL"
+            );
+        }
+        let mut options = shoal_control::store::EtcdOptions::new(self.etcd_servers.clone());
+        options.prefix = self.etcd_prefix.clone();
+        options.ca_file = self.etcd_cafile.clone();
+        options.cert_file = self.etcd_certfile.clone();
+        options.key_file = self.etcd_keyfile.clone();
+        options.compaction_interval = match self.etcd_compaction_interval.trim() {
+            "0" => std::time::Duration::ZERO,
+            interval => super::kubeconfig::parse_duration(interval)
+                .map_err(|e| anyhow::anyhow!("--etcd-compaction-interval: {e}"))?,
+        };
+        Ok(Some(options))
+    }
 }
 
 /// How the API is served and authenticated (`shoal server` and `shoal dev`).
@@ -90,6 +146,7 @@ impl ServerCommand {
         options.controllers.cluster_signing_duration =
             super::kubeconfig::parse_duration(&self.cluster_signing_duration)?;
         options.security = self.security.options();
+        options.etcd = self.etcd.options()?;
         let control = ControlPlane::start_with(&self.data_dir, self.api_addr, options).await?;
         let kubeconfig = self.data_dir.join("kubeconfig");
         control.write_admin_kubeconfig(&kubeconfig)?;
