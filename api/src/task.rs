@@ -65,6 +65,22 @@ impl Tasks {
         self.tracker.wait().await;
     }
 
+    /// A set inside this one: its tasks end when this set shuts down (whose shutdown waits
+    /// for them), and [`Tasks::cancel`] on it ends them alone (a leader stepping down stops
+    /// its controllers and nothing else). Stop a child with `cancel`, not `shutdown`, which
+    /// would close the shared tracker.
+    pub fn child(&self) -> Tasks {
+        Tasks {
+            cancel: self.cancel.child_token(),
+            tracker: self.tracker.clone(),
+        }
+    }
+
+    /// Cancels this set's tasks without waiting (each is dropped at its next await).
+    pub fn cancel(&self) {
+        self.cancel.cancel();
+    }
+
     /// How many tasks of the set are running.
     pub fn len(&self) -> usize {
         self.tracker.len()

@@ -31,6 +31,9 @@ pub struct ControlPlaneOptions {
     pub event_log_len: Option<u64>,
     /// Keep objects in etcd instead of the data dir's redb file.
     pub etcd: Option<shoal_control::store::EtcdOptions>,
+    /// Run the scheduler and controllers only while this server holds the election Lease
+    /// (several servers on one etcd); `None`: always.
+    pub leader_election: Option<shoal_control::leader::ElectionOptions>,
 }
 
 /// How the API is served and who may use it.
@@ -270,6 +273,7 @@ impl ControlPlane {
             without_scheduler,
             event_log_len,
             etcd,
+            leader_election,
         } = options;
         std::fs::create_dir_all(data_dir)?;
         let log_len = event_log_len.unwrap_or(shoal_control::store::DEFAULT_EVENT_LOG_LEN);
@@ -362,19 +366,31 @@ impl ControlPlane {
                 rotate_serving_certificate(pki.clone(), names.clone(), serving.clone())
             });
         }
-        if !without_scheduler {
-            let client = client.clone();
-            tasks.supervise("scheduler", move || {
-                shoal_control::scheduler::run(client.clone(), scheduler_options)
-            });
+        let lead = {
+            let (client, pki) = (client.clone(), pki.clone());
+            move |tasks: &Tasks| {
+                if !without_scheduler {
+                    let client = client.clone();
+                    tasks.supervise("scheduler", move || {
+                        shoal_control::scheduler::run(client.clone(), scheduler_options)
+                    });
+                }
+                shoal_control::controllers::start(client.clone(), controller_options, tasks);
+                shoal_control::controllers::start_certificate_signer(
+                    client.clone(),
+                    pki.clone(),
+                    controller_options,
+                    tasks,
+                );
+            }
+        };
+        match leader_election {
+            Some(election) => {
+                let (client, inner) = (client.clone(), tasks.clone());
+                tasks.spawn(shoal_control::leader::run(client, election, inner, lead));
+            }
+            None => lead(&tasks),
         }
-        shoal_control::controllers::start(client.clone(), controller_options, &tasks);
-        shoal_control::controllers::start_certificate_signer(
-            client.clone(),
-            pki.clone(),
-            controller_options,
-            &tasks,
-        );
         publish_kubernetes_service(&client, addr).await?;
         Ok(Self {
             addr,

@@ -15,6 +15,7 @@ pub use shoal_api::{api, client, task};
 
 pub mod auth;
 pub mod controllers;
+pub mod leader;
 pub mod scheduler;
 pub mod server;
 pub mod store;

@@ -6,6 +6,7 @@ mod cli;
 mod controllers;
 mod durability;
 mod examples;
+mod ha;
 mod http_api;
 mod images;
 mod kubectl;

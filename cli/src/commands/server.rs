@@ -59,9 +59,61 @@ pub struct EtcdArgs {
     /// How often etcd's history is compacted: seconds, or a number with s, m or h; 0 never.
     #[arg(long, default_value = "5m")]
     etcd_compaction_interval: String,
+    /// With --etcd-servers, run the scheduler and controllers only in the server holding the
+    /// kube-system/shoal-controller-manager Lease (as kube-controller-manager).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    leader_elect: bool,
+    /// How long a leader's Lease stands without renewal.
+    #[arg(long, default_value = "15s")]
+    leader_elect_lease_duration: String,
+    /// How long a leader goes on failing to renew before it steps down.
+    #[arg(long, default_value = "10s")]
+    leader_elect_renew_deadline: String,
+    /// How often the leader renews and the others try to take over.
+    #[arg(long, default_value = "2s")]
+    leader_elect_retry_period: String,
 }
 
 impl EtcdArgs {
+    /// The leader election to run: with etcd (several servers may share it) unless
+    /// `--leader-elect=false`.
+    pub fn election(&self) -> anyhow::Result<Option<shoal_control::leader::ElectionOptions>> {
+        if self.etcd_servers.is_empty() || !self.leader_elect {
+            return Ok(None);
+        }
+        let host = std::env::var("HOSTNAME")
+            .ok()
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| "shoal".into());
+        // Unique per process: a restarted server is a new candidate.
+        let started = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        let identity = format!("{host}_{}_{started}", std::process::id());
+        let mut options = shoal_control::leader::ElectionOptions::new(&identity);
+        let duration = |flag: &str, text: &str| {
+            super::kubeconfig::parse_duration(text).map_err(|e| anyhow::anyhow!("{flag}: {e}"))
+        };
+        options.lease_duration = duration(
+            "--leader-elect-lease-duration",
+            &self.leader_elect_lease_duration,
+        )?;
+        options.renew_deadline = duration(
+            "--leader-elect-renew-deadline",
+            &self.leader_elect_renew_deadline,
+        )?;
+        options.retry_period = duration(
+            "--leader-elect-retry-period",
+            &self.leader_elect_retry_period,
+        )?;
+        anyhow::ensure!(
+            options.retry_period < options.renew_deadline
+                && options.renew_deadline < options.lease_duration,
+            "leader election needs retry period < renew deadline < lease duration"
+        );
+        Ok(Some(options))
+    }
+
     /// The etcd to use, if `--etcd-servers` names one.
     pub fn options(&self) -> anyhow::Result<Option<shoal_control::store::EtcdOptions>> {
         if self.etcd_servers.is_empty() {
@@ -147,6 +199,7 @@ impl ServerCommand {
             super::kubeconfig::parse_duration(&self.cluster_signing_duration)?;
         options.security = self.security.options();
         options.etcd = self.etcd.options()?;
+        options.leader_election = self.etcd.election()?;
         let control = ControlPlane::start_with(&self.data_dir, self.api_addr, options).await?;
         let kubeconfig = self.data_dir.join("kubeconfig");
         control.write_admin_kubeconfig(&kubeconfig)?;

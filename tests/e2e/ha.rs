@@ -1,0 +1,139 @@
+//! Several `shoal server`s on one etcd (3 real members): one leads the scheduler and the
+//! controllers by a Lease, and when it is SIGKILLed another takes over within the lease
+//! duration plus a few seconds; a Deployment scaled during the failover gets exactly its
+//! replicas.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use shoal_tests::etcd::{etcd_available, EtcdCluster};
+use shoal_tests::*;
+
+const DEPLOYMENT: &str = "apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: steady
+  namespace: default
+spec:
+  replicas: 2
+  selector:
+    matchLabels: {app: steady}
+  template:
+    metadata:
+      labels: {app: steady}
+    spec:
+      containers:
+      - name: app
+        image: /nonexistent/app.wasm
+";
+
+/// The pid in the election Lease's holder identity (`host_pid_started`).
+async fn leader_pid(kubeconfig: &Path) -> Option<u32> {
+    let output = kubectl_async(
+        kubeconfig,
+        &[
+            "-n",
+            "kube-system",
+            "get",
+            "lease",
+            "shoal-controller-manager",
+            "-o",
+            "jsonpath={.spec.holderIdentity}",
+        ],
+    )
+    .await;
+    let holder = String::from_utf8_lossy(&output.stdout).to_string();
+    holder.split('_').nth(1)?.parse().ok()
+}
+
+/// The names of the Deployment's pods.
+async fn pods(kubeconfig: &Path) -> Vec<String> {
+    let output = kubectl_async(
+        kubeconfig,
+        &[
+            "get",
+            "pods",
+            "-l",
+            "app=steady",
+            "-o",
+            "jsonpath={.items[*].metadata.name}",
+        ],
+    )
+    .await;
+    ok(output).split_whitespace().map(str::to_string).collect()
+}
+
+fn copy_pki(from: &Path, to: &Path) {
+    let (pki, copied) = (from.join("server/pki"), to.join("server/pki"));
+    std::fs::create_dir_all(&copied).unwrap();
+    for file in std::fs::read_dir(&pki).unwrap() {
+        let file = file.unwrap();
+        std::fs::copy(file.path(), copied.join(file.file_name())).unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn controllers_fail_over_to_another_server() {
+    if !etcd_available("controllers_fail_over_to_another_server")
+        || !kubectl_available("controllers_fail_over_to_another_server")
+    {
+        return;
+    }
+    let etcd = EtcdCluster::start(3);
+    let endpoints = etcd.endpoints().join(",");
+    let args = [
+        "--etcd-servers",
+        endpoints.as_str(),
+        "--leader-elect-lease-duration",
+        "3s",
+        "--leader-elect-renew-deadline",
+        "2s",
+        "--leader-elect-retry-period",
+        "1s",
+    ];
+    let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+    let mut servers = vec![start_server(dirs[0].path(), &args).0];
+    copy_pki(dirs[0].path(), dirs[1].path());
+    servers.push(start_server(dirs[1].path(), &args).0);
+    let kubeconfigs: Vec<PathBuf> = dirs.iter().map(|d| server_kubeconfig(d.path())).collect();
+
+    let leader = wait_for("a leader", Duration::from_secs(30), async || {
+        leader_pid(&kubeconfigs[0]).await
+    })
+    .await;
+    let leading = servers
+        .iter()
+        .position(|s| s.child.id() == leader)
+        .expect("the Lease names one of the two servers");
+    let other = 1 - leading;
+    ok(kubectl_stdin_async(&kubeconfigs[other], &["apply", "-f", "-"], DEPLOYMENT).await);
+    wait_for("2 pods", Duration::from_secs(30), async || {
+        (pods(&kubeconfigs[other]).await.len() == 2).then_some(())
+    })
+    .await;
+
+    // SIGKILL the leader, and scale while nobody leads.
+    servers[leading].signal(nix::sys::signal::Signal::SIGKILL);
+    let killed = Instant::now();
+    servers[leading].wait(Duration::from_secs(10));
+    ok(kubectl_async(
+        &kubeconfigs[other],
+        &["scale", "deployment/steady", "--replicas=4"],
+    )
+    .await);
+    let survivor = servers[other].child.id();
+    wait_for(
+        "the other server to take the Lease",
+        Duration::from_secs(3 + 5),
+        async || (leader_pid(&kubeconfigs[other]).await == Some(survivor)).then_some(()),
+    )
+    .await;
+    eprintln!("controller failover took {:?}", killed.elapsed());
+    wait_for("4 pods", Duration::from_secs(30), async || {
+        (pods(&kubeconfigs[other]).await.len() == 4).then_some(())
+    })
+    .await;
+    // Nothing created twice: still 4 a while later.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(pods(&kubeconfigs[other]).await.len(), 4);
+}
