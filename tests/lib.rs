@@ -697,6 +697,17 @@ pub fn start_server(dir: &std::path::Path, extra: &[&str]) -> (Process, String) 
     (server, format!("https://{addr}"))
 }
 
+/// Copies the cluster PKI of the server started in `from` to `to`, as onto another machine
+/// running a second API server on the same etcd.
+pub fn copy_pki(from: &std::path::Path, to: &std::path::Path) {
+    let (pki, copied) = (from.join("server/pki"), to.join("server/pki"));
+    std::fs::create_dir_all(&copied).unwrap();
+    for file in std::fs::read_dir(&pki).unwrap() {
+        let file = file.unwrap();
+        std::fs::copy(file.path(), copied.join(file.file_name())).unwrap();
+    }
+}
+
 /// The admin kubeconfig `shoal server` wrote for the server started in `dir`.
 pub fn server_kubeconfig(dir: &std::path::Path) -> PathBuf {
     dir.join("server").join("kubeconfig")

@@ -63,15 +63,6 @@ async fn pods(kubeconfig: &Path) -> Vec<String> {
     ok(output).split_whitespace().map(str::to_string).collect()
 }
 
-fn copy_pki(from: &Path, to: &Path) {
-    let (pki, copied) = (from.join("server/pki"), to.join("server/pki"));
-    std::fs::create_dir_all(&copied).unwrap();
-    for file in std::fs::read_dir(&pki).unwrap() {
-        let file = file.unwrap();
-        std::fs::copy(file.path(), copied.join(file.file_name())).unwrap();
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn controllers_fail_over_to_another_server() {
     if !etcd_available("controllers_fail_over_to_another_server")

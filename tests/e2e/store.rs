@@ -385,13 +385,7 @@ async fn servers_on_etcd_share_objects_and_survive_a_restart() {
     );
 
     // Another API server: the cluster's PKI copied over, as onto another machine.
-    let pki = first_dir.path().join("server/pki");
-    let copied = second_dir.path().join("server/pki");
-    std::fs::create_dir_all(&copied).unwrap();
-    for file in std::fs::read_dir(&pki).unwrap() {
-        let file = file.unwrap();
-        std::fs::copy(file.path(), copied.join(file.file_name())).unwrap();
-    }
+    shoal_tests::copy_pki(first_dir.path(), second_dir.path());
     let (_second, _) = shoal_tests::start_server(second_dir.path(), &etcd_args);
     let second_kubeconfig = shoal_tests::server_kubeconfig(second_dir.path());
     let read = |kubeconfig: std::path::PathBuf, name: &'static str| async move {

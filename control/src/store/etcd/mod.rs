@@ -214,12 +214,30 @@ impl EtcdStore {
     }
 }
 
-/// The current value of the key an `else` branch read, if any.
-fn current(responses: &[TxnOpResponse]) -> Option<&KeyValue> {
-    responses.iter().find_map(|response| match response {
+/// What an update or delete compares: the key's revision with the precondition, or, without
+/// one, that the key exists.
+fn precondition_compare(etcd_key: &str, precondition: Option<u64>) -> Compare {
+    match precondition {
+        Some(expected) => Compare::mod_revision(etcd_key, CompareOp::Equal, expected as i64),
+        None => Compare::create_revision(etcd_key, CompareOp::Greater, 0),
+    }
+}
+
+/// Why an update or delete did not happen, from the key its `else` branch read: a conflict
+/// (naming the current revision) if the key is there, else not found.
+fn refused(responses: &[TxnOpResponse], key: ObjectKey, precondition: Option<u64>) -> Error {
+    let current = responses.iter().find_map(|response| match response {
         TxnOpResponse::Get(get) => get.kvs().first(),
         _ => None,
-    })
+    });
+    match (current, precondition) {
+        (Some(kv), Some(expected)) => Error::Conflict {
+            key,
+            expected,
+            current: kv.mod_revision().max(0) as u64,
+        },
+        _ => Error::NotFound(key),
+    }
 }
 
 /// The JSON to store: the object without `resourceVersion` (etcd's revision is the truth).
@@ -380,12 +398,7 @@ impl Store for EtcdStore {
     ) -> Result<Value> {
         let etcd_key = self.layout.key(&key);
         let value = encode(&object)?;
-        let compare = match precondition {
-            Some(expected) => {
-                Compare::mod_revision(etcd_key.clone(), CompareOp::Equal, expected as i64)
-            }
-            None => Compare::create_revision(etcd_key.clone(), CompareOp::Greater, 0),
-        };
+        let compare = precondition_compare(&etcd_key, precondition);
         let (updated, revision, responses) = self
             .transact(
                 &etcd_key,
@@ -394,26 +407,14 @@ impl Store for EtcdStore {
             )
             .await?;
         if !updated {
-            return Err(match (current(&responses), precondition) {
-                (Some(kv), Some(expected)) => Error::Conflict {
-                    key,
-                    expected,
-                    current: kv.mod_revision().max(0) as u64,
-                },
-                _ => Error::NotFound(key),
-            });
+            return Err(refused(&responses, key, precondition));
         }
         Ok(self.written(object, revision).await)
     }
 
     async fn delete(&self, key: ObjectKey, precondition: Option<u64>) -> Result<Value> {
         let etcd_key = self.layout.key(&key);
-        let compare = match precondition {
-            Some(expected) => {
-                Compare::mod_revision(etcd_key.clone(), CompareOp::Equal, expected as i64)
-            }
-            None => Compare::create_revision(etcd_key.clone(), CompareOp::Greater, 0),
-        };
+        let compare = precondition_compare(&etcd_key, precondition);
         let (deleted, revision, responses) = self
             .transact(
                 &etcd_key,
@@ -422,14 +423,7 @@ impl Store for EtcdStore {
             )
             .await?;
         if !deleted {
-            return Err(match (current(&responses), precondition) {
-                (Some(kv), Some(expected)) => Error::Conflict {
-                    key,
-                    expected,
-                    current: kv.mod_revision().max(0) as u64,
-                },
-                _ => Error::NotFound(key),
-            });
+            return Err(refused(&responses, key, precondition));
         }
         let previous = responses.iter().find_map(|response| match response {
             TxnOpResponse::Delete(delete) => delete.prev_kvs().first(),
