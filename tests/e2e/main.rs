@@ -13,6 +13,7 @@ mod kubectl;
 mod multi_process;
 mod node_join;
 mod operator;
+mod paging;
 mod pods;
 mod security;
 mod services;

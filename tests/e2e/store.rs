@@ -9,7 +9,8 @@ use std::time::Duration;
 use futures::StreamExt;
 use serde_json::{json, Value};
 use shoal_control::store::{
-    revision_of, Error, EtcdOptions, EtcdStore, EventType, ObjectKey, RedbStore, Store,
+    revision_of, Error, EtcdOptions, EtcdStore, EventType, ObjectKey, Page, PageRequest, ReadAt,
+    RedbStore, Store,
 };
 use shoal_tests::etcd::{etcd_available, EtcdCluster};
 
@@ -216,11 +217,123 @@ async fn blobs_round_trip(store: &dyn Store) {
     assert_eq!(store.get_blob("absent").await.unwrap(), None);
 }
 
-async fn conformance(store: Arc<dyn Store>) {
+async fn page(
+    store: &dyn Store,
+    namespace: &str,
+    at: ReadAt,
+    after: Option<&str>,
+    limit: usize,
+) -> Result<Page, Error> {
+    let everything = |_: &Value| true;
+    store
+        .list_page(PageRequest {
+            resource: "configmaps",
+            namespace: Some(namespace),
+            at,
+            after,
+            limit: Some(limit),
+            filter: &everything,
+        })
+        .await
+}
+
+fn names(page: &Page) -> Vec<String> {
+    page.objects
+        .iter()
+        .map(|o| o["metadata"]["name"].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// Pages of a list are read at the first page's revision while writers change the objects
+/// (deletes, creates, updates on both sides of the page boundary), and together are exactly
+/// the list at that revision; a filter counts only what it accepts; a revision not reached
+/// is `TooLarge`. Returns the revision the pages were read at.
+async fn paging_with_concurrent_writes(store: Arc<dyn Store>) -> u64 {
+    for i in 0..25 {
+        let name = format!("p{i:02}");
+        store
+            .create(key("p", &name), config_map("p", &name, i))
+            .await
+            .unwrap();
+    }
+    let first = page(store.as_ref(), "p", ReadAt::Consistent, None, 10)
+        .await
+        .unwrap();
+    assert_eq!(names(&first).len(), 10);
+    assert_eq!((first.next.as_deref(), first.remaining), (Some("p09"), 15));
+    let at = first.revision;
+    let writer = {
+        let store = store.clone();
+        tokio::spawn(async move {
+            store.delete(key("p", "p15"), None).await.unwrap();
+            store.delete(key("p", "p02"), None).await.unwrap();
+            store
+                .update(key("p", "p20"), config_map("p", "p20", 1000), None)
+                .await
+                .unwrap();
+            store
+                .create(key("p", "p30"), config_map("p", "p30", 30))
+                .await
+                .unwrap();
+        })
+    };
+    writer.await.unwrap();
+    let mut listed = names(&first);
+    let mut after = first.next.clone();
+    while let Some(key) = after {
+        let next = page(store.as_ref(), "p", ReadAt::Exact(at), Some(&key), 10)
+            .await
+            .unwrap();
+        assert_eq!(next.revision, at);
+        if let Some(p20) = next.objects.iter().find(|o| o["metadata"]["name"] == "p20") {
+            assert_eq!(p20["data"]["value"], "20", "p20 as it was at the revision");
+        }
+        listed.extend(names(&next));
+        after = next.next;
+    }
+    let expected: Vec<String> = (0..25).map(|i| format!("p{i:02}")).collect();
+    assert_eq!(listed, expected, "the pages are the list at revision {at}");
+    // The present: p02 and p15 gone, p30 there.
+    let now = page(store.as_ref(), "p", ReadAt::Consistent, None, 100)
+        .await
+        .unwrap();
+    assert!(now.revision > at);
+    assert_eq!(now.objects.len(), 24);
+    assert!(now.next.is_none());
+    // A filter: pages of objects whose value is even, counted after filtering.
+    let even = |o: &Value| {
+        o["data"]["value"]
+            .as_str()
+            .and_then(|v| v.parse::<u64>().ok())
+            .is_some_and(|v| v % 2 == 0)
+    };
+    let filtered = store
+        .list_page(PageRequest {
+            resource: "configmaps",
+            namespace: Some("p"),
+            at: ReadAt::Any,
+            after: Some("p03"),
+            limit: Some(3),
+            filter: &even,
+        })
+        .await
+        .unwrap();
+    assert_eq!(names(&filtered), ["p04", "p06", "p08"]);
+    assert_eq!(filtered.next.as_deref(), Some("p08"));
+    let ahead = store.revision() + 1000;
+    assert!(matches!(
+        page(store.as_ref(), "p", ReadAt::NotOlderThan(ahead), None, 10).await,
+        Err(Error::TooLarge { .. })
+    ));
+    at
+}
+
+async fn conformance(store: Arc<dyn Store>) -> u64 {
     compare_and_swap(store.as_ref()).await;
     lists_and_watches_at_revisions(store.as_ref()).await;
     concurrent_read_modify_write(store.clone()).await;
     blobs_round_trip(store.as_ref()).await;
+    paging_with_concurrent_writes(store).await
 }
 
 async fn etcd_store(etcd: &EtcdCluster, prefix: &str, event_log_len: usize) -> EtcdStore {
@@ -234,7 +347,20 @@ async fn etcd_store(etcd: &EtcdCluster, prefix: &str, event_log_len: usize) -> E
 async fn the_redb_store_conforms() {
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(RedbStore::open(&dir.path().join("store.redb")).unwrap());
-    conformance(store).await;
+    let paged_at = conformance(store.clone()).await;
+    // redb keeps no history: a revision that is neither a paged list's snapshot nor the
+    // current one is gone.
+    assert!(matches!(
+        page(
+            store.as_ref(),
+            "p",
+            ReadAt::Exact(paged_at - 1),
+            Some("p09"),
+            10
+        )
+        .await,
+        Err(Error::Gone { .. })
+    ));
     // redb compacts its event log every 64th commit.
     let small = RedbStore::open_with_log_len(&dir.path().join("small.redb"), 10).unwrap();
     gone_once_history_is_compacted(&small, 130).await;
@@ -247,7 +373,24 @@ async fn the_etcd_store_conforms() {
     }
     let etcd = EtcdCluster::start(3);
     let store = Arc::new(etcd_store(&etcd, "/conformance", 100_000).await);
-    conformance(store.clone()).await;
+    let paged_at = conformance(store.clone()).await;
+    // etcd reads any revision it has not compacted, and none it has.
+    let before = page(store.as_ref(), "p", ReadAt::Exact(paged_at - 1), None, 100)
+        .await
+        .unwrap();
+    assert_eq!(before.objects.len(), 24, "the list before p24 was created");
+    store.compact_now().await.unwrap();
+    assert!(matches!(
+        page(
+            store.as_ref(),
+            "p",
+            ReadAt::Exact(paged_at),
+            Some("p09"),
+            10
+        )
+        .await,
+        Err(Error::Gone { .. })
+    ));
     // Objects are where Kubernetes puts them, and an object's resourceVersion is its etcd
     // mod_revision: a second store (another API server) reads them back as they are.
     let reader = etcd_store(&etcd, "/conformance", 100_000).await;

@@ -43,6 +43,11 @@ impl LabelSelector {
         Ok(Self(requirements))
     }
 
+    /// Whether the selector has no requirements (matches everything).
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
     pub fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
         self.0.iter().all(|r| {
             let value = labels.get(&r.key);

@@ -40,6 +40,12 @@ pub enum ApiError {
     NoRoute,
     #[error("{0}")]
     Gone(String),
+    /// A continued list whose revision is gone: the token continues at the latest state.
+    #[error("The provided continue parameter is too old to display a consistent list result. You can start a new list without the continue parameter, or use the continue token in this response to retrieve the remainder of the results. Continuing with the provided token results in an inconsistent list - objects that were created, modified, or deleted between the time the first chunk was returned and now may show up in the list.")]
+    ContinueExpired { continue_token: String },
+    /// kube-apiserver's words, which client-go's reflector recognises.
+    #[error("Too large resource version: {requested}, current: {current}")]
+    TooLargeResourceVersion { requested: u64, current: u64 },
     #[error("{0}")]
     ServiceUnavailable(String),
     #[error("{0}")]
@@ -70,7 +76,8 @@ impl ApiError {
             Self::Forbidden(_) => StatusCode::FORBIDDEN,
             Self::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            Self::Gone(_) => StatusCode::GONE,
+            Self::Gone(_) | Self::ContinueExpired { .. } => StatusCode::GONE,
+            Self::TooLargeResourceVersion { .. } => StatusCode::GATEWAY_TIMEOUT,
             Self::ServiceUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -87,7 +94,8 @@ impl ApiError {
             Self::Forbidden(_) => "Forbidden",
             Self::MethodNotAllowed(_) => "MethodNotAllowed",
             Self::UnsupportedMediaType(_) => "UnsupportedMediaType",
-            Self::Gone(_) => "Expired",
+            Self::Gone(_) | Self::ContinueExpired { .. } => "Expired",
+            Self::TooLargeResourceVersion { .. } => "Timeout",
             Self::ServiceUnavailable(_) => "ServiceUnavailable",
             Self::Internal(_) => "InternalError",
         }
@@ -96,6 +104,7 @@ impl ApiError {
     /// The `Status` object for this error.
     pub fn status(&self) -> Value {
         let mut details = json!({});
+        let mut metadata = json!({});
         match self {
             Self::NotFound { resource, name }
             | Self::AlreadyExists { resource, name }
@@ -106,12 +115,21 @@ impl ApiError {
             Self::Invalid { kind, name, causes } => {
                 details = json!({"name": name, "kind": kind, "causes": causes});
             }
+            Self::ContinueExpired { continue_token } => {
+                metadata = json!({"continue": continue_token});
+            }
+            Self::TooLargeResourceVersion { .. } => {
+                details = json!({
+                    "causes": [{"reason": "ResourceVersionTooLarge", "message": "Too large resource version"}],
+                    "retryAfterSeconds": 1,
+                });
+            }
             _ => {}
         }
         json!({
             "kind": "Status",
             "apiVersion": "v1",
-            "metadata": {},
+            "metadata": metadata,
             "status": "Failure",
             "message": self.to_string(),
             "reason": self.reason(),
@@ -133,6 +151,9 @@ impl ApiError {
             },
             store::Error::Gone { requested, oldest } => {
                 Self::Gone(format!("too old resource version: {requested} ({oldest})"))
+            }
+            store::Error::TooLarge { requested, current } => {
+                Self::TooLargeResourceVersion { requested, current }
             }
             store::Error::Unavailable(e) => {
                 tracing::warn!("store unavailable for {resource}/{name}: {e}");

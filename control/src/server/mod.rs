@@ -10,6 +10,7 @@ mod discovery;
 pub mod error;
 mod escalation;
 mod guard;
+mod list;
 mod modules;
 mod namespaces;
 pub mod nodes;

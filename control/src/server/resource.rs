@@ -20,35 +20,6 @@ use crate::api::{object, patch};
 use crate::store::{revision_of, ObjectKey};
 
 impl ApiServer {
-    pub(super) fn list(&self, request: &Request) -> Result<Response> {
-        let resource = request.resource();
-        let labels = request.query.label_selector()?;
-        let fields = request.query.field_selector()?;
-        let listing = self
-            .store
-            .list(&resource.store_name(), request.path.namespace.as_deref())
-            .map_err(|e| ApiError::from_store(e, &resource.qualified_plural(), ""))?;
-        let items: Vec<&Value> = listing
-            .objects
-            .iter()
-            .filter(|o| labels.matches_object(o) && fields.matches(o))
-            .collect();
-        if request.wants_table {
-            let include_object = request.query.get("includeObject") == Some("Object");
-            return Ok(json_response(
-                StatusCode::OK,
-                &resource.table(&items, listing.revision, include_object),
-            ));
-        }
-        let body = json!({
-            "kind": format!("{}List", resource.kind),
-            "apiVersion": resource.api_version(),
-            "metadata": {"resourceVersion": listing.revision.to_string()},
-            "items": items,
-        });
-        Ok(json_response(StatusCode::OK, &body))
-    }
-
     pub(super) fn respond_object(
         &self,
         request: &Request,

@@ -24,8 +24,8 @@ impl ApiServer {
             };
         }
         match (&request.method, has_name, sub.as_deref()) {
-            (&Method::GET, false, _) if request.query.flag("watch") => self.watch(&request),
-            (&Method::GET, false, _) => self.list(&request),
+            (&Method::GET, false, _) if request.query.flag("watch") => self.watch(&request).await,
+            (&Method::GET, false, _) => self.list(&request).await,
             (_, true, Some("proxy")) => pods::proxy(self, &request).await,
             (&Method::GET, true, Some("log")) => pods::log(self, &request).await,
             (&Method::GET, true, Some("scale")) => scale::get(self, &request),

@@ -1,6 +1,9 @@
 //! `?watch=true`: one JSON event per line over a chunked response (kubectl-wire.md §4).
 //! Without a resourceVersion (or with "0") the current objects come first as ADDED events;
 //! with one, only changes after it. A compacted revision answers with an ERROR event (410).
+//! `sendInitialEvents=true` (a streaming list) sends the state as ADDED events, then a
+//! BOOKMARK annotated `k8s.io/initial-events-end`, then the changes. No periodic bookmarks
+//! are sent (the server may omit them): a watch's revision is only ever one it delivered.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -13,12 +16,13 @@ use http::header::CONTENT_TYPE;
 use serde_json::{json, Value};
 
 use super::error::{ApiError, Result};
+use super::query::Query;
 use super::request::Request;
 use super::ApiServer;
-use crate::store::{self, EventType};
+use crate::store::{self, EventType, PageRequest, ReadAt};
 
 impl ApiServer {
-    pub(super) fn watch(&self, request: &Request) -> Result<Response> {
+    pub(super) async fn watch(&self, request: &Request) -> Result<Response> {
         if self.stopping.is_cancelled() {
             // An empty watch would be retried at once; an error makes clients back off.
             return Err(ApiError::ServiceUnavailable(
@@ -43,20 +47,44 @@ impl ApiServer {
             Bytes::from(line)
         });
 
-        let (initial, since) = match request.query.resource_version()? {
-            Some(revision) => (Vec::new(), revision),
-            None => {
-                let listing = self
+        let initial_at = initial_read(&request.query)?;
+        let (initial, since) = match initial_at {
+            None => (Vec::new(), request.query.resource_version()?.unwrap_or(0)),
+            Some((at, end_bookmark)) => {
+                let filter =
+                    |object: &Value| labels.matches_object(object) && fields.matches(object);
+                let page = self
                     .store
-                    .list(&resource.store_name(), namespace)
+                    .list_page(PageRequest {
+                        resource: &resource.store_name(),
+                        namespace,
+                        at,
+                        after: None,
+                        limit: None,
+                        filter: &filter,
+                    })
+                    .await
                     .map_err(|e| ApiError::from_store(e, &resource.qualified_plural(), ""))?;
-                let added = listing
-                    .objects
-                    .iter()
-                    .filter(|o| labels.matches_object(o) && fields.matches(o))
-                    .map(|o| encode("ADDED", o))
-                    .collect();
-                (added, listing.revision)
+                let mut initial: Vec<Bytes> =
+                    page.objects.iter().map(|o| encode("ADDED", o)).collect();
+                if end_bookmark {
+                    // The end of the initial events (a streaming list, KEP-3157): a bookmark
+                    // at the revision they were read at.
+                    let bookmark = json!({
+                        "kind": resource.kind,
+                        "apiVersion": resource.api_version(),
+                        "metadata": {
+                            "resourceVersion": page.revision.to_string(),
+                            "annotations": {"k8s.io/initial-events-end": "true"},
+                        },
+                    });
+                    let mut line =
+                        serde_json::to_vec(&json!({"type": "BOOKMARK", "object": bookmark}))
+                            .expect("JSON always serializes");
+                    line.push(b'\n');
+                    initial.push(Bytes::from(line));
+                }
+                (initial, page.revision)
             }
         };
         let live = match self.store.watch(&resource.store_name(), namespace, since) {
@@ -105,6 +133,37 @@ impl ApiServer {
         };
         Ok(stream_response(events))
     }
+}
+
+/// Which state a watch first sends as ADDED events, if any, and whether a bookmark ends them:
+/// with `sendInitialEvents=true` (which needs `resourceVersionMatch=NotOlderThan` and
+/// bookmarks, as on Kubernetes) the state at least as new as `resourceVersion`; without it,
+/// the current state when no `resourceVersion` (or "0") is given, else nothing.
+fn initial_read(query: &Query) -> Result<Option<(ReadAt, bool)>> {
+    let version = query.resource_version()?;
+    if !query.flag("sendInitialEvents") {
+        return Ok(match (query.get("resourceVersion"), version) {
+            (_, Some(_)) => None,
+            (Some("0"), None) => Some((ReadAt::Any, false)),
+            (_, None) => Some((ReadAt::Consistent, false)),
+        });
+    }
+    if query.get("resourceVersionMatch") != Some("NotOlderThan") {
+        return Err(ApiError::BadRequest(
+            "resourceVersionMatch: Forbidden: sendInitialEvents requires setting resourceVersionMatch to NotOlderThan".into(),
+        ));
+    }
+    if !query.flag("allowWatchBookmarks") {
+        return Err(ApiError::BadRequest(
+            "allowWatchBookmarks: Forbidden: sendInitialEvents requires setting allowWatchBookmarks to true".into(),
+        ));
+    }
+    let at = match (query.get("resourceVersion"), version) {
+        (_, Some(revision)) => ReadAt::NotOlderThan(revision),
+        (Some("0"), None) => ReadAt::Any,
+        (_, None) => ReadAt::Consistent,
+    };
+    Ok(Some((at, true)))
 }
 
 fn stream_response(events: futures::stream::BoxStream<'static, Bytes>) -> Response {

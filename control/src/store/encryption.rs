@@ -19,7 +19,10 @@ use futures::StreamExt;
 use rand::RngCore;
 use serde_json::{json, Value};
 
-use super::{revision_of, stamp_revision, Error, Listing, ObjectKey, Result, Store, WatchStream};
+use super::{
+    revision_of, stamp_revision, Error, Listing, ObjectKey, Page, PageRequest, Result, Store,
+    WatchStream,
+};
 
 const ENVELOPE_FIELD: &str = "k8s:enc";
 
@@ -410,6 +413,32 @@ impl Store for EncryptedStore {
             objects,
             revision: listing.revision,
         })
+    }
+
+    async fn list_page(&self, request: PageRequest<'_>) -> Result<Page> {
+        if self.config.providers(request.resource).is_none() {
+            return self.inner.list_page(request).await;
+        }
+        // The selectors look at the decrypted object; one that cannot be decrypted is kept,
+        // so that the page fails naming why, as a list does.
+        let (config, resource, filter) = (&self.config, request.resource, request.filter);
+        let decrypted_filter = move |stored: &Value| {
+            open(config, &key_of(resource, stored), stored.clone())
+                .map_or(true, |object| filter(&object))
+        };
+        let page = self
+            .inner
+            .list_page(PageRequest {
+                filter: &decrypted_filter,
+                ..request
+            })
+            .await?;
+        let objects = page
+            .objects
+            .into_iter()
+            .map(|stored| open(&self.config, &key_of(resource, &stored), stored))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Page { objects, ..page })
     }
 
     fn watch(&self, resource: &str, namespace: Option<&str>, since: u64) -> Result<WatchStream> {

@@ -9,6 +9,7 @@
 pub mod encryption;
 pub mod etcd;
 mod feeds;
+pub mod paging;
 mod redb_store;
 
 use std::pin::Pin;
@@ -18,6 +19,7 @@ use futures::Stream;
 use serde_json::Value;
 
 pub use etcd::{EtcdOptions, EtcdStore};
+pub use paging::{Page, PageRequest, ReadAt};
 pub use redb_store::{RedbStore, Released, DEFAULT_EVENT_LOG_LEN};
 
 /// Where an object lives: `resource` is the plural name plus the group for non-core groups
@@ -98,6 +100,10 @@ pub enum Error {
     },
     #[error("too old resource version: {requested} ({oldest})")]
     Gone { requested: u64, oldest: u64 },
+    /// A read asked for a revision the store has not reached (and did not within a short
+    /// wait): the client may retry.
+    #[error("too large resource version: {requested}, current: {current}")]
+    TooLarge { requested: u64, current: u64 },
     #[error("store backend: {0}")]
     Backend(String),
     /// The backend cannot answer now (etcd unreachable or without quorum): the request may
@@ -131,7 +137,11 @@ pub trait Store: Send + Sync + 'static {
     /// returns its last state, stamped with the deletion revision.
     async fn delete(&self, key: ObjectKey, precondition: Option<u64>) -> Result<Value>;
     fn get(&self, key: &ObjectKey) -> Result<Option<Value>>;
+    /// Every object of `resource` (in `namespace`, if given) as this server has them now.
     fn list(&self, resource: &str, namespace: Option<&str>) -> Result<Listing>;
+    /// One page of a list at the revision `request.at` asks for ([`paging`]): `Gone` when
+    /// that revision is no longer readable, `TooLarge` when it has not been reached.
+    async fn list_page(&self, request: PageRequest<'_>) -> Result<Page>;
     /// Streams every change to `resource` (in `namespace`, if given) with a revision greater
     /// than `since`: first from the event log, then live. `Gone` if `since` was compacted.
     fn watch(&self, resource: &str, namespace: Option<&str>, since: u64) -> Result<WatchStream>;

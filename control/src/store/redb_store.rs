@@ -7,6 +7,7 @@
 //! Committed events are kept in an `events` table (the event log watches resume from) and
 //! fanned out live through a broadcast channel per resource.
 
+use std::ops::Bound;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -16,6 +17,7 @@ use serde_json::Value;
 use tokio::sync::{mpsc, oneshot};
 
 use super::feeds::{self, LiveFeeds};
+use super::paging::{self, Page, PageRequest, ReadAt};
 use super::{
     key_prefix, revision_of, stamp_revision, Error, EventType, Listing, ObjectKey, Result, Store,
     WatchEvent, WatchStream,
@@ -63,6 +65,52 @@ pub struct RedbStore {
     writer: Option<std::thread::JoinHandle<()>>,
     live: Arc<LiveFeeds>,
     revision: Arc<AtomicU64>,
+    snapshots: Snapshots,
+}
+
+/// How long a paged list's snapshot is kept for its next page: a read transaction held open
+/// keeps the pages it sees from being reused, so not for long (an automated client asks for
+/// the next page at once; a later one gets 410 and a token to continue at the latest state).
+const SNAPSHOT_TTL: std::time::Duration = std::time::Duration::from_secs(60);
+/// The most snapshots kept at once.
+const SNAPSHOTS: usize = 8;
+
+type ObjectsTable = redb::ReadOnlyTable<&'static str, &'static [u8]>;
+
+/// The objects table as of one revision: what the pages of one list are read from.
+struct Snapshot {
+    revision: u64,
+    objects: Arc<ObjectsTable>,
+    taken: std::time::Instant,
+}
+
+/// Read snapshots of paged lists still being read, newest last.
+#[derive(Default)]
+struct Snapshots(std::sync::Mutex<std::collections::VecDeque<Snapshot>>);
+
+impl Snapshots {
+    fn find(&self, revision: u64) -> Option<Arc<ObjectsTable>> {
+        let mut kept = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        kept.retain(|s| s.taken.elapsed() < SNAPSHOT_TTL);
+        kept.iter()
+            .find(|s| s.revision == revision)
+            .map(|s| s.objects.clone())
+    }
+
+    fn keep(&self, revision: u64, objects: Arc<ObjectsTable>) {
+        let mut kept = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if kept.iter().any(|s| s.revision == revision) {
+            return;
+        }
+        if kept.len() == SNAPSHOTS {
+            kept.pop_front();
+        }
+        kept.push_back(Snapshot {
+            revision,
+            objects,
+            taken: std::time::Instant::now(),
+        });
+    }
 }
 
 impl RedbStore {
@@ -108,7 +156,47 @@ impl RedbStore {
             writer: Some(writer),
             live,
             revision,
+            snapshots: Snapshots::default(),
         })
+    }
+
+    /// The objects table and the revision it is at, as of now.
+    fn read_now(&self) -> Result<(u64, Arc<ObjectsTable>)> {
+        let txn = self.db.begin_read().map_err(backend)?;
+        let meta = txn.open_table(META).map_err(backend)?;
+        let revision = meta
+            .get(META_REVISION)
+            .map_err(backend)?
+            .map(|v| v.value())
+            .unwrap_or(0);
+        Ok((
+            revision,
+            Arc::new(txn.open_table(OBJECTS).map_err(backend)?),
+        ))
+    }
+
+    /// The objects table at the revision `at` asks for: the current one, or a kept snapshot
+    /// (redb keeps no history beyond those).
+    fn read_at(&self, at: ReadAt) -> Result<(u64, Arc<ObjectsTable>)> {
+        if let ReadAt::Exact(wanted) = at {
+            if let Some(objects) = self.snapshots.find(wanted) {
+                return Ok((wanted, objects));
+            }
+        }
+        let (revision, objects) = self.read_now()?;
+        match at {
+            ReadAt::Exact(wanted) | ReadAt::NotOlderThan(wanted) if wanted > revision => {
+                Err(Error::TooLarge {
+                    requested: wanted,
+                    current: revision,
+                })
+            }
+            ReadAt::Exact(wanted) if wanted != revision => Err(Error::Gone {
+                requested: wanted,
+                oldest: revision,
+            }),
+            _ => Ok((revision, objects)),
+        }
     }
 
     /// Tells when the store's file is released: every handle on the database (the store, its
@@ -234,6 +322,47 @@ impl Store for RedbStore {
             objects: found,
             revision,
         })
+    }
+
+    async fn list_page(&self, request: PageRequest<'_>) -> Result<Page> {
+        let (revision, objects) = self.read_at(request.at)?;
+        let prefix = key_prefix(request.resource, request.namespace);
+        let start = match request.after {
+            Some(after) => Bound::Excluded(format!("{prefix}{after}")),
+            None => Bound::Included(prefix.clone()),
+        };
+        let range = objects
+            .range::<&str>((start.as_ref().map(String::as_str), Bound::Unbounded))
+            .map_err(backend)?;
+        // A read error ends the page and fails the request (after the iterator is consumed).
+        let failure = std::cell::RefCell::new(None);
+        let entries = range
+            .map_while(|entry| {
+                entry
+                    .map_err(|e| *failure.borrow_mut() = Some(backend(e)))
+                    .ok()
+            })
+            .map_while(|(key, bytes)| {
+                let relative = key.value().strip_prefix(&prefix)?.to_string();
+                Some((relative, bytes))
+            })
+            .filter_map(
+                |(relative, bytes)| match serde_json::from_slice::<Value>(bytes.value()) {
+                    Ok(object) => Some((relative, object)),
+                    Err(e) => {
+                        tracing::warn!("store: skipping {prefix}{relative}: {e}");
+                        None
+                    }
+                },
+            );
+        let page = paging::cut(entries, request.limit, request.filter, revision);
+        if let Some(e) = failure.into_inner() {
+            return Err(e);
+        }
+        if page.next.is_some() {
+            self.snapshots.keep(revision, objects);
+        }
+        Ok(page)
     }
 
     fn watch(&self, resource: &str, namespace: Option<&str>, since: u64) -> Result<WatchStream> {

@@ -45,6 +45,16 @@ impl Layout {
         path
     }
 
+    /// The range a list of `resource` (in `namespace`) reads: every key starts with it.
+    pub fn list_prefix(&self, resource: &str, namespace: Option<&str>) -> String {
+        let mut path = self.resource_path(resource);
+        if let Some(namespace) = namespace {
+            path.push_str(namespace);
+            path.push('/');
+        }
+        path
+    }
+
     /// `<prefix>/[<group>/]<plural>/` for a store resource name (`pods`, `deployments.apps`).
     fn resource_path(&self, resource: &str) -> String {
         match resource.split_once('.') {

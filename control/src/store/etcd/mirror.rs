@@ -10,6 +10,7 @@
 //! or relist.
 
 use std::collections::{BTreeMap, VecDeque};
+use std::ops::Bound;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -18,6 +19,7 @@ use tokio::sync::watch;
 
 use super::layout::Layout;
 use crate::store::feeds::{self, LiveFeeds};
+use crate::store::paging::{self, Page, PageRequest};
 use crate::store::{
     key_prefix, stamp_revision, Error, EventType, Listing, ObjectKey, Result, WatchEvent,
     WatchStream,
@@ -209,6 +211,30 @@ impl Mirror {
         }
     }
 
+    /// A page of `request`'s objects as the mirror has them, if it is at `revision` (at
+    /// whatever revision it is when `None`).
+    pub fn page(&self, request: &PageRequest<'_>, revision: Option<u64>) -> Option<Page> {
+        let prefix = key_prefix(request.resource, request.namespace);
+        let state = self.read();
+        if revision.is_some_and(|wanted| wanted != state.revision) {
+            return None;
+        }
+        let start = match request.after {
+            Some(after) => Bound::Excluded(format!("{prefix}{after}")),
+            None => Bound::Included(prefix.clone()),
+        };
+        let entries = state
+            .objects
+            .range::<String, _>((start, Bound::Unbounded))
+            .map_while(|(key, object)| Some((key.strip_prefix(&prefix)?, &**object)));
+        Some(paging::cut(
+            entries,
+            request.limit,
+            request.filter,
+            state.revision,
+        ))
+    }
+
     pub fn watch(
         self: &Arc<Self>,
         resource: &str,
@@ -281,7 +307,7 @@ fn load(layout: &Layout, entries: Vec<Entry>) -> BTreeMap<String, Arc<Value>> {
 }
 
 /// The object an entry holds, stamped with `revision`, and its key.
-fn decode(
+pub(super) fn decode(
     layout: &Layout,
     entry: &Entry,
     revision: u64,

@@ -26,11 +26,18 @@ use serde_json::Value;
 pub use layout::Layout;
 use mirror::{Change, Entry, Mirror};
 
+use super::paging::{Page, PageRequest, ReadAt};
 use super::{Error, Listing, ObjectKey, Result, Store, WatchStream, DEFAULT_EVENT_LOG_LEN};
 
 /// How long a write waits for this server's watch cache to show it before returning anyway
 /// (it is durable in etcd either way).
 const MIRROR_WAIT: Duration = Duration::from_secs(10);
+/// How long a read waits for the watch cache to reach the revision it needs (kube-apiserver
+/// waits 3 s too) before reading etcd itself, or, for a revision etcd has not reached either,
+/// answering 504.
+const FRESH_WAIT: Duration = Duration::from_secs(3);
+/// The most keys one etcd range read of a paged list returns.
+const RANGE_BATCH: usize = 1000;
 /// The largest chunk of a blob in one etcd value (etcd's default request limit is 1.5 MiB).
 const BLOB_CHUNK: usize = 1024 * 1024;
 
@@ -202,6 +209,66 @@ impl EtcdStore {
         Ok((response.succeeded(), revision, response.op_responses()))
     }
 
+    /// A page read from etcd itself at `revision` (one the watch cache has moved past, or
+    /// has not reached in time): in batches, until the page is full or the range ends.
+    async fn page_from_etcd(&self, request: &PageRequest<'_>, revision: u64) -> Result<Page> {
+        let base = self.layout.list_prefix(request.resource, request.namespace);
+        let end = range_end(&base);
+        let mut start = match request.after {
+            Some(after) => format!("{base}{after}\0"),
+            None => base.clone(),
+        };
+        let limit = request.limit.unwrap_or(usize::MAX);
+        let mut objects = Vec::new();
+        let mut client = self.client.clone();
+        loop {
+            let batch = limit.saturating_sub(objects.len()).clamp(1, RANGE_BATCH);
+            let options = GetOptions::new()
+                .with_range(end.clone())
+                .with_revision(revision as i64)
+                .with_limit(batch as i64);
+            let response = client
+                .get(start.clone(), Some(options))
+                .await
+                .map_err(|e| read_error(e, revision))?;
+            // How many keys the range holds from `start` on, this batch included.
+            let count = response.count().max(0) as u64;
+            for (index, kv) in response.kvs().iter().enumerate() {
+                let entry = entry(kv);
+                match mirror::decode(&self.layout, &entry, entry.mod_revision) {
+                    Ok((_, object)) if (request.filter)(&object) => objects.push(object),
+                    Ok(_) => {}
+                    Err(why) => tracing::warn!("etcd: skipping {}: {why}", entry.key),
+                }
+                if objects.len() == limit {
+                    let remaining = count.saturating_sub(index as u64 + 1);
+                    let next = (remaining > 0)
+                        .then(|| entry.key.strip_prefix(&base).map(str::to_string))
+                        .flatten();
+                    return Ok(Page {
+                        objects,
+                        revision,
+                        next,
+                        remaining,
+                    });
+                }
+            }
+            match response.kvs().last() {
+                Some(last) if response.more() => {
+                    start = format!("{}\0", String::from_utf8_lossy(last.key()));
+                }
+                _ => {
+                    return Ok(Page {
+                        objects,
+                        revision,
+                        next: None,
+                        remaining: 0,
+                    })
+                }
+            }
+        }
+    }
+
     /// Returns `object` stamped with `revision` once this server's watch cache has it.
     async fn written(&self, mut object: Value, revision: u64) -> Value {
         super::stamp_revision(&mut object, revision);
@@ -247,6 +314,34 @@ fn encode(object: &Value) -> Result<Vec<u8>> {
         meta.remove("resourceVersion");
     }
     serde_json::to_vec(&object).map_err(|e| Error::Backend(format!("encoding: {e}")))
+}
+
+/// The end of the range of keys starting with `prefix` (which ends in `/`: the next byte).
+fn range_end(prefix: &str) -> Vec<u8> {
+    let mut end = prefix.as_bytes().to_vec();
+    if let Some(last) = end.last_mut() {
+        *last += 1;
+    }
+    end
+}
+
+/// A range read's failure: `Gone` when etcd has compacted the revision, `TooLarge` when it
+/// has not reached it, else unavailable.
+fn read_error(e: etcd_client::Error, revision: u64) -> Error {
+    let message = e.to_string();
+    if message.contains("required revision has been compacted") {
+        Error::Gone {
+            requested: revision,
+            oldest: revision + 1,
+        }
+    } else if message.contains("required revision is a future revision") {
+        Error::TooLarge {
+            requested: revision,
+            current: 0,
+        }
+    } else {
+        unavailable(e)
+    }
 }
 
 fn entry(kv: &KeyValue) -> Entry {
@@ -441,6 +536,46 @@ impl Store for EtcdStore {
 
     fn list(&self, resource: &str, namespace: Option<&str>) -> Result<Listing> {
         Ok(self.mirror.list(resource, namespace))
+    }
+
+    async fn list_page(&self, request: PageRequest<'_>) -> Result<Page> {
+        let too_large = |requested| Error::TooLarge {
+            requested,
+            current: self.mirror.revision(),
+        };
+        let exact = match request.at {
+            ReadAt::Any => None,
+            ReadAt::Consistent => {
+                // What etcd has committed now (a linearizable read), which the watch cache
+                // must reach before it answers: then this read sees every write acknowledged
+                // before it, whichever server made it.
+                let latest = current_revision(&mut self.client.clone())
+                    .await
+                    .map_err(unavailable)?;
+                if !self.mirror.wait_for(latest, FRESH_WAIT).await {
+                    return self.page_from_etcd(&request, latest).await;
+                }
+                None
+            }
+            ReadAt::NotOlderThan(wanted) => {
+                if !self.mirror.wait_for(wanted, FRESH_WAIT).await {
+                    return Err(too_large(wanted));
+                }
+                None
+            }
+            ReadAt::Exact(wanted) => {
+                if !self.mirror.wait_for(wanted, FRESH_WAIT).await {
+                    return Err(too_large(wanted));
+                }
+                Some(wanted)
+            }
+        };
+        if let Some(page) = self.mirror.page(&request, exact) {
+            return Ok(page);
+        }
+        // Only an exact revision the watch cache has moved past gets here.
+        let wanted = exact.unwrap_or_else(|| self.mirror.revision());
+        self.page_from_etcd(&request, wanted).await
     }
 
     fn watch(&self, resource: &str, namespace: Option<&str>, since: u64) -> Result<WatchStream> {
