@@ -116,6 +116,34 @@ pub fn kubectl_available(test: &str) -> bool {
     found
 }
 
+/// The Python interpreter that has the official Kubernetes client (`scripts/test` installs
+/// it in `target/test-venv`; `SHOAL_TEST_PYTHON` names another), or `None` with a SKIPPED
+/// line; under `CI=true` a missing client fails the test.
+pub fn python_client(test: &str) -> Option<PathBuf> {
+    let python = std::env::var_os("SHOAL_TEST_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/test-venv/bin/python")
+        });
+    let found = Command::new(&python)
+        .args(["-c", "import kubernetes"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !found {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "the Python kubernetes client is required under CI=true but {} cannot import it (run scripts/test)",
+            python.display()
+        );
+        eprintln!(
+            "SKIPPED {test}: no Python kubernetes client at {} (run scripts/test)",
+            python.display()
+        );
+        return None;
+    }
+    Some(python)
+}
+
 /// Runs `kubectl ARGS` against a kubeconfig, with a private discovery cache.
 pub fn kubectl(kubeconfig: &Path, args: &[&str]) -> Output {
     let cache = kubeconfig.parent().unwrap().join("kubectl-cache");

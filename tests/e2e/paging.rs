@@ -156,6 +156,47 @@ async fn kubectl_and_kube_rs_page_through_lists() {
     );
 }
 
+/// The official Python client pages with `limit` and `_continue`, as its users write it.
+const PYTHON_PAGES: &str = r#"
+import json, sys
+from kubernetes import client, config
+config.load_kube_config(config_file=sys.argv[1])
+api = client.CoreV1Api()
+names, pages, token = [], 0, None
+while True:
+    page = api.list_namespaced_config_map("paging", limit=6, _continue=token)
+    pages += 1
+    names += [cm.metadata.name for cm in page.items]
+    token = page.metadata._continue
+    if not token:
+        break
+print(json.dumps({"names": names, "pages": pages}))
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_python_client_pages_through_a_list() {
+    let Some(python) = python_client("the_python_client_pages_through_a_list") else {
+        return;
+    };
+    let cluster = cluster_with_config_maps().await;
+    let script = cluster.dir.path().join("pages.py");
+    std::fs::write(&script, PYTHON_PAGES).unwrap();
+    let output = tokio::process::Command::new(python)
+        .arg(&script)
+        .arg(&cluster.kubeconfig)
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let result: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(result["pages"], 4, "23 objects in pages of 6");
+    assert_eq!(result["names"], json!(expected_names()));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pages_are_consistent_and_a_gone_revision_gets_a_fresh_token() {
     let cluster = cluster_with_config_maps().await;
