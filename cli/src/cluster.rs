@@ -34,6 +34,11 @@ pub struct ControlPlaneOptions {
     /// Run the scheduler and controllers only while this server holds the election Lease
     /// (several servers on one etcd); `None`: always.
     pub leader_election: Option<shoal_control::leader::ElectionOptions>,
+    /// The address listed for this server in the default/kubernetes Endpoints (`None`: the
+    /// bound address, or 127.0.0.1 when that is unspecified).
+    pub advertise_address: Option<std::net::IpAddr>,
+    /// How this server's identity Lease (its place in those Endpoints) is renewed.
+    pub peers: shoal_control::peers::PeerOptions,
 }
 
 /// How the API is served and who may use it.
@@ -186,15 +191,11 @@ async fn rotate_serving_certificate(pki: Arc<Pki>, names: Vec<String>, tls: Arc<
     }
 }
 
-/// The `default/kubernetes` Service (ClusterIP 10.96.0.1, port 443) and its Endpoints, the
-/// API server's address: how pods find the API (`https://kubernetes.default.svc`).
+/// The `default/kubernetes` Service (ClusterIP 10.96.0.1, port 443): how pods find the API
+/// (`https://kubernetes.default.svc`). Its Endpoints list every live API server
+/// (`shoal_control::peers`).
 async fn publish_kubernetes_service(client: &Client, addr: SocketAddr) -> anyhow::Result<()> {
-    use k8s_openapi::api::core::v1::{Endpoints, Service};
-    let ip = if addr.ip().is_unspecified() {
-        std::net::IpAddr::from([127, 0, 0, 1])
-    } else {
-        addr.ip()
-    };
+    use k8s_openapi::api::core::v1::Service;
     let service: Service = serde_json::from_value(serde_json::json!({
         "metadata": {"name": "kubernetes", "namespace": "default",
             "labels": {"component": "apiserver", "provider": "kubernetes"}},
@@ -212,23 +213,6 @@ async fn publish_kubernetes_service(client: &Client, addr: SocketAddr) -> anyhow
             Ok(_) => {}
             Err(e) if e.is_conflict() => {}
             Err(e) => return Err(anyhow::anyhow!("creating the kubernetes Service: {e}")),
-        }
-    }
-    let endpoints: Endpoints = serde_json::from_value(serde_json::json!({
-        "metadata": {"name": "kubernetes", "namespace": "default"},
-        "subsets": [{"addresses": [{"ip": ip.to_string()}],
-            "ports": [{"name": "https", "port": addr.port(), "protocol": "TCP"}]}]
-    }))?;
-    let api = client.api::<Endpoints>(Some("default"));
-    match api.get_opt("kubernetes").await? {
-        None => {
-            api.create(&endpoints).await?;
-        }
-        Some(current) => {
-            // The API's address may change between starts (a free port in tests).
-            let mut updated = endpoints;
-            updated.metadata.resource_version = current.metadata.resource_version;
-            api.replace("kubernetes", &updated).await?;
         }
     }
     Ok(())
@@ -253,6 +237,8 @@ pub struct ControlPlane {
     insecure_http: Option<JoinHandle<std::io::Result<()>>>,
     /// The scheduler and the controllers.
     tasks: Tasks,
+    /// Where this server is listed in the default/kubernetes Endpoints.
+    advertised: SocketAddr,
 }
 
 impl ControlPlane {
@@ -274,6 +260,8 @@ impl ControlPlane {
             event_log_len,
             etcd,
             leader_election,
+            advertise_address,
+            peers,
         } = options;
         std::fs::create_dir_all(data_dir)?;
         let log_len = event_log_len.unwrap_or(shoal_control::store::DEFAULT_EVENT_LOG_LEN);
@@ -391,8 +379,23 @@ impl ControlPlane {
             }
             None => lead(&tasks),
         }
+        let advertised = SocketAddr::new(
+            advertise_address.unwrap_or(if addr.ip().is_unspecified() {
+                std::net::IpAddr::from([127, 0, 0, 1])
+            } else {
+                addr.ip()
+            }),
+            addr.port(),
+        );
         publish_kubernetes_service(&client, addr).await?;
+        {
+            let client = client.clone();
+            tasks.supervise("API server identity Lease", move || {
+                shoal_control::peers::run(client.clone(), advertised, peers)
+            });
+        }
         Ok(Self {
+            advertised,
             addr,
             insecure_addr,
             pki,
@@ -460,6 +463,8 @@ impl ControlPlane {
     /// Clients of this control plane held elsewhere (agents) must be dropped first.
     pub async fn shutdown(mut self) {
         self.tasks.shutdown().await;
+        // Out of the kubernetes Endpoints at once, not a lease duration later.
+        shoal_control::peers::leave(&self.client, self.advertised).await;
         self.client.stop_shared_watches();
         self.server.stop();
         if let Some(stop) = self.stop_http.take() {

@@ -16,6 +16,7 @@ pub use shoal_api::{api, client, task};
 pub mod auth;
 pub mod controllers;
 pub mod leader;
+pub mod peers;
 pub mod scheduler;
 pub mod server;
 pub mod store;

@@ -1,7 +1,7 @@
 //! Several `shoal server`s on one etcd (3 real members): one leads the scheduler and the
 //! controllers by a Lease, and when it is SIGKILLed another takes over within the lease
 //! duration plus a few seconds; a Deployment scaled during the failover gets exactly its
-//! replicas.
+//! replicas. The default/kubernetes Endpoints list the live servers.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -63,6 +63,31 @@ async fn pods(kubeconfig: &Path) -> Vec<String> {
     ok(output).split_whitespace().map(str::to_string).collect()
 }
 
+/// The ports the default/kubernetes Endpoints list (every server here is on 127.0.0.1).
+async fn endpoint_ports(kubeconfig: &Path) -> Vec<u16> {
+    let output = kubectl_async(
+        kubeconfig,
+        &[
+            "get",
+            "endpoints",
+            "kubernetes",
+            "-o",
+            "jsonpath={.subsets[*].ports[*].port}",
+        ],
+    )
+    .await;
+    let mut ports: Vec<u16> = String::from_utf8_lossy(&output.stdout)
+        .split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .collect();
+    ports.sort();
+    ports
+}
+
+fn port_of(url: &str) -> u16 {
+    url.rsplit(':').next().unwrap().parse().unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn controllers_fail_over_to_another_server() {
     if !etcd_available("controllers_fail_over_to_another_server")
@@ -81,12 +106,27 @@ async fn controllers_fail_over_to_another_server() {
         "2s",
         "--leader-elect-retry-period",
         "1s",
+        "--apiserver-lease-duration",
+        "3s",
     ];
     let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
-    let mut servers = vec![start_server(dirs[0].path(), &args).0];
+    let (first, first_url) = start_server(dirs[0].path(), &args);
+    let mut servers = vec![first];
     copy_pki(dirs[0].path(), dirs[1].path());
-    servers.push(start_server(dirs[1].path(), &args).0);
+    let (second, second_url) = start_server(dirs[1].path(), &args);
+    servers.push(second);
+    let ports = [port_of(&first_url), port_of(&second_url)];
     let kubeconfigs: Vec<PathBuf> = dirs.iter().map(|d| server_kubeconfig(d.path())).collect();
+
+    // The kubernetes Endpoints list both servers.
+    let mut both = ports.to_vec();
+    both.sort();
+    wait_for(
+        "both servers in the Endpoints",
+        Duration::from_secs(15),
+        async || (endpoint_ports(&kubeconfigs[0]).await == both).then_some(()),
+    )
+    .await;
 
     let leader = wait_for("a leader", Duration::from_secs(30), async || {
         leader_pid(&kubeconfigs[0]).await
@@ -120,6 +160,13 @@ async fn controllers_fail_over_to_another_server() {
     )
     .await;
     eprintln!("controller failover took {:?}", killed.elapsed());
+    // The killed server leaves the Endpoints once its identity Lease lapses (3 s).
+    wait_for(
+        "only the survivor in the Endpoints",
+        Duration::from_secs(3 + 10),
+        async || (endpoint_ports(&kubeconfigs[other]).await == [ports[other]]).then_some(()),
+    )
+    .await;
     wait_for("4 pods", Duration::from_secs(30), async || {
         (pods(&kubeconfigs[other]).await.len() == 4).then_some(())
     })

@@ -36,7 +36,7 @@ enum Command {
     /// Run a whole cluster (control plane and agents) in this process.
     Dev(dev::DevCommand),
     /// Run the control plane (API server, store, scheduler) alone.
-    Server(server::ServerCommand),
+    Server(Box<server::ServerCommand>),
     /// Run a node agent that joins a control plane.
     Agent(agent::AgentCommand),
     /// Create or update objects from a manifest file.

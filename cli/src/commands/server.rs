@@ -31,6 +31,15 @@ pub struct ServerCommand {
     /// or d.
     #[arg(long, default_value = "365d")]
     cluster_signing_duration: String,
+    /// The address other machines reach this API server at, listed in the
+    /// default/kubernetes Endpoints (default: the --api-addr host, or 127.0.0.1 when that is
+    /// unspecified).
+    #[arg(long)]
+    advertise_address: Option<std::net::IpAddr>,
+    /// How long an API server stays in the default/kubernetes Endpoints after it last renewed
+    /// its identity Lease (it renews every third of this): seconds, or a number with s or m.
+    #[arg(long, default_value = "15s")]
+    apiserver_lease_duration: String,
     #[command(flatten)]
     security: SecurityArgs,
     #[command(flatten)]
@@ -200,6 +209,17 @@ impl ServerCommand {
         options.security = self.security.options();
         options.etcd = self.etcd.options()?;
         options.leader_election = self.etcd.election()?;
+        options.advertise_address = self.advertise_address;
+        let lease = super::kubeconfig::parse_duration(&self.apiserver_lease_duration)
+            .map_err(|e| anyhow::anyhow!("--apiserver-lease-duration: {e}"))?;
+        anyhow::ensure!(
+            lease >= std::time::Duration::from_secs(3),
+            "--apiserver-lease-duration must be at least 3s"
+        );
+        options.peers = shoal_control::peers::PeerOptions {
+            lease_duration: lease,
+            renew_interval: lease / 3,
+        };
         let control = ControlPlane::start_with(&self.data_dir, self.api_addr, options).await?;
         let kubeconfig = self.data_dir.join("kubeconfig");
         control.write_admin_kubeconfig(&kubeconfig)?;
