@@ -763,6 +763,39 @@ pub fn issue_kubeconfig(dir: &std::path::Path, user: &str, groups: &[&str], file
     path
 }
 
+/// `shoal agent` named `name`, joined to the server at `url` (or several, comma-separated) as `system:node:<name>` (a
+/// kubeconfig from `shoal kubeconfig`), its data under `dir`.
+pub fn start_agent(dir: &std::path::Path, url: &str, name: &str, extra: &[&str]) -> Process {
+    let data = dir.join(name);
+    // The built example guests (`guests-target/<target>/release/*.wasm`) are the only files
+    // these agents run.
+    let examples_dir = std::path::Path::new(shoal_examples::WEB_P2)
+        .ancestors()
+        .nth(3)
+        .unwrap();
+    let kubeconfig = issue_kubeconfig(
+        dir,
+        &format!("system:node:{name}"),
+        &["system:nodes"],
+        &format!("kubeconfig-{name}"),
+    );
+    let mut args = vec![
+        "agent",
+        "--kubeconfig",
+        kubeconfig.to_str().unwrap(),
+        "--server",
+        url,
+        "--name",
+        name,
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--allow-image-dir",
+        examples_dir.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    Process::start(&args, dir.join(format!("{name}.log")), "shoal agent")
+}
+
 /// `shoal server` on `addr` with its data in `dir/server` (again, after a restart).
 pub fn start_server_at(dir: &std::path::Path, addr: &str, extra: &[&str]) -> Process {
     let data = dir.join("server");

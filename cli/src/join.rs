@@ -217,10 +217,16 @@ impl NodeCredentials {
 
     /// A client that presents the node's current certificate on every new connection.
     pub fn client(&self) -> anyhow::Result<Client> {
+        Ok(Client::new(self.kube_client(&self.server)?))
+    }
+
+    /// A kube client for the API server at `server` with these credentials (an agent given
+    /// several servers has one per server).
+    pub fn kube_client(&self, server: &str) -> anyhow::Result<kube::Client> {
         let mut config = kube::Config::new(
-            self.server
+            server
                 .parse()
-                .with_context(|| format!("{:?} is not a URL", self.server))?,
+                .with_context(|| format!("{server:?} is not a URL"))?,
         );
         config.root_cert = Some(
             CertificateDer::pem_slice_iter(self.ca_pem.as_bytes())
@@ -249,7 +255,7 @@ impl NodeCredentials {
         let service = tower::ServiceBuilder::new()
             .layer(config.base_uri_layer())
             .service(http);
-        Ok(Client::new(kube::Client::new(service, "default")))
+        Ok(kube::Client::new(service, "default"))
     }
 
     /// Renews the certificate between 70% and 90% of its life, for as long as the agent runs.

@@ -1,7 +1,8 @@
 //! Several `shoal server`s on one etcd (3 real members): one leads the scheduler and the
 //! controllers by a Lease, and when it is SIGKILLed another takes over within the lease
 //! duration plus a few seconds; a Deployment scaled during the failover gets exactly its
-//! replicas. The default/kubernetes Endpoints list the live servers.
+//! replicas. The default/kubernetes Endpoints list the live servers. An agent given both
+//! servers moves to the live one, and keeps serving its pods when none is left.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -174,4 +175,114 @@ async fn controllers_fail_over_to_another_server() {
     // Nothing created twice: still 4 a while later.
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(pods(&kubeconfigs[other]).await.len(), 4);
+}
+
+/// An agent given both servers (`--server A,B`): with the one it uses SIGKILLed, it moves to
+/// the other, where new pods still reach it and `kubectl logs` still reads them; with both
+/// down, its HTTP pod keeps serving on the node port from what it last knew.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_fails_over_and_serves_with_no_server() {
+    if !etcd_available("an_agent_fails_over_and_serves_with_no_server")
+        || !kubectl_available("an_agent_fails_over_and_serves_with_no_server")
+    {
+        return;
+    }
+    let etcd = EtcdCluster::start(3);
+    let endpoints = etcd.endpoints().join(",");
+    let args = [
+        "--etcd-servers",
+        endpoints.as_str(),
+        "--leader-elect-lease-duration",
+        "3s",
+        "--leader-elect-renew-deadline",
+        "2s",
+        "--leader-elect-retry-period",
+        "1s",
+    ];
+    let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+    let (mut first, first_url) = start_server(dirs[0].path(), &args);
+    copy_pki(dirs[0].path(), dirs[1].path());
+    let (mut second, second_url) = start_server(dirs[1].path(), &args);
+    let kubeconfigs: Vec<PathBuf> = dirs.iter().map(|d| server_kubeconfig(d.path())).collect();
+    let servers = format!("{first_url},{second_url}");
+    let _agent = start_agent(dirs[0].path(), &servers, "n1", &[]);
+
+    let web = format!(
+        "apiVersion: v1
+kind: Pod
+metadata: {{name: web, labels: {{app: web}}}}
+spec:
+  containers:
+  - name: web
+    image: {}
+    ports: [{{containerPort: 8080}}]
+    env: [{{name: NAME, value: survivor}}]
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: web}}
+spec:
+  type: NodePort
+  selector: {{app: web}}
+  ports: [{{port: 80, targetPort: 8080}}]
+",
+        shoal_examples::WEB_P2
+    );
+    ok(kubectl_stdin_async(&kubeconfigs[0], &["apply", "-f", "-"], &web).await);
+    let node_port = ok(kubectl_async(
+        &kubeconfigs[0],
+        &[
+            "get",
+            "service",
+            "web",
+            "-o",
+            "jsonpath={.spec.ports[0].nodePort}",
+        ],
+    )
+    .await);
+    let through_node_port = Http::new(&format!("http://127.0.0.1:{}", node_port.trim()));
+    let serves = async || {
+        let (status, body) = through_node_port.raw("GET", "/", "", "").await;
+        (status == 200 && String::from_utf8_lossy(&body).contains("survivor")).then_some(())
+    };
+    wait_for(
+        "the pod to serve on the node port",
+        Duration::from_secs(60),
+        serves,
+    )
+    .await;
+
+    // The agent's first server dies: it goes on through the second.
+    first.signal(nix::sys::signal::Signal::SIGKILL);
+    first.wait(Duration::from_secs(10));
+    let hello = pod_yaml("after", shoal_examples::HELLO_P1, &["failover"]);
+    ok(kubectl_stdin_async(&kubeconfigs[1], &["apply", "-f", "-"], &hello).await);
+    let log = wait_for(
+        "the new pod's log through the second server",
+        Duration::from_secs(60),
+        async || {
+            let output = kubectl_async(&kubeconfigs[1], &["logs", "after"]).await;
+            let log = String::from_utf8_lossy(&output.stdout).to_string();
+            (output.status.success() && log.contains("failover")).then_some(log)
+        },
+    )
+    .await;
+    assert!(log.starts_with("Hello, failover!"), "{log}");
+    let node = ok(kubectl_async(
+        &kubeconfigs[1],
+        &["get", "pod", "after", "-o", "jsonpath={.spec.nodeName}"],
+    )
+    .await);
+    assert_eq!(node.trim(), "n1");
+
+    // Both servers down: the pod still serves on the node port, again and again.
+    second.signal(nix::sys::signal::Signal::SIGKILL);
+    second.wait(Duration::from_secs(10));
+    for _ in 0..5 {
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        assert!(
+            serves().await.is_some(),
+            "the pod stopped serving with no API server"
+        );
+    }
 }

@@ -8,39 +8,6 @@ use serde_json::{json, Value};
 use shoal_examples::{HELLO_P1, HELLO_P2, WEB_P2};
 use shoal_tests::*;
 
-/// `shoal agent` named `name`, joined to the server at `url` as `system:node:<name>` (a
-/// kubeconfig from `shoal kubeconfig`), its data under `dir`.
-fn start_agent(dir: &std::path::Path, url: &str, name: &str, extra: &[&str]) -> Process {
-    let data = dir.join(name);
-    // The built example guests (`guests-target/<target>/release/*.wasm`) are the only files
-    // these agents run.
-    let examples_dir = std::path::Path::new(shoal_examples::WEB_P2)
-        .ancestors()
-        .nth(3)
-        .unwrap();
-    let kubeconfig = issue_kubeconfig(
-        dir,
-        &format!("system:node:{name}"),
-        &["system:nodes"],
-        &format!("kubeconfig-{name}"),
-    );
-    let mut args = vec![
-        "agent",
-        "--kubeconfig",
-        kubeconfig.to_str().unwrap(),
-        "--server",
-        url,
-        "--name",
-        name,
-        "--data-dir",
-        data.to_str().unwrap(),
-        "--allow-image-dir",
-        examples_dir.to_str().unwrap(),
-    ];
-    args.extend_from_slice(extra);
-    Process::start(&args, dir.join(format!("{name}.log")), "shoal agent")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pods_run_on_two_agent_processes() {
     let dir = tempfile::tempdir().unwrap();

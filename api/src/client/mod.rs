@@ -7,6 +7,7 @@
 
 mod api;
 mod events;
+pub mod failover;
 mod shared;
 mod watcher;
 
@@ -125,6 +126,20 @@ impl Client {
         Self {
             kube,
             shared: Arc::default(),
+        }
+    }
+
+    /// One client over several API servers, each reached through its own kube client:
+    /// requests go to the one that answered last and fail over to the next
+    /// ([`failover::Failover`]). `servers` are (URL, client) pairs, at least one.
+    pub fn failover(servers: Vec<(String, kube::Client)>) -> Self {
+        match <[_; 1]>::try_from(servers) {
+            // One server: its client as it is, with nothing in between.
+            Ok([(_, only)]) => Self::new(only),
+            Err(servers) => Self::new(kube::Client::new(
+                failover::Failover::new(servers),
+                "default",
+            )),
         }
     }
 

@@ -17,9 +17,11 @@ pub struct AgentCommand {
     /// agent joins with --token and --ca-cert-hash.
     #[arg(long, conflicts_with_all = ["token", "ca_cert_hash"])]
     kubeconfig: Option<PathBuf>,
-    /// The API server's URL (default: the kubeconfig's; required to join with a token).
-    #[arg(long)]
-    server: Option<String>,
+    /// The API servers' URLs, comma-separated (default: the kubeconfig's; required to join
+    /// with a token). With several, the agent uses the one that answers and moves to the next
+    /// when it stops answering; its pods run on meanwhile.
+    #[arg(long, value_delimiter = ',')]
+    server: Vec<String>,
     /// A bootstrap token (`shoal token create`) to join with: the agent asks for its own
     /// client certificate, keeps it in <data-dir>/node.kubeconfig and renews it.
     #[arg(
@@ -83,8 +85,19 @@ impl AgentCommand {
         let mut renewal = None;
         let (client, server, ca_pem, identity) = match &self.kubeconfig {
             Some(kubeconfig) => {
-                let (client, server, ca_pem) =
-                    crate::kubeconfig::connect_to(kubeconfig, self.server.as_deref()).await?;
+                let mut servers = Vec::new();
+                let mut ca_pem = None;
+                for url in self.server.iter().map(|s| Some(s.as_str())).chain(
+                    // No --server: the kubeconfig's own.
+                    self.server.is_empty().then_some(None),
+                ) {
+                    let (client, server, ca) =
+                        crate::kubeconfig::connect_to(kubeconfig, url).await?;
+                    ca_pem = ca;
+                    servers.push((server, client.kube().clone()));
+                }
+                let server = servers[0].0.clone();
+                let client = shoal_api::client::Client::failover(servers);
                 let (cert, key) = crate::kubeconfig::client_certificate(kubeconfig)?
                     .ok_or_else(|| {
                         anyhow::anyhow!(
@@ -97,20 +110,33 @@ impl AgentCommand {
                 (client, server, ca_pem, identity)
             }
             None => {
-                let server = self.server.clone().ok_or_else(|| {
-                    anyhow::anyhow!("--server is needed to join without a --kubeconfig")
-                })?;
-                let credentials = Arc::new(
-                    crate::join::NodeCredentials::load_or_join(
+                anyhow::ensure!(
+                    !self.server.is_empty(),
+                    "--server is needed to join without a --kubeconfig"
+                );
+                // Joined through the first server that lets it join.
+                let mut joined = Err(anyhow::anyhow!("no server"));
+                for server in &self.server {
+                    joined = crate::join::NodeCredentials::load_or_join(
                         &self.data_dir,
                         &name,
-                        &server,
+                        server,
                         self.token.as_deref(),
                         self.ca_cert_hash.as_deref(),
                     )
-                    .await?,
-                );
-                let client = credentials.client()?;
+                    .await;
+                    match &joined {
+                        Ok(_) => break,
+                        Err(e) => tracing::warn!("joining through {server}: {e:#}"),
+                    }
+                }
+                let credentials = Arc::new(joined?);
+                let servers = self
+                    .server
+                    .iter()
+                    .map(|url| Ok((url.clone(), credentials.kube_client(url)?)))
+                    .collect::<anyhow::Result<Vec<_>>>()?;
+                let client = shoal_api::client::Client::failover(servers);
                 renewal = Some(tokio::spawn(
                     credentials.clone().keep_renewed(client.clone()),
                 ));
