@@ -286,3 +286,120 @@ spec:
         );
     }
 }
+
+/// A kube client over both servers, as the admin.
+async fn failover_client(kubeconfig: &Path, urls: &[String]) -> shoal_api::client::Client {
+    let mut servers = Vec::new();
+    for url in urls {
+        let kubeconfig = kube::config::Kubeconfig::read_from(kubeconfig).unwrap();
+        let mut config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+            .await
+            .unwrap();
+        config.cluster_url = url.parse().unwrap();
+        servers.push((url.clone(), kube::Client::try_from(config).unwrap()));
+    }
+    shoal_api::client::Client::failover(servers)
+}
+
+/// 20 SIGKILLs of API servers (each restarted, the two in turn) under a steady load of
+/// creates from a kube client that fails over between them: every create answered 201
+/// exists afterwards, and no uid is given twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_acknowledged_create_is_lost_across_20_server_kills() {
+    use k8s_openapi::api::core::v1::ConfigMap;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Mutex};
+
+    if !etcd_available("no_acknowledged_create_is_lost_across_20_server_kills") {
+        return;
+    }
+    let etcd = EtcdCluster::start(3);
+    let endpoints = etcd.endpoints().join(",");
+    let args = ["--etcd-servers", endpoints.as_str()];
+    let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+    let addrs = [free_addr().to_string(), free_addr().to_string()];
+    let mut servers = vec![start_server_at(dirs[0].path(), &addrs[0], &args)];
+    copy_pki(dirs[0].path(), dirs[1].path());
+    servers.push(start_server_at(dirs[1].path(), &addrs[1], &args));
+    let urls: Vec<String> = addrs.iter().map(|a| format!("https://{a}")).collect();
+    let client = failover_client(&server_kubeconfig(dirs[0].path()), &urls).await;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let acknowledged = Arc::new(Mutex::new(Vec::<(String, String)>::new()));
+    let failed = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut creators = Vec::new();
+    for creator in 0..4 {
+        let (client, stop) = (client.clone(), stop.clone());
+        let (acknowledged, failed) = (acknowledged.clone(), failed.clone());
+        creators.push(tokio::spawn(async move {
+            let configmaps = client.api::<ConfigMap>(Some("default"));
+            let mut n = 0;
+            while !stop.load(Ordering::Relaxed) {
+                let name = format!("load-{creator}-{n}");
+                n += 1;
+                let object: ConfigMap =
+                    serde_json::from_value(serde_json::json!({"metadata": {"name": name}}))
+                        .unwrap();
+                match configmaps.create(&object).await {
+                    Ok(created) => acknowledged
+                        .lock()
+                        .unwrap()
+                        .push((name, created.metadata.uid.unwrap())),
+                    // A request cut by a kill: its outcome is unknown, so it is not counted.
+                    Err(_) => {
+                        failed.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+        }));
+    }
+    let started = Instant::now();
+    for kill in 0..20 {
+        let victim = kill % 2;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        servers[victim].signal(nix::sys::signal::Signal::SIGKILL);
+        servers[victim].wait(Duration::from_secs(10));
+        servers[victim] = start_server_at(dirs[victim].path(), &addrs[victim], &args);
+    }
+    stop.store(true, Ordering::Relaxed);
+    for creator in creators {
+        creator.await.unwrap();
+    }
+    let acknowledged = acknowledged.lock().unwrap().clone();
+    eprintln!(
+        "20 kills in {:?}: {} creates acknowledged, {} cut",
+        started.elapsed(),
+        acknowledged.len(),
+        failed.load(Ordering::Relaxed)
+    );
+    assert!(
+        acknowledged.len() > 100,
+        "the load went on: {}",
+        acknowledged.len()
+    );
+
+    let listed = client
+        .api::<ConfigMap>(Some("default"))
+        .list(&Default::default())
+        .await
+        .unwrap();
+    let stored: std::collections::HashMap<String, String> = listed
+        .items
+        .iter()
+        .map(|cm| {
+            (
+                cm.metadata.name.clone().unwrap(),
+                cm.metadata.uid.clone().unwrap(),
+            )
+        })
+        .collect();
+    for (name, uid) in &acknowledged {
+        assert_eq!(
+            stored.get(name),
+            Some(uid),
+            "{name} was acknowledged with uid {uid}"
+        );
+    }
+    let uids: std::collections::HashSet<&String> = stored.values().collect();
+    assert_eq!(uids.len(), stored.len(), "a uid given twice");
+}

@@ -400,8 +400,10 @@ async fn follow(mut client: Client, layout: Layout, mirror: Arc<Mirror>) {
                                 mirror.apply(change);
                             }
                         }
-                        if response.events().is_empty() {
-                            // A progress notification: nothing changed up to this revision.
+                        // A progress notification (no events, and not the answer that
+                        // the watch was created, whose header is etcd's revision then, with
+                        // the events up to it still to come): nothing changed up to it.
+                        if response.events().is_empty() && !response.created() {
                             if let Some(header) = response.header() {
                                 mirror.advance(header.revision().max(0) as u64);
                             }
