@@ -673,3 +673,123 @@ async fn a_lost_quorum_fails_requests_clearly_and_loses_nothing() {
         assert_eq!(status, 200, "{name}");
     }
 }
+
+/// `shoal migrate`: a cluster grown in a data dir (redb) moves into etcd with its objects'
+/// names, uids and owner references; a server on etcd with the same data dir serves them
+/// and runs its controllers on them; a second migration into the same prefix is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redb_cluster_migrates_into_etcd() {
+    if !etcd_available("a_redb_cluster_migrates_into_etcd")
+        || !shoal_tests::kubectl_available("a_redb_cluster_migrates_into_etcd")
+    {
+        return;
+    }
+    use shoal_tests::{kubectl_async, kubectl_stdin_async, ok, wait_for};
+    let etcd = EtcdCluster::start(3);
+    let endpoints = etcd.endpoints().join(",");
+    let dir = tempfile::tempdir().unwrap();
+    let addr = shoal_tests::free_addr().to_string();
+    let mut server = shoal_tests::start_server_at(dir.path(), &addr, &[]);
+    let kubeconfig = shoal_tests::server_kubeconfig(dir.path());
+    let manifest = "apiVersion: apps/v1
+kind: Deployment
+metadata: {name: grown, namespace: default}
+spec:
+  replicas: 2
+  selector: {matchLabels: {app: grown}}
+  template:
+    metadata: {labels: {app: grown}}
+    spec:
+      containers: [{name: app, image: /nonexistent/app.wasm}]
+---
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: settings, namespace: default}
+data: {mode: grown-up}
+";
+    ok(kubectl_stdin_async(&kubeconfig, &["apply", "-f", "-"], manifest).await);
+    let uid_of = async |kind: &str, name: &str| {
+        ok(kubectl_async(
+            &kubeconfig,
+            &["get", kind, name, "-o", "jsonpath={.metadata.uid}"],
+        )
+        .await)
+    };
+    let replica_set = wait_for("the ReplicaSet", Duration::from_secs(30), async || {
+        let output = kubectl_async(
+            &kubeconfig,
+            &[
+                "get",
+                "rs",
+                "-l",
+                "app=grown",
+                "-o",
+                "jsonpath={.items[0].metadata.name}",
+            ],
+        )
+        .await;
+        let name = String::from_utf8_lossy(&output.stdout).trim().to_string();
+        (!name.is_empty()).then_some(name)
+    })
+    .await;
+    let deployment_uid = uid_of("deployment", "grown").await;
+    let config_map_uid = uid_of("configmap", "settings").await;
+    server.signal(nix::sys::signal::Signal::SIGTERM);
+    server.wait(Duration::from_secs(20));
+
+    let data = dir.path().join("server");
+    let migrate = |prefix: &str| {
+        std::process::Command::new(shoal_tests::shoal_bin())
+            .args(["migrate", "--from", data.to_str().unwrap()])
+            .args(["--to-etcd", &endpoints, "--etcd-prefix", prefix])
+            .output()
+            .unwrap()
+    };
+    let copied = ok(migrate("/registry"));
+    assert!(copied.starts_with("copied "), "{copied}");
+    let again = migrate("/registry");
+    assert!(!again.status.success());
+    assert!(
+        String::from_utf8_lossy(&again.stderr).contains("already holds"),
+        "{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
+
+    let _server = shoal_tests::start_server_at(dir.path(), &addr, &["--etcd-servers", &endpoints]);
+    assert_eq!(uid_of("deployment", "grown").await, deployment_uid);
+    assert_eq!(uid_of("configmap", "settings").await, config_map_uid);
+    let owner = ok(kubectl_async(
+        &kubeconfig,
+        &[
+            "get",
+            "rs",
+            &replica_set,
+            "-o",
+            "jsonpath={.metadata.ownerReferences[0].uid}",
+        ],
+    )
+    .await);
+    assert_eq!(owner, deployment_uid);
+    // The controllers take it from there: scaled on etcd, the Deployment gets its pods.
+    ok(kubectl_async(&kubeconfig, &["scale", "deployment/grown", "--replicas=3"]).await);
+    wait_for("3 pods", Duration::from_secs(30), async || {
+        let output = kubectl_async(
+            &kubeconfig,
+            &[
+                "get",
+                "pods",
+                "-l",
+                "app=grown",
+                "-o",
+                "jsonpath={.items[*].metadata.name}",
+            ],
+        )
+        .await;
+        (String::from_utf8_lossy(&output.stdout)
+            .split_whitespace()
+            .count()
+            == 3)
+            .then_some(())
+    })
+    .await;
+}

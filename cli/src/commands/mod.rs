@@ -12,6 +12,7 @@ mod dev;
 mod get;
 mod kubeconfig;
 mod logs;
+mod migrate;
 mod push;
 mod server;
 mod token;
@@ -55,6 +56,8 @@ enum Command {
     Kubeconfig(kubeconfig::KubeconfigCommand),
     /// Bootstrap tokens that new nodes join with.
     Token(token::TokenCommand),
+    /// Copy a cluster kept in a data dir (redb) into etcd.
+    Migrate(migrate::MigrateCommand),
 }
 
 impl Cli {
@@ -71,6 +74,7 @@ impl Cli {
             Command::Push(c) => c.execute().await,
             Command::Kubeconfig(c) => c.execute().await,
             Command::Token(c) => c.execute().await,
+            Command::Migrate(c) => c.execute().await,
         }
     }
 }

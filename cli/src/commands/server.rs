@@ -53,21 +53,8 @@ pub struct EtcdArgs {
     /// etcd, shared by every API server given the same list, instead of the data dir.
     #[arg(long, value_delimiter = ',')]
     etcd_servers: Vec<String>,
-    /// The key prefix objects live under in etcd.
-    #[arg(long, default_value = "/registry")]
-    etcd_prefix: String,
-    /// The CA (PEM) that signed etcd's serving certificates.
-    #[arg(long)]
-    etcd_cafile: Option<PathBuf>,
-    /// A client certificate (PEM) to present to etcd.
-    #[arg(long, requires = "etcd_keyfile")]
-    etcd_certfile: Option<PathBuf>,
-    /// The private key (PEM) of --etcd-certfile.
-    #[arg(long, requires = "etcd_certfile")]
-    etcd_keyfile: Option<PathBuf>,
-    /// How often etcd's history is compacted: seconds, or a number with s, m or h; 0 never.
-    #[arg(long, default_value = "5m")]
-    etcd_compaction_interval: String,
+    #[command(flatten)]
+    connection: EtcdConnectionArgs,
     /// With --etcd-servers, run the scheduler and controllers only in the server holding the
     /// kube-system/shoal-controller-manager Lease (as kube-controller-manager).
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
@@ -127,18 +114,51 @@ impl EtcdArgs {
     pub fn options(&self) -> anyhow::Result<Option<shoal_control::store::EtcdOptions>> {
         if self.etcd_servers.is_empty() {
             anyhow::ensure!(
-                self.etcd_cafile.is_none() && self.etcd_certfile.is_none(),
+                self.connection.etcd_cafile.is_none() && self.connection.etcd_certfile.is_none(),
                 "--etcd-cafile and --etcd-certfile need --etcd-servers"
             );
             return Ok(None);
         }
-        for url in &self.etcd_servers {
+        self.connection
+            .options_for(self.etcd_servers.clone())
+            .map(Some)
+    }
+}
+
+/// How to reach etcd besides its URLs: the key prefix, TLS, compaction (`shoal server` and
+/// `shoal migrate`).
+#[derive(Args, Clone, Debug)]
+pub struct EtcdConnectionArgs {
+    /// The key prefix objects live under in etcd.
+    #[arg(long, default_value = "/registry")]
+    etcd_prefix: String,
+    /// The CA (PEM) that signed etcd's serving certificates.
+    #[arg(long)]
+    etcd_cafile: Option<PathBuf>,
+    /// A client certificate (PEM) to present to etcd.
+    #[arg(long, requires = "etcd_keyfile")]
+    etcd_certfile: Option<PathBuf>,
+    /// The private key (PEM) of --etcd-certfile.
+    #[arg(long, requires = "etcd_certfile")]
+    etcd_keyfile: Option<PathBuf>,
+    /// How often etcd's history is compacted: seconds, or a number with s, m or h; 0 never.
+    #[arg(long, default_value = "5m")]
+    etcd_compaction_interval: String,
+}
+
+impl EtcdConnectionArgs {
+    /// The etcd at `endpoints`, with these flags' prefix, TLS and compaction interval.
+    pub fn options_for(
+        &self,
+        endpoints: Vec<String>,
+    ) -> anyhow::Result<shoal_control::store::EtcdOptions> {
+        for url in &endpoints {
             anyhow::ensure!(
                 url.starts_with("http://") || url.starts_with("https://"),
                 "--etcd-servers: {url:?} is not an http:// or https:// URL"
             );
         }
-        let mut options = shoal_control::store::EtcdOptions::new(self.etcd_servers.clone());
+        let mut options = shoal_control::store::EtcdOptions::new(endpoints);
         options.prefix = self.etcd_prefix.clone();
         options.ca_file = self.etcd_cafile.clone();
         options.cert_file = self.etcd_certfile.clone();
@@ -148,7 +168,7 @@ impl EtcdArgs {
             interval => super::kubeconfig::parse_duration(interval)
                 .map_err(|e| anyhow::anyhow!("--etcd-compaction-interval: {e}"))?,
         };
-        Ok(Some(options))
+        Ok(options)
     }
 }
 

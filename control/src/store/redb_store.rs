@@ -199,6 +199,34 @@ impl RedbStore {
         }
     }
 
+    /// Every object, with its key (`shoal migrate` copies them into etcd).
+    pub fn all_objects(&self) -> Result<Vec<(ObjectKey, Value)>> {
+        let txn = self.db.begin_read().map_err(backend)?;
+        let objects = txn.open_table(OBJECTS).map_err(backend)?;
+        let mut all = Vec::new();
+        for entry in objects.iter().map_err(backend)? {
+            let (key, bytes) = entry.map_err(backend)?;
+            let decoded = ObjectKey::decode(key.value())
+                .ok_or_else(|| Error::Backend(format!("bad key {:?}", key.value())))?;
+            let object = serde_json::from_slice(bytes.value())
+                .map_err(|e| Error::Backend(format!("{}: {e}", key.value())))?;
+            all.push((decoded, object));
+        }
+        Ok(all)
+    }
+
+    /// The digest of every blob.
+    pub fn blob_digests(&self) -> Result<Vec<String>> {
+        let txn = self.db.begin_read().map_err(backend)?;
+        let blobs = txn.open_table(BLOBS).map_err(backend)?;
+        let mut digests = Vec::new();
+        for entry in blobs.iter().map_err(backend)? {
+            let (digest, _) = entry.map_err(backend)?;
+            digests.push(digest.value().to_string());
+        }
+        Ok(digests)
+    }
+
     /// Tells when the store's file is released: every handle on the database (the store, its
     /// writer, its watches) gone.
     pub fn released(&self) -> Released {

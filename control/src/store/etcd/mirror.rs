@@ -87,6 +87,10 @@ impl Mirror {
         self.live.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
+    pub fn object_count(&self) -> usize {
+        self.read().objects.len()
+    }
+
     /// The last revision applied.
     pub fn revision(&self) -> u64 {
         self.read().revision

@@ -180,6 +180,11 @@ impl EtcdStore {
         })
     }
 
+    /// How many objects the watch cache holds.
+    pub fn object_count(&self) -> usize {
+        self.mirror.object_count()
+    }
+
     /// Compacts etcd's history up to the current revision now (what the periodic compactor
     /// does with an older one); for tests and tools.
     pub async fn compact_now(&self) -> Result<u64> {
