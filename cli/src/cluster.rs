@@ -356,7 +356,13 @@ impl ControlPlane {
         }
         let lead = {
             let (client, pki) = (client.clone(), pki.clone());
+            let server_ca_pem = tls.server_ca_pem.clone();
             move |tasks: &Tasks| {
+                shoal_control::controllers::start_root_ca_publisher(
+                    client.clone(),
+                    &server_ca_pem,
+                    tasks,
+                );
                 if !without_scheduler {
                     let client = client.clone();
                     tasks.supervise("scheduler", move || {

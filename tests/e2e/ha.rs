@@ -1,4 +1,4 @@
-//! Several `shoal server`s on one etcd (3 real members): one leads the scheduler and the
+//! Several `shoal server`s on one etcd (3 real members), with agents given every server: one leads the scheduler and the
 //! controllers by a Lease, and when it is SIGKILLed another takes over within the lease
 //! duration plus a few seconds; a Deployment scaled during the failover gets exactly its
 //! replicas. The default/kubernetes Endpoints list the live servers. An agent given both
@@ -10,7 +10,10 @@ use std::time::{Duration, Instant};
 use shoal_tests::etcd::{etcd_available, EtcdCluster};
 use shoal_tests::*;
 
-const DEPLOYMENT: &str = "apiVersion: apps/v1
+/// A 2-replica Deployment of the example HTTP component.
+fn deployment() -> String {
+    format!(
+        "apiVersion: apps/v1
 kind: Deployment
 metadata:
   name: steady
@@ -18,15 +21,19 @@ metadata:
 spec:
   replicas: 2
   selector:
-    matchLabels: {app: steady}
+    matchLabels: {{app: steady}}
   template:
     metadata:
-      labels: {app: steady}
+      labels: {{app: steady}}
     spec:
       containers:
       - name: app
-        image: /nonexistent/app.wasm
-";
+        image: {}
+        ports: [{{containerPort: 8080}}]
+",
+        shoal_examples::WEB_P2
+    )
+}
 
 /// The pid in the election Lease's holder identity (`host_pid_started`).
 async fn leader_pid(kubeconfig: &Path) -> Option<u32> {
@@ -62,6 +69,26 @@ async fn pods(kubeconfig: &Path) -> Vec<String> {
     )
     .await;
     ok(output).split_whitespace().map(str::to_string).collect()
+}
+
+/// How many of the Deployment's pods are Running.
+async fn running(kubeconfig: &Path) -> usize {
+    let output = kubectl_async(
+        kubeconfig,
+        &[
+            "get",
+            "pods",
+            "-l",
+            "app=steady",
+            "-o",
+            "jsonpath={.items[*].status.phase}",
+        ],
+    )
+    .await;
+    String::from_utf8_lossy(&output.stdout)
+        .split_whitespace()
+        .filter(|phase| *phase == "Running")
+        .count()
 }
 
 /// The ports the default/kubernetes Endpoints list (every server here is on 127.0.0.1).
@@ -118,6 +145,12 @@ async fn controllers_fail_over_to_another_server() {
     servers.push(second);
     let ports = [port_of(&first_url), port_of(&second_url)];
     let kubeconfigs: Vec<PathBuf> = dirs.iter().map(|d| server_kubeconfig(d.path())).collect();
+    // Two agents, each given both servers.
+    let both_servers = format!("{first_url},{second_url}");
+    let _agents = [
+        start_agent(dirs[0].path(), &both_servers, "n1", &[]),
+        start_agent(dirs[0].path(), &both_servers, "n2", &[]),
+    ];
 
     // The kubernetes Endpoints list both servers.
     let mut both = ports.to_vec();
@@ -138,9 +171,9 @@ async fn controllers_fail_over_to_another_server() {
         .position(|s| s.child.id() == leader)
         .expect("the Lease names one of the two servers");
     let other = 1 - leading;
-    ok(kubectl_stdin_async(&kubeconfigs[other], &["apply", "-f", "-"], DEPLOYMENT).await);
-    wait_for("2 pods", Duration::from_secs(30), async || {
-        (pods(&kubeconfigs[other]).await.len() == 2).then_some(())
+    ok(kubectl_stdin_async(&kubeconfigs[other], &["apply", "-f", "-"], &deployment()).await);
+    wait_for("2 pods Running", Duration::from_secs(60), async || {
+        (running(&kubeconfigs[other]).await == 2).then_some(())
     })
     .await;
 
@@ -168,13 +201,14 @@ async fn controllers_fail_over_to_another_server() {
         async || (endpoint_ports(&kubeconfigs[other]).await == [ports[other]]).then_some(()),
     )
     .await;
-    wait_for("4 pods", Duration::from_secs(30), async || {
-        (pods(&kubeconfigs[other]).await.len() == 4).then_some(())
+    wait_for("4 pods Running", Duration::from_secs(60), async || {
+        (running(&kubeconfigs[other]).await == 4).then_some(())
     })
     .await;
     // Nothing created twice: still 4 a while later.
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(pods(&kubeconfigs[other]).await.len(), 4);
+    assert_eq!(running(&kubeconfigs[other]).await, 4);
 }
 
 /// An agent given both servers (`--server A,B`): with the one it uses SIGKILLed, it moves to

@@ -1360,3 +1360,72 @@ async fn http2_clients_multiplex_watches_on_one_connection() {
     relay_task.abort();
     cluster.cluster.shutdown().await;
 }
+
+/// Every namespace gets `kube-root-ca.crt` holding the CA that signs the API's certificate
+/// (put back when deleted or edited), and an expired bootstrap token Secret is deleted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn root_ca_is_published_and_expired_bootstrap_tokens_are_cleaned() {
+    let cluster = TestCluster::start(0).await;
+    let http = cluster.http();
+    let ca_pem = read_kubeconfig(&cluster.kubeconfig).ca_pem;
+    http.create(
+        "/api/v1/namespaces",
+        &json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "team"}}),
+    )
+    .await;
+    let path = "/api/v1/namespaces/team/configmaps/kube-root-ca.crt";
+    let published = async || {
+        wait_for("kube-root-ca.crt", Duration::from_secs(10), async || {
+            let (status, body) = http.call("GET", path, "", "").await;
+            (status == 200 && body["data"]["ca.crt"] == ca_pem.as_str()).then_some(body)
+        })
+        .await
+    };
+    let first = published().await;
+    let (status, _) = http.call("DELETE", path, "", "").await;
+    assert_eq!(status, 200);
+    let again = published().await;
+    assert_ne!(
+        first["metadata"]["uid"], again["metadata"]["uid"],
+        "re-created"
+    );
+    let (status, _) = http
+        .call(
+            "PATCH",
+            path,
+            "application/merge-patch+json",
+            r#"{"data": {"ca.crt": "forged"}}"#,
+        )
+        .await;
+    assert_eq!(status, 200);
+    published().await;
+
+    use base64::Engine;
+    let b64 = |text: &str| base64::engine::general_purpose::STANDARD.encode(text);
+    let token = |id: &str, expiration: &str| {
+        json!({"apiVersion": "v1", "kind": "Secret", "type": "bootstrap.kubernetes.io/token",
+            "metadata": {"name": format!("bootstrap-token-{id}"), "namespace": "kube-system"},
+            "data": {"token-id": b64(id), "token-secret": b64("0123456789abcdef"),
+                "usage-bootstrap-authentication": b64("true"), "expiration": b64(expiration)}})
+    };
+    let secrets = "/api/v1/namespaces/kube-system/secrets";
+    http.create(secrets, &token("old123", "2020-01-01T00:00:00Z"))
+        .await;
+    http.create(secrets, &token("new123", "2099-01-01T00:00:00Z"))
+        .await;
+    wait_for(
+        "the expired token's Secret to go",
+        Duration::from_secs(10),
+        async || {
+            let (status, _) = http
+                .call("GET", &format!("{secrets}/bootstrap-token-old123"), "", "")
+                .await;
+            (status == 404).then_some(())
+        },
+    )
+    .await;
+    let (status, _) = http
+        .call("GET", &format!("{secrets}/bootstrap-token-new123"), "", "")
+        .await;
+    assert_eq!(status, 200, "a token still valid stays");
+}

@@ -516,6 +516,9 @@ impl PolicyCache {
             let mut events = futures::stream::select_all(streams);
             while let Some((i, event)) = events.next().await {
                 match event {
+                    Ok(event) if event.event_type == EventType::Bookmark => {
+                        self.seen[i].send_replace(event.revision);
+                    }
                     Ok(event) => {
                         let deleted = event.event_type == EventType::Deleted;
                         self.write().apply(RESOURCES[i], &event.object, deleted);

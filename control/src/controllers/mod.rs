@@ -18,9 +18,11 @@ pub mod job;
 pub mod namespace;
 pub mod nodelifecycle;
 pub mod replicaset;
+pub mod rootca;
 pub mod runtime;
 pub mod serviceaccount;
 pub mod statefulset;
+pub mod tokencleaner;
 
 use futures::future::{BoxFuture, FutureExt};
 
@@ -103,9 +105,19 @@ pub fn start(client: Client, options: Options, tasks: &Tasks) {
     supervised("serviceaccount-controller", |c| {
         serviceaccount::run(c).boxed()
     });
+    supervised("tokencleaner", |c| tokencleaner::run(c).boxed());
     let client = client.clone();
     tasks.supervise("node-lifecycle-controller", move || {
         nodelifecycle::run(client.clone(), eviction)
+    });
+}
+
+/// Starts the root CA publisher: `ca_pem` (the CA pods verify the API with) in every
+/// namespace's `kube-root-ca.crt`.
+pub fn start_root_ca_publisher(client: Client, ca_pem: &str, tasks: &Tasks) {
+    let ca_pem: std::sync::Arc<str> = ca_pem.into();
+    tasks.supervise("root-ca-cert-publisher", move || {
+        rootca::run(client.clone(), ca_pem.clone()).boxed()
     });
 }
 

@@ -2,8 +2,9 @@
 //! Without a resourceVersion (or with "0") the current objects come first as ADDED events;
 //! with one, only changes after it. A compacted revision answers with an ERROR event (410).
 //! `sendInitialEvents=true` (a streaming list) sends the state as ADDED events, then a
-//! BOOKMARK annotated `k8s.io/initial-events-end`, then the changes. No periodic bookmarks
-//! are sent (the server may omit them): a watch's revision is only ever one it delivered.
+//! BOOKMARK annotated `k8s.io/initial-events-end`, then the changes. With
+//! `allowWatchBookmarks=true` an idle watch gets a BOOKMARK about once a minute, at a revision
+//! up to which it has been sent every change (the store's feeds order them with events).
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -70,19 +71,7 @@ impl ApiServer {
                 if end_bookmark {
                     // The end of the initial events (a streaming list, KEP-3157): a bookmark
                     // at the revision they were read at.
-                    let bookmark = json!({
-                        "kind": resource.kind,
-                        "apiVersion": resource.api_version(),
-                        "metadata": {
-                            "resourceVersion": page.revision.to_string(),
-                            "annotations": {"k8s.io/initial-events-end": "true"},
-                        },
-                    });
-                    let mut line =
-                        serde_json::to_vec(&json!({"type": "BOOKMARK", "object": bookmark}))
-                            .expect("JSON always serializes");
-                    line.push(b'\n');
-                    initial.push(Bytes::from(line));
+                    initial.push(bookmark_line(resource, page.revision, true));
                 }
                 (initial, page.revision)
             }
@@ -97,8 +86,12 @@ impl ApiServer {
             Err(e) => return Err(ApiError::from_store(e, &resource.qualified_plural(), "")),
         };
         let plural = resource.qualified_plural();
+        let bookmarks = request.query.flag("allowWatchBookmarks");
         let live = live.filter_map(move |event| {
             let line = match event {
+                Ok(event) if event.event_type == EventType::Bookmark => {
+                    bookmarks.then(|| bookmark_line(resource, event.revision, false))
+                }
                 Ok(event)
                     if labels.matches_object(&event.object) && fields.matches(&event.object) =>
                 {
@@ -106,6 +99,7 @@ impl ApiServer {
                         EventType::Added => "ADDED",
                         EventType::Modified => "MODIFIED",
                         EventType::Deleted => "DELETED",
+                        EventType::Bookmark => "BOOKMARK",
                     };
                     Some(encode(event_type, &event.object))
                 }
@@ -133,6 +127,28 @@ impl ApiServer {
         };
         Ok(stream_response(events))
     }
+}
+
+/// A BOOKMARK event at `revision` (kube-apiserver's form: an object of the kind with only
+/// its `resourceVersion`), marking the end of the initial events when `initial_end`.
+fn bookmark_line(
+    resource: &crate::api::resources::ResourceInfo,
+    revision: u64,
+    initial_end: bool,
+) -> Bytes {
+    let mut metadata = json!({"resourceVersion": revision.to_string()});
+    if initial_end {
+        metadata["annotations"] = json!({"k8s.io/initial-events-end": "true"});
+    }
+    let object = json!({
+        "kind": resource.kind,
+        "apiVersion": resource.api_version(),
+        "metadata": metadata,
+    });
+    let mut line = serde_json::to_vec(&json!({"type": "BOOKMARK", "object": object}))
+        .expect("JSON always serializes");
+    line.push(b'\n');
+    Bytes::from(line)
 }
 
 /// Which state a watch first sends as ADDED events, if any, and whether a bookmark ends them:

@@ -20,8 +20,8 @@ use rand::RngCore;
 use serde_json::{json, Value};
 
 use super::{
-    revision_of, stamp_revision, Error, Listing, ObjectKey, Page, PageRequest, Result, Store,
-    WatchStream,
+    revision_of, stamp_revision, Error, EventType, Listing, ObjectKey, Page, PageRequest, Result,
+    Store, WatchStream,
 };
 
 const ENVELOPE_FIELD: &str = "k8s:enc";
@@ -450,6 +450,9 @@ impl Store for EncryptedStore {
         Ok(stream
             .map(move |event| {
                 let mut event = event?;
+                if event.event_type == EventType::Bookmark {
+                    return Ok(event);
+                }
                 let object = open(&config, &event.key, (*event.object).clone())?;
                 event.object = Arc::new(object);
                 Ok(event)

@@ -72,6 +72,9 @@ pub enum EventType {
     Added,
     Modified,
     Deleted,
+    /// Nothing of the watched resource changed up to this revision (no object: the key
+    /// names only the resource).
+    Bookmark,
 }
 
 /// One committed change, as recorded in the event log and streamed to watchers.

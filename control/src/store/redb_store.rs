@@ -407,6 +407,8 @@ impl Store for RedbStore {
             move |last| read_log(&db, &prefix, last),
             resource,
             namespace,
+            self.live.published(),
+            feeds::BOOKMARK_INTERVAL,
         ))
     }
 

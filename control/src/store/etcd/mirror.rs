@@ -151,6 +151,8 @@ impl Mirror {
         let mut state = self.state.write().unwrap_or_else(|p| p.into_inner());
         if revision > state.revision {
             state.revision = revision;
+            // Under the lock, as events are published: watches may bookmark this revision.
+            self.feeds().note(revision);
             drop(state);
             self.applied.send_replace(revision);
         }
@@ -267,6 +269,8 @@ impl Mirror {
             },
             resource,
             namespace,
+            self.feeds().published(),
+            feeds::BOOKMARK_INTERVAL,
         ))
     }
 }
