@@ -2,6 +2,8 @@
 //! `limit` and continue token, and the 410 with a fresh continue token when the revision a
 //! token holds can no longer be read.
 
+use std::time::Duration;
+
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::ListParams;
@@ -29,11 +31,29 @@ async fn cluster_with_config_maps() -> TestCluster {
         )
         .await;
     }
+    // The root CA publisher adds its own ConfigMap to every namespace: wait for it, so the
+    // list is settled.
+    wait_for("kube-root-ca.crt", Duration::from_secs(10), async || {
+        let (status, _) = http
+            .call(
+                "GET",
+                "/api/v1/namespaces/paging/configmaps/kube-root-ca.crt",
+                "",
+                "",
+            )
+            .await;
+        (status == 200).then_some(())
+    })
+    .await;
     cluster
 }
 
+/// The namespace's ConfigMaps in key order: ours, then the root CA's.
 fn expected_names() -> Vec<String> {
-    (0..COUNT).map(|i| format!("cm-{i:02}")).collect()
+    (0..COUNT)
+        .map(|i| format!("cm-{i:02}"))
+        .chain(["kube-root-ca.crt".to_string()])
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -69,7 +89,7 @@ async fn kubectl_and_kube_rs_page_through_lists() {
         .count();
     assert_eq!(
         continued, 4,
-        "23 objects in pages of 5: four continued requests"
+        "24 objects in pages of 5: four continued requests"
     );
 
     // kube-rs: pages of 10 with remainingItemCount, then a filtered page.
@@ -89,7 +109,7 @@ async fn kubectl_and_kube_rs_page_through_lists() {
         let page = configmaps.list(&params).await.unwrap();
         pages += 1;
         if pages == 1 {
-            assert_eq!(page.metadata.remaining_item_count, Some(13));
+            assert_eq!(page.metadata.remaining_item_count, Some(14));
         }
         names.extend(page.items.into_iter().filter_map(|cm| cm.metadata.name));
         token = page.metadata.continue_.filter(|t| !t.is_empty());
@@ -125,7 +145,7 @@ async fn kubectl_and_kube_rs_page_through_lists() {
     .boxed();
     let mut initial = Vec::new();
     loop {
-        let event = tokio::time::timeout(std::time::Duration::from_secs(10), events.next())
+        let event = tokio::time::timeout(Duration::from_secs(10), events.next())
             .await
             .expect("the initial events end within 10 s")
             .unwrap()
@@ -136,7 +156,10 @@ async fn kubectl_and_kube_rs_page_through_lists() {
             _ => {}
         }
     }
-    let even: Vec<String> = expected_names().into_iter().step_by(2).collect();
+    let even: Vec<String> = (0..COUNT)
+        .step_by(2)
+        .map(|i| format!("cm-{i:02}"))
+        .collect();
     assert_eq!(initial, even);
     let http = cluster.http();
     http.create(
@@ -145,7 +168,7 @@ async fn kubectl_and_kube_rs_page_through_lists() {
                 "metadata": {"name": "late", "labels": {"parity": "0"}}}),
     )
     .await;
-    let event = tokio::time::timeout(std::time::Duration::from_secs(10), events.next())
+    let event = tokio::time::timeout(Duration::from_secs(10), events.next())
         .await
         .unwrap()
         .unwrap()
@@ -193,7 +216,7 @@ async fn the_python_client_pages_through_a_list() {
         String::from_utf8_lossy(&output.stderr)
     );
     let result: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
-    assert_eq!(result["pages"], 4, "23 objects in pages of 6");
+    assert_eq!(result["pages"], 4, "24 objects in pages of 6");
     assert_eq!(result["names"], json!(expected_names()));
 }
 

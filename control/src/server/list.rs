@@ -7,6 +7,7 @@
 //! longer read it, the answer is 410 with a token (`rv: -1`) that continues from the same key
 //! at the latest state, as kube-apiserver does.
 
+use axum::response::IntoResponse;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use http::StatusCode;
@@ -172,21 +173,35 @@ impl ApiServer {
                 metadata["remainingItemCount"] = json!(page.remaining);
             }
         }
-        let body = if request.wants_table {
+        if request.wants_table {
             let include_object = request.query.get("includeObject") == Some("Object");
-            let objects: Vec<&Value> = page.objects.iter().collect();
+            let objects: Vec<&Value> = page.objects.iter().map(|o| &**o).collect();
             let mut table = resource.table(&objects, page.revision, include_object);
             table["metadata"] = metadata;
-            table
-        } else {
-            json!({
-                "kind": format!("{}List", resource.kind),
-                "apiVersion": resource.api_version(),
-                "metadata": metadata,
-                "items": page.objects,
-            })
+            return Ok(json_response(StatusCode::OK, &table));
+        }
+        // Serialized straight from the shared objects: no copy of the list is built.
+        #[derive(Serialize)]
+        struct List<'a> {
+            kind: String,
+            #[serde(rename = "apiVersion")]
+            api_version: String,
+            metadata: Value,
+            items: Vec<&'a Value>,
+        }
+        let list = List {
+            kind: format!("{}List", resource.kind),
+            api_version: resource.api_version(),
+            metadata,
+            items: page.objects.iter().map(|o| &**o).collect(),
         };
-        Ok(json_response(StatusCode::OK, &body))
+        let bytes = serde_json::to_vec(&list).expect("a list always serializes");
+        Ok((
+            StatusCode::OK,
+            [(http::header::CONTENT_TYPE, "application/json")],
+            bytes,
+        )
+            .into_response())
     }
 }
 

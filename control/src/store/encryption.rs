@@ -436,7 +436,10 @@ impl Store for EncryptedStore {
         let objects = page
             .objects
             .into_iter()
-            .map(|stored| open(&self.config, &key_of(resource, &stored), stored))
+            .map(|stored| {
+                let key = key_of(resource, &stored);
+                open(&self.config, &key, Arc::unwrap_or_clone(stored)).map(Arc::new)
+            })
             .collect::<Result<Vec<_>>>()?;
         Ok(Page { objects, ..page })
     }

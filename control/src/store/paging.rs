@@ -7,7 +7,7 @@
 //! continue token; the store reads the next page at that same revision (redb from a snapshot
 //! it keeps for a while, etcd from its history), or answers `Gone` once it cannot.
 
-use std::borrow::Borrow;
+use std::sync::Arc;
 
 use serde_json::Value;
 
@@ -42,7 +42,8 @@ pub struct PageRequest<'a> {
 /// One page of a list.
 #[derive(Debug)]
 pub struct Page {
-    pub objects: Vec<Value>,
+    /// Shared with the watch cache where there is one: a list of 10,000 objects copies none.
+    pub objects: Vec<Arc<Value>>,
     /// The revision the page was read at (the next page is read at it too).
     pub revision: u64,
     /// The last key examined (relative, as [`PageRequest::after`]) when objects remain
@@ -54,8 +55,8 @@ pub struct Page {
 
 /// Cuts a page from `entries` (relative key, object), which are in key order and start after
 /// the previous page.
-pub fn cut<K: AsRef<str>, V: Borrow<Value>>(
-    entries: impl Iterator<Item = (K, V)>,
+pub fn cut<K: AsRef<str>>(
+    entries: impl Iterator<Item = (K, Arc<Value>)>,
     limit: Option<usize>,
     filter: &(dyn Fn(&Value) -> bool + Send + Sync),
     revision: u64,
@@ -67,8 +68,8 @@ pub fn cut<K: AsRef<str>, V: Borrow<Value>>(
         let Some((key, object)) = entries.next() else {
             break;
         };
-        if filter(object.borrow()) {
-            objects.push(object.borrow().clone());
+        if filter(&object) {
+            objects.push(object);
             if objects.len() == limit && entries.peek().is_some() {
                 return Page {
                     objects,
@@ -102,26 +103,42 @@ mod tests {
     fn pages_stop_at_the_limit_of_accepted_objects_and_count_what_remains() {
         let all = entries(10);
         let even = |o: &Value| o["n"].as_u64().unwrap() % 2 == 0;
-        let page = cut(all.iter().map(|(k, v)| (k, v)), Some(2), &even, 7);
-        assert_eq!(page.objects, vec![json!({"n": 0}), json!({"n": 2})]);
+        let page = cut(
+            all.iter().map(|(k, v)| (k, Arc::new(v.clone()))),
+            Some(2),
+            &even,
+            7,
+        );
+        let objects: Vec<&Value> = page.objects.iter().map(|o| &**o).collect();
+        assert_eq!(objects, [&json!({"n": 0}), &json!({"n": 2})]);
         assert_eq!(page.next.as_deref(), Some("ns/p02"));
         assert_eq!((page.remaining, page.revision), (7, 7));
         // The last page: no continuation, even when it is exactly full.
         let page = cut(
-            all.iter().skip(8).map(|(k, v)| (k, v)),
+            all.iter().skip(8).map(|(k, v)| (k, Arc::new(v.clone()))),
             Some(2),
             &|_| true,
             7,
         );
         assert_eq!((page.objects.len(), page.next), (2, None));
-        let page = cut(all.iter().map(|(k, v)| (k, v)), None, &|_| true, 7);
+        let page = cut(
+            all.iter().map(|(k, v)| (k, Arc::new(v.clone()))),
+            None,
+            &|_| true,
+            7,
+        );
         assert_eq!(
             (page.objects.len(), page.next, page.remaining),
             (10, None, 0)
         );
         // A full page whose next entries are all filtered out still says there may be more:
         // the store cannot know without reading them.
-        let page = cut(all.iter().map(|(k, v)| (k, v)), Some(5), &even, 7);
+        let page = cut(
+            all.iter().map(|(k, v)| (k, Arc::new(v.clone()))),
+            Some(5),
+            &even,
+            7,
+        );
         assert_eq!(page.next.as_deref(), Some("ns/p08"));
         assert_eq!(page.remaining, 1);
     }

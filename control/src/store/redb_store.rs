@@ -376,7 +376,7 @@ impl Store for RedbStore {
             })
             .filter_map(
                 |(relative, bytes)| match serde_json::from_slice::<Value>(bytes.value()) {
-                    Ok(object) => Some((relative, object)),
+                    Ok(object) => Some((relative, Arc::new(object))),
                     Err(e) => {
                         tracing::warn!("store: skipping {prefix}{relative}: {e}");
                         None

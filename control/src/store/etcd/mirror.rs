@@ -232,7 +232,7 @@ impl Mirror {
         let entries = state
             .objects
             .range::<String, _>((start, Bound::Unbounded))
-            .map_while(|(key, object)| Some((key.strip_prefix(&prefix)?, &**object)));
+            .map_while(|(key, object)| Some((key.strip_prefix(&prefix)?, object.clone())));
         Some(paging::cut(
             entries,
             request.limit,

@@ -241,7 +241,7 @@ impl EtcdStore {
             for (index, kv) in response.kvs().iter().enumerate() {
                 let entry = entry(kv);
                 match mirror::decode(&self.layout, &entry, entry.mod_revision) {
-                    Ok((_, object)) if (request.filter)(&object) => objects.push(object),
+                    Ok((_, object)) if (request.filter)(&object) => objects.push(Arc::new(object)),
                     Ok(_) => {}
                     Err(why) => tracing::warn!("etcd: skipping {}: {why}", entry.key),
                 }
