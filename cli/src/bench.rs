@@ -360,10 +360,12 @@ async fn writes(args: &Args) -> anyhow::Result<()> {
         );
         if bench_etcd::endpoints().is_some() {
             // Side by side: the same number of puts straight to etcd.
-            let raw = bench_etcd::raw_puts(clients, args.writes).await?;
+            let raw = bench_etcd::raw_puts(clients, args.writes, false).await?;
+            let raw_creates = bench_etcd::raw_puts(clients, args.writes, true).await?;
             println!(
-                "  raw etcd-client puts, {clients} client(s): {raw:.0} puts/s; Shoal creates are {:.0}% of that",
-                100.0 * rate / raw
+                "  raw etcd-client puts, {clients} client(s): {raw:.0} puts/s, as create transactions {raw_creates:.0}/s; Shoal creates are {:.0}% of raw puts, {:.0}% of raw create transactions",
+                100.0 * rate / raw,
+                100.0 * rate / raw_creates
             );
         }
     }

@@ -50,8 +50,9 @@ fn uuid_like() -> String {
 }
 
 /// Raw `etcd-client` puts of a ConfigMap-sized value from `clients` concurrent tasks over one
-/// client (as the API server's store has one): puts per second.
-pub async fn raw_puts(clients: usize, total: usize) -> anyhow::Result<f64> {
+/// client (as the API server's store has one): puts per second. With `as_create`, each put
+/// is the transaction a create is (the key must not exist: `create_revision == 0`).
+pub async fn raw_puts(clients: usize, total: usize, as_create: bool) -> anyhow::Result<f64> {
     let Some(endpoints) = endpoints() else {
         anyhow::bail!("raw etcd puts need --store etcd:URL");
     };
@@ -70,9 +71,20 @@ pub async fn raw_puts(clients: usize, total: usize) -> anyhow::Result<f64> {
         let per_client = total / clients;
         tasks.push(tokio::spawn(async move {
             for i in 0..per_client {
-                client
-                    .put(format!("{prefix}/{c}/{i}"), value.clone(), None)
-                    .await?;
+                let key = format!("{prefix}/{c}/{i}");
+                if as_create {
+                    let txn = etcd_client::Txn::new()
+                        .when([etcd_client::Compare::create_revision(
+                            key.clone(),
+                            etcd_client::CompareOp::Equal,
+                            0,
+                        )])
+                        .and_then([etcd_client::TxnOp::put(key.clone(), value.clone(), None)])
+                        .or_else([etcd_client::TxnOp::get(key, None)]);
+                    client.txn(txn).await?;
+                } else {
+                    client.put(key, value.clone(), None).await?;
+                }
             }
             Ok::<_, etcd_client::Error>(per_client)
         }));
