@@ -527,6 +527,8 @@ pub struct DevCluster {
     node_ports: Option<JoinHandle<()>>,
     /// Writes the ingress's address into Ingresses' status.
     ingress_address: Option<JoinHandle<()>>,
+    /// The ingress's TLS port and the watch of the certificates it serves.
+    ingress_tls: Vec<JoinHandle<()>>,
 }
 
 impl DevCluster {
@@ -566,6 +568,7 @@ impl DevCluster {
             ingress: None,
             node_ports: None,
             ingress_address: None,
+            ingress_tls: Vec::new(),
         })
     }
 
@@ -604,12 +607,37 @@ impl DevCluster {
         Ok(bound)
     }
 
+    /// Serves the ingress over TLS at `addr` too, with the certificates Ingresses name in
+    /// their `spec.tls` (kubernetes.io/tls Secrets), chosen by the requested host.
+    pub async fn start_ingress_tls(&mut self, addr: SocketAddr) -> anyhow::Result<SocketAddr> {
+        use shoal_runtime::proxy::ingress_tls;
+        let proxy = (self.agents.first())
+            .ok_or_else(|| anyhow::anyhow!("the ingress needs a node"))?
+            .proxy
+            .clone();
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|e| anyhow::anyhow!("binding the ingress's TLS port to {addr}: {e}"))?;
+        let bound = listener.local_addr()?;
+        let certificates = ingress_tls::IngressCertificates::new(&proxy);
+        self.ingress_tls.push(tokio::spawn(
+            certificates.clone().follow(self.control.client.clone()),
+        ));
+        self.ingress_tls.push(tokio::spawn(ingress_tls::serve(
+            listener,
+            proxy,
+            certificates,
+        )));
+        Ok(bound)
+    }
+
     /// Stops the ingress, the agents and the control plane, each waited for (see
     /// [`ControlPlane::shutdown`]).
     pub async fn shutdown(mut self) {
         for task in [self.node_ports.take(), self.ingress_address.take()]
             .into_iter()
             .flatten()
+            .chain(self.ingress_tls.drain(..))
         {
             task.abort();
             let _ = task.await;

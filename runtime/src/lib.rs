@@ -11,3 +11,4 @@ pub mod agent;
 pub mod engine;
 pub mod pod;
 pub mod proxy;
+mod tls_serve;

@@ -632,3 +632,117 @@ async fn a_named_port_resolved_two_ways_makes_two_slices() {
         ["Hello from eight\n", "Hello from nine\n"]
     );
 }
+
+/// A self-signed certificate and key (PEM) for `host`.
+fn self_signed(host: &str) -> (String, String) {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec![host.to_string()])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap();
+    (cert.pem(), key.serialize_pem())
+}
+
+/// GET / over TLS to `addr`, asking for `host` (SNI and Host) and trusting only `ca_pem`:
+/// the answer's head and body, or the handshake's error.
+async fn https_get(addr: std::net::SocketAddr, host: &str, ca_pem: &str) -> Result<String, String> {
+    use rustls::pki_types::pem::PemObject;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls::pki_types::CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let config = rustls::ClientConfig::builder_with_provider(shoal_api::tls::provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from(host.to_string()).unwrap();
+    let mut tls = connector
+        .connect(name, tcp)
+        .await
+        .map_err(|e| e.to_string())?;
+    let request = format!("GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+    tls.write_all(request.as_bytes()).await.unwrap();
+    let mut answer = String::new();
+    tls.read_to_string(&mut answer)
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(answer)
+}
+
+/// `shoal dev --ingress-tls-addr`: HTTPS for the hosts an Ingress lists in `spec.tls`, with
+/// the certificate of the Secret it names (rotated when the Secret changes); a host no
+/// Ingress lists gets no certificate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_ingress_terminates_tls_with_the_secret_an_ingress_names() {
+    let mut cluster = TestCluster::start(1).await;
+    let tls_addr = cluster
+        .cluster
+        .start_ingress_tls("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let http = cluster.http();
+    let pod = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "shop", "labels": {"app": "shop"}},
+        "spec": {"containers": [{"name": "web", "image": WEB_P2, "ports": [{"containerPort": 8080}],
+            "env": [{"name": "NAME", "value": "secure-shop"}]}]}});
+    http.create(PODS, &pod).await;
+    let service = json!({"metadata": {"name": "shop"}, "spec": {"selector": {"app": "shop"},
+        "ports": [{"port": 80, "targetPort": 8080}]}});
+    http.create(SERVICES, &service).await;
+    let (cert, key) = self_signed("shop.test");
+    let secret = |cert: &str, key: &str| {
+        use base64::Engine;
+        let b64 = |text: &str| base64::engine::general_purpose::STANDARD.encode(text);
+        json!({"apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/tls",
+            "metadata": {"name": "shop-tls"}, "data": {"tls.crt": b64(cert), "tls.key": b64(key)}})
+    };
+    http.create("/api/v1/namespaces/default/secrets", &secret(&cert, &key))
+        .await;
+    let ingress = json!({"apiVersion": "networking.k8s.io/v1", "kind": "Ingress", "metadata": {"name": "shop"},
+        "spec": {"tls": [{"hosts": ["shop.test"], "secretName": "shop-tls"}],
+            "rules": [{"host": "shop.test", "http": {"paths": [
+                {"path": "/", "pathType": "Prefix", "backend": {"service": {"name": "shop", "port": {"number": 80}}}}]}}]}});
+    http.create(
+        "/apis/networking.k8s.io/v1/namespaces/default/ingresses",
+        &ingress,
+    )
+    .await;
+    let answer = wait_for(
+        "HTTPS through the ingress",
+        Duration::from_secs(60),
+        async || {
+            https_get(tls_addr, "shop.test", &cert)
+                .await
+                .ok()
+                .filter(|a| a.starts_with("HTTP/1.1 200"))
+        },
+    )
+    .await;
+    assert!(answer.contains("secure-shop"), "{answer}");
+
+    // A host no Ingress lists: no certificate, the handshake fails.
+    let refused = https_get(tls_addr, "other.test", &cert).await;
+    assert!(refused.is_err(), "{refused:?}");
+
+    // The Secret renewed: new handshakes present the new certificate.
+    let (renewed, renewed_key) = self_signed("shop.test");
+    let (status, body) = http
+        .call(
+            "PUT",
+            "/api/v1/namespaces/default/secrets/shop-tls",
+            "application/json",
+            &secret(&renewed, &renewed_key).to_string(),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    wait_for(
+        "the renewed certificate",
+        Duration::from_secs(10),
+        async || https_get(tls_addr, "shop.test", &renewed).await.ok(),
+    )
+    .await;
+    assert!(https_get(tls_addr, "shop.test", &cert).await.is_err());
+}

@@ -30,6 +30,10 @@ pub struct DevCommand {
     /// Where the ingress serves every Service, at `http://<service>.<namespace>.localhost:<port>/`.
     #[arg(long, default_value = "127.0.0.1:8080")]
     ingress_addr: SocketAddr,
+    /// Also serve the ingress over HTTPS here, with the certificates Ingresses name in their
+    /// `spec.tls` (kubernetes.io/tls Secrets), chosen by the requested host (SNI).
+    #[arg(long)]
+    ingress_tls_addr: Option<SocketAddr>,
     /// More directories file-path images may come from (repeatable; the examples directory
     /// `<data-dir>/examples` always may).
     #[arg(long = "allow-image-dir")]
@@ -57,11 +61,15 @@ impl DevCommand {
             .await?;
         let kubeconfig = cluster.write_kubeconfig()?;
         let ingress = cluster.start_ingress(self.ingress_addr).await?;
+        let ingress_tls = match self.ingress_tls_addr {
+            Some(addr) => format!(" and https://{}", cluster.start_ingress_tls(addr).await?),
+            None => String::new(),
+        };
         if self.demo {
             deploy_demo(&cluster, &examples).await?;
         }
         println!(
-            "shoal dev ready: API at {} with {} node(s); kubeconfig at {}; ingress on http://{ingress}",
+            "shoal dev ready: API at {} with {} node(s); kubeconfig at {}; ingress on http://{ingress}{ingress_tls}",
             cluster.control.url(),
             cluster.agents.len(),
             kubeconfig.display()

@@ -5,17 +5,14 @@
 //! (`system:masters`: the API server's logs and pod proxy) are served; any other cluster user
 //! gets 403, so a user's certificate cannot reach past RBAC into pods.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use hyper_util::rt::{TokioExecutor, TokioIo};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::CertificateDer;
 use rustls::server::WebPkiClientVerifier;
 use tokio::net::TcpListener;
-use tower::ServiceExt;
 
 /// The groups whose members may use a gateway.
 const ALLOWED_GROUPS: [&str; 2] = ["system:nodes", "system:masters"];
@@ -127,7 +124,7 @@ pub async fn serve(listener: TcpListener, router: Router, config: Arc<rustls::Se
                 Ok(()) => router,
                 Err(why) => refusing(why),
             };
-            serve_connection(stream, router, peer).await;
+            crate::tls_serve::serve_connection(stream, router, peer, "gateway").await;
         });
     }
 }
@@ -138,21 +135,4 @@ fn refusing(why: String) -> Router {
         let why = why.clone();
         async move { (http::StatusCode::FORBIDDEN, format!("{why}\n")) }
     })
-}
-
-async fn serve_connection<S>(stream: S, router: Router, peer: SocketAddr)
-where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-{
-    let service =
-        hyper::service::service_fn(move |request: http::Request<hyper::body::Incoming>| {
-            router.clone().oneshot(request.map(axum::body::Body::new))
-        });
-    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new()).http1_only();
-    if let Err(e) = builder
-        .serve_connection_with_upgrades(TokioIo::new(stream), service)
-        .await
-    {
-        tracing::debug!("gateway connection from {peer}: {e}");
-    }
 }

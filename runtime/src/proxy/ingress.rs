@@ -14,12 +14,16 @@ use http::StatusCode;
 
 use super::Proxy;
 
+/// The ingress's routes (what plain HTTP and the TLS port serve).
+pub fn router(proxy: Arc<Proxy>) -> axum::Router {
+    axum::Router::new().fallback(route).with_state(proxy)
+}
+
 /// Serves the ingress on `listener` until the task is dropped.
 pub async fn serve(listener: tokio::net::TcpListener, proxy: Arc<Proxy>) -> std::io::Result<()> {
-    let app = axum::Router::new().fallback(route).with_state(proxy);
     axum::serve(
         listener,
-        app.into_make_service_with_connect_info::<SocketAddr>(),
+        router(proxy).into_make_service_with_connect_info::<SocketAddr>(),
     )
     .await
 }

@@ -13,6 +13,7 @@
 
 pub mod balance;
 pub mod ingress;
+pub mod ingress_tls;
 pub mod metrics;
 pub mod node_ports;
 pub mod policy;

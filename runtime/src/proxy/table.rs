@@ -246,6 +246,34 @@ impl Table {
         }
     }
 
+    /// `namespace/name` of the TLS Secret an Ingress names for `host` in its `spec.tls`: an
+    /// entry listing the host (or a `*.` wildcard matching one label) first, else an entry
+    /// listing no hosts (it covers all); Ingresses in name order, so the choice is stable.
+    pub fn tls_secret_for(&self, host: &str) -> Option<String> {
+        let mut ingresses: Vec<(&String, &Ingress)> = self.ingresses.iter().collect();
+        ingresses.sort_by(|a, b| a.0.cmp(b.0));
+        let entries = || {
+            ingresses.iter().flat_map(|(_, ingress)| {
+                let namespace = ingress.metadata.namespace.clone().unwrap_or_default();
+                let tls = ingress.spec.as_ref().and_then(|s| s.tls.as_ref());
+                tls.into_iter().flatten().filter_map(move |entry| {
+                    let secret = entry.secret_name.as_ref()?;
+                    Some((format!("{namespace}/{secret}"), entry.hosts.clone()))
+                })
+            })
+        };
+        let matches = |pattern: &str| match pattern.strip_prefix("*.") {
+            Some(domain) => host
+                .split_once('.')
+                .is_some_and(|(label, rest)| !label.is_empty() && rest == domain),
+            None => pattern.eq_ignore_ascii_case(host),
+        };
+        entries()
+            .find(|(_, hosts)| hosts.iter().flatten().any(|h| matches(h)))
+            .or_else(|| entries().find(|(_, hosts)| hosts.as_ref().is_none_or(Vec::is_empty)))
+            .map(|(secret, _)| secret)
+    }
+
     /// `namespace/name` of the Ingresses whose status shows no address yet.
     pub fn ingresses_without_address(&self) -> Vec<String> {
         let has_address = |i: &Ingress| {
@@ -363,5 +391,60 @@ pub async fn follow(
             }
             else => return,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ingress(namespace: &str, name: &str, tls: serde_json::Value) -> WatcherEvent<Ingress> {
+        WatcherEvent::Applied(
+            serde_json::from_value(serde_json::json!({
+                "metadata": {"namespace": namespace, "name": name},
+                "spec": {"tls": tls},
+            }))
+            .unwrap(),
+        )
+    }
+
+    #[test]
+    fn a_host_gets_the_secret_that_names_it_then_a_wildcard_then_a_catch_all() {
+        let mut table = Table::default();
+        table.apply_ingress(ingress(
+            "shop",
+            "a",
+            serde_json::json!([{"hosts": ["shop.test"], "secretName": "exact"},
+                               {"hosts": ["*.shop.test"], "secretName": "wild"}]),
+        ));
+        table.apply_ingress(ingress(
+            "web",
+            "b",
+            serde_json::json!([{"secretName": "everything"}]),
+        ));
+        assert_eq!(
+            table.tls_secret_for("shop.test").as_deref(),
+            Some("shop/exact")
+        );
+        assert_eq!(
+            table.tls_secret_for("api.shop.test").as_deref(),
+            Some("shop/wild")
+        );
+        // A wildcard covers one label only.
+        assert_eq!(
+            table.tls_secret_for("a.b.shop.test").as_deref(),
+            Some("web/everything")
+        );
+        assert_eq!(
+            table.tls_secret_for("other.test").as_deref(),
+            Some("web/everything")
+        );
+        let mut without_catch_all = Table::default();
+        without_catch_all.apply_ingress(ingress(
+            "shop",
+            "a",
+            serde_json::json!([{"hosts": ["shop.test"], "secretName": "exact"}]),
+        ));
+        assert_eq!(without_catch_all.tls_secret_for("other.test"), None);
     }
 }
