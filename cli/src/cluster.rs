@@ -557,6 +557,8 @@ impl DevCluster {
                 AgentConfig::new(&name, data_dir.join("nodes").join(&name), gateway_tls);
             // The nodes of one dev cluster share a disk, so claims follow their pods.
             config.claims_dir = Some(data_dir.join("claims"));
+            // The agents share the controllers' client: one watch of each kind for all.
+            config.share_watches = true;
             config.api_endpoint = Some((control.url(), control.server_ca_pem.clone()));
             configure(&mut config);
             agents.push(Agent::start(control.client.clone(), config).await?);

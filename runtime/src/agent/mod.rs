@@ -82,6 +82,12 @@ pub struct AgentConfig {
     /// The gateway's mTLS: the cluster CA its clients need, and this node's certificate for
     /// calling other gateways.
     pub gateway_tls: GatewayTls,
+    /// Whether the proxy's cluster-wide watches (Services, Endpoints, Nodes, Ingresses,
+    /// NetworkPolicies, Namespaces, Pods) are the client's shared ones
+    /// (`Client::shared_watch`): in `shoal dev`, whose agents share the controllers' client,
+    /// each kind is then watched and decoded once for all. A standalone agent keeps watches
+    /// of its own (a shared watch also caches every object, which only pays when shared).
+    pub share_watches: bool,
 }
 
 impl AgentConfig {
@@ -102,6 +108,7 @@ impl AgentConfig {
             image_ca: None,
             claims_dir: None,
             node_ports: false,
+            share_watches: false,
             lease_duration: std::time::Duration::from_secs(LEASE_DURATION_SECONDS as u64),
             lease_renew: LEASE_RENEW,
             api_endpoint: None,
@@ -263,6 +270,7 @@ impl Agent {
                 &config.node_name,
                 Arc::new(move |pod| local_pods.upgrade()?.get(pod)),
                 config.gateway_tls.identity.clone(),
+                config.share_watches,
                 &tasks,
             )?,
         });

@@ -87,6 +87,25 @@ pub fn text_response(status: http::StatusCode, text: String) -> http::Response<W
     response
 }
 
+/// Where the proxy's cluster-wide watches come from: the client's shared watches, or its own.
+#[derive(Clone)]
+pub(crate) struct Watches {
+    client: Client,
+    shared: bool,
+}
+
+impl Watches {
+    fn of<K: shoal_api::client::ApiObject>(
+        &self,
+    ) -> tokio::sync::mpsc::Receiver<shoal_api::client::WatcherEvent<K>> {
+        if self.shared {
+            self.client.shared_watch::<K>()
+        } else {
+            shoal_api::client::watcher::<K>(&self.client, Default::default())
+        }
+    }
+}
+
 fn read(table: &RwLock<Table>) -> std::sync::RwLockReadGuard<'_, Table> {
     table.read().unwrap_or_else(|p| p.into_inner())
 }
@@ -100,6 +119,7 @@ impl Proxy {
         node_name: &str,
         local: LocalPods,
         identity: Arc<dyn rustls::client::ResolvesClientCert>,
+        share_watches: bool,
         tasks: &Tasks,
     ) -> Result<Arc<Self>, shoal_api::tls::TlsError> {
         Self::start_with(
@@ -108,6 +128,7 @@ impl Proxy {
             local,
             identity,
             stack::Options::default(),
+            share_watches,
             tasks,
         )
     }
@@ -118,13 +139,18 @@ impl Proxy {
         local: LocalPods,
         identity: Arc<dyn rustls::client::ResolvesClientCert>,
         options: stack::Options,
+        share_watches: bool,
         tasks: &Tasks,
     ) -> Result<Arc<Self>, shoal_api::tls::TlsError> {
         let table = Arc::new(RwLock::new(Table::default()));
         let (changed, routes_changed) = tokio::sync::watch::channel(0);
-        let follower = tasks.spawn(table::follow(client.clone(), table.clone(), changed));
+        let watches = Watches {
+            client: client.clone(),
+            shared: share_watches,
+        };
+        let follower = tasks.spawn(table::follow(watches.clone(), table.clone(), changed));
         let policies = Arc::new(RwLock::new(policy::Policies::default()));
-        let policy_follower = tasks.spawn(policy::follow(client.clone(), policies.clone()));
+        let policy_follower = tasks.spawn(policy::follow(watches, policies.clone()));
         let dispatch = Dispatch(Arc::new(DispatchState {
             node_name: node_name.to_string(),
             table: table.clone(),

@@ -27,7 +27,7 @@ use k8s_openapi::api::networking::v1::{NetworkPolicy, NetworkPolicyPeer, Network
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use shoal_api::api::selector;
-use shoal_api::client::{watcher, Client, ListParams, WatcherEvent};
+use shoal_api::client::WatcherEvent;
 
 /// The namespace annotation that lets a namespace's pods reach the outside network.
 pub const EGRESS_ANNOTATION: &str = "shoal.dev/egress";
@@ -373,10 +373,10 @@ impl Policies {
 }
 
 /// Keeps `policies` current from watches until the task is dropped.
-pub async fn follow(client: Client, policies: Arc<RwLock<Policies>>) {
-    let mut network_policies = watcher::<NetworkPolicy>(&client, ListParams::default());
-    let mut namespaces = watcher::<Namespace>(&client, ListParams::default());
-    let mut pods = watcher::<Pod>(&client, ListParams::default());
+pub(crate) async fn follow(watches: super::Watches, policies: Arc<RwLock<Policies>>) {
+    let mut network_policies = watches.of::<NetworkPolicy>();
+    let mut namespaces = watches.of::<Namespace>();
+    let mut pods = watches.of::<Pod>();
     loop {
         let write = || policies.write().unwrap_or_else(|p| p.into_inner());
         tokio::select! {

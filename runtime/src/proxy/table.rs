@@ -8,7 +8,7 @@ use std::sync::{Arc, RwLock};
 use ipnet::Ipv4Net;
 use k8s_openapi::api::core::v1::{EndpointAddress, Endpoints, Node, Service};
 use k8s_openapi::api::networking::v1::Ingress;
-use shoal_api::client::{watcher, Client, ListParams, WatcherEvent};
+use shoal_api::client::WatcherEvent;
 
 use super::rules::ServicePort;
 
@@ -367,15 +367,15 @@ impl Table {
 
 /// Keeps `table` current until the watches end; `changed` ticks after each change of a
 /// Service or an Ingress (what the node-port listeners and the ingress follow).
-pub async fn follow(
-    client: Client,
+pub(crate) async fn follow(
+    watches: super::Watches,
     table: Arc<RwLock<Table>>,
     changed: tokio::sync::watch::Sender<u64>,
 ) {
-    let mut services = watcher::<Service>(&client, ListParams::default());
-    let mut endpoints = watcher::<Endpoints>(&client, ListParams::default());
-    let mut nodes = watcher::<Node>(&client, ListParams::default());
-    let mut ingresses = watcher::<Ingress>(&client, ListParams::default());
+    let mut services = watches.of::<Service>();
+    let mut endpoints = watches.of::<Endpoints>();
+    let mut nodes = watches.of::<Node>();
+    let mut ingresses = watches.of::<Ingress>();
     loop {
         let write = || table.write().unwrap_or_else(|p| p.into_inner());
         tokio::select! {
