@@ -7,9 +7,9 @@
 //! Committed events are kept in an `events` table (the event log watches resume from) and
 //! fanned out live through a broadcast channel per resource.
 
-use std::ops::Bound;
+use std::ops::{Bound, Deref};
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
@@ -58,7 +58,7 @@ struct PendingWrite {
 }
 
 pub struct RedbStore {
-    db: Arc<Database>,
+    db: Arc<OpenDatabase>,
     /// `None` only while the store is being dropped.
     writes: Option<mpsc::UnboundedSender<PendingWrite>>,
     /// Joined on drop: the file is released when the store is gone, not some time after.
@@ -75,7 +75,44 @@ const SNAPSHOT_TTL: std::time::Duration = std::time::Duration::from_secs(60);
 /// The most snapshots kept at once.
 const SNAPSHOTS: usize = 8;
 
-type ObjectsTable = redb::ReadOnlyTable<&'static str, &'static [u8]>;
+/// The database with what tells that its file is closed. Fields drop in order: `closed`
+/// goes after the database, when the file and its lock are released. Everything that can
+/// keep the file open (the writer, watches, paged lists' snapshots) holds this `Arc`.
+struct OpenDatabase {
+    db: Database,
+    closed: ClosedFlag,
+}
+
+impl Deref for OpenDatabase {
+    type Target = Database;
+    fn deref(&self) -> &Database {
+        &self.db
+    }
+}
+
+/// Set when dropped.
+struct ClosedFlag(Arc<AtomicBool>);
+
+impl Drop for ClosedFlag {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Release);
+    }
+}
+
+/// The objects table as of one read transaction. A redb table keeps the file open, so it
+/// holds the database (dropped after the table, in field order) for [`Released`] to be
+/// exact.
+struct ObjectsTable {
+    table: redb::ReadOnlyTable<&'static str, &'static [u8]>,
+    _db: Arc<OpenDatabase>,
+}
+
+impl Deref for ObjectsTable {
+    type Target = redb::ReadOnlyTable<&'static str, &'static [u8]>;
+    fn deref(&self) -> &Self::Target {
+        &self.table
+    }
+}
 
 /// The objects table as of one revision: what the pages of one list are read from.
 struct Snapshot {
@@ -125,7 +162,10 @@ impl RedbStore {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(backend)?;
         }
-        let db = Arc::new(Database::create(path).map_err(backend)?);
+        let db = Arc::new(OpenDatabase {
+            db: Database::create(path).map_err(backend)?,
+            closed: ClosedFlag(Arc::default()),
+        });
         let txn = db.begin_write().map_err(backend)?;
         let revision = {
             txn.open_table(OBJECTS).map_err(backend)?;
@@ -171,7 +211,10 @@ impl RedbStore {
             .unwrap_or(0);
         Ok((
             revision,
-            Arc::new(txn.open_table(OBJECTS).map_err(backend)?),
+            Arc::new(ObjectsTable {
+                table: txn.open_table(OBJECTS).map_err(backend)?,
+                _db: self.db.clone(),
+            }),
         ))
     }
 
@@ -228,9 +271,9 @@ impl RedbStore {
     }
 
     /// Tells when the store's file is released: every handle on the database (the store, its
-    /// writer, its watches) gone.
+    /// writer, its watches, paged lists' snapshots) gone and the file closed.
     pub fn released(&self) -> Released {
-        Released(Arc::downgrade(&self.db))
+        Released(self.db.closed.0.clone())
     }
 
     async fn submit(&self, op: Op) -> Result<Value> {
@@ -247,11 +290,11 @@ impl RedbStore {
 }
 
 /// See [`RedbStore::released`].
-pub struct Released(std::sync::Weak<Database>);
+pub struct Released(Arc<AtomicBool>);
 
 impl Released {
     pub fn is_released(&self) -> bool {
-        self.0.strong_count() == 0
+        self.0.load(Ordering::Acquire)
     }
 }
 
@@ -441,7 +484,7 @@ impl Store for RedbStore {
 
 struct Writer {
     log_len: u64,
-    db: Arc<Database>,
+    db: Arc<OpenDatabase>,
     live: Arc<LiveFeeds>,
     revision: Arc<AtomicU64>,
 }
@@ -751,6 +794,50 @@ mod tests {
         assert_eq!(revision_of(&deleted), Some(3));
         assert!(store.get(&key).unwrap().is_none());
         assert_eq!(store.revision(), 3);
+    }
+
+    /// `released` turns true only once the file is closed, so the same path opens again at
+    /// once: a paged list's kept snapshot (a redb table, which keeps the file open) and a
+    /// watch hold it past the store itself.
+    #[tokio::test]
+    async fn released_means_the_file_can_be_opened_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db");
+        let store = RedbStore::open(&path).unwrap();
+        for name in ["a", "b", "c"] {
+            let key = ObjectKey::new("pods", "default", name);
+            store.create(key, pod(name)).await.unwrap();
+        }
+        let all = |_: &Value| true;
+        let page = store
+            .list_page(PageRequest {
+                resource: "pods",
+                namespace: Some("default"),
+                at: ReadAt::Consistent,
+                after: None,
+                limit: Some(1),
+                filter: &all,
+            })
+            .await
+            .unwrap();
+        assert!(page.next.is_some(), "a paged list keeps its snapshot");
+        let watch = store.watch("pods", None, store.revision()).unwrap();
+        let released = store.released();
+        drop(store);
+        assert!(!released.is_released(), "a watch still holds the file");
+        assert!(RedbStore::open(&path).is_err(), "the file is still locked");
+        // The watch's task notices its reader is gone and lets go of the file.
+        drop(watch);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while !released.is_released() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "released within 5 s of the watch's end"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        let reopened = RedbStore::open(&path).unwrap();
+        assert_eq!(reopened.revision(), 3);
     }
 
     #[test]
