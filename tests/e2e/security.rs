@@ -526,8 +526,87 @@ async fn a_wasm_pod_calls_the_api_as_its_service_account() {
         "spec": {"automountServiceAccountToken": false, "containers": [web("web")]}}),
         )
         .await;
+    // A pod of its own projection: a token for another audience, and its labels.
+    admin
+        .create(
+            "/api/v1/namespaces/default/pods",
+            &json!({"apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "federated", "labels": {"team": "blue"}},
+        "spec": {"serviceAccountName": "reader", "automountServiceAccountToken": false,
+            "volumes": [{"name": "creds", "projected": {"sources": [
+                {"serviceAccountToken": {"audience": "vault", "expirationSeconds": 900, "path": "vault-token"}},
+                {"downwardAPI": {"items": [{"path": "labels", "fieldRef": {"fieldPath": "metadata.labels"}}]}},
+            ]}}],
+            "containers": [{"name": "web", "image": shoal_examples::WEB_P2, "ports": [{"containerPort": 8080}],
+                "volumeMounts": [{"name": "creds", "mountPath": "/creds"}]}]}}),
+        )
+        .await;
     wait_ready(&admin, "default", "client").await;
     wait_ready(&admin, "default", "tokenless").await;
+    wait_ready(&admin, "default", "federated").await;
+
+    // The ServiceAccount admission shows its volume in the spec, as on Kubernetes.
+    let (_, pod) = admin
+        .call("GET", "/api/v1/namespaces/default/pods/client", "", "")
+        .await;
+    let volume = &pod["spec"]["volumes"][0];
+    assert!(
+        volume["name"]
+            .as_str()
+            .is_some_and(|n| n.starts_with("kube-api-access-")),
+        "{pod}"
+    );
+    assert_eq!(
+        volume["projected"]["sources"][0]["serviceAccountToken"]["path"],
+        "token"
+    );
+    assert_eq!(
+        pod["spec"]["containers"][0]["volumeMounts"][0],
+        json!({"name": volume["name"], "mountPath": "/var/run/secrets/kubernetes.io/serviceaccount", "readOnly": true})
+    );
+    assert_eq!(pod["spec"]["serviceAccount"], "reader");
+    let (_, pod) = admin
+        .call("GET", "/api/v1/namespaces/default/pods/tokenless", "", "")
+        .await;
+    assert!(pod["spec"]["volumes"].is_null(), "{pod}");
+    assert_eq!(pod["spec"]["serviceAccountName"], "default");
+    // The user's projection: a token for its audience, the labels in Kubernetes' format.
+    let (_, token) = proxy_get(&admin, "federated:8080", "/file/creds/vault-token").await;
+    let claims = token.split('.').nth(1).expect("a JWT");
+    use base64::Engine as _;
+    let claims: Value = serde_json::from_slice(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(claims)
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(claims["aud"], json!(["vault"]), "{claims}");
+    assert_eq!(
+        claims["sub"], "system:serviceaccount:default:reader",
+        "{claims}"
+    );
+    let (_, labels) = proxy_get(&admin, "federated:8080", "/file/creds/labels").await;
+    assert_eq!(labels, "team=\"blue\"");
+    // A ServiceAccount that opts out speaks for its pods (a dry run shows the admitted pod).
+    admin
+        .create(
+            "/api/v1/namespaces/default/serviceaccounts",
+            &json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "quiet"},
+                "automountServiceAccountToken": false}),
+        )
+        .await;
+    let quiet = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "quiet"},
+        "spec": {"serviceAccountName": "quiet", "containers": [web("web")]}});
+    let (status, pod) = admin
+        .call(
+            "POST",
+            "/api/v1/namespaces/default/pods?dryRun=All",
+            "application/json",
+            &quiet.to_string(),
+        )
+        .await;
+    assert_eq!(status, 201, "{pod}");
+    assert!(pod["spec"]["volumes"].is_null(), "{pod}");
 
     // From its guest code, the pod reads what its ServiceAccount may read...
     let (status, body) = proxy_get(

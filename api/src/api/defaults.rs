@@ -197,7 +197,7 @@ pub fn pod(object: &mut Value) {
 }
 
 /// Five characters in Kubernetes' `generateName` alphabet (no vowels, no look-alikes).
-fn random_suffix() -> String {
+pub fn random_suffix() -> String {
     const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
     let mut rng = rand::thread_rng();
     (0..5)

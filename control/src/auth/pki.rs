@@ -565,6 +565,31 @@ mod tests {
         assert!(pki.issue_client("", &[], Duration::from_secs(1)).is_err());
     }
 
+    /// Certificates made elsewhere (openssl, cfssl, kubeadm) may carry several O attributes:
+    /// each is a group. rcgen writes one attribute per type, so the second O is written
+    /// under its OID as a custom type: the same DER openssl writes for `/O=dev/O=ops`.
+    #[test]
+    fn every_organization_of_a_certificate_is_a_group() {
+        let dir = tempfile::tempdir().unwrap();
+        let pki = Pki::load_or_create(dir.path()).unwrap();
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::default();
+        params
+            .distinguished_name
+            .push(DnType::OrganizationName, "dev");
+        params
+            .distinguished_name
+            .push(DnType::CustomDnType(vec![2, 5, 4, 10]), "ops");
+        params.distinguished_name.push(DnType::CommonName, "carol");
+        let cert = params.signed_by(&key, &pki.issuer().unwrap()).unwrap();
+        let info = CertificateInfo::parse(&cert.pem()).unwrap();
+        assert_eq!(info.common_name, "carol");
+        assert_eq!(
+            info.organizations,
+            vec!["dev".to_string(), "ops".to_string()]
+        );
+    }
+
     #[test]
     fn a_corrupt_key_is_an_error_naming_the_file() {
         let dir = tempfile::tempdir().unwrap();

@@ -1,4 +1,5 @@
-//! Pod-specific API behaviour: creation resets the status, `binding` assigns a node,
+//! Pod-specific API behaviour: creation resets the status and mounts the ServiceAccount's
+//! credentials (the ServiceAccount admission plugin), `binding` assigns a node,
 //! deletion of a bound pod is graceful (the node agent stops it and finishes the deletion),
 //! and `log` is answered by the agent that runs the pod.
 
@@ -24,6 +25,110 @@ pub fn prepare_create(pod: &mut Value) {
         .cloned()
         .unwrap_or(json!("BestEffort"));
     object::set_at(pod, "/status", json!({"phase": "Pending", "qosClass": qos}));
+}
+
+/// Where a pod finds its ServiceAccount credentials, as on Kubernetes.
+pub const SERVICE_ACCOUNT_PATH: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
+/// How long the token of the admitted volume asks to live: Kubernetes' 3607 s (an hour, and
+/// a few seconds that tell it apart from a user's choice); the agent renews it at 80%.
+const TOKEN_EXPIRATION_SECONDS: i64 = 3607;
+
+/// Kubernetes' ServiceAccount admission: the pod runs as `spec.serviceAccountName`
+/// (`default` unless named; the deprecated `serviceAccount` mirrors it) and, unless the pod
+/// or its ServiceAccount sets `automountServiceAccountToken: false`, gets the projected
+/// volume `kube-api-access-<suffix>` (a bound token, the cluster CA from the
+/// `kube-root-ca.crt` ConfigMap, its namespace) mounted read-only at
+/// [`SERVICE_ACCOUNT_PATH`] in every container that mounts nothing there itself. The agent
+/// makes the volume from the spec as it makes any projected volume.
+pub fn admit_service_account(server: &ApiServer, namespace: &str, pod: &mut Value) {
+    let Some(spec) = pod.get_mut("spec").and_then(Value::as_object_mut) else {
+        return;
+    };
+    let account = ["serviceAccountName", "serviceAccount"]
+        .iter()
+        .find_map(|field| spec.get(*field).and_then(Value::as_str))
+        .filter(|name| !name.is_empty())
+        .unwrap_or("default")
+        .to_string();
+    spec.insert("serviceAccountName".into(), json!(account));
+    spec.insert("serviceAccount".into(), json!(account));
+    let automount = match spec
+        .get("automountServiceAccountToken")
+        .and_then(Value::as_bool)
+    {
+        Some(set) => set,
+        None => server
+            .store
+            .get(&ObjectKey::new("serviceaccounts", namespace, &account))
+            .ok()
+            .flatten()
+            .and_then(|sa| {
+                sa.get("automountServiceAccountToken")
+                    .and_then(Value::as_bool)
+            })
+            .unwrap_or(true),
+    };
+    if !automount {
+        return;
+    }
+    let mounted_there = |container: &Value| {
+        container
+            .get("volumeMounts")
+            .and_then(Value::as_array)
+            .is_some_and(|mounts| {
+                mounts.iter().any(|m| {
+                    m.get("mountPath").and_then(Value::as_str) == Some(SERVICE_ACCOUNT_PATH)
+                })
+            })
+    };
+    let lists = ["initContainers", "containers"];
+    let wanting = lists
+        .iter()
+        .filter_map(|list| spec.get(*list).and_then(Value::as_array))
+        .flatten()
+        .any(|c| c.is_object() && !mounted_there(c));
+    if !wanting {
+        return;
+    }
+    let volume = format!(
+        "kube-api-access-{}",
+        shoal_api::api::defaults::random_suffix()
+    );
+    let volumes = spec.entry("volumes").or_insert_with(|| json!([]));
+    let Some(volumes) = volumes.as_array_mut() else {
+        // Not a list: validation names it.
+        return;
+    };
+    volumes.push(json!({
+        "name": volume,
+        "projected": {
+            "defaultMode": 420,
+            "sources": [
+                {"serviceAccountToken": {"expirationSeconds": TOKEN_EXPIRATION_SECONDS, "path": "token"}},
+                {"configMap": {"name": "kube-root-ca.crt", "items": [{"key": "ca.crt", "path": "ca.crt"}]}},
+                {"downwardAPI": {"items": [{"path": "namespace",
+                    "fieldRef": {"apiVersion": "v1", "fieldPath": "metadata.namespace"}}]}},
+            ],
+        },
+    }));
+    for list in lists {
+        let Some(containers) = spec.get_mut(list).and_then(Value::as_array_mut) else {
+            continue;
+        };
+        for container in containers
+            .iter_mut()
+            .filter(|c| c.is_object() && !mounted_there(c))
+        {
+            let mounts = container
+                .as_object_mut()
+                .map(|c| c.entry("volumeMounts").or_insert_with(|| json!([])));
+            if let Some(mounts) = mounts.and_then(Value::as_array_mut) {
+                mounts.push(json!({
+                    "name": volume, "mountPath": SERVICE_ACCOUNT_PATH, "readOnly": true,
+                }));
+            }
+        }
+    }
 }
 
 /// `POST pods/{name}/binding`: sets `spec.nodeName` once, and the PodScheduled condition.

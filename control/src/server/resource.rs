@@ -53,7 +53,10 @@ impl ApiServer {
         }
         resource.prepare_for_create(&mut object);
         match resource.kind {
-            "Pod" => pods::prepare_create(&mut object),
+            "Pod" => {
+                pods::prepare_create(&mut object);
+                pods::admit_service_account(self, &namespace, &mut object);
+            }
             "Node" => {
                 self.assign_pod_cidr(&mut object)?;
                 nodes::stamp_agent_endpoint(request, None, &mut object);
@@ -140,9 +143,13 @@ impl ApiServer {
             if content_type.contains("json-patch") {
                 patch::json_patch(&mut patched, &patch_body)
                     .map_err(|e| ApiError::BadRequest(e.to_string()))?;
-            } else if content_type.contains("strategic-merge-patch") {
+            } else if content_type.contains("strategic-merge-patch") || server_side_apply {
+                // Server-side apply merges lists keyed as Kubernetes keys them (containers by
+                // name, volumes by name, mounts by path), so what others set in a list (the
+                // ServiceAccount admission's volume) stays. Without managedFields, an apply
+                // does not remove what the same manager dropped from its manifest.
                 patch::strategic_merge_patch(&mut patched, &patch_body);
-            } else if content_type.contains("merge-patch") || server_side_apply {
+            } else if content_type.contains("merge-patch") {
                 patch::merge_patch(&mut patched, &patch_body);
             } else {
                 return Err(ApiError::UnsupportedMediaType(format!(

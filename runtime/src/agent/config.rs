@@ -41,6 +41,9 @@ pub enum ConfigError {
     HostPathNotAllowed { path: String, allowed: String },
     #[error("hostPath {0:?} is not a directory")]
     NotADirectory(String),
-    #[error("this volume type is not supported (supported: emptyDir, configMap, secret, persistentVolumeClaim, hostPath)")]
+    #[error("this volume type is not supported (supported: emptyDir, configMap, secret, persistentVolumeClaim, hostPath, projected)")]
     UnsupportedVolume,
+    /// A projected volume's source that cannot be made (the reason names it).
+    #[error("projected: {0}")]
+    Projection(String),
 }

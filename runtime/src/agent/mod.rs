@@ -10,6 +10,7 @@ mod logs;
 mod networks;
 mod node;
 mod probe;
+mod projected;
 mod sources;
 pub mod status;
 mod volumes;
@@ -76,8 +77,8 @@ pub struct AgentConfig {
     /// Directories file-path images may come from (`--allow-image-dir`); `None` allows any
     /// file, which only in-process clusters of tests and benchmarks use.
     pub image_dirs: Option<Vec<PathBuf>>,
-    /// How often a running pod's ServiceAccount token is replaced (default: at 80% of its
-    /// 48 h life, as the kubelet does).
+    /// The longest wait between renewals of a running pod's ServiceAccount tokens: they are
+    /// renewed at 80% of their life, as the kubelet does, or sooner if this is shorter.
     pub token_refresh: std::time::Duration,
     /// The gateway's mTLS: the cluster CA its clients need, and this node's certificate for
     /// calling other gateways.
@@ -113,9 +114,7 @@ impl AgentConfig {
             lease_renew: LEASE_RENEW,
             api_endpoint: None,
             image_dirs: None,
-            token_refresh: std::time::Duration::from_secs(
-                worker::SERVICE_ACCOUNT_TOKEN_SECONDS * 8 / 10,
-            ),
+            token_refresh: std::time::Duration::MAX,
         }
     }
 }

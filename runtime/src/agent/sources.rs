@@ -1,10 +1,10 @@
 //! The ConfigMaps and Secrets a pod refers to (volumes, `env`, `envFrom`), fetched once per
-//! pod start through the API.
+//! pod start through the API, and how their data becomes files.
 
 use std::collections::BTreeMap;
 use std::collections::HashMap;
 
-use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use k8s_openapi::api::core::v1::{ConfigMap, KeyToPath, Secret};
 use shoal_api::client::Client;
 
 use super::config::ConfigError;
@@ -96,5 +96,47 @@ impl Sources {
             self.secrets.insert(name.into(), data);
         }
         Ok(self.secrets[name].clone())
+    }
+}
+
+/// The data of a ConfigMap or Secret that must exist unless `optional`.
+pub fn present(
+    data: Option<BTreeMap<String, Vec<u8>>>,
+    kind: &'static str,
+    name: &str,
+    optional: Option<bool>,
+) -> Result<BTreeMap<String, Vec<u8>>, ConfigError> {
+    match data {
+        Some(data) => Ok(data),
+        None if optional == Some(true) => Ok(BTreeMap::new()),
+        None => Err(ConfigError::NotFound {
+            context: String::new(),
+            kind,
+            name: name.into(),
+        }),
+    }
+}
+
+/// The files of a ConfigMap or Secret volume: every key, or the `items` mapping.
+pub fn select(
+    data: &BTreeMap<String, Vec<u8>>,
+    items: Option<&[KeyToPath]>,
+    kind: &'static str,
+    name: &str,
+) -> Result<Vec<(String, Vec<u8>)>, ConfigError> {
+    match items {
+        None => Ok(data.iter().map(|(k, v)| (k.clone(), v.clone())).collect()),
+        Some(items) => items
+            .iter()
+            .map(|item| match data.get(&item.key) {
+                Some(value) => Ok((item.path.clone(), value.clone())),
+                None => Err(ConfigError::NoKey {
+                    context: String::new(),
+                    kind,
+                    name: name.into(),
+                    key: item.key.clone(),
+                }),
+            })
+            .collect(),
     }
 }

@@ -1,16 +1,18 @@
 //! Making a pod's volumes on this node: `emptyDir` (under the pod's directory, gone with the
 //! pod), `configMap` and `secret` (their data written as read-only files, `items` mapping keys
 //! to paths), `persistentVolumeClaim` (a directory per claim under the agent's data directory,
-//! outliving pods), and `hostPath` (only under a prefix the agent was started with).
+//! outliving pods), `hostPath` (only under a prefix the agent was started with) and
+//! `projected` (tokens and the rest, in memory: [`super::projected`]).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use k8s_openapi::api::core::v1::{KeyToPath, PersistentVolumeClaim, PodSpec, Volume};
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, PodSpec, Volume};
 use shoal_api::client::Client;
 
 use super::config::ConfigError;
-use super::sources::Sources;
+use super::projected::{Projection, TokenFile};
+use super::sources::{present, select, Sources};
 use crate::pod::volumes::{write_files, PreparedVolume};
 
 /// Where volumes live on this node and what the node allows.
@@ -20,6 +22,16 @@ pub struct VolumeHost<'a> {
     pub host_path_allow: &'a [PathBuf],
     pub client: &'a Client,
     pub namespace: &'a str,
+    /// Where this pod's projected volumes are written (in memory, removed with the pod).
+    pub projected_dir: &'a Path,
+    pub projection: Projection<'a>,
+}
+
+/// A pod's volumes, ready to mount, and the tokens in them to renew while it runs.
+#[derive(Default)]
+pub struct PreparedVolumes {
+    pub volumes: HashMap<String, PreparedVolume>,
+    pub tokens: Vec<TokenFile>,
 }
 
 /// Prepares every volume of `spec`; the error names the volume and the problem.
@@ -27,17 +39,16 @@ pub async fn prepare(
     spec: &PodSpec,
     host: &VolumeHost<'_>,
     sources: &mut Sources,
-) -> Result<HashMap<String, PreparedVolume>, ConfigError> {
-    let mut prepared = HashMap::new();
+) -> Result<PreparedVolumes, ConfigError> {
+    let mut prepared = PreparedVolumes::default();
     for volume in spec.volumes.iter().flatten() {
-        let ready =
-            prepare_one(volume, host, sources)
-                .await
-                .map_err(|why| ConfigError::Volume {
-                    volume: volume.name.clone(),
-                    source: Box::new(why),
-                })?;
-        prepared.insert(volume.name.clone(), ready);
+        let ready = prepare_one(volume, host, sources, &mut prepared.tokens)
+            .await
+            .map_err(|why| ConfigError::Volume {
+                volume: volume.name.clone(),
+                source: Box::new(why),
+            })?;
+        prepared.volumes.insert(volume.name.clone(), ready);
     }
     Ok(prepared)
 }
@@ -46,7 +57,16 @@ async fn prepare_one(
     volume: &Volume,
     host: &VolumeHost<'_>,
     sources: &mut Sources,
+    tokens: &mut Vec<TokenFile>,
 ) -> Result<PreparedVolume, ConfigError> {
+    if let Some(projected) = &volume.projected {
+        let dir = host.projected_dir.join(&volume.name);
+        tokens.extend(super::projected::prepare(projected, &dir, &host.projection, sources).await?);
+        return Ok(PreparedVolume {
+            dir,
+            read_only: true,
+        });
+    }
     let own_dir = host.pod_dir.join("volumes").join(&volume.name);
     if volume.empty_dir.is_some() {
         create_dir(&own_dir)?;
@@ -155,45 +175,4 @@ fn create_dir(path: &Path) -> Result<(), ConfigError> {
             source,
         })
     })
-}
-
-fn present(
-    data: Option<BTreeMap<String, Vec<u8>>>,
-    kind: &'static str,
-    name: &str,
-    optional: Option<bool>,
-) -> Result<BTreeMap<String, Vec<u8>>, ConfigError> {
-    match data {
-        Some(data) => Ok(data),
-        None if optional == Some(true) => Ok(BTreeMap::new()),
-        None => Err(ConfigError::NotFound {
-            context: String::new(),
-            kind,
-            name: name.into(),
-        }),
-    }
-}
-
-/// The files of a ConfigMap or Secret volume: every key, or the `items` mapping.
-fn select(
-    data: &BTreeMap<String, Vec<u8>>,
-    items: Option<&[KeyToPath]>,
-    kind: &'static str,
-    name: &str,
-) -> Result<Vec<(String, Vec<u8>)>, ConfigError> {
-    match items {
-        None => Ok(data.iter().map(|(k, v)| (k.clone(), v.clone())).collect()),
-        Some(items) => items
-            .iter()
-            .map(|item| match data.get(&item.key) {
-                Some(value) => Ok((item.path.clone(), value.clone())),
-                None => Err(ConfigError::NoKey {
-                    context: String::new(),
-                    kind,
-                    name: name.into(),
-                    key: item.key.clone(),
-                }),
-            })
-            .collect(),
-    }
 }

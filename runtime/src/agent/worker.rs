@@ -77,10 +77,9 @@ pub struct PodWorker {
     stop: StopSignal,
     programs: Vec<Arc<Program>>,
     volumes: HashMap<String, PreparedVolume>,
-    /// Where the pod's ServiceAccount token, CA and namespace are written, if it has them.
-    service_account_dir: Option<PathBuf>,
-    /// Replaces the token before it expires, for as long as the worker lives.
-    token_refresher: Option<tokio_util::task::AbortOnDropHandle<()>>,
+    /// Replace the tokens of projected volumes before they expire, for as long as the
+    /// worker lives.
+    token_refreshers: Vec<tokio_util::task::AbortOnDropHandle<()>>,
     env: Vec<Vec<(String, String)>>,
     network: Arc<PodNetwork>,
     /// Events to record with the next status write: (warning?, reason, message).
@@ -140,8 +139,7 @@ impl PodWorker {
             stop,
             programs: Vec::new(),
             volumes: HashMap::new(),
-            token_refresher: None,
-            service_account_dir: None,
+            token_refreshers: Vec::new(),
             env: Vec::new(),
             runs: vec![0; specs.len()],
             specs,
@@ -554,26 +552,39 @@ impl PodWorker {
         let mut sources = Sources::new(self.shared.client.clone(), &namespace);
         let pod_dir = self.pod_dir();
         let claims_dir = self.shared.claims_dir.clone();
+        let projected_dir = self
+            .shared
+            .token_dir(self.pod.metadata.uid.as_deref().unwrap_or("unknown"));
         let host = volumes::VolumeHost {
             pod_dir: &pod_dir,
             claims_dir: &claims_dir,
             host_path_allow: &self.shared.host_path_allow,
             client: &self.shared.client,
             namespace: &namespace,
+            projected_dir: &projected_dir,
+            projection: super::projected::Projection {
+                pod: &self.pod,
+                client: &self.shared.client,
+                cluster_ca: self.shared.api.as_ref().map(|(_, ca)| ca.as_str()),
+            },
         };
-        self.volumes = volumes::prepare(&spec, &host, &mut sources)
+        let prepared = volumes::prepare(&spec, &host, &mut sources)
             .await
             .map_err(|e| Retry(0, "CreateContainerConfigError".into(), e.to_string()))?;
-        self.service_account_dir = self
-            .write_service_account_token()
-            .await
-            .map_err(|e| Retry(0, "CreateContainerConfigError".into(), e))?;
-        if let Some(dir) = &self.service_account_dir {
-            let refresh = refresh_token(self.shared.clone(), self.pod.clone(), dir.join("token"));
-            self.token_refresher = Some(tokio_util::task::AbortOnDropHandle::new(tokio::spawn(
-                refresh,
-            )));
-        }
+        self.volumes = prepared.volumes;
+        self.token_refreshers = prepared
+            .tokens
+            .into_iter()
+            .map(|file| {
+                let refresh = super::projected::keep_fresh(
+                    self.shared.client.clone(),
+                    self.pod.clone(),
+                    file,
+                    self.shared.token_refresh,
+                );
+                tokio_util::task::AbortOnDropHandle::new(tokio::spawn(refresh))
+            })
+            .collect();
         let all = self.specs.clone();
         self.env.clear();
         for (index, container) in all.iter().enumerate() {
@@ -625,16 +636,7 @@ impl PodWorker {
             argv.push(spec.name.clone());
         }
         argv.extend(spec.args.clone().unwrap_or_default());
-        let mut mounts = mounts(spec, &self.volumes)?;
-        if let Some(dir) = &self.service_account_dir {
-            if !mounts.iter().any(|m| m.guest_path == SERVICE_ACCOUNT_PATH) {
-                mounts.push(run::Mount {
-                    host_path: dir.clone(),
-                    guest_path: SERVICE_ACCOUNT_PATH.into(),
-                    read_only: true,
-                });
-            }
-        }
+        let mounts = mounts(spec, &self.volumes)?;
         let memory_limit =
             super::env::memory_limit(spec)?.unwrap_or(self.shared.default_memory_limit);
         Ok(LaunchTemplate {
@@ -672,46 +674,6 @@ impl PodWorker {
             && self.view.init.iter().chain(&self.view.main).all(|c| {
                 matches!(&c.state, super::status::State::Waiting { reason, .. } if reason == "ContainerCreating")
             })
-    }
-
-    /// The pod's ServiceAccount token (bound to the pod, from TokenRequest), the cluster CA
-    /// and the namespace, written for every container to find at [`SERVICE_ACCOUNT_PATH`]
-    /// (read-only); none when the agent has no API route or the pod opts out with
-    /// `automountServiceAccountToken: false`.
-    async fn write_service_account_token(&self) -> Result<Option<PathBuf>, String> {
-        let Some((_, ca)) = &self.shared.api else {
-            return Ok(None);
-        };
-        let spec = self.pod.spec.as_ref();
-        if spec.and_then(|s| s.automount_service_account_token) == Some(false) {
-            return Ok(None);
-        }
-        let namespace = self.pod.metadata.namespace.as_deref().unwrap_or("default");
-        let token = request_token(&self.shared, &self.pod).await?;
-        // Two new inodes per pod (its directory and token): creating files is what a pod
-        // start pays most for on a busy ext4, so the CA and namespace files are hard links to
-        // one copy per namespace.
-        let shared = self.shared.token_dir(".shared").join(namespace);
-        let fixed = [("ca.crt", ca.as_str()), ("namespace", namespace)];
-        if fixed.iter().any(|(name, _)| !shared.join(name).exists()) {
-            let files: Vec<(String, Vec<u8>)> = fixed
-                .iter()
-                .map(|(name, text)| (name.to_string(), text.as_bytes().to_vec()))
-                .collect();
-            crate::pod::volumes::write_files(&shared, &files).map_err(|e| e.to_string())?;
-        }
-        let dir = self
-            .shared
-            .token_dir(self.pod.metadata.uid.as_deref().unwrap_or("unknown"));
-        let token_file = [("token".to_string(), token.into_bytes())];
-        crate::pod::volumes::write_files(&dir, &token_file).map_err(|e| e.to_string())?;
-        for (name, text) in fixed {
-            let target = dir.join(name);
-            if !target.exists() && std::fs::hard_link(shared.join(name), &target).is_err() {
-                std::fs::write(&target, text).map_err(|e| format!("{}: {e}", target.display()))?;
-            }
-        }
-        Ok(Some(dir))
     }
 
     fn pod_dir(&self) -> PathBuf {
@@ -752,83 +714,7 @@ impl PodWorker {
     }
 }
 
-/// A token for the pod's ServiceAccount, bound to the pod (TokenRequest).
-async fn request_token(shared: &Shared, pod: &Pod) -> Result<String, String> {
-    let spec = pod.spec.as_ref();
-    let account = spec
-        .and_then(|s| s.service_account_name.as_deref())
-        .filter(|s| !s.is_empty())
-        .unwrap_or("default");
-    let meta = &pod.metadata;
-    let namespace = meta.namespace.as_deref().unwrap_or("default");
-    let request = serde_json::json!({
-        "apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
-        "spec": {
-            "expirationSeconds": SERVICE_ACCOUNT_TOKEN_SECONDS,
-            "boundObjectRef": {"kind": "Pod", "apiVersion": "v1",
-                "name": meta.name.as_deref().unwrap_or(""), "uid": meta.uid.as_deref().unwrap_or("")},
-        }
-    });
-    let path = format!("/api/v1/namespaces/{namespace}/serviceaccounts/{account}/token");
-    let answer = shared
-        .client
-        .json(
-            http::Method::POST,
-            &path,
-            "application/json",
-            Some(&request),
-        )
-        .await
-        .map_err(|e| format!("requesting a token for ServiceAccount {namespace}/{account}: {e}"))?;
-    answer
-        .pointer("/status/token")
-        .and_then(serde_json::Value::as_str)
-        .map(str::to_string)
-        .ok_or_else(|| {
-            format!("the token for ServiceAccount {namespace}/{account} came back empty")
-        })
-}
-
-/// Replaces the pod's token at `path` every `token_refresh`, atomically (a guest reading it
-/// sees the old token or the new one, never part of either). A failed renewal is retried
-/// after a tenth of the period; the old token stays valid meanwhile.
-async fn refresh_token(shared: Arc<Shared>, pod: Pod, path: PathBuf) {
-    let period = shared.token_refresh;
-    let mut wait = period;
-    loop {
-        tokio::time::sleep(wait).await;
-        let renewed = match request_token(&shared, &pod).await {
-            Ok(token) => {
-                let temporary = path.with_extension("new");
-                std::fs::write(&temporary, token)
-                    .and_then(|()| std::fs::rename(&temporary, &path))
-                    .map_err(|e| format!("{}: {e}", path.display()))
-            }
-            Err(e) => Err(e),
-        };
-        wait = match renewed {
-            Ok(()) => period,
-            Err(e) => {
-                let key = format!(
-                    "{}/{}",
-                    pod.metadata.namespace.as_deref().unwrap_or(""),
-                    pod.metadata.name.as_deref().unwrap_or("")
-                );
-                tracing::warn!("pod {key}: renewing its ServiceAccount token: {e}");
-                period / 10
-            }
-        };
-    }
-}
-
 use PrepareError::{Fatal, Retry};
-
-/// Where a pod finds its ServiceAccount credentials, as on Kubernetes.
-pub const SERVICE_ACCOUNT_PATH: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
-/// How long a mounted token lives: the longest the API grants (48 h). The agent replaces it
-/// while the pod runs, at 80% of that by default (`AgentConfig::token_refresh`), as the
-/// kubelet does.
-pub const SERVICE_ACCOUNT_TOKEN_SECONDS: u64 = 48 * 3600;
 
 enum PrepareError {
     /// The pod cannot run at all (reason, message).
