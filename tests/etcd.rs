@@ -8,23 +8,14 @@ use std::time::{Duration, Instant};
 
 use crate::free_addr;
 
-/// Whether the `etcd` binary can be used. Under CI=true it must be there; elsewhere a test
-/// without it says it was skipped and why.
+/// Whether the `etcd` binary can be used (see [`crate::component_available`]).
 pub fn etcd_available(test: &str) -> bool {
-    let found = Command::new("etcd")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !found {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "etcd is required under CI=true but is not on the PATH (scripts/test installs Debian's etcd-server)"
-        );
-        eprintln!(
-            "SKIPPED {test}: etcd is not on the PATH (scripts/test installs it; CI=true makes this a failure)"
-        );
-    }
-    found
+    crate::component_available(
+        test,
+        "etcd",
+        &["--version"],
+        "scripts/test installs Debian's etcd-server",
+    )
 }
 
 struct Member {

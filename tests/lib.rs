@@ -3,6 +3,7 @@
 //! binds 127.0.0.1 on free ports and is stopped when its handle drops.
 
 pub mod etcd;
+pub mod registry;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -96,24 +97,28 @@ pub fn shoal(kubeconfig: &Path, args: &[&str]) -> Output {
         .unwrap()
 }
 
-/// Whether kubectl can be used. Under CI=true it must be on the PATH; elsewhere a test without
-/// it says it was skipped and why.
-pub fn kubectl_available(test: &str) -> bool {
-    let found = Command::new("kubectl")
-        .arg("version")
-        .arg("--client")
+/// Whether a system component the tests use can be run (`program args` succeeds). Under
+/// CI=true it must be there; elsewhere a test without it says it was skipped and why.
+pub fn component_available(test: &str, program: &str, args: &[&str], install: &str) -> bool {
+    let found = Command::new(program)
+        .args(args)
         .output()
         .is_ok_and(|o| o.status.success());
     if !found {
         assert!(
             std::env::var("CI").as_deref() != Ok("true"),
-            "kubectl is required under CI=true but is not on the PATH"
+            "{program} is required under CI=true but is not on the PATH ({install})"
         );
         eprintln!(
-            "SKIPPED {test}: kubectl is not on the PATH (set CI=true to make this a failure)"
+            "SKIPPED {test}: {program} is not on the PATH ({install}; CI=true makes this a failure)"
         );
     }
     found
+}
+
+/// Whether kubectl can be used (see [`component_available`]).
+pub fn kubectl_available(test: &str) -> bool {
+    component_available(test, "kubectl", &["version", "--client"], "install kubectl")
 }
 
 /// The Python interpreter that has the official Kubernetes client (`scripts/test` installs
@@ -158,14 +163,21 @@ pub fn kubectl(kubeconfig: &Path, args: &[&str]) -> Output {
 }
 
 pub fn kubectl_with_stdin(kubeconfig: &Path, args: &[&str], stdin: &str) -> Output {
-    use std::io::Write;
     let cache = kubeconfig.parent().unwrap().join("kubectl-cache");
-    let mut child = Command::new("kubectl")
+    let mut command = Command::new("kubectl");
+    command
         .arg("--kubeconfig")
         .arg(kubeconfig)
         .arg("--cache-dir")
         .arg(&cache)
-        .args(args)
+        .args(args);
+    output_with_stdin(command, stdin)
+}
+
+/// Runs `command` with `stdin` as its standard input; its output.
+pub fn output_with_stdin(mut command: Command, stdin: &str) -> Output {
+    use std::io::Write;
+    let mut child = command
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

@@ -15,6 +15,7 @@ mod node_join;
 mod operator;
 mod paging;
 mod pods;
+mod registry;
 mod security;
 mod services;
 mod statefulsets;

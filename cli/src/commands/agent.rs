@@ -54,9 +54,12 @@ pub struct AgentCommand {
     /// only http(s):// and pushed sha256: images).
     #[arg(long = "allow-image-dir")]
     allow_image_dir: Vec<PathBuf>,
-    /// A PEM file of CA certificates to trust, besides the system's, for https:// images.
+    /// A PEM file of CA certificates to trust, besides the system's, for https:// images and
+    /// registries.
     #[arg(long)]
     image_ca: Option<PathBuf>,
+    #[command(flatten)]
+    registries: super::RegistryArgs,
     /// How long the node's lease is valid.
     #[arg(long, default_value_t = 40)]
     lease_duration_seconds: u64,
@@ -162,6 +165,7 @@ impl AgentCommand {
         config.host_path_allow = self.allow_host_path;
         config.image_dirs = Some(self.allow_image_dir);
         config.image_ca = self.image_ca;
+        self.registries.apply(&mut config);
         config.claims_dir = self.claims_dir;
         config.node_ports = !self.no_node_ports;
         config.lease_duration = std::time::Duration::from_secs(self.lease_duration_seconds);

@@ -39,6 +39,8 @@ pub struct DevCommand {
     #[arg(long = "allow-image-dir")]
     allow_image_dir: Vec<PathBuf>,
     #[command(flatten)]
+    registries: super::RegistryArgs,
+    #[command(flatten)]
     security: super::server::SecurityArgs,
 }
 
@@ -57,6 +59,7 @@ impl DevCommand {
         let mut cluster =
             DevCluster::start_with(&data_dir, self.api_addr, self.nodes, options, |c| {
                 c.image_dirs = Some(image_dirs.clone());
+                self.registries.apply(c);
             })
             .await?;
         let kubeconfig = cluster.write_kubeconfig()?;

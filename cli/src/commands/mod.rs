@@ -108,3 +108,22 @@ async fn shutdown_signal() {
         _ = term.recv() => {}
     }
 }
+
+/// Where Wasm images may be pulled from (`shoal agent`, `shoal dev`).
+#[derive(clap::Args, Debug, Clone)]
+pub struct RegistryArgs {
+    /// A registry (`HOST:PORT`) to pull from over plain HTTP instead of HTTPS (repeatable;
+    /// none by default).
+    #[arg(long = "insecure-registry")]
+    insecure_registry: Vec<String>,
+    /// The largest Wasm layer pulled from a registry, in bytes.
+    #[arg(long, default_value_t = shoal_runtime::engine::oci::DEFAULT_MAX_LAYER_BYTES)]
+    max_image_size: u64,
+}
+
+impl RegistryArgs {
+    pub fn apply(&self, config: &mut shoal_runtime::agent::AgentConfig) {
+        config.insecure_registries = self.insecure_registry.clone();
+        config.max_image_bytes = self.max_image_size;
+    }
+}

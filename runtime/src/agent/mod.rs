@@ -59,6 +59,10 @@ pub struct AgentConfig {
     pub admission_wait: std::time::Duration,
     /// A PEM file of CA certificates trusted, besides the system's, for `https://` images.
     pub image_ca: Option<PathBuf>,
+    /// Registries (`HOST:PORT`) spoken to over plain HTTP (`--insecure-registry`).
+    pub insecure_registries: Vec<String>,
+    /// The largest Wasm layer pulled from a registry, in bytes.
+    pub max_image_bytes: u64,
     /// How long the node's Lease is valid, and how often it is renewed (40 s and 10 s, as the
     /// kubelet's). The control plane declares the node unreachable when the lease expires.
     pub lease_duration: std::time::Duration,
@@ -107,6 +111,8 @@ impl AgentConfig {
             max_container_instances: 64,
             admission_wait: std::time::Duration::from_secs(1),
             image_ca: None,
+            insecure_registries: Vec::new(),
+            max_image_bytes: crate::engine::oci::DEFAULT_MAX_LAYER_BYTES,
             claims_dir: None,
             node_ports: false,
             share_watches: false,
@@ -215,6 +221,13 @@ impl Agent {
         if let Some(dirs) = &config.image_dirs {
             engine.allow_image_dirs(dirs.clone());
         }
+        engine
+            .registries
+            .configure(crate::engine::oci::RegistrySettings {
+                insecure: config.insecure_registries.clone(),
+                extra_ca: config.image_ca.clone(),
+                max_layer_bytes: config.max_image_bytes,
+            });
         let listener = tokio::net::TcpListener::bind(config.gateway_addr).await?;
         let gateway_addr = listener.local_addr()?;
         let networks: Arc<networks::LocalNetworks> = Arc::default();

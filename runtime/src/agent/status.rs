@@ -35,6 +35,8 @@ pub enum State {
 pub struct Container {
     pub name: String,
     pub image: String,
+    /// What the image resolved to (set once loaded).
+    pub image_id: String,
     pub state: State,
     pub last_state: Option<State>,
     pub restart_count: i32,
@@ -49,6 +51,7 @@ impl Container {
         Self {
             name: name.into(),
             image: image.into(),
+            image_id: String::new(),
             state: State::Waiting {
                 reason: "ContainerCreating".into(),
                 message: None,
@@ -145,7 +148,7 @@ impl Container {
         ContainerStatus {
             name: self.name.clone(),
             image: self.image.clone(),
-            image_id: String::new(),
+            image_id: self.image_id.clone(),
             container_id: None,
             ready,
             started: Some(matches!(self.state, State::Running { .. })),

@@ -25,6 +25,7 @@ use super::probe::{self, ProbeReport};
 use super::sources::Sources;
 use super::status::{Container, PodView};
 use super::{volumes, Shared};
+use crate::engine::oci::{self, PullOptions, PullPolicy};
 use crate::engine::Program;
 use crate::pod::lifecycle::{self, Effect, End, Lifecycle, RestartPolicy, Timing};
 use crate::pod::network::{HttpServer, PodNetwork};
@@ -324,6 +325,26 @@ impl PodWorker {
                 message,
             } => {
                 self.events.push((true, "Failed", message.clone()));
+                // As the kubelet: the first failed pull shows ErrImagePull, the waits between
+                // later ones ImagePullBackOff.
+                let pulling_again = reason == "ErrImagePull" && {
+                    let (init, local) = self.locate(self.failing);
+                    matches!(&self.record(init, local).state,
+                        super::status::State::Waiting { reason, .. }
+                            if reason == "ErrImagePull" || reason == "ImagePullBackOff")
+                };
+                let reason = if pulling_again {
+                    let (init, local) = self.locate(self.failing);
+                    let image = self.record(init, local).image.clone();
+                    self.events.push((
+                        true,
+                        "BackOff",
+                        format!("Back-off pulling image {image:?}"),
+                    ));
+                    "ImagePullBackOff".to_string()
+                } else {
+                    reason
+                };
                 self.container_waiting(
                     self.failing,
                     &reason,
@@ -596,11 +617,40 @@ impl PodWorker {
                     })?;
             self.env.push(env);
         }
+        let credentials = self.pull_credentials(&spec, &mut sources).await;
         let mut programs = Vec::with_capacity(all.len());
         for (index, container) in all.iter().enumerate() {
             let image = container.image.as_deref().unwrap_or("");
-            match self.shared.engine.load(image).await {
-                Ok(program) => programs.push(program),
+            let options = PullOptions {
+                policy: Some(PullPolicy::of(
+                    container.image_pull_policy.as_deref(),
+                    image,
+                )),
+                credentials: credentials.clone(),
+            };
+            let registry = oci::is_reference(image);
+            if registry {
+                self.events
+                    .push((false, "Pulling", format!("Pulling image {image:?}")));
+            }
+            let began = std::time::Instant::now();
+            match self.shared.engine.load_with(image, &options).await {
+                Ok(loaded) => {
+                    let message = match loaded.downloaded {
+                        Some(size) => format!(
+                            "Successfully pulled image {image:?} in {:.3}s. Image size: {size} bytes.",
+                            began.elapsed().as_secs_f64()
+                        ),
+                        None => format!("Container image {image:?} already present on machine"),
+                    };
+                    if registry {
+                        // Kubernetes says "Pulled" either way.
+                        self.events.push((false, "Pulled", message));
+                    }
+                    let (init, local) = self.locate(index);
+                    self.record(init, local).image_id = loaded.image_id;
+                    programs.push(loaded.program);
+                }
                 Err(e) => return Err(Retry(index, e.reason().into(), e.to_string())),
             }
         }
@@ -615,6 +665,38 @@ impl PodWorker {
         }
         self.programs = programs;
         Ok(())
+    }
+
+    /// Registry credentials from the pod's `imagePullSecrets`. As the kubelet, a Secret that
+    /// is missing or unreadable is reported and the pull goes on without it.
+    async fn pull_credentials(
+        &mut self,
+        spec: &k8s_openapi::api::core::v1::PodSpec,
+        sources: &mut Sources,
+    ) -> oci::Credentials {
+        let mut credentials = Vec::new();
+        for reference in spec.image_pull_secrets.iter().flatten() {
+            let name = reference.name.as_str();
+            let found = match sources.secret(name).await {
+                Ok(Some(data)) => data
+                    .get(".dockerconfigjson")
+                    .ok_or_else(|| "it has no .dockerconfigjson key".to_string())
+                    .and_then(|json| oci::docker_config_credentials(json)),
+                Ok(None) => Err("it does not exist".to_string()),
+                Err(e) => Err(e.to_string()),
+            };
+            match found {
+                Ok(found) => credentials.extend(found),
+                Err(why) => self.events.push((
+                    true,
+                    "FailedToRetrieveImagePullSecret",
+                    format!(
+                        "Unable to retrieve image pull secret {name:?}: {why}; pulling without it"
+                    ),
+                )),
+            }
+        }
+        credentials
     }
 
     fn record(&mut self, init: bool, index: usize) -> &mut Container {

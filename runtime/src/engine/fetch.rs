@@ -48,7 +48,7 @@ fn resolve(image: &str) -> Result<Source, ImageError> {
     }
     if !Path::new(image).is_absolute() {
         return Err(unsupported(
-            "an image must be an absolute file path (or file:// URL), an http:// URL, or a sha256: reference from `shoal push`",
+            "an image must be a registry reference (registry.example.com/team/app:1.2), an absolute file path (or file:// URL), an http:// URL, or a sha256: reference from `shoal push`",
         ));
     }
     Ok(Source::File(PathBuf::from(image)))

@@ -51,6 +51,8 @@ pub enum ImageError {
     },
     #[error("image {image:?}: fetching it failed: {error}")]
     Fetch { image: String, error: String },
+    #[error(transparent)]
+    Pull(#[from] super::oci::PullError),
     #[error("image {image:?} is not a WebAssembly module or component: {why}")]
     NotWasm { image: String, why: String },
     #[error("image {image:?} failed to compile: {error}")]
@@ -69,7 +71,9 @@ impl ImageError {
             | Self::Unreadable { .. }
             | Self::Unsupported { .. }
             | Self::NotAllowed { .. }
-            | Self::Fetch { .. } => "ErrImagePull",
+            | Self::Fetch { .. }
+            | Self::Pull(super::oci::PullError::Failed(_)) => "ErrImagePull",
+            Self::Pull(super::oci::PullError::NeverPull(_)) => "ErrImageNeverPull",
             Self::NotWasm { .. }
             | Self::Compile { .. }
             | Self::Link { .. }
@@ -78,11 +82,85 @@ impl ImageError {
     }
 }
 
+/// A loaded image.
+pub struct Loaded {
+    pub program: Arc<Program>,
+    /// What the container status shows as `imageID`: `registry/repo@sha256:…` for a
+    /// registry image, `sha256:<content>` otherwise.
+    pub image_id: String,
+    /// The bytes downloaded from a registry for it, if it was pulled now.
+    pub downloaded: Option<u64>,
+}
+
 impl Engine {
     /// Fetches, verifies, compiles (or loads from the cache) and links `image`.
     pub async fn load(self: &Arc<Self>, image: &str) -> Result<Arc<Program>, ImageError> {
+        Ok(self
+            .load_with(image, &super::oci::PullOptions::default())
+            .await?
+            .program)
+    }
+
+    /// [`Engine::load`] with a pull policy and registry credentials; also says what the
+    /// image resolved to and whether it was downloaded.
+    pub async fn load_with(
+        self: &Arc<Self>,
+        image: &str,
+        options: &super::oci::PullOptions,
+    ) -> Result<Loaded, ImageError> {
+        if super::oci::is_reference(image) {
+            let pull = self
+                .registries
+                .pull(image, options, |digest| self.cached(digest).is_some())
+                .await?;
+            let resolved = pull.resolved;
+            let (program, downloaded) = match pull.bytes {
+                Some(bytes) => (
+                    self.compile_once(image, resolved.layer.clone(), bytes)
+                        .await?,
+                    Some(resolved.size),
+                ),
+                None => match self.cached(&resolved.layer) {
+                    Some(program) => (program, None),
+                    // Compiled once, since dropped: fetch again.
+                    None => {
+                        let again = super::oci::PullOptions {
+                            policy: Some(super::oci::PullPolicy::Always),
+                            ..options.clone()
+                        };
+                        let pull = self.registries.pull(image, &again, |_| false).await?;
+                        let bytes = pull.bytes.unwrap_or_default();
+                        (
+                            self.compile_once(image, resolved.layer.clone(), bytes)
+                                .await?,
+                            Some(resolved.size),
+                        )
+                    }
+                },
+            };
+            return Ok(Loaded {
+                program,
+                image_id: resolved.image_id,
+                downloaded,
+            });
+        }
         let bytes = self.fetch(image).await?;
         let digest = hex::encode(Sha256::digest(&bytes));
+        Ok(Loaded {
+            program: self.compile_once(image, digest.clone(), bytes).await?,
+            image_id: format!("sha256:{digest}"),
+            downloaded: None,
+        })
+    }
+
+    /// The program of `bytes` (whose sha256 is `digest`): cached, or compiled once however
+    /// many ask at the same time.
+    async fn compile_once(
+        self: &Arc<Self>,
+        image: &str,
+        digest: String,
+        bytes: Vec<u8>,
+    ) -> Result<Arc<Program>, ImageError> {
         if let Some(program) = self.cached(&digest) {
             return Ok(program);
         }

@@ -6,6 +6,7 @@ pub mod admission;
 pub(crate) mod fetch;
 mod host;
 mod image;
+pub mod oci;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -46,6 +47,8 @@ pub struct Engine {
     image_client: std::sync::OnceLock<fetch::ImageClient>,
     /// The cluster whose module store serves `sha256:` images (set by the agent).
     cluster: std::sync::OnceLock<shoal_api::client::Client>,
+    /// OCI registries: settings and what this node resolved references to.
+    pub registries: oci::Registries,
     /// A gate per digest being compiled, so each image compiles once.
     compiling: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
@@ -95,6 +98,7 @@ impl Engine {
             image_ca: std::sync::OnceLock::new(),
             image_dirs: std::sync::OnceLock::new(),
             image_client: std::sync::OnceLock::new(),
+            registries: oci::Registries::default(),
         }))
     }
 }
