@@ -233,7 +233,41 @@ async fn pods_run_wasm_images_pulled_from_registries() {
     )
     .await;
     wait_ready(&http, "default", "with-secret").await;
-    cluster.cluster.shutdown().await;
+
+    // The node restarts while the registry is gone: what it resolved and compiled is on its
+    // disk, so its IfNotPresent pods run again without the registry.
+    let TestCluster { cluster, dir, .. } = cluster;
+    cluster.shutdown().await;
+    drop(open);
+    let cluster = shoal::cluster::DevCluster::start_with(
+        dir.path(),
+        "127.0.0.1:0".parse().unwrap(),
+        1,
+        Default::default(),
+        |config| config.insecure_registries = insecure.clone(),
+    )
+    .await
+    .unwrap();
+    let kubeconfig = cluster.write_kubeconfig().unwrap();
+    let http = Http::from_kubeconfig(&kubeconfig);
+    wait_for(
+        "the pod of a tag to run again",
+        Duration::from_secs(30),
+        async || {
+            let (_, pod) = http
+                .call("GET", "/api/v1/namespaces/default/pods/again", "", "")
+                .await;
+            let running = pod
+                .pointer("/status/containerStatuses/0/state/running")
+                .is_some();
+            let id = pod["status"]["containerStatuses"][0]["imageID"].clone();
+            (running && id == by_digest.as_str()).then_some(())
+        },
+    )
+    .await;
+    let (status, body) = proxy_get(&http, "again:8080", "/").await;
+    assert_eq!(status, 200, "{body}");
+    cluster.shutdown().await;
 }
 
 /// A layer over the agent's `--max-image-size` is refused before it is downloaded.

@@ -96,9 +96,12 @@ fn admitted(connection: &rustls::ServerConnection) -> Result<(), String> {
     }
 }
 
-/// Serves `router` on `listener` over mTLS, until the task is dropped.
+/// Serves `router` on `listener` over mTLS, until the task is dropped (with every connection).
 pub async fn serve(listener: TcpListener, router: Router, config: Arc<rustls::ServerConfig>) {
     let acceptor = tokio_rustls::TlsAcceptor::from(config);
+    // Connections are this task's own: stopping it (the agent or ingress stopping) ends
+    // them too, instead of a peer's keep-alive holding the node's state alive.
+    let mut connections = tokio::task::JoinSet::new();
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(accepted) => accepted,
@@ -108,8 +111,9 @@ pub async fn serve(listener: TcpListener, router: Router, config: Arc<rustls::Se
                 continue;
             }
         };
+        while connections.try_join_next().is_some() {}
         let (acceptor, router) = (acceptor.clone(), router.clone());
-        tokio::spawn(async move {
+        connections.spawn(async move {
             let _ = stream.set_nodelay(true);
             let stream =
                 match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {

@@ -227,6 +227,7 @@ impl Agent {
                 insecure: config.insecure_registries.clone(),
                 extra_ca: config.image_ca.clone(),
                 max_layer_bytes: config.max_image_bytes,
+                state_file: Some(config.data_dir.join("images.json")),
             });
         let listener = tokio::net::TcpListener::bind(config.gateway_addr).await?;
         let gateway_addr = listener.local_addr()?;

@@ -111,27 +111,27 @@ impl Engine {
         if super::oci::is_reference(image) {
             let pull = self
                 .registries
-                .pull(image, options, |digest| self.cached(digest).is_some())
+                .pull(image, options, |digest| self.has_program(digest))
                 .await?;
             let resolved = pull.resolved;
             let (program, downloaded) = match pull.bytes {
                 Some(bytes) => (
-                    self.compile_once(image, resolved.layer.clone(), bytes)
+                    self.compile_once(image, resolved.layer.clone(), Some(bytes))
                         .await?,
                     Some(resolved.size),
                 ),
-                None => match self.cached(&resolved.layer) {
-                    Some(program) => (program, None),
-                    // Compiled once, since dropped: fetch again.
-                    None => {
+                // In memory, or the compiled artifact on disk (after a restart).
+                None => match self.compile_once(image, resolved.layer.clone(), None).await {
+                    Ok(program) => (program, None),
+                    // The artifact went away since: download again.
+                    Err(_) => {
                         let again = super::oci::PullOptions {
                             policy: Some(super::oci::PullPolicy::Always),
                             ..options.clone()
                         };
                         let pull = self.registries.pull(image, &again, |_| false).await?;
-                        let bytes = pull.bytes.unwrap_or_default();
                         (
-                            self.compile_once(image, resolved.layer.clone(), bytes)
+                            self.compile_once(image, resolved.layer.clone(), pull.bytes)
                                 .await?,
                             Some(resolved.size),
                         )
@@ -147,19 +147,21 @@ impl Engine {
         let bytes = self.fetch(image).await?;
         let digest = hex::encode(Sha256::digest(&bytes));
         Ok(Loaded {
-            program: self.compile_once(image, digest.clone(), bytes).await?,
+            program: self
+                .compile_once(image, digest.clone(), Some(bytes))
+                .await?,
             image_id: format!("sha256:{digest}"),
             downloaded: None,
         })
     }
 
     /// The program of `bytes` (whose sha256 is `digest`): cached, or compiled once however
-    /// many ask at the same time.
+    /// many ask at the same time. Without bytes, only from the compiled artifact on disk.
     async fn compile_once(
         self: &Arc<Self>,
         image: &str,
         digest: String,
-        bytes: Vec<u8>,
+        bytes: Option<Vec<u8>>,
     ) -> Result<Arc<Program>, ImageError> {
         if let Some(program) = self.cached(&digest) {
             return Ok(program);
@@ -179,7 +181,7 @@ impl Engine {
         let engine = self.clone();
         let (image_owned, digest_owned) = (image.to_string(), digest.clone());
         let program = tokio::task::spawn_blocking(move || {
-            engine.compile_cached(&image_owned, &digest_owned, &bytes)
+            engine.compile_cached(&image_owned, &digest_owned, bytes.as_deref())
         })
         .await
         .map_err(|e| ImageError::Compile {
@@ -198,6 +200,17 @@ impl Engine {
         Ok(program)
     }
 
+    /// Whether the program of `digest` is loaded, or compiled on disk.
+    fn has_program(&self, digest: &str) -> bool {
+        self.cached(digest).is_some()
+            || wasmtime::Engine::detect_precompiled_file(
+                self.cache_dir.join(format!("{digest}.cwasm")),
+            )
+            .ok()
+            .flatten()
+            .is_some()
+    }
+
     fn cached(&self, digest: &str) -> Option<Arc<Program>> {
         self.programs
             .lock()
@@ -210,22 +223,24 @@ impl Engine {
         &self,
         image: &str,
         digest: &str,
-        bytes: &[u8],
+        bytes: Option<&[u8]>,
     ) -> Result<Program, ImageError> {
-        let flavour = detect_flavour(bytes).map_err(|why| ImageError::NotWasm {
-            image: image.into(),
-            why: why.to_string(),
-        })?;
         let cached = self.cache_dir.join(format!("{digest}.cwasm"));
         let cache_error = |e: &dyn std::fmt::Display| ImageError::Cache {
             image: image.into(),
             error: e.to_string(),
         };
-        if wasmtime::Engine::detect_precompiled_file(&cached)
+        let on_disk = wasmtime::Engine::detect_precompiled_file(&cached)
             .ok()
-            .flatten()
-            != Some(flavour)
-        {
+            .flatten();
+        let flavour = match bytes {
+            Some(bytes) => detect_flavour(bytes).map_err(|why| ImageError::NotWasm {
+                image: image.into(),
+                why: why.to_string(),
+            })?,
+            None => on_disk.ok_or_else(|| cache_error(&"no compiled artifact on disk"))?,
+        };
+        if let (Some(bytes), true) = (bytes, on_disk != Some(flavour)) {
             let compiled = match flavour {
                 Precompiled::Component => self.wasmtime.precompile_component(bytes),
                 Precompiled::Module => self.wasmtime.precompile_module(bytes),

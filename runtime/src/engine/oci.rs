@@ -8,9 +8,10 @@
 //! downloads the layer only when its digest is new to the node), `IfNotPresent` uses what this
 //! node already resolved the reference to, `Never` only that. Each reference is pulled by one
 //! caller at a time, and the engine compiles each layer digest once, so pods starting together
-//! share one download and one compile. What a reference resolved to is kept in memory: after
-//! an agent restart, the first pull asks the registry again (the compiled artifact stays on
-//! disk under its digest).
+//! share one download and one compile. What a reference resolved to is kept in memory and in
+//! the agent's data directory (`images.json`), and the compiled artifact on disk under its
+//! digest, so after an agent restart `IfNotPresent` pods start without the registry, as a
+//! kubelet's do from containerd's image store.
 //!
 //! Registries are reached over HTTPS (system roots plus the agent's `--image-ca`); plain HTTP
 //! only for those listed in `--insecure-registry HOST:PORT`. Credentials come from the pod's
@@ -90,7 +91,7 @@ pub enum PullError {
 }
 
 /// A reference resolved on this node.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct Resolved {
     /// `registry/repository@sha256:<manifest digest>` (the container status' `imageID`).
     pub image_id: String,
@@ -123,6 +124,8 @@ pub struct RegistrySettings {
     /// Extra CA certificates (PEM file) trusted for registries.
     pub extra_ca: Option<PathBuf>,
     pub max_layer_bytes: u64,
+    /// Where what references resolved to is kept across restarts (none: memory only).
+    pub state_file: Option<PathBuf>,
 }
 
 impl Default for RegistrySettings {
@@ -131,6 +134,7 @@ impl Default for RegistrySettings {
             insecure: Vec::new(),
             extra_ca: None,
             max_layer_bytes: DEFAULT_MAX_LAYER_BYTES,
+            state_file: None,
         }
     }
 }
@@ -158,7 +162,39 @@ pub fn registry_of(image: &str) -> Result<String, String> {
 impl Registries {
     /// Applies the agent's settings; call before the first pull.
     pub fn configure(&self, settings: RegistrySettings) {
+        if let Some(path) = &settings.state_file {
+            match std::fs::read(path) {
+                Ok(json) => match serde_json::from_slice::<HashMap<String, Resolved>>(&json) {
+                    Ok(known) => *self.resolved.lock().unwrap_or_else(|p| p.into_inner()) = known,
+                    Err(e) => {
+                        tracing::warn!("{}: ignored ({e}); images resolve again", path.display())
+                    }
+                },
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => tracing::warn!("{}: {e}; images resolve again", path.display()),
+            }
+        }
         let _ = self.settings.set(settings);
+    }
+
+    /// Records what `image` resolved to, in memory and in the state file (atomically).
+    fn remember(&self, image: &str, resolved: &Resolved) {
+        let snapshot = {
+            let mut known = self.resolved.lock().unwrap_or_else(|p| p.into_inner());
+            known.insert(image.to_string(), resolved.clone());
+            serde_json::to_vec(&*known)
+        };
+        let Some(path) = &self.settings().state_file else {
+            return;
+        };
+        let written = snapshot.map_err(std::io::Error::other).and_then(|json| {
+            let partial = path.with_extension("partial");
+            std::fs::write(&partial, json)?;
+            std::fs::rename(&partial, path)
+        });
+        if let Err(e) = written {
+            tracing::warn!("{}: {e}", path.display());
+        }
     }
 
     fn settings(&self) -> &RegistrySettings {
@@ -331,10 +367,7 @@ impl Registries {
         let pull = tokio::time::timeout(PULL_TIMEOUT, work)
             .await
             .map_err(|_| failed(format!("no answer within {PULL_TIMEOUT:?}")))??;
-        self.resolved
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(image.to_string(), pull.resolved.clone());
+        self.remember(image, &pull.resolved);
         Ok(pull)
     }
 }
@@ -593,6 +626,43 @@ mod tests {
         assert!(wasm_layer(&gzip).is_err());
         let two = manifest(WASM_CONFIG_TYPE, &["application/wasm", "application/wasm"]);
         assert!(wasm_layer(&two).unwrap_err().contains("2 Wasm layers"));
+    }
+
+    /// What a node resolved survives a restart: an `IfNotPresent` pull of a known reference
+    /// needs no registry (this one is unreachable), `Always` does.
+    #[tokio::test]
+    async fn resolved_references_survive_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let settings = RegistrySettings {
+            state_file: Some(dir.path().join("images.json")),
+            ..Default::default()
+        };
+        let image = "127.0.0.1:1/team/app:1";
+        let resolved = Resolved {
+            image_id: format!("127.0.0.1:1/team/app@sha256:{}", "d".repeat(64)),
+            layer: "e".repeat(64),
+            size: 42,
+        };
+        let before = Registries::default();
+        before.configure(settings.clone());
+        before.remember(image, &resolved);
+        let after = Registries::default();
+        after.configure(settings);
+        let cached = PullOptions {
+            policy: Some(PullPolicy::IfNotPresent),
+            ..Default::default()
+        };
+        let pull = after.pull(image, &cached, |_| true).await.unwrap();
+        assert_eq!(pull.resolved.image_id, resolved.image_id);
+        assert!(pull.bytes.is_none());
+        // Known, but its program is gone: the registry is asked (and is unreachable).
+        assert!(after.pull(image, &cached, |_| false).await.is_err());
+        let always = PullOptions {
+            policy: Some(PullPolicy::Always),
+            ..Default::default()
+        };
+        let error = after.pull(image, &always, |_| true).await.err().unwrap();
+        assert!(error.to_string().contains("127.0.0.1:1"), "{error}");
     }
 
     #[test]

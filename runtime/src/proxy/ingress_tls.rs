@@ -135,6 +135,9 @@ pub async fn serve(
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
     let router = super::ingress::router(proxy);
+    // Connections are this task's own: stopping it (the agent or ingress stopping) ends
+    // them too, instead of a peer's keep-alive holding the node's state alive.
+    let mut connections = tokio::task::JoinSet::new();
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(accepted) => accepted,
@@ -144,8 +147,9 @@ pub async fn serve(
                 continue;
             }
         };
+        while connections.try_join_next().is_some() {}
         let (acceptor, router) = (acceptor.clone(), router.clone());
-        tokio::spawn(async move {
+        connections.spawn(async move {
             let _ = stream.set_nodelay(true);
             match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
                 Ok(Ok(stream)) => {
