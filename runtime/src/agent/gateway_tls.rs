@@ -6,7 +6,6 @@
 //! gets 403, so a user's certificate cannot reach past RBAC into pods.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::Router;
 use rustls::pki_types::pem::PemObject;
@@ -16,7 +15,6 @@ use tokio::net::TcpListener;
 
 /// The groups whose members may use a gateway.
 const ALLOWED_GROUPS: [&str; 2] = ["system:nodes", "system:masters"];
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How a gateway is secured: whom it trusts and who it is when it calls other gateways.
 #[derive(Clone, Debug)]
@@ -99,38 +97,16 @@ fn admitted(connection: &rustls::ServerConnection) -> Result<(), String> {
 /// Serves `router` on `listener` over mTLS, until the task is dropped (with every connection).
 pub async fn serve(listener: TcpListener, router: Router, config: Arc<rustls::ServerConfig>) {
     let acceptor = tokio_rustls::TlsAcceptor::from(config);
-    // Connections are this task's own: stopping it (the agent or ingress stopping) ends
-    // them too, instead of a peer's keep-alive holding the node's state alive.
-    let mut connections = tokio::task::JoinSet::new();
-    loop {
-        let (stream, peer) = match listener.accept().await {
-            Ok(accepted) => accepted,
-            Err(e) => {
-                tracing::warn!("accepting a gateway connection: {e}");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
-        while connections.try_join_next().is_some() {}
-        let (acceptor, router) = (acceptor.clone(), router.clone());
-        connections.spawn(async move {
-            let _ = stream.set_nodelay(true);
-            let stream =
-                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
-                    Ok(Ok(stream)) => stream,
-                    Ok(Err(e)) => {
-                        tracing::debug!("gateway TLS handshake with {peer}: {e}");
-                        return;
-                    }
-                    Err(_) => return,
-                };
-            let router = match admitted(stream.get_ref().1) {
-                Ok(()) => router,
-                Err(why) => refusing(why),
-            };
-            crate::tls_serve::serve_connection(stream, router, peer, "gateway").await;
-        });
-    }
+    crate::tls_serve::serve_tls(
+        listener,
+        acceptor,
+        "gateway",
+        move |connection| match admitted(connection) {
+            Ok(()) => router.clone(),
+            Err(why) => refusing(why),
+        },
+    )
+    .await
 }
 
 /// A router answering 403 with `why` to everything.

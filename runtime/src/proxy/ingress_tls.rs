@@ -7,7 +7,6 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
-use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Secret;
 use rustls::server::{ClientHello, ResolvesServerCert};
@@ -18,7 +17,6 @@ use super::table::Table;
 use super::Proxy;
 
 const TLS_SECRET: &str = "kubernetes.io/tls";
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The certificates of the cluster's TLS Secrets, and the Ingresses that choose among them.
 pub struct IngressCertificates {
@@ -135,29 +133,5 @@ pub async fn serve(
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
     let router = super::ingress::router(proxy);
-    // Connections are this task's own: stopping it (the agent or ingress stopping) ends
-    // them too, instead of a peer's keep-alive holding the node's state alive.
-    let mut connections = tokio::task::JoinSet::new();
-    loop {
-        let (stream, peer) = match listener.accept().await {
-            Ok(accepted) => accepted,
-            Err(e) => {
-                tracing::warn!("accepting an ingress TLS connection: {e}");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
-        while connections.try_join_next().is_some() {}
-        let (acceptor, router) = (acceptor.clone(), router.clone());
-        connections.spawn(async move {
-            let _ = stream.set_nodelay(true);
-            match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
-                Ok(Ok(stream)) => {
-                    crate::tls_serve::serve_connection(stream, router, peer, "ingress TLS").await
-                }
-                Ok(Err(e)) => tracing::debug!("ingress TLS handshake with {peer}: {e}"),
-                Err(_) => {}
-            }
-        });
-    }
+    crate::tls_serve::serve_tls(listener, acceptor, "ingress TLS", move |_| router.clone()).await
 }
