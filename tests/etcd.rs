@@ -36,7 +36,25 @@ pub struct EtcdCluster {
 
 impl EtcdCluster {
     /// Starts `size` members and waits until every one reports itself healthy.
+    ///
+    /// Free ports are found by binding and letting go, so another test may take one before
+    /// etcd binds it: a member that exits with "address already in use" makes the whole
+    /// cluster start again on new ports (up to five times).
     pub fn start(size: usize) -> Self {
+        let mut attempt = 1;
+        loop {
+            match Self::try_start(size) {
+                Ok(cluster) => return cluster,
+                Err(log) if log.contains("address already in use") && attempt < 5 => {
+                    eprintln!("etcd lost a port to another test (attempt {attempt}); retrying");
+                    attempt += 1;
+                }
+                Err(log) => panic!("etcd did not start: {log}"),
+            }
+        }
+    }
+
+    fn try_start(size: usize) -> Result<Self, String> {
         let dir = tempfile::tempdir().unwrap();
         let members: Vec<Member> = (0..size)
             .map(|i| Member {
@@ -63,9 +81,9 @@ impl EtcdCluster {
             cluster.spawn(i, "new");
         }
         for i in 0..size {
-            cluster.wait_healthy(i);
+            cluster.try_wait_healthy(i)?;
         }
-        cluster
+        Ok(cluster)
     }
 
     fn spawn(&mut self, i: usize, state: &str) {
@@ -98,6 +116,13 @@ impl EtcdCluster {
     }
 
     fn wait_healthy(&mut self, i: usize) {
+        if let Err(message) = self.try_wait_healthy(i) {
+            panic!("{message}");
+        }
+    }
+
+    /// Waits until member `i` is healthy; the error says why not, with the member's log.
+    fn try_wait_healthy(&mut self, i: usize) -> Result<(), String> {
         let deadline = Instant::now() + Duration::from_secs(30);
         let address = self.members[i]
             .client
@@ -105,16 +130,20 @@ impl EtcdCluster {
             .to_string();
         loop {
             if let Some(Ok(Some(status))) = self.members[i].process.as_mut().map(|p| p.try_wait()) {
-                panic!("etcd member {i} exited with {status}: {}", self.log(i));
+                return Err(format!(
+                    "etcd member {i} exited with {status}: {}",
+                    self.log(i)
+                ));
             }
             if health(&address) {
-                return;
+                return Ok(());
             }
-            assert!(
-                Instant::now() < deadline,
-                "etcd member {i} was not healthy within 30 s: {}",
-                self.log(i)
-            );
+            if Instant::now() >= deadline {
+                return Err(format!(
+                    "etcd member {i} was not healthy within 30 s: {}",
+                    self.log(i)
+                ));
+            }
             std::thread::sleep(Duration::from_millis(100));
         }
     }

@@ -590,8 +590,25 @@ impl Drop for Process {
     }
 }
 
-/// A free loopback port (bound and released; good enough for tests that start a server on it).
+/// A free loopback port for a server a test starts as another process (bound and released).
+///
+/// The port is picked at random below the kernel's ephemeral range (Linux: 32768-60999):
+/// a port from `bind(0)` is in that range, where any outgoing connection of a parallel test
+/// may take it before the child process binds it. Below the range only another test's pick can
+/// collide, and callers that start several processes retry on "address already in use".
 pub fn free_addr() -> SocketAddr {
+    use rand::Rng;
+    let lowest_ephemeral = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    let mut random = rand::thread_rng();
+    for _ in 0..100 {
+        let port = random.gen_range(10_000..lowest_ephemeral.max(10_001));
+        if let Ok(listener) = std::net::TcpListener::bind(("127.0.0.1", port)) {
+            return listener.local_addr().unwrap();
+        }
+    }
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
