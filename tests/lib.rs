@@ -449,6 +449,25 @@ impl Http {
         )
     }
 
+    /// A GET with an `Accept` header: the status, the reply's Content-Type and its body.
+    pub async fn get_accepting(&self, path: &str, accept: &str) -> (u16, String, bytes::Bytes) {
+        let request = self
+            .request("GET", path)
+            .header(http::header::ACCEPT, accept)
+            .body(Full::new(bytes::Bytes::new()))
+            .unwrap();
+        let response = self.client.request(request).await.unwrap();
+        let status = response.status().as_u16();
+        let content_type = response
+            .headers()
+            .get(http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string();
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        (status, content_type, body)
+    }
+
     /// A GET with an explicit Host header (what a browser sends to a named virtual host).
     pub async fn get_with_host(&self, path: &str, host: &str) -> (u16, bytes::Bytes) {
         let (status, _, body) = self.send_with_host("GET", path, host, "", "").await;

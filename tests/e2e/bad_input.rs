@@ -84,6 +84,24 @@ async fn bad_requests_are_rejected_and_change_nothing() {
     let (status, body) = http
         .call("POST", pods, "application/vnd.kubernetes.protobuf", "k8s\0")
         .await;
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("the protobuf body cannot be read")),
+        "{body}"
+    );
+    // An envelope naming a kind with no protobuf form (a custom resource's): 415.
+    let mut custom = b"k8s\0\x0a\x15\x0a\x0eexample.com/v1\x12\x03Pod".to_vec();
+    custom.extend_from_slice(b"\x12\x00");
+    let (status, body) = http
+        .call(
+            "POST",
+            pods,
+            "application/vnd.kubernetes.protobuf",
+            std::str::from_utf8(&custom).unwrap(),
+        )
+        .await;
     assert_eq!(status, 415, "{body}");
 
     let (_, after) = http.call("GET", pods, "", "").await;

@@ -170,3 +170,50 @@ async fn kubectl_reports_bad_manifests() {
     let pods = ok(kubectl_async(&kubeconfig, &["get", "pods", "-o", "name"]).await);
     assert_eq!(pods, "", "nothing was created");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_explain_shows_the_kubernetes_field_descriptions() {
+    if !kubectl_available("kubectl_explain_shows_the_kubernetes_field_descriptions") {
+        return;
+    }
+    let cluster = TestCluster::start(0).await;
+    let kubeconfig = cluster.kubeconfig.clone();
+    let strategy = ok(kubectl_async(&kubeconfig, &["explain", "deployment.spec.strategy"]).await);
+    assert!(strategy.contains("GROUP:      apps"), "{strategy}");
+    assert!(
+        strategy.contains("FIELD: strategy <DeploymentStrategy>"),
+        "{strategy}"
+    );
+    assert!(
+        strategy.contains("The deployment strategy to use to replace existing pods with new ones."),
+        "{strategy}"
+    );
+    assert!(
+        strategy.contains("rollingUpdate\t<RollingUpdateDeployment>"),
+        "{strategy}"
+    );
+    let ports = ok(kubectl_async(&kubeconfig, &["explain", "svc.spec.ports.targetPort"]).await);
+    assert!(ports.contains("FIELD: targetPort"), "{ports}");
+    assert!(
+        ports.contains("Number or name of the port to access on the pods"),
+        "{ports}"
+    );
+    let recursive = ok(kubectl_async(&kubeconfig, &["explain", "pods.spec", "--recursive"]).await);
+    for field in [
+        "containers\t<[]Container>",
+        "readinessProbe\t<Probe>",
+        "httpGet\t<HTTPGetAction>",
+    ] {
+        assert!(
+            recursive.contains(field),
+            "{field} missing from: {recursive}"
+        );
+    }
+    let missing = kubectl_async(&kubeconfig, &["explain", "deployment.spec.nope"]).await;
+    assert!(!missing.status.success());
+    assert!(
+        stderr(&missing).contains("field \"nope\" does not exist"),
+        "{}",
+        stderr(&missing)
+    );
+}

@@ -6,6 +6,7 @@ mod cli;
 mod controllers;
 mod durability;
 mod examples;
+mod generators;
 mod ha;
 mod http_api;
 mod images;

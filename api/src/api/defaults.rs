@@ -101,12 +101,20 @@ pub fn namespace(object: &mut Value) {
     );
 }
 
-/// `stringData` is write-only: it is merged into `data` (base64) as Kubernetes does.
+/// `stringData` is write-only: it is merged into `data` (base64) as Kubernetes does; an
+/// absent or empty `type` is `Opaque` (what `kubectl create secret generic` relies on).
 pub fn secret(object: &mut Value) {
     use base64::Engine as _;
     let Some(map) = object.as_object_mut() else {
         return;
     };
+    if map
+        .get("type")
+        .and_then(Value::as_str)
+        .is_none_or(str::is_empty)
+    {
+        map.insert("type".into(), json!("Opaque"));
+    }
     let Some(Value::Object(strings)) = map.remove("stringData") else {
         return;
     };
@@ -301,6 +309,9 @@ mod tests {
     fn secret_string_data_becomes_data() {
         let mut object = json!({"data": {"a": "eA=="}, "stringData": {"b": "hi"}});
         secret(&mut object);
-        assert_eq!(object, json!({"data": {"a": "eA==", "b": "aGk="}}));
+        assert_eq!(
+            object,
+            json!({"data": {"a": "eA==", "b": "aGk="}, "type": "Opaque"})
+        );
     }
 }

@@ -15,6 +15,7 @@ mod modules;
 mod namespaces;
 pub mod nodes;
 mod objects;
+mod openapi;
 mod path;
 mod pods;
 mod protobuf;
@@ -24,6 +25,7 @@ mod resource;
 mod reviews;
 mod routes;
 mod scale;
+mod schemas;
 mod serviceaccounts;
 mod services;
 mod watch;
@@ -203,7 +205,7 @@ impl ApiServer {
                     },
                 ),
             )
-            .route("/openapi/v2", get(|| async { discovery::openapi_v2() }))
+            .route("/openapi/v2", get(|| async { openapi::v2() }))
             .route(
                 "/shoal/v1/modules",
                 axum::routing::post(modules::push).layer(axum::extract::DefaultBodyLimit::max(
@@ -211,19 +213,17 @@ impl ApiServer {
                 )),
             )
             .route("/shoal/v1/modules/{reference}", get(modules::fetch))
-            .route(
-                "/openapi/v3",
-                get(|| async { Json(discovery::openapi_root()) }),
-            )
+            .route("/openapi/v3", get(|| async { Json(openapi::root()) }))
             .route(
                 "/openapi/v3/{*path}",
                 get(|Path(path): Path<String>| async move {
-                    discovery::openapi_group_version(&path)
-                        .map(Json)
-                        .ok_or(ApiError::NoRoute)
+                    openapi::group_version(&path).ok_or(ApiError::NoRoute)
                 }),
             )
-            .fallback(handle_resource)
+            .fallback(axum::handler::Handler::layer(
+                handle_resource,
+                axum::middleware::from_fn(protobuf::negotiate),
+            ))
             .layer(axum::middleware::from_fn_with_state(
                 self.clone(),
                 guard::guard,
