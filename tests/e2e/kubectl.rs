@@ -217,3 +217,75 @@ async fn kubectl_explain_shows_the_kubernetes_field_descriptions() {
         stderr(&missing)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_label_and_annotate_honour_overwrite_and_resource_version() {
+    if !kubectl_available("kubectl_label_and_annotate_honour_overwrite_and_resource_version") {
+        return;
+    }
+    let cluster = TestCluster::start(0).await;
+    let kc = cluster.kubeconfig.clone();
+    ok(kubectl_async(&kc, &["create", "configmap", "c", "--from-literal=k=v"]).await);
+    ok(kubectl_async(&kc, &["label", "configmap", "c", "tier=web"]).await);
+    let again = kubectl_async(&kc, &["label", "configmap", "c", "tier=db"]).await;
+    assert!(!again.status.success());
+    assert!(
+        stderr(&again).contains("--overwrite is false"),
+        "{}",
+        stderr(&again)
+    );
+    ok(kubectl_async(&kc, &["label", "configmap", "c", "tier=db", "--overwrite"]).await);
+    ok(kubectl_async(&kc, &["annotate", "configmap", "c", "note=hi"]).await);
+    let current = ok(kubectl_async(
+        &kc,
+        &[
+            "get",
+            "configmap",
+            "c",
+            "-o",
+            "jsonpath={.metadata.resourceVersion}",
+        ],
+    )
+    .await);
+    // A stale resourceVersion is a conflict and changes nothing; the current one passes.
+    let stale = kubectl_async(
+        &kc,
+        &["label", "configmap", "c", "x=1", "--resource-version=1"],
+    )
+    .await;
+    assert!(!stale.status.success());
+    assert!(
+        stderr(&stale).contains("the object has been modified"),
+        "{}",
+        stderr(&stale)
+    );
+    let labels = ok(kubectl_async(
+        &kc,
+        &["get", "configmap", "c", "-o", "jsonpath={.metadata.labels}"],
+    )
+    .await);
+    assert_eq!(labels, r#"{"tier":"db"}"#);
+    ok(kubectl_async(
+        &kc,
+        &[
+            "annotate",
+            "configmap",
+            "c",
+            "owner=me",
+            &format!("--resource-version={current}"),
+        ],
+    )
+    .await);
+    let annotations = ok(kubectl_async(
+        &kc,
+        &[
+            "get",
+            "configmap",
+            "c",
+            "-o",
+            "jsonpath={.metadata.annotations.owner}",
+        ],
+    )
+    .await);
+    assert_eq!(annotations, "me");
+}

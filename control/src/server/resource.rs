@@ -156,6 +156,17 @@ impl ApiServer {
                     "the body of the request was in an unknown format {content_type:?}; accepted: application/json-patch+json, application/merge-patch+json, application/strategic-merge-patch+json, application/apply-patch+yaml"
                 )));
             }
+            // A resourceVersion the patch sets is a precondition, as on Kubernetes
+            // (`kubectl label --resource-version`, a JSON patch's "replace" of it).
+            let wanted = object::str_at(&patched, "/metadata/resourceVersion");
+            let now = object::str_at(&current, "/metadata/resourceVersion");
+            if !wanted.is_empty() && wanted != now {
+                return Err(ApiError::Conflict {
+                    resource: request.resource().qualified_plural(),
+                    name: request.name().into(),
+                    why: "the object has been modified; please apply your changes to the latest version and try again".into(),
+                });
+            }
             let merged = prepare_update(request, &current, patched)?;
             match self
                 .commit_update(request, merged, revision_of(&current))
