@@ -289,3 +289,256 @@ async fn kubectl_label_and_annotate_honour_overwrite_and_resource_version() {
     .await);
     assert_eq!(annotations, "me");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_wait_diff_dry_run_and_taint_work() {
+    if !kubectl_available("kubectl_wait_diff_dry_run_and_taint_work") {
+        return;
+    }
+    let cluster = TestCluster::start(1).await;
+    let kc = cluster.kubeconfig.clone();
+    let manifest = |value: &str| {
+        format!("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: c\ndata:\n  k: {value}\n")
+    };
+
+    // --dry-run=server answers with the object and stores nothing.
+    let dry = ok(kubectl_stdin_async(
+        &kc,
+        &["apply", "--dry-run=server", "-f", "-"],
+        &manifest("v"),
+    )
+    .await);
+    assert!(dry.contains("(server dry run)"), "{dry}");
+    let missing = kubectl_async(&kc, &["get", "configmap", "c"]).await;
+    assert!(
+        stderr(&missing).contains("not found"),
+        "{}",
+        stderr(&missing)
+    );
+    ok(kubectl_stdin_async(&kc, &["apply", "-f", "-"], &manifest("v")).await);
+
+    // diff: nothing to say for the same manifest (exit 0), the change and exit 1 otherwise.
+    let same = kubectl_stdin_async(&kc, &["diff", "-f", "-"], &manifest("v")).await;
+    assert_eq!(same.status.code(), Some(0), "{}", stderr(&same));
+    let changed = kubectl_stdin_async(&kc, &["diff", "-f", "-"], &manifest("w")).await;
+    assert_eq!(changed.status.code(), Some(1), "{}", stderr(&changed));
+    assert!(
+        stdout(&changed).contains("-  k: v") && stdout(&changed).contains("+  k: w"),
+        "{}",
+        stdout(&changed)
+    );
+    let unchanged =
+        ok(kubectl_async(&kc, &["get", "configmap", "c", "-o", "jsonpath={.data.k}"]).await);
+    assert_eq!(unchanged, "v", "diff changed nothing");
+
+    // wait: for a condition, a JSONPath value and a deletion.
+    ok(kubectl_async(
+        &kc,
+        &[
+            "wait",
+            "--for=condition=Ready",
+            "node/node-0",
+            "--timeout=30s",
+        ],
+    )
+    .await);
+    ok(kubectl_async(
+        &kc,
+        &[
+            "wait",
+            "--for=jsonpath={.data.k}=v",
+            "configmap/c",
+            "--timeout=10s",
+        ],
+    )
+    .await);
+    let timed_out = kubectl_async(
+        &kc,
+        &[
+            "wait",
+            "--for=jsonpath={.data.k}=nope",
+            "configmap/c",
+            "--timeout=1s",
+        ],
+    )
+    .await;
+    assert!(!timed_out.status.success());
+    let deleting = tokio::spawn({
+        let kc = kc.clone();
+        async move {
+            kubectl_async(
+                &kc,
+                &["wait", "--for=delete", "configmap/c", "--timeout=30s"],
+            )
+            .await
+        }
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    ok(kubectl_async(&kc, &["delete", "configmap", "c"]).await);
+    let deleted = ok(deleting.await.unwrap());
+    assert!(deleted.contains("condition met"), "{deleted}");
+
+    // taint and untaint a node.
+    ok(kubectl_async(
+        &kc,
+        &["taint", "nodes", "node-0", "dedicated=web:NoSchedule"],
+    )
+    .await);
+    let taints = ok(kubectl_async(
+        &kc,
+        &[
+            "get",
+            "node",
+            "node-0",
+            "-o",
+            "jsonpath={.spec.taints[*].key}",
+        ],
+    )
+    .await);
+    assert!(taints.contains("dedicated"), "{taints}");
+    ok(kubectl_async(
+        &kc,
+        &["taint", "nodes", "node-0", "dedicated=web:NoSchedule-"],
+    )
+    .await);
+    let taints = ok(kubectl_async(
+        &kc,
+        &[
+            "get",
+            "node",
+            "node-0",
+            "-o",
+            "jsonpath={.spec.taints[*].key}",
+        ],
+    )
+    .await);
+    assert!(!taints.contains("dedicated"), "{taints}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_everyday_commands_work() {
+    if !kubectl_available("kubectl_everyday_commands_work") {
+        return;
+    }
+    let cluster = TestCluster::start(1).await;
+    let kc = cluster.kubeconfig.clone();
+    let run = async |args: &[&str]| ok(kubectl_async(&kc, args).await);
+
+    let resources = run(&["api-resources", "-o", "wide"]).await;
+    assert!(
+        resources.contains("deployments") && resources.contains("apps/v1"),
+        "{resources}"
+    );
+    let versions = run(&["api-versions"]).await;
+    assert!(
+        versions
+            .lines()
+            .any(|l| l == "rbac.authorization.k8s.io/v1"),
+        "{versions}"
+    );
+
+    run(&[
+        "create",
+        "deployment",
+        "web",
+        "--image",
+        shoal_examples::WEB_P2,
+        "--port=8080",
+    ])
+    .await;
+    let exposed = run(&[
+        "expose",
+        "deployment",
+        "web",
+        "--port=80",
+        "--target-port=8080",
+    ])
+    .await;
+    assert!(exposed.contains("service/web exposed"), "{exposed}");
+    let selector = run(&[
+        "get",
+        "service",
+        "web",
+        "-o",
+        "jsonpath={.spec.selector.app}",
+    ])
+    .await;
+    assert_eq!(selector, "web");
+
+    // replace with a changed manifest; edit through an editor that rewrites the file.
+    let manifest = |value: &str| {
+        format!("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: c\ndata:\n  k: {value}\n")
+    };
+    ok(kubectl_stdin_async(&kc, &["create", "-f", "-"], &manifest("v1")).await);
+    ok(kubectl_stdin_async(&kc, &["replace", "-f", "-"], &manifest("v2")).await);
+    let mut edit = std::process::Command::new("kubectl");
+    edit.args([
+        "--kubeconfig",
+        kc.to_str().unwrap(),
+        "edit",
+        "configmap",
+        "c",
+    ])
+    .env("KUBE_EDITOR", "sed -i s/k:\\ v2/k:\\ v3/");
+    let edited = tokio::task::spawn_blocking(move || edit.output().unwrap())
+        .await
+        .unwrap();
+    assert!(edited.status.success(), "{}", stderr(&edited));
+    assert_eq!(
+        run(&["get", "configmap", "c", "-o", "jsonpath={.data.k}"]).await,
+        "v3"
+    );
+
+    // Field selectors, cordon and uncordon, events from the controllers.
+    let named = run(&[
+        "get",
+        "configmaps",
+        "--field-selector=metadata.name=c",
+        "-o",
+        "name",
+    ])
+    .await;
+    assert_eq!(named.trim(), "configmap/c");
+    run(&["cordon", "node-0"]).await;
+    assert_eq!(
+        run(&[
+            "get",
+            "node",
+            "node-0",
+            "-o",
+            "jsonpath={.spec.unschedulable}"
+        ])
+        .await,
+        "true"
+    );
+    run(&["uncordon", "node-0"]).await;
+    assert_eq!(
+        run(&[
+            "get",
+            "node",
+            "node-0",
+            "-o",
+            "jsonpath={.spec.unschedulable}"
+        ])
+        .await,
+        ""
+    );
+    wait_for(
+        "the deployment's scaling event",
+        std::time::Duration::from_secs(30),
+        async || {
+            let events = stdout(&kubectl_async(&kc, &["events"]).await);
+            events.contains("ScalingReplicaSet").then_some(())
+        },
+    )
+    .await;
+    let events = run(&[
+        "get",
+        "events",
+        "--field-selector=reason=ScalingReplicaSet",
+        "-o",
+        "name",
+    ])
+    .await;
+    assert!(!events.trim().is_empty(), "no events selected by reason");
+}
