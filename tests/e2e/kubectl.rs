@@ -542,3 +542,91 @@ async fn kubectl_everyday_commands_work() {
     .await;
     assert!(!events.trim().is_empty(), "no events selected by reason");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_side_apply_tracks_field_managers_and_their_conflicts() {
+    if !kubectl_available("server_side_apply_tracks_field_managers_and_their_conflicts") {
+        return;
+    }
+    let cluster = TestCluster::start(0).await;
+    let kc = cluster.kubeconfig.clone();
+    let config = |data: &str| {
+        format!("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: shared\ndata:\n{data}")
+    };
+    let apply = async |manager: &str, data: &str, extra: &[&str]| {
+        let mut args = vec![
+            "apply",
+            "--server-side",
+            "--field-manager",
+            manager,
+            "-f",
+            "-",
+        ];
+        args.extend_from_slice(extra);
+        kubectl_stdin_async(&kc, &args, &config(data)).await
+    };
+    ok(apply("alice", "  color: blue\n  size: big\n", &[]).await);
+    // The same value is shared; another value is a conflict naming alice and the field.
+    ok(apply("bob", "  color: blue\n", &[]).await);
+    let refused = apply("bob", "  color: red\n", &[]).await;
+    assert!(!refused.status.success());
+    assert!(
+        stderr(&refused).contains(
+            r#"Apply failed with 1 conflict: conflict with "alice" using v1: .data.color"#
+        ),
+        "{}",
+        stderr(&refused)
+    );
+    let data = || async {
+        ok(kubectl_async(&kc, &["get", "cm", "shared", "-o", "jsonpath={.data}"]).await)
+    };
+    assert_eq!(
+        data().await,
+        r#"{"color":"blue","size":"big"}"#,
+        "a refused apply changes nothing"
+    );
+    ok(apply("bob", "  color: red\n", &["--force-conflicts"]).await);
+    assert_eq!(data().await, r#"{"color":"red","size":"big"}"#);
+    // alice re-applies without size: hers alone, so it goes; color is bob's now.
+    let again = apply("alice", "  color: red\n", &[]).await;
+    assert!(again.status.success(), "{}", stderr(&again));
+    assert_eq!(data().await, r#"{"color":"red"}"#);
+
+    let managed = ok(kubectl_async(
+        &kc,
+        &["get", "cm", "shared", "--show-managed-fields", "-o", "json"],
+    )
+    .await);
+    let managed: serde_json::Value = serde_json::from_str(&managed).unwrap();
+    let entries = managed["metadata"]["managedFields"].as_array().unwrap();
+    let bob = entries.iter().find(|e| e["manager"] == "bob").unwrap();
+    assert_eq!(bob["operation"], "Apply");
+    assert_eq!(
+        bob["fieldsV1"],
+        serde_json::json!({"f:data": {"f:color": {}}})
+    );
+    // Updates are recorded too: kubectl edit-like writes take over what they change.
+    ok(kubectl_async(&kc, &["label", "cm", "shared", "team=web"]).await);
+    let managed = ok(kubectl_async(
+        &kc,
+        &["get", "cm", "shared", "--show-managed-fields", "-o", "json"],
+    )
+    .await);
+    let managed: serde_json::Value = serde_json::from_str(&managed).unwrap();
+    let label = managed["metadata"]["managedFields"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["manager"] == "kubectl-label")
+        .unwrap_or_else(|| panic!("no kubectl-label entry: {managed}"));
+    assert_eq!(label["operation"], "Update");
+    assert_eq!(
+        label["fieldsV1"],
+        serde_json::json!({"f:metadata": {"f:labels": {"f:team": {}}}})
+    );
+    let plain = ok(kubectl_async(&kc, &["get", "cm", "shared", "-o", "yaml"]).await);
+    assert!(
+        !plain.contains("managedFields"),
+        "kubectl hides them by default"
+    );
+}

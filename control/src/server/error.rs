@@ -20,6 +20,13 @@ pub enum ApiError {
         name: String,
         why: String,
     },
+    /// Server-side apply met fields other managers own (the message lists them).
+    #[error("{why}")]
+    ApplyConflict {
+        resource: String,
+        name: String,
+        why: String,
+    },
     #[error("{kind} {name:?} is invalid: {}", summarize(.causes))]
     Invalid {
         kind: String,
@@ -69,7 +76,9 @@ impl ApiError {
     pub fn code(&self) -> StatusCode {
         match self {
             Self::NotFound { .. } | Self::NoRoute => StatusCode::NOT_FOUND,
-            Self::AlreadyExists { .. } | Self::Conflict { .. } => StatusCode::CONFLICT,
+            Self::AlreadyExists { .. } | Self::Conflict { .. } | Self::ApplyConflict { .. } => {
+                StatusCode::CONFLICT
+            }
             Self::Invalid { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             Self::BadRequest(_) => StatusCode::BAD_REQUEST,
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
@@ -87,7 +96,7 @@ impl ApiError {
         match self {
             Self::NotFound { .. } | Self::NoRoute => "NotFound",
             Self::AlreadyExists { .. } => "AlreadyExists",
-            Self::Conflict { .. } => "Conflict",
+            Self::Conflict { .. } | Self::ApplyConflict { .. } => "Conflict",
             Self::Invalid { .. } => "Invalid",
             Self::BadRequest(_) => "BadRequest",
             Self::Unauthorized => "Unauthorized",
@@ -108,7 +117,8 @@ impl ApiError {
         match self {
             Self::NotFound { resource, name }
             | Self::AlreadyExists { resource, name }
-            | Self::Conflict { resource, name, .. } => {
+            | Self::Conflict { resource, name, .. }
+            | Self::ApplyConflict { resource, name, .. } => {
                 let (kind, group) = resource.split_once('.').unwrap_or((resource, ""));
                 details = json!({"name": name, "group": group, "kind": kind});
             }

@@ -5,6 +5,7 @@
 //! resource. Routing of resource URLs is by [`path::parse`], so one handler serves every
 //! resource; kind-specific rules live in `api` and in the few modules here named for a kind.
 
+mod apply;
 mod certificates;
 mod discovery;
 pub mod error;

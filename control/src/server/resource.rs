@@ -13,7 +13,7 @@ use serde_json::{json, Value};
 use super::error::{ApiError, Result};
 use super::request::Request;
 use super::{
-    certificates, escalation, json_response, namespaces, nodes, pods, services, ApiServer,
+    apply, certificates, escalation, json_response, namespaces, nodes, pods, services, ApiServer,
 };
 use crate::api::resources::ResourceInfo;
 use crate::api::{object, patch};
@@ -85,6 +85,13 @@ impl ApiServer {
                 causes,
             });
         }
+        let applying = request.content_type.contains("apply-patch");
+        let manager = apply::manager(request, applying)?;
+        if applying {
+            apply::record_apply_create(resource, &mut object, &manager);
+        } else {
+            apply::record_update(resource, None, &mut object, &manager, "");
+        }
         escalation::check(self, request, &object)?;
         escalation::node_restriction(request, &object)?;
         if request.query.dry_run() {
@@ -129,9 +136,13 @@ impl ApiServer {
                 Err(ApiError::NotFound { .. })
                     if server_side_apply && request.path.subresource.is_none() =>
                 {
+                    // The content type stays the apply's (its YAML reader takes the JSON), so
+                    // create records an Apply.
                     let create = Request {
                         body: Bytes::from(patch_body.to_string()),
-                        content_type: "application/json".into(),
+                        content_type: request.content_type.clone(),
+                        query: super::query::Query::parse(request.raw_query.as_deref()),
+                        raw_query: request.raw_query.clone(),
                         ..request.duplicate()
                     };
                     return self.create(&create).await;
@@ -143,11 +154,11 @@ impl ApiServer {
             if content_type.contains("json-patch") {
                 patch::json_patch(&mut patched, &patch_body)
                     .map_err(|e| ApiError::BadRequest(e.to_string()))?;
-            } else if content_type.contains("strategic-merge-patch") || server_side_apply {
-                // Server-side apply merges lists keyed as Kubernetes keys them (containers by
-                // name, volumes by name, mounts by path), so what others set in a list (the
-                // ServiceAccount admission's volume) stays. Without managedFields, an apply
-                // does not remove what the same manager dropped from its manifest.
+            } else if server_side_apply {
+                let manager = apply::manager(request, true)?;
+                let force = request.query.get("force") == Some("true");
+                patched = apply::apply(request.resource(), &current, &patch_body, &manager, force)?;
+            } else if content_type.contains("strategic-merge-patch") {
                 patch::strategic_merge_patch(&mut patched, &patch_body);
             } else if content_type.contains("merge-patch") {
                 patch::merge_patch(&mut patched, &patch_body);
@@ -484,6 +495,17 @@ fn prepare_update(request: &Request, current: &Value, new: Value) -> Result<Valu
         nodes::stamp_agent_endpoint(request, Some(current), &mut merged);
     }
     resource.apply_defaults(&mut merged);
+    // An apply computed its managed fields already.
+    if !request.content_type.contains("apply-patch") {
+        let manager = apply::manager(request, false)?;
+        apply::record_update(
+            resource,
+            Some(current),
+            &mut merged,
+            &manager,
+            subresource.unwrap_or(""),
+        );
+    }
     let causes = resource.validate_update(current, &merged);
     if !causes.is_empty() {
         return Err(ApiError::Invalid {
