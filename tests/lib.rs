@@ -149,6 +149,30 @@ pub fn python_client(test: &str) -> Option<PathBuf> {
     Some(python)
 }
 
+/// Runs a Python `script` (written to `dir`) with `args` and returns the JSON it prints;
+/// panics with its stderr if it fails.
+pub async fn run_python(
+    python: &Path,
+    dir: &Path,
+    script: &str,
+    args: &[&std::ffi::OsStr],
+) -> serde_json::Value {
+    let path = dir.join("script.py");
+    std::fs::write(&path, script).unwrap();
+    let output = tokio::process::Command::new(python)
+        .arg(&path)
+        .args(args)
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).unwrap()
+}
+
 /// Runs `kubectl ARGS` against a kubeconfig, with a private discovery cache.
 pub fn kubectl(kubeconfig: &Path, args: &[&str]) -> Output {
     let cache = kubeconfig.parent().unwrap().join("kubectl-cache");

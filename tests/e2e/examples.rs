@@ -236,3 +236,114 @@ async fn example_manifests_behave_as_documented() {
         "Hello, you! (from a wasip2 component)\nline 1\nline 2\nline 3\n"
     );
 }
+
+/// The official Python client against the cluster: `utils.create_from_yaml` on every example
+/// manifest (each into its own namespace), CRUD of a ConfigMap and a Deployment, and a watch
+/// with `timeout_seconds`.
+const PYTHON_CLIENT: &str = r#"
+import json, sys
+from kubernetes import client, config, utils, watch
+
+config.load_kube_config(sys.argv[1])
+image = sys.argv[2]
+api = client.ApiClient()
+core, apps = client.CoreV1Api(api), client.AppsV1Api(api)
+created = {}
+for i, path in enumerate(sys.argv[3:]):
+    namespace = "example-%d" % i
+    core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=namespace)))
+    groups = utils.create_from_yaml(api, path, namespace=namespace)
+    created[path.rsplit("/", 1)[-1]] = sum(len(g) if isinstance(g, list) else 1 for g in groups)
+
+meta = client.V1ObjectMeta(name="py")
+core.create_namespaced_config_map("default", client.V1ConfigMap(metadata=meta, data={"a": "1"}))
+core.patch_namespaced_config_map("py", "default", {"data": {"b": "2"}})
+current = core.read_namespaced_config_map("py", "default")
+current.data["c"] = "3"
+replaced = core.replace_namespaced_config_map("py", "default", current)
+configmap = dict(replaced.data)
+core.delete_namespaced_config_map("py", "default")
+
+container = client.V1Container(name="web", image=image)
+template = client.V1PodTemplateSpec(metadata=client.V1ObjectMeta(labels={"app": "py"}),
+                                    spec=client.V1PodSpec(containers=[container]))
+spec = client.V1DeploymentSpec(replicas=1, template=template,
+                               selector=client.V1LabelSelector(match_labels={"app": "py"}))
+apps.create_namespaced_deployment("default", client.V1Deployment(metadata=meta, spec=spec))
+apps.patch_namespaced_deployment_scale("py", "default", {"spec": {"replicas": 2}})
+replicas = apps.read_namespaced_deployment("py", "default").spec.replicas
+apps.delete_namespaced_deployment("py", "default")
+
+events = [e["type"] + " " + e["object"].metadata.name
+          for e in watch.Watch().stream(core.list_namespaced_config_map, "example-0",
+                                        timeout_seconds=2)]
+print(json.dumps({"created": created, "configmap": configmap, "replicas": replicas,
+                  "events": events}))
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_python_client_creates_the_examples_from_yaml() {
+    let Some(python) = python_client("the_python_client_creates_the_examples_from_yaml") else {
+        return;
+    };
+    let cluster = TestCluster::start(1).await;
+    let dir = cluster.dir.path();
+    let mut files = Vec::new();
+    let examples =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples-wasm/manifests");
+    let mut names: Vec<String> = std::fs::read_dir(&examples)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".yaml"))
+        .collect();
+    names.sort();
+    for name in &names {
+        let path = dir.join(name);
+        std::fs::write(&path, manifest(name)).unwrap();
+        files.push(path);
+    }
+    let mut args = vec![
+        cluster.kubeconfig.as_os_str(),
+        std::ffi::OsStr::new(shoal_examples::WEB_P2),
+    ];
+    args.extend(files.iter().map(|f| f.as_os_str()));
+    let result = run_python(&python, dir, PYTHON_CLIENT, &args).await;
+    let http = cluster.http();
+    for (i, name) in names.iter().enumerate() {
+        let count = result["created"][name].as_u64().unwrap_or(0);
+        let documents = manifest(name)
+            .lines()
+            .filter(|line| line.starts_with("kind:"))
+            .count();
+        assert_eq!(count as usize, documents, "{name}: every document created");
+        // What it made is there: at least one object in its namespace.
+        let namespace = format!("example-{i}");
+        let mut found = 0;
+        for list in [
+            "/api/v1/namespaces/NS/pods",
+            "/apis/apps/v1/namespaces/NS/deployments",
+            "/api/v1/namespaces/NS/services",
+            "/api/v1/namespaces/NS/configmaps",
+        ] {
+            let (_, items) = http
+                .call("GET", &list.replace("NS", &namespace), "", "")
+                .await;
+            found += items["items"].as_array().map_or(0, Vec::len);
+        }
+        assert!(found > 0, "{name} created nothing in {namespace}");
+    }
+    assert_eq!(
+        result["configmap"],
+        serde_json::json!({"a": "1", "b": "2", "c": "3"})
+    );
+    assert_eq!(result["replicas"], 2);
+    assert!(
+        result["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e.as_str().is_some_and(|e| e.starts_with("ADDED "))),
+        "{}",
+        result["events"]
+    );
+}

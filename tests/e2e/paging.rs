@@ -202,20 +202,13 @@ async fn the_python_client_pages_through_a_list() {
         return;
     };
     let cluster = cluster_with_config_maps().await;
-    let script = cluster.dir.path().join("pages.py");
-    std::fs::write(&script, PYTHON_PAGES).unwrap();
-    let output = tokio::process::Command::new(python)
-        .arg(&script)
-        .arg(&cluster.kubeconfig)
-        .output()
-        .await
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let result: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let result = run_python(
+        &python,
+        cluster.dir.path(),
+        PYTHON_PAGES,
+        &[cluster.kubeconfig.as_os_str()],
+    )
+    .await;
     assert_eq!(result["pages"], 4, "24 objects in pages of 6");
     assert_eq!(result["names"], json!(expected_names()));
 }

@@ -292,3 +292,218 @@ mod tests {
         );
     }
 }
+
+/// Which top-level fields a write can change: the main resource's (without `status` when the
+/// kind has a status subresource), or only `status`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    Everything,
+    AllButStatus,
+    OnlyStatus,
+}
+
+/// What a write changed, in one walk of the old and new objects: the paths of `new` whose
+/// values are new or different, and the paths of `old` that `new` no longer has (a removed
+/// subtree is one path). Fields under `skip` are not looked at.
+pub fn diff(
+    old: Option<&Value>,
+    new: &Value,
+    schema: Node,
+    skip: &[&[&str]],
+    scope: Scope,
+) -> (FieldSet, FieldSet) {
+    let mut walk = Walk {
+        skip,
+        scope,
+        changed: BTreeSet::new(),
+        removed: BTreeSet::new(),
+        prefix: Vec::new(),
+    };
+    walk.object(old, new, schema);
+    (FieldSet(walk.changed), FieldSet(walk.removed))
+}
+
+struct Walk<'a> {
+    skip: &'a [&'a [&'a str]],
+    scope: Scope,
+    changed: BTreeSet<Path>,
+    removed: BTreeSet<Path>,
+    prefix: Path,
+}
+
+impl Walk<'_> {
+    fn skipped(&self, name: &str) -> bool {
+        if self.prefix.is_empty() {
+            let status = name == "status";
+            match self.scope {
+                Scope::OnlyStatus if !status => return true,
+                Scope::AllButStatus if status => return true,
+                _ => {}
+            }
+        }
+        self.skip.iter().any(|skip| {
+            skip.len() == self.prefix.len() + 1
+                && skip[skip.len() - 1] == name
+                && skip
+                    .iter()
+                    .zip(&self.prefix)
+                    .all(|(wanted, element)| element.strip_prefix("f:") == Some(*wanted))
+        })
+    }
+
+    fn object(&mut self, old: Option<&Value>, new: &Value, schema: Node) {
+        let Value::Object(fields) = new else {
+            return;
+        };
+        let old_fields = old.and_then(Value::as_object);
+        if fields.is_empty() && !self.prefix.is_empty() {
+            if old_fields.is_none_or(|o| !o.is_empty()) {
+                self.changed.insert(self.prefix.clone());
+            }
+            return;
+        }
+        for (name, value) in fields {
+            if self.skipped(name) {
+                continue;
+            }
+            self.prefix.push(format!("f:{name}"));
+            self.value(
+                old_fields.and_then(|o| o.get(name)),
+                value,
+                schema.field(name),
+            );
+            self.prefix.pop();
+        }
+        for name in old_fields.into_iter().flat_map(|o| o.keys()) {
+            if !fields.contains_key(name) && !self.skipped(name) {
+                let mut path = self.prefix.clone();
+                path.push(format!("f:{name}"));
+                self.removed.insert(path);
+            }
+        }
+    }
+
+    fn value(&mut self, old: Option<&Value>, new: &Value, schema: Node) {
+        match new {
+            Value::Object(_) => {
+                self.object(old.filter(|o| o.is_object()), new, schema);
+            }
+            Value::Array(items) => self.list(old.and_then(Value::as_array), items, schema),
+            scalar => {
+                if old != Some(scalar) {
+                    self.changed.insert(self.prefix.clone());
+                }
+            }
+        }
+    }
+
+    fn list(&mut self, old: Option<&Vec<Value>>, items: &[Value], schema: Node) {
+        let atomic = |walk: &mut Self| {
+            if old.is_none_or(|o| o.as_slice() != items) {
+                walk.changed.insert(walk.prefix.clone());
+            }
+        };
+        match schema.list_type() {
+            ListType::Atomic => atomic(self),
+            ListType::Set => {
+                let old = old.map(Vec::as_slice).unwrap_or_default();
+                for item in items {
+                    if !old.contains(item) {
+                        self.with(format!("v:{item}"), |walk| {
+                            walk.changed.insert(walk.prefix.clone());
+                        });
+                    }
+                }
+                for item in old {
+                    if !items.contains(item) {
+                        self.with(format!("v:{item}"), |walk| {
+                            walk.removed.insert(walk.prefix.clone());
+                        });
+                    }
+                }
+            }
+            ListType::Map(keys) => {
+                if items.iter().any(|item| element_key(item, &keys).is_none()) {
+                    return atomic(self);
+                }
+                let same_key = |a: &Value, b: &Value| keys.iter().all(|k| a.get(k) == b.get(k));
+                let old = old.map(Vec::as_slice).unwrap_or_default();
+                for item in items {
+                    let key = element_key(item, &keys).expect("checked above");
+                    let before = old.iter().find(|o| same_key(o, item));
+                    self.with(key, |walk| {
+                        if before.is_none() {
+                            walk.with(ITSELF.into(), |walk| {
+                                walk.changed.insert(walk.prefix.clone());
+                            });
+                        }
+                        walk.object(before, item, schema.items());
+                    });
+                }
+                for item in old {
+                    if !items.iter().any(|i| same_key(i, item)) {
+                        if let Some(key) = element_key(item, &keys) {
+                            self.with(key, |walk| {
+                                walk.removed.insert(walk.prefix.clone());
+                            });
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn with(&mut self, element: String, then: impl FnOnce(&mut Self)) {
+        self.prefix.push(element);
+        then(self);
+        self.prefix.pop();
+    }
+}
+
+#[cfg(test)]
+mod diff_tests {
+    use super::*;
+    use serde_json::json;
+
+    fn paths(set: &FieldSet) -> Vec<String> {
+        set.0.iter().map(|p| p.join(" ")).collect()
+    }
+
+    #[test]
+    fn a_diff_names_what_changed_and_what_went() {
+        let schema = Node::definition("io.k8s.api.core.v1.Pod");
+        let old = json!({"metadata": {"name": "p", "labels": {"a": "1", "b": "2"}},
+            "spec": {"containers": [{"name": "c", "image": "v1"}, {"name": "d", "image": "x"}]},
+            "status": {"phase": "Pending"}});
+        let new = json!({"metadata": {"name": "p", "labels": {"a": "1", "c": "3"}},
+            "spec": {"containers": [{"name": "c", "image": "v2"}, {"name": "e", "image": "y"}]},
+            "status": {"phase": "Running"}});
+        let skip: &[&[&str]] = &[&["metadata", "name"]];
+        let (changed, removed) = diff(Some(&old), &new, schema, skip, Scope::AllButStatus);
+        assert_eq!(
+            paths(&changed),
+            [
+                "f:metadata f:labels f:c",
+                "f:spec f:containers k:{\"name\":\"c\"} f:image",
+                "f:spec f:containers k:{\"name\":\"e\"} .",
+                "f:spec f:containers k:{\"name\":\"e\"} f:image",
+                "f:spec f:containers k:{\"name\":\"e\"} f:name",
+            ]
+        );
+        assert_eq!(
+            paths(&removed),
+            [
+                "f:metadata f:labels f:b",
+                "f:spec f:containers k:{\"name\":\"d\"}"
+            ]
+        );
+        let (changed, removed) = diff(Some(&old), &new, schema, skip, Scope::OnlyStatus);
+        assert_eq!(paths(&changed), ["f:status f:phase"]);
+        assert!(removed.is_empty());
+        // A create is every field; the same object again is nothing.
+        let (all, _) = diff(None, &new, schema, skip, Scope::Everything);
+        assert_eq!(all, FieldSet::of(&new, schema, skip));
+        let (none, gone) = diff(Some(&new), &new, schema, skip, Scope::Everything);
+        assert!(none.is_empty() && gone.is_empty());
+    }
+}

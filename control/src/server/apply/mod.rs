@@ -18,7 +18,7 @@ mod schema;
 
 use serde_json::{json, Value};
 
-use self::fieldset::{FieldSet, Path};
+use self::fieldset::{FieldSet, Path, Scope};
 use self::schema::Node;
 use super::error::{ApiError, Result};
 use super::request::Request;
@@ -179,23 +179,33 @@ fn record(
     subresource: &str,
     operation: &str,
 ) {
-    let present = owned_fields(resource, new, subresource);
-    let changed = match old {
-        None => present.clone(),
-        Some(old) => FieldSet(
-            present
-                .0
-                .iter()
-                .filter(|path| fieldset::value_at(old, path) != fieldset::value_at(new, path))
-                .cloned()
-                .collect(),
-        ),
+    let scope = if subresource == "status" {
+        Scope::OnlyStatus
+    } else if resource.has_subresource("status") {
+        Scope::AllButStatus
+    } else {
+        Scope::Everything
     };
+    let (changed, removed) = fieldset::diff(old, new, schema_of(resource), NOT_OWNED, scope);
+    if changed.is_empty() && removed.is_empty() {
+        // Nothing changed hands: the entries stay as they were (no parsing, no new time).
+        let kept = old
+            .and_then(|o| o.pointer("/metadata/managedFields"))
+            .cloned();
+        let meta = object::metadata_mut(new);
+        match kept {
+            Some(entries) => meta.insert("managedFields".into(), entries),
+            None => meta.remove("managedFields"),
+        };
+        return;
+    }
     let mut all = old.map(entries).unwrap_or_default();
     // Nobody owns what is gone; other managers of this subresource lose what changed.
-    let everything = FieldSet::of(new, schema_of(resource), NOT_OWNED);
     for entry in &mut all {
-        entry.fields = entry.fields.intersection(&everything);
+        entry
+            .fields
+            .0
+            .retain(|path| !removed.0.iter().any(|gone| path.starts_with(gone)));
         if entry.subresource == subresource && entry.manager != manager {
             entry.fields = entry.fields.difference(&changed);
         }
