@@ -379,40 +379,31 @@ async fn kubectl_wait_diff_dry_run_and_taint_work() {
     assert!(deleted.contains("condition met"), "{deleted}");
 
     // taint and untaint a node.
+    let taints = async || {
+        ok(kubectl_async(
+            &kc,
+            &[
+                "get",
+                "node",
+                "node-0",
+                "-o",
+                "jsonpath={.spec.taints[*].key}",
+            ],
+        )
+        .await)
+    };
     ok(kubectl_async(
         &kc,
         &["taint", "nodes", "node-0", "dedicated=web:NoSchedule"],
     )
     .await);
-    let taints = ok(kubectl_async(
-        &kc,
-        &[
-            "get",
-            "node",
-            "node-0",
-            "-o",
-            "jsonpath={.spec.taints[*].key}",
-        ],
-    )
-    .await);
-    assert!(taints.contains("dedicated"), "{taints}");
+    assert!(taints().await.contains("dedicated"));
     ok(kubectl_async(
         &kc,
         &["taint", "nodes", "node-0", "dedicated=web:NoSchedule-"],
     )
     .await);
-    let taints = ok(kubectl_async(
-        &kc,
-        &[
-            "get",
-            "node",
-            "node-0",
-            "-o",
-            "jsonpath={.spec.taints[*].key}",
-        ],
-    )
-    .await);
-    assert!(!taints.contains("dedicated"), "{taints}");
+    assert!(!taints().await.contains("dedicated"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
