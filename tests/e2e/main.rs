@@ -4,6 +4,7 @@
 mod bad_input;
 mod cli;
 mod controllers;
+mod crds;
 mod durability;
 mod examples;
 mod generators;

@@ -3,6 +3,7 @@
 //! Types are k8s-openapi's; nothing here does I/O.
 
 pub mod cron;
+pub mod custom;
 pub mod defaults;
 pub mod intstr;
 pub mod object;

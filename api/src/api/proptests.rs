@@ -139,8 +139,88 @@ fn json() -> impl Strategy<Value = Value> {
     })
 }
 
+/// Keys and type names of CRD schemas, so generated schemas reach the schema code's paths.
+const SCHEMA_WORDS: &[&str] = &[
+    "type",
+    "object",
+    "array",
+    "string",
+    "integer",
+    "number",
+    "boolean",
+    "properties",
+    "items",
+    "additionalProperties",
+    "required",
+    "enum",
+    "default",
+    "minimum",
+    "maximum",
+    "exclusiveMinimum",
+    "multipleOf",
+    "minLength",
+    "maxLength",
+    "pattern",
+    "minItems",
+    "maxItems",
+    "nullable",
+    "allOf",
+    "anyOf",
+    "oneOf",
+    "not",
+    "spec",
+    "size",
+    "x-kubernetes-preserve-unknown-fields",
+    "x-kubernetes-int-or-string",
+    "x-kubernetes-list-type",
+    "x-kubernetes-list-map-keys",
+    "map",
+    "set",
+    "metadata",
+];
+
+/// Arbitrary JSON made of schema words.
+fn schema_json() -> impl Strategy<Value = Value> {
+    let word = proptest::sample::select(SCHEMA_WORDS);
+    let leaf = prop_oneof![
+        word.clone().prop_map(|w| Value::String(w.into())),
+        any::<bool>().prop_map(Value::Bool),
+        (-3i64..20).prop_map(Value::from),
+        Just(Value::from(0.5)),
+        Just(Value::String("^[a-z(]+$".into())),
+    ];
+    leaf.prop_recursive(6, 96, 6, move |inner| {
+        prop_oneof![
+            proptest::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+            proptest::collection::vec((word.clone().prop_map(String::from), inner), 0..6)
+                .prop_map(|pairs| Value::Object(pairs.into_iter().collect::<Map<_, _>>())),
+        ]
+    })
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+    #[test]
+    fn crd_schemas_and_custom_resources_take_any_json(schema in schema_json(), object in schema_json()) {
+        let mut causes = Vec::new();
+        let parsed = super::custom::Schema::parse(&schema, "schema", &mut causes);
+        let mut object = object;
+        let _ = parsed.prune(&mut object);
+        parsed.apply_defaults(&mut object);
+        let _ = parsed.validate(&object);
+        let crd = serde_json::json!({"metadata": {"name": "a.b.c"}, "spec": {"group": "b.c",
+            "names": {"plural": "a", "kind": "A"},
+            "versions": [{"name": "v1", "served": true, "storage": true,
+                          "schema": {"openAPIV3Schema": schema},
+                          "additionalPrinterColumns": [{"name": "X", "type": "string", "jsonPath": ".spec[0].size"}]}]}});
+        let mut crd_causes = Vec::new();
+        super::custom::crd::validate(&crd, &mut crd_causes);
+        for kind in super::custom::CustomKind::all_of(&crd) {
+            use super::table::TableConvertor;
+            prop_assert_eq!(kind.cells(&object).len(), 2);
+        }
+    }
 
     #[test]
     fn every_kind_takes_any_json(object in json(), other in json()) {

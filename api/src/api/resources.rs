@@ -22,8 +22,10 @@ use k8s_openapi::api::core::v1::{
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::{Ingress, NetworkPolicy};
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use serde_json::Value;
 
+use super::custom::{crd, CustomKind};
 use super::defaults;
 use super::table::{self, TableConvertor};
 use super::validation::{self, Cause, NameError};
@@ -48,6 +50,9 @@ pub struct ResourceInfo {
     pub verbs: &'static [&'static str],
     /// What the API server does with this kind's objects.
     pub strategy: Strategy,
+    /// The CRD version this row serves, for custom resources (schema, scale paths, storage
+    /// version); `None` for built-in kinds.
+    pub custom: Option<&'static CustomKind>,
 }
 
 /// Rows are one per group, version and kind.
@@ -71,6 +76,17 @@ pub struct Strategy {
     pub validate_update: fn(&Value, &Value, &mut Vec<Cause>),
     /// How `kubectl get` prints it.
     pub table: &'static dyn TableConvertor,
+}
+
+impl Strategy {
+    /// A custom kind's strategy: its schema does the defaults and validation (through
+    /// [`ResourceInfo::custom`]); names are DNS subdomains; tables print its columns.
+    pub fn custom(kind: &'static CustomKind) -> Strategy {
+        Strategy {
+            table: kind,
+            ..PLAIN
+        }
+    }
 }
 
 impl std::fmt::Debug for Strategy {
@@ -127,6 +143,7 @@ where
         subresources,
         verbs: VERBS,
         strategy,
+        custom: None,
     }
 }
 
@@ -191,6 +208,16 @@ impl ResourceInfo {
         }
     }
 
+    /// The kind, for code with rules of a built-in kind (`"Pod"`, `"Node"`...); empty for a
+    /// custom kind, which may well be called `Pod` in its own group and has none of them.
+    pub fn builtin_kind(&self) -> &'static str {
+        if self.custom.is_some() {
+            ""
+        } else {
+            self.kind
+        }
+    }
+
     pub fn has_subresource(&self, name: &str) -> bool {
         self.subresources.iter().any(|(sub, _, _)| *sub == name)
     }
@@ -198,13 +225,25 @@ impl ResourceInfo {
     /// Prepares a new object for the store: generated name, uid, timestamps, `apiVersion`
     /// and `kind`, then the kind's defaults.
     pub fn prepare_for_create(&self, object: &mut Value) {
-        defaults::metadata_on_create(object, self.api_version(), self.kind);
+        defaults::metadata_on_create(object, self.storage_api_version(), self.kind);
         self.apply_defaults(object);
     }
 
-    /// The kind's own defaults (on create and on update).
+    /// The `apiVersion` objects of this kind are stored with: the row's own, except for a
+    /// custom resource served at several versions (the CRD's storage version).
+    pub fn storage_api_version(&self) -> String {
+        match self.custom {
+            Some(custom) => custom.storage_api_version(),
+            None => self.api_version(),
+        }
+    }
+
+    /// The kind's own defaults (on create and on update): a custom resource's from its schema.
     pub fn apply_defaults(&self, object: &mut Value) {
         (self.strategy.defaults)(object);
+        if let Some(custom) = self.custom {
+            custom.schema.apply_defaults(object);
+        }
     }
 
     /// Why an object about to be created or replaced is invalid; empty when it is valid.
@@ -212,6 +251,9 @@ impl ResourceInfo {
         let mut causes = Vec::new();
         validation::object_meta(object, self.strategy.name, &mut causes);
         (self.strategy.validate)(object, &mut causes);
+        if let Some(custom) = self.custom {
+            causes.extend(custom.schema.validate(object));
+        }
         causes
     }
 
@@ -484,6 +526,22 @@ pub static RESOURCES: &[ResourceInfo] = &[
             ..PLAIN
         },
     ),
+    kind::<CustomResourceDefinition>(
+        "customresourcedefinition",
+        &["crd", "crds"],
+        &["api-extensions"],
+        &[(
+            "status",
+            "CustomResourceDefinition",
+            &["get", "patch", "update"],
+        )],
+        Strategy {
+            defaults: crd::defaults,
+            validate: validate_crd,
+            validate_update: crd::validate_update,
+            ..PLAIN
+        },
+    ),
     kind::<Lease>(
         "lease",
         &[],
@@ -584,6 +642,17 @@ pub fn lookup(group: &str, version: &str, plural: &str) -> Option<&'static Resou
     RESOURCES
         .iter()
         .find(|r| r.group == group && r.version == version && r.plural == plural)
+}
+
+/// The API groups served by built-in kinds (no CRD may take one).
+pub fn builtin_groups() -> Vec<&'static str> {
+    let mut groups: Vec<&str> = RESOURCES.iter().map(|r| r.group).collect();
+    groups.dedup();
+    groups
+}
+
+fn validate_crd(object: &Value, causes: &mut Vec<Cause>) {
+    crd::validate_with_builtin_groups(object, &builtin_groups(), causes);
 }
 
 /// Finds the resource for an object's `apiVersion` and `kind`.

@@ -10,6 +10,7 @@ use serde_json::{json, Value};
 use super::object::{human_age, str_at};
 
 /// One column of a kind's table.
+#[derive(Debug)]
 pub struct Column {
     name: &'static str,
     kind: &'static str,
@@ -21,6 +22,14 @@ const fn col(name: &'static str, kind: &'static str, priority: u8) -> Column {
         name,
         kind,
         priority,
+    }
+}
+
+impl Column {
+    /// A column named `name` of the table type `kind` (`string`, `integer`, `date`...),
+    /// shown only with `-o wide` when `priority` is above 0.
+    pub const fn new(name: &'static str, kind: &'static str, priority: u8) -> Column {
+        col(name, kind, priority)
     }
 }
 

@@ -10,6 +10,7 @@
 
 pub mod certificates;
 pub mod cronjob;
+pub mod customresources;
 pub mod daemonset;
 pub mod deployment;
 pub mod endpoints;
@@ -102,6 +103,9 @@ pub fn start(client: Client, options: Options, tasks: &Tasks) {
     supervised("cronjob-controller", |c| cronjob::run(c).boxed());
     supervised("garbage-collector", |c| gc::run(c).boxed());
     supervised("namespace-controller", |c| namespace::run(c).boxed());
+    supervised("customresourcecleanup-controller", |c| {
+        customresources::run(c).boxed()
+    });
     supervised("serviceaccount-controller", |c| {
         serviceaccount::run(c).boxed()
     });

@@ -45,32 +45,11 @@ async fn reconcile(client: Client, namespace: Arc<Namespace>) -> Result<Action, 
             resource.group_version_path(),
             resource.plural
         );
-        let list = client
-            .json(Method::GET, &collection, "application/json", None)
-            .await?;
-        for item in list["items"].as_array().into_iter().flatten() {
-            remaining += 1;
-            if item.pointer("/metadata/deletionTimestamp").is_some() {
-                continue;
-            }
-            let item_name = item
-                .pointer("/metadata/name")
-                .and_then(Value::as_str)
-                .unwrap_or_default();
-            let options = json!({"propagationPolicy": "Background"});
-            match client
-                .json(
-                    Method::DELETE,
-                    &resource.item_path(Some(name), item_name),
-                    "application/json",
-                    Some(&options),
-                )
-                .await
-            {
-                Ok(_) => {}
-                Err(e) if e.is_not_found() => {}
-                Err(e) => return Err(e.into()),
-            }
+        remaining += empty_collection(&client, &collection).await?;
+    }
+    for custom in super::customresources::served(&client).await? {
+        if custom.namespaced {
+            remaining += empty_collection(&client, &custom.collection(Some(name))).await?;
         }
     }
     if remaining > 0 {
@@ -102,4 +81,44 @@ async fn reconcile(client: Client, namespace: Arc<Namespace>) -> Result<Action, 
         Err(e) if e.is_not_found() => Ok(Action::AwaitChange),
         Err(e) => Err(e.into()),
     }
+}
+
+/// Deletes every object of `collection` (a list URL) not already being deleted, and returns
+/// how many were there: they are gone once a later call finds none.
+pub(super) async fn empty_collection(client: &Client, collection: &str) -> Result<usize, Error> {
+    let list = match client
+        .json(Method::GET, collection, "application/json", None)
+        .await
+    {
+        Ok(list) => list,
+        // A custom kind whose CRD has just gone.
+        Err(e) if e.is_not_found() => return Ok(0),
+        Err(e) => return Err(e.into()),
+    };
+    let mut remaining = 0;
+    for item in list["items"].as_array().into_iter().flatten() {
+        remaining += 1;
+        if item.pointer("/metadata/deletionTimestamp").is_some() {
+            continue;
+        }
+        let item_name = item
+            .pointer("/metadata/name")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        let options = json!({"propagationPolicy": "Background"});
+        match client
+            .json(
+                Method::DELETE,
+                &format!("{collection}/{item_name}"),
+                "application/json",
+                Some(&options),
+            )
+            .await
+        {
+            Ok(_) => {}
+            Err(e) if e.is_not_found() => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(remaining)
 }

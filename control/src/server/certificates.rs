@@ -71,7 +71,7 @@ pub(super) fn prepare_create(request: &Request, object: &mut Value) -> Result<()
 /// On `/approval` and `/status`: whether the user may approve (or sign for) the request's
 /// signer.
 pub(super) fn check_signer(server: &ApiServer, request: &Request, object: &Value) -> Result<()> {
-    if request.resource().kind != "CertificateSigningRequest" {
+    if request.resource().builtin_kind() != "CertificateSigningRequest" {
         return Ok(());
     }
     let verb = match request.path.subresource.as_deref() {

@@ -1,11 +1,14 @@
 //! Discovery: `/version`, aggregated (`apidiscovery.k8s.io/v2`) and legacy discovery
-//! (kubectl-wire.md §1), derived from [`RESOURCES`]. The OpenAPI documents are `openapi`'s.
+//! (kubectl-wire.md §1), derived from [`RESOURCES`] and the served custom kinds (a CRD's
+//! group lists its served versions, the preferred first, by Kubernetes' version priority).
+//! The OpenAPI documents are `openapi`'s.
 
 use axum::response::{IntoResponse, Response};
 use http::header::{ACCEPT, CONTENT_TYPE};
 use http::HeaderMap;
 use serde_json::{json, Value};
 
+use super::custom::CustomResources;
 use crate::api::resources::{ResourceInfo, RESOURCES};
 
 const AGGREGATED: &str = "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList";
@@ -24,15 +27,53 @@ pub fn version() -> Value {
     })
 }
 
-/// The groups served, in order, core first: (group, version).
-fn group_versions() -> Vec<(&'static str, &'static str)> {
-    let mut seen = Vec::new();
-    for r in RESOURCES {
-        if !seen.contains(&(r.group, r.version)) {
-            seen.push((r.group, r.version));
+/// Every served kind: the built-in table, then the custom kinds.
+fn all_rows<'a>(
+    custom: &'a [&'static ResourceInfo],
+) -> impl Iterator<Item = &'static ResourceInfo> + 'a {
+    RESOURCES.iter().chain(custom.iter().copied())
+}
+
+/// The groups served, in order, core first, each with its versions, preferred first.
+fn groups(custom: &[&'static ResourceInfo]) -> Vec<(&'static str, Vec<&'static str>)> {
+    let mut groups: Vec<(&str, Vec<&str>)> = Vec::new();
+    for r in all_rows(custom) {
+        match groups.iter_mut().find(|(g, _)| *g == r.group) {
+            Some((_, versions)) if !versions.contains(&r.version) => versions.push(r.version),
+            Some(_) => {}
+            None => groups.push((r.group, vec![r.version])),
         }
     }
-    seen
+    for (_, versions) in &mut groups {
+        versions.sort_by_key(|v| std::cmp::Reverse(version_priority(v)));
+    }
+    groups
+}
+
+/// Kubernetes' version priority: GA before beta before alpha, higher numbers first
+/// (`v2` > `v1` > `v1beta2` > `v1beta1` > `v1alpha1`); other names last.
+fn version_priority(version: &str) -> (u8, u64, u64) {
+    let Some(rest) = version.strip_prefix('v') else {
+        return (0, 0, 0);
+    };
+    let digits = rest.chars().take_while(char::is_ascii_digit).count();
+    let Ok(major) = rest[..digits].parse::<u64>() else {
+        return (0, 0, 0);
+    };
+    match &rest[digits..] {
+        "" => (3, major, 0),
+        tail => {
+            let (stage, minor) = match (tail.strip_prefix("beta"), tail.strip_prefix("alpha")) {
+                (Some(minor), _) => (2, minor),
+                (_, Some(minor)) => (1, minor),
+                _ => return (0, 0, 0),
+            };
+            match minor.parse::<u64>() {
+                Ok(minor) => (stage, major, minor),
+                Err(_) => (0, 0, 0),
+            }
+        }
+    }
 }
 
 fn wants_aggregated(headers: &HeaderMap) -> bool {
@@ -46,22 +87,27 @@ fn json_response(content_type: &'static str, body: Value) -> Response {
     ([(CONTENT_TYPE, content_type)], body.to_string()).into_response()
 }
 
-/// `GET /api` (`core = true`) or `GET /apis`.
-pub fn root(headers: &HeaderMap, core: bool) -> Response {
-    let groups: Vec<(&str, &str)> = group_versions()
+/// `GET /api` (`core = true`) or `GET /apis`, with `custom` the served custom kinds.
+pub fn root(custom: &[&'static ResourceInfo], headers: &HeaderMap, core: bool) -> Response {
+    let groups: Vec<(&str, Vec<&str>)> = groups(custom)
         .into_iter()
         .filter(|(g, _)| g.is_empty() == core)
         .collect();
     if wants_aggregated(headers) {
         let items: Vec<Value> = groups
             .iter()
-            .map(|(group, version)| {
-                let resources: Vec<Value> =
-                    RESOURCES.iter().filter(|r| r.group == *group && r.version == *version).map(aggregated_resource).collect();
-                json!({
-                    "metadata": {"name": group},
-                    "versions": [{"version": version, "freshness": "Current", "resources": resources}],
-                })
+            .map(|(group, versions)| {
+                let versions: Vec<Value> = versions
+                    .iter()
+                    .map(|version| {
+                        let resources: Vec<Value> = all_rows(custom)
+                            .filter(|r| r.group == *group && r.version == *version)
+                            .map(aggregated_resource)
+                            .collect();
+                        json!({"version": version, "freshness": "Current", "resources": resources})
+                    })
+                    .collect();
+                json!({"metadata": {"name": group}, "versions": versions})
             })
             .collect();
         let body = json!({"kind": "APIGroupDiscoveryList", "apiVersion": "apidiscovery.k8s.io/v2", "metadata": {}, "items": items});
@@ -75,9 +121,12 @@ pub fn root(headers: &HeaderMap, core: bool) -> Response {
     }
     let groups: Vec<Value> = groups
         .iter()
-        .map(|(group, version)| {
-            let gv = json!({"groupVersion": format!("{group}/{version}"), "version": version});
-            json!({"name": group, "versions": [gv.clone()], "preferredVersion": gv})
+        .map(|(group, versions)| {
+            let versions: Vec<Value> = versions
+                .iter()
+                .map(|version| json!({"groupVersion": format!("{group}/{version}"), "version": version}))
+                .collect();
+            json!({"name": group, "versions": versions, "preferredVersion": versions[0]})
         })
         .collect();
     json_response(
@@ -115,9 +164,9 @@ fn aggregated_resource(r: &ResourceInfo) -> Value {
 
 /// `GET /api/v1` or `GET /apis/{group}/{version}`: an `APIResourceList`, or `None` if the
 /// group-version is not served.
-pub fn resource_list(group: &str, version: &str) -> Option<Value> {
-    let served: Vec<&ResourceInfo> = RESOURCES
-        .iter()
+pub fn resource_list(custom: &CustomResources, group: &str, version: &str) -> Option<Value> {
+    let custom = custom.rows();
+    let served: Vec<&ResourceInfo> = all_rows(&custom)
         .filter(|r| r.group == group && r.version == version)
         .collect();
     if served.is_empty() {
@@ -150,4 +199,19 @@ pub fn resource_list(group: &str, version: &str) -> Option<Value> {
     Some(
         json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": group_version, "resources": resources}),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions_sort_as_kubernetes_prefers_them() {
+        let mut versions = vec!["v1alpha1", "v1beta1", "v2", "v1", "foo", "v1beta2", "v10"];
+        versions.sort_by_key(|v| std::cmp::Reverse(version_priority(v)));
+        assert_eq!(
+            versions,
+            ["v10", "v2", "v1", "v1beta2", "v1beta1", "v1alpha1", "foo"]
+        );
+    }
 }

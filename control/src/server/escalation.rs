@@ -37,7 +37,7 @@ pub(super) fn check(server: &ApiServer, request: &Request, object: &Value) -> Re
         };
         policy.authorize(user, &info) == Decision::Allow
     };
-    let requested = match resource.kind {
+    let requested = match resource.builtin_kind() {
         "Role" | "ClusterRole" => {
             if may("escalate", resource.plural, name) {
                 return Ok(());
@@ -93,7 +93,7 @@ pub(super) fn node_restriction(request: &Request, object: &Value) -> Result<()> 
     let Some(node) = crate::auth::node::node_name(&request.user) else {
         return Ok(());
     };
-    let kind = request.resource().kind;
+    let kind = request.resource().builtin_kind();
     let name = object
         .pointer("/metadata/name")
         .and_then(Value::as_str)

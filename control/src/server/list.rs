@@ -180,20 +180,25 @@ impl ApiServer {
             table["metadata"] = metadata;
             return Ok(json_response(StatusCode::OK, &table));
         }
-        // Serialized straight from the shared objects: no copy of the list is built.
+        // Serialized straight from the shared objects: no copy of the list is built (but
+        // for custom resources read at a version they are not stored at).
         #[derive(Serialize)]
         struct List<'a> {
             kind: String,
             #[serde(rename = "apiVersion")]
             api_version: String,
             metadata: Value,
-            items: Vec<&'a Value>,
+            items: Vec<std::borrow::Cow<'a, Value>>,
         }
         let list = List {
             kind: format!("{}List", resource.kind),
             api_version: resource.api_version(),
             metadata,
-            items: page.objects.iter().map(|o| &**o).collect(),
+            items: page
+                .objects
+                .iter()
+                .map(|o| super::custom::present(resource, o))
+                .collect(),
         };
         let bytes = serde_json::to_vec(&list).expect("a list always serializes");
         Ok((

@@ -7,6 +7,7 @@
 
 mod apply;
 mod certificates;
+pub mod custom;
 mod discovery;
 pub mod error;
 mod escalation;
@@ -66,6 +67,8 @@ pub struct ApiServer {
     authenticator: Authenticator,
     /// RBAC roles and bindings, kept from the store.
     policy: Arc<PolicyCache>,
+    /// The custom kinds served, kept from the CRDs in the store.
+    custom: Arc<custom::CustomResources>,
     security: SecurityOptions,
     /// Serialises Service creations, which allocate cluster IPs and node ports.
     service_allocation: tokio::sync::Mutex<()>,
@@ -155,6 +158,7 @@ impl ApiServer {
         let server = Arc::new(Self {
             authenticator,
             policy: Arc::default(),
+            custom: Arc::default(),
             security,
             store,
             agents,
@@ -167,6 +171,7 @@ impl ApiServer {
         reviews::ensure_bootstrap_policy(&server).await?;
         spawn_event_expiry(&server);
         spawn_policy_sync(&server);
+        spawn_custom_resource_sync(&server);
         Ok(server)
     }
 
@@ -188,21 +193,30 @@ impl ApiServer {
             .route("/livez", get(|| async { "ok" }))
             .route(
                 "/api",
-                get(|headers: HeaderMap| async move { discovery::root(&headers, true) }),
+                get(|headers: HeaderMap| async move { discovery::root(&[], &headers, true) }),
             )
             .route(
                 "/apis",
-                get(|headers: HeaderMap| async move { discovery::root(&headers, false) }),
+                get(
+                    |State(server): State<Arc<ApiServer>>, headers: HeaderMap| async move {
+                        discovery::root(&server.custom.rows(), &headers, false)
+                    },
+                ),
             )
             .route(
                 "/api/{version}",
-                get(|Path(version): Path<String>| async move { resource_list("", &version) }),
+                get(
+                    |State(server): State<Arc<ApiServer>>, Path(version): Path<String>| async move {
+                        resource_list(&server.custom, "", &version)
+                    },
+                ),
             )
             .route(
                 "/apis/{group}/{version}",
                 get(
-                    |Path((group, version)): Path<(String, String)>| async move {
-                        resource_list(&group, &version)
+                    |State(server): State<Arc<ApiServer>>,
+                     Path((group, version)): Path<(String, String)>| async move {
+                        resource_list(&server.custom, &group, &version)
                     },
                 ),
             )
@@ -214,12 +228,20 @@ impl ApiServer {
                 )),
             )
             .route("/shoal/v1/modules/{reference}", get(modules::fetch))
-            .route("/openapi/v3", get(|| async { Json(openapi::root()) }))
+            .route(
+                "/openapi/v3",
+                get(|State(server): State<Arc<ApiServer>>| async move {
+                    Json(openapi::root(&server.custom.rows()))
+                }),
+            )
             .route(
                 "/openapi/v3/{*path}",
-                get(|Path(path): Path<String>| async move {
-                    openapi::group_version(&path).ok_or(ApiError::NoRoute)
-                }),
+                get(
+                    |State(server): State<Arc<ApiServer>>, Path(path): Path<String>| async move {
+                        openapi::group_version(&server.custom.rows(), &path)
+                            .ok_or(ApiError::NoRoute)
+                    },
+                ),
             )
             .fallback(axum::handler::Handler::layer(
                 handle_resource,
@@ -282,8 +304,25 @@ fn spawn_policy_sync(server: &Arc<ApiServer>) {
     );
 }
 
-fn resource_list(group: &str, version: &str) -> Result<Json<serde_json::Value>, ApiError> {
-    discovery::resource_list(group, version)
+/// Keeps the served custom kinds current from the CRDs in the store until the server stops.
+fn spawn_custom_resource_sync(server: &Arc<ApiServer>) {
+    let (store, custom) = (server.store.clone(), server.custom.clone());
+    tokio::spawn(
+        server
+            .stopping
+            .clone()
+            .run_until_cancelled_owned(async move {
+                custom.sync(store.as_ref()).await;
+            }),
+    );
+}
+
+fn resource_list(
+    custom: &custom::CustomResources,
+    group: &str,
+    version: &str,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    discovery::resource_list(custom, group, version)
         .map(Json)
         .ok_or(ApiError::NoRoute)
 }
@@ -300,7 +339,7 @@ async fn handle_resource(
     let Some(axum::Extension(user)) = user else {
         return ApiError::Unauthorized.into_response();
     };
-    let request = request::Request::new(&method, &uri, &headers, body, user);
+    let request = request::Request::new(&method, &uri, &headers, body, user, &server.custom);
     match request {
         Ok(request) => server
             .serve(request)

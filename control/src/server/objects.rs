@@ -8,6 +8,7 @@ use serde_json::Value;
 use super::error::{ApiError, Result};
 use super::request::Request;
 use super::{json_response, ApiServer};
+use crate::api::resources::ResourceInfo;
 use crate::store::ObjectKey;
 
 impl ApiServer {
@@ -23,6 +24,40 @@ impl ApiServer {
         }
     }
 
+    /// Waits until what this server keeps from the store (the RBAC policy, the served custom
+    /// kinds) has a write it just made, so the client's next request sees its effect.
+    pub(super) async fn settle(&self, request: &Request, stored: &Value) {
+        super::escalation::settle(self, request, stored).await;
+        if request.resource().builtin_kind() == "CustomResourceDefinition" {
+            if let Some(revision) = crate::store::revision_of(stored) {
+                self.custom.wait_for(revision).await;
+            }
+        }
+    }
+
+    /// Refuses new objects of a custom kind whose CRD is being deleted (its objects are being
+    /// removed), as kube-apiserver does.
+    pub(super) fn check_crd_not_terminating(&self, resource: &ResourceInfo) -> Result<()> {
+        let key = ObjectKey::new(
+            super::custom::CRDS,
+            "",
+            &format!("{}.{}", resource.plural, resource.group),
+        );
+        let terminating = self
+            .store
+            .get(&key)
+            .ok()
+            .flatten()
+            .is_some_and(|crd| crd.pointer("/metadata/deletionTimestamp").is_some());
+        if terminating {
+            return Err(ApiError::MethodNotAllowed(format!(
+                "create not allowed while custom resource definition is terminating: {}",
+                resource.qualified_plural()
+            )));
+        }
+        Ok(())
+    }
+
     /// Removes an object from the store at once and answers with its last state.
     pub(super) async fn delete_now(
         &self,
@@ -36,8 +71,11 @@ impl ApiServer {
             .map_err(|e| {
                 ApiError::from_store(e, &request.resource().qualified_plural(), request.name())
             })?;
-        super::escalation::settle(self, request, &deleted).await;
-        Ok(json_response(StatusCode::OK, &deleted))
+        self.settle(request, &deleted).await;
+        Ok(json_response(
+            StatusCode::OK,
+            &super::custom::present(request.resource(), &deleted),
+        ))
     }
 }
 

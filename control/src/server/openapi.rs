@@ -56,10 +56,33 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02X}")).collect()
 }
 
-/// `GET /openapi/v3`.
-pub fn root() -> Value {
+/// The documents of the custom kinds' group-versions, built when asked for (CRDs change at
+/// run time): key to (hash, bytes).
+fn custom_documents(custom: &[&'static ResourceInfo]) -> BTreeMap<String, (String, Vec<u8>)> {
+    let mut served: BTreeMap<(&str, &str), Vec<&ResourceInfo>> = BTreeMap::new();
+    for resource in custom {
+        served
+            .entry((resource.group, resource.version))
+            .or_default()
+            .push(resource);
+    }
+    served
+        .into_iter()
+        .map(|((group, version), resources)| {
+            let bytes = serde_json::to_vec(&custom_document(&resources))
+                .expect("a JSON value always serializes");
+            let hash = hex(&Sha256::digest(&bytes));
+            (format!("apis/{group}/{version}"), (hash, bytes))
+        })
+        .collect()
+}
+
+/// `GET /openapi/v3`, with `custom` the served custom kinds.
+pub fn root(custom: &[&'static ResourceInfo]) -> Value {
+    let custom = custom_documents(custom);
     let paths: Map<String, Value> = DOCUMENTS
         .iter()
+        .chain(custom.iter())
         .map(|(key, (hash, _))| {
             (
                 key.clone(),
@@ -71,8 +94,12 @@ pub fn root() -> Value {
 }
 
 /// `GET /openapi/v3/{path}`, or `None` if no group-version is served there.
-pub fn group_version(path: &str) -> Option<Response> {
-    let (_, bytes) = DOCUMENTS.get(path.trim_matches('/'))?;
+pub fn group_version(custom: &[&'static ResourceInfo], path: &str) -> Option<Response> {
+    let key = path.trim_matches('/');
+    let bytes = match DOCUMENTS.get(key) {
+        Some((_, bytes)) => bytes.clone(),
+        None => custom_documents(custom).remove(key)?.1,
+    };
     Some(
         (
             [
@@ -80,7 +107,7 @@ pub fn group_version(path: &str) -> Option<Response> {
                 // The URL carries the content's hash.
                 (CACHE_CONTROL, "public, immutable"),
             ],
-            bytes.clone(),
+            bytes,
         )
             .into_response(),
     )
@@ -129,38 +156,83 @@ fn group_version_document(resources: &[&ResourceInfo]) -> Value {
     let mut paths = Map::new();
     let mut roots = Vec::new();
     for r in resources {
-        let gvk = json!({"group": r.group, "version": r.version, "kind": r.kind});
         let definition = definition_of(r.group, r.version, r.kind);
-        let body = match definition {
-            Some(name) => {
-                json!({"content": {"application/json": {"schema": {"$ref": format!("{V3_PREFIX}{name}")}}}})
-            }
-            None => json!({}),
-        };
-        let parameters = json!([
-            {"name": "dryRun", "in": "query", "schema": {"type": "string", "uniqueItems": true}},
-            {"name": "fieldManager", "in": "query", "schema": {"type": "string", "uniqueItems": true}},
-            {"name": "fieldValidation", "in": "query", "schema": {"type": "string", "uniqueItems": true}},
-        ]);
-        let write = |body: Value| json!({"parameters": parameters, "requestBody": body, "responses": {"200": body}, "x-kubernetes-group-version-kind": gvk, "x-kubernetes-action": "patch"});
-        let mut put = write(body.clone());
-        put["x-kubernetes-action"] = json!("put");
-        let item = r.item_path(r.namespaced.then_some("{namespace}"), "{name}");
-        paths.insert(
-            item,
-            json!({
-                "get": {"responses": {"200": body}, "x-kubernetes-group-version-kind": gvk, "x-kubernetes-action": "get"},
-                "put": put,
-                "patch": write(json!({"content": {"application/merge-patch+json": {"schema": {"type": "object"}}, "application/strategic-merge-patch+json": {"schema": {"type": "object"}}, "application/apply-patch+yaml": {"schema": {"type": "object"}}}})),
-            }),
-        );
+        let (name, item) = operations(r, definition);
+        paths.insert(name, item);
         roots.extend(definition);
     }
+    document(paths, reachable_schemas(&roots))
+}
+
+/// The document of custom kinds: each CRD version's schema as its definition (named as
+/// Kubernetes names them, `com.example.v1.Widget`), with `apiVersion`, `kind` and the
+/// ObjectMeta `metadata` every object has, so `kubectl explain` and field validation see it.
+fn custom_document(resources: &[&ResourceInfo]) -> Value {
+    const OBJECT_META: &str = "io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta";
+    let mut paths = Map::new();
+    let mut schemas = reachable_schemas(&[OBJECT_META]);
+    for r in resources {
+        let Some(custom) = r.custom else {
+            continue;
+        };
+        let reversed: Vec<&str> = r.group.split('.').rev().collect();
+        let name = format!("{}.{}.{}", reversed.join("."), r.version, r.kind);
+        let mut schema = custom.raw_schema.clone();
+        if let Some(map) = schema.as_object_mut() {
+            let properties = map.entry("properties").or_insert_with(|| json!({}));
+            properties["apiVersion"] = json!({"type": "string", "description": "APIVersion defines the versioned schema of this representation of an object. Servers should convert recognized schemas to the latest internal value, and may reject unrecognized values. More info: https://git.k8s.io/community/contributors/devel/sig-architecture/api-conventions.md#resources"});
+            properties["kind"] = json!({"type": "string", "description": "Kind is a string value representing the REST resource this object represents. Servers may infer this from the endpoint the client submits requests to. Cannot be updated. In CamelCase. More info: https://git.k8s.io/community/contributors/devel/sig-architecture/api-conventions.md#types-kinds"});
+            properties["metadata"] = json!({"allOf": [{"$ref": format!("{V3_PREFIX}{OBJECT_META}")}], "description": "Standard object's metadata. More info: https://git.k8s.io/community/contributors/devel/sig-architecture/api-conventions.md#metadata"});
+            map.insert(
+                "x-kubernetes-group-version-kind".into(),
+                json!([{"group": r.group, "version": r.version, "kind": r.kind}]),
+            );
+        }
+        schemas.insert(name.clone(), schema);
+        let (path, item) = operations(r, Some(&name));
+        paths.insert(path, item);
+    }
+    document(paths, schemas)
+}
+
+/// The item path of `r` and its get, put and patch operations, their bodies `definition`.
+fn operations(r: &ResourceInfo, definition: Option<&str>) -> (String, Value) {
+    let gvk = json!({"group": r.group, "version": r.version, "kind": r.kind});
+    let body = match definition {
+        Some(name) => {
+            json!({"content": {"application/json": {"schema": {"$ref": format!("{V3_PREFIX}{name}")}}}})
+        }
+        None => json!({}),
+    };
+    let parameters = json!([
+        {"name": "dryRun", "in": "query", "schema": {"type": "string", "uniqueItems": true}},
+        {"name": "fieldManager", "in": "query", "schema": {"type": "string", "uniqueItems": true}},
+        {"name": "fieldValidation", "in": "query", "schema": {"type": "string", "uniqueItems": true}},
+    ]);
+    let write = |body: Value| json!({"parameters": parameters, "requestBody": body, "responses": {"200": body}, "x-kubernetes-group-version-kind": gvk, "x-kubernetes-action": "patch"});
+    let mut put = write(body.clone());
+    put["x-kubernetes-action"] = json!("put");
+    // Custom resources take no strategic merge patches.
+    let patches = if r.custom.is_some() {
+        json!({"application/merge-patch+json": {"schema": {"type": "object"}}, "application/json-patch+json": {"schema": {"type": "object"}}, "application/apply-patch+yaml": {"schema": {"type": "object"}}})
+    } else {
+        json!({"application/merge-patch+json": {"schema": {"type": "object"}}, "application/strategic-merge-patch+json": {"schema": {"type": "object"}}, "application/apply-patch+yaml": {"schema": {"type": "object"}}})
+    };
+    let item = r.item_path(r.namespaced.then_some("{namespace}"), "{name}");
+    let operations = json!({
+        "get": {"responses": {"200": body}, "x-kubernetes-group-version-kind": gvk, "x-kubernetes-action": "get"},
+        "put": put,
+        "patch": write(json!({"content": patches})),
+    });
+    (item, operations)
+}
+
+fn document(paths: Map<String, Value>, schemas: Map<String, Value>) -> Value {
     json!({
         "openapi": "3.0.0",
         "info": {"title": "Kubernetes (Shoal)", "version": crate::api::kubernetes_version()},
         "paths": paths,
-        "components": {"schemas": reachable_schemas(&roots)},
+        "components": {"schemas": schemas},
     })
 }
 
@@ -299,7 +371,7 @@ mod tests {
             ["containers"];
         assert_eq!(containers["x-kubernetes-patch-merge-key"], "name");
         assert_eq!(containers["x-kubernetes-patch-strategy"], "merge");
-        let index = root();
+        let index = root(&[]);
         let url = index["paths"]["apis/apps/v1"]["serverRelativeURL"]
             .as_str()
             .unwrap();

@@ -1,6 +1,7 @@
 //! Parses resource URLs: `/api/v1/...` and `/apis/{group}/{version}/...`, optionally under
 //! `namespaces/{ns}/`, naming a collection, an object, or an object's subresource.
 
+use super::custom::CustomResources;
 use crate::api::resources::{lookup, ResourceInfo};
 
 #[derive(Debug, PartialEq, Eq)]
@@ -20,7 +21,8 @@ pub enum PathError {
     NoRoute,
 }
 
-pub fn parse(path: &str) -> Result<ResourcePath, PathError> {
+/// Parses `path`, looking resources up in the built-in table, then among `custom`'s.
+pub fn parse(path: &str, custom: &CustomResources) -> Result<ResourcePath, PathError> {
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
     let (group, version, rest) = match segments.as_slice() {
         ["api", version, rest @ ..] => ("", *version, rest),
@@ -46,7 +48,9 @@ pub fn parse(path: &str) -> Result<ResourcePath, PathError> {
         }
         _ => return Err(PathError::NoRoute),
     };
-    let resource = lookup(group, version, plural).ok_or(PathError::NoRoute)?;
+    let resource = lookup(group, version, plural)
+        .or_else(|| custom.lookup(group, version, plural))
+        .ok_or(PathError::NoRoute)?;
     if namespace.is_some() && !resource.namespaced {
         return Err(PathError::NoRoute);
     }
@@ -76,7 +80,7 @@ mod tests {
     type Parts<'a> = (&'a str, Option<&'a str>, Option<&'a str>, Option<&'a str>);
 
     fn check(path: &str, expected: Option<Parts>) {
-        let parsed = parse(path)
+        let parsed = parse(path, &CustomResources::default())
             .ok()
             .map(|p| (p.resource.plural, p.namespace, p.name, p.subresource));
         let expected = expected.map(|(r, ns, n, s)| {
@@ -123,10 +127,13 @@ mod tests {
             Some(("pods", Some("default"), Some("p1"), Some("proxy"))),
         );
         assert_eq!(
-            parse("/api/v1/namespaces/default/pods/p1/proxy/a/b")
-                .unwrap()
-                .rest
-                .as_deref(),
+            parse(
+                "/api/v1/namespaces/default/pods/p1/proxy/a/b",
+                &CustomResources::default()
+            )
+            .unwrap()
+            .rest
+            .as_deref(),
             Some("a/b")
         );
         check("/api/v1/namespaces/default/nodes/n1", None);

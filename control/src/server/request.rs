@@ -6,6 +6,7 @@ use http::header::{ACCEPT, CONTENT_TYPE};
 use http::{HeaderMap, Method, Uri};
 use serde_json::Value;
 
+use super::custom::CustomResources;
 use super::error::{ApiError, Result};
 use super::path::{self, ResourcePath};
 use super::query::Query;
@@ -36,8 +37,9 @@ impl Request {
         headers: &HeaderMap,
         body: Bytes,
         user: Arc<UserInfo>,
+        custom: &CustomResources,
     ) -> Result<Self> {
-        let path = path::parse(uri.path()).map_err(|_| ApiError::NoRoute)?;
+        let path = path::parse(uri.path(), custom).map_err(|_| ApiError::NoRoute)?;
         let header = |name| {
             headers
                 .get(name)

@@ -13,8 +13,10 @@ use serde_json::{json, Value};
 use super::error::{ApiError, Result};
 use super::request::Request;
 use super::{
-    apply, certificates, escalation, json_response, namespaces, nodes, pods, services, ApiServer,
+    apply, certificates, custom, escalation, json_response, namespaces, nodes, pods, services,
+    ApiServer,
 };
+use crate::api::custom::crd;
 use crate::api::resources::ResourceInfo;
 use crate::api::{object, patch};
 use crate::store::{revision_of, ObjectKey};
@@ -30,13 +32,17 @@ impl ApiServer {
             let revision = revision_of(object).unwrap_or(0);
             return json_response(code, &request.resource().table(&[object], revision, false));
         }
-        json_response(code, object)
+        json_response(code, &custom::present(request.resource(), object))
     }
 
     pub(super) async fn create(self: &Arc<Self>, request: &Request) -> Result<Response> {
         let resource = request.resource();
         let mut object = request.decode_body()?;
         check_type(resource, &object)?;
+        if resource.custom.is_some() {
+            self.check_crd_not_terminating(resource)?;
+            custom::prune(request, resource, &mut object)?;
+        }
         let namespace = request.path.namespace.clone().unwrap_or_default();
         if resource.namespaced {
             let in_body = object::namespace(&object);
@@ -52,7 +58,7 @@ impl ApiServer {
             object::metadata_mut(&mut object).remove("namespace");
         }
         resource.prepare_for_create(&mut object);
-        match resource.kind {
+        match resource.builtin_kind() {
             "Pod" => {
                 pods::prepare_create(&mut object);
                 pods::admit_service_account(self, &namespace, &mut object);
@@ -62,11 +68,15 @@ impl ApiServer {
                 nodes::stamp_agent_endpoint(request, None, &mut object);
             }
             "CertificateSigningRequest" => certificates::prepare_create(request, &mut object)?,
+            "CustomResourceDefinition" => {
+                crd::prepare_create(&mut object);
+                crd::set_status(None, &mut object);
+            }
             _ => {}
         }
         // Services take addresses and ports from shared ranges: one allocation at a time,
         // held until the Service is stored.
-        let _allocating = if resource.kind == "Service" {
+        let _allocating = if resource.builtin_kind() == "Service" {
             let guard = self.service_allocation.lock().await;
             if resource.validate(&object).is_empty() {
                 services::allocate(self, &mut object)?;
@@ -103,7 +113,7 @@ impl ApiServer {
             .create(key, object)
             .await
             .map_err(|e| ApiError::from_store(e, &resource.qualified_plural(), &name))?;
-        escalation::settle(self, request, &stored).await;
+        self.settle(request, &stored).await;
         Ok(self.respond_object(request, StatusCode::CREATED, &stored))
     }
 
@@ -158,6 +168,12 @@ impl ApiServer {
                 let manager = apply::manager(request, true)?;
                 let force = request.query.get("force") == Some("true");
                 patched = apply::apply(request.resource(), &current, &patch_body, &manager, force)?;
+            } else if content_type.contains("strategic-merge-patch")
+                && request.resource().custom.is_some()
+            {
+                return Err(ApiError::UnsupportedMediaType(
+                    "the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml".into(),
+                ));
             } else if content_type.contains("strategic-merge-patch") {
                 patch::strategic_merge_patch(&mut patched, &patch_body);
             } else if content_type.contains("merge-patch") {
@@ -212,7 +228,7 @@ impl ApiServer {
             .update(request.key(), object, precondition)
             .await
             .map_err(|e| ApiError::from_store(e, &resource.qualified_plural(), request.name()))?;
-        escalation::settle(self, request, &stored).await;
+        self.settle(request, &stored).await;
         // An object marked for deletion goes once its last finalizer is removed. Pods are
         // the exception: their node agent finishes their deletion.
         let finalizers = stored
@@ -222,7 +238,7 @@ impl ApiServer {
         let marked = stored
             .pointer("/metadata/deletionTimestamp")
             .is_some_and(|t| !t.is_null());
-        if marked && finalizers == 0 && resource.kind != "Pod" && resource.kind != "Namespace" {
+        if marked && finalizers == 0 && !matches!(resource.builtin_kind(), "Pod" | "Namespace") {
             let _ = self.store.delete(request.key(), revision_of(&stored)).await;
         }
         Ok(self.respond_object(request, StatusCode::OK, &stored))
@@ -262,7 +278,7 @@ impl ApiServer {
         if request.query.dry_run() {
             return Ok(json_response(StatusCode::OK, &current));
         }
-        match request.resource().kind {
+        match request.resource().builtin_kind() {
             "Pod" => return pods::delete(self, request, current, grace, precondition).await,
             "Namespace" => return namespaces::delete(self, request, current).await,
             _ => {}
@@ -276,6 +292,9 @@ impl ApiServer {
             if marked.pointer("/metadata/deletionTimestamp").is_none() {
                 object::metadata_mut(&mut marked)
                     .insert("deletionTimestamp".into(), json!(object::now_rfc3339()));
+            }
+            if request.resource().builtin_kind() == "CustomResourceDefinition" {
+                crd::set_status(Some(&current), &mut marked);
             }
             return self
                 .commit_update(request, marked, revision_of(&current))
@@ -488,13 +507,19 @@ fn prepare_update(request: &Request, current: &Value, new: Value) -> Result<Valu
     }
     meta.remove("resourceVersion");
     if let Some(map) = merged.as_object_mut() {
-        map.insert("apiVersion".into(), json!(resource.api_version()));
+        map.insert("apiVersion".into(), json!(resource.storage_api_version()));
         map.insert("kind".into(), json!(resource.kind));
     }
-    if resource.kind == "Node" {
+    if resource.custom.is_some() {
+        custom::prune(request, resource, &mut merged)?;
+    }
+    if resource.builtin_kind() == "Node" {
         nodes::stamp_agent_endpoint(request, Some(current), &mut merged);
     }
     resource.apply_defaults(&mut merged);
+    if resource.builtin_kind() == "CustomResourceDefinition" {
+        crd::set_status(Some(current), &mut merged);
+    }
     // An apply computed its managed fields already.
     if !request.content_type.contains("apply-patch") {
         let manager = apply::manager(request, false)?;

@@ -1,5 +1,7 @@
 //! The `scale` subresource (`kubectl scale`): an `autoscaling/v1` Scale view of a workload's
-//! `spec.replicas`, read and written through the main object.
+//! `spec.replicas`, read and written through the main object. A custom kind's scale reads and
+//! writes the paths its CRD names (`specReplicasPath`, `statusReplicasPath`,
+//! `labelSelectorPath`).
 
 use std::sync::Arc;
 
@@ -10,11 +12,33 @@ use serde_json::{json, Value};
 use super::error::{ApiError, Result};
 use super::request::Request;
 use super::{json_response, ApiServer};
+use crate::api::custom::{pointer_of, ScalePaths};
+use crate::api::resources::ResourceInfo;
 use crate::api::{object, patch};
 use crate::store::revision_of;
 
-fn scale_of(workload: &Value) -> Value {
-    let selector = crate::api::selector::match_labels_of(workload);
+/// Where `resource`'s scale lives.
+fn paths_of(resource: &ResourceInfo) -> ScalePaths {
+    resource
+        .custom
+        .and_then(|custom| custom.scale.clone())
+        .unwrap_or_else(ScalePaths::workload)
+}
+
+fn scale_of(workload: &Value, paths: &ScalePaths) -> Value {
+    let selector = match &paths.label_selector {
+        Some(path) => json!(workload
+            .pointer(&pointer_of(path))
+            .and_then(Value::as_str)
+            .unwrap_or("")),
+        None => json!(crate::api::selector::match_labels_of(workload)),
+    };
+    let replicas = |path: &str| {
+        workload
+            .pointer(&pointer_of(path))
+            .and_then(Value::as_i64)
+            .unwrap_or(0)
+    };
     json!({
         "kind": "Scale",
         "apiVersion": "autoscaling/v1",
@@ -25,23 +49,27 @@ fn scale_of(workload: &Value) -> Value {
             "resourceVersion": object::str_at(workload, "/metadata/resourceVersion"),
             "creationTimestamp": object::str_at(workload, "/metadata/creationTimestamp"),
         },
-        "spec": {"replicas": workload.pointer("/spec/replicas").and_then(Value::as_i64).unwrap_or(0)},
-        "status": {"replicas": workload.pointer("/status/replicas").and_then(Value::as_i64).unwrap_or(0), "selector": selector},
+        "spec": {"replicas": replicas(&paths.spec_replicas)},
+        "status": {"replicas": replicas(&paths.status_replicas), "selector": selector},
     })
 }
 
 pub fn get(server: &ApiServer, request: &Request) -> Result<Response> {
     let workload = server.get_object(&request.key())?;
-    Ok(json_response(StatusCode::OK, &scale_of(&workload)))
+    Ok(json_response(
+        StatusCode::OK,
+        &scale_of(&workload, &paths_of(request.resource())),
+    ))
 }
 
 /// `PUT` (a whole Scale; `kubectl scale --current-replicas` sends no Content-Type) or `PATCH`.
 pub async fn update(server: &Arc<ApiServer>, request: &Request) -> Result<Response> {
     let body: Value = serde_json::from_slice(&request.body)
         .map_err(|e| ApiError::BadRequest(format!("the Scale is not valid JSON: {e}")))?;
+    let paths = paths_of(request.resource());
     for _attempt in 0..16 {
         let workload = server.get_object(&request.key())?;
-        let mut scale = scale_of(&workload);
+        let mut scale = scale_of(&workload, &paths);
         if request.method == Method::PUT {
             if let Some(expected) = body
                 .pointer("/metadata/resourceVersion")
@@ -75,7 +103,19 @@ pub async fn update(server: &Arc<ApiServer>, request: &Request) -> Result<Respon
             });
         }
         let mut updated = workload.clone();
-        object::set_at(&mut updated, "/spec/replicas", json!(replicas));
+        object::set_at(
+            &mut updated,
+            &pointer_of(&paths.spec_replicas),
+            json!(replicas),
+        );
+        let causes = request.resource().validate(&updated);
+        if !causes.is_empty() {
+            return Err(ApiError::Invalid {
+                kind: request.resource().kind.into(),
+                name: request.name().into(),
+                causes,
+            });
+        }
         let generation = workload
             .pointer("/metadata/generation")
             .and_then(Value::as_i64)
@@ -88,7 +128,7 @@ pub async fn update(server: &Arc<ApiServer>, request: &Request) -> Result<Respon
             .update(request.key(), updated, revision_of(&workload))
             .await
         {
-            Ok(stored) => return Ok(json_response(StatusCode::OK, &scale_of(&stored))),
+            Ok(stored) => return Ok(json_response(StatusCode::OK, &scale_of(&stored, &paths))),
             Err(crate::store::Error::Conflict { .. }) => continue,
             Err(e) => {
                 return Err(ApiError::from_store(
