@@ -75,6 +75,9 @@ pub struct CustomKind {
     pub schema: Schema,
     /// The schema as the CRD states it (for the OpenAPI documents and `kubectl explain`).
     pub raw_schema: Value,
+    /// The schema server-side apply merges with: the CRD's, with `metadata` as Kubernetes'
+    /// ObjectMeta definition (so owner references and the like merge as on every kind).
+    pub merge_schema: Value,
     pub status: bool,
     pub scale: Option<ScalePaths>,
     /// Table columns after NAME; Kubernetes' default (AGE) when the CRD names none.
@@ -156,6 +159,7 @@ impl CustomKind {
             short_names: strings(&names["shortNames"]),
             categories: strings(&names["categories"]),
             schema,
+            merge_schema: with_object_meta(&raw_schema),
             raw_schema,
             status: version.pointer("/subresources/status").is_some(),
             scale,
@@ -224,6 +228,21 @@ impl CustomKind {
             custom: Some(custom),
         }))
     }
+}
+
+/// `schema` with `metadata` as a reference to Kubernetes' ObjectMeta definition.
+fn with_object_meta(schema: &Value) -> Value {
+    let mut schema = schema.clone();
+    if let Some(map) = schema.as_object_mut() {
+        let properties = map.entry("properties").or_insert_with(|| json!({}));
+        if let Some(properties) = properties.as_object_mut() {
+            properties.insert(
+                "metadata".into(),
+                json!({"$ref": "#/definitions/io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta"}),
+            );
+        }
+    }
+    schema
 }
 
 fn leak_subresources(

@@ -19,7 +19,7 @@ mod schema;
 use serde_json::{json, Value};
 
 use self::fieldset::{FieldSet, Path, Scope};
-use self::schema::Node;
+use self::schema::{ListType, Node};
 use super::error::{ApiError, Result};
 use super::request::Request;
 use crate::api::object;
@@ -133,6 +133,9 @@ pub fn manager(request: &Request, apply: bool) -> Result<String> {
 }
 
 fn schema_of(resource: &ResourceInfo) -> Node {
+    if let Some(custom) = resource.custom {
+        return Node::schema(&custom.merge_schema);
+    }
     match super::openapi::definition_of(resource.group, resource.version, resource.kind) {
         Some(name) => Node::definition(name),
         None => Node::unknown(),
@@ -275,7 +278,12 @@ pub fn apply(
         return Err(conflict(resource, current, &conflicts));
     }
     let mut merged = current.clone();
-    crate::api::patch::strategic_merge_patch(&mut merged, config);
+    if resource.custom.is_some() {
+        // A CRD's lists merge as its schema says (no strategic merge keys for custom kinds).
+        merge_by_schema(&mut merged, config, schema_of(resource));
+    } else {
+        crate::api::patch::strategic_merge_patch(&mut merged, config);
+    }
     // What this manager applied before and now leaves out goes, unless someone else owns it.
     let previous = all
         .iter()
@@ -301,6 +309,51 @@ pub fn apply(
     });
     write_entries(&mut merged, all);
     Ok(merged)
+}
+
+/// Merges an applied configuration into `target` as structured merge does: objects field by
+/// field, `map` lists item by key (new items appended), `set` lists by value, everything else
+/// replaced.
+fn merge_by_schema(target: &mut Value, config: &Value, schema: Node) {
+    match (target, config) {
+        (Value::Object(target), Value::Object(config)) => {
+            for (key, value) in config {
+                match target.get_mut(key) {
+                    Some(existing) if !value.is_null() => {
+                        merge_by_schema(existing, value, schema.field(key))
+                    }
+                    _ => {
+                        target.insert(key.clone(), value.clone());
+                    }
+                }
+            }
+        }
+        (Value::Array(target), Value::Array(config)) => match schema.list_type() {
+            ListType::Map(keys) => {
+                let key_of = |item: &Value| -> Vec<Value> {
+                    keys.iter()
+                        .map(|k| item.get(k).cloned().unwrap_or(Value::Null))
+                        .collect()
+                };
+                for item in config {
+                    let key = key_of(item);
+                    match target.iter_mut().find(|existing| key_of(existing) == key) {
+                        Some(existing) => merge_by_schema(existing, item, schema.items()),
+                        None => target.push(item.clone()),
+                    }
+                }
+            }
+            ListType::Set => {
+                for item in config {
+                    if !target.contains(item) {
+                        target.push(item.clone());
+                    }
+                }
+            }
+            ListType::Atomic => *target = config.clone(),
+        },
+        (target, config) => *target = config.clone(),
+    }
 }
 
 /// `.spec.containers[name="c"].image`, as Kubernetes prints a field path in a conflict.
@@ -367,6 +420,38 @@ mod tests {
             .into_iter()
             .map(|e| (e.manager, e.operation))
             .collect()
+    }
+
+    #[test]
+    fn custom_resources_merge_lists_as_their_crd_says() {
+        let crd = json!({"metadata": {"name": "widgets.example.com"}, "spec": {
+        "group": "example.com", "scope": "Namespaced", "names": {"plural": "widgets", "kind": "Widget"},
+        "versions": [{"name": "v1", "served": true, "storage": true, "schema": {"openAPIV3Schema": {
+            "type": "object", "properties": {"spec": {"type": "object", "properties": {
+                "ports": {"type": "array", "x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"],
+                          "items": {"type": "object", "properties": {"name": {"type": "string"}, "port": {"type": "integer"}}}},
+                "tags": {"type": "array", "items": {"type": "string"}},
+            }}}}}}]}});
+        let kind = crate::api::custom::CustomKind::all_of(&crd).pop().unwrap();
+        let r = kind.into_row();
+        let mut object = json!({"metadata": {"name": "w"}, "spec": {"ports": [{"name": "a", "port": 1}], "tags": ["x"]}});
+        record_apply_create(r, &mut object, "alice");
+        // bob adds his own port: a map list keeps alice's item and adds his.
+        let both = apply(
+            r,
+            &object,
+            &json!({"spec": {"ports": [{"name": "b", "port": 2}]}}),
+            "bob",
+            false,
+        )
+        .unwrap();
+        assert_eq!(
+            both["spec"]["ports"],
+            json!([{"name": "a", "port": 1}, {"name": "b", "port": 2}])
+        );
+        // An atomic list is one value: bob setting it conflicts with alice.
+        let err = apply(r, &both, &json!({"spec": {"tags": ["y"]}}), "bob", false).unwrap_err();
+        assert!(err.to_string().contains(".spec.tags"), "{err}");
     }
 
     #[test]

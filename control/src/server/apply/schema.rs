@@ -1,5 +1,6 @@
-//! Walking Kubernetes' OpenAPI definitions to learn how a list merges: keyed by fields, a set,
-//! or atomic. Objects with no schema (custom resources, unknown fields) have atomic lists.
+//! Walking Kubernetes' OpenAPI definitions (or a CRD's schema) to learn how a list merges:
+//! keyed by fields, a set, or atomic. Fields with no schema (unknown fields, a CRD's
+//! `x-kubernetes-preserve-unknown-fields`) have atomic lists.
 
 use serde_json::Value;
 
@@ -24,6 +25,11 @@ impl Node {
     /// The schema of the definition `name`.
     pub fn definition(name: &str) -> Node {
         Node(schemas::definition(name)).resolved()
+    }
+
+    /// A schema of its own (a CRD version's), whose `$ref`s name Kubernetes' definitions.
+    pub fn schema(schema: &'static Value) -> Node {
+        Node(Some(schema)).resolved()
     }
 
     /// No schema.
