@@ -621,3 +621,39 @@ async fn server_side_apply_tracks_field_managers_and_their_conflicts() {
         "kubectl hides them by default"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_apply_prune_deletes_what_the_configuration_dropped() {
+    if !kubectl_available("kubectl_apply_prune_deletes_what_the_configuration_dropped") {
+        return;
+    }
+    let cluster = TestCluster::start(0).await;
+    let kc = cluster.kubeconfig.as_path();
+    let config_map = |name: &str| {
+        format!("apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: {name}, labels: {{app: pruned}}}}\ndata: {{k: v}}\n")
+    };
+    let both = format!("{}---\n{}", config_map("keep"), config_map("drop"));
+    ok(kubectl_stdin_async(kc, &["apply", "-f", "-"], &both).await);
+    // kubectl's default prune list (every kind it names must be served, PersistentVolumes too).
+    let pruned = ok(kubectl_stdin_async(
+        kc,
+        &["apply", "--prune", "-l", "app=pruned", "-f", "-"],
+        &config_map("keep"),
+    )
+    .await);
+    assert!(pruned.contains("configmap/drop pruned"), "{pruned}");
+    let left =
+        ok(kubectl_async(kc, &["get", "configmaps", "-l", "app=pruned", "-o", "name"]).await);
+    assert_eq!(left.trim(), "configmap/keep");
+    // PersistentVolumes are served (stored; Shoal's claims are provisioned on their node).
+    let pv = "apiVersion: v1\nkind: PersistentVolume\nmetadata: {name: pv1}\nspec: {capacity: {storage: 1Gi}, accessModes: [ReadWriteOnce], persistentVolumeReclaimPolicy: Retain, hostPath: {path: /tmp/pv1}}\n";
+    ok(kubectl_stdin_async(kc, &["apply", "-f", "-"], pv).await);
+    let table = ok(kubectl_async(kc, &["get", "pv"]).await);
+    let row: Vec<&str> = table
+        .lines()
+        .nth(1)
+        .unwrap_or("")
+        .split_whitespace()
+        .collect();
+    assert_eq!(&row[..4], ["pv1", "1Gi", "RWO", "Retain"], "{table}");
+}

@@ -189,3 +189,80 @@ async fn a_kube_rs_operator_lists_watches_and_recovers_from_a_restart() {
     wait_derived(&configmaps, "after", "BACK").await;
     operator.abort();
 }
+
+/// kube-rs's event `Recorder` writes events.k8s.io/v1 Events (and patches a repeated one into
+/// a series); kubectl reads them as the core/v1 Events they are stored as, and through
+/// events.k8s.io/v1 as written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kube_rs_recorder_events_are_core_events_too() {
+    use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+    if !kubectl_available("kube_rs_recorder_events_are_core_events_too") {
+        return;
+    }
+    let cluster = TestCluster::start(0).await;
+    let kubeconfig = kube::config::Kubeconfig::read_from(&cluster.kubeconfig).unwrap();
+    let config = Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+        .await
+        .unwrap();
+    let client = Client::try_from(config).unwrap();
+    let configmaps: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
+    let source = configmaps
+        .create(&PostParams::default(), &source("recorded", "hi"))
+        .await
+        .unwrap();
+    let recorder = Recorder::new(
+        client.clone(),
+        Reporter {
+            controller: "shoal-test-operator".into(),
+            instance: Some("op-1".into()),
+        },
+    );
+    let event = Event {
+        type_: EventType::Normal,
+        reason: "Derived".into(),
+        note: Some("derived a ConfigMap".into()),
+        action: "Derive".into(),
+        secondary: None,
+    };
+    let reference = source.object_ref(&());
+    recorder.publish(&event, &reference).await.unwrap();
+    recorder.publish(&event, &reference).await.unwrap();
+
+    let kc = cluster.kubeconfig.as_path();
+    let core = ok(kubectl_async(
+        kc,
+        &[
+            "get",
+            "events",
+            "--field-selector",
+            "involvedObject.name=recorded",
+            "-o",
+            "json",
+        ],
+    )
+    .await);
+    let core: Value = serde_json::from_str(&core).unwrap();
+    let items = core["items"].as_array().unwrap();
+    assert_eq!(items.len(), 1, "{core}");
+    assert_eq!(items[0]["message"], "derived a ConfigMap");
+    assert_eq!(items[0]["reportingComponent"], "shoal-test-operator");
+    assert_eq!(items[0]["series"]["count"], 2, "the repeat was patched in");
+    let listed = ok(kubectl_async(kc, &["events", "--for", "configmap/recorded"]).await);
+    assert!(
+        listed.contains("Derived") && listed.contains("derived a ConfigMap"),
+        "{listed}"
+    );
+    let v1 = ok(kubectl_async(kc, &["get", "events.v1.events.k8s.io", "-o", "json"]).await);
+    let v1: Value = serde_json::from_str(&v1).unwrap();
+    let item = v1["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["regarding"]["name"] == "recorded")
+        .unwrap_or_else(|| panic!("{v1}"));
+    assert_eq!(item["apiVersion"], "events.k8s.io/v1");
+    assert_eq!(
+        (item["note"].as_str(), item["reportingController"].as_str()),
+        (Some("derived a ConfigMap"), Some("shoal-test-operator"))
+    );
+}

@@ -5,6 +5,7 @@
 pub mod cron;
 pub mod custom;
 pub mod defaults;
+pub mod events;
 pub mod intstr;
 pub mod object;
 pub mod patch;

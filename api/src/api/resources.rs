@@ -16,7 +16,7 @@ use k8s_openapi::api::batch::v1::{CronJob, Job};
 use k8s_openapi::api::certificates::v1::CertificateSigningRequest;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{
-    ConfigMap, Endpoints, Event, Namespace, Node, PersistentVolumeClaim, Pod,
+    ConfigMap, Endpoints, Event, Namespace, Node, PersistentVolume, PersistentVolumeClaim, Pod,
     ReplicationController, Secret, Service, ServiceAccount,
 };
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -25,8 +25,11 @@ use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBind
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use serde_json::Value;
 
+use std::borrow::Cow;
+
 use super::custom::{crd, CustomKind};
 use super::defaults;
+use super::events;
 use super::table::{self, TableConvertor};
 use super::validation::{self, Cause, NameError};
 
@@ -53,7 +56,37 @@ pub struct ResourceInfo {
     /// The CRD version this row serves, for custom resources (schema, scale paths, storage
     /// version); `None` for built-in kinds.
     pub custom: Option<&'static CustomKind>,
+    /// For a kind that is another API of a stored kind (events.k8s.io/v1 Events are core/v1
+    /// Events): how its objects are stored and shown.
+    pub view: Option<&'static View>,
 }
+
+/// Another API of a stored kind: objects are converted to the stored form on the way in and
+/// back on the way out, so both APIs read and write the same objects.
+pub struct View {
+    /// The store name of the kind stored (`events`).
+    pub stored_as: &'static str,
+    /// The `apiVersion` stored objects have (`v1`).
+    pub stored_api_version: &'static str,
+    pub to_stored: fn(Value) -> Value,
+    pub from_stored: fn(&Value) -> Value,
+}
+
+impl std::fmt::Debug for View {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("View")
+            .field("stored_as", &self.stored_as)
+            .finish_non_exhaustive()
+    }
+}
+
+/// events.k8s.io/v1 Events, stored as core/v1 Events.
+static EVENTS_V1: View = View {
+    stored_as: "events",
+    stored_api_version: "v1",
+    to_stored: events::to_core,
+    from_stored: events::to_events_v1,
+};
 
 /// Rows are one per group, version and kind.
 impl PartialEq for ResourceInfo {
@@ -144,6 +177,7 @@ where
         verbs: VERBS,
         strategy,
         custom: None,
+        view: None,
     }
 }
 
@@ -175,6 +209,9 @@ impl ResourceInfo {
 
     /// The store's resource name: plural, qualified by the group outside core.
     pub fn store_name(&self) -> String {
+        if let Some(view) = self.view {
+            return view.stored_as.to_string();
+        }
         if self.group.is_empty() {
             self.plural.to_string()
         } else {
@@ -232,9 +269,39 @@ impl ResourceInfo {
     /// The `apiVersion` objects of this kind are stored with: the row's own, except for a
     /// custom resource served at several versions (the CRD's storage version).
     pub fn storage_api_version(&self) -> String {
-        match self.custom {
-            Some(custom) => custom.storage_api_version(),
-            None => self.api_version(),
+        match (self.custom, self.view) {
+            (Some(custom), _) => custom.storage_api_version(),
+            (None, Some(view)) => view.stored_api_version.to_string(),
+            (None, None) => self.api_version(),
+        }
+    }
+
+    /// A stored object as this API shows it: a custom resource stored at another version of
+    /// its CRD gets this row's `apiVersion` (conversion strategy `None`); a view converts it.
+    pub fn present<'a>(&self, object: &'a Value) -> Cow<'a, Value> {
+        if let Some(view) = self.view {
+            return Cow::Owned((view.from_stored)(object));
+        }
+        if self.custom.is_none() {
+            return Cow::Borrowed(object);
+        }
+        let wanted = self.api_version();
+        if object.get("apiVersion").and_then(Value::as_str) == Some(wanted.as_str()) {
+            return Cow::Borrowed(object);
+        }
+        let mut converted = object.clone();
+        if let Some(map) = converted.as_object_mut() {
+            map.insert("apiVersion".into(), Value::String(wanted));
+        }
+        Cow::Owned(converted)
+    }
+
+    /// An object written through this API in its stored form (the inverse of
+    /// [`ResourceInfo::present`] for views; other kinds are stored as written).
+    pub fn to_stored(&self, object: Value) -> Value {
+        match self.view {
+            Some(view) => (view.to_stored)(object),
+            None => object,
         }
     }
 
@@ -333,6 +400,19 @@ pub static RESOURCES: &[ResourceInfo] = &[
             ..PLAIN
         },
     ),
+    ResourceInfo {
+        view: Some(&EVENTS_V1),
+        ..kind::<k8s_openapi::api::events::v1::Event>(
+            "event",
+            &["ev"],
+            &[],
+            &[],
+            Strategy {
+                table: &table::EVENT,
+                ..PLAIN
+            },
+        )
+    },
     kind::<ConfigMap>(
         "configmap",
         &["cm"],
@@ -363,6 +443,16 @@ pub static RESOURCES: &[ResourceInfo] = &[
             &["get", "patch", "update"],
         )],
         PLAIN,
+    ),
+    kind::<PersistentVolume>(
+        "persistentvolume",
+        &["pv"],
+        &[],
+        &[("status", "PersistentVolume", &["get", "patch", "update"])],
+        Strategy {
+            table: &table::PERSISTENT_VOLUME,
+            ..PLAIN
+        },
     ),
     kind::<Service>(
         "service",
@@ -683,7 +773,8 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    /// The GVK, plural and scope of each row are k8s-openapi's, and names are unique.
+    /// The GVK, plural and scope of each row are k8s-openapi's, and names are unique (views
+    /// share the store name of what they view).
     #[test]
     fn rows_agree_with_k8s_openapi_and_are_unique() {
         let row = |kind: &str| RESOURCES.iter().find(|r| r.kind == kind).unwrap();
@@ -694,8 +785,9 @@ mod tests {
         assert_eq!(row("Lease").group, "coordination.k8s.io");
         for (i, a) in RESOURCES.iter().enumerate() {
             for b in &RESOURCES[i + 1..] {
+                let shared_store = a.store_name() == b.store_name() && b.view.is_some();
                 assert!(
-                    a.store_name() != b.store_name()
+                    (a.store_name() != b.store_name() || shared_store)
                         && a.api_version() + a.kind != b.api_version() + b.kind,
                     "{} and {} collide",
                     a.kind,

@@ -163,6 +163,50 @@ pub static LEASE: Printer<3> = Printer {
     cells: |o| [name(o), json!(str_at(o, "/spec/holderIdentity")), age(o)],
 };
 
+/// `kubectl get pv`: capacity, access modes (abbreviated), reclaim policy, phase and claim.
+pub static PERSISTENT_VOLUME: Printer<8> = Printer {
+    columns: [
+        col("Name", "string", 0),
+        col("Capacity", "string", 0),
+        col("Access Modes", "string", 0),
+        col("Reclaim Policy", "string", 0),
+        col("Status", "string", 0),
+        col("Claim", "string", 0),
+        col("StorageClass", "string", 0),
+        col("Age", "string", 0),
+    ],
+    cells: |o| {
+        let modes: Vec<&str> = o
+            .pointer("/spec/accessModes")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .map(|mode| match mode {
+                "ReadWriteOnce" => "RWO",
+                "ReadOnlyMany" => "ROX",
+                "ReadWriteMany" => "RWX",
+                "ReadWriteOncePod" => "RWOP",
+                other => other,
+            })
+            .collect();
+        let claim = match str_at(o, "/spec/claimRef/name") {
+            "" => String::new(),
+            name => format!("{}/{name}", str_at(o, "/spec/claimRef/namespace")),
+        };
+        [
+            name(o),
+            json!(str_at(o, "/spec/capacity/storage")),
+            json!(modes.join(",")),
+            json!(str_at(o, "/spec/persistentVolumeReclaimPolicy")),
+            json!(str_at(o, "/status/phase")),
+            json!(claim),
+            json!(str_at(o, "/spec/storageClassName")),
+            age(o),
+        ]
+    },
+};
+
 /// `kubectl get csr`: who asked, for which signer, and where it stands.
 pub static CERTIFICATE_SIGNING_REQUEST: Printer<5> = Printer {
     columns: [

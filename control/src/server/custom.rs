@@ -8,7 +8,6 @@
 //! server that stored a CRD waits until its copy has it before answering, so a client may
 //! create custom resources right after the CRD (as kube-apiserver's, once `Established`).
 
-use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
@@ -150,23 +149,6 @@ impl CustomResources {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
-}
-
-/// An object of `resource` as the client asked for it: a custom resource stored at another
-/// version of its CRD gets the `apiVersion` of the request (conversion strategy `None`).
-pub fn present<'a>(resource: &ResourceInfo, object: &'a Value) -> Cow<'a, Value> {
-    if resource.custom.is_none() {
-        return Cow::Borrowed(object);
-    }
-    let wanted = resource.api_version();
-    if object.get("apiVersion").and_then(Value::as_str) == Some(wanted.as_str()) {
-        return Cow::Borrowed(object);
-    }
-    let mut converted = object.clone();
-    if let Some(map) = converted.as_object_mut() {
-        map.insert("apiVersion".into(), Value::String(wanted));
-    }
-    Cow::Owned(converted)
 }
 
 /// Drops the fields a custom resource's schema does not declare. With

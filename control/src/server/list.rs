@@ -194,11 +194,7 @@ impl ApiServer {
             kind: format!("{}List", resource.kind),
             api_version: resource.api_version(),
             metadata,
-            items: page
-                .objects
-                .iter()
-                .map(|o| super::custom::present(resource, o))
-                .collect(),
+            items: page.objects.iter().map(|o| resource.present(o)).collect(),
         };
         let bytes = serde_json::to_vec(&list).expect("a list always serializes");
         Ok((

@@ -74,7 +74,7 @@ impl ApiServer {
         self.settle(request, &deleted).await;
         Ok(json_response(
             StatusCode::OK,
-            &super::custom::present(request.resource(), &deleted),
+            &request.resource().present(&deleted),
         ))
     }
 }

@@ -32,13 +32,14 @@ impl ApiServer {
             let revision = revision_of(object).unwrap_or(0);
             return json_response(code, &request.resource().table(&[object], revision, false));
         }
-        json_response(code, &custom::present(request.resource(), object))
+        json_response(code, &request.resource().present(object))
     }
 
     pub(super) async fn create(self: &Arc<Self>, request: &Request) -> Result<Response> {
         let resource = request.resource();
-        let mut object = request.decode_body()?;
+        let object = request.decode_body()?;
         check_type(resource, &object)?;
+        let mut object = resource.to_stored(object);
         if resource.custom.is_some() {
             self.check_crd_not_terminating(resource)?;
             custom::prune(request, resource, &mut object)?;
@@ -120,6 +121,7 @@ impl ApiServer {
     pub(super) async fn replace(self: &Arc<Self>, request: &Request) -> Result<Response> {
         let new = request.decode_body()?;
         check_type(request.resource(), &new)?;
+        let new = request.resource().to_stored(new);
         let body_name = object::name(&new);
         if !body_name.is_empty() && body_name != request.name() {
             return Err(ApiError::BadRequest(format!(
@@ -159,7 +161,9 @@ impl ApiServer {
                 }
                 other => other?,
             };
-            let mut patched = current.clone();
+            // A patch applies to the object as this API shows it.
+            let shown = request.resource().present(&current).into_owned();
+            let mut patched = shown.clone();
             let content_type = request.content_type.as_str();
             if content_type.contains("json-patch") {
                 patch::json_patch(&mut patched, &patch_body)
@@ -167,7 +171,7 @@ impl ApiServer {
             } else if server_side_apply {
                 let manager = apply::manager(request, true)?;
                 let force = request.query.get("force") == Some("true");
-                patched = apply::apply(request.resource(), &current, &patch_body, &manager, force)?;
+                patched = apply::apply(request.resource(), &shown, &patch_body, &manager, force)?;
             } else if content_type.contains("strategic-merge-patch")
                 && request.resource().custom.is_some()
             {
@@ -183,6 +187,7 @@ impl ApiServer {
                     "the body of the request was in an unknown format {content_type:?}; accepted: application/json-patch+json, application/merge-patch+json, application/strategic-merge-patch+json, application/apply-patch+yaml"
                 )));
             }
+            let patched = request.resource().to_stored(patched);
             // A resourceVersion the patch sets is a precondition, as on Kubernetes
             // (`kubectl label --resource-version`, a JSON patch's "replace" of it).
             let wanted = object::str_at(&patched, "/metadata/resourceVersion");

@@ -40,7 +40,7 @@ impl ApiServer {
                 let revision = store::revision_of(object).unwrap_or(0);
                 resource.table(&[object], revision, false)
             } else {
-                super::custom::present(resource, object).into_owned()
+                resource.present(object).into_owned()
             };
             let mut line = serde_json::to_vec(&json!({"type": event_type, "object": object}))
                 .expect("JSON always serializes");

@@ -226,6 +226,7 @@ impl CustomKind {
             verbs: VERBS,
             strategy: Strategy::custom(custom),
             custom: Some(custom),
+            view: None,
         }))
     }
 }
