@@ -152,7 +152,10 @@ pub fn json_patch(target: &mut Value, patch: &Value) -> Result<(), PatchError> {
     }
     let operations: json_patch::Patch =
         serde_json::from_value(patch.clone()).map_err(|e| PatchError::Decode(e.to_string()))?;
-    json_patch::patch(target, &operations).map_err(|e| {
+    // Applied to a copy: json-patch undoes the operations before a failing one, but not a
+    // `move` that fails half way (its source removed, its target refused).
+    let mut patched = target.clone();
+    json_patch::patch(&mut patched, &operations).map_err(|e| {
         let op = patch
             .get(e.operation)
             .and_then(|o| o.get("op"))
@@ -164,7 +167,9 @@ pub fn json_patch(target: &mut Value, patch: &Value) -> Result<(), PatchError> {
             op,
             why: format!("{} (path {:?})", e.kind, e.path.as_str()),
         }
-    })
+    })?;
+    *target = patched;
+    Ok(())
 }
 
 #[cfg(test)]

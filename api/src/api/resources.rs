@@ -193,6 +193,27 @@ where
 }
 
 impl ResourceInfo {
+    /// The row of a custom kind (one served version of a CRD), leaked: see
+    /// [`crate::api::custom`] for why and how often.
+    pub fn of_custom(kind: CustomKind) -> &'static ResourceInfo {
+        let custom = kind.leak();
+        Box::leak(Box::new(ResourceInfo {
+            group: &custom.group,
+            version: &custom.version,
+            kind: &custom.kind,
+            plural: &custom.plural,
+            singular: &custom.singular,
+            namespaced: custom.namespaced,
+            short_names: custom.short_name_list(),
+            categories: custom.category_list(),
+            subresources: custom.subresource_list(),
+            verbs: VERBS,
+            strategy: Strategy::custom(custom),
+            custom: Some(custom),
+            view: None,
+        }))
+    }
+
     /// Whether this kind is answered, never stored (the access reviews).
     pub fn is_review(&self) -> bool {
         self.verbs == ["create"]
@@ -860,5 +881,51 @@ mod tests {
                 .store_name(),
             "leases.coordination.k8s.io"
         );
+    }
+
+    fn widget_crd() -> Value {
+        json!({
+            "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+            "metadata": {"name": "widgets.example.com"},
+            "spec": {
+                "group": "example.com", "scope": "Namespaced",
+                "names": {"plural": "widgets", "kind": "Widget", "shortNames": ["wd"]},
+                "versions": [
+                    {"name": "v1", "served": true, "storage": true,
+                     "schema": {"openAPIV3Schema": {"type": "object", "properties": {"spec": {"type": "object", "properties": {"size": {"type": "integer"}}}}}},
+                     "subresources": {"status": {}, "scale": {"specReplicasPath": ".spec.size", "statusReplicasPath": ".status.size"}},
+                     "additionalPrinterColumns": [{"name": "Size", "type": "integer", "jsonPath": ".spec.size"},
+                                                  {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"}]},
+                    {"name": "v1beta1", "served": true, "storage": false,
+                     "schema": {"openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": true}}},
+                    {"name": "v1alpha1", "served": false, "storage": false,
+                     "schema": {"openAPIV3Schema": {"type": "object"}}},
+                ],
+            },
+        })
+    }
+
+    #[test]
+    fn each_served_version_becomes_a_row() {
+        let kinds = crate::api::custom::CustomKind::all_of(&widget_crd());
+        assert_eq!(kinds.len(), 2);
+        let row = ResourceInfo::of_custom(kinds.into_iter().next().unwrap());
+        assert_eq!(
+            (row.group, row.version, row.kind, row.plural),
+            ("example.com", "v1", "Widget", "widgets")
+        );
+        assert_eq!(row.singular, "widget");
+        assert!(row.namespaced && row.has_subresource("status") && row.has_subresource("scale"));
+        assert_eq!(row.short_names, ["wd"]);
+        let object = json!({"metadata": {"name": "w", "creationTimestamp": "2020-01-01T00:00:00Z"}, "spec": {"size": 3}});
+        let table = row.table(&[&object], 5, false);
+        assert_eq!(table["columnDefinitions"][1]["name"], "Size");
+        assert_eq!(table["rows"][0]["cells"][0], "w");
+        assert_eq!(table["rows"][0]["cells"][1], 3);
+        assert_eq!(
+            table["rows"][0]["cells"][2],
+            crate::api::object::human_age("2020-01-01T00:00:00Z")
+        );
+        assert_eq!(crate::api::custom::pointer_of(".spec.size"), "/spec/size");
     }
 }

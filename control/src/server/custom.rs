@@ -15,8 +15,6 @@ use std::time::Duration;
 use futures::StreamExt;
 use serde_json::Value;
 
-use super::error::{ApiError, Result};
-use super::request::Request;
 use crate::api::custom::CustomKind;
 use crate::api::resources::ResourceInfo;
 use crate::store::{EventType, Store};
@@ -89,7 +87,7 @@ impl CustomResources {
             let built = interned.entry(spec.to_string()).or_insert_with(|| {
                 CustomKind::all_of(crd)
                     .into_iter()
-                    .map(CustomKind::into_row)
+                    .map(ResourceInfo::of_custom)
                     .collect()
             });
             rows.extend(built.iter().copied());
@@ -149,30 +147,6 @@ impl CustomResources {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
-}
-
-/// Drops the fields a custom resource's schema does not declare. With
-/// `fieldValidation=Strict` (kubectl's default) an unknown field is an error naming it, as
-/// kube-apiserver's strict decoding; otherwise they are dropped silently.
-pub fn prune(request: &Request, resource: &ResourceInfo, object: &mut Value) -> Result<()> {
-    let Some(custom) = resource.custom else {
-        return Ok(());
-    };
-    let unknown = custom.schema.prune(object);
-    if unknown.is_empty() || request.query.get("fieldValidation") != Some("Strict") {
-        return Ok(());
-    }
-    let fields: Vec<String> = unknown
-        .iter()
-        .map(|field| format!("unknown field {:?}", field))
-        .collect();
-    Err(ApiError::BadRequest(format!(
-        "{} in version {:?} cannot be handled as a {}: strict decoding error: {}",
-        resource.kind,
-        resource.version,
-        resource.kind,
-        fields.join(", ")
-    )))
 }
 
 #[cfg(test)]

@@ -13,8 +13,7 @@ use serde_json::{json, Value};
 use super::error::{ApiError, Result};
 use super::request::Request;
 use super::{
-    apply, certificates, custom, escalation, json_response, namespaces, nodes, pods, services,
-    ApiServer,
+    apply, certificates, escalation, json_response, namespaces, nodes, pods, services, ApiServer,
 };
 use crate::api::custom::crd;
 use crate::api::resources::ResourceInfo;
@@ -42,7 +41,7 @@ impl ApiServer {
         let mut object = resource.to_stored(object);
         if resource.custom.is_some() {
             self.check_crd_not_terminating(resource)?;
-            custom::prune(request, resource, &mut object)?;
+            prune_unknown_fields(request, resource, &mut object)?;
         }
         let namespace = request.path.namespace.clone().unwrap_or_default();
         if resource.namespaced {
@@ -516,7 +515,7 @@ fn prepare_update(request: &Request, current: &Value, new: Value) -> Result<Valu
         map.insert("kind".into(), json!(resource.kind));
     }
     if resource.custom.is_some() {
-        custom::prune(request, resource, &mut merged)?;
+        prune_unknown_fields(request, resource, &mut merged)?;
     }
     if resource.builtin_kind() == "Node" {
         nodes::stamp_agent_endpoint(request, Some(current), &mut merged);
@@ -545,4 +544,32 @@ fn prepare_update(request: &Request, current: &Value, new: Value) -> Result<Valu
         });
     }
     Ok(merged)
+}
+
+/// Drops the fields a custom resource's schema does not declare. With
+/// `fieldValidation=Strict` (kubectl's default) an unknown field is an error naming it, as
+/// kube-apiserver's strict decoding; otherwise they are dropped silently.
+fn prune_unknown_fields(
+    request: &Request,
+    resource: &ResourceInfo,
+    object: &mut Value,
+) -> Result<()> {
+    let Some(custom) = resource.custom else {
+        return Ok(());
+    };
+    let unknown = custom.schema.prune(object);
+    if unknown.is_empty() || request.query.get("fieldValidation") != Some("Strict") {
+        return Ok(());
+    }
+    let fields: Vec<String> = unknown
+        .iter()
+        .map(|field| format!("unknown field {:?}", field))
+        .collect();
+    Err(ApiError::BadRequest(format!(
+        "{} in version {:?} cannot be handled as a {}: strict decoding error: {}",
+        resource.kind,
+        resource.version,
+        resource.kind,
+        fields.join(", ")
+    )))
 }

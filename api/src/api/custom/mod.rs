@@ -2,7 +2,7 @@
 //! server serve. [`crd`] checks and completes CRDs themselves; [`schema`] is the structural
 //! schema each served version validates, defaults and prunes with; [`CustomKind`] is one
 //! served version of a CRD (names, scope, subresources, printer columns, schema), and
-//! [`CustomKind::into_row`] turns it into a row of the kinds table, so the server routes,
+//! `ResourceInfo::of_custom` turns it into a row of the kinds table, so the server routes,
 //! lists, watches and prints custom resources through the same code as built-in kinds.
 //!
 //! Rows of the kinds table are `&'static` (the built-in table is a static). A custom kind's
@@ -16,7 +16,6 @@ pub mod schema;
 use serde_json::{json, Value};
 
 use super::object::{human_age, str_at};
-use super::resources::{ResourceInfo, Strategy, VERBS};
 use super::table::{Column, TableConvertor};
 pub use schema::Schema;
 
@@ -82,7 +81,7 @@ pub struct CustomKind {
     pub scale: Option<ScalePaths>,
     /// Table columns after NAME; Kubernetes' default (AGE) when the CRD names none.
     columns: Vec<PrinterColumn>,
-    /// The same columns as the table module prints them.
+    /// The same columns as the table module prints them (set by [`CustomKind::leak`]).
     table_columns: Vec<Column>,
 }
 
@@ -182,80 +181,6 @@ impl CustomKind {
     pub fn storage_api_version(&self) -> String {
         format!("{}/{}", self.group, self.storage_version)
     }
-
-    /// Leaks this kind and its row of the kinds table (see the module doc).
-    pub fn into_row(mut self) -> &'static ResourceInfo {
-        let leak = |s: &str| -> &'static str { Box::leak(s.to_string().into_boxed_str()) };
-        self.table_columns = std::iter::once(Column::new("Name", "string", 0))
-            .chain(self.columns.iter().map(|c| {
-                let kind = if c.kind == "date" {
-                    "string"
-                } else {
-                    c.kind.as_str()
-                };
-                Column::new(leak(&c.name), leak(kind), c.priority)
-            }))
-            .collect();
-        let custom: &'static CustomKind = Box::leak(Box::new(self));
-        let names = |list: &'static [String]| -> &'static [&'static str] {
-            Box::leak(
-                list.iter()
-                    .map(String::as_str)
-                    .collect::<Vec<_>>()
-                    .into_boxed_slice(),
-            )
-        };
-        let subresources: &'static [(&str, &str, &[&str])] = match (custom.status, &custom.scale) {
-            (false, None) => &[],
-            (true, None) => leak_subresources(&[("status", custom.kind.as_str())]),
-            (false, Some(_)) => leak_subresources(&[("scale", "Scale")]),
-            (true, Some(_)) => {
-                leak_subresources(&[("status", custom.kind.as_str()), ("scale", "Scale")])
-            }
-        };
-        Box::leak(Box::new(ResourceInfo {
-            group: &custom.group,
-            version: &custom.version,
-            kind: &custom.kind,
-            plural: &custom.plural,
-            singular: &custom.singular,
-            namespaced: custom.namespaced,
-            short_names: names(&custom.short_names),
-            categories: names(&custom.categories),
-            subresources,
-            verbs: VERBS,
-            strategy: Strategy::custom(custom),
-            custom: Some(custom),
-            view: None,
-        }))
-    }
-}
-
-/// `schema` with `metadata` as a reference to Kubernetes' ObjectMeta definition.
-fn with_object_meta(schema: &Value) -> Value {
-    let mut schema = schema.clone();
-    if let Some(map) = schema.as_object_mut() {
-        let properties = map.entry("properties").or_insert_with(|| json!({}));
-        if let Some(properties) = properties.as_object_mut() {
-            properties.insert(
-                "metadata".into(),
-                json!({"$ref": "#/definitions/io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta"}),
-            );
-        }
-    }
-    schema
-}
-
-fn leak_subresources(
-    subs: &[(&'static str, &'static str)],
-) -> &'static [(&'static str, &'static str, &'static [&'static str])] {
-    const VERBS: &[&str] = &["get", "patch", "update"];
-    Box::leak(
-        subs.iter()
-            .map(|(name, kind)| (*name, *kind, VERBS))
-            .collect::<Vec<_>>()
-            .into_boxed_slice(),
-    )
 }
 
 impl TableConvertor for CustomKind {
@@ -303,53 +228,83 @@ fn cell(object: &Value, column: &PrinterColumn) -> Value {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn crd() -> Value {
-        json!({
-            "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
-            "metadata": {"name": "widgets.example.com"},
-            "spec": {
-                "group": "example.com", "scope": "Namespaced",
-                "names": {"plural": "widgets", "kind": "Widget", "shortNames": ["wd"]},
-                "versions": [
-                    {"name": "v1", "served": true, "storage": true,
-                     "schema": {"openAPIV3Schema": {"type": "object", "properties": {"spec": {"type": "object", "properties": {"size": {"type": "integer"}}}}}},
-                     "subresources": {"status": {}, "scale": {"specReplicasPath": ".spec.size", "statusReplicasPath": ".status.size"}},
-                     "additionalPrinterColumns": [{"name": "Size", "type": "integer", "jsonPath": ".spec.size"},
-                                                  {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"}]},
-                    {"name": "v1beta1", "served": true, "storage": false,
-                     "schema": {"openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": true}}},
-                    {"name": "v1alpha1", "served": false, "storage": false,
-                     "schema": {"openAPIV3Schema": {"type": "object"}}},
-                ],
-            },
-        })
+impl CustomKind {
+    /// Leaks this kind (see the module doc), its table columns made.
+    pub fn leak(mut self) -> &'static CustomKind {
+        self.table_columns = std::iter::once(Column::new("Name", "string", 0))
+            .chain(self.columns.iter().map(|c| {
+                let kind = if c.kind == "date" {
+                    "string"
+                } else {
+                    c.kind.as_str()
+                };
+                Column::new(leak_str(&c.name), leak_str(kind), c.priority)
+            }))
+            .collect();
+        Box::leak(Box::new(self))
     }
 
-    #[test]
-    fn each_served_version_becomes_a_row() {
-        let kinds = CustomKind::all_of(&crd());
-        assert_eq!(kinds.len(), 2);
-        let row = kinds.into_iter().next().unwrap().into_row();
-        assert_eq!(
-            (row.group, row.version, row.kind, row.plural),
-            ("example.com", "v1", "Widget", "widgets")
-        );
-        assert_eq!(row.singular, "widget");
-        assert!(row.namespaced && row.has_subresource("status") && row.has_subresource("scale"));
-        assert_eq!(row.short_names, ["wd"]);
-        let object = json!({"metadata": {"name": "w", "creationTimestamp": "2020-01-01T00:00:00Z"}, "spec": {"size": 3}});
-        let table = row.table(&[&object], 5, false);
-        assert_eq!(table["columnDefinitions"][1]["name"], "Size");
-        assert_eq!(table["rows"][0]["cells"][0], "w");
-        assert_eq!(table["rows"][0]["cells"][1], 3);
-        assert_eq!(
-            table["rows"][0]["cells"][2],
-            human_age("2020-01-01T00:00:00Z")
-        );
-        assert_eq!(pointer_of(".spec.size"), "/spec/size");
+    /// The short names, as the kinds table holds them.
+    pub fn short_name_list(&'static self) -> &'static [&'static str] {
+        leak_list(&self.short_names)
     }
+
+    /// The categories, as the kinds table holds them.
+    pub fn category_list(&'static self) -> &'static [&'static str] {
+        leak_list(&self.categories)
+    }
+
+    /// The subresources (status, scale), as the kinds table holds them.
+    pub fn subresource_list(
+        &'static self,
+    ) -> &'static [(&'static str, &'static str, &'static [&'static str])] {
+        match (self.status, &self.scale) {
+            (false, None) => &[],
+            (true, None) => leak_subresources(&[("status", self.kind.as_str())]),
+            (false, Some(_)) => leak_subresources(&[("scale", "Scale")]),
+            (true, Some(_)) => {
+                leak_subresources(&[("status", self.kind.as_str()), ("scale", "Scale")])
+            }
+        }
+    }
+}
+
+fn leak_str(s: &str) -> &'static str {
+    Box::leak(s.to_string().into_boxed_str())
+}
+
+fn leak_list(list: &'static [String]) -> &'static [&'static str] {
+    Box::leak(
+        list.iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>()
+            .into_boxed_slice(),
+    )
+}
+
+fn leak_subresources(
+    subs: &[(&'static str, &'static str)],
+) -> &'static [(&'static str, &'static str, &'static [&'static str])] {
+    const VERBS: &[&str] = &["get", "patch", "update"];
+    Box::leak(
+        subs.iter()
+            .map(|(name, kind)| (*name, *kind, VERBS))
+            .collect::<Vec<_>>()
+            .into_boxed_slice(),
+    )
+}
+
+/// `schema` with `metadata` as a reference to Kubernetes' ObjectMeta definition.
+fn with_object_meta(schema: &Value) -> Value {
+    let mut schema = schema.clone();
+    if let Some(map) = schema.as_object_mut() {
+        let properties = map.entry("properties").or_insert_with(|| json!({}));
+        if let Some(properties) = properties.as_object_mut() {
+            properties.insert(
+                "metadata".into(),
+                json!({"$ref": "#/definitions/io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta"}),
+            );
+        }
+    }
+    schema
 }

@@ -433,7 +433,7 @@ mod tests {
                 "tags": {"type": "array", "items": {"type": "string"}},
             }}}}}}]}});
         let kind = crate::api::custom::CustomKind::all_of(&crd).pop().unwrap();
-        let r = kind.into_row();
+        let r = ResourceInfo::of_custom(kind);
         let mut object = json!({"metadata": {"name": "w"}, "spec": {"ports": [{"name": "a", "port": 1}], "tags": ["x"]}});
         record_apply_create(r, &mut object, "alice");
         // bob adds his own port: a map list keeps alice's item and adds his.
