@@ -20,5 +20,6 @@ mod pods;
 mod registry;
 mod security;
 mod services;
+mod sharing;
 mod statefulsets;
 mod store;

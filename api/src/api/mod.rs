@@ -12,6 +12,7 @@ pub mod patch;
 #[cfg(test)]
 mod proptests;
 pub mod quantity;
+pub mod quota;
 pub mod resources;
 pub mod selector;
 pub mod table;

@@ -17,7 +17,7 @@ use k8s_openapi::api::certificates::v1::CertificateSigningRequest;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{
     ConfigMap, Endpoints, Event, Namespace, Node, PersistentVolume, PersistentVolumeClaim, Pod,
-    ReplicationController, Secret, Service, ServiceAccount,
+    ReplicationController, ResourceQuota, Secret, Service, ServiceAccount,
 };
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::{Ingress, NetworkPolicy};
@@ -30,6 +30,7 @@ use std::borrow::Cow;
 use super::custom::{crd, CustomKind};
 use super::defaults;
 use super::events;
+use super::quota;
 use super::table::{self, TableConvertor};
 use super::validation::{self, Cause, NameError};
 
@@ -472,6 +473,17 @@ pub static RESOURCES: &[ResourceInfo] = &[
         &[("status", "PersistentVolume", &["get", "patch", "update"])],
         Strategy {
             table: &table::PERSISTENT_VOLUME,
+            ..PLAIN
+        },
+    ),
+    kind::<ResourceQuota>(
+        "resourcequota",
+        &["quota"],
+        &[],
+        &[("status", "ResourceQuota", &["get", "patch", "update"])],
+        Strategy {
+            validate: quota::validate,
+            table: &table::RESOURCE_QUOTA,
             ..PLAIN
         },
     ),

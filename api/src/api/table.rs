@@ -163,6 +163,43 @@ pub static LEASE: Printer<3> = Printer {
     cells: |o| [name(o), json!(str_at(o, "/spec/holderIdentity")), age(o)],
 };
 
+/// `kubectl get quota`: each limit as `used/hard`, requests and counts apart from limits.
+pub static RESOURCE_QUOTA: Printer<4> = Printer {
+    columns: [
+        col("Name", "string", 0),
+        col("Age", "string", 0),
+        col("Request", "string", 0),
+        col("Limit", "string", 0),
+    ],
+    cells: |o| {
+        let hard = o
+            .pointer("/status/hard")
+            .or_else(|| o.pointer("/spec/hard"));
+        let (mut request, mut limit) = (Vec::new(), Vec::new());
+        for (name, amount) in hard.and_then(Value::as_object).into_iter().flatten() {
+            let used = o
+                .pointer(&format!(
+                    "/status/used/{}",
+                    name.replace('~', "~0").replace('/', "~1")
+                ))
+                .and_then(Value::as_str)
+                .unwrap_or("0");
+            let entry = format!("{name}: {used}/{}", amount.as_str().unwrap_or(""));
+            if name.starts_with("limits.") {
+                limit.push(entry);
+            } else {
+                request.push(entry);
+            }
+        }
+        [
+            name(o),
+            age(o),
+            json!(request.join(", ")),
+            json!(limit.join(", ")),
+        ]
+    },
+};
+
 /// `kubectl get pv`: capacity, access modes (abbreviated), reclaim policy, phase and claim.
 pub static PERSISTENT_VOLUME: Printer<8> = Printer {
     columns: [

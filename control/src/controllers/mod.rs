@@ -19,6 +19,7 @@ pub mod job;
 pub mod namespace;
 pub mod nodelifecycle;
 pub mod replicaset;
+pub mod resourcequota;
 pub mod rootca;
 pub mod runtime;
 pub mod serviceaccount;
@@ -103,6 +104,9 @@ pub fn start(client: Client, options: Options, tasks: &Tasks) {
     supervised("cronjob-controller", |c| cronjob::run(c).boxed());
     supervised("garbage-collector", |c| gc::run(c).boxed());
     supervised("namespace-controller", |c| namespace::run(c).boxed());
+    supervised("resourcequota-controller", |c| {
+        resourcequota::run(c).boxed()
+    });
     supervised("customresourcecleanup-controller", |c| {
         customresources::run(c).boxed()
     });

@@ -8,7 +8,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 
 use k8s_openapi::api::apps::v1::{ReplicaSet, ReplicaSetSpec, ReplicaSetStatus};
-use k8s_openapi::api::core::v1::{Pod, ReplicationController};
+use k8s_openapi::api::core::v1::{Pod, ReplicationController, ResourceQuota};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
 use serde_json::json;
 
@@ -102,6 +102,13 @@ impl Owner {
         }
     }
 
+    async fn warning(&self, recorder: &Recorder, reason: &str, message: &str) {
+        match self {
+            Owner::Set(rs) => recorder.warning(rs, reason, message).await,
+            Owner::Controller(rc) => recorder.warning(rc, reason, message).await,
+        }
+    }
+
     async fn patch_status(&self, client: &Client, patch: &serde_json::Value) -> Result<(), Error> {
         let (namespace, name) = match self {
             Owner::Set(rs) => (&rs.metadata.namespace, &rs.metadata.name),
@@ -143,6 +150,7 @@ where
     let recorder = Recorder::new(client.clone(), component, None);
     let reconciler = Reconciler::<K>::new(component, &client);
     let owners = reconciler.store();
+    let in_quota_namespace = owners.clone();
     let reconciler = reconciler.watches::<Pod, _>(move |pod| {
         // A pod wakes the owner that controls it; an orphan, every owner in its namespace
         // (one of them may adopt it).
@@ -150,6 +158,14 @@ where
             Some(_) => controller_ref::<K>(&pod.metadata).into_iter().collect(),
             None => all_in_namespace(&owners, pod.metadata.namespace.as_deref().unwrap_or("")),
         }
+    });
+    // A quota changed (raised, or recounted after pods went): owners whose pods it refused
+    // try again at once instead of at the end of their back-off.
+    let reconciler = reconciler.watches::<ResourceQuota, _>(move |quota| {
+        all_in_namespace(
+            &in_quota_namespace,
+            quota.metadata.namespace.as_deref().unwrap_or(""),
+        )
     });
     reconciler
         .run_by_key(move |key| reconcile(client.clone(), recorder.clone(), kind, key))
@@ -219,7 +235,17 @@ async fn reconcile(
     if active.len() < wanted {
         for _ in active.len()..wanted {
             let pod = pod_from_template(&rs, kind);
-            let created = pods_api.create(&pod).await?;
+            let created = match pods_api.create(&pod).await {
+                Ok(created) => created,
+                Err(e) => {
+                    // A quota or admission refusal: say so on the owner; the runtime retries
+                    // with back-off (a freed slot or a raised quota wakes it sooner).
+                    owner
+                        .warning(&recorder, "FailedCreate", &format!("Error creating: {e}"))
+                        .await;
+                    return Err(e.into());
+                }
+            };
             let message = format!(
                 "Created pod: {}",
                 created.metadata.name.clone().unwrap_or_default()

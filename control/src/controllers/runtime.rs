@@ -161,6 +161,31 @@ impl<K: ApiObject> Reconciler<K> {
         self
     }
 
+    /// A `C` that is deleted, or changes so that `released` says it gives something back,
+    /// wakes the `K`s `map` names. (Quota recounts: what is created was charged at
+    /// admission, so only what goes away needs a recount.)
+    pub fn watches_releases<C, I>(
+        mut self,
+        released: fn(&C) -> bool,
+        map: impl Fn(C) -> I + Send + Sync + 'static,
+    ) -> Self
+    where
+        C: ApiObject,
+        I: IntoIterator<Item = ObjectRef<K>> + 'static,
+        I::IntoIter: Send,
+    {
+        let changes = ReceiverStream::new(self.client.shared_watch::<C>()).flat_map(move |event| {
+            let objects = match event {
+                WatcherEvent::Deleted(object) => vec![object],
+                WatcherEvent::Applied(object) if released(&object) => vec![object],
+                _ => Vec::new(),
+            };
+            stream::iter(objects.into_iter().map(Ok))
+        });
+        self.controller = self.controller.watches_stream(changes, map);
+        self
+    }
+
     /// Any change of an `O` (a fresh list counts once) wakes every `K`.
     pub fn reconcile_all_on_change_of<O: ApiObject>(mut self) -> Self {
         let changes = ReceiverStream::new(self.client.shared_watch::<O>()).map(|_| ());

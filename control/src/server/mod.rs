@@ -22,6 +22,7 @@ mod path;
 mod pods;
 mod protobuf;
 mod query;
+mod quota;
 mod request;
 mod resource;
 mod reviews;

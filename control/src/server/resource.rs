@@ -104,6 +104,8 @@ impl ApiServer {
         }
         escalation::check(self, request, &object)?;
         escalation::node_restriction(request, &object)?;
+        self.charge_quotas(resource, &namespace, &object, request.query.dry_run())
+            .await?;
         if request.query.dry_run() {
             return Ok(self.respond_object(request, StatusCode::CREATED, &object));
         }

@@ -1,0 +1,255 @@
+//! Sharing a cluster fairly: ResourceQuotas enforced at admission (Kubernetes' message, the
+//! generator `kubectl create quota`, a workload held at the quota with events until it is
+//! raised, concurrent creates that never overrun it, slots given back when objects go).
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use shoal_tests::*;
+
+async fn pod_names(http: &Http, namespace: &str) -> Vec<String> {
+    let (_, list) = http
+        .call(
+            "GET",
+            &format!("/api/v1/namespaces/{namespace}/pods"),
+            "",
+            "",
+        )
+        .await;
+    list["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|p| p["metadata"]["name"].as_str().unwrap_or("").to_string())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quota_holds_pods_and_workloads_to_its_limits() {
+    if !kubectl_available("a_quota_holds_pods_and_workloads_to_its_limits") {
+        return;
+    }
+    // No nodes: pods stay Pending, and Pending pods count.
+    let cluster = TestCluster::start(0).await;
+    let kc = cluster.kubeconfig.as_path();
+    let http = cluster.http();
+    ok(kubectl_async(kc, &["create", "namespace", "team"]).await);
+    ok(kubectl_async(
+        kc,
+        &[
+            "create",
+            "quota",
+            "q1",
+            "--hard=pods=2,requests.cpu=1",
+            "-n",
+            "team",
+        ],
+    )
+    .await);
+    for name in ["p1", "p2"] {
+        let pod = pod_yaml(name, "app.wasm", &[]).replace(
+            "    args: []\n",
+            "    args: []\n    resources: {requests: {cpu: 100m}}\n",
+        );
+        ok(kubectl_stdin_async(kc, &["apply", "-n", "team", "-f", "-"], &pod).await);
+    }
+    let third = kubectl_stdin_async(
+        kc,
+        &["apply", "-n", "team", "-f", "-"],
+        &pod_yaml("p3", "app.wasm", &[]),
+    )
+    .await;
+    assert!(!third.status.success());
+    assert!(
+        stderr(&third).contains(
+            "pods \"p3\" is forbidden: exceeded quota: q1, requested: pods=1, used: pods=2, limited: pods=2"
+        ),
+        "{}",
+        stderr(&third)
+    );
+    let table = ok(kubectl_async(kc, &["get", "quota", "-n", "team"]).await);
+    assert!(
+        table.contains("pods: 2/2") && table.contains("requests.cpu: 200m/1"),
+        "{table}"
+    );
+    // A quota on CPU refuses a pod asking for more than is left, naming CPU only.
+    ok(kubectl_async(
+        kc,
+        &[
+            "patch",
+            "quota",
+            "q1",
+            "-n",
+            "team",
+            "--type=merge",
+            "-p",
+            r#"{"spec":{"hard":{"pods":"10"}}}"#,
+        ],
+    )
+    .await);
+    let big = pod_yaml("big", "app.wasm", &[]).replace(
+        "    args: []\n",
+        "    args: []\n    resources: {requests: {cpu: 900m}}\n",
+    );
+    let refused = kubectl_stdin_async(kc, &["apply", "-n", "team", "-f", "-"], &big).await;
+    assert!(
+        stderr(&refused).contains(
+            "requested: requests.cpu=900m, used: requests.cpu=200m, limited: requests.cpu=1"
+        ),
+        "{}",
+        stderr(&refused)
+    );
+
+    // A Deployment of 5 in a namespace allowed 2 pods stays at 2, saying why, until raised.
+    ok(kubectl_async(kc, &["create", "namespace", "busy"]).await);
+    ok(kubectl_async(kc, &["create", "quota", "q", "--hard=pods=2", "-n", "busy"]).await);
+    ok(kubectl_async(
+        kc,
+        &[
+            "create",
+            "deployment",
+            "web",
+            "--image=app.wasm",
+            "--replicas=5",
+            "-n",
+            "busy",
+        ],
+    )
+    .await);
+    wait_for("two pods in busy", Duration::from_secs(20), async || {
+        let pods = pod_names(&http, "busy").await.len();
+        assert!(pods <= 2, "{pods} pods: over the quota");
+        (pods == 2).then_some(())
+    })
+    .await;
+    let events = wait_for(
+        "a FailedCreate event",
+        Duration::from_secs(20),
+        async || {
+            let events =
+                ok(kubectl_async(kc, &["get", "events", "-n", "busy", "-o", "json"]).await);
+            events.contains("FailedCreate").then_some(events)
+        },
+    )
+    .await;
+    assert!(events.contains("exceeded quota: q"), "{events}");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        pod_names(&http, "busy").await.len(),
+        2,
+        "never over the quota"
+    );
+    ok(kubectl_async(
+        kc,
+        &[
+            "patch",
+            "quota",
+            "q",
+            "-n",
+            "busy",
+            "--type=merge",
+            "-p",
+            r#"{"spec":{"hard":{"pods":"5"}}}"#,
+        ],
+    )
+    .await);
+    wait_for(
+        "five pods once the quota allows",
+        Duration::from_secs(20),
+        async || (pod_names(&http, "busy").await.len() == 5).then_some(()),
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_creates_never_overrun_a_quota_and_deletes_give_slots_back() {
+    let cluster = TestCluster::start(0).await;
+    let http = cluster.http();
+    http.create("/api/v1/namespaces", &json!({"metadata": {"name": "race"}}))
+        .await;
+    http.create(
+        "/api/v1/namespaces/race/resourcequotas",
+        &json!({"metadata": {"name": "ten"}, "spec": {"hard": {"secrets": "10", "count/secrets": "10"}}}),
+    )
+    .await;
+    let creates = (0..20).map(|i| {
+        let http = http.clone();
+        tokio::spawn(async move {
+            let body = json!({"metadata": {"name": format!("cm{i}")}}).to_string();
+            http.call(
+                "POST",
+                "/api/v1/namespaces/race/secrets",
+                "application/json",
+                &body,
+            )
+            .await
+        })
+    });
+    let mut answers = Vec::new();
+    for create in creates {
+        answers.push(create.await.unwrap());
+    }
+    let created = answers.iter().filter(|(code, _)| *code == 201).count();
+    let refused: Vec<&Value> = answers
+        .iter()
+        .filter(|(code, _)| *code == 403)
+        .map(|(_, body)| body)
+        .collect();
+    assert_eq!((created, refused.len()), (10, 10), "{answers:?}");
+    assert!(refused[0]["message"]
+        .as_str()
+        .unwrap()
+        .contains("exceeded quota: ten"));
+    let (_, listed) = http
+        .call("GET", "/api/v1/namespaces/race/secrets", "", "")
+        .await;
+    assert_eq!(listed["items"].as_array().unwrap().len(), 10);
+
+    // A deleted Secret gives its slot back (the controller recounts).
+    let victim = listed["items"][0]["metadata"]["name"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (code, _) = http
+        .call(
+            "DELETE",
+            &format!("/api/v1/namespaces/race/secrets/{victim}"),
+            "",
+            "",
+        )
+        .await;
+    assert_eq!(code, 200);
+    wait_for("the freed slot", Duration::from_secs(10), async || {
+        let body = json!({"metadata": {"name": "again"}}).to_string();
+        let (code, _) = http
+            .call(
+                "POST",
+                "/api/v1/namespaces/race/secrets",
+                "application/json",
+                &body,
+            )
+            .await;
+        (code == 201).then_some(())
+    })
+    .await;
+    wait_for(
+        "the recount to show 10 used",
+        Duration::from_secs(10),
+        async || {
+            let (_, quota) = http
+                .call("GET", "/api/v1/namespaces/race/resourcequotas/ten", "", "")
+                .await;
+            (quota["status"]["used"]["secrets"] == "10").then_some(())
+        },
+    )
+    .await;
+    let (code, _) = http
+        .call(
+            "POST",
+            "/api/v1/namespaces/race/secrets",
+            "application/json",
+            r#"{"metadata":{"name":"eleventh"}}"#,
+        )
+        .await;
+    assert_eq!(code, 403, "full again");
+}
