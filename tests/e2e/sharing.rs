@@ -253,3 +253,110 @@ async fn concurrent_creates_never_overrun_a_quota_and_deletes_give_slots_back() 
         .await;
     assert_eq!(code, 403, "full again");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn priority_classes_give_pods_their_priority() {
+    if !kubectl_available("priority_classes_give_pods_their_priority") {
+        return;
+    }
+    let cluster = TestCluster::start(0).await;
+    let kc = cluster.kubeconfig.as_path();
+    ok(kubectl_async(
+        kc,
+        &[
+            "create",
+            "priorityclass",
+            "high",
+            "--value=1000",
+            "--description=what matters",
+        ],
+    )
+    .await);
+    let classes = ok(kubectl_async(kc, &["get", "pc"]).await);
+    for name in ["high", "system-cluster-critical", "system-node-critical"] {
+        assert!(classes.contains(name), "{classes}");
+    }
+    let with_class = |name: &str, class: &str| {
+        pod_yaml(name, "app.wasm", &[])
+            .replace("spec:\n", &format!("spec:\n  priorityClassName: {class}\n"))
+    };
+    ok(kubectl_stdin_async(kc, &["apply", "-f", "-"], &with_class("important", "high")).await);
+    let priority = ok(kubectl_async(
+        kc,
+        &[
+            "get",
+            "pod",
+            "important",
+            "-o",
+            "jsonpath={.spec.priority} {.spec.preemptionPolicy}",
+        ],
+    )
+    .await);
+    assert_eq!(priority, "1000 PreemptLowerPriority");
+    let unknown =
+        kubectl_stdin_async(kc, &["apply", "-f", "-"], &with_class("lost", "nosuch")).await;
+    assert!(
+        stderr(&unknown)
+            .contains("pods \"lost\" is forbidden: no PriorityClass with name nosuch was found"),
+        "{}",
+        stderr(&unknown)
+    );
+    let reserved = kubectl_async(
+        kc,
+        &["create", "priorityclass", "too-high", "--value=2000000000"],
+    )
+    .await;
+    assert!(
+        stderr(&reserved)
+            .contains("maximum allowed value of a user defined priority is 1000000000"),
+        "{}",
+        stderr(&reserved)
+    );
+    // One global default, which pods naming no class get.
+    ok(kubectl_async(
+        kc,
+        &[
+            "create",
+            "priorityclass",
+            "normal",
+            "--value=10",
+            "--global-default",
+        ],
+    )
+    .await);
+    let second = kubectl_async(
+        kc,
+        &[
+            "create",
+            "priorityclass",
+            "other",
+            "--value=20",
+            "--global-default",
+        ],
+    )
+    .await;
+    assert!(
+        stderr(&second)
+            .contains("PriorityClass normal is marked as default. Only one default can exist"),
+        "{}",
+        stderr(&second)
+    );
+    ok(kubectl_stdin_async(
+        kc,
+        &["apply", "-f", "-"],
+        &pod_yaml("plain", "app.wasm", &[]),
+    )
+    .await);
+    let plain = ok(kubectl_async(
+        kc,
+        &[
+            "get",
+            "pod",
+            "plain",
+            "-o",
+            "jsonpath={.spec.priorityClassName} {.spec.priority}",
+        ],
+    )
+    .await);
+    assert_eq!(plain, "normal 10");
+}

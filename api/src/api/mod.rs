@@ -9,6 +9,7 @@ pub mod events;
 pub mod intstr;
 pub mod object;
 pub mod patch;
+pub mod priority;
 #[cfg(test)]
 mod proptests;
 pub mod quantity;

@@ -22,6 +22,7 @@ use k8s_openapi::api::core::v1::{
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::{Ingress, NetworkPolicy};
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
+use k8s_openapi::api::scheduling::v1::PriorityClass;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use serde_json::Value;
 
@@ -30,6 +31,7 @@ use std::borrow::Cow;
 use super::custom::{crd, CustomKind};
 use super::defaults;
 use super::events;
+use super::priority;
 use super::quota;
 use super::table::{self, TableConvertor};
 use super::validation::{self, Cause, NameError};
@@ -662,6 +664,19 @@ pub static RESOURCES: &[ResourceInfo] = &[
             defaults: crd::defaults,
             validate: validate_crd,
             validate_update: crd::validate_update,
+            ..PLAIN
+        },
+    ),
+    kind::<PriorityClass>(
+        "priorityclass",
+        &["pc"],
+        &[],
+        &[],
+        Strategy {
+            defaults: priority::defaults,
+            validate: priority::validate_class,
+            validate_update: priority::validate_class_update,
+            table: &table::PRIORITY_CLASS,
             ..PLAIN
         },
     ),

@@ -163,6 +163,29 @@ pub static LEASE: Printer<3> = Printer {
     cells: |o| [name(o), json!(str_at(o, "/spec/holderIdentity")), age(o)],
 };
 
+/// `kubectl get priorityclass`.
+pub static PRIORITY_CLASS: Printer<5> = Printer {
+    columns: [
+        col("Name", "string", 0),
+        col("Value", "integer", 0),
+        col("Global-Default", "boolean", 0),
+        col("Age", "string", 0),
+        col("PreemptionPolicy", "string", 0),
+    ],
+    cells: |o| {
+        [
+            name(o),
+            o.get("value").cloned().unwrap_or(json!(0)),
+            json!(o
+                .get("globalDefault")
+                .and_then(Value::as_bool)
+                .unwrap_or(false)),
+            age(o),
+            json!(str_at(o, "/preemptionPolicy")),
+        ]
+    },
+};
+
 /// `kubectl get quota`: each limit as `used/hard`, requests and counts apart from limits.
 pub static RESOURCE_QUOTA: Printer<4> = Printer {
     columns: [

@@ -336,11 +336,17 @@ impl ClusterView {
             .filter(|key| !self.assumed.contains_key(*key))
             .filter_map(|key| Some((key.clone(), self.pods.get(key)?.clone())))
             .collect();
-        // Oldest first, so scheduling order follows creation order.
+        // Highest priority first (Kubernetes' queue sort), then oldest first, so scheduling
+        // order follows creation order among equals.
+        let priority = |pod: &Pod| pod.spec.as_ref().and_then(|s| s.priority).unwrap_or(0);
         pending.sort_by(|a, b| {
-            a.1.metadata
-                .creation_timestamp
-                .cmp(&b.1.metadata.creation_timestamp)
+            priority(&b.1)
+                .cmp(&priority(&a.1))
+                .then(
+                    a.1.metadata
+                        .creation_timestamp
+                        .cmp(&b.1.metadata.creation_timestamp),
+                )
                 .then(a.0.cmp(&b.0))
         });
         pending
@@ -639,6 +645,23 @@ mod tests {
             why,
             "0/300 nodes are available: 300 node(s) didn't match Pod's node affinity/selector."
         );
+    }
+
+    #[test]
+    fn higher_priority_pods_are_scheduled_first() {
+        let mut view = ClusterView::default();
+        let with_priority = |name: &str, priority: i32| {
+            let mut p = pod(name, None);
+            p.spec.get_or_insert_with(Default::default).priority = Some(priority);
+            p
+        };
+        view.apply_pod(WatcherEvent::Restarted(vec![
+            with_priority("low", 0),
+            with_priority("high", 1000),
+            with_priority("mid", 10),
+        ]));
+        let order: Vec<String> = view.pending().into_iter().map(|(key, _)| key).collect();
+        assert_eq!(order, ["default/high", "default/mid", "default/low"]);
     }
 
     #[test]

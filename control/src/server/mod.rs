@@ -20,6 +20,7 @@ mod objects;
 mod openapi;
 mod path;
 mod pods;
+mod priority;
 mod protobuf;
 mod query;
 mod quota;
@@ -170,6 +171,7 @@ impl ApiServer {
         });
         namespaces::ensure_system_namespaces(&server).await?;
         reviews::ensure_bootstrap_policy(&server).await?;
+        priority::ensure_system_classes(&server).await?;
         spawn_event_expiry(&server);
         spawn_policy_sync(&server);
         spawn_custom_resource_sync(&server);

@@ -62,7 +62,9 @@ impl ApiServer {
             "Pod" => {
                 pods::prepare_create(&mut object);
                 pods::admit_service_account(self, &namespace, &mut object);
+                self.admit_priority(&mut object)?;
             }
+            "PriorityClass" => self.check_single_default(&object)?,
             "Node" => {
                 self.assign_pod_cidr(&mut object)?;
                 nodes::stamp_agent_endpoint(request, None, &mut object);
@@ -225,6 +227,9 @@ impl ApiServer {
         escalation::check(self, request, &object)?;
         escalation::node_restriction(request, &object)?;
         certificates::check_signer(self, request, &object)?;
+        if request.resource().builtin_kind() == "PriorityClass" {
+            self.check_single_default(&object)?;
+        }
         if request.query.dry_run() {
             return Ok(self.respond_object(request, StatusCode::OK, &object));
         }
