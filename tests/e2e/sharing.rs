@@ -360,3 +360,94 @@ async fn priority_classes_give_pods_their_priority() {
     .await);
     assert_eq!(plain, "normal 10");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn evictions_respect_disruption_budgets() {
+    if !kubectl_available("evictions_respect_disruption_budgets") {
+        return;
+    }
+    // No nodes: the test marks the pods Ready itself, as an agent would.
+    let cluster = TestCluster::start(0).await;
+    let kc = cluster.kubeconfig.as_path();
+    let http = cluster.http();
+    for name in ["w1", "w2", "w3"] {
+        let pod = pod_yaml(name, "app.wasm", &[]).replace("app: hello", "app: web");
+        ok(kubectl_stdin_async(kc, &["apply", "-f", "-"], &pod).await);
+        let ready = json!({"status": {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]}});
+        let (code, body) = http
+            .call(
+                "PATCH",
+                &format!("/api/v1/namespaces/default/pods/{name}/status"),
+                "application/merge-patch+json",
+                &ready.to_string(),
+            )
+            .await;
+        assert_eq!(code, 200, "{body}");
+    }
+    ok(kubectl_async(
+        kc,
+        &[
+            "create",
+            "poddisruptionbudget",
+            "web",
+            "--selector=app=web",
+            "--min-available=2",
+        ],
+    )
+    .await);
+    let table = wait_for("the budget's status", Duration::from_secs(10), async || {
+        let table = ok(kubectl_async(kc, &["get", "pdb", "web"]).await);
+        let row: Vec<String> = table
+            .lines()
+            .nth(1)?
+            .split_whitespace()
+            .map(String::from)
+            .collect();
+        (row.get(3).map(String::as_str) == Some("1")).then_some(table)
+    })
+    .await;
+    assert!(table.contains("MIN AVAILABLE"), "{table}");
+    let evict = async |name: &str| {
+        let body = json!({"apiVersion": "policy/v1", "kind": "Eviction", "metadata": {"name": name, "namespace": "default"}});
+        http.call(
+            "POST",
+            &format!("/api/v1/namespaces/default/pods/{name}/eviction"),
+            "application/json",
+            &body.to_string(),
+        )
+        .await
+    };
+    let (code, body) = evict("w1").await;
+    assert_eq!(code, 201, "{body}");
+    // The budget is spent: the next eviction waits (429), as kubectl drain expects.
+    let (code, body) = evict("w2").await;
+    assert_eq!(code, 429, "{body}");
+    assert_eq!(body["reason"], "TooManyRequests");
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("Cannot evict pod as it would violate the pod's disruption budget"),
+        "{body}"
+    );
+    let pdb = ok(kubectl_async(
+        kc,
+        &[
+            "get",
+            "pdb",
+            "web",
+            "-o",
+            "jsonpath={.status.disruptionsAllowed}",
+        ],
+    )
+    .await);
+    assert_eq!(pdb, "0");
+    // A budget with both fields set is refused naming them.
+    let both = "apiVersion: policy/v1\nkind: PodDisruptionBudget\nmetadata: {name: bad}\nspec: {minAvailable: 1, maxUnavailable: 1, selector: {matchLabels: {app: web}}}\n";
+    let refused = kubectl_stdin_async(kc, &["apply", "-f", "-"], both).await;
+    assert!(
+        stderr(&refused).contains("minAvailable and maxUnavailable cannot be both set"),
+        "{}",
+        stderr(&refused)
+    );
+}

@@ -5,6 +5,7 @@
 pub mod cron;
 pub mod custom;
 pub mod defaults;
+pub mod disruption;
 pub mod events;
 pub mod intstr;
 pub mod object;

@@ -21,6 +21,7 @@ use k8s_openapi::api::core::v1::{
 };
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::{Ingress, NetworkPolicy};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
 use k8s_openapi::api::scheduling::v1::PriorityClass;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
@@ -30,6 +31,7 @@ use std::borrow::Cow;
 
 use super::custom::{crd, CustomKind};
 use super::defaults;
+use super::disruption;
 use super::events;
 use super::priority;
 use super::quota;
@@ -664,6 +666,17 @@ pub static RESOURCES: &[ResourceInfo] = &[
             defaults: crd::defaults,
             validate: validate_crd,
             validate_update: crd::validate_update,
+            ..PLAIN
+        },
+    ),
+    kind::<PodDisruptionBudget>(
+        "poddisruptionbudget",
+        &["pdb"],
+        &[],
+        &[("status", "PodDisruptionBudget", &["get", "patch", "update"])],
+        Strategy {
+            validate: disruption::validate,
+            table: &table::POD_DISRUPTION_BUDGET,
             ..PLAIN
         },
     ),

@@ -163,6 +163,31 @@ pub static LEASE: Printer<3> = Printer {
     cells: |o| [name(o), json!(str_at(o, "/spec/holderIdentity")), age(o)],
 };
 
+/// `kubectl get pdb`.
+pub static POD_DISRUPTION_BUDGET: Printer<5> = Printer {
+    columns: [
+        col("Name", "string", 0),
+        col("Min Available", "string", 0),
+        col("Max Unavailable", "string", 0),
+        col("Allowed Disruptions", "integer", 0),
+        col("Age", "string", 0),
+    ],
+    cells: |o| {
+        let field = |pointer: &str| match o.pointer(pointer) {
+            Some(Value::String(s)) => json!(s),
+            Some(Value::Number(n)) => json!(n.to_string()),
+            _ => json!("N/A"),
+        };
+        [
+            name(o),
+            field("/spec/minAvailable"),
+            field("/spec/maxUnavailable"),
+            number(o, "/status/disruptionsAllowed"),
+            age(o),
+        ]
+    },
+};
+
 /// `kubectl get priorityclass`.
 pub static PRIORITY_CLASS: Printer<5> = Printer {
     columns: [

@@ -13,6 +13,7 @@ pub mod cronjob;
 pub mod customresources;
 pub mod daemonset;
 pub mod deployment;
+pub mod disruption;
 pub mod endpoints;
 pub mod gc;
 pub mod job;
@@ -107,6 +108,7 @@ pub fn start(client: Client, options: Options, tasks: &Tasks) {
     supervised("resourcequota-controller", |c| {
         resourcequota::run(c).boxed()
     });
+    supervised("disruption-controller", |c| disruption::run(c).boxed());
     supervised("customresourcecleanup-controller", |c| {
         customresources::run(c).boxed()
     });

@@ -55,6 +55,10 @@ pub enum ApiError {
     TooLargeResourceVersion { requested: u64, current: u64 },
     #[error("{0}")]
     ServiceUnavailable(String),
+    /// The request may succeed later (an eviction a disruption budget holds back); kubectl
+    /// drain retries these.
+    #[error("{0}")]
+    TooManyRequests(String),
     #[error("{0}")]
     Internal(String),
 }
@@ -88,6 +92,7 @@ impl ApiError {
             Self::Gone(_) | Self::ContinueExpired { .. } => StatusCode::GONE,
             Self::TooLargeResourceVersion { .. } => StatusCode::GATEWAY_TIMEOUT,
             Self::ServiceUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::TooManyRequests(_) => StatusCode::TOO_MANY_REQUESTS,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -106,6 +111,7 @@ impl ApiError {
             Self::Gone(_) | Self::ContinueExpired { .. } => "Expired",
             Self::TooLargeResourceVersion { .. } => "Timeout",
             Self::ServiceUnavailable(_) => "ServiceUnavailable",
+            Self::TooManyRequests(_) => "TooManyRequests",
             Self::Internal(_) => "InternalError",
         }
     }

@@ -15,7 +15,7 @@ use serde_json::{json, Value};
 use super::error::{ApiError, Result};
 use super::request::Request;
 use super::{json_response, ApiServer};
-use crate::api::object;
+use crate::api::{disruption, object};
 use crate::store::{revision_of, ObjectKey};
 
 /// A new pod starts Pending with no observed state, whatever the client sent.
@@ -443,7 +443,62 @@ pub async fn evict(server: &Arc<ApiServer>, request: &Request) -> Result<Respons
         .pointer("/deleteOptions/gracePeriodSeconds")
         .and_then(Value::as_i64);
     let pod = server.get_object(&request.key())?;
+    take_disruption(server, &pod).await?;
     delete(server, request, pod, grace, None).await?;
     let status = json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201});
     Ok(json_response(StatusCode::CREATED, &status))
+}
+
+/// Takes one disruption from the budget that selects `pod` (Kubernetes' eviction rule): 429
+/// when the budget allows none, 500 when several budgets select it. The decrement is a
+/// compare-and-swap of the budget's status, so concurrent evictions never take more than it
+/// allows; the disruption controller recounts from the pods afterwards.
+async fn take_disruption(server: &ApiServer, pod: &Value) -> Result<()> {
+    const BUDGETS: &str = "poddisruptionbudgets.policy";
+    let namespace = object::namespace(pod);
+    for _attempt in 0..16 {
+        let budgets = server
+            .store
+            .list(BUDGETS, Some(namespace))
+            .map_err(|e| ApiError::from_store(e, BUDGETS, ""))?;
+        let selecting: Vec<&Value> = budgets
+            .objects
+            .iter()
+            .filter(|b| disruption::selector_of(b).is_some_and(|s| s.matches_object(pod)))
+            .collect();
+        let budget = match selecting.as_slice() {
+            [] => return Ok(()),
+            [budget] => *budget,
+            _ => {
+                return Err(ApiError::Internal(
+                    "This pod has more than one PodDisruptionBudget, which the eviction subresource does not support.".into(),
+                ))
+            }
+        };
+        match disruption::decide(budget, pod) {
+            disruption::Eviction::Free => return Ok(()),
+            disruption::Eviction::Refuse(why) => return Err(ApiError::TooManyRequests(why)),
+            disruption::Eviction::Take => {}
+        }
+        let mut taken = budget.clone();
+        let allowed = budget
+            .pointer("/status/disruptionsAllowed")
+            .and_then(Value::as_i64)
+            .unwrap_or(0);
+        object::set_at(&mut taken, "/status/disruptionsAllowed", json!(allowed - 1));
+        object::set_at(
+            &mut taken,
+            &format!("/status/disruptedPods/{}", object::name(pod)),
+            json!(object::now_rfc3339()),
+        );
+        let key = ObjectKey::new(BUDGETS, namespace, object::name(budget));
+        match server.store.update(key, taken, revision_of(budget)).await {
+            Ok(_) => return Ok(()),
+            Err(crate::store::Error::Conflict { .. }) => continue,
+            Err(e) => return Err(ApiError::from_store(e, BUDGETS, object::name(budget))),
+        }
+    }
+    Err(ApiError::TooManyRequests(
+        "too many concurrent evictions; try again".into(),
+    ))
 }
