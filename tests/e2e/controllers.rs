@@ -836,6 +836,89 @@ async fn kubectl_drain_evicts_and_pods_move() {
     );
 }
 
+/// `kubectl drain` under a PodDisruptionBudget: the node holding 2 of 3 replicas of a
+/// `minAvailable: 2` budget is drained one pod at a time (the second eviction waits, 429,
+/// until the first pod's replacement is ready elsewhere), and never fewer than 2 are ready.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_drain_waits_for_a_disruption_budget() {
+    if !kubectl_available("kubectl_drain_waits_for_a_disruption_budget") {
+        return;
+    }
+    let cluster = TestCluster::start(2).await;
+    let http = cluster.http();
+    http.create(SETS, &replica_set("guarded", 3)).await;
+    let pods = wait_ready_replicas(&http, "guarded", 3).await;
+    let budget = json!({"apiVersion": "policy/v1", "kind": "PodDisruptionBudget", "metadata": {"name": "guarded"},
+        "spec": {"minAvailable": 2, "selector": {"matchLabels": {"app": "guarded"}}}});
+    http.create(
+        "/apis/policy/v1/namespaces/default/poddisruptionbudgets",
+        &budget,
+    )
+    .await;
+    wait_for(
+        "the budget to allow one disruption",
+        Duration::from_secs(10),
+        async || {
+            let (_, pdb) = http
+                .call(
+                    "GET",
+                    "/apis/policy/v1/namespaces/default/poddisruptionbudgets/guarded",
+                    "",
+                    "",
+                )
+                .await;
+            (pdb["status"]["disruptionsAllowed"] == 1).then_some(())
+        },
+    )
+    .await;
+    let on = |node: &str| {
+        pods.iter()
+            .filter(|p| p["spec"]["nodeName"] == node)
+            .count()
+    };
+    let busiest = if on("node-0") >= on("node-1") {
+        "node-0"
+    } else {
+        "node-1"
+    };
+    assert_eq!(on(busiest), 2, "3 pods spread 2/1 over 2 nodes");
+
+    // Watch readiness while the drain runs: never below the budget.
+    let lowest = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(usize::MAX));
+    let watching = {
+        let (http, lowest) = (http.clone(), lowest.clone());
+        tokio::spawn(async move {
+            loop {
+                let (_, ready) = pods_of(&http, "guarded").await;
+                lowest.fetch_min(ready, std::sync::atomic::Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+    };
+    let drain = kubectl_async(
+        &cluster.kubeconfig,
+        &["drain", busiest, "--timeout=90s", "--ignore-daemonsets"],
+    )
+    .await;
+    let (out, err) = (stdout(&drain), stderr(&drain));
+    assert!(
+        out.contains(&format!("node/{busiest} drained")),
+        "{out}\n{err}"
+    );
+    assert!(
+        err.contains("(will retry after 5s): Cannot evict pod as it would violate the pod's disruption budget"),
+        "the second eviction waited for the budget: {err}"
+    );
+    let pods = wait_ready_replicas(&http, "guarded", 3).await;
+    assert!(
+        pods.iter().all(|p| p["spec"]["nodeName"] != busiest),
+        "all moved off {busiest}"
+    );
+    watching.abort();
+    let lowest = lowest.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(lowest >= 2, "ready pods went down to {lowest}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cron_job_fires_on_schedule() {
     let cluster = TestCluster::start(1).await;
