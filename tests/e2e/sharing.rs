@@ -451,3 +451,57 @@ async fn evictions_respect_disruption_budgets() {
         stderr(&refused)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn limit_ranges_default_and_bound_containers() {
+    if !kubectl_available("limit_ranges_default_and_bound_containers") {
+        return;
+    }
+    let cluster = TestCluster::start(0).await;
+    let kc = cluster.kubeconfig.as_path();
+    let range = "apiVersion: v1\nkind: LimitRange\nmetadata: {name: bounds}\nspec:\n  limits:\n  - type: Container\n    default: {cpu: 500m, memory: 128Mi}\n    defaultRequest: {cpu: 100m, memory: 64Mi}\n    max: {cpu: '1', memory: 256Mi}\n";
+    ok(kubectl_stdin_async(kc, &["apply", "-f", "-"], range).await);
+    ok(kubectl_stdin_async(
+        kc,
+        &["apply", "-f", "-"],
+        &pod_yaml("plain", "app.wasm", &[]),
+    )
+    .await);
+    let resources = ok(kubectl_async(
+        kc,
+        &[
+            "get",
+            "pod",
+            "plain",
+            "-o",
+            "jsonpath={.spec.containers[0].resources}",
+        ],
+    )
+    .await);
+    let resources: Value = serde_json::from_str(&resources).unwrap();
+    assert_eq!(
+        resources,
+        json!({"limits": {"cpu": "500m", "memory": "128Mi"}, "requests": {"cpu": "100m", "memory": "64Mi"}})
+    );
+    let big = pod_yaml("big", "app.wasm", &[]).replace(
+        "    args: []\n",
+        "    args: []\n    resources: {limits: {cpu: '2'}}\n",
+    );
+    let refused = kubectl_stdin_async(kc, &["apply", "-f", "-"], &big).await;
+    assert!(
+        stderr(&refused).contains(
+            "pods \"big\" is forbidden: maximum cpu usage per Container is 1, but limit is 2"
+        ),
+        "{}",
+        stderr(&refused)
+    );
+    let listed = ok(kubectl_async(kc, &["get", "limits"]).await);
+    assert!(listed.contains("bounds"), "{listed}");
+    let bad = "apiVersion: v1\nkind: LimitRange\nmetadata: {name: bad}\nspec:\n  limits:\n  - type: Container\n    min: {cpu: '2'}\n    max: {cpu: '1'}\n";
+    let invalid = kubectl_stdin_async(kc, &["apply", "-f", "-"], bad).await;
+    assert!(
+        stderr(&invalid).contains("spec.limits[0].max[cpu]"),
+        "{}",
+        stderr(&invalid)
+    );
+}

@@ -8,6 +8,7 @@ pub mod defaults;
 pub mod disruption;
 pub mod events;
 pub mod intstr;
+pub mod limits;
 pub mod object;
 pub mod patch;
 pub mod priority;

@@ -16,8 +16,9 @@ use k8s_openapi::api::batch::v1::{CronJob, Job};
 use k8s_openapi::api::certificates::v1::CertificateSigningRequest;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{
-    ConfigMap, Endpoints, Event, Namespace, Node, PersistentVolume, PersistentVolumeClaim, Pod,
-    ReplicationController, ResourceQuota, Secret, Service, ServiceAccount,
+    ConfigMap, Endpoints, Event, LimitRange, Namespace, Node, PersistentVolume,
+    PersistentVolumeClaim, Pod, ReplicationController, ResourceQuota, Secret, Service,
+    ServiceAccount,
 };
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::{Ingress, NetworkPolicy};
@@ -33,6 +34,7 @@ use super::custom::{crd, CustomKind};
 use super::defaults;
 use super::disruption;
 use super::events;
+use super::limits;
 use super::priority;
 use super::quota;
 use super::table::{self, TableConvertor};
@@ -488,6 +490,16 @@ pub static RESOURCES: &[ResourceInfo] = &[
         Strategy {
             validate: quota::validate,
             table: &table::RESOURCE_QUOTA,
+            ..PLAIN
+        },
+    ),
+    kind::<LimitRange>(
+        "limitrange",
+        &["limits"],
+        &[],
+        &[],
+        Strategy {
+            validate: limits::validate,
             ..PLAIN
         },
     ),

@@ -1,4 +1,5 @@
-//! Priority admission (Kubernetes' `Priority` plugin): a new pod gets `spec.priority` (and
+//! Pod admission by policy objects. LimitRanges (`LimitRanger`): defaults and limits from
+//! [`crate::api::limits`]. Priority (Kubernetes' `Priority` plugin): a new pod gets `spec.priority` (and
 //! its preemption policy) from its `priorityClassName`, or from the class marked
 //! `globalDefault` when it names none; naming a class that does not exist, or a priority that
 //! disagrees with its class, is refused with 403. At most one class may be the global
@@ -73,6 +74,21 @@ impl ApiServer {
             object::set_at(pod, "/spec/preemptionPolicy", json!(policy));
         }
         Ok(())
+    }
+
+    /// Applies the namespace's LimitRanges to a new pod (defaults, then min, max and ratio;
+    /// 403 naming the limit).
+    pub(super) fn admit_limit_ranges(&self, namespace: &str, pod: &mut Value) -> Result<()> {
+        let ranges = self
+            .store
+            .list("limitranges", Some(namespace))
+            .map_err(|e| ApiError::from_store(e, "limitranges", ""))?;
+        if ranges.objects.is_empty() {
+            return Ok(());
+        }
+        crate::api::limits::admit_pod(&ranges.objects, pod).map_err(|why| {
+            ApiError::Forbidden(format!("pods {:?} is forbidden: {why}", object::name(pod)))
+        })
     }
 
     /// The class marked `globalDefault`, if any.

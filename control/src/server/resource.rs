@@ -62,6 +62,7 @@ impl ApiServer {
             "Pod" => {
                 pods::prepare_create(&mut object);
                 pods::admit_service_account(self, &namespace, &mut object);
+                self.admit_limit_ranges(&namespace, &mut object)?;
                 self.admit_priority(&mut object)?;
             }
             "PriorityClass" => self.check_single_default(&object)?,
