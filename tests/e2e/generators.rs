@@ -150,6 +150,24 @@ async fn every_kubectl_create_generator_works() {
             "web",
             "--rule=web.example/*=web:80,tls=web-tls",
         ],
+        &[
+            "-n",
+            "gen",
+            "create",
+            "quota",
+            "gen-quota",
+            "--hard=pods=50,requests.cpu=20",
+        ],
+        &["create", "priorityclass", "gen-high", "--value=1000"],
+        &[
+            "-n",
+            "gen",
+            "create",
+            "poddisruptionbudget",
+            "gen-pdb",
+            "--selector=app=web",
+            "--max-unavailable=1",
+        ],
     ];
     for args in generators {
         let out = kubectl_async(kc, args).await;
@@ -192,6 +210,12 @@ async fn every_kubectl_create_generator_works() {
     let np = get_json(kc, &["-n", "gen", "get", "service", "web-np"]).await;
     assert_eq!(np["spec"]["type"], "NodePort");
     assert_eq!(np["spec"]["ports"][0]["nodePort"], 30080);
+    let quota = get_json(kc, &["-n", "gen", "get", "quota", "gen-quota"]).await;
+    assert_eq!(quota["spec"]["hard"]["pods"], "50");
+    let class = get_json(kc, &["get", "priorityclass", "gen-high"]).await;
+    assert_eq!(class["value"], 1000);
+    let pdb = get_json(kc, &["-n", "gen", "get", "pdb", "gen-pdb"]).await;
+    assert_eq!(pdb["spec"]["maxUnavailable"], 1);
     let role = get_json(kc, &["-n", "gen", "get", "role", "reader"]).await;
     assert_eq!(role["rules"][0]["apiGroups"], serde_json::json!([""]));
     assert_eq!(
