@@ -45,7 +45,7 @@ use tokio::sync::{Mutex, Semaphore};
 #[derive(Parser)]
 #[command(name = "shoal-bench", about = "Shoal's benchmarks")]
 struct Args {
-    /// pods, writes, http-instance, gateway, density, scheduler, scale, ingress,
+    /// pods, writes, quota-writes, http-instance, gateway, density, scheduler, scale, ingress,
     /// proxy-latency, endpoints, api-tls, authz, list-cache, failover (etcd), or all.
     #[arg(default_value = "all")]
     which: String,
@@ -96,6 +96,9 @@ fn main() -> anyhow::Result<()> {
         }
         if all || args.which == "writes" {
             writes(&args).await?;
+        }
+        if all || args.which == "quota-writes" {
+            quota_writes(&args).await?;
         }
         if all || args.which == "http-instance" {
             http_instance(&args).await?;
@@ -369,6 +372,78 @@ async fn writes(args: &Args) -> anyhow::Result<()> {
             );
         }
     }
+    bench.cluster.shutdown().await;
+    Ok(())
+}
+
+/// The cost of quota admission: ConfigMap creates by 32 clients into a namespace without a
+/// quota and one with a ResourceQuota counting ConfigMaps (never reached), alternated twice
+/// in one run so both see the same machine.
+async fn quota_writes(args: &Args) -> anyhow::Result<()> {
+    const CLIENTS: usize = 32;
+    let bench = start_cluster(1, ServerOptions::default(), |_| {}).await?;
+    for namespace in ["free", "quoted"] {
+        bench
+            .client
+            .json(
+                http::Method::POST,
+                "/api/v1/namespaces",
+                "application/json",
+                Some(&serde_json::json!({"metadata": {"name": namespace}})),
+            )
+            .await?;
+    }
+    bench
+        .client
+        .json(
+            http::Method::POST,
+            "/api/v1/namespaces/quoted/resourcequotas",
+            "application/json",
+            Some(&serde_json::json!({"metadata": {"name": "maps"},
+                "spec": {"hard": {"configmaps": "1000000000", "count/configmaps": "1000000000"}}})),
+        )
+        .await?;
+    let mut rates: Vec<(&str, f64)> = Vec::new();
+    for round in 0..2 {
+        for namespace in ["free", "quoted"] {
+            let maps = bench.client.api::<ConfigMap>(Some(namespace));
+            let began = Instant::now();
+            let mut tasks = Vec::new();
+            for c in 0..CLIENTS {
+                let maps = maps.clone();
+                let per_client = args.writes / CLIENTS;
+                tasks.push(tokio::spawn(async move {
+                    for i in 0..per_client {
+                        let map: ConfigMap = serde_json::from_value(serde_json::json!({
+                            "metadata": {"name": format!("q{round}-{c}-{i}")}, "data": {"key": "value"}
+                        }))
+                        .expect("a valid ConfigMap");
+                        maps.create(&map).await.expect("create");
+                    }
+                }));
+            }
+            for task in tasks {
+                task.await?;
+            }
+            let rate = (args.writes / CLIENTS * CLIENTS) as f64 / began.elapsed().as_secs_f64();
+            println!("quota admission, {CLIENTS} clients, namespace {namespace} (round {round}): {rate:.0} creates/s");
+            rates.push((namespace, rate));
+        }
+    }
+    let mean = |ns: &str| {
+        let of: Vec<f64> = rates
+            .iter()
+            .filter(|(n, _)| *n == ns)
+            .map(|(_, r)| *r)
+            .collect();
+        of.iter().sum::<f64>() / of.len() as f64
+    };
+    println!(
+        "quota admission: {:.0} creates/s with a quota vs {:.0} without: {:.1}% slower",
+        mean("quoted"),
+        mean("free"),
+        100.0 * (1.0 - mean("quoted") / mean("free"))
+    );
     bench.cluster.shutdown().await;
     Ok(())
 }

@@ -71,6 +71,8 @@ pub struct ApiServer {
     policy: Arc<PolicyCache>,
     /// The custom kinds served, kept from the CRDs in the store.
     custom: Arc<custom::CustomResources>,
+    /// Creates waiting to be charged to their namespace's quotas.
+    quota_queues: quota::QuotaQueues,
     security: SecurityOptions,
     /// Serialises Service creations, which allocate cluster IPs and node ports.
     service_allocation: tokio::sync::Mutex<()>,
@@ -161,6 +163,7 @@ impl ApiServer {
             authenticator,
             policy: Arc::default(),
             custom: Arc::default(),
+            quota_queues: quota::QuotaQueues::default(),
             security,
             store,
             agents,
