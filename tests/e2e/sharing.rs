@@ -505,3 +505,40 @@ async fn limit_ranges_default_and_bound_containers() {
         stderr(&invalid)
     );
 }
+
+/// On a full node (room for 2 pods), a high-priority pod preempts the lowest-priority pod,
+/// and a pod of equal priority preempts nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_high_priority_pod_preempts_a_lower_one_on_a_full_node() {
+    if !kubectl_available("a_high_priority_pod_preempts_a_lower_one_on_a_full_node") {
+        return;
+    }
+    let cluster = TestCluster::start_with(1, |config| config.max_pods = 2).await;
+    let kc = cluster.kubeconfig.as_path();
+    let http = cluster.http();
+    ok(kubectl_async(kc, &["create", "priorityclass", "vip", "--value=1000"]).await);
+    let web = |name: &str, class: Option<&str>| {
+        let class = class.map_or(String::new(), |c| format!("  priorityClassName: {c}\n"));
+        format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}}}\nspec:\n{class}  containers:\n  - name: web\n    image: {}\n    ports: [{{containerPort: 8080}}]\n",
+            shoal_examples::WEB_P2
+        )
+    };
+    for name in ["low-1", "low-2"] {
+        ok(kubectl_stdin_async(kc, &["apply", "-f", "-"], &web(name, None)).await);
+        wait_phase(&http, "default", name, "Running").await;
+    }
+    ok(kubectl_stdin_async(kc, &["apply", "-f", "-"], &web("equal", None)).await);
+    ok(kubectl_stdin_async(kc, &["apply", "-f", "-"], &web("important", Some("vip"))).await);
+    wait_phase(&http, "default", "important", "Running").await;
+    let names = pod_names(&http, "default").await;
+    let lows: Vec<&String> = names.iter().filter(|n| n.starts_with("low-")).collect();
+    assert_eq!(lows.len(), 1, "exactly one victim: {names:?}");
+    let events = ok(kubectl_async(kc, &["get", "events", "-o", "json"]).await);
+    assert!(
+        events.contains("Preempted by pod default/important (priority 1000) on node node-0"),
+        "{events}"
+    );
+    // The pod of equal priority evicted nobody and waits.
+    assert_eq!(pod_phase(&http, "default", "equal").await, "Pending");
+}

@@ -7,6 +7,7 @@
 
 pub mod affinity;
 pub mod filters;
+pub mod preemption;
 pub mod score;
 
 use std::collections::{BTreeMap, HashMap};
@@ -81,6 +82,29 @@ pub async fn run(client: Client, options: Options) {
             let node = match choose_node(&state, &usage, &pod, profile, &constraints) {
                 Ok(node) => node,
                 Err(why) => {
+                    let may_preempt = state
+                        .nominated
+                        .get(&key)
+                        .is_none_or(|at| at.elapsed() > NOMINATION_TIMEOUT);
+                    if may_preempt {
+                        let plan = preemption::plan(
+                            &state.nodes,
+                            &state.allocatable,
+                            &usage,
+                            state.pods.iter(),
+                            &pod,
+                        );
+                        if let Some(plan) = plan {
+                            state
+                                .nominated
+                                .insert(key.clone(), std::time::Instant::now());
+                            let (client, recorder, pod) =
+                                (client.clone(), recorder.clone(), pod.clone());
+                            tokio::spawn(
+                                async move { preempt(&client, &recorder, &pod, plan).await },
+                            );
+                        }
+                    }
                     if state.unschedulable.insert(key.clone()) {
                         let client = client.clone();
                         tokio::spawn(
@@ -91,6 +115,7 @@ pub async fn run(client: Client, options: Options) {
                 }
             };
             state.unschedulable.remove(&key);
+            state.nominated.remove(&key);
             state.assign(&key, &node, Requests::of(&pod));
             repellers += usize::from(affinity::repels(&pod));
             usage
@@ -138,6 +163,9 @@ struct ClusterView {
     assumed: HashMap<String, (String, Requests)>,
     /// Pods already reported as fitting nowhere.
     unschedulable: std::collections::HashSet<String>,
+    /// Pods that preempted others, and when: they wait for their victims to go before
+    /// preempting again (after [`NOMINATION_TIMEOUT`], room taken by others is retried).
+    nominated: HashMap<String, std::time::Instant>,
     /// Where the next pod's search of a sampled large cluster starts.
     next_start: std::cell::Cell<usize>,
     /// Pods with no node that are not being deleted: what `pending` looks through, so a
@@ -200,6 +228,15 @@ impl Requests {
         *self = self.plus(other);
     }
 
+    /// What is left once `other` goes, never below zero.
+    fn minus(self, other: Requests) -> Requests {
+        Requests {
+            cpu_millis: self.cpu_millis.saturating_sub(other.cpu_millis),
+            memory: self.memory.saturating_sub(other.memory),
+            pods: self.pods.saturating_sub(other.pods),
+        }
+    }
+
     /// The sum, saturating at `u64::MAX` (which no node's allocatable can hold).
     pub fn plus(self, other: Requests) -> Requests {
         Requests {
@@ -224,6 +261,54 @@ fn allocatable(node: &Node) -> Requests {
         cpu_millis: get("cpu", quantity::parse_millis),
         memory: get("memory", quantity::parse),
         pods: get("pods", quantity::parse),
+    }
+}
+
+/// How long a preempting pod waits for its victims' room before it may preempt again.
+const NOMINATION_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Carries out a preemption: the pod is nominated to the node (`status.nominatedNodeName`),
+/// the victims are deleted gracefully, and each gets an event saying who preempted it. The
+/// pod is bound once the victims are gone (their deletion wakes the scheduler).
+async fn preempt(client: &Client, recorder: &Recorder, pod: &Pod, plan: preemption::Plan) {
+    let (namespace, name) = (
+        pod.metadata.namespace.clone().unwrap_or_default(),
+        pod.metadata.name.clone().unwrap_or_default(),
+    );
+    let patch = serde_json::json!({"status": {"nominatedNodeName": plan.node}});
+    if let Err(e) = client
+        .api::<Pod>(Some(&namespace))
+        .patch_status(&name, &patch)
+        .await
+    {
+        tracing::debug!("nominating {namespace}/{name} to {}: {e}", plan.node);
+    }
+    for victim in &plan.victims {
+        let (victim_namespace, victim_name) = victim.split_once('/').unwrap_or(("", victim));
+        let pods = client.api::<Pod>(Some(victim_namespace));
+        let Ok(Some(found)) = pods.get_opt(victim_name).await else {
+            continue;
+        };
+        match pods
+            .delete(
+                victim_name,
+                &crate::client::DeleteParams {
+                    uid: found.metadata.uid.clone(),
+                    ..Default::default()
+                },
+            )
+            .await
+        {
+            Ok(_) => {
+                let message = format!(
+                    "Preempted by pod {namespace}/{name} (priority {}) on node {}",
+                    preemption::priority(pod),
+                    plan.node
+                );
+                recorder.normal(&found, "Preempted", &message).await;
+            }
+            Err(e) => tracing::debug!("preempting {victim}: {e}"),
+        }
     }
 }
 
