@@ -27,6 +27,7 @@ use crate::client::Client;
 const DISRUPTION_TIMEOUT: Duration = Duration::from_secs(120);
 
 pub async fn run(client: Client) {
+    super::first_of::<PodDisruptionBudget>(&client).await;
     let reconciler = Reconciler::<PodDisruptionBudget>::new("disruption", &client);
     let budgets = reconciler.store();
     reconciler

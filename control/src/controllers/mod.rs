@@ -49,6 +49,18 @@ pub enum Error {
     Panicked(String),
 }
 
+/// Waits until at least one `K` exists. Controllers of kinds most clusters have none of
+/// (quotas, disruption budgets) start their watches of busy kinds (pods) only then: every
+/// subscriber of the shared pod feed costs every pod event a copy.
+pub async fn first_of<K: crate::client::ApiObject>(client: &Client) {
+    let mut feed = client.shared_watch::<K>();
+    while let Some(event) = feed.recv().await {
+        if !event.into_objects().is_empty() {
+            return;
+        }
+    }
+}
+
 /// The controller owner reference of an object, if any.
 pub fn controller_of(
     meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,

@@ -27,6 +27,7 @@ use crate::client::Client;
 const RESYNC: Duration = Duration::from_secs(60);
 
 pub async fn run(client: Client) {
+    super::first_of::<ResourceQuota>(&client).await;
     let reconciler = Reconciler::<ResourceQuota>::new("resourcequota", &client);
     let quotas = reconciler.store();
     let in_namespace = move |meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta| {
