@@ -787,9 +787,16 @@ async fn jobs_complete_fail_and_index() {
         json!({"ttlSecondsAfterFinished": 3}),
     );
     http.create(jobs, &expiring).await;
-    let (outcome, _) = job_condition(&http, "expiring").await;
+    let (outcome, finished) = job_condition(&http, "expiring").await;
     assert_eq!(outcome, "Complete");
-    let completed = std::time::Instant::now();
+    // Measured from the Job's own completion time (seconds precision), not from when this
+    // test happened to see it: a loaded machine sees it late.
+    let completed = chrono::DateTime::parse_from_rfc3339(
+        finished["status"]["completionTime"]
+            .as_str()
+            .unwrap_or_default(),
+    )
+    .expect("a completed Job has a completionTime");
     wait_for(
         "job expiring to be deleted",
         Duration::from_secs(30),
@@ -799,10 +806,11 @@ async fn jobs_complete_fail_and_index() {
         },
     )
     .await;
+    let lived = chrono::Utc::now() - completed.with_timezone(&chrono::Utc);
+    // The TTL is 3 s; the completion time is truncated to the second.
     assert!(
-        completed.elapsed() >= Duration::from_secs(2),
-        "deleted {:?} after completing, before its TTL",
-        completed.elapsed()
+        lived >= chrono::Duration::seconds(2),
+        "deleted {lived} after completing, before its TTL"
     );
     wait_job_pods_gone(&http, "expiring").await;
 }

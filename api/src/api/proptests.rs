@@ -58,6 +58,22 @@ const KEYS: &[&str] = &[
     "periodSeconds",
     "volumes",
     "volumeMounts",
+    "hard",
+    "used",
+    "limits",
+    "default",
+    "defaultRequest",
+    "max",
+    "min",
+    "maxLimitRequestRatio",
+    "minAvailable",
+    "maxUnavailable",
+    "currentHealthy",
+    "desiredHealthy",
+    "disruptionsAllowed",
+    "observedGeneration",
+    "scopes",
+    "priority",
     "mountPath",
     "emptyDir",
     "restartPolicy",
@@ -237,6 +253,26 @@ proptest! {
                 prop_assert_eq!(row["cells"].as_array().map_or(0, Vec::len), columns);
             }
         }
+    }
+
+    #[test]
+    fn sharing_admission_takes_any_json(policy in json(), object in json(), other in json()) {
+        // Quotas: usage, scopes, charges and recounts of arbitrary objects.
+        let quota = super::quota::Quota { object: &policy };
+        for (group, plural) in [("", "pods"), ("", "services"), ("", "persistentvolumeclaims"), ("apps", "deployments")] {
+            let usage = super::quota::usage_of(group, plural, &object);
+            let _ = quota.tracks(plural, &object);
+            let limited = quota.limited(&usage);
+            let _ = quota.admit(&quota.used(), &limited);
+        }
+        let _ = quota.recount(|_, _| vec![object.clone(), other.clone()]);
+        // LimitRanges applied to an arbitrary pod.
+        let mut pod = object.clone();
+        let _ = super::limits::admit_pod(&[policy.clone(), other.clone()], &mut pod);
+        // Disruption budgets: status and the eviction decision.
+        let _ = super::disruption::status_of(&policy, &[&object, &other], 3);
+        let _ = super::disruption::decide(&policy, &object);
+        let _ = super::disruption::selector_of(&policy);
     }
 
     #[test]
