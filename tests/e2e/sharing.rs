@@ -72,6 +72,16 @@ async fn a_quota_holds_pods_and_workloads_to_its_limits() {
         table.contains("pods: 2/2") && table.contains("requests.cpu: 200m/1"),
         "{table}"
     );
+    let described = ok(kubectl_async(kc, &["describe", "quota", "q1", "-n", "team"]).await);
+    let pods_row = described
+        .lines()
+        .find(|l| l.trim_start().starts_with("pods"))
+        .unwrap_or_default();
+    assert_eq!(
+        pods_row.split_whitespace().collect::<Vec<_>>(),
+        ["pods", "2", "2"],
+        "{described}"
+    );
     // A quota on CPU refuses a pod asking for more than is left, naming CPU only.
     ok(kubectl_async(
         kc,
