@@ -42,13 +42,8 @@ async fn reconcile(client: Client, budget: Arc<PodDisruptionBudget>) -> Result<A
     let namespace = budget.metadata.namespace.clone().unwrap_or_default();
     let name = budget.metadata.name.clone().unwrap_or_default();
     let path = format!("/apis/policy/v1/namespaces/{namespace}/poddisruptionbudgets/{name}");
-    let current = match client
-        .json(Method::GET, &path, "application/json", None)
-        .await
-    {
-        Ok(current) => current,
-        Err(e) if e.is_not_found() => return Ok(Action::AwaitChange),
-        Err(e) => return Err(e.into()),
+    let Some(current) = super::read_fresh(&client, &path).await? else {
+        return Ok(Action::AwaitChange);
     };
     let pods = client
         .json(
@@ -103,23 +98,8 @@ async fn reconcile(client: Client, budget: Arc<PodDisruptionBudget>) -> Result<A
     if current.get("status") == Some(&status) {
         return Ok(Action::AwaitChange);
     }
-    let patch = json!({"metadata": {"resourceVersion": current["metadata"]["resourceVersion"]},
-                       "status": status});
-    match client
-        .json(
-            Method::PATCH,
-            &format!("{path}/status"),
-            "application/merge-patch+json",
-            Some(&patch),
-        )
-        .await
-    {
-        Ok(_) => Ok(Action::AwaitChange),
-        // An eviction took a disruption meanwhile: count again.
-        Err(e) if e.is_conflict() => Ok(Action::RequeueAfter(Duration::from_millis(20))),
-        Err(e) if e.is_not_found() => Ok(Action::AwaitChange),
-        Err(e) => Err(e.into()),
-    }
+    // An eviction that took a disruption meanwhile makes this count again.
+    super::write_status_if_unchanged(&client, &path, &current, status, Action::AwaitChange).await
 }
 
 /// How many pods the selected pods' controllers want: the sum of each distinct controller's

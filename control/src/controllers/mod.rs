@@ -61,6 +61,53 @@ pub async fn first_of<K: crate::client::ApiObject>(client: &Client) {
     }
 }
 
+/// The object at `path` read through the API as JSON, `None` once it is gone. Controllers
+/// that write a status computed from a fresh read (quota, disruption) start here.
+pub async fn read_fresh(client: &Client, path: &str) -> Result<Option<serde_json::Value>, Error> {
+    match client
+        .json(http::Method::GET, path, "application/json", None)
+        .await
+    {
+        Ok(current) => Ok(Some(current)),
+        Err(e) if e.is_not_found() => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Writes `status` to `path`'s `/status` only if the object is still the `read` one (its
+/// resourceVersion as a precondition): a write made meanwhile (a quota charge, an eviction)
+/// is never overwritten, and the controller looks again in 20 ms. `then` is what to do
+/// after a landed write.
+pub async fn write_status_if_unchanged(
+    client: &Client,
+    path: &str,
+    read: &serde_json::Value,
+    status: serde_json::Value,
+    then: runtime::Action,
+) -> Result<runtime::Action, Error> {
+    let revision = read
+        .pointer("/metadata/resourceVersion")
+        .cloned()
+        .unwrap_or(serde_json::Value::Null);
+    let patch = serde_json::json!({"metadata": {"resourceVersion": revision}, "status": status});
+    match client
+        .json(
+            http::Method::PATCH,
+            &format!("{path}/status"),
+            "application/merge-patch+json",
+            Some(&patch),
+        )
+        .await
+    {
+        Ok(_) => Ok(then),
+        Err(e) if e.is_conflict() => Ok(runtime::Action::RequeueAfter(
+            std::time::Duration::from_millis(20),
+        )),
+        Err(e) if e.is_not_found() => Ok(runtime::Action::AwaitChange),
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// The controller owner reference of an object, if any.
 pub fn controller_of(
     meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,

@@ -15,7 +15,7 @@ use http::Method;
 use k8s_openapi::api::core::v1::{
     ConfigMap, PersistentVolumeClaim, Pod, ReplicationController, ResourceQuota, Secret, Service,
 };
-use serde_json::{json, Value};
+use serde_json::json;
 
 use super::runtime::{all_in_namespace, Action, Reconciler};
 use super::Error;
@@ -72,13 +72,8 @@ async fn reconcile(client: Client, quota: Arc<ResourceQuota>) -> Result<Action, 
     let name = quota.metadata.name.clone().unwrap_or_default();
     let path = format!("/api/v1/namespaces/{namespace}/resourcequotas/{name}");
     // Read first: its resourceVersion guards the status written below.
-    let current = match client
-        .json(Method::GET, &path, "application/json", None)
-        .await
-    {
-        Ok(current) => current,
-        Err(e) if e.is_not_found() => return Ok(Action::AwaitChange),
-        Err(e) => return Err(e.into()),
+    let Some(current) = super::read_fresh(&client, &path).await? else {
+        return Ok(Action::AwaitChange);
     };
     let counted = Quota { object: &current };
     let mut listings = Vec::new();
@@ -146,24 +141,13 @@ async fn reconcile(client: Client, quota: Arc<ResourceQuota>) -> Result<Action, 
             }
         }
     }
-    let revision = current
-        .pointer("/metadata/resourceVersion")
-        .cloned()
-        .unwrap_or(Value::Null);
-    let patch = json!({"metadata": {"resourceVersion": revision}, "status": status});
-    match client
-        .json(
-            Method::PATCH,
-            &format!("{path}/status"),
-            "application/merge-patch+json",
-            Some(&patch),
-        )
-        .await
-    {
-        Ok(_) => Ok(Action::RequeueAfter(RESYNC)),
-        // A charge (or another recount) came first: count again.
-        Err(e) if e.is_conflict() => Ok(Action::RequeueAfter(Duration::from_millis(20))),
-        Err(e) if e.is_not_found() => Ok(Action::AwaitChange),
-        Err(e) => Err(e.into()),
-    }
+    // A charge (or another recount) made meanwhile makes this count again.
+    super::write_status_if_unchanged(
+        &client,
+        &path,
+        &current,
+        status,
+        Action::RequeueAfter(RESYNC),
+    )
+    .await
 }

@@ -28,9 +28,17 @@ const V2_PREFIX: &str = "#/definitions/";
 const V3_PREFIX: &str = "#/components/schemas/";
 
 /// Every group-version document, serialized once: its key (`apis/apps/v1`) to (hash, bytes).
-static DOCUMENTS: LazyLock<BTreeMap<String, (String, Vec<u8>)>> = LazyLock::new(|| {
+static DOCUMENTS: LazyLock<BTreeMap<String, (String, Vec<u8>)>> =
+    LazyLock::new(|| documents(RESOURCES.iter(), group_version_document));
+
+/// One document per group-version of `resources`, built by `build`: its key (`api/v1`,
+/// `apis/apps/v1`) to (hash, bytes).
+fn documents<'a>(
+    resources: impl Iterator<Item = &'a ResourceInfo>,
+    build: fn(&[&ResourceInfo]) -> Value,
+) -> BTreeMap<String, (String, Vec<u8>)> {
     let mut served: BTreeMap<(&str, &str), Vec<&ResourceInfo>> = BTreeMap::new();
-    for resource in RESOURCES {
+    for resource in resources {
         served
             .entry((resource.group, resource.version))
             .or_default()
@@ -44,13 +52,13 @@ static DOCUMENTS: LazyLock<BTreeMap<String, (String, Vec<u8>)>> = LazyLock::new(
             } else {
                 format!("apis/{group}/{version}")
             };
-            let bytes = serde_json::to_vec(&group_version_document(&resources))
-                .expect("a JSON value always serializes");
+            let bytes =
+                serde_json::to_vec(&build(&resources)).expect("a JSON value always serializes");
             let hash = hex(&Sha256::digest(&bytes));
             (key, (hash, bytes))
         })
         .collect()
-});
+}
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02X}")).collect()
@@ -59,22 +67,7 @@ fn hex(bytes: &[u8]) -> String {
 /// The documents of the custom kinds' group-versions, built when asked for (CRDs change at
 /// run time): key to (hash, bytes).
 fn custom_documents(custom: &[&'static ResourceInfo]) -> BTreeMap<String, (String, Vec<u8>)> {
-    let mut served: BTreeMap<(&str, &str), Vec<&ResourceInfo>> = BTreeMap::new();
-    for resource in custom {
-        served
-            .entry((resource.group, resource.version))
-            .or_default()
-            .push(resource);
-    }
-    served
-        .into_iter()
-        .map(|((group, version), resources)| {
-            let bytes = serde_json::to_vec(&custom_document(&resources))
-                .expect("a JSON value always serializes");
-            let hash = hex(&Sha256::digest(&bytes));
-            (format!("apis/{group}/{version}"), (hash, bytes))
-        })
-        .collect()
+    documents(custom.iter().copied(), custom_document)
 }
 
 /// `GET /openapi/v3`, with `custom` the served custom kinds.

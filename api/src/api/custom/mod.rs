@@ -39,11 +39,12 @@ impl ScalePaths {
     }
 }
 
-/// A dotted path (`.spec.replicas`) as a JSON pointer (`/spec/replicas`).
+/// A dotted path (`.spec.replicas`) as a JSON pointer (`/spec/replicas`), for both reading
+/// (`Value::pointer`) and writing (`object::set_at`, which takes segments as they are).
 pub fn pointer_of(path: &str) -> String {
     path.split('.')
         .filter(|part| !part.is_empty())
-        .map(|part| format!("/{}", part.replace('~', "~0").replace('/', "~1")))
+        .map(|part| format!("/{part}"))
         .collect()
 }
 
