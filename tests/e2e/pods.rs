@@ -766,3 +766,121 @@ async fn probes_and_deadlines_stop_and_restart_containers() {
     let (status, _) = proxy_get(&http, "short-lived:8080", "/").await;
     assert_ne!(status, 200, "past its deadline the pod serves no more");
 }
+
+/// A native sidecar (an init container with `restartPolicy: Always`) is serving on the pod's
+/// loopback before the main container starts (the main container's one GET to it must
+/// succeed, or the Job fails: `backoffLimit: 0`), and the Job completes when its main
+/// container exits, though the sidecar would serve forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_native_sidecar_serves_before_the_app_and_does_not_hold_a_job() {
+    let cluster = TestCluster::start(1).await;
+    let http = cluster.http();
+    let sidecar = json!({"name": "cache", "image": WEB_P2, "restartPolicy": "Always",
+        "ports": [{"containerPort": 9090}]});
+    let job = json!({"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": "with-sidecar"},
+        "spec": {"backoffLimit": 0, "template": {"spec": {
+            "restartPolicy": "Never",
+            "initContainers": [sidecar],
+            "containers": [{"name": "main", "image": HELLO_P2,
+                "args": ["main", "--get", "localhost:9090/healthz"]}]}}}});
+    create(&http, "/apis/batch/v1/namespaces/default/jobs", job).await;
+    let job_path = "/apis/batch/v1/namespaces/default/jobs/with-sidecar";
+    let job = wait_for("the Job to finish", Duration::from_secs(60), async || {
+        let (_, job) = http.call("GET", job_path, "", "").await;
+        let finished = job["status"]["conditions"].as_array().is_some_and(|cs| {
+            cs.iter().any(|c| {
+                (c["type"] == "Complete" || c["type"] == "Failed") && c["status"] == "True"
+            })
+        });
+        finished.then_some(job)
+    })
+    .await;
+    assert_eq!(job["status"]["succeeded"], 1, "{job}");
+    let (_, pods) = http
+        .call(
+            "GET",
+            &format!("{PODS}?labelSelector=job-name%3Dwith-sidecar"),
+            "",
+            "",
+        )
+        .await;
+    let pod = &pods["items"][0];
+    let name = pod["metadata"]["name"].as_str().unwrap();
+    assert_eq!(pod["status"]["phase"], "Succeeded", "{pod}");
+    let (_, log) = http
+        .raw("GET", &format!("{PODS}/{name}/log?container=main"), "", "")
+        .await;
+    let log = String::from_utf8_lossy(&log);
+    assert!(log.contains("GET localhost:9090/healthz: 200 ok"), "{log}");
+    // The sidecar ran beside the main container, was stopped after it, and never failed.
+    let cache = &pod["status"]["initContainerStatuses"][0];
+    let main = &pod["status"]["containerStatuses"][0];
+    assert_eq!(cache["state"]["terminated"]["exitCode"], 0, "{cache}");
+    assert_eq!(cache["restartCount"], 0, "{cache}");
+    let started = |status: &Value| {
+        status["state"]["terminated"]["startedAt"]
+            .as_str()
+            .map(str::to_owned)
+    };
+    let finished = |status: &Value| {
+        status["state"]["terminated"]["finishedAt"]
+            .as_str()
+            .map(str::to_owned)
+    };
+    assert!(started(cache) <= started(main), "{cache} {main}");
+    assert!(finished(cache) >= finished(main), "{cache} {main}");
+}
+
+/// A sidecar serves beside a serving app for the pod's life: the app reaches it over
+/// localhost, its readiness probe counts toward the pod's, and `kubectl get pods` counts it
+/// (READY 2/2). A `restartPolicy` on a main container is refused naming the field.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sidecar_serves_beside_the_app_and_counts_in_its_readiness() {
+    let cluster = TestCluster::start(1).await;
+    let http = cluster.http();
+    let probe = json!({"httpGet": {"path": "/healthz", "port": 9090}, "periodSeconds": 1});
+    let pod = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "duo"}, "spec": {
+        "initContainers": [{"name": "cache", "image": WEB_P2, "restartPolicy": "Always",
+            "ports": [{"containerPort": 9090}], "readinessProbe": probe, "startupProbe": probe}],
+        "containers": [{"name": "app", "image": WEB_P2, "ports": [{"containerPort": 8080}]}]}});
+    create(&http, PODS, pod.clone()).await;
+    let pod_now = wait_pod(&http, "duo", "Ready", ready).await;
+    let cache = &pod_now["status"]["initContainerStatuses"][0];
+    assert_eq!(
+        (cache["started"].as_bool(), cache["ready"].as_bool()),
+        (Some(true), Some(true)),
+        "{cache}"
+    );
+    assert_eq!(
+        proxy_get(&http, "duo:8080", "/call/localhost:9090/healthz").await,
+        (200, "200 ok\n".to_string())
+    );
+    let (status, _, table) = http
+        .get_accepting(
+            &format!("{PODS}/duo"),
+            "application/json;as=Table;v=v1;g=meta.k8s.io",
+        )
+        .await;
+    assert_eq!(status, 200);
+    let table: Value = serde_json::from_slice(&table).unwrap();
+    let cells = &table["rows"][0]["cells"];
+    assert_eq!(
+        (cells[1].as_str(), cells[2].as_str()),
+        (Some("2/2"), Some("Running")),
+        "{table}"
+    );
+
+    let mut bad = pod;
+    bad["metadata"]["name"] = json!("bad");
+    bad["spec"]["containers"][0]["restartPolicy"] = json!("Always");
+    let (status, body) = http
+        .call("POST", PODS, "application/json", &bad.to_string())
+        .await;
+    assert_eq!(status, 422, "{body}");
+    assert!(
+        body["message"].as_str().unwrap_or_default().contains(
+            "spec.containers[0].restartPolicy: Forbidden: may not be set for non-init containers"
+        ),
+        "{body}"
+    );
+}

@@ -8,6 +8,7 @@
 use serde_json::{json, Value};
 
 use super::object::{self, str_at};
+use super::pod_requests;
 use super::quantity::Quantity;
 use super::validation::Cause;
 
@@ -121,21 +122,26 @@ pub fn admit_pod(ranges: &[Value], pod: &mut Value) -> Result<(), String> {
             }
         }
     }
+    let containers = |field: &str| -> &[Value] {
+        pod.pointer(&format!("/spec/{field}"))
+            .and_then(Value::as_array)
+            .map_or(&[], Vec::as_slice)
+    };
     for item in items(ranges, "Pod") {
+        // What the pod needs at its peak, init containers and sidecars included, as
+        // Kubernetes' LimitRanger counts it.
         let sum = |kind: &str, resource: &str| -> Option<Quantity> {
-            let mut total: i128 = 0;
-            let mut any = false;
-            for container in pod
-                .pointer("/spec/containers")
-                .and_then(Value::as_array)
-                .into_iter()
-                .flatten()
-            {
-                if let Some(q) = quantity_at(container, &format!("/resources/{kind}/{resource}")) {
-                    total = total.saturating_add(q.millis());
-                    any = true;
-                }
-            }
+            let path = format!("/resources/{kind}/{resource}");
+            let declared = |c: &Value| quantity_at(c, &path);
+            let (init, main) = (containers("initContainers"), containers("containers"));
+            let any = init.iter().chain(main).any(|c| declared(c).is_some());
+            let millis = |c: &Value| declared(c).map_or(0, |q| q.millis());
+            let total = pod_requests::effective(
+                init.iter()
+                    .map(|c| (pod_requests::is_sidecar_json(c), millis(c))),
+                main.iter().map(millis),
+                i128::saturating_add,
+            );
             any.then(|| Quantity::parse(&format!("{total}m")).unwrap_or_default())
         };
         check("Pod", item, &sum)?;

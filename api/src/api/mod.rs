@@ -11,6 +11,7 @@ pub mod intstr;
 pub mod limits;
 pub mod object;
 pub mod patch;
+pub mod pod_requests;
 pub mod priority;
 #[cfg(test)]
 mod proptests;

@@ -7,14 +7,15 @@
 //! compare-and-swap of the quota's `status.used`; the quota controller recounts.
 //!
 //! Pods count while they are not terminal (phase Succeeded or Failed); a pod's compute
-//! resources are the larger of the sum over its containers and each init container, as
-//! Kubernetes' `PodRequests`.
+//! resources are counted by [`super::pod_requests`], as Kubernetes' `PodRequests` (init
+//! containers one at a time, native sidecars beside everything after them).
 
 use std::collections::BTreeMap;
 
 use serde_json::{json, Value};
 
 use super::object::str_at;
+use super::pod_requests;
 use super::quantity::Quantity;
 use super::validation::Cause;
 
@@ -96,17 +97,17 @@ fn pod_compute(pod: &Value) -> Usage {
     let amount = |container: &Value, kind: &str, name: &str| -> Quantity {
         Quantity::parse(str_at(container, &format!("/resources/{kind}/{name}"))).unwrap_or_default()
     };
+    let (init, main) = (containers("initContainers"), containers("containers"));
     let mut usage = Usage::new();
     for kind in ["requests", "limits"] {
         for name in COMPUTE {
-            let sum = containers("containers")
-                .iter()
-                .map(|c| amount(c, kind, name).millis())
-                .fold(0i128, i128::saturating_add);
-            let total = containers("initContainers")
-                .iter()
-                .map(|c| amount(c, kind, name).millis())
-                .fold(sum, i128::max);
+            let millis = |c: &Value| amount(c, kind, name).millis();
+            let total = pod_requests::effective(
+                init.iter()
+                    .map(|c| (pod_requests::is_sidecar_json(c), millis(c))),
+                main.iter().map(millis),
+                i128::saturating_add,
+            );
             if total > 0 {
                 let quantity = from_millis(total);
                 if kind == "requests" {
@@ -475,6 +476,13 @@ mod tests {
         assert_eq!(usage["requests.memory"], q("64Mi"));
         assert_eq!(usage["limits.cpu"], q("200m"));
         assert_eq!(usage["count/pods"], q("1"));
+        // A sidecar runs beside the main containers: its request adds to theirs.
+        let mut with_sidecar = pod.clone();
+        with_sidecar["spec"]["initContainers"] = json!([
+            {"restartPolicy": "Always", "resources": {"requests": {"cpu": "50m"}}},
+        ]);
+        let usage = usage_of("", "pods", &with_sidecar);
+        assert_eq!(usage["requests.cpu"], q("300m"));
         let mut done = pod.clone();
         done["status"] = json!({"phase": "Succeeded"});
         assert!(usage_of("", "pods", &done).is_empty());

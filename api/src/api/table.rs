@@ -807,30 +807,14 @@ fn row(printer: &dyn TableConvertor, object: &Value, include_object: bool) -> Va
 }
 
 fn pod_cells(o: &Value) -> [Value; 9] {
-    let statuses = o
-        .pointer("/status/containerStatuses")
-        .and_then(Value::as_array)
-        .cloned()
-        .unwrap_or_default();
-    let total = o
-        .pointer("/spec/containers")
-        .and_then(Value::as_array)
-        .map_or(0, Vec::len);
-    let ready = statuses
-        .iter()
-        .filter(|s| s["ready"].as_bool() == Some(true))
-        .count();
-    let restarts: i64 = statuses
-        .iter()
-        .filter_map(|s| s["restartCount"].as_i64())
-        .sum();
+    let summary = PodSummary::of(o);
     let node = str_at(o, "/spec/nodeName");
     let ip = str_at(o, "/status/podIP");
     [
         name(o),
-        json!(format!("{ready}/{total}")),
-        json!(pod_status_reason(o)),
-        json!(restarts.to_string()),
+        json!(format!("{}/{}", summary.ready, summary.total)),
+        json!(summary.status),
+        json!(summary.restarts.to_string()),
         age(o),
         json!(if ip.is_empty() { "<none>" } else { ip }),
         json!(if node.is_empty() { "<none>" } else { node }),
@@ -839,39 +823,122 @@ fn pod_cells(o: &Value) -> [Value; 9] {
     ]
 }
 
-/// The STATUS column of a pod, following kubectl's printer: a terminating pod says so; a
-/// waiting or terminated container's reason beats the phase; a finished command says Completed.
-pub fn pod_status_reason(o: &Value) -> String {
-    if o.pointer("/metadata/deletionTimestamp")
-        .is_some_and(|t| !t.is_null())
-    {
-        return "Terminating".into();
-    }
-    let mut reason = str_at(o, "/status/reason").to_string();
-    if reason.is_empty() {
-        reason = str_at(o, "/status/phase").to_string();
-    }
-    let statuses = o
-        .pointer("/status/containerStatuses")
-        .and_then(Value::as_array)
-        .cloned()
-        .unwrap_or_default();
-    for status in statuses.iter().rev() {
-        let waiting = str_at(status, "/state/waiting/reason");
-        let terminated = str_at(status, "/state/terminated/reason");
-        if !waiting.is_empty() {
-            reason = waiting.to_string();
-        } else if !terminated.is_empty() {
-            reason = terminated.to_string();
-        } else if status.pointer("/state/terminated").is_some() {
-            let code = status
-                .pointer("/state/terminated/exitCode")
-                .and_then(Value::as_i64)
-                .unwrap_or(0);
-            reason = format!("ExitCode:{code}");
+/// The READY, STATUS and RESTARTS columns of a pod, following kubectl's printer: sidecars
+/// (init containers with `restartPolicy: Always`) count among the containers; a pod still
+/// initializing shows `Init:N/M` or its init container's trouble; otherwise a waiting or
+/// terminated container's reason beats the phase; a terminating pod says so.
+struct PodSummary {
+    ready: usize,
+    total: usize,
+    status: String,
+    restarts: i64,
+}
+
+impl PodSummary {
+    fn of(o: &Value) -> Self {
+        let list = |pointer: &str| -> &[Value] {
+            o.pointer(pointer)
+                .and_then(Value::as_array)
+                .map_or(&[], Vec::as_slice)
+        };
+        let init_specs = list("/spec/initContainers");
+        let is_sidecar = |name: &str| {
+            init_specs
+                .iter()
+                .any(|c| c["name"] == name && super::pod_requests::is_sidecar_json(c))
+        };
+        let sidecars = init_specs
+            .iter()
+            .filter(|c| super::pod_requests::is_sidecar_json(c))
+            .count();
+        let restart_count = |s: &Value| s["restartCount"].as_i64().unwrap_or(0);
+        let phase = str_at(o, "/status/phase");
+        let mut summary = Self {
+            ready: 0,
+            total: list("/spec/containers").len() + sidecars,
+            status: match str_at(o, "/status/reason") {
+                "" => phase.to_string(),
+                reason => reason.to_string(),
+            },
+            restarts: 0,
+        };
+        let mut sidecar_restarts = 0;
+        let mut initializing = false;
+        for (i, status) in list("/status/initContainerStatuses").iter().enumerate() {
+            summary.restarts += restart_count(status);
+            let name = str_at(status, "/name");
+            if is_sidecar(name) {
+                sidecar_restarts += restart_count(status);
+            }
+            let terminated = status.pointer("/state/terminated");
+            let waiting = str_at(status, "/state/waiting/reason");
+            if terminated.is_some_and(|t| t["exitCode"].as_i64() == Some(0)) {
+                continue;
+            }
+            if is_sidecar(name) && status["started"].as_bool() == Some(true) {
+                summary.ready += usize::from(status["ready"].as_bool() == Some(true));
+                continue;
+            }
+            summary.status = if let Some(terminated) = terminated {
+                match str_at(terminated, "/reason") {
+                    "" => format!(
+                        "Init:ExitCode:{}",
+                        terminated["exitCode"].as_i64().unwrap_or(0)
+                    ),
+                    reason => format!("Init:{reason}"),
+                }
+            } else if !waiting.is_empty() && waiting != "PodInitializing" {
+                format!("Init:{waiting}")
+            } else {
+                format!("Init:{i}/{}", init_specs.len())
+            };
+            initializing = true;
+            break;
         }
+        let initialized = list("/status/conditions")
+            .iter()
+            .any(|c| c["type"] == "Initialized" && c["status"] == "True");
+        if !initializing || initialized {
+            summary.restarts = sidecar_restarts;
+            let mut running = false;
+            for status in list("/status/containerStatuses").iter().rev() {
+                summary.restarts += restart_count(status);
+                let waiting = str_at(status, "/state/waiting/reason");
+                let terminated = status.pointer("/state/terminated");
+                if !waiting.is_empty() {
+                    summary.status = waiting.to_string();
+                } else if let Some(terminated) = terminated {
+                    summary.status = match str_at(terminated, "/reason") {
+                        "" => format!("ExitCode:{}", terminated["exitCode"].as_i64().unwrap_or(0)),
+                        reason => reason.to_string(),
+                    };
+                } else if status["ready"].as_bool() == Some(true)
+                    && status.pointer("/state/running").is_some()
+                {
+                    running = true;
+                    summary.ready += 1;
+                }
+            }
+            if summary.status == "Completed" && running {
+                let ready = list("/status/conditions")
+                    .iter()
+                    .any(|c| c["type"] == "Ready" && c["status"] == "True");
+                summary.status = if ready { "Running" } else { "NotReady" }.into();
+            }
+        }
+        let deleting = o
+            .pointer("/metadata/deletionTimestamp")
+            .is_some_and(|t| !t.is_null());
+        if deleting && !matches!(phase, "Succeeded" | "Failed") {
+            summary.status = "Terminating".into();
+        }
+        summary
     }
-    reason
+}
+
+/// The STATUS column of a pod, as kubectl prints it.
+pub fn pod_status_reason(o: &Value) -> String {
+    PodSummary::of(o).status
 }
 
 fn node_cells(o: &Value) -> [Value; 10] {
@@ -962,6 +1029,46 @@ mod tests {
                 json!("8080"),
                 json!("10.0.0.1,10.0.0.2,10.0.0.3 + 1 more...")
             ]
+        );
+    }
+
+    #[test]
+    fn init_containers_and_sidecars_read_like_kubectl() {
+        let spec = json!({"initContainers": [
+            {"name": "setup"},
+            {"name": "cache", "restartPolicy": "Always"},
+        ], "containers": [{"name": "app"}]});
+        let cells = |status: Value| {
+            let pod = json!({"metadata": {"name": "p"}, "spec": spec, "status": status});
+            let row = &render(&POD, &[&pod], 1, false)["rows"][0]["cells"];
+            (row[1].clone(), row[2].clone(), row[3].clone())
+        };
+        let running = json!({"running": {}});
+        // The first init container still runs: Init:0/2, the sidecar counted in READY's total.
+        assert_eq!(
+            cells(json!({"phase": "Pending", "initContainerStatuses": [
+                {"name": "setup", "state": running, "restartCount": 0},
+                {"name": "cache", "state": {"waiting": {"reason": "PodInitializing"}}},
+            ]})),
+            (json!("0/2"), json!("Init:0/2"), json!("0"))
+        );
+        // A failing init container's reason.
+        assert_eq!(
+            cells(json!({"phase": "Pending", "initContainerStatuses": [
+                {"name": "setup", "state": {"waiting": {"reason": "CrashLoopBackOff"}}, "restartCount": 3},
+            ]})).1,
+            json!("Init:CrashLoopBackOff")
+        );
+        // Running: the started, ready sidecar counts as ready and its restarts show.
+        assert_eq!(
+            cells(json!({"phase": "Running",
+                "conditions": [{"type": "Initialized", "status": "True"}, {"type": "Ready", "status": "True"}],
+                "initContainerStatuses": [
+                    {"name": "setup", "state": {"terminated": {"exitCode": 0, "reason": "Completed"}}, "restartCount": 1},
+                    {"name": "cache", "state": running, "started": true, "ready": true, "restartCount": 2},
+                ],
+                "containerStatuses": [{"name": "app", "state": running, "ready": true, "restartCount": 1}]})),
+            (json!("2/2"), json!("Running"), json!("3"))
         );
     }
 

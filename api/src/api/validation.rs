@@ -755,6 +755,7 @@ pub fn pod(object: &Value, causes: &mut Vec<Cause>) {
                 causes.push(Cause::duplicate(format!("{path}.name"), &container.name));
             }
             container_rules(&path, container, &volumes, causes);
+            restart_rules(&path, list == "spec.initContainers", container, causes);
         }
     }
     if let Some(policy) = spec.restart_policy.as_deref() {
@@ -781,6 +782,43 @@ pub fn pod(object: &Value, causes: &mut Vec<Cause>) {
                 &volume.name,
                 &why.to_string(),
             ));
+        }
+    }
+}
+
+/// A container's own `restartPolicy`, as Kubernetes 1.33: only an init container may set
+/// it, and only to `Always` (a native sidecar); an init container that must finish has no
+/// probes.
+fn restart_rules(path: &str, init: bool, container: &Container, causes: &mut Vec<Cause>) {
+    let policy = container.restart_policy.as_deref();
+    if !init {
+        if policy.is_some() {
+            causes.push(Cause::forbidden(
+                format!("{path}.restartPolicy"),
+                "may not be set for non-init containers",
+            ));
+        }
+        return;
+    }
+    match policy {
+        Some("Always") => {}
+        Some(other) => causes.push(Cause::not_supported(
+            format!("{path}.restartPolicy"),
+            other,
+            &["Always"],
+        )),
+        None => {
+            let probes = [
+                ("livenessProbe", container.liveness_probe.is_some()),
+                ("readinessProbe", container.readiness_probe.is_some()),
+                ("startupProbe", container.startup_probe.is_some()),
+            ];
+            for (field, _) in probes.iter().filter(|(_, set)| *set) {
+                causes.push(Cause::forbidden(
+                    format!("{path}.{field}"),
+                    "may not be set for init containers without restartPolicy=Always",
+                ));
+            }
         }
     }
 }
@@ -1434,6 +1472,32 @@ mod tests {
         );
         let good = json!({"metadata": {"name": "p"}, "spec": {"containers": [{"name": "c", "image": "h.wasm"}]}});
         assert!(fields("Pod", good).is_empty());
+    }
+
+    #[test]
+    fn only_init_containers_restart_on_their_own_and_only_sidecars_have_probes() {
+        let probe = json!({"httpGet": {"path": "/", "port": 8080}});
+        let pod = json!({"metadata": {"name": "p"}, "spec": {
+            "initContainers": [
+                {"name": "sidecar", "image": "w.wasm", "restartPolicy": "Always", "readinessProbe": probe, "startupProbe": probe},
+                {"name": "once", "image": "h.wasm", "livenessProbe": probe},
+                {"name": "odd", "image": "h.wasm", "restartPolicy": "OnFailure"}
+            ],
+            "containers": [{"name": "app", "image": "h.wasm", "restartPolicy": "Always"}]
+        }});
+        let causes = validate("Pod", &pod);
+        let described: Vec<String> = causes
+            .iter()
+            .map(|c| format!("{}: {}", c.field, c.message))
+            .collect();
+        assert_eq!(
+            described,
+            [
+                "spec.initContainers[1].livenessProbe: Forbidden: may not be set for init containers without restartPolicy=Always",
+                "spec.initContainers[2].restartPolicy: Unsupported value: \"OnFailure\": supported values: \"Always\"",
+                "spec.containers[0].restartPolicy: Forbidden: may not be set for non-init containers",
+            ]
+        );
     }
 
     #[test]

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use k8s_openapi::api::core::v1::{Node, Pod};
 use tokio::sync::Semaphore;
 
-use crate::api::quantity;
+use crate::api::{pod_requests, quantity};
 use crate::client::{watcher, Client, ListParams, Recorder, WatcherEvent};
 pub use filters::node_is_eligible;
 use filters::{matches_node_selector, preferred_node_affinity, untolerated_taint};
@@ -185,7 +185,8 @@ pub struct Requests {
 }
 
 impl Requests {
-    /// The sum of the containers' requests (an init container's, if larger, as they run alone).
+    /// What the pod needs: its containers' requests as [`pod_requests::effective`] counts
+    /// them (init containers one at a time, sidecars beside everything after them).
     pub fn of(pod: &Pod) -> Self {
         let Some(spec) = pod.spec.as_ref() else {
             return Self {
@@ -200,21 +201,15 @@ impl Requests {
             quantity.map(|q| q.0.clone())
         }
         let sum = |name: &str, parse: fn(&str) -> Option<u64>| -> u64 {
-            let main: u64 = spec
-                .containers
-                .iter()
-                .filter_map(|c| request(c, name))
-                .filter_map(|q| parse(&q))
-                .fold(0, u64::saturating_add);
-            let init = spec
-                .init_containers
-                .iter()
-                .flatten()
-                .filter_map(|c| request(c, name))
-                .filter_map(|q| parse(&q))
-                .max()
-                .unwrap_or(0);
-            main.max(init)
+            let amount = |c| request(c, name).and_then(|q| parse(&q)).unwrap_or(0);
+            pod_requests::effective(
+                spec.init_containers
+                    .iter()
+                    .flatten()
+                    .map(|c| (pod_requests::is_sidecar(c), amount(c))),
+                spec.containers.iter().map(amount),
+                u64::saturating_add,
+            )
         };
         Self {
             cpu_millis: sum("cpu", quantity::parse_millis),

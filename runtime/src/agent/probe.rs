@@ -16,11 +16,14 @@ use tokio::task::JoinSet;
 use crate::pod::lifecycle::Probe as ProbeKind;
 use crate::pod::network::{self, PodNetwork};
 
-/// What a container's probes tell its pod worker.
+/// What a container's probes tell its pod worker; the index is the container's in the pod's
+/// lifecycle (init containers first).
 #[derive(Debug)]
 pub enum ProbeReport {
     /// The readiness probe's verdict changed.
     Ready(usize, bool),
+    /// The startup probe succeeded (a sidecar's turn among the init containers ends).
+    StartupSucceeded(usize),
     /// A liveness or startup probe failed `failureThreshold` times; the probe stops (the
     /// container is restarted with fresh probes, or not at all).
     Failed(usize, ProbeKind, String),
@@ -44,6 +47,8 @@ pub(super) fn spawn<R>(
             match run_until_success(&probe, &spec, &network).await {
                 Ok(()) => {
                     let _ = started_tx.send(true);
+                    let report = ProbeReport::StartupSucceeded(index);
+                    let _ = reports.send(report.into()).await;
                 }
                 Err(message) => {
                     let message = format!("Startup probe failed: {message}");

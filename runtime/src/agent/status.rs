@@ -44,6 +44,9 @@ pub struct Container {
     pub done: bool,
     /// The readiness probe's verdict, if the container has one.
     pub probe_ready: Option<bool>,
+    /// A native sidecar (an init container with `restartPolicy: Always`): its readiness
+    /// counts toward the pod's.
+    pub sidecar: bool,
 }
 
 impl Container {
@@ -60,7 +63,13 @@ impl Container {
             restart_count: 0,
             done: false,
             probe_ready: None,
+            sidecar: false,
         }
+    }
+
+    pub fn as_sidecar(mut self, sidecar: bool) -> Self {
+        self.sidecar = sidecar;
+        self
     }
 
     /// A container with a readiness probe starts unready.
@@ -232,7 +241,10 @@ impl PodView {
 
     pub fn to_status(&mut self) -> PodStatus {
         let now = Utc::now();
-        let ready = !self.main.is_empty() && self.main.iter().all(Container::ready);
+        // Sidecars serve beside the main containers: the pod is ready when they all are.
+        let ready = !self.main.is_empty()
+            && self.main.iter().all(Container::ready)
+            && self.init.iter().filter(|c| c.sidecar).all(Container::ready);
         let mut condition = |type_: &'static str, ok: bool| {
             let (_, since) = *self
                 .transitions
@@ -377,5 +389,34 @@ mod tests {
         ));
         c.started(Utc::now());
         assert_eq!(c.restart_count, 1);
+    }
+
+    #[test]
+    fn a_sidecars_readiness_counts_and_its_stop_does_not_fail_the_pod() {
+        let ready = |v: &mut PodView| {
+            let conditions = v.to_status().conditions.unwrap();
+            conditions
+                .iter()
+                .find(|c| c.type_ == "Ready")
+                .map(|c| c.status.clone())
+                .unwrap()
+        };
+        let mut app = Container::new("app", "a.wasm");
+        app.started(Utc::now());
+        let mut sidecar = Container::new("cache", "c.wasm")
+            .with_readiness_probe(true)
+            .as_sidecar(true);
+        sidecar.started(Utc::now());
+        let mut v = view(vec![app]);
+        v.init = vec![sidecar];
+        assert_eq!(ready(&mut v), "False", "the sidecar's probe has not passed");
+        v.init[0].probe_ready = Some(true);
+        assert_eq!(ready(&mut v), "True");
+        // The app finishes; the sidecar is stopped with it (exit 0): the pod succeeded.
+        v.main[0].exited(&Exit::Code(0), Utc::now(), Utc::now());
+        v.main[0].done = true;
+        v.init[0].exited(&Exit::Code(0), Utc::now(), Utc::now());
+        v.init[0].done = true;
+        assert_eq!(v.phase(), "Succeeded");
     }
 }

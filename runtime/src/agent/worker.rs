@@ -106,18 +106,23 @@ impl PodWorker {
         network: Arc<PodNetwork>,
     ) -> Self {
         let spec = pod.spec.clone().unwrap_or_default();
-        let to_record = |c: &ContainerSpec| {
+        let to_record = |c: &ContainerSpec, sidecar: bool| {
             Container::new(&c.name, c.image.as_deref().unwrap_or(""))
                 .with_readiness_probe(c.readiness_probe.is_some())
+                .as_sidecar(sidecar)
         };
         let view = PodView {
             init: spec
                 .init_containers
                 .iter()
                 .flatten()
-                .map(to_record)
+                .map(|c| to_record(c, is_sidecar(c)))
                 .collect(),
-            main: spec.containers.iter().map(to_record).collect(),
+            main: spec
+                .containers
+                .iter()
+                .map(|c| to_record(c, false))
+                .collect(),
             initialized: spec.init_containers.as_ref().is_none_or(Vec::is_empty),
             host_ip: shared.address.clone(),
             pod_ip,
@@ -179,15 +184,20 @@ impl PodWorker {
         let timing = Timing {
             initial_backoff: self.shared.restart_backoff,
         };
-        let (mut life, effects) = Lifecycle::new(
+        let mut life = Lifecycle::new(
             policy,
             timing,
             self.view.init.len(),
             self.view.main.len(),
             active_deadline_seconds,
             Instant::now().into_std(),
-        )
-        .begin(Instant::now().into_std());
+        );
+        for (index, spec) in self.specs[..self.view.init.len()].iter().enumerate() {
+            if is_sidecar(spec) {
+                life = life.with_sidecar(index, spec.startup_probe.is_some());
+            }
+        }
+        let (mut life, effects) = life.begin(Instant::now().into_std());
         let mut pending: VecDeque<Effect> = effects.into();
         let mut wake: Option<Instant> = None;
         let mut stop = self.stop.clone();
@@ -363,7 +373,7 @@ impl PodWorker {
 
     /// Starts container `index`: runs a command, or serves an HTTP component, with its probes.
     fn start(&mut self, index: usize) -> Option<lifecycle::Event> {
-        let (init, local) = self.locate(index);
+        let (init, _) = self.locate(index);
         let spec = self.specs[index].clone();
         let program = self.programs[index].clone();
         let template = match self.launch_template(&spec, index) {
@@ -429,8 +439,9 @@ impl PodWorker {
                     .await;
             });
         }
-        if !init {
-            probe::spawn(&mut tasks, &spec, local, self.network.clone(), reports);
+        // Regular init containers have no probes (validation refuses them); sidecars do.
+        if !init || is_sidecar(&spec) {
+            probe::spawn(&mut tasks, &spec, index, self.network.clone(), reports);
         }
         self.active.insert(
             index,
@@ -462,25 +473,37 @@ impl PodWorker {
 
     /// The pod is over: stop what still runs (draining HTTP containers within the grace
     /// period when the pod is deleted) and record why it failed, if it did.
+    ///
+    /// As the kubelet, main containers stop first and sidecars after them, the last started
+    /// first, so a main container finishing its requests can still call its sidecars.
     async fn finish(&mut self, end: &End) {
-        let active: Vec<Active> = self.active.drain().map(|(_, a)| a).collect();
-        let servers: Vec<Arc<HttpServer>> = active
-            .iter()
-            .filter_map(|a| a.http.as_ref())
-            .map(|(ports, server)| {
-                ports.iter().for_each(|p| self.network.unregister(*p));
-                server.clone()
-            })
-            .collect();
+        let mut active: Vec<(usize, Active)> = self.active.drain().collect();
+        let init_len = self.view.init.len();
+        // Main containers (index >= init_len) first, then sidecars from the last to the first.
+        active.sort_by_key(|(index, _)| (*index < init_len, std::cmp::Reverse(*index)));
         match end {
             End::Stopped => {
                 self.events
                     .push((false, "Killing", "Stopping the pod's containers".into()));
                 let grace = (*self.stop.borrow()).unwrap_or_default();
-                let drained = futures::future::join_all(servers.iter().map(|s| s.drained()));
-                let _ = tokio::time::timeout(grace, drained).await;
+                let deadline = Instant::now() + grace;
+                let mut rest = active.as_slice();
+                while let Some(((first, _), _)) = rest.split_first() {
+                    // One step: every main container together, or one sidecar.
+                    let step_len = if *first >= init_len {
+                        rest.iter().take_while(|(i, _)| *i >= init_len).count()
+                    } else {
+                        1
+                    };
+                    let (step, later) = rest.split_at(step_len);
+                    let servers = self.unregister(step);
+                    let drained = futures::future::join_all(servers.iter().map(|s| s.drained()));
+                    let _ = tokio::time::timeout_at(deadline, drained).await;
+                    rest = later;
+                }
             }
             End::PodFailed { reason, message } => {
+                self.unregister(&active);
                 self.view.failed_reason = Some((reason.clone(), message.clone()));
                 let event = if reason == "DeadlineExceeded" {
                     (false, "DeadlineExceeded", message.clone())
@@ -489,9 +512,34 @@ impl PodWorker {
                 };
                 self.events.push(event);
             }
-            End::Succeeded | End::ContainersFailed => {}
+            End::Succeeded | End::ContainersFailed => {
+                // What still runs is a sidecar: stopped because the main containers ended,
+                // its normal end (the kubelet's SIGTERM; a Wasm module has no signal to
+                // catch, so it is stopped where it is).
+                self.unregister(&active);
+                let now = Utc::now();
+                for (index, _) in &active {
+                    let (init, local) = self.locate(*index);
+                    let record = self.record(init, local);
+                    if let super::status::State::Running { started } = record.state {
+                        record.exited(&Exit::Code(0), started, now);
+                    }
+                }
+            }
         }
         drop(active);
+    }
+
+    /// Takes the ports of these containers off the pod's loopback; returns their servers.
+    fn unregister(&self, containers: &[(usize, Active)]) -> Vec<Arc<HttpServer>> {
+        containers
+            .iter()
+            .filter_map(|(_, a)| a.http.as_ref())
+            .map(|(ports, server)| {
+                ports.iter().for_each(|p| self.network.unregister(*p));
+                server.clone()
+            })
+            .collect()
     }
 
     /// A report from a container's task, as the machine's event (`None`: status only, or a
@@ -530,13 +578,17 @@ impl PodWorker {
                 self.events.push((true, "InstanceFailed", message));
                 None
             }
-            Report::Probe(ProbeReport::Ready(local, ready)) => {
-                self.record(false, local).probe_ready = Some(ready);
+            Report::Probe(ProbeReport::Ready(index, ready)) => {
+                let (init, local) = self.locate(index);
+                self.record(init, local).probe_ready = Some(ready);
                 None
             }
-            Report::Probe(ProbeReport::Failed(local, probe, message)) => {
+            Report::Probe(ProbeReport::StartupSucceeded(index)) => {
+                Some(lifecycle::Event::StartupSucceeded(index))
+            }
+            Report::Probe(ProbeReport::Failed(index, probe, message)) => {
                 Some(lifecycle::Event::ProbeFailed {
-                    index: self.view.init.len() + local,
+                    index,
                     probe,
                     message,
                 })
@@ -654,14 +706,16 @@ impl PodWorker {
                 Err(e) => return Err(Retry(index, e.reason().into(), e.to_string())),
             }
         }
+        // A sidecar may serve (that is what it is for); an init container that must finish
+        // cannot be a server.
         if let Some((index, c)) = spec
             .init_containers
             .iter()
             .flatten()
             .enumerate()
-            .find(|(i, _)| programs[*i].is_http())
+            .find(|(i, c)| programs[*i].is_http() && !is_sidecar(c))
         {
-            return Err(Fatal("CreateContainerConfigError".into(), format!("init container {:?} (#{index}) is an HTTP component; init containers must be commands", c.name)));
+            return Err(Fatal("CreateContainerConfigError".into(), format!("init container {:?} (#{index}) is an HTTP component; init containers must be commands (or sidecars, with restartPolicy: Always)", c.name)));
         }
         self.programs = programs;
         Ok(())
@@ -812,6 +866,11 @@ fn describe(exit: &Exit) -> String {
             reason, message, ..
         } => format!("{reason}: {message}"),
     }
+}
+
+/// A native sidecar: an init container with `restartPolicy: Always`.
+fn is_sidecar(spec: &ContainerSpec) -> bool {
+    shoal_api::api::pod_requests::is_sidecar(spec)
 }
 
 /// The TCP ports an HTTP container serves.

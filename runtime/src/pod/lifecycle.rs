@@ -19,6 +19,13 @@
 //! the kubelet's: the initial delay doubling to 30 times it (10 s to 5 min), reset when a run
 //! lasted twice the maximum (10 min) before it ended. `activeDeadlineSeconds` stops every
 //! container, HTTP ones included, and fails the pod with `DeadlineExceeded`.
+//!
+//! Native sidecars (Kubernetes 1.29+: an init container with `restartPolicy: Always`): the
+//! sidecar takes its turn among the init containers, but the next one starts as soon as it
+//! has *started* (its startup probe passed, if it has one) rather than finished. It is
+//! restarted whenever it exits, whatever the pod's policy; it keeps running beside the main
+//! containers and does not count toward the pod's end: once every main container is done the
+//! pod ends and the sidecars are stopped (the worker stops them last on deletion too).
 
 use std::time::{Duration, Instant};
 
@@ -98,6 +105,9 @@ pub enum Event {
     },
     /// Container `index` (init containers first, then main ones) started running.
     Started(usize),
+    /// Container `index`'s startup probe succeeded (what a sidecar with one waits for before
+    /// the next init container starts).
+    StartupSucceeded(usize),
     /// Container `index`'s run ended (a command's exit, or the end of a killed container).
     Exited { index: usize, exit: Exit },
     /// Container `index` cannot start at all (its configuration is unusable): it is done,
@@ -191,6 +201,15 @@ struct Slot {
     state: Container,
     /// The next back-off delay.
     backoff: Duration,
+    /// A native sidecar (an init container with `restartPolicy: Always`).
+    sidecar: Option<Sidecar>,
+}
+
+/// How a sidecar's turn among the init containers ends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Sidecar {
+    /// The turn ends when its startup probe succeeds, not when it starts.
+    awaits_startup_probe: bool,
 }
 
 /// Where the pod is.
@@ -231,6 +250,7 @@ impl Lifecycle {
         let slot = Slot {
             state: Container::Pending,
             backoff: timing.initial_backoff,
+            sidecar: None,
         };
         let deadline_seconds = active_deadline_seconds
             .and_then(|s| u64::try_from(s).ok())
@@ -250,6 +270,22 @@ impl Lifecycle {
                 .and_then(|s| now.checked_add(Duration::from_secs(s))),
             deadline_seconds,
         }
+    }
+
+    /// Marks init container `index` as a native sidecar; `awaits_startup_probe` when it has
+    /// a startup probe (the next init container waits for it to pass). Other indices are
+    /// ignored: only init containers can be sidecars.
+    pub fn with_sidecar(mut self, index: usize, awaits_startup_probe: bool) -> Self {
+        if index < self.init_count {
+            self.slots[index].sidecar = Some(Sidecar {
+                awaits_startup_probe,
+            });
+        }
+        self
+    }
+
+    fn is_sidecar(&self, index: usize) -> bool {
+        self.slots.get(index).is_some_and(|s| s.sidecar.is_some())
     }
 
     pub fn stage(&self) -> &Stage {
@@ -316,7 +352,20 @@ impl Lifecycle {
                 if let Some(slot) = self.slots.get_mut(index) {
                     if slot.state == Container::Starting {
                         slot.state = Container::Running { since: now };
+                        let turn_ends = slot.sidecar.is_some_and(|s| !s.awaits_startup_probe);
+                        if turn_ends && self.stage == Stage::Initializing(index) {
+                            self.enter_init(index + 1, &mut effects);
+                        }
                     }
+                }
+            }
+            Event::StartupSucceeded(index) => {
+                // Starting counts: the probe's report may overtake the start's.
+                let running = self.slots.get(index).is_some_and(|s| {
+                    matches!(s.state, Container::Running { .. } | Container::Starting)
+                });
+                if running && self.is_sidecar(index) && self.stage == Stage::Initializing(index) {
+                    self.enter_init(index + 1, &mut effects);
                 }
             }
             Event::Exited { index, exit } => self.exited(index, &exit, now, &mut effects),
@@ -426,7 +475,9 @@ impl Lifecycle {
             _ => return,
         };
         let succeeded = *exit == Exit::Code(0);
-        let policy = if index < self.init_count {
+        let policy = if slot.sidecar.is_some() {
+            RestartPolicy::Always
+        } else if index < self.init_count {
             self.policy.for_init()
         } else {
             self.policy
@@ -457,7 +508,13 @@ impl Lifecycle {
 
     /// After container `index` ended: the next init container, or the end of the pod.
     fn after_done(&mut self, index: usize, effects: &mut Vec<Effect>) {
-        if index < self.init_count {
+        if self.is_sidecar(index) {
+            // A sidecar restarts on any exit; done means it can never run again (it cannot
+            // start at all), which the pod cannot do without.
+            if matches!(self.slots[index].state, Container::Done { .. }) {
+                self.finish(End::ContainersFailed, effects);
+            }
+        } else if index < self.init_count {
             match self.slots[index].state {
                 Container::Done { succeeded: true } => self.enter_init(index + 1, effects),
                 Container::Done { succeeded: false } => self.finish(End::ContainersFailed, effects),
@@ -468,7 +525,7 @@ impl Lifecycle {
         }
     }
 
-    /// The pod ends when every main container is done.
+    /// The pod ends when every main container is done (sidecars are stopped then).
     fn check_done(&mut self, effects: &mut Vec<Effect>) {
         let main = &self.slots[self.init_count..];
         let all_done = main
@@ -546,9 +603,23 @@ mod tests {
 
     impl Pod {
         fn new(policy: RestartPolicy, init: usize, main: usize, deadline: Option<i64>) -> Self {
+            Self::with_sidecars(policy, init, main, deadline, &[])
+        }
+
+        /// A pod whose init containers at `sidecars` (index, has a startup probe) are sidecars.
+        fn with_sidecars(
+            policy: RestartPolicy,
+            init: usize,
+            main: usize,
+            deadline: Option<i64>,
+            sidecars: &[(usize, bool)],
+        ) -> Self {
             let start = Instant::now();
-            let (life, effects) =
-                Lifecycle::new(policy, timing(), init, main, deadline, start).begin(start);
+            let mut life = Lifecycle::new(policy, timing(), init, main, deadline, start);
+            for &(index, probe) in sidecars {
+                life = life.with_sidecar(index, probe);
+            }
+            let (life, effects) = life.begin(start);
             assert_eq!(effects[0], Effect::Prepare);
             Self {
                 life: Some(life),
@@ -892,5 +963,96 @@ mod tests {
         running.send(Event::Started(1));
         assert_eq!(ended(&running.send(Event::Stop)), Some(End::Stopped));
         assert_eq!(running.container(1), Container::Done { succeeded: false });
+    }
+
+    #[test]
+    fn a_sidecar_lets_the_next_init_container_start_once_it_runs_and_outlives_the_job() {
+        // Init 0 is a sidecar, init 1 a regular one, then one main command; the pod never
+        // restarts (a Job's pod).
+        let mut pod = Pod::with_sidecars(RestartPolicy::Never, 2, 1, None, &[(0, false)]);
+        assert_eq!(starts(&pod.send(Event::Prepared)), [0]);
+        assert_eq!(
+            starts(&pod.send(Event::Started(0))),
+            [1],
+            "the next init container starts beside the running sidecar"
+        );
+        pod.send(Event::Started(1));
+        let effects = pod.at(1).send(exit(1, 0));
+        assert!(effects.contains(&Effect::Initialized));
+        assert_eq!(starts(&effects), [2]);
+        pod.send(Event::Started(2));
+        // The sidecar crashes: restarted although the pod never restarts its containers.
+        let effects = pod.at(2).send(exit(0, 1));
+        assert_eq!(backoffs(&effects), [(0, 10)]);
+        assert_eq!(ended(&effects), None);
+        assert_eq!(starts(&pod.at(12).send(Event::Tick)), [0]);
+        pod.send(Event::Started(0));
+        // The main container's end is the pod's end, the sidecar still running.
+        let effects = pod.at(13).send(exit(2, 0));
+        assert_eq!(ended(&effects), Some(End::Succeeded));
+        assert_eq!(pod.container(0), Container::Done { succeeded: false });
+    }
+
+    #[test]
+    fn a_sidecar_with_a_startup_probe_holds_the_next_init_container_until_it_passes() {
+        let mut pod = Pod::with_sidecars(RestartPolicy::Always, 1, 1, None, &[(0, true)]);
+        pod.send(Event::Prepared);
+        assert!(starts(&pod.send(Event::Started(0))).is_empty());
+        assert_eq!(*pod.stage(), Stage::Initializing(0));
+        let effects = pod.send(Event::StartupSucceeded(0));
+        assert!(effects.contains(&Effect::Initialized));
+        assert_eq!(starts(&effects), [1]);
+        // A late or repeated success (after a restart) changes nothing.
+        assert!(starts(&pod.send(Event::StartupSucceeded(0))).is_empty());
+
+        // The probe's success may overtake the start's report.
+        let mut raced = Pod::with_sidecars(RestartPolicy::Always, 1, 1, None, &[(0, true)]);
+        raced.send(Event::Prepared);
+        assert_eq!(starts(&raced.send(Event::StartupSucceeded(0))), [1]);
+        assert!(starts(&raced.send(Event::Started(0))).is_empty());
+
+        // A regular init container's startup success (it cannot have one) moves nothing.
+        let mut plain = Pod::new(RestartPolicy::Always, 1, 1, None);
+        plain.send(Event::Prepared);
+        plain.send(Event::Started(0));
+        assert!(starts(&plain.send(Event::StartupSucceeded(0))).is_empty());
+    }
+
+    #[test]
+    fn a_sidecar_restarts_beside_serving_containers_and_only_main_ones_end_the_pod() {
+        let mut pod = Pod::with_sidecars(RestartPolicy::OnFailure, 1, 1, None, &[(0, false)]);
+        pod.send(Event::Prepared);
+        pod.send(Event::Started(0));
+        pod.send(Event::Started(1));
+        // Exiting 0 is no end for a sidecar.
+        let effects = pod.at(1).send(exit(0, 0));
+        assert_eq!(backoffs(&effects), [(0, 10)]);
+        assert_eq!(*pod.stage(), Stage::Running);
+        // A main container failing under OnFailure restarts; the sidecar changes nothing.
+        let effects = pod.at(2).send(exit(1, 1));
+        assert_eq!(backoffs(&effects), [(1, 10)]);
+        // A failed main container under Never fails the pod even with a sidecar running.
+        let mut never = Pod::with_sidecars(RestartPolicy::Never, 1, 1, None, &[(0, false)]);
+        never.send(Event::Prepared);
+        never.send(Event::Started(0));
+        never.send(Event::Started(1));
+        assert_eq!(
+            ended(&never.at(1).send(exit(1, 3))),
+            Some(End::ContainersFailed)
+        );
+    }
+
+    #[test]
+    fn a_sidecar_that_cannot_start_fails_the_pod() {
+        let mut pod = Pod::with_sidecars(RestartPolicy::Always, 1, 1, None, &[(0, false)]);
+        pod.send(Event::Prepared);
+        assert_eq!(
+            ended(&pod.send(Event::CannotStart(0))),
+            Some(End::ContainersFailed)
+        );
+        // Only init containers can be sidecars.
+        let life = Lifecycle::new(RestartPolicy::Always, timing(), 0, 1, None, Instant::now())
+            .with_sidecar(0, false);
+        assert!(!life.is_sidecar(0));
     }
 }

@@ -8,6 +8,9 @@
 //! - `--exit N`: exit with code N;
 //! - `--write PATH`: also write the greeting to PATH (a volume shared with other containers);
 //! - `--read PATH`: print PATH's content (waiting up to 10 s for it to appear);
+//! - `--get URL` (the wasip2 component only): GET `http://AUTHORITY/PATH` once, print the
+//!   status and body, and exit 1 unless the answer was a 2xx (a sidecar on the pod's
+//!   loopback: `--get localhost:9090/healthz`);
 //! - env `GREETING` replaces "Hello";
 //! - if a directory is preopened at `/data`, append the greeting to `/data/hello.txt`.
 
@@ -20,6 +23,7 @@ fn main() {
     let mut exit_code = 0i32;
     let mut write_to = None;
     let mut read_from = None;
+    let mut get = None;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         let mut number = |flag: &str| -> u64 {
@@ -35,6 +39,7 @@ fn main() {
             "--exit" => exit_code = number("--exit") as i32,
             "--write" => write_to = args.next(),
             "--read" => read_from = args.next(),
+            "--get" => get = args.next(),
             other => name = other.to_string(),
         }
     }
@@ -75,6 +80,20 @@ fn main() {
             }
         }
     }
+    if let Some(target) = get {
+        match http_get(&target) {
+            Ok((status, body)) => {
+                println!("GET {target}: {status} {body}");
+                if !(200..300).contains(&status) {
+                    std::process::exit(1);
+                }
+            }
+            Err(e) => {
+                eprintln!("hello: GET {target} failed: {e}");
+                std::process::exit(1);
+            }
+        }
+    }
     if sleep_ms > 0 {
         std::thread::sleep(std::time::Duration::from_millis(sleep_ms));
     }
@@ -83,4 +102,39 @@ fn main() {
         eprintln!("hello: exiting with code {exit_code}");
         std::process::exit(exit_code);
     }
+}
+
+/// GET `http://AUTHORITY/PATH` for a target written `AUTHORITY/PATH`: (status, body).
+#[cfg(target_env = "p2")]
+fn http_get(target: &str) -> Result<(u16, String), String> {
+    use std::io::Read;
+    use wasip2::http::outgoing_handler;
+    use wasip2::http::types::{Fields, OutgoingRequest, Scheme};
+    let (authority, path) = match target.split_once('/') {
+        Some((a, p)) => (a, format!("/{p}")),
+        None => (target, "/".to_string()),
+    };
+    let request = OutgoingRequest::new(Fields::new());
+    let _ = request.set_scheme(Some(&Scheme::Http));
+    let _ = request.set_authority(Some(authority));
+    let _ = request.set_path_with_query(Some(&path));
+    let future = outgoing_handler::handle(request, None).map_err(|code| format!("{code:?}"))?;
+    future.subscribe().block();
+    let response = match future.get() {
+        Some(Ok(Ok(response))) => response,
+        other => return Err(format!("{other:?}")),
+    };
+    let status = response.status();
+    let mut body = String::new();
+    if let Ok(incoming) = response.consume() {
+        if let Ok(mut stream) = incoming.stream() {
+            let _ = stream.read_to_string(&mut body);
+        }
+    }
+    Ok((status, body.trim_end().to_string()))
+}
+
+#[cfg(not(target_env = "p2"))]
+fn http_get(_target: &str) -> Result<(u16, String), String> {
+    Err("--get needs the wasip2 component (a wasip1 module has no HTTP)".into())
 }
