@@ -405,7 +405,7 @@ async fn evictions_respect_disruption_budgets() {
         ],
     )
     .await);
-    let table = wait_for("the budget's status", Duration::from_secs(10), async || {
+    let table = wait_for("the budget's status", Duration::from_secs(30), async || {
         let table = ok(kubectl_async(kc, &["get", "pdb", "web"]).await);
         let row: Vec<String> = table
             .lines()

@@ -107,17 +107,14 @@ impl ApiServer {
         }
         escalation::check(self, request, &object)?;
         escalation::node_restriction(request, &object)?;
-        self.charge_quotas(resource, &namespace, &object, request.query.dry_run())
-            .await?;
-        if request.query.dry_run() {
-            return Ok(self.respond_object(request, StatusCode::CREATED, &object));
-        }
         let key = ObjectKey::new(&resource.store_name(), &namespace, &name);
+        let dry_run = request.query.dry_run();
         let stored = self
-            .store
-            .create(key, object)
-            .await
-            .map_err(|e| ApiError::from_store(e, &resource.qualified_plural(), &name))?;
+            .create_charged(resource, &namespace, key, object, dry_run)
+            .await?;
+        if dry_run {
+            return Ok(self.respond_object(request, StatusCode::CREATED, &stored));
+        }
         self.settle(request, &stored).await;
         Ok(self.respond_object(request, StatusCode::CREATED, &stored))
     }

@@ -20,8 +20,8 @@ use rand::RngCore;
 use serde_json::{json, Value};
 
 use super::{
-    revision_of, stamp_revision, Error, EventType, Listing, ObjectKey, Page, PageRequest, Result,
-    Store, WatchStream,
+    revision_of, stamp_revision, Error, EventType, Guard, Listing, ObjectKey, Page, PageRequest,
+    Result, Store, WatchStream,
 };
 
 const ENVELOPE_FIELD: &str = "k8s:enc";
@@ -392,6 +392,33 @@ impl Store for EncryptedStore {
         open(&self.config, &key, stored)
     }
 
+    async fn create_guarded(
+        &self,
+        guards: Vec<Guard>,
+        creates: Vec<(ObjectKey, Value)>,
+    ) -> Result<Vec<Result<Value>>> {
+        let guards = guards
+            .into_iter()
+            .map(|guard| {
+                Ok(Guard {
+                    object: seal(&self.config, &guard.key, guard.object)?,
+                    ..guard
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let keys: Vec<ObjectKey> = creates.iter().map(|(key, _)| key.clone()).collect();
+        let sealed = creates
+            .into_iter()
+            .map(|(key, object)| Ok((key.clone(), seal(&self.config, &key, object)?)))
+            .collect::<Result<Vec<_>>>()?;
+        let stored = self.inner.create_guarded(guards, sealed).await?;
+        Ok(stored
+            .into_iter()
+            .zip(keys)
+            .map(|(stored, key)| stored.and_then(|stored| open(&self.config, &key, stored)))
+            .collect())
+    }
+
     fn get(&self, key: &ObjectKey) -> Result<Option<Value>> {
         self.inner
             .get(key)?
@@ -530,6 +557,24 @@ mod tests {
                 .await
                 .unwrap();
             assert_eq!(raw.get(&map).unwrap().unwrap()["data"]["a"], "b");
+            // A create charged to a quota is sealed the same way.
+            let quota = ObjectKey::new("resourcequotas", "default", "q");
+            let q = json!({"metadata": {"name": "q", "namespace": "default"}});
+            let at = revision_of(&store.create(quota.clone(), q.clone()).await.unwrap()).unwrap();
+            let guarded = ObjectKey::new("secrets", "default", "charged");
+            let guard = Guard {
+                key: quota,
+                object: q,
+                precondition: at,
+            };
+            let outcomes = store
+                .create_guarded(vec![guard], vec![(guarded.clone(), secret("charged"))])
+                .await
+                .unwrap();
+            let created = outcomes[0].as_ref().unwrap();
+            assert_eq!(created["data"]["password"], "aHVudGVyMg==", "{provider}");
+            let on_disk = raw.get(&guarded).unwrap().unwrap().to_string();
+            assert!(!on_disk.contains("aHVudGVyMg"), "{provider}: {on_disk}");
         }
     }
 

@@ -117,6 +117,15 @@ pub enum Error {
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// An update that a [`Store::create_guarded`] commit depends on: `object` replaces the one
+/// under `key` only if that one is still at `precondition`.
+#[derive(Clone, Debug)]
+pub struct Guard {
+    pub key: ObjectKey,
+    pub object: Value,
+    pub precondition: u64,
+}
+
 /// A list result: the objects and the revision the list is consistent at.
 pub struct Listing {
     pub objects: Vec<Value>,
@@ -139,6 +148,25 @@ pub trait Store: Send + Sync + 'static {
     /// Removes the object under `key` (with the same precondition rule as `update`) and
     /// returns its last state, stamped with the deletion revision.
     async fn delete(&self, key: ObjectKey, precondition: Option<u64>) -> Result<Value>;
+    /// Creates `creates` together with `guards`, updates that must all hold: if one's
+    /// precondition fails, nothing is written and its error is returned; otherwise each
+    /// create succeeds or fails on its own. ResourceQuota admission writes a quota's charge
+    /// and the objects charged to it so, in one commit where the backend can (redb); this
+    /// default writes the guards first, then the creates (etcd, for now).
+    async fn create_guarded(
+        &self,
+        guards: Vec<Guard>,
+        creates: Vec<(ObjectKey, Value)>,
+    ) -> Result<Vec<Result<Value>>> {
+        for guard in guards {
+            self.update(guard.key, guard.object, Some(guard.precondition))
+                .await?;
+        }
+        let creates = creates
+            .into_iter()
+            .map(|(key, object)| self.create(key, object));
+        Ok(futures::future::join_all(creates).await)
+    }
     fn get(&self, key: &ObjectKey) -> Result<Option<Value>>;
     /// Every object of `resource` (in `namespace`, if given) as this server has them now.
     fn list(&self, resource: &str, namespace: Option<&str>) -> Result<Listing>;

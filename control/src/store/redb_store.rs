@@ -19,8 +19,8 @@ use tokio::sync::{mpsc, oneshot};
 use super::feeds::{self, LiveFeeds};
 use super::paging::{self, Page, PageRequest, ReadAt};
 use super::{
-    key_prefix, revision_of, stamp_revision, Error, EventType, Listing, ObjectKey, Result, Store,
-    WatchEvent, WatchStream,
+    key_prefix, revision_of, stamp_revision, Error, EventType, Guard, Listing, ObjectKey, Result,
+    Store, WatchEvent, WatchStream,
 };
 
 const OBJECTS: TableDefinition<&str, &[u8]> = TableDefinition::new("objects");
@@ -52,10 +52,29 @@ enum Op {
     },
 }
 
-struct PendingWrite {
-    op: Op,
-    reply: oneshot::Sender<Result<Value>>,
+enum PendingWrite {
+    One {
+        op: Op,
+        reply: oneshot::Sender<Result<Value>>,
+    },
+    /// [`Store::create_guarded`]: updates that must all hold, then creates that each may
+    /// fail alone, in the same transaction.
+    Guarded {
+        guards: Vec<Op>,
+        creates: Vec<Op>,
+        reply: oneshot::Sender<Result<Vec<Result<Value>>>>,
+    },
 }
+
+/// What one pending write did in a commit: its events are published and its answer sent
+/// once the commit is durable.
+enum Outcome {
+    One(Result<(WatchEvent, Value)>),
+    /// The guards' events, then each create's outcome.
+    Guarded(Result<GuardedOutcome>),
+}
+
+type GuardedOutcome = (Vec<WatchEvent>, Vec<Result<(WatchEvent, Value)>>);
 
 pub struct RedbStore {
     db: Arc<OpenDatabase>,
@@ -278,14 +297,18 @@ impl RedbStore {
 
     async fn submit(&self, op: Op) -> Result<Value> {
         let (reply, answer) = oneshot::channel();
-        self.writes
-            .as_ref()
-            .ok_or_else(|| Error::Backend("the store is closing".into()))?
-            .send(PendingWrite { op, reply })
-            .map_err(|_| Error::Backend("the store writer has stopped".into()))?;
+        self.send(PendingWrite::One { op, reply })?;
         answer
             .await
             .map_err(|_| Error::Backend("the store writer has stopped".into()))?
+    }
+
+    fn send(&self, write: PendingWrite) -> Result<()> {
+        self.writes
+            .as_ref()
+            .ok_or_else(|| Error::Backend("the store is closing".into()))?
+            .send(write)
+            .map_err(|_| Error::Backend("the store writer has stopped".into()))
     }
 }
 
@@ -360,6 +383,34 @@ impl Store for RedbStore {
 
     async fn delete(&self, key: ObjectKey, precondition: Option<u64>) -> Result<Value> {
         self.submit(Op::Delete { key, precondition }).await
+    }
+
+    async fn create_guarded(
+        &self,
+        guards: Vec<Guard>,
+        creates: Vec<(ObjectKey, Value)>,
+    ) -> Result<Vec<Result<Value>>> {
+        let guards = guards
+            .into_iter()
+            .map(|guard| Op::Update {
+                key: guard.key,
+                object: guard.object,
+                precondition: Some(guard.precondition),
+            })
+            .collect();
+        let creates = creates
+            .into_iter()
+            .map(|(key, object)| Op::Create { key, object })
+            .collect();
+        let (reply, answer) = oneshot::channel();
+        self.send(PendingWrite::Guarded {
+            guards,
+            creates,
+            reply,
+        })?;
+        answer
+            .await
+            .map_err(|_| Error::Backend("the store writer has stopped".into()))?
     }
 
     fn get(&self, key: &ObjectKey) -> Result<Option<Value>> {
@@ -505,31 +556,60 @@ impl Writer {
             match self.commit(&batch, compact) {
                 Ok(outcomes) => {
                     for (pending, outcome) in batch.into_iter().zip(outcomes) {
-                        if let Ok((event, _)) = &outcome {
-                            self.live.publish(event);
-                        }
-                        let _ = pending.reply.send(outcome.map(|(_, object)| object));
+                        self.answer(pending, outcome);
                     }
                 }
                 Err(e) => {
                     tracing::error!("store commit failed: {e}");
+                    let failed = || Error::Backend(format!("commit failed: {e}"));
                     for pending in batch {
-                        let _ = pending
-                            .reply
-                            .send(Err(Error::Backend(format!("commit failed: {e}"))));
+                        match pending {
+                            PendingWrite::One { reply, .. } => {
+                                let _ = reply.send(Err(failed()));
+                            }
+                            PendingWrite::Guarded { reply, .. } => {
+                                let _ = reply.send(Err(failed()));
+                            }
+                        }
                     }
                 }
             }
         }
     }
 
+    /// Publishes what a committed write did and answers it.
+    fn answer(&self, pending: PendingWrite, outcome: Outcome) {
+        let publish = |outcome: Result<(WatchEvent, Value)>| {
+            outcome.map(|(event, object)| {
+                self.live.publish(&event);
+                object
+            })
+        };
+        match (pending, outcome) {
+            (PendingWrite::One { reply, .. }, Outcome::One(outcome)) => {
+                let _ = reply.send(publish(outcome));
+            }
+            (PendingWrite::Guarded { reply, .. }, Outcome::Guarded(outcome)) => {
+                let answer = outcome.map(|(guards, creates)| {
+                    guards.iter().for_each(|event| self.live.publish(event));
+                    creates.into_iter().map(publish).collect()
+                });
+                let _ = reply.send(answer);
+            }
+            // `commit` answers each write in kind.
+            (PendingWrite::One { reply, .. }, Outcome::Guarded(_)) => {
+                let _ = reply.send(Err(Error::Backend("mismatched write outcome".into())));
+            }
+            (PendingWrite::Guarded { reply, .. }, Outcome::One(_)) => {
+                let _ = reply.send(Err(Error::Backend("mismatched write outcome".into())));
+            }
+        }
+    }
+
     /// Applies a batch in one durable transaction. Each write succeeds or fails on its own
-    /// (a conflict fails that write only); the whole batch is acknowledged after the commit.
-    fn commit(
-        &self,
-        batch: &[PendingWrite],
-        compact: bool,
-    ) -> Result<Vec<Result<(WatchEvent, Value)>>> {
+    /// (a conflict fails that write only; a guarded write's guards fail it whole); the whole
+    /// batch is acknowledged after the commit.
+    fn commit(&self, batch: &[PendingWrite], compact: bool) -> Result<Vec<Outcome>> {
         let txn = self.db.begin_write().map_err(backend)?;
         let mut outcomes = Vec::with_capacity(batch.len());
         {
@@ -541,9 +621,8 @@ impl Writer {
                 .map_err(backend)?
                 .map(|v| v.value())
                 .unwrap_or(0);
-            for pending in batch {
-                let outcome = apply(&mut objects, &pending.op, revision + 1);
-                let outcome = match outcome {
+            let mut apply_logged =
+                |objects: &mut ObjectTable<'_>, op: &Op| match apply(objects, op, revision + 1) {
                     Ok((event, object, bytes)) => {
                         revision = event.revision;
                         let logged = match bytes {
@@ -553,9 +632,41 @@ impl Writer {
                         events
                             .insert(revision, logged.as_slice())
                             .map_err(backend)?;
-                        Ok((event, object))
+                        Ok(Ok((event, object)))
                     }
-                    Err(e) => Err(e),
+                    Err(e) => Ok(Err(e)),
+                };
+            for pending in batch {
+                let outcome = match pending {
+                    PendingWrite::One { op, .. } => Outcome::One(apply_logged(&mut objects, op)?),
+                    PendingWrite::Guarded {
+                        guards, creates, ..
+                    } => {
+                        // Every guard is checked before anything is written, so a guarded
+                        // write that fails leaves nothing behind.
+                        let held = guards.iter().try_for_each(|guard| match guard {
+                            Op::Update {
+                                key, precondition, ..
+                            } => check_exists_at(&objects, key, *precondition),
+                            _ => Ok(()),
+                        });
+                        match held {
+                            Err(e) => Outcome::Guarded(Err(e)),
+                            Ok(()) => {
+                                let mut guard_events = Vec::with_capacity(guards.len());
+                                for guard in guards {
+                                    // Checked above: a failure now is the backend's, and
+                                    // fails the whole commit rather than half the write.
+                                    guard_events.push(apply_logged(&mut objects, guard)??.0);
+                                }
+                                let mut applied = Vec::with_capacity(creates.len());
+                                for create in creates {
+                                    applied.push(apply_logged(&mut objects, create)?);
+                                }
+                                Outcome::Guarded(Ok((guard_events, applied)))
+                            }
+                        }
+                    }
                 };
                 outcomes.push(outcome);
             }
@@ -794,6 +905,61 @@ mod tests {
         assert_eq!(revision_of(&deleted), Some(3));
         assert!(store.get(&key).unwrap().is_none());
         assert_eq!(store.revision(), 3);
+    }
+
+    /// A guarded write is one commit: its guards and creates land together with their
+    /// events, a create that fails fails alone, and a guard that no longer holds writes
+    /// nothing at all.
+    #[tokio::test]
+    async fn guarded_creates_land_with_their_guard_or_not_at_all() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = RedbStore::open(&dir.path().join("db")).unwrap();
+        let quota = ObjectKey::new("resourcequotas", "default", "q");
+        store.create(quota.clone(), pod("q")).await.unwrap();
+        store
+            .create(ObjectKey::new("pods", "default", "taken"), pod("taken"))
+            .await
+            .unwrap();
+        let mut watch = store
+            .watch("resourcequotas", None, store.revision())
+            .unwrap();
+        let charged = json!({"metadata": {"name": "q", "namespace": "default"}, "status": {"used": {"pods": "2"}}});
+        let guard = |precondition| Guard {
+            key: quota.clone(),
+            object: charged.clone(),
+            precondition,
+        };
+        let creates = |names: &[&str]| -> Vec<(ObjectKey, Value)> {
+            names
+                .iter()
+                .map(|n| (ObjectKey::new("pods", "default", n), pod(n)))
+                .collect()
+        };
+        let outcomes = store
+            .create_guarded(vec![guard(1)], creates(&["a", "taken"]))
+            .await
+            .unwrap();
+        // One commit: the guard at revision 3, the create at 4, the failed create none.
+        assert_eq!(revision_of(outcomes[0].as_ref().unwrap()), Some(4));
+        assert!(matches!(outcomes[1], Err(Error::AlreadyExists(_))));
+        assert_eq!(
+            store.get(&quota).unwrap().unwrap()["status"],
+            charged["status"]
+        );
+        let event = watch.next().await.unwrap().unwrap();
+        assert_eq!((event.revision, event.event_type), (3, EventType::Modified));
+        // A stale guard: nothing is written.
+        let stale = store.create_guarded(vec![guard(1)], creates(&["b"])).await;
+        assert!(
+            matches!(stale, Err(Error::Conflict { current: 3, .. })),
+            "{:?}",
+            stale.err()
+        );
+        assert!(store
+            .get(&ObjectKey::new("pods", "default", "b"))
+            .unwrap()
+            .is_none());
+        assert_eq!(store.revision(), 4);
     }
 
     /// `released` turns true only once the file is closed, so the same path opens again at
