@@ -1,6 +1,7 @@
 //! The quota controller: keeps each ResourceQuota's `status` (`hard` and `used`) equal to
 //! what its namespace holds. Admission charges new objects (`server/quota.rs`); this recounts
-//! when a quota is created or changed, when something it counts goes away (deleted, or a pod
+//! when a quota is created or its spec changes (not on the status writes of charges), when
+//! something it counts goes away (deleted, or a pod
 //! ending or being deleted), and every [`RESYNC`] (kinds it counts through `count/…` that it
 //! does not watch). The recount reads the quota first and writes its status with that
 //! resourceVersion as a precondition, so a charge made meanwhile is never overwritten: the
@@ -28,7 +29,8 @@ const RESYNC: Duration = Duration::from_secs(60);
 
 pub async fn run(client: Client) {
     super::first_of::<ResourceQuota>(&client).await;
-    let reconciler = Reconciler::<ResourceQuota>::new("resourcequota", &client);
+    let reconciler =
+        Reconciler::<ResourceQuota>::new_on_change_of("resourcequota", &client, spec_of);
     let quotas = reconciler.store();
     let in_namespace = move |meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta| {
         all_in_namespace(&quotas, meta.namespace.as_deref().unwrap_or(""))
@@ -50,6 +52,16 @@ pub async fn run(client: Client) {
         .watches_releases::<ReplicationController, _>(never, move |o| f(&o.metadata))
         .run(move |quota| reconcile(client.clone(), quota))
         .await
+}
+
+/// What wakes a quota's recount when it changes: its spec (and identity), not its status,
+/// which admission's charges write on every batch of creates.
+fn spec_of(quota: &ResourceQuota) -> Option<u64> {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    quota.metadata.uid.hash(&mut hasher);
+    serde_json::to_string(&quota.spec).ok()?.hash(&mut hasher);
+    Some(hasher.finish())
 }
 
 /// A pod gives its share back once it is being deleted or has ended.
@@ -150,4 +162,27 @@ async fn reconcile(client: Client, quota: Arc<ResourceQuota>) -> Result<Action, 
         Action::RequeueAfter(RESYNC),
     )
     .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_spec_change_wakes_a_recount() {
+        let quota: ResourceQuota = serde_json::from_value(json!({
+            "metadata": {"name": "q", "uid": "u1"},
+            "spec": {"hard": {"pods": "2"}},
+        }))
+        .unwrap();
+        let mut charged = quota.clone();
+        charged.status = serde_json::from_value(json!({"used": {"pods": "1"}})).unwrap();
+        assert_eq!(spec_of(&quota), spec_of(&charged), "a charge is no change");
+        let mut raised = quota.clone();
+        raised.spec = serde_json::from_value(json!({"hard": {"pods": "3"}})).unwrap();
+        assert_ne!(spec_of(&quota), spec_of(&raised));
+        let mut recreated = quota.clone();
+        recreated.metadata.uid = Some("u2".into());
+        assert_ne!(spec_of(&quota), spec_of(&recreated));
+    }
 }

@@ -130,6 +130,31 @@ impl<K: ApiObject> Reconciler<K> {
     pub fn new(name: &'static str, client: &Client) -> Self {
         let (reader, writer) = reflector::store::<K>();
         let own = reflect(client.shared_watch::<K>(), writer);
+        Self::of_stream(name, client, own, reader)
+    }
+
+    /// Like [`Reconciler::new`], but a change of a `K` wakes it only when `key` of it
+    /// changed (the cache still takes every change). The quota controller so ignores the
+    /// status writes of admission's charges, as Kubernetes' does: each would otherwise cost
+    /// a recount listing everything the quota counts.
+    pub fn new_on_change_of(
+        name: &'static str,
+        client: &Client,
+        key: fn(&K) -> Option<u64>,
+    ) -> Self {
+        use kube::runtime::WatchStreamExt;
+        let (reader, writer) = reflector::store::<K>();
+        let own = reflect(client.shared_watch::<K>(), writer)
+            .predicate_filter(key, kube::runtime::PredicateConfig::default());
+        Self::of_stream(name, client, own, reader)
+    }
+
+    fn of_stream(
+        name: &'static str,
+        client: &Client,
+        own: impl Stream<Item = Result<K, watcher::Error>> + Send + 'static,
+        reader: Store<K>,
+    ) -> Self {
         let controller = Controller::for_stream(own, reader)
             .with_config(controller::Config::default().concurrency(MAX_CONCURRENT));
         Self {
