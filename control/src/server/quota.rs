@@ -119,13 +119,12 @@ impl ApiServer {
         dry_run: bool,
     ) -> Result<Value> {
         let name = object::name(&object).to_string();
-        let uncharged = namespace.is_empty() || resource.is_review() || {
-            let quotas = self
+        let uncharged = namespace.is_empty()
+            || resource.is_review()
+            || !self
                 .store
-                .list(QUOTAS, Some(namespace))
+                .any(QUOTAS, Some(namespace))
                 .map_err(|e| ApiError::from_store(e, QUOTAS, ""))?;
-            quotas.objects.is_empty()
-        };
         if uncharged {
             if dry_run {
                 return Ok(object);

@@ -426,6 +426,10 @@ impl Store for EncryptedStore {
             .transpose()
     }
 
+    fn any(&self, resource: &str, namespace: Option<&str>) -> Result<bool> {
+        self.inner.any(resource, namespace)
+    }
+
     fn list(&self, resource: &str, namespace: Option<&str>) -> Result<Listing> {
         let listing = self.inner.list(resource, namespace)?;
         if self.config.providers(resource).is_none() {

@@ -170,6 +170,12 @@ pub trait Store: Send + Sync + 'static {
     fn get(&self, key: &ObjectKey) -> Result<Option<Value>>;
     /// Every object of `resource` (in `namespace`, if given) as this server has them now.
     fn list(&self, resource: &str, namespace: Option<&str>) -> Result<Listing>;
+    /// Whether there is any object of `resource` (in `namespace`, if given): what admission
+    /// asks of every create (are there quotas here?), so backends answer it without
+    /// decoding objects where they can.
+    fn any(&self, resource: &str, namespace: Option<&str>) -> Result<bool> {
+        Ok(!self.list(resource, namespace)?.objects.is_empty())
+    }
     /// One page of a list at the revision `request.at` asks for ([`paging`]): `Gone` when
     /// that revision is no longer readable, `TooLarge` when it has not been reached.
     async fn list_page(&self, request: PageRequest<'_>) -> Result<Page>;

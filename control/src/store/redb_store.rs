@@ -446,6 +446,17 @@ impl Store for RedbStore {
         })
     }
 
+    fn any(&self, resource: &str, namespace: Option<&str>) -> Result<bool> {
+        let prefix = key_prefix(resource, namespace);
+        let txn = self.db.begin_read().map_err(backend)?;
+        let objects = txn.open_table(OBJECTS).map_err(backend)?;
+        let first = objects.range(prefix.as_str()..).map_err(backend)?.next();
+        match first {
+            Some(entry) => Ok(entry.map_err(backend)?.0.value().starts_with(&prefix)),
+            None => Ok(false),
+        }
+    }
+
     async fn list_page(&self, request: PageRequest<'_>) -> Result<Page> {
         let (revision, objects) = self.read_at(request.at)?;
         let prefix = key_prefix(request.resource, request.namespace);
@@ -960,6 +971,11 @@ mod tests {
             .unwrap()
             .is_none());
         assert_eq!(store.revision(), 4);
+        // `any` looks without decoding, and a namespace's prefix is not another's.
+        assert!(store.any("resourcequotas", Some("default")).unwrap());
+        assert!(store.any("resourcequotas", None).unwrap());
+        assert!(!store.any("resourcequotas", Some("defaul")).unwrap());
+        assert!(!store.any("services", None).unwrap());
     }
 
     /// `released` turns true only once the file is closed, so the same path opens again at
