@@ -36,7 +36,8 @@ use crate::store::{self, revision_of, Guard, ObjectKey};
 
 const QUOTAS: &str = "resourcequotas";
 
-/// How often a batch is retried on one quota when another write moved it first.
+/// How often a batch is checked and written again when another write moved one of its
+/// quotas first.
 const ATTEMPTS: usize = 32;
 
 /// The charges waiting in each namespace, and whether a worker is charging there.
@@ -272,13 +273,9 @@ impl ApiServer {
                     })
                 })
                 .collect();
-            let admitted: Vec<usize> = (0..batch.len())
-                .filter(|&i| !taken[i] && refused[i].is_none())
-                .collect();
-            let creates: Vec<(ObjectKey, Value)> = admitted
-                .iter()
-                .filter(|&&i| !batch[i].dry_run)
-                .map(|&i| (batch[i].key.clone(), batch[i].object.clone()))
+            let creates: Vec<(ObjectKey, Value)> = (0..batch.len())
+                .filter(|&i| !taken[i] && refused[i].is_none() && !batch[i].dry_run)
+                .map(|i| (batch[i].key.clone(), batch[i].object.clone()))
                 .collect();
             let written = if creates.is_empty() && guards.is_empty() {
                 Ok(Vec::new())

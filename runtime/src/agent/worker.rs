@@ -31,6 +31,7 @@ use crate::pod::lifecycle::{self, Effect, End, Lifecycle, RestartPolicy, Timing}
 use crate::pod::network::{HttpServer, PodNetwork};
 use crate::pod::run::{self, Exit, Launch};
 use crate::pod::volumes::{mounts, PreparedVolume};
+use shoal_api::api::pod_requests::is_sidecar;
 
 /// Restart back-off, as the kubelet's: 10 s doubling to 5 min (30 times the first).
 pub const INITIAL_BACKOFF: Duration = Duration::from_secs(10);
@@ -866,11 +867,6 @@ fn describe(exit: &Exit) -> String {
             reason, message, ..
         } => format!("{reason}: {message}"),
     }
-}
-
-/// A native sidecar: an init container with `restartPolicy: Always`.
-fn is_sidecar(spec: &ContainerSpec) -> bool {
-    shoal_api::api::pod_requests::is_sidecar(spec)
 }
 
 /// The TCP ports an HTTP container serves.
