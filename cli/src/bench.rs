@@ -452,7 +452,8 @@ async fn quota_writes(args: &Args) -> anyhow::Result<()> {
 }
 
 /// How long the scheduler takes to decide a preemption: `--registered-nodes` full nodes (8
-/// CPUs, 10 pods of 800m each, 10,000 pods at 1,000 nodes) and a pod of higher priority
+/// CPUs, 10 pods of 800m each, 10,000 pods at 1,000 nodes) in 100 apps, each app under a
+/// PodDisruptionBudget (half of them with no disruption left), and a pod of higher priority
 /// asking for one CPU; the decision (victims and node), timed 200 times.
 fn preemption(args: &Args) -> anyhow::Result<()> {
     use k8s_openapi::api::core::v1::Node;
@@ -480,7 +481,8 @@ fn preemption(args: &Args) -> anyhow::Result<()> {
         let mut used = Requests::default();
         for i in 0..10 {
             let pod: Pod = serde_json::from_value(serde_json::json!({
-                "metadata": {"name": format!("p-{n}-{i}"), "namespace": "default"},
+                "metadata": {"name": format!("p-{n}-{i}"), "namespace": "default",
+                             "labels": {"app": format!("app-{}", (n * 10 + i) % 100)}},
                 "spec": {"nodeName": name, "priority": (i % 3) * 10, "containers": [{"name": "c", "image": "x",
                     "resources": {"requests": {"cpu": "800m"}}}]}
             }))?;
@@ -489,24 +491,44 @@ fn preemption(args: &Args) -> anyhow::Result<()> {
         }
         usage.insert(name, used);
     }
+    let mut budgets = Vec::new();
+    for app in 0..100 {
+        let pdb: k8s_openapi::api::policy::v1::PodDisruptionBudget = serde_json::from_value(
+            serde_json::json!({
+                "metadata": {"name": format!("app-{app}"), "namespace": "default"},
+                "spec": {"maxUnavailable": 1, "selector": {"matchLabels": {"app": format!("app-{app}")}}},
+                "status": {"disruptionsAllowed": app % 2, "currentHealthy": 0, "desiredHealthy": 0, "expectedPods": 0}
+            }),
+        )?;
+        budgets.extend(preemption::Budget::of(&pdb));
+    }
     let preemptor: Pod = serde_json::from_value(serde_json::json!({
         "metadata": {"name": "vip", "namespace": "default"},
         "spec": {"priority": 1000, "containers": [{"name": "c", "image": "x", "resources": {"requests": {"cpu": "1"}}}]}
     }))?;
     let mut times = Vec::new();
-    let mut victims = 0;
+    let (mut victims, mut violations) = (0, 0);
     for _ in 0..200 {
         let start = Instant::now();
-        let plan = preemption::plan(&nodes, &allocatable, &usage, pods.iter(), &preemptor)
-            .ok_or_else(|| anyhow::anyhow!("no preemption found"))?;
+        let plan = preemption::plan(
+            &nodes,
+            &allocatable,
+            &usage,
+            pods.iter(),
+            &budgets,
+            &preemptor,
+        )
+        .ok_or_else(|| anyhow::anyhow!("no preemption found"))?;
         times.push(start.elapsed());
         victims = plan.victims.len();
+        violations = plan.budget_violations;
     }
     times.sort();
     println!(
-        "preemption decision, {} nodes, {} pods: p50 {:.2} ms, p99 {:.2} ms ({victims} victim(s))",
+        "preemption decision, {} nodes, {} pods, {} budgets: p50 {:.2} ms, p99 {:.2} ms ({victims} victim(s), {violations} budget(s) broken)",
         nodes.len(),
         pods.len(),
+        budgets.len(),
         ms(percentile(&times, 0.50)),
         ms(percentile(&times, 0.99)),
     );

@@ -388,11 +388,34 @@ async fn evictions_respect_disruption_budgets() {
             .call(
                 "PATCH",
                 &format!("/api/v1/namespaces/default/pods/{name}/status"),
-                "application/merge-patch+json",
+                "application/strategic-merge-patch+json",
                 &ready.to_string(),
             )
             .await;
         assert_eq!(code, 200, "{body}");
+    }
+    // With no node, the scheduler marks each pod PodScheduled=False, before or after the
+    // Ready above: merged by type, neither condition drops the other (a merge patch of the
+    // scheduler's once replaced them, and the budget then never saw its pods healthy).
+    for name in ["w1", "w2", "w3"] {
+        wait_for("both conditions", Duration::from_secs(30), async || {
+            let (_, pod) = http
+                .call(
+                    "GET",
+                    &format!("/api/v1/namespaces/default/pods/{name}"),
+                    "",
+                    "",
+                )
+                .await;
+            let conditions = pod["status"]["conditions"].as_array()?.clone();
+            let has = |kind: &str, status: &str| {
+                conditions
+                    .iter()
+                    .any(|c| c["type"] == kind && c["status"] == status)
+            };
+            (has("PodScheduled", "False") && has("Ready", "True")).then_some(())
+        })
+        .await;
     }
     ok(kubectl_async(
         kc,
@@ -538,17 +561,73 @@ async fn a_high_priority_pod_preempts_a_lower_one_on_a_full_node() {
         ok(kubectl_stdin_async(kc, &["apply", "-f", "-"], &web(name, None)).await);
         wait_phase(&http, "default", name, "Running").await;
     }
+    // low-2, the newer, is what preemption would take among equals; a budget with no
+    // disruption left guards it, so low-1 is taken instead.
+    ok(kubectl_async(kc, &["label", "pod", "low-2", "guarded=yes"]).await);
+    ok(kubectl_async(
+        kc,
+        &[
+            "create",
+            "pdb",
+            "guard",
+            "--selector=guarded=yes",
+            "--min-available=1",
+        ],
+    )
+    .await);
+    wait_for("the budget's status", Duration::from_secs(30), async || {
+        let (_, pdb) = http
+            .call(
+                "GET",
+                "/apis/policy/v1/namespaces/default/poddisruptionbudgets/guard",
+                "",
+                "",
+            )
+            .await;
+        (pdb["status"]["currentHealthy"] == 1).then_some(())
+    })
+    .await;
+    let mut victim = EventReader::new(
+        http.stream(
+            "/api/v1/namespaces/default/pods?watch=true&fieldSelector=metadata.name%3Dlow-1",
+        )
+        .await,
+    );
     ok(kubectl_stdin_async(kc, &["apply", "-f", "-"], &web("equal", None)).await);
     ok(kubectl_stdin_async(kc, &["apply", "-f", "-"], &web("important", Some("vip"))).await);
     wait_phase(&http, "default", "important", "Running").await;
     let names = pod_names(&http, "default").await;
     let lows: Vec<&String> = names.iter().filter(|n| n.starts_with("low-")).collect();
-    assert_eq!(lows.len(), 1, "exactly one victim: {names:?}");
+    assert_eq!(
+        lows,
+        ["low-2"],
+        "the unguarded pod is the victim: {names:?}"
+    );
     let events = ok(kubectl_async(kc, &["get", "events", "-o", "json"]).await);
     assert!(
         events.contains("Preempted by pod default/important (priority 1000) on node node-0"),
         "{events}"
     );
-    // The pod of equal priority evicted nobody and waits.
+    // The victim was marked as a disruption target, and kept the mark to its end (the
+    // agent's status writes merge conditions by type).
+    let mut last = Value::Null;
+    while let Some(event) = victim.next(Duration::from_secs(10)).await {
+        let deleted = event["type"] == "DELETED";
+        last = event["object"].clone();
+        if deleted {
+            break;
+        }
+    }
+    let target = last["status"]["conditions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|c| c["type"] == "DisruptionTarget");
+    assert_eq!(
+        target.map(|c| c["reason"].clone()),
+        Some(json!("PreemptionByScheduler")),
+        "{last}"
+    );
+    // The pod of equal priority evicted nobody and waits, marked unschedulable.
     assert_eq!(pod_phase(&http, "default", "equal").await, "Pending");
 }

@@ -165,6 +165,19 @@ where
         self.patch_subresource("status", name, patch).await
     }
 
+    /// Applies a strategic merge patch to the `/status` subresource: lists with a merge key
+    /// merge element by element (a pod's `conditions` by `type`), so one condition can be
+    /// set without dropping the others, as kube-scheduler and the kubelet write them.
+    pub async fn patch_status_strategic(&self, name: &str, patch: &Value) -> Result<K> {
+        let request = self.request.patch_subresource(
+            "status",
+            name,
+            &PatchParams::default(),
+            &Patch::Strategic(patch),
+        );
+        self.call(built(request)?).await
+    }
+
     /// Applies a JSON merge patch to a subresource (`status`, `approval`, ...).
     pub async fn patch_subresource(
         &self,

@@ -176,8 +176,9 @@ async fn mark(client: &Client, node: &Node, reachable: bool) {
     } else {
         json!({"type": "Ready", "status": "Unknown", "reason": "NodeStatusUnknown", "message": "The node's agent stopped renewing its lease.", "lastHeartbeatTime": now, "lastTransitionTime": now})
     };
+    // Merged by type: the node's other conditions stay.
     let _ = nodes
-        .patch_status(&name, &json!({"status": {"conditions": [condition]}}))
+        .patch_status_strategic(&name, &json!({"status": {"conditions": [condition]}}))
         .await;
 }
 

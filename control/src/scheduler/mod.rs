@@ -14,6 +14,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use tokio::sync::Semaphore;
 
 use crate::api::{pod_requests, quantity};
@@ -40,6 +41,8 @@ const PARALLEL_BINDS: usize = 256;
 pub async fn run(client: Client, options: Options) {
     let mut pods = client.shared_watch::<Pod>();
     let mut nodes = watcher::<Node>(&client, ListParams::default());
+    // Budgets only weigh preemption's choice of victims; nothing waits for them to sync.
+    let mut budgets = watcher::<PodDisruptionBudget>(&client, ListParams::default());
     let mut state = ClusterView::default();
     let binds = Arc::new(Semaphore::new(PARALLEL_BINDS));
     let recorder = Recorder::new(client.clone(), "default-scheduler", None);
@@ -47,6 +50,10 @@ pub async fn run(client: Client, options: Options) {
         tokio::select! {
             Some(event) = pods.recv() => state.apply_pod(event),
             Some(event) = nodes.recv() => state.apply_node(event),
+            Some(event) = budgets.recv() => {
+                state.apply_budget(event);
+                continue;
+            }
             else => return,
         }
         // Drain whatever else is already queued before deciding, so a burst is scheduled together.
@@ -92,6 +99,7 @@ pub async fn run(client: Client, options: Options) {
                             &state.allocatable,
                             &usage,
                             state.pods.iter(),
+                            &state.budgets.values().cloned().collect::<Vec<_>>(),
                             &pod,
                         );
                         if let Some(plan) = plan {
@@ -159,6 +167,9 @@ struct ClusterView {
     allocatable: HashMap<String, Requests>,
     /// Pods by namespace/name.
     pods: HashMap<String, Pod>,
+    /// PodDisruptionBudgets that select something, by namespace/name: preemption spares
+    /// the pods they guard where it can.
+    budgets: BTreeMap<String, preemption::Budget>,
     /// Pods the scheduler has sent a binding for but not yet seen bound, with their requests.
     assumed: HashMap<String, (String, Requests)>,
     /// Pods already reported as fitting nowhere.
@@ -262,14 +273,21 @@ fn allocatable(node: &Node) -> Requests {
 /// How long a preempting pod waits for its victims' room before it may preempt again.
 const NOMINATION_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
-/// Carries out a preemption: the pod is nominated to the node (`status.nominatedNodeName`),
-/// the victims are deleted gracefully, and each gets an event saying who preempted it. The
-/// pod is bound once the victims are gone (their deletion wakes the scheduler).
+/// Carries out a preemption, as kube-scheduler's `PrepareCandidate`: the pod is nominated
+/// to the node (`status.nominatedNodeName`); each victim gets the `DisruptionTarget`
+/// condition, is deleted gracefully, and gets an event saying who preempted it. The pod is
+/// bound once the victims are gone (their deletion wakes the scheduler).
 async fn preempt(client: &Client, recorder: &Recorder, pod: &Pod, plan: preemption::Plan) {
     let (namespace, name) = (
         pod.metadata.namespace.clone().unwrap_or_default(),
         pod.metadata.name.clone().unwrap_or_default(),
     );
+    if plan.budget_violations > 0 {
+        tracing::info!(
+            "preemption for {namespace}/{name} breaks {} PodDisruptionBudget(s): no other way makes room",
+            plan.budget_violations
+        );
+    }
     let patch = serde_json::json!({"status": {"nominatedNodeName": plan.node}});
     if let Err(e) = client
         .api::<Pod>(Some(&namespace))
@@ -278,12 +296,19 @@ async fn preempt(client: &Client, recorder: &Recorder, pod: &Pod, plan: preempti
     {
         tracing::debug!("nominating {namespace}/{name} to {}: {e}", plan.node);
     }
+    let target = serde_json::json!({"status": {"conditions": [{
+        "type": "DisruptionTarget", "status": "True", "reason": "PreemptionByScheduler",
+        "message": "default-scheduler: preempting to accommodate a higher priority pod",
+        "lastTransitionTime": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)}]}});
     for victim in &plan.victims {
         let (victim_namespace, victim_name) = victim.split_once('/').unwrap_or(("", victim));
         let pods = client.api::<Pod>(Some(victim_namespace));
         let Ok(Some(found)) = pods.get_opt(victim_name).await else {
             continue;
         };
+        if let Err(e) = pods.patch_status_strategic(victim_name, &target).await {
+            tracing::debug!("marking {victim} as a disruption target: {e}");
+        }
         match pods
             .delete(
                 victim_name,
@@ -307,7 +332,8 @@ async fn preempt(client: &Client, recorder: &Recorder, pod: &Pod, plan: preempti
     }
 }
 
-/// Records on the pod why it cannot be scheduled (what `kubectl describe` shows).
+/// Records on the pod why it cannot be scheduled (what `kubectl describe` shows): the
+/// `PodScheduled` condition, merged by type so the pod's other conditions stay.
 async fn mark_unschedulable(client: &Client, pod: &Pod, why: &str) {
     let (namespace, name) = (
         pod.metadata.namespace.clone().unwrap_or_default(),
@@ -318,7 +344,7 @@ async fn mark_unschedulable(client: &Client, pod: &Pod, why: &str) {
     let patch = serde_json::json!({"status": {"conditions": [condition]}});
     if let Err(e) = client
         .api::<Pod>(Some(&namespace))
-        .patch_status(&name, &patch)
+        .patch_status_strategic(&name, &patch)
         .await
     {
         tracing::debug!("marking {namespace}/{name} unschedulable: {e}");
@@ -377,6 +403,35 @@ impl ClusterView {
                 self.pods.remove(&key);
                 self.assumed.remove(&key);
                 self.unbound.remove(&key);
+            }
+        }
+    }
+
+    fn apply_budget(&mut self, event: WatcherEvent<PodDisruptionBudget>) {
+        let key = |pdb: &PodDisruptionBudget| {
+            format!(
+                "{}/{}",
+                pdb.metadata.namespace.as_deref().unwrap_or(""),
+                pdb.metadata.name.as_deref().unwrap_or("")
+            )
+        };
+        match event {
+            WatcherEvent::Restarted(all) => {
+                self.budgets = all
+                    .iter()
+                    .filter_map(|pdb| Some((key(pdb), preemption::Budget::of(pdb)?)))
+                    .collect();
+            }
+            WatcherEvent::Applied(pdb) => match preemption::Budget::of(&pdb) {
+                Some(budget) => {
+                    self.budgets.insert(key(&pdb), budget);
+                }
+                None => {
+                    self.budgets.remove(&key(&pdb));
+                }
+            },
+            WatcherEvent::Deleted(pdb) => {
+                self.budgets.remove(&key(&pdb));
             }
         }
     }

@@ -829,7 +829,7 @@ impl PodWorker {
             let patch = serde_json::json!({"status": status});
             self.last_published = Some(status);
             // Boxed, so that the worker's idle future does not keep room for a request.
-            if let Err(e) = Box::pin(pods.patch_status(&name, &patch)).await {
+            if let Err(e) = Box::pin(pods.patch_status_strategic(&name, &patch)).await {
                 if !e.is_not_found() {
                     tracing::warn!("pod {}: writing status failed: {e}", self.pod_key());
                 }
