@@ -50,7 +50,12 @@ impl Quantity {
         // The mantissa as an integer, and how many of its digits are fractional.
         let fraction = fraction.trim_end_matches('0');
         let fraction_digits = fraction.len();
-        let digits: String = format!("{whole}{fraction}");
+        // Most quantities have no fraction ("500m", "128Mi"): no need to join the parts.
+        let digits: std::borrow::Cow<str> = if fraction.is_empty() {
+            whole.into()
+        } else {
+            format!("{whole}{fraction}").into()
+        };
         let significant = digits.trim_start_matches('0');
         if significant.len() > MAX_DIGITS {
             return Err(too_large());

@@ -48,6 +48,15 @@ impl LabelSelector {
         self.0.is_empty()
     }
 
+    /// A label every object this selector matches must carry (its first `k=v` term), for
+    /// indexing selectors by label: `None` when it has no such term.
+    pub fn required_label(&self) -> Option<(&str, &str)> {
+        self.0.iter().find_map(|r| match &r.op {
+            Op::Equals(value) => Some((r.key.as_str(), value.as_str())),
+            _ => None,
+        })
+    }
+
     pub fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
         self.0.iter().all(|r| {
             let value = labels.get(&r.key);
@@ -243,6 +252,14 @@ impl FieldSelector {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn a_required_label_is_the_first_equality() {
+        let selector = LabelSelector::parse("tier!=db,app in (a),app=web,team=x").unwrap();
+        assert_eq!(selector.required_label(), Some(("app", "web")));
+        let none = LabelSelector::parse("tier!=db,app").unwrap();
+        assert_eq!(none.required_label(), None);
+    }
 
     fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
         pairs

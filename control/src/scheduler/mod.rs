@@ -98,8 +98,8 @@ pub async fn run(client: Client, options: Options) {
                             &state.nodes,
                             &state.allocatable,
                             &usage,
-                            state.pods.iter(),
-                            &state.budgets.values().cloned().collect::<Vec<_>>(),
+                            state.pods.iter().map(|(k, p)| (k, p, state.requests_of(k))),
+                            &state.budget_index,
                             &pod,
                         );
                         if let Some(plan) = plan {
@@ -124,12 +124,10 @@ pub async fn run(client: Client, options: Options) {
             };
             state.unschedulable.remove(&key);
             state.nominated.remove(&key);
-            state.assign(&key, &node, Requests::of(&pod));
+            let requests = state.requests_of(&key);
+            state.assign(&key, &node, requests);
             repellers += usize::from(affinity::repels(&pod));
-            usage
-                .entry(node.clone())
-                .or_default()
-                .add(Requests::of(&pod));
+            usage.entry(node.clone()).or_default().add(requests);
             let (client, binds, recorder) = (client.clone(), binds.clone(), recorder.clone());
             let (namespace, name) = (
                 pod.metadata.namespace.clone().unwrap_or_default(),
@@ -167,9 +165,14 @@ struct ClusterView {
     allocatable: HashMap<String, Requests>,
     /// Pods by namespace/name.
     pods: HashMap<String, Pod>,
+    /// What each pod of `pods` requests, parsed once when it arrives (a pod's requests do
+    /// not change): usage and preemption add them up every round.
+    requests: HashMap<String, Requests>,
     /// PodDisruptionBudgets that select something, by namespace/name: preemption spares
     /// the pods they guard where it can.
     budgets: BTreeMap<String, preemption::Budget>,
+    /// `budgets` indexed for preemption, rebuilt when one changes.
+    budget_index: preemption::Budgets,
     /// Pods the scheduler has sent a binding for but not yet seen bound, with their requests.
     assumed: HashMap<String, (String, Requests)>,
     /// Pods already reported as fitting nowhere.
@@ -205,14 +208,17 @@ impl Requests {
                 ..Default::default()
             };
         };
-        fn request(c: &k8s_openapi::api::core::v1::Container, name: &str) -> Option<String> {
+        fn request<'c>(
+            c: &'c k8s_openapi::api::core::v1::Container,
+            name: &str,
+        ) -> Option<&'c str> {
             let resources = c.resources.as_ref()?;
             let quantity = resources.requests.as_ref().and_then(|r| r.get(name));
             let quantity = quantity.or_else(|| resources.limits.as_ref().and_then(|l| l.get(name)));
-            quantity.map(|q| q.0.clone())
+            quantity.map(|q| q.0.as_str())
         }
         let sum = |name: &str, parse: fn(&str) -> Option<u64>| -> u64 {
-            let amount = |c| request(c, name).and_then(|q| parse(&q)).unwrap_or(0);
+            let amount = |c| request(c, name).and_then(parse).unwrap_or(0);
             pod_requests::effective(
                 spec.init_containers
                     .iter()
@@ -375,6 +381,9 @@ impl ClusterView {
             WatcherEvent::Restarted(all) => {
                 self.pods_synced = true;
                 self.pods = all.into_iter().map(|p| (pod_key(&p), p)).collect();
+                self.requests = (self.pods.iter())
+                    .map(|(k, p)| (k.clone(), Requests::of(p)))
+                    .collect();
                 self.unbound = (self.pods.iter())
                     .filter(|(_, p)| is_unbound(p))
                     .map(|(k, _)| k.clone())
@@ -396,11 +405,13 @@ impl ClusterView {
                 } else {
                     self.unbound.remove(&key);
                 }
+                self.requests.insert(key.clone(), Requests::of(&pod));
                 self.pods.insert(key, pod);
             }
             WatcherEvent::Deleted(pod) => {
                 let key = pod_key(&pod);
                 self.pods.remove(&key);
+                self.requests.remove(&key);
                 self.assumed.remove(&key);
                 self.unbound.remove(&key);
             }
@@ -434,6 +445,7 @@ impl ClusterView {
                 self.budgets.remove(&key(&pdb));
             }
         }
+        self.budget_index = preemption::Budgets::new(self.budgets.values().cloned().collect());
     }
 
     fn apply_node(&mut self, event: WatcherEvent<Node>) {
@@ -511,10 +523,15 @@ impl ClusterView {
             .collect()
     }
 
+    /// What the pod under `key` requests (nothing if it is not known).
+    fn requests_of(&self, key: &str) -> Requests {
+        self.requests.get(key).copied().unwrap_or_default()
+    }
+
     /// What active (non-terminal) pods use per node, counting assumed bindings.
     fn usage(&self) -> HashMap<String, Requests> {
         let mut usage: HashMap<String, Requests> = HashMap::new();
-        for pod in self.pods.values() {
+        for (key, pod) in &self.pods {
             let phase = pod
                 .status
                 .as_ref()
@@ -527,7 +544,7 @@ impl ClusterView {
                 usage
                     .entry(node.to_string())
                     .or_default()
-                    .add(Requests::of(pod));
+                    .add(self.requests_of(key));
             }
         }
         for (node, requests) in self.assumed.values() {
