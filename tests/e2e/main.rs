@@ -11,6 +11,7 @@ mod generators;
 mod ha;
 mod http_api;
 mod images;
+mod into_pods;
 mod kubectl;
 mod multi_process;
 mod node_join;

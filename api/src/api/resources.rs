@@ -409,6 +409,7 @@ pub static RESOURCES: &[ResourceInfo] = &[
                 &["create", "delete", "get", "patch", "update"],
             ),
             ("eviction", "Eviction", &["create"]),
+            ("portforward", "PodPortForwardOptions", &["create", "get"]),
         ],
         Strategy {
             defaults: defaults::pod,

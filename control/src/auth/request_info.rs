@@ -110,6 +110,13 @@ pub fn parse(method: &Method, path: &str, query: Option<&str>) -> RequestInfo {
     if info.name.is_empty() && info.verb == "delete" {
         info.verb = "deletecollection".to_string();
     }
+    // A WebSocket into a pod opens with a GET, yet it runs a command or reaches a port: it
+    // needs `create` on the subresource, as with Kubernetes'
+    // AuthorizePodWebsocketUpgradeCreatePermission (`get` alone must not open a shell).
+    let connects = matches!(info.subresource.as_str(), "exec" | "attach" | "portforward");
+    if info.resource == "pods" && connects && info.verb == "get" {
+        info.verb = "create".to_string();
+    }
     info
 }
 
@@ -265,5 +272,15 @@ mod tests {
             assert_eq!(i.path, path);
         }
         assert_eq!(parse(&Method::POST, "/shoal/v1/modules", None).verb, "post");
+        // Opening a WebSocket into a pod is a create of the subresource.
+        let forward = parse(
+            &Method::GET,
+            "/api/v1/namespaces/a/pods/p/portforward",
+            Some("ports=80"),
+        );
+        assert_eq!(
+            (forward.verb.as_str(), forward.resource_and_subresource()),
+            ("create", "pods/portforward".to_string())
+        );
     }
 }

@@ -7,6 +7,7 @@
 
 mod apply;
 mod certificates;
+mod connect;
 pub mod custom;
 mod discovery;
 pub mod error;
@@ -41,7 +42,7 @@ use tokio_util::sync::{CancellationToken, DropGuard};
 
 use axum::body::{Body, Bytes};
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, Method, Uri};
+use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
@@ -335,17 +336,32 @@ fn resource_list(
 
 async fn handle_resource(
     State(server): State<Arc<ApiServer>>,
-    user: Option<axum::Extension<Arc<UserInfo>>>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Bytes,
+    request: axum::extract::Request,
 ) -> Response {
+    let (mut parts, body) = request.into_parts();
     // The guard always sets the user; a route added without it runs as no one.
-    let Some(axum::Extension(user)) = user else {
+    let Some(user) = parts.extensions.get::<Arc<UserInfo>>().cloned() else {
         return ApiError::Unauthorized.into_response();
     };
-    let request = request::Request::new(&method, &uri, &headers, body, user, &server.custom);
+    // A connection the client asks to upgrade (exec, port-forward) is taken before the
+    // body is read; the handler of such a subresource passes it on.
+    let upgrade = parts.extensions.remove::<hyper::upgrade::OnUpgrade>();
+    let (method, uri, headers) = (
+        parts.method.clone(),
+        parts.uri.clone(),
+        parts.headers.clone(),
+    );
+    let body = match <Bytes as axum::extract::FromRequest<()>>::from_request(
+        axum::extract::Request::from_parts(parts, body),
+        &(),
+    )
+    .await
+    {
+        Ok(body) => body,
+        Err(rejection) => return rejection.into_response(),
+    };
+    let request = request::Request::new(&method, &uri, &headers, body, user, &server.custom)
+        .map(|request| request.with_upgrade(upgrade));
     match request {
         Ok(request) => server
             .serve(request)

@@ -28,6 +28,8 @@ pub struct Request {
     pub raw_query: Option<String>,
     /// Who is asking (authenticated and authorized by the guard).
     pub user: Arc<UserInfo>,
+    /// The client's connection, once upgraded (a WebSocket for exec or port-forward).
+    pub upgrade: Option<hyper::upgrade::OnUpgrade>,
 }
 
 impl Request {
@@ -56,7 +58,14 @@ impl Request {
             headers: headers.clone(),
             raw_query: uri.query().map(str::to_string),
             user,
+            upgrade: None,
         })
+    }
+
+    /// The request with the client's connection to upgrade.
+    pub fn with_upgrade(mut self, upgrade: Option<hyper::upgrade::OnUpgrade>) -> Self {
+        self.upgrade = upgrade;
+        self
     }
 
     pub fn resource(&self) -> &'static ResourceInfo {
@@ -117,6 +126,7 @@ impl Request {
             content_type: self.content_type.clone(),
             wants_table: self.wants_table,
             user: self.user.clone(),
+            upgrade: None,
         }
     }
 }

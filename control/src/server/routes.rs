@@ -1,5 +1,6 @@
 //! Which handler serves a request on a resource URL: the generic verbs, watch, or a
-//! subresource (proxy, log, scale, binding, eviction, finalize, status, approval), or an access review.
+//! subresource (proxy, log, portforward, scale, binding, eviction, finalize, status, approval), or
+//! an access review.
 
 use std::sync::Arc;
 
@@ -8,7 +9,7 @@ use http::{Method, StatusCode};
 
 use super::error::{ApiError, Result};
 use super::request::Request;
-use super::{namespaces, pods, reviews, scale, serviceaccounts, ApiServer};
+use super::{connect, namespaces, pods, reviews, scale, serviceaccounts, ApiServer};
 
 impl ApiServer {
     pub(super) async fn serve(self: &Arc<Self>, request: Request) -> Result<Response> {
@@ -22,6 +23,9 @@ impl ApiServer {
                     request.resource().plural
                 ))),
             };
+        }
+        if has_name && sub.as_deref() == Some("portforward") {
+            return connect::port_forward(self, request).await;
         }
         match (&request.method, has_name, sub.as_deref()) {
             (&Method::GET, false, _) if request.query.flag("watch") => self.watch(&request).await,

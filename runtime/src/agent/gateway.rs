@@ -2,7 +2,9 @@
 //! `/containerLogs`), and the gateway into pods: `/proxy/{namespace}/{pod}/{port}/{path}`
 //! serves a request on the pod's loopback (the API server's pod proxy and other nodes come
 //! in here); `/proxy-ip/{ip}/{port}/{path}` does the same for a pod named by its IP.
-//! `/metrics` is what this node's Service proxy counted.
+//! `/metrics` is what this node's Service proxy counted. `/portForward/{namespace}/{pod}` is
+//! the kubelet's port-forward endpoint: a WebSocket the API server passes through from
+//! `kubectl port-forward` ([`super::portforward`]).
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -27,6 +29,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
             "/containerLogs/{namespace}/{pod}/{container}",
             get(container_logs),
         )
+        .route("/portForward/{namespace}/{pod}", get(port_forward))
         .route("/proxy/{namespace}/{pod}/{port}", any(proxy_root))
         .route("/proxy/{namespace}/{pod}/{port}/", any(proxy_root))
         .route("/proxy/{namespace}/{pod}/{port}/{*path}", any(proxy))
@@ -34,6 +37,34 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/proxy-ip/{ip}/{port}/", any(proxy_ip_root))
         .route("/proxy-ip/{ip}/{port}/{*path}", any(proxy_ip))
         .with_state(shared)
+}
+
+/// `kubectl port-forward`'s WebSocket (SPDY tunnelled), for a pod of this node.
+async fn port_forward(
+    State(shared): State<Arc<Shared>>,
+    Path((namespace, pod)): Path<(String, String)>,
+    upgrade: axum::extract::ws::WebSocketUpgrade,
+) -> Response {
+    let key = format!("{namespace}/{pod}");
+    let Some(network) = shared.networks.get(crate::proxy::LocalPod::Named(&key)) else {
+        return (
+            StatusCode::NOT_FOUND,
+            format!("pod {key} is not running on this node\n"),
+        )
+            .into_response();
+    };
+    let upgrade = upgrade.protocols([super::portforward::PROTOCOL]);
+    if upgrade.selected_protocol().is_none() {
+        return (
+            StatusCode::BAD_REQUEST,
+            format!(
+                "unable to upgrade: the client asked for none of the port-forward protocols served ({})\n",
+                super::portforward::PROTOCOL
+            ),
+        )
+            .into_response();
+    }
+    upgrade.on_upgrade(move |socket| super::portforward::serve(socket, network, key))
 }
 
 /// The Service proxy's metrics on this node.

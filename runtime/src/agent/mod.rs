@@ -9,6 +9,7 @@ mod gateway_tls;
 mod logs;
 mod networks;
 mod node;
+pub mod portforward;
 mod probe;
 mod projected;
 mod sources;

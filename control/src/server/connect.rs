@@ -1,0 +1,116 @@
+//! The connect subresources of pods (`pods/portforward` for now): a client's WebSocket
+//! upgrade is passed through, headers and then bytes, to the agent of the pod's node, as
+//! kube-apiserver passes it to the kubelet. The protocol inside (SPDY-tunnelled
+//! port-forward) is spoken by the agent; the API server only authorizes (`create` on the
+//! subresource, by the guard), finds the node, and splices the two connections.
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::response::{IntoResponse, Response};
+use http::{header, StatusCode};
+use http_body_util::BodyExt;
+use hyper_util::rt::TokioIo;
+
+use super::error::{ApiError, Result};
+use super::request::Request;
+use super::ApiServer;
+use crate::api::object;
+use crate::store::ObjectKey;
+
+/// The headers of a WebSocket handshake, passed on both ways.
+const HANDSHAKE: [header::HeaderName; 6] = [
+    header::CONNECTION,
+    header::UPGRADE,
+    header::SEC_WEBSOCKET_KEY,
+    header::SEC_WEBSOCKET_VERSION,
+    header::SEC_WEBSOCKET_PROTOCOL,
+    header::SEC_WEBSOCKET_ACCEPT,
+];
+
+/// `pods/{name}/portforward`: the client's WebSocket, spliced to the agent's.
+pub async fn port_forward(server: &Arc<ApiServer>, mut request: Request) -> Result<Response> {
+    let pod = server.get_object(&request.key())?;
+    let name = request.name().to_string();
+    let node_name = object::str_at(&pod, "/spec/nodeName");
+    if node_name.is_empty() || object::str_at(&pod, "/status/phase") != "Running" {
+        return Err(ApiError::BadRequest(format!(
+            "unable to forward port because pod is not running. Current status={}",
+            object::str_at(&pod, "/status/phase")
+        )));
+    }
+    let wants_websocket = request
+        .headers
+        .get(header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
+    let Some(client) = request.upgrade.take().filter(|_| wants_websocket) else {
+        return Err(ApiError::BadRequest(
+            "Upgrade request required: port-forward is served over a WebSocket (SPDY/3.1+portforward.k8s.io)".into(),
+        ));
+    };
+    let node = server.get_object(&ObjectKey::new("nodes", "", node_name))?;
+    let endpoint = super::nodes::agent_endpoint(&node).ok_or_else(|| {
+        ApiError::ServiceUnavailable(format!(
+            "node {node_name} has no agent endpoint that the node itself published"
+        ))
+    })?;
+    let url = format!(
+        "https://{endpoint}/portForward/{}/{name}",
+        request.namespace()
+    );
+    let mut forwarded = http::Request::builder().method("GET").uri(&url);
+    for name in &HANDSHAKE {
+        for value in request.headers.get_all(name) {
+            forwarded = forwarded.header(name, value);
+        }
+    }
+    let forwarded = forwarded
+        .body(Body::empty())
+        .map_err(|e| ApiError::BadRequest(format!("cannot forward to {url}: {e}")))?;
+    let mut answer = server.agents.request(forwarded).await.map_err(|e| {
+        ApiError::ServiceUnavailable(format!(
+            "cannot reach the agent of node {node_name} at {endpoint}: {e}"
+        ))
+    })?;
+    if answer.status() != StatusCode::SWITCHING_PROTOCOLS {
+        let code = answer.status();
+        let text = answer
+            .into_body()
+            .collect()
+            .await
+            .map(|b| b.to_bytes())
+            .unwrap_or_default();
+        let why = String::from_utf8_lossy(&text).trim().to_string();
+        return Err(if code == StatusCode::NOT_FOUND {
+            ApiError::BadRequest(why)
+        } else {
+            ApiError::ServiceUnavailable(format!("agent of node {node_name}: {why}"))
+        });
+    }
+    let mut switching = Response::builder().status(StatusCode::SWITCHING_PROTOCOLS);
+    for name in &HANDSHAKE {
+        for value in answer.headers().get_all(name) {
+            switching = switching.header(name, value);
+        }
+    }
+    let agent = hyper::upgrade::on(&mut answer);
+    let key = format!("{}/{name}", request.namespace());
+    tokio::spawn(async move {
+        let (client, agent) = match tokio::try_join!(client, agent) {
+            Ok(both) => both,
+            Err(e) => {
+                tracing::debug!("port-forward to {key}: upgrading failed: {e}");
+                return;
+            }
+        };
+        let (mut client, mut agent) = (TokioIo::new(client), TokioIo::new(agent));
+        if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut agent).await {
+            tracing::debug!("port-forward to {key} ended: {e}");
+        }
+    });
+    Ok(switching
+        .body(Body::empty())
+        .map_err(|e| ApiError::Internal(format!("the upgrade answer: {e}")))?
+        .into_response())
+}

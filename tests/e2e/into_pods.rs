@@ -1,0 +1,168 @@
+//! Into the pod: `kubectl port-forward` carries local connections into a pod's port through
+//! the API server and the agent (WebSocket, SPDY/3.1 tunnelled), as on Kubernetes.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use http_body_util::{BodyExt, Full};
+use shoal_tests::*;
+
+/// A running `kubectl port-forward`, killed when dropped.
+struct Forward {
+    child: Child,
+    port: u16,
+}
+
+impl Drop for Forward {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts `kubectl port-forward TARGET :PORT` and waits for the local port it chose.
+async fn port_forward(kubeconfig: &std::path::Path, target: &str, port: u16) -> Forward {
+    let cache = kubeconfig.parent().unwrap().join("kubectl-cache");
+    let mut child = Command::new("kubectl")
+        .arg("--kubeconfig")
+        .arg(kubeconfig)
+        .arg("--cache-dir")
+        .arg(&cache)
+        .args(["port-forward", target, &format!(":{port}")])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    // "Forwarding from 127.0.0.1:41234 -> 8080"
+    let local = tokio::task::spawn_blocking(move || {
+        let mut lines = BufReader::new(stdout).lines();
+        let line = lines.next()?.ok()?;
+        let port = line
+            .strip_prefix("Forwarding from 127.0.0.1:")?
+            .split_whitespace()
+            .next()?
+            .parse()
+            .ok()?;
+        // Keep reading, so kubectl never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        Some(port)
+    });
+    let port = tokio::time::timeout(Duration::from_secs(30), local)
+        .await
+        .expect("kubectl port-forward printed its port in time")
+        .unwrap();
+    Forward {
+        child,
+        port: port.expect("kubectl port-forward printed `Forwarding from 127.0.0.1:PORT`"),
+    }
+}
+
+/// What the `web` guest's `/echo` puts before the body it echoes.
+const ECHOED: &str = "Method::Post ";
+
+type Client = hyper_util::client::legacy::Client<
+    hyper_util::client::legacy::connect::HttpConnector,
+    Full<bytes::Bytes>,
+>;
+
+fn client() -> Client {
+    hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http()
+}
+
+async fn call(client: &Client, method: &str, url: &str, body: Vec<u8>) -> (u16, Vec<u8>) {
+    let request = http::Request::builder()
+        .method(method)
+        .uri(url)
+        .body(Full::new(bytes::Bytes::from(body)))
+        .unwrap();
+    let response = tokio::time::timeout(Duration::from_secs(30), client.request(request))
+        .await
+        .expect("an answer in time")
+        .expect("an answer");
+    let status = response.status().as_u16();
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    (status, body.to_vec())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_port_forward_carries_connections_into_the_pod() {
+    if !kubectl_available("kubectl_port_forward_carries_connections_into_the_pod") {
+        return;
+    }
+    let cluster = TestCluster::start(1).await;
+    let kc = cluster.kubeconfig.as_path();
+    let http = cluster.http();
+    let pod = format!(
+        "apiVersion: v1\nkind: Pod\nmetadata: {{name: web}}\nspec:\n  containers:\n  - name: web\n    image: {}\n    ports: [{{containerPort: 8080}}]\n",
+        shoal_examples::WEB_P2
+    );
+    ok(kubectl_stdin_async(kc, &["apply", "-f", "-"], &pod).await);
+    wait_phase(&http, "default", "web", "Running").await;
+    let forward = port_forward(kc, "pod/web", 8080).await;
+    let base = format!("http://127.0.0.1:{}", forward.port);
+
+    // 100 sequential requests on one kept-alive connection.
+    let keep_alive = client();
+    for i in 0..100 {
+        let (status, body) = call(&keep_alive, "GET", &format!("{base}/"), vec![]).await;
+        assert_eq!(
+            status,
+            200,
+            "request {i}: {}",
+            String::from_utf8_lossy(&body)
+        );
+        assert!(
+            String::from_utf8_lossy(&body).starts_with("Hello from web"),
+            "request {i}: {}",
+            String::from_utf8_lossy(&body)
+        );
+    }
+    // 20 at once, each on its own connection.
+    let calls = (0..20).map(|i| {
+        let base = base.clone();
+        tokio::spawn(async move {
+            let (status, body) = call(
+                &client(),
+                "POST",
+                &format!("{base}/echo"),
+                format!("call {i}").into_bytes(),
+            )
+            .await;
+            (status, String::from_utf8_lossy(&body).to_string())
+        })
+    });
+    for (i, answer) in futures::future::join_all(calls)
+        .await
+        .into_iter()
+        .enumerate()
+    {
+        let (status, body) = answer.unwrap();
+        assert_eq!((status, body), (200, format!("{ECHOED}call {i}")));
+    }
+    // A 10 MiB body there and back, byte for byte.
+    let big: Vec<u8> = (0..10 << 20).map(|i| b'a' + (i % 26) as u8).collect();
+    let (status, body) = call(&client(), "POST", &format!("{base}/echo"), big.clone()).await;
+    assert_eq!(status, 200);
+    assert_eq!(body.len(), big.len() + ECHOED.len());
+    assert!(body[ECHOED.len()..] == big[..], "the echoed body differs");
+
+    // A port nothing serves: the connection is closed and kubectl reports why; the pod and
+    // the agent are unaffected.
+    let closed = port_forward(kc, "pod/web", 9999).await;
+    let refused = tokio::time::timeout(
+        Duration::from_secs(30),
+        client().request(
+            http::Request::get(format!("http://127.0.0.1:{}/", closed.port))
+                .body(Full::new(bytes::Bytes::new()))
+                .unwrap(),
+        ),
+    )
+    .await
+    .expect("an answer or a closed connection in time");
+    assert!(refused.is_err(), "nothing serves 9999: {refused:?}");
+    let (status, _) = call(&keep_alive, "GET", &format!("{base}/healthz"), vec![]).await;
+    assert_eq!(status, 200);
+    assert_eq!(pod_phase(&http, "default", "web").await, "Running");
+}
