@@ -166,3 +166,42 @@ async fn kubectl_port_forward_carries_connections_into_the_pod() {
     assert_eq!(status, 200);
     assert_eq!(pod_phase(&http, "default", "web").await, "Running");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn port_forward_reaches_services_and_deployments_on_an_agent_process() {
+    if !kubectl_available("port_forward_reaches_services_and_deployments_on_an_agent_process") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (_server, url) = start_server(dir.path(), &[]);
+    let _agent = start_agent(dir.path(), &url, "alpha", &[]);
+    let kc = server_kubeconfig(dir.path());
+    let manifests = format!(
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata: {{name: web}}\nspec:\n  replicas: 1\n  selector: {{matchLabels: {{app: web}}}}\n  template:\n    metadata: {{labels: {{app: web}}}}\n    spec:\n      containers:\n      - name: web\n        image: {}\n        ports: [{{containerPort: 8080}}]\n---\napiVersion: v1\nkind: Service\nmetadata: {{name: web}}\nspec:\n  selector: {{app: web}}\n  ports: [{{port: 80, targetPort: 8080}}]\n",
+        shoal_examples::WEB_P2
+    );
+    ok(kubectl_stdin_async(&kc, &["apply", "-f", "-"], &manifests).await);
+    ok(kubectl_async(
+        &kc,
+        &["rollout", "status", "deployment/web", "--timeout=60s"],
+    )
+    .await);
+    // kubectl resolves svc/ and deploy/ to a pod (and the Service's port to the pod's).
+    for (target, port) in [("svc/web", 80), ("deploy/web", 8080)] {
+        let forward = port_forward(&kc, target, port).await;
+        let base = format!("http://127.0.0.1:{}", forward.port);
+        let keep_alive = client();
+        for i in 0..20 {
+            let (status, body) = call(&keep_alive, "GET", &format!("{base}/"), vec![]).await;
+            assert_eq!(status, 200, "{target}, request {i}");
+            assert!(String::from_utf8_lossy(&body).starts_with("Hello from web"));
+        }
+        let big: Vec<u8> = (0..1 << 20).map(|i| b'a' + (i % 26) as u8).collect();
+        let (status, body) = call(&client(), "POST", &format!("{base}/echo"), big.clone()).await;
+        assert_eq!(status, 200, "{target}");
+        assert!(
+            body[ECHOED.len()..] == big[..],
+            "{target}: the echoed body differs"
+        );
+    }
+}

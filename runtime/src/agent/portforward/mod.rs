@@ -51,7 +51,20 @@ struct Pair {
 /// Serves one port-forward connection for the pod named `pod` (`namespace/name`) until
 /// the client closes it.
 pub async fn serve(socket: WebSocket, network: Arc<PodNetwork>, pod: String) {
-    let (mut sink, mut source) = socket.split();
+    let (sink, source) = socket.split();
+    serve_messages(sink, source, network, pod).await
+}
+
+/// [`serve`] over any message source and sink (tests drive it without a socket).
+async fn serve_messages<Si, So, E>(
+    mut sink: Si,
+    mut source: So,
+    network: Arc<PodNetwork>,
+    pod: String,
+) where
+    Si: futures::Sink<Message> + Unpin + Send + 'static,
+    So: futures::Stream<Item = Result<Message, E>> + Unpin,
+{
     let (outgoing, mut frames) = mpsc::channel::<Bytes>(OUTGOING_FRAMES);
     let writer = tokio::spawn(async move {
         while let Some(frame) = frames.recv().await {
@@ -308,5 +321,125 @@ async fn serve_in_pod(
             *response.status_mut() = e.status();
             response
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures::channel::mpsc::unbounded;
+
+    /// Runs a session on `messages` (then the client closes) with a pod that serves nothing;
+    /// returns the frames sent back.
+    async fn session(messages: Vec<Bytes>) -> Vec<Frame> {
+        let (sink, mut sent) = unbounded::<Message>();
+        let source = futures::stream::iter(
+            messages
+                .into_iter()
+                .map(|m| Ok::<_, Infallible>(Message::Binary(m))),
+        );
+        let network = PodNetwork::new();
+        tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            serve_messages(sink, source, network, "default/web".into()),
+        )
+        .await
+        .expect("the session ends when the client does");
+        let mut decoder = Decoder::default();
+        let mut frames = Vec::new();
+        while let Ok(message) = sent.try_recv() {
+            if let Message::Binary(bytes) = message {
+                decoder.push(&bytes);
+                while let Some(frame) = decoder.next_frame().unwrap() {
+                    frames.push(frame);
+                }
+            }
+        }
+        frames
+    }
+
+    fn opened(kind: &str, port: &str, request: &str) -> Headers {
+        [("streamtype", kind), ("port", port), ("requestid", request)]
+            .iter()
+            .map(|(n, v)| (n.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn garbage_ends_the_connection_with_a_goaway() {
+        let frames = session(vec![Bytes::from_static(
+            b"\x80\x02\x00\x01\x00\x00\x00\x00",
+        )])
+        .await;
+        assert_eq!(
+            frames,
+            vec![Frame::GoAway {
+                last_good: 0,
+                status: spdy::PROTOCOL_ERROR
+            }]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_port_nothing_serves_is_reported_on_the_error_stream() {
+        let mut client = Encoder::default();
+        let frames = session(vec![
+            client.syn_stream(1, false, &opened("error", "9999", "0")),
+            client.syn_stream(3, false, &opened("data", "9999", "0")),
+            Encoder::ping(7),
+        ])
+        .await;
+        assert!(matches!(frames[0], Frame::SynReply { stream: 1, .. }));
+        assert!(matches!(frames[1], Frame::SynReply { stream: 3, .. }));
+        let Frame::Data {
+            stream: 1,
+            fin: true,
+            data,
+        } = &frames[2]
+        else {
+            panic!("{frames:?}");
+        };
+        assert!(
+            String::from_utf8_lossy(data).contains("nothing in the pod serves port 9999"),
+            "{data:?}"
+        );
+        assert_eq!(
+            frames[3],
+            Frame::Data {
+                stream: 3,
+                fin: true,
+                data: Bytes::new()
+            }
+        );
+        assert_eq!(frames[4], Frame::Ping { id: 7 });
+    }
+
+    #[tokio::test]
+    async fn streams_opened_and_never_used_or_bad_are_dropped_with_the_connection() {
+        let mut client = Encoder::default();
+        let frames = session(vec![
+            // An error stream whose data stream never comes.
+            client.syn_stream(1, false, &opened("error", "8080", "0")),
+            // No port, then a bad stream type: refused.
+            client.syn_stream(3, false, &opened("data", "", "1")),
+            client.syn_stream(5, false, &opened("nonsense", "8080", "2")),
+            // Data for a stream that does not exist.
+            Encoder::data(99, false, b"lost"),
+        ])
+        .await;
+        assert!(matches!(frames[0], Frame::SynReply { stream: 1, .. }));
+        assert_eq!(
+            frames[1..],
+            [
+                Frame::RstStream {
+                    stream: 3,
+                    status: spdy::REFUSED_STREAM
+                },
+                Frame::RstStream {
+                    stream: 5,
+                    status: spdy::REFUSED_STREAM
+                }
+            ]
+        );
     }
 }
