@@ -178,11 +178,16 @@ where
     B: http_body::Body + Send,
     B::Data: Send,
 {
+    // No Nagle: a tunnel through the gateway (port-forward) carries many small writes, which
+    // Nagle's algorithm and the peer's delayed ACKs would hold back by 40 ms each.
+    let mut http = hyper_util::client::legacy::connect::HttpConnector::new();
+    http.set_nodelay(true);
+    http.enforce_http(false);
     let connector = hyper_rustls::HttpsConnectorBuilder::new()
         .with_tls_config(gateway_client_config(identity)?)
         .https_only()
         .enable_http1()
-        .build();
+        .wrap_connector(http);
     Ok(
         hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
             .build(connector),

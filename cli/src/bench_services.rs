@@ -25,7 +25,7 @@ use super::{get, http_client, ms, percentile, start_cluster, us, Args, Bench};
 
 /// `replicas` pods of the `web` component labelled `app=<name>`, and a Service `<name>` on
 /// port 80; returns once the Service has `replicas` ready endpoints in `proxy`.
-async fn web_service(
+pub(super) async fn web_service(
     bench: &Bench,
     proxy: &Proxy,
     name: &str,
@@ -62,7 +62,12 @@ async fn web_service(
 
 /// Requests per second over `connections` keep-alive connections for `seconds`, and the
 /// failures.
-async fn load(url: &str, host: Option<&str>, connections: usize, seconds: f64) -> (f64, usize) {
+pub(super) async fn load(
+    url: &str,
+    host: Option<&str>,
+    connections: usize,
+    seconds: f64,
+) -> (f64, usize) {
     let client = http_client();
     let deadline = Instant::now() + Duration::from_secs_f64(seconds);
     let mut tasks = Vec::new();
@@ -102,7 +107,7 @@ async fn load(url: &str, host: Option<&str>, connections: usize, seconds: f64) -
     (ok as f64 / seconds, failed)
 }
 
-struct KillOnDrop(Child);
+pub(super) struct KillOnDrop(pub(super) Child);
 
 impl Drop for KillOnDrop {
     fn drop(&mut self) {
