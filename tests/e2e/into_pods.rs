@@ -205,3 +205,64 @@ async fn port_forward_reaches_services_and_deployments_on_an_agent_process() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kube_rs_port_forward_speaks_websocket_channels() {
+    use k8s_openapi::api::core::v1::Pod;
+    let cluster = TestCluster::start(1).await;
+    let http = cluster.http();
+    let pod = serde_json::json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "web"},
+        "spec": {"containers": [{"name": "web", "image": shoal_examples::WEB_P2,
+                                 "ports": [{"containerPort": 8080}]}]}});
+    http.create("/api/v1/namespaces/default/pods", &pod).await;
+    wait_phase(&http, "default", "web", "Running").await;
+    let kubeconfig = kube::config::Kubeconfig::read_from(&cluster.kubeconfig).unwrap();
+    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+        .await
+        .unwrap();
+    let pods: kube::Api<Pod> =
+        kube::Api::namespaced(kube::Client::try_from(config).unwrap(), "default");
+
+    let mut forwarder = pods.portforward("web", &[8080]).await.unwrap();
+    let stream = forwarder.take_stream(8080).unwrap();
+    let (mut sender, connection) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(connection);
+    for i in 0..10 {
+        let request = http::Request::get("/")
+            .header(http::header::HOST, "localhost")
+            .body(Full::new(bytes::Bytes::new()))
+            .unwrap();
+        // hyper's client connection takes a request only once it is ready.
+        sender.ready().await.unwrap();
+        let response = sender.send_request(request).await.unwrap();
+        assert_eq!(response.status(), 200, "request {i}");
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        assert!(String::from_utf8_lossy(&body).starts_with("Hello from web"));
+    }
+    let big: Vec<u8> = (0..1 << 20).map(|i| b'a' + (i % 26) as u8).collect();
+    let request = http::Request::post("/echo")
+        .header(http::header::HOST, "localhost")
+        .body(Full::new(bytes::Bytes::from(big.clone())))
+        .unwrap();
+    sender.ready().await.unwrap();
+    let response = sender.send_request(request).await.unwrap();
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    assert!(body[ECHOED.len()..] == big[..], "the echoed body differs");
+    drop(sender);
+    forwarder.abort();
+
+    // A port nothing serves: its error channel says so.
+    let mut closed = pods.portforward("web", &[9999]).await.unwrap();
+    let error = tokio::time::timeout(Duration::from_secs(10), closed.take_error(9999).unwrap())
+        .await
+        .expect("the error in time");
+    assert!(
+        error
+            .as_deref()
+            .is_some_and(|e| e.contains("nothing in the pod serves port 9999")),
+        "{error:?}"
+    );
+}

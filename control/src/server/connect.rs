@@ -1,7 +1,7 @@
 //! The connect subresources of pods (`pods/portforward` for now): a client's WebSocket
 //! upgrade is passed through, headers and then bytes, to the agent of the pod's node, as
-//! kube-apiserver passes it to the kubelet. The protocol inside (SPDY-tunnelled
-//! port-forward) is spoken by the agent; the API server only authorizes (`create` on the
+//! kube-apiserver passes it to the kubelet. The protocols inside (SPDY-tunnelled
+//! port-forward for kubectl, WebSocket channels for client libraries) are spoken by the agent; the API server only authorizes (`create` on the
 //! subresource, by the guard), finds the node, and splices the two connections.
 
 use std::sync::Arc;
@@ -46,7 +46,7 @@ pub async fn port_forward(server: &Arc<ApiServer>, mut request: Request) -> Resu
         .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
     let Some(client) = request.upgrade.take().filter(|_| wants_websocket) else {
         return Err(ApiError::BadRequest(
-            "Upgrade request required: port-forward is served over a WebSocket (SPDY/3.1+portforward.k8s.io)".into(),
+            "Upgrade request required: port-forward is served over a WebSocket (SPDY/3.1+portforward.k8s.io or v4.channel.k8s.io)".into(),
         ));
     };
     let node = server.get_object(&ObjectKey::new("nodes", "", node_name))?;
@@ -55,8 +55,14 @@ pub async fn port_forward(server: &Arc<ApiServer>, mut request: Request) -> Resu
             "node {node_name} has no agent endpoint that the node itself published"
         ))
     })?;
+    // The query names the ports for clients of the channel protocol (`ports=8080`).
+    let query = request
+        .raw_query
+        .as_deref()
+        .map(|q| format!("?{q}"))
+        .unwrap_or_default();
     let url = format!(
-        "https://{endpoint}/portForward/{}/{name}",
+        "https://{endpoint}/portForward/{}/{name}{query}",
         request.namespace()
     );
     let mut forwarded = http::Request::builder().method("GET").uri(&url);

@@ -39,12 +39,15 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .with_state(shared)
 }
 
-/// `kubectl port-forward`'s WebSocket (SPDY tunnelled), for a pod of this node.
+/// A port-forward WebSocket for a pod of this node: SPDY tunnelled (kubectl), or plain
+/// channels for the ports of the query (kube-rs, the Python client).
 async fn port_forward(
     State(shared): State<Arc<Shared>>,
     Path((namespace, pod)): Path<(String, String)>,
+    Query(query): Query<Vec<(String, String)>>,
     upgrade: axum::extract::ws::WebSocketUpgrade,
 ) -> Response {
+    use super::portforward::{channels, PROTOCOL as SPDY};
     let key = format!("{namespace}/{pod}");
     let Some(network) = shared.networks.get(crate::proxy::LocalPod::Named(&key)) else {
         return (
@@ -53,18 +56,18 @@ async fn port_forward(
         )
             .into_response();
     };
-    let upgrade = upgrade.protocols([super::portforward::PROTOCOL]);
-    if upgrade.selected_protocol().is_none() {
-        return (
-            StatusCode::BAD_REQUEST,
-            format!(
-                "unable to upgrade: the client asked for none of the port-forward protocols served ({})\n",
-                super::portforward::PROTOCOL
-            ),
-        )
-            .into_response();
+    let upgrade = upgrade.protocols([SPDY, channels::PROTOCOL]);
+    if upgrade.selected_protocol().is_some_and(|p| p == SPDY) {
+        return upgrade.on_upgrade(move |socket| super::portforward::serve(socket, network, key));
     }
-    upgrade.on_upgrade(move |socket| super::portforward::serve(socket, network, key))
+    let values: Vec<&str> = (query.iter())
+        .filter(|(k, _)| k == "ports")
+        .map(|(_, v)| v.as_str())
+        .collect();
+    match channels::ports_of(&values) {
+        Ok(ports) => upgrade.on_upgrade(move |socket| channels::serve(socket, network, key, ports)),
+        Err(why) => (StatusCode::BAD_REQUEST, format!("{why}\n")).into_response(),
+    }
 }
 
 /// The Service proxy's metrics on this node.

@@ -8,8 +8,12 @@
 //! and bodies of any size, as hyper serves them). A Wasm pod has no TCP sockets: what it
 //! serves on a port is its HTTP components, so that is what a forwarded port reaches.
 //!
+//! Clients that speak plain WebSocket channels instead (kube-rs, the Python client) are
+//! served by [`channels`].
+//!
 //! Nothing outlives the socket: when it closes, every stream's task is aborted.
 
+pub mod channels;
 pub mod dictionary;
 pub mod spdy;
 
@@ -250,30 +254,8 @@ impl Session {
             let _ = self.send(Encoder::data(data, true, b"")).await;
             return;
         }
-        let (tunnel, pod_side) = tokio::io::duplex(PIPE_BYTES);
-        let (mut from_pod, mut into_pod) = tokio::io::split(tunnel);
-        let (inbound, mut chunks) = mpsc::channel::<Bytes>(INCOMING_CHUNKS);
+        let (inbound, mut from_pod) = connect_pod(self.network.clone(), port, &mut self.tasks);
         self.inbound.insert(data, inbound);
-        // The pod's side: its HTTP server on `port`, over the pipe.
-        let network = self.network.clone();
-        self.tasks.spawn(async move {
-            let service = hyper::service::service_fn(move |request| {
-                let network = network.clone();
-                async move { Ok::<_, Infallible>(serve_in_pod(&network, port, request).await) }
-            });
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(pod_side), service)
-                .await;
-        });
-        // Client to pod: the data stream's chunks, then end of input at its FIN.
-        self.tasks.spawn(async move {
-            while let Some(chunk) = chunks.recv().await {
-                if into_pod.write_all(&chunk).await.is_err() {
-                    return;
-                }
-            }
-            let _ = into_pod.shutdown().await;
-        });
         // Pod to client: what the pod answers, as data frames, then FIN on both streams.
         let outgoing = self.outgoing.clone();
         self.tasks.spawn(async move {
@@ -296,6 +278,42 @@ impl Session {
             let _ = outgoing.send(Encoder::data(error, true, b"")).await;
         });
     }
+}
+
+/// Opens one HTTP/1.1 connection into the pod's server on `port`, its tasks in `tasks`: the
+/// sender feeds the connection's input (dropping it ends the input, as a client's FIN), the
+/// reader yields what the pod answers, and ends when the pod has closed the connection.
+fn connect_pod(
+    network: Arc<PodNetwork>,
+    port: u16,
+    tasks: &mut JoinSet<()>,
+) -> (
+    mpsc::Sender<Bytes>,
+    tokio::io::ReadHalf<tokio::io::DuplexStream>,
+) {
+    let (tunnel, pod_side) = tokio::io::duplex(PIPE_BYTES);
+    let (from_pod, mut into_pod) = tokio::io::split(tunnel);
+    let (inbound, mut chunks) = mpsc::channel::<Bytes>(INCOMING_CHUNKS);
+    // The pod's side: its HTTP server on `port`, over the pipe.
+    tasks.spawn(async move {
+        let service = hyper::service::service_fn(move |request| {
+            let network = network.clone();
+            async move { Ok::<_, Infallible>(serve_in_pod(&network, port, request).await) }
+        });
+        let _ = hyper::server::conn::http1::Builder::new()
+            .serve_connection(TokioIo::new(pod_side), service)
+            .await;
+    });
+    // The client's bytes into the pipe, then end of input.
+    tasks.spawn(async move {
+        while let Some(chunk) = chunks.recv().await {
+            if into_pod.write_all(&chunk).await.is_err() {
+                return;
+            }
+        }
+        let _ = into_pod.shutdown().await;
+    });
+    (inbound, from_pod)
 }
 
 /// Serves one request that came through the tunnel on the pod's `port`.
