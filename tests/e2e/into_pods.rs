@@ -1,5 +1,6 @@
 //! Into the pod: `kubectl port-forward` carries local connections into a pod's port through
-//! the API server and the agent (WebSocket, SPDY/3.1 tunnelled), as on Kubernetes.
+//! the API server and the agent (WebSocket, SPDY/3.1 tunnelled), as on Kubernetes; the pod
+//! proxy passes requests in without the caller's credential.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
@@ -100,6 +101,16 @@ async fn kubectl_port_forward_carries_connections_into_the_pod() {
     );
     ok(kubectl_stdin_async(kc, &["apply", "-f", "-"], &pod).await);
     wait_phase(&http, "default", "web", "Running").await;
+    // The pod proxy passes requests in, but never the caller's credential: authenticated
+    // by its certificate, a request's Authorization header stops at the API server.
+    let with_token = http.clone().bearer("a-secret-the-pod-must-not-see");
+    let (status, body) = proxy_get(&with_token, "web:8080", "/header/authorization").await;
+    assert_eq!((status, body.as_str()), (404, "no header authorization\n"));
+    // Other headers do reach the pod.
+    let proxied = "/api/v1/namespaces/default/pods/web:8080/proxy/header/content-type";
+    let (status, body) = with_token.raw("GET", proxied, "text/x-probe", "").await;
+    assert_eq!((status, &body[..]), (200, &b"text/x-probe"[..]));
+
     let forward = port_forward(kc, "pod/web", 8080).await;
     let base = format!("http://127.0.0.1:{}", forward.port);
 

@@ -86,6 +86,10 @@ pub(super) async fn guard(
             }
         }
     }
+    // The credential has done its job: nothing past here (the pod proxy passes headers on
+    // to the agent and the pod) may see it, as kube-apiserver's authentication filter
+    // drops it once it has authenticated the request.
+    request.headers_mut().remove(http::header::AUTHORIZATION);
     request.extensions_mut().insert(Arc::new(user));
     next.run(request).await
 }

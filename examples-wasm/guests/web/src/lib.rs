@@ -4,7 +4,8 @@
 //! - `/` greets: `$GREETING from $NAME` (defaults `Hello`, `web`), with the pod name if known;
 //! - `/healthz` is 200 `ok`; `/flag/NAME` is 200 if the file `/data/NAME` exists, else 503
 //!   (readiness and liveness probes that a test can flip);
-//! - `/echo` answers the method and the request body;
+//! - `/echo` answers the method and the request body; `/header/NAME` a request header's value
+//!   (404 without it);
 //! - `/env/NAME` answers an environment variable;
 //! - `/file/PATH` answers the content of file `/PATH`; `PUT /file/PATH` writes the body there,
 //!   `DELETE /file/PATH` removes it;
@@ -31,6 +32,14 @@ struct Web;
 impl wasip2::exports::http::incoming_handler::Guest for Web {
     fn handle(request: IncomingRequest, out: ResponseOutparam) {
         let path = request.path_with_query().unwrap_or_else(|| "/".into());
+        if let Some(name) = path.strip_prefix("/header/") {
+            let values = request.headers().get(&name.to_ascii_lowercase());
+            let (status, text) = match values.first() {
+                Some(value) => (200, String::from_utf8_lossy(value).into_owned()),
+                None => (404, format!("no header {name}\n")),
+            };
+            return respond(out, status, text.as_bytes());
+        }
         let method = request.method();
         let body = read_request_body(&request);
         let (status, text) = route(&method, &path, body);
