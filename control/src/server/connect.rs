@@ -9,14 +9,12 @@ use std::sync::Arc;
 use axum::body::Body;
 use axum::response::{IntoResponse, Response};
 use http::{header, StatusCode};
-use http_body_util::BodyExt;
 use hyper_util::rt::TokioIo;
 
 use super::error::{ApiError, Result};
 use super::request::Request;
 use super::ApiServer;
 use crate::api::object;
-use crate::store::ObjectKey;
 
 /// The headers of a WebSocket handshake, passed on both ways.
 const HANDSHAKE: [header::HeaderName; 6] = [
@@ -49,12 +47,7 @@ pub async fn port_forward(server: &Arc<ApiServer>, mut request: Request) -> Resu
             "Upgrade request required: port-forward is served over a WebSocket (SPDY/3.1+portforward.k8s.io or v4.channel.k8s.io)".into(),
         ));
     };
-    let node = server.get_object(&ObjectKey::new("nodes", "", node_name))?;
-    let endpoint = super::nodes::agent_endpoint(&node).ok_or_else(|| {
-        ApiError::ServiceUnavailable(format!(
-            "node {node_name} has no agent endpoint that the node itself published"
-        ))
-    })?;
+    let endpoint = super::nodes::agent_of(server, node_name)?;
     // The query names the ports for clients of the channel protocol (`ports=8080`).
     let query = request
         .raw_query
@@ -80,19 +73,7 @@ pub async fn port_forward(server: &Arc<ApiServer>, mut request: Request) -> Resu
         ))
     })?;
     if answer.status() != StatusCode::SWITCHING_PROTOCOLS {
-        let code = answer.status();
-        let text = answer
-            .into_body()
-            .collect()
-            .await
-            .map(|b| b.to_bytes())
-            .unwrap_or_default();
-        let why = String::from_utf8_lossy(&text).trim().to_string();
-        return Err(if code == StatusCode::NOT_FOUND {
-            ApiError::BadRequest(why)
-        } else {
-            ApiError::ServiceUnavailable(format!("agent of node {node_name}: {why}"))
-        });
+        return Err(super::nodes::agent_refusal(answer, node_name).await);
     }
     let mut switching = Response::builder().status(StatusCode::SWITCHING_PROTOCOLS);
     for name in &HANDSHAKE {

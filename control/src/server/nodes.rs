@@ -7,6 +7,7 @@
 
 use serde_json::{json, Value};
 
+use super::error::{ApiError, Result};
 use super::request::Request;
 use crate::api::object;
 
@@ -33,6 +34,40 @@ pub fn agent_endpoint(node: &Value) -> Option<String> {
     node.pointer(POINTER)
         .and_then(Value::as_str)
         .map(str::to_string)
+}
+
+/// The agent endpoint of the node named `node_name`, for a request about one of its pods
+/// (logs, the pod proxy, port-forward): 503 when the node has published none.
+pub(super) fn agent_of(server: &super::ApiServer, node_name: &str) -> Result<String> {
+    let node = server.get_object(&crate::store::ObjectKey::new("nodes", "", node_name))?;
+    agent_endpoint(&node).ok_or_else(|| {
+        ApiError::ServiceUnavailable(format!(
+            "node {node_name} has no agent endpoint that the node itself published"
+        ))
+    })
+}
+
+/// What the API server answers when an agent refused a request with `answer`: the agent's
+/// text, as a 400 when it does not have what was asked for (404: the pod or container is not
+/// there), else as a 500 naming the node.
+pub(super) async fn agent_refusal(
+    answer: http::Response<hyper::body::Incoming>,
+    node_name: &str,
+) -> ApiError {
+    use http_body_util::BodyExt;
+    let code = answer.status();
+    let text = answer
+        .into_body()
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    let message = String::from_utf8_lossy(&text).trim().to_string();
+    if code == http::StatusCode::NOT_FOUND {
+        ApiError::BadRequest(message)
+    } else {
+        ApiError::Internal(format!("agent of node {node_name}: {message}"))
+    }
 }
 
 /// Records (or drops) the trusted endpoint on a Node being written by `request`'s user;

@@ -9,7 +9,6 @@ use axum::body::Body;
 use axum::response::{IntoResponse, Response};
 use http::header::CONTENT_TYPE;
 use http::StatusCode;
-use http_body_util::BodyExt;
 use serde_json::{json, Value};
 
 use super::error::{ApiError, Result};
@@ -290,12 +289,7 @@ pub async fn log(server: &Arc<ApiServer>, request: &Request) -> Result<Response>
             "container \"{container}\" in pod \"{name}\" is waiting to start: the pod is not yet scheduled to a node"
         )));
     }
-    let node = server.get_object(&ObjectKey::new("nodes", "", node_name))?;
-    let endpoint = super::nodes::agent_endpoint(&node).ok_or_else(|| {
-        ApiError::ServiceUnavailable(format!(
-            "node {node_name} has no agent endpoint that the node itself published"
-        ))
-    })?;
+    let endpoint = super::nodes::agent_of(server, node_name)?;
     let query = {
         let mut query = url::form_urlencoded::Serializer::new(String::new());
         for key in [
@@ -326,19 +320,7 @@ pub async fn log(server: &Arc<ApiServer>, request: &Request) -> Result<Response>
         ))
     })?;
     if answer.status() != StatusCode::OK {
-        let code = answer.status();
-        let text = answer
-            .into_body()
-            .collect()
-            .await
-            .map(|b| b.to_bytes())
-            .unwrap_or_default();
-        let message = String::from_utf8_lossy(&text).trim().to_string();
-        return Err(if code == StatusCode::NOT_FOUND {
-            ApiError::BadRequest(message)
-        } else {
-            ApiError::Internal(format!("agent of node {node_name}: {message}"))
-        });
+        return Err(super::nodes::agent_refusal(answer, node_name).await);
     }
     Ok((
         [(CONTENT_TYPE, "text/plain")],
@@ -379,12 +361,7 @@ pub async fn proxy(server: &Arc<ApiServer>, request: &Request) -> Result<Respons
             "pod {name} is not running"
         )));
     }
-    let node = server.get_object(&ObjectKey::new("nodes", "", node_name))?;
-    let endpoint = super::nodes::agent_endpoint(&node).ok_or_else(|| {
-        ApiError::ServiceUnavailable(format!(
-            "node {node_name} has no agent endpoint that the node itself published"
-        ))
-    })?;
+    let endpoint = super::nodes::agent_of(server, node_name)?;
     let rest = request.path.rest.as_deref().unwrap_or("");
     let query = request
         .raw_query
