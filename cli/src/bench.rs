@@ -572,7 +572,7 @@ async fn http_instance(args: &Args) -> anyhow::Result<()> {
         argv: vec!["web".into()],
         env: vec![],
         mounts: vec![],
-        log: ContainerLog::new(1 << 16),
+        stdio: shoal_runtime::pod::run::Stdio::Log(ContainerLog::new(1 << 16)),
         memory_limit: 64 << 20,
         outgoing: pod_network.outgoing(),
     };

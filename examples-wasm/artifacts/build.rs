@@ -13,6 +13,7 @@ const GUESTS: &[(&str, &[&str], bool)] = &[
     ("misbehave", &["wasm32-wasip1", "wasm32-wasip2"], false),
     ("web", &["wasm32-wasip2"], true),
     ("guestbook", &["wasm32-wasip2"], true),
+    ("toolbox", &["wasm32-wasip2"], false),
 ];
 
 fn main() {

@@ -277,3 +277,188 @@ async fn kube_rs_port_forward_speaks_websocket_channels() {
         "{error:?}"
     );
 }
+
+/// A pod with a shared volume: `web` (an HTTP component) and `writer` (a command module that
+/// writes `/data/key` and stays up).
+fn toolbox_pod() -> String {
+    format!(
+        "apiVersion: v1\nkind: Pod\nmetadata: {{name: box}}\nspec:\n  volumes: [{{name: data, emptyDir: {{}}}}]\n  containers:\n  - name: web\n    image: {web}\n    ports: [{{containerPort: 8080}}]\n    env: [{{name: COLOUR, value: teal}}]\n    volumeMounts: [{{name: data, mountPath: /data}}]\n  - name: writer\n    image: {hello}\n    args: [\"--write\", \"/data/key\", \"--sleep-ms\", \"600000\"]\n    volumeMounts: [{{name: data, mountPath: /data}}]\n",
+        web = shoal_examples::WEB_P2,
+        hello = shoal_examples::HELLO_P2
+    )
+}
+
+/// `kubectl exec` with stdin from bytes (kubectl's `-i`).
+async fn kubectl_exec_input(
+    kubeconfig: &std::path::Path,
+    args: &[&str],
+    input: Vec<u8>,
+) -> std::process::Output {
+    use std::io::Write;
+    let cache = kubeconfig.parent().unwrap().join("kubectl-cache");
+    let mut child = Command::new("kubectl")
+        .arg("--kubeconfig")
+        .arg(kubeconfig)
+        .arg("--cache-dir")
+        .arg(&cache)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let writer = std::thread::spawn(move || {
+        let _ = stdin.write_all(&input);
+    });
+    let output = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap())
+        .await
+        .unwrap();
+    writer.join().unwrap();
+    output
+}
+
+/// Every file under `dir`, relative, with its bytes.
+fn tree(dir: &std::path::Path) -> std::collections::BTreeMap<String, Vec<u8>> {
+    let mut files = std::collections::BTreeMap::new();
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(at) = pending.pop() {
+        for entry in std::fs::read_dir(&at).unwrap().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                pending.push(path);
+            } else {
+                let relative = path.strip_prefix(dir).unwrap().display().to_string();
+                files.insert(relative, std::fs::read(&path).unwrap());
+            }
+        }
+    }
+    files
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_exec_and_cp_step_inside_the_pod() {
+    if !kubectl_available("kubectl_exec_and_cp_step_inside_the_pod") {
+        return;
+    }
+    let cluster = TestCluster::start(1).await;
+    let kc = cluster.kubeconfig.as_path();
+    let http = cluster.http();
+    ok(kubectl_stdin_async(kc, &["apply", "-f", "-"], &toolbox_pod()).await);
+    wait_phase(&http, "default", "box", "Running").await;
+    // A file a module wrote, read through the toolbox in the same volume.
+    let key = ok(kubectl_async(kc, &["exec", "box", "-c", "web", "--", "cat", "/data/key"]).await);
+    assert_eq!(key, "Hello, world! (from a wasip2 component)\n");
+    // A shell: redirection, && and a pipeline.
+    let script = "echo hi > /data/x && cat /data/x | wc -c";
+    let out = ok(kubectl_async(kc, &["exec", "box", "-c", "web", "--", "sh", "-c", script]).await);
+    assert_eq!(out, "3\n");
+    // The container's environment and the pod's loopback.
+    let out = ok(kubectl_async(
+        kc,
+        &[
+            "exec",
+            "box",
+            "-c",
+            "web",
+            "--",
+            "sh",
+            "-c",
+            "echo $COLOUR; get localhost:8080/healthz",
+        ],
+    )
+    .await);
+    assert_eq!(out, "teal\nok\n");
+    // One of the pod's command modules, run by its container's name.
+    let out = ok(kubectl_async(kc, &["exec", "box", "-c", "web", "--", "writer", "shoal"]).await);
+    assert!(
+        out.starts_with("Hello, shoal! (from a wasip2 component)"),
+        "{out}"
+    );
+
+    // Exit codes come back as kubectl's own.
+    let failed = kubectl_async(
+        kc,
+        &["exec", "box", "-c", "web", "--", "sh", "-c", "exit 7"],
+    )
+    .await;
+    assert_eq!(failed.status.code(), Some(7), "{}", stderr(&failed));
+    assert!(
+        stderr(&failed).contains("command terminated with exit code 7"),
+        "{}",
+        stderr(&failed)
+    );
+    let unknown = kubectl_async(kc, &["exec", "box", "-c", "web", "--", "frobnicate", "now"]).await;
+    assert_eq!(unknown.status.code(), Some(127));
+    assert!(
+        stderr(&unknown).contains("frobnicate: command not found"),
+        "{}",
+        stderr(&unknown)
+    );
+    let bad = kubectl_async(kc, &["exec", "box", "-c", "nope", "--", "ls"]).await;
+    assert!(!bad.status.success());
+    assert!(
+        stderr(&bad).contains("container nope is not valid for pod box"),
+        "{}",
+        stderr(&bad)
+    );
+
+    // stdin streams in (-i): 1 MiB through cat into the volume.
+    let input: Vec<u8> = (0..1u32 << 20).map(|i| b'a' + (i % 26) as u8).collect();
+    let out = kubectl_exec_input(
+        kc,
+        &[
+            "exec",
+            "-i",
+            "box",
+            "-c",
+            "web",
+            "--",
+            "sh",
+            "-c",
+            "cat > /data/in; wc -c < /data/in",
+        ],
+        input,
+    )
+    .await;
+    assert_eq!(ok(out), "1048576\n");
+
+    // kubectl cp, in and out, byte for byte (kubectl runs `test -d` and `tar` in the pod).
+    let local = tempfile::tempdir().unwrap();
+    let source = local.path().join("tree");
+    std::fs::create_dir_all(source.join("sub/deeper")).unwrap();
+    std::fs::write(source.join("a.txt"), "alpha\n").unwrap();
+    let binary: Vec<u8> = (0..300_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    std::fs::write(source.join("sub/b.bin"), &binary).unwrap();
+    std::fs::write(source.join("sub/deeper/c"), "").unwrap();
+    let source_arg = source.display().to_string();
+    ok(kubectl_async(kc, &["cp", &source_arg, "box:/data/tree", "-c", "web"]).await);
+    let listed = ok(kubectl_async(
+        kc,
+        &["exec", "box", "-c", "web", "--", "ls", "/data/tree/sub"],
+    )
+    .await);
+    assert_eq!(listed, "b.bin\ndeeper\n");
+    let back = local.path().join("back");
+    let back_arg = back.display().to_string();
+    ok(kubectl_async(kc, &["cp", "box:/data/tree", &back_arg, "-c", "web"]).await);
+    assert_eq!(tree(&back), tree(&source));
+    // A single file into an existing directory.
+    let file_arg = source.join("a.txt").display().to_string();
+    ok(kubectl_async(kc, &["cp", &file_arg, "box:/data", "-c", "web"]).await);
+    let out = ok(kubectl_async(
+        kc,
+        &["exec", "box", "-c", "web", "--", "cat", "/data/a.txt"],
+    )
+    .await);
+    assert_eq!(out, "alpha\n");
+
+    // After all of it the pod runs on, nothing restarted.
+    let (_, pod) = http
+        .call("GET", "/api/v1/namespaces/default/pods/box", "", "")
+        .await;
+    assert_eq!(pod["status"]["phase"], "Running");
+    for status in pod["status"]["containerStatuses"].as_array().unwrap() {
+        assert_eq!(status["restartCount"], 0, "{status}");
+    }
+}

@@ -410,6 +410,7 @@ pub static RESOURCES: &[ResourceInfo] = &[
             ),
             ("eviction", "Eviction", &["create"]),
             ("portforward", "PodPortForwardOptions", &["create", "get"]),
+            ("exec", "PodExecOptions", &["create", "get"]),
         ],
         Strategy {
             defaults: defaults::pod,

@@ -1,5 +1,5 @@
 //! Which handler serves a request on a resource URL: the generic verbs, watch, or a
-//! subresource (proxy, log, portforward, scale, binding, eviction, finalize, status, approval), or
+//! subresource (proxy, log, portforward, exec, scale, binding, eviction, finalize, status, approval), or
 //! an access review.
 
 use std::sync::Arc;
@@ -24,8 +24,10 @@ impl ApiServer {
                 ))),
             };
         }
-        if has_name && sub.as_deref() == Some("portforward") {
-            return connect::port_forward(self, request).await;
+        match sub.as_deref() {
+            Some("portforward") if has_name => return connect::port_forward(self, request).await,
+            Some("exec") if has_name => return connect::exec(self, request).await,
+            _ => {}
         }
         match (&request.method, has_name, sub.as_deref()) {
             (&Method::GET, false, _) if request.query.flag("watch") => self.watch(&request).await,

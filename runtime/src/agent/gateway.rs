@@ -4,7 +4,8 @@
 //! in here); `/proxy-ip/{ip}/{port}/{path}` does the same for a pod named by its IP.
 //! `/metrics` is what this node's Service proxy counted. `/portForward/{namespace}/{pod}` is
 //! the kubelet's port-forward endpoint: a WebSocket the API server passes through from
-//! `kubectl port-forward` ([`super::portforward`]).
+//! `kubectl port-forward` ([`super::portforward`]); `/exec/{namespace}/{pod}/{container}`
+//! is its exec endpoint ([`super::exec`]).
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -30,6 +31,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
             get(container_logs),
         )
         .route("/portForward/{namespace}/{pod}", get(port_forward))
+        .route("/exec/{namespace}/{pod}/{container}", get(exec))
         .route("/proxy/{namespace}/{pod}/{port}", any(proxy_root))
         .route("/proxy/{namespace}/{pod}/{port}/", any(proxy_root))
         .route("/proxy/{namespace}/{pod}/{port}/{*path}", any(proxy))
@@ -68,6 +70,56 @@ async fn port_forward(
         Ok(ports) => upgrade.on_upgrade(move |socket| channels::serve(socket, network, key, ports)),
         Err(why) => (StatusCode::BAD_REQUEST, format!("{why}\n")).into_response(),
     }
+}
+
+/// An exec WebSocket: the command of the query, run in the pod's sandbox with the
+/// settings of `container`.
+async fn exec(
+    State(shared): State<Arc<Shared>>,
+    Path((namespace, pod, container)): Path<(String, String, String)>,
+    Query(query): Query<Vec<(String, String)>>,
+    upgrade: axum::extract::ws::WebSocketUpgrade,
+) -> Response {
+    use super::exec::{self, ExecOptions, Session, V4, V5};
+    let key = format!("{namespace}/{pod}");
+    let Some(sandbox) = shared.sandboxes.get(&key) else {
+        let message = format!("pod {key} is not running on this node\n");
+        return (StatusCode::NOT_FOUND, message).into_response();
+    };
+    if sandbox.container(&container).is_none() {
+        let message = format!("container {container} is not valid for pod {pod}\n");
+        return (StatusCode::BAD_REQUEST, message).into_response();
+    }
+    let options = match ExecOptions::from_query(&query) {
+        Ok(options) => options,
+        Err(why) => return (StatusCode::BAD_REQUEST, format!("{why}\n")).into_response(),
+    };
+    let program = match exec::program_for(&shared.engine, &sandbox, &options.command[0]).await {
+        Ok(program) => program,
+        Err(e) => {
+            let message = format!("cannot load the toolbox: {e}\n");
+            return (StatusCode::INTERNAL_SERVER_ERROR, message).into_response();
+        }
+    };
+    let upgrade = upgrade.protocols([V5, V4]);
+    let Some(protocol) = upgrade.selected_protocol().cloned() else {
+        let message = format!("exec is served over a WebSocket with subprotocol {V5} or {V4}\n");
+        return (StatusCode::BAD_REQUEST, message).into_response();
+    };
+    let session = Session {
+        pod: key,
+        sandbox,
+        container,
+        program,
+        engine: shared.engine.clone(),
+        options,
+        close_signal: protocol == V5,
+    };
+    upgrade.on_upgrade(move |socket| {
+        use futures::StreamExt;
+        let (sink, source) = socket.split();
+        exec::serve(sink, source, session)
+    })
 }
 
 /// The Service proxy's metrics on this node.

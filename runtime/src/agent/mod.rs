@@ -4,6 +4,7 @@
 
 mod config;
 mod env;
+mod exec;
 mod gateway;
 mod gateway_tls;
 mod logs;
@@ -12,6 +13,7 @@ mod node;
 pub mod portforward;
 mod probe;
 mod projected;
+mod sandboxes;
 mod sources;
 pub mod status;
 mod volumes;
@@ -141,6 +143,8 @@ pub(crate) struct Shared {
     server_limits: crate::pod::network::ServerLimits,
     /// The loopback of each pod running here, for the gateway and the proxy.
     networks: Arc<networks::LocalNetworks>,
+    /// What exec needs of each pod running here.
+    sandboxes: Arc<sandboxes::Sandboxes>,
     /// Routes pods' requests for Services.
     proxy: Arc<crate::proxy::Proxy>,
     /// How often running pods' tokens are replaced.
@@ -266,6 +270,7 @@ impl Agent {
                 admission_wait: config.admission_wait,
             },
             networks,
+            sandboxes: Arc::default(),
             token_refresh: config.token_refresh,
             egress: match crate::engine::fetch::https_connector(None) {
                 Ok(connector) => Some(

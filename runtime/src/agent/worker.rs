@@ -96,6 +96,8 @@ pub struct PodWorker {
     reports: mpsc::Sender<Report>,
     inbox: mpsc::Receiver<Report>,
     last_published: Option<PodStatus>,
+    /// The pod's place among the node's sandboxes (exec), once prepared.
+    sandbox: Option<super::sandboxes::Registration>,
 }
 
 impl PodWorker {
@@ -157,6 +159,7 @@ impl PodWorker {
             last_published: None,
             network,
             events: Vec::new(),
+            sandbox: None,
         }
     }
 
@@ -266,7 +269,10 @@ impl PodWorker {
     /// The outcome of preparing, as the machine's event (and the status it shows).
     async fn prepared(&mut self, outcome: Result<(), PrepareError>) -> lifecycle::Event {
         match outcome {
-            Ok(()) => lifecycle::Event::Prepared,
+            Ok(()) => {
+                self.register_sandbox();
+                lifecycle::Event::Prepared
+            }
             Err(Fatal(reason, message)) => {
                 self.events.push((true, "Failed", message.clone()));
                 for container in self.view.init.iter_mut().chain(self.view.main.iter_mut()) {
@@ -287,6 +293,28 @@ impl PodWorker {
                 }
             }
         }
+    }
+
+    /// Offers the prepared pod to exec: every container whose settings can be made.
+    fn register_sandbox(&mut self) {
+        use super::sandboxes::{Sandbox, SandboxContainer};
+        let containers = (self.specs.iter().enumerate())
+            .filter_map(|(index, spec)| {
+                Some(SandboxContainer {
+                    name: spec.name.clone(),
+                    program: self.programs.get(index)?.clone(),
+                    template: self.launch_template(spec, index).ok()?,
+                })
+            })
+            .collect();
+        let sandbox = Sandbox {
+            containers,
+            network: self.network.clone(),
+            ended: tokio_util::sync::CancellationToken::new(),
+        };
+        // The previous registration (a pod prepared again) is withdrawn first.
+        self.sandbox = None;
+        self.sandbox = Some(self.shared.sandboxes.register(self.pod_key(), sandbox));
     }
 
     /// Carries out one effect; returns the event it produces at once, if any.
@@ -897,11 +925,26 @@ pub struct LaunchTemplate {
 
 impl LaunchTemplate {
     fn launch(&self, log: Arc<crate::pod::log::ContainerLog>, network: &Arc<PodNetwork>) -> Launch {
+        self.launch_with(run::Stdio::Log(log), network)
+    }
+
+    #[cfg(test)]
+    pub(crate) fn for_tests(env: Vec<(String, String)>, mounts: Vec<run::Mount>) -> Self {
+        Self {
+            argv: vec!["test".into()],
+            env,
+            mounts,
+            memory_limit: 64 << 20,
+        }
+    }
+
+    /// A launch of this container's settings with other streams (an exec session).
+    pub(crate) fn launch_with(&self, stdio: run::Stdio, network: &Arc<PodNetwork>) -> Launch {
         Launch {
             argv: self.argv.clone(),
             env: self.env.clone(),
             mounts: self.mounts.clone(),
-            log,
+            stdio,
             memory_limit: self.memory_limit,
             outgoing: network.outgoing(),
         }

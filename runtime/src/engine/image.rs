@@ -155,6 +155,21 @@ impl Engine {
         })
     }
 
+    /// The program of bytes built into the binary (the toolbox), named `image` in errors;
+    /// `digest` is their sha256.
+    pub async fn load_embedded(
+        self: &Arc<Self>,
+        image: &str,
+        digest: &str,
+        bytes: &'static [u8],
+    ) -> Result<Arc<Program>, ImageError> {
+        if let Some(program) = self.cached(digest) {
+            return Ok(program);
+        }
+        self.compile_once(image, digest.to_string(), Some(bytes.to_vec()))
+            .await
+    }
+
     /// The program of `bytes` (whose sha256 is `digest`): cached, or compiled once however
     /// many ask at the same time. Without bytes, only from the compiled artifact on disk.
     async fn compile_once(

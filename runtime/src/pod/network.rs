@@ -380,10 +380,9 @@ impl HttpServer {
                 },
             };
             let message = describe(&outcome);
-            server
-                .launch
-                .log
-                .write(format!("request failed: {message}\n").as_bytes());
+            if let super::run::Stdio::Log(log) = &server.launch.stdio {
+                log.write(format!("request failed: {message}\n").as_bytes());
+            }
             let _ = server.failures.send(outcome);
             Err(message)
         });
@@ -590,7 +589,7 @@ mod tests {
             argv: vec!["web".into()],
             env: vec![],
             mounts: vec![],
-            log: super::super::log::ContainerLog::new(1 << 16),
+            stdio: super::super::run::Stdio::Log(super::super::log::ContainerLog::new(1 << 16)),
             memory_limit: 64 << 20,
             outgoing: pod_network.outgoing(),
         };

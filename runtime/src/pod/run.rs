@@ -1,5 +1,5 @@
 //! Runs one container instance to completion: builds its WASI context (argv, env, preopens,
-//! stdout/stderr into the container log), instantiates the pre-linked program in a fresh store
+//! stdout/stderr into the container log, or an exec session's streams), instantiates the pre-linked program in a fresh store
 //! with its memory limit and epoch deadline, and reports how it ended. A trap, an exhausted
 //! memory limit or a host error ends this instance only.
 
@@ -8,6 +8,9 @@ use std::sync::Arc;
 
 use wasmtime::component::ResourceTable;
 use wasmtime::{Store, StoreLimits, StoreLimitsBuilder};
+use wasmtime_wasi::cli::{
+    AsyncStdinStream, AsyncStdoutStream, IsTerminal, StdinStream, StdoutStream,
+};
 use wasmtime_wasi::{FsPerms, I32Exit, WasiCtxBuilder};
 
 use super::log::ContainerLog;
@@ -27,11 +30,77 @@ pub struct Launch {
     pub argv: Vec<String>,
     pub env: Vec<(String, String)>,
     pub mounts: Vec<Mount>,
-    pub log: Arc<ContainerLog>,
+    pub stdio: Stdio,
     /// Bytes of linear memory the instance may use.
     pub memory_limit: usize,
     /// The guest's outgoing HTTP (the pod's loopback: [`super::network::PodNetwork::outgoing`]).
     pub outgoing: OutgoingHttp,
+}
+
+/// Where an instance's standard streams go.
+#[derive(Clone)]
+pub enum Stdio {
+    /// stdout and stderr into the container's log; stdin is empty.
+    Log(Arc<ContainerLog>),
+    /// The streams of an exec session.
+    Session(Arc<SessionStdio>),
+}
+
+/// An exec session's ends of the guest's streams (pipes the session reads and writes).
+pub struct SessionStdio {
+    pub stdin: Option<AsyncStdinStream>,
+    pub stdout: AsyncStdoutStream,
+    /// `None`: stderr goes to stdout, as on a terminal.
+    pub stderr: Option<AsyncStdoutStream>,
+    /// Whether the guest is told its streams are a terminal.
+    pub tty: bool,
+}
+
+/// One of a session's streams, as WASI takes it (the handles are shared, not cloned).
+struct SessionStream {
+    session: Arc<SessionStdio>,
+    which: u8,
+}
+
+impl IsTerminal for SessionStream {
+    fn is_terminal(&self) -> bool {
+        self.session.tty
+    }
+}
+
+impl StdinStream for SessionStream {
+    fn async_stream(&self) -> Box<dyn tokio::io::AsyncRead + Send + Sync> {
+        match &self.session.stdin {
+            Some(stdin) => stdin.async_stream(),
+            None => Box::new(tokio::io::empty()),
+        }
+    }
+
+    fn p2_stream(&self) -> Box<dyn wasmtime_wasi::p2::InputStream> {
+        match &self.session.stdin {
+            Some(stdin) => stdin.p2_stream(),
+            None => Box::new(wasmtime_wasi::p2::pipe::ClosedInputStream),
+        }
+    }
+}
+
+impl StdoutStream for SessionStream {
+    fn async_stream(&self) -> Box<dyn tokio::io::AsyncWrite + Send + Sync> {
+        self.stream().async_stream()
+    }
+
+    fn p2_stream(&self) -> Box<dyn wasmtime_wasi::p2::OutputStream> {
+        self.stream().p2_stream()
+    }
+}
+
+impl SessionStream {
+    fn stream(&self) -> &AsyncStdoutStream {
+        match (&self.session.stderr, self.which) {
+            (Some(stderr), 2) => stderr,
+            _ => &self.session.stdout,
+        }
+    }
 }
 
 /// Makes the wasi-http hooks each instance sends its outgoing requests through.
@@ -67,7 +136,9 @@ pub async fn run(engine: &Engine, program: &Program, launch: Launch) -> Exit {
         Ok(code) => Exit::Code(code),
         Err(error) => classify(error),
     };
-    launch.log.close();
+    if let Stdio::Log(log) = &launch.stdio {
+        log.close();
+    }
     exit
 }
 
@@ -77,9 +148,18 @@ fn wasi_builder(launch: &Launch) -> wasmtime::Result<WasiCtxBuilder> {
     for (key, value) in &launch.env {
         builder.env(key, value);
     }
-    builder
-        .stdout(launch.log.writer())
-        .stderr(launch.log.writer());
+    match &launch.stdio {
+        Stdio::Log(log) => {
+            builder.stdout(log.writer()).stderr(log.writer());
+        }
+        Stdio::Session(session) => {
+            let stream = |which| SessionStream {
+                session: session.clone(),
+                which,
+            };
+            builder.stdin(stream(0)).stdout(stream(1)).stderr(stream(2));
+        }
+    }
     for mount in &launch.mounts {
         let perms = if mount.read_only {
             FsPerms::ReadOnly
@@ -197,7 +277,7 @@ mod tests {
             argv,
             env: vec![("GREETING".into(), "Ahoy".into())],
             mounts,
-            log: log.clone(),
+            stdio: Stdio::Log(log.clone()),
             memory_limit: 64 << 20,
             outgoing: crate::pod::network::PodNetwork::new().outgoing(),
         };

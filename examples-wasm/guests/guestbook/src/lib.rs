@@ -32,7 +32,12 @@ struct Answer {
 
 impl Answer {
     fn text(status: u16, body: impl Into<String>) -> Self {
-        Self { status, content_type: "text/plain; charset=utf-8", location: None, body: body.into() }
+        Self {
+            status,
+            content_type: "text/plain; charset=utf-8",
+            location: None,
+            body: body.into(),
+        }
     }
 }
 
@@ -49,11 +54,15 @@ impl wasip2::exports::http::incoming_handler::Guest for Guestbook {
             ("frontend", Method::Get, "/") => page(),
             ("frontend", Method::Get, "/entries") => match call(Method::Get, "/entries", b"") {
                 Ok((200, text)) => Answer::text(200, text),
-                Ok((status, text)) => Answer::text(502, format!("the backend answered {status}: {text}")),
+                Ok((status, text)) => {
+                    Answer::text(502, format!("the backend answered {status}: {text}"))
+                }
                 Err(e) => Answer::text(502, e),
             },
             ("frontend", Method::Post, "/sign") => sign(&body),
-            ("backend" | "frontend", _, _) => Answer::text(404, format!("no route {method:?} {path}\n")),
+            ("backend" | "frontend", _, _) => {
+                Answer::text(404, format!("no route {method:?} {path}\n"))
+            }
             _ => Answer::text(500, "set ROLE to frontend or backend\n"),
         };
         respond(out, answer);
@@ -96,7 +105,9 @@ fn backend(method: &Method, body: &[u8]) -> Answer {
 fn page() -> Answer {
     let entries = match call(Method::Get, "/entries", b"") {
         Ok((200, text)) => text,
-        Ok((status, text)) => return Answer::text(502, format!("the backend answered {status}: {text}")),
+        Ok((status, text)) => {
+            return Answer::text(502, format!("the backend answered {status}: {text}"))
+        }
         Err(e) => return Answer::text(502, e),
     };
     let items: String = entries
@@ -125,7 +136,12 @@ fn sign(form: &[u8]) -> Answer {
         .map(url_decode)
         .unwrap_or_default();
     match call(Method::Post, "/entries", message.as_bytes()) {
-        Ok((201, _)) => Answer { status: 303, content_type: "text/plain", location: Some("/"), body: "signed\n".into() },
+        Ok((201, _)) => Answer {
+            status: 303,
+            content_type: "text/plain",
+            location: Some("/"),
+            body: "signed\n".into(),
+        },
         Ok((status, text)) => Answer::text(if status == 400 { 400 } else { 502 }, text),
         Err(e) => Answer::text(502, e),
     }
@@ -141,9 +157,13 @@ fn call(method: Method, path: &str, body: &[u8]) -> Result<(u16, String), String
     let _ = request.set_scheme(Some(&Scheme::Http));
     let _ = request.set_authority(Some(&backend));
     let _ = request.set_path_with_query(Some(path));
-    let outgoing = request.body().map_err(|()| "the request has no body".to_string())?;
+    let outgoing = request
+        .body()
+        .map_err(|()| "the request has no body".to_string())?;
     {
-        let mut stream = outgoing.write().map_err(|()| "the body has no stream".to_string())?;
+        let mut stream = outgoing
+            .write()
+            .map_err(|()| "the body has no stream".to_string())?;
         stream.write_all(body).map_err(|e| e.to_string())?;
         stream.flush().map_err(|e| e.to_string())?;
     }
@@ -191,7 +211,10 @@ fn url_decode(text: &str) -> String {
 }
 
 fn escape(text: &str) -> String {
-    text.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
 }
 
 fn read_body(request: &IncomingRequest) -> Vec<u8> {
@@ -205,7 +228,10 @@ fn read_body(request: &IncomingRequest) -> Vec<u8> {
 }
 
 fn respond(out: ResponseOutparam, answer: Answer) {
-    let mut headers = vec![("content-type".to_string(), answer.content_type.as_bytes().to_vec())];
+    let mut headers = vec![(
+        "content-type".to_string(),
+        answer.content_type.as_bytes().to_vec(),
+    )];
     if let Some(location) = answer.location {
         headers.push(("location".to_string(), location.as_bytes().to_vec()));
     }

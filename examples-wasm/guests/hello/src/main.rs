@@ -44,14 +44,22 @@ fn main() {
         }
     }
     let greeting = std::env::var("GREETING").unwrap_or_else(|_| "Hello".into());
-    let flavour = if cfg!(target_env = "p2") { "wasip2 component" } else { "wasip1 module" };
+    let flavour = if cfg!(target_env = "p2") {
+        "wasip2 component"
+    } else {
+        "wasip1 module"
+    };
     let line = format!("{greeting}, {name}! (from a {flavour})");
     println!("{line}");
     for i in 1..=lines {
         println!("line {i}");
     }
     if std::path::Path::new("/data").is_dir() {
-        match std::fs::OpenOptions::new().create(true).append(true).open("/data/hello.txt") {
+        match std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open("/data/hello.txt")
+        {
             Ok(mut file) => {
                 let _ = writeln!(file, "{line}");
             }
@@ -72,7 +80,9 @@ fn main() {
                     print!("read {path}: {text}");
                     break;
                 }
-                Err(_) if std::time::Instant::now() < deadline => std::thread::sleep(std::time::Duration::from_millis(50)),
+                Err(_) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(50))
+                }
                 Err(e) => {
                     eprintln!("hello: cannot read {path}: {e}");
                     std::process::exit(1);

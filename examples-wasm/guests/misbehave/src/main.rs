@@ -36,11 +36,20 @@ fn main() {
         "flood" => {
             let mut out = std::io::stdout();
             for i in 0u64.. {
-                let _ = writeln!(out, "flood line {i} ........................................................");
+                let _ = writeln!(
+                    out,
+                    "flood line {i} ........................................................"
+                );
             }
         }
         "escape" => {
-            for path in ["/data/../etc/passwd", "/etc/passwd", "../etc/passwd", "/data/link/passwd", "/data/escape-link"] {
+            for path in [
+                "/data/../etc/passwd",
+                "/etc/passwd",
+                "../etc/passwd",
+                "/data/link/passwd",
+                "/data/escape-link",
+            ] {
                 match std::fs::read_to_string(path) {
                     Ok(text) => println!("READ {path}: {} bytes", text.len()),
                     Err(e) => println!("DENIED {path}: {e}"),

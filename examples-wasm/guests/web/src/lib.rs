@@ -54,7 +54,9 @@ fn route(method: &Method, path: &str, body: Vec<u8>) -> (u16, String) {
         "/" => {
             let greeting = env("GREETING").unwrap_or_else(|| "Hello".into());
             let name = env("NAME").unwrap_or_else(|| "web".into());
-            let pod = env("POD_NAME").map(|p| format!(" (pod {p})")).unwrap_or_default();
+            let pod = env("POD_NAME")
+                .map(|p| format!(" (pod {p})"))
+                .unwrap_or_default();
             (200, format!("{greeting} from {name}{pod}\n"))
         }
         "/healthz" => (200, "ok\n".into()),
@@ -63,7 +65,10 @@ fn route(method: &Method, path: &str, body: Vec<u8>) -> (u16, String) {
             std::thread::sleep(std::time::Duration::from_millis(millis));
             (200, format!("slept {millis} ms\n"))
         }
-        "/echo" => (200, format!("{method:?} {}", String::from_utf8_lossy(&body))),
+        "/echo" => (
+            200,
+            format!("{method:?} {}", String::from_utf8_lossy(&body)),
+        ),
         "/crash" => panic!("crash requested"),
         "/spin" => {
             let mut x: u64 = 0;
@@ -106,7 +111,9 @@ fn route(method: &Method, path: &str, body: Vec<u8>) -> (u16, String) {
 
 fn file_route(method: &Method, file: &str, body: &[u8]) -> (u16, String) {
     let result = match method {
-        Method::Put | Method::Post => std::fs::write(file, body).map(|()| format!("wrote {} bytes to {file}\n", body.len())),
+        Method::Put | Method::Post => {
+            std::fs::write(file, body).map(|()| format!("wrote {} bytes to {file}\n", body.len()))
+        }
         Method::Delete => std::fs::remove_file(file).map(|()| format!("removed {file}\n")),
         _ => std::fs::read_to_string(file),
     };
@@ -124,8 +131,16 @@ fn kube(api_path: &str) -> (u16, String) {
         Err(e) => return (500, format!("{token_file}: {e}\n")),
     };
     let headers = Fields::new();
-    let _ = headers.append("authorization", format!("Bearer {}", token.trim()).as_bytes());
-    get(Scheme::Https, "kubernetes.default.svc", &format!("/{api_path}"), headers)
+    let _ = headers.append(
+        "authorization",
+        format!("Bearer {}", token.trim()).as_bytes(),
+    );
+    get(
+        Scheme::Https,
+        "kubernetes.default.svc",
+        &format!("/{api_path}"),
+        headers,
+    )
 }
 
 /// GET `http://AUTHORITY/PATH` for a target written `AUTHORITY/PATH`.
@@ -149,7 +164,9 @@ fn get(scheme: Scheme, authority: &str, path: &str, headers: Fields) -> (u16, St
             future.subscribe().block();
             match future.get() {
                 Some(Ok(Ok(response))) => response,
-                Some(Ok(Err(code))) => return (502, format!("call to {authority} failed: {code:?}\n")),
+                Some(Ok(Err(code))) => {
+                    return (502, format!("call to {authority} failed: {code:?}\n"))
+                }
                 other => return (502, format!("call to {authority} failed: {other:?}\n")),
             }
         }
@@ -176,7 +193,8 @@ fn read_request_body(request: &IncomingRequest) -> Vec<u8> {
 }
 
 fn respond(out: ResponseOutparam, status: u16, body: &[u8]) {
-    let headers = Fields::from_list(&[("content-type".to_string(), b"text/plain".to_vec())]).unwrap_or_else(|_| Fields::new());
+    let headers = Fields::from_list(&[("content-type".to_string(), b"text/plain".to_vec())])
+        .unwrap_or_else(|_| Fields::new());
     let response = OutgoingResponse::new(headers);
     let _ = response.set_status_code(status);
     let outgoing = response.body().expect("a new response has a body");
