@@ -462,3 +462,90 @@ async fn kubectl_exec_and_cp_step_inside_the_pod() {
         assert_eq!(status["restartCount"], 0, "{status}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kube_rs_exec_with_streams_and_a_terminal() {
+    use k8s_openapi::api::core::v1::Pod;
+    use kube::api::AttachParams;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let cluster = TestCluster::start(1).await;
+    let http = cluster.http();
+    let manifest: serde_json::Value = serde_yaml::from_str(&toolbox_pod()).unwrap();
+    http.create("/api/v1/namespaces/default/pods", &manifest).await;
+    wait_phase(&http, "default", "box", "Running").await;
+    let kubeconfig = kube::config::Kubeconfig::read_from(&cluster.kubeconfig).unwrap();
+    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+        .await
+        .unwrap();
+    let pods: kube::Api<Pod> =
+        kube::Api::namespaced(kube::Client::try_from(config).unwrap(), "default");
+
+    // stdin, stdout and stderr as separate streams, and the exit code in the status.
+    let params = AttachParams::default().container("web").stdin(true).stderr(true);
+    let script = "read name; echo hello $name; echo oops >&2; exit 3";
+    let mut process = pods.exec("box", ["sh", "-c", script], &params).await.unwrap();
+    let mut stdin = process.stdin().unwrap();
+    stdin.write_all(b"kube\n").await.unwrap();
+    let (mut stdout, mut stderr) = (process.stdout().unwrap(), process.stderr().unwrap());
+    let status = process.take_status().unwrap();
+    let (mut out, mut err) = (String::new(), String::new());
+    let read = async {
+        stdout.read_to_string(&mut out).await.unwrap();
+        stderr.read_to_string(&mut err).await.unwrap();
+    };
+    tokio::time::timeout(Duration::from_secs(30), read).await.expect("output in time");
+    assert_eq!((out.as_str(), err.as_str()), ("hello kube\n", "oops\n"));
+    let status = status.await.expect("a status");
+    assert_eq!(status.status.as_deref(), Some("Failure"));
+    assert_eq!(status.reason.as_deref(), Some("NonZeroExitCode"));
+    let code = status.details.and_then(|d| d.causes).unwrap()[0].message.clone();
+    assert_eq!(code.as_deref(), Some("3"));
+
+    // A terminal: keys are echoed, lines run at Enter, the shell prompts.
+    let params = AttachParams::interactive_tty().container("web");
+    let mut process = pods.exec("box", ["sh"], &params).await.unwrap();
+    let mut stdin = process.stdin().unwrap();
+    let mut stdout = process.stdout().unwrap();
+    let status = process.take_status().unwrap();
+    let mut seen = Vec::new();
+    let mut read_until = async |expected: &str| {
+        let mut buffer = [0u8; 4096];
+        let wait = async {
+            while !String::from_utf8_lossy(&seen).contains(expected) {
+                let n = stdout.read(&mut buffer).await.unwrap();
+                assert!(n > 0, "stdout ended: {:?}", String::from_utf8_lossy(&seen));
+                seen.extend_from_slice(&buffer[..n]);
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(30), wait)
+            .await
+            .unwrap_or_else(|_| panic!("{expected:?} in time: {:?}", String::from_utf8_lossy(&seen)));
+        String::from_utf8_lossy(&std::mem::take(&mut seen)).into_owned()
+    };
+    assert_eq!(read_until("$ ").await, "$ ", "the prompt first");
+    stdin.write_all(b"cat /data/key\r").await.unwrap();
+    let text = read_until("component)\r\n$ ").await;
+    assert_eq!(text, "cat /data/key\r\nHello, world! (from a wasip2 component)\r\n$ ");
+    stdin.write_all(b"exit\r").await.unwrap();
+    let status = tokio::time::timeout(Duration::from_secs(10), status).await.unwrap();
+    assert_eq!(status.and_then(|s| s.status).as_deref(), Some("Success"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_exec_reaches_a_pod_on_an_agent_process() {
+    if !kubectl_available("kubectl_exec_reaches_a_pod_on_an_agent_process") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (_server, url) = start_server(dir.path(), &[]);
+    let _agent = start_agent(dir.path(), &url, "alpha", &[]);
+    let kc = server_kubeconfig(dir.path());
+    ok(kubectl_stdin_async(&kc, &["apply", "-f", "-"], &toolbox_pod()).await);
+    ok(kubectl_async(&kc, &["wait", "--for=condition=Ready", "pod/box", "--timeout=60s"]).await);
+    let script = "echo hi > /data/x && cat /data/x | wc -c";
+    let out = ok(kubectl_async(&kc, &["exec", "box", "-c", "web", "--", "sh", "-c", script]).await);
+    assert_eq!(out, "3\n");
+    let failed = kubectl_async(&kc, &["exec", "box", "--", "sh", "-c", "exit 7"]).await;
+    // Two containers and no -c: kubectl picks the first (and says so).
+    assert_eq!(failed.status.code(), Some(7), "{}", stderr(&failed));
+}

@@ -2,7 +2,7 @@
 //! redirections (`<`, `>`, `>>`, `2>`, `2>&1`, `>&2`, `&>`), single and double quotes,
 //! backslash escapes, variables (`NAME=value`, `export`, `unset`, `$NAME`, `${NAME}`, `$?`,
 //! `$0`..`$9`), `*`/`?` in the last path component, comments, and the built-ins `cd`,
-//! `exit`, `export` and `unset`. There are no processes in a Wasm instance: the commands are
+//! `exit`, `export`, `read` and `unset`. There are no processes in a Wasm instance: the commands are
 //! the toolbox's own, and a pipeline runs its stages one after another, each reading what
 //! the one before wrote (the first reads the shell's stdin, the last writes its stdout).
 //! Every variable is exported. No control flow (`if`, `for`) and no background jobs.
@@ -227,6 +227,7 @@ impl Shell {
                 }
                 0
             }
+            Some("read") => read_line(&words[1..], &mut redirected),
             Some("unset") => {
                 for name in &words[1..] {
                     std::env::remove_var(name);
@@ -352,6 +353,33 @@ impl Shell {
         matches.sort();
         matches
     }
+}
+
+/// `read NAME…`: one line of stdin split on blanks into the variables (the last takes the
+/// rest; `REPLY` without names); 1 at the end of input.
+fn read_line(names: &[String], io: &mut Io) -> i32 {
+    let mut line = Vec::new();
+    match io.stdin.read_line(&mut line) {
+        Ok(0) | Err(_) => return 1,
+        Ok(_) => {}
+    }
+    let line = String::from_utf8_lossy(&line);
+    let line = line.trim_end_matches(['\n', '\r']);
+    let reply = [String::from("REPLY")];
+    let names = if names.is_empty() { &reply[..] } else { names };
+    let mut rest = line.trim_start();
+    for (index, name) in names.iter().enumerate() {
+        let value = if index + 1 == names.len() {
+            std::mem::take(&mut rest).trim_end()
+        } else {
+            let end = rest.find([' ', '\t']).unwrap_or(rest.len());
+            let (word, tail) = rest.split_at(end);
+            rest = tail.trim_start();
+            word
+        };
+        std::env::set_var(name, value);
+    }
+    0
 }
 
 /// Whether `name` matches `pattern` (`*` any run, `?` one character).
