@@ -15,7 +15,8 @@
 //! - `scale`: a Deployment scaled to N replicas (the request `kubectl scale` sends) until all
 //!   N pods are Running.
 //! - `ingress`, `proxy-latency`, `endpoints`: the Services benchmarks ([`bench_services`]);
-//! - `port-forward`: `kubectl port-forward` against the ingress ([`bench_into_pods`]);
+//! - `port-forward`: `kubectl port-forward` against the ingress; `exec`: `kubectl exec` and
+//!   kube-rs exec round trips ([`bench_into_pods`]);
 //! - `api-tls`, `authz`: HTTPS vs plain HTTP, and what RBAC costs ([`bench_security`]);
 //! - `list-cache`: a list of `--pods` stored pods; `failover`: controller failover between
 //!   two `shoal server`s (etcd only) ([`bench_etcd`]).
@@ -48,7 +49,7 @@ use tokio::sync::{Mutex, Semaphore};
 #[command(name = "shoal-bench", about = "Shoal's benchmarks")]
 struct Args {
     /// pods, writes, quota-writes, preemption, http-instance, gateway, density, scheduler, scale, ingress,
-    /// proxy-latency, endpoints, port-forward, api-tls, authz, list-cache, failover (etcd), or all.
+    /// proxy-latency, endpoints, port-forward, exec, api-tls, authz, list-cache, failover (etcd), or all.
     #[arg(default_value = "all")]
     which: String,
     /// Pods to create in the pod-start benchmark (and pods in the density benchmark).
@@ -131,6 +132,9 @@ fn main() -> anyhow::Result<()> {
         }
         if all || args.which == "port-forward" {
             bench_into_pods::port_forward(&args).await?;
+        }
+        if all || args.which == "exec" {
+            bench_into_pods::exec(&args).await?;
         }
         if all || args.which == "api-tls" {
             bench_security::api_tls(&args).await?;

@@ -4,6 +4,10 @@
 //!   agent, SPDY in a WebSocket, then the pod's port in-process) against the same pod
 //!   through the dev ingress, side by side in one run: sequential latency interleaved
 //!   request by request, then requests per second in alternating phases.
+//! - `exec`: the round trip of `kubectl exec POD -- echo x` beside `kubectl get pod` (the
+//!   floor any kubectl command pays: process start, kubeconfig, TLS), interleaved; and the
+//!   same exec from kube-rs in this process (no kubectl start), which is what the protocol,
+//!   the API server, the agent and a fresh toolbox instance cost.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
@@ -103,6 +107,85 @@ pub async fn port_forward(args: &Args) -> anyhow::Result<()> {
         through_ingress.0,
         through_ingress.1,
         through_forward.0 / through_ingress.0
+    );
+    bench.cluster.shutdown().await;
+    Ok(())
+}
+
+pub async fn exec(args: &Args) -> anyhow::Result<()> {
+    use k8s_openapi::api::core::v1::Pod;
+    use tokio::io::AsyncReadExt;
+    let bench = start_cluster(1, ServerOptions::default(), |_| {}).await?;
+    let proxy = bench.cluster.agents[0].proxy.clone();
+    web_service(&bench, &proxy, "execd", 1).await?;
+    let kubeconfig = bench.cluster.write_kubeconfig()?;
+
+    // kube-rs, over HTTPS like any client, sequential.
+    let config = kube::Config::from_custom_kubeconfig(
+        kube::config::Kubeconfig::read_from(&kubeconfig)?,
+        &Default::default(),
+    )
+    .await?;
+    let pods: kube::Api<Pod> = kube::Api::namespaced(kube::Client::try_from(config)?, "default");
+    let params = kube::api::AttachParams::default().stderr(false);
+    let runs = args.requests.clamp(20, 1000);
+    let mut library = Vec::with_capacity(runs);
+    for i in 0..runs + 20 {
+        let start = Instant::now();
+        let mut process = pods.exec("execd-0", ["echo", "x"], &params).await?;
+        let mut out = String::new();
+        let mut stdout = process
+            .stdout()
+            .ok_or_else(|| anyhow::anyhow!("no stdout"))?;
+        stdout.read_to_string(&mut out).await?;
+        let status = process
+            .take_status()
+            .ok_or_else(|| anyhow::anyhow!("no status"))?;
+        let status = status.await.and_then(|s| s.status);
+        anyhow::ensure!(
+            out == "x\n" && status.as_deref() == Some("Success"),
+            "exec: {out:?} {status:?}"
+        );
+        if i >= 20 {
+            library.push(start.elapsed());
+        }
+    }
+    library.sort();
+
+    // kubectl, a process per command: exec and get interleaved.
+    let kubectl_runs = (args.requests / 20).clamp(10, 50);
+    let (mut execs, mut gets) = (Vec::new(), Vec::new());
+    let kubeconfig_arg = kubeconfig.display().to_string();
+    let cache = kubeconfig.with_extension("cache").display().to_string();
+    for i in 0..kubectl_runs + 2 {
+        for (command, times) in [
+            (&["exec", "execd-0", "--", "echo", "x"][..], &mut execs),
+            (&["get", "pod", "execd-0", "-o", "name"][..], &mut gets),
+        ] {
+            let start = Instant::now();
+            let output = Command::new("kubectl")
+                .args(["--kubeconfig", &kubeconfig_arg, "--cache-dir", &cache])
+                .args(command)
+                .output()
+                .map_err(|e| anyhow::anyhow!("exec: cannot run kubectl: {e}"))?;
+            anyhow::ensure!(
+                output.status.success(),
+                "kubectl {command:?}: {}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+            if i >= 2 {
+                times.push(start.elapsed());
+            }
+        }
+    }
+    execs.sort();
+    gets.sort();
+    println!(
+        "exec `echo x` in a web pod: kube-rs (in process, {runs} sequential) p50 {:.2} ms, p99 {:.2} ms; kubectl exec p50 {:.1} ms vs kubectl get pod p50 {:.1} ms ({kubectl_runs} each, interleaved)",
+        ms(percentile(&library, 0.5)),
+        ms(percentile(&library, 0.99)),
+        ms(percentile(&execs, 0.5)),
+        ms(percentile(&gets, 0.5)),
     );
     bench.cluster.shutdown().await;
     Ok(())

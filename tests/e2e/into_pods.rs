@@ -471,7 +471,8 @@ async fn kube_rs_exec_with_streams_and_a_terminal() {
     let cluster = TestCluster::start(1).await;
     let http = cluster.http();
     let manifest: serde_json::Value = serde_yaml::from_str(&toolbox_pod()).unwrap();
-    http.create("/api/v1/namespaces/default/pods", &manifest).await;
+    http.create("/api/v1/namespaces/default/pods", &manifest)
+        .await;
     wait_phase(&http, "default", "box", "Running").await;
     let kubeconfig = kube::config::Kubeconfig::read_from(&cluster.kubeconfig).unwrap();
     let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
@@ -481,9 +482,15 @@ async fn kube_rs_exec_with_streams_and_a_terminal() {
         kube::Api::namespaced(kube::Client::try_from(config).unwrap(), "default");
 
     // stdin, stdout and stderr as separate streams, and the exit code in the status.
-    let params = AttachParams::default().container("web").stdin(true).stderr(true);
+    let params = AttachParams::default()
+        .container("web")
+        .stdin(true)
+        .stderr(true);
     let script = "read name; echo hello $name; echo oops >&2; exit 3";
-    let mut process = pods.exec("box", ["sh", "-c", script], &params).await.unwrap();
+    let mut process = pods
+        .exec("box", ["sh", "-c", script], &params)
+        .await
+        .unwrap();
     let mut stdin = process.stdin().unwrap();
     stdin.write_all(b"kube\n").await.unwrap();
     let (mut stdout, mut stderr) = (process.stdout().unwrap(), process.stderr().unwrap());
@@ -493,12 +500,16 @@ async fn kube_rs_exec_with_streams_and_a_terminal() {
         stdout.read_to_string(&mut out).await.unwrap();
         stderr.read_to_string(&mut err).await.unwrap();
     };
-    tokio::time::timeout(Duration::from_secs(30), read).await.expect("output in time");
+    tokio::time::timeout(Duration::from_secs(30), read)
+        .await
+        .expect("output in time");
     assert_eq!((out.as_str(), err.as_str()), ("hello kube\n", "oops\n"));
     let status = status.await.expect("a status");
     assert_eq!(status.status.as_deref(), Some("Failure"));
     assert_eq!(status.reason.as_deref(), Some("NonZeroExitCode"));
-    let code = status.details.and_then(|d| d.causes).unwrap()[0].message.clone();
+    let code = status.details.and_then(|d| d.causes).unwrap()[0]
+        .message
+        .clone();
     assert_eq!(code.as_deref(), Some("3"));
 
     // A terminal: keys are echoed, lines run at Enter, the shell prompts.
@@ -519,15 +530,22 @@ async fn kube_rs_exec_with_streams_and_a_terminal() {
         };
         tokio::time::timeout(Duration::from_secs(30), wait)
             .await
-            .unwrap_or_else(|_| panic!("{expected:?} in time: {:?}", String::from_utf8_lossy(&seen)));
+            .unwrap_or_else(|_| {
+                panic!("{expected:?} in time: {:?}", String::from_utf8_lossy(&seen))
+            });
         String::from_utf8_lossy(&std::mem::take(&mut seen)).into_owned()
     };
     assert_eq!(read_until("$ ").await, "$ ", "the prompt first");
     stdin.write_all(b"cat /data/key\r").await.unwrap();
     let text = read_until("component)\r\n$ ").await;
-    assert_eq!(text, "cat /data/key\r\nHello, world! (from a wasip2 component)\r\n$ ");
+    assert_eq!(
+        text,
+        "cat /data/key\r\nHello, world! (from a wasip2 component)\r\n$ "
+    );
     stdin.write_all(b"exit\r").await.unwrap();
-    let status = tokio::time::timeout(Duration::from_secs(10), status).await.unwrap();
+    let status = tokio::time::timeout(Duration::from_secs(10), status)
+        .await
+        .unwrap();
     assert_eq!(status.and_then(|s| s.status).as_deref(), Some("Success"));
 }
 
@@ -541,11 +559,187 @@ async fn kubectl_exec_reaches_a_pod_on_an_agent_process() {
     let _agent = start_agent(dir.path(), &url, "alpha", &[]);
     let kc = server_kubeconfig(dir.path());
     ok(kubectl_stdin_async(&kc, &["apply", "-f", "-"], &toolbox_pod()).await);
-    ok(kubectl_async(&kc, &["wait", "--for=condition=Ready", "pod/box", "--timeout=60s"]).await);
+    ok(kubectl_async(
+        &kc,
+        &["wait", "--for=condition=Ready", "pod/box", "--timeout=60s"],
+    )
+    .await);
     let script = "echo hi > /data/x && cat /data/x | wc -c";
     let out = ok(kubectl_async(&kc, &["exec", "box", "-c", "web", "--", "sh", "-c", script]).await);
     assert_eq!(out, "3\n");
     let failed = kubectl_async(&kc, &["exec", "box", "--", "sh", "-c", "exit 7"]).await;
     // Two containers and no -c: kubectl picks the first (and says so).
     assert_eq!(failed.status.code(), Some(7), "{}", stderr(&failed));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_debug_adds_a_toolbox_that_sees_the_pods_volumes() {
+    if !kubectl_available("kubectl_debug_adds_a_toolbox_that_sees_the_pods_volumes") {
+        return;
+    }
+    let cluster = TestCluster::start(1).await;
+    let kc = cluster.kubeconfig.as_path();
+    let http = cluster.http();
+    ok(kubectl_stdin_async(kc, &["apply", "-f", "-"], &toolbox_pod()).await);
+    wait_phase(&http, "default", "box", "Running").await;
+
+    // Interactive (-i): kubectl adds the container, waits for it to run, attaches; the
+    // toolbox's shell reads what kubectl sends and exits at `exit`.
+    let script = b"cat /data/key\necho hidden > /dev/null; ls /data | grep -c key\nexit\n".to_vec();
+    let out = kubectl_exec_input(
+        kc,
+        &[
+            "debug",
+            "box",
+            "-i",
+            "--image=toolbox",
+            "-c",
+            "debugger",
+            "--",
+            "sh",
+        ],
+        script,
+    )
+    .await;
+    let text = ok(out);
+    assert!(
+        text.contains("Hello, world! (from a wasip2 component)\n"),
+        "{text}"
+    );
+    assert!(text.contains("\n1\n") && !text.contains("hidden"), "{text}");
+
+    // Not attached: it runs on its own; its status and its log say how it went.
+    ok(kubectl_async(
+        kc,
+        &[
+            "debug",
+            "box",
+            "--image=toolbox",
+            "-c",
+            "probe",
+            "--",
+            "sh",
+            "-c",
+            "ls /data; exit 4",
+        ],
+    )
+    .await);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let terminated = loop {
+        let (_, pod) = http
+            .call("GET", "/api/v1/namespaces/default/pods/box", "", "")
+            .await;
+        let statuses = pod["status"]["ephemeralContainerStatuses"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        let probe = statuses.iter().find(|s| s["name"] == "probe").cloned();
+        if let Some(terminated) = probe.as_ref().and_then(|p| p["state"].get("terminated")) {
+            let debugger = statuses.iter().find(|s| s["name"] == "debugger").unwrap();
+            assert_eq!(debugger["state"]["terminated"]["exitCode"], 0, "{debugger}");
+            break terminated.clone();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "probe never ended: {statuses:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(terminated["exitCode"], 4, "{terminated}");
+    assert_eq!(terminated["reason"], "Error");
+    let logs = ok(kubectl_async(kc, &["logs", "box", "-c", "probe"]).await);
+    assert_eq!(logs, "hello.txt\nkey\n");
+
+    // Started detached, attached to later: its first prompt-less output and its stdin.
+    ok(kubectl_async(
+        kc,
+        &[
+            "debug",
+            "box",
+            "-i",
+            "--attach=false",
+            "--image=toolbox",
+            "-c",
+            "later",
+            "--",
+            "sh",
+        ],
+    )
+    .await);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, pod) = http
+            .call("GET", "/api/v1/namespaces/default/pods/box", "", "")
+            .await;
+        let statuses = pod["status"]["ephemeralContainerStatuses"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        if statuses
+            .iter()
+            .any(|s| s["name"] == "later" && s["state"].get("running").is_some())
+        {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "`later` never ran: {statuses:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let out = kubectl_exec_input(
+        kc,
+        &["attach", "box", "-c", "later", "-i"],
+        b"echo attached\nexit 0\n".to_vec(),
+    )
+    .await;
+    assert!(ok(out).contains("attached\n"));
+
+    // Ephemeral containers are only ever added, through their subresource.
+    let patch = r#"{"spec":{"ephemeralContainers":[]}}"#;
+    let (status, body) = http
+        .call(
+            "PATCH",
+            "/api/v1/namespaces/default/pods/box/ephemeralcontainers",
+            "application/strategic-merge-patch+json",
+            patch,
+        )
+        .await;
+    assert_eq!(status, 200, "a strategic merge keeps the list: {body}");
+    let replace = r#"[{"op":"replace","path":"/spec/ephemeralContainers","value":[]}]"#;
+    let (status, body) = http
+        .call(
+            "PATCH",
+            "/api/v1/namespaces/default/pods/box/ephemeralcontainers",
+            "application/json-patch+json",
+            replace,
+        )
+        .await;
+    assert_eq!(status, 422, "{body}");
+    assert!(body.to_string().contains("may not be removed"), "{body}");
+    let add = r#"[{"op":"add","path":"/spec/ephemeralContainers/-","value":{"name":"web","image":"toolbox"}}]"#;
+    let (status, body) = http
+        .call(
+            "PATCH",
+            "/api/v1/namespaces/default/pods/box/ephemeralcontainers",
+            "application/json-patch+json",
+            add,
+        )
+        .await;
+    assert_eq!(status, 422, "a name taken by a container: {body}");
+    let (status, body) = http
+        .call(
+            "PATCH",
+            "/api/v1/namespaces/default/pods/box",
+            "application/json-patch+json",
+            &add.replace("\"web\"", "\"sneaky\""),
+        )
+        .await;
+    assert_eq!(status, 422, "not through the pod itself: {body}");
+
+    // The pod ran on throughout.
+    let (_, pod) = http
+        .call("GET", "/api/v1/namespaces/default/pods/box", "", "")
+        .await;
+    assert_eq!(pod["status"]["phase"], "Running");
 }

@@ -166,6 +166,8 @@ pub fn pod(object: &mut Value) {
         ("/spec/dnsPolicy", json!("ClusterFirst")),
         ("/spec/schedulerName", json!("default-scheduler")),
         ("/spec/serviceAccountName", json!("default")),
+        // As kube-apiserver: clients read it without checking (kubectl debug does).
+        ("/spec/securityContext", json!({})),
         ("/status/phase", json!("Pending")),
         ("/status/qosClass", json!("BestEffort")),
     ];

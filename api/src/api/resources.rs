@@ -411,6 +411,8 @@ pub static RESOURCES: &[ResourceInfo] = &[
             ("eviction", "Eviction", &["create"]),
             ("portforward", "PodPortForwardOptions", &["create", "get"]),
             ("exec", "PodExecOptions", &["create", "get"]),
+            ("attach", "PodAttachOptions", &["create", "get"]),
+            ("ephemeralcontainers", "Pod", &["get", "patch", "update"]),
         ],
         Strategy {
             defaults: defaults::pod,

@@ -628,6 +628,13 @@ pub fn replica_set(object: &Value, causes: &mut Vec<Cause>) {
 pub fn pod_update(old: &Value, new: &Value, causes: &mut Vec<Cause>) {
     let strip_images = |spec: Option<&Value>| {
         let mut spec = spec.cloned().unwrap_or(Value::Null);
+        if let Some(spec) = spec.as_object_mut() {
+            // Changed only through their subresource, and checked below.
+            spec.remove("ephemeralContainers");
+            // Defaulted since pods are stored with it: an older pod without it is the same.
+            spec.entry("securityContext")
+                .or_insert_with(|| serde_json::json!({}));
+        }
         for list in ["containers", "initContainers"] {
             if let Some(items) = spec.get_mut(list).and_then(Value::as_array_mut) {
                 for c in items.iter_mut().filter_map(Value::as_object_mut) {
@@ -642,6 +649,93 @@ pub fn pod_update(old: &Value, new: &Value, causes: &mut Vec<Cause>) {
             "spec",
             "pod updates may not change fields other than `spec.containers[*].image` and `spec.initContainers[*].image`",
         ));
+    }
+    ephemeral_containers_update(old, new, causes);
+}
+
+/// Ephemeral containers (`kubectl debug`) are only ever added: the existing ones stay as
+/// they are; a new one has a unique name and an image, and none of what a container that is
+/// never restarted or served cannot have (ports, probes, lifecycle, resources).
+fn ephemeral_containers_update(old: &Value, new: &Value, causes: &mut Vec<Cause>) {
+    let list = |pod: &Value| -> Vec<Value> {
+        pod.pointer("/spec/ephemeralContainers")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default()
+    };
+    let (before, after) = (list(old), list(new));
+    let name_of = |c: &Value| {
+        c.get("name")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string()
+    };
+    for existing in &before {
+        let name = name_of(existing);
+        match after.iter().find(|c| name_of(c) == name) {
+            None => causes.push(Cause::forbidden(
+                "spec.ephemeralContainers",
+                &format!("existing ephemeral containers \"{name}\" may not be removed"),
+            )),
+            Some(now) if now != existing => causes.push(Cause::forbidden(
+                "spec.ephemeralContainers",
+                &format!("existing ephemeral containers \"{name}\" may not be changed"),
+            )),
+            Some(_) => {}
+        }
+    }
+    let mut taken: Vec<String> = ["containers", "initContainers"]
+        .iter()
+        .flat_map(|l| {
+            new.pointer(&format!("/spec/{l}"))
+                .and_then(Value::as_array)
+                .cloned()
+                .unwrap_or_default()
+        })
+        .map(|c| name_of(&c))
+        .collect();
+    for (index, container) in after.iter().enumerate() {
+        let path = format!("spec.ephemeralContainers[{index}]");
+        let name = name_of(container);
+        if before.iter().any(|c| name_of(c) == name) {
+            taken.push(name);
+            continue;
+        }
+        if dns1123_label(&name).is_err() {
+            causes.push(Cause::invalid(format!("{path}.name"), &name, LABEL_RULE));
+        } else if taken.contains(&name) {
+            causes.push(Cause::duplicate(format!("{path}.name"), &name));
+        }
+        if container
+            .get("image")
+            .and_then(Value::as_str)
+            .is_none_or(str::is_empty)
+        {
+            causes.push(Cause::required(format!("{path}.image")));
+        }
+        for field in [
+            "ports",
+            "livenessProbe",
+            "readinessProbe",
+            "startupProbe",
+            "lifecycle",
+            "resources",
+        ] {
+            // kubectl sends `resources: {}`: only what sets something is refused.
+            let set = container.get(field).is_some_and(|v| match v {
+                Value::Null => false,
+                Value::Object(map) => !map.is_empty(),
+                Value::Array(items) => !items.is_empty(),
+                _ => true,
+            });
+            if set {
+                causes.push(Cause::forbidden(
+                    &format!("{path}.{field}"),
+                    "cannot be set for an Ephemeral Container",
+                ));
+            }
+        }
+        taken.push(name);
     }
 }
 

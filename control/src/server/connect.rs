@@ -1,4 +1,4 @@
-//! The connect subresources of pods (`pods/portforward`, `pods/exec`): a client's
+//! The connect subresources of pods (`pods/portforward`, `pods/exec`, `pods/attach`): a client's
 //! WebSocket upgrade is passed through, headers and then bytes, to the agent of the pod's
 //! node, as kube-apiserver passes it to the kubelet. The protocols inside (SPDY-tunnelled
 //! port-forward for kubectl, WebSocket channels for exec and client libraries) are spoken
@@ -64,6 +64,34 @@ pub async fn exec(server: &Arc<ApiServer>, request: Request) -> Result<Response>
         &pod,
         path,
         "exec is served over a WebSocket (v5.channel.k8s.io or v4.channel.k8s.io)",
+    )
+    .await
+}
+
+/// `pods/{name}/attach`: the client's WebSocket, spliced to the agent's attach endpoint
+/// (an ephemeral container's terminal, or a running container's output).
+pub async fn attach(server: &Arc<ApiServer>, request: Request) -> Result<Response> {
+    let pod = server.get_object(&request.key())?;
+    let name = request.name().to_string();
+    let container = container_of(&pod, &name, request.query.get("container"))?;
+    let phase = object::str_at(&pod, "/status/phase");
+    if matches!(phase, "Succeeded" | "Failed") {
+        return Err(ApiError::BadRequest(format!(
+            "cannot attach to a container in a completed pod; current phase is {phase}"
+        )));
+    }
+    if !is_running(&pod) {
+        return Err(ApiError::BadRequest(format!(
+            "unable to upgrade connection: pod {name} is not running"
+        )));
+    }
+    let path = format!("attach/{}/{name}/{container}", request.namespace());
+    splice(
+        server,
+        request,
+        &pod,
+        path,
+        "attach is served over a WebSocket (v5.channel.k8s.io or v4.channel.k8s.io)",
     )
     .await
 }

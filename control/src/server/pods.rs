@@ -258,7 +258,7 @@ pub async fn log(server: &Arc<ApiServer>, request: &Request) -> Result<Response>
     let pod = server.get_object(&request.key())?;
     let name = request.name();
     let mut containers = Vec::new();
-    for list in ["initContainers", "containers"] {
+    for list in ["initContainers", "containers", "ephemeralContainers"] {
         for c in pod
             .pointer(&format!("/spec/{list}"))
             .and_then(Value::as_array)

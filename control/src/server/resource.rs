@@ -463,6 +463,18 @@ fn prepare_update(request: &Request, current: &Value, new: Value) -> Result<Valu
             new.get("status").cloned().unwrap_or(json!({})),
         );
         merged
+    } else if subresource == Some("ephemeralcontainers") {
+        // A pod's ephemeral containers and nothing else (`kubectl debug`); the pod's update
+        // validation checks they are only ever added.
+        let mut merged = current.clone();
+        object::set_at(
+            &mut merged,
+            "/spec/ephemeralContainers",
+            new.pointer("/spec/ephemeralContainers")
+                .cloned()
+                .unwrap_or(json!([])),
+        );
+        merged
     } else if subresource == Some("approval") {
         // A CertificateSigningRequest's approval: its conditions and nothing else.
         let mut merged = current.clone();
@@ -476,6 +488,19 @@ fn prepare_update(request: &Request, current: &Value, new: Value) -> Result<Valu
         merged
     } else {
         let mut merged = new;
+        if resource.has_subresource("ephemeralcontainers")
+            && merged.pointer("/spec/ephemeralContainers")
+                != current.pointer("/spec/ephemeralContainers")
+        {
+            return Err(ApiError::Invalid {
+                kind: resource.kind.into(),
+                name: request.name().into(),
+                causes: vec![crate::api::validation::Cause::forbidden(
+                    "spec.ephemeralContainers",
+                    "ephemeral containers are added through the pod's ephemeralcontainers subresource",
+                )],
+            });
+        }
         if resource.has_subresource("status") {
             match current.get("status") {
                 Some(status) => object::set_at(&mut merged, "/status", status.clone()),

@@ -1,5 +1,5 @@
 //! Which handler serves a request on a resource URL: the generic verbs, watch, or a
-//! subresource (proxy, log, portforward, exec, scale, binding, eviction, finalize, status, approval), or
+//! subresource (proxy, log, portforward, exec, attach, ephemeralcontainers, scale, binding, eviction, finalize, status, approval), or
 //! an access review.
 
 use std::sync::Arc;
@@ -27,6 +27,7 @@ impl ApiServer {
         match sub.as_deref() {
             Some("portforward") if has_name => return connect::port_forward(self, request).await,
             Some("exec") if has_name => return connect::exec(self, request).await,
+            Some("attach") if has_name => return connect::attach(self, request).await,
             _ => {}
         }
         match (&request.method, has_name, sub.as_deref()) {
@@ -47,10 +48,10 @@ impl ApiServer {
             (&Method::PUT | &Method::PATCH, true, Some("scale")) => {
                 scale::update(self, &request).await
             }
-            (&Method::PUT, true, None | Some("status" | "approval")) => {
+            (&Method::PUT, true, None | Some("status" | "approval" | "ephemeralcontainers")) => {
                 self.replace(&request).await
             }
-            (&Method::PATCH, true, None | Some("status" | "approval")) => {
+            (&Method::PATCH, true, None | Some("status" | "approval" | "ephemeralcontainers")) => {
                 self.patch(&request).await
             }
             (&Method::DELETE, true, None) => self.delete(&request).await,

@@ -5,7 +5,7 @@
 //! `/metrics` is what this node's Service proxy counted. `/portForward/{namespace}/{pod}` is
 //! the kubelet's port-forward endpoint: a WebSocket the API server passes through from
 //! `kubectl port-forward` ([`super::portforward`]); `/exec/{namespace}/{pod}/{container}`
-//! is its exec endpoint ([`super::exec`]).
+//! is its exec endpoint and `/attach/…` its attach endpoint ([`super::exec`]).
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -32,6 +32,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
         )
         .route("/portForward/{namespace}/{pod}", get(port_forward))
         .route("/exec/{namespace}/{pod}/{container}", get(exec))
+        .route("/attach/{namespace}/{pod}/{container}", get(attach))
         .route("/proxy/{namespace}/{pod}/{port}", any(proxy_root))
         .route("/proxy/{namespace}/{pod}/{port}/", any(proxy_root))
         .route("/proxy/{namespace}/{pod}/{port}/{*path}", any(proxy))
@@ -120,6 +121,55 @@ async fn exec(
         let (sink, source) = socket.split();
         exec::serve(sink, source, session)
     })
+}
+
+/// An attach WebSocket: an ephemeral container's console, or a command module's output.
+async fn attach(
+    State(shared): State<Arc<Shared>>,
+    Path((namespace, pod, container)): Path<(String, String, String)>,
+    Query(query): Query<Vec<(String, String)>>,
+    upgrade: axum::extract::ws::WebSocketUpgrade,
+) -> Response {
+    use super::exec::attach::{self, AttachOptions};
+    use super::exec::{V4, V5};
+    use futures::StreamExt;
+    let key = format!("{namespace}/{pod}");
+    let Some(sandbox) = shared.sandboxes.get(&key) else {
+        let message = format!("pod {key} is not running on this node\n");
+        return (StatusCode::NOT_FOUND, message).into_response();
+    };
+    let options = AttachOptions::from_query(&query);
+    let upgrade = upgrade.protocols([V5, V4]);
+    if upgrade.selected_protocol().is_none() {
+        let message = format!("attach is served over a WebSocket with subprotocol {V5} or {V4}\n");
+        return (StatusCode::BAD_REQUEST, message).into_response();
+    }
+    if let Some(console) = sandbox.attachable(&container) {
+        return upgrade.on_upgrade(move |socket| {
+            let (sink, source) = socket.split();
+            attach::console(sink, source, console, options)
+        });
+    }
+    match sandbox.container(&container) {
+        Some(c) if c.program.is_http() => {
+            let message = format!("container {container} is an HTTP component: it has no console to attach to (kubectl logs shows its output)\n");
+            (StatusCode::BAD_REQUEST, message).into_response()
+        }
+        Some(_) => match shared.logs.get(&key, &container, false) {
+            Some(log) => upgrade.on_upgrade(move |socket| {
+                let (sink, source) = socket.split();
+                attach::log(sink, source, log, options)
+            }),
+            None => {
+                let message = format!("container {container} is not running\n");
+                (StatusCode::BAD_REQUEST, message).into_response()
+            }
+        },
+        None => {
+            let message = format!("container {container} is not valid for pod {pod}\n");
+            (StatusCode::BAD_REQUEST, message).into_response()
+        }
+    }
 }
 
 /// The Service proxy's metrics on this node.

@@ -4,6 +4,7 @@
 
 mod config;
 mod env;
+mod ephemeral;
 mod exec;
 mod gateway;
 mod gateway_tls;
@@ -532,7 +533,12 @@ impl PodSupervisor {
             .as_ref()
             .and_then(|s| s.phase.as_deref())
             .unwrap_or("Pending");
-        if self.running.contains_key(&key) || matches!(phase, "Succeeded" | "Failed") {
+        if self.running.contains_key(&key) {
+            // A running pod may have been given ephemeral containers (`kubectl debug`).
+            ephemeral::sync(&self.shared, &pod);
+            return;
+        }
+        if matches!(phase, "Succeeded" | "Failed") {
             return;
         }
         let Some(ip) = self

@@ -26,9 +26,30 @@ pub struct Sandbox {
     pub network: Arc<PodNetwork>,
     /// Cancelled when the pod's worker ends.
     pub ended: CancellationToken,
+    /// The pod's ephemeral containers (`kubectl debug`), by name, once started.
+    pub ephemeral: Mutex<HashMap<String, Arc<super::ephemeral::Attachable>>>,
+    /// Their statuses, written whole (the list has no merge key) one write at a time.
+    pub ephemeral_statuses: tokio::sync::Mutex<Vec<serde_json::Value>>,
 }
 
 impl Sandbox {
+    pub fn new(containers: Vec<SandboxContainer>, network: Arc<PodNetwork>) -> Self {
+        Self {
+            containers,
+            network,
+            ended: CancellationToken::new(),
+            ephemeral: Mutex::default(),
+            ephemeral_statuses: tokio::sync::Mutex::default(),
+        }
+    }
+
+    /// The ephemeral container `name`, if it was started.
+    pub fn attachable(&self, name: &str) -> Option<Arc<super::ephemeral::Attachable>> {
+        (self.ephemeral.lock().unwrap_or_else(|p| p.into_inner()))
+            .get(name)
+            .cloned()
+    }
+
     pub fn container(&self, name: &str) -> Option<&SandboxContainer> {
         self.containers.iter().find(|c| c.name == name)
     }

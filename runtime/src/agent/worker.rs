@@ -307,11 +307,7 @@ impl PodWorker {
                 })
             })
             .collect();
-        let sandbox = Sandbox {
-            containers,
-            network: self.network.clone(),
-            ended: tokio_util::sync::CancellationToken::new(),
-        };
+        let sandbox = Sandbox::new(containers, self.network.clone());
         // The previous registration (a pod prepared again) is withdrawn first.
         self.sandbox = None;
         self.sandbox = Some(self.shared.sandboxes.register(self.pod_key(), sandbox));
@@ -936,6 +932,10 @@ impl LaunchTemplate {
             mounts,
             memory_limit: 64 << 20,
         }
+    }
+
+    pub(crate) fn mounts(&self) -> &[run::Mount] {
+        &self.mounts
     }
 
     /// A launch of this container's settings with other streams (an exec session).

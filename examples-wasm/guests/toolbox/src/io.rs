@@ -43,6 +43,8 @@ pub enum Sink {
     Stderr,
     File(Rc<RefCell<File>>),
     Buffer(Rc<RefCell<Vec<u8>>>),
+    /// `/dev/null`.
+    Null,
 }
 
 impl Write for Sink {
@@ -52,6 +54,7 @@ impl Write for Sink {
             Sink::Stderr => io::stderr().write(buf),
             Sink::File(file) => file.borrow_mut().write(buf),
             Sink::Buffer(buffer) => buffer.borrow_mut().write(buf),
+            Sink::Null => Ok(buf.len()),
         }
     }
 
@@ -60,7 +63,7 @@ impl Write for Sink {
             Sink::Stdout => io::stdout().flush(),
             Sink::Stderr => io::stderr().flush(),
             Sink::File(file) => file.borrow_mut().flush(),
-            Sink::Buffer(_) => Ok(()),
+            Sink::Buffer(_) | Sink::Null => Ok(()),
         }
     }
 }

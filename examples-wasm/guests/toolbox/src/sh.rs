@@ -261,6 +261,16 @@ impl Shell {
             Target::Fd(_) => String::new(),
         };
         let open_error = |e: std::io::Error| format!("{path}: {}", describe(&e));
+        // There is no /dev in a Wasm guest; the shell knows the one device scripts use.
+        if path == "/dev/null" {
+            return match redirect.kind {
+                Kind::Read => Ok(Some(Input::Bytes(Cursor::default()))),
+                Kind::Write | Kind::Append => {
+                    self.point(redirect.fd, Sink::Null, io)?;
+                    Ok(None)
+                }
+            };
+        }
         match redirect.kind {
             Kind::Read => {
                 let file = File::open(&path).map_err(open_error)?;
@@ -281,17 +291,22 @@ impl Shell {
                 Sink::File(Rc::new(RefCell::new(file)))
             }
         };
-        match redirect.fd {
+        self.point(redirect.fd, sink, io)?;
+        Ok(None)
+    }
+
+    /// Points stream `fd` (3: both, as `&>`) at `sink`.
+    fn point(&self, fd: u8, sink: Sink, io: &mut Io) -> Result<(), String> {
+        match fd {
             1 => io.stdout = sink,
             2 => io.stderr = sink,
-            // `&>`: both.
             3 => {
                 io.stdout = sink.clone();
                 io.stderr = sink;
             }
             n => return Err(format!("{n}: bad file descriptor")),
         }
-        Ok(None)
+        Ok(())
     }
 
     fn expand(&self, word: &Word) -> String {

@@ -13,6 +13,7 @@
 //! Nothing outlives the session: a client that goes away aborts the instance, and the pod
 //! ending ([`super::sandboxes::Sandbox::ended`]) ends the session.
 
+pub mod attach;
 pub mod tty;
 
 use std::sync::{Arc, OnceLock};
@@ -153,14 +154,7 @@ where
                 return;
             }
         }
-        // A normal closure (1000): client-go reads any other close, even one without a
-        // code, as an error of the stream.
-        let normal = axum::extract::ws::CloseFrame {
-            code: axum::extract::ws::close_code::NORMAL,
-            reason: "".into(),
-        };
-        let _ = sink.send(Message::Close(Some(normal))).await;
-        let _ = sink.close().await;
+        close_normally(&mut sink).await;
     });
 
     let tty = options.tty;
@@ -303,6 +297,17 @@ fn pod_stopped(pod: &str) -> Exit {
         message: format!("pod {pod} stopped"),
         code: 137,
     }
+}
+
+/// Ends a session with a normal closure (1000): client-go reads any other close, even one
+/// without a code, as an error of the stream.
+pub(crate) async fn close_normally<Si: futures::Sink<Message> + Unpin>(sink: &mut Si) {
+    let normal = axum::extract::ws::CloseFrame {
+        code: axum::extract::ws::close_code::NORMAL,
+        reason: "".into(),
+    };
+    let _ = sink.send(Message::Close(Some(normal))).await;
+    let _ = sink.close().await;
 }
 
 /// Copies a guest's stream to its channel (or drops it when the client did not ask for it).

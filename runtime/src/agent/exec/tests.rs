@@ -38,15 +38,12 @@ async fn fixture() -> Fixture {
             read_only: false,
         }],
     );
-    let sandbox = Arc::new(Sandbox {
-        containers: vec![SandboxContainer {
-            name: "app".into(),
-            program: toolbox(&engine).await.unwrap(),
-            template,
-        }],
-        network: PodNetwork::new(),
-        ended: tokio_util::sync::CancellationToken::new(),
-    });
+    let containers = vec![SandboxContainer {
+        name: "app".into(),
+        program: toolbox(&engine).await.unwrap(),
+        template,
+    }];
+    let sandbox = Arc::new(Sandbox::new(containers, PodNetwork::new()));
     Fixture {
         _dir: dir,
         data,
@@ -196,6 +193,21 @@ async fn exit_codes_and_unknown_commands() {
     assert_eq!(out.stdout(), "fell back\n");
     assert_eq!(out.exit_code(), 127);
     assert!(out.stderr().contains("sh: nope: command not found"));
+    let out = exec(
+        &fixture,
+        &[
+            "sh",
+            "-c",
+            "echo gone > /dev/null; cat < /dev/null; echo kept",
+        ],
+        None,
+        false,
+    )
+    .await;
+    assert_eq!(
+        (out.stdout(), out.stderr()),
+        ("kept\n".into(), String::new())
+    );
     let out = exec(&fixture, &["cat", "/data/missing"], None, false).await;
     assert_eq!(out.exit_code(), 1);
     assert!(
