@@ -730,7 +730,7 @@ fn ephemeral_containers_update(old: &Value, new: &Value, causes: &mut Vec<Cause>
             });
             if set {
                 causes.push(Cause::forbidden(
-                    &format!("{path}.{field}"),
+                    format!("{path}.{field}"),
                     "cannot be set for an Ephemeral Container",
                 ));
             }

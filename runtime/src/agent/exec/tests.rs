@@ -380,3 +380,65 @@ fn statuses_say_how_the_command_ended() {
         .unwrap()
         .contains("[sh -c exit 7], exit code 7"));
 }
+
+#[tokio::test]
+async fn malformed_messages_are_ignored_and_the_command_still_runs() {
+    let fixture = fixture().await;
+    let options = ExecOptions {
+        command: vec!["cat".into()],
+        stdin: true,
+        stdout: true,
+        stderr: true,
+        tty: false,
+    };
+    let session = Session {
+        pod: "default/p".into(),
+        sandbox: fixture.sandbox.clone(),
+        container: "app".into(),
+        program: toolbox(&fixture.engine).await.unwrap(),
+        engine: fixture.engine.clone(),
+        options,
+        close_signal: true,
+    };
+    let (mut to_server, from_client) =
+        mpsc::unbounded::<Result<Message, std::convert::Infallible>>();
+    let (to_client, mut from_server) = mpsc::unbounded::<Message>();
+    let server = tokio::spawn(serve(to_client, from_client, session));
+    for junk in [
+        Message::Binary(Vec::new().into()),
+        Message::Binary(vec![9, 1, 2, 3].into()),
+        Message::Binary(vec![RESIZE, b'{', b'x'].into()),
+        Message::Binary(vec![CLOSE].into()),
+        Message::Binary(vec![CLOSE, 7].into()),
+        Message::Text("not a channel".into()),
+    ] {
+        to_server.send(Ok(junk)).await.unwrap();
+    }
+    to_server
+        .send(Ok(Message::Binary(vec![STDIN, b'o', b'k'].into())))
+        .await
+        .unwrap();
+    to_server
+        .send(Ok(Message::Binary(vec![CLOSE, STDIN].into())))
+        .await
+        .unwrap();
+    let mut stdout = Vec::new();
+    let mut status = serde_json::Value::Null;
+    let collect = async {
+        while let Some(Message::Binary(bytes)) = from_server.next().await {
+            match bytes[0] {
+                STDOUT => stdout.extend_from_slice(&bytes[1..]),
+                STATUS => status = serde_json::from_slice(&bytes[1..]).unwrap(),
+                _ => {}
+            }
+        }
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(30), collect)
+        .await
+        .expect("the session ended");
+    server.await.unwrap();
+    assert_eq!(
+        (stdout.as_slice(), &status["status"]),
+        (&b"ok"[..], &serde_json::json!("Success"))
+    );
+}

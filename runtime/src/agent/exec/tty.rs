@@ -48,11 +48,11 @@ impl LineDiscipline {
                     keys.to_guest.append(&mut self.line);
                     keys.echo.extend_from_slice(b"\r\n");
                 }
-                0x7f | 0x08 => {
-                    if self.erase_char() {
-                        keys.echo.extend_from_slice(b"\x08 \x08");
-                    }
+                0x7f | 0x08 if self.erase_char() => {
+                    keys.echo.extend_from_slice(b"\x08 \x08");
                 }
+                // Nothing left to erase.
+                0x7f | 0x08 => {}
                 0x15 => {
                     while self.erase_char() {
                         keys.echo.extend_from_slice(b"\x08 \x08");
