@@ -120,8 +120,10 @@ async fn deploy_demo(cluster: &DevCluster, examples: &Path) -> anyhow::Result<()
     let web = json!({
         "apiVersion": "v1", "kind": "Pod",
         "metadata": {"name": "web-demo", "labels": {"app": "web-demo"}},
-        "spec": {"containers": [{"name": "web", "image": examples.join("web-p2.wasm"), "ports": [{"containerPort": 8080}],
-                 "env": [{"name": "NAME", "value": "the Shoal demo"}]}]}
+        "spec": {"volumes": [{"name": "data", "emptyDir": {}}],
+                 "containers": [{"name": "web", "image": examples.join("web-p2.wasm"), "ports": [{"containerPort": 8080}],
+                 "env": [{"name": "NAME", "value": "the Shoal demo"}],
+                 "volumeMounts": [{"name": "data", "mountPath": "/data"}]}]}
     });
     for pod in [
         hello("hello-p1", "hello-p1.wasm"),

@@ -685,34 +685,26 @@ fn ls(args: &[String], io: &mut Io) -> i32 {
     status
 }
 
-/// `ls -l`'s columns before the name: type and permissions (WASI knows only read-only),
-/// size, modification time (UTC).
+/// `ls -l`'s columns before the name: type and the conventional permissions (WASI has no
+/// modes, and the read-only flag it reports says nothing about a preopen's rights; these
+/// are the modes `tar` here writes), size, modification time (UTC).
 fn long_format(meta: Option<&fs::Metadata>) -> String {
     let Some(meta) = meta else {
         return format!("?????????? {:>9} {:>16}", "?", "?");
     };
-    let kind = if meta.is_dir() {
-        'd'
+    let mode = if meta.is_dir() {
+        "drwxr-xr-x"
     } else if meta.file_type().is_symlink() {
-        'l'
+        "lrwxrwxrwx"
     } else {
-        '-'
+        "-rw-r--r--"
     };
-    let write = if meta.permissions().readonly() {
-        '-'
-    } else {
-        'w'
-    };
-    let exec = if meta.is_dir() { 'x' } else { '-' };
     let modified = meta
         .modified()
         .ok()
         .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
         .map_or_else(|| "?".to_string(), |d| civil(d.as_secs()));
-    format!(
-        "{kind}r{write}{exec}r-{exec}r-{exec} {:>9} {modified}",
-        meta.len()
-    )
+    format!("{mode} {:>9} {modified}", meta.len())
 }
 
 /// `YYYY-MM-DD HH:MM` of a Unix time (UTC), by Howard Hinnant's days-from-civil inverse.
