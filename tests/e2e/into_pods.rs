@@ -743,3 +743,65 @@ async fn kubectl_debug_adds_a_toolbox_that_sees_the_pods_volumes() {
         .await;
     assert_eq!(pod["status"]["phase"], "Running");
 }
+
+/// The official Python client: exec (output, then an exit code) and port-forward, over
+/// its WebSocket channel protocol.
+const PYTHON_INTO_POD: &str = r#"
+import json, sys
+from kubernetes import client, config
+from kubernetes.stream import stream, portforward
+config.load_kube_config(config_file=sys.argv[1])
+api = client.CoreV1Api()
+out = stream(api.connect_get_namespaced_pod_exec, "box", "default", container="web",
+             command=["sh", "-c", "cat /data/key; echo $COLOUR"],
+             stderr=True, stdin=False, stdout=True, tty=False)
+proc = stream(api.connect_get_namespaced_pod_exec, "box", "default", container="web",
+              command=["sh", "-c", "echo bye; exit 5"], stderr=True, stdin=False,
+              stdout=True, tty=False, _preload_content=False)
+proc.run_forever(timeout=30)
+code = proc.returncode
+pf = portforward(api.connect_get_namespaced_pod_portforward, "box", "default", ports="8080")
+sock = pf.socket(8080)
+sock.setblocking(True)
+sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: box\r\nConnection: close\r\n\r\n")
+answer = b""
+while True:
+    chunk = sock.recv(4096)
+    if not chunk:
+        break
+    answer += chunk
+sock.close()
+print(json.dumps({"exec": out, "code": code, "forwarded": answer.decode()}))
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_python_client_execs_and_forwards_ports() {
+    let Some(python) = python_client("the_python_client_execs_and_forwards_ports") else {
+        return;
+    };
+    let cluster = TestCluster::start(1).await;
+    let http = cluster.http();
+    let manifest: serde_json::Value = serde_yaml::from_str(&toolbox_pod()).unwrap();
+    http.create("/api/v1/namespaces/default/pods", &manifest)
+        .await;
+    wait_phase(&http, "default", "box", "Running").await;
+    let result = run_python(
+        &python,
+        cluster.dir.path(),
+        PYTHON_INTO_POD,
+        &[cluster.kubeconfig.as_os_str()],
+    )
+    .await;
+    assert_eq!(
+        result["exec"],
+        "Hello, world! (from a wasip2 component)\nteal\n"
+    );
+    assert_eq!(result["code"], 5);
+    let forwarded = result["forwarded"].as_str().unwrap();
+    assert!(forwarded.starts_with("HTTP/1.1 200"), "{forwarded}");
+    // The web guest's body, chunked: "ok\n".
+    assert!(
+        forwarded.ends_with("\r\n\r\n3\r\nok\n\r\n0\r\n\r\n"),
+        "{forwarded}"
+    );
+}
