@@ -453,6 +453,17 @@ async fn kubectl_exec_and_cp_step_inside_the_pod() {
     .await);
     assert_eq!(out, "alpha\n");
 
+    // A pod that is not running has nothing to exec into.
+    let pending = "apiVersion: v1\nkind: Pod\nmetadata: {name: nowhere}\nspec:\n  nodeSelector: {absent: label}\n  containers: [{name: app, image: toolbox}]\n";
+    ok(kubectl_stdin_async(kc, &["apply", "-f", "-"], pending).await);
+    let refused = kubectl_async(kc, &["exec", "nowhere", "--", "ls"]).await;
+    assert!(!refused.status.success());
+    assert!(
+        stderr(&refused).contains("unable to upgrade connection"),
+        "{}",
+        stderr(&refused)
+    );
+
     // After all of it the pod runs on, nothing restarted.
     let (_, pod) = http
         .call("GET", "/api/v1/namespaces/default/pods/box", "", "")
