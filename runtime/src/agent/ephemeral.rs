@@ -4,66 +4,27 @@
 //! containers mount, and the pod's loopback. The image `toolbox` is the toolbox built into
 //! the agent; any other image is loaded as a pod's would be.
 //!
-//! Its stdio is kept for attaching ([`Attachable`]): stdin is fed by whoever attaches, and
-//! its output goes to every attached session (the last 64 KiB are replayed to a new one, so
-//! the shell's first prompt is not lost) and to the container's log (`kubectl logs -c`).
+//! Its stdio is kept for attaching ([`Attachable`], [`super::console`]), its output also
+//! going to the container's log (`kubectl logs -c`).
 //! Its status is written to `status.ephemeralContainerStatuses`: running, then terminated
 //! with its exit code. It ends with the pod.
 
-use std::collections::VecDeque;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use bytes::Bytes;
 use chrono::Utc;
 use k8s_openapi::api::core::v1::{EphemeralContainer, Pod};
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::sync::{broadcast, mpsc, watch};
+use tokio::sync::{mpsc, watch};
 use wasmtime_wasi::cli::{AsyncStdinStream, AsyncStdoutStream};
 
+use super::console::Attachable;
 use super::sandboxes::Sandbox;
 use super::Shared;
 use crate::pod::run::{self, Exit, Mount, SessionStdio, Stdio};
 
-/// Output replayed to a session that attaches late.
-const BACKLOG_BYTES: usize = 64 * 1024;
 const PIPE_BYTES: usize = 64 * 1024;
-
-/// A running ephemeral container's console.
-pub struct Attachable {
-    pub tty: bool,
-    stdin: Option<mpsc::Sender<Bytes>>,
-    output: broadcast::Sender<Bytes>,
-    backlog: Mutex<VecDeque<u8>>,
-    exited: watch::Receiver<bool>,
-}
-
-impl Attachable {
-    /// The output so far (its last 64 KiB) and what follows, with nothing lost between.
-    pub fn subscribe(&self) -> (Vec<u8>, broadcast::Receiver<Bytes>) {
-        let backlog = self.backlog.lock().unwrap_or_else(|p| p.into_inner());
-        (backlog.iter().copied().collect(), self.output.subscribe())
-    }
-
-    /// The way into the container's stdin (`None` if it has none).
-    pub fn stdin(&self) -> Option<mpsc::Sender<Bytes>> {
-        self.stdin.clone()
-    }
-
-    /// Becomes true once the container has ended and all its output was sent.
-    pub fn exited(&self) -> watch::Receiver<bool> {
-        self.exited.clone()
-    }
-
-    fn publish(&self, bytes: &[u8]) {
-        let mut backlog = self.backlog.lock().unwrap_or_else(|p| p.into_inner());
-        backlog.extend(bytes);
-        let excess = backlog.len().saturating_sub(BACKLOG_BYTES);
-        backlog.drain(..excess);
-        // Under the lock: a subscriber gets each chunk in its backlog or its receiver.
-        let _ = self.output.send(Bytes::copy_from_slice(bytes));
-    }
-}
 
 /// Whether `image` names the built-in toolbox.
 pub fn is_toolbox(image: &str) -> bool {
@@ -127,13 +88,11 @@ fn console(spec: &EphemeralContainer) -> (Arc<Attachable>, Pipes) {
         false => (None, None),
     };
     let (exited_sender, exited) = watch::channel(false);
-    let attachable = Arc::new(Attachable {
-        tty: spec.tty.unwrap_or(false),
-        stdin: stdin_sender,
-        output: broadcast::channel(256).0,
-        backlog: Mutex::default(),
+    let attachable = Arc::new(Attachable::new(
+        spec.tty.unwrap_or(false),
+        stdin_sender,
         exited,
-    });
+    ));
     let pipes = Pipes {
         stdin,
         stdout: tokio::io::duplex(PIPE_BYTES),
@@ -152,7 +111,7 @@ async fn run(
 ) {
     let image = spec.image.clone().unwrap_or_default();
     let loaded = if is_toolbox(&image) {
-        super::exec::toolbox(&shared.engine).await
+        super::toolbox::program(&shared.engine).await
     } else {
         shared.engine.load(&image).await
     };
@@ -291,7 +250,7 @@ async fn run(
 fn target_template<'a>(
     sandbox: &'a Sandbox,
     spec: &EphemeralContainer,
-) -> Option<(&'a super::worker::LaunchTemplate, Vec<Mount>)> {
+) -> Option<(&'a super::launch::LaunchTemplate, Vec<Mount>)> {
     if let Some(target) = spec.target_container_name.as_deref() {
         let container = sandbox.container(target)?;
         return Some((&container.template, container.template.mounts().to_vec()));
@@ -352,25 +311,5 @@ mod tests {
         assert!(is_toolbox("shoal/toolbox"));
         assert!(!is_toolbox("busybox"));
         assert!(!is_toolbox("/images/my-toolbox.wasm"));
-    }
-
-    #[test]
-    fn late_subscribers_get_the_backlog_then_the_rest() {
-        let spec = EphemeralContainer {
-            name: "debugger".into(),
-            stdin: Some(true),
-            tty: Some(true),
-            ..Default::default()
-        };
-        let (attachable, _pipes) = console(&spec);
-        attachable.publish(b"$ ");
-        let (backlog, mut rest) = attachable.subscribe();
-        assert_eq!(backlog, b"$ ");
-        attachable.publish(b"hi\n");
-        assert_eq!(rest.try_recv().unwrap(), Bytes::from_static(b"hi\n"));
-        let big = vec![b'x'; 100_000];
-        attachable.publish(&big);
-        let (backlog, _) = attachable.subscribe();
-        assert_eq!(backlog.len(), BACKLOG_BYTES, "the backlog is bounded");
     }
 }

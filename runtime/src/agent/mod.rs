@@ -3,11 +3,13 @@
 //! serves their logs on its gateway. It talks to the API only through the client.
 
 mod config;
+mod console;
 mod env;
 mod ephemeral;
 mod exec;
 mod gateway;
 mod gateway_tls;
+mod launch;
 mod logs;
 mod networks;
 mod node;
@@ -17,6 +19,7 @@ mod projected;
 mod sandboxes;
 mod sources;
 pub mod status;
+mod toolbox;
 mod volumes;
 mod worker;
 

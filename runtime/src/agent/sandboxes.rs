@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 
 use tokio_util::sync::CancellationToken;
 
-use super::worker::LaunchTemplate;
+use super::launch::LaunchTemplate;
 use crate::engine::Program;
 use crate::pod::network::PodNetwork;
 
@@ -27,7 +27,7 @@ pub struct Sandbox {
     /// Cancelled when the pod's worker ends.
     pub ended: CancellationToken,
     /// The pod's ephemeral containers (`kubectl debug`), by name, once started.
-    pub ephemeral: Mutex<HashMap<String, Arc<super::ephemeral::Attachable>>>,
+    pub ephemeral: Mutex<HashMap<String, Arc<super::console::Attachable>>>,
     /// Their statuses, written whole (the list has no merge key) one write at a time.
     pub ephemeral_statuses: tokio::sync::Mutex<Vec<serde_json::Value>>,
 }
@@ -44,7 +44,7 @@ impl Sandbox {
     }
 
     /// The ephemeral container `name`, if it was started.
-    pub fn attachable(&self, name: &str) -> Option<Arc<super::ephemeral::Attachable>> {
+    pub fn attachable(&self, name: &str) -> Option<Arc<super::console::Attachable>> {
         (self.ephemeral.lock().unwrap_or_else(|p| p.into_inner()))
             .get(name)
             .cloned()

@@ -21,6 +21,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
+use super::launch::LaunchTemplate;
 use super::probe::{self, ProbeReport};
 use super::sources::Sources;
 use super::status::{Container, PodView};
@@ -29,7 +30,7 @@ use crate::engine::oci::{self, PullOptions, PullPolicy};
 use crate::engine::Program;
 use crate::pod::lifecycle::{self, Effect, End, Lifecycle, RestartPolicy, Timing};
 use crate::pod::network::{HttpServer, PodNetwork};
-use crate::pod::run::{self, Exit, Launch};
+use crate::pod::run::{self, Exit};
 use crate::pod::volumes::{mounts, PreparedVolume};
 use shoal_api::api::pod_requests::is_sidecar;
 
@@ -908,46 +909,6 @@ async fn sleep_until(at: Option<Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
-    }
-}
-
-/// A container's instance settings, reused for every run (commands) or request (HTTP).
-pub struct LaunchTemplate {
-    argv: Vec<String>,
-    env: Vec<(String, String)>,
-    mounts: Vec<run::Mount>,
-    memory_limit: usize,
-}
-
-impl LaunchTemplate {
-    fn launch(&self, log: Arc<crate::pod::log::ContainerLog>, network: &Arc<PodNetwork>) -> Launch {
-        self.launch_with(run::Stdio::Log(log), network)
-    }
-
-    #[cfg(test)]
-    pub(crate) fn for_tests(env: Vec<(String, String)>, mounts: Vec<run::Mount>) -> Self {
-        Self {
-            argv: vec!["test".into()],
-            env,
-            mounts,
-            memory_limit: 64 << 20,
-        }
-    }
-
-    pub(crate) fn mounts(&self) -> &[run::Mount] {
-        &self.mounts
-    }
-
-    /// A launch of this container's settings with other streams (an exec session).
-    pub(crate) fn launch_with(&self, stdio: run::Stdio, network: &Arc<PodNetwork>) -> Launch {
-        Launch {
-            argv: self.argv.clone(),
-            env: self.env.clone(),
-            mounts: self.mounts.clone(),
-            stdio,
-            memory_limit: self.memory_limit,
-            outgoing: network.outgoing(),
-        }
     }
 }
 

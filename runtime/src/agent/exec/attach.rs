@@ -13,7 +13,7 @@ use tokio::sync::{broadcast, mpsc};
 
 use super::tty;
 use super::{close_normally, STDIN, STDOUT};
-use crate::agent::ephemeral::Attachable;
+use crate::agent::console::Attachable;
 use crate::pod::log::ContainerLog;
 
 /// What the client asked to attach.

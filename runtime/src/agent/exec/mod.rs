@@ -16,12 +16,11 @@
 pub mod attach;
 pub mod tty;
 
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 use axum::extract::ws::Message;
 use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
-use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
 use tokio::sync::mpsc;
 use tokio_util::task::AbortOnDropHandle;
@@ -45,20 +44,6 @@ const CLOSE: u8 = 255;
 const PIPE_BYTES: usize = 64 * 1024;
 /// Messages waiting for the socket: past this, the guest's output waits.
 const OUTGOING_MESSAGES: usize = 64;
-
-/// The toolbox component, built from `examples-wasm/guests/toolbox` into the binary.
-pub fn toolbox_bytes() -> &'static [u8] {
-    shoal_examples::toolbox()
-}
-
-/// The toolbox's program on this node's engine (compiled on first use, then cached).
-pub async fn toolbox(engine: &Arc<Engine>) -> Result<Arc<Program>, ImageError> {
-    static DIGEST: OnceLock<String> = OnceLock::new();
-    let digest = DIGEST.get_or_init(|| hex::encode(Sha256::digest(toolbox_bytes())));
-    engine
-        .load_embedded("shoal-toolbox", digest, toolbox_bytes())
-        .await
-}
 
 /// What the client asked for (the query of `pods/exec`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -111,7 +96,7 @@ pub async fn program_for(
     let name = command.rsplit('/').next().unwrap_or(command);
     match sandbox.container(name) {
         Some(module) if !module.program.is_http() => Ok(module.program.clone()),
-        _ => toolbox(engine).await,
+        _ => super::toolbox::program(engine).await,
     }
 }
 

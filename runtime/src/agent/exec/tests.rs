@@ -30,7 +30,7 @@ async fn fixture() -> Fixture {
     let data = dir.path().join("data");
     std::fs::create_dir_all(&data).unwrap();
     std::fs::write(data.join("key"), "value-from-the-pod\n").unwrap();
-    let template = crate::agent::worker::LaunchTemplate::for_tests(
+    let template = crate::agent::launch::LaunchTemplate::for_tests(
         vec![("GREETING".into(), "Ahoy".into())],
         vec![Mount {
             host_path: data.clone(),
@@ -40,7 +40,7 @@ async fn fixture() -> Fixture {
     );
     let containers = vec![SandboxContainer {
         name: "app".into(),
-        program: toolbox(&engine).await.unwrap(),
+        program: crate::agent::toolbox::program(&engine).await.unwrap(),
         template,
     }];
     let sandbox = Arc::new(Sandbox::new(containers, PodNetwork::new()));
@@ -310,7 +310,9 @@ async fn a_client_that_goes_away_ends_the_command() {
         pod: "default/p".into(),
         sandbox: fixture.sandbox.clone(),
         container: "app".into(),
-        program: toolbox(&fixture.engine).await.unwrap(),
+        program: crate::agent::toolbox::program(&fixture.engine)
+            .await
+            .unwrap(),
         engine: fixture.engine.clone(),
         options,
         close_signal: true,
@@ -395,7 +397,9 @@ async fn malformed_messages_are_ignored_and_the_command_still_runs() {
         pod: "default/p".into(),
         sandbox: fixture.sandbox.clone(),
         container: "app".into(),
-        program: toolbox(&fixture.engine).await.unwrap(),
+        program: crate::agent::toolbox::program(&fixture.engine)
+            .await
+            .unwrap(),
         engine: fixture.engine.clone(),
         options,
         close_signal: true,
