@@ -328,47 +328,43 @@ async fn paging_with_concurrent_writes(store: Arc<dyn Store>) -> u64 {
     at
 }
 
-/// Guarded creates (quota admission): a guard holds on fields, whatever the revision; one
-/// that no longer holds writes nothing; two composed one on the other both go in.
+/// Guarded creates (quota admission): the guard and the creates go in together; a guard
+/// whose object moved writes nothing.
 async fn guarded_creates(store: &dyn Store) {
     let quota = ObjectKey::new("resourcequotas", "g", "q");
-    let q = json!({"metadata": {"name": "q", "namespace": "g", "labels": {"team": "a"}},
-                   "spec": {"hard": {"configmaps": "10"}}});
-    store.create(quota.clone(), q).await.unwrap();
-    let guard = |before: Value, after: &str| Guard {
-        key: quota.clone(),
-        expect: vec![
-            ("/spec".into(), json!({"hard": {"configmaps": "10"}})),
-            ("/status/used".into(), before),
-        ],
-        set: vec![("/status/used".into(), json!({"configmaps": after}))],
+    let q = json!({"metadata": {"name": "q", "namespace": "g"}, "spec": {"hard": {"configmaps": "10"}}});
+    let created = store.create(quota.clone(), q.clone()).await.unwrap();
+    let at = revision_of(&created).unwrap();
+    let charged = |used: &str| {
+        let mut charged = q.clone();
+        charged["status"] = json!({"used": {"configmaps": used}});
+        charged
     };
-    let first = store.create_guarded(
-        vec![guard(Value::Null, "1")],
-        vec![(key("g", "m1"), config_map("g", "m1", 1))],
+    let outcomes = store
+        .create_guarded(
+            vec![Guard {
+                key: quota.clone(),
+                object: charged("1"),
+                precondition: at,
+            }],
+            vec![(key("g", "m1"), config_map("g", "m1", 1))],
+        )
+        .await
+        .unwrap();
+    assert!(outcomes[0].is_ok());
+    assert_eq!(
+        store.get(&quota).unwrap().unwrap()["status"]["used"]["configmaps"],
+        "1"
     );
-    let second = store.create_guarded(
-        vec![guard(json!({"configmaps": "1"}), "2")],
-        vec![(key("g", "m2"), config_map("g", "m2", 2))],
-    );
-    // Started in order, the second expecting what the first writes: where the backend
-    // applies guarded writes in order (redb) they may be in flight together.
-    let (first, second) = if store.orders_guarded_writes() {
-        futures::join!(first, second)
-    } else {
-        let first = first.await;
-        (first, second.await)
-    };
-    assert!(first.unwrap()[0].is_ok());
-    assert!(second.unwrap()[0].is_ok());
-    // Another writer's label stays: a guard sets its fields only.
-    let mut labelled = store.get(&quota).unwrap().unwrap();
-    labelled["metadata"]["labels"]["team"] = json!("b");
-    store.update(quota.clone(), labelled, None).await.unwrap();
+    // The same revision again: the quota moved since, nothing is written.
     let stale = store
         .create_guarded(
-            vec![guard(json!({"configmaps": "1"}), "2")],
-            vec![(key("g", "m3"), config_map("g", "m3", 3))],
+            vec![Guard {
+                key: quota.clone(),
+                object: charged("2"),
+                precondition: at,
+            }],
+            vec![(key("g", "m2"), config_map("g", "m2", 2))],
         )
         .await;
     assert!(
@@ -377,19 +373,13 @@ async fn guarded_creates(store: &dyn Store) {
         stale.err()
     );
     assert!(
-        store.get(&key("g", "m3")).unwrap().is_none(),
+        store.get(&key("g", "m2")).unwrap().is_none(),
         "nothing written"
     );
-    store
-        .create_guarded(
-            vec![guard(json!({"configmaps": "2"}), "3")],
-            vec![(key("g", "m3"), config_map("g", "m3", 3))],
-        )
-        .await
-        .unwrap();
-    let stored = store.get(&quota).unwrap().unwrap();
-    assert_eq!(stored["status"]["used"], json!({"configmaps": "3"}));
-    assert_eq!(stored["metadata"]["labels"]["team"], "b");
+    assert_eq!(
+        store.get(&quota).unwrap().unwrap()["status"]["used"]["configmaps"],
+        "1"
+    );
 }
 
 async fn conformance(store: Arc<dyn Store>) -> u64 {

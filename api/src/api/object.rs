@@ -43,13 +43,10 @@ pub fn metadata_mut(object: &mut Value) -> &mut Map<String, Value> {
 /// its dependents are gone.
 pub const FOREGROUND_FINALIZER: &str = "foregroundDeletion";
 
-/// Sets a value at a JSON pointer (`~1` and `~0` escape `/` and `~` in a key, as RFC 6901),
-/// creating intermediate objects.
+/// Sets a value at a JSON pointer, creating intermediate objects.
 pub fn set_at(object: &mut Value, pointer: &str, value: Value) {
     let mut current = object;
-    let parts: Vec<String> = (pointer.trim_start_matches('/').split('/'))
-        .map(|part| part.replace("~1", "/").replace("~0", "~"))
-        .collect();
+    let parts: Vec<&str> = pointer.trim_start_matches('/').split('/').collect();
     for (i, part) in parts.iter().enumerate() {
         if !current.is_object() {
             *current = Value::Object(Map::new());

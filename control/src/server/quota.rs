@@ -21,8 +21,7 @@
 //! not lower `used` right after a charge, whose object may not be stored yet where the
 //! backend writes them apart (etcd, for now).
 
-use std::collections::{HashMap, VecDeque};
-use std::future::Future;
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use serde_json::{json, Value};
@@ -33,7 +32,7 @@ use super::ApiServer;
 use crate::api::object;
 use crate::api::quota::{self, Quota, Usage};
 use crate::api::resources::ResourceInfo;
-use crate::store::{self, Guard, ObjectKey};
+use crate::store::{self, revision_of, Guard, ObjectKey};
 
 const QUOTAS: &str = "resourcequotas";
 
@@ -49,81 +48,6 @@ pub struct QuotaQueues(Mutex<HashMap<String, Queue>>);
 struct Queue {
     charging: bool,
     pending: Vec<Charge>,
-    /// Woken when a create is queued, so the worker can start its batch while others are
-    /// still being written.
-    arrived: Arc<tokio::sync::Notify>,
-}
-
-/// How many batches of a namespace may be written at once, where the store applies guarded
-/// writes in order ([`crate::store::Store::orders_guarded_writes`]); one elsewhere.
-const PIPELINE: usize = 2;
-
-/// A quota as the batches checked so far leave it.
-struct QuotaState {
-    key: ObjectKey,
-    /// The quota as read (its spec decides what it tracks and allows).
-    object: Value,
-    used: Usage,
-    /// `status.used` as stored, or as the last batch charged to it will store it.
-    used_json: Value,
-}
-
-/// A batch being written.
-struct InFlight {
-    batch: Vec<Charge>,
-    taken: Vec<bool>,
-    refused: Vec<Option<String>>,
-    /// Whether it writes anything (a batch of refusals and dry runs does not, and is only
-    /// right if the batches before it are).
-    wrote: bool,
-    write: tokio::task::JoinHandle<store::Result<Vec<store::Result<Value>>>>,
-}
-
-impl InFlight {
-    /// A batch answered before writing.
-    fn answered(batch: Vec<Charge>, taken: Vec<bool>, answers: Vec<Result<Value>>) -> Self {
-        for (charge, answer) in batch.into_iter().zip(answers) {
-            let _ = charge.answer.send(answer);
-        }
-        InFlight {
-            batch: Vec::new(),
-            refused: vec![None; taken.len()],
-            taken,
-            wrote: false,
-            write: tokio::spawn(async { Ok(Vec::new()) }),
-        }
-    }
-
-    /// Answers each create of the batch from the write's outcome.
-    fn answer(self, written: store::Result<Vec<store::Result<Value>>>) {
-        let mut created = match written {
-            Ok(created) => created.into_iter(),
-            Err(e) => {
-                let why = ApiError::from_store(e, QUOTAS, "").to_string();
-                let answers = fail_all(&self.batch, &self.taken, &why);
-                for (charge, answer) in self.batch.into_iter().zip(answers) {
-                    let _ = charge.answer.send(answer);
-                }
-                return;
-            }
-        };
-        for (i, charge) in self.batch.into_iter().enumerate() {
-            let outcome = if self.taken[i] {
-                Err(charge.already_exists())
-            } else if let Some(why) = &self.refused[i] {
-                Err(charge.forbidden(why))
-            } else if charge.dry_run {
-                Ok(charge.object.clone())
-            } else {
-                match created.next() {
-                    Some(Ok(stored)) => Ok(stored),
-                    Some(Err(e)) => Err(charge.store_error(e)),
-                    None => Err(ApiError::Internal("the store lost a create".into())),
-                }
-            };
-            let _ = charge.answer.send(outcome);
-        }
-    }
 }
 
 /// One create waiting to be charged.
@@ -138,8 +62,6 @@ struct Charge {
     dry_run: bool,
     /// The object as stored (as it would be, on a dry run).
     answer: oneshot::Sender<Result<Value>>,
-    /// How often its batch was checked again after another write moved a quota first.
-    attempts: usize,
 }
 
 impl Charge {
@@ -228,13 +150,11 @@ impl ApiServer {
             qualified: resource.qualified_plural(),
             dry_run,
             answer,
-            attempts: 0,
         };
         let start_worker = {
             let mut queues = self.quota_queues.lock();
             let queue = queues.entry(namespace.to_string()).or_default();
             queue.pending.push(charge);
-            queue.arrived.notify_one();
             !std::mem::replace(&mut queue.charging, true)
         };
         if start_worker {
@@ -250,259 +170,150 @@ impl ApiServer {
     }
 
     /// Charges and creates the namespace's queued creates, batch after batch, until none is
-    /// left. Up to [`PIPELINE`] batches are written at once (on redb): the next is composed against
-    /// the totals the ones before it will leave (their guards expect exactly those), so it
-    /// joins the store's next group commit instead of waiting for theirs.
+    /// left.
     async fn charge_queue(&self, namespace: &str) {
         let _charging = Charging {
             queues: &self.quota_queues,
             namespace,
         };
-        // The quotas as the batches in flight leave them; `None`: read them from the store.
-        let mut states: Option<Vec<QuotaState>> = None;
-        let mut in_flight: VecDeque<InFlight> = VecDeque::new();
-        let depth = if self.store.orders_guarded_writes() {
-            PIPELINE
-        } else {
-            1
-        };
         loop {
-            let arrived = {
+            let batch = {
                 let mut queues = self.quota_queues.lock();
                 let Some(queue) = queues.get_mut(namespace) else {
                     return;
                 };
-                if queue.pending.is_empty() && in_flight.is_empty() {
+                if queue.pending.is_empty() {
                     queues.remove(namespace);
                     return;
                 }
-                queue.arrived.clone()
+                std::mem::take(&mut queue.pending)
             };
-            let notified = arrived.notified();
-            if in_flight.len() < depth {
-                let batch = {
-                    let mut queues = self.quota_queues.lock();
-                    (queues.get_mut(namespace))
-                        .map(|queue| std::mem::take(&mut queue.pending))
-                        .unwrap_or_default()
-                };
-                if !batch.is_empty() {
-                    in_flight.push_back(self.start_batch(namespace, batch, &mut states));
-                    continue;
-                }
+            let outcomes = self.charge_batch(namespace, &batch).await;
+            for (charge, outcome) in batch.into_iter().zip(outcomes) {
+                let _ = charge.answer.send(outcome);
             }
-            // The oldest write ending, or (with room in the pipeline) new creates arriving.
-            let room = in_flight.len() < depth;
-            let Some(oldest) = in_flight.front_mut() else {
-                notified.await;
-                continue;
-            };
-            let written = tokio::select! {
-                written = &mut oldest.write => written,
-                _ = notified, if room => continue,
-            };
-            let Some(oldest) = in_flight.pop_front() else {
-                continue;
-            };
-            let written = written.unwrap_or_else(|e| {
-                Err(store::Error::Backend(format!(
-                    "the quota write stopped: {e}"
-                )))
-            });
-            if written.is_ok() {
-                oldest.answer(written);
-                continue;
-            }
-            // Another write moved a quota first (or the store failed): the batches composed
-            // on this one's totals are checked again, except those that wrote (they did so
-            // against the totals they found, and stand).
-            states = None;
-            let mut again = Vec::new();
-            match written {
-                Err(store::Error::Conflict { .. }) => again.push(oldest),
-                failed => oldest.answer(failed),
-            }
-            while let Some(mut next) = in_flight.pop_front() {
-                let written = (&mut next.write).await.unwrap_or_else(|e| {
-                    Err(store::Error::Backend(format!(
-                        "the quota write stopped: {e}"
-                    )))
-                });
-                match written {
-                    Ok(created) if next.wrote => next.answer(Ok(created)),
-                    Ok(_) | Err(store::Error::Conflict { .. }) => again.push(next),
-                    failed => next.answer(failed),
-                }
-            }
-            self.retry(namespace, again);
         }
     }
 
-    /// Puts the charges of `batches` back at the head of the queue, in order; those that
-    /// were tried too often are refused.
-    fn retry(&self, namespace: &str, batches: Vec<InFlight>) {
-        let mut charges = Vec::new();
-        for batch in batches {
-            for mut charge in batch.batch {
-                charge.attempts += 1;
-                if charge.attempts >= ATTEMPTS {
-                    let why = "too many concurrent writes to the namespace's quotas; try again";
-                    let refusal = charge.forbidden(why);
-                    let _ = charge.answer.send(Err(refusal));
-                } else {
-                    charges.push(charge);
-                }
-            }
-        }
-        let mut queues = self.quota_queues.lock();
-        let queue = queues.entry(namespace.to_string()).or_default();
-        charges.append(&mut queue.pending);
-        queue.pending = charges;
-    }
-
-    /// Checks each create of `batch` in order against each quota's projected total (admitted
-    /// by every quota that tracks it, or charged to none) and starts writing the quotas'
-    /// new totals and the admitted objects in one commit, each quota guarded by the spec and
-    /// total the batch was checked against.
-    fn start_batch(
-        &self,
-        namespace: &str,
-        batch: Vec<Charge>,
-        states: &mut Option<Vec<QuotaState>>,
-    ) -> InFlight {
+    /// Checks each create of `batch` in order against each quota, then writes each quota's
+    /// new total and the admitted objects in one commit, its guards the quotas as they were
+    /// read: when another write moved one first, the batch is checked again. A create
+    /// refused by any quota is refused.
+    async fn charge_batch(&self, namespace: &str, batch: &[Charge]) -> Vec<Result<Value>> {
         // A name already taken (or taken twice in the batch) fails now, before it is charged:
         // a charge whose create then failed would hold its slot until the next recount.
         let mut seen = std::collections::HashSet::new();
         let taken: Vec<bool> = batch
             .iter()
             .map(|charge| {
-                let twice = !charge.dry_run && !seen.insert(charge.key.clone());
+                let twice = !charge.dry_run && !seen.insert(&charge.key);
                 twice || matches!(self.store.get(&charge.key), Ok(Some(_)))
             })
             .collect();
-        if states.is_none() {
-            match self.read_states(namespace) {
-                Ok(read) => *states = Some(read),
-                Err(why) => {
-                    let answers = fail_all(&batch, &taken, &why);
-                    return InFlight::answered(batch, taken, answers);
+        for _attempt in 0..ATTEMPTS {
+            let quotas = match self.store.list(QUOTAS, Some(namespace)) {
+                Ok(quotas) => quotas.objects,
+                Err(e) => {
+                    let why = ApiError::from_store(e, QUOTAS, "").to_string();
+                    return fail_all(batch, &taken, &why);
                 }
-            }
-        }
-        let states = states.get_or_insert_with(Vec::new);
-        let before: Vec<Value> = states.iter().map(|s| s.used_json.clone()).collect();
-        let mut charged = vec![false; states.len()];
-        let mut refused: Vec<Option<String>> = vec![None; batch.len()];
-        for (i, charge) in batch.iter().enumerate() {
-            if taken[i] {
-                continue;
-            }
-            let mut next_totals = Vec::new();
-            for (q, state) in states.iter().enumerate() {
-                let quota = Quota {
-                    object: &state.object,
-                };
-                if !quota.tracks(charge.tracked_as, &charge.object) {
-                    continue;
-                }
-                let requested = quota.limited(&charge.usage);
-                if requested.is_empty() {
-                    continue;
-                }
-                match quota.admit(&state.used, &requested) {
-                    Ok(next) => next_totals.push((q, next)),
-                    Err(why) => {
-                        refused[i] = Some(why);
-                        break;
-                    }
-                }
-            }
-            if refused[i].is_none() && !charge.dry_run {
-                for (q, next) in next_totals {
-                    states[q].used = next;
-                    charged[q] = true;
-                }
-            }
-        }
-        let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
-        let charged_at = format!(
-            "/metadata/annotations/{}",
-            quota::CHARGED_AT.replace('/', "~1")
-        );
-        let mut guards = Vec::new();
-        for (q, state) in states.iter_mut().enumerate().filter(|(q, _)| charged[*q]) {
-            state.used_json = quota::to_json(&state.used);
-            let spec = state.object.get("spec").cloned().unwrap_or(Value::Null);
-            let hard = spec.get("hard").cloned().unwrap_or_else(|| json!({}));
-            guards.push(Guard {
-                key: state.key.clone(),
-                expect: vec![
-                    ("/spec".into(), spec),
-                    ("/status/used".into(), before[q].clone()),
-                ],
-                set: vec![
-                    ("/status/used".into(), state.used_json.clone()),
-                    ("/status/hard".into(), hard),
-                    (charged_at.clone(), Value::String(now.clone())),
-                ],
-            });
-        }
-        let creates: Vec<(ObjectKey, Value)> = (0..batch.len())
-            .filter(|&i| !taken[i] && refused[i].is_none() && !batch[i].dry_run)
-            .map(|i| (batch[i].key.clone(), batch[i].object.clone()))
-            .collect();
-        let wrote = !(creates.is_empty() && guards.is_empty());
-        let write = if wrote {
-            let store = self.store.clone();
-            let mut write = Box::pin(async move { store.create_guarded(guards, creates).await });
-            // Polled once here, the write reaches the store's writer now, in the order the
-            // batches start (the next one expects what this one writes); its task then waits.
-            let mut first = std::task::Context::from_waker(futures::task::noop_waker_ref());
-            match write.as_mut().poll(&mut first) {
-                std::task::Poll::Ready(written) => tokio::spawn(async move { written }),
-                std::task::Poll::Pending => tokio::spawn(write),
-            }
-        } else {
-            tokio::spawn(async { Ok(Vec::new()) })
-        };
-        InFlight {
-            batch,
-            taken,
-            refused,
-            wrote,
-            write,
-        }
-    }
-
-    /// The namespace's quotas as stored, each counted (from the store, if it was not yet).
-    fn read_states(&self, namespace: &str) -> std::result::Result<Vec<QuotaState>, String> {
-        let quotas = self
-            .store
-            .list(QUOTAS, Some(namespace))
-            .map_err(|e| ApiError::from_store(e, QUOTAS, "").to_string())?;
-        Ok(quotas
-            .objects
-            .into_iter()
-            .map(|current| {
+            };
+            // Each quota as read: its key, the object, the running total, whether charged.
+            let mut states: Vec<(ObjectKey, Value, Usage, bool)> = Vec::new();
+            for current in quotas {
+                let key = ObjectKey::new(QUOTAS, namespace, object::name(&current));
                 let quota = Quota { object: &current };
                 let used = if quota.counted() {
                     quota.used()
                 } else {
                     self.recount(namespace, &quota)
                 };
-                QuotaState {
-                    key: ObjectKey::new(QUOTAS, namespace, object::name(&current)),
-                    used_json: current
-                        .pointer("/status/used")
-                        .cloned()
-                        .unwrap_or(Value::Null),
-                    used,
-                    object: current,
+                states.push((key, current, used, false));
+            }
+            // Each create in order: admitted by every quota tracking it, or refused by the
+            // first that does not (and then charged to none).
+            let mut refused: Vec<Option<String>> = vec![None; batch.len()];
+            for (i, charge) in batch.iter().enumerate() {
+                if taken[i] {
+                    continue;
                 }
-            })
-            .collect())
+                let mut next_totals = Vec::new();
+                for (q, (_, current, used, _)) in states.iter().enumerate() {
+                    let quota = Quota { object: current };
+                    if !quota.tracks(charge.tracked_as, &charge.object) {
+                        continue;
+                    }
+                    let requested = quota.limited(&charge.usage);
+                    if requested.is_empty() {
+                        continue;
+                    }
+                    match quota.admit(used, &requested) {
+                        Ok(next) => next_totals.push((q, next)),
+                        Err(why) => {
+                            refused[i] = Some(why);
+                            break;
+                        }
+                    }
+                }
+                if refused[i].is_none() && !charge.dry_run {
+                    for (q, next) in next_totals {
+                        states[q].2 = next;
+                        states[q].3 = true;
+                    }
+                }
+            }
+            let guards: Vec<Guard> = states
+                .iter()
+                .filter(|(_, _, _, charged)| *charged)
+                .filter_map(|(key, current, used, _)| {
+                    Some(Guard {
+                        key: key.clone(),
+                        object: charged_quota(current, used),
+                        precondition: revision_of(current)?,
+                    })
+                })
+                .collect();
+            let creates: Vec<(ObjectKey, Value)> = (0..batch.len())
+                .filter(|&i| !taken[i] && refused[i].is_none() && !batch[i].dry_run)
+                .map(|i| (batch[i].key.clone(), batch[i].object.clone()))
+                .collect();
+            let written = if creates.is_empty() && guards.is_empty() {
+                Ok(Vec::new())
+            } else {
+                self.store.create_guarded(guards, creates).await
+            };
+            let mut created = match written {
+                Ok(created) => created.into_iter(),
+                Err(store::Error::Conflict { .. }) => continue,
+                Err(e) => {
+                    let why = ApiError::from_store(e, QUOTAS, "").to_string();
+                    return fail_all(batch, &taken, &why);
+                }
+            };
+            let mut outcomes = Vec::with_capacity(batch.len());
+            for (i, charge) in batch.iter().enumerate() {
+                outcomes.push(if taken[i] {
+                    Err(charge.already_exists())
+                } else if let Some(why) = &refused[i] {
+                    Err(charge.forbidden(why))
+                } else if charge.dry_run {
+                    Ok(charge.object.clone())
+                } else {
+                    match created.next() {
+                        Some(Ok(stored)) => Ok(stored),
+                        Some(Err(e)) => Err(charge.store_error(e)),
+                        None => Err(ApiError::Internal("the store lost a create".into())),
+                    }
+                });
+            }
+            return outcomes;
+        }
+        fail_all(
+            batch,
+            &taken,
+            "too many concurrent writes to the namespace's quotas; try again",
+        )
     }
-
     /// What `quota` limits, counted from the objects of `namespace` in the store.
     fn recount(&self, namespace: &str, quota: &Quota) -> Usage {
         quota.recount(|group, plural| {
@@ -517,6 +328,22 @@ impl ApiServer {
                 .unwrap_or_default()
         })
     }
+}
+
+/// `current` with `used` as its new total, stamped with the time of the charge.
+fn charged_quota(current: &Value, used: &Usage) -> Value {
+    let mut charged = current.clone();
+    let annotations = object::metadata_mut(&mut charged)
+        .entry("annotations")
+        .or_insert_with(|| json!({}));
+    if let Some(annotations) = annotations.as_object_mut() {
+        let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+        annotations.insert(quota::CHARGED_AT.into(), Value::String(now));
+    }
+    let hard = current.pointer("/spec/hard").cloned().unwrap_or_default();
+    object::set_at(&mut charged, "/status/hard", hard);
+    object::set_at(&mut charged, "/status/used", quota::to_json(used));
+    charged
 }
 
 /// Every create of the batch fails: a name already taken says so, the others say `why`.

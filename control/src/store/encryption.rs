@@ -397,14 +397,15 @@ impl Store for EncryptedStore {
         guards: Vec<Guard>,
         creates: Vec<(ObjectKey, Value)>,
     ) -> Result<Vec<Result<Value>>> {
-        // A guard reads and sets fields of the stored object: on a sealed one only this
-        // wrapper can, so guards of encrypted resources take the compare-and-swap way.
-        if guards
-            .iter()
-            .any(|guard| self.config.providers(&guard.key.resource).is_some())
-        {
-            return super::guarded_by_swaps(self, guards, creates).await;
-        }
+        let guards = guards
+            .into_iter()
+            .map(|guard| {
+                Ok(Guard {
+                    object: seal(&self.config, &guard.key, guard.object)?,
+                    ..guard
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
         let keys: Vec<ObjectKey> = creates.iter().map(|(key, _)| key.clone()).collect();
         let sealed = creates
             .into_iter()
@@ -416,11 +417,6 @@ impl Store for EncryptedStore {
             .zip(keys)
             .map(|(stored, key)| stored.and_then(|stored| open(&self.config, &key, stored)))
             .collect())
-    }
-
-    fn orders_guarded_writes(&self) -> bool {
-        // Guards of encrypted quotas go by compare-and-swap.
-        self.inner.orders_guarded_writes() && self.config.providers("resourcequotas").is_none()
     }
 
     fn get(&self, key: &ObjectKey) -> Result<Option<Value>> {
@@ -570,11 +566,10 @@ mod tests {
             let q = json!({"metadata": {"name": "q", "namespace": "default"}});
             let at = revision_of(&store.create(quota.clone(), q.clone()).await.unwrap()).unwrap();
             let guarded = ObjectKey::new("secrets", "default", "charged");
-            let _ = at;
             let guard = Guard {
                 key: quota,
-                expect: vec![("/metadata/name".into(), json!("q"))],
-                set: vec![("/status/used".into(), json!({"secrets": "1"}))],
+                object: q,
+                precondition: at,
             };
             let outcomes = store
                 .create_guarded(vec![guard], vec![(guarded.clone(), secret("charged"))])

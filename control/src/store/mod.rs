@@ -117,47 +117,14 @@ pub enum Error {
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-/// An update that a [`Store::create_guarded`] commit depends on: the object under `key`
-/// gets `set` (JSON pointers and their new values) only if each pointer of `expect` still
-/// holds the value given (`null`: absent), whatever the object's revision; otherwise nothing
-/// of the commit is written (`Conflict`). Fields rather than a revision let quota admission
-/// compose a batch while the one before it commits: it expects the totals that one leaves.
+/// An update that a [`Store::create_guarded`] commit depends on: `object` replaces the one
+/// under `key` only if that one is still at `precondition`.
 #[derive(Clone, Debug)]
 pub struct Guard {
     pub key: ObjectKey,
-    pub expect: Vec<(String, Value)>,
-    pub set: Vec<(String, Value)>,
+    pub object: Value,
+    pub precondition: u64,
 }
-
-impl Guard {
-    /// Whether `stored` is as the guard expects.
-    pub fn holds(&self, stored: &Value) -> bool {
-        (self.expect.iter())
-            .all(|(pointer, value)| stored.pointer(pointer).unwrap_or(&Value::Null) == value)
-    }
-
-    /// `stored` with the guard's fields set (its revision is the store's to stamp).
-    pub fn apply(&self, stored: &Value) -> Value {
-        let mut updated = stored.clone();
-        for (pointer, value) in &self.set {
-            crate::api::object::set_at(&mut updated, pointer, value.clone());
-        }
-        updated
-    }
-
-    /// The error of a guard that does not hold on the object at `current`.
-    pub fn conflict(&self, current: u64) -> Error {
-        Error::Conflict {
-            key: self.key.clone(),
-            expected: current,
-            current,
-        }
-    }
-}
-
-/// How often the default [`Store::create_guarded`] re-reads a guarded object that another
-/// write moved between its read and its compare-and-swap, the guard still holding.
-const GUARD_RETRIES: usize = 16;
 
 /// A list result: the objects and the revision the list is consistent at.
 pub struct Listing {
@@ -181,23 +148,24 @@ pub trait Store: Send + Sync + 'static {
     /// Removes the object under `key` (with the same precondition rule as `update`) and
     /// returns its last state, stamped with the deletion revision.
     async fn delete(&self, key: ObjectKey, precondition: Option<u64>) -> Result<Value>;
-    /// Creates `creates` together with `guards`, updates that must all hold: if one does
-    /// not, nothing is written and its error is returned; otherwise each create succeeds or
-    /// fails on its own. ResourceQuota admission writes a quota's charge and the objects
-    /// charged to it so, in one commit where the backend can (redb); this default writes
-    /// each guard by compare-and-swap first, then the creates (etcd, for now).
+    /// Creates `creates` together with `guards`, updates that must all hold: if one's
+    /// precondition fails, nothing is written and its error is returned; otherwise each
+    /// create succeeds or fails on its own. ResourceQuota admission writes a quota's charge
+    /// and the objects charged to it so, in one commit where the backend can (redb); this
+    /// default writes the guards first, then the creates (etcd, for now).
     async fn create_guarded(
         &self,
         guards: Vec<Guard>,
         creates: Vec<(ObjectKey, Value)>,
     ) -> Result<Vec<Result<Value>>> {
-        guarded_by_swaps(self, guards, creates).await
-    }
-    /// Whether guarded writes are applied in the order they were started (first polled), so
-    /// that one may expect what the one started before it writes: redb's `create_guarded`
-    /// hands the write to its single writer on its first poll; etcd's compare-and-swaps race.
-    fn orders_guarded_writes(&self) -> bool {
-        false
+        for guard in guards {
+            self.update(guard.key, guard.object, Some(guard.precondition))
+                .await?;
+        }
+        let creates = creates
+            .into_iter()
+            .map(|(key, object)| self.create(key, object));
+        Ok(futures::future::join_all(creates).await)
     }
     fn get(&self, key: &ObjectKey) -> Result<Option<Value>>;
     /// Every object of `resource` (in `namespace`, if given) as this server has them now.
@@ -220,40 +188,6 @@ pub trait Store: Send + Sync + 'static {
     /// durably. Blobs are content-addressed, so writing one twice is harmless.
     async fn put_blob(&self, digest: &str, bytes: Vec<u8>) -> Result<()>;
     async fn get_blob(&self, digest: &str) -> Result<Option<Vec<u8>>>;
-}
-
-/// [`Store::create_guarded`] by compare-and-swap: each guard read, checked and written at the
-/// revision read (again while the guard holds and another write moved the object), then the
-/// creates. Not one commit: a failure after the guards leaves them written.
-pub(crate) async fn guarded_by_swaps<S: Store + ?Sized>(
-    store: &S,
-    guards: Vec<Guard>,
-    creates: Vec<(ObjectKey, Value)>,
-) -> Result<Vec<Result<Value>>> {
-    for guard in guards {
-        let mut attempts = 0;
-        loop {
-            let stored = store
-                .get(&guard.key)?
-                .ok_or_else(|| Error::NotFound(guard.key.clone()))?;
-            let at = revision_of(&stored).unwrap_or(0);
-            if !guard.holds(&stored) {
-                return Err(guard.conflict(at));
-            }
-            match store
-                .update(guard.key.clone(), guard.apply(&stored), Some(at))
-                .await
-            {
-                Err(Error::Conflict { .. }) if attempts < GUARD_RETRIES => attempts += 1,
-                Err(e) => return Err(e),
-                Ok(_) => break,
-            }
-        }
-    }
-    let creates = creates
-        .into_iter()
-        .map(|(key, object)| store.create(key, object));
-    Ok(futures::future::join_all(creates).await)
 }
 
 /// Sets `metadata.resourceVersion` of a JSON object.

@@ -60,7 +60,7 @@ enum PendingWrite {
     /// [`Store::create_guarded`]: updates that must all hold, then creates that each may
     /// fail alone, in the same transaction.
     Guarded {
-        guards: Vec<Guard>,
+        guards: Vec<Op>,
         creates: Vec<Op>,
         reply: oneshot::Sender<Result<Vec<Result<Value>>>>,
     },
@@ -390,6 +390,14 @@ impl Store for RedbStore {
         guards: Vec<Guard>,
         creates: Vec<(ObjectKey, Value)>,
     ) -> Result<Vec<Result<Value>>> {
+        let guards = guards
+            .into_iter()
+            .map(|guard| Op::Update {
+                key: guard.key,
+                object: guard.object,
+                precondition: Some(guard.precondition),
+            })
+            .collect();
         let creates = creates
             .into_iter()
             .map(|(key, object)| Op::Create { key, object })
@@ -403,10 +411,6 @@ impl Store for RedbStore {
         answer
             .await
             .map_err(|_| Error::Backend("the store writer has stopped".into()))?
-    }
-
-    fn orders_guarded_writes(&self) -> bool {
-        true
     }
 
     fn get(&self, key: &ObjectKey) -> Result<Option<Value>> {
@@ -649,22 +653,22 @@ impl Writer {
                     PendingWrite::Guarded {
                         guards, creates, ..
                     } => {
-                        // Every guard is checked (against this transaction's own writes
-                        // too: a batch composed while the one before it was committing
-                        // expects what that one wrote) before anything is written, so a
-                        // guarded write that fails leaves nothing behind.
-                        let updates: Result<Vec<Op>> = guards
-                            .iter()
-                            .map(|guard| guarded_update(&objects, guard))
-                            .collect();
-                        match updates {
+                        // Every guard is checked before anything is written, so a guarded
+                        // write that fails leaves nothing behind.
+                        let held = guards.iter().try_for_each(|guard| match guard {
+                            Op::Update {
+                                key, precondition, ..
+                            } => check_exists_at(&objects, key, *precondition),
+                            _ => Ok(()),
+                        });
+                        match held {
                             Err(e) => Outcome::Guarded(Err(e)),
-                            Ok(updates) => {
-                                let mut guard_events = Vec::with_capacity(updates.len());
-                                for update in &updates {
+                            Ok(()) => {
+                                let mut guard_events = Vec::with_capacity(guards.len());
+                                for guard in guards {
                                     // Checked above: a failure now is the backend's, and
                                     // fails the whole commit rather than half the write.
-                                    guard_events.push(apply_logged(&mut objects, update)??.0);
+                                    guard_events.push(apply_logged(&mut objects, guard)??.0);
                                 }
                                 let mut applied = Vec::with_capacity(creates.len());
                                 for create in creates {
@@ -748,24 +752,6 @@ fn apply(
 
 /// Like [`check_precondition`] for a write that replaces the object: only its
 /// `metadata.resourceVersion` is read, not the whole stored object.
-/// The update a guard makes of the object as this transaction has it, or the `Conflict`
-/// (`NotFound`) that fails its write.
-fn guarded_update(objects: &ObjectTable<'_>, guard: &Guard) -> Result<Op> {
-    let stored = objects
-        .get(guard.key.encode().as_str())
-        .map_err(backend)?
-        .ok_or_else(|| Error::NotFound(guard.key.clone()))?;
-    let stored: Value = serde_json::from_slice(stored.value()).map_err(backend)?;
-    if !guard.holds(&stored) {
-        return Err(guard.conflict(revision_of(&stored).unwrap_or(0)));
-    }
-    Ok(Op::Update {
-        key: guard.key.clone(),
-        object: guard.apply(&stored),
-        precondition: None,
-    })
-}
-
 fn check_exists_at(
     objects: &ObjectTable<'_>,
     key: &ObjectKey,
@@ -949,11 +935,10 @@ mod tests {
             .watch("resourcequotas", None, store.revision())
             .unwrap();
         let charged = json!({"metadata": {"name": "q", "namespace": "default"}, "status": {"used": {"pods": "2"}}});
-        // The guard expects the quota's used as created (none) and sets it.
-        let guard = |expected: Value| Guard {
+        let guard = |precondition| Guard {
             key: quota.clone(),
-            expect: vec![("/status/used".into(), expected)],
-            set: vec![("/status".into(), charged["status"].clone())],
+            object: charged.clone(),
+            precondition,
         };
         let creates = |names: &[&str]| -> Vec<(ObjectKey, Value)> {
             names
@@ -962,7 +947,7 @@ mod tests {
                 .collect()
         };
         let outcomes = store
-            .create_guarded(vec![guard(Value::Null)], creates(&["a", "taken"]))
+            .create_guarded(vec![guard(1)], creates(&["a", "taken"]))
             .await
             .unwrap();
         // One commit: the guard at revision 3, the create at 4, the failed create none.
@@ -975,9 +960,7 @@ mod tests {
         let event = watch.next().await.unwrap().unwrap();
         assert_eq!((event.revision, event.event_type), (3, EventType::Modified));
         // A stale guard: nothing is written.
-        let stale = store
-            .create_guarded(vec![guard(Value::Null)], creates(&["b"]))
-            .await;
+        let stale = store.create_guarded(vec![guard(1)], creates(&["b"])).await;
         assert!(
             matches!(stale, Err(Error::Conflict { current: 3, .. })),
             "{:?}",

@@ -175,3 +175,77 @@ where
     });
     (outgoing, writer)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures::channel::mpsc as channel;
+
+    #[tokio::test]
+    async fn a_command_modules_output_is_followed_from_now_until_it_ends() {
+        let log = ContainerLog::new(1 << 16);
+        log.write(b"before attaching\n");
+        let (_to_server, from_client) =
+            channel::unbounded::<Result<Message, std::convert::Infallible>>();
+        let (to_client, mut from_server) = channel::unbounded::<Message>();
+        let options = AttachOptions {
+            stdin: false,
+            stdout: true,
+            tty: false,
+        };
+        let session = tokio::spawn(super::log(to_client, from_client, log.clone(), options));
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        log.write(b"one\ntwo\n");
+        log.write(b"partial");
+        log.close();
+        let mut seen = Vec::new();
+        let mut closed = false;
+        while let Some(message) = from_server.next().await {
+            match message {
+                Message::Binary(bytes) => {
+                    assert_eq!(bytes[0], STDOUT);
+                    seen.extend_from_slice(&bytes[1..]);
+                }
+                Message::Close(frame) => {
+                    closed = frame.is_some_and(|f| f.code == axum::extract::ws::close_code::NORMAL);
+                }
+                _ => {}
+            }
+        }
+        session.await.unwrap();
+        assert_eq!(String::from_utf8_lossy(&seen), "one\ntwo\npartial\n");
+        assert!(closed, "a normal close when the container ends");
+    }
+
+    #[test]
+    fn options_are_read_from_the_query() {
+        let query = |pairs: &[(&str, &str)]| -> Vec<(String, String)> {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        let options = AttachOptions::from_query(&query(&[
+            ("stdin", "true"),
+            ("stdout", "1"),
+            ("tty", "true"),
+        ]));
+        assert_eq!(
+            options,
+            AttachOptions {
+                stdin: true,
+                stdout: true,
+                tty: true
+            }
+        );
+        let options = AttachOptions::from_query(&query(&[("stderr", "true")]));
+        assert_eq!(
+            options,
+            AttachOptions {
+                stdin: false,
+                stdout: true,
+                tty: false
+            }
+        );
+    }
+}
