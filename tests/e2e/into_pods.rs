@@ -748,6 +748,22 @@ async fn kubectl_debug_adds_a_toolbox_that_sees_the_pods_volumes() {
         .await;
     assert_eq!(status, 422, "not through the pod itself: {body}");
 
+    // A pod is never created with one.
+    let with_one = r#"{"apiVersion":"v1","kind":"Pod","metadata":{"name":"born-debugged"},"spec":{"containers":[{"name":"a","image":"toolbox"}],"ephemeralContainers":[{"name":"d","image":"toolbox"}]}}"#;
+    let (status, body) = http
+        .call(
+            "POST",
+            "/api/v1/namespaces/default/pods",
+            "application/json",
+            with_one,
+        )
+        .await;
+    assert_eq!(status, 422, "{body}");
+    assert!(
+        body.to_string().contains("spec.ephemeralContainers"),
+        "{body}"
+    );
+
     // The pod ran on throughout.
     let (_, pod) = http
         .call("GET", "/api/v1/namespaces/default/pods/box", "", "")

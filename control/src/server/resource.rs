@@ -60,6 +60,22 @@ impl ApiServer {
         resource.prepare_for_create(&mut object);
         match resource.builtin_kind() {
             "Pod" => {
+                // Ephemeral containers are added to running pods (`kubectl debug`), never
+                // created with one, as on Kubernetes.
+                let ephemeral = object.pointer("/spec/ephemeralContainers");
+                if ephemeral
+                    .and_then(Value::as_array)
+                    .is_some_and(|l| !l.is_empty())
+                {
+                    return Err(ApiError::Invalid {
+                        kind: resource.kind.into(),
+                        name: object::name(&object).into(),
+                        causes: vec![crate::api::validation::Cause::forbidden(
+                            "spec.ephemeralContainers",
+                            "cannot be set on create",
+                        )],
+                    });
+                }
                 pods::prepare_create(&mut object);
                 pods::admit_service_account(self, &namespace, &mut object);
                 self.admit_limit_ranges(&namespace, &mut object)?;
