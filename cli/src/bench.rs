@@ -579,6 +579,7 @@ async fn http_instance(args: &Args) -> anyhow::Result<()> {
         stdio: shoal_runtime::pod::run::Stdio::Log(ContainerLog::new(1 << 16)),
         memory_limit: 64 << 20,
         outgoing: pod_network.outgoing(),
+        usage: shoal_runtime::engine::meter::Usage::new(),
     };
     let (failures, _failed) = tokio::sync::mpsc::unbounded_channel();
     let server = HttpServer::new(

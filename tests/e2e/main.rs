@@ -1,6 +1,7 @@
 //! End-to-end tests: real clusters (in this process, or as `shoal` processes) on loopback
 //! sockets, driven through the real API with kubectl, the shoal client and plain HTTP.
 
+mod autoscaling;
 mod bad_input;
 mod cli;
 mod controllers;

@@ -21,6 +21,7 @@ pub mod resources;
 pub mod selector;
 pub mod table;
 pub mod time;
+pub mod usage;
 pub mod validation;
 
 /// The Kubernetes minor version whose API Shoal serves (`/version`, nodes' kubelet version,

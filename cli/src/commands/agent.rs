@@ -74,6 +74,9 @@ pub struct AgentCommand {
     /// address (for agents that share a host with another that binds them).
     #[arg(long)]
     no_node_ports: bool,
+    /// What the CPU figures of the metrics API (`kubectl top`, autoscaling) average over.
+    #[arg(long, default_value_t = 10)]
+    metrics_window_seconds: u64,
 }
 
 impl AgentCommand {
@@ -170,6 +173,7 @@ impl AgentCommand {
         config.node_ports = !self.no_node_ports;
         config.lease_duration = std::time::Duration::from_secs(self.lease_duration_seconds);
         config.lease_renew = std::time::Duration::from_secs(self.lease_renew_seconds);
+        config.metrics_window = std::time::Duration::from_secs(self.metrics_window_seconds);
         // Pods reach the API where the agent does, trusting the same CA.
         config.api_endpoint = ca_pem.map(|ca| (server.clone(), ca));
         let mut agent = Agent::start(client, config).await?;

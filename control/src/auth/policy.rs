@@ -61,8 +61,14 @@ fn binding(name: &str, role: &str, groups: &[&str]) -> Value {
 }
 
 /// What `view` may read (no Secrets, as on Kubernetes).
+/// Reading the resource metrics API (`kubectl top`).
+fn metrics_rule() -> Value {
+    rule(READ, &["metrics.k8s.io"], &["pods", "nodes"])
+}
+
 fn view_rules() -> Vec<Value> {
     vec![
+        metrics_rule(),
         rule(
             READ,
             &[""],
@@ -223,6 +229,12 @@ pub fn bootstrap_objects() -> Vec<(&'static str, Value)> {
             vec![rule(&["*"], &["*"], &["*"]), urls(&["*"], &["*"])],
         ),
         cluster_role("system:aggregate-to-view", label("view"), view.clone()),
+        // metrics-server's role: reading resource metrics comes with view, edit and admin.
+        cluster_role(
+            "system:aggregated-metrics-reader",
+            label("view"),
+            vec![metrics_rule()],
+        ),
         cluster_role("system:aggregate-to-edit", label("edit"), edit.clone()),
         cluster_role("system:aggregate-to-admin", label("admin"), admin.clone()),
         // view and edit aggregate upward, as on Kubernetes.

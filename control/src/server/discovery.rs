@@ -10,6 +10,7 @@ use serde_json::{json, Value};
 
 use super::custom::CustomResources;
 use crate::api::resources::{ResourceInfo, RESOURCES};
+use crate::api::usage;
 
 const AGGREGATED: &str = "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList";
 
@@ -47,7 +48,28 @@ fn groups(custom: &[&'static ResourceInfo]) -> Vec<(&'static str, Vec<&'static s
     for (_, versions) in &mut groups {
         versions.sort_by_key(|v| std::cmp::Reverse(version_priority(v)));
     }
+    // Served by `metrics_api`, not from the table: nothing of it is stored.
+    groups.push((usage::GROUP, vec![usage::VERSION]));
     groups
+}
+
+/// The resources of a group-version served outside the table, in aggregated discovery's form.
+fn unstored_resources(group: &str, version: &str) -> Vec<Value> {
+    if (group, version) != (usage::GROUP, usage::VERSION) {
+        return Vec::new();
+    }
+    let list = usage::resource_list();
+    (list["resources"].as_array().into_iter().flatten())
+        .map(|r| {
+            json!({
+                "resource": r["name"],
+                "responseKind": {"group": group, "version": version, "kind": r["kind"]},
+                "scope": if r["namespaced"] == true { "Namespaced" } else { "Cluster" },
+                "singularResource": "",
+                "verbs": r["verbs"],
+            })
+        })
+        .collect()
 }
 
 /// Kubernetes' version priority: GA before beta before alpha, higher numbers first
@@ -100,10 +122,11 @@ pub fn root(custom: &[&'static ResourceInfo], headers: &HeaderMap, core: bool) -
                 let versions: Vec<Value> = versions
                     .iter()
                     .map(|version| {
-                        let resources: Vec<Value> = all_rows(custom)
+                        let mut resources: Vec<Value> = all_rows(custom)
                             .filter(|r| r.group == *group && r.version == *version)
                             .map(aggregated_resource)
                             .collect();
+                        resources.extend(unstored_resources(group, version));
                         json!({"version": version, "freshness": "Current", "resources": resources})
                     })
                     .collect();

@@ -14,6 +14,7 @@ pub mod error;
 mod escalation;
 mod guard;
 mod list;
+mod metrics_api;
 mod modules;
 mod namespaces;
 pub mod nodes;
@@ -226,6 +227,30 @@ impl ApiServer {
                         resource_list(&server.custom, &group, &version)
                     },
                 ),
+            )
+            .route(
+                "/apis/metrics.k8s.io/v1beta1",
+                get(metrics_api::resource_list),
+            )
+            .route(
+                "/apis/metrics.k8s.io/v1beta1/nodes",
+                get(metrics_api::nodes),
+            )
+            .route(
+                "/apis/metrics.k8s.io/v1beta1/nodes/{name}",
+                get(metrics_api::node),
+            )
+            .route(
+                "/apis/metrics.k8s.io/v1beta1/pods",
+                get(metrics_api::all_pods),
+            )
+            .route(
+                "/apis/metrics.k8s.io/v1beta1/namespaces/{namespace}/pods",
+                get(metrics_api::namespace_pods),
+            )
+            .route(
+                "/apis/metrics.k8s.io/v1beta1/namespaces/{namespace}/pods/{name}",
+                get(metrics_api::pod),
             )
             .route("/openapi/v2", get(|| async { openapi::v2() }))
             .route(

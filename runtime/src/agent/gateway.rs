@@ -26,6 +26,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/metrics", get(metrics))
+        .route("/stats/resource", get(resource_stats))
         .route(
             "/containerLogs/{namespace}/{pod}/{container}",
             get(container_logs),
@@ -173,8 +174,16 @@ async fn attach(
 }
 
 /// The Service proxy's metrics on this node.
+/// The proxy's metrics and the pods' resource usage, as Prometheus text.
 async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
-    crate::proxy::metrics::response(shared.proxy.metrics())
+    let mut usage = prometheus_client::registry::Registry::default();
+    usage.register_collector(Box::new(super::usage::UsageCollector(shared.usage.clone())));
+    crate::proxy::metrics::response(shared.proxy.metrics(), &[&usage])
+}
+
+/// What each pod here uses, for the API server's metrics API.
+async fn resource_stats(State(shared): State<Arc<Shared>>) -> Response {
+    axum::Json(shared.usage.report()).into_response()
 }
 
 async fn container_logs(

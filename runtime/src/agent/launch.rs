@@ -4,6 +4,7 @@
 
 use std::sync::Arc;
 
+use crate::engine::meter::Usage;
 use crate::pod::network::PodNetwork;
 use crate::pod::run::{self, Launch};
 
@@ -13,6 +14,9 @@ pub struct LaunchTemplate {
     pub(crate) env: Vec<(String, String)>,
     pub(crate) mounts: Vec<run::Mount>,
     pub(crate) memory_limit: usize,
+    /// The container's meter, shared by all its instances (exec sessions included, as a
+    /// process exec'd into a container counts in its cgroup).
+    pub(crate) usage: Arc<Usage>,
 }
 
 impl LaunchTemplate {
@@ -31,6 +35,7 @@ impl LaunchTemplate {
             env,
             mounts,
             memory_limit: 64 << 20,
+            usage: Usage::new(),
         }
     }
 
@@ -47,6 +52,7 @@ impl LaunchTemplate {
             stdio,
             memory_limit: self.memory_limit,
             outgoing: network.outgoing(),
+            usage: self.usage.clone(),
         }
     }
 }

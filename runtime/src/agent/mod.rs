@@ -20,6 +20,7 @@ mod sandboxes;
 mod sources;
 pub mod status;
 mod toolbox;
+mod usage;
 mod volumes;
 mod worker;
 
@@ -38,6 +39,9 @@ use crate::engine::{Engine, EngineOptions};
 use crate::pod::network::PodNetwork;
 pub use gateway_tls::GatewayTls;
 pub use node::{LEASE_DURATION_SECONDS, LEASE_RENEW};
+
+/// The default of [`AgentConfig::metrics_window`].
+pub const DEFAULT_METRICS_WINDOW: std::time::Duration = std::time::Duration::from_secs(10);
 
 #[derive(Clone, Debug)]
 pub struct AgentConfig {
@@ -100,6 +104,9 @@ pub struct AgentConfig {
     /// each kind is then watched and decoded once for all. A standalone agent keeps watches
     /// of its own (a shared watch also caches every object, which only pays when shared).
     pub share_watches: bool,
+    /// What the CPU figures of the metrics API average over (metrics-server's window is
+    /// 15 to 30 s; a shorter one makes autoscaling react sooner and noisier).
+    pub metrics_window: std::time::Duration,
 }
 
 impl AgentConfig {
@@ -128,6 +135,7 @@ impl AgentConfig {
             api_endpoint: None,
             image_dirs: None,
             token_refresh: std::time::Duration::MAX,
+            metrics_window: DEFAULT_METRICS_WINDOW,
         }
     }
 }
@@ -149,6 +157,8 @@ pub(crate) struct Shared {
     networks: Arc<networks::LocalNetworks>,
     /// What exec needs of each pod running here.
     sandboxes: Arc<sandboxes::Sandboxes>,
+    /// What each pod running here uses (the metrics API, `/metrics`).
+    usage: Arc<usage::ResourceUsage>,
     /// Routes pods' requests for Services.
     proxy: Arc<crate::proxy::Proxy>,
     /// How often running pods' tokens are replaced.
@@ -275,6 +285,7 @@ impl Agent {
             },
             networks,
             sandboxes: Arc::default(),
+            usage: usage::ResourceUsage::new(config.metrics_window),
             token_refresh: config.token_refresh,
             egress: match crate::engine::fetch::https_connector(None) {
                 Ok(connector) => Some(
@@ -319,6 +330,7 @@ impl Agent {
         ];
         let tls = gateway_tls::server_config(&config.gateway_tls, names)?;
         tasks.spawn(gateway_tls::serve(listener, gateway.clone(), tls));
+        tasks.spawn(shared.usage.clone().run_sampler());
         {
             let (client, name) = (client.clone(), config.node_name.clone());
             let (duration, renew) = (config.lease_duration, config.lease_renew);

@@ -26,6 +26,7 @@ use super::probe::{self, ProbeReport};
 use super::sources::Sources;
 use super::status::{Container, PodView};
 use super::{volumes, Shared};
+use crate::engine::meter::Usage;
 use crate::engine::oci::{self, PullOptions, PullPolicy};
 use crate::engine::Program;
 use crate::pod::lifecycle::{self, Effect, End, Lifecycle, RestartPolicy, Timing};
@@ -99,6 +100,10 @@ pub struct PodWorker {
     last_published: Option<PodStatus>,
     /// The pod's place among the node's sandboxes (exec), once prepared.
     sandbox: Option<super::sandboxes::Registration>,
+    /// Each container's meter (by the lifecycle's index), counted by all its instances.
+    meters: Vec<Arc<Usage>>,
+    /// The main containers' meters in the node's figures, for the pod's life.
+    _metered: super::usage::Registration,
 }
 
 impl PodWorker {
@@ -142,7 +147,22 @@ impl PodWorker {
             .cloned()
             .collect();
         let (reports, inbox) = mpsc::channel(256);
+        let meters: Vec<Arc<Usage>> = specs.iter().map(|_| Usage::new()).collect();
+        // Main containers only, as metrics-server reports them.
+        let main_meters = (specs.iter().zip(&meters))
+            .skip(view.init.len())
+            .map(|(spec, usage)| (spec.name.clone(), usage.clone()))
+            .collect();
+        let metadata = &pod.metadata;
+        let _metered = shared.usage.register(super::usage::PodMeters::new(
+            metadata.namespace.as_deref().unwrap_or(""),
+            metadata.name.as_deref().unwrap_or(""),
+            metadata.uid.as_deref().unwrap_or(""),
+            main_meters,
+        ));
         Self {
+            meters,
+            _metered,
             shared,
             pod,
             view,
@@ -806,6 +826,7 @@ impl PodWorker {
             env: self.env[index].clone(),
             mounts,
             memory_limit,
+            usage: self.meters[index].clone(),
         })
     }
 

@@ -1,16 +1,17 @@
 //! The per-instance host state a guest's store holds: its WASI context, its HTTP context and
-//! hooks (the pod's loopback), and its resource limits. One type per WASI flavour, since
+//! hooks (the pod's loopback), and its resource limits (which also meter its memory). One type per WASI flavour, since
 //! preview 1 keeps its own resource table and has no HTTP.
 
 use wasmtime::component::ResourceTable;
-use wasmtime::StoreLimits;
 use wasmtime_wasi::p1::WasiP1Ctx;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpView};
 
+use super::meter::MeteredLimits;
+
 pub struct P1Host {
     pub wasi: WasiP1Ctx,
-    pub limits: StoreLimits,
+    pub limits: MeteredLimits,
 }
 
 pub struct P2Host {
@@ -20,7 +21,7 @@ pub struct P2Host {
     /// not know it).
     pub hooks: Box<dyn WasiHttpHooks + Send>,
     pub table: ResourceTable,
-    pub limits: StoreLimits,
+    pub limits: MeteredLimits,
 }
 
 impl WasiView for P2Host {

@@ -6,6 +6,7 @@ pub mod admission;
 pub(crate) mod fetch;
 mod host;
 mod image;
+pub mod meter;
 pub mod oci;
 
 use std::collections::HashMap;

@@ -357,6 +357,7 @@ impl HttpServer {
         let pre = self.pre.clone();
         let deadline = self.deadline;
         let server = self.clone();
+        let usage = self.launch.usage.clone();
         // The guest keeps running after it sets the response, to stream the body; the task
         // owns the store and ends with the guest (or at the deadline).
         let guest = tokio::spawn(async move {
@@ -370,7 +371,7 @@ impl HttpServer {
                     .call_handle(&mut store, incoming, outparam)
                     .await
             };
-            let outcome = match tokio::time::timeout(deadline, run).await {
+            let outcome = match tokio::time::timeout(deadline, usage.metered(run)).await {
                 Ok(Ok(())) => return Ok(()),
                 Ok(Err(e)) => run::classify(e),
                 Err(_) => Exit::Killed {
@@ -592,6 +593,7 @@ mod tests {
             stdio: super::super::run::Stdio::Log(super::super::log::ContainerLog::new(1 << 16)),
             memory_limit: 64 << 20,
             outgoing: pod_network.outgoing(),
+            usage: crate::engine::meter::Usage::new(),
         };
         let (failures, mut failed) = mpsc::unbounded_channel();
         let limits = ServerLimits {

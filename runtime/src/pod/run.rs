@@ -7,13 +7,14 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use wasmtime::component::ResourceTable;
-use wasmtime::{Store, StoreLimits, StoreLimitsBuilder};
+use wasmtime::{Store, StoreLimitsBuilder};
 use wasmtime_wasi::cli::{
     AsyncStdinStream, AsyncStdoutStream, IsTerminal, StdinStream, StdoutStream,
 };
 use wasmtime_wasi::{FsPerms, I32Exit, WasiCtxBuilder};
 
 use super::log::ContainerLog;
+use crate::engine::meter::{MeteredLimits, Usage};
 use crate::engine::{Engine, P1Host, P2Host, Program};
 
 /// A directory the guest sees at `guest_path`.
@@ -35,6 +36,8 @@ pub struct Launch {
     pub memory_limit: usize,
     /// The guest's outgoing HTTP (the pod's loopback: [`super::network::PodNetwork::outgoing`]).
     pub outgoing: OutgoingHttp,
+    /// The container's CPU and memory, which this instance adds to while it runs.
+    pub usage: Arc<Usage>,
 }
 
 /// Where an instance's standard streams go.
@@ -171,11 +174,12 @@ fn wasi_builder(launch: &Launch) -> wasmtime::Result<WasiCtxBuilder> {
     Ok(builder)
 }
 
-fn limits(launch: &Launch) -> StoreLimits {
-    StoreLimitsBuilder::new()
+fn limits(launch: &Launch) -> MeteredLimits {
+    let limits = StoreLimitsBuilder::new()
         .memory_size(launch.memory_limit)
         .trap_on_grow_failure(true)
-        .build()
+        .build();
+    MeteredLimits::new(limits, launch.usage.clone())
 }
 
 /// The host state of a preview 2 instance (command or HTTP handler) of `launch`.
@@ -203,9 +207,12 @@ async fn run_module(
     // Yield to the scheduler every epoch tick, so a spinning guest never holds a thread.
     store.set_epoch_deadline(1);
     store.epoch_deadline_async_yield_and_update(1);
-    let instance = pre.instantiate_async(&mut store).await?;
-    let start = instance.get_typed_func::<(), ()>(&mut store, "_start")?;
-    start.call_async(&mut store, ()).await?;
+    let run = async {
+        let instance = pre.instantiate_async(&mut store).await?;
+        let start = instance.get_typed_func::<(), ()>(&mut store, "_start")?;
+        start.call_async(&mut store, ()).await
+    };
+    launch.usage.metered(run).await?;
     Ok(0)
 }
 
@@ -218,8 +225,11 @@ async fn run_component(
     store.limiter(|host| &mut host.limits);
     store.set_epoch_deadline(1);
     store.epoch_deadline_async_yield_and_update(1);
-    let command = pre.instantiate_async(&mut store).await?;
-    match command.wasi_cli_run().call_run(&mut store).await? {
+    let run = async {
+        let command = pre.instantiate_async(&mut store).await?;
+        command.wasi_cli_run().call_run(&mut store).await
+    };
+    match launch.usage.metered(run).await? {
         Ok(()) => Ok(0),
         Err(()) => Ok(1),
     }
@@ -280,6 +290,7 @@ mod tests {
             stdio: Stdio::Log(log.clone()),
             memory_limit: 64 << 20,
             outgoing: crate::pod::network::PodNetwork::new().outgoing(),
+            usage: Usage::new(),
         };
         (run(engine, &program, launch).await, log.text())
     }

@@ -78,7 +78,7 @@ async fn route(
     }
     let Some((service, namespace)) = service_of_host(&host) else {
         if request.uri().path() == "/metrics" {
-            return super::metrics::response(proxy.metrics());
+            return super::metrics::response(proxy.metrics(), &[]);
         }
         return (
             StatusCode::NOT_FOUND,

@@ -86,21 +86,26 @@ impl Metrics {
             .observe(elapsed.as_secs_f64());
     }
 
-    /// Everything recorded, in the OpenMetrics text format Prometheus scrapes.
-    pub fn render(&self) -> String {
-        let mut text = String::new();
-        prometheus_client::encoding::text::encode(&mut text, &self.registry)
-            .expect("writing to a String cannot fail");
-        text
+    /// Everything recorded, in the OpenMetrics text format Prometheus scrapes, followed by
+    /// the metrics of `others` (the node's resource usage).
+    pub fn render(&self, others: &[&Registry]) -> String {
+        use prometheus_client::encoding::text;
+        let mut out = String::new();
+        // Writing to a String cannot fail.
+        for registry in std::iter::once(&self.registry).chain(others.iter().copied()) {
+            let _ = text::encode_registry(&mut out, registry);
+        }
+        let _ = text::encode_eof(&mut out);
+        out
     }
 }
 
 /// `/metrics` as an HTTP answer.
-pub fn response(metrics: &Metrics) -> axum::response::Response {
+pub fn response(metrics: &Metrics, others: &[&Registry]) -> axum::response::Response {
     use axum::response::IntoResponse;
     (
         [(http::header::CONTENT_TYPE, CONTENT_TYPE)],
-        metrics.render(),
+        metrics.render(others),
     )
         .into_response()
 }
@@ -117,7 +122,7 @@ mod tests {
         metrics.record("default/web", http::StatusCode::OK, ms(3));
         metrics.record("default/web", http::StatusCode::SERVICE_UNAVAILABLE, ms(0));
         metrics.record("team/api", http::StatusCode::NOT_FOUND, ms(1));
-        let text = metrics.render();
+        let text = metrics.render(&[]);
         for line in [
             r#"shoal_proxy_requests_total{service="default/web",code="200"} 2"#,
             r#"shoal_proxy_requests_total{service="default/web",code="503"} 1"#,

@@ -346,7 +346,7 @@ mod tests {
         let text = body(response).await;
         assert!(text.contains("pod-0 and then pod-1 refused"), "{text}");
         assert_eq!(fake.tries.load(Ordering::SeqCst), 2, "only one retry");
-        let text = metrics.render();
+        let text = metrics.render(&[]);
         assert!(
             text.contains(r#"shoal_proxy_requests_total{service="default/refuses",code="502"} 1"#),
             "{text}"
@@ -370,7 +370,7 @@ mod tests {
             "service default/slow did not answer within 2s\n"
         );
         assert!(metrics
-            .render()
+            .render(&[])
             .contains(r#"shoal_proxy_requests_total{service="default/slow",code="504"} 1"#));
     }
 

@@ -4,6 +4,7 @@
 //! - `exit N`: exits with code N;
 //! - `spin`: loops forever;
 //! - `hog`: allocates 1 MiB blocks (touching them) without bound;
+//! - `grow N`: allocates 1 MiB every 100 ms up to N MiB, then holds it, idle;
 //! - `overflow`: recurses until the stack runs out;
 //! - `flood`: prints lines forever;
 //! - `escape`: tries to read files outside its mounts and reports what it could read.
@@ -30,6 +31,19 @@ fn main() {
                 if hoard.len() % 16 == 0 {
                     println!("holding {} MiB", hoard.len());
                 }
+            }
+        }
+        "grow" => {
+            let target: usize = args.get(1).and_then(|n| n.parse().ok()).unwrap_or(16);
+            let mut hoard: Vec<Vec<u8>> = Vec::new();
+            while hoard.len() < target {
+                hoard.push(vec![7u8; 1 << 20]);
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+            println!("holding {} MiB", hoard.len());
+            loop {
+                std::thread::sleep(std::time::Duration::from_secs(3600));
+                std::hint::black_box(&hoard);
             }
         }
         "overflow" => println!("{}", recurse(std::hint::black_box(1))),

@@ -15,6 +15,7 @@
 //!   token (`/var/run/secrets/kubernetes.io/serviceaccount/token`) and answers the API's
 //!   status and body: how a workload talks to the Kubernetes API;
 //! - `/sleep/MS` answers after MS milliseconds (a slow request, for draining);
+//! - `/work/MS` keeps the CPU busy for MS milliseconds (at most 10 s), for autoscaling;
 //! - `/crash` panics, `/spin` never returns, `/alloc` allocates without bound.
 
 use std::io::{Read, Write};
@@ -70,6 +71,16 @@ fn route(method: &Method, path: &str, body: Vec<u8>) -> (u16, String) {
             format!("{method:?} {}", String::from_utf8_lossy(&body)),
         ),
         "/crash" => panic!("crash requested"),
+        _ if path.starts_with("/work/") => {
+            // Busy for the given milliseconds: CPU load for autoscaling.
+            let millis: u64 = path["/work/".len()..].parse().unwrap_or(0);
+            let started = std::time::Instant::now();
+            let mut x: u64 = 0;
+            while started.elapsed() < std::time::Duration::from_millis(millis.min(10_000)) {
+                x = std::hint::black_box(x.wrapping_add(1));
+            }
+            (200, format!("worked {millis} ms\n"))
+        }
         "/spin" => {
             let mut x: u64 = 0;
             loop {
