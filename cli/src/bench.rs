@@ -17,6 +17,8 @@
 //! - `ingress`, `proxy-latency`, `endpoints`: the Services benchmarks ([`bench_services`]);
 //! - `port-forward`: `kubectl port-forward` against the ingress; `exec`: `kubectl exec` and
 //!   kube-rs exec round trips ([`bench_into_pods`]);
+//! - `metrics`: what sampling and reporting resource metrics cost at `--pods` pods
+//!   ([`bench_metrics`]);
 //! - `api-tls`, `authz`: HTTPS vs plain HTTP, and what RBAC costs ([`bench_security`]);
 //! - `list-cache`: a list of `--pods` stored pods; `failover`: controller failover between
 //!   two `shoal server`s (etcd only) ([`bench_etcd`]).
@@ -27,6 +29,7 @@
 
 mod bench_etcd;
 mod bench_into_pods;
+mod bench_metrics;
 mod bench_security;
 mod bench_services;
 
@@ -49,7 +52,7 @@ use tokio::sync::{Mutex, Semaphore};
 #[command(name = "shoal-bench", about = "Shoal's benchmarks")]
 struct Args {
     /// pods, writes, quota-writes, preemption, http-instance, gateway, density, scheduler, scale, ingress,
-    /// proxy-latency, endpoints, port-forward, exec, api-tls, authz, list-cache, failover (etcd), or all.
+    /// proxy-latency, endpoints, port-forward, exec, api-tls, authz, metrics, list-cache, failover (etcd), or all.
     #[arg(default_value = "all")]
     which: String,
     /// Pods to create in the pod-start benchmark (and pods in the density benchmark).
@@ -141,6 +144,9 @@ fn main() -> anyhow::Result<()> {
         }
         if all || args.which == "authz" {
             bench_security::authz(&args).await?;
+        }
+        if all || args.which == "metrics" {
+            bench_metrics::metrics(&args)?;
         }
         if all || args.which == "list-cache" {
             bench_etcd::list_cache(&args).await?;

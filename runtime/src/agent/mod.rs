@@ -20,7 +20,7 @@ mod sandboxes;
 mod sources;
 pub mod status;
 mod toolbox;
-mod usage;
+pub mod usage;
 mod volumes;
 mod worker;
 
