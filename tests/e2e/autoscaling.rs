@@ -173,3 +173,342 @@ async fn kubectl_top_shows_what_pods_use() {
     assert!(!denied.status.success());
     assert!(stderr(&denied).contains("forbidden"), "{}", stderr(&denied));
 }
+
+/// A cluster whose HPAs sync every second and whose agents report CPU over 2 s, so scaling
+/// shows within seconds.
+async fn fast_autoscaling_cluster() -> TestCluster {
+    let mut options = shoal::cluster::ControlPlaneOptions::default();
+    options.controllers.hpa_sync_period = Duration::from_secs(1);
+    TestCluster::start_with_options(1, options, |config| {
+        config.metrics_window = Duration::from_secs(2);
+    })
+    .await
+}
+
+/// A Deployment of the web guest asking 100m of CPU per pod, and its Service.
+fn burn_manifest(replicas: u32) -> String {
+    let web = shoal_examples::WEB_P2;
+    format!(
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: burn\nspec:\n  replicas: {replicas}\n  selector:\n    matchLabels:\n      app: burn\n  template:\n    metadata:\n      labels:\n        app: burn\n    spec:\n      containers:\n      - name: web\n        image: {web}\n        ports:\n        - containerPort: 8080\n        resources:\n          requests:\n            cpu: 100m\n---\napiVersion: v1\nkind: Service\nmetadata:\n  name: burn\nspec:\n  selector:\n    app: burn\n  ports:\n  - port: 80\n    targetPort: 8080\n"
+    )
+}
+
+async fn deployment_replicas(http: &Http, name: &str) -> i64 {
+    let (_, body) = http
+        .raw(
+            "GET",
+            &format!("/apis/apps/v1/namespaces/default/deployments/{name}"),
+            "",
+            "",
+        )
+        .await;
+    let deployment: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    deployment["spec"]["replicas"].as_i64().unwrap_or(-1)
+}
+
+async fn hpa_status(http: &Http, name: &str) -> serde_json::Value {
+    let (_, body) = http
+        .raw(
+            "GET",
+            &format!("/apis/autoscaling/v2/namespaces/default/horizontalpodautoscalers/{name}"),
+            "",
+            "",
+        )
+        .await;
+    let hpa: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    hpa["status"].clone()
+}
+
+fn condition<'a>(status: &'a serde_json::Value, kind: &str) -> Option<&'a serde_json::Value> {
+    status["conditions"]
+        .as_array()?
+        .iter()
+        .find(|c| c["type"] == kind)
+}
+
+/// `kubectl autoscale` makes an HPA on CPU; under load (requests that keep the CPU busy) it
+/// scales the Deployment up to its max, and once the load stops, after the short scale-down
+/// window set in its `behavior`, back down to its min; each rescale is an event, and `kubectl
+/// get hpa` and `kubectl describe hpa` show targets, conditions and events as on Kubernetes.
+#[tokio::test(flavor = "multi_thread")]
+async fn hpa_scales_a_deployment_on_cpu_up_and_down() {
+    if !kubectl_available("hpa_scales_a_deployment_on_cpu_up_and_down") {
+        return;
+    }
+    let mut cluster = fast_autoscaling_cluster().await;
+    let kubeconfig = cluster.kubeconfig.clone();
+    let http = cluster.http();
+    ok(kubectl_with_stdin(
+        &kubeconfig,
+        &["apply", "-f", "-"],
+        &burn_manifest(1),
+    ));
+    ok(kubectl(
+        &kubeconfig,
+        &[
+            "autoscale",
+            "deployment",
+            "burn",
+            "--cpu-percent=50",
+            "--min=1",
+            "--max=3",
+        ],
+    ));
+    // A short scale-down window, through autoscaling/v2 (v1 has no behavior).
+    ok(kubectl(
+        &kubeconfig,
+        &[
+            "patch",
+            "hpa",
+            "burn",
+            "--type=merge",
+            "-p",
+            r#"{"spec":{"behavior":{"scaleDown":{"stabilizationWindowSeconds":4}}}}"#,
+        ],
+    ));
+    // Idle: the HPA finds a valid metric and keeps one replica.
+    wait_for(
+        "the HPA reads the pods' CPU",
+        Duration::from_secs(60),
+        async || {
+            let status = hpa_status(&http, "burn").await;
+            let active = condition(&status, "ScalingActive")?;
+            (active["status"] == "True").then_some(())
+        },
+    )
+    .await;
+    assert_eq!(deployment_replicas(&http, "burn").await, 1);
+    let table = ok(kubectl(
+        &kubeconfig,
+        &["get", "hpa", "burn", "--no-headers"],
+    ));
+    let cells: Vec<&str> = table.split_whitespace().collect();
+    assert_eq!(cells[..2], ["burn", "Deployment/burn"], "{table}");
+    assert!(table.contains("/50%"), "{table}");
+
+    // Load: two callers keep the CPU busy through the ingress.
+    let ingress_addr = cluster
+        .cluster
+        .start_ingress("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let load = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let mut callers = Vec::new();
+    for _ in 0..2 {
+        let ingress = Http::new(&format!("http://{ingress_addr}"));
+        let load = load.clone();
+        callers.push(tokio::spawn(async move {
+            let mut served = 0u32;
+            while load.load(std::sync::atomic::Ordering::Relaxed) {
+                let (status, _) = ingress
+                    .get_with_host("/work/100", "burn.default.localhost")
+                    .await;
+                served += u32::from(status == 200);
+            }
+            served
+        }));
+    }
+    wait_for(
+        "the HPA scales up to its max",
+        Duration::from_secs(60),
+        async || (deployment_replicas(&http, "burn").await == 3).then_some(()),
+    )
+    .await;
+    let status = hpa_status(&http, "burn").await;
+    let utilization = status["currentMetrics"][0]["resource"]["current"]["averageUtilization"]
+        .as_i64()
+        .unwrap_or(0);
+    assert!(utilization > 50, "{status}");
+    load.store(false, std::sync::atomic::Ordering::Relaxed);
+    for caller in callers {
+        assert!(caller.await.unwrap() > 0, "no request was served");
+    }
+
+    // Idle again: back to one after the 4 s window (not at once).
+    let idle_at = std::time::Instant::now();
+    wait_for(
+        "the HPA scales back down",
+        Duration::from_secs(60),
+        async || (deployment_replicas(&http, "burn").await == 1).then_some(()),
+    )
+    .await;
+    assert!(
+        idle_at.elapsed() >= Duration::from_secs(3),
+        "scaled down after {:?}, within the stabilization window",
+        idle_at.elapsed()
+    );
+
+    let described = ok(kubectl(&kubeconfig, &["describe", "hpa", "burn"]));
+    for expected in [
+        "Reference:",
+        "Deployment/burn",
+        "Min replicas:",
+        "AbleToScale",
+        "ScalingActive",
+        "ValidMetricFound",
+        "SuccessfulRescale",
+        "New size: 3; reason: cpu resource utilization (percentage of request) above target",
+        "New size: 1; reason: All metrics below target",
+    ] {
+        assert!(
+            described.contains(expected),
+            "no {expected:?} in\n{described}"
+        );
+    }
+}
+
+/// HPAs that cannot work say why in their conditions and events and change nothing; bounds
+/// that make no sense are refused with the field named.
+#[tokio::test(flavor = "multi_thread")]
+async fn broken_hpas_say_why_and_change_nothing() {
+    if !kubectl_available("broken_hpas_say_why_and_change_nothing") {
+        return;
+    }
+    let cluster = fast_autoscaling_cluster().await;
+    let kubeconfig = &cluster.kubeconfig;
+    let http = cluster.http();
+    ok(kubectl_with_stdin(
+        kubeconfig,
+        &["apply", "-f", "-"],
+        &burn_manifest(2),
+    ));
+    let hpa = |name: &str, target: &str, extra: &str| {
+        format!(
+            "apiVersion: autoscaling/v2\nkind: HorizontalPodAutoscaler\nmetadata:\n  name: {name}\nspec:\n  scaleTargetRef:\n    apiVersion: apps/v1\n    {target}\n  minReplicas: 1\n  maxReplicas: 5\n{extra}"
+        )
+    };
+    let unknown_metric = "  metrics:\n  - type: Pods\n    pods:\n      metric:\n        name: nothing_at_all\n      target:\n        type: AverageValue\n        averageValue: \"10\"\n";
+    let manifests = [
+        hpa("missing", "kind: Deployment\n    name: nope", ""),
+        hpa("unscalable", "kind: DaemonSet\n    name: burn", ""),
+        hpa("unknown-kind", "kind: Gadget\n    name: burn", ""),
+        hpa(
+            "unknown-metric",
+            "kind: Deployment\n    name: burn",
+            unknown_metric,
+        ),
+    ]
+    .join("---\n");
+    ok(kubectl_with_stdin(
+        kubeconfig,
+        &["apply", "-f", "-"],
+        &manifests,
+    ));
+    for (name, kind, reason, says) in [
+        (
+            "missing",
+            "AbleToScale",
+            "FailedGetScale",
+            "deployments.apps \"nope\" not found",
+        ),
+        (
+            "unscalable",
+            "AbleToScale",
+            "FailedGetScale",
+            "DaemonSet apps/v1 has no scale subresource",
+        ),
+        (
+            "unknown-kind",
+            "AbleToScale",
+            "FailedGetScale",
+            "no matches for kind \"Gadget\" in group \"apps\"",
+        ),
+        (
+            "unknown-metric",
+            "ScalingActive",
+            "FailedGetPodsMetric",
+            "nothing_at_all",
+        ),
+    ] {
+        let status = wait_for(
+            &format!("{name}'s condition"),
+            Duration::from_secs(30),
+            async || {
+                let status = hpa_status(&http, name).await;
+                let found = condition(&status, kind)?;
+                (found["status"] == "False" && found["reason"] == reason).then_some(status)
+            },
+        )
+        .await;
+        let message = condition(&status, kind).unwrap()["message"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        assert!(message.contains(says), "{name}: {message}");
+        let events = wait_for(
+            &format!("{name}'s event"),
+            Duration::from_secs(10),
+            async || {
+                let out = kubectl(
+                    kubeconfig,
+                    &[
+                        "get",
+                        "events",
+                        "--field-selector",
+                        &format!("involvedObject.name={name},type=Warning"),
+                        "-o",
+                        "jsonpath={.items[*].reason}",
+                    ],
+                );
+                let reasons = stdout(&out);
+                reasons.contains(reason).then_some(reasons)
+            },
+        )
+        .await;
+        assert!(!events.is_empty());
+    }
+    // Nothing changed: the Deployment keeps its two replicas (the unknown-metric HPA's min
+    // and max would allow any count from 1 to 5).
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(deployment_replicas(&http, "burn").await, 2);
+
+    // Inverted or negative bounds are refused, naming the field.
+    let inverted = hpa("inverted", "kind: Deployment\n    name: burn", "")
+        .replace("minReplicas: 1", "minReplicas: 6");
+    let refused = kubectl_with_stdin(kubeconfig, &["apply", "-f", "-"], &inverted);
+    assert!(!refused.status.success());
+    assert!(
+        stderr(&refused).contains("spec.maxReplicas: Invalid value: \"5\": must be greater than or equal to `minReplicas`"),
+        "{}",
+        stderr(&refused)
+    );
+    let negative = hpa("negative", "kind: Deployment\n    name: burn", "")
+        .replace("minReplicas: 1", "minReplicas: -1");
+    let refused = kubectl_with_stdin(kubeconfig, &["apply", "-f", "-"], &negative);
+    assert!(
+        stderr(&refused).contains("spec.minReplicas"),
+        "{}",
+        stderr(&refused)
+    );
+    // Zero is allowed (scale to zero).
+    let zero = hpa("zero", "kind: Deployment\n    name: burn", "")
+        .replace("minReplicas: 1", "minReplicas: 0");
+    ok(kubectl_with_stdin(kubeconfig, &["apply", "-f", "-"], &zero));
+    // Both versions read the same objects.
+    let v1 = ok(kubectl(
+        kubeconfig,
+        &[
+            "get",
+            "horizontalpodautoscalers.v1.autoscaling",
+            "missing",
+            "-o",
+            "jsonpath={.apiVersion} {.spec.targetCPUUtilizationPercentage}",
+        ],
+    ));
+    assert_eq!(v1, "autoscaling/v1 80");
+    let (status, _) = http
+        .raw(
+            "POST",
+            "/apis/autoscaling/v1/namespaces/default/horizontalpodautoscalers",
+            "application/json",
+            r#"{"apiVersion":"autoscaling/v1","kind":"HorizontalPodAutoscaler","metadata":{"name":"old"},
+               "spec":{"scaleTargetRef":{"apiVersion":"apps/v1","kind":"Deployment","name":"burn"},"maxReplicas":2,"targetCPUUtilizationPercentage":70}}"#,
+        )
+        .await;
+    assert_eq!(status, 201);
+    let v2 = ok(kubectl(
+        kubeconfig,
+        &["get", "hpa", "old", "-o", "jsonpath={.apiVersion} {.spec.minReplicas} {.spec.metrics[0].resource.target.averageUtilization}"],
+    ));
+    assert_eq!(v2, "autoscaling/v2 1 70");
+}

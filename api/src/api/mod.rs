@@ -2,6 +2,7 @@
 //! way into the store (defaults, validation), plus selectors, patches and table rendering.
 //! Types are k8s-openapi's; nothing here does I/O.
 
+pub mod autoscaling;
 pub mod cron;
 pub mod custom;
 pub mod defaults;

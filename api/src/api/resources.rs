@@ -12,6 +12,7 @@ use k8s_openapi::api::authentication::v1::SelfSubjectReview;
 use k8s_openapi::api::authorization::v1::{
     LocalSubjectAccessReview, SelfSubjectAccessReview, SelfSubjectRulesReview, SubjectAccessReview,
 };
+use k8s_openapi::api::autoscaling::{v1 as autoscaling_v1, v2 as autoscaling_v2};
 use k8s_openapi::api::batch::v1::{CronJob, Job};
 use k8s_openapi::api::certificates::v1::CertificateSigningRequest;
 use k8s_openapi::api::coordination::v1::Lease;
@@ -30,6 +31,7 @@ use serde_json::Value;
 
 use std::borrow::Cow;
 
+use super::autoscaling;
 use super::custom::{crd, CustomKind};
 use super::defaults;
 use super::disruption;
@@ -93,6 +95,22 @@ static EVENTS_V1: View = View {
     stored_api_version: "v1",
     to_stored: events::to_core,
     from_stored: events::to_events_v1,
+};
+
+/// autoscaling/v1 HorizontalPodAutoscalers, stored as autoscaling/v2 ones.
+static HPA_V1: View = View {
+    stored_as: "horizontalpodautoscalers.autoscaling",
+    stored_api_version: "autoscaling/v2",
+    to_stored: autoscaling::to_v2,
+    from_stored: autoscaling::to_v1,
+};
+
+/// The rules of HorizontalPodAutoscalers, in either version (they run on the stored v2 form).
+const HPA_STRATEGY: Strategy = Strategy {
+    defaults: autoscaling::defaults,
+    validate: autoscaling::validate,
+    table: &table::HORIZONTAL_POD_AUTOSCALER,
+    ..PLAIN
 };
 
 /// Rows are one per group, version and kind.
@@ -647,6 +665,31 @@ pub static RESOURCES: &[ResourceInfo] = &[
             ..PLAIN
         },
     ),
+    kind::<autoscaling_v2::HorizontalPodAutoscaler>(
+        "horizontalpodautoscaler",
+        &["hpa"],
+        &["all"],
+        &[(
+            "status",
+            "HorizontalPodAutoscaler",
+            &["get", "patch", "update"],
+        )],
+        HPA_STRATEGY,
+    ),
+    ResourceInfo {
+        view: Some(&HPA_V1),
+        ..kind::<autoscaling_v1::HorizontalPodAutoscaler>(
+            "horizontalpodautoscaler",
+            &["hpa"],
+            &["all"],
+            &[(
+                "status",
+                "HorizontalPodAutoscaler",
+                &["get", "patch", "update"],
+            )],
+            HPA_STRATEGY,
+        )
+    },
     kind::<CronJob>(
         "cronjob",
         &["cj"],

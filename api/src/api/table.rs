@@ -188,6 +188,38 @@ pub static POD_DISRUPTION_BUDGET: Printer<5> = Printer {
     },
 };
 
+/// `kubectl get hpa`.
+pub static HORIZONTAL_POD_AUTOSCALER: Printer<7> = Printer {
+    columns: [
+        col("Name", "string", 0),
+        col("Reference", "string", 0),
+        col("Targets", "string", 0),
+        col("MinPods", "string", 0),
+        col("MaxPods", "integer", 0),
+        col("Replicas", "integer", 0),
+        col("Age", "string", 0),
+    ],
+    cells: |o| {
+        let min = match o.pointer("/spec/minReplicas").and_then(Value::as_i64) {
+            Some(min) => min.to_string(),
+            None => "<unset>".into(),
+        };
+        [
+            name(o),
+            json!(format!(
+                "{}/{}",
+                str_at(o, "/spec/scaleTargetRef/kind"),
+                str_at(o, "/spec/scaleTargetRef/name")
+            )),
+            json!(super::autoscaling::targets(o)),
+            json!(min),
+            number(o, "/spec/maxReplicas"),
+            number(o, "/status/currentReplicas"),
+            age(o),
+        ]
+    },
+};
+
 /// `kubectl get priorityclass`.
 pub static PRIORITY_CLASS: Printer<5> = Printer {
     columns: [

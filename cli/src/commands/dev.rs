@@ -38,6 +38,9 @@ pub struct DevCommand {
     /// `<data-dir>/examples` always may).
     #[arg(long = "allow-image-dir")]
     allow_image_dir: Vec<PathBuf>,
+    /// How often each HorizontalPodAutoscaler is looked at: seconds, or a number with s or m.
+    #[arg(long, default_value = "15s")]
+    horizontal_pod_autoscaler_sync_period: String,
     #[command(flatten)]
     registries: super::RegistryArgs,
     #[command(flatten)]
@@ -53,6 +56,8 @@ impl DevCommand {
         let mut options = crate::cluster::ControlPlaneOptions::default();
         options.scheduler.default_profile = self.scheduler_profile;
         options.security = self.security.options();
+        options.controllers.hpa_sync_period =
+            super::server::hpa_sync_period(&self.horizontal_pod_autoscaler_sync_period)?;
         let examples = install_examples(&data_dir)?;
         let mut image_dirs = vec![examples.clone()];
         image_dirs.extend(self.allow_image_dir.iter().cloned());

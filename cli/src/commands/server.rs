@@ -40,6 +40,9 @@ pub struct ServerCommand {
     /// its identity Lease (it renews every third of this): seconds, or a number with s or m.
     #[arg(long, default_value = "15s")]
     apiserver_lease_duration: String,
+    /// How often each HorizontalPodAutoscaler is looked at: seconds, or a number with s or m.
+    #[arg(long, default_value = "15s")]
+    horizontal_pod_autoscaler_sync_period: String,
     #[command(flatten)]
     security: SecurityArgs,
     #[command(flatten)]
@@ -216,6 +219,17 @@ impl SecurityArgs {
     }
 }
 
+/// `--horizontal-pod-autoscaler-sync-period`, at least one second.
+pub fn hpa_sync_period(text: &str) -> anyhow::Result<std::time::Duration> {
+    let period = super::kubeconfig::parse_duration(text)
+        .map_err(|e| anyhow::anyhow!("--horizontal-pod-autoscaler-sync-period: {e}"))?;
+    anyhow::ensure!(
+        period >= std::time::Duration::from_secs(1),
+        "--horizontal-pod-autoscaler-sync-period must be at least 1s"
+    );
+    Ok(period)
+}
+
 impl ServerCommand {
     pub async fn execute(self) -> anyhow::Result<()> {
         super::init_tracing();
@@ -226,6 +240,8 @@ impl ServerCommand {
         options.event_log_len = self.event_log_len;
         options.controllers.cluster_signing_duration =
             super::kubeconfig::parse_duration(&self.cluster_signing_duration)?;
+        options.controllers.hpa_sync_period =
+            hpa_sync_period(&self.horizontal_pod_autoscaler_sync_period)?;
         options.security = self.security.options();
         options.etcd = self.etcd.options()?;
         options.leader_election = self.etcd.election()?;

@@ -121,6 +121,14 @@ fn view_rules() -> Vec<Value> {
         ),
         rule(READ, &["discovery.k8s.io"], &["endpointslices"]),
         rule(READ, &["coordination.k8s.io"], &["leases"]),
+        rule(
+            READ,
+            &["autoscaling"],
+            &[
+                "horizontalpodautoscalers",
+                "horizontalpodautoscalers/status",
+            ],
+        ),
     ]
 }
 
@@ -175,6 +183,7 @@ fn edit_rules() -> Vec<Value> {
         ),
         rule(WRITE, &["discovery.k8s.io"], &["endpointslices"]),
         rule(WRITE, &["coordination.k8s.io"], &["leases"]),
+        rule(WRITE, &["autoscaling"], &["horizontalpodautoscalers"]),
     ]
 }
 

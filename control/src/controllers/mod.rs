@@ -19,6 +19,7 @@ pub mod gc;
 pub mod job;
 pub mod namespace;
 pub mod nodelifecycle;
+pub mod podautoscaler;
 pub mod replicaset;
 pub mod resourcequota;
 pub mod rootca;
@@ -133,6 +134,9 @@ pub struct Options {
     pub pod_eviction_timeout: std::time::Duration,
     /// The longest client certificate the CSR signer issues (`--cluster-signing-duration`).
     pub cluster_signing_duration: std::time::Duration,
+    /// How often each HorizontalPodAutoscaler is looked at
+    /// (`--horizontal-pod-autoscaler-sync-period`, Kubernetes: 15 s).
+    pub hpa_sync_period: std::time::Duration,
 }
 
 impl Default for Options {
@@ -140,6 +144,7 @@ impl Default for Options {
         Self {
             pod_eviction_timeout: std::time::Duration::from_secs(60),
             cluster_signing_duration: certificates::DEFAULT_SIGNING_DURATION,
+            hpa_sync_period: podautoscaler::DEFAULT_SYNC_PERIOD,
         }
     }
 }
@@ -175,6 +180,11 @@ pub fn start(client: Client, options: Options, tasks: &Tasks) {
         serviceaccount::run(c).boxed()
     });
     supervised("tokencleaner", |c| tokencleaner::run(c).boxed());
+    let hpa_sync_period = options.hpa_sync_period;
+    let hpa_client = client.clone();
+    tasks.supervise("horizontal-pod-autoscaler", move || {
+        podautoscaler::run(hpa_client.clone(), hpa_sync_period).boxed()
+    });
     let client = client.clone();
     tasks.supervise("node-lifecycle-controller", move || {
         nodelifecycle::run(client.clone(), eviction)
