@@ -512,3 +512,115 @@ async fn broken_hpas_say_why_and_change_nothing() {
     ));
     assert_eq!(v2, "autoscaling/v2 1 70");
 }
+
+/// The proxy's request counts reach the autoscaler: `custom.metrics.k8s.io` serves requests
+/// per second per pod and per Service (summed over the nodes' proxies), and an HPA on the
+/// `requests_per_second` Pods metric scales a Deployment up under a flood of requests and
+/// back down when they stop.
+#[tokio::test(flavor = "multi_thread")]
+async fn hpa_scales_on_requests_per_second() {
+    if !kubectl_available("hpa_scales_on_requests_per_second") {
+        return;
+    }
+    let mut cluster = fast_autoscaling_cluster().await;
+    let kubeconfig = cluster.kubeconfig.clone();
+    let http = cluster.http();
+    ok(kubectl_with_stdin(
+        &kubeconfig,
+        &["apply", "-f", "-"],
+        &burn_manifest(1),
+    ));
+    let hpa = "apiVersion: autoscaling/v2\nkind: HorizontalPodAutoscaler\nmetadata:\n  name: burn\nspec:\n  scaleTargetRef:\n    apiVersion: apps/v1\n    kind: Deployment\n    name: burn\n  minReplicas: 1\n  maxReplicas: 4\n  metrics:\n  - type: Pods\n    pods:\n      metric:\n        name: requests_per_second\n      target:\n        type: AverageValue\n        averageValue: \"5\"\n  behavior:\n    scaleDown:\n      stabilizationWindowSeconds: 3\n";
+    ok(kubectl_with_stdin(&kubeconfig, &["apply", "-f", "-"], hpa));
+    // Idle: 0 requests per second is a valid figure (the HPA is active, at its min).
+    wait_for(
+        "the HPA reads requests per second",
+        Duration::from_secs(60),
+        async || {
+            let status = hpa_status(&http, "burn").await;
+            (condition(&status, "ScalingActive")?["status"] == "True").then_some(())
+        },
+    )
+    .await;
+    assert_eq!(deployment_replicas(&http, "burn").await, 1);
+
+    let ingress_addr = cluster
+        .cluster
+        .start_ingress("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let load = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let mut callers = Vec::new();
+    for _ in 0..2 {
+        let ingress = Http::new(&format!("http://{ingress_addr}"));
+        let load = load.clone();
+        callers.push(tokio::spawn(async move {
+            while load.load(std::sync::atomic::Ordering::Relaxed) {
+                let (status, _) = ingress.get_with_host("/", "burn.default.localhost").await;
+                assert_eq!(status, 200);
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        }));
+    }
+    // The Service's rate, as the custom metrics API serves it.
+    let per_second = |text: String| -> f64 {
+        let list: serde_json::Value = serde_json::from_str(&text).unwrap();
+        let value = list["items"][0]["value"]
+            .as_str()
+            .unwrap_or("0")
+            .to_string();
+        match value.strip_suffix('m') {
+            Some(millis) => millis.parse::<f64>().unwrap() / 1000.0,
+            None => value.parse().unwrap(),
+        }
+    };
+    wait_for("the Service's requests per second show", Duration::from_secs(30), async || {
+        let raw = kubectl(
+            &kubeconfig,
+            &["get", "--raw", "/apis/custom.metrics.k8s.io/v1beta1/namespaces/default/services/burn/requests_per_second"],
+        );
+        (per_second(stdout(&raw)) > 20.0).then_some(())
+    })
+    .await;
+    wait_for(
+        "the HPA scales up to its max",
+        Duration::from_secs(60),
+        async || (deployment_replicas(&http, "burn").await == 4).then_some(()),
+    )
+    .await;
+    // Each pod's share, by label.
+    let pods = ok(kubectl(
+        &kubeconfig,
+        &["get", "--raw", "/apis/custom.metrics.k8s.io/v1beta1/namespaces/default/pods/*/requests_per_second?labelSelector=app%3Dburn"],
+    ));
+    let list: serde_json::Value = serde_json::from_str(&pods).unwrap();
+    assert!(list["items"].as_array().unwrap().len() >= 4, "{pods}");
+    assert_eq!(list["items"][0]["describedObject"]["kind"], "Pod");
+    let table = ok(kubectl(
+        &kubeconfig,
+        &["get", "hpa", "burn", "--no-headers"],
+    ));
+    assert!(table.contains("/5"), "{table}");
+
+    load.store(false, std::sync::atomic::Ordering::Relaxed);
+    for caller in callers {
+        caller.await.unwrap();
+    }
+    wait_for(
+        "the HPA scales back down",
+        Duration::from_secs(60),
+        async || (deployment_replicas(&http, "burn").await == 1).then_some(()),
+    )
+    .await;
+    // An unknown metric is a 404 naming it.
+    let missing = kubectl(
+        &kubeconfig,
+        &[
+            "get",
+            "--raw",
+            "/apis/custom.metrics.k8s.io/v1beta1/namespaces/default/services/burn/nothing",
+        ],
+    );
+    assert!(!missing.status.success());
+    assert!(stderr(&missing).contains("nothing"), "{}", stderr(&missing));
+}

@@ -18,6 +18,7 @@ pub mod priority;
 mod proptests;
 pub mod quantity;
 pub mod quota;
+pub mod request_metrics;
 pub mod resources;
 pub mod selector;
 pub mod table;

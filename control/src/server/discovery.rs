@@ -10,7 +10,7 @@ use serde_json::{json, Value};
 
 use super::custom::CustomResources;
 use crate::api::resources::{ResourceInfo, RESOURCES};
-use crate::api::usage;
+use crate::api::{request_metrics, usage};
 
 const AGGREGATED: &str = "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList";
 
@@ -48,13 +48,35 @@ fn groups(custom: &[&'static ResourceInfo]) -> Vec<(&'static str, Vec<&'static s
     for (_, versions) in &mut groups {
         versions.sort_by_key(|v| std::cmp::Reverse(version_priority(v)));
     }
-    // Served by `metrics_api`, not from the table: nothing of it is stored.
+    // Served by `metrics_api` and `custom_metrics`, not from the table: nothing of them is
+    // stored.
     groups.push((usage::GROUP, vec![usage::VERSION]));
+    groups.push((request_metrics::GROUP, vec![request_metrics::VERSION]));
     groups
 }
 
 /// The resources of a group-version served outside the table, in aggregated discovery's form.
 fn unstored_resources(group: &str, version: &str) -> Vec<Value> {
+    if (group, version) == (request_metrics::GROUP, request_metrics::VERSION) {
+        // Each metric is a subresource of what it measures (`pods/requests_per_second`), as
+        // the aggregator shows prometheus-adapter's list.
+        return ["pods", "services"]
+            .iter()
+            .map(|resource| {
+                let metrics: Vec<Value> = (request_metrics::METRICS.iter())
+                    .map(|metric| json!({"subresource": metric, "responseKind": {"group": group, "version": version, "kind": "MetricValueList"}, "verbs": ["get"]}))
+                    .collect();
+                json!({
+                    "resource": resource,
+                    "responseKind": {"group": group, "version": version, "kind": "MetricValueList"},
+                    "scope": "Namespaced",
+                    "singularResource": "",
+                    "verbs": [],
+                    "subresources": metrics,
+                })
+            })
+            .collect();
+    }
     if (group, version) != (usage::GROUP, usage::VERSION) {
         return Vec::new();
     }

@@ -137,11 +137,11 @@ async fn pod_list(
 }
 
 /// A store failure while reading `resource`.
-fn stored(resource: &'static str) -> impl Fn(crate::store::Error) -> ApiError {
+pub(super) fn stored(resource: &'static str) -> impl Fn(crate::store::Error) -> ApiError {
     move |e| ApiError::from_store(e, resource, "")
 }
 
-fn label_selector(params: &HashMap<String, String>) -> Result<LabelSelector, ApiError> {
+pub(super) fn label_selector(params: &HashMap<String, String>) -> Result<LabelSelector, ApiError> {
     match params.get("labelSelector") {
         Some(text) => LabelSelector::parse(text)
             .map_err(|e| ApiError::BadRequest(format!("invalid label selector: {e}"))),
@@ -181,11 +181,21 @@ async fn pod_metrics(server: &Arc<ApiServer>, pods: Vec<Value>) -> Vec<Value> {
 
 /// Each named node's report, from its agent; nodes that did not answer in time are missing.
 async fn node_reports(server: &Arc<ApiServer>, names: &[&str]) -> HashMap<String, NodeUsage> {
+    agent_reports(server, names, "/stats/resource").await
+}
+
+/// Each named node's answer to `GET path` on its agent's gateway, decoded; nodes that did
+/// not answer in time, or answered something unreadable, are missing.
+pub(super) async fn agent_reports<T: serde::de::DeserializeOwned>(
+    server: &Arc<ApiServer>,
+    names: &[&str],
+    path: &str,
+) -> HashMap<String, T> {
     let asks = names.iter().map(|name| async move {
-        match node_report(server, name).await {
+        match agent_report(server, name, path).await {
             Ok(report) => Some((name.to_string(), report)),
             Err(why) => {
-                tracing::debug!("no resource metrics from node {name}: {why}");
+                tracing::debug!("no {path} from node {name}: {why}");
                 None
             }
         }
@@ -196,10 +206,14 @@ async fn node_reports(server: &Arc<ApiServer>, names: &[&str]) -> HashMap<String
         .collect()
 }
 
-async fn node_report(server: &Arc<ApiServer>, name: &str) -> Result<NodeUsage, String> {
+async fn agent_report<T: serde::de::DeserializeOwned>(
+    server: &Arc<ApiServer>,
+    name: &str,
+    path: &str,
+) -> Result<T, String> {
     use http_body_util::BodyExt;
     let endpoint = super::nodes::agent_of(server, name).map_err(|e| e.to_string())?;
-    let uri: http::Uri = format!("https://{endpoint}/stats/resource")
+    let uri: http::Uri = format!("https://{endpoint}{path}")
         .parse()
         .map_err(|e| format!("bad agent endpoint {endpoint:?}: {e}"))?;
     let ask = async {

@@ -9,6 +9,7 @@ mod apply;
 mod certificates;
 mod connect;
 pub mod custom;
+mod custom_metrics;
 mod discovery;
 pub mod error;
 mod escalation;
@@ -251,6 +252,14 @@ impl ApiServer {
             .route(
                 "/apis/metrics.k8s.io/v1beta1/namespaces/{namespace}/pods/{name}",
                 get(metrics_api::pod),
+            )
+            .route(
+                "/apis/custom.metrics.k8s.io/v1beta1",
+                get(custom_metrics::resource_list),
+            )
+            .route(
+                "/apis/custom.metrics.k8s.io/v1beta1/namespaces/{namespace}/{resource}/{name}/{metric}",
+                get(custom_metrics::namespaced),
             )
             .route("/openapi/v2", get(|| async { openapi::v2() }))
             .route(

@@ -2,7 +2,9 @@
 //! `/containerLogs`), and the gateway into pods: `/proxy/{namespace}/{pod}/{port}/{path}`
 //! serves a request on the pod's loopback (the API server's pod proxy and other nodes come
 //! in here); `/proxy-ip/{ip}/{port}/{path}` does the same for a pod named by its IP.
-//! `/metrics` is what this node's Service proxy counted. `/portForward/{namespace}/{pod}` is
+//! `/metrics` is what this node's Service proxy counted; `/stats/resource` and
+//! `/stats/requests` are what its pods use and the requests its proxy routes, as JSON for the
+//! API server's metrics APIs. `/portForward/{namespace}/{pod}` is
 //! the kubelet's port-forward endpoint: a WebSocket the API server passes through from
 //! `kubectl port-forward` ([`super::portforward`]); `/exec/{namespace}/{pod}/{container}`
 //! is its exec endpoint and `/attach/…` its attach endpoint ([`super::exec`]).
@@ -27,6 +29,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/healthz", get(|| async { "ok" }))
         .route("/metrics", get(metrics))
         .route("/stats/resource", get(resource_stats))
+        .route("/stats/requests", get(request_stats))
         .route(
             "/containerLogs/{namespace}/{pod}/{container}",
             get(container_logs),
@@ -173,7 +176,6 @@ async fn attach(
     }
 }
 
-/// The Service proxy's metrics on this node.
 /// The proxy's metrics and the pods' resource usage, as Prometheus text.
 async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
     let mut usage = prometheus_client::registry::Registry::default();
@@ -184,6 +186,12 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
 /// What each pod here uses, for the API server's metrics API.
 async fn resource_stats(State(shared): State<Arc<Shared>>) -> Response {
     axum::Json(shared.usage.report()).into_response()
+}
+
+/// The requests this node's proxy routes, per Service and pod, for the API server's custom
+/// metrics API.
+async fn request_stats(State(shared): State<Arc<Shared>>) -> Response {
+    axum::Json(shared.proxy.rates().report()).into_response()
 }
 
 async fn container_logs(

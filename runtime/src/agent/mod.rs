@@ -299,11 +299,15 @@ impl Agent {
                     None
                 }
             },
-            proxy: crate::proxy::Proxy::start(
+            proxy: crate::proxy::Proxy::start_with(
                 client.clone(),
                 &config.node_name,
                 Arc::new(move |pod| local_pods.upgrade()?.get(pod)),
                 config.gateway_tls.identity.clone(),
+                crate::proxy::stack::Options {
+                    rate_window: config.metrics_window,
+                    ..Default::default()
+                },
                 config.share_watches,
                 &tasks,
             )?,

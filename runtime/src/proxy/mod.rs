@@ -17,6 +17,7 @@ pub mod ingress_tls;
 pub mod metrics;
 pub mod node_ports;
 pub mod policy;
+pub mod rates;
 pub mod rules;
 pub mod stack;
 pub mod table;
@@ -59,6 +60,9 @@ pub struct Proxy {
     policy_follower: tokio::task::JoinHandle<()>,
     stack: stack::ProxyService,
     metrics: Arc<metrics::Metrics>,
+    rates: Arc<rates::RequestRates>,
+    /// Samples `rates` once a second.
+    sampler: tokio::task::JoinHandle<()>,
     follower: tokio::task::JoinHandle<()>,
     /// Ticks when a Service or an Ingress changes (node-port listeners and the ingress follow).
     routes_changed: tokio::sync::watch::Receiver<u64>,
@@ -69,6 +73,7 @@ impl Drop for Proxy {
     fn drop(&mut self) {
         self.follower.abort();
         self.policy_follower.abort();
+        self.sampler.abort();
     }
 }
 
@@ -151,7 +156,9 @@ impl Proxy {
         let follower = tasks.spawn(table::follow(watches.clone(), table.clone(), changed));
         let policies = Arc::new(RwLock::new(policy::Policies::default()));
         let policy_follower = tasks.spawn(policy::follow(watches, policies.clone()));
+        let rates = Arc::new(rates::RequestRates::new(options.rate_window));
         let dispatch = Dispatch(Arc::new(DispatchState {
+            rates: rates.clone(),
             node_name: node_name.to_string(),
             table: table.clone(),
             balancer: balance::Balancer::default(),
@@ -160,16 +167,24 @@ impl Proxy {
             policies: policies.clone(),
         }));
         let metrics = Arc::new(metrics::Metrics::default());
+        let sampler = tasks.spawn(rates.clone().run_sampler());
         Ok(Arc::new(Self {
+            rates: rates.clone(),
+            sampler,
             table,
             policies,
             policy_follower,
-            stack: stack::build(dispatch, metrics.clone(), options),
+            stack: stack::build(dispatch, metrics.clone(), rates.clone(), options),
             metrics,
             follower,
             routes_changed,
             client,
         }))
+    }
+
+    /// The requests per second and in flight this proxy routes, per Service and pod.
+    pub fn rates(&self) -> &Arc<rates::RequestRates> {
+        &self.rates
     }
 
     /// What this proxy has counted, as Prometheus scrapes it (`/metrics`).
@@ -238,6 +253,8 @@ impl Proxy {
 struct Dispatch(Arc<DispatchState>);
 
 struct DispatchState {
+    /// Counts each backend pod's requests.
+    rates: Arc<rates::RequestRates>,
     node_name: String,
     table: Arc<RwLock<Table>>,
     balancer: balance::Balancer,
@@ -294,8 +311,12 @@ impl tower::Service<stack::ProxyRequest> for Dispatch {
                     format!("service {service}: {why}\n"),
                 ));
             }
+            let counting = (state.rates).pod(&format!("{}/{}", backend.namespace, backend.pod));
             match state.try_backend(&backend, request.request).await {
-                Ok(response) => Ok(with_guard(response, in_flight)),
+                Ok(response) => {
+                    counting.answered();
+                    Ok(with_guard(response, in_flight))
+                }
                 Err((Some(unsent), why)) => {
                     request.request = unsent;
                     request.refused_by = Some(backend);

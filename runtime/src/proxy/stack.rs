@@ -2,7 +2,8 @@
 //! a pod, the dev ingress or a node port) and the backend chosen to serve it, one layer per
 //! concern, outermost first:
 //!
-//! 1. metrics: counts every request and its answer per Service, the proxy's own errors too;
+//! 1. metrics: counts every request and its answer per Service, the proxy's own errors too,
+//!    and each Service's requests per second and in flight ([`super::rates`]);
 //! 2. error answers: turns what the layers below fail with into a response a client can read
 //!    (503 overloaded, 504 timed out), so that the stack as a whole never fails;
 //! 3. load shedding over a concurrency limit: past `max_in_flight` requests a new one is
@@ -28,6 +29,7 @@ use tower::{BoxError, Layer, Service, ServiceBuilder, ServiceExt};
 use wasmtime_wasi_http::WasiBody;
 
 use super::metrics::Metrics;
+use super::rates::RequestRates;
 use super::table::{Backend, Route};
 use super::text_response;
 
@@ -63,6 +65,8 @@ pub struct Options {
     pub request_timeout: Duration,
     /// Requests in flight through one proxy before new ones get a 503.
     pub max_in_flight: usize,
+    /// The window request rates average over.
+    pub rate_window: Duration,
 }
 
 impl Default for Options {
@@ -70,12 +74,18 @@ impl Default for Options {
         Self {
             request_timeout: Duration::from_secs(30),
             max_in_flight: 4096,
+            rate_window: Duration::from_secs(10),
         }
     }
 }
 
 /// Builds the stack over `dispatch`.
-pub fn build<D>(dispatch: D, metrics: Arc<Metrics>, options: Options) -> ProxyService
+pub fn build<D>(
+    dispatch: D,
+    metrics: Arc<Metrics>,
+    rates: Arc<RequestRates>,
+    options: Options,
+) -> ProxyService
 where
     D: Service<ProxyRequest, Response = Response, Error = Refused> + Clone + Send + Sync + 'static,
     D::Future: Send + 'static,
@@ -85,6 +95,7 @@ where
         .layer_fn(|inner| Record {
             inner,
             metrics: metrics.clone(),
+            rates: rates.clone(),
         })
         // Gives every failure below a readable answer: the stack itself never fails.
         .layer_fn(|inner| AnswerErrors {
@@ -110,6 +121,7 @@ type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 struct Record<S> {
     inner: S,
     metrics: Arc<Metrics>,
+    rates: Arc<RequestRates>,
 }
 
 impl<S> Service<ProxyRequest> for Record<S>
@@ -128,9 +140,11 @@ where
     fn call(&mut self, request: ProxyRequest) -> Self::Future {
         let (service, started) = (request.route.service.clone(), Instant::now());
         let metrics = self.metrics.clone();
+        let counting = self.rates.service(&service);
         let answer = self.inner.call(request);
         Box::pin(async move {
             let response = answer.await?;
+            counting.answered();
             metrics.record(&service, response.status(), started.elapsed());
             Ok(response)
         })
@@ -330,7 +344,12 @@ mod tests {
 
     fn stack(options: Options) -> (ProxyService, Arc<Metrics>, Fake) {
         let (metrics, fake) = (Arc::new(Metrics::default()), Fake::default());
-        (build(fake.clone(), metrics.clone(), options), metrics, fake)
+        let rates = Arc::new(RequestRates::new(Duration::from_secs(10)));
+        (
+            build(fake.clone(), metrics.clone(), rates, options),
+            metrics,
+            fake,
+        )
     }
 
     #[tokio::test]
