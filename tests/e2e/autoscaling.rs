@@ -624,3 +624,150 @@ async fn hpa_scales_on_requests_per_second() {
     assert!(!missing.status.success());
     assert!(stderr(&missing).contains("nothing"), "{}", stderr(&missing));
 }
+
+/// Scale to zero: an idle workload with an HPA at `minReplicas: 0` goes to no pods; 50
+/// concurrent requests to its Service are held by the proxy while exactly one pod starts, and
+/// all get 200. A workload that never becomes ready holds at most the queue bound (the rest
+/// get 503 at once) and the held ones get 503 with Retry-After at the hold timeout.
+#[tokio::test(flavor = "multi_thread")]
+async fn idle_workloads_scale_to_zero_and_wake_on_the_first_requests() {
+    if !kubectl_available("idle_workloads_scale_to_zero_and_wake_on_the_first_requests") {
+        return;
+    }
+    let mut options = shoal::cluster::ControlPlaneOptions::default();
+    options.controllers.hpa_sync_period = Duration::from_secs(1);
+    let mut cluster = TestCluster::start_with_options(1, options, |config| {
+        config.metrics_window = Duration::from_secs(2);
+        config.hold = shoal_runtime::proxy::activator::HoldOptions {
+            timeout: Duration::from_secs(3),
+            max_held: 50,
+        };
+    })
+    .await;
+    let kubeconfig = cluster.kubeconfig.clone();
+    let http = cluster.http();
+    let web = shoal_examples::WEB_P2;
+    let workload = |name: &str, replicas: u32, probe: &str| {
+        format!(
+            "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: {name}\nspec:\n  replicas: {replicas}\n  selector:\n    matchLabels:\n      app: {name}\n  template:\n    metadata:\n      labels:\n        app: {name}\n    spec:\n      containers:\n      - name: web\n        image: {web}\n        ports:\n        - containerPort: 8080\n{probe}---\napiVersion: v1\nkind: Service\nmetadata:\n  name: {name}\nspec:\n  selector:\n    app: {name}\n  ports:\n  - port: 80\n    targetPort: 8080\n---\napiVersion: autoscaling/v2\nkind: HorizontalPodAutoscaler\nmetadata:\n  name: {name}\nspec:\n  scaleTargetRef:\n    apiVersion: apps/v1\n    kind: Deployment\n    name: {name}\n  minReplicas: 0\n  maxReplicas: 3\n  metrics:\n  - type: Pods\n    pods:\n      metric:\n        name: requests_per_second\n      target:\n        type: AverageValue\n        averageValue: \"5\"\n  behavior:\n    scaleDown:\n      stabilizationWindowSeconds: 2\n"
+        )
+    };
+    let never_ready = "        readinessProbe:\n          httpGet:\n            path: /\n            port: 9999\n          periodSeconds: 1\n";
+    let manifest = format!(
+        "{}---\n{}",
+        workload("sleepy", 1, ""),
+        workload("broken", 0, never_ready)
+    );
+    ok(kubectl_with_stdin(
+        &kubeconfig,
+        &["apply", "-f", "-"],
+        &manifest,
+    ));
+    let pods_of = |app: &'static str| {
+        let http = http.clone();
+        async move {
+            let (_, body) = http
+                .raw(
+                    "GET",
+                    &format!("/api/v1/namespaces/default/pods?labelSelector=app%3D{app}"),
+                    "",
+                    "",
+                )
+                .await;
+            let list: serde_json::Value = serde_json::from_slice(&body).unwrap();
+            list["items"].as_array().cloned().unwrap_or_default()
+        }
+    };
+
+    // Idle: down to zero after the short window, with no pod left.
+    wait_for(
+        "sleepy scales to zero",
+        Duration::from_secs(60),
+        async || {
+            (deployment_replicas(&http, "sleepy").await == 0 && pods_of("sleepy").await.is_empty())
+                .then_some(())
+        },
+    )
+    .await;
+    let status = hpa_status(&http, "sleepy").await;
+    wait_for(
+        "the HPA says it is at zero",
+        Duration::from_secs(10),
+        async || {
+            let status = hpa_status(&http, "sleepy").await;
+            (condition(&status, "ScalingActive")?["reason"] == "ScaledToZero").then_some(())
+        },
+    )
+    .await;
+    drop(status);
+
+    // 50 concurrent requests wake it: all 200, one pod.
+    let ingress_addr = cluster
+        .cluster
+        .start_ingress("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let send = |host: &'static str, count: usize| {
+        (0..count)
+            .map(|_| {
+                let ingress = Http::new(&format!("http://{ingress_addr}"));
+                tokio::spawn(async move {
+                    let started = std::time::Instant::now();
+                    let (status, headers, body) =
+                        ingress.send_with_host("GET", "/", host, "", "").await;
+                    let retry_after = headers
+                        .get("retry-after")
+                        .map(|v| v.to_str().unwrap().to_string());
+                    (
+                        status,
+                        retry_after,
+                        String::from_utf8_lossy(&body).to_string(),
+                        started.elapsed(),
+                    )
+                })
+            })
+            .collect::<Vec<_>>()
+    };
+    let woken = std::time::Instant::now();
+    let mut answers = Vec::new();
+    for caller in send("sleepy.default.localhost", 50) {
+        answers.push(caller.await.unwrap());
+    }
+    let first_wake = woken.elapsed();
+    for (status, _, body, _) in &answers {
+        assert_eq!(*status, 200, "{body}");
+    }
+    assert_eq!(deployment_replicas(&http, "sleepy").await, 1);
+    assert_eq!(
+        pods_of("sleepy").await.len(),
+        1,
+        "exactly one pod was started"
+    );
+    eprintln!("50 requests to a Service at zero answered within {first_wake:?}");
+
+    // A workload that never becomes ready: 5 of 55 find the queue full at once; the 50 held
+    // time out with 503 and Retry-After.
+    let mut answers = Vec::new();
+    for caller in send("broken.default.localhost", 55) {
+        answers.push(caller.await.unwrap());
+    }
+    let full: Vec<_> = answers
+        .iter()
+        .filter(|a| a.2.contains("already waiting"))
+        .collect();
+    let timed_out: Vec<_> = answers
+        .iter()
+        .filter(|a| a.2.contains("did not become ready"))
+        .collect();
+    assert_eq!((full.len(), timed_out.len()), (5, 50), "{answers:?}");
+    for (status, retry_after, _, elapsed) in &full {
+        assert_eq!((*status, retry_after.as_deref()), (503, Some("1")));
+        assert!(*elapsed < Duration::from_secs(2), "{elapsed:?}");
+    }
+    for (status, retry_after, _, elapsed) in &timed_out {
+        assert_eq!((*status, retry_after.as_deref()), (503, Some("1")));
+        assert!(*elapsed >= Duration::from_millis(2900), "{elapsed:?}");
+    }
+    // It was woken (one replica), just never ready.
+    assert_eq!(deployment_replicas(&http, "broken").await, 1);
+}

@@ -23,6 +23,10 @@ pub const MAX_STABILIZATION_WINDOW_SECONDS: i64 = 3600;
 /// The longest period a scaling policy may have (30 minutes, as Kubernetes).
 pub const MAX_PERIOD_SECONDS: i64 = 1800;
 
+/// When a node's proxy last woke this HPA's target from zero (RFC 3339): the controller keeps
+/// at least one replica for the scale-down stabilization window after it.
+pub const WOKEN_AT_ANNOTATION: &str = "autoscaling.shoal.dev/woken-at";
+
 const METRICS_ANNOTATION: &str = "autoscaling.alpha.kubernetes.io/metrics";
 const BEHAVIOR_ANNOTATION: &str = "autoscaling.alpha.kubernetes.io/behavior";
 const CONDITIONS_ANNOTATION: &str = "autoscaling.alpha.kubernetes.io/conditions";

@@ -77,6 +77,13 @@ pub struct AgentCommand {
     /// What the CPU figures of the metrics API (`kubectl top`, autoscaling) average over.
     #[arg(long, default_value_t = 10)]
     metrics_window_seconds: u64,
+    /// How long the proxy holds a request for a Service scaled to zero while it wakes,
+    /// before answering 503 with Retry-After.
+    #[arg(long, default_value_t = 30)]
+    scale_from_zero_timeout_seconds: u64,
+    /// Requests the proxy holds per Service while it wakes; more get 503 at once.
+    #[arg(long, default_value_t = 1000)]
+    scale_from_zero_max_held: usize,
 }
 
 impl AgentCommand {
@@ -174,6 +181,10 @@ impl AgentCommand {
         config.lease_duration = std::time::Duration::from_secs(self.lease_duration_seconds);
         config.lease_renew = std::time::Duration::from_secs(self.lease_renew_seconds);
         config.metrics_window = std::time::Duration::from_secs(self.metrics_window_seconds);
+        config.hold = shoal_runtime::proxy::activator::HoldOptions {
+            timeout: std::time::Duration::from_secs(self.scale_from_zero_timeout_seconds),
+            max_held: self.scale_from_zero_max_held,
+        };
         // Pods reach the API where the agent does, trusting the same CA.
         config.api_endpoint = ca_pem.map(|ca| (server.clone(), ca));
         let mut agent = Agent::start(client, config).await?;

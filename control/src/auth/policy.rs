@@ -324,6 +324,8 @@ pub fn bootstrap_objects() -> Vec<(&'static str, Value)> {
                     &["certificatesigningrequests"],
                 ),
                 rule(&["get"], &["shoal.dev"], &["modules"]),
+                // A proxy holding requests for a Service at zero wakes its workload.
+                urls(&["post"], &["/shoal/v1/wake/*"]),
             ],
         ),
         // Joining nodes: a bootstrap token may ask for a node client certificate, which is

@@ -35,6 +35,7 @@ mod scale;
 mod schemas;
 mod serviceaccounts;
 mod services;
+mod wake;
 mod watch;
 
 use std::net::SocketAddr;
@@ -260,6 +261,10 @@ impl ApiServer {
             .route(
                 "/apis/custom.metrics.k8s.io/v1beta1/namespaces/{namespace}/{resource}/{name}/{metric}",
                 get(custom_metrics::namespaced),
+            )
+            .route(
+                "/shoal/v1/wake/{namespace}/{service}",
+                axum::routing::post(wake::wake),
             )
             .route("/openapi/v2", get(|| async { openapi::v2() }))
             .route(

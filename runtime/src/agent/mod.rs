@@ -107,6 +107,8 @@ pub struct AgentConfig {
     /// What the CPU figures of the metrics API average over (metrics-server's window is
     /// 15 to 30 s; a shorter one makes autoscaling react sooner and noisier).
     pub metrics_window: std::time::Duration,
+    /// How this node's proxy holds requests for a Service at zero while it wakes.
+    pub hold: crate::proxy::activator::HoldOptions,
 }
 
 impl AgentConfig {
@@ -136,6 +138,7 @@ impl AgentConfig {
             image_dirs: None,
             token_refresh: std::time::Duration::MAX,
             metrics_window: DEFAULT_METRICS_WINDOW,
+            hold: Default::default(),
         }
     }
 }
@@ -306,6 +309,7 @@ impl Agent {
                 config.gateway_tls.identity.clone(),
                 crate::proxy::stack::Options {
                     rate_window: config.metrics_window,
+                    hold: config.hold,
                     ..Default::default()
                 },
                 config.share_watches,

@@ -11,6 +11,7 @@
 //! NetworkPolicy on the backend it picked ([`policy`]), and pods' calls outside the cluster
 //! ask it first.
 
+pub mod activator;
 pub mod balance;
 pub mod ingress;
 pub mod ingress_tls;
@@ -153,11 +154,18 @@ impl Proxy {
             client: client.clone(),
             shared: share_watches,
         };
-        let follower = tasks.spawn(table::follow(watches.clone(), table.clone(), changed));
+        let (endpoints_changed, endpoints_seen) = tokio::sync::watch::channel(0);
+        let follower = tasks.spawn(table::follow(
+            watches.clone(),
+            table.clone(),
+            changed,
+            endpoints_changed,
+        ));
         let policies = Arc::new(RwLock::new(policy::Policies::default()));
         let policy_follower = tasks.spawn(policy::follow(watches, policies.clone()));
         let rates = Arc::new(rates::RequestRates::new(options.rate_window));
         let dispatch = Dispatch(Arc::new(DispatchState {
+            activator: activator::Activator::new(client.clone(), options.hold, endpoints_seen),
             rates: rates.clone(),
             node_name: node_name.to_string(),
             table: table.clone(),
@@ -253,6 +261,8 @@ impl Proxy {
 struct Dispatch(Arc<DispatchState>);
 
 struct DispatchState {
+    /// Holds requests for a Service with no ready endpoint while its workload wakes.
+    activator: activator::Activator,
     /// Counts each backend pod's requests.
     rates: Arc<rates::RequestRates>,
     node_name: String,
@@ -280,17 +290,31 @@ impl tower::Service<stack::ProxyRequest> for Dispatch {
     fn call(&mut self, mut request: stack::ProxyRequest) -> Self::Future {
         let state = self.0.clone();
         Box::pin(async move {
+            let pick = |request: &stack::ProxyRequest| {
+                let route = &request.route;
+                let affinity = request
+                    .client_ip
+                    .as_deref()
+                    .filter(|_| route.client_ip_affinity);
+                state.balancer.pick(
+                    &route.service,
+                    &route.backends,
+                    request.refused_by.as_ref(),
+                    affinity,
+                )
+            };
+            let mut picked = pick(&request);
+            if picked.is_none() && request.refused_by.is_none() {
+                // No endpoint ready: held while the workload wakes from zero, if it can.
+                match state.activator.hold(&request.route, &state.table).await {
+                    Ok(route) => {
+                        request.route = route;
+                        picked = pick(&request);
+                    }
+                    Err(answer) => return Ok(answer),
+                }
+            }
             let route = &request.route;
-            let affinity = request
-                .client_ip
-                .as_deref()
-                .filter(|_| route.client_ip_affinity);
-            let picked = state.balancer.pick(
-                &route.service,
-                &route.backends,
-                request.refused_by.as_ref(),
-                affinity,
-            );
             let Some((backend, in_flight)) = picked else {
                 let text = match &request.refused_by {
                     Some(refused) => format!(

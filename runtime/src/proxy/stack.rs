@@ -67,6 +67,8 @@ pub struct Options {
     pub max_in_flight: usize,
     /// The window request rates average over.
     pub rate_window: Duration,
+    /// How requests for a Service at zero are held while it wakes.
+    pub hold: super::activator::HoldOptions,
 }
 
 impl Default for Options {
@@ -75,6 +77,7 @@ impl Default for Options {
             request_timeout: Duration::from_secs(30),
             max_in_flight: 4096,
             rate_window: Duration::from_secs(10),
+            hold: Default::default(),
         }
     }
 }

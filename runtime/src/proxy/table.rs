@@ -371,6 +371,7 @@ pub(crate) async fn follow(
     watches: super::Watches,
     table: Arc<RwLock<Table>>,
     changed: tokio::sync::watch::Sender<u64>,
+    endpoints_changed: tokio::sync::watch::Sender<u64>,
 ) {
     let mut services = watches.of::<Service>();
     let mut endpoints = watches.of::<Endpoints>();
@@ -383,7 +384,10 @@ pub(crate) async fn follow(
                 write().apply_service(event);
                 changed.send_modify(|n| *n += 1);
             }
-            Some(event) = endpoints.recv() => write().apply_endpoints(event),
+            Some(event) = endpoints.recv() => {
+                write().apply_endpoints(event);
+                endpoints_changed.send_modify(|n| *n += 1);
+            }
             Some(event) = nodes.recv() => write().apply_node(event),
             Some(event) = ingresses.recv() => {
                 write().apply_ingress(event);

@@ -47,6 +47,8 @@ struct Memory {
     history: History,
     last_sync: Instant,
     generation: i64,
+    /// The wake stamp last seen: a new one (a proxy woke the target) is looked at at once.
+    woken_at: Option<String>,
 }
 
 type Memories = Arc<Mutex<HashMap<ObjectKey, Memory>>>;
@@ -81,13 +83,16 @@ async fn sync(
 ) -> Result<Action, Error> {
     let key = ObjectKey::of(&hpa.metadata);
     let generation = hpa.metadata.generation.unwrap_or(0);
+    let woken_at = woken_at(&hpa).map(str::to_string);
     let now = Instant::now();
     let mut history = {
         let mut memories = memories.lock().unwrap_or_else(|p| p.into_inner());
         memories.retain(|_, m| now.duration_since(m.last_sync) < FORGET_AFTER);
         match memories.get(&key) {
             Some(m)
-                if m.generation == generation && now.duration_since(m.last_sync) < sync_period =>
+                if m.generation == generation
+                    && m.woken_at == woken_at
+                    && now.duration_since(m.last_sync) < sync_period =>
             {
                 return Ok(Action::RequeueAfter(
                     sync_period - now.duration_since(m.last_sync),
@@ -103,10 +108,29 @@ async fn sync(
             history,
             last_sync: now,
             generation,
+            woken_at,
         },
     );
     result?;
     Ok(Action::RequeueAfter(sync_period))
+}
+
+/// The HPA's wake stamp (`autoscaling.shoal.dev/woken-at`), if a proxy woke its target.
+fn woken_at(hpa: &HorizontalPodAutoscaler) -> Option<&str> {
+    hpa.metadata
+        .annotations
+        .as_ref()?
+        .get(autoscaling::WOKEN_AT_ANNOTATION)
+        .map(String::as_str)
+}
+
+/// Whether the target was woken from zero within `window`: it then keeps at least one
+/// replica, whatever the metrics say (the requests that woke it may not show yet).
+fn woken_within(hpa: &HorizontalPodAutoscaler, window: Duration) -> bool {
+    woken_at(hpa)
+        .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
+        .and_then(|t| (Utc::now() - t.with_timezone(&Utc)).to_std().ok())
+        .is_some_and(|age| age < window)
 }
 
 /// One condition of the status.
@@ -231,8 +255,10 @@ async fn reconcile(
         let metrics = spec.metrics.clone().unwrap_or_default();
         let computed = compute_metrics(client, &namespace, &scale, &metrics).await;
         status.current_metrics = computed.statuses;
+        let woken = woken_within(&hpa_now, down.stabilization);
         let proposal = match computed.outcome {
             Ok((replicas, metric)) => {
+                let replicas = if woken { replicas.max(1) } else { replicas };
                 status.set(Condition::new(
                     "ScalingActive",
                     true,
@@ -248,12 +274,23 @@ async fn reconcile(
                 }
                 Some(replicas)
             }
+            Err(_) if current_replicas == 0 => {
+                // At zero there are no pods to measure: the proxy wakes the target on the
+                // next request.
+                status.set(Condition::new(
+                    "ScalingActive",
+                    false,
+                    "ScaledToZero",
+                    "the target is scaled to zero; a request to a Service selecting its pods wakes it",
+                ));
+                None
+            }
             Err(condition) => {
                 status.set(condition);
+                warnings.extend(computed.warnings);
                 None
             }
         };
-        warnings.extend(computed.warnings);
         let Some(proposal) = proposal else {
             let replicas = (current_replicas, previous_i32(&previous, "desiredReplicas"));
             return finish(
