@@ -19,6 +19,8 @@
 //!   kube-rs exec round trips ([`bench_into_pods`]);
 //! - `metrics`: what sampling and reporting resource metrics cost at `--pods` pods
 //!   ([`bench_metrics`]);
+//! - `wake`: the first response of a Service scaled to zero, over `--wakeups` wake-ups;
+//!   `load URL --rps N --seconds D`: an open-loop load generator ([`bench_autoscale`]);
 //! - `api-tls`, `authz`: HTTPS vs plain HTTP, and what RBAC costs ([`bench_security`]);
 //! - `list-cache`: a list of `--pods` stored pods; `failover`: controller failover between
 //!   two `shoal server`s (etcd only) ([`bench_etcd`]).
@@ -27,6 +29,7 @@
 //!
 //! Every API request goes over a real loopback socket to the API server.
 
+mod bench_autoscale;
 mod bench_etcd;
 mod bench_into_pods;
 mod bench_metrics;
@@ -52,9 +55,20 @@ use tokio::sync::{Mutex, Semaphore};
 #[command(name = "shoal-bench", about = "Shoal's benchmarks")]
 struct Args {
     /// pods, writes, quota-writes, preemption, http-instance, gateway, density, scheduler, scale, ingress,
-    /// proxy-latency, endpoints, port-forward, exec, api-tls, authz, metrics, list-cache, failover (etcd), or all.
+    /// proxy-latency, endpoints, port-forward, exec, api-tls, authz, metrics, wake, load, list-cache, failover (etcd), or all.
     #[arg(default_value = "all")]
     which: String,
+    /// The URL `load` sends to.
+    target: Option<String>,
+    /// The Host header `load` sends (`web.default.localhost` for the dev ingress).
+    #[arg(long)]
+    host: Option<String>,
+    /// Requests per second `load` sends.
+    #[arg(long, default_value_t = 100)]
+    rps: u64,
+    /// Wake-ups in the `wake` benchmark.
+    #[arg(long, default_value_t = 100)]
+    wakeups: usize,
     /// Pods to create in the pod-start benchmark (and pods in the density benchmark).
     #[arg(long, default_value_t = 1000)]
     pods: usize,
@@ -70,8 +84,8 @@ struct Args {
     /// Requests in the in-process HTTP benchmark.
     #[arg(long, default_value_t = 5000)]
     requests: usize,
-    /// Seconds of load in the gateway benchmark.
-    #[arg(long, default_value_t = 10)]
+    /// Seconds of load in the gateway benchmark and `load`.
+    #[arg(long, visible_alias = "duration", default_value_t = 10)]
     seconds: u64,
     /// Concurrent connections in the gateway and density benchmarks.
     #[arg(long, default_value_t = 32)]
@@ -147,6 +161,12 @@ fn main() -> anyhow::Result<()> {
         }
         if all || args.which == "metrics" {
             bench_metrics::metrics(&args)?;
+        }
+        if all || args.which == "wake" {
+            bench_autoscale::wake(&args).await?;
+        }
+        if args.which == "load" {
+            bench_autoscale::load(&args).await?;
         }
         if all || args.which == "list-cache" {
             bench_etcd::list_cache(&args).await?;

@@ -85,6 +85,7 @@ async fn example_manifests_behave_as_documented() {
         "greeter.yaml",
         "hello.yaml",
         "guestbook.yaml",
+        "autoscale.yaml",
     ] {
         let path = cluster.dir.path().join(file);
         std::fs::write(&path, manifest(file)).unwrap();
@@ -101,6 +102,40 @@ async fn example_manifests_behave_as_documented() {
         get_text(&http, &format!("{PODS}/http-hello:8080/proxy/")).await,
         "Hello from http-hello\n"
     );
+
+    // The autoscaled demo serves through the ingress, and its HPA reads requests per second.
+    let (status, _) = wait_for(
+        "the autoscale demo serves",
+        Duration::from_secs(60),
+        async || {
+            let (status, body) = ingress
+                .get_with_host("/", "autoscale.default.localhost")
+                .await;
+            (status == 200).then_some((status, body))
+        },
+    )
+    .await;
+    assert_eq!(status, 200);
+    wait_for(
+        "the autoscale HPA is active",
+        Duration::from_secs(60),
+        async || {
+            let (_, hpa) = http
+                .call(
+                    "GET",
+                    "/apis/autoscaling/v2/namespaces/default/horizontalpodautoscalers/autoscale",
+                    "",
+                    "",
+                )
+                .await;
+            let active = hpa["status"]["conditions"]
+                .as_array()?
+                .iter()
+                .any(|c| c["type"] == "ScalingActive" && c["status"] == "True");
+            active.then_some(())
+        },
+    )
+    .await;
 
     // The guestbook: sign through the frontend Service, which calls the backend Service.
     let frontend = "guestbook-frontend.default.localhost";
