@@ -689,7 +689,6 @@ async fn idle_workloads_scale_to_zero_and_wake_on_the_first_requests() {
         },
     )
     .await;
-    let status = hpa_status(&http, "sleepy").await;
     wait_for(
         "the HPA says it is at zero",
         Duration::from_secs(10),
@@ -699,7 +698,6 @@ async fn idle_workloads_scale_to_zero_and_wake_on_the_first_requests() {
         },
     )
     .await;
-    drop(status);
 
     // 50 concurrent requests wake it: all 200, one pod.
     let ingress_addr = cluster
