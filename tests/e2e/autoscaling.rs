@@ -745,8 +745,18 @@ async fn idle_workloads_scale_to_zero_and_wake_on_the_first_requests() {
 
     // A workload that never becomes ready: 5 of 55 find the queue full at once; the 50 held
     // time out with 503 and Retry-After.
+    let callers = send("broken.default.localhost", 55);
+    // It is woken (one replica) while the requests wait, just never ready. Checked while
+    // they are held: once they time out, the HPA may take the unready workload back to zero
+    // (its scale-down window, 2 s, is shorter than the hold).
+    wait_for(
+        "the broken workload is woken to one replica",
+        Duration::from_secs(3),
+        async || (deployment_replicas(&http, "broken").await == 1).then_some(()),
+    )
+    .await;
     let mut answers = Vec::new();
-    for caller in send("broken.default.localhost", 55) {
+    for caller in callers {
         answers.push(caller.await.unwrap());
     }
     let full: Vec<_> = answers
@@ -766,6 +776,4 @@ async fn idle_workloads_scale_to_zero_and_wake_on_the_first_requests() {
         assert_eq!((*status, retry_after.as_deref()), (503, Some("1")));
         assert!(*elapsed >= Duration::from_millis(2900), "{elapsed:?}");
     }
-    // It was woken (one replica), just never ready.
-    assert_eq!(deployment_replicas(&http, "broken").await, 1);
 }
