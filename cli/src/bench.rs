@@ -21,6 +21,8 @@
 //!   ([`bench_metrics`]);
 //! - `wake`: the first response of a Service scaled to zero, over `--wakeups` wake-ups;
 //!   `load URL --rps N --seconds D`: an open-loop load generator ([`bench_autoscale`]);
+//! - `heal`: node loss -> replacement pods Ready over `--kills` kills, and what node lease
+//!   renewals cost at 1,000 and 5,000 nodes ([`bench_heal`]);
 //! - `api-tls`, `authz`: HTTPS vs plain HTTP, and what RBAC costs ([`bench_security`]);
 //! - `list-cache`: a list of `--pods` stored pods; `failover`: controller failover between
 //!   two `shoal server`s (etcd only) ([`bench_etcd`]).
@@ -31,6 +33,7 @@
 
 mod bench_autoscale;
 mod bench_etcd;
+mod bench_heal;
 mod bench_into_pods;
 mod bench_metrics;
 mod bench_security;
@@ -55,7 +58,7 @@ use tokio::sync::{Mutex, Semaphore};
 #[command(name = "shoal-bench", about = "Shoal's benchmarks")]
 struct Args {
     /// pods, writes, quota-writes, preemption, http-instance, gateway, density, scheduler, scale, ingress,
-    /// proxy-latency, endpoints, port-forward, exec, api-tls, authz, metrics, wake, load, list-cache, failover (etcd), or all.
+    /// proxy-latency, endpoints, port-forward, exec, api-tls, authz, metrics, wake, load, heal, list-cache, failover (etcd), or all.
     #[arg(default_value = "all")]
     which: String,
     /// The URL `load` sends to.
@@ -66,6 +69,10 @@ struct Args {
     /// Requests per second `load` sends.
     #[arg(long, default_value_t = 100)]
     rps: u64,
+    /// Node losses in the `heal` benchmark (with 10 pods on the lost node; a quarter as many,
+    /// at least 3, with 1,000).
+    #[arg(long, default_value_t = 20)]
+    kills: usize,
     /// Wake-ups in the `wake` benchmark.
     #[arg(long, default_value_t = 100)]
     wakeups: usize,
@@ -164,6 +171,9 @@ fn main() -> anyhow::Result<()> {
         }
         if all || args.which == "wake" {
             bench_autoscale::wake(&args).await?;
+        }
+        if all || args.which == "heal" {
+            bench_heal::heal(&args).await?;
         }
         if args.which == "load" {
             bench_autoscale::load(&args).await?;

@@ -549,29 +549,40 @@ impl DevCluster {
         configure: impl Fn(&mut AgentConfig),
     ) -> anyhow::Result<Self> {
         let control = ControlPlane::start_with(data_dir, api_addr, options).await?;
-        let mut agents = Vec::new();
-        for i in 0..nodes {
-            let name = format!("node-{i}");
-            let gateway_tls = control.node_gateway_tls(&name)?;
-            let mut config =
-                AgentConfig::new(&name, data_dir.join("nodes").join(&name), gateway_tls);
-            // The nodes of one dev cluster share a disk, so claims follow their pods.
-            config.claims_dir = Some(data_dir.join("claims"));
-            // The agents share the controllers' client: one watch of each kind for all.
-            config.share_watches = true;
-            config.api_endpoint = Some((control.url(), control.server_ca_pem.clone()));
-            configure(&mut config);
-            agents.push(Agent::start(control.client.clone(), config).await?);
-        }
-        Ok(Self {
+        let mut cluster = Self {
             control,
-            agents,
+            agents: Vec::new(),
             data_dir: data_dir.to_path_buf(),
             ingress: None,
             node_ports: None,
             ingress_address: None,
             ingress_tls: Vec::new(),
-        })
+        };
+        for i in 0..nodes {
+            cluster.add_node(&format!("node-{i}"), &configure).await?;
+        }
+        Ok(cluster)
+    }
+
+    /// Starts one more agent, named `name`, at the end of [`DevCluster::agents`].
+    pub async fn add_node(
+        &mut self,
+        name: &str,
+        configure: impl Fn(&mut AgentConfig),
+    ) -> anyhow::Result<()> {
+        let control = &self.control;
+        let gateway_tls = control.node_gateway_tls(name)?;
+        let mut config =
+            AgentConfig::new(name, self.data_dir.join("nodes").join(name), gateway_tls);
+        // The nodes of one dev cluster share a disk, so claims follow their pods.
+        config.claims_dir = Some(self.data_dir.join("claims"));
+        // The agents share the controllers' client: one watch of each kind for all.
+        config.share_watches = true;
+        config.api_endpoint = Some((control.url(), control.server_ca_pem.clone()));
+        configure(&mut config);
+        self.agents
+            .push(Agent::start(control.client.clone(), config).await?);
+        Ok(())
     }
 
     /// Writes an admin kubeconfig for this cluster at `<data-dir>/kubeconfig` (a client

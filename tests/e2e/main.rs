@@ -10,6 +10,7 @@ mod durability;
 mod examples;
 mod generators;
 mod ha;
+mod healing;
 mod http_api;
 mod images;
 mod into_pods;

@@ -8,6 +8,7 @@ pub mod custom;
 pub mod defaults;
 pub mod disruption;
 pub mod events;
+pub mod fencing;
 pub mod intstr;
 pub mod limits;
 pub mod object;

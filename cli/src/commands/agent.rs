@@ -60,11 +60,13 @@ pub struct AgentCommand {
     image_ca: Option<PathBuf>,
     #[command(flatten)]
     registries: super::RegistryArgs,
-    /// How long the node's lease is valid.
-    #[arg(long, default_value_t = 40)]
+    /// How long the node's lease stands without renewal. Past it the control plane treats
+    /// the node as unreachable even if its agent accepts connections, and the agent stops its
+    /// pods that must be unique (StatefulSets', and those with claims) until it renews again.
+    #[arg(long, default_value_t = shoal_runtime::agent::LEASE_DURATION_SECONDS as u64)]
     lease_duration_seconds: u64,
-    /// How often the node's lease is renewed.
-    #[arg(long, default_value_t = 10)]
+    /// How often the node's lease is renewed (less than --lease-duration-seconds).
+    #[arg(long, default_value_t = shoal_runtime::agent::LEASE_RENEW.as_secs())]
     lease_renew_seconds: u64,
     /// Where persistentVolumeClaim data lives (default: `<data-dir>/claims`). Point agents at
     /// one shared directory and a claim's data follows its pod from node to node.
@@ -178,6 +180,14 @@ impl AgentCommand {
         self.registries.apply(&mut config);
         config.claims_dir = self.claims_dir;
         config.node_ports = !self.no_node_ports;
+        anyhow::ensure!(
+            self.lease_renew_seconds >= 1
+                && self.lease_renew_seconds < self.lease_duration_seconds
+                && self.lease_duration_seconds <= i32::MAX as u64,
+            "--lease-renew-seconds ({}) must be at least 1 and less than --lease-duration-seconds ({})",
+            self.lease_renew_seconds,
+            self.lease_duration_seconds
+        );
         config.lease_duration = std::time::Duration::from_secs(self.lease_duration_seconds);
         config.lease_renew = std::time::Duration::from_secs(self.lease_renew_seconds);
         config.metrics_window = std::time::Duration::from_secs(self.metrics_window_seconds);

@@ -38,21 +38,22 @@ pub fn parse_duration(text: &str) -> anyhow::Result<Duration> {
         Some(at) => text.split_at(at),
         None => (text, "s"),
     };
-    let number: u64 = number
-        .parse()
-        .with_context(|| format!("{text:?} is not a duration (such as 3600, 30m, 24h or 7d)"))?;
-    let unit = match unit {
-        "s" => 1,
-        "m" => 60,
-        "h" => 3600,
-        "d" => 86_400,
-        other => anyhow::bail!("{other:?} is not a unit of time: use s, m, h or d"),
+    let number: u64 = number.parse().with_context(|| {
+        format!("{text:?} is not a duration (such as 3600, 500ms, 30m, 24h or 7d)")
+    })?;
+    let millis_per_unit = match unit {
+        "ms" => 1,
+        "s" => 1000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        "d" => 86_400_000,
+        other => anyhow::bail!("{other:?} is not a unit of time: use ms, s, m, h or d"),
     };
-    let seconds = number
-        .checked_mul(unit)
-        .filter(|s| *s > 0 && *s <= 10 * 365 * 86_400)
+    let millis = number
+        .checked_mul(millis_per_unit)
+        .filter(|ms| *ms > 0 && *ms <= 10 * 365 * 86_400_000)
         .with_context(|| format!("{text:?} must be more than 0 and at most 10 years"))?;
-    Ok(Duration::from_secs(seconds))
+    Ok(Duration::from_millis(millis))
 }
 
 impl KubeconfigCommand {
@@ -103,6 +104,7 @@ mod tests {
         assert_eq!(parse_duration("15m").unwrap(), Duration::from_secs(900));
         assert_eq!(parse_duration("24h").unwrap(), Duration::from_secs(86_400));
         assert_eq!(parse_duration("7d").unwrap(), Duration::from_secs(604_800));
+        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
         for bad in [
             "",
             "0",

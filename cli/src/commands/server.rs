@@ -15,9 +15,15 @@ pub struct ServerCommand {
     /// Where the store and kubeconfig live.
     #[arg(long, default_value = "shoal-data")]
     data_dir: PathBuf,
-    /// Seconds a node may be unreachable (its lease expired) before its pods are evicted.
+    /// Seconds a node may be unreachable before the pods left on it (bare pods; those of
+    /// controllers are replaced at once) are deleted.
     #[arg(long, default_value_t = 60)]
     pod_eviction_timeout_seconds: u64,
+    /// How late a node's lease renewal may be before the server probes its agent; an agent
+    /// that refuses the connection (or does not answer within 500 ms) makes its node
+    /// unreachable at once. Agents renew every second by default. A number with ms, s or m.
+    #[arg(long, default_value = "2s")]
+    node_monitor_grace_period: String,
     /// How the scheduler places pods that name no profile: `spread` (fewest pods first) or
     /// `bin-packing` (fill the most allocated node first).
     #[arg(long, default_value = "spread")]
@@ -236,6 +242,9 @@ impl ServerCommand {
         let mut options = ControlPlaneOptions::default();
         options.controllers.pod_eviction_timeout =
             std::time::Duration::from_secs(self.pod_eviction_timeout_seconds);
+        options.controllers.node_monitor_grace_period =
+            super::kubeconfig::parse_duration(&self.node_monitor_grace_period)
+                .map_err(|e| anyhow::anyhow!("--node-monitor-grace-period: {e}"))?;
         options.scheduler.default_profile = self.scheduler_profile;
         options.event_log_len = self.event_log_len;
         options.controllers.cluster_signing_duration =

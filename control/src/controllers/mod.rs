@@ -132,6 +132,9 @@ pub fn pod_is_ready(pod: &k8s_openapi::api::core::v1::Pod) -> bool {
 pub struct Options {
     /// How long a node may be unreachable before its pods are evicted (Kubernetes: 5 min).
     pub pod_eviction_timeout: std::time::Duration,
+    /// How late a node's lease renewal may be before its agent is probed; a refused probe
+    /// makes it unreachable at once (`--node-monitor-grace-period`).
+    pub node_monitor_grace_period: std::time::Duration,
     /// The longest client certificate the CSR signer issues (`--cluster-signing-duration`).
     pub cluster_signing_duration: std::time::Duration,
     /// How often each HorizontalPodAutoscaler is looked at
@@ -143,6 +146,7 @@ impl Default for Options {
     fn default() -> Self {
         Self {
             pod_eviction_timeout: std::time::Duration::from_secs(60),
+            node_monitor_grace_period: nodelifecycle::DEFAULT_GRACE,
             cluster_signing_duration: certificates::DEFAULT_SIGNING_DURATION,
             hpa_sync_period: podautoscaler::DEFAULT_SYNC_PERIOD,
         }
@@ -152,7 +156,10 @@ impl Default for Options {
 /// Starts every controller in `tasks`, each restarted if it panics; they stop when `tasks`
 /// shuts down.
 pub fn start(client: Client, options: Options, tasks: &Tasks) {
-    let eviction = options.pod_eviction_timeout;
+    let node_timing = nodelifecycle::Timing {
+        grace: options.node_monitor_grace_period,
+        eviction_timeout: options.pod_eviction_timeout,
+    };
     let supervised = |name: &'static str, run: fn(Client) -> BoxFuture<'static, ()>| {
         let client = client.clone();
         tasks.supervise(name, move || run(client.clone()));
@@ -187,7 +194,7 @@ pub fn start(client: Client, options: Options, tasks: &Tasks) {
     });
     let client = client.clone();
     tasks.supervise("node-lifecycle-controller", move || {
-        nodelifecycle::run(client.clone(), eviction)
+        nodelifecycle::run(client.clone(), node_timing)
     });
 }
 

@@ -330,6 +330,8 @@ impl Agent {
             .unwrap_or_else(|| "10.244.0.0/24".into());
         let ips = IpPool::new(&cidr)?;
 
+        // Whether the agent has gone a whole lease without renewing it: its unique pods stop.
+        let fenced = Arc::new(watch::channel(false).0);
         let gateway = gateway::router(shared.clone());
         let names = vec![
             config.node_name.clone(),
@@ -342,11 +344,24 @@ impl Agent {
         {
             let (client, name) = (client.clone(), config.node_name.clone());
             let (duration, renew) = (config.lease_duration, config.lease_renew);
+            let fenced = fenced.clone();
             tasks.supervise("node-heartbeat", move || {
-                node::heartbeat(client.clone(), name.clone(), duration, renew)
+                node::heartbeat(
+                    client.clone(),
+                    name.clone(),
+                    duration,
+                    renew,
+                    fenced.clone(),
+                )
             });
         }
-        let supervisor = PodSupervisor::new(shared, ips, config.node_name.clone(), tasks.clone());
+        let supervisor = PodSupervisor::new(
+            shared,
+            ips,
+            config.node_name.clone(),
+            tasks.clone(),
+            fenced.subscribe(),
+        );
         tasks.spawn(supervisor.run());
         if config.node_ports {
             let host = gateway_addr.ip();
@@ -474,7 +489,21 @@ struct Running {
     uid: String,
     ip: String,
     stop: watch::Sender<Option<std::time::Duration>>,
+    reports: tokio::sync::mpsc::Sender<worker::Report>,
     task: JoinHandle<()>,
+}
+
+/// Whether the node lifecycle controller marked the pod not ready because its node was
+/// unreachable.
+fn marked_unreachable(pod: &Pod) -> bool {
+    (pod.status.as_ref())
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|cs| {
+            cs.iter().any(|c| {
+                c.type_ == "Ready"
+                    && c.reason.as_deref() == Some(shoal_api::api::fencing::NODE_UNREACHABLE_REASON)
+            })
+        })
 }
 
 /// Keeps one worker per pod bound to this node, and finishes deletions.
@@ -487,10 +516,21 @@ struct PodSupervisor {
     terminating: BTreeSet<String>,
     /// The agent's tasks: pod workers and their clean-ups run there, so they stop with it.
     tasks: Tasks,
+    /// Whether the agent is fenced (a whole lease without renewal): pods that must be unique
+    /// (`shoal_api::api::fencing`) do not run then.
+    fenced: watch::Receiver<bool>,
+    /// The latest of each unique pod bound here, to start again when the fence lifts.
+    unique: HashMap<String, Pod>,
 }
 
 impl PodSupervisor {
-    fn new(shared: Arc<Shared>, ips: IpPool, node_name: String, tasks: Tasks) -> Self {
+    fn new(
+        shared: Arc<Shared>,
+        ips: IpPool,
+        node_name: String,
+        tasks: Tasks,
+        fenced: watch::Receiver<bool>,
+    ) -> Self {
         Self {
             shared,
             ips: Arc::new(Mutex::new(ips)),
@@ -498,16 +538,32 @@ impl PodSupervisor {
             running: HashMap::new(),
             terminating: BTreeSet::new(),
             tasks,
+            fenced,
+            unique: HashMap::new(),
         }
     }
 
     async fn run(mut self) {
         let params = ListParams::default().fields(&format!("spec.nodeName={}", self.node_name));
         let mut events = shoal_api::client::watcher::<Pod>(&self.shared.client, params);
-        while let Some(event) = events.recv().await {
+        loop {
+            let event = tokio::select! {
+                event = events.recv() => match event {
+                    Some(event) => event,
+                    None => return,
+                },
+                changed = self.fenced.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                    self.fence_changed();
+                    continue;
+                }
+            };
             match event {
                 WatcherEvent::Restarted(pods) => {
                     let keys: BTreeSet<String> = pods.iter().map(pod_key).collect();
+                    self.unique.retain(|k, _| keys.contains(k));
                     let gone: Vec<String> = self
                         .running
                         .keys()
@@ -526,8 +582,28 @@ impl PodSupervisor {
                 WatcherEvent::Deleted(pod) => {
                     let key = pod_key(&pod);
                     self.terminating.remove(&key);
+                    self.unique.remove(&key);
                     self.stop(&key, std::time::Duration::ZERO, None);
                 }
+            }
+        }
+    }
+
+    /// The fence rose (stop the unique pods at once: the control plane may start them
+    /// elsewhere soon) or lifted (start those still bound here).
+    fn fence_changed(&mut self) {
+        let fenced = *self.fenced.borrow_and_update();
+        let unique: Vec<(String, Pod)> = (self.unique.iter())
+            .map(|(k, p)| (k.clone(), p.clone()))
+            .collect();
+        for (key, pod) in unique {
+            if fenced {
+                if self.running.contains_key(&key) {
+                    tracing::warn!("pod {key}: stopped, the node is fenced");
+                    self.stop(&key, std::time::Duration::ZERO, None);
+                }
+            } else {
+                self.observe(pod);
             }
         }
     }
@@ -535,6 +611,13 @@ impl PodSupervisor {
     fn observe(&mut self, pod: Pod) {
         let key = pod_key(&pod);
         let uid = pod.metadata.uid.clone().unwrap_or_default();
+        if shoal_api::api::fencing::must_be_unique(&pod) {
+            self.unique.insert(key.clone(), pod.clone());
+            if *self.fenced.borrow() && pod.metadata.deletion_timestamp.is_none() {
+                // Not started while fenced; started again when the fence lifts.
+                return;
+            }
+        }
         if self.running.get(&key).is_some_and(|r| r.uid != uid) {
             // A namesake replaced the pod we ran.
             self.stop(&key, std::time::Duration::ZERO, None);
@@ -556,9 +639,13 @@ impl PodSupervisor {
             .as_ref()
             .and_then(|s| s.phase.as_deref())
             .unwrap_or("Pending");
-        if self.running.contains_key(&key) {
+        if let Some(running) = self.running.get(&key) {
             // A running pod may have been given ephemeral containers (`kubectl debug`).
             ephemeral::sync(&self.shared, &pod);
+            if marked_unreachable(&pod) {
+                // This node was lost for a while, not its pod: say again how it is.
+                let _ = running.reports.try_send(worker::Report::Republish);
+            }
             return;
         }
         if matches!(phase, "Succeeded" | "Failed") {
@@ -580,6 +667,7 @@ impl PodSupervisor {
         let network = PodNetwork::for_pod(&key, proxy, self.shared.egress.clone(), api);
         self.shared.networks.insert(&key, &ip, network.clone());
         let worker = worker::PodWorker::new(self.shared.clone(), pod, ip.clone(), stopped, network);
+        let reports = worker.reports();
         let task = self.tasks.spawn(worker.run());
         self.running.insert(
             key,
@@ -587,6 +675,7 @@ impl PodSupervisor {
                 uid,
                 ip,
                 stop,
+                reports,
                 task,
             },
         );

@@ -3,7 +3,7 @@
 //! `kube-node-lease`.
 
 use std::collections::BTreeMap;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::api::core::v1::{
@@ -15,9 +15,12 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use shoal_api::api::time;
 use shoal_api::client::{Client, Result};
 
-/// How long a lease is valid; the agent renews it every [`LEASE_RENEW`].
-pub const LEASE_DURATION_SECONDS: i32 = 40;
-pub const LEASE_RENEW: Duration = Duration::from_secs(10);
+/// How long a lease is valid; the agent renews it every [`LEASE_RENEW`]. Far shorter than the
+/// kubelet's 40 s and 10 s: a renewal is one small write, and the control plane probes a
+/// node whose renewal is late, so a lost agent is found within about two seconds while a
+/// slow one that still accepts connections keeps its lease for all of it.
+pub const LEASE_DURATION_SECONDS: i32 = 4;
+pub const LEASE_RENEW: Duration = Duration::from_secs(1);
 
 pub struct NodeIdentity {
     pub name: String,
@@ -135,42 +138,116 @@ fn total_memory_kib() -> u64 {
         .unwrap_or(4 * 1024 * 1024)
 }
 
-/// Renews the node's Lease every `renew` (valid for `duration`) until the task is dropped.
-pub async fn heartbeat(client: Client, node_name: String, duration: Duration, renew: Duration) {
-    let duration_seconds = duration.as_secs().max(1) as i32;
+/// Renews the node's Lease every `renew` (valid for `duration`) until the task is dropped,
+/// and keeps `fenced` saying whether the agent has gone a whole lease without a successful
+/// renewal (counted from the moment the last successful one was sent, so that the control
+/// plane, which counts from when it saw it, never counts less; see `shoal_api::api::fencing`).
+pub async fn heartbeat(
+    client: Client,
+    node_name: String,
+    duration: Duration,
+    renew: Duration,
+    fenced: std::sync::Arc<tokio::sync::watch::Sender<bool>>,
+) {
+    let duration_seconds = i32::try_from(duration.as_secs().max(1)).unwrap_or(i32::MAX);
     let leases = client.api::<Lease>(Some("kube-node-lease"));
+    // Registration has just succeeded: the lease's bound starts now at the latest.
+    let mut last_renewed = Instant::now();
+    let fence_at = |last: Instant| last.checked_add(duration);
     loop {
-        let now = time::micro_time(chrono::Utc::now());
-        let renewed = match leases.get_opt(&node_name).await {
-            Ok(Some(mut lease)) => {
-                let spec = lease.spec.get_or_insert_with(Default::default);
-                spec.renew_time = Some(now);
-                spec.holder_identity = Some(node_name.clone());
-                spec.lease_duration_seconds = Some(duration_seconds);
-                leases.replace(&node_name, &lease).await.map(|_| ())
+        let sent = Instant::now();
+        // At most one renewal interval per attempt (at least a second: a slow API answers
+        // late, but a renewal that hangs must not hold the next one back for long).
+        let attempt = tokio::time::timeout(
+            renew.max(Duration::from_secs(1)),
+            renew_lease(&leases, &node_name, duration_seconds),
+        );
+        let renewed = watch_fence(
+            attempt,
+            fence_at(last_renewed),
+            &fenced,
+            &node_name,
+            duration,
+        )
+        .await;
+        match renewed {
+            Ok(Ok(())) => {
+                last_renewed = sent;
+                if fenced.send_replace(false) {
+                    tracing::info!(
+                        "node {node_name}: the lease is renewed again; starting the pods that must be unique"
+                    );
+                }
             }
-            Ok(None) => {
-                let lease = Lease {
-                    metadata: ObjectMeta {
-                        name: Some(node_name.clone()),
-                        namespace: Some("kube-node-lease".into()),
-                        ..Default::default()
-                    },
-                    spec: Some(LeaseSpec {
-                        holder_identity: Some(node_name.clone()),
-                        lease_duration_seconds: Some(duration_seconds),
-                        renew_time: Some(now.clone()),
-                        acquire_time: Some(now),
-                        ..Default::default()
-                    }),
-                };
-                leases.create(&lease).await.map(|_| ())
-            }
-            Err(e) => Err(e),
-        };
-        if let Err(e) = renewed {
-            tracing::warn!("node {node_name}: renewing the lease failed: {e}");
+            Ok(Err(e)) => tracing::warn!("node {node_name}: renewing the lease failed: {e}"),
+            Err(_) => tracing::warn!("node {node_name}: renewing the lease timed out"),
         }
-        tokio::time::sleep(renew).await;
+        let next = tokio::time::sleep_until((sent + renew).into());
+        watch_fence(next, fence_at(last_renewed), &fenced, &node_name, duration).await;
+    }
+}
+
+/// Runs `work`, and if `fence_at` passes meanwhile, fences the agent (once).
+async fn watch_fence<T>(
+    work: impl std::future::Future<Output = T>,
+    fence_at: Option<Instant>,
+    fenced: &tokio::sync::watch::Sender<bool>,
+    node_name: &str,
+    duration: Duration,
+) -> T {
+    tokio::pin!(work);
+    loop {
+        let deadline = async {
+            match fence_at {
+                Some(at) if !*fenced.borrow() => tokio::time::sleep_until(at.into()).await,
+                _ => std::future::pending::<()>().await,
+            }
+        };
+        tokio::select! {
+            done = &mut work => return done,
+            _ = deadline => {
+                fenced.send_replace(true);
+                tracing::warn!(
+                    "node {node_name}: the lease has not been renewed for {duration:?}; stopping \
+                     the pods that must be unique (StatefulSets', and those with claims): the \
+                     control plane may now start them elsewhere"
+                );
+            }
+        }
+    }
+}
+
+/// One renewal: a merge patch of the lease (one write), or its creation.
+async fn renew_lease(
+    leases: &shoal_api::client::Api<Lease>,
+    node_name: &str,
+    duration_seconds: i32,
+) -> Result<()> {
+    let now = time::micro_time(chrono::Utc::now());
+    let patch = serde_json::json!({"spec": {
+        "holderIdentity": node_name,
+        "leaseDurationSeconds": duration_seconds,
+        "renewTime": now,
+    }});
+    match leases.patch_merge(node_name, &patch).await {
+        Ok(_) => Ok(()),
+        Err(e) if e.is_not_found() => {
+            let lease = Lease {
+                metadata: ObjectMeta {
+                    name: Some(node_name.to_string()),
+                    namespace: Some("kube-node-lease".into()),
+                    ..Default::default()
+                },
+                spec: Some(LeaseSpec {
+                    holder_identity: Some(node_name.to_string()),
+                    lease_duration_seconds: Some(duration_seconds),
+                    renew_time: Some(now.clone()),
+                    acquire_time: Some(now),
+                    ..Default::default()
+                }),
+            };
+            leases.create(&lease).await.map(|_| ())
+        }
+        Err(e) => Err(e),
     }
 }

@@ -59,6 +59,9 @@ pub(super) enum Report {
     /// One instance of a long-running (HTTP) container ended badly; the container serves on.
     InstanceFailed(usize, Exit),
     Probe(ProbeReport),
+    /// Someone else wrote the pod's status (the node lifecycle controller, while this node
+    /// was unreachable): write ours again, even though it has not changed.
+    Republish,
 }
 
 impl From<ProbeReport> for Report {
@@ -182,6 +185,11 @@ impl PodWorker {
             events: Vec::new(),
             sandbox: None,
         }
+    }
+
+    /// Where the worker's reports go: the supervisor sends [`Report::Republish`] there.
+    pub(super) fn reports(&self) -> mpsc::Sender<Report> {
+        self.reports.clone()
     }
 
     /// Runs the pod until it finishes or is told to stop.
@@ -627,6 +635,10 @@ impl PodWorker {
             Report::Probe(ProbeReport::Ready(index, ready)) => {
                 let (init, local) = self.locate(index);
                 self.record(init, local).probe_ready = Some(ready);
+                None
+            }
+            Report::Republish => {
+                self.last_published = None;
                 None
             }
             Report::Probe(ProbeReport::StartupSucceeded(index)) => {

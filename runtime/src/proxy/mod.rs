@@ -475,7 +475,12 @@ impl DispatchState {
                     .boxed_unsync()
             })),
             Err(e) if e.is_connect() => Err((replay, format!("gateway {gateway}: {e}"))),
-            Err(e) => Err((None, format!("gateway {gateway}: {e}"))),
+            // The connection broke with no answer (its node died mid-request): the guest may
+            // have seen the request, so only an idempotent one is sent again elsewhere.
+            Err(e) => Err((
+                replay.filter(|r| r.method().is_idempotent()),
+                format!("gateway {gateway}: {e}"),
+            )),
         }
     }
 }

@@ -10,7 +10,8 @@
 //!    refused at once rather than queued without bound;
 //! 4. timeout: the per-request deadline, until the response head;
 //! 5. retry: a backend that refused before any byte was sent gets the request once more,
-//!    on another endpoint;
+//!    on another endpoint, and so does an idempotent bodiless request whose connection broke
+//!    before an answer (its node died under it);
 //! 6. the dispatch service at the bottom ([`super::Dispatch`]) balances over the ready
 //!    endpoints and serves on one.
 //!

@@ -1,0 +1,355 @@
+//! `heal`: how fast a lost node's pods serve again, and what the heartbeats that find it
+//! cost.
+//!
+//! - Node loss: an in-process cluster with a keeper node (it also runs the ingress) and, each
+//!   round, a fresh victim node carrying a Deployment's `P` pods (the keeper cordoned while
+//!   they are placed) beside one steady pod on the keeper behind the same Service. The
+//!   victim's agent is then stopped abruptly, as a SIGKILL would (lease renewals end, its
+//!   gateway refuses connections, its pods stop); the figure is the time from that moment
+//!   until `P` replacement pods are Ready on the keeper, with requests through the ingress
+//!   counted all along. `--kills` rounds with `P` = 10, and a quarter as many (at least 3)
+//!   with `P` = 1,000.
+//! - Lease renewals: `N` simulated nodes (Node objects and Leases) each renewing once a second
+//!   for `--seconds`, as agents do by default, at `N` = 1,000 and 5,000: renewals per second
+//!   achieved and their latency, beside the store's capacity for creates from 64 clients
+//!   (the `writes` benchmark's figure) measured in the same run.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty};
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{ConfigMap, Node, Pod};
+use serde_json::json;
+use shoal::cluster::ControlPlaneOptions;
+use shoal_control::client::{Client, ListParams};
+use shoal_control::server::ServerOptions;
+use tokio::sync::Semaphore;
+
+use super::{http_client, ms, percentile, start_cluster_with, Args};
+
+pub async fn heal(args: &Args) -> anyhow::Result<()> {
+    let kills = args.kills.max(1);
+    node_loss(10, kills).await?;
+    node_loss(1000, (kills / 4).max(3)).await?;
+    for nodes in [1000, 5000] {
+        renewals(nodes, args.seconds.max(1)).await?;
+    }
+    Ok(())
+}
+
+/// The pods of `app` that serve: Ready, not being deleted, on `node` if given.
+async fn serving(client: &Client, app: &str, off: &str) -> anyhow::Result<usize> {
+    let params = ListParams::default().labels(&format!("set={app}"));
+    let pods = client.api::<Pod>(Some("default")).list(&params).await?;
+    Ok(pods
+        .items
+        .iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .filter(|p| (p.spec.as_ref()).and_then(|s| s.node_name.as_deref()) != Some(off))
+        .filter(|p| {
+            (p.status.as_ref())
+                .and_then(|s| s.conditions.as_ref())
+                .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+        })
+        .count())
+}
+
+async fn cordon(client: &Client, node: &str, unschedulable: bool) -> anyhow::Result<()> {
+    client
+        .api::<Node>(None)
+        .patch_merge(node, &json!({"spec": {"unschedulable": unschedulable}}))
+        .await?;
+    Ok(())
+}
+
+fn deployment(name: &str, replicas: usize) -> serde_json::Value {
+    json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": name},
+        "spec": {"replicas": replicas, "selector": {"matchLabels": {"set": name}},
+            "template": {"metadata": {"labels": {"app": "heal", "set": name}},
+                "spec": {"terminationGracePeriodSeconds": 0, "containers": [{"name": "web",
+                    "image": shoal_examples::WEB_P2, "ports": [{"containerPort": 8080}]}]}}}})
+}
+
+async fn wait_until(
+    what: &str,
+    timeout: Duration,
+    mut check: impl AsyncFnMut() -> anyhow::Result<bool>,
+) -> anyhow::Result<()> {
+    let deadline = Instant::now() + timeout;
+    while !check().await? {
+        anyhow::ensure!(Instant::now() < deadline, "{what}: not within {timeout:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(())
+}
+
+async fn node_loss(pods: usize, kills: usize) -> anyhow::Result<()> {
+    // A /16 per node: the keeper ends up with every round's replacements.
+    let mut options = ControlPlaneOptions {
+        server: ServerOptions { node_cidr_mask: 16 },
+        ..Default::default()
+    };
+    // Lost pods left on the dead nodes go soon (not part of the figure: replacements are
+    // made when the node turns unreachable).
+    options.controllers.pod_eviction_timeout = Duration::from_secs(3);
+    let max_pods = u32::try_from(pods + 64)?;
+    let configure = move |c: &mut shoal_runtime::agent::AgentConfig| c.max_pods = max_pods;
+    let mut bench = start_cluster_with(1, options, configure).await?;
+    let client = bench.client.clone();
+    let keeper = bench.cluster.agents[0].node_name.clone();
+    let ingress = bench.cluster.start_ingress("127.0.0.1:0".parse()?).await?;
+    let service = json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "heal"},
+        "spec": {"selector": {"app": "heal"}, "ports": [{"port": 80, "targetPort": 8080}]}});
+    let deployments = "/apis/apps/v1/namespaces/default/deployments";
+    client
+        .json(
+            http::Method::POST,
+            "/api/v1/namespaces/default/services",
+            "application/json",
+            Some(&service),
+        )
+        .await?;
+    client
+        .json(
+            http::Method::POST,
+            deployments,
+            "application/json",
+            Some(&deployment("steady", 1)),
+        )
+        .await?;
+    wait_until("the steady pod", Duration::from_secs(60), async || {
+        Ok(serving(&client, "steady", "").await? == 1)
+    })
+    .await?;
+
+    let (mut healed, mut failed, mut sent) = (Vec::new(), 0, 0);
+    for round in 0..kills {
+        let victim = format!("victim-{round}");
+        bench.cluster.add_node(&victim, configure).await?;
+        cordon(&client, &keeper, true).await?;
+        client
+            .json(
+                http::Method::POST,
+                deployments,
+                "application/json",
+                Some(&deployment("lost", pods)),
+            )
+            .await?;
+        wait_until("the victim's pods", Duration::from_secs(300), async || {
+            Ok(serving(&client, "lost", "").await? == pods)
+        })
+        .await?;
+        cordon(&client, &keeper, false).await?;
+
+        let load = Load::start(ingress, "heal.default.localhost");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let mut agent = bench.cluster.agents.pop().expect("the victim");
+        let killed = Instant::now();
+        agent.shutdown().await;
+        wait_until("the replacements", Duration::from_secs(300), async || {
+            Ok(serving(&client, "lost", &victim).await? == pods)
+        })
+        .await?;
+        healed.push(killed.elapsed());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let (round_sent, round_failed) = load.stop().await;
+        (sent, failed) = (sent + round_sent, failed + round_failed);
+
+        // Clean up for the next round: the Deployment, and the lost node.
+        client
+            .json(
+                http::Method::DELETE,
+                &format!("{deployments}/lost"),
+                "application/json",
+                None,
+            )
+            .await?;
+        let _ = client
+            .api::<Node>(None)
+            .delete(&victim, &Default::default())
+            .await;
+        wait_until(
+            "the round's pods to go",
+            Duration::from_secs(120),
+            async || {
+                let params = ListParams::default().labels("set=lost");
+                Ok(client
+                    .api::<Pod>(Some("default"))
+                    .list(&params)
+                    .await?
+                    .items
+                    .is_empty())
+            },
+        )
+        .await?;
+    }
+    healed.sort();
+    println!(
+        "node loss -> {pods} replacement pod(s) Ready, {kills} kills: p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms; requests through the ingress meanwhile: {failed} of {sent} failed",
+        ms(percentile(&healed, 0.50)),
+        ms(percentile(&healed, 0.99)),
+        ms(healed.last().copied().unwrap_or_default()),
+    );
+    bench.cluster.shutdown().await;
+    Ok(())
+}
+
+/// Four callers, one request after another each, until stopped.
+struct Load {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    counts: Arc<(AtomicUsize, AtomicUsize)>,
+    callers: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Load {
+    fn start(ingress: std::net::SocketAddr, host: &str) -> Self {
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let counts = Arc::new((AtomicUsize::new(0), AtomicUsize::new(0)));
+        let callers = (0..4)
+            .map(|_| {
+                let (stop, counts, host) = (stop.clone(), counts.clone(), host.to_string());
+                tokio::spawn(async move {
+                    let client = http_client();
+                    while !stop.load(Ordering::Relaxed) {
+                        let request = http::Request::get(format!("http://{ingress}/"))
+                            .header(http::header::HOST, &host)
+                            .body(Empty::<Bytes>::new())
+                            .expect("a valid request");
+                        let ok = match client.request(request).await {
+                            Ok(response) => {
+                                let status = response.status();
+                                let _ = response.into_body().collect().await;
+                                status.is_success()
+                            }
+                            Err(_) => false,
+                        };
+                        counts.0.fetch_add(1, Ordering::Relaxed);
+                        if !ok {
+                            counts.1.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                })
+            })
+            .collect();
+        Self {
+            stop,
+            counts,
+            callers,
+        }
+    }
+
+    /// (sent, failed)
+    async fn stop(self) -> (usize, usize) {
+        self.stop.store(true, Ordering::Relaxed);
+        for caller in self.callers {
+            let _ = caller.await;
+        }
+        (
+            self.counts.0.load(Ordering::Relaxed),
+            self.counts.1.load(Ordering::Relaxed),
+        )
+    }
+}
+
+/// `nodes` simulated nodes renewing their leases once a second for `seconds`, then the
+/// store's create capacity from 64 clients in the same cluster.
+async fn renewals(nodes: usize, seconds: u64) -> anyhow::Result<()> {
+    let bench = start_cluster_with(0, ControlPlaneOptions::default(), |_| {}).await?;
+    let client = bench.client.clone();
+    let permits = Arc::new(Semaphore::new(64));
+    let mut tasks = Vec::new();
+    for i in 0..nodes {
+        let (client, permit) = (client.clone(), permits.clone().acquire_owned().await?);
+        tasks.push(tokio::spawn(async move {
+            let name = format!("sim-{i}");
+            let node: Node = serde_json::from_value(json!({"metadata": {"name": name}}))?;
+            client.api::<Node>(None).create(&node).await?;
+            let lease: Lease = serde_json::from_value(json!({
+                "metadata": {"name": name, "namespace": "kube-node-lease"},
+                "spec": {"holderIdentity": name, "leaseDurationSeconds": 4,
+                    "renewTime": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true)}}))?;
+            client
+                .api::<Lease>(Some("kube-node-lease"))
+                .create(&lease)
+                .await?;
+            drop(permit);
+            anyhow::Ok(())
+        }));
+    }
+    for task in tasks {
+        task.await??;
+    }
+
+    // Each node renews on its own one-second tick, the ticks spread over the second.
+    let began = Instant::now();
+    let end = began + Duration::from_secs(seconds);
+    let mut renewers = Vec::new();
+    for i in 0..nodes {
+        let client = client.clone();
+        let offset = Duration::from_secs(1).mul_f64(i as f64 / nodes as f64);
+        renewers.push(tokio::spawn(async move {
+            let leases = client.api::<Lease>(Some("kube-node-lease"));
+            let name = format!("sim-{i}");
+            let mut latencies = Vec::new();
+            let mut late = 0usize;
+            let mut next = began + offset;
+            while next < end {
+                tokio::time::sleep_until(next.into()).await;
+                let start = Instant::now();
+                let patch = json!({"spec": {"renewTime": chrono::Utc::now()
+                    .to_rfc3339_opts(chrono::SecondsFormat::Micros, true)}});
+                if leases.patch_merge(&name, &patch).await.is_ok() {
+                    latencies.push(start.elapsed());
+                }
+                if start.elapsed() > Duration::from_secs(1) {
+                    late += 1;
+                }
+                next += Duration::from_secs(1);
+            }
+            (latencies, late)
+        }));
+    }
+    let (mut latencies, mut late) = (Vec::new(), 0);
+    for renewer in renewers {
+        let (some, some_late) = renewer.await?;
+        latencies.extend(some);
+        late += some_late;
+    }
+    let elapsed = began.elapsed();
+    latencies.sort();
+    let rate = latencies.len() as f64 / elapsed.as_secs_f64();
+
+    // The store's capacity, as `writes --clients 64` measures it, in the same cluster.
+    let maps = client.api::<ConfigMap>(Some("default"));
+    let (writes, clients) = (4000usize, 64usize);
+    let started = Instant::now();
+    let mut writers = Vec::new();
+    for c in 0..clients {
+        let maps = maps.clone();
+        writers.push(tokio::spawn(async move {
+            for i in 0..writes / clients {
+                let map: ConfigMap = serde_json::from_value(
+                    json!({"metadata": {"name": format!("cap-{c}-{i}")}, "data": {"k": "v"}}),
+                )?;
+                maps.create(&map).await?;
+            }
+            anyhow::Ok(())
+        }));
+    }
+    for writer in writers {
+        writer.await??;
+    }
+    let capacity = writes as f64 / started.elapsed().as_secs_f64();
+    println!(
+        "lease renewals, {nodes} nodes each renewing every second ({}): {rate:.0} renewals/s, latency p50 {:.2} ms, p99 {:.2} ms, {late} took over a second; the store's capacity (creates, 64 clients, same run) {capacity:.0}/s, so the heartbeats take {:.0}% of it",
+        super::bench_etcd::store_name(),
+        ms(percentile(&latencies, 0.50)),
+        ms(percentile(&latencies, 0.99)),
+        100.0 * rate / capacity,
+    );
+    bench.cluster.shutdown().await;
+    Ok(())
+}
