@@ -14,6 +14,7 @@
 //!   achieved and their latency, beside the store's capacity for creates from 64 clients
 //!   (the `writes` benchmark's figure) measured in the same run.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -24,7 +25,7 @@ use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{ConfigMap, Node, Pod};
 use serde_json::json;
 use shoal::cluster::ControlPlaneOptions;
-use shoal_control::client::{Client, ListParams};
+use shoal_control::client::{watcher, Client, ListParams};
 use shoal_control::server::ServerOptions;
 use tokio::sync::Semaphore;
 
@@ -40,21 +41,56 @@ pub async fn heal(args: &Args) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The pods of `app` that serve: Ready, not being deleted, on `node` if given.
-async fn serving(client: &Client, app: &str, off: &str) -> anyhow::Result<usize> {
-    let params = ListParams::default().labels(&format!("set={app}"));
-    let pods = client.api::<Pod>(Some("default")).list(&params).await?;
-    Ok(pods
-        .items
-        .iter()
-        .filter(|p| p.metadata.deletion_timestamp.is_none())
-        .filter(|p| (p.spec.as_ref()).and_then(|s| s.node_name.as_deref()) != Some(off))
-        .filter(|p| {
-            (p.status.as_ref())
-                .and_then(|s| s.conditions.as_ref())
-                .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
-        })
-        .count())
+/// The benchmark's pods as a watch keeps them (polling lists of 1,000 pods would cost more
+/// than what is measured).
+#[derive(Clone, Default)]
+struct PodView(Arc<std::sync::Mutex<HashMap<String, Pod>>>);
+
+impl PodView {
+    fn start(client: &Client) -> Self {
+        let view = Self::default();
+        let mut events = watcher::<Pod>(client, ListParams::default().labels("app=heal"));
+        let pods = view.0.clone();
+        tokio::spawn(async move {
+            while let Some(event) = events.recv().await {
+                event.apply_to(&mut pods.lock().unwrap_or_else(|p| p.into_inner()));
+            }
+        });
+        view
+    }
+
+    /// The pods of `set` that serve: Ready, not being deleted, not on node `off`.
+    fn serving(&self, set: &str, off: &str) -> usize {
+        let pods = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        pods.values()
+            .filter(|p| {
+                (p.metadata.labels.as_ref())
+                    .and_then(|l| l.get("set"))
+                    .map(String::as_str)
+                    == Some(set)
+            })
+            .filter(|p| p.metadata.deletion_timestamp.is_none())
+            .filter(|p| (p.spec.as_ref()).and_then(|s| s.node_name.as_deref()) != Some(off))
+            .filter(|p| {
+                (p.status.as_ref())
+                    .and_then(|s| s.conditions.as_ref())
+                    .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+            })
+            .count()
+    }
+
+    /// How many pods of `set` there are at all.
+    fn count(&self, set: &str) -> usize {
+        let pods = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        pods.values()
+            .filter(|p| {
+                (p.metadata.labels.as_ref())
+                    .and_then(|l| l.get("set"))
+                    .map(String::as_str)
+                    == Some(set)
+            })
+            .count()
+    }
 }
 
 async fn cordon(client: &Client, node: &str, unschedulable: bool) -> anyhow::Result<()> {
@@ -120,8 +156,9 @@ async fn node_loss(pods: usize, kills: usize) -> anyhow::Result<()> {
             Some(&deployment("steady", 1)),
         )
         .await?;
+    let view = PodView::start(&client);
     wait_until("the steady pod", Duration::from_secs(60), async || {
-        Ok(serving(&client, "steady", "").await? == 1)
+        Ok(view.serving("steady", "") == 1)
     })
     .await?;
 
@@ -139,7 +176,7 @@ async fn node_loss(pods: usize, kills: usize) -> anyhow::Result<()> {
             )
             .await?;
         wait_until("the victim's pods", Duration::from_secs(300), async || {
-            Ok(serving(&client, "lost", "").await? == pods)
+            Ok(view.serving("lost", "") == pods)
         })
         .await?;
         cordon(&client, &keeper, false).await?;
@@ -150,13 +187,22 @@ async fn node_loss(pods: usize, kills: usize) -> anyhow::Result<()> {
         let killed = Instant::now();
         agent.shutdown().await;
         wait_until("the replacements", Duration::from_secs(300), async || {
-            Ok(serving(&client, "lost", &victim).await? == pods)
+            Ok(view.serving("lost", &victim) == pods)
         })
         .await?;
         healed.push(killed.elapsed());
+        eprintln!(
+            "  {pods} pods, round {round}: replaced in {:.0} ms",
+            ms(killed.elapsed())
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
-        let (round_sent, round_failed) = load.stop().await;
+        let (round_sent, round_failed, failures) = load.stop().await;
         (sent, failed) = (sent + round_sent, failed + round_failed);
+        if !failures.is_empty() {
+            eprintln!(
+                "  round {round}: {round_failed} of {round_sent} failed, first: {failures:?}"
+            );
+        }
 
         // Clean up for the next round: the Deployment, and the lost node.
         client
@@ -174,15 +220,7 @@ async fn node_loss(pods: usize, kills: usize) -> anyhow::Result<()> {
         wait_until(
             "the round's pods to go",
             Duration::from_secs(120),
-            async || {
-                let params = ListParams::default().labels("set=lost");
-                Ok(client
-                    .api::<Pod>(Some("default"))
-                    .list(&params)
-                    .await?
-                    .items
-                    .is_empty())
-            },
+            async || Ok(view.count("lost") == 0),
         )
         .await?;
     }
@@ -201,6 +239,8 @@ async fn node_loss(pods: usize, kills: usize) -> anyhow::Result<()> {
 struct Load {
     stop: Arc<std::sync::atomic::AtomicBool>,
     counts: Arc<(AtomicUsize, AtomicUsize)>,
+    /// The first failures' answers, to show what failed.
+    failures: Arc<std::sync::Mutex<Vec<String>>>,
     callers: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -208,9 +248,11 @@ impl Load {
     fn start(ingress: std::net::SocketAddr, host: &str) -> Self {
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let counts = Arc::new((AtomicUsize::new(0), AtomicUsize::new(0)));
+        let failures: Arc<std::sync::Mutex<Vec<String>>> = Arc::default();
         let callers = (0..4)
             .map(|_| {
                 let (stop, counts, host) = (stop.clone(), counts.clone(), host.to_string());
+                let failures = failures.clone();
                 tokio::spawn(async move {
                     let client = http_client();
                     while !stop.load(Ordering::Relaxed) {
@@ -218,17 +260,24 @@ impl Load {
                             .header(http::header::HOST, &host)
                             .body(Empty::<Bytes>::new())
                             .expect("a valid request");
-                        let ok = match client.request(request).await {
+                        let failure = match client.request(request).await {
                             Ok(response) => {
                                 let status = response.status();
-                                let _ = response.into_body().collect().await;
-                                status.is_success()
+                                let body = response.into_body().collect().await;
+                                let body = body.map(|b| b.to_bytes()).unwrap_or_default();
+                                (!status.is_success()).then(|| {
+                                    format!("{status}: {}", String::from_utf8_lossy(&body).trim())
+                                })
                             }
-                            Err(_) => false,
+                            Err(e) => Some(e.to_string()),
                         };
                         counts.0.fetch_add(1, Ordering::Relaxed);
-                        if !ok {
+                        if let Some(failure) = failure {
                             counts.1.fetch_add(1, Ordering::Relaxed);
+                            let mut failures = failures.lock().unwrap_or_else(|p| p.into_inner());
+                            if failures.len() < 3 {
+                                failures.push(failure);
+                            }
                         }
                     }
                 })
@@ -237,19 +286,23 @@ impl Load {
         Self {
             stop,
             counts,
+            failures,
             callers,
         }
     }
 
-    /// (sent, failed)
-    async fn stop(self) -> (usize, usize) {
+    /// (sent, failed, the first failures)
+    async fn stop(self) -> (usize, usize, Vec<String>) {
         self.stop.store(true, Ordering::Relaxed);
         for caller in self.callers {
             let _ = caller.await;
         }
+        let failures =
+            std::mem::take(&mut *self.failures.lock().unwrap_or_else(|p| p.into_inner()));
         (
             self.counts.0.load(Ordering::Relaxed),
             self.counts.1.load(Ordering::Relaxed),
+            failures,
         )
     }
 }

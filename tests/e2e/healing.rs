@@ -413,3 +413,106 @@ async fn an_agent_restarted_in_time_keeps_its_pods() {
         .await;
     assert!(node["spec"]["taints"].is_null(), "{node}");
 }
+
+/// The API server paused (SIGSTOP) for longer than the lease: its one agent cannot renew, so
+/// past its lease it stops the StatefulSet's pod (and says so in its log) while the
+/// Deployment's pod serves on through the node port all along; with the server back, the
+/// agent renews, starts the StatefulSet's pod again (same pod, same uid), and the controller,
+/// which stood still itself, evicts nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cut_off_agent_fences_only_its_unique_pods() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, url) = start_server(dir.path(), &[]);
+    let agent = start_agent(dir.path(), &url, "a", &["--gateway-addr", "127.0.0.2:0"]);
+    let http = Http::from_kubeconfig(&server_kubeconfig(dir.path()));
+    let set = json!({"apiVersion": "apps/v1", "kind": "StatefulSet", "metadata": {"name": "db"},
+        "spec": {"replicas": 1, "serviceName": "db", "selector": {"matchLabels": {"app": "db"}},
+            "template": {"metadata": {"labels": {"app": "db"}}, "spec": {"containers": [
+                {"name": "web", "image": shoal_examples::WEB_P2, "ports": [{"containerPort": 8080}]}]}}}});
+    create(&http, "/apis/apps/v1/namespaces/default/statefulsets", &set).await;
+    create(
+        &http,
+        "/apis/apps/v1/namespaces/default/deployments",
+        &web_deployment("web", 1),
+    )
+    .await;
+    let mut through = std::collections::HashMap::new();
+    for app in ["db", "web"] {
+        let service = json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": app},
+            "spec": {"type": "NodePort", "selector": {"app": app}, "ports": [{"port": 80, "targetPort": 8080}]}});
+        let service = create(&http, "/api/v1/namespaces/default/services", &service).await;
+        let port = service["spec"]["ports"][0]["nodePort"].as_i64().unwrap();
+        through.insert(app, Http::new(&format!("http://127.0.0.2:{port}")));
+    }
+    let uids = async || -> Vec<Value> {
+        let mut uids = Vec::new();
+        for app in ["db", "web"] {
+            let pods = pods(&http, &format!("app%3D{app}")).await;
+            assert_eq!(pods.len(), 1, "{pods:?}");
+            uids.push(pods[0]["metadata"]["uid"].clone());
+        }
+        uids
+    };
+    for app in ["db", "web"] {
+        let client = &through[app];
+        wait_for(
+            &format!("{app} to serve on its node port"),
+            Duration::from_secs(60),
+            async || (client.raw("GET", "/", "", "").await.0 == 200).then_some(()),
+        )
+        .await;
+    }
+    let before = uids().await;
+
+    server.signal(Signal::SIGSTOP);
+    let paused = Instant::now();
+    let mut web_failures = 0;
+    let mut fenced_after = None;
+    while paused.elapsed() < Duration::from_secs(8) {
+        if through["web"].raw("GET", "/", "", "").await.0 != 200 {
+            web_failures += 1;
+        }
+        if fenced_after.is_none()
+            && agent
+                .output()
+                .contains("stopping the pods that must be unique")
+        {
+            fenced_after = Some(paused.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let db_while_fenced = through["db"].raw("GET", "/", "", "").await.0;
+    server.signal(Signal::SIGCONT);
+    let fenced_after = fenced_after.expect("the agent says it fenced itself");
+    eprintln!("agent fenced {fenced_after:?} after the server stopped");
+    assert_eq!(web_failures, 0, "the Deployment's pod serves on");
+    assert_ne!(db_while_fenced, 200, "the StatefulSet's pod is stopped");
+    // Its last renewal was at most a second before the pause, its lease is 4 s.
+    assert!(
+        fenced_after >= Duration::from_secs(2) && fenced_after < Duration::from_millis(5500),
+        "{fenced_after:?}"
+    );
+
+    let db = &through["db"];
+    wait_for(
+        "the StatefulSet's pod to serve again",
+        Duration::from_secs(30),
+        async || (db.raw("GET", "/", "", "").await.0 == 200).then_some(()),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(uids().await, before, "nothing was replaced");
+    let (_, events) = http
+        .call(
+            "GET",
+            "/api/v1/events?fieldSelector=reason%3DNodeNotReady",
+            "",
+            "",
+        )
+        .await;
+    assert_eq!(
+        events["items"].as_array().map(Vec::len),
+        Some(0),
+        "the node was never declared unreachable: {events}"
+    );
+}

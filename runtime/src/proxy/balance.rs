@@ -1,20 +1,31 @@
 //! Choosing a backend: least outstanding requests over a power of two random choices (two
 //! backends drawn at random, the less loaded one wins), or, with `sessionAffinity: ClientIP`,
-//! the backend a client went to before while it is still ready.
+//! the backend a client went to before while it is still ready. Backends on a node whose
+//! gateway just refused a connection are left out for [`EJECTION`] (unless nothing else is
+//! left): a lost node's pods stay in the endpoints until the control plane finds it gone, and
+//! meanwhile a retry must not land on another of them.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use rand::Rng;
 
 use super::table::Backend;
 
-/// Outstanding requests per backend, and clients' sticky backends.
+/// How long a node whose gateway refused is left out: about the time the control plane
+/// takes to find a lost node (its pods then leave the endpoints); a node that was only
+/// restarting gets requests again after it.
+pub const EJECTION: Duration = Duration::from_secs(3);
+
+/// Outstanding requests per backend, clients' sticky backends, and nodes left out.
 #[derive(Default)]
 pub struct Balancer {
     outstanding: Mutex<HashMap<Backend, Arc<AtomicUsize>>>,
     sticky: Mutex<HashMap<(String, String), Backend>>,
+    /// Nodes whose gateway refused, and until when they are left out.
+    ejected: Mutex<HashMap<String, Instant>>,
 }
 
 /// A request in flight to a backend; dropping it ends the request's count.
@@ -36,7 +47,16 @@ impl Balancer {
             .clone()
     }
 
-    /// Picks a backend among `backends` (skipping `excluded`), and counts the request.
+    /// Leaves the backends on `node` out for [`EJECTION`]: its gateway refused.
+    pub fn eject_node(&self, node: &str) {
+        let mut ejected = self.ejected.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        ejected.retain(|_, until| *until > now);
+        ejected.insert(node.to_string(), now + EJECTION);
+    }
+
+    /// Picks a backend among `backends` (skipping `excluded`, and those on ejected nodes
+    /// while any other is left), and counts the request.
     pub fn pick(
         &self,
         service: &str,
@@ -44,9 +64,20 @@ impl Balancer {
         excluded: Option<&Backend>,
         client: Option<&str>,
     ) -> Option<(Backend, InFlight)> {
-        let candidates: Vec<&Backend> = backends.iter().filter(|b| Some(*b) != excluded).collect();
+        let mut candidates: Vec<&Backend> =
+            backends.iter().filter(|b| Some(*b) != excluded).collect();
         if candidates.is_empty() {
             return None;
+        }
+        {
+            let ejected = self.ejected.lock().unwrap_or_else(|p| p.into_inner());
+            if !ejected.is_empty() {
+                let now = Instant::now();
+                let out = |b: &Backend| ejected.get(&b.node).is_some_and(|until| *until > now);
+                if candidates.iter().any(|b| !out(b)) {
+                    candidates.retain(|b| !out(b));
+                }
+            }
         }
         let sticky_key = client.map(|c| (service.to_string(), c.to_string()));
         let remembered = sticky_key.as_ref().and_then(|k| {
@@ -91,6 +122,29 @@ mod tests {
             node: "n".into(),
             port: 8080,
         }
+    }
+
+    #[test]
+    fn backends_on_a_node_that_refused_are_left_out_while_others_remain() {
+        let balancer = Balancer::default();
+        let on = |pod: &str, node: &str| Backend {
+            node: node.into(),
+            ..backend(pod)
+        };
+        let backends: Vec<Backend> = (0..10)
+            .map(|i| on(&format!("lost-{i}"), "lost"))
+            .chain([on("kept", "keeper")])
+            .collect();
+        balancer.eject_node("lost");
+        for _ in 0..100 {
+            let (picked, _) = balancer.pick("svc", &backends, None, None).unwrap();
+            assert_eq!(picked.pod, "kept");
+        }
+        // With the only other one excluded (it refused too), the ejected ones are all left.
+        let (picked, _) = balancer
+            .pick("svc", &backends, Some(&backends[10]), None)
+            .unwrap();
+        assert_eq!(picked.node, "lost");
     }
 
     #[test]

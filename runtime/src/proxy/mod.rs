@@ -474,13 +474,19 @@ impl DispatchState {
                 b.map_err(|e| wasmtime_wasi_http::Error::InternalError(Some(e.to_string())))
                     .boxed_unsync()
             })),
-            Err(e) if e.is_connect() => Err((replay, format!("gateway {gateway}: {e}"))),
+            Err(e) if e.is_connect() => {
+                self.balancer.eject_node(&backend.node);
+                Err((replay, format!("gateway {gateway}: {e}")))
+            }
             // The connection broke with no answer (its node died mid-request): the guest may
             // have seen the request, so only an idempotent one is sent again elsewhere.
-            Err(e) => Err((
-                replay.filter(|r| r.method().is_idempotent()),
-                format!("gateway {gateway}: {e}"),
-            )),
+            Err(e) => {
+                self.balancer.eject_node(&backend.node);
+                Err((
+                    replay.filter(|r| r.method().is_idempotent()),
+                    format!("gateway {gateway}: {e}"),
+                ))
+            }
         }
     }
 }

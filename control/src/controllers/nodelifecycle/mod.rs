@@ -371,3 +371,67 @@ fn key_of(pod: &Pod) -> String {
         pod.metadata.name.as_deref().unwrap_or("")
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(name: &str) -> (String, Node) {
+        let node = serde_json::from_value(json!({"metadata": {"name": name}})).unwrap();
+        (format!("/{name}"), node)
+    }
+
+    fn lease(name: &str, version: &str, renew_time: &str) -> (String, Lease) {
+        let lease = serde_json::from_value(json!({
+            "metadata": {"name": name, "namespace": "kube-node-lease", "resourceVersion": version},
+            "spec": {"leaseDurationSeconds": 4, "renewTime": renew_time}}))
+        .unwrap();
+        (format!("kube-node-lease/{name}"), lease)
+    }
+
+    /// Renewals count when they are seen, whatever time the agent's clock wrote: an agent whose
+    /// clock is an hour behind, or ahead, is judged like any other.
+    #[test]
+    fn renewals_are_judged_by_the_controllers_clock_not_the_agents() {
+        let t0 = Instant::now();
+        let nodes = HashMap::from([node("behind"), node("ahead"), node("starting")]);
+        let mut leases = HashMap::from([
+            lease("behind", "1", "2026-01-01T00:00:00.000000Z"),
+            lease("ahead", "2", "2036-01-01T00:00:00.000000Z"),
+        ]);
+        let mut health = HashMap::new();
+        observe_leases(&nodes, &leases, &mut health, t0);
+        assert_eq!(health.len(), 2, "a node without a lease is not judged");
+        let later = t0 + Duration::from_millis(1500);
+        leases.extend([lease("behind", "3", "2026-01-01T00:00:01.000000Z")]);
+        observe_leases(&nodes, &leases, &mut health, later);
+        assert_eq!(health["behind"].late(later), Duration::ZERO);
+        assert_eq!(health["ahead"].late(later), Duration::from_millis(1500));
+        let timing = Timing {
+            grace: Duration::from_secs(2),
+            eviction_timeout: Duration::from_secs(60),
+        };
+        let acts = assess(&mut health, |_| false, timing, later);
+        assert!(acts.is_empty(), "{acts:?}");
+
+        // A node that is gone takes its health with it.
+        let fewer = HashMap::from([node("ahead")]);
+        observe_leases(&fewer, &leases, &mut health, later);
+        assert_eq!(health.keys().collect::<Vec<_>>(), ["ahead"]);
+    }
+
+    #[test]
+    fn deleted_nodes_are_told_by_deletions_and_fresh_lists() {
+        let known = HashMap::from([node("a"), node("b")]);
+        let (_, a) = node("a");
+        assert_eq!(
+            deleted_nodes(&WatcherEvent::Deleted(a.clone()), &known),
+            ["a"]
+        );
+        assert!(deleted_nodes(&WatcherEvent::Applied(a.clone()), &known).is_empty());
+        assert_eq!(
+            deleted_nodes(&WatcherEvent::Restarted(vec![a]), &known),
+            ["b"]
+        );
+    }
+}
