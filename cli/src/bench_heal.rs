@@ -235,7 +235,7 @@ async fn node_loss(pods: usize, kills: usize) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Four callers, one request after another each, until stopped.
+/// Four callers, one request after another each (2 ms apart), until stopped.
 struct Load {
     stop: Arc<std::sync::atomic::AtomicBool>,
     counts: Arc<(AtomicUsize, AtomicUsize)>,
@@ -272,6 +272,8 @@ impl Load {
                             Err(e) => Some(e.to_string()),
                         };
                         counts.0.fetch_add(1, Ordering::Relaxed);
+                        // Paced a little: callers flat out would starve the cluster measured.
+                        tokio::time::sleep(Duration::from_millis(2)).await;
                         if let Some(failure) = failure {
                             counts.1.fetch_add(1, Ordering::Relaxed);
                             let mut failures = failures.lock().unwrap_or_else(|p| p.into_inner());

@@ -19,6 +19,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use futures::StreamExt as _;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Node, Pod};
 use serde_json::json;
@@ -62,7 +63,7 @@ pub async fn run(client: Client, timing: Timing) {
                 let gone = deleted_nodes(&event, &nodes);
                 event.apply_to(&mut nodes);
                 for name in gone {
-                    delete_pods(&client, &recorder, &name, Reason::NodeDeleted).await;
+                    spawn_delete_pods(&client, &recorder, name, Reason::NodeDeleted);
                 }
             }
             Some(event) = lease_feed.recv() => event.apply_to(&mut leases),
@@ -103,17 +104,23 @@ pub async fn run(client: Client, timing: Timing) {
                     tracing::warn!("{message}");
                     recorder.warning(node, "NodeNotReady", &message).await;
                 }
-                Act::DisruptPods => disrupt_pods(&client, &recorder, &name).await,
-                Act::ReplaceUniquePods => {
-                    delete_pods(&client, &recorder, &name, Reason::Fenced).await
+                // The pods' writes run beside the loop: a node may carry a thousand pods, and
+                // the other nodes are judged meanwhile.
+                Act::DisruptPods => {
+                    let (client, recorder) = (client.clone(), recorder.clone());
+                    tokio::spawn(async move { disrupt_pods(&client, &recorder, &name).await });
                 }
-                Act::Evict => delete_pods(&client, &recorder, &name, Reason::Evicted).await,
+                Act::ReplaceUniquePods => {
+                    spawn_delete_pods(&client, &recorder, name, Reason::Fenced);
+                }
+                Act::Evict => spawn_delete_pods(&client, &recorder, name, Reason::Evicted),
                 Act::MarkReachable => {
                     mark(&client, node, None).await;
                     let message = format!("Node {name} status is now: NodeReady");
                     tracing::info!("{message}");
                     recorder.normal(node, "NodeReady", &message).await;
-                    settle_pods(&client, &name).await;
+                    let client = client.clone();
+                    tokio::spawn(async move { settle_pods(&client, &name).await });
                 }
             }
         }
@@ -254,42 +261,59 @@ async fn pods_on(client: &Client, node: &str) -> Vec<Pod> {
 /// longer count toward any budget's healthy pods.
 async fn disrupt_pods(client: &Client, recorder: &Recorder, node: &str) {
     let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
-    for pod in pods_on(client, node).await {
-        let name = pod.metadata.name.clone().unwrap_or_default();
-        let api = client.api::<Pod>(pod.metadata.namespace.as_deref());
-        let message = format!("the pod's node {node} is unreachable");
-        let conditions = json!({"status": {"conditions": [
-            {"type": "Ready", "status": "False", "reason": NODE_UNREACHABLE_REASON,
-                "message": message, "lastTransitionTime": now},
-            {"type": "DisruptionTarget", "status": "True", "reason": "DeletionByTaintManager",
-                "message": "Taint manager: deleting due to NoExecute taint", "lastTransitionTime": now},
-        ]}});
-        if let Err(e) = api.patch_status_strategic(&name, &conditions).await {
-            if !e.is_not_found() {
-                tracing::warn!("marking pod {name} of unreachable node {node}: {e}");
-            }
-            continue;
+    let pods = pods_on(client, node).await;
+    futures::stream::iter(pods)
+        .for_each_concurrent(CONCURRENT_POD_WRITES, |pod| {
+            disrupt_pod(
+                client.clone(),
+                recorder.clone(),
+                node.to_string(),
+                now.clone(),
+                pod,
+            )
+        })
+        .await;
+}
+
+async fn disrupt_pod(client: Client, recorder: Recorder, node: String, now: String, pod: Pod) {
+    let name = pod.metadata.name.clone().unwrap_or_default();
+    let api = client.api::<Pod>(pod.metadata.namespace.as_deref());
+    let message = format!("the pod's node {node} is unreachable");
+    let conditions = json!({"status": {"conditions": [
+        {"type": "Ready", "status": "False", "reason": NODE_UNREACHABLE_REASON,
+            "message": message, "lastTransitionTime": now},
+        {"type": "DisruptionTarget", "status": "True", "reason": "DeletionByTaintManager",
+            "message": "Taint manager: deleting due to NoExecute taint", "lastTransitionTime": now},
+    ]}});
+    if let Err(e) = api.patch_status_strategic(&name, &conditions).await {
+        if !e.is_not_found() {
+            tracing::warn!("marking pod {name} of unreachable node {node}: {e}");
         }
-        let replaceable =
-            !must_be_unique(&pod) && controller_kind(&pod).is_some_and(|kind| kind != "DaemonSet");
-        if !replaceable || pod.metadata.deletion_timestamp.is_some() {
-            continue;
-        }
-        let params = DeleteParams {
-            uid: pod.metadata.uid.clone(),
-            ..Default::default()
-        };
-        if api.delete(&name, &params).await.is_ok() {
-            let message = format!(
-                "Marking for deletion Pod {}: its node {node} is unreachable",
-                key_of(&pod)
-            );
-            recorder
-                .normal(&pod, "TaintManagerEviction", &message)
-                .await;
-        }
+        return;
+    }
+    let replaceable =
+        !must_be_unique(&pod) && controller_kind(&pod).is_some_and(|kind| kind != "DaemonSet");
+    if !replaceable || pod.metadata.deletion_timestamp.is_some() {
+        return;
+    }
+    let params = DeleteParams {
+        uid: pod.metadata.uid.clone(),
+        ..Default::default()
+    };
+    if api.delete(&name, &params).await.is_ok() {
+        let message = format!(
+            "Marking for deletion Pod {}: its node {node} is unreachable",
+            key_of(&pod)
+        );
+        recorder
+            .normal(&pod, "TaintManagerEviction", &message)
+            .await;
     }
 }
+
+/// How many of a lost node's pods are worked on at once: a node may carry a thousand, and
+/// one after another their writes would take seconds.
+const CONCURRENT_POD_WRITES: usize = 32;
 
 /// Why pods of an unreachable node are deleted for good.
 #[derive(Clone, Copy)]
@@ -302,38 +326,56 @@ enum Reason {
     NodeDeleted,
 }
 
+fn spawn_delete_pods(client: &Client, recorder: &Recorder, node: String, reason: Reason) {
+    let (client, recorder) = (client.clone(), recorder.clone());
+    tokio::spawn(async move { delete_pods(&client, &recorder, &node, reason).await });
+}
+
 /// Deletes pods of an unreachable node at once (its agent cannot finish a graceful deletion),
 /// so that their controllers replace them elsewhere.
 async fn delete_pods(client: &Client, recorder: &Recorder, node: &str, reason: Reason) {
-    for pod in pods_on(client, node).await {
-        let chosen = match reason {
-            Reason::Fenced => must_be_unique(&pod),
-            Reason::Evicted => controller_kind(&pod) != Some("DaemonSet"),
-            Reason::NodeDeleted => true,
+    let pods = pods_on(client, node).await;
+    futures::stream::iter(pods)
+        .for_each_concurrent(CONCURRENT_POD_WRITES, |pod| {
+            delete_pod(
+                client.clone(),
+                recorder.clone(),
+                node.to_string(),
+                reason,
+                pod,
+            )
+        })
+        .await;
+}
+
+async fn delete_pod(client: Client, recorder: Recorder, node: String, reason: Reason, pod: Pod) {
+    let chosen = match reason {
+        Reason::Fenced => must_be_unique(&pod),
+        Reason::Evicted => controller_kind(&pod) != Some("DaemonSet"),
+        Reason::NodeDeleted => true,
+    };
+    if !chosen {
+        return;
+    }
+    let name = pod.metadata.name.clone().unwrap_or_default();
+    let api = client.api::<Pod>(pod.metadata.namespace.as_deref());
+    let params = DeleteParams {
+        grace_period_seconds: Some(0),
+        uid: pod.metadata.uid.clone(),
+        ..Default::default()
+    };
+    if api.delete(&name, &params).await.is_ok() {
+        let pod_key = key_of(&pod);
+        let message = match reason {
+            Reason::Fenced => format!(
+                "Deleting pod {pod_key}: node {node} has been unreachable past its lease, so its agent has stopped it"
+            ),
+            Reason::Evicted => format!("Evicting pod {pod_key} from unreachable node {node}"),
+            Reason::NodeDeleted => format!("Deleting pod {pod_key}: its node {node} was deleted"),
         };
-        if !chosen {
-            continue;
-        }
-        let name = pod.metadata.name.clone().unwrap_or_default();
-        let api = client.api::<Pod>(pod.metadata.namespace.as_deref());
-        let params = DeleteParams {
-            grace_period_seconds: Some(0),
-            uid: pod.metadata.uid.clone(),
-            ..Default::default()
-        };
-        if api.delete(&name, &params).await.is_ok() {
-            let message = match reason {
-                Reason::Fenced => format!(
-                    "Deleting pod {}: node {node} has been unreachable past its lease, so its agent has stopped it",
-                    key_of(&pod)
-                ),
-                Reason::Evicted => format!("Evicting pod {} from unreachable node {node}", key_of(&pod)),
-                Reason::NodeDeleted => format!("Deleting pod {}: its node {node} was deleted", key_of(&pod)),
-            };
-            recorder
-                .warning(&pod, "TaintManagerEviction", &message)
-                .await;
-        }
+        recorder
+            .warning(&pod, "TaintManagerEviction", &message)
+            .await;
     }
 }
 
