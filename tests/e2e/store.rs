@@ -211,7 +211,7 @@ async fn gone_once_history_is_compacted(store: &dyn Store, writes: usize) {
 
 /// A module blob larger than etcd's request limit goes in and comes back whole.
 async fn blobs_round_trip(store: &dyn Store) {
-    let bytes: Vec<u8> = (0..(2_500_000u32)).map(|i| (i % 251) as u8).collect();
+    let bytes: Vec<u8> = (0..2_500_000u32).map(|i| (i % 251) as u8).collect();
     store.put_blob("feedface", bytes.clone()).await.unwrap();
     assert_eq!(store.get_blob("feedface").await.unwrap(), Some(bytes));
     assert_eq!(store.get_blob("absent").await.unwrap(), None);

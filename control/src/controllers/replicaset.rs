@@ -233,25 +233,46 @@ async fn reconcile(
     let mut active: Vec<Pod> = owned.into_iter().filter(is_active).collect();
     let wanted = spec.replicas.unwrap_or(1).max(0) as usize;
     if active.len() < wanted {
-        for _ in active.len()..wanted {
-            let pod = pod_from_template(&rs, kind);
-            let created = match pods_api.create(&pod).await {
-                Ok(created) => created,
-                Err(e) => {
-                    // A quota or admission refusal: say so on the owner; the runtime retries
-                    // with back-off (a freed slot or a raised quota wakes it sooner).
-                    owner
-                        .warning(&recorder, "FailedCreate", &format!("Error creating: {e}"))
-                        .await;
-                    return Err(e.into());
+        // Kubernetes' slow start: batches of 1, 2, 4, … creates at once, stopping at the
+        // first refusal (a quota, an admission rule), so that a thousand missing pods take a
+        // few round trips while a template every create refuses costs one.
+        let mut missing = wanted - active.len();
+        let mut batch = 1usize;
+        while missing > 0 {
+            let size = batch.min(missing);
+            let creates = (0..size).map(|_| {
+                let pod = pod_from_template(&rs, kind);
+                let pods_api = pods_api.clone();
+                async move { pods_api.create(&pod).await }
+            });
+            let mut refused = None;
+            let mut created = Vec::with_capacity(size);
+            for result in futures::future::join_all(creates).await {
+                match result {
+                    Ok(pod) => created.push(pod),
+                    Err(e) => refused = refused.or(Some(e)),
                 }
-            };
-            let message = format!(
-                "Created pod: {}",
-                created.metadata.name.clone().unwrap_or_default()
-            );
-            owner.event(&recorder, "SuccessfulCreate", &message).await;
-            active.push(created);
+            }
+            let events = created.iter().map(|pod| {
+                let message = format!(
+                    "Created pod: {}",
+                    pod.metadata.name.as_deref().unwrap_or_default()
+                );
+                let (owner, recorder) = (&owner, &recorder);
+                async move { owner.event(recorder, "SuccessfulCreate", &message).await }
+            });
+            futures::future::join_all(events).await;
+            active.extend(created);
+            if let Some(e) = refused {
+                // A quota or admission refusal: say so on the owner; the runtime retries
+                // with back-off (a freed slot or a raised quota wakes it sooner).
+                owner
+                    .warning(&recorder, "FailedCreate", &format!("Error creating: {e}"))
+                    .await;
+                return Err(e.into());
+            }
+            missing -= size;
+            batch = batch.saturating_mul(2);
         }
     } else if active.len() > wanted {
         // Delete the pods that cost least to lose: unscheduled, then not ready, then newest.

@@ -635,8 +635,7 @@ mod tests {
         let bad = |providers: &str, expected: &str| {
             let text = format!("apiVersion: apiserver.config.k8s.io/v1\nkind: EncryptionConfiguration\nresources:\n- resources: [secrets]\n  providers:\n{providers}");
             let error = EncryptionConfig::parse(&text)
-                .err()
-                .expect(providers)
+                .expect_err(providers)
                 .to_string();
             assert!(error.contains(expected), "{error} (expected {expected})");
         };

@@ -102,7 +102,7 @@ mod tests {
     #[test]
     fn pages_stop_at_the_limit_of_accepted_objects_and_count_what_remains() {
         let all = entries(10);
-        let even = |o: &Value| o["n"].as_u64().unwrap() % 2 == 0;
+        let even = |o: &Value| o["n"].as_u64().unwrap().is_multiple_of(2);
         let page = cut(
             all.iter().map(|(k, v)| (k, Arc::new(v.clone()))),
             Some(2),

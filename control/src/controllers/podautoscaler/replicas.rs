@@ -401,7 +401,9 @@ mod tests {
     #[test]
     fn resource_utilization_as_kubernetes_computes_it() {
         let three = [running("a"), running("b"), running("c")];
-        let cases: &[(&str, i32, i32, Vec<PodFacts>, Vec<(&str, i64)>, i32)] = &[
+        // (name, target %, current replicas, pods, their CPU millicores, expected replicas)
+        type Case<'a> = (&'a str, i32, i32, Vec<PodFacts>, Vec<(&'a str, i64)>, i32);
+        let cases: &[Case] = &[
             (
                 "scale up",
                 3,
@@ -554,7 +556,7 @@ mod tests {
         let got = utilization(
             1,
             50,
-            &[never_ready.clone()],
+            std::slice::from_ref(&never_ready),
             &samples(&[("n", 1000)]),
             &requests(&["n"], 1000),
             false,
