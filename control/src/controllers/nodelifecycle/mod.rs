@@ -57,13 +57,18 @@ pub async fn run(client: Client, timing: Timing) {
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_look = Instant::now();
+    // Probes and pod writes run beside the loop, and end with it (dropping the set aborts
+    // them): nothing outlives the controller.
+    let mut work = tokio::task::JoinSet::new();
     loop {
         tokio::select! {
+            Some(_) = work.join_next(), if !work.is_empty() => continue,
             Some(event) = node_feed.recv() => {
                 let gone = deleted_nodes(&event, &nodes);
                 event.apply_to(&mut nodes);
                 for name in gone {
-                    spawn_delete_pods(&client, &recorder, name, Reason::NodeDeleted);
+                    let (client, recorder) = (client.clone(), recorder.clone());
+                    work.spawn(delete_pods(client, recorder, name, Reason::NodeDeleted));
                 }
             }
             Some(event) = lease_feed.recv() => event.apply_to(&mut leases),
@@ -93,7 +98,7 @@ pub async fn run(client: Client, timing: Timing) {
             match act {
                 Act::Probe => {
                     let (probes, node) = (probes_tx.clone(), node.clone());
-                    tokio::spawn(async move {
+                    work.spawn(async move {
                         let answered = probe(&node).await;
                         let _ = probes.send((name, answered)).await;
                     });
@@ -107,20 +112,22 @@ pub async fn run(client: Client, timing: Timing) {
                 // The pods' writes run beside the loop: a node may carry a thousand pods, and
                 // the other nodes are judged meanwhile.
                 Act::DisruptPods => {
-                    let (client, recorder) = (client.clone(), recorder.clone());
-                    tokio::spawn(async move { disrupt_pods(&client, &recorder, &name).await });
+                    work.spawn(disrupt_pods(client.clone(), recorder.clone(), name));
                 }
                 Act::ReplaceUniquePods => {
-                    spawn_delete_pods(&client, &recorder, name, Reason::Fenced);
+                    let (client, recorder) = (client.clone(), recorder.clone());
+                    work.spawn(delete_pods(client, recorder, name, Reason::Fenced));
                 }
-                Act::Evict => spawn_delete_pods(&client, &recorder, name, Reason::Evicted),
+                Act::Evict => {
+                    let (client, recorder) = (client.clone(), recorder.clone());
+                    work.spawn(delete_pods(client, recorder, name, Reason::Evicted));
+                }
                 Act::MarkReachable => {
                     mark(&client, node, None).await;
                     let message = format!("Node {name} status is now: NodeReady");
                     tracing::info!("{message}");
                     recorder.normal(node, "NodeReady", &message).await;
-                    let client = client.clone();
-                    tokio::spawn(async move { settle_pods(&client, &name).await });
+                    work.spawn(settle_pods(client.clone(), name));
                 }
             }
         }
@@ -259,15 +266,15 @@ async fn pods_on(client: &Client, node: &str) -> Vec<Pod> {
 /// replace it at once, and the deletion finishes when the node's agent is back, or at the
 /// eviction timeout. Budgets are not consulted: these pods are no longer ready, so they no
 /// longer count toward any budget's healthy pods.
-async fn disrupt_pods(client: &Client, recorder: &Recorder, node: &str) {
+async fn disrupt_pods(client: Client, recorder: Recorder, node: String) {
     let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
-    let pods = pods_on(client, node).await;
+    let pods = pods_on(&client, &node).await;
     futures::stream::iter(pods)
         .for_each_concurrent(CONCURRENT_POD_WRITES, |pod| {
             disrupt_pod(
                 client.clone(),
                 recorder.clone(),
-                node.to_string(),
+                node.clone(),
                 now.clone(),
                 pod,
             )
@@ -326,24 +333,13 @@ enum Reason {
     NodeDeleted,
 }
 
-fn spawn_delete_pods(client: &Client, recorder: &Recorder, node: String, reason: Reason) {
-    let (client, recorder) = (client.clone(), recorder.clone());
-    tokio::spawn(async move { delete_pods(&client, &recorder, &node, reason).await });
-}
-
 /// Deletes pods of an unreachable node at once (its agent cannot finish a graceful deletion),
 /// so that their controllers replace them elsewhere.
-async fn delete_pods(client: &Client, recorder: &Recorder, node: &str, reason: Reason) {
-    let pods = pods_on(client, node).await;
+async fn delete_pods(client: Client, recorder: Recorder, node: String, reason: Reason) {
+    let pods = pods_on(&client, &node).await;
     futures::stream::iter(pods)
         .for_each_concurrent(CONCURRENT_POD_WRITES, |pod| {
-            delete_pod(
-                client.clone(),
-                recorder.clone(),
-                node.to_string(),
-                reason,
-                pod,
-            )
+            delete_pod(client.clone(), recorder.clone(), node.clone(), reason, pod)
         })
         .await;
 }
@@ -382,9 +378,9 @@ async fn delete_pod(client: Client, recorder: Recorder, node: String, reason: Re
 /// A node back from unreachability: the pods that were only marked (its DaemonSets', unique
 /// ones whose node came back in time, bare pods) lose their `DisruptionTarget`; their agent
 /// writes their readiness again.
-async fn settle_pods(client: &Client, node: &str) {
+async fn settle_pods(client: Client, node: String) {
     let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
-    for pod in pods_on(client, node).await {
+    for pod in pods_on(&client, &node).await {
         let disrupted = (pod.status.as_ref())
             .and_then(|s| s.conditions.as_ref())
             .is_some_and(|cs| {
