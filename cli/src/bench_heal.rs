@@ -59,37 +59,30 @@ impl PodView {
         view
     }
 
+    /// How many pods of `set` pass `test`.
+    fn count_where(&self, set: &str, test: impl Fn(&Pod) -> bool) -> usize {
+        let pods = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let in_set = |p: &&Pod| {
+            (p.metadata.labels.as_ref())
+                .and_then(|l| l.get("set"))
+                .map(String::as_str)
+                == Some(set)
+        };
+        pods.values().filter(in_set).filter(|p| test(p)).count()
+    }
+
     /// The pods of `set` that serve: Ready, not being deleted, not on node `off`.
     fn serving(&self, set: &str, off: &str) -> usize {
-        let pods = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        pods.values()
-            .filter(|p| {
-                (p.metadata.labels.as_ref())
-                    .and_then(|l| l.get("set"))
-                    .map(String::as_str)
-                    == Some(set)
-            })
-            .filter(|p| p.metadata.deletion_timestamp.is_none())
-            .filter(|p| (p.spec.as_ref()).and_then(|s| s.node_name.as_deref()) != Some(off))
-            .filter(|p| {
-                (p.status.as_ref())
-                    .and_then(|s| s.conditions.as_ref())
-                    .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
-            })
-            .count()
+        self.count_where(set, |p| {
+            p.metadata.deletion_timestamp.is_none()
+                && (p.spec.as_ref()).and_then(|s| s.node_name.as_deref()) != Some(off)
+                && shoal_control::controllers::pod_is_ready(p)
+        })
     }
 
     /// How many pods of `set` there are at all.
     fn count(&self, set: &str) -> usize {
-        let pods = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        pods.values()
-            .filter(|p| {
-                (p.metadata.labels.as_ref())
-                    .and_then(|l| l.get("set"))
-                    .map(String::as_str)
-                    == Some(set)
-            })
-            .count()
+        self.count_where(set, |_| true)
     }
 }
 

@@ -88,6 +88,30 @@ async fn one_per_node(http: &Http, app: &str, count: usize) -> Vec<Value> {
     .await
 }
 
+/// SIGKILLs the agent of node `victim`, and returns when.
+fn kill(agents: &[(String, Process)], victim: &str) -> Instant {
+    let index = agents.iter().position(|(name, _)| name == victim).unwrap();
+    agents[index].1.signal(Signal::SIGKILL);
+    Instant::now()
+}
+
+/// Waits until `count` pods of `app` serve, none of them on node `lost`.
+async fn serving_off(http: &Http, app: &str, count: usize, lost: &str) {
+    wait_for(
+        &format!("{count} serving pods of {app} off node {lost}"),
+        Duration::from_secs(30),
+        async || {
+            let now: Vec<Value> = pods(http, &format!("app%3D{app}"))
+                .await
+                .into_iter()
+                .filter(serving)
+                .collect();
+            (now.len() == count && now.iter().all(|p| node_of(p) != lost)).then_some(())
+        },
+    )
+    .await;
+}
+
 /// The scene at default timings: two agents, a 2-replica Deployment with one pod on
 /// each, a client calling through the surviving node's NodePort. The other agent is
 /// SIGKILLed: no request fails, and two replicas serve again within seconds (target 3 s;
@@ -148,22 +172,8 @@ async fn a_killed_agents_pods_serve_again_elsewhere_within_seconds() {
         .collect();
     tokio::time::sleep(Duration::from_millis(300)).await;
 
-    let index = agents.iter().position(|(name, _)| *name == victim).unwrap();
-    agents[index].1.signal(Signal::SIGKILL);
-    let killed = Instant::now();
-    wait_for(
-        "two serving replicas again, both on the surviving node",
-        Duration::from_secs(30),
-        async || {
-            let now: Vec<Value> = pods(&http, "app%3Dweb")
-                .await
-                .into_iter()
-                .filter(serving)
-                .collect();
-            (now.len() == 2 && now.iter().all(|p| node_of(p) != victim)).then_some(())
-        },
-    )
-    .await;
+    let killed = kill(&agents, &victim);
+    serving_off(&http, "web", 2, &victim).await;
     let healed = killed.elapsed();
     tokio::time::sleep(Duration::from_millis(500)).await;
     stop.store(true, Ordering::Relaxed);
@@ -296,24 +306,10 @@ async fn a_stateful_pod_of_a_lost_node_waits_for_its_fencing_bound() {
         .to_string();
     let lost_uid = stateful[0]["metadata"]["uid"].clone();
 
-    let index = agents.iter().position(|(name, _)| *name == victim).unwrap();
-    agents[index].1.signal(Signal::SIGKILL);
-    let killed = Instant::now();
+    let killed = kill(&agents, &victim);
     // The stateless pod is replaced first; the stateful one is then still the old one,
     // marked, not deleted.
-    wait_for(
-        "the Deployment's pods serve off the lost node",
-        Duration::from_secs(30),
-        async || {
-            let now: Vec<Value> = pods(&http, "app%3Dstateless")
-                .await
-                .into_iter()
-                .filter(serving)
-                .collect();
-            (now.len() == 2 && now.iter().all(|p| node_of(p) != victim)).then_some(())
-        },
-    )
-    .await;
+    serving_off(&http, "stateless", 2, &victim).await;
     let stateless_healed = killed.elapsed();
     let (_, old) = http
         .call(

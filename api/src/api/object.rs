@@ -4,6 +4,16 @@
 
 use serde_json::{Map, Value};
 
+/// `namespace/name` of a typed object (`/name` for a cluster-scoped one): the key pods and
+/// other objects go by in the controllers' and agents' maps.
+pub fn key_of(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> String {
+    format!(
+        "{}/{}",
+        meta.namespace.as_deref().unwrap_or(""),
+        meta.name.as_deref().unwrap_or("")
+    )
+}
+
 pub fn name(object: &Value) -> &str {
     str_at(object, "/metadata/name")
 }

@@ -367,14 +367,6 @@ fn is_unbound(pod: &Pod) -> bool {
     no_node && pod.metadata.deletion_timestamp.is_none()
 }
 
-fn pod_key(pod: &Pod) -> String {
-    format!(
-        "{}/{}",
-        pod.metadata.namespace.as_deref().unwrap_or(""),
-        pod.metadata.name.as_deref().unwrap_or("")
-    )
-}
-
 impl ClusterView {
     fn apply_pod(&mut self, event: WatcherEvent<Pod>) {
         match event {
@@ -666,6 +658,10 @@ fn choose_node(
             )))
         }
     }
+}
+
+fn pod_key(pod: &Pod) -> String {
+    crate::api::object::key_of(&pod.metadata)
 }
 
 #[cfg(test)]

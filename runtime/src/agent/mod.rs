@@ -722,11 +722,7 @@ async fn finish_deletion(client: &Client, pod: Pod) {
 }
 
 fn pod_key(pod: &Pod) -> String {
-    format!(
-        "{}/{}",
-        pod.metadata.namespace.as_deref().unwrap_or(""),
-        pod.metadata.name.as_deref().unwrap_or("")
-    )
+    shoal_api::api::object::key_of(&pod.metadata)
 }
 
 #[cfg(test)]

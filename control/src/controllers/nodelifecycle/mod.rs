@@ -403,11 +403,7 @@ async fn settle_pods(client: Client, node: String) {
 }
 
 fn key_of(pod: &Pod) -> String {
-    format!(
-        "{}/{}",
-        pod.metadata.namespace.as_deref().unwrap_or(""),
-        pod.metadata.name.as_deref().unwrap_or("")
-    )
+    crate::api::object::key_of(&pod.metadata)
 }
 
 #[cfg(test)]
