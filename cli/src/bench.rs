@@ -22,7 +22,8 @@
 //! - `wake`: the first response of a Service scaled to zero, over `--wakeups` wake-ups;
 //!   `load URL --rps N --seconds D`: an open-loop load generator ([`bench_autoscale`]);
 //! - `heal`: node loss -> replacement pods Ready over `--kills` kills, and what node lease
-//!   renewals cost at 1,000 and 5,000 nodes ([`bench_heal`]);
+//!   renewals cost at 1,000 and 5,000 nodes ([`bench_heal`]); `heal-loss` and `heartbeats`
+//!   run its two halves alone;
 //! - `api-tls`, `authz`: HTTPS vs plain HTTP, and what RBAC costs ([`bench_security`]);
 //! - `list-cache`: a list of `--pods` stored pods; `failover`: controller failover between
 //!   two `shoal server`s (etcd only) ([`bench_etcd`]).
@@ -58,7 +59,7 @@ use tokio::sync::{Mutex, Semaphore};
 #[command(name = "shoal-bench", about = "Shoal's benchmarks")]
 struct Args {
     /// pods, writes, quota-writes, preemption, http-instance, gateway, density, scheduler, scale, ingress,
-    /// proxy-latency, endpoints, port-forward, exec, api-tls, authz, metrics, wake, load, heal, list-cache, failover (etcd), or all.
+    /// proxy-latency, endpoints, port-forward, exec, api-tls, authz, metrics, wake, load, heal (heal-loss, heartbeats), list-cache, failover (etcd), or all.
     #[arg(default_value = "all")]
     which: String,
     /// The URL `load` sends to.
@@ -172,8 +173,8 @@ fn main() -> anyhow::Result<()> {
         if all || args.which == "wake" {
             bench_autoscale::wake(&args).await?;
         }
-        if all || args.which == "heal" {
-            bench_heal::heal(&args).await?;
+        if all || ["heal", "heal-loss", "heartbeats"].contains(&args.which.as_str()) {
+            bench_heal::heal(&args, args.which != "heartbeats", args.which != "heal-loss").await?;
         }
         if args.which == "load" {
             bench_autoscale::load(&args).await?;

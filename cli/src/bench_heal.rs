@@ -10,9 +10,12 @@
 //!   counted all along. `--kills` rounds with `P` = 10, and a quarter as many (at least 3)
 //!   with `P` = 1,000.
 //! - Lease renewals: `N` simulated nodes (Node objects and Leases) each renewing once a second
-//!   for `--seconds`, as agents do by default, at `N` = 1,000 and 5,000: renewals per second
+//!   for `--seconds`, as agents do by default, at `N` = 1,000 and 5,000, each a client of its
+//!   own as an agent is (a node identity and a connection of its own): renewals per second
 //!   achieved and their latency, beside the store's capacity for creates from 64 clients
-//!   (the `writes` benchmark's figure) measured in the same run.
+//!   (the `writes` benchmark's figure) measured in the same cluster just before. The
+//!   simulated nodes run in the benchmark's process, beside the API server: their side of
+//!   each request (TLS, JSON) takes CPU a real cluster's agents would spend elsewhere.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -31,12 +34,17 @@ use tokio::sync::Semaphore;
 
 use super::{http_client, ms, percentile, start_cluster_with, Args};
 
-pub async fn heal(args: &Args) -> anyhow::Result<()> {
-    let kills = args.kills.max(1);
-    node_loss(10, kills).await?;
-    node_loss(1000, (kills / 4).max(3)).await?;
-    for nodes in [1000, 5000] {
-        renewals(nodes, args.seconds.max(1)).await?;
+/// The node-loss rounds when `loss`, the lease renewal load when `heartbeats`.
+pub async fn heal(args: &Args, loss: bool, heartbeats: bool) -> anyhow::Result<()> {
+    if loss {
+        let kills = args.kills.max(1);
+        node_loss(10, kills).await?;
+        node_loss(1000, (kills / 4).max(3)).await?;
+    }
+    if heartbeats {
+        for nodes in [1000, 5000] {
+            renewals(nodes, args.seconds.max(1)).await?;
+        }
     }
     Ok(())
 }
@@ -302,17 +310,36 @@ impl Load {
     }
 }
 
-/// `nodes` simulated nodes renewing their leases once a second for `seconds`, then the
-/// store's create capacity from 64 clients in the same cluster.
+/// `nodes` simulated nodes renewing their leases once a second for `seconds`, beside the
+/// store's create capacity from 64 clients measured in the same cluster just before. Each
+/// simulated node is a client of its own, as an agent is: its own node identity
+/// (`system:node:<name>`, so the node authorizer and NodeRestriction judge it) and its own
+/// connection, made while it registers, as an agent's is.
 async fn renewals(nodes: usize, seconds: u64) -> anyhow::Result<()> {
-    let bench = start_cluster_with(0, ControlPlaneOptions::default(), |_| {}).await?;
-    let client = bench.client.clone();
+    // /26 node ranges: room for 12,288 nodes (/24 has 3,072).
+    let options = ControlPlaneOptions {
+        server: ServerOptions { node_cidr_mask: 26 },
+        ..Default::default()
+    };
+    let bench = start_cluster_with(0, options, |_| {}).await?;
+    let capacity = create_capacity(&bench.client).await?;
+
     let permits = Arc::new(Semaphore::new(64));
     let mut tasks = Vec::new();
     for i in 0..nodes {
-        let (client, permit) = (client.clone(), permits.clone().acquire_owned().await?);
+        let permit = permits.clone().acquire_owned().await?;
+        let name = format!("sim-{i}");
+        let kubeconfig = bench.cluster.data_dir.join(format!("{name}.kubeconfig"));
+        let groups = ["system:nodes".to_string()];
+        let day = Duration::from_secs(86_400);
+        (bench.cluster.control).write_kubeconfig_for(
+            &kubeconfig,
+            &format!("system:node:{name}"),
+            &groups,
+            day,
+        )?;
         tasks.push(tokio::spawn(async move {
-            let name = format!("sim-{i}");
+            let (client, _) = shoal::kubeconfig::connect(&kubeconfig).await?;
             let node: Node = serde_json::from_value(json!({"metadata": {"name": name}}))?;
             client.api::<Node>(None).create(&node).await?;
             let lease: Lease = serde_json::from_value(json!({
@@ -324,19 +351,19 @@ async fn renewals(nodes: usize, seconds: u64) -> anyhow::Result<()> {
                 .create(&lease)
                 .await?;
             drop(permit);
-            anyhow::Ok(())
+            anyhow::Ok(client)
         }));
     }
+    let mut clients = Vec::new();
     for task in tasks {
-        task.await??;
+        clients.push(task.await??);
     }
 
     // Each node renews on its own one-second tick, the ticks spread over the second.
     let began = Instant::now();
     let end = began + Duration::from_secs(seconds);
     let mut renewers = Vec::new();
-    for i in 0..nodes {
-        let client = client.clone();
+    for (i, client) in clients.into_iter().enumerate() {
         let offset = Duration::from_secs(1).mul_f64(i as f64 / nodes as f64);
         renewers.push(tokio::spawn(async move {
             let leases = client.api::<Lease>(Some("kube-node-lease"));
@@ -370,7 +397,20 @@ async fn renewals(nodes: usize, seconds: u64) -> anyhow::Result<()> {
     latencies.sort();
     let rate = latencies.len() as f64 / elapsed.as_secs_f64();
 
-    // The store's capacity, as `writes --clients 64` measures it, in the same cluster.
+    println!(
+        "lease renewals, {nodes} nodes each renewing every second ({}): {rate:.0} renewals/s, latency p50 {:.2} ms, p99 {:.2} ms, {late} took over a second; the store's capacity (creates, 64 clients, same cluster) {capacity:.0}/s, so the heartbeats take {:.0}% of it",
+        super::bench_etcd::store_name(),
+        ms(percentile(&latencies, 0.50)),
+        ms(percentile(&latencies, 0.99)),
+        100.0 * rate / capacity,
+    );
+    bench.cluster.shutdown().await;
+    Ok(())
+}
+
+/// Creates per second from 64 clients, as `writes --clients 64` measures the store's
+/// capacity.
+async fn create_capacity(client: &Client) -> anyhow::Result<f64> {
     let maps = client.api::<ConfigMap>(Some("default"));
     let (writes, clients) = (4000usize, 64usize);
     let started = Instant::now();
@@ -390,14 +430,5 @@ async fn renewals(nodes: usize, seconds: u64) -> anyhow::Result<()> {
     for writer in writers {
         writer.await??;
     }
-    let capacity = writes as f64 / started.elapsed().as_secs_f64();
-    println!(
-        "lease renewals, {nodes} nodes each renewing every second ({}): {rate:.0} renewals/s, latency p50 {:.2} ms, p99 {:.2} ms, {late} took over a second; the store's capacity (creates, 64 clients, same run) {capacity:.0}/s, so the heartbeats take {:.0}% of it",
-        super::bench_etcd::store_name(),
-        ms(percentile(&latencies, 0.50)),
-        ms(percentile(&latencies, 0.99)),
-        100.0 * rate / capacity,
-    );
-    bench.cluster.shutdown().await;
-    Ok(())
+    Ok(writes as f64 / started.elapsed().as_secs_f64())
 }

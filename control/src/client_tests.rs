@@ -73,3 +73,29 @@ async fn subscribers_early_and_late_see_the_same_state() {
     maps.create(&config_map("c")).await.unwrap();
     assert_eq!(names(&next(&mut late).await), ("applied", vec!["c".into()]));
 }
+
+/// Nodes registering at the same moment each get a pod CIDR of their own (the allocation
+/// and the create are one step), the first ones from Kubernetes' default range.
+#[tokio::test]
+async fn nodes_registering_together_get_distinct_pod_cidrs() {
+    use k8s_openapi::api::core::v1::Node;
+    let dir = tempfile::tempdir().unwrap();
+    let store = crate::store::RedbStore::open(&dir.path().join("db")).unwrap();
+    let server = ApiServer::new(Arc::new(store)).await.unwrap();
+    let client = Client::in_process(server.router());
+    let registrations = (0..32).map(|i| {
+        let nodes = client.api::<Node>(None);
+        async move {
+            let node: Node =
+                serde_json::from_value(serde_json::json!({"metadata": {"name": format!("n{i}")}}))
+                    .unwrap();
+            let node = nodes.create(&node).await.unwrap();
+            node.spec.and_then(|s| s.pod_cidr).expect("a pod CIDR")
+        }
+    });
+    let cidrs = futures::future::join_all(registrations).await;
+    let distinct: std::collections::BTreeSet<&String> = cidrs.iter().collect();
+    assert_eq!(distinct.len(), 32, "{cidrs:?}");
+    assert!(distinct.contains(&"10.244.0.0/24".to_string()));
+    assert!(distinct.contains(&"10.244.31.0/24".to_string()));
+}

@@ -49,6 +49,11 @@ pub struct ServerCommand {
     /// How often each HorizontalPodAutoscaler is looked at: seconds, or a number with s or m.
     #[arg(long, default_value = "15s")]
     horizontal_pod_autoscaler_sync_period: String,
+    /// The prefix length of each node's pod CIDR (kube-controller-manager's flag): 24 gives
+    /// 254 pods per node and room for 3,072 nodes (10.244.0.0 to 10.255.255.0); 16 gives
+    /// 65,534 pods per node and 256 nodes; 26 gives 62 pods per node and 12,288 nodes.
+    #[arg(long, default_value_t = 24, value_parser = clap::value_parser!(u8).range(8..=30))]
+    node_cidr_mask_size: u8,
     #[command(flatten)]
     security: SecurityArgs,
     #[command(flatten)]
@@ -246,6 +251,7 @@ impl ServerCommand {
             super::kubeconfig::parse_duration(&self.node_monitor_grace_period)
                 .map_err(|e| anyhow::anyhow!("--node-monitor-grace-period: {e}"))?;
         options.scheduler.default_profile = self.scheduler_profile;
+        options.server.node_cidr_mask = self.node_cidr_mask_size;
         options.event_log_len = self.event_log_len;
         options.controllers.cluster_signing_duration =
             super::kubeconfig::parse_duration(&self.cluster_signing_duration)?;

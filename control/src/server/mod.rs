@@ -18,6 +18,7 @@ mod list;
 mod metrics_api;
 mod modules;
 mod namespaces;
+mod node_cidrs;
 pub mod nodes;
 mod objects;
 mod openapi;
@@ -80,6 +81,8 @@ pub struct ApiServer {
     security: SecurityOptions,
     /// Serialises Service creations, which allocate cluster IPs and node ports.
     service_allocation: tokio::sync::Mutex<()>,
+    /// Held while a new Node takes a pod CIDR and is stored.
+    node_cidr_allocation: tokio::sync::Mutex<node_cidrs::Allocator>,
     /// Cancelled when the server stops ([`ApiServer::stop`]) or is dropped: open watches end
     /// (so a graceful HTTP shutdown completes) and background work stops.
     stopping: CancellationToken,
@@ -90,8 +93,8 @@ pub struct ApiServer {
 #[derive(Clone, Copy, Debug)]
 pub struct ServerOptions {
     /// The prefix length of each node's pod CIDR: /24 (254 pods per node, nodes in
-    /// 10.244.0.0/16, as Kubernetes' default) or shorter for dense nodes (/16: nodes in
-    /// 10.0.0.0/8, 65534 pods each).
+    /// 10.244.0.0/16 as Kubernetes' default and on up to 10.255.255.0/24: 3,072 nodes) or
+    /// shorter for dense nodes (/16: nodes in 10.0.0.0/8, 65534 pods each, 256 nodes).
     pub node_cidr_mask: u8,
 }
 
@@ -173,6 +176,7 @@ impl ApiServer {
             agents,
             options,
             service_allocation: tokio::sync::Mutex::new(()),
+            node_cidr_allocation: Default::default(),
             _stop_on_drop: stopping.clone().drop_guard(),
             stopping,
         });

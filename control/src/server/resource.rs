@@ -82,10 +82,7 @@ impl ApiServer {
                 self.admit_priority(&mut object)?;
             }
             "PriorityClass" => self.check_single_default(&object)?,
-            "Node" => {
-                self.assign_pod_cidr(&mut object)?;
-                nodes::stamp_agent_endpoint(request, None, &mut object);
-            }
+            "Node" => nodes::stamp_agent_endpoint(request, None, &mut object),
             "CertificateSigningRequest" => certificates::prepare_create(request, &mut object)?,
             "CustomResourceDefinition" => {
                 crd::prepare_create(&mut object);
@@ -95,13 +92,25 @@ impl ApiServer {
         }
         // Services take addresses and ports from shared ranges: one allocation at a time,
         // held until the Service is stored.
-        let _allocating = if resource.builtin_kind() == "Service" {
+        let _allocating_service = if resource.builtin_kind() == "Service" {
             let guard = self.service_allocation.lock().await;
             if resource.validate(&object).is_empty() {
                 services::allocate(self, &mut object)?;
                 services::check_target_ports(self, &object)?;
             }
             Some(guard)
+        } else {
+            None
+        };
+        // Nodes likewise take a pod CIDR.
+        let _allocating_node_cidr = if resource.builtin_kind() == "Node" {
+            let mut allocator = self.node_cidr_allocation.lock().await;
+            allocator.assign(&mut object, self.options.node_cidr_mask, || {
+                let nodes = self.store.list("nodes", None);
+                let nodes = nodes.map_err(|e| ApiError::from_store(e, "nodes", ""))?;
+                Ok(nodes.objects)
+            })?;
+            Some(allocator)
         } else {
             None
         };
@@ -391,49 +400,6 @@ impl ApiServer {
                     .map_err(|e| ApiError::from_store(e, resource, object::name(&dependent)))?;
             }
         }
-        Ok(())
-    }
-
-    /// Gives a new Node the first free /24 of 10.244.0.0/16 as its pod CIDR.
-    fn assign_pod_cidr(&self, node: &mut Value) -> Result<()> {
-        if node
-            .pointer("/spec/podCIDR")
-            .and_then(Value::as_str)
-            .is_some_and(|c| !c.is_empty())
-        {
-            return Ok(());
-        }
-        let nodes = self
-            .store
-            .list("nodes", None)
-            .map_err(|e| ApiError::from_store(e, "nodes", ""))?;
-        let taken: Vec<&str> = nodes
-            .objects
-            .iter()
-            .filter_map(|n| n.pointer("/spec/podCIDR")?.as_str())
-            .collect();
-        let mask = self.options.node_cidr_mask;
-        // Nodes' ranges tile the cluster range: 10.244.0.0/16 for /24 nodes (Kubernetes'
-        // default), 10.0.0.0/8 for shorter ones.
-        // /24 nodes start at 10.244.0.0 (Kubernetes' default) and continue up to 10.255.x;
-        // shorter prefixes tile 10.0.0.0/8.
-        let base = if mask >= 24 {
-            u32::from_be_bytes([10, 244, 0, 0])
-        } else {
-            u32::from_be_bytes([10, 0, 0, 0])
-        };
-        let end = u32::from_be_bytes([10, 255, 255, 255]) as u64;
-        let count = (end - base as u64 + 1) >> (32 - mask);
-        let cidr_of = |i: u64| {
-            let start = base + ((i as u32) << (32 - mask));
-            format!("{}/{mask}", std::net::Ipv4Addr::from(start))
-        };
-        let cidr = (0..count)
-            .map(cidr_of)
-            .find(|c| !taken.contains(&c.as_str()))
-            .ok_or_else(|| ApiError::Forbidden("no free pod CIDR left for a new node".into()))?;
-        object::set_at(node, "/spec/podCIDR", json!(cidr));
-        object::set_at(node, "/spec/podCIDRs", json!([cidr]));
         Ok(())
     }
 }
