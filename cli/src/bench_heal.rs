@@ -197,11 +197,7 @@ async fn node_loss(pods: usize, kills: usize) -> anyhow::Result<()> {
             };
             let phase = |p: &Pod| (p.status.as_ref()).and_then(|s| s.phase.clone());
             let counts = [
-                view.count_where("lost", |p| {
-                    p.metadata.deletion_timestamp.is_none()
-                        && !(p.spec.as_ref())
-                            .is_some_and(|s| s.node_name.as_deref() == Some(&victim))
-                }),
+                view.count_where("lost", elsewhere),
                 view.count_where("lost", |p| {
                     elsewhere(p) && (p.spec.as_ref()).is_some_and(|s| s.node_name.is_some())
                 }),
