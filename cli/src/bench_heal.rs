@@ -190,6 +190,8 @@ async fn node_loss(pods: usize, kills: usize) -> anyhow::Result<()> {
         // When the replacements were all made, all placed and all running, on the way to
         // all Ready: where a round's time goes.
         let mut steps: [Option<Duration>; 4] = [None; 4];
+        // More replacements than pods at once would mean a controller made too many.
+        let mut most = 0;
         wait_until("the replacements", Duration::from_secs(300), async || {
             let elsewhere = |p: &Pod| {
                 p.metadata.deletion_timestamp.is_none()
@@ -206,6 +208,7 @@ async fn node_loss(pods: usize, kills: usize) -> anyhow::Result<()> {
                 }),
                 view.serving("lost", &victim),
             ];
+            most = most.max(counts[0]);
             for (step, count) in steps.iter_mut().zip(counts) {
                 if step.is_none() && count >= pods {
                     *step = Some(killed.elapsed());
@@ -217,7 +220,7 @@ async fn node_loss(pods: usize, kills: usize) -> anyhow::Result<()> {
         healed.push(killed.elapsed());
         let at = |step: Option<Duration>| step.map_or(f64::NAN, ms);
         eprintln!(
-            "  {pods} pods, round {round}: replaced in {:.0} ms (all made at {:.0} ms, placed at {:.0} ms, running at {:.0} ms)",
+            "  {pods} pods, round {round}: replaced in {:.0} ms (all made at {:.0} ms, placed at {:.0} ms, running at {:.0} ms; at most {most} replacements at once)",
             ms(killed.elapsed()),
             at(steps[0]),
             at(steps[1]),

@@ -161,6 +161,23 @@ impl Client {
     }
 }
 
+impl Client {
+    /// The objects of kind `K` that the shared watch holds and `keep` keeps, as client-go's
+    /// listers read an informer's cache: as fresh as the watch (a subscriber woken by an
+    /// event finds that event already here), and `None` until the shared watch of `K` has
+    /// been started and has listed (callers then ask the API).
+    pub fn cached<K: ApiObject>(&self, keep: impl Fn(&K) -> bool) -> Option<Vec<K>> {
+        let feed = {
+            let by_kind = (self.shared.by_kind.lock()).unwrap_or_else(|p| p.into_inner());
+            by_kind.get(&TypeId::of::<K>())?.clone()
+        };
+        let feed = feed.downcast::<Feed<K>>().ok()?;
+        let state = feed.state.lock().unwrap_or_else(|p| p.into_inner());
+        let cache = state.cache.as_ref()?;
+        Some(cache.values().filter(|o| keep(o)).cloned().collect())
+    }
+}
+
 /// Runs the kind's one watch and hands each event to every subscriber.
 async fn feed_from<K: ApiObject>(kube: kube::Client, feed: Arc<Feed<K>>) {
     let mut events = watcher::watch::<K>(kube, ListParams::default());

@@ -186,13 +186,10 @@ async fn reconcile(client: Client, recorder: Recorder, key: ObjectKey) -> Result
         }
         // Availability from the pods themselves: ReplicaSet statuses lag behind the scale
         // changes this controller just made, and acting on them could overshoot.
-        let pods = client.api::<k8s_openapi::api::core::v1::Pod>(Some(namespace));
-        let listed = pods
-            .list(&ListParams::default().labels(&selector_string(&spec.selector)))
-            .await?;
+        let listed =
+            super::selected_pods(&client, namespace, &selector_string(&spec.selector)).await?;
         let mut pods_by_hash = PodCounts::default();
         for pod in listed
-            .items
             .iter()
             .filter(|p| p.metadata.deletion_timestamp.is_none())
         {

@@ -105,11 +105,7 @@ async fn reconcile(client: Client, key: ObjectKey) -> Result<Action, Error> {
         return Ok(Action::AwaitChange); // endpoints of a selector-less Service are the user's
     };
     let query: Vec<String> = selector.iter().map(|(k, v)| format!("{k}={v}")).collect();
-    let pods = client
-        .api::<Pod>(Some(namespace))
-        .list(&ListParams::default().labels(&query.join(",")))
-        .await?
-        .items;
+    let pods = super::selected_pods(&client, namespace, &query.join(",")).await?;
 
     // Subsets group the addresses that serve the same resolved ports.
     let mut subsets: BTreeMap<Vec<ResolvedPort>, (Vec<EndpointAddress>, Vec<EndpointAddress>)> =

@@ -15,6 +15,7 @@ pub mod daemonset;
 pub mod deployment;
 pub mod disruption;
 pub mod endpoints;
+pub mod expectations;
 pub mod gc;
 pub mod job;
 pub mod namespace;
@@ -45,6 +46,9 @@ pub enum Error {
     Vanished(String),
     #[error("unknown owner kind {0}")]
     UnknownKind(String),
+    /// A workload's selector that does not parse (validation keeps these out of the store).
+    #[error("invalid label selector: {0}")]
+    Selector(String),
     /// The reconcile panicked (caught; retried with back-off like an error).
     #[error("panicked: {0}")]
     Panicked(String),
@@ -120,6 +124,42 @@ pub fn controller_of(
 }
 
 /// Whether a pod's Ready condition is True (what the workload controllers count).
+/// The pods of `namespace` that the label selector `selector` selects: from the process's
+/// shared pod watch ([`cached_pods`]), as Kubernetes' controllers read their informers'
+/// listers, or from the API while that watch has not listed yet.
+pub async fn selected_pods(
+    client: &Client,
+    namespace: &str,
+    selector: &str,
+) -> Result<Vec<k8s_openapi::api::core::v1::Pod>, Error> {
+    match cached_pods(client, namespace, selector)? {
+        Some(pods) => Ok(pods),
+        None => Ok(client
+            .api::<k8s_openapi::api::core::v1::Pod>(Some(namespace))
+            .list(&crate::client::ListParams::default().labels(selector))
+            .await?
+            .items),
+    }
+}
+
+/// The pods of `namespace` that `selector` selects, as the shared pod watch holds them
+/// (`None` until it has listed). A list from the API decodes every pod of the namespace in
+/// the server and the matching ones twice more: controllers reconciling a thousand-pod
+/// ReplicaSet at every pod change made that the cluster's largest cost.
+pub fn cached_pods(
+    client: &Client,
+    namespace: &str,
+    selector: &str,
+) -> Result<Option<Vec<k8s_openapi::api::core::v1::Pod>>, Error> {
+    let parsed = crate::api::selector::LabelSelector::parse(selector)
+        .map_err(|e| Error::Selector(format!("{selector:?}: {}", e.0)))?;
+    let empty = std::collections::BTreeMap::new();
+    Ok(client.cached::<k8s_openapi::api::core::v1::Pod>(|pod| {
+        pod.metadata.namespace.as_deref() == Some(namespace)
+            && parsed.matches(pod.metadata.labels.as_ref().unwrap_or(&empty))
+    }))
+}
+
 pub fn pod_is_ready(pod: &k8s_openapi::api::core::v1::Pod) -> bool {
     pod.status
         .as_ref()

@@ -13,6 +13,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, 
 use serde_json::json;
 
 use super::controller_of;
+use super::expectations::Expectations;
 use super::pod_is_ready as is_ready;
 use super::runtime::{all_in_namespace, controller_ref, Action, ObjectKey, Reconciler};
 use super::Error;
@@ -167,8 +168,12 @@ where
             quota.metadata.namespace.as_deref().unwrap_or(""),
         )
     });
+    let expectations = std::sync::Arc::new(Expectations::default());
     reconciler
-        .run_by_key(move |key| reconcile(client.clone(), recorder.clone(), kind, key))
+        .run_by_key(move |key| {
+            let expectations = expectations.clone();
+            reconcile(client.clone(), recorder.clone(), kind, key, expectations)
+        })
         .await
 }
 
@@ -189,6 +194,7 @@ async fn reconcile(
     recorder: Recorder,
     kind: Kind,
     key: ObjectKey,
+    expectations: std::sync::Arc<Expectations>,
 ) -> Result<Action, Error> {
     let (namespace, name) = (key.namespace.as_str(), key.name.as_str());
     let Some(owner) = Owner::get(&client, kind, namespace, name).await? else {
@@ -201,10 +207,16 @@ async fn reconcile(
     let spec = rs.spec.clone().unwrap_or_default();
     let uid = rs.metadata.uid.clone().unwrap_or_default();
     let pods_api = client.api::<Pod>(Some(namespace));
-    let matching = pods_api
-        .list(&ListParams::default().labels(&selector_string(&spec.selector)))
-        .await?
-        .items;
+    // The pods from the shared cache once it shows what this controller last did to them,
+    // else from the API (see `expectations`).
+    let selector = selector_string(&spec.selector);
+    let matching = match super::cached_pods(&client, namespace, &selector)? {
+        Some(cached) if expectations.met_by(&uid, &cached) => cached,
+        _ => {
+            let params = ListParams::default().labels(&selector);
+            pods_api.list(&params).await?.items
+        }
+    };
     let mut owned = Vec::new();
     for pod in matching {
         match controller_of(&pod.metadata) {
@@ -224,6 +236,7 @@ async fn reconcile(
                 let pod_name = pod.metadata.name.clone().unwrap_or_default();
                 let patch = json!({"metadata": {"ownerReferences": [owner_reference(&rs, kind)], "resourceVersion": pod.metadata.resource_version}});
                 if let Ok(adopted) = pods_api.patch_merge(&pod_name, &patch).await {
+                    expectations.controlled(&uid, [pod_name]);
                     owned.push(adopted);
                 }
             }
@@ -262,6 +275,8 @@ async fn reconcile(
                 async move { owner.event(recorder, "SuccessfulCreate", &message).await }
             });
             futures::future::join_all(events).await;
+            let names = created.iter().filter_map(|p| p.metadata.name.clone());
+            expectations.controlled(&uid, names);
             active.extend(created);
             if let Some(e) = refused {
                 // A quota or admission refusal: say so on the owner; the runtime retries
@@ -300,6 +315,7 @@ async fn reconcile(
                 .await
             {
                 Ok(()) => {
+                    expectations.deleted(&uid, pod.metadata.uid.clone().unwrap_or_default());
                     let message = format!("Deleted pod: {pod_name}");
                     owner.event(&recorder, "SuccessfulDelete", &message).await
                 }
