@@ -35,12 +35,18 @@ fn names(event: &WatcherEvent<ConfigMap>) -> (&'static str, Vec<String>) {
     (kind, names)
 }
 
-#[tokio::test]
-async fn subscribers_early_and_late_see_the_same_state() {
+/// A real API server over a fresh redb store, and an in-process client of it (the store
+/// lives as long as the directory).
+async fn in_process_server() -> (tempfile::TempDir, Client) {
     let dir = tempfile::tempdir().unwrap();
     let store = crate::store::RedbStore::open(&dir.path().join("db")).unwrap();
     let server = ApiServer::new(Arc::new(store)).await.unwrap();
-    let client = Client::in_process(server.router());
+    (dir, Client::in_process(server.router()))
+}
+
+#[tokio::test]
+async fn subscribers_early_and_late_see_the_same_state() {
+    let (_dir, client) = in_process_server().await;
     let maps = client.api::<ConfigMap>(Some("default"));
     maps.create(&config_map("a")).await.unwrap();
 
@@ -79,10 +85,7 @@ async fn subscribers_early_and_late_see_the_same_state() {
 #[tokio::test]
 async fn nodes_registering_together_get_distinct_pod_cidrs() {
     use k8s_openapi::api::core::v1::Node;
-    let dir = tempfile::tempdir().unwrap();
-    let store = crate::store::RedbStore::open(&dir.path().join("db")).unwrap();
-    let server = ApiServer::new(Arc::new(store)).await.unwrap();
-    let client = Client::in_process(server.router());
+    let (_dir, client) = in_process_server().await;
     let registrations = (0..32).map(|i| {
         let nodes = client.api::<Node>(None);
         async move {

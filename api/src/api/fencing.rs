@@ -28,6 +28,10 @@ use k8s_openapi::api::core::v1::Pod;
 /// unique pod.
 pub const FENCE_MARGIN: Duration = Duration::from_secs(1);
 
+/// The namespace of the nodes' Leases: what agents renew and the node lifecycle controller
+/// judges.
+pub const NODE_LEASE_NAMESPACE: &str = "kube-node-lease";
+
 /// The reason of the `Ready=False` condition the node lifecycle controller puts on the pods
 /// of an unreachable node; an agent that sees it on a pod it runs writes the pod's status
 /// again (it was unreachable, not its pods).

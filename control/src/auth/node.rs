@@ -56,7 +56,9 @@ pub fn authorize(store: &dyn Store, node: &str, info: &RequestInfo) -> NodeDecis
         ("", "nodes", "") if verb == "create" => Allow,
         ("", "nodes", _) if own => Allow,
         ("", "nodes", _) => Deny(format!("node '{node}' may only change its own Node")),
-        ("coordination.k8s.io", "leases", "") if info.namespace == "kube-node-lease" => {
+        ("coordination.k8s.io", "leases", "")
+            if info.namespace == crate::api::fencing::NODE_LEASE_NAMESPACE =>
+        {
             if verb == "create" || own {
                 Allow
             } else if reads {

@@ -123,7 +123,6 @@ pub fn controller_of(
         .find(|r| r.controller == Some(true))
 }
 
-/// Whether a pod's Ready condition is True (what the workload controllers count).
 /// The pods of `namespace` that the label selector `selector` selects: from the process's
 /// shared pod watch ([`cached_pods`]), as Kubernetes' controllers read their informers'
 /// listers, or from the API while that watch has not listed yet.
@@ -160,6 +159,7 @@ pub fn cached_pods(
     }))
 }
 
+/// Whether a pod's Ready condition is True (what the workload controllers count).
 pub fn pod_is_ready(pod: &k8s_openapi::api::core::v1::Pod) -> bool {
     pod.status
         .as_ref()

@@ -12,6 +12,7 @@ use k8s_openapi::api::core::v1::{
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use shoal_api::api::fencing::NODE_LEASE_NAMESPACE;
 use shoal_api::api::time;
 use shoal_api::client::{Client, Result};
 
@@ -150,7 +151,7 @@ pub async fn heartbeat(
     fenced: std::sync::Arc<tokio::sync::watch::Sender<bool>>,
 ) {
     let duration_seconds = i32::try_from(duration.as_secs().max(1)).unwrap_or(i32::MAX);
-    let leases = client.api::<Lease>(Some("kube-node-lease"));
+    let leases = client.api::<Lease>(Some(NODE_LEASE_NAMESPACE));
     // Registration has just succeeded: the lease's bound starts now at the latest.
     let mut last_renewed = Instant::now();
     let fence_at = |last: Instant| last.checked_add(duration);
@@ -235,7 +236,7 @@ async fn renew_lease(
             let lease = Lease {
                 metadata: ObjectMeta {
                     name: Some(node_name.to_string()),
-                    namespace: Some("kube-node-lease".into()),
+                    namespace: Some(NODE_LEASE_NAMESPACE.into()),
                     ..Default::default()
                 },
                 spec: Some(LeaseSpec {

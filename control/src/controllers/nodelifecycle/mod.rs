@@ -28,7 +28,9 @@ use tokio::sync::mpsc;
 pub use health::Timing;
 use health::{assess, Act, Health};
 
-use crate::api::fencing::{controller_kind, must_be_unique, NODE_UNREACHABLE_REASON};
+use crate::api::fencing::{
+    controller_kind, must_be_unique, NODE_LEASE_NAMESPACE, NODE_UNREACHABLE_REASON,
+};
 use crate::client::{Client, DeleteParams, ListParams, Recorder, WatcherEvent};
 
 pub const UNREACHABLE_TAINT: &str = "node.kubernetes.io/unreachable";
@@ -181,7 +183,7 @@ fn observe_leases(
     health.retain(|name, _| nodes.contains_key(&format!("/{name}")));
     for node in nodes.values() {
         let name = node.metadata.name.clone().unwrap_or_default();
-        let Some(lease) = leases.get(&format!("{NODE_LEASES}/{name}")) else {
+        let Some(lease) = leases.get(&format!("{NODE_LEASE_NAMESPACE}/{name}")) else {
             health.remove(&name);
             continue;
         };
@@ -197,7 +199,7 @@ fn observe_leases(
 /// new version is a renewal seen at `now`, and the answer is true; otherwise (another
 /// namespace's lease, or a node not judged yet) nothing changes.
 fn renewal_seen(lease: &Lease, health: &mut HashMap<String, Health>, now: Instant) -> bool {
-    if lease.metadata.namespace.as_deref() != Some(NODE_LEASES) {
+    if lease.metadata.namespace.as_deref() != Some(NODE_LEASE_NAMESPACE) {
         return true;
     }
     let name = lease.metadata.name.as_deref().unwrap_or_default();
@@ -208,9 +210,6 @@ fn renewal_seen(lease: &Lease, health: &mut HashMap<String, Health>, now: Instan
     node.lease_seen(version, duration, now);
     true
 }
-
-/// Where agents keep their nodes' leases.
-const NODE_LEASES: &str = "kube-node-lease";
 
 fn version_and_duration(lease: &Lease) -> (&str, Duration) {
     let version = lease.metadata.resource_version.as_deref().unwrap_or("");
