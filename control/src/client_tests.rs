@@ -80,6 +80,48 @@ async fn subscribers_early_and_late_see_the_same_state() {
     assert_eq!(names(&next(&mut late).await), ("applied", vec!["c".into()]));
 }
 
+/// A cache kept with no subscriber follows the store: `cached_object` says `None` before
+/// the first list, then what the store holds, including that an object is gone; `cached`
+/// filters it, and shares its objects rather than copying them.
+#[tokio::test]
+async fn a_cache_kept_without_subscribers_follows_the_store() {
+    let (_dir, client) = in_process_server().await;
+    let maps = client.api::<ConfigMap>(Some("default"));
+    maps.create(&config_map("a")).await.unwrap();
+    assert!(client.cached_object::<ConfigMap>("default", "a").is_none());
+
+    client.keep_cache_of::<ConfigMap>();
+    let shown = async |name: &str, present: bool| {
+        for _ in 0..250 {
+            if let Some(cached) = client.cached_object::<ConfigMap>("default", name) {
+                if cached.is_some() == present {
+                    return;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("{name} not shown as present={present} within 5 s");
+    };
+    shown("a", true).await;
+    maps.create(&config_map("b")).await.unwrap();
+    shown("b", true).await;
+    maps.delete("a", &Default::default()).await.unwrap();
+    shown("a", false).await;
+
+    let only_b = client
+        .cached::<ConfigMap>(|m| m.metadata.name.as_deref() == Some("b"))
+        .unwrap();
+    assert_eq!(only_b.len(), 1);
+    let again = client
+        .cached_object::<ConfigMap>("default", "b")
+        .unwrap()
+        .unwrap();
+    assert!(
+        Arc::ptr_eq(&only_b[0], &again),
+        "one shared object, not copies"
+    );
+}
+
 /// Nodes registering at the same moment each get a pod CIDR of their own (the allocation
 /// and the create are one step), the first ones from Kubernetes' default range.
 #[tokio::test]

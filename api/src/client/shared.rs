@@ -77,8 +77,9 @@ struct Feed<K> {
 }
 
 struct FeedState<K> {
-    /// `None` until the first list arrives.
-    cache: Option<HashMap<String, K>>,
+    /// `None` until the first list arrives. Shared, so that readers of [`Client::cached`]
+    /// take references rather than copies (a pod with its managed fields is kilobytes).
+    cache: Option<HashMap<String, Arc<K>>>,
     subscribers: Vec<mpsc::Sender<WatcherEvent<K>>>,
 }
 
@@ -113,6 +114,19 @@ impl Client {
     /// A cluster-wide watch of kind `K` shared with every other subscriber of this client
     /// (and its clones); the same events as `watcher::<K>(&client, default)`.
     pub fn shared_watch<K: ApiObject>(&self) -> mpsc::Receiver<WatcherEvent<K>> {
+        let (tx, rx) = mpsc::channel(1024);
+        self.join_feed(Some(tx));
+        rx
+    }
+
+    /// Starts the shared watch of `K` (if no one has) only to keep its cache, which
+    /// [`Client::cached`] and [`Client::cached_object`] read: for components that read
+    /// objects they are not woken by.
+    pub fn keep_cache_of<K: ApiObject>(&self) {
+        self.join_feed::<K>(None);
+    }
+
+    fn join_feed<K: ApiObject>(&self, subscriber: Option<mpsc::Sender<WatcherEvent<K>>>) {
         let (feed, started) = {
             let mut by_kind = self
                 .shared
@@ -138,11 +152,10 @@ impl Client {
                 }
             }
         };
-        let (tx, rx) = mpsc::channel(1024);
-        {
+        if let Some(tx) = subscriber {
             let mut state = feed.state.lock().unwrap_or_else(|p| p.into_inner());
             if let Some(cache) = &state.cache {
-                let all = cache.values().cloned().collect();
+                let all = cache.values().map(|o| K::clone(o)).collect();
                 // A new channel has room: this is its first message.
                 let _ = tx.try_send(WatcherEvent::Restarted(all));
             }
@@ -157,7 +170,6 @@ impl Client {
                 }
             });
         }
-        rx
     }
 }
 
@@ -165,16 +177,35 @@ impl Client {
     /// The objects of kind `K` that the shared watch holds and `keep` keeps, as client-go's
     /// listers read an informer's cache: as fresh as the watch (a subscriber woken by an
     /// event finds that event already here), and `None` until the shared watch of `K` has
-    /// been started and has listed (callers then ask the API).
-    pub fn cached<K: ApiObject>(&self, keep: impl Fn(&K) -> bool) -> Option<Vec<K>> {
+    /// been started and has listed (callers then ask the API). The objects are shared with
+    /// the cache, not copied: a controller reading a thousand pods at every change of one
+    /// spent most of a busy cluster's CPU copying them.
+    pub fn cached<K: ApiObject>(&self, keep: impl Fn(&K) -> bool) -> Option<Vec<Arc<K>>> {
+        self.with_cache::<K, _>(|cache| cache.values().filter(|o| keep(o)).cloned().collect())
+    }
+
+    /// The object of kind `K` named `name` (in `namespace`, empty for cluster-scoped kinds)
+    /// as the shared watch holds it: `Some(None)` when it holds none, `None` when the
+    /// shared watch of `K` has not been started or has not listed (see [`Client::cached`]).
+    pub fn cached_object<K: ApiObject>(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> Option<Option<Arc<K>>> {
+        self.with_cache::<K, _>(|cache| cache.get(&format!("{namespace}/{name}")).cloned())
+    }
+
+    fn with_cache<K: ApiObject, T>(
+        &self,
+        read: impl FnOnce(&HashMap<String, Arc<K>>) -> T,
+    ) -> Option<T> {
         let feed = {
             let by_kind = (self.shared.by_kind.lock()).unwrap_or_else(|p| p.into_inner());
             by_kind.get(&TypeId::of::<K>())?.clone()
         };
         let feed = feed.downcast::<Feed<K>>().ok()?;
         let state = feed.state.lock().unwrap_or_else(|p| p.into_inner());
-        let cache = state.cache.as_ref()?;
-        Some(cache.values().filter(|o| keep(o)).cloned().collect())
+        state.cache.as_ref().map(read)
     }
 }
 
@@ -191,11 +222,11 @@ async fn feed_from<K: ApiObject>(kube: kube::Client, feed: Arc<Feed<K>>) {
                 WatcherEvent::Restarted(all) => {
                     *cache = all
                         .iter()
-                        .map(|o| (key_of(o.metadata()), o.clone()))
+                        .map(|o| (key_of(o.metadata()), Arc::new(o.clone())))
                         .collect();
                 }
                 WatcherEvent::Applied(o) => {
-                    cache.insert(key_of(o.metadata()), o.clone());
+                    cache.insert(key_of(o.metadata()), Arc::new(o.clone()));
                 }
                 WatcherEvent::Deleted(o) => {
                     cache.remove(&key_of(o.metadata()));

@@ -25,6 +25,11 @@ use crate::client::{Client, DeleteParams, ListParams};
 /// The Service's own changes, and any pod change in its namespace, reconcile it; a deleted
 /// Service is reconciled by key to remove its Endpoints and slices.
 pub async fn run(client: Client) {
+    // What is written is compared with the shared caches, not read from the API at each
+    // change (a thousand-address Endpoints and slice, read twice per pod change, were most
+    // of a thousand-pod heal's API work). A stale cache costs a conflict and a retry.
+    client.keep_cache_of::<Endpoints>();
+    client.keep_cache_of::<EndpointSlice>();
     let reconciler = Reconciler::<Service>::new("endpoints", &client);
     let services = reconciler.store();
     reconciler
@@ -86,7 +91,11 @@ async fn reconcile(client: Client, key: ObjectKey) -> Result<Action, Error> {
     let (namespace, name) = (key.namespace.as_str(), key.name.as_str());
     let endpoints_api = client.api::<Endpoints>(Some(namespace));
     let slices_api = client.api::<EndpointSlice>(Some(namespace));
-    let service = client.api::<Service>(Some(namespace)).get_opt(name).await?;
+    let service = match client.cached_object::<Service>(namespace, name) {
+        Some(Some(service)) => Some(Service::clone(&service)),
+        // Not (yet) in the cache: the API says whether it is gone.
+        _ => client.api::<Service>(Some(namespace)).get_opt(name).await?,
+    };
     let Some(service) = service else {
         let _ = endpoints_api.delete(name, &DeleteParams::default()).await;
         let slices = slices_api
@@ -167,14 +176,15 @@ async fn reconcile(client: Client, key: ObjectKey) -> Result<Action, Error> {
             }
         })
         .collect();
-    write_endpoints(&endpoints_api, &service, subsets).await?;
-    write_slices(&slices_api, &service, slices).await?;
+    write_endpoints(&client, &endpoints_api, &service, subsets).await?;
+    write_slices(&client, &slices_api, &service, slices).await?;
     Ok(Action::AwaitChange)
 }
 
 /// One EndpointSlice per port set: the first named `<service>-<uid prefix>`, any other
 /// `<service>-<uid prefix>-<port set hash>`; slices of the Service not wanted any more go.
 async fn write_slices(
+    client: &Client,
     api: &crate::client::Api<EndpointSlice>,
     service: &Service,
     slices: BTreeMap<Vec<ResolvedPort>, Vec<Endpoint>>,
@@ -199,17 +209,43 @@ async fn write_slices(
         };
         wanted.push((name, endpoints, Some(ports)));
     }
-    let existing = api
-        .list(&ListParams::default().labels(&format!("{SERVICE_NAME_LABEL}={service_name}")))
-        .await?;
-    for slice in existing.items {
-        let name = slice.metadata.name.unwrap_or_default();
+    let namespace = service.metadata.namespace.as_deref().unwrap_or_default();
+    let of_service = |slice: &EndpointSlice| {
+        slice.metadata.namespace.as_deref() == Some(namespace)
+            && (slice.metadata.labels.as_ref()).and_then(|l| l.get(SERVICE_NAME_LABEL))
+                == Some(&service_name)
+    };
+    let existing: Vec<String> = match client.cached::<EndpointSlice>(of_service) {
+        Some(cached) => cached
+            .iter()
+            .filter_map(|s| s.metadata.name.clone())
+            .collect(),
+        None => (api
+            .list(&ListParams::default().labels(&format!("{SERVICE_NAME_LABEL}={service_name}"))))
+        .await?
+        .items
+        .into_iter()
+        .filter_map(|s| s.metadata.name)
+        .collect(),
+    };
+    for name in existing {
         if !wanted.iter().any(|(n, _, _)| *n == name) {
             let _ = api.delete(&name, &DeleteParams::default()).await;
         }
     }
     for (name, endpoints, ports) in wanted {
-        write_slice(api, service, &name, endpoints, ports).await?;
+        write_against_cache(client, api, namespace, &name, async |current| {
+            write_slice(
+                api,
+                service,
+                current,
+                &name,
+                endpoints.clone(),
+                ports.clone(),
+            )
+            .await
+        })
+        .await?;
     }
     Ok(())
 }
@@ -217,45 +253,75 @@ async fn write_slices(
 /// The label naming an EndpointSlice's Service.
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 
+/// Runs `write` against the object as the shared cache holds it (from the API while that
+/// has not listed) and, when the cache was behind (409: a conflict, or an object already
+/// there), once more against the API's.
+async fn write_against_cache<K, Fut>(
+    client: &Client,
+    api: &crate::client::Api<K>,
+    namespace: &str,
+    name: &str,
+    write: impl Fn(Option<K>) -> Fut,
+) -> Result<(), Error>
+where
+    K: crate::client::ApiObject,
+    Fut: std::future::Future<Output = Result<(), crate::client::Error>>,
+{
+    let cached = match client.cached_object::<K>(namespace, name) {
+        Some(cached) => cached.map(|o| K::clone(&o)),
+        None => api.get_opt(name).await?,
+    };
+    match write(cached).await {
+        Err(e) if e.is_conflict() => Ok(write(api.get_opt(name).await?).await?),
+        written => Ok(written?),
+    }
+}
+
 async fn write_endpoints(
+    client: &Client,
     api: &crate::client::Api<Endpoints>,
     service: &Service,
     subsets: Vec<EndpointSubset>,
 ) -> Result<(), Error> {
     let name = service.metadata.name.clone().unwrap_or_default();
-    let current = api.get_opt(&name).await?;
+    let namespace = service.metadata.namespace.as_deref().unwrap_or_default();
     let subsets = (!subsets.is_empty()).then_some(subsets);
-    match current {
-        Some(current) if current.subsets == subsets => Ok(()),
-        Some(mut current) => {
-            current.subsets = subsets;
-            api.replace(&name, &current)
-                .await
-                .map(drop)
-                .map_err(Error::from)
-        }
-        None => {
-            let endpoints = Endpoints {
-                metadata: ObjectMeta {
-                    name: Some(name),
-                    namespace: service.metadata.namespace.clone(),
-                    labels: service.metadata.labels.clone(),
-                    ..Default::default()
-                },
-                subsets,
-            };
-            api.create(&endpoints).await.map(drop).map_err(Error::from)
-        }
-    }
+    write_against_cache(
+        client,
+        api,
+        namespace,
+        &name,
+        async |current| match current {
+            Some(current) if current.subsets == subsets => Ok(()),
+            Some(mut current) => {
+                current.subsets = subsets.clone();
+                api.replace(&name, &current).await.map(drop)
+            }
+            None => {
+                let endpoints = Endpoints {
+                    metadata: ObjectMeta {
+                        name: Some(name.clone()),
+                        namespace: service.metadata.namespace.clone(),
+                        labels: service.metadata.labels.clone(),
+                        ..Default::default()
+                    },
+                    subsets: subsets.clone(),
+                };
+                api.create(&endpoints).await.map(drop)
+            }
+        },
+    )
+    .await
 }
 
 async fn write_slice(
     api: &crate::client::Api<EndpointSlice>,
     service: &Service,
+    current: Option<EndpointSlice>,
     name: &str,
     endpoints: Vec<Endpoint>,
     ports: Option<Vec<ResolvedPort>>,
-) -> Result<(), Error> {
+) -> Result<(), crate::client::Error> {
     let service_name = service.metadata.name.clone().unwrap_or_default();
     let uid = service.metadata.uid.clone().unwrap_or_default();
     let ports = ports.map(|ports| {
@@ -269,16 +335,12 @@ async fn write_slice(
             })
             .collect()
     });
-    let current = api.get_opt(name).await?;
     match current {
         Some(current) if current.endpoints == endpoints && current.ports == ports => Ok(()),
         Some(mut current) => {
             current.endpoints = endpoints;
             current.ports = ports;
-            api.replace(name, &current)
-                .await
-                .map(drop)
-                .map_err(Error::from)
+            api.replace(name, &current).await.map(drop)
         }
         None => {
             let slice = EndpointSlice {
@@ -306,7 +368,7 @@ async fn write_slice(
                 endpoints,
                 ports,
             };
-            api.create(&slice).await.map(drop).map_err(Error::from)
+            api.create(&slice).await.map(drop)
         }
     }
 }

@@ -29,6 +29,8 @@ pub mod serviceaccount;
 pub mod statefulset;
 pub mod tokencleaner;
 
+use std::sync::Arc;
+
 use futures::future::{BoxFuture, FutureExt};
 
 use crate::client::Client;
@@ -130,14 +132,17 @@ pub async fn selected_pods(
     client: &Client,
     namespace: &str,
     selector: &str,
-) -> Result<Vec<k8s_openapi::api::core::v1::Pod>, Error> {
+) -> Result<Vec<Arc<k8s_openapi::api::core::v1::Pod>>, Error> {
     match cached_pods(client, namespace, selector)? {
         Some(pods) => Ok(pods),
         None => Ok(client
             .api::<k8s_openapi::api::core::v1::Pod>(Some(namespace))
             .list(&crate::client::ListParams::default().labels(selector))
             .await?
-            .items),
+            .items
+            .into_iter()
+            .map(Arc::new)
+            .collect()),
     }
 }
 
@@ -149,7 +154,7 @@ pub fn cached_pods(
     client: &Client,
     namespace: &str,
     selector: &str,
-) -> Result<Option<Vec<k8s_openapi::api::core::v1::Pod>>, Error> {
+) -> Result<Option<Vec<Arc<k8s_openapi::api::core::v1::Pod>>>, Error> {
     let parsed = crate::api::selector::LabelSelector::parse(selector)
         .map_err(|e| Error::Selector(format!("{selector:?}: {}", e.0)))?;
     let empty = std::collections::BTreeMap::new();

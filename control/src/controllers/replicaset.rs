@@ -3,6 +3,7 @@
 //! deletes the surplus (unscheduled, then not ready, then newest first), and writes the status.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -13,7 +14,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, 
 use serde_json::json;
 
 use super::controller_of;
-use super::expectations::Expectations;
+use super::expectations::{Expectations, Seen};
 use super::pod_is_ready as is_ready;
 use super::runtime::{all_in_namespace, controller_ref, Action, ObjectKey, Reconciler};
 use super::Error;
@@ -207,22 +208,30 @@ async fn reconcile(
     let spec = rs.spec.clone().unwrap_or_default();
     let uid = rs.metadata.uid.clone().unwrap_or_default();
     let pods_api = client.api::<Pod>(Some(namespace));
-    // The pods from the shared cache once it shows what this controller last did to them,
-    // else from the API (see `expectations`).
+    // The pods from the shared cache; while it does not show yet what this controller last
+    // did to them, they are only counted for the status (see `expectations`).
     let selector = selector_string(&spec.selector);
-    let matching = match super::cached_pods(&client, namespace, &selector)? {
-        Some(cached) if expectations.met_by(&uid, &cached) => cached,
-        _ => {
-            let params = ListParams::default().labels(&selector);
-            pods_api.list(&params).await?.items
-        }
+    let list_from_api = async || -> Result<Vec<Arc<Pod>>, Error> {
+        let listed = pods_api
+            .list(&ListParams::default().labels(&selector))
+            .await?;
+        Ok(listed.items.into_iter().map(Arc::new).collect())
     };
+    let (matching, awaited) = match super::cached_pods(&client, namespace, &selector)? {
+        Some(cached) => match expectations.seen_in(&uid, &cached) {
+            Seen::Met => (cached, None),
+            Seen::Awaited(wait) => (cached, Some(wait)),
+            Seen::Overdue => (list_from_api().await?, None),
+        },
+        None => (list_from_api().await?, None),
+    };
+    let may_act = awaited.is_none();
     let mut owned = Vec::new();
     for pod in matching {
         match controller_of(&pod.metadata) {
             Some(owner) if owner.uid == uid => owned.push(pod),
             Some(_) => {}
-            None if pod.metadata.deletion_timestamp.is_none() => {
+            None if may_act && pod.metadata.deletion_timestamp.is_none() => {
                 // Adopt the orphan: it matches our selector and nobody controls it. Re-read the
                 // ReplicaSet first: one being deleted (say with orphan propagation) must not.
                 let fresh = Owner::get(&client, kind, namespace, name)
@@ -237,15 +246,17 @@ async fn reconcile(
                 let patch = json!({"metadata": {"ownerReferences": [owner_reference(&rs, kind)], "resourceVersion": pod.metadata.resource_version}});
                 if let Ok(adopted) = pods_api.patch_merge(&pod_name, &patch).await {
                     expectations.controlled(&uid, [pod_name]);
-                    owned.push(adopted);
+                    owned.push(Arc::new(adopted));
                 }
             }
             None => {}
         }
     }
-    let mut active: Vec<Pod> = owned.into_iter().filter(is_active).collect();
+    let mut active: Vec<Arc<Pod>> = owned.into_iter().filter(|p| is_active(p)).collect();
     let wanted = spec.replicas.unwrap_or(1).max(0) as usize;
-    if active.len() < wanted {
+    if !may_act {
+        // Counts from a cache behind this controller's own work: none acted on.
+    } else if active.len() < wanted {
         // Kubernetes' slow start: batches of 1, 2, 4, … creates at once, stopping at the
         // first refusal (a quota, an admission rule), so that a thousand missing pods take a
         // few round trips while a template every create refuses costs one.
@@ -277,7 +288,7 @@ async fn reconcile(
             futures::future::join_all(events).await;
             let names = created.iter().filter_map(|p| p.metadata.name.clone());
             expectations.controlled(&uid, names);
-            active.extend(created);
+            active.extend(created.into_iter().map(Arc::new));
             if let Some(e) = refused {
                 // A quota or admission refusal: say so on the owner; the runtime retries
                 // with back-off (a freed slot or a raised quota wakes it sooner).
@@ -301,7 +312,7 @@ async fn reconcile(
                 .unwrap_or(0);
             (scheduled, is_ready(p), created)
         });
-        let surplus: Vec<Pod> = active.drain(..active.len() - wanted).collect();
+        let surplus: Vec<Arc<Pod>> = active.drain(..active.len() - wanted).collect();
         for pod in surplus {
             let pod_name = pod.metadata.name.clone().unwrap_or_default();
             match pods_api
@@ -351,7 +362,12 @@ async fn reconcile(
             .patch_status(&client, &json!({"status": status}))
             .await?;
     }
-    // A pod turning available is a change of time, not of any object: look again then.
+    // A pod turning available is a change of time, not of any object: look again then; and
+    // when the cache is overdue, even if no event comes.
+    let next_check = match (next_check, awaited) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    };
     Ok(next_check.map_or(Action::AwaitChange, Action::RequeueAfter))
 }
 
