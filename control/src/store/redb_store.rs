@@ -55,26 +55,27 @@ enum Op {
 enum PendingWrite {
     One {
         op: Op,
-        reply: oneshot::Sender<Result<Value>>,
+        reply: oneshot::Sender<Result<Arc<Value>>>,
     },
     /// [`Store::create_guarded`]: updates that must all hold, then creates that each may
     /// fail alone, in the same transaction.
     Guarded {
         guards: Vec<Op>,
         creates: Vec<Op>,
-        reply: oneshot::Sender<Result<Vec<Result<Value>>>>,
+        reply: oneshot::Sender<Result<Vec<Result<Arc<Value>>>>>,
     },
 }
 
 /// What one pending write did in a commit: its events are published and its answer sent
-/// once the commit is durable.
+/// once the commit is durable. The answer is the event's object, shared: the writer is one
+/// thread that every write passes through, so the copy a caller keeps is made by the caller.
 enum Outcome {
-    One(Result<(WatchEvent, Value)>),
+    One(Result<WatchEvent>),
     /// The guards' events, then each create's outcome.
     Guarded(Result<GuardedOutcome>),
 }
 
-type GuardedOutcome = (Vec<WatchEvent>, Vec<Result<(WatchEvent, Value)>>);
+type GuardedOutcome = (Vec<WatchEvent>, Vec<Result<WatchEvent>>);
 
 pub struct RedbStore {
     db: Arc<OpenDatabase>,
@@ -298,9 +299,10 @@ impl RedbStore {
     async fn submit(&self, op: Op) -> Result<Value> {
         let (reply, answer) = oneshot::channel();
         self.send(PendingWrite::One { op, reply })?;
-        answer
+        let written = answer
             .await
-            .map_err(|_| Error::Backend("the store writer has stopped".into()))?
+            .map_err(|_| Error::Backend("the store writer has stopped".into()))??;
+        Ok(Arc::unwrap_or_clone(written))
     }
 
     fn send(&self, write: PendingWrite) -> Result<()> {
@@ -408,9 +410,13 @@ impl Store for RedbStore {
             creates,
             reply,
         })?;
-        answer
+        let written = answer
             .await
-            .map_err(|_| Error::Backend("the store writer has stopped".into()))?
+            .map_err(|_| Error::Backend("the store writer has stopped".into()))??;
+        Ok(written
+            .into_iter()
+            .map(|create| create.map(Arc::unwrap_or_clone))
+            .collect())
     }
 
     fn get(&self, key: &ObjectKey) -> Result<Option<Value>> {
@@ -564,7 +570,7 @@ impl Writer {
             }
             commits += 1;
             let compact = commits.is_multiple_of(64);
-            match self.commit(&batch, compact) {
+            match self.commit(&mut batch, compact) {
                 Ok(outcomes) => {
                     for (pending, outcome) in batch.into_iter().zip(outcomes) {
                         self.answer(pending, outcome);
@@ -590,10 +596,10 @@ impl Writer {
 
     /// Publishes what a committed write did and answers it.
     fn answer(&self, pending: PendingWrite, outcome: Outcome) {
-        let publish = |outcome: Result<(WatchEvent, Value)>| {
-            outcome.map(|(event, object)| {
+        let publish = |outcome: Result<WatchEvent>| {
+            outcome.map(|event| {
                 self.live.publish(&event);
-                object
+                event.object
             })
         };
         match (pending, outcome) {
@@ -620,7 +626,7 @@ impl Writer {
     /// Applies a batch in one durable transaction. Each write succeeds or fails on its own
     /// (a conflict fails that write only; a guarded write's guards fail it whole); the whole
     /// batch is acknowledged after the commit.
-    fn commit(&self, batch: &[PendingWrite], compact: bool) -> Result<Vec<Outcome>> {
+    fn commit(&self, batch: &mut [PendingWrite], compact: bool) -> Result<Vec<Outcome>> {
         let txn = self.db.begin_write().map_err(backend)?;
         let mut outcomes = Vec::with_capacity(batch.len());
         {
@@ -633,8 +639,9 @@ impl Writer {
                 .map(|v| v.value())
                 .unwrap_or(0);
             let mut apply_logged =
-                |objects: &mut ObjectTable<'_>, op: &Op| match apply(objects, op, revision + 1) {
-                    Ok((event, object, bytes)) => {
+                |objects: &mut ObjectTable<'_>, op: &mut Op| match apply(objects, op, revision + 1)
+                {
+                    Ok((event, bytes)) => {
                         revision = event.revision;
                         let logged = match bytes {
                             Some(bytes) => encode_event_with(&event, &bytes),
@@ -643,11 +650,11 @@ impl Writer {
                         events
                             .insert(revision, logged.as_slice())
                             .map_err(backend)?;
-                        Ok(Ok((event, object)))
+                        Ok(Ok(event))
                     }
                     Err(e) => Ok(Err(e)),
                 };
-            for pending in batch {
+            for pending in batch.iter_mut() {
                 let outcome = match pending {
                     PendingWrite::One { op, .. } => Outcome::One(apply_logged(&mut objects, op)?),
                     PendingWrite::Guarded {
@@ -668,7 +675,7 @@ impl Writer {
                                 for guard in guards {
                                     // Checked above: a failure now is the backend's, and
                                     // fails the whole commit rather than half the write.
-                                    guard_events.push(apply_logged(&mut objects, guard)??.0);
+                                    guard_events.push(apply_logged(&mut objects, guard)??);
                                 }
                                 let mut applied = Vec::with_capacity(creates.len());
                                 for create in creates {
@@ -696,13 +703,13 @@ impl Writer {
 
 type ObjectTable<'t> = redb::Table<'t, &'static str, &'static [u8]>;
 
-/// Applies one write: the event, the object as it is now, and the object's JSON when it
-/// was serialised for the table (the log reuses it).
+/// Applies one write: the event (with the object as it is now, taken out of `op`), and the
+/// object's JSON when it was serialised for the table (the log reuses it).
 fn apply(
     objects: &mut ObjectTable<'_>,
-    op: &Op,
+    op: &mut Op,
     revision: u64,
-) -> Result<(WatchEvent, Value, Option<Vec<u8>>)> {
+) -> Result<(WatchEvent, Option<Vec<u8>>)> {
     let (key, event_type, object, bytes) = match op {
         Op::Create { key, object } => {
             if objects
@@ -712,7 +719,7 @@ fn apply(
             {
                 return Err(Error::AlreadyExists(key.clone()));
             }
-            let mut object = object.clone();
+            let mut object = std::mem::take(object);
             stamp_revision(&mut object, revision);
             let bytes = serde_json::to_vec(&object).map_err(backend)?;
             objects
@@ -726,7 +733,7 @@ fn apply(
             precondition,
         } => {
             check_exists_at(objects, key, *precondition)?;
-            let mut object = object.clone();
+            let mut object = std::mem::take(object);
             stamp_revision(&mut object, revision);
             let bytes = serde_json::to_vec(&object).map_err(backend)?;
             objects
@@ -745,9 +752,9 @@ fn apply(
         event_type,
         key: key.clone(),
         revision,
-        object: Arc::new(object.clone()),
+        object: Arc::new(object),
     };
-    Ok((event, object, bytes))
+    Ok((event, bytes))
 }
 
 /// Like [`check_precondition`] for a write that replaces the object: only its
