@@ -37,7 +37,7 @@ fn names(event: &WatcherEvent<ConfigMap>) -> (&'static str, Vec<String>) {
 
 /// A real API server over a fresh redb store, and an in-process client of it (the store
 /// lives as long as the directory).
-async fn in_process_server() -> (tempfile::TempDir, Client) {
+pub(crate) async fn in_process_server() -> (tempfile::TempDir, Client) {
     let dir = tempfile::tempdir().unwrap();
     let store = crate::store::RedbStore::open(&dir.path().join("db")).unwrap();
     let server = ApiServer::new(Arc::new(store)).await.unwrap();

@@ -84,11 +84,14 @@ struct FeedState<K> {
 }
 
 fn key_of(meta: &ObjectMeta) -> String {
-    format!(
-        "{}/{}",
+    cache_key(
         meta.namespace.as_deref().unwrap_or_default(),
-        meta.name.as_deref().unwrap_or_default()
+        meta.name.as_deref().unwrap_or_default(),
     )
+}
+
+fn cache_key(namespace: &str, name: &str) -> String {
+    format!("{namespace}/{name}")
 }
 
 impl<K> WatcherEvent<K>
@@ -192,7 +195,7 @@ impl Client {
         namespace: &str,
         name: &str,
     ) -> Option<Option<Arc<K>>> {
-        self.with_cache::<K, _>(|cache| cache.get(&format!("{namespace}/{name}")).cloned())
+        self.with_cache::<K, _>(|cache| cache.get(&cache_key(namespace, name)).cloned())
     }
 
     fn with_cache<K: ApiObject, T>(

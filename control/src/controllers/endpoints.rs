@@ -372,3 +372,66 @@ async fn write_slice(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The cache is behind the store (its feed stopped after a write it never saw): the
+    /// write it is compared with fails with 409 and is made once more against the API's copy.
+    #[tokio::test]
+    async fn a_write_compared_with_a_stale_cache_is_retried_against_the_api() {
+        let (_dir, client) = crate::client_tests::in_process_server().await;
+        let api = client.api::<Endpoints>(Some("default"));
+        let endpoints: Endpoints = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "web", "namespace": "default"}}))
+        .unwrap();
+        api.create(&endpoints).await.unwrap();
+        client.keep_cache_of::<Endpoints>();
+        for _ in 0..250 {
+            if client
+                .cached_object::<Endpoints>("default", "web")
+                .is_some_and(|e| e.is_some())
+            {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        client.stop_shared_watches();
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        let mut moved = api.get_opt("web").await.unwrap().unwrap();
+        moved.metadata.labels = Some(BTreeMap::from([("moved".into(), "yes".into())]));
+        let moved = api.replace("web", &moved).await.unwrap();
+        let stale = client
+            .cached_object::<Endpoints>("default", "web")
+            .unwrap()
+            .unwrap();
+        assert_ne!(
+            stale.metadata.resource_version,
+            moved.metadata.resource_version
+        );
+
+        let attempts = std::sync::atomic::AtomicUsize::new(0);
+        write_against_cache(&client, &api, "default", "web", async |current| {
+            attempts.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let mut current = current.expect("the object exists");
+            current.subsets = Some(vec![EndpointSubset::default()]);
+            api.replace("web", &current).await.map(drop)
+        })
+        .await
+        .unwrap();
+        assert_eq!(
+            attempts.into_inner(),
+            2,
+            "the stale write, then the fresh one"
+        );
+        let written = api.get_opt("web").await.unwrap().unwrap();
+        assert!(written.subsets.is_some());
+        let labels = written.metadata.labels.unwrap_or_default();
+        assert_eq!(
+            labels.get("moved").map(String::as_str),
+            Some("yes"),
+            "nothing lost"
+        );
+    }
+}
