@@ -371,7 +371,8 @@ impl Http {
     /// HTTPS to an agent's gateway (`https://address:port`), presenting `identity` as another
     /// node does.
     pub fn gateway(base: &str, identity: shoal_runtime::agent::GatewayTls) -> Self {
-        let config = shoal_api::tls::gateway_client_config(identity.identity).unwrap();
+        let roots = shoal_api::tls::root_store(&identity.client_ca_pem).unwrap();
+        let config = shoal_api::tls::gateway_client_config(identity.identity, roots).unwrap();
         Self::with_config(base, config)
     }
 

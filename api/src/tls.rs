@@ -1,13 +1,9 @@
 //! TLS pieces the API server, the agents and the CLI share for talking to the agents'
-//! gateways (mTLS) and for a node's identity: a client certificate from PEM that can be
-//! replaced while in use ([`ClientIdentity`]), and the server-certificate check a gateway
-//! client makes.
-//!
-//! Gateways serve a self-signed certificate made at agent start, as the kubelet does when it
-//! is given none; their clients present a cluster certificate but do not verify the
-//! gateway's (kube-apiserver's default toward kubelets, without
-//! `--kubelet-certificate-authority`): [`GatewayServerCertificate`] checks only the
-//! handshake's signatures.
+//! gateways (mTLS) and for a node's identity: certificates from PEM that can be replaced
+//! while in use (a node's client certificate, [`ClientIdentity`], and its gateway's serving
+//! certificate, [`ServingIdentity`], both renewed in place), and the gateway client, which
+//! presents a cluster certificate and verifies the gateway's against the cluster CA (as
+//! kube-apiserver does toward kubelets given `--kubelet-certificate-authority`).
 
 use std::sync::{Arc, RwLock};
 
@@ -52,40 +48,53 @@ pub fn certified_key(cert_pem: &str, key_pem: &str) -> Result<Arc<CertifiedKey>,
     Ok(Arc::new(CertifiedKey::new(chain, signing)))
 }
 
-/// The client certificate a process presents, replaceable while connections are made with it
-/// (a node's renewed certificate).
+/// A certificate and its key, replaceable while in use (renewed in place): new handshakes
+/// present the new one. As a client certificate it is a [`ClientIdentity`] (a node's), as a
+/// server's a [`ServingIdentity`] (a node gateway's).
 #[derive(Debug)]
-pub struct ClientIdentity {
+pub struct LiveCertificate {
     current: RwLock<Arc<CertifiedKey>>,
 }
 
-impl ClientIdentity {
+/// The client certificate a process presents (a node's, renewed in place).
+pub type ClientIdentity = LiveCertificate;
+/// The certificate a server presents (a node gateway's, renewed in place).
+pub type ServingIdentity = LiveCertificate;
+
+impl LiveCertificate {
     pub fn from_pem(cert_pem: &str, key_pem: &str) -> Result<Self, TlsError> {
         Ok(Self {
             current: RwLock::new(certified_key(cert_pem, key_pem)?),
         })
     }
 
-    /// New connections present this certificate from now on.
+    /// New handshakes present this certificate from now on.
     pub fn replace(&self, cert_pem: &str, key_pem: &str) -> Result<(), TlsError> {
         let key = certified_key(cert_pem, key_pem)?;
         *self.current.write().unwrap_or_else(|p| p.into_inner()) = key;
         Ok(())
     }
+
+    fn current(&self) -> Arc<CertifiedKey> {
+        self.current
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// The leaf certificate presented now (DER).
+    pub fn certificate(&self) -> CertificateDer<'static> {
+        self.current().cert[0].clone()
+    }
 }
 
-impl rustls::client::ResolvesClientCert for ClientIdentity {
+impl rustls::client::ResolvesClientCert for LiveCertificate {
     fn resolve(
         &self,
         _root_hint_subjects: &[&[u8]],
         _sigschemes: &[SignatureScheme],
     ) -> Option<Arc<CertifiedKey>> {
-        Some(
-            self.current
-                .read()
-                .unwrap_or_else(|p| p.into_inner())
-                .clone(),
-        )
+        Some(self.current())
     }
 
     fn has_certs(&self) -> bool {
@@ -93,19 +102,56 @@ impl rustls::client::ResolvesClientCert for ClientIdentity {
     }
 }
 
-/// Accepts the server's certificate whatever it is, checking only that the server holds its
-/// key (the handshake signatures). For gateways (self-signed), and for reading a server's
-/// chain before a CA pin is checked.
-#[derive(Debug)]
-pub struct GatewayServerCertificate(Arc<rustls::crypto::CryptoProvider>);
+impl rustls::server::ResolvesServerCert for LiveCertificate {
+    fn resolve(&self, _hello: rustls::server::ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.current())
+    }
+}
 
-impl Default for GatewayServerCertificate {
+/// How a node's gateway is secured: whom it trusts and who it is when it calls other
+/// gateways.
+#[derive(Clone, Debug)]
+pub struct GatewayTls {
+    /// The cluster CA (PEM): only clients with certificates it signed are served, and only
+    /// gateways whose certificates it signed are called.
+    pub client_ca_pem: String,
+    /// The certificate this agent presents to other nodes' gateways (its node certificate,
+    /// renewed in place).
+    pub identity: Arc<dyn rustls::client::ResolvesClientCert>,
+}
+
+/// The certificates of a PEM text as a root store (a cluster CA); an error when it holds none.
+pub fn root_store(ca_pem: &str) -> Result<rustls::RootCertStore, TlsError> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+        let cert = cert.map_err(|e| TlsError::Pem {
+            what: "the cluster CA",
+            reason: e.to_string(),
+        })?;
+        roots.add(cert)?;
+    }
+    if roots.is_empty() {
+        return Err(TlsError::Pem {
+            what: "the cluster CA",
+            reason: "no certificate in it".into(),
+        });
+    }
+    Ok(roots)
+}
+
+/// Accepts the server's certificate whatever it is, checking only that the server holds its
+/// key (the handshake signatures). Only for reading a server's chain before a CA pin is
+/// checked against it (a joining node), never for a connection that carries credentials.
+#[derive(Debug)]
+pub struct UnverifiedServerCertificate(Arc<rustls::crypto::CryptoProvider>);
+
+impl Default for UnverifiedServerCertificate {
     fn default() -> Self {
         Self(provider())
     }
 }
 
-impl ServerCertVerifier for GatewayServerCertificate {
+impl ServerCertVerifier for UnverifiedServerCertificate {
     fn verify_server_cert(
         &self,
         _end_entity: &CertificateDer<'_>,
@@ -150,23 +196,26 @@ impl ServerCertVerifier for GatewayServerCertificate {
     }
 }
 
-/// A rustls client configuration for calling gateways as `identity`.
+/// A rustls client configuration for calling gateways as `identity`, trusting gateways whose
+/// certificate a CA in `roots` (the cluster CA, [`root_store`]) signed for the address dialed.
 pub fn gateway_client_config(
     identity: Arc<dyn rustls::client::ResolvesClientCert>,
+    roots: rustls::RootCertStore,
 ) -> Result<rustls::ClientConfig, TlsError> {
     let mut config = rustls::ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()?
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(GatewayServerCertificate::default()))
+        .with_root_certificates(roots)
         .with_client_cert_resolver(identity);
     // A resumed session keeps the certificate it was made with; a renewed one must be shown.
     config.resumption = rustls::client::Resumption::disabled();
     Ok(config)
 }
 
-/// An HTTP client for gateways (`https://` URLs) presenting `identity`.
+/// An HTTP client for gateways (`https://` URLs) presenting `identity`, trusting the
+/// gateways a CA in `roots` (the cluster CA) vouches for.
 pub fn gateway_http_client<B>(
     identity: Arc<dyn rustls::client::ResolvesClientCert>,
+    roots: rustls::RootCertStore,
 ) -> Result<
     hyper_util::client::legacy::Client<
         hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>,
@@ -184,7 +233,7 @@ where
     http.set_nodelay(true);
     http.enforce_http(false);
     let connector = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_tls_config(gateway_client_config(identity)?)
+        .with_tls_config(gateway_client_config(identity, roots)?)
         .https_only()
         .enable_http1()
         .wrap_connector(http);

@@ -669,28 +669,29 @@ type HttpClient = hyper_util::client::legacy::Client<
 
 /// A client for plain `http://` URLs (and `https://` ones, presenting no certificate).
 fn http_client() -> HttpClient {
-    client_presenting(Arc::new(NoCertificate)).expect("a client without a certificate builds")
+    client_presenting(Arc::new(NoCertificate), rustls::RootCertStore::empty())
+        .expect("a client without a certificate builds")
 }
 
 /// A client for agents' gateways (`https://`, presenting a node certificate of `bench`'s
 /// cluster, as another agent does) and plain `http://` URLs.
 fn gateway_client(bench: &Bench) -> anyhow::Result<HttpClient> {
-    let identity = bench
-        .cluster
-        .control
-        .node_gateway_tls("bench-client")?
-        .identity;
-    Ok(client_presenting(identity)?)
+    let tls = bench.cluster.control.node_gateway_tls("bench-client")?;
+    let roots = shoal_api::tls::root_store(&tls.client_ca_pem)?;
+    Ok(client_presenting(tls.identity, roots)?)
 }
 
+/// A client presenting `identity` to `https://` servers whose certificates a CA in `roots`
+/// signed.
 fn client_presenting(
     identity: Arc<dyn rustls::client::ResolvesClientCert>,
+    roots: rustls::RootCertStore,
 ) -> Result<HttpClient, shoal_api::tls::TlsError> {
     let mut connector = hyper_util::client::legacy::connect::HttpConnector::new();
     connector.set_nodelay(true);
     connector.enforce_http(false);
     let https = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_tls_config(shoal_api::tls::gateway_client_config(identity)?)
+        .with_tls_config(shoal_api::tls::gateway_client_config(identity, roots)?)
         .https_or_http()
         .enable_http1()
         .wrap_connector(connector);

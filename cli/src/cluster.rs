@@ -9,7 +9,7 @@ use std::sync::Arc;
 use shoal_control::auth::pki::{CertAndKey, Pki};
 use shoal_control::auth::tls::{RotatingCertificate, TlsServing};
 use shoal_control::client::Client;
-use shoal_control::server::{ApiServer, SecurityOptions, ServerOptions};
+use shoal_control::server::{ApiServer, KubeletClient, SecurityOptions, ServerOptions};
 use shoal_control::store::{EtcdStore, RedbStore, Released};
 use shoal_control::task::Tasks;
 use shoal_runtime::agent::{Agent, AgentConfig};
@@ -305,7 +305,11 @@ impl ControlPlane {
         let security_options = SecurityOptions {
             anonymous_auth: security.anonymous_auth,
             service_account_keys: Some((sa_private.to_string(), sa_public.to_string())),
-            kubelet_client: Some((kubelet_client.cert_pem, kubelet_client.key_pem)),
+            kubelet_client: Some(KubeletClient {
+                cert_pem: kubelet_client.cert_pem,
+                key_pem: kubelet_client.key_pem,
+                ca_pem: pki.ca_pem().to_string(),
+            }),
         };
         let server = ApiServer::with_security(store, options, security_options).await?;
         let router = server.router();

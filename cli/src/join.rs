@@ -20,15 +20,13 @@ use std::time::Duration;
 
 use anyhow::Context;
 use base64::Engine;
-use k8s_openapi::api::certificates::v1::CertificateSigningRequest;
 use kube::client::ConfigExt;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
 use serde_json::json;
 use shoal_api::tls::ClientIdentity;
 use shoal_control::auth::pki::{self, CertAndKey, CertificateInfo};
-use shoal_control::client::Client;
-use shoal_control::controllers::certificates::{issued_certificate, KUBELET_CLIENT_SIGNER};
+use shoal_control::client::{certificates, Client};
 
 /// The group every node is in.
 const NODES_GROUP: &str = "system:nodes";
@@ -62,7 +60,7 @@ pub async fn fetch_pinned_ca(server: &str, pin: &str) -> anyhow::Result<String> 
         .with_safe_default_protocol_versions()?
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(
-            shoal_api::tls::GatewayServerCertificate::default(),
+            shoal_api::tls::UnverifiedServerCertificate::default(),
         ))
         .with_no_client_auth();
     let name = ServerName::try_from(host.trim_matches(['[', ']']).to_string())
@@ -320,47 +318,16 @@ fn node_user(name: &str) -> String {
 /// Asks the cluster to sign a new client certificate for node `name` and waits for it.
 async fn request_certificate(client: &Client, name: &str) -> anyhow::Result<CertAndKey> {
     let (request_pem, key_pem) = pki::certificate_request(&node_user(name), &[NODES_GROUP.into()])?;
-    let csr_name = format!("node-csr-{name}-{:08x}", rand::random::<u32>());
-    let csr = json!({
-        "apiVersion": "certificates.k8s.io/v1",
-        "kind": "CertificateSigningRequest",
-        "metadata": {"name": csr_name},
-        "spec": {
-            "request": base64::engine::general_purpose::STANDARD.encode(&request_pem),
-            "signerName": KUBELET_CLIENT_SIGNER,
-            "usages": ["digital signature", "client auth"],
+    let cert_pem = certificates::request_certificate(
+        client,
+        &certificates::CertificateRequest {
+            name_prefix: &format!("node-csr-{name}"),
+            request_pem: &request_pem,
+            signer: certificates::KUBELET_CLIENT_SIGNER,
+            usages: &["digital signature", "client auth"],
+            wait: SIGNING_WAIT,
         },
-    });
-    let csr: CertificateSigningRequest = serde_json::from_value(csr)?;
-    let api = client.api::<CertificateSigningRequest>(None);
-    api.create(&csr)
-        .await
-        .with_context(|| format!("submitting certificate signing request {csr_name}"))?;
-    let deadline = tokio::time::Instant::now() + SIGNING_WAIT;
-    loop {
-        let current = api.get(&csr_name).await?;
-        if let Some(cert_pem) = issued_certificate(&current) {
-            return Ok(CertAndKey { cert_pem, key_pem });
-        }
-        let refused = current
-            .status
-            .as_ref()
-            .and_then(|s| s.conditions.as_ref())
-            .into_iter()
-            .flatten()
-            .find(|c| (c.type_ == "Denied" || c.type_ == "Failed") && c.status == "True");
-        if let Some(condition) = refused {
-            anyhow::bail!(
-                "certificate signing request {csr_name} was {}: {}",
-                condition.type_.to_lowercase(),
-                condition.message.as_deref().unwrap_or("no reason given")
-            );
-        }
-        anyhow::ensure!(
-            tokio::time::Instant::now() < deadline,
-            "certificate signing request {csr_name} was not signed within {}s (is it approved? `kubectl certificate approve {csr_name}`)",
-            SIGNING_WAIT.as_secs()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    )
+    .await?;
+    Ok(CertAndKey { cert_pem, key_pem })
 }

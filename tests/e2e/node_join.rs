@@ -1,9 +1,12 @@
 //! Nodes join a `shoal server` over a real socket with a bootstrap token and the CA's pin,
 //! get their own client certificates through CertificateSigningRequests, are held to their
-//! own objects by the Node authorizer, serve their gateways only to nodes and the control
-//! plane (mTLS), and renew their certificates before they expire.
+//! own objects by the Node authorizer, serve their gateways with certificates the cluster
+//! signed for them and only to nodes and the control plane (mTLS both ways), and renew their
+//! certificates before they expire.
 
 use std::time::{Duration, Instant};
+
+use base64::Engine;
 
 use serde_json::{json, Value};
 use shoal_tests::*;
@@ -48,28 +51,37 @@ fn join_args<'a>(
 }
 
 /// `GET /healthz` on a gateway at `addr` over TLS, presenting `identity` (certificate and key
-/// PEM) or no certificate: the status and body, or why no HTTP answer came.
-async fn gateway_get(addr: &str, identity: Option<(&str, &str)>) -> Result<(u16, String), String> {
+/// PEM) or no certificate, and verifying the gateway's certificate against `trusted_ca` (PEM)
+/// for the address dialed, or not at all: the status and body, or why no HTTP answer came.
+async fn gateway_get(
+    addr: &str,
+    identity: Option<(&str, &str)>,
+    trusted_ca: Option<&str>,
+) -> Result<(u16, String), String> {
     use http_body_util::BodyExt;
-    use shoal_api::tls::{ClientIdentity, GatewayServerCertificate};
-    let config = match identity {
-        Some((cert, key)) => shoal_api::tls::gateway_client_config(std::sync::Arc::new(
-            ClientIdentity::from_pem(cert, key).unwrap(),
-        ))
-        .unwrap(),
-        None => rustls::ClientConfig::builder_with_provider(shoal_api::tls::provider())
-            .with_safe_default_protocol_versions()
-            .unwrap()
+    use shoal_api::tls::{ClientIdentity, UnverifiedServerCertificate};
+    let builder = rustls::ClientConfig::builder_with_provider(shoal_api::tls::provider())
+        .with_safe_default_protocol_versions()
+        .unwrap();
+    let builder = match trusted_ca {
+        Some(ca) => builder.with_root_certificates(shoal_api::tls::root_store(ca).unwrap()),
+        None => builder
             .dangerous()
             .with_custom_certificate_verifier(std::sync::Arc::new(
-                GatewayServerCertificate::default(),
-            ))
-            .with_no_client_auth(),
+                UnverifiedServerCertificate::default(),
+            )),
+    };
+    let config = match identity {
+        Some((cert, key)) => builder.with_client_cert_resolver(std::sync::Arc::new(
+            ClientIdentity::from_pem(cert, key).unwrap(),
+        )),
+        None => builder.with_no_client_auth(),
     };
     let tcp = tokio::net::TcpStream::connect(addr)
         .await
         .map_err(|e| e.to_string())?;
-    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let host = addr.rsplit_once(':').unwrap().0.to_string();
+    let name = rustls::pki_types::ServerName::try_from(host).unwrap();
     let tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
         .connect(name, tcp)
         .await
@@ -114,6 +126,27 @@ fn gateway_of(node: &Value) -> String {
         .as_i64()
         .unwrap();
     format!("{address}:{port}")
+}
+
+/// Every CertificateSigningRequest, as the admin reads them.
+async fn certificate_requests(admin: &Http) -> Vec<Value> {
+    let (_, csrs) = admin
+        .call(
+            "GET",
+            "/apis/certificates.k8s.io/v1/certificatesigningrequests",
+            "",
+            "",
+        )
+        .await;
+    csrs["items"].as_array().unwrap().clone()
+}
+
+/// The gateway serving certificate requests node `node` made itself.
+fn serving_requests_of<'a>(csrs: &'a [Value], node: &str) -> impl Iterator<Item = &'a Value> {
+    let user = format!("system:node:{node}");
+    csrs.iter().filter(move |c| {
+        c["spec"]["signerName"] == "kubernetes.io/kubelet-serving" && c["spec"]["username"] == user
+    })
 }
 
 fn certificate_of(kubeconfig: &std::path::Path) -> String {
@@ -232,21 +265,12 @@ async fn nodes_join_with_a_token_and_renew_their_certificates() {
         .contains(&json!("system:nodes")));
 
     // Their requests were made by the token's user, approved on their own and signed.
-    let (_, csrs) = admin
-        .call(
-            "GET",
-            "/apis/certificates.k8s.io/v1/certificatesigningrequests",
-            "",
-            "",
-        )
-        .await;
-    let by_token: Vec<&Value> = csrs["items"]
-        .as_array()
-        .unwrap()
+    let csrs = certificate_requests(&admin).await;
+    let by_token: Vec<&Value> = csrs
         .iter()
         .filter(|c| c["spec"]["username"] == format!("system:bootstrap:{token_id}"))
         .collect();
-    assert_eq!(by_token.len(), 2, "{csrs}");
+    assert_eq!(by_token.len(), 2, "{csrs:?}");
     for csr in by_token {
         assert_eq!(csr["status"]["conditions"][0]["type"], "Approved", "{csr}");
         assert!(csr["status"]["certificate"]
@@ -293,7 +317,7 @@ async fn nodes_join_with_a_token_and_renew_their_certificates() {
     // alpha's gateway serves only cluster certificates of nodes and the control plane.
     let (_, node) = admin.call("GET", "/api/v1/nodes/alpha", "", "").await;
     let gateway = gateway_of(&node);
-    let refused = gateway_get(&gateway, None).await;
+    let refused = gateway_get(&gateway, None, None).await;
     assert!(refused.is_err(), "no certificate: {refused:?}");
     let stranger_ca = rcgen::KeyPair::generate().unwrap();
     let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
@@ -311,22 +335,110 @@ async fn nodes_join_with_a_token_and_renew_their_certificates() {
     let refused = gateway_get(
         &gateway,
         Some((&forged_cert.pem(), &forged_key.serialize_pem())),
+        None,
     )
     .await;
     assert!(refused.is_err(), "another CA's certificate: {refused:?}");
     let user = read_kubeconfig(&issue_kubeconfig(dir.path(), "alice", &[], "alice"))
         .client
         .unwrap();
-    let (status, body) = gateway_get(&gateway, Some((&user.0, &user.1)))
+    let (status, body) = gateway_get(&gateway, Some((&user.0, &user.1)), None)
         .await
         .unwrap();
     assert_eq!(status, 403, "{body}");
     assert!(body.contains("may not use a node's gateway"), "{body}");
+    // A node reaches it, and verifies it: the gateway's certificate is the cluster CA's for
+    // alpha's address, asked for with a kubelet-serving request alpha made itself.
     let beta_identity = read_kubeconfig(&node_kubeconfig("beta")).client.unwrap();
-    let (status, body) = gateway_get(&gateway, Some((&beta_identity.0, &beta_identity.1)))
-        .await
-        .unwrap();
+    let cluster_ca = read_kubeconfig(&admin_kubeconfig).ca_pem;
+    let (status, body) = gateway_get(
+        &gateway,
+        Some((&beta_identity.0, &beta_identity.1)),
+        Some(&cluster_ca),
+    )
+    .await
+    .unwrap();
     assert_eq!((status, body.as_str()), (200, "ok"));
+    let stranger_ca_pem = rcgen::CertificateParams::new(Vec::<String>::new())
+        .unwrap()
+        .self_signed(&rcgen::KeyPair::generate().unwrap())
+        .unwrap()
+        .pem();
+    let impostor = gateway_get(
+        &gateway,
+        Some((&beta_identity.0, &beta_identity.1)),
+        Some(&stranger_ca_pem),
+    )
+    .await;
+    assert!(
+        impostor.as_ref().is_err_and(|e| e.contains("handshake")),
+        "a gateway certificate checked against another CA: {impostor:?}"
+    );
+    let csrs = certificate_requests(&admin).await;
+    let alpha_serving = serving_requests_of(&csrs, "alpha")
+        .next()
+        .expect("alpha's serving request");
+    assert_eq!(
+        alpha_serving["status"]["conditions"][0]["reason"], "AutoApproved",
+        "{alpha_serving}"
+    );
+    // A node asking for a certificate naming another node is denied, and told why.
+    let mut stolen = rcgen::CertificateParams::new(vec!["alpha".to_string()]).unwrap();
+    stolen
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "system:node:beta");
+    stolen
+        .distinguished_name
+        .push(rcgen::DnType::OrganizationName, "system:nodes");
+    let stolen_request = stolen
+        .serialize_request(&rcgen::KeyPair::generate().unwrap())
+        .unwrap()
+        .pem()
+        .unwrap();
+    let stolen_csr = json!({"apiVersion": "certificates.k8s.io/v1", "kind": "CertificateSigningRequest",
+        "metadata": {"name": "beta-claims-alpha"},
+        "spec": {"request": base64::engine::general_purpose::STANDARD.encode(&stolen_request),
+            "signerName": "kubernetes.io/kubelet-serving", "usages": ["digital signature", "server auth"]}});
+    let (status, body) = beta
+        .call(
+            "POST",
+            "/apis/certificates.k8s.io/v1/certificatesigningrequests",
+            "application/json",
+            &stolen_csr.to_string(),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let denied = wait_for(
+        "the request naming alpha to be decided",
+        Duration::from_secs(10),
+        async || {
+            let (_, csr) = admin
+                .call(
+                    "GET",
+                    "/apis/certificates.k8s.io/v1/certificatesigningrequests/beta-claims-alpha",
+                    "",
+                    "",
+                )
+                .await;
+            csr["status"]["conditions"][0]["type"]
+                .as_str()
+                .is_some()
+                .then_some(csr)
+        },
+    )
+    .await;
+    assert_eq!(
+        denied["status"]["conditions"][0]["type"], "Denied",
+        "{denied}"
+    );
+    assert!(
+        denied["status"]["conditions"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("DNS:alpha is not an address node beta publishes"),
+        "{denied}"
+    );
+    assert!(denied["status"]["certificate"].is_null(), "{denied}");
     // The API server reaches it with its own certificate: logs through the API.
     let (status, _) = admin
         .raw(
@@ -349,27 +461,34 @@ async fn nodes_join_with_a_token_and_renew_their_certificates() {
     )
     .await;
     assert_ne!(renewed, first_alpha_cert);
-    let (_, csrs) = admin
-        .call(
-            "GET",
-            "/apis/certificates.k8s.io/v1/certificatesigningrequests",
-            "",
-            "",
-        )
-        .await;
+    let csrs = certificate_requests(&admin).await;
     assert!(
-        csrs["items"]
-            .as_array()
-            .unwrap()
-            .iter()
+        csrs.iter()
             .any(|c| c["spec"]["username"] == "system:node:alpha"
+                && c["spec"]["signerName"] == "kubernetes.io/kube-apiserver-client-kubelet"
                 && c["status"]["conditions"][0]["reason"] == "AutoApproved"),
-        "{csrs}"
+        "{csrs:?}"
     );
     // ...and keeps working after it has expired: its connections made with the old one are
     // closed by the server, and new ones present the renewed certificate.
     let after_expiry = Duration::from_secs(22).saturating_sub(joined_at.elapsed());
     tokio::time::sleep(after_expiry).await;
+    // Its gateway renewed its serving certificate too: the API server, which verifies it,
+    // still reads the pod's logs through it, and a second serving request was approved.
+    let (status, body) = admin
+        .raw(
+            "GET",
+            "/api/v1/namespaces/default/pods/on-alpha/log",
+            "",
+            "",
+        )
+        .await;
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    let csrs = certificate_requests(&admin).await;
+    let alpha_serving_requests = serving_requests_of(&csrs, "alpha")
+        .filter(|c| c["status"]["certificate"].is_string())
+        .count();
+    assert!(alpha_serving_requests >= 2, "{csrs:?}");
     admin.create("/api/v1/namespaces/default/pods", &json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "later"},
         "spec": {"nodeName": "alpha", "containers": [{"name": "web", "image": shoal_examples::WEB_P2, "ports": [{"containerPort": 8080}]}]}})).await;
     wait_ready(&admin, "default", "later").await;

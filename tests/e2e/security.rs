@@ -1204,6 +1204,66 @@ async fn certificate_signing_requests_are_approved_only_by_approvers() {
         )
         .await;
     assert_eq!(status, 422);
+
+    // A request naming two groups (two O attributes) fails when signed, saying why: the
+    // signer would otherwise drop one of them without a word.
+    let mut two_groups = rcgen::CertificateParams::default();
+    two_groups
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "erin");
+    two_groups
+        .distinguished_name
+        .push(rcgen::DnType::OrganizationName, "devs");
+    two_groups.distinguished_name.push(
+        rcgen::DnType::CustomDnType(vec![2, 5, 4, 10]),
+        rcgen::DnValue::Utf8String("ops".into()),
+    );
+    let two_groups_pem = two_groups
+        .serialize_request(&rcgen::KeyPair::generate().unwrap())
+        .unwrap()
+        .pem()
+        .unwrap();
+    let (status, body) = admin
+        .call(
+            "POST",
+            collection,
+            "application/json",
+            &csr(
+                "erin",
+                &two_groups_pem,
+                json!(["digital signature", "client auth"]),
+            ),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let (status, body) = admin
+        .call(
+            "PATCH",
+            &format!("{collection}/erin/approval"),
+            "application/merge-patch+json",
+            &approve.to_string(),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let failed = wait_for(
+        "erin's request to fail",
+        Duration::from_secs(10),
+        async || {
+            let (_, csr) = admin
+                .call("GET", &format!("{collection}/erin"), "", "")
+                .await;
+            let conditions = csr["status"]["conditions"].as_array()?.clone();
+            conditions.into_iter().find(|c| c["type"] == "Failed")
+        },
+    )
+    .await;
+    assert!(
+        failed["message"]
+            .as_str()
+            .unwrap()
+            .contains("names 2 organizations"),
+        "{failed}"
+    );
     cluster.cluster.shutdown().await;
 }
 

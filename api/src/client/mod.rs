@@ -6,6 +6,7 @@
 //! it), so one code path serves both (DESIGN.md §2).
 
 mod api;
+pub mod certificates;
 mod events;
 pub mod failover;
 mod shared;

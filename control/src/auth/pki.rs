@@ -225,10 +225,11 @@ impl Pki {
         })
     }
 
-    /// Signs a PEM certificate request as a client certificate valid for `lifetime` from
-    /// now, with the key usages named (Kubernetes' usage names); the subject and names are
-    /// the request's. Returns the certificate (PEM).
-    pub fn sign_client_request(
+    /// Signs a PEM certificate request as a certificate valid for `lifetime` from now, with
+    /// the key usages named (Kubernetes' usage names: a client's `client auth`, a node
+    /// gateway's `server auth`); the subject and alternative names are the request's, checked
+    /// by the caller for the signer they were asked of. Returns the certificate (PEM).
+    pub fn sign_request(
         &self,
         request_pem: &str,
         usages: &[String],
@@ -247,9 +248,12 @@ impl Pki {
                 "client auth" => params
                     .extended_key_usages
                     .push(ExtendedKeyUsagePurpose::ClientAuth),
+                "server auth" => params
+                    .extended_key_usages
+                    .push(ExtendedKeyUsagePurpose::ServerAuth),
                 other => {
                     return Err(PkiError::Invalid(format!(
-                        "usage {other:?} is not allowed for a client certificate"
+                        "usage {other:?} is not one this cluster signs"
                     )))
                 }
             }
@@ -269,8 +273,8 @@ impl Pki {
 pub struct CsrInfo {
     pub common_name: String,
     pub organizations: Vec<String>,
-    /// Subject alternative names, as text (any kind).
-    pub names: Vec<String>,
+    /// Subject alternative names.
+    pub names: Vec<AltName>,
     /// Whether the request asks to be a CA.
     pub is_ca: bool,
 }
@@ -306,10 +310,39 @@ impl CsrInfo {
                 .params
                 .subject_alt_names
                 .iter()
-                .map(|san| format!("{san:?}"))
+                .map(AltName::of)
                 .collect(),
             is_ca: !matches!(request.params.is_ca, IsCa::NoCa | IsCa::ExplicitNoCa),
         })
+    }
+}
+
+/// A subject alternative name of a certificate request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AltName {
+    Dns(String),
+    Ip(std::net::IpAddr),
+    /// Any other kind (e-mail, URI, ...), as text.
+    Other(String),
+}
+
+impl AltName {
+    fn of(san: &rcgen::SanType) -> Self {
+        match san {
+            rcgen::SanType::DnsName(name) => Self::Dns(name.to_string()),
+            rcgen::SanType::IpAddress(ip) => Self::Ip(*ip),
+            other => Self::Other(format!("{other:?}")),
+        }
+    }
+}
+
+impl std::fmt::Display for AltName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Dns(name) => write!(f, "DNS:{name}"),
+            Self::Ip(ip) => write!(f, "IP:{ip}"),
+            Self::Other(text) => f.write_str(text),
+        }
     }
 }
 

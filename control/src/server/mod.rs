@@ -107,10 +107,21 @@ pub struct SecurityOptions {
     /// The ServiceAccount token signing key (PKCS#8 PEM) and its public key (PEM); a fresh
     /// pair when `None` (tokens then die with the server).
     pub service_account_keys: Option<(String, String)>,
-    /// The client certificate and key (PEM) the server presents to agents' gateways
-    /// (`system:masters`, as kube-apiserver's `--kubelet-client-certificate`); `None`: it
-    /// presents none, and gateways refuse it.
-    pub kubelet_client: Option<(String, String)>,
+    /// How the server calls agents' gateways; `None`: it presents no certificate and trusts
+    /// none, so it reaches no gateway.
+    pub kubelet_client: Option<KubeletClient>,
+}
+
+/// The server's side of the gateways' mTLS.
+#[derive(Clone, Debug)]
+pub struct KubeletClient {
+    /// The client certificate and key (PEM) the server presents (`system:masters`, as
+    /// kube-apiserver's `--kubelet-client-certificate`).
+    pub cert_pem: String,
+    pub key_pem: String,
+    /// The CA (PEM) gateways' serving certificates must come from (kube-apiserver's
+    /// `--kubelet-certificate-authority`): the cluster CA.
+    pub ca_pem: String,
 }
 
 impl Default for SecurityOptions {
@@ -151,11 +162,21 @@ impl ApiServer {
             (8..=30).contains(&options.node_cidr_mask),
             "the node CIDR mask must be between /8 and /30"
         );
-        let identity: Arc<dyn rustls::client::ResolvesClientCert> = match &security.kubelet_client {
-            Some((cert, key)) => Arc::new(shoal_api::tls::ClientIdentity::from_pem(cert, key)?),
-            None => Arc::new(NoClientCertificate),
-        };
-        let agents = shoal_api::tls::gateway_http_client(identity)?;
+        let (identity, roots): (Arc<dyn rustls::client::ResolvesClientCert>, _) =
+            match &security.kubelet_client {
+                Some(kubelet) => (
+                    Arc::new(shoal_api::tls::ClientIdentity::from_pem(
+                        &kubelet.cert_pem,
+                        &kubelet.key_pem,
+                    )?),
+                    shoal_api::tls::root_store(&kubelet.ca_pem)?,
+                ),
+                None => (
+                    Arc::new(NoClientCertificate),
+                    rustls::RootCertStore::empty(),
+                ),
+            };
+        let agents = shoal_api::tls::gateway_http_client(identity, roots)?;
         let stopping = CancellationToken::new();
         let (private, public) = match &security.service_account_keys {
             Some(keys) => keys.clone(),

@@ -37,8 +37,8 @@ use tokio::task::JoinHandle;
 
 use crate::engine::{Engine, EngineOptions};
 use crate::pod::network::PodNetwork;
-pub use gateway_tls::GatewayTls;
 pub use node::{LEASE_DURATION_SECONDS, LEASE_RENEW};
+pub use shoal_api::tls::GatewayTls;
 
 /// The default of [`AgentConfig::metrics_window`].
 pub const DEFAULT_METRICS_WINDOW: std::time::Duration = std::time::Duration::from_secs(10);
@@ -306,7 +306,7 @@ impl Agent {
                 client.clone(),
                 &config.node_name,
                 Arc::new(move |pod| local_pods.upgrade()?.get(pod)),
-                config.gateway_tls.identity.clone(),
+                &config.gateway_tls,
                 crate::proxy::stack::Options {
                     rate_window: config.metrics_window,
                     hold: config.hold,
@@ -333,13 +333,22 @@ impl Agent {
         // Whether the agent has gone a whole lease without renewing it: its unique pods stop.
         let fenced = Arc::new(watch::channel(false).0);
         let gateway = gateway::router(shared.clone());
-        let names = vec![
-            config.node_name.clone(),
-            gateway_addr.ip().to_string(),
-            "localhost".to_string(),
-        ];
-        let tls = gateway_tls::server_config(&config.gateway_tls, names)?;
+        // The gateway's certificate comes from the cluster once the Node publishes the
+        // address it names; until then connections wait in the listener's backlog.
+        let names = gateway_tls::serving_names(&config.node_name, gateway_addr.ip());
+        let (cert_pem, key_pem) =
+            gateway_tls::request_serving_certificate(&client, &config.node_name, &names).await?;
+        let serving = Arc::new(shoal_api::tls::ServingIdentity::from_pem(
+            &cert_pem, &key_pem,
+        )?);
+        let tls = gateway_tls::server_config(&config.gateway_tls, serving.clone())?;
         tasks.spawn(gateway_tls::serve(listener, gateway.clone(), tls));
+        tasks.spawn(gateway_tls::keep_renewed(
+            client.clone(),
+            config.node_name.clone(),
+            names,
+            serving,
+        ));
         tasks.spawn(shared.usage.clone().run_sampler());
         {
             let (client, name) = (client.clone(), config.node_name.clone());

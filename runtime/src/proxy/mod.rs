@@ -118,32 +118,13 @@ fn read(table: &RwLock<Table>) -> std::sync::RwLockReadGuard<'_, Table> {
 
 impl Proxy {
     /// Starts following the cluster's Services, Endpoints and Nodes (in `tasks`: the follower
-    /// stops when they shut down or the proxy is dropped), with the default [`stack::Options`].
-    /// `identity` is the certificate it presents to other nodes' gateways.
-    pub fn start(
-        client: Client,
-        node_name: &str,
-        local: LocalPods,
-        identity: Arc<dyn rustls::client::ResolvesClientCert>,
-        share_watches: bool,
-        tasks: &Tasks,
-    ) -> Result<Arc<Self>, shoal_api::tls::TlsError> {
-        Self::start_with(
-            client,
-            node_name,
-            local,
-            identity,
-            stack::Options::default(),
-            share_watches,
-            tasks,
-        )
-    }
-
+    /// stops when they shut down or the proxy is dropped). `gateway_tls` holds the certificate
+    /// it presents to other nodes' gateways, and the cluster CA that must have signed theirs.
     pub fn start_with(
         client: Client,
         node_name: &str,
         local: LocalPods,
-        identity: Arc<dyn rustls::client::ResolvesClientCert>,
+        gateway_tls: &shoal_api::tls::GatewayTls,
         options: stack::Options,
         share_watches: bool,
         tasks: &Tasks,
@@ -171,7 +152,10 @@ impl Proxy {
             table: table.clone(),
             balancer: balance::Balancer::default(),
             local,
-            gateways: shoal_api::tls::gateway_http_client(identity)?,
+            gateways: shoal_api::tls::gateway_http_client(
+                gateway_tls.identity.clone(),
+                shoal_api::tls::root_store(&gateway_tls.client_ca_pem)?,
+            )?,
             policies: policies.clone(),
         }));
         let metrics = Arc::new(metrics::Metrics::default());
