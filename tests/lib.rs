@@ -2,6 +2,7 @@
 //! kubectl and shoal command runners, a plain HTTP client, and polling helpers. Everything
 //! binds 127.0.0.1 on free ports and is stopped when its handle drops.
 
+pub mod browser;
 pub mod etcd;
 pub mod registry;
 
@@ -452,6 +453,21 @@ impl Http {
             .await;
         assert_eq!(status, 201, "creating in {collection}: {body}");
         body
+    }
+
+    /// `GET path`: the status, the headers and the body.
+    pub async fn get_with_headers(&self, path: &str) -> (u16, http::HeaderMap, bytes::Bytes) {
+        let request = self
+            .request("GET", path)
+            .body(Full::new(bytes::Bytes::new()))
+            .unwrap();
+        let response = self.client.request(request).await.unwrap();
+        let (parts, body) = response.into_parts();
+        (
+            parts.status.as_u16(),
+            parts.headers,
+            body.collect().await.unwrap().to_bytes(),
+        )
     }
 
     pub async fn raw(

@@ -6,6 +6,7 @@ mod bad_input;
 mod cli;
 mod controllers;
 mod crds;
+mod dashboard;
 mod durability;
 mod examples;
 mod generators;

@@ -1,11 +1,12 @@
 //! The subcommands, one clap struct with an `execute()` each (in the manner of wasmtime's
 //! `src/commands`). Cluster commands: `dev`, `server`, `agent`. Client commands, which read a
-//! kubeconfig: `apply`, `get`, `describe`, `delete`, `logs`, `push`, `token`; and `kubeconfig`,
+//! kubeconfig: `apply`, `get`, `describe`, `delete`, `logs`, `push`, `token`, `dashboard`; and `kubeconfig`,
 //! which issues one.
 
 mod agent;
 mod apply;
 mod connection;
+mod dashboard;
 mod delete;
 mod describe;
 mod dev;
@@ -56,6 +57,8 @@ enum Command {
     Kubeconfig(kubeconfig::KubeconfigCommand),
     /// Bootstrap tokens that new nodes join with.
     Token(token::TokenCommand),
+    /// Open the web dashboard logged in as the kubeconfig's user (--print-url prints its URL).
+    Dashboard(dashboard::DashboardCommand),
     /// Copy a cluster kept in a data dir (redb) into etcd.
     Migrate(migrate::MigrateCommand),
 }
@@ -74,6 +77,7 @@ impl Cli {
             Command::Push(c) => c.execute().await,
             Command::Kubeconfig(c) => c.execute().await,
             Command::Token(c) => c.execute().await,
+            Command::Dashboard(c) => c.execute().await,
             Command::Migrate(c) => c.execute().await,
         }
     }

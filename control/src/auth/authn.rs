@@ -77,10 +77,16 @@ impl Authenticator {
                 "the bearer token is not recognised".into(),
             ));
         }
-        let claims = self
-            .tokens
-            .verify(token)
-            .map_err(|e| AuthnError::Unauthorized(e.to_string()))?;
+        let claims = match self.tokens.verify(token) {
+            Ok(claims) => claims,
+            Err(not_an_account) => {
+                return match self.tokens.verify_session(token) {
+                    Ok(session) => Ok(session_user(session)),
+                    // The ServiceAccount reading's reason: the common kind of token.
+                    Err(_) => Err(AuthnError::Unauthorized(not_an_account.to_string())),
+                };
+            }
+        };
         let namespace = &claims.kubernetes.namespace;
         let account = &claims.kubernetes.serviceaccount;
         // A token outlives nothing it is bound to: a deleted (or re-created) account or pod
@@ -179,6 +185,22 @@ fn uid(object: &Value) -> &str {
         .pointer("/metadata/uid")
         .and_then(Value::as_str)
         .unwrap_or("")
+}
+
+/// Marks a user authenticated by a dashboard session (see [`is_session`]).
+pub const SESSION_EXTRA: &str = "shoal.dev/dashboard-session";
+
+/// The user a dashboard session stands for, marked as such: a session cannot mint another
+/// one, so it ends when it expires.
+fn session_user(session: tokens::SessionClaims) -> UserInfo {
+    let mut user = UserInfo::authenticated(session.sub, session.groups);
+    user.extra.insert(SESSION_EXTRA.into(), vec!["true".into()]);
+    user
+}
+
+/// Whether `user` was authenticated by a dashboard session token.
+pub fn is_session(user: &UserInfo) -> bool {
+    user.extra.contains_key(SESSION_EXTRA)
 }
 
 /// The token of an `Authorization: Bearer <token>` header (the scheme in any case).

@@ -214,6 +214,7 @@ fn admin_rules() -> Vec<Value> {
 
 /// Every bootstrap token's user is in this group.
 pub const BOOTSTRAPPERS_GROUP: &str = "system:bootstrappers";
+const DASHBOARD_SESSION_ROLE: &str = "shoal:dashboard-session";
 const NODE_CLIENT_ROLE: &str = "system:certificates.k8s.io:certificatesigningrequests:nodeclient";
 const SELF_NODE_CLIENT_ROLE: &str =
     "system:certificates.k8s.io:certificatesigningrequests:selfnodeclient";
@@ -277,6 +278,13 @@ pub fn bootstrap_objects() -> Vec<(&'static str, Value)> {
                 &["get"],
                 &["/healthz", "/livez", "/readyz", "/version", "/version/"],
             )],
+        ),
+        // Anyone authenticated may open a dashboard session as themselves
+        // (`server/dashboard.rs`); deleting this role or its binding turns that off.
+        cluster_role(
+            DASHBOARD_SESSION_ROLE,
+            defaults.clone(),
+            vec![urls(&["post"], &["/shoal/v1/dashboard/token"])],
         ),
         cluster_role(
             "system:basic-user",
@@ -360,6 +368,11 @@ pub fn bootstrap_objects() -> Vec<(&'static str, Value)> {
     ];
     let bindings = vec![
         binding("cluster-admin", "cluster-admin", &["system:masters"]),
+        binding(
+            DASHBOARD_SESSION_ROLE,
+            DASHBOARD_SESSION_ROLE,
+            &[crate::auth::AUTHENTICATED_GROUP],
+        ),
         binding(
             "shoal:node-bootstrapper",
             "system:node-bootstrapper",

@@ -40,6 +40,27 @@ pub struct KubernetesClaim {
     pub pod: Option<ObjectRef>,
 }
 
+/// The issuer of dashboard session tokens: never the ServiceAccount issuer, so that no
+/// TokenRequest (whose issuer is always [`ISSUER`], whatever audience it asks) passes for one.
+pub const SESSION_ISSUER: &str = "shoal.dev/dashboard";
+pub const SESSION_AUDIENCE: &str = "shoal.dev/dashboard";
+/// How long a dashboard session lasts by default, and at most.
+pub const DEFAULT_SESSION_TTL: Duration = Duration::from_secs(3600);
+pub const MAX_SESSION_TTL: Duration = Duration::from_secs(24 * 3600);
+
+/// A dashboard session: the user who asked for it (authenticated by a certificate or a
+/// ServiceAccount token) and their groups, for a short while.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionClaims {
+    pub iss: String,
+    pub sub: String,
+    pub aud: Vec<String>,
+    pub exp: u64,
+    pub iat: u64,
+    pub nbf: u64,
+    pub groups: Vec<String>,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Claims {
     pub iss: String,
@@ -108,15 +129,7 @@ impl ServiceAccountTokens {
         audiences: &[String],
         ttl: Duration,
     ) -> Result<(String, SystemTime), TokenError> {
-        let now = SystemTime::now();
-        let expires = now
-            .checked_add(ttl)
-            .ok_or_else(|| TokenError::Invalid("the expiry is out of range".into()))?;
-        let seconds = |t: SystemTime| {
-            t.duration_since(UNIX_EPOCH)
-                .map(|d| d.as_secs())
-                .unwrap_or(0)
-        };
+        let (now, expires) = validity(ttl)?;
         let claims = Claims {
             iss: ISSUER.to_string(),
             sub: service_account_username(&claim.namespace, &claim.serviceaccount.name),
@@ -125,41 +138,85 @@ impl ServiceAccountTokens {
             } else {
                 audiences.to_vec()
             },
-            exp: seconds(expires),
-            iat: seconds(now),
-            nbf: seconds(now),
+            exp: unix_seconds(expires),
+            iat: unix_seconds(now),
+            nbf: unix_seconds(now),
             kubernetes: claim,
         };
+        Ok((self.sign(&claims)?, expires))
+    }
+
+    /// A dashboard session token for `user` in `groups`, valid `ttl` from now: it
+    /// authenticates as that user, nothing more (see [`SessionClaims`]).
+    pub fn issue_session(
+        &self,
+        user: &str,
+        groups: &[String],
+        ttl: Duration,
+    ) -> Result<(String, SystemTime), TokenError> {
+        let (now, expires) = validity(ttl)?;
+        let claims = SessionClaims {
+            iss: SESSION_ISSUER.to_string(),
+            sub: user.to_string(),
+            aud: vec![SESSION_AUDIENCE.to_string()],
+            exp: unix_seconds(expires),
+            iat: unix_seconds(now),
+            nbf: unix_seconds(now),
+            groups: groups.to_vec(),
+        };
+        Ok((self.sign(&claims)?, expires))
+    }
+
+    /// The claims of `token` if it is a dashboard session token signed by this cluster and not
+    /// expired.
+    pub fn verify_session(&self, token: &str) -> Result<SessionClaims, TokenError> {
+        let claims: SessionClaims = self.decode(token, SESSION_ISSUER, SESSION_AUDIENCE)?;
+        if claims.sub.is_empty() {
+            return Err(TokenError::Invalid("the session names no user".into()));
+        }
+        Ok(claims)
+    }
+
+    /// The claims of `token` if this cluster's key signed it (ES256 only) for `issuer` and
+    /// `audience`, and it is within its validity (no leeway).
+    fn decode<T: serde::de::DeserializeOwned>(
+        &self,
+        token: &str,
+        issuer: &str,
+        audience: &str,
+    ) -> Result<T, TokenError> {
+        let mut validation = Validation::new(Algorithm::ES256);
+        validation.set_issuer(&[issuer]);
+        validation.set_audience(&[audience]);
+        validation.validate_nbf = true;
+        validation.leeway = 0;
+        jsonwebtoken::decode::<T>(token, &self.decoding, &validation)
+            .map(|data| data.claims)
+            .map_err(|e| TokenError::Invalid(e.to_string()))
+    }
+
+    /// `claims` as a JWS in compact form, signed ES256 with the cluster's key.
+    fn sign<T: Serialize>(&self, claims: &T) -> Result<String, TokenError> {
         // A JWS in compact form: header.claims.signature, base64url without padding; ES256's
         // signature is r || s (ring's "fixed" format).
         use base64::Engine;
         let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
         let header = serde_json::to_vec(&Header::new(Algorithm::ES256))
             .map_err(|e| TokenError::Key(e.to_string()))?;
-        let body = serde_json::to_vec(&claims).map_err(|e| TokenError::Key(e.to_string()))?;
+        let body = serde_json::to_vec(claims).map_err(|e| TokenError::Key(e.to_string()))?;
         let signing_input = format!("{}.{}", b64.encode(header), b64.encode(body));
         let signature = self
             .signer
             .sign(&ring::rand::SystemRandom::new(), signing_input.as_bytes())
             .map_err(|e| TokenError::Key(e.to_string()))?;
-        Ok((
-            format!("{signing_input}.{}", b64.encode(signature)),
-            expires,
-        ))
+        Ok(format!("{signing_input}.{}", b64.encode(signature)))
     }
 
     /// The claims of `token` if it is a ServiceAccount token signed by this cluster, for the
     /// API's audience, and not expired. Whether the account (and pod) still exist is for the
     /// caller to check.
     pub fn verify(&self, token: &str) -> Result<Claims, TokenError> {
-        let mut validation = Validation::new(Algorithm::ES256);
-        validation.set_issuer(&[ISSUER]);
-        validation.set_audience(&[ISSUER]);
-        validation.validate_nbf = true;
-        validation.leeway = 0;
-        let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &validation)
-            .map_err(|e| TokenError::Invalid(e.to_string()))?;
-        let claims = data.claims;
+        let claims: Claims = self.decode(token, ISSUER, ISSUER)?;
         if claims.sub != claims.username() {
             return Err(TokenError::Invalid(
                 "the subject does not match the ServiceAccount claim".into(),
@@ -167,6 +224,21 @@ impl ServiceAccountTokens {
         }
         Ok(claims)
     }
+}
+
+/// Now, and `ttl` from now.
+fn validity(ttl: Duration) -> Result<(SystemTime, SystemTime), TokenError> {
+    let now = SystemTime::now();
+    let expires = now
+        .checked_add(ttl)
+        .ok_or_else(|| TokenError::Invalid("the expiry is out of range".into()))?;
+    Ok((now, expires))
+}
+
+fn unix_seconds(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 /// Whether `token` looks like a JWT (three base64url parts), so it is verified as one.
@@ -276,6 +348,34 @@ mod tests {
         ] {
             assert!(tokens.verify(garbage).is_err(), "{garbage:?}");
         }
+    }
+
+    #[test]
+    fn sessions_stand_for_their_user_and_pass_for_nothing_else() {
+        let (private, public) = keys();
+        let tokens = ServiceAccountTokens::new(&private, &public).unwrap();
+        let groups = vec!["devs".to_string()];
+        let (session, _) = tokens
+            .issue_session("ada", &groups, DEFAULT_SESSION_TTL)
+            .unwrap();
+        let claims = tokens.verify_session(&session).unwrap();
+        assert_eq!((claims.sub.as_str(), claims.groups), ("ada", groups));
+        // A session is no ServiceAccount token, and no ServiceAccount token is a session,
+        // even one requested for the session's audience.
+        assert!(tokens.verify(&session).is_err());
+        let (account, _) = tokens
+            .issue(claim(), &[SESSION_AUDIENCE.to_string()], DEFAULT_TOKEN_TTL)
+            .unwrap();
+        assert!(tokens.verify_session(&account).is_err());
+        let (other_private, other_public) = keys();
+        let other = ServiceAccountTokens::new(&other_private, &other_public).unwrap();
+        let (foreign, _) = other
+            .issue_session("ada", &[], DEFAULT_SESSION_TTL)
+            .unwrap();
+        assert!(tokens.verify_session(&foreign).is_err());
+        let (expired, _) = tokens.issue_session("ada", &[], Duration::ZERO).unwrap();
+        std::thread::sleep(Duration::from_millis(1100));
+        assert!(tokens.verify_session(&expired).is_err());
     }
 
     #[test]

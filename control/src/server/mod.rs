@@ -10,6 +10,7 @@ mod certificates;
 mod connect;
 pub mod custom;
 mod custom_metrics;
+mod dashboard;
 mod discovery;
 pub mod error;
 mod escalation;
@@ -291,6 +292,10 @@ impl ApiServer {
                 "/shoal/v1/wake/{namespace}/{service}",
                 axum::routing::post(wake::wake),
             )
+            .route(
+                "/shoal/v1/dashboard/token",
+                axum::routing::post(dashboard::session),
+            )
             .route("/openapi/v2", get(|| async { openapi::v2() }))
             .route(
                 "/shoal/v1/modules",
@@ -322,6 +327,8 @@ impl ApiServer {
                 self.clone(),
                 guard::guard,
             ))
+            // After the guard: the dashboard's page and script need no credentials.
+            .merge(dashboard::assets())
             .with_state(self.clone())
     }
 }

@@ -5,6 +5,7 @@
 //! - `NAME` (a bare word): who to greet, default `world`;
 //! - `--sleep-ms N`: stay alive N ms before exiting (keeps the pod Running for a while);
 //! - `--lines N`: print N numbered lines after the greeting (log tests);
+//! - `--every-ms N`: wait N ms before each of those lines (a log that grows while one reads it);
 //! - `--exit N`: exit with code N;
 //! - `--write PATH`: also write the greeting to PATH (a volume shared with other containers);
 //! - `--read PATH`: print PATH's content (waiting up to 10 s for it to appear);
@@ -20,6 +21,7 @@ fn main() {
     let mut name = String::from("world");
     let mut sleep_ms = 0u64;
     let mut lines = 0u64;
+    let mut every_ms = 0u64;
     let mut exit_code = 0i32;
     let mut write_to = None;
     let mut read_from = None;
@@ -36,6 +38,7 @@ fn main() {
         match arg.as_str() {
             "--sleep-ms" => sleep_ms = number("--sleep-ms"),
             "--lines" => lines = number("--lines"),
+            "--every-ms" => every_ms = number("--every-ms"),
             "--exit" => exit_code = number("--exit") as i32,
             "--write" => write_to = args.next(),
             "--read" => read_from = args.next(),
@@ -52,6 +55,10 @@ fn main() {
     let line = format!("{greeting}, {name}! (from a {flavour})");
     println!("{line}");
     for i in 1..=lines {
+        if every_ms > 0 {
+            std::io::stdout().flush().ok();
+            std::thread::sleep(std::time::Duration::from_millis(every_ms));
+        }
         println!("line {i}");
     }
     if std::path::Path::new("/data").is_dir() {

@@ -1,0 +1,312 @@
+//! The web dashboard at `/ui/`, in a real browser (headless Chromium, `tests/browser.rs`):
+//! logging in with `shoal dashboard --print-url`, live views that follow the cluster, actions
+//! that are API requests as the logged-in user (so RBAC decides), and streaming logs.
+
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use shoal_examples::{HELLO_P1, WEB_P2};
+use shoal_tests::browser::Browser;
+use shoal_tests::*;
+
+/// How many pods of `prefix` the page shows in `phase`.
+fn pods_shown(prefix: &str, phase: &str) -> String {
+    format!(
+        "[...document.querySelectorAll('tr[data-kind=pod]')].filter(r => r.dataset.name.startsWith('{prefix}') && r.dataset.phase === '{phase}').length"
+    )
+}
+
+/// Types `replicas` into the Deployment's scale field and clicks Scale.
+fn click_scale(namespace: &str, name: &str, replicas: u32) -> String {
+    format!(
+        "(() => {{
+            const input = document.querySelector('input[data-key=\"scale/{namespace}/{name}\"]');
+            input.value = '{replicas}';
+            input.dispatchEvent(new Event('input'));
+            document.querySelector('tr[data-kind=deployment][data-name={name}] button[data-action=scale]').click();
+            return true;
+        }})()"
+    )
+}
+
+async fn session_url(kubeconfig: &std::path::Path) -> String {
+    ok(shoal_async(kubeconfig, &["dashboard", "--print-url"]).await)
+        .trim()
+        .to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_shows_and_changes_the_cluster_live() {
+    let test = "the_dashboard_shows_and_changes_the_cluster_live";
+    let Some(mut browser) = Browser::launch(test).await else {
+        return;
+    };
+    let cluster = TestCluster::start(1).await;
+    let admin = cluster.http();
+    let ada = cluster.kubeconfig_for("ada", &["system:masters"]);
+
+    // The page itself is public and holds no data; it may talk to its own origin only.
+    let anonymous = Http::anonymous(&cluster.url(), &read_kubeconfig(&ada).ca_pem);
+    let (status, headers, _) = anonymous.get_with_headers("/ui/").await;
+    assert_eq!(status, 200);
+    let policy = headers
+        .get("content-security-policy")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    assert!(policy.contains("connect-src 'self'"), "{policy}");
+    assert_eq!(
+        anonymous
+            .call("POST", "/shoal/v1/dashboard/token", "", "")
+            .await
+            .0,
+        401
+    );
+    browser.open(&format!("{}/ui/", cluster.url())).await;
+    browser
+        .wait_for(
+            "the login form",
+            "!document.getElementById('login').hidden",
+            Duration::from_secs(5),
+        )
+        .await;
+    browser
+        .eval(
+            "document.getElementById('token').value = 'not-a-token';
+             document.querySelector('#login-form button').click(); true",
+        )
+        .await;
+    browser
+        .wait_for(
+            "a wrong token refused",
+            "document.getElementById('login-error').textContent.includes('log in again')",
+            Duration::from_secs(5),
+        )
+        .await;
+    assert_eq!(
+        browser
+            .eval("document.querySelectorAll('tr[data-kind]').length")
+            .await,
+        json!(0)
+    );
+
+    // `shoal dashboard --print-url` logs in as the kubeconfig's user; the token leaves the
+    // address at once.
+    let url = session_url(&ada).await;
+    assert!(
+        url.starts_with(&format!("{}/ui/#token=", cluster.url())),
+        "{url}"
+    );
+    browser.open(&url).await;
+    browser
+        .wait_for(
+            "logged in as ada",
+            "document.getElementById('who').textContent === 'ada'",
+            Duration::from_secs(5),
+        )
+        .await;
+    let address = browser.eval("location.href").await;
+    assert!(!address.to_string().contains("token"), "{address}");
+    // A session cannot start another one.
+    let token = url.split("#token=").nth(1).unwrap();
+    let session = Http::anonymous(&cluster.url(), &read_kubeconfig(&ada).ca_pem).bearer(token);
+    let (status, body) = session
+        .call("POST", "/shoal/v1/dashboard/token", "", "")
+        .await;
+    assert_eq!(status, 403, "{body}");
+
+    // A Deployment's pod shows up, live.
+    let deployment = json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web"},
+        "spec": {"replicas": 1, "selector": {"matchLabels": {"app": "web"}},
+            "template": {"metadata": {"labels": {"app": "web"}},
+                "spec": {"containers": [{"name": "web", "image": WEB_P2, "ports": [{"containerPort": 8080}]}]}}}});
+    admin
+        .create("/apis/apps/v1/namespaces/default/deployments", &deployment)
+        .await;
+    browser
+        .wait_for(
+            "the Deployment's pod Running on the page",
+            &format!("{} === 1", pods_shown("web-", "Running")),
+            Duration::from_secs(20),
+        )
+        .await;
+
+    // Scale to 3 with a click: three pods Running within 5 s.
+    browser.eval(&click_scale("default", "web", 3)).await;
+    let clicked = Instant::now();
+    browser
+        .wait_for(
+            "three pods Running after scaling to 3",
+            &format!("{} === 3", pods_shown("web-", "Running")),
+            Duration::from_secs(5),
+        )
+        .await;
+    eprintln!(
+        "three pods Running on the page {:?} after the click",
+        clicked.elapsed()
+    );
+    let (_, scaled) = admin
+        .call(
+            "GET",
+            "/apis/apps/v1/namespaces/default/deployments/web",
+            "",
+            "",
+        )
+        .await;
+    assert_eq!(scaled["spec"]["replicas"], 3);
+
+    // A pod deleted elsewhere leaves the page within a second of being gone.
+    let victim = browser
+        .eval("document.querySelector('tr[data-kind=pod][data-phase=Running]').dataset.name")
+        .await
+        .as_str()
+        .unwrap()
+        .to_string();
+    if kubectl_available(test) {
+        ok(kubectl_async(&ada, &["delete", "pod", &victim]).await);
+    } else {
+        admin
+            .call(
+                "DELETE",
+                &format!("/api/v1/namespaces/default/pods/{victim}?gracePeriodSeconds=0"),
+                "",
+                "",
+            )
+            .await;
+        wait_for("the pod to be gone", Duration::from_secs(10), async || {
+            let (status, _) = admin
+                .call(
+                    "GET",
+                    &format!("/api/v1/namespaces/default/pods/{victim}"),
+                    "",
+                    "",
+                )
+                .await;
+            (status == 404).then_some(())
+        })
+        .await;
+    }
+    let gone = Instant::now();
+    browser
+        .wait_for(
+            "the deleted pod to leave the page",
+            &format!("!document.querySelector('tr[data-kind=pod][data-name=\"{victim}\"]')"),
+            Duration::from_secs(1),
+        )
+        .await;
+    eprintln!(
+        "the deleted pod left the page {:?} after it was gone",
+        gone.elapsed()
+    );
+
+    // The cluster view: the node, its pods and what they request.
+    browser
+        .open(&format!("{}/ui/#/cluster", cluster.url()))
+        .await;
+    let node = cluster.cluster.agents[0].node_name.clone();
+    browser
+        .wait_for(
+            "the node on the cluster page",
+            &format!("document.querySelector('tr[data-kind=node][data-name=\"{node}\"]')?.textContent.includes('True')"),
+            Duration::from_secs(5),
+        )
+        .await;
+
+    // A pod's log streams: lines written after the page opened appear on it.
+    let talker = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "talker"},
+        "spec": {"restartPolicy": "Never", "containers": [{"name": "talk", "image": HELLO_P1,
+            "args": ["talker", "--lines", "60", "--every-ms", "200"]}]}});
+    admin
+        .create("/api/v1/namespaces/default/pods", &talker)
+        .await;
+    browser
+        .open(&format!("{}/ui/#/pod/default/talker", cluster.url()))
+        .await;
+    let log = "(document.querySelector('pre[data-log=talk]')?.textContent ?? '')";
+    browser
+        .wait_for(
+            "the log's first lines",
+            &format!("{log}.includes('line 2\\n')"),
+            Duration::from_secs(20),
+        )
+        .await;
+    let first = browser.eval(log).await.as_str().unwrap().to_string();
+    let later = browser
+        .wait_for(
+            "lines written later to stream in",
+            &format!(
+                "{log}.length > {} && {log}.includes('line 12\\n') && {log}",
+                first.len()
+            ),
+            Duration::from_secs(10),
+        )
+        .await;
+    assert!(
+        later.as_str().unwrap().starts_with("Hello, talker!"),
+        "{later}"
+    );
+
+    // A `view` user sees the namespace but may not scale: the page shows the 403's words.
+    let binding = json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+        "metadata": {"name": "viola-views", "namespace": "default"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "view"},
+        "subjects": [{"kind": "User", "apiGroup": "rbac.authorization.k8s.io", "name": "viola"}]});
+    admin
+        .create(
+            "/apis/rbac.authorization.k8s.io/v1/namespaces/default/rolebindings",
+            &binding,
+        )
+        .await;
+    let viola = cluster.kubeconfig_for("viola", &[]);
+    browser.open(&session_url(&viola).await).await;
+    browser
+        .wait_for(
+            "logged in as viola",
+            "document.getElementById('who').textContent === 'viola'",
+            Duration::from_secs(5),
+        )
+        .await;
+    browser
+        .eval(
+            "const ns = document.getElementById('namespace');
+             ns.value = 'default'; ns.dispatchEvent(new Event('change')); true",
+        )
+        .await;
+    browser
+        .wait_for(
+            "viola sees the Deployment",
+            "document.querySelector('tr[data-kind=deployment][data-name=web]')",
+            Duration::from_secs(5),
+        )
+        .await;
+    browser.eval(&click_scale("default", "web", 1)).await;
+    let refusal = browser
+        .wait_for(
+            "the refusal shown",
+            "!document.getElementById('toast').hidden && document.getElementById('toast').textContent",
+            Duration::from_secs(5),
+        )
+        .await;
+    assert!(
+        refusal
+            .as_str()
+            .unwrap()
+            .contains("User \"viola\" cannot patch resource \"deployments/scale\""),
+        "{refusal}"
+    );
+    let (_, unchanged) = admin
+        .call(
+            "GET",
+            "/apis/apps/v1/namespaces/default/deployments/web",
+            "",
+            "",
+        )
+        .await;
+    assert_eq!(unchanged["spec"]["replicas"], 3, "{unchanged}");
+    let value: Value = browser
+        .eval("document.querySelectorAll('tr[data-kind=pod]').length")
+        .await;
+    assert!(value.as_u64().unwrap() >= 3, "viola sees the pods: {value}");
+    drop(browser);
+    cluster.cluster.shutdown().await;
+}
