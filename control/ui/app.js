@@ -27,6 +27,10 @@ const state = {
   user: null,
   // Values typed into inputs, kept across re-renders (by data-key).
   drafts: new Map(),
+  // Scroll positions of long tables, kept across re-renders.
+  scroll: new Map(),
+  // What rendering costs: the page's own figures, read by the browser tests.
+  stats: { renders: 0, totalMs: 0, lastMs: 0, maxMs: 0 },
 };
 
 class ApiError extends Error {
@@ -72,6 +76,7 @@ class Collection {
   constructor(path) {
     this.path = path;
     this.items = new Map();
+    this.version = 0;
     this.error = null;
     this.loaded = false;
     this.abort = new AbortController();
@@ -86,6 +91,15 @@ class Collection {
     return [...this.items.values()];
   }
 
+  /// The objects by namespace and name, sorted once per change (not once per render).
+  sorted() {
+    if (this.sortedAt !== this.version) {
+      this.sortedCache = this.all().sort(byName);
+      this.sortedAt = this.version;
+    }
+    return this.sortedCache;
+  }
+
   static key(object) {
     return `${object.metadata.namespace ?? ''}/${object.metadata.name}`;
   }
@@ -96,6 +110,7 @@ class Collection {
         const list = await api('GET', this.path);
         if (this.abort.signal.aborted) return;
         this.items = new Map(list.items.map((o) => [Collection.key(o), o]));
+        this.version += 1;
         this.error = null;
         this.loaded = true;
         changed();
@@ -132,6 +147,7 @@ class Collection {
         const key = Collection.key(event.object);
         if (event.type === 'DELETED') this.items.delete(key);
         else this.items.set(key, event.object);
+        this.version += 1;
         changed();
       }
     }
@@ -177,6 +193,31 @@ function el(tag, attributes = {}, ...children) {
     node.append(child instanceof Node ? child : document.createTextNode(String(child)));
   }
   return node;
+}
+
+/// The height of a row of a long table, fixed (app.css) so that only the rows in view need
+/// to exist: a table of 10,000 pods builds some 60 rows per render, not 10,000.
+const ROW_HEIGHT = 36;
+/// Tables longer than this are windowed.
+const WINDOWED_FROM = 200;
+
+/// A table of `items` with only the rows in view built (`rowOf` makes one), in a scroller
+/// whose position survives re-renders (by `key`).
+function longTable(key, headings, items, rowOf, empty) {
+  if (items.length === 0) return el('p', { className: 'empty' }, empty);
+  if (items.length < WINDOWED_FROM) return table(headings, items.map(rowOf), empty);
+  const top = state.scroll.get(key) ?? 0;
+  const visible = Math.ceil((window.innerHeight * 0.7) / ROW_HEIGHT);
+  const first = Math.max(0, Math.floor(top / ROW_HEIGHT) - 10);
+  const last = Math.min(items.length, first + visible + 20);
+  const spacer = (rows) => el('tr', { className: 'spacer', style: `height:${rows * ROW_HEIGHT}px` });
+  const scroller = el('div', {
+    className: 'scroller', 'data-scroll': key,
+    onscroll: (e) => { state.scroll.set(key, e.target.scrollTop); changed(); },
+  }, el('table', { className: 'windowed' },
+    el('thead', {}, el('tr', {}, headings.map((h) => el('th', {}, h)))),
+    el('tbody', {}, spacer(first), items.slice(first, last).map(rowOf), spacer(items.length - last))));
+  return [el('p', { className: 'count', 'data-count': key }, `${items.length} in all`), scroller];
 }
 
 function table(headings, rows, empty = 'Nothing here.') {
@@ -336,21 +377,25 @@ function deploymentRow(deployment, replicaSets) {
       }, 'Undo')));
 }
 
-function workloadRows(kind, objects, readyOf) {
-  return objects.map((o) => el('tr', { 'data-kind': kind, 'data-name': o.metadata.name },
+function workloadRow(kind, o, readyOf) {
+  return el('tr', { 'data-kind': kind, 'data-name': o.metadata.name },
     el('td', {}, o.metadata.name),
     state.namespace ? null : el('td', {}, o.metadata.namespace),
     el('td', {}, readyOf(o)),
-    el('td', {}, age(o.metadata.creationTimestamp))));
+    el('td', {}, age(o.metadata.creationTimestamp)));
 }
 
 function section(title, collection, render) {
-  return [el('h2', {}, title), unavailable(collection) ?? render(collection.all())];
+  return [el('h2', {}, title), unavailable(collection) ?? render(collection)];
+}
+
+function compare(a, b) {
+  return a < b ? -1 : (a > b ? 1 : 0);
 }
 
 function byName(a, b) {
-  return (a.metadata.namespace ?? '').localeCompare(b.metadata.namespace ?? '')
-    || a.metadata.name.localeCompare(b.metadata.name);
+  return compare(a.metadata.namespace ?? '', b.metadata.namespace ?? '')
+    || compare(a.metadata.name, b.metadata.name);
 }
 
 function nsColumn(headings) {
@@ -360,21 +405,22 @@ function nsColumn(headings) {
 function workloadsView() {
   const replicaSets = watched('replicasets');
   const others = [
+    ['ReplicaSets', 'replicasets', (r) => `${r.status?.readyReplicas ?? 0}/${r.spec?.replicas ?? 1}${revisionOf(r) ? `, revision ${revisionOf(r)}` : ''}`],
     ['StatefulSets', 'statefulsets', (s) => `${s.status?.readyReplicas ?? 0}/${s.spec?.replicas ?? 1}`],
     ['DaemonSets', 'daemonsets', (d) => `${d.status?.numberReady ?? 0}/${d.status?.desiredNumberScheduled ?? 0}`],
     ['Jobs', 'jobs', (j) => `${j.status?.succeeded ?? 0}/${j.spec?.completions ?? 1} succeeded`],
     ['CronJobs', 'cronjobs', (c) => `${c.spec?.schedule ?? ''}${c.spec?.suspend ? ' (suspended)' : ''}`],
   ];
   return [
-    ...section('Deployments', watched('deployments'), (items) => table(
+    ...section('Deployments', watched('deployments'), (collection) => table(
       nsColumn(['Name', 'Ready', 'Rollout', 'Available', 'Revisions', '']),
-      items.sort(byName).map((d) => deploymentRow(d, replicaSets.all())),
+      collection.sorted().map((d) => deploymentRow(d, replicaSets.all())),
       'No Deployments.')),
-    ...section('Pods', watched('pods'), (items) => table(
+    ...section('Pods', watched('pods'), (collection) => longTable('pods',
       nsColumn(['Name', 'Phase', 'Ready', 'Restarts', 'Node', 'Age', '']),
-      items.sort(byName).map(podRow), 'No pods.')),
-    ...others.flatMap(([title, kind, readyOf]) => section(title, watched(kind), (items) => table(
-      nsColumn(['Name', 'Status', 'Age']), workloadRows(kind, items.sort(byName), readyOf),
+      collection.sorted(), podRow, 'No pods.')),
+    ...others.flatMap(([title, kind, readyOf]) => section(title, watched(kind), (collection) => longTable(kind,
+      nsColumn(['Name', 'Status', 'Age']), collection.sorted(), (o) => workloadRow(kind, o, readyOf),
       `No ${title}.`))),
   ];
 }
@@ -382,13 +428,19 @@ function workloadsView() {
 function clusterView() {
   const nodes = watched('nodes');
   const pods = watched('pods', '');
-  return section('Nodes', nodes, (items) => table(
+  // Each node's running pods, in one pass over all pods.
+  const byNode = new Map();
+  for (const pod of pods.error ? [] : pods.all()) {
+    if (!pod.spec?.nodeName || ['Succeeded', 'Failed'].includes(pod.status?.phase)) continue;
+    if (!byNode.has(pod.spec.nodeName)) byNode.set(pod.spec.nodeName, []);
+    byNode.get(pod.spec.nodeName).push(pod);
+  }
+  return section('Nodes', nodes, (collection) => longTable('nodes',
     ['Name', 'Ready', 'Schedulable', 'CPU requested', 'Memory requested', 'Pods', 'Conditions', ''],
-    items.sort(byName).map((node) => {
+    collection.sorted(), (node) => {
       const name = node.metadata.name;
       const ready = (node.status?.conditions ?? []).find((c) => c.type === 'Ready');
-      const here = pods.error ? [] : pods.all().filter((p) => p.spec?.nodeName === name
-        && !['Succeeded', 'Failed'].includes(p.status?.phase));
+      const here = byNode.get(name) ?? [];
       const allocatable = node.status?.allocatable ?? {};
       const cpu = here.reduce((sum, p) => sum + podRequests(p, 'cpu'), 0);
       const memory = here.reduce((sum, p) => sum + podRequests(p, 'memory'), 0);
@@ -406,11 +458,21 @@ function clusterView() {
           onclick: () => act(`${cordoned ? 'Uncordoning' : 'Cordoning'} ${name}`, () => api('PATCH', `/api/v1/nodes/${encodeURIComponent(name)}`,
             { spec: { unschedulable: !cordoned } }, 'application/merge-patch+json')),
         }, cordoned ? 'Uncordon' : 'Cordon')));
-    }), 'No nodes.'));
+    }, 'No nodes.'));
 }
 
-/// Requests per second of each Service, sampled every 2 s from the proxies' metrics.
+/// Requests and 5xx answers per second of each Service, sampled every 2 s from the proxies'
+/// figures (the custom metrics API).
 const rates = new Map();
+
+async function metric(namespace, name, which) {
+  try {
+    const answer = await api('GET', `/apis/custom.metrics.k8s.io/v1beta1/namespaces/${namespace}/services/${name}/${which}`);
+    return quantity(answer?.value);
+  } catch {
+    return null;
+  }
+}
 
 async function sampleRates() {
   for (;;) {
@@ -420,40 +482,46 @@ async function sampleRates() {
     await Promise.all(services.map(async (service) => {
       const { namespace, name } = service.metadata;
       const key = `${namespace}/${name}`;
-      let value = null;
-      try {
-        const metric = await api('GET', `/apis/custom.metrics.k8s.io/v1beta1/namespaces/${namespace}/services/${name}/requests_per_second`);
-        value = quantity(metric?.value);
-      } catch {
-        value = null;
-      }
+      const [requests, errors] = await Promise.all([
+        metric(namespace, name, 'requests_per_second'),
+        metric(namespace, name, 'errors_per_second'),
+      ]);
       const history = rates.get(key) ?? [];
-      history.push(value);
+      history.push({ requests, errors });
       rates.set(key, history.slice(-30));
     }));
     changed();
   }
 }
 
-function sparkline(values) {
-  const points = values.map((v) => v ?? 0);
-  const top = Math.max(1, ...points);
-  const coordinates = points.map((v, i) => `${i * 4},${20 - (v / top) * 18}`).join(' ');
+/// A small chart of requests per second, with the 5xx answers in red below.
+function sparkline(history) {
+  const top = Math.max(1, ...history.map((h) => h.requests ?? 0));
   const svg = document.createElementNS('http://www.w3.org/2000/svg', 'svg');
   svg.setAttribute('class', 'spark');
   svg.setAttribute('width', '120');
   svg.setAttribute('height', '20');
-  const line = document.createElementNS('http://www.w3.org/2000/svg', 'polyline');
-  line.setAttribute('points', coordinates);
-  svg.append(line);
+  for (const [field, className] of [['requests', 'requests'], ['errors', 'errors']]) {
+    const line = document.createElementNS('http://www.w3.org/2000/svg', 'polyline');
+    line.setAttribute('class', className);
+    line.setAttribute('points', history.map((h, i) => `${i * 4},${20 - ((h[field] ?? 0) / top) * 18}`).join(' '));
+    svg.append(line);
+  }
   return svg;
+}
+
+function rateText(latest) {
+  if (!latest || latest.requests === null) return '';
+  const errors = latest.errors ?? 0;
+  const share = latest.requests > 0 ? (100 * errors) / latest.requests : 0;
+  return ` ${latest.requests.toFixed(1)}/s, errors ${errors.toFixed(1)}/s (${share.toFixed(0)}%)`;
 }
 
 function servicesView() {
   const slices = watched('endpointslices');
-  return section('Services', watched('services'), (items) => table(
-    nsColumn(['Name', 'Type', 'Cluster IP', 'Ports', 'Ready endpoints', 'Requests/s']),
-    items.sort(byName).map((service) => {
+  return section('Services', watched('services'), (collection) => longTable('services',
+    nsColumn(['Name', 'Type', 'Cluster IP', 'Ports', 'Ready endpoints', 'Requests (errors in red)']),
+    collection.sorted(), (service) => {
       const { namespace, name } = service.metadata;
       const endpoints = slices.all()
         .filter((s) => s.metadata.namespace === namespace && s.metadata.labels?.['kubernetes.io/service-name'] === name)
@@ -468,8 +536,8 @@ function servicesView() {
         el('td', {}, service.spec?.clusterIP ?? ''),
         el('td', {}, (service.spec?.ports ?? []).map((p) => `${p.port}${p.nodePort ? `:${p.nodePort}` : ''}/${p.protocol ?? 'TCP'}`).join(', ')),
         el('td', {}, endpoints.length),
-        el('td', {}, sparkline(history), latest === null || latest === undefined ? '' : ` ${latest.toFixed(1)}`));
-    }), 'No Services.'));
+        el('td', { 'data-field': 'rates' }, sparkline(history), rateText(latest)));
+    }, 'No Services.'));
 }
 
 function eventRows(events) {
@@ -486,8 +554,8 @@ function eventRows(events) {
 }
 
 function eventsView() {
-  return section('Events', watched('events'), (items) => table(
-    ['Type', 'Reason', 'Object', 'Message', 'Count', 'Last seen'], eventRows(items), 'No events.'));
+  return section('Events', watched('events'), (collection) => table(
+    ['Type', 'Reason', 'Object', 'Message', 'Count', 'Last seen'], eventRows(collection.all()), 'No events.'));
 }
 
 /// Streaming logs, kept across re-renders (a re-render must not lose what was read).
@@ -671,8 +739,19 @@ function render() {
   // Keep the focused input (and what was typed in it) across the re-render.
   const focused = document.activeElement?.dataset?.key;
   const selection = focused ? [document.activeElement.selectionStart, document.activeElement.selectionEnd] : null;
+  const started = performance.now();
   const content = (views[view] ?? workloadsView)(...params);
-  main.replaceChildren(...[content].flat().filter(Boolean));
+  main.replaceChildren(...[content].flat(Infinity).filter(Boolean));
+  for (const scroller of main.querySelectorAll('[data-scroll]')) {
+    scroller.scrollTop = state.scroll.get(scroller.dataset.scroll) ?? 0;
+  }
+  const took = performance.now() - started;
+  Object.assign(state.stats, {
+    renders: state.stats.renders + 1,
+    totalMs: state.stats.totalMs + took,
+    lastMs: took,
+    maxMs: Math.max(state.stats.maxMs, took),
+  });
   stopUnused();
   if (focused) {
     const again = main.querySelector(`[data-key="${CSS.escape(focused)}"]`);

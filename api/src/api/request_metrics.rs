@@ -17,8 +17,11 @@ pub const VERSION: &str = "v1beta1";
 pub const REQUESTS_PER_SECOND: &str = "requests_per_second";
 /// Requests received and not yet answered (their response head not yet sent), now.
 pub const REQUESTS_IN_FLIGHT: &str = "requests_in_flight";
+/// Requests answered per second with a 5xx status (the proxy's own 502 and 503 included),
+/// averaged over the window.
+pub const ERRORS_PER_SECOND: &str = "errors_per_second";
 /// Every metric served, for each of pods and services.
-pub const METRICS: &[&str] = &[REQUESTS_PER_SECOND, REQUESTS_IN_FLIGHT];
+pub const METRICS: &[&str] = &[REQUESTS_PER_SECOND, REQUESTS_IN_FLIGHT, ERRORS_PER_SECOND];
 
 /// One node's proxy's report.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
@@ -37,6 +40,9 @@ pub struct RequestRate {
     pub namespace: String,
     pub name: String,
     pub per_second: f64,
+    /// Of `per_second`, the answers with a 5xx status (absent from older agents' reports).
+    #[serde(default)]
+    pub errors_per_second: f64,
     pub in_flight: u64,
 }
 
@@ -68,6 +74,7 @@ impl Totals {
                             ..Default::default()
                         });
                     entry.per_second += rate.per_second;
+                    entry.errors_per_second += rate.errors_per_second;
                     entry.in_flight = entry.in_flight.saturating_add(rate.in_flight);
                 }
             }
@@ -91,10 +98,10 @@ impl Totals {
         let Some(rate) = map.get(&(namespace.to_string(), name.to_string())) else {
             return 0.0;
         };
-        if metric == REQUESTS_IN_FLIGHT {
-            rate.in_flight as f64
-        } else {
-            rate.per_second
+        match metric {
+            REQUESTS_IN_FLIGHT => rate.in_flight as f64,
+            ERRORS_PER_SECOND => rate.errors_per_second,
+            _ => rate.per_second,
         }
     }
 }
@@ -170,6 +177,8 @@ mod tests {
             namespace: "default".into(),
             name: name.into(),
             per_second,
+            // A tenth of the answers were errors.
+            errors_per_second: per_second / 10.0,
             in_flight,
         }
     }
@@ -202,6 +211,16 @@ mod tests {
             4.0
         );
         assert_eq!(
+            totals.value("services", "default", "web", ERRORS_PER_SECOND),
+            1.05 + 0.4
+        );
+        // A report from an agent that does not count errors yet still reads.
+        let old: RequestRate = serde_json::from_value(
+            json!({"namespace": "default", "name": "web", "per_second": 1.0, "in_flight": 0}),
+        )
+        .unwrap();
+        assert_eq!(old.errors_per_second, 0.0);
+        assert_eq!(
             totals.value("pods", "default", "idle", REQUESTS_PER_SECOND),
             0.0
         );
@@ -218,6 +237,6 @@ mod tests {
         assert_eq!(value["windowSeconds"], 10);
         assert_eq!(quantity(3.0), "3");
         assert_eq!(quantity(f64::NAN), "0");
-        assert_eq!(resource_list()["resources"].as_array().unwrap().len(), 4);
+        assert_eq!(resource_list()["resources"].as_array().unwrap().len(), 6);
     }
 }

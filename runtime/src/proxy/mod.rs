@@ -322,7 +322,7 @@ impl tower::Service<stack::ProxyRequest> for Dispatch {
             let counting = (state.rates).pod(&format!("{}/{}", backend.namespace, backend.pod));
             match state.try_backend(&backend, request.request).await {
                 Ok(response) => {
-                    counting.answered();
+                    counting.answered(response.status());
                     Ok(with_guard(response, in_flight))
                 }
                 Err((Some(unsent), why)) => {

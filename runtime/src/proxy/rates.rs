@@ -1,5 +1,6 @@
-//! Request rates: how many requests per second, and how many in flight, this proxy routes to
-//! each Service and to each backend pod, over a recent window. The stack's metrics layer
+//! Request rates: how many requests per second (and of them, how many answered with a 5xx
+//! status), and how many in flight, this proxy routes to each Service and to each backend pod,
+//! over a recent window. The stack's metrics layer
 //! counts each Service's requests, the dispatch each pod's; a sampler reads the counters once
 //! a second; the agent's gateway serves the figures (`/stats/requests`) to the API server,
 //! which adds up every node's and serves them as the custom metrics API the
@@ -23,19 +24,25 @@ pub const SAMPLE_EVERY: Duration = Duration::from_secs(1);
 #[derive(Default)]
 struct Counter {
     answered: AtomicU64,
+    /// Of those answered, the ones with a 5xx status.
+    errors: AtomicU64,
     in_flight: AtomicU64,
-    /// (when, answered then), oldest first, within the window.
-    samples: Mutex<VecDeque<(Instant, u64)>>,
+    /// (when, answered then, errors then), oldest first, within the window.
+    samples: Mutex<VecDeque<(Instant, u64, u64)>>,
 }
 
 /// A request being counted: in flight until dropped; [`Counting::answered`] counts it.
 pub struct Counting(Option<Arc<Counter>>);
 
 impl Counting {
-    /// Counts the request as answered (its response head is back).
-    pub fn answered(self) {
+    /// Counts the request as answered with `status` (its response head is back); a 5xx
+    /// status counts as an error too.
+    pub fn answered(self, status: http::StatusCode) {
         if let Some(counter) = &self.0 {
             counter.answered.fetch_add(1, Ordering::Relaxed);
+            if status.is_server_error() {
+                counter.errors.fetch_add(1, Ordering::Relaxed);
+            }
         }
     }
 }
@@ -66,18 +73,19 @@ impl Counters {
         let mut idle = Vec::new();
         for (key, counter) in read(&self.0).iter() {
             let answered = counter.answered.load(Ordering::Relaxed);
+            let errors = counter.errors.load(Ordering::Relaxed);
             let mut samples = lock(&counter.samples);
-            samples.push_back((now, answered));
+            samples.push_back((now, answered, errors));
             while samples.len() > 2
                 && samples
                     .get(1)
-                    .is_some_and(|(at, _)| now.duration_since(*at) >= window)
+                    .is_some_and(|(at, _, _)| now.duration_since(*at) >= window)
             {
                 samples.pop_front();
             }
-            let unchanged = samples
-                .front()
-                .is_some_and(|(at, then)| *then == answered && now.duration_since(*at) >= window);
+            let unchanged = samples.front().is_some_and(|(at, then, _)| {
+                *then == answered && now.duration_since(*at) >= window
+            });
             if unchanged && counter.in_flight.load(Ordering::Relaxed) == 0 {
                 idle.push(key.clone());
             }
@@ -101,22 +109,26 @@ impl Counters {
             .iter()
             .map(|(key, counter)| {
                 let answered = counter.answered.load(Ordering::Relaxed);
-                let (since, then) = lock(&counter.samples)
+                let errors = counter.errors.load(Ordering::Relaxed);
+                let (since, answered_then, errors_then) = lock(&counter.samples)
                     .iter()
                     .copied()
-                    .find(|(at, _)| now.duration_since(*at) <= window + SAMPLE_EVERY)
-                    .unwrap_or((now, answered));
+                    .find(|(at, _, _)| now.duration_since(*at) <= window + SAMPLE_EVERY)
+                    .unwrap_or((now, answered, errors));
                 let elapsed = now.duration_since(since).as_secs_f64();
-                let per_second = if elapsed > 0.0 {
-                    answered.saturating_sub(then) as f64 / elapsed
-                } else {
-                    0.0
+                let rate = |now: u64, then: u64| {
+                    if elapsed > 0.0 {
+                        now.saturating_sub(then) as f64 / elapsed
+                    } else {
+                        0.0
+                    }
                 };
                 let (namespace, name) = key.split_once('/').unwrap_or(("", key));
                 RequestRate {
                     namespace: namespace.to_string(),
                     name: name.to_string(),
-                    per_second,
+                    per_second: rate(answered, answered_then),
+                    errors_per_second: rate(errors, errors_then),
                     in_flight: counter.in_flight.load(Ordering::Relaxed),
                 }
             })
@@ -210,8 +222,8 @@ mod tests {
         rates.sample();
         std::thread::sleep(Duration::from_millis(200));
         for _ in 0..10 {
-            rates.service("default/web").answered();
-            rates.pod("default/web-1").answered();
+            rates.service("default/web").answered(http::StatusCode::OK);
+            rates.pod("default/web-1").answered(http::StatusCode::OK);
         }
         let held = rates.service("default/web");
         let refused = rates.pod("default/web-2");
@@ -224,12 +236,16 @@ mod tests {
         assert_eq!(web.per_second, 0.0);
         rates.sample();
         std::thread::sleep(Duration::from_millis(100));
-        for _ in 0..5 {
-            rates.service("default/web").answered();
+        for status in [200, 200, 404, 502, 503] {
+            let status = http::StatusCode::from_u16(status).unwrap();
+            rates.service("default/web").answered(status);
         }
         let report = rates.report();
         let web = find(&report.services, "web").unwrap();
         assert!(web.per_second > 20.0 && web.per_second <= 50.0, "{web:?}");
+        // Two of the five were 5xx: errors are counted at that share of the rate.
+        let share = web.errors_per_second / web.per_second;
+        assert!((share - 0.4).abs() < 1e-9, "{web:?}");
         assert_eq!(find(&report.pods, "web-2").unwrap().in_flight, 0);
         drop(held);
         assert_eq!(find(&rates.report().services, "web").unwrap().in_flight, 0);
@@ -241,7 +257,7 @@ mod tests {
     #[test]
     fn idle_counters_are_dropped_after_a_window() {
         let rates = RequestRates::new(Duration::from_secs(1));
-        rates.service("default/web").answered();
+        rates.service("default/web").answered(http::StatusCode::OK);
         rates.sample();
         assert_eq!(rates.report().services.len(), 1);
         std::thread::sleep(Duration::from_millis(1100));

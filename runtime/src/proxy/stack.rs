@@ -148,7 +148,7 @@ where
         let answer = self.inner.call(request);
         Box::pin(async move {
             let response = answer.await?;
-            counting.answered();
+            counting.answered(response.status());
             metrics.record(&service, response.status(), started.elapsed());
             Ok(response)
         })
