@@ -605,6 +605,30 @@ function stopLogsExcept(keep) {
   }
 }
 
+/// What a node has loaded of each module (`nodes/{name}/proxy/modules`), fetched at most every
+/// 10 s; an error (say a user without `get nodes/proxy`) is shown in the modules' table.
+const nodeModules = new Map();
+
+function modulesOf(node) {
+  if (!node) return { records: [] };
+  const known = nodeModules.get(node);
+  if (!known || (!known.pending && Date.now() - known.at > 10000)) {
+    const entry = { ...(known ?? { records: [] }), pending: true, at: Date.now() };
+    nodeModules.set(node, entry);
+    api('GET', `/api/v1/nodes/${encodeURIComponent(node)}/proxy/modules`)
+      .then((answer) => nodeModules.set(node, { records: answer.modules ?? [], at: Date.now() }))
+      .catch((error) => nodeModules.set(node, { records: [], error, at: Date.now() }))
+      .finally(changed);
+  }
+  return nodeModules.get(node);
+}
+
+function bytes(count) {
+  if (count === null || count === undefined) return '';
+  if (count < 1024 * 1024) return `${(count / 1024).toFixed(0)} KiB`;
+  return `${(count / 1024 / 1024).toFixed(1)} MiB`;
+}
+
 function podView(namespace, name) {
   stopLogsExcept(`${namespace}/${name}/`);
   const pods = watched('pods', namespace, `fieldSelector=metadata.name%3D${encodeURIComponent(name)}`);
@@ -614,16 +638,26 @@ function podView(namespace, name) {
   const pod = pods.all()[0];
   if (!pod) return [el('h2', {}, `Pod ${namespace}/${name}`), el('p', { className: 'empty' }, 'This pod does not exist (any more).')];
   const statuses = new Map((pod.status?.containerStatuses ?? []).map((s) => [s.name, s]));
+  const modules = modulesOf(pod.spec?.nodeName);
+  const recordOf = (container, status) => modules.records.find((m) => (m.images ?? []).includes(container.image)
+    || (status.imageID && ((m.imageIds ?? []).includes(status.imageID) || m.digest === status.imageID)));
   return [
     el('h2', {}, `Pod ${namespace}/${name}`),
     el('p', {}, `Phase ${pod.status?.phase ?? 'Pending'} on node ${pod.spec?.nodeName ?? '(not placed)'}, IP ${pod.status?.podIP ?? '-'}`),
     el('h2', {}, 'Modules'),
-    table(['Container', 'Image', 'Image ID', 'State', 'Restarts', 'Ports'],
+    table(['Container', 'Image', 'Digest', 'Kind', 'Size', 'Compiled', 'State', 'Restarts', 'Loopback ports'],
       (pod.spec?.containers ?? []).map((c) => {
         const status = statuses.get(c.name) ?? {};
         const stateName = Object.keys(status.state ?? {})[0] ?? 'waiting';
+        const record = recordOf(c, status);
+        const compiled = record
+          ? `${record.compileState} in ${record.compileMillis.toFixed(0)} ms${record.compiledBytes ? ` (${bytes(record.compiledBytes)} native)` : ''}`
+          : (modules.error ? `(${modules.error.message})` : '');
         return el('tr', { 'data-kind': 'container', 'data-name': c.name },
-          el('td', {}, c.name), el('td', {}, c.image), el('td', {}, status.imageID ?? ''),
+          el('td', {}, c.name), el('td', {}, c.image), el('td', { 'data-field': 'digest' }, status.imageID ?? ''),
+          el('td', { 'data-field': 'module-kind' }, record?.kind ?? ''),
+          el('td', { 'data-field': 'size' }, bytes(record?.wasmBytes)),
+          el('td', { 'data-field': 'compiled' }, compiled),
           el('td', {}, stateName), el('td', {}, status.restartCount ?? 0),
           el('td', {}, (c.ports ?? []).map((p) => p.containerPort).join(', ')));
       })),

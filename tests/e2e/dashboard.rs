@@ -299,6 +299,53 @@ async fn the_dashboard_shows_and_changes_the_cluster_live() {
         later.as_str().unwrap().starts_with("Hello, talker!"),
         "{later}"
     );
+    // Its module: the digest, what kind of Wasm it is, its size and how it was compiled, as
+    // the node reports them (nodes/{name}/proxy/modules).
+    let module = browser
+        .wait_for(
+            "the module's details",
+            "(() => { const row = document.querySelector('tr[data-kind=container][data-name=talk]');
+                      const kind = row?.querySelector('[data-field=module-kind]')?.textContent;
+                      return kind ? [kind, row.querySelector('[data-field=size]').textContent,
+                                     row.querySelector('[data-field=compiled]').textContent,
+                                     row.querySelector('[data-field=digest]').textContent] : null; })()",
+            Duration::from_secs(15),
+        )
+        .await;
+    let module: Vec<String> = serde_json::from_value(module).unwrap();
+    assert_eq!(module[0], "module", "{module:?}");
+    assert!(
+        module[1].ends_with("KiB") || module[1].ends_with("MiB"),
+        "{module:?}"
+    );
+    assert!(
+        module[2].starts_with("compiled in ") || module[2].starts_with("cached in "),
+        "{module:?}"
+    );
+    assert!(module[3].starts_with("sha256:"), "{module:?}");
+    // The same through the API, and only the agent's read-only pages pass.
+    let node_path = format!("/api/v1/nodes/{node}/proxy");
+    let (status, modules) = admin
+        .call("GET", &format!("{node_path}/modules"), "", "")
+        .await;
+    assert_eq!(status, 200, "{modules}");
+    assert!(
+        modules["modules"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|m| m["digest"] == module[3].as_str()),
+        "{modules}"
+    );
+    let (status, _) = admin
+        .call(
+            "GET",
+            &format!("{node_path}/proxy/default/talker/80"),
+            "",
+            "",
+        )
+        .await;
+    assert_eq!(status, 404);
 
     // A `view` user sees the namespace but may not scale: the page shows the 403's words.
     let binding = json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",

@@ -407,7 +407,10 @@ pub static RESOURCES: &[ResourceInfo] = &[
         "node",
         &["no"],
         &[],
-        &[("status", "Node", &["get", "patch", "update"])],
+        &[
+            ("status", "Node", &["get", "patch", "update"]),
+            ("proxy", "NodeProxyOptions", &["get"]),
+        ],
         Strategy {
             table: &table::NODE,
             ..PLAIN

@@ -4,6 +4,9 @@
 //! [`AGENT_ENDPOINT_ANNOTATION`]: set from the status when the node itself (or an in-process
 //! agent) writes it, kept while others leave the address alone, removed when someone else
 //! changes it, and never taken from a request body.
+//!
+//! Also `nodes/{name}/proxy/{path}`: the read-only pages of a node's agent that users may
+//! see through the API server ([`PROXIED_PATHS`]).
 
 use serde_json::{json, Value};
 
@@ -45,6 +48,51 @@ pub(super) fn agent_of(server: &super::ApiServer, node_name: &str) -> Result<Str
             "node {node_name} has no agent endpoint that the node itself published"
         ))
     })
+}
+
+/// What `nodes/{name}/proxy/` reaches on an agent, read-only. Kubernetes forwards anything
+/// to the kubelet there (so `nodes/proxy` is as strong as exec into every pod); Shoal's agent
+/// serves pods' traffic, exec and logs on the same gateway, so only these pages pass.
+pub const PROXIED_PATHS: &[&str] = &["healthz", "modules"];
+
+/// `GET nodes/{name}/proxy/{path}`: one of [`PROXIED_PATHS`] from the node's agent.
+pub(super) async fn proxy(
+    server: &std::sync::Arc<super::ApiServer>,
+    request: &Request,
+) -> Result<axum::response::Response> {
+    use axum::response::IntoResponse;
+    if request.method != http::Method::GET {
+        return Err(ApiError::MethodNotAllowed(format!(
+            "{} nodes/proxy: only GET",
+            request.method
+        )));
+    }
+    let path = request.path.rest.as_deref().unwrap_or("").trim_matches('/');
+    if !PROXIED_PATHS.contains(&path) {
+        return Err(ApiError::NotFound {
+            resource: "nodes/proxy".into(),
+            name: format!(
+                "{}/{path} (a node serves {} here)",
+                request.name(),
+                PROXIED_PATHS.join(", ")
+            ),
+        });
+    }
+    let node_name = request.name();
+    let endpoint = agent_of(server, node_name)?;
+    let url = format!("https://{endpoint}/{path}");
+    let forwarded = http::Request::get(&url)
+        .body(axum::body::Body::empty())
+        .map_err(|e| ApiError::BadRequest(format!("cannot forward to {url}: {e}")))?;
+    let answer = server.agents.request(forwarded).await.map_err(|e| {
+        ApiError::ServiceUnavailable(format!(
+            "cannot reach the agent of node {node_name} at {endpoint}: {e}"
+        ))
+    })?;
+    if !answer.status().is_success() {
+        return Err(agent_refusal(answer, node_name).await);
+    }
+    Ok(answer.map(axum::body::Body::new).into_response())
 }
 
 /// What the API server answers when an agent refused a request with `answer`: the agent's

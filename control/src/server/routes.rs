@@ -1,5 +1,5 @@
 //! Which handler serves a request on a resource URL: the generic verbs, watch, or a
-//! subresource (proxy, log, portforward, exec, attach, ephemeralcontainers, scale, binding, eviction, finalize, status, approval), or
+//! subresource (pod and node proxy, log, portforward, exec, attach, ephemeralcontainers, scale, binding, eviction, finalize, status, approval), or
 //! an access review.
 
 use std::sync::Arc;
@@ -9,7 +9,7 @@ use http::{Method, StatusCode};
 
 use super::error::{ApiError, Result};
 use super::request::Request;
-use super::{connect, namespaces, pods, reviews, scale, serviceaccounts, ApiServer};
+use super::{connect, namespaces, nodes, pods, reviews, scale, serviceaccounts, ApiServer};
 
 impl ApiServer {
     pub(super) async fn serve(self: &Arc<Self>, request: Request) -> Result<Response> {
@@ -33,6 +33,9 @@ impl ApiServer {
         match (&request.method, has_name, sub.as_deref()) {
             (&Method::GET, false, _) if request.query.flag("watch") => self.watch(&request).await,
             (&Method::GET, false, _) => self.list(&request).await,
+            (_, true, Some("proxy")) if request.resource().plural == "nodes" => {
+                nodes::proxy(self, &request).await
+            }
             (_, true, Some("proxy")) => pods::proxy(self, &request).await,
             (&Method::GET, true, Some("log")) => pods::log(self, &request).await,
             (&Method::GET, true, Some("scale")) => scale::get(self, &request),

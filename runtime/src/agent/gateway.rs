@@ -30,6 +30,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/metrics", get(metrics))
         .route("/stats/resource", get(resource_stats))
         .route("/stats/requests", get(request_stats))
+        .route("/modules", get(modules))
         .route(
             "/containerLogs/{namespace}/{pod}/{container}",
             get(container_logs),
@@ -190,6 +191,12 @@ async fn resource_stats(State(shared): State<Arc<Shared>>) -> Response {
 
 /// The requests this node's proxy routes, per Service and pod, for the API server's custom
 /// metrics API.
+/// The modules this node has loaded: digest, kind, sizes and how they were compiled (the
+/// API server serves it as `nodes/{name}/proxy/modules`).
+async fn modules(State(shared): State<Arc<Shared>>) -> Response {
+    axum::Json(serde_json::json!({"modules": shared.engine.modules()})).into_response()
+}
+
 async fn request_stats(State(shared): State<Arc<Shared>>) -> Response {
     axum::Json(shared.proxy.rates().report()).into_response()
 }

@@ -82,6 +82,30 @@ impl ImageError {
     }
 }
 
+/// What this node holds of one module (by the sha256 of its bytes): what the pod page of
+/// the dashboard shows beside a container's image digest.
+#[derive(Clone, Debug, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ModuleRecord {
+    /// `sha256:<hex>` of the Wasm bytes.
+    pub digest: String,
+    /// `module` (a WASI preview 1 core module), `command` or `http` (a component).
+    pub kind: &'static str,
+    /// The Wasm bytes, when this node had them (not when it loaded only its artifact).
+    pub wasm_bytes: Option<u64>,
+    /// The compiled artifact's bytes on disk.
+    pub compiled_bytes: Option<u64>,
+    /// `compiled` here, or `cached` (the artifact compiled earlier, loaded from disk).
+    pub compile_state: &'static str,
+    /// How long compiling (or loading the artifact) took, in milliseconds.
+    pub compile_millis: f64,
+    /// When it was loaded (RFC 3339).
+    pub loaded_at: String,
+    /// The images (as pods name them) that resolved to it, and their `imageID`s.
+    pub images: std::collections::BTreeSet<String>,
+    pub image_ids: std::collections::BTreeSet<String>,
+}
+
 /// A loaded image.
 pub struct Loaded {
     pub program: Arc<Program>,
@@ -138,6 +162,7 @@ impl Engine {
                     }
                 },
             };
+            self.note_image(&resolved.layer, image, &resolved.image_id);
             return Ok(Loaded {
                 program,
                 image_id: resolved.image_id,
@@ -146,13 +171,28 @@ impl Engine {
         }
         let bytes = self.fetch(image).await?;
         let digest = hex::encode(Sha256::digest(&bytes));
+        let program = self
+            .compile_once(image, digest.clone(), Some(bytes))
+            .await?;
+        let image_id = format!("sha256:{digest}");
+        self.note_image(&digest, image, &image_id);
         Ok(Loaded {
-            program: self
-                .compile_once(image, digest.clone(), Some(bytes))
-                .await?,
-            image_id: format!("sha256:{digest}"),
+            program,
+            image_id,
             downloaded: None,
         })
+    }
+
+    /// Records that `image` (whose `imageID` is `image_id`) is the module of `digest`.
+    fn note_image(&self, digest: &str, image: &str, image_id: &str) {
+        let mut modules = self.modules.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(record) = modules.get_mut(digest) {
+            // Bounded: a module named by endless references keeps its first few.
+            if record.images.len() < 16 {
+                record.images.insert(image.to_string());
+                record.image_ids.insert(image_id.to_string());
+            }
+        }
     }
 
     /// The program of bytes built into the binary (the toolbox), named `image` in errors;
@@ -255,7 +295,9 @@ impl Engine {
             })?,
             None => on_disk.ok_or_else(|| cache_error(&"no compiled artifact on disk"))?,
         };
-        if let (Some(bytes), true) = (bytes, on_disk != Some(flavour)) {
+        let began = std::time::Instant::now();
+        let compiles = bytes.is_some() && on_disk != Some(flavour);
+        if let (Some(bytes), true) = (bytes, compiles) {
             let compiled = match flavour {
                 Precompiled::Component => self.wasmtime.precompile_component(bytes),
                 Precompiled::Module => self.wasmtime.precompile_module(bytes),
@@ -268,6 +310,41 @@ impl Engine {
             std::fs::write(&partial, &compiled).map_err(|e| cache_error(&e))?;
             std::fs::rename(&partial, &cached).map_err(|e| cache_error(&e))?;
         }
+        let record = |kind: &'static str| ModuleRecord {
+            digest: format!("sha256:{digest}"),
+            kind,
+            wasm_bytes: bytes.map(|b| b.len() as u64),
+            compiled_bytes: std::fs::metadata(&cached).ok().map(|m| m.len()),
+            compile_state: if compiles { "compiled" } else { "cached" },
+            compile_millis: began.elapsed().as_secs_f64() * 1000.0,
+            loaded_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            images: Default::default(),
+            image_ids: Default::default(),
+        };
+        let program = self.link(image, flavour, &cached)?;
+        let kind = match &program {
+            Program::Module(_) => "module",
+            Program::Component(_) => "command",
+            Program::Http(_) => "http",
+        };
+        self.modules
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(digest.to_string(), record(kind));
+        Ok(program)
+    }
+
+    /// The program of the compiled artifact at `cached`, linked.
+    fn link(
+        &self,
+        image: &str,
+        flavour: Precompiled,
+        cached: &std::path::Path,
+    ) -> Result<Program, ImageError> {
+        let cache_error = |e: &dyn std::fmt::Display| ImageError::Cache {
+            image: image.into(),
+            error: e.to_string(),
+        };
         let link_error = |e: wasmtime::Error| ImageError::Link {
             image: image.into(),
             error: format!("{e:#}"),
@@ -277,7 +354,7 @@ impl Engine {
         // only by atomic renames, so it is a trusted artifact of this engine.
         match flavour {
             Precompiled::Module => {
-                let module = unsafe { Module::deserialize_file(&self.wasmtime, &cached) }
+                let module = unsafe { Module::deserialize_file(&self.wasmtime, cached) }
                     .map_err(|e| cache_error(&e))?;
                 Ok(Program::Module(
                     self.p1_linker
@@ -286,7 +363,7 @@ impl Engine {
                 ))
             }
             Precompiled::Component => {
-                let component = unsafe { Component::deserialize_file(&self.wasmtime, &cached) }
+                let component = unsafe { Component::deserialize_file(&self.wasmtime, cached) }
                     .map_err(|e| cache_error(&e))?;
                 let pre = self
                     .p2_linker

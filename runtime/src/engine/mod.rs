@@ -19,7 +19,7 @@ use wasmtime::{Config, InstanceAllocationStrategy, PoolingAllocationConfig};
 
 pub use fetch::TlsSetupError;
 pub use host::{P1Host, P2Host};
-pub use image::{ImageError, Program};
+pub use image::{ImageError, ModuleRecord, Program};
 
 /// How often the epoch advances: the CPU time slice after which a busy guest yields.
 pub const EPOCH_TICK: Duration = Duration::from_millis(10);
@@ -52,6 +52,8 @@ pub struct Engine {
     pub registries: oci::Registries,
     /// A gate per digest being compiled, so each image compiles once.
     compiling: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// What was loaded of each module, by digest (hex).
+    modules: Mutex<HashMap<String, ModuleRecord>>,
 }
 
 impl Engine {
@@ -95,6 +97,7 @@ impl Engine {
             cache_dir,
             programs: Mutex::new(HashMap::new()),
             compiling: Mutex::new(HashMap::new()),
+            modules: Mutex::new(HashMap::new()),
             cluster: std::sync::OnceLock::new(),
             image_ca: std::sync::OnceLock::new(),
             image_dirs: std::sync::OnceLock::new(),
@@ -105,6 +108,19 @@ impl Engine {
 }
 
 impl Engine {
+    /// What this node has loaded of each module, by digest.
+    pub fn modules(&self) -> Vec<ModuleRecord> {
+        let mut records: Vec<ModuleRecord> = self
+            .modules
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        records.sort_by(|a, b| a.digest.cmp(&b.digest));
+        records
+    }
+
     /// Lets `sha256:` images be fetched from this cluster's module store.
     pub fn use_cluster(&self, client: shoal_api::client::Client) {
         let _ = self.cluster.set(client);

@@ -382,6 +382,21 @@ mod tests {
             std::fs::metadata(&cached[0]).unwrap().modified().unwrap(),
             modified
         );
+        // Each engine says what it holds of the module, and how it got it.
+        let size = std::fs::metadata(shoal_examples::HELLO_P2).unwrap().len();
+        for (engine, state) in [(&first, "compiled"), (&second, "cached")] {
+            let records = engine.modules();
+            assert_eq!(records.len(), 1, "{records:?}");
+            let record = &records[0];
+            assert_eq!(
+                (record.kind, record.compile_state, record.wasm_bytes),
+                ("command", state, Some(size)),
+                "{record:?}"
+            );
+            assert!(record.images.contains(shoal_examples::HELLO_P2));
+            assert!(record.image_ids.contains(&record.digest), "{record:?}");
+            assert!(record.compiled_bytes.is_some_and(|b| b > 0));
+        }
     }
 
     #[tokio::test]
