@@ -328,8 +328,9 @@ async function undo(deployment, replicaSets) {
   const template = structuredClone(previous.spec.template);
   delete template.metadata?.labels?.['pod-template-hash'];
   const { namespace, name } = deployment.metadata;
+  // A replace, as kubectl's: a merge would keep what the current template adds.
   await api('PATCH', resourcePath('deployments', namespace, name),
-    { spec: { template } }, 'application/strategic-merge-patch+json');
+    [{ op: 'replace', path: '/spec/template', value: template }], 'application/json-patch+json');
 }
 
 function deploymentRow(deployment, replicaSets) {

@@ -201,7 +201,44 @@ async fn the_dashboard_shows_and_changes_the_cluster_live() {
         gone.elapsed()
     );
 
-    // The cluster view: the node, its pods and what they request.
+    // Rollout restart, then undo: a new revision, then the first one's template again.
+    let click = |kind: &str, name: &str, action: &str| {
+        format!(
+            "(() => {{ document.querySelector('tr[data-kind={kind}][data-name=\"{name}\"] button[data-action={action}]').click(); return true; }})()"
+        )
+    };
+    let template_annotation = async || {
+        let (_, deployment) = admin
+            .call(
+                "GET",
+                "/apis/apps/v1/namespaces/default/deployments/web",
+                "",
+                "",
+            )
+            .await;
+        deployment["spec"]["template"]["metadata"]["annotations"]
+            ["kubectl.kubernetes.io/restartedAt"]
+            .clone()
+    };
+    browser.eval(&click("deployment", "web", "restart")).await;
+    wait_for("the restart", Duration::from_secs(5), async || {
+        template_annotation().await.as_str().map(str::to_string)
+    })
+    .await;
+    browser
+        .wait_for(
+            "revisions 1 and 2 listed",
+            "document.querySelector('tr[data-kind=deployment][data-name=web]')?.textContent.includes('1, 2')",
+            Duration::from_secs(10),
+        )
+        .await;
+    browser.eval(&click("deployment", "web", "undo")).await;
+    wait_for("the undo", Duration::from_secs(5), async || {
+        template_annotation().await.is_null().then_some(())
+    })
+    .await;
+
+    // The cluster view: the node, its pods and what they request; cordon and uncordon.
     browser
         .open(&format!("{}/ui/#/cluster", cluster.url()))
         .await;
@@ -213,6 +250,29 @@ async fn the_dashboard_shows_and_changes_the_cluster_live() {
             Duration::from_secs(5),
         )
         .await;
+    let unschedulable = async || {
+        let (_, found) = admin
+            .call("GET", &format!("/api/v1/nodes/{node}"), "", "")
+            .await;
+        found["spec"]["unschedulable"].as_bool().unwrap_or(false)
+    };
+    browser.eval(&click("node", &node, "cordon")).await;
+    wait_for("the cordon", Duration::from_secs(5), async || {
+        unschedulable().await.then_some(())
+    })
+    .await;
+    browser
+        .wait_for(
+            "the node shown cordoned",
+            &format!("document.querySelector('tr[data-kind=node][data-name=\"{node}\"] button[data-action=uncordon]')"),
+            Duration::from_secs(5),
+        )
+        .await;
+    browser.eval(&click("node", &node, "uncordon")).await;
+    wait_for("the uncordon", Duration::from_secs(5), async || {
+        (!unschedulable().await).then_some(())
+    })
+    .await;
 
     // Apply a pasted manifest: the server's validation errors show at their field; a valid
     // one is created.
