@@ -262,6 +262,15 @@ async fn reconcile(
         // few round trips while a template every create refuses costs one.
         let mut missing = wanted - active.len();
         let mut batch = 1usize;
+        // Each batch's events are recorded while the next batch is created, not before it:
+        // a slow event write does not hold back the creates.
+        let mut unrecorded: Vec<String> = Vec::new();
+        let record = |messages: Vec<String>| {
+            let (owner, recorder) = (&owner, &recorder);
+            futures::future::join_all(messages.into_iter().map(move |message| async move {
+                owner.event(recorder, "SuccessfulCreate", &message).await
+            }))
+        };
         while missing > 0 {
             let size = batch.min(missing);
             let creates = (0..size).map(|_| {
@@ -269,26 +278,34 @@ async fn reconcile(
                 let pods_api = pods_api.clone();
                 async move { pods_api.create(&pod).await }
             });
+            let (results, _) = futures::future::join(
+                futures::future::join_all(creates),
+                record(std::mem::take(&mut unrecorded)),
+            )
+            .await;
             let mut refused = None;
             let mut created = Vec::with_capacity(size);
-            for result in futures::future::join_all(creates).await {
+            for result in results {
                 match result {
                     Ok(pod) => created.push(pod),
                     Err(e) => refused = refused.or(Some(e)),
                 }
             }
-            let events = created.iter().map(|pod| {
-                let message = format!(
-                    "Created pod: {}",
-                    pod.metadata.name.as_deref().unwrap_or_default()
-                );
-                let (owner, recorder) = (&owner, &recorder);
-                async move { owner.event(recorder, "SuccessfulCreate", &message).await }
-            });
-            futures::future::join_all(events).await;
+            unrecorded = created
+                .iter()
+                .map(|pod| {
+                    format!(
+                        "Created pod: {}",
+                        pod.metadata.name.as_deref().unwrap_or_default()
+                    )
+                })
+                .collect();
             let names = created.iter().filter_map(|p| p.metadata.name.clone());
             expectations.controlled(&uid, names);
             active.extend(created.into_iter().map(Arc::new));
+            if refused.is_some() || size == missing {
+                record(std::mem::take(&mut unrecorded)).await;
+            }
             if let Some(e) = refused {
                 // A quota or admission refusal: say so on the owner; the runtime retries
                 // with back-off (a freed slot or a raised quota wakes it sooner).
