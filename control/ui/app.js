@@ -186,6 +186,8 @@ function el(tag, attributes = {}, ...children) {
     if (value === undefined || value === null || value === false) continue;
     if (name.startsWith('on')) node.addEventListener(name.slice(2), value);
     else if (name === 'className') node.className = value;
+    // Through the CSSOM: the Content-Security-Policy forbids style attributes.
+    else if (name === 'style') Object.assign(node.style, value);
     else node.setAttribute(name, value === true ? '' : value);
   }
   for (const child of children.flat()) {
@@ -210,10 +212,16 @@ function longTable(key, headings, items, rowOf, empty) {
   const visible = Math.ceil((window.innerHeight * 0.7) / ROW_HEIGHT);
   const first = Math.max(0, Math.floor(top / ROW_HEIGHT) - 10);
   const last = Math.min(items.length, first + visible + 20);
-  const spacer = (rows) => el('tr', { className: 'spacer', style: `height:${rows * ROW_HEIGHT}px` });
+  const spacer = (rows) => el('tr', { className: 'spacer', style: { height: `${rows * ROW_HEIGHT}px` } });
   const scroller = el('div', {
     className: 'scroller', 'data-scroll': key,
-    onscroll: (e) => { state.scroll.set(key, e.target.scrollTop); changed(); },
+    onscroll: (e) => {
+      // A re-render restores the position, which fires this again: only a move the user
+      // made re-renders.
+      if (state.scroll.get(key) === e.target.scrollTop) return;
+      state.scroll.set(key, e.target.scrollTop);
+      changed();
+    },
   }, el('table', { className: 'windowed' },
     el('thead', {}, el('tr', {}, headings.map((h) => el('th', {}, h)))),
     el('tbody', {}, spacer(first), items.slice(first, last).map(rowOf), spacer(items.length - last))));
@@ -274,7 +282,7 @@ function quantity(text) {
 function bar(used, total, label) {
   const share = total > 0 ? Math.min(1, used / total) : 0;
   return el('span', { title: label },
-    el('span', { className: 'bar' }, el('span', { style: `width:${(share * 100).toFixed(1)}%` })),
+    el('span', { className: 'bar' }, el('span', { style: { width: `${(share * 100).toFixed(1)}%` } })),
     ` ${label}`);
 }
 

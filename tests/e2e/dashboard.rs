@@ -250,6 +250,12 @@ async fn the_dashboard_shows_and_changes_the_cluster_live() {
             Duration::from_secs(5),
         )
         .await;
+    // The bars are drawn (their width set through the CSSOM: the page's CSP forbids style
+    // attributes).
+    let width = browser
+        .eval(&format!("document.querySelector('tr[data-kind=node][data-name=\"{node}\"] .bar > span').style.width"))
+        .await;
+    assert!(width.as_str().unwrap().ends_with('%'), "bar width {width}");
     let unschedulable = async || {
         let (_, found) = admin
             .call("GET", &format!("/api/v1/nodes/{node}"), "", "")
@@ -541,6 +547,31 @@ async fn the_dashboard_stays_responsive_with_10000_pods() {
         rows > 0 && rows < 200,
         "only the rows in view are built, not {rows}"
     );
+    // The rows not built still take their room (the scroller is as tall as 10,000 rows),
+    // and scrolling to the end builds the last ones.
+    let height = browser
+        .eval("document.querySelector('[data-scroll=pods]').scrollHeight")
+        .await;
+    assert!(height.as_u64().unwrap() > 300_000, "scroll height {height}");
+    browser
+        .eval("(() => { const s = document.querySelector('[data-scroll=pods]'); s.scrollTop = s.scrollHeight; s.dispatchEvent(new Event('scroll')); return true; })()")
+        .await;
+    browser
+        .wait_for(
+            "the last pod built after scrolling to the end",
+            "!!document.querySelector('tr[data-kind=pod][data-name=\"pod-09999\"]')",
+            Duration::from_secs(5),
+        )
+        .await;
+    browser
+        .eval("(() => { const s = document.querySelector('[data-scroll=pods]'); s.scrollTop = 0; s.dispatchEvent(new Event('scroll')); return true; })()")
+        .await;
+    // Idle, the page does nothing: no render follows another by itself.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let renders = "window.shoal.state.stats.renders";
+    let before = browser.eval(renders).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(browser.eval(renders).await, before, "renders while idle");
     let stats = browser
         .eval("JSON.stringify(window.shoal.state.stats)")
         .await;

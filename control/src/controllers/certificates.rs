@@ -269,7 +269,9 @@ fn names_not_owned(common_name: &str, names: &[AltName], nodes: &[Node]) -> Opti
     for name in names {
         let (text, shared_host) = match name {
             AltName::Dns(dns) => (dns.clone(), false),
-            AltName::Ip(ip) => (ip.to_string(), ip.is_loopback()),
+            // Loopback and unspecified addresses name no one machine: nodes on one host
+            // share them.
+            AltName::Ip(ip) => (ip.to_string(), ip.is_loopback() || ip.is_unspecified()),
             AltName::Other(text) => return Some(format!("{text} is not an address")),
         };
         let published = text == node_name || own.iter().any(|a| addresses_equal(a, &text));
@@ -464,7 +466,8 @@ mod tests {
         let nodes = [
             node("alpha", &["10.0.0.1", "alpha.example"]),
             node("beta", &["10.0.0.2", "127.0.0.1"]),
-            node("gamma", &["10.0.0.3", "127.0.0.1"]),
+            node("gamma", &["10.0.0.3", "127.0.0.1", "0.0.0.0"]),
+            node("delta-host", &["0.0.0.0"]),
         ];
         let owned = |cn: &str, names: &[AltName]| names_not_owned(cn, names, &nodes);
         assert_eq!(
@@ -474,11 +477,13 @@ mod tests {
             ),
             None
         );
-        // Nodes on one machine share loopback.
+        // Nodes on one machine share loopback (and agents bound to every address publish
+        // the unspecified one).
         assert_eq!(
             owned("system:node:beta", &[dns("beta"), ip("127.0.0.1")]),
             None
         );
+        assert_eq!(owned("system:node:gamma", &[ip("0.0.0.0")]), None);
         assert_eq!(
             owned("system:node:beta", &[ip("10.0.0.1")]).as_deref(),
             Some("IP:10.0.0.1 is not an address node beta publishes in its status")
