@@ -37,6 +37,41 @@ async fn session_url(kubeconfig: &std::path::Path) -> String {
         .to_string()
 }
 
+/// Opens `url` (a `shoal dashboard` link) and waits until the page shows `user` logged in.
+async fn log_in(browser: &mut Browser, url: &str, user: &str) {
+    browser.open(url).await;
+    browser
+        .wait_for(
+            &format!("logged in as {user}"),
+            &format!("document.getElementById('who').textContent === '{user}'"),
+            Duration::from_secs(10),
+        )
+        .await;
+}
+
+/// Types `namespace` into the page's namespace filter.
+async fn choose_namespace(browser: &mut Browser, namespace: &str) {
+    browser
+        .eval(&format!(
+            "(() => {{ const ns = document.getElementById('namespace');
+               ns.value = '{namespace}'; ns.dispatchEvent(new Event('change')); return true; }})()"
+        ))
+        .await;
+}
+
+/// The Deployment `web` of namespace default, as the API has it.
+async fn web_deployment(admin: &Http) -> Value {
+    admin
+        .call(
+            "GET",
+            "/apis/apps/v1/namespaces/default/deployments/web",
+            "",
+            "",
+        )
+        .await
+        .1
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_dashboard_shows_and_changes_the_cluster_live() {
     let test = "the_dashboard_shows_and_changes_the_cluster_live";
@@ -99,14 +134,7 @@ async fn the_dashboard_shows_and_changes_the_cluster_live() {
         url.starts_with(&format!("{}/ui/#token=", cluster.url())),
         "{url}"
     );
-    browser.open(&url).await;
-    browser
-        .wait_for(
-            "logged in as ada",
-            "document.getElementById('who').textContent === 'ada'",
-            Duration::from_secs(5),
-        )
-        .await;
+    log_in(&mut browser, &url, "ada").await;
     let address = browser.eval("location.href").await;
     assert!(!address.to_string().contains("token"), "{address}");
     // A session cannot start another one.
@@ -147,14 +175,7 @@ async fn the_dashboard_shows_and_changes_the_cluster_live() {
         "three pods Running on the page {:?} after the click",
         clicked.elapsed()
     );
-    let (_, scaled) = admin
-        .call(
-            "GET",
-            "/apis/apps/v1/namespaces/default/deployments/web",
-            "",
-            "",
-        )
-        .await;
+    let scaled = web_deployment(&admin).await;
     assert_eq!(scaled["spec"]["replicas"], 3);
 
     // A pod deleted elsewhere leaves the page within a second of being gone.
@@ -208,15 +229,7 @@ async fn the_dashboard_shows_and_changes_the_cluster_live() {
         )
     };
     let template_annotation = async || {
-        let (_, deployment) = admin
-            .call(
-                "GET",
-                "/apis/apps/v1/namespaces/default/deployments/web",
-                "",
-                "",
-            )
-            .await;
-        deployment["spec"]["template"]["metadata"]["annotations"]
+        web_deployment(&admin).await["spec"]["template"]["metadata"]["annotations"]
             ["kubectl.kubernetes.io/restartedAt"]
             .clone()
     };
@@ -425,20 +438,8 @@ async fn the_dashboard_shows_and_changes_the_cluster_live() {
         )
         .await;
     let viola = cluster.kubeconfig_for("viola", &[]);
-    browser.open(&session_url(&viola).await).await;
-    browser
-        .wait_for(
-            "logged in as viola",
-            "document.getElementById('who').textContent === 'viola'",
-            Duration::from_secs(5),
-        )
-        .await;
-    browser
-        .eval(
-            "const ns = document.getElementById('namespace');
-             ns.value = 'default'; ns.dispatchEvent(new Event('change')); true",
-        )
-        .await;
+    log_in(&mut browser, &session_url(&viola).await, "viola").await;
+    choose_namespace(&mut browser, "default").await;
     browser
         .wait_for(
             "viola sees the Deployment",
@@ -461,14 +462,7 @@ async fn the_dashboard_shows_and_changes_the_cluster_live() {
             .contains("User \"viola\" cannot patch resource \"deployments/scale\""),
         "{refusal}"
     );
-    let (_, unchanged) = admin
-        .call(
-            "GET",
-            "/apis/apps/v1/namespaces/default/deployments/web",
-            "",
-            "",
-        )
-        .await;
+    let unchanged = web_deployment(&admin).await;
     assert_eq!(unchanged["spec"]["replicas"], 3, "{unchanged}");
     let value: Value = browser
         .eval("document.querySelectorAll('tr[data-kind=pod]').length")
@@ -515,22 +509,9 @@ async fn the_dashboard_stays_responsive_with_10000_pods() {
     drop(batches);
     eprintln!("10,000 pods created in {:?}", started.elapsed());
 
-    let url = session_url(&ada).await;
-    browser.open(&url).await;
-    browser
-        .wait_for(
-            "logged in",
-            "document.getElementById('who').textContent === 'ada'",
-            Duration::from_secs(10),
-        )
-        .await;
+    log_in(&mut browser, &session_url(&ada).await, "ada").await;
     let opened = Instant::now();
-    browser
-        .eval(
-            "const ns = document.getElementById('namespace');
-             ns.value = 'crowd'; ns.dispatchEvent(new Event('change')); true",
-        )
-        .await;
+    choose_namespace(&mut browser, "crowd").await;
     browser
         .wait_for(
             "10,000 pods on the page",

@@ -440,15 +440,12 @@ async fn nodes_join_with_a_token_and_renew_their_certificates() {
     );
     assert!(denied["status"]["certificate"].is_null(), "{denied}");
     // The API server reaches it with its own certificate: logs through the API.
-    let (status, _) = admin
-        .raw(
-            "GET",
-            "/api/v1/namespaces/default/pods/on-alpha/log",
-            "",
-            "",
-        )
-        .await;
-    assert_eq!(status, 200);
+    let read_alpha_log = async || {
+        let log = "/api/v1/namespaces/default/pods/on-alpha/log";
+        let (status, body) = admin.raw("GET", log, "", "").await;
+        assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    };
+    read_alpha_log().await;
 
     // Renewal: alpha asks for a new certificate as itself before the first one expires...
     let renewed = wait_for(
@@ -475,15 +472,7 @@ async fn nodes_join_with_a_token_and_renew_their_certificates() {
     tokio::time::sleep(after_expiry).await;
     // Its gateway renewed its serving certificate too: the API server, which verifies it,
     // still reads the pod's logs through it, and a second serving request was approved.
-    let (status, body) = admin
-        .raw(
-            "GET",
-            "/api/v1/namespaces/default/pods/on-alpha/log",
-            "",
-            "",
-        )
-        .await;
-    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    read_alpha_log().await;
     let csrs = certificate_requests(&admin).await;
     let alpha_serving_requests = serving_requests_of(&csrs, "alpha")
         .filter(|c| c["status"]["certificate"].is_string())

@@ -188,12 +188,12 @@ fn uid(object: &Value) -> &str {
 }
 
 /// Marks a user authenticated by a dashboard session (see [`is_session`]).
-pub const SESSION_EXTRA: &str = "shoal.dev/dashboard-session";
+const SESSION_EXTRA: &str = "shoal.dev/dashboard-session";
 
 /// The user a dashboard session stands for, marked as such: a session cannot mint another
 /// one, so it ends when it expires.
 fn session_user(session: tokens::SessionClaims) -> UserInfo {
-    let mut user = UserInfo::authenticated(session.sub, session.groups);
+    let mut user = UserInfo::authenticated(session.registered.sub, session.groups);
     user.extra.insert(SESSION_EXTRA.into(), vec!["true".into()]);
     user
 }

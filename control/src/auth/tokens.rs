@@ -48,27 +48,59 @@ pub const SESSION_AUDIENCE: &str = "shoal.dev/dashboard";
 pub const DEFAULT_SESSION_TTL: Duration = Duration::from_secs(3600);
 pub const MAX_SESSION_TTL: Duration = Duration::from_secs(24 * 3600);
 
-/// A dashboard session: the user who asked for it (authenticated by a certificate or a
-/// ServiceAccount token) and their groups, for a short while.
+/// The claims every token of this cluster carries (RFC 7519's registered ones).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SessionClaims {
+pub struct RegisteredClaims {
     pub iss: String,
     pub sub: String,
     pub aud: Vec<String>,
     pub exp: u64,
     pub iat: u64,
     pub nbf: u64,
+}
+
+impl RegisteredClaims {
+    /// Claims valid `ttl` from now; also when they expire.
+    fn new(
+        issuer: &str,
+        subject: String,
+        audiences: Vec<String>,
+        ttl: Duration,
+    ) -> Result<(Self, SystemTime), TokenError> {
+        let now = SystemTime::now();
+        let expires = now
+            .checked_add(ttl)
+            .ok_or_else(|| TokenError::Invalid("the expiry is out of range".into()))?;
+        let seconds = |t: SystemTime| {
+            t.duration_since(UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0)
+        };
+        let claims = Self {
+            iss: issuer.to_string(),
+            sub: subject,
+            aud: audiences,
+            exp: seconds(expires),
+            iat: seconds(now),
+            nbf: seconds(now),
+        };
+        Ok((claims, expires))
+    }
+}
+
+/// A dashboard session: the user who asked for it (authenticated by a certificate or a
+/// ServiceAccount token) and their groups, for a short while.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionClaims {
+    #[serde(flatten)]
+    pub registered: RegisteredClaims,
     pub groups: Vec<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Claims {
-    pub iss: String,
-    pub sub: String,
-    pub aud: Vec<String>,
-    pub exp: u64,
-    pub iat: u64,
-    pub nbf: u64,
+    #[serde(flatten)]
+    pub registered: RegisteredClaims,
     #[serde(rename = "kubernetes.io")]
     pub kubernetes: KubernetesClaim,
 }
@@ -129,18 +161,15 @@ impl ServiceAccountTokens {
         audiences: &[String],
         ttl: Duration,
     ) -> Result<(String, SystemTime), TokenError> {
-        let (now, expires) = validity(ttl)?;
+        let audiences = if audiences.is_empty() {
+            vec![ISSUER.to_string()]
+        } else {
+            audiences.to_vec()
+        };
+        let subject = service_account_username(&claim.namespace, &claim.serviceaccount.name);
+        let (registered, expires) = RegisteredClaims::new(ISSUER, subject, audiences, ttl)?;
         let claims = Claims {
-            iss: ISSUER.to_string(),
-            sub: service_account_username(&claim.namespace, &claim.serviceaccount.name),
-            aud: if audiences.is_empty() {
-                vec![ISSUER.to_string()]
-            } else {
-                audiences.to_vec()
-            },
-            exp: unix_seconds(expires),
-            iat: unix_seconds(now),
-            nbf: unix_seconds(now),
+            registered,
             kubernetes: claim,
         };
         Ok((self.sign(&claims)?, expires))
@@ -154,14 +183,11 @@ impl ServiceAccountTokens {
         groups: &[String],
         ttl: Duration,
     ) -> Result<(String, SystemTime), TokenError> {
-        let (now, expires) = validity(ttl)?;
+        let audiences = vec![SESSION_AUDIENCE.to_string()];
+        let (registered, expires) =
+            RegisteredClaims::new(SESSION_ISSUER, user.to_string(), audiences, ttl)?;
         let claims = SessionClaims {
-            iss: SESSION_ISSUER.to_string(),
-            sub: user.to_string(),
-            aud: vec![SESSION_AUDIENCE.to_string()],
-            exp: unix_seconds(expires),
-            iat: unix_seconds(now),
-            nbf: unix_seconds(now),
+            registered,
             groups: groups.to_vec(),
         };
         Ok((self.sign(&claims)?, expires))
@@ -171,7 +197,7 @@ impl ServiceAccountTokens {
     /// expired.
     pub fn verify_session(&self, token: &str) -> Result<SessionClaims, TokenError> {
         let claims: SessionClaims = self.decode(token, SESSION_ISSUER, SESSION_AUDIENCE)?;
-        if claims.sub.is_empty() {
+        if claims.registered.sub.is_empty() {
             return Err(TokenError::Invalid("the session names no user".into()));
         }
         Ok(claims)
@@ -217,28 +243,13 @@ impl ServiceAccountTokens {
     /// caller to check.
     pub fn verify(&self, token: &str) -> Result<Claims, TokenError> {
         let claims: Claims = self.decode(token, ISSUER, ISSUER)?;
-        if claims.sub != claims.username() {
+        if claims.registered.sub != claims.username() {
             return Err(TokenError::Invalid(
                 "the subject does not match the ServiceAccount claim".into(),
             ));
         }
         Ok(claims)
     }
-}
-
-/// Now, and `ttl` from now.
-fn validity(ttl: Duration) -> Result<(SystemTime, SystemTime), TokenError> {
-    let now = SystemTime::now();
-    let expires = now
-        .checked_add(ttl)
-        .ok_or_else(|| TokenError::Invalid("the expiry is out of range".into()))?;
-    Ok((now, expires))
-}
-
-fn unix_seconds(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }
 
 /// Whether `token` looks like a JWT (three base64url parts), so it is verified as one.
@@ -359,7 +370,10 @@ mod tests {
             .issue_session("ada", &groups, DEFAULT_SESSION_TTL)
             .unwrap();
         let claims = tokens.verify_session(&session).unwrap();
-        assert_eq!((claims.sub.as_str(), claims.groups), ("ada", groups));
+        assert_eq!(
+            (claims.registered.sub.as_str(), claims.groups),
+            ("ada", groups)
+        );
         // A session is no ServiceAccount token, and no ServiceAccount token is a session,
         // even one requested for the session's audience.
         assert!(tokens.verify(&session).is_err());
