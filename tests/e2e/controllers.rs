@@ -169,6 +169,50 @@ async fn a_replica_set_keeps_its_replicas() {
     .await;
 }
 
+/// A ReplicaSet creating 7 pods (slow start: batches of 1, 2 and 4, each batch's events
+/// recorded while the next is created) records one `SuccessfulCreate` per pod, the last
+/// batch's included.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_set_records_one_event_per_created_pod() {
+    let cluster = TestCluster::start(0).await;
+    let http = cluster.http();
+    http.create(SETS, &replica_set("batchy", 7)).await;
+    let created = wait_for(
+        "an event for each of the 7 pods",
+        Duration::from_secs(20),
+        async || {
+            let (_, events) = http
+                .call(
+                    "GET",
+                    "/api/v1/namespaces/default/events?fieldSelector=involvedObject.name%3Dbatchy,reason%3DSuccessfulCreate",
+                    "",
+                    "",
+                )
+                .await;
+            let mut messages: Vec<String> = events["items"]
+                .as_array()?
+                .iter()
+                .filter_map(|e| e["message"].as_str().map(str::to_string))
+                .collect();
+            messages.sort();
+            (messages.len() >= 7).then_some(messages)
+        },
+    )
+    .await;
+    let (_, pods) = http
+        .call("GET", &format!("{PODS}?labelSelector=app%3Dbatchy"), "", "")
+        .await;
+    let mut expected: Vec<String> = pods["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| format!("Created pod: {}", p["metadata"]["name"].as_str().unwrap()))
+        .collect();
+    expected.sort();
+    assert_eq!(created, expected);
+    cluster.cluster.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn orphan_propagation_keeps_the_pods() {
     let cluster = TestCluster::start(1).await;
