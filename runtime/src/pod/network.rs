@@ -358,9 +358,9 @@ impl HttpServer {
         let deadline = self.deadline;
         let server = self.clone();
         let usage = self.launch.usage.clone();
-        // The guest keeps running after it sets the response, to stream the body; the task
-        // owns the store and ends with the guest (or at the deadline).
-        let guest = tokio::spawn(async move {
+        // The guest owns the store and ends with the guest (or at the deadline). It keeps
+        // running after it sets the response, to stream the body.
+        let guest = async move {
             let _guard = InFlight::enter(server.clone());
             // The instance holds its slots until it ends.
             let _slots = (container_slot, node_slot);
@@ -371,37 +371,123 @@ impl HttpServer {
                     .call_handle(&mut store, incoming, outparam)
                     .await
             };
-            let outcome = match tokio::time::timeout(deadline, usage.metered(run)).await {
+            let (outcome, failure) = match tokio::time::timeout(deadline, usage.metered(run)).await
+            {
                 Ok(Ok(())) => return Ok(()),
-                Ok(Err(e)) => run::classify(e),
-                Err(_) => Exit::Killed {
-                    reason: "DeadlineExceeded",
-                    message: format!("the request handler ran longer than {deadline:?}"),
-                    code: 137,
-                },
+                Ok(Err(e)) => {
+                    let outcome = run::classify(e);
+                    let failure = ServeError::Failed(describe(&outcome));
+                    (outcome, failure)
+                }
+                Err(_) => (
+                    Exit::Killed {
+                        reason: "DeadlineExceeded",
+                        message: format!("the request handler ran longer than {deadline:?}"),
+                        code: 137,
+                    },
+                    // The caller's own wait ends at the same instant; whichever of the two
+                    // is seen first, the caller answers 504.
+                    ServeError::Timeout(deadline),
+                ),
             };
             let message = describe(&outcome);
             if let super::run::Stdio::Log(log) = &server.launch.stdio {
                 log.write(format!("request failed: {message}\n").as_bytes());
             }
             let _ = server.failures.send(outcome);
-            Err(message)
-        });
-        match tokio::time::timeout(deadline, receiver).await {
+            Err(failure)
+        };
+        // The guest runs in the caller's task rather than a task of its own: most handlers
+        // set their response, write a small body and return in one poll, and a hand-off to
+        // another thread and back cost more than the whole instance (docs/performance.md).
+        // Whatever is left of it when the caller stops waiting (a response streaming its
+        // body, a caller gone, the deadline) runs on in a task of its own.
+        let mut guest = Detachable::new(guest);
+        let mut receiver = receiver;
+        let waited = tokio::time::timeout(deadline, async {
+            tokio::select! {
+                biased;
+                response = &mut receiver => response.map_err(|_| NoResponse::Dropped),
+                ended = &mut guest => match ended {
+                    // The handler returned: its response, if it set one, is there already.
+                    Ok(()) => receiver.try_recv().map_err(|_| NoResponse::Dropped),
+                    Err(failure) => Err(NoResponse::Failed(failure)),
+                },
+            }
+        })
+        .await;
+        match waited {
             Ok(Ok(Ok(response))) => Ok(response),
             Ok(Ok(Err(code))) => Err(ServeError::Failed(format!(
                 "the handler answered with error {code:?}"
             ))),
+            Ok(Err(NoResponse::Failed(failure))) => Err(failure),
             // The guest dropped the response without setting it: it failed.
-            Ok(Err(_)) => match guest.await {
-                Ok(Err(message)) => Err(ServeError::Failed(message)),
-                _ => Err(ServeError::Failed(
-                    "the handler returned without a response".into(),
-                )),
-            },
-            // The guest task ends itself at the same deadline and reports the failure; aborting
-            // it here would lose that report.
+            Ok(Err(NoResponse::Dropped)) => Err(match guest.finish().await {
+                Some(Err(failure)) => failure,
+                _ => ServeError::Failed("the handler returned without a response".into()),
+            }),
+            // The guest ends itself at the same deadline and reports the failure; dropping
+            // it here would lose that report, so it runs on.
             Err(_) => Err(ServeError::Timeout(deadline)),
+        }
+    }
+}
+
+/// Why no response came from the guest.
+enum NoResponse {
+    /// The guest ended with this failure.
+    Failed(ServeError),
+    /// The guest dropped its response outparam without setting it.
+    Dropped,
+}
+
+type GuestFuture = futures::future::BoxFuture<'static, Result<(), ServeError>>;
+
+/// A guest driven by its caller until the caller stops polling it: dropped unfinished, it is
+/// spawned to run to its end, so a request's instance never dies with the caller's wait.
+struct Detachable(Option<GuestFuture>);
+
+impl Detachable {
+    fn new(guest: impl Future<Output = Result<(), ServeError>> + Send + 'static) -> Self {
+        Self(Some(Box::pin(guest)))
+    }
+
+    /// Runs the guest to its end; `None` when it already ended.
+    async fn finish(&mut self) -> Option<Result<(), ServeError>> {
+        let guest = self.0.as_mut()?;
+        let ended = guest.await;
+        self.0 = None;
+        Some(ended)
+    }
+}
+
+impl Future for Detachable {
+    type Output = Result<(), ServeError>;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        let Some(guest) = self.0.as_mut() else {
+            return std::task::Poll::Pending;
+        };
+        let ended = std::task::ready!(guest.as_mut().poll(cx));
+        self.0 = None;
+        std::task::Poll::Ready(ended)
+    }
+}
+
+impl Drop for Detachable {
+    fn drop(&mut self) {
+        if let Some(guest) = self.0.take() {
+            match tokio::runtime::Handle::try_current() {
+                Ok(runtime) => {
+                    runtime.spawn(guest);
+                }
+                // No runtime to finish it on (the node is shutting down): it ends here.
+                Err(_) => tracing::debug!("a request's guest ended with its runtime"),
+            }
         }
     }
 }
