@@ -88,6 +88,11 @@ pub fn shoal_bin() -> PathBuf {
     bin
 }
 
+/// The `shoal-bench` binary built beside this test binary (as [`shoal_bin`]).
+pub fn shoal_bench_bin() -> PathBuf {
+    shoal_bin().with_file_name("shoal-bench")
+}
+
 /// Runs `shoal ARGS` with a kubeconfig and returns its output.
 pub fn shoal(kubeconfig: &Path, args: &[&str]) -> Output {
     Command::new(shoal_bin())

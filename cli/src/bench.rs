@@ -109,10 +109,40 @@ struct Args {
     /// raw etcd puts, and `failover` runs).
     #[arg(long, default_value = "redb")]
     store: String,
+    /// A CI-speed smoke run: every size cut to seconds, and whatever the benchmark sees fail
+    /// (a request, a pod) fails the run. It checks that a benchmark works, not its speed; the
+    /// test suite runs it.
+    #[arg(long)]
+    smoke: bool,
+}
+
+impl Args {
+    /// Cuts a smoke run's sizes to what runs each code path a few times.
+    fn shrink_for_smoke(&mut self) {
+        self.pods = self.pods.min(12);
+        self.creators = self.creators.min(4);
+        self.writes = self.writes.min(128);
+        self.requests = self.requests.min(50);
+        self.seconds = self.seconds.min(2);
+        self.connections = self.connections.min(4);
+        self.registered_nodes = self.registered_nodes.min(10);
+        self.kills = self.kills.min(1);
+        self.wakeups = self.wakeups.min(2);
+    }
+
+    /// In a smoke run, what the benchmark saw fail fails the run (a full run reports it in
+    /// its figures and goes on).
+    fn smoke_check(&self, ok: bool, what: impl FnOnce() -> String) -> anyhow::Result<()> {
+        anyhow::ensure!(!self.smoke || ok, "smoke run failed: {}", what());
+        Ok(())
+    }
 }
 
 fn main() -> anyhow::Result<()> {
-    let args = Args::parse();
+    let mut args = Args::parse();
+    if args.smoke {
+        args.shrink_for_smoke();
+    }
     bench_etcd::configure(&args.store)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -805,6 +835,9 @@ async fn gateway(args: &Args) -> anyhow::Result<()> {
                 ms(percentile(&latencies, 0.50)),
                 ms(percentile(&latencies, 0.99)),
             );
+            args.smoke_check(errors == 0 && !latencies.is_empty(), || {
+                format!("{errors} requests over {what} failed")
+            })?;
         }
     }
     plain_server.abort();
@@ -881,6 +914,12 @@ async fn density(args: &Args) -> anyhow::Result<()> {
         began.elapsed().as_secs_f64(),
     );
     bench.cluster.shutdown().await;
+    // A pod counts only when it answers: a density figure of pods that do not serve is none.
+    let answered = answered.load(std::sync::atomic::Ordering::Relaxed);
+    anyhow::ensure!(
+        running == count && answered == count,
+        "density: only {running} of {count} pods Running and {answered} answering"
+    );
     Ok(())
 }
 
@@ -1051,6 +1090,10 @@ async fn scheduler(args: &Args) -> anyhow::Result<()> {
     );
     scheduler.abort();
     bench.cluster.shutdown().await;
+    anyhow::ensure!(
+        bound == total,
+        "scheduler: a watcher saw {bound} of {total} pods bound"
+    );
     Ok(())
 }
 

@@ -36,13 +36,19 @@ use super::{http_client, ms, percentile, start_cluster_with, Args};
 
 /// The node-loss rounds when `loss`, the lease renewal load when `heartbeats`.
 pub async fn heal(args: &Args, loss: bool, heartbeats: bool) -> anyhow::Result<()> {
+    // A smoke run loses one small node and renews a few leases: the paths, not the scale.
+    let (big_node, big_kills, fleets) = match args.smoke {
+        true => (0, 0, [20, 50]),
+        false => (1000, (args.kills / 4).max(3), [1000, 5000]),
+    };
     if loss {
-        let kills = args.kills.max(1);
-        node_loss(10, kills).await?;
-        node_loss(1000, (kills / 4).max(3)).await?;
+        node_loss(10, args.kills.max(1)).await?;
+        if big_node > 0 {
+            node_loss(big_node, big_kills).await?;
+        }
     }
     if heartbeats {
-        for nodes in [1000, 5000] {
+        for nodes in fleets {
             renewals(nodes, args.seconds.max(1)).await?;
         }
     }

@@ -185,6 +185,12 @@ pub async fn ingress(args: &Args) -> anyhow::Result<()> {
     }
     drop(wasmtime);
     bench.cluster.shutdown().await;
+    args.smoke_check(shoal.1 == 0 && reference.1 == 0, || {
+        format!(
+            "{} requests through the ingress and {} to wasmtime serve failed",
+            shoal.1, reference.1
+        )
+    })?;
     Ok(())
 }
 

@@ -3,6 +3,7 @@
 
 mod autoscaling;
 mod bad_input;
+mod benchmarks;
 mod cli;
 mod controllers;
 mod crds;
