@@ -169,10 +169,23 @@ impl Engine {
                 downloaded,
             });
         }
-        let bytes = self.fetch(image).await?;
-        let digest = hex::encode(Sha256::digest(&bytes));
+        // A module already loaded needs neither its bytes nor their hash again.
+        if let Some(digest) = self.known_digest(image).await? {
+            if let Some(program) = self.cached(&digest) {
+                let image_id = format!("sha256:{digest}");
+                self.note_image(&digest, image, &image_id);
+                return Ok(Loaded {
+                    program,
+                    image_id,
+                    downloaded: None,
+                });
+            }
+        }
+        let fetched = self.fetch_stamped(image).await?;
+        let digest = hex::encode(Sha256::digest(&fetched.bytes));
+        self.remember_digest(fetched.file, &digest);
         let program = self
-            .compile_once(image, digest.clone(), Some(bytes))
+            .compile_once(image, digest.clone(), Some(fetched.bytes))
             .await?;
         let image_id = format!("sha256:{digest}");
         self.note_image(&digest, image, &image_id);

@@ -62,6 +62,8 @@ pub struct Engine {
     compiling: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// What was loaded of each module, by digest (hex).
     modules: Mutex<HashMap<String, ModuleRecord>>,
+    /// The digests of file images already hashed, while their files stay unchanged.
+    file_digests: fetch::FileDigests,
 }
 
 impl Engine {
@@ -115,6 +117,7 @@ impl Engine {
             programs: Mutex::new(HashMap::new()),
             compiling: Mutex::new(HashMap::new()),
             modules: Mutex::new(HashMap::new()),
+            file_digests: fetch::FileDigests::default(),
             cluster: std::sync::OnceLock::new(),
             image_ca: std::sync::OnceLock::new(),
             image_dirs: std::sync::OnceLock::new(),
