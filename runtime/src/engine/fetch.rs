@@ -121,6 +121,17 @@ impl FileDigests {
     }
 }
 
+/// The bytes of the file image `image`, at `path` (already allowed).
+async fn read_file(image: &str, path: &Path) -> Result<Vec<u8>, ImageError> {
+    tokio::fs::read(path)
+        .await
+        .map_err(|e| ImageError::Unreadable {
+            image: image.into(),
+            path: path.to_path_buf(),
+            error: e.to_string(),
+        })
+}
+
 pub(crate) type ImageClient = hyper_util::client::legacy::Client<
     hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>,
     Empty<Bytes>,
@@ -284,7 +295,7 @@ impl Engine {
             Some(FileStamp::of(&meta))
         };
         let before = stamp(path.clone()).await;
-        let bytes = self.fetch(image).await?;
+        let bytes = read_file(image, &path).await?;
         let after = stamp(path.clone()).await;
         let file = before
             .filter(|_| before == after)
@@ -300,14 +311,7 @@ impl Engine {
         match resolve(image)? {
             Source::File(path) => {
                 let path = self.allowed_file(image, path).await?;
-                match tokio::fs::read(&path).await {
-                    Ok(bytes) => Ok(bytes),
-                    Err(e) => Err(ImageError::Unreadable {
-                        image: image.into(),
-                        path,
-                        error: e.to_string(),
-                    }),
-                }
+                read_file(image, &path).await
             }
             Source::Url(uri) => {
                 let client = self.image_client().map_err(|e| failed(e.to_string()))?;
