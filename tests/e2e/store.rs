@@ -14,6 +14,9 @@ use shoal_control::store::{
 };
 use shoal_tests::etcd::{etcd_available, EtcdCluster};
 
+/// resourceVersions per etcd revision (`store::etcd::versions`).
+const SLOTS: u64 = shoal_control::store::etcd::versions::SLOTS;
+
 fn config_map(namespace: &str, name: &str, value: u64) -> Value {
     json!({
         "apiVersion": "v1",
@@ -429,8 +432,10 @@ async fn the_etcd_store_conforms() {
     let etcd = EtcdCluster::start(3);
     let store = Arc::new(etcd_store(&etcd, "/conformance", 100_000).await);
     let paged_at = conformance(store.clone()).await;
-    // etcd reads any revision it has not compacted, and none it has.
-    let before = page(store.as_ref(), "p", ReadAt::Exact(paged_at - 1), None, 100)
+    // etcd reads any revision it has not compacted, and none it has. An object's own
+    // version names a point inside its etcd revision: just before it is the list without it.
+    let p24 = revision_of(&store.get(&key("p", "p24")).unwrap().unwrap()).unwrap();
+    let before = page(store.as_ref(), "p", ReadAt::Exact(p24 - 1), None, 100)
         .await
         .unwrap();
     assert_eq!(before.objects.len(), 24, "the list before p24 was created");
@@ -454,6 +459,90 @@ async fn the_etcd_store_conforms() {
     // The watch cache keeps 10 events here.
     let small = etcd_store(&etcd, "/small", 10).await;
     gone_once_history_is_compacted(&small, 30).await;
+}
+
+/// The group commit: concurrent writes share etcd transactions (so revisions), and still
+/// each has its own resourceVersion, the same on every server, and a watch sees each once,
+/// in order; an exact read inside a shared revision holds the writes before that version.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_made_together_share_a_revision_not_a_version() {
+    if !etcd_available("writes_made_together_share_a_revision_not_a_version") {
+        return;
+    }
+    let etcd = EtcdCluster::start(3);
+    let store = Arc::new(etcd_store(&etcd, "/group", 1000).await);
+    let other = etcd_store(&etcd, "/group", 1000).await;
+    let mut watch = other.watch("configmaps", None, other.revision()).unwrap();
+    let creates = (0..64).map(|i| {
+        let store = store.clone();
+        async move {
+            let name = format!("g{i:02}");
+            store
+                .create(key("g", &name), config_map("g", &name, i))
+                .await
+        }
+    });
+    let created: Vec<Value> = futures::future::join_all(creates)
+        .await
+        .into_iter()
+        .map(|r| r.expect("every create succeeds"))
+        .collect();
+    let mut versions: Vec<u64> = created.iter().map(|o| revision_of(o).unwrap()).collect();
+    versions.sort();
+    let mut distinct = versions.clone();
+    distinct.dedup();
+    assert_eq!(distinct.len(), 64, "no two writes share a resourceVersion");
+    let mut revisions: Vec<u64> = versions.iter().map(|v| v / SLOTS).collect();
+    revisions.dedup();
+    assert!(
+        revisions.len() < 64,
+        "64 concurrent creates went to etcd in {} transactions: none were grouped",
+        revisions.len()
+    );
+    // Another server sees each create once, in version order, with the same versions.
+    let mut seen = Vec::new();
+    while seen.len() < 64 {
+        let event = next(&mut watch).await;
+        assert_eq!(event.event_type, EventType::Added);
+        seen.push(event.revision);
+    }
+    assert_eq!(seen, versions, "every create once, in order, same versions");
+    // A duplicate name in a group fails alone; the rest of its group is written.
+    let again = (0..8).map(|i| {
+        let store = store.clone();
+        async move {
+            let name = if i == 3 {
+                "g03".to_string()
+            } else {
+                format!("h{i}")
+            };
+            store
+                .create(key("g", &name), config_map("g", &name, i))
+                .await
+        }
+    });
+    let results = futures::future::join_all(again).await;
+    for (i, result) in results.iter().enumerate() {
+        match i {
+            3 => assert!(matches!(result, Err(Error::AlreadyExists(_))), "{result:?}"),
+            _ => assert!(result.is_ok(), "h{i}: {result:?}"),
+        }
+    }
+    // Inside a shared revision, an exact read holds the writes up to that version.
+    let revision = versions
+        .windows(2)
+        .find(|pair| pair[0] / SLOTS == pair[1] / SLOTS)
+        .map(|pair| pair[1])
+        .expect("two creates in one revision");
+    let at = page(&other, "g", ReadAt::Exact(revision), None, 1000)
+        .await
+        .unwrap();
+    let expected = versions.iter().filter(|v| **v <= revision).count();
+    assert_eq!(
+        at.objects.len(),
+        expected,
+        "the creates up to version {revision}"
+    );
 }
 
 /// Two API servers' stores on one etcd: each sees the other's writes through its watch

@@ -8,6 +8,11 @@
 //! it, so this server reads its own writes. When etcd compacts past what the mirror has seen
 //! (it was cut off for long), the mirror reloads and ends every watch, whose clients resume
 //! or relist.
+//!
+//! Versions, not revisions: the mirror stamps every object and event with its
+//! [`versions`] version, and applies one etcd revision's changes (a group commit's
+//! transaction) together, under one lock. Its own position is the end of the last revision
+//! it applied ([`versions::through`]).
 
 use std::collections::{BTreeMap, VecDeque};
 use std::ops::Bound;
@@ -18,6 +23,7 @@ use serde_json::Value;
 use tokio::sync::watch;
 
 use super::layout::Layout;
+use super::versions;
 use crate::store::feeds::{self, LiveFeeds};
 use crate::store::paging::{self, Page, PageRequest};
 use crate::store::{
@@ -30,6 +36,13 @@ pub struct Entry {
     pub key: String,
     pub value: Vec<u8>,
     pub mod_revision: u64,
+}
+
+impl Entry {
+    /// The version of the object as this entry holds it.
+    pub fn version(&self) -> u64 {
+        versions::of(self.mod_revision, &self.key)
+    }
 }
 
 /// A change etcd reported.
@@ -62,9 +75,10 @@ pub struct Mirror {
 }
 
 impl Mirror {
-    /// A mirror of `entries`, read at `revision`, keeping `capacity` events.
+    /// A mirror of `entries`, read at etcd `revision`, keeping `capacity` events.
     pub fn new(layout: Layout, capacity: usize, entries: Vec<Entry>, revision: u64) -> Self {
         let objects = load(&layout, entries);
+        let revision = versions::through(revision);
         Self {
             layout,
             capacity: capacity.max(1),
@@ -91,63 +105,73 @@ impl Mirror {
         self.read().objects.len()
     }
 
-    /// The last revision applied.
+    /// The version the mirror is at: the end of the last etcd revision applied.
     pub fn revision(&self) -> u64 {
         self.read().revision
     }
 
-    /// Waits until the mirror has applied `revision` (a write this server made), at most
+    /// Waits until the mirror has applied `version` (a write this server made), at most
     /// `timeout`; `false` if it has not by then.
-    pub async fn wait_for(&self, revision: u64, timeout: Duration) -> bool {
+    pub async fn wait_for(&self, version: u64, timeout: Duration) -> bool {
         let mut applied = self.applied.subscribe();
-        tokio::time::timeout(timeout, applied.wait_for(|&r| r >= revision))
+        tokio::time::timeout(timeout, applied.wait_for(|&v| v >= version))
             .await
             .is_ok_and(|r| r.is_ok())
     }
 
-    /// Applies a change etcd reported at `revision` (a decoding failure is logged with its
-    /// key and skipped: the revision still counts).
-    pub fn apply(&self, change: Change) {
-        let event = match self.event(change) {
-            Ok(event) => event,
-            Err((revision, key, why)) => {
-                tracing::warn!("etcd: skipping {key} at revision {revision}: {why}");
-                self.advance(revision);
-                return;
-            }
-        };
-        let revision = event.revision;
+    /// Applies the changes etcd reported at `revision`, all at once: a list never sees part
+    /// of a transaction. Each change takes its key's version ([`versions`]), and they are
+    /// published in version order. A value that does not decode is logged with its key and
+    /// skipped: the revision still counts.
+    pub fn apply_revision(&self, revision: u64, changes: Vec<Change>) {
+        let mut events: Vec<WatchEvent> = changes
+            .into_iter()
+            .filter_map(|change| match self.event(change) {
+                Ok(event) => Some(event),
+                Err((version, key, why)) => {
+                    tracing::warn!("etcd: skipping {key} at version {version}: {why}");
+                    None
+                }
+            })
+            .collect();
+        events.sort_by_key(|event| event.revision);
+        let through = versions::through(revision);
         {
             let mut state = self.state.write().unwrap_or_else(|p| p.into_inner());
-            if revision <= state.revision {
+            if through <= state.revision {
                 return;
             }
-            let encoded = event.key.encode();
-            match event.event_type {
-                EventType::Deleted => {
-                    state.objects.remove(&encoded);
+            let feeds = self.feeds();
+            for event in events {
+                let encoded = event.key.encode();
+                match event.event_type {
+                    EventType::Deleted => {
+                        state.objects.remove(&encoded);
+                    }
+                    _ => {
+                        state.objects.insert(encoded, event.object.clone());
+                    }
                 }
-                _ => {
-                    state.objects.insert(encoded, event.object.clone());
+                if state.events.len() == self.capacity {
+                    if let Some(dropped) = state.events.pop_front() {
+                        state.floor = dropped.revision;
+                    }
                 }
+                // Published under the lock: a watch subscribing while it reads the ring sees
+                // each event once, from one or the other.
+                feeds.publish(&event);
+                state.events.push_back(event);
             }
-            state.revision = revision;
-            if state.events.len() == self.capacity {
-                if let Some(dropped) = state.events.pop_front() {
-                    state.floor = dropped.revision;
-                }
-            }
-            state.events.push_back(event.clone());
-            // Published under the lock: a watch subscribing while it reads the ring sees
-            // each event once, from one or the other.
-            self.feeds().publish(&event);
+            state.revision = through;
+            feeds.note(through);
         }
-        self.applied.send_replace(revision);
+        self.applied.send_replace(through);
     }
 
-    /// Moves the applied revision to `revision` with no change to objects (a value that did
-    /// not decode, or a progress notification).
+    /// Moves the mirror to the end of etcd `revision` with no change to objects (a progress
+    /// notification).
     pub fn advance(&self, revision: u64) {
+        let revision = versions::through(revision);
         let mut state = self.state.write().unwrap_or_else(|p| p.into_inner());
         if revision > state.revision {
             state.revision = revision;
@@ -158,10 +182,11 @@ impl Mirror {
         }
     }
 
-    /// Replaces everything with `entries` read at `revision` (after etcd compacted past the
-    /// mirror): the event ring starts over and every live watch ends.
+    /// Replaces everything with `entries` read at etcd `revision` (after etcd compacted past
+    /// the mirror): the event ring starts over and every live watch ends.
     pub fn reload(&self, entries: Vec<Entry>, revision: u64) {
         let objects = load(&self.layout, entries);
+        let revision = versions::through(revision);
         let mut state = self.state.write().unwrap_or_else(|p| p.into_inner());
         state.objects = objects;
         state.events.clear();
@@ -173,24 +198,27 @@ impl Mirror {
     }
 
     fn event(&self, change: Change) -> std::result::Result<WatchEvent, (u64, String, String)> {
-        let (entry, revision, event_type) = match change {
+        let (entry, version, event_type) = match change {
             Change::Put { entry, created } => {
-                let revision = entry.mod_revision;
+                let version = entry.version();
                 let kind = if created {
                     EventType::Added
                 } else {
                     EventType::Modified
                 };
-                (entry, revision, kind)
+                (entry, version, kind)
             }
-            Change::Delete { previous, revision } => (previous, revision, EventType::Deleted),
+            Change::Delete { previous, revision } => {
+                let version = versions::of(revision, &previous.key);
+                (previous, version, EventType::Deleted)
+            }
         };
-        let (key, object) = decode(&self.layout, &entry, revision)
-            .map_err(|why| (revision, entry.key.clone(), why))?;
+        let (key, object) = decode(&self.layout, &entry, version)
+            .map_err(|why| (version, entry.key.clone(), why))?;
         Ok(WatchEvent {
             event_type,
             key,
-            revision,
+            revision: version,
             object: Arc::new(object),
         })
     }
@@ -304,7 +332,7 @@ fn events_after(
 fn load(layout: &Layout, entries: Vec<Entry>) -> BTreeMap<String, Arc<Value>> {
     let mut objects = BTreeMap::new();
     for entry in entries {
-        match decode(layout, &entry, entry.mod_revision) {
+        match decode(layout, &entry, entry.version()) {
             Ok((key, object)) => {
                 objects.insert(key.encode(), Arc::new(object));
             }
@@ -314,18 +342,18 @@ fn load(layout: &Layout, entries: Vec<Entry>) -> BTreeMap<String, Arc<Value>> {
     objects
 }
 
-/// The object an entry holds, stamped with `revision`, and its key.
+/// The object an entry holds, stamped with `version`, and its key.
 pub(super) fn decode(
     layout: &Layout,
     entry: &Entry,
-    revision: u64,
+    version: u64,
 ) -> std::result::Result<(ObjectKey, Value), String> {
     let mut object: Value = serde_json::from_slice(&entry.value)
         .map_err(|e| format!("the value is not a JSON object: {e}"))?;
     let key = layout
         .object_key(&entry.key, &object)
         .ok_or("the key does not match the object's name and namespace")?;
-    stamp_revision(&mut object, revision);
+    stamp_revision(&mut object, version);
     Ok((key, object))
 }
 
@@ -345,6 +373,17 @@ mod tests {
         }
     }
 
+    fn put(namespace: &str, name: &str, revision: u64) -> Change {
+        Change::Put {
+            entry: entry(namespace, name, revision),
+            created: true,
+        }
+    }
+
+    fn version(namespace: &str, name: &str, revision: u64) -> u64 {
+        entry(namespace, name, revision).version()
+    }
+
     #[tokio::test]
     async fn applies_changes_serves_lists_and_watches_and_forgets_the_oldest() {
         let mirror = Arc::new(Mirror::new(
@@ -354,59 +393,108 @@ mod tests {
             5,
         ));
         assert_eq!(mirror.list("pods", Some("a")).objects.len(), 1);
-        let mut watch = mirror.watch("pods", Some("a"), 5).unwrap();
-        mirror.apply(Change::Put {
-            entry: entry("a", "two", 6),
-            created: true,
-        });
+        assert_eq!(mirror.revision(), versions::through(5));
+        let mut watch = mirror.watch("pods", Some("a"), mirror.revision()).unwrap();
+        mirror.apply_revision(6, vec![put("a", "two", 6)]);
         // Another namespace: not this watch's.
-        mirror.apply(Change::Put {
-            entry: entry("b", "three", 7),
-            created: true,
-        });
-        mirror.apply(Change::Delete {
-            previous: entry("a", "one", 3),
-            revision: 8,
-        });
+        mirror.apply_revision(7, vec![put("b", "three", 7)]);
+        mirror.apply_revision(
+            8,
+            vec![Change::Delete {
+                previous: entry("a", "one", 3),
+                revision: 8,
+            }],
+        );
         let first = watch.next().await.unwrap().unwrap();
-        assert_eq!((first.event_type, first.revision), (EventType::Added, 6));
+        assert_eq!(
+            (first.event_type, first.revision),
+            (EventType::Added, version("a", "two", 6))
+        );
         let second = watch.next().await.unwrap().unwrap();
+        let deleted = version("a", "one", 8);
         assert_eq!(
             (second.event_type, second.revision),
-            (EventType::Deleted, 8)
+            (EventType::Deleted, deleted)
         );
-        assert_eq!(second.object["metadata"]["resourceVersion"], "8");
+        assert_eq!(
+            second.object["metadata"]["resourceVersion"],
+            deleted.to_string()
+        );
         let listing = mirror.list("pods", None);
-        assert_eq!((listing.objects.len(), listing.revision), (2, 8));
-        assert!(mirror.wait_for(8, Duration::from_millis(10)).await);
-        assert!(!mirror.wait_for(9, Duration::from_millis(10)).await);
+        assert_eq!(
+            (listing.objects.len(), listing.revision),
+            (2, versions::through(8))
+        );
+        assert!(mirror.wait_for(deleted, Duration::from_millis(10)).await);
+        assert!(
+            !mirror
+                .wait_for(versions::through(8) + 1, Duration::from_millis(10))
+                .await
+        );
         // The ring holds two events: revisions 7 and 8; a watch from 6 resumes, from 5 not.
-        assert!(mirror.watch("pods", None, 6).is_ok());
+        assert!(mirror.watch("pods", None, versions::through(6)).is_ok());
         assert!(matches!(
-            mirror.watch("pods", None, 5),
-            Err(Error::Gone { requested: 5, .. })
+            mirror.watch("pods", None, versions::through(5)),
+            Err(Error::Gone { .. })
         ));
+    }
+
+    #[tokio::test]
+    async fn a_transactions_changes_are_applied_together_each_with_its_own_version() {
+        let mirror = Arc::new(Mirror::new(Layout::new("/registry"), 100, vec![], 1));
+        let mut watch = mirror.watch("pods", None, mirror.revision()).unwrap();
+        // One etcd revision, three keys: etcd reports them in the transaction's order.
+        let names = ["x", "y", "z"];
+        mirror.apply_revision(2, names.iter().map(|n| put("a", n, 2)).collect());
+        let mut versions_seen = Vec::new();
+        for _ in names {
+            let event = watch.next().await.unwrap().unwrap();
+            assert_eq!(
+                event.object["metadata"]["resourceVersion"],
+                event.revision.to_string()
+            );
+            versions_seen.push(event.revision);
+        }
+        let mut expected: Vec<u64> = names.iter().map(|n| version("a", n, 2)).collect();
+        expected.sort();
+        assert_eq!(versions_seen, expected, "in version order, none twice");
+        assert!(versions_seen.iter().all(|v| versions::revision(*v) == 2));
+        // A watch resuming after the first of them gets exactly the other two.
+        let mut resumed = mirror.watch("pods", None, versions_seen[0]).unwrap();
+        mirror.apply_revision(3, vec![put("a", "w", 3)]);
+        let mut rest = Vec::new();
+        for _ in 0..3 {
+            rest.push(resumed.next().await.unwrap().unwrap().revision);
+        }
+        assert_eq!(rest[..2], versions_seen[1..]);
+        assert_eq!(rest[2], version("a", "w", 3));
+        // A revision seen again (a resumed etcd watch) changes nothing.
+        mirror.apply_revision(2, vec![put("a", "late", 2)]);
+        assert_eq!(mirror.list("pods", None).objects.len(), 4);
     }
 
     #[tokio::test]
     async fn a_value_that_does_not_decode_is_skipped_and_a_reload_ends_watches() {
         let mirror = Arc::new(Mirror::new(Layout::new("/registry"), 10, vec![], 1));
-        let mut watch = mirror.watch("pods", None, 1).unwrap();
-        mirror.apply(Change::Put {
-            entry: Entry {
-                key: "/registry/pods/a/broken".into(),
-                value: b"not json".to_vec(),
-                mod_revision: 2,
-            },
-            created: true,
-        });
-        assert_eq!(mirror.revision(), 2);
+        let mut watch = mirror.watch("pods", None, mirror.revision()).unwrap();
+        mirror.apply_revision(
+            2,
+            vec![Change::Put {
+                entry: Entry {
+                    key: "/registry/pods/a/broken".into(),
+                    value: b"not json".to_vec(),
+                    mod_revision: 2,
+                },
+                created: true,
+            }],
+        );
+        assert_eq!(mirror.revision(), versions::through(2));
         assert!(mirror.list("pods", None).objects.is_empty());
         mirror.reload(vec![entry("a", "one", 9)], 10);
         assert!(watch.next().await.is_none(), "the watch ends at a reload");
         assert_eq!(mirror.list("pods", None).objects.len(), 1);
         assert!(matches!(
-            mirror.watch("pods", None, 2),
+            mirror.watch("pods", None, versions::through(2)),
             Err(Error::Gone { .. })
         ));
     }

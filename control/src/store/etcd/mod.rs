@@ -2,27 +2,32 @@
 //! --etcd-servers`), behind the same [`Store`] contract as the embedded redb store.
 //!
 //! Objects are JSON values at Kubernetes' keys ([`layout`]); an object's `resourceVersion`
-//! is its etcd `mod_revision`. Writes are etcd transactions: a create compares
-//! `create_revision == 0`, an update or delete with a precondition compares `mod_revision`
-//! (else `Conflict`), one without compares that the key exists (else `NotFound`). Reads and
+//! is its etcd `mod_revision` scaled, plus its key's slot ([`versions`]), since one etcd
+//! revision may hold many writes. Writes are etcd transactions, many writes to one
+//! ([`batch`], a group commit): a create compares `create_revision == 0`, an update or
+//! delete with a precondition compares `mod_revision` (else `Conflict`), one without
+//! compares that the key exists (else `NotFound`). Reads and
 //! watches are served by this server's [`mirror`] (its watch cache), which one etcd watch
 //! keeps current; a write returns once the mirror has it. Every five minutes (by default,
 //! as kube-apiserver) the history before the revision seen at the previous pass is
 //! compacted. Module blobs are stored in chunks under their own prefix.
 
+mod batch;
 mod layout;
 mod mirror;
+pub mod versions;
 
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use etcd_client::{
-    Certificate, Client, Compare, CompareOp, ConnectOptions, DeleteOptions, EventType as EtcdEvent,
-    GetOptions, Identity, KeyValue, TlsOptions, Txn, TxnOp, TxnOpResponse, WatchOptions,
+    Certificate, Client, ConnectOptions, EventType as EtcdEvent, GetOptions, Identity, KeyValue,
+    TlsOptions, WatchOptions,
 };
 use serde_json::Value;
 
+use batch::{GroupCommit, Refusal, Write};
 pub use layout::Layout;
 use mirror::{Change, Entry, Mirror};
 
@@ -80,6 +85,7 @@ pub struct EtcdStore {
     client: Client,
     layout: Layout,
     mirror: Arc<Mirror>,
+    writes: GroupCommit,
     /// The follower and the compactor, stopped when the store is dropped.
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
@@ -173,6 +179,7 @@ impl EtcdStore {
             )));
         }
         Ok(Self {
+            writes: GroupCommit::start(client.clone()),
             client,
             layout,
             mirror,
@@ -197,26 +204,13 @@ impl EtcdStore {
         Ok(revision)
     }
 
-    /// Runs a transaction on `key` whose `then` branch is `operation` and whose `else` branch
-    /// reads the key; returns whether it succeeded, its revision and its responses.
-    async fn transact(
-        &self,
-        key: &str,
-        compare: Compare,
-        operation: TxnOp,
-    ) -> Result<(bool, u64, Vec<TxnOpResponse>)> {
-        let txn = Txn::new()
-            .when([compare])
-            .and_then([operation])
-            .or_else([TxnOp::get(key, None)]);
-        let response = self.client.clone().txn(txn).await.map_err(unavailable)?;
-        let revision = response.header().map_or(0, |h| h.revision().max(0) as u64);
-        Ok((response.succeeded(), revision, response.op_responses()))
-    }
-
-    /// A page read from etcd itself at `revision` (one the watch cache has moved past, or
+    /// A page read from etcd itself at `version` (one the watch cache has moved past, or
     /// has not reached in time): in batches, until the page is full or the range ends.
-    async fn page_from_etcd(&self, request: &PageRequest<'_>, revision: u64) -> Result<Page> {
+    async fn page_from_etcd(&self, request: &PageRequest<'_>, version: u64) -> Result<Page> {
+        if !versions::ends_revision(version) {
+            return self.page_within_revision(request, version).await;
+        }
+        let at = versions::revision(version);
         let base = self.layout.list_prefix(request.resource, request.namespace);
         let end = range_end(&base);
         let mut start = match request.after {
@@ -230,17 +224,17 @@ impl EtcdStore {
             let batch = limit.saturating_sub(objects.len()).clamp(1, RANGE_BATCH);
             let options = GetOptions::new()
                 .with_range(end.clone())
-                .with_revision(revision as i64)
+                .with_revision(at as i64)
                 .with_limit(batch as i64);
             let response = client
                 .get(start.clone(), Some(options))
                 .await
-                .map_err(|e| read_error(e, revision))?;
+                .map_err(|e| read_error(e, version))?;
             // How many keys the range holds from `start` on, this batch included.
             let count = response.count().max(0) as u64;
             for (index, kv) in response.kvs().iter().enumerate() {
                 let entry = entry(kv);
-                match mirror::decode(&self.layout, &entry, entry.mod_revision) {
+                match mirror::decode(&self.layout, &entry, entry.version()) {
                     Ok((_, object)) if (request.filter)(&object) => objects.push(Arc::new(object)),
                     Ok(_) => {}
                     Err(why) => tracing::warn!("etcd: skipping {}: {why}", entry.key),
@@ -252,7 +246,7 @@ impl EtcdStore {
                         .flatten();
                     return Ok(Page {
                         objects,
-                        revision,
+                        revision: version,
                         next,
                         remaining,
                     });
@@ -265,7 +259,7 @@ impl EtcdStore {
                 _ => {
                     return Ok(Page {
                         objects,
-                        revision,
+                        revision: version,
                         next: None,
                         remaining: 0,
                     })
@@ -274,41 +268,104 @@ impl EtcdStore {
         }
     }
 
-    /// Returns `object` stamped with `revision` once this server's watch cache has it.
-    async fn written(&self, mut object: Value, revision: u64) -> Value {
-        super::stamp_revision(&mut object, revision);
-        if !self.mirror.wait_for(revision, MIRROR_WAIT).await {
+    /// A page at a version inside an etcd revision (an object's own resourceVersion, read
+    /// exactly): the range as it was before that revision, with the revision's changes up to
+    /// `version`'s slot, as if the transaction's writes had been made one by one in slot
+    /// order. Rare (clients list at a list's version, which ends its revision), so it reads
+    /// the whole range twice rather than in batches.
+    async fn page_within_revision(&self, request: &PageRequest<'_>, version: u64) -> Result<Page> {
+        let (at, slot) = (versions::revision(version), versions::slot_of(version));
+        let base = self.layout.list_prefix(request.resource, request.namespace);
+        let range = |revision: u64| {
+            let mut client = self.client.clone();
+            let options = GetOptions::new()
+                .with_range(range_end(&base))
+                .with_revision(revision as i64);
+            let base = base.clone();
+            async move {
+                if revision == 0 {
+                    return Ok(Vec::new());
+                }
+                let response = client
+                    .get(base, Some(options))
+                    .await
+                    .map_err(|e| read_error(e, version))?;
+                Ok::<_, Error>(response.kvs().iter().map(entry).collect::<Vec<_>>())
+            }
+        };
+        let (before, after) = futures::try_join!(range(at - 1), range(at))?;
+        let mut merged: std::collections::BTreeMap<String, Entry> =
+            before.into_iter().map(|e| (e.key.clone(), e)).collect();
+        let present: std::collections::HashSet<String> =
+            after.iter().map(|e| e.key.clone()).collect();
+        // Deleted in this revision, at or before `version`: gone.
+        merged.retain(|key, _| present.contains(key) || versions::slot(key) > slot);
+        for entry in after {
+            if entry.mod_revision < at || versions::slot(&entry.key) <= slot {
+                merged.insert(entry.key.clone(), entry);
+            }
+        }
+        let after_key = request.after.map(|after| format!("{base}{after}"));
+        let entries = merged
+            .into_values()
+            .filter(|entry| after_key.as_ref().is_none_or(|after| entry.key > *after))
+            .filter_map(
+                |entry| match mirror::decode(&self.layout, &entry, entry.version()) {
+                    Ok((_, object)) => {
+                        let name = entry.key.strip_prefix(&base)?.to_string();
+                        Some((name, Arc::new(object)))
+                    }
+                    Err(why) => {
+                        tracing::warn!("etcd: skipping {}: {why}", entry.key);
+                        None
+                    }
+                },
+            );
+        Ok(super::paging::cut(
+            entries,
+            request.limit,
+            request.filter,
+            version,
+        ))
+    }
+
+    /// Returns `object`, written to `etcd_key` at etcd `revision`, stamped with its version
+    /// once this server's watch cache has it.
+    async fn written(&self, mut object: Value, etcd_key: &str, revision: u64) -> Value {
+        let version = versions::of(revision, etcd_key);
+        super::stamp_revision(&mut object, version);
+        if !self.mirror.wait_for(version, MIRROR_WAIT).await {
             tracing::warn!(
-                "etcd: the watch cache has not reached revision {revision} after {MIRROR_WAIT:?}"
+                "etcd: the watch cache has not reached version {version} after {MIRROR_WAIT:?}"
             );
         }
         object
     }
-}
 
-/// What an update or delete compares: the key's revision with the precondition, or, without
-/// one, that the key exists.
-fn precondition_compare(etcd_key: &str, precondition: Option<u64>) -> Compare {
-    match precondition {
-        Some(expected) => Compare::mod_revision(etcd_key, CompareOp::Equal, expected as i64),
-        None => Compare::create_revision(etcd_key, CompareOp::Greater, 0),
-    }
-}
-
-/// Why an update or delete did not happen, from the key its `else` branch read: a conflict
-/// (naming the current revision) if the key is there, else not found.
-fn refused(responses: &[TxnOpResponse], key: ObjectKey, precondition: Option<u64>) -> Error {
-    let current = responses.iter().find_map(|response| match response {
-        TxnOpResponse::Get(get) => get.kvs().first(),
-        _ => None,
-    });
-    match (current, precondition) {
-        (Some(kv), Some(expected)) => Error::Conflict {
-            key,
-            expected,
-            current: kv.mod_revision().max(0) as u64,
-        },
-        _ => Error::NotFound(key),
+    /// Writes through the group commit; a refusal becomes the store's error for `key`.
+    async fn write(
+        &self,
+        key: &ObjectKey,
+        etcd_key: &str,
+        write: Write,
+        precondition: Option<u64>,
+    ) -> Result<batch::Committed> {
+        self.writes
+            .write(etcd_key.to_string(), write)
+            .await
+            .map_err(|refusal| match refusal {
+                Refusal::Exists => Error::AlreadyExists(key.clone()),
+                Refusal::Missing => Error::NotFound(key.clone()),
+                Refusal::Moved { current } => match precondition {
+                    Some(expected) => Error::Conflict {
+                        key: key.clone(),
+                        expected,
+                        current,
+                    },
+                    None => Error::NotFound(key.clone()),
+                },
+                Refusal::Unavailable(why) => Error::Unavailable(why),
+            })
     }
 }
 
@@ -380,7 +437,7 @@ async fn current_revision(client: &mut Client) -> std::result::Result<u64, etcd_
 /// broken stream it resumes from there, and when etcd has compacted past it, reloads.
 async fn follow(mut client: Client, layout: Layout, mirror: Arc<Mirror>) {
     loop {
-        let from = mirror.revision() + 1;
+        let from = versions::revision(mirror.revision()) + 1;
         let options = WatchOptions::new()
             .with_prefix()
             .with_prev_key()
@@ -400,10 +457,9 @@ async fn follow(mut client: Client, layout: Layout, mirror: Arc<Mirror>) {
                             }
                             break compacted;
                         }
-                        for event in response.events() {
-                            if let Some(change) = change(event) {
-                                mirror.apply(change);
-                            }
+                        // etcd sends a revision's events together, in one response.
+                        for (revision, changes) in by_revision(response.events()) {
+                            mirror.apply_revision(revision, changes);
                         }
                         // A progress notification (no events, and not the answer that
                         // the watch was created, whose header is etcd's revision then, with
@@ -440,6 +496,23 @@ async fn follow(mut client: Client, layout: Layout, mirror: Arc<Mirror>) {
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
+}
+
+/// A watch response's changes, by etcd revision (a transaction's changes share one).
+fn by_revision(events: &[etcd_client::Event]) -> Vec<(u64, Vec<Change>)> {
+    let mut revisions: Vec<(u64, Vec<Change>)> = Vec::new();
+    for event in events {
+        let Some(kv) = event.kv() else { continue };
+        let revision = kv.mod_revision().max(0) as u64;
+        let Some(change) = change(event) else {
+            continue;
+        };
+        match revisions.last_mut() {
+            Some((last, changes)) if *last == revision => changes.push(change),
+            _ => revisions.push((revision, vec![change])),
+        }
+    }
+    revisions
 }
 
 fn change(event: &etcd_client::Event) -> Option<Change> {
@@ -479,17 +552,10 @@ impl Store for EtcdStore {
     async fn create(&self, key: ObjectKey, object: Value) -> Result<Value> {
         let etcd_key = self.layout.key(&key);
         let value = encode(&object)?;
-        let (created, revision, _) = self
-            .transact(
-                &etcd_key,
-                Compare::create_revision(etcd_key.clone(), CompareOp::Equal, 0),
-                TxnOp::put(etcd_key.clone(), value, None),
-            )
+        let committed = self
+            .write(&key, &etcd_key, Write::Create { value }, None)
             .await?;
-        if !created {
-            return Err(Error::AlreadyExists(key));
-        }
-        Ok(self.written(object, revision).await)
+        Ok(self.written(object, &etcd_key, committed.revision).await)
     }
 
     async fn update(
@@ -500,41 +566,23 @@ impl Store for EtcdStore {
     ) -> Result<Value> {
         let etcd_key = self.layout.key(&key);
         let value = encode(&object)?;
-        let compare = precondition_compare(&etcd_key, precondition);
-        let (updated, revision, responses) = self
-            .transact(
-                &etcd_key,
-                compare,
-                TxnOp::put(etcd_key.clone(), value, None),
-            )
-            .await?;
-        if !updated {
-            return Err(refused(&responses, key, precondition));
-        }
-        Ok(self.written(object, revision).await)
+        let write = Write::Update {
+            value,
+            precondition,
+        };
+        let committed = self.write(&key, &etcd_key, write, precondition).await?;
+        Ok(self.written(object, &etcd_key, committed.revision).await)
     }
 
     async fn delete(&self, key: ObjectKey, precondition: Option<u64>) -> Result<Value> {
         let etcd_key = self.layout.key(&key);
-        let compare = precondition_compare(&etcd_key, precondition);
-        let (deleted, revision, responses) = self
-            .transact(
-                &etcd_key,
-                compare,
-                TxnOp::delete(etcd_key.clone(), Some(DeleteOptions::new().with_prev_key())),
-            )
-            .await?;
-        if !deleted {
-            return Err(refused(&responses, key, precondition));
-        }
-        let previous = responses.iter().find_map(|response| match response {
-            TxnOpResponse::Delete(delete) => delete.prev_kvs().first(),
-            _ => None,
-        });
-        let object = previous
-            .and_then(|kv| serde_json::from_slice::<Value>(kv.value()).ok())
+        let write = Write::Delete { precondition };
+        let committed = self.write(&key, &etcd_key, write, precondition).await?;
+        let object = committed
+            .previous
+            .and_then(|value| serde_json::from_slice::<Value>(&value).ok())
             .ok_or_else(|| Error::Backend(format!("etcd: {etcd_key} had no readable value")))?;
-        Ok(self.written(object, revision).await)
+        Ok(self.written(object, &etcd_key, committed.revision).await)
     }
 
     fn get(&self, key: &ObjectKey) -> Result<Option<Value>> {
@@ -559,6 +607,7 @@ impl Store for EtcdStore {
                 let latest = current_revision(&mut self.client.clone())
                     .await
                     .map_err(unavailable)?;
+                let latest = versions::through(latest);
                 if !self.mirror.wait_for(latest, FRESH_WAIT).await {
                     return self.page_from_etcd(&request, latest).await;
                 }
