@@ -84,6 +84,30 @@ impl Layout {
         (!resource.is_empty()).then(|| ObjectKey::new(&resource, namespace, name))
     }
 
+    /// The objects an etcd key may hold, from the key alone (a deleted key has no object to
+    /// read it with): `<r>/<a>/<b>` is a core object `b` in namespace `a`, or a cluster-scoped
+    /// one of resource `a` in group `r`.
+    pub fn candidates(&self, etcd_key: &str) -> Vec<ObjectKey> {
+        let Some(rest) = etcd_key.strip_prefix(&self.objects()) else {
+            return Vec::new();
+        };
+        match rest.split('/').collect::<Vec<_>>()[..] {
+            [plural, name] => vec![ObjectKey::new(plural, "", name)],
+            [first, second, name] => vec![
+                ObjectKey::new(first, second, name),
+                ObjectKey::new(&format!("{second}.{first}"), "", name),
+            ],
+            [group, plural, namespace, name] => {
+                vec![ObjectKey::new(
+                    &format!("{plural}.{group}"),
+                    namespace,
+                    name,
+                )]
+            }
+            _ => Vec::new(),
+        }
+    }
+
     /// The key of a blob's manifest (its chunk count); chunks follow it as `<key>/<index>`.
     pub fn blob(&self, digest: &str) -> String {
         format!("{}-blobs/{digest}", self.prefix)
@@ -133,6 +157,7 @@ mod tests {
             ),
         ] {
             assert_eq!(layout.key(&key), etcd_key);
+            assert!(layout.candidates(etcd_key).contains(&key), "{etcd_key}");
             let read = layout.object_key(etcd_key, &object(namespace, &key.name));
             assert_eq!(read, Some(key));
         }

@@ -45,12 +45,20 @@ impl Entry {
     }
 }
 
+/// A change made ready to apply.
+enum Prepared {
+    Event(WatchEvent),
+    /// The etcd key deleted.
+    Delete(String),
+}
+
 /// A change etcd reported.
 pub enum Change {
     /// A put: created when `created` (its create revision is its mod revision).
     Put { entry: Entry, created: bool },
-    /// A delete at `revision`, with the value it had.
-    Delete { previous: Entry, revision: u64 },
+    /// A delete of etcd key `key` at `revision`. The mirror holds what it removes: the watch
+    /// asks etcd for no previous values, which would cost etcd a read for every put.
+    Delete { key: String, revision: u64 },
 }
 
 struct State {
@@ -124,17 +132,41 @@ impl Mirror {
     /// published in version order. A value that does not decode is logged with its key and
     /// skipped: the revision still counts.
     pub fn apply_revision(&self, revision: u64, changes: Vec<Change>) {
-        let mut events: Vec<WatchEvent> = changes
+        // Puts are decoded before the lock is taken; deletes find their object under it.
+        let mut prepared: Vec<(u64, Prepared)> = changes
             .into_iter()
-            .filter_map(|change| match self.event(change) {
-                Ok(event) => Some(event),
-                Err((version, key, why)) => {
-                    tracing::warn!("etcd: skipping {key} at version {version}: {why}");
-                    None
+            .filter_map(|change| match change {
+                Change::Put { entry, created } => {
+                    let version = entry.version();
+                    match decode(&self.layout, &entry, version) {
+                        Ok((key, object)) => Some((
+                            version,
+                            Prepared::Event(WatchEvent {
+                                event_type: if created {
+                                    EventType::Added
+                                } else {
+                                    EventType::Modified
+                                },
+                                key,
+                                revision: version,
+                                object: Arc::new(object),
+                            }),
+                        )),
+                        Err(why) => {
+                            tracing::warn!(
+                                "etcd: skipping {} at version {version}: {why}",
+                                entry.key
+                            );
+                            None
+                        }
+                    }
+                }
+                Change::Delete { key, revision } => {
+                    Some((versions::of(revision, &key), Prepared::Delete(key)))
                 }
             })
             .collect();
-        events.sort_by_key(|event| event.revision);
+        prepared.sort_by_key(|(version, _)| *version);
         let through = versions::through(revision);
         {
             let mut state = self.state.write().unwrap_or_else(|p| p.into_inner());
@@ -142,16 +174,39 @@ impl Mirror {
                 return;
             }
             let feeds = self.feeds();
-            for event in events {
-                let encoded = event.key.encode();
-                match event.event_type {
-                    EventType::Deleted => {
-                        state.objects.remove(&encoded);
+            for (version, change) in prepared {
+                let event = match change {
+                    Prepared::Event(event) => {
+                        state
+                            .objects
+                            .insert(event.key.encode(), event.object.clone());
+                        event
                     }
-                    _ => {
-                        state.objects.insert(encoded, event.object.clone());
+                    Prepared::Delete(etcd_key) => {
+                        let held = self
+                            .layout
+                            .candidates(&etcd_key)
+                            .into_iter()
+                            .find_map(|key| {
+                                let object = state.objects.remove(&key.encode())?;
+                                Some((key, object))
+                            });
+                        let Some((key, object)) = held else {
+                            // A value that never decoded: nothing to remove.
+                            tracing::debug!("etcd: {etcd_key} deleted, which the mirror lacks");
+                            continue;
+                        };
+                        // A deleted object carries the version of its deletion.
+                        let mut object = (*object).clone();
+                        stamp_revision(&mut object, version);
+                        WatchEvent {
+                            event_type: EventType::Deleted,
+                            key,
+                            revision: version,
+                            object: Arc::new(object),
+                        }
                     }
-                }
+                };
                 if state.events.len() == self.capacity {
                     if let Some(dropped) = state.events.pop_front() {
                         state.floor = dropped.revision;
@@ -195,32 +250,6 @@ impl Mirror {
         *self.live.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(LiveFeeds::default());
         drop(state);
         self.applied.send_replace(revision);
-    }
-
-    fn event(&self, change: Change) -> std::result::Result<WatchEvent, (u64, String, String)> {
-        let (entry, version, event_type) = match change {
-            Change::Put { entry, created } => {
-                let version = entry.version();
-                let kind = if created {
-                    EventType::Added
-                } else {
-                    EventType::Modified
-                };
-                (entry, version, kind)
-            }
-            Change::Delete { previous, revision } => {
-                let version = versions::of(revision, &previous.key);
-                (previous, version, EventType::Deleted)
-            }
-        };
-        let (key, object) = decode(&self.layout, &entry, version)
-            .map_err(|why| (version, entry.key.clone(), why))?;
-        Ok(WatchEvent {
-            event_type,
-            key,
-            revision: version,
-            object: Arc::new(object),
-        })
     }
 
     pub fn get(&self, key: &ObjectKey) -> Option<Value> {
@@ -401,7 +430,7 @@ mod tests {
         mirror.apply_revision(
             8,
             vec![Change::Delete {
-                previous: entry("a", "one", 3),
+                key: "/registry/pods/a/one".into(),
                 revision: 8,
             }],
         );

@@ -440,7 +440,6 @@ async fn follow(mut client: Client, layout: Layout, mirror: Arc<Mirror>) {
         let from = versions::revision(mirror.revision()) + 1;
         let options = WatchOptions::new()
             .with_prefix()
-            .with_prev_key()
             .with_progress_notify()
             .with_start_revision(from as i64);
         let compacted = match client.watch(layout.objects(), Some(options)).await {
@@ -523,7 +522,7 @@ fn change(event: &etcd_client::Event) -> Option<Change> {
             created: kv.create_revision() == kv.mod_revision(),
         }),
         EtcdEvent::Delete => Some(Change::Delete {
-            previous: entry(event.prev_kv()?),
+            key: String::from_utf8_lossy(kv.key()).into_owned(),
             revision: kv.mod_revision().max(0) as u64,
         }),
     }
