@@ -14,7 +14,7 @@
 //! write, so this ends. A transaction never holds two writes of one key, nor two keys of one
 //! version slot ([`super::versions`]): such a write waits for the next transaction.
 //!
-//! At most [`IN_FLIGHT`] transactions are in flight: while they are, writes queue, and the
+//! At most [`IN_FLIGHT`] (two) transactions are in flight: while they are, writes queue, and the
 //! next transaction takes the queue. An idle store sends a write at once, alone.
 
 use std::collections::{HashSet, VecDeque};
@@ -27,8 +27,11 @@ use tokio::sync::{mpsc, oneshot, Semaphore};
 
 use super::versions;
 
-/// Transactions in flight at once.
-const IN_FLIGHT: usize = 4;
+/// Transactions in flight at once. Fewer make larger transactions: at 64 clients on a
+/// 3-member loopback etcd, 1, 2, 4 and 8 gave 5,623/4,142, 5,110/4,716, 3,029/3,839 and
+/// 2,666/2,968 creates/s (`shoal-bench writes --writes 16000`, two rounds); two keep one
+/// transaction going while the next forms.
+const IN_FLIGHT: usize = 2;
 /// The most writes in one transaction (etcd's `--max-txn-ops` defaults to 128).
 const MAX_WRITES: usize = 128;
 /// The most value bytes in one transaction (etcd's `--max-request-bytes` defaults to
