@@ -439,6 +439,11 @@ async fn the_etcd_store_conforms() {
         .await
         .unwrap();
     assert_eq!(before.objects.len(), 24, "the list before p24 was created");
+    // A version before etcd's first revision names nothing: gone, not a panic or a hang.
+    assert!(matches!(
+        page(store.as_ref(), "p", ReadAt::Exact(5), None, 10).await,
+        Err(Error::Gone { .. })
+    ));
     store.compact_now().await.unwrap();
     assert!(matches!(
         page(

@@ -275,6 +275,13 @@ impl EtcdStore {
     /// the whole range twice rather than in batches.
     async fn page_within_revision(&self, request: &PageRequest<'_>, version: u64) -> Result<Page> {
         let (at, slot) = (versions::revision(version), versions::slot_of(version));
+        if at == 0 {
+            // Before etcd's first revision: nothing to read (a version no write made).
+            return Err(Error::Gone {
+                requested: version,
+                oldest: versions::through(1),
+            });
+        }
         let base = self.layout.list_prefix(request.resource, request.namespace);
         let range = |revision: u64| {
             let mut client = self.client.clone();
