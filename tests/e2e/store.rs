@@ -456,8 +456,9 @@ async fn the_etcd_store_conforms() {
         .await,
         Err(Error::Gone { .. })
     ));
-    // Objects are where Kubernetes puts them, and an object's resourceVersion is its etcd
-    // mod_revision: a second store (another API server) reads them back as they are.
+    // Objects are where Kubernetes puts them, and an object's resourceVersion follows from
+    // its key and etcd mod_revision: a second store (another API server) reads them back as
+    // they are, versions included.
     let reader = etcd_store(&etcd, "/conformance", 100_000).await;
     let counter = reader.get(&key("d", "counter")).unwrap().unwrap();
     assert_eq!(counter, store.get(&key("d", "counter")).unwrap().unwrap());

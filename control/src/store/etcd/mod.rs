@@ -507,12 +507,7 @@ async fn follow(mut client: Client, layout: Layout, mirror: Arc<Mirror>) {
 /// A watch response's changes, by etcd revision (a transaction's changes share one).
 fn by_revision(events: &[etcd_client::Event]) -> Vec<(u64, Vec<Change>)> {
     let mut revisions: Vec<(u64, Vec<Change>)> = Vec::new();
-    for event in events {
-        let Some(kv) = event.kv() else { continue };
-        let revision = kv.mod_revision().max(0) as u64;
-        let Some(change) = change(event) else {
-            continue;
-        };
+    for (revision, change) in events.iter().filter_map(change) {
         match revisions.last_mut() {
             Some((last, changes)) if *last == revision => changes.push(change),
             _ => revisions.push((revision, vec![change])),
@@ -521,18 +516,21 @@ fn by_revision(events: &[etcd_client::Event]) -> Vec<(u64, Vec<Change>)> {
     revisions
 }
 
-fn change(event: &etcd_client::Event) -> Option<Change> {
+/// An event's change and the etcd revision it was made at.
+fn change(event: &etcd_client::Event) -> Option<(u64, Change)> {
     let kv = event.kv()?;
-    match event.event_type() {
-        EtcdEvent::Put => Some(Change::Put {
+    let revision = kv.mod_revision().max(0) as u64;
+    let change = match event.event_type() {
+        EtcdEvent::Put => Change::Put {
             entry: entry(kv),
             created: kv.create_revision() == kv.mod_revision(),
-        }),
-        EtcdEvent::Delete => Some(Change::Delete {
+        },
+        EtcdEvent::Delete => Change::Delete {
             key: String::from_utf8_lossy(kv.key()).into_owned(),
-            revision: kv.mod_revision().max(0) as u64,
-        }),
-    }
+            revision,
+        },
+    };
+    Some((revision, change))
 }
 
 /// Compacts history every `interval` up to the revision seen one interval before, so a
