@@ -90,15 +90,22 @@ impl QuotaQueues {
     }
 }
 
-/// Clears a namespace's `charging` flag however its worker ends (even by panic), so the
-/// namespace never waits for a worker that is gone.
+/// Clears a namespace's `charging` flag if its worker ends abnormally (a panic, or its task
+/// cancelled), so the namespace never waits for a worker that is gone. A worker that ends
+/// normally removes the namespace's queue itself, under the lock, and sets `finished`: by the
+/// time this drops, a new request may have made a new queue with a new worker, whose charges
+/// this must not drop (it did, answering them "interrupted").
 struct Charging<'a> {
     queues: &'a QuotaQueues,
     namespace: &'a str,
+    finished: bool,
 }
 
 impl Drop for Charging<'_> {
     fn drop(&mut self) {
+        if self.finished {
+            return;
+        }
         let mut queues = self.queues.lock();
         if let Some(queue) = queues.get_mut(self.namespace) {
             queue.charging = false;
@@ -172,18 +179,21 @@ impl ApiServer {
     /// Charges and creates the namespace's queued creates, batch after batch, until none is
     /// left.
     async fn charge_queue(&self, namespace: &str) {
-        let _charging = Charging {
+        let mut charging = Charging {
             queues: &self.quota_queues,
             namespace,
+            finished: false,
         };
         loop {
             let batch = {
                 let mut queues = self.quota_queues.lock();
                 let Some(queue) = queues.get_mut(namespace) else {
+                    charging.finished = true;
                     return;
                 };
                 if queue.pending.is_empty() {
                     queues.remove(namespace);
+                    charging.finished = true;
                     return;
                 }
                 std::mem::take(&mut queue.pending)
