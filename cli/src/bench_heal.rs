@@ -193,9 +193,9 @@ async fn node_loss(pods: usize, kills: usize) -> anyhow::Result<()> {
         let mut agent = bench.cluster.agents.pop().expect("the victim");
         let killed = Instant::now();
         agent.shutdown().await;
-        // When the replacements were all made, all placed and all running, on the way to
-        // all Ready: where a round's time goes.
-        let mut steps: [Option<Duration>; 4] = [None; 4];
+        // When the lost pods were all marked for deletion, and the replacements all made,
+        // all placed and all running, on the way to all Ready: where a round's time goes.
+        let mut steps: [Option<Duration>; 5] = [None; 5];
         // More replacements than pods at once would mean a controller made too many.
         let mut most = 0;
         wait_until("the replacements", Duration::from_secs(300), async || {
@@ -213,6 +213,10 @@ async fn node_loss(pods: usize, kills: usize) -> anyhow::Result<()> {
                     elsewhere(p) && phase(p).as_deref() == Some("Running")
                 }),
                 view.serving("lost", &victim),
+                view.count_where("lost", |p| {
+                    p.metadata.deletion_timestamp.is_some()
+                        && (p.spec.as_ref()).and_then(|s| s.node_name.as_deref()) == Some(&victim)
+                }),
             ];
             most = most.max(counts[0]);
             for (step, count) in steps.iter_mut().zip(counts) {
@@ -226,8 +230,9 @@ async fn node_loss(pods: usize, kills: usize) -> anyhow::Result<()> {
         healed.push(killed.elapsed());
         let at = |step: Option<Duration>| step.map_or(f64::NAN, ms);
         eprintln!(
-            "  {pods} pods, round {round}: replaced in {:.0} ms (all made at {:.0} ms, placed at {:.0} ms, running at {:.0} ms; at most {most} replacements at once)",
+            "  {pods} pods, round {round}: replaced in {:.0} ms (lost pods all marked for deletion at {:.0} ms; replacements all made at {:.0} ms, placed at {:.0} ms, running at {:.0} ms; at most {most} replacements at once)",
             ms(killed.elapsed()),
+            at(steps[4]),
             at(steps[0]),
             at(steps[1]),
             at(steps[2]),

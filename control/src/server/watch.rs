@@ -6,8 +6,8 @@
 //! `allowWatchBookmarks=true` an idle watch gets a BOOKMARK about once a minute, at a revision
 //! up to which it has been sent every change (the store's feeds order them with events).
 
+use std::borrow::Cow;
 use std::convert::Infallible;
-use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
@@ -35,18 +35,23 @@ impl ApiServer {
         let fields = request.query.field_selector()?;
         let namespace = request.path.namespace.as_deref();
         let wants_table = request.wants_table;
-        let encode = Arc::new(move |event_type: &str, object: &Value| -> Bytes {
-            let object = if wants_table {
+        // An object as this watch shows it: a table row, or the object as its API presents it.
+        let encode = move |event_type: &str, object: &Value| -> Bytes {
+            let json = if wants_table {
                 let revision = store::revision_of(object).unwrap_or(0);
-                resource.table(&[object], revision, false)
+                serde_json::to_vec(&resource.table(&[object], revision, false))
             } else {
-                resource.present(object).into_owned()
+                serde_json::to_vec(&*resource.present(object))
             };
-            let mut line = serde_json::to_vec(&json!({"type": event_type, "object": object}))
-                .expect("JSON always serializes");
-            line.push(b'\n');
-            Bytes::from(line)
-        });
+            watch_line(event_type, &json.expect("JSON always serializes"))
+        };
+        // A live event's object shown as stored is encoded once for every watch it goes to.
+        let encode_event = move |event_type: &str, event: &store::WatchEvent| -> Bytes {
+            match resource.present(&event.object) {
+                Cow::Borrowed(_) if !wants_table => watch_line(event_type, &event.object_json()),
+                _ => encode(event_type, &event.object),
+            }
+        };
 
         let initial_at = initial_read(&request.query)?;
         let (initial, since) = match initial_at {
@@ -101,7 +106,7 @@ impl ApiServer {
                         EventType::Deleted => "DELETED",
                         EventType::Bookmark => "BOOKMARK",
                     };
-                    Some(encode(event_type, &event.object))
+                    Some(encode_event(event_type, &event))
                 }
                 Ok(_) => None,
                 Err(e) => {
@@ -127,6 +132,17 @@ impl ApiServer {
         };
         Ok(stream_response(events))
     }
+}
+
+/// One line of a watch: `{"type": …, "object": …}` around an object already encoded.
+fn watch_line(event_type: &str, object_json: &[u8]) -> Bytes {
+    let mut line = Vec::with_capacity(object_json.len() + event_type.len() + 24);
+    line.extend_from_slice(b"{\"type\":\"");
+    line.extend_from_slice(event_type.as_bytes());
+    line.extend_from_slice(b"\",\"object\":");
+    line.extend_from_slice(object_json);
+    line.extend_from_slice(b"}\n");
+    Bytes::from(line)
 }
 
 /// A BOOKMARK event at `revision` (kube-apiserver's form: an object of the kind with only

@@ -62,12 +62,12 @@ impl LiveFeeds {
 
 /// A bookmark: nothing of `resource` changed between the last event sent and `revision`.
 fn bookmark(resource: &str, revision: u64) -> WatchEvent {
-    WatchEvent {
-        event_type: EventType::Bookmark,
-        key: ObjectKey::new(resource, "", ""),
+    WatchEvent::new(
+        EventType::Bookmark,
+        ObjectKey::new(resource, "", ""),
         revision,
-        object: Arc::new(Value::Null),
-    }
+        Arc::new(Value::Null),
+    )
 }
 
 /// A watch of `resource` (in `namespace`, if given) from revision `since`: first `backlog`
@@ -177,12 +177,12 @@ mod tests {
     use futures::StreamExt;
 
     fn event(resource: &str, revision: u64) -> WatchEvent {
-        WatchEvent {
-            event_type: EventType::Added,
-            key: ObjectKey::new(resource, "ns", &format!("o{revision}")),
+        WatchEvent::new(
+            EventType::Added,
+            ObjectKey::new(resource, "ns", &format!("o{revision}")),
             revision,
-            object: Arc::new(serde_json::json!({})),
-        }
+            Arc::new(serde_json::json!({})),
+        )
     }
 
     #[tokio::test]

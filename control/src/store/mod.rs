@@ -85,6 +85,30 @@ pub struct WatchEvent {
     pub revision: u64,
     /// The object after the change (for `Deleted`, its last state at the deletion revision).
     pub object: Arc<Value>,
+    /// The object as JSON, made by the first watcher that sends it and shared by the clones
+    /// the live feed hands every other watcher: a thousand-address Endpoints watched by ten
+    /// clients is encoded once, not ten times ([`WatchEvent::object_json`]).
+    object_json: Arc<std::sync::OnceLock<bytes::Bytes>>,
+}
+
+impl WatchEvent {
+    pub fn new(event_type: EventType, key: ObjectKey, revision: u64, object: Arc<Value>) -> Self {
+        Self {
+            event_type,
+            key,
+            revision,
+            object,
+            object_json: Arc::default(),
+        }
+    }
+
+    /// [`WatchEvent::object`] as JSON, encoded once for all the watchers this event is sent to.
+    pub fn object_json(&self) -> bytes::Bytes {
+        let encode = || {
+            bytes::Bytes::from(serde_json::to_vec(&*self.object).expect("JSON always serializes"))
+        };
+        self.object_json.get_or_init(encode).clone()
+    }
 }
 
 pub type WatchStream = Pin<Box<dyn Stream<Item = Result<WatchEvent>> + Send>>;

@@ -757,12 +757,7 @@ fn apply(
             (key, EventType::Deleted, object, None)
         }
     };
-    let event = WatchEvent {
-        event_type,
-        key: key.clone(),
-        revision,
-        object: Arc::new(object),
-    };
+    let event = WatchEvent::new(event_type, key.clone(), revision, Arc::new(object));
     Ok((event, bytes))
 }
 
@@ -883,12 +878,12 @@ fn decode_event(revision: u64, bytes: &[u8]) -> Result<WatchEvent> {
     let record: Record = serde_json::from_slice(bytes).map_err(backend)?;
     let key = ObjectKey::decode(&record.key)
         .ok_or_else(|| Error::Backend(format!("corrupt event key {:?}", record.key)))?;
-    Ok(WatchEvent {
-        event_type: record.event_type,
+    Ok(WatchEvent::new(
+        record.event_type,
         key,
         revision,
-        object: Arc::new(record.object),
-    })
+        Arc::new(record.object),
+    ))
 }
 
 fn backend(e: impl std::fmt::Display) -> Error {
@@ -1040,12 +1035,12 @@ mod tests {
 
     #[test]
     fn logged_event_keys_are_read_without_parsing_the_object() {
-        let event = WatchEvent {
-            event_type: EventType::Added,
-            key: ObjectKey::new("pods", "default", "web-1"),
-            revision: 7,
-            object: Arc::new(serde_json::json!({"metadata": {"name": "web-1"}, "a": "\"quoted\""})),
-        };
+        let event = WatchEvent::new(
+            EventType::Added,
+            ObjectKey::new("pods", "default", "web-1"),
+            7,
+            Arc::new(serde_json::json!({"metadata": {"name": "web-1"}, "a": "\"quoted\""})),
+        );
         let bytes = encode_event(&event);
         let object = serde_json::to_vec(&*event.object).unwrap();
         assert_eq!(

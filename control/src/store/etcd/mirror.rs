@@ -141,16 +141,16 @@ impl Mirror {
                     match decode(&self.layout, &entry, version) {
                         Ok((key, object)) => Some((
                             version,
-                            Prepared::Event(WatchEvent {
-                                event_type: if created {
+                            Prepared::Event(WatchEvent::new(
+                                if created {
                                     EventType::Added
                                 } else {
                                     EventType::Modified
                                 },
                                 key,
-                                revision: version,
-                                object: Arc::new(object),
-                            }),
+                                version,
+                                Arc::new(object),
+                            )),
                         )),
                         Err(why) => {
                             tracing::warn!(
@@ -199,12 +199,7 @@ impl Mirror {
                         // A deleted object carries the version of its deletion.
                         let mut object = (*object).clone();
                         stamp_revision(&mut object, version);
-                        WatchEvent {
-                            event_type: EventType::Deleted,
-                            key,
-                            revision: version,
-                            object: Arc::new(object),
-                        }
+                        WatchEvent::new(EventType::Deleted, key, version, Arc::new(object))
                     }
                 };
                 if state.events.len() == self.capacity {

@@ -1,8 +1,9 @@
 //! The endpoints controller: for each Service with a selector, the addresses of the pods it
 //! selects, written as an Endpoints object (same name as the Service; ready pods under
-//! `addresses`, others under `notReadyAddresses`) and one EndpointSlice (`<service>-<uid>`,
-//! with ready/serving/terminating conditions). Named target ports are resolved per pod through
-//! its containers' port names; a pod that lacks the name is left out of that port's subset.
+//! `addresses`, others under `notReadyAddresses`) and as EndpointSlices (at most 100
+//! endpoints each, with ready/serving/terminating conditions: [`slices`]). Named target ports
+//! are resolved per pod through its containers' port names; a pod that lacks the name is left
+//! out of that port's subset.
 //! The proxy routes to the ready addresses only, so a pod that turns unready or is being
 //! deleted gets no new requests.
 
@@ -11,16 +12,17 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::core::v1::{
     EndpointAddress, EndpointPort, EndpointSubset, Endpoints, ObjectReference, Pod, Service,
 };
-use k8s_openapi::api::discovery::v1::{
-    Endpoint, EndpointConditions, EndpointPort as SlicePort, EndpointSlice,
-};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions, EndpointSlice};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use super::pod_is_ready;
 use super::runtime::{all_in_namespace, Action, ObjectKey, Reconciler};
 use super::Error;
 use crate::client::{Client, DeleteParams, ListParams};
+
+mod slices;
+pub use slices::MAX_ENDPOINTS_PER_SLICE;
 
 /// The Service's own changes, and any pod change in its namespace, reconcile it; a deleted
 /// Service is reconciled by key to remove its Endpoints and slices.
@@ -177,77 +179,8 @@ async fn reconcile(client: Client, key: ObjectKey) -> Result<Action, Error> {
         })
         .collect();
     write_endpoints(&client, &endpoints_api, &service, subsets).await?;
-    write_slices(&client, &slices_api, &service, slices).await?;
+    slices::write_slices(&client, &slices_api, &service, slices).await?;
     Ok(Action::AwaitChange)
-}
-
-/// One EndpointSlice per port set: the first named `<service>-<uid prefix>`, any other
-/// `<service>-<uid prefix>-<port set hash>`; slices of the Service not wanted any more go.
-async fn write_slices(
-    client: &Client,
-    api: &crate::client::Api<EndpointSlice>,
-    service: &Service,
-    slices: BTreeMap<Vec<ResolvedPort>, Vec<Endpoint>>,
-) -> Result<(), Error> {
-    let service_name = service.metadata.name.clone().unwrap_or_default();
-    let uid = service.metadata.uid.clone().unwrap_or_default();
-    let base = format!("{service_name}-{}", &uid[..uid.len().min(5)]);
-    let mut wanted = Vec::new();
-    if slices.is_empty() {
-        wanted.push((base.clone(), Vec::new(), None));
-    }
-    for (i, (ports, mut endpoints)) in slices.into_iter().enumerate() {
-        endpoints.sort_by(|a, b| a.addresses.cmp(&b.addresses));
-        let name = match i {
-            0 => base.clone(),
-            _ => {
-                use std::hash::{Hash, Hasher};
-                let mut hasher = std::collections::hash_map::DefaultHasher::new();
-                ports.hash(&mut hasher);
-                format!("{base}-{:06x}", hasher.finish() & 0xff_ffff)
-            }
-        };
-        wanted.push((name, endpoints, Some(ports)));
-    }
-    let namespace = service.metadata.namespace.as_deref().unwrap_or_default();
-    let of_service = |slice: &EndpointSlice| {
-        slice.metadata.namespace.as_deref() == Some(namespace)
-            && (slice.metadata.labels.as_ref()).and_then(|l| l.get(SERVICE_NAME_LABEL))
-                == Some(&service_name)
-    };
-    let existing: Vec<String> = match client.cached::<EndpointSlice>(of_service) {
-        Some(cached) => cached
-            .iter()
-            .filter_map(|s| s.metadata.name.clone())
-            .collect(),
-        None => (api
-            .list(&ListParams::default().labels(&format!("{SERVICE_NAME_LABEL}={service_name}"))))
-        .await?
-        .items
-        .into_iter()
-        .filter_map(|s| s.metadata.name)
-        .collect(),
-    };
-    for name in existing {
-        if !wanted.iter().any(|(n, _, _)| *n == name) {
-            let _ = api.delete(&name, &DeleteParams::default()).await;
-        }
-    }
-    for (name, endpoints, ports) in wanted {
-        write_against_cache(client, api, namespace, &name, async |current| {
-            write_slice(
-                api,
-                service,
-                current,
-                &name,
-                endpoints.clone(),
-                ports.clone(),
-            )
-            .await
-        })
-        .await?;
-    }
-    Ok(())
 }
 
 /// The label naming an EndpointSlice's Service.
@@ -312,65 +245,6 @@ async fn write_endpoints(
         },
     )
     .await
-}
-
-async fn write_slice(
-    api: &crate::client::Api<EndpointSlice>,
-    service: &Service,
-    current: Option<EndpointSlice>,
-    name: &str,
-    endpoints: Vec<Endpoint>,
-    ports: Option<Vec<ResolvedPort>>,
-) -> Result<(), crate::client::Error> {
-    let service_name = service.metadata.name.clone().unwrap_or_default();
-    let uid = service.metadata.uid.clone().unwrap_or_default();
-    let ports = ports.map(|ports| {
-        ports
-            .into_iter()
-            .map(|(name, port, protocol)| SlicePort {
-                name,
-                port: Some(port),
-                protocol: Some(protocol),
-                app_protocol: None,
-            })
-            .collect()
-    });
-    match current {
-        Some(current) if current.endpoints == endpoints && current.ports == ports => Ok(()),
-        Some(mut current) => {
-            current.endpoints = endpoints;
-            current.ports = ports;
-            api.replace(name, &current).await.map(drop)
-        }
-        None => {
-            let slice = EndpointSlice {
-                metadata: ObjectMeta {
-                    name: Some(name.to_string()),
-                    namespace: service.metadata.namespace.clone(),
-                    labels: Some(BTreeMap::from([
-                        (SERVICE_NAME_LABEL.to_string(), service_name.clone()),
-                        (
-                            "endpointslice.kubernetes.io/managed-by".to_string(),
-                            "endpointslice-controller.k8s.io".to_string(),
-                        ),
-                    ])),
-                    owner_references: Some(vec![OwnerReference {
-                        api_version: "v1".into(),
-                        kind: "Service".into(),
-                        name: service_name,
-                        uid,
-                        controller: Some(true),
-                        block_owner_deletion: Some(true),
-                    }]),
-                    ..Default::default()
-                },
-                address_type: "IPv4".into(),
-                endpoints,
-                ports,
-            };
-            api.create(&slice).await.map(drop)
-        }
-    }
 }
 
 #[cfg(test)]
