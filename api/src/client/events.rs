@@ -1,6 +1,13 @@
 //! Recording Events: what the scheduler, controllers and agents did to an object, as
 //! `kubectl describe` and `kubectl get events` show it. Recording is best effort: a failure to
 //! record is logged, never returned.
+//!
+//! Like client-go's recorder, each recorder drops what is spam ([`SpamFilter`]): a source may
+//! record 25 events about one object at once, then one more every 5 minutes.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::{Event, EventSource, ObjectReference};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
@@ -14,6 +21,49 @@ pub struct Recorder {
     client: Client,
     component: String,
     host: Option<String>,
+    spam: Arc<SpamFilter>,
+}
+
+/// client-go's `EventSourceObjectSpamFilter`: a token bucket per object a recorder reports on,
+/// [`SpamFilter::BURST`] events at once and one more every [`SpamFilter::REFILL`]; events
+/// beyond it are dropped. A ReplicaSet creating a thousand pods records 25 `SuccessfulCreate`
+/// events, not a thousand writes beside the thousand pods (each pod's own events are about
+/// the pod, and pass).
+#[derive(Default)]
+pub struct SpamFilter {
+    /// Object key -> (tokens, when counted).
+    buckets: Mutex<HashMap<String, (f64, Instant)>>,
+}
+
+impl SpamFilter {
+    pub const BURST: f64 = 25.0;
+    pub const REFILL: Duration = Duration::from_secs(300);
+    /// How many objects are tracked at most (client-go keeps an LRU of 4,096).
+    const TRACKED: usize = 4096;
+
+    /// Whether one more event about `object` may be recorded now.
+    pub fn allows(&self, object: &str, now: Instant) -> bool {
+        let refilled = |(tokens, at): (f64, Instant)| {
+            let earned =
+                now.saturating_duration_since(at).as_secs_f64() / Self::REFILL.as_secs_f64();
+            (tokens + earned).min(Self::BURST)
+        };
+        let mut buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
+        if buckets.len() >= Self::TRACKED && !buckets.contains_key(object) {
+            // A full bucket is what an untracked object gets: forget those first.
+            buckets.retain(|_, bucket| refilled(*bucket) < Self::BURST);
+            if buckets.len() >= Self::TRACKED {
+                buckets.clear();
+            }
+        }
+        let bucket = buckets
+            .entry(object.to_string())
+            .or_insert((Self::BURST, now));
+        let tokens = refilled(*bucket);
+        let allowed = tokens >= 1.0;
+        *bucket = (if allowed { tokens - 1.0 } else { tokens }, now);
+        allowed
+    }
 }
 
 impl Recorder {
@@ -23,6 +73,7 @@ impl Recorder {
             client,
             component: component.into(),
             host: host.map(str::to_string),
+            spam: Arc::default(),
         }
     }
 
@@ -49,6 +100,16 @@ impl Recorder {
         let meta = object.metadata();
         let namespace = meta.namespace.clone().unwrap_or_else(|| "default".into());
         let name = meta.name.clone().unwrap_or_default();
+        let object_key = format!(
+            "{}/{}/{namespace}/{name}/{}",
+            K::API_VERSION,
+            K::KIND,
+            meta.uid.as_deref().unwrap_or_default()
+        );
+        if !self.spam.allows(&object_key, Instant::now()) {
+            tracing::debug!("dropping event {reason} for {}/{name}: spam", K::KIND);
+            return;
+        }
         let now = chrono::Utc::now();
         let event = Event {
             metadata: ObjectMeta {
@@ -91,5 +152,37 @@ impl Recorder {
         {
             tracing::debug!("recording event {reason} for {}/{name}: {e}", K::KIND);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_object_gets_25_events_at_once_then_one_per_5_minutes() {
+        let filter = SpamFilter::default();
+        let start = Instant::now();
+        let allowed = (0..100).filter(|_| filter.allows("rs/web", start)).count();
+        assert_eq!(allowed, 25);
+        assert!(
+            filter.allows("rs/other", start),
+            "each object has its own bucket"
+        );
+        assert!(!filter.allows("rs/web", start + Duration::from_secs(299)));
+        let later = start + Duration::from_secs(600);
+        let allowed = (0..10).filter(|_| filter.allows("rs/web", later)).count();
+        assert_eq!(allowed, 2, "two refilled in 10 minutes");
+    }
+
+    #[test]
+    fn tracking_stays_bounded() {
+        let filter = SpamFilter::default();
+        let now = Instant::now();
+        for i in 0..10_000 {
+            assert!(filter.allows(&format!("pod/{i}"), now));
+        }
+        let tracked = filter.buckets.lock().unwrap().len();
+        assert!(tracked <= SpamFilter::TRACKED, "{tracked} tracked");
     }
 }
