@@ -185,6 +185,20 @@ mod tests {
         )
     }
 
+    /// Every watcher of the feed gets the same event, whose object is encoded once.
+    #[tokio::test]
+    async fn watchers_of_one_event_share_its_encoding() {
+        let feeds = LiveFeeds::default();
+        let (mut first, mut second) = (feeds.subscribe("pods"), feeds.subscribe("pods"));
+        let mut published = event("pods", 3);
+        published.object = Arc::new(serde_json::json!({"metadata": {"name": "o3"}}));
+        feeds.publish(&published);
+        let (a, b) = (first.recv().await.unwrap(), second.recv().await.unwrap());
+        let (a, b) = (a.object_json(), b.object_json());
+        assert_eq!(&a[..], br#"{"metadata":{"name":"o3"}}"#);
+        assert_eq!(a.as_ptr(), b.as_ptr(), "one encoding, shared");
+    }
+
     #[tokio::test]
     async fn an_idle_watch_gets_bookmarks_at_the_revision_everything_before_was_sent() {
         let feeds = LiveFeeds::default();

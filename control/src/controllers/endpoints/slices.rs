@@ -151,8 +151,8 @@ pub(super) async fn write_slices(
         .collect();
 
     // A Service with no endpoints keeps one empty slice (no ports).
-    let mut wanted: Vec<(Ports, Vec<Endpoint>)> = (wanted.iter())
-        .map(|(ports, endpoints)| (slice_ports(Some(ports)), endpoints.clone()))
+    let mut wanted: Vec<(Ports, Vec<Endpoint>)> = (wanted.into_iter())
+        .map(|(ports, endpoints)| (slice_ports(Some(&ports)), endpoints))
         .collect();
     if wanted.is_empty() {
         wanted.push((None, Vec::new()));
