@@ -22,7 +22,6 @@ use super::Error;
 use crate::client::{Client, DeleteParams, ListParams};
 
 mod slices;
-pub use slices::MAX_ENDPOINTS_PER_SLICE;
 
 /// The Service's own changes, and any pod change in its namespace, reconcile it; a deleted
 /// Service is reconciled by key to remove its Endpoints and slices.

@@ -24,7 +24,7 @@ use crate::controllers::Error;
 
 /// How many endpoints one slice holds at most (kube-controller-manager's
 /// `--max-endpoints-per-slice` default).
-pub const MAX_ENDPOINTS_PER_SLICE: usize = 100;
+const MAX_ENDPOINTS_PER_SLICE: usize = 100;
 
 /// What identifies an endpoint across reconciles: its addresses and the pod behind them.
 type EndpointKey = (Vec<String>, Option<String>);
@@ -176,7 +176,7 @@ pub(super) async fn write_slices(
         for slice in place(existing, endpoints, MAX_ENDPOINTS_PER_SLICE) {
             match slice.name {
                 Some(name) if slice.endpoints.is_empty() && !keep_one_empty => unwanted.push(name),
-                name if slice.changed || name.is_none() => {
+                name if slice.changed => {
                     keep_one_empty = false;
                     writes.push((name, ports.clone(), slice.endpoints));
                 }
@@ -353,7 +353,7 @@ mod tests {
     }
 
     #[test]
-    fn new_endpoints_fill_the_slice_being_written_then_others_with_room_then_new_ones() {
+    fn new_endpoints_fill_slices_being_written_then_new_ones_then_the_slice_they_fill_most() {
         let existing = vec![
             ("a".to_string(), endpoints(0..100, true)),
             ("b".to_string(), endpoints(100..190, true)),
