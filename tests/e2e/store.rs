@@ -8,9 +8,10 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use serde_json::{json, Value};
+use shoal_control::store::admission::Lister;
 use shoal_control::store::{
-    revision_of, Error, EtcdOptions, EtcdStore, EventType, Guard, ObjectKey, Page, PageRequest,
-    ReadAt, RedbStore, Store,
+    revision_of, Admission, AdmittedCreate, Error, EtcdOptions, EtcdStore, EventType, Guard,
+    GuardScope, Guarded, NotCreated, ObjectKey, Page, PageRequest, ReadAt, RedbStore, Store,
 };
 use shoal_tests::etcd::{etcd_available, EtcdCluster};
 
@@ -385,9 +386,107 @@ async fn guarded_creates(store: &dyn Store) {
     );
 }
 
+/// A counting admission for the conformance suite: each create takes one slot of every
+/// guard's `spec.slots`, counted in `status.taken` (counted from the configmaps listed when a
+/// guard has no count yet, as a quota counts itself).
+struct OneSlot;
+
+impl Admission for OneSlot {
+    fn admit(&self, guards: &mut [Guarded], list: &mut Lister<'_>) -> Result<(), String> {
+        let mut next = Vec::new();
+        for guard in guards.iter() {
+            let taken = match guard.object["status"]["taken"].as_u64() {
+                Some(taken) => taken,
+                None => list("configmaps", "adm").len() as u64,
+            };
+            let slots = guard.object["spec"]["slots"].as_u64().unwrap_or(0);
+            if taken >= slots {
+                return Err(format!("no slot left: {taken} of {slots} taken"));
+            }
+            next.push(taken + 1);
+        }
+        for (guard, taken) in guards.iter_mut().zip(next) {
+            guard.object["status"] = json!({"taken": taken});
+            guard.changed = true;
+        }
+        Ok(())
+    }
+}
+
+fn admitted(name: &str) -> AdmittedCreate {
+    AdmittedCreate {
+        key: key("adm", name),
+        object: config_map("adm", name, 0),
+        admission: Box::new(OneSlot),
+    }
+}
+
+/// Admitted creates (quota admission): a guard not counted yet counts what exists; creates
+/// judged together or concurrently never take more slots than there are; a refused create
+/// or a taken name changes nothing; the guards end at what was admitted.
+async fn admitted_creates(store: Arc<dyn Store>) {
+    let scope = GuardScope::new("resourcequotas", "adm");
+    let guard = ObjectKey::new("resourcequotas", "adm", "slots");
+    store
+        .create(key("adm", "before"), config_map("adm", "before", 0))
+        .await
+        .unwrap();
+    store
+        .create(
+            guard.clone(),
+            json!({"metadata": {"name": "slots", "namespace": "adm"}, "spec": {"slots": 6}}),
+        )
+        .await
+        .unwrap();
+    // One call: the existing map is counted first, a taken name is refused uncharged.
+    let outcomes = store
+        .create_admitted(
+            &scope,
+            vec![admitted("a1"), admitted("before"), admitted("a2")],
+        )
+        .await
+        .unwrap();
+    assert!(outcomes[0].is_ok(), "{:?}", outcomes[0]);
+    assert!(
+        matches!(outcomes[1], Err(NotCreated::Store(Error::AlreadyExists(_)))),
+        "{:?}",
+        outcomes[1]
+    );
+    assert!(outcomes[2].is_ok(), "{:?}", outcomes[2]);
+    let taken = || store.get(&guard).unwrap().unwrap()["status"]["taken"].clone();
+    assert_eq!(taken(), 3, "the existing map and the two admitted");
+    // Ten concurrent creates for the three slots left.
+    let racing = (0..10).map(|i| {
+        let store = store.clone();
+        let scope = scope.clone();
+        async move {
+            let mut outcomes = store
+                .create_admitted(&scope, vec![admitted(&format!("r{i}"))])
+                .await
+                .unwrap();
+            outcomes.pop().unwrap()
+        }
+    });
+    let outcomes = futures::future::join_all(racing).await;
+    let created = outcomes.iter().filter(|outcome| outcome.is_ok()).count();
+    assert_eq!(created, 3, "{outcomes:?}");
+    for refused in outcomes.iter().filter_map(|outcome| outcome.as_ref().err()) {
+        assert!(
+            matches!(refused, NotCreated::Refused(why) if why == "no slot left: 6 of 6 taken"),
+            "{refused:?}"
+        );
+    }
+    assert_eq!(taken(), 6);
+    assert_eq!(
+        store.list("configmaps", Some("adm")).unwrap().objects.len(),
+        6
+    );
+}
+
 async fn conformance(store: Arc<dyn Store>) -> u64 {
     compare_and_swap(store.as_ref()).await;
     guarded_creates(store.as_ref()).await;
+    admitted_creates(store.clone()).await;
     lists_and_watches_at_revisions(store.as_ref()).await;
     concurrent_read_modify_write(store.clone()).await;
     blobs_round_trip(store.as_ref()).await;

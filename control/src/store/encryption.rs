@@ -19,9 +19,10 @@ use futures::StreamExt;
 use rand::RngCore;
 use serde_json::{json, Value};
 
+use super::admission::Lister;
 use super::{
-    revision_of, stamp_revision, Error, EventType, Guard, Listing, ObjectKey, Page, PageRequest,
-    Result, Store, WatchStream,
+    revision_of, stamp_revision, Admission, AdmittedCreate, Error, EventType, Guard, GuardScope,
+    Guarded, Listing, NotCreated, ObjectKey, Page, PageRequest, Result, Store, WatchStream,
 };
 
 const ENVELOPE_FIELD: &str = "k8s:enc";
@@ -368,6 +369,69 @@ fn key_of(resource: &str, object: &Value) -> ObjectKey {
     )
 }
 
+/// An admission judging in the inner store's commit, which holds objects sealed: it sees
+/// the guards and the objects it counts opened, and the guards it charged are sealed again.
+struct Unsealed {
+    config: Arc<EncryptionConfig>,
+    scope: GuardScope,
+    admission: Box<dyn Admission>,
+}
+
+impl Admission for Unsealed {
+    fn admit(&self, guards: &mut [Guarded], list: &mut Lister<'_>) -> Result<(), String> {
+        let resource = self.scope.resource.as_str();
+        if self.config.providers(resource).is_none() {
+            return self
+                .admission
+                .admit(guards, &mut |r, ns| self.opened(r, list(r, ns)));
+        }
+        let mut opened = Vec::with_capacity(guards.len());
+        for guard in guards.iter() {
+            let key = key_of(resource, &guard.object);
+            let object =
+                open(&self.config, &key, guard.object.clone()).map_err(|e| e.to_string())?;
+            opened.push(Guarded {
+                object,
+                changed: false,
+            });
+        }
+        self.admission
+            .admit(&mut opened, &mut |r, ns| self.opened(r, list(r, ns)))?;
+        // Sealed before any is replaced: a refusal changes nothing.
+        let mut resealed = Vec::new();
+        for (at, charged) in opened.into_iter().enumerate() {
+            if charged.changed {
+                let key = key_of(resource, &guards[at].object);
+                let mut sealed =
+                    seal(&self.config, &key, charged.object).map_err(|e| e.to_string())?;
+                // The envelope keeps the revision the guard was read at (its precondition).
+                if let Some(revision) = revision_of(&guards[at].object) {
+                    stamp_revision(&mut sealed, revision);
+                }
+                resealed.push((at, sealed));
+            }
+        }
+        for (at, sealed) in resealed {
+            guards[at].object = sealed;
+            guards[at].changed = true;
+        }
+        Ok(())
+    }
+}
+
+impl Unsealed {
+    /// Listed objects of `resource`, opened; one that does not open is left out of the count.
+    fn opened(&self, resource: &str, listed: Vec<Value>) -> Vec<Value> {
+        if self.config.providers(resource).is_none() {
+            return listed;
+        }
+        listed
+            .into_iter()
+            .filter_map(|stored| open(&self.config, &key_of(resource, &stored), stored).ok())
+            .collect()
+    }
+}
+
 #[async_trait::async_trait]
 impl Store for EncryptedStore {
     async fn create(&self, key: ObjectKey, object: Value) -> Result<Value> {
@@ -417,6 +481,38 @@ impl Store for EncryptedStore {
             .zip(keys)
             .map(|(stored, key)| stored.and_then(|stored| open(&self.config, &key, stored)))
             .collect())
+    }
+
+    async fn create_admitted(
+        &self,
+        scope: &GuardScope,
+        creates: Vec<AdmittedCreate>,
+    ) -> Result<Vec<Result<Value, NotCreated>>> {
+        let keys: Vec<ObjectKey> = creates.iter().map(|create| create.key.clone()).collect();
+        let sealed = creates
+            .into_iter()
+            .map(|create| {
+                Ok(AdmittedCreate {
+                    object: seal(&self.config, &create.key, create.object)?,
+                    admission: Box::new(Unsealed {
+                        config: self.config.clone(),
+                        scope: scope.clone(),
+                        admission: create.admission,
+                    }),
+                    key: create.key,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let stored = self.inner.create_admitted(scope, sealed).await?;
+        Ok(stored
+            .into_iter()
+            .zip(keys)
+            .map(|(stored, key)| Ok(open(&self.config, &key, stored?)?))
+            .collect())
+    }
+
+    fn admits_in_commit(&self) -> bool {
+        self.inner.admits_in_commit()
     }
 
     fn get(&self, key: &ObjectKey) -> Result<Option<Value>> {

@@ -6,6 +6,7 @@
 //! a given revision. The store knows nothing of Kubernetes semantics beyond
 //! `metadata.resourceVersion`: defaulting, validation and selectors live in `api` and `server`.
 
+pub mod admission;
 pub mod encryption;
 pub mod etcd;
 mod feeds;
@@ -18,6 +19,7 @@ use std::sync::Arc;
 use futures::Stream;
 use serde_json::Value;
 
+pub use admission::{Admission, AdmittedCreate, GuardScope, Guarded, NotCreated};
 pub use etcd::{EtcdOptions, EtcdStore};
 pub use paging::{Page, PageRequest, ReadAt};
 pub use redb_store::{RedbStore, Released, DEFAULT_EVENT_LOG_LEN};
@@ -190,6 +192,24 @@ pub trait Store: Send + Sync + 'static {
             .into_iter()
             .map(|(key, object)| self.create(key, object));
         Ok(futures::future::join_all(creates).await)
+    }
+    /// Creates each of `creates` that its admission admits, judged in order against the
+    /// objects of `scope` as they stand when it commits (with the charges of the creates
+    /// before it), and writes the guards an admission changed in the same commit
+    /// ([`admission`]). Each create succeeds or fails on its own. This default judges
+    /// outside the commit and writes under compare-and-swap, retrying when a guard moved.
+    async fn create_admitted(
+        &self,
+        scope: &GuardScope,
+        creates: Vec<AdmittedCreate>,
+    ) -> Result<Vec<Result<Value, NotCreated>>> {
+        admission::create_admitted_optimistically(self, scope, creates).await
+    }
+    /// Whether [`Store::create_admitted`] judges inside the backend's serial commits, so
+    /// concurrent calls never conflict and callers gain nothing by batching them (redb);
+    /// otherwise concurrent calls race on the guards' revisions, and callers should batch.
+    fn admits_in_commit(&self) -> bool {
+        false
     }
     fn get(&self, key: &ObjectKey) -> Result<Option<Value>>;
     /// Every object of `resource` (in `namespace`, if given) as this server has them now.

@@ -19,8 +19,8 @@ use tokio::sync::{mpsc, oneshot};
 use super::feeds::{self, LiveFeeds};
 use super::paging::{self, Page, PageRequest, ReadAt};
 use super::{
-    key_prefix, revision_of, stamp_revision, Error, EventType, Guard, Listing, ObjectKey, Result,
-    Store, WatchEvent, WatchStream,
+    key_prefix, revision_of, stamp_revision, Admission, AdmittedCreate, Error, EventType, Guard,
+    GuardScope, Guarded, Listing, NotCreated, ObjectKey, Result, Store, WatchEvent, WatchStream,
 };
 
 const OBJECTS: TableDefinition<&str, &[u8]> = TableDefinition::new("objects");
@@ -58,6 +58,14 @@ enum Op {
     },
 }
 
+impl Op {
+    fn key(&self) -> &ObjectKey {
+        match self {
+            Op::Create { key, .. } | Op::Update { key, .. } | Op::Delete { key, .. } => key,
+        }
+    }
+}
+
 enum PendingWrite {
     One {
         op: Op,
@@ -70,18 +78,57 @@ enum PendingWrite {
         creates: Vec<Op>,
         reply: oneshot::Sender<Result<Vec<Result<Arc<Value>>>>>,
     },
+    /// [`Store::create_admitted`]: creates, each judged by its admission in the commit.
+    Admitted {
+        scope: GuardScope,
+        creates: Vec<(Op, Box<dyn Admission>)>,
+        reply: oneshot::Sender<Result<Vec<AdmittedOutcome>>>,
+    },
 }
 
-/// What one pending write did in a commit: its events are published and its answer sent
-/// once the commit is durable. The answer is the event's object, shared: the writer is one
-/// thread that every write passes through, so the copy a caller keeps is made by the caller.
+/// What one pending write did in a commit, sent once the commit is durable. The objects are
+/// the events', shared: the writer is one thread that every write passes through, so the
+/// copy a caller keeps is made by the caller.
 enum Outcome {
-    One(Result<WatchEvent>),
-    /// The guards' events, then each create's outcome.
-    Guarded(Result<GuardedOutcome>),
+    One(Result<Arc<Value>>),
+    /// Each create's outcome, or why the guards did not hold.
+    Guarded(Result<Vec<Result<Arc<Value>>>>),
+    Admitted(Vec<AdmittedOutcome>),
 }
 
-type GuardedOutcome = (Vec<WatchEvent>, Vec<Result<WatchEvent>>);
+type AdmittedOutcome = Result<Arc<Value>, NotCreated>;
+
+impl PendingWrite {
+    /// Sends the write its outcome (`commit` gives each write one of its kind).
+    fn answer(self, outcome: Outcome) {
+        match (self, outcome) {
+            (PendingWrite::One { reply, .. }, Outcome::One(outcome)) => {
+                let _ = reply.send(outcome);
+            }
+            (PendingWrite::Guarded { reply, .. }, Outcome::Guarded(outcome)) => {
+                let _ = reply.send(outcome);
+            }
+            (PendingWrite::Admitted { reply, .. }, Outcome::Admitted(outcome)) => {
+                let _ = reply.send(Ok(outcome));
+            }
+            (pending, _) => pending.fail(Error::Backend("mismatched write outcome".into())),
+        }
+    }
+
+    fn fail(self, error: Error) {
+        match self {
+            PendingWrite::One { reply, .. } => {
+                let _ = reply.send(Err(error));
+            }
+            PendingWrite::Guarded { reply, .. } => {
+                let _ = reply.send(Err(error));
+            }
+            PendingWrite::Admitted { reply, .. } => {
+                let _ = reply.send(Err(error));
+            }
+        }
+    }
+}
 
 pub struct RedbStore {
     db: Arc<OpenDatabase>,
@@ -428,6 +475,40 @@ impl Store for RedbStore {
             .collect())
     }
 
+    async fn create_admitted(
+        &self,
+        scope: &GuardScope,
+        creates: Vec<AdmittedCreate>,
+    ) -> Result<Vec<Result<Value, NotCreated>>> {
+        let creates = creates
+            .into_iter()
+            .map(|create| {
+                let op = Op::Create {
+                    key: create.key,
+                    object: create.object,
+                };
+                (op, create.admission)
+            })
+            .collect();
+        let (reply, answer) = oneshot::channel();
+        self.send(PendingWrite::Admitted {
+            scope: scope.clone(),
+            creates,
+            reply,
+        })?;
+        let written = answer
+            .await
+            .map_err(|_| Error::Backend("the store writer has stopped".into()))??;
+        Ok(written
+            .into_iter()
+            .map(|create| create.map(Arc::unwrap_or_clone))
+            .collect())
+    }
+
+    fn admits_in_commit(&self) -> bool {
+        true
+    }
+
     fn get(&self, key: &ObjectKey) -> Result<Option<Value>> {
         let txn = self.db.begin_read().map_err(backend)?;
         let objects = txn.open_table(OBJECTS).map_err(backend)?;
@@ -447,16 +528,8 @@ impl Store for RedbStore {
             .map(|v| v.value())
             .unwrap_or(0);
         let objects = txn.open_table(OBJECTS).map_err(backend)?;
-        let mut found = Vec::new();
-        for entry in objects.range(prefix.as_str()..).map_err(backend)? {
-            let (key, bytes) = entry.map_err(backend)?;
-            if !key.value().starts_with(&prefix) {
-                break;
-            }
-            found.push(serde_json::from_slice(bytes.value()).map_err(backend)?);
-        }
         Ok(Listing {
-            objects: found,
+            objects: decode_under(&objects, &prefix)?,
             revision,
         })
     }
@@ -580,134 +653,240 @@ impl Writer {
             commits += 1;
             let compact = commits.is_multiple_of(64);
             match self.commit(&mut batch, compact) {
-                Ok(outcomes) => {
+                Ok((outcomes, events)) => {
+                    // Every event is published, in revision order, before any write is
+                    // answered: a client that reads after its answer watches from there.
+                    events.iter().for_each(|event| self.live.publish(event));
                     for (pending, outcome) in batch.into_iter().zip(outcomes) {
-                        self.answer(pending, outcome);
+                        pending.answer(outcome);
                     }
                 }
                 Err(e) => {
                     tracing::error!("store commit failed: {e}");
-                    let failed = || Error::Backend(format!("commit failed: {e}"));
                     for pending in batch {
-                        match pending {
-                            PendingWrite::One { reply, .. } => {
-                                let _ = reply.send(Err(failed()));
-                            }
-                            PendingWrite::Guarded { reply, .. } => {
-                                let _ = reply.send(Err(failed()));
-                            }
-                        }
+                        pending.fail(Error::Backend(format!("commit failed: {e}")));
                     }
                 }
-            }
-        }
-    }
-
-    /// Publishes what a committed write did and answers it.
-    fn answer(&self, pending: PendingWrite, outcome: Outcome) {
-        let publish = |outcome: Result<WatchEvent>| {
-            outcome.map(|event| {
-                self.live.publish(&event);
-                event.object
-            })
-        };
-        match (pending, outcome) {
-            (PendingWrite::One { reply, .. }, Outcome::One(outcome)) => {
-                let _ = reply.send(publish(outcome));
-            }
-            (PendingWrite::Guarded { reply, .. }, Outcome::Guarded(outcome)) => {
-                let answer = outcome.map(|(guards, creates)| {
-                    guards.iter().for_each(|event| self.live.publish(event));
-                    creates.into_iter().map(publish).collect()
-                });
-                let _ = reply.send(answer);
-            }
-            // `commit` answers each write in kind.
-            (PendingWrite::One { reply, .. }, Outcome::Guarded(_)) => {
-                let _ = reply.send(Err(Error::Backend("mismatched write outcome".into())));
-            }
-            (PendingWrite::Guarded { reply, .. }, Outcome::One(_)) => {
-                let _ = reply.send(Err(Error::Backend("mismatched write outcome".into())));
             }
         }
     }
 
     /// Applies a batch in one durable transaction. Each write succeeds or fails on its own
     /// (a conflict fails that write only; a guarded write's guards fail it whole); the whole
-    /// batch is acknowledged after the commit.
-    fn commit(&self, batch: &mut [PendingWrite], compact: bool) -> Result<Vec<Outcome>> {
+    /// batch is acknowledged after the commit. Returns each write's outcome and the events
+    /// of the commit in revision order.
+    fn commit(
+        &self,
+        batch: &mut [PendingWrite],
+        compact: bool,
+    ) -> Result<(Vec<Outcome>, Vec<WatchEvent>)> {
         let txn = self.db.begin_write().map_err(backend)?;
         let mut outcomes = Vec::with_capacity(batch.len());
-        {
-            let mut objects = txn.open_table(OBJECTS).map_err(backend)?;
-            let mut events = txn.open_table(EVENTS).map_err(backend)?;
+        let events = {
             let mut meta = txn.open_table(META).map_err(backend)?;
-            let mut revision = meta
+            let revision = meta
                 .get(META_REVISION)
                 .map_err(backend)?
                 .map(|v| v.value())
                 .unwrap_or(0);
-            let mut apply_logged =
-                |objects: &mut ObjectTable<'_>, op: &mut Op| match apply(objects, op, revision + 1)
-                {
-                    Ok((event, bytes)) => {
-                        revision = event.revision;
-                        let logged = match bytes {
-                            Some(bytes) => encode_event_with(&event, &bytes),
-                            None => encode_event(&event),
-                        };
-                        events
-                            .insert(revision, logged.as_slice())
-                            .map_err(backend)?;
-                        Ok(Ok(event))
-                    }
-                    Err(e) => Ok(Err(e)),
-                };
+            let mut commit = Commit {
+                objects: txn.open_table(OBJECTS).map_err(backend)?,
+                log: txn.open_table(EVENTS).map_err(backend)?,
+                revision,
+                events: Vec::with_capacity(batch.len()),
+                guards: Vec::new(),
+            };
             for pending in batch.iter_mut() {
-                let outcome = match pending {
-                    PendingWrite::One { op, .. } => Outcome::One(apply_logged(&mut objects, op)?),
-                    PendingWrite::Guarded {
-                        guards, creates, ..
-                    } => {
-                        // Every guard is checked before anything is written, so a guarded
-                        // write that fails leaves nothing behind.
-                        let held = guards.iter().try_for_each(|guard| match guard {
-                            Op::Update {
-                                key, precondition, ..
-                            } => check_exists_at(&objects, key, *precondition),
-                            _ => Ok(()),
-                        });
-                        match held {
-                            Err(e) => Outcome::Guarded(Err(e)),
-                            Ok(()) => {
-                                let mut guard_events = Vec::with_capacity(guards.len());
-                                for guard in guards {
-                                    // Checked above: a failure now is the backend's, and
-                                    // fails the whole commit rather than half the write.
-                                    guard_events.push(apply_logged(&mut objects, guard)??);
-                                }
-                                let mut applied = Vec::with_capacity(creates.len());
-                                for create in creates {
-                                    applied.push(apply_logged(&mut objects, create)?);
-                                }
-                                Outcome::Guarded(Ok((guard_events, applied)))
-                            }
-                        }
-                    }
-                };
-                outcomes.push(outcome);
+                outcomes.push(commit.write(pending)?);
             }
+            let (revision, events) = commit.finish()?;
             meta.insert(META_REVISION, revision).map_err(backend)?;
             if compact && revision > self.log_len {
                 let floor = revision - self.log_len;
-                events.retain_in(..floor, |_, _| false).map_err(backend)?;
+                let mut log = txn.open_table(EVENTS).map_err(backend)?;
+                log.retain_in(..floor, |_, _| false).map_err(backend)?;
                 meta.insert(META_OLDEST, floor).map_err(backend)?;
             }
             self.revision.store(revision, Ordering::Release);
-        }
+            events
+        };
         txn.commit().map_err(backend)?;
-        Ok(outcomes)
+        Ok((outcomes, events))
     }
+}
+
+/// One commit being written: its tables, the revision reached, its events in order, and the
+/// guard scopes its admitted creates have read ([`Commit::admit`]).
+struct Commit<'t> {
+    objects: ObjectTable<'t>,
+    log: redb::Table<'t, u64, &'static [u8]>,
+    revision: u64,
+    events: Vec<WatchEvent>,
+    /// Each scope's objects as read in this commit and charged since. They are written
+    /// before any other write touches the scope (which then sees them as stored, and the
+    /// next admission reads them again), else at the end: a namespace's quotas are written
+    /// once per commit, not once per create.
+    guards: Vec<(GuardScope, Vec<Guarded>)>,
+}
+
+impl Commit<'_> {
+    fn write(&mut self, pending: &mut PendingWrite) -> Result<Outcome> {
+        Ok(match pending {
+            PendingWrite::One { op, .. } => Outcome::One(self.apply(op)?),
+            PendingWrite::Guarded {
+                guards, creates, ..
+            } => {
+                // Every guard is checked before anything is written, so a guarded write
+                // that fails leaves nothing behind.
+                let held = guards.iter().try_for_each(|guard| match guard {
+                    Op::Update {
+                        key, precondition, ..
+                    } => check_exists_at(&self.objects, key, *precondition),
+                    _ => Ok(()),
+                });
+                match held {
+                    Err(e) => Outcome::Guarded(Err(e)),
+                    Ok(()) => {
+                        for guard in guards {
+                            // Checked above: a failure now is the backend's, and fails the
+                            // whole commit rather than half the write.
+                            self.apply(guard)??;
+                        }
+                        let mut applied = Vec::with_capacity(creates.len());
+                        for create in creates {
+                            applied.push(self.apply(create)?);
+                        }
+                        Outcome::Guarded(Ok(applied))
+                    }
+                }
+            }
+            PendingWrite::Admitted { scope, creates, .. } => {
+                let mut admitted = Vec::with_capacity(creates.len());
+                for (create, admission) in creates {
+                    admitted.push(self.admit(scope, create, admission.as_ref())?);
+                }
+                Outcome::Admitted(admitted)
+            }
+        })
+    }
+
+    /// Applies one write and logs its event; returns the object as stored.
+    fn apply(&mut self, op: &mut Op) -> Result<Result<Arc<Value>>> {
+        self.settle_guards_of(op.key())?;
+        let (event, bytes) = match apply(&mut self.objects, op, self.revision + 1) {
+            Ok(applied) => applied,
+            Err(e) => return Ok(Err(e)),
+        };
+        self.revision = event.revision;
+        let logged = match bytes {
+            Some(bytes) => encode_event_with(&event, &bytes),
+            None => encode_event(&event),
+        };
+        self.log
+            .insert(self.revision, logged.as_slice())
+            .map_err(backend)?;
+        let stored = event.object.clone();
+        self.events.push(event);
+        Ok(Ok(stored))
+    }
+
+    /// Judges `create` by `admission` against its scope's objects as this commit has them,
+    /// and applies it if admitted.
+    fn admit(
+        &mut self,
+        scope: &GuardScope,
+        create: &mut Op,
+        admission: &dyn Admission,
+    ) -> Result<AdmittedOutcome> {
+        let key = create.key();
+        let taken = self
+            .objects
+            .get(key.encode().as_str())
+            .map_err(backend)?
+            .is_some();
+        if taken {
+            return Ok(Err(Error::AlreadyExists(key.clone()).into()));
+        }
+        let at = match self.guards.iter().position(|(read, _)| read == scope) {
+            Some(at) => at,
+            None => {
+                let guards = decode_under(
+                    &self.objects,
+                    &key_prefix(&scope.resource, Some(&scope.namespace)),
+                )?
+                .into_iter()
+                .map(|object| Guarded {
+                    object,
+                    changed: false,
+                })
+                .collect();
+                self.guards.push((scope.clone(), guards));
+                self.guards.len() - 1
+            }
+        };
+        let mut guards = std::mem::take(&mut self.guards[at].1);
+        let objects = &self.objects;
+        // A read that fails counts nothing, as a recount over a failed list does.
+        let mut list = |resource: &str, namespace: &str| {
+            decode_under(objects, &key_prefix(resource, Some(namespace))).unwrap_or_default()
+        };
+        let verdict = admission.admit(&mut guards, &mut list);
+        self.guards[at].1 = guards;
+        match verdict {
+            Err(why) => Ok(Err(NotCreated::Refused(why))),
+            Ok(()) => Ok(self.apply(create)?.map_err(NotCreated::from)),
+        }
+    }
+
+    /// Writes what admissions changed in the scope holding `key`, if this commit read it, and
+    /// forgets the scope.
+    fn settle_guards_of(&mut self, key: &ObjectKey) -> Result<()> {
+        match self.guards.iter().position(|(scope, _)| scope.holds(key)) {
+            Some(at) => {
+                let (scope, guards) = self.guards.swap_remove(at);
+                self.write_guards(&scope, guards)
+            }
+            None => Ok(()),
+        }
+    }
+
+    fn write_guards(&mut self, scope: &GuardScope, guards: Vec<Guarded>) -> Result<()> {
+        for guard in guards.into_iter().filter(|guard| guard.changed) {
+            let mut update = Op::Update {
+                key: scope.key_of(&guard.object),
+                object: guard.object,
+                // Read in this commit, and nothing has written the scope since.
+                precondition: None,
+            };
+            // The guard was read in this transaction: a failure is the backend's.
+            self.apply(&mut update)??;
+        }
+        Ok(())
+    }
+
+    /// Writes the guards still held and returns the revision reached and the events.
+    fn finish(mut self) -> Result<(u64, Vec<WatchEvent>)> {
+        while let Some((scope, guards)) = self.guards.pop() {
+            self.write_guards(&scope, guards)?;
+        }
+        Ok((self.revision, self.events))
+    }
+}
+
+/// Every object whose key starts with `prefix`, decoded.
+fn decode_under(
+    objects: &impl ReadableTable<&'static str, &'static [u8]>,
+    prefix: &str,
+) -> Result<Vec<Value>> {
+    let mut found = Vec::new();
+    for entry in objects.range(prefix..).map_err(backend)? {
+        let (key, bytes) = entry.map_err(backend)?;
+        if !key.value().starts_with(prefix) {
+            break;
+        }
+        found.push(serde_json::from_slice(bytes.value()).map_err(backend)?);
+    }
+    Ok(found)
 }
 
 type ObjectTable<'t> = redb::Table<'t, &'static str, &'static [u8]>;
@@ -927,6 +1106,101 @@ mod tests {
         assert_eq!(revision_of(&deleted), Some(3));
         assert!(store.get(&key).unwrap().is_none());
         assert_eq!(store.revision(), 3);
+    }
+
+    /// Counts creates in each guard's `status.count`.
+    struct Count;
+
+    impl Admission for Count {
+        fn admit(
+            &self,
+            guards: &mut [Guarded],
+            _list: &mut super::super::admission::Lister<'_>,
+        ) -> std::result::Result<(), String> {
+            for guard in guards.iter_mut() {
+                let count = guard.object["status"]["count"].as_u64().unwrap_or(0);
+                guard.object["status"] = json!({"count": count + 1});
+                guard.changed = true;
+            }
+            Ok(())
+        }
+    }
+
+    /// In one commit, admitted creates charge their guards as the commit has them and the
+    /// guards are written once, after them; a write to the guards' scope first sees them
+    /// written (its stale precondition fails), and the next admission reads them again.
+    #[tokio::test]
+    async fn a_commit_writes_its_charged_guards_once_and_before_other_writes_to_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = RedbStore::open(&dir.path().join("s.redb")).unwrap();
+        let scope = GuardScope::new("resourcequotas", "default");
+        let quota = ObjectKey::new("resourcequotas", "default", "q");
+        let q = json!({"metadata": {"name": "q", "namespace": "default"}});
+        store.create(quota.clone(), q.clone()).await.unwrap();
+        let admitted = |names: &[&str]| PendingWrite::Admitted {
+            scope: scope.clone(),
+            creates: names
+                .iter()
+                .map(|name| {
+                    let op = Op::Create {
+                        key: ObjectKey::new("pods", "default", name),
+                        object: pod(name),
+                    };
+                    (op, Box::new(Count) as Box<dyn Admission>)
+                })
+                .collect(),
+            reply: oneshot::channel().0,
+        };
+        let update = |precondition| PendingWrite::One {
+            op: Op::Update {
+                key: quota.clone(),
+                object: q.clone(),
+                precondition: Some(precondition),
+            },
+            reply: oneshot::channel().0,
+        };
+        let txn = store.db.begin_write().unwrap();
+        let mut commit = Commit {
+            objects: txn.open_table(OBJECTS).unwrap(),
+            log: txn.open_table(EVENTS).unwrap(),
+            revision: 1,
+            events: Vec::new(),
+            guards: Vec::new(),
+        };
+        let outcome = commit.write(&mut admitted(&["a", "b"])).unwrap();
+        assert!(matches!(&outcome, Outcome::Admitted(all) if all.iter().all(Result::is_ok)));
+        // The quota as read (revision 1) is stale: the charges were written before this.
+        let Outcome::One(Err(Error::Conflict { current, .. })) =
+            commit.write(&mut update(1)).unwrap()
+        else {
+            panic!("a stale update of a charged guard must conflict");
+        };
+        assert_eq!(current, 4, "the creates at 2 and 3, then the charged quota");
+        assert!(matches!(
+            commit.write(&mut update(4)).unwrap(),
+            Outcome::One(Ok(_))
+        ));
+        commit.write(&mut admitted(&["c"])).unwrap();
+        let (revision, events) = commit.finish().unwrap();
+        let written: Vec<(u64, &str, u64)> = events
+            .iter()
+            .map(|event| {
+                let count = event.object["status"]["count"].as_u64().unwrap_or(0);
+                (event.revision, event.key.name.as_str(), count)
+            })
+            .collect();
+        assert_eq!(
+            written,
+            [
+                (2, "a", 0),
+                (3, "b", 0),
+                (4, "q", 2),
+                (5, "q", 0),
+                (6, "c", 0),
+                (7, "q", 1)
+            ]
+        );
+        assert_eq!(revision, 7);
     }
 
     /// A guarded write is one commit: its guards and creates land together with their
