@@ -163,9 +163,39 @@ impl<'a> Quota<'a> {
 
     /// Whether the quota has counted everything it limits (its status is current).
     pub fn counted(&self) -> bool {
+        self.counted_with(&self.hard(), &self.used())
+    }
+
+    /// [`Quota::counted`] with `spec.hard` and `status.used` already parsed.
+    fn counted_with(&self, hard: &Usage, used: &Usage) -> bool {
+        // Admission copies `spec.hard` as it is: equal JSON needs no parsing.
+        let status_hard = self.object.pointer("/status/hard");
+        let current =
+            status_hard == self.object.pointer("/spec/hard") || quantities(status_hard) == *hard;
+        current && hard.keys().all(|k| used.contains_key(k))
+    }
+
+    /// What admitting `usage` makes of `status.used`: `None` when the quota limits none of
+    /// it, else the new total or Kubernetes' message. `recount` gives the total so far when
+    /// the quota has not counted yet. What admission asks for each create, with the quota
+    /// parsed once.
+    pub fn charge(
+        &self,
+        usage: &Usage,
+        recount: impl FnOnce() -> Usage,
+    ) -> Option<Result<Usage, String>> {
+        let hard = self.hard();
+        let requested = limited_by(&hard, usage);
+        if requested.is_empty() {
+            return None;
+        }
         let used = self.used();
-        let status_hard = quantities(self.object.pointer("/status/hard"));
-        status_hard == self.hard() && self.hard().keys().all(|k| used.contains_key(k))
+        let used = if self.counted_with(&hard, &used) {
+            used
+        } else {
+            recount()
+        };
+        Some(self.admit_within(&hard, &used, &requested))
     }
 
     /// Whether the quota counts `object` (of `plural` in the core group or `group`): its
@@ -239,18 +269,16 @@ impl<'a> Quota<'a> {
 
     /// The part of `usage` this quota limits.
     pub fn limited(&self, usage: &Usage) -> Usage {
-        let hard = self.hard();
-        usage
-            .iter()
-            .filter(|(name, _)| hard.contains_key(*name))
-            .map(|(name, amount)| (name.clone(), *amount))
-            .collect()
+        limited_by(&self.hard(), usage)
     }
 
     /// The new `status.used` once `requested` is added to `used`, or Kubernetes' message
     /// when it would go over a hard limit.
     pub fn admit(&self, used: &Usage, requested: &Usage) -> Result<Usage, String> {
-        let hard = self.hard();
+        self.admit_within(&self.hard(), used, requested)
+    }
+
+    fn admit_within(&self, hard: &Usage, used: &Usage, requested: &Usage) -> Result<Usage, String> {
         let mut next = used.clone();
         let mut over = Vec::new();
         for (name, amount) in requested {
@@ -278,9 +306,18 @@ impl<'a> Quota<'a> {
             self.name(),
             list(requested),
             list(used),
-            list(&hard)
+            list(hard)
         ))
     }
+}
+
+/// The part of `usage` that `hard` limits.
+fn limited_by(hard: &Usage, usage: &Usage) -> Usage {
+    usage
+        .iter()
+        .filter(|(name, _)| hard.contains_key(*name))
+        .map(|(name, amount)| (name.clone(), *amount))
+        .collect()
 }
 
 /// The (group, plural) whose objects a hard limit counts: `pods` and the compute resources

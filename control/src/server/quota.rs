@@ -74,13 +74,7 @@ impl Admission for QuotaCharge {
             if !quota.tracks(self.tracked_as, object) {
                 continue;
             }
-            let requested = quota.limited(&self.usage);
-            if requested.is_empty() {
-                continue;
-            }
-            let used = if quota.counted() {
-                quota.used()
-            } else {
+            let recount = || {
                 quota.recount(|group, plural| {
                     let resource = if group.is_empty() {
                         plural.to_string()
@@ -90,7 +84,9 @@ impl Admission for QuotaCharge {
                     list(&resource, &self.namespace)
                 })
             };
-            charges.push((at, quota.admit(&used, &requested)?));
+            if let Some(charged) = quota.charge(&self.usage, recount) {
+                charges.push((at, charged?));
+            }
         }
         for (at, used) in charges {
             charge(&mut guards[at].object, &used);
@@ -102,7 +98,10 @@ impl Admission for QuotaCharge {
 
 /// Sets `quota`'s new total, stamped with the time of the charge.
 fn charge(quota: &mut Value, used: &Usage) {
-    let hard = quota.pointer("/spec/hard").cloned().unwrap_or_default();
+    if quota.pointer("/status/hard") != quota.pointer("/spec/hard") {
+        let hard = quota.pointer("/spec/hard").cloned().unwrap_or_default();
+        object::set_at(quota, "/status/hard", hard);
+    }
     let annotations = object::metadata_mut(quota)
         .entry("annotations")
         .or_insert_with(|| json!({}));
@@ -110,7 +109,6 @@ fn charge(quota: &mut Value, used: &Usage) {
         let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
         annotations.insert(quota::CHARGED_AT.into(), Value::String(now));
     }
-    object::set_at(quota, "/status/hard", hard);
     object::set_at(quota, "/status/used", quota::to_json(used));
 }
 
