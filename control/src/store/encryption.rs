@@ -678,6 +678,66 @@ mod tests {
         }
     }
 
+    /// Counts the Secrets listed into each guard's `status.count` (as a quota counts).
+    struct CountSecrets;
+
+    impl Admission for CountSecrets {
+        fn admit(
+            &self,
+            guards: &mut [Guarded],
+            list: &mut Lister<'_>,
+        ) -> std::result::Result<(), String> {
+            let secrets = list("secrets", "default");
+            if secrets
+                .iter()
+                .any(|s| s["data"]["password"] != "aHVudGVyMg==")
+            {
+                return Err("a listed Secret is still sealed".into());
+            }
+            for guard in guards.iter_mut() {
+                if guard.object["spec"]["hard"] != "10" {
+                    return Err("the guard is still sealed".into());
+                }
+                guard.object["status"] = json!({"count": secrets.len() + 1});
+                guard.changed = true;
+            }
+            Ok(())
+        }
+    }
+
+    /// With the quotas themselves encrypted, an admission judging in the commit sees them
+    /// and the objects it counts opened, and its charge is stored sealed.
+    #[tokio::test]
+    async fn an_admission_sees_sealed_guards_and_counts_opened() {
+        let dir = tempfile::tempdir().unwrap();
+        let raw: Arc<dyn Store> = Arc::new(RedbStore::open(&dir.path().join("s.redb")).unwrap());
+        let config = EncryptionConfig::parse(&format!(
+            "apiVersion: apiserver.config.k8s.io/v1\nkind: EncryptionConfiguration\nresources:\n- resources: [secrets, resourcequotas]\n  providers:\n  - aesgcm:\n      keys: [{{name: k1, secret: {KEY1}}}]\n"
+        ))
+        .unwrap();
+        let store = EncryptedStore::new(raw.clone(), config);
+        let quota = ObjectKey::new("resourcequotas", "default", "q");
+        let q = json!({"metadata": {"name": "q", "namespace": "default"}, "spec": {"hard": "10"}});
+        store.create(quota.clone(), q).await.unwrap();
+        store
+            .create(ObjectKey::new("secrets", "default", "a"), secret("a"))
+            .await
+            .unwrap();
+        let create = AdmittedCreate {
+            key: ObjectKey::new("secrets", "default", "b"),
+            object: secret("b"),
+            admission: Box::new(CountSecrets),
+        };
+        let scope = GuardScope::new("resourcequotas", "default");
+        let outcomes = store.create_admitted(&scope, vec![create]).await.unwrap();
+        let created = outcomes[0].as_ref().unwrap();
+        assert_eq!(created["data"]["password"], "aHVudGVyMg==");
+        assert_eq!(store.get(&quota).unwrap().unwrap()["status"]["count"], 2);
+        let on_disk = raw.get(&quota).unwrap().unwrap().to_string();
+        assert!(on_disk.contains("k8s:enc:aesgcm:v1:k1:"), "{on_disk}");
+        assert!(!on_disk.contains("count"), "{on_disk}");
+    }
+
     #[tokio::test]
     async fn old_keys_read_while_listed_and_new_writes_use_the_first() {
         let dir = tempfile::tempdir().unwrap();

@@ -736,6 +736,10 @@ impl Commit<'_> {
             PendingWrite::Guarded {
                 guards, creates, ..
             } => {
+                // A guard charged earlier in this commit is checked as written.
+                for guard in guards.iter() {
+                    self.settle_guards_of(guard.key())?;
+                }
                 // Every guard is checked before anything is written, so a guarded write
                 // that fails leaves nothing behind.
                 let held = guards.iter().try_for_each(|guard| match guard {
@@ -1181,6 +1185,20 @@ mod tests {
             Outcome::One(Ok(_))
         ));
         commit.write(&mut admitted(&["c"])).unwrap();
+        // A guarded write is checked against the guard as charged, too.
+        let mut guarded = PendingWrite::Guarded {
+            guards: vec![Op::Update {
+                key: quota.clone(),
+                object: q.clone(),
+                precondition: Some(5),
+            }],
+            creates: Vec::new(),
+            reply: oneshot::channel().0,
+        };
+        assert!(matches!(
+            commit.write(&mut guarded).unwrap(),
+            Outcome::Guarded(Err(Error::Conflict { current: 7, .. }))
+        ));
         let (revision, events) = commit.finish().unwrap();
         let written: Vec<(u64, &str, u64)> = events
             .iter()
