@@ -2,7 +2,7 @@
 //! are controlled by the ReplicaSet; adopts matching orphans, creates from the template,
 //! deletes the surplus (unscheduled, then not ready, then newest first), and writes the status.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,6 +18,7 @@ use super::expectations::{Expectations, Seen};
 use super::pod_is_ready as is_ready;
 use super::runtime::{all_in_namespace, controller_ref, Action, ObjectKey, Reconciler};
 use super::Error;
+use crate::api::quantity::Quantity;
 use crate::api::time;
 use crate::client::{Client, DeleteParams, ListParams, Recorder};
 
@@ -161,14 +162,19 @@ where
             None => all_in_namespace(&owners, pod.metadata.namespace.as_deref().unwrap_or("")),
         }
     });
-    // A quota changed (raised, or recounted after pods went): owners whose pods it refused
-    // try again at once instead of at the end of their back-off.
-    let reconciler = reconciler.watches::<ResourceQuota, _>(move |quota| {
-        all_in_namespace(
-            &in_quota_namespace,
-            quota.metadata.namespace.as_deref().unwrap_or(""),
-        )
-    });
+    // A quota that may have room again (raised, recounted after pods went, or deleted):
+    // owners whose pods it refused try again at once instead of at the end of their
+    // back-off. Not the charges admission writes at every create, which only take room.
+    let room = QuotaRoom::default();
+    let reconciler = reconciler.watches_releases::<ResourceQuota, _>(
+        move |quota| room.may_have_grown(quota),
+        move |quota| {
+            all_in_namespace(
+                &in_quota_namespace,
+                quota.metadata.namespace.as_deref().unwrap_or(""),
+            )
+        },
+    );
     let expectations = std::sync::Arc::new(Expectations::default());
     reconciler
         .run_by_key(move |key| {
@@ -176,6 +182,60 @@ where
             reconcile(client.clone(), recorder.clone(), kind, key, expectations)
         })
         .await
+}
+
+/// The limits and totals each quota had when last seen, by uid: tells a change that may
+/// give room (a limit changed, a total went down) from a charge, which only takes room. Before
+/// this, every charge (one per store commit of creates in the namespace) woke every owner
+/// in the namespace.
+#[derive(Default)]
+struct QuotaRoom(std::sync::Mutex<HashMap<String, QuotaSeen>>);
+
+#[derive(PartialEq)]
+struct QuotaSeen {
+    hard: BTreeMap<String, String>,
+    used: BTreeMap<String, i128>,
+}
+
+impl QuotaRoom {
+    fn may_have_grown(&self, quota: &ResourceQuota) -> bool {
+        let hard = quota
+            .spec
+            .as_ref()
+            .and_then(|spec| spec.hard.as_ref())
+            .into_iter()
+            .flatten()
+            .map(|(name, amount)| (name.clone(), amount.0.clone()))
+            .collect();
+        let used = quota
+            .status
+            .as_ref()
+            .and_then(|status| status.used.as_ref())
+            .into_iter()
+            .flatten()
+            .filter_map(|(name, amount)| {
+                Some((name.clone(), Quantity::parse(&amount.0).ok()?.millis()))
+            })
+            .collect();
+        let now = QuotaSeen { hard, used };
+        let uid = quota.metadata.uid.clone().unwrap_or_default();
+        let mut seen = self
+            .0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let grown = match seen.get(&uid) {
+            None => true,
+            Some(before) => {
+                before.hard != now.hard
+                    || before
+                        .used
+                        .iter()
+                        .any(|(name, was)| now.used.get(name).is_none_or(|is| is < was))
+            }
+        };
+        seen.insert(uid, now);
+        grown
+    }
 }
 
 /// A label selector in its query-string form.
@@ -446,6 +506,34 @@ fn pod_from_template(rs: &ReplicaSet, kind: Kind) -> Pod {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_quota_changes_that_may_give_room_wake_owners() {
+        let quota = |hard: &str, used: &str| -> ResourceQuota {
+            serde_json::from_value(json!({
+                "metadata": {"name": "q", "namespace": "team", "uid": "u1"},
+                "spec": {"hard": {"pods": hard}},
+                "status": {"hard": {"pods": hard}, "used": {"pods": used}}
+            }))
+            .unwrap()
+        };
+        let room = QuotaRoom::default();
+        assert!(room.may_have_grown(&quota("5", "1")), "first seen");
+        assert!(
+            !room.may_have_grown(&quota("5", "2")),
+            "a charge takes room"
+        );
+        assert!(!room.may_have_grown(&quota("5", "2000m")), "the same total");
+        assert!(
+            room.may_have_grown(&quota("5", "1")),
+            "a recount gave room back"
+        );
+        assert!(
+            room.may_have_grown(&quota("8", "1")),
+            "the limit was raised"
+        );
+        assert!(!room.may_have_grown(&quota("8", "3")));
+    }
 
     #[test]
     fn selectors_become_query_strings() {

@@ -191,7 +191,7 @@ impl<K: ApiObject> Reconciler<K> {
     /// admission, so only what goes away needs a recount.)
     pub fn watches_releases<C, I>(
         mut self,
-        released: fn(&C) -> bool,
+        released: impl Fn(&C) -> bool + Send + 'static,
         map: impl Fn(C) -> I + Send + Sync + 'static,
     ) -> Self
     where
