@@ -7,7 +7,9 @@
 //! The proxy routes to the ready addresses only, so a pod that turns unready or is being
 //! deleted gets no new requests.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::{
     EndpointAddress, EndpointPort, EndpointSubset, Endpoints, ObjectReference, Pod, Service,
@@ -26,11 +28,6 @@ mod slices;
 /// The Service's own changes, and any pod change in its namespace, reconcile it; a deleted
 /// Service is reconciled by key to remove its Endpoints and slices.
 pub async fn run(client: Client) {
-    // No batch period (kube-controller-manager's `--endpoint-updates-batch-period`): a
-    // Shoal agent stops a deleted pod's guests at once, with no grace to drain, so an
-    // Endpoints write held back even 200 ms routes requests to pods that no longer serve
-    // (tried: a rolling update under load then failed 2 of 2,345 requests).
-    //
     // What is written is compared with the shared caches, not read from the API at each
     // change (a thousand-address Endpoints and slice, read twice per pod change, were most
     // of a thousand-pod heal's API work). A stale cache costs a conflict and a retry.
@@ -38,12 +35,77 @@ pub async fn run(client: Client) {
     client.keep_cache_of::<EndpointSlice>();
     let reconciler = Reconciler::<Service>::new("endpoints", &client);
     let services = reconciler.store();
+    let pacing = Arc::new(Pacing::default());
     reconciler
         .watches::<Pod, _>(move |pod| {
             all_in_namespace(&services, pod.metadata.namespace.as_deref().unwrap_or(""))
         })
-        .run_by_key(move |key| reconcile(client.clone(), key))
+        .run_by_key(move |key| reconcile(client.clone(), pacing.clone(), key))
         .await
+}
+
+/// How soon after one write of a Service's endpoints the next may follow when it takes no
+/// ready address away (kube-controller-manager's `--endpoint-updates-batch-period`, applied
+/// from the second change of a burst on): a thousand pods replaced at once are written a
+/// few times, each write carrying every change since the last, instead of one rewrite of a
+/// thousand-address Endpoints per pod change.
+///
+/// A write that takes a ready address away goes at once, always: a Shoal agent stops a
+/// deleted pod's guests at once, with no grace to drain, so a removal held back even 200 ms
+/// routes requests to a pod that no longer serves (tried: a rolling update under load then
+/// failed 2 of 2,345 requests). So does the first ready address of a Service that had none.
+/// Held back are more ready addresses for a Service that has some, and not-ready ones
+/// coming and going. Kubernetes' default period is 0 (every change written); Shoal's pods
+/// change state in milliseconds, so a burst is many more writes.
+pub const ENDPOINT_UPDATES_BATCH_PERIOD: Duration = Duration::from_millis(200);
+
+/// When each Service's endpoints were last written, to space the writes that may wait by
+/// [`ENDPOINT_UPDATES_BATCH_PERIOD`].
+#[derive(Default)]
+struct Pacing {
+    last: Mutex<HashMap<ObjectKey, Instant>>,
+}
+
+impl Pacing {
+    /// How long a write of `key` that may wait must wait, or `None` to write now (noted).
+    /// A write that may not wait (`urgent`) is always `None`, and noted.
+    fn wait_before(&self, key: &ObjectKey, urgent: bool, now: Instant) -> Option<Duration> {
+        let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+        let since = |at: &Instant| now.saturating_duration_since(*at);
+        let wait = last
+            .get(key)
+            .and_then(|at| ENDPOINT_UPDATES_BATCH_PERIOD.checked_sub(since(at)))
+            .filter(|wait| !wait.is_zero());
+        if wait.is_some() && !urgent {
+            return wait;
+        }
+        if last.len() >= 1024 {
+            // Services not written within a period need no entry.
+            last.retain(|_, at| since(at) < ENDPOINT_UPDATES_BATCH_PERIOD);
+        }
+        last.insert(key.clone(), now);
+        None
+    }
+}
+
+/// Whether writing `next` over `current` may not wait: it takes away an address that
+/// `current` routes to (ready, on a port), or `current` routes nowhere and `next` does (a
+/// Service with no ready pod has requests waiting for one, say a pod woken from zero).
+fn must_write_now(current: Option<&[EndpointSubset]>, next: &[EndpointSubset]) -> bool {
+    let routed = |subsets: &[EndpointSubset]| -> HashSet<(String, i32, String)> {
+        let mut routed = HashSet::new();
+        for subset in subsets {
+            for address in subset.addresses.iter().flatten() {
+                for port in subset.ports.iter().flatten() {
+                    let protocol = port.protocol.clone().unwrap_or_default();
+                    routed.insert((address.ip.clone(), port.port, protocol));
+                }
+            }
+        }
+        routed
+    };
+    let (was, will) = (routed(current.unwrap_or_default()), routed(next));
+    (was.is_empty() && !will.is_empty()) || was.iter().any(|route| !will.contains(route))
 }
 
 /// One resolved port of a service: (name, number on the pod, protocol).
@@ -93,7 +155,7 @@ fn address(pod: &Pod) -> Option<EndpointAddress> {
     })
 }
 
-async fn reconcile(client: Client, key: ObjectKey) -> Result<Action, Error> {
+async fn reconcile(client: Client, pacing: Arc<Pacing>, key: ObjectKey) -> Result<Action, Error> {
     let (namespace, name) = (key.namespace.as_str(), key.name.as_str());
     let endpoints_api = client.api::<Endpoints>(Some(namespace));
     let slices_api = client.api::<EndpointSlice>(Some(namespace));
@@ -182,6 +244,19 @@ async fn reconcile(client: Client, key: ObjectKey) -> Result<Action, Error> {
             }
         })
         .collect();
+    let current = client.cached_object::<Endpoints>(namespace, name);
+    let unchanged = matches!(&current, Some(Some(current))
+        if current.subsets.as_deref().unwrap_or_default() == subsets.as_slice());
+    if !unchanged {
+        // Not in the cache (or the cache not listed yet): written at once.
+        let urgent = match &current {
+            Some(Some(current)) => must_write_now(current.subsets.as_deref(), &subsets),
+            _ => true,
+        };
+        if let Some(wait) = pacing.wait_before(&key, urgent, Instant::now()) {
+            return Ok(Action::RequeueAfter(wait));
+        }
+    }
     write_endpoints(&client, &endpoints_api, &service, subsets).await?;
     slices::write_slices(&client, &slices_api, &service, slices).await?;
     Ok(Action::AwaitChange)
@@ -254,6 +329,104 @@ async fn write_endpoints(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn subset(ready: &[&str], not_ready: &[&str]) -> EndpointSubset {
+        let addresses = |ips: &[&str]| {
+            let all: Vec<EndpointAddress> = ips
+                .iter()
+                .map(|ip| EndpointAddress {
+                    ip: ip.to_string(),
+                    ..Default::default()
+                })
+                .collect();
+            (!all.is_empty()).then_some(all)
+        };
+        EndpointSubset {
+            addresses: addresses(ready),
+            not_ready_addresses: addresses(not_ready),
+            ports: Some(vec![EndpointPort {
+                port: 8080,
+                protocol: Some("TCP".into()),
+                ..Default::default()
+            }]),
+        }
+    }
+
+    #[test]
+    fn only_writes_that_take_routes_away_or_give_the_first_go_at_once() {
+        let now = |ready: &[&str], not_ready: &[&str]| vec![subset(ready, not_ready)];
+        let current = now(&["10.0.0.1", "10.0.0.2"], &["10.0.0.3"]);
+        let urgent = |next: Vec<EndpointSubset>| must_write_now(Some(&current), &next);
+        assert!(
+            urgent(now(&["10.0.0.1"], &["10.0.0.3"])),
+            "a ready pod gone"
+        );
+        assert!(
+            urgent(now(&["10.0.0.1"], &["10.0.0.2", "10.0.0.3"])),
+            "turned unready"
+        );
+        assert!(
+            !urgent(now(&["10.0.0.1", "10.0.0.2", "10.0.0.3"], &[])),
+            "one more ready"
+        );
+        assert!(
+            !urgent(now(&["10.0.0.1", "10.0.0.2"], &[])),
+            "a not-ready pod gone"
+        );
+        assert!(!urgent(now(
+            &["10.0.0.1", "10.0.0.2"],
+            &["10.0.0.3", "10.0.0.4"]
+        )));
+        let mut other_port = now(&["10.0.0.1", "10.0.0.2"], &[]);
+        other_port[0].ports.as_mut().unwrap()[0].port = 9090;
+        assert!(urgent(other_port), "the routes' port changed");
+        // A Service that routes nowhere: its first ready pod goes at once.
+        assert!(must_write_now(None, &now(&["10.0.0.1"], &[])));
+        assert!(must_write_now(
+            Some(&now(&[], &["10.0.0.1"])),
+            &now(&["10.0.0.1"], &[])
+        ));
+        assert!(!must_write_now(
+            Some(&now(&[], &["10.0.0.1"])),
+            &now(&[], &["10.0.0.1", "10.0.0.2"])
+        ));
+    }
+
+    #[test]
+    fn writes_that_may_wait_are_spaced_by_the_batch_period() {
+        let pacing = Pacing::default();
+        let web = ObjectKey::new("default", "web");
+        let start = Instant::now();
+        assert_eq!(
+            pacing.wait_before(&web, false, start),
+            None,
+            "the first: at once"
+        );
+        let soon = start + Duration::from_millis(50);
+        assert_eq!(
+            pacing.wait_before(&web, false, soon),
+            Some(ENDPOINT_UPDATES_BATCH_PERIOD - Duration::from_millis(50))
+        );
+        let other = ObjectKey::new("default", "api");
+        assert_eq!(
+            pacing.wait_before(&other, false, soon),
+            None,
+            "each Service has its own"
+        );
+        assert_eq!(
+            pacing.wait_before(&web, true, soon),
+            None,
+            "urgent: at once"
+        );
+        // The urgent write counts as the last one.
+        let later = soon + Duration::from_millis(100);
+        assert_eq!(
+            pacing.wait_before(&web, false, later),
+            Some(ENDPOINT_UPDATES_BATCH_PERIOD - Duration::from_millis(100))
+        );
+        let after = soon + ENDPOINT_UPDATES_BATCH_PERIOD;
+        assert_eq!(pacing.wait_before(&web, false, after), None);
+    }
 
     /// The cache is behind the store (its feed stopped after a write it never saw): the
     /// write it is compared with fails with 409 and is made once more against the API's copy.
