@@ -264,6 +264,7 @@ proptest! {
             let _ = quota.tracks(plural, &object);
             let limited = quota.limited(&usage);
             let _ = quota.admit(&quota.used(), &limited);
+            let _ = quota.charge(&usage, || quota.recount(|_, _| vec![other.clone()]));
         }
         let _ = quota.recount(|_, _| vec![object.clone(), other.clone()]);
         // LimitRanges applied to an arbitrary pod.

@@ -161,12 +161,8 @@ impl<'a> Quota<'a> {
         quantities(self.object.pointer("/status/used"))
     }
 
-    /// Whether the quota has counted everything it limits (its status is current).
-    pub fn counted(&self) -> bool {
-        self.counted_with(&self.hard(), &self.used())
-    }
-
-    /// [`Quota::counted`] with `spec.hard` and `status.used` already parsed.
+    /// Whether the quota has counted everything it limits (its status is current), given
+    /// its `spec.hard` and `status.used` parsed.
     fn counted_with(&self, hard: &Usage, used: &Usage) -> bool {
         // Admission copies `spec.hard` as it is: equal JSON needs no parsing.
         let status_hard = self.object.pointer("/status/hard");

@@ -834,7 +834,13 @@ impl Commit<'_> {
         let mut list = |resource: &str, namespace: &str| {
             decode_under(objects, &key_prefix(resource, Some(namespace))).unwrap_or_default()
         };
-        let verdict = admission.admit(&mut guards, &mut list);
+        // The writer is every write's thread: an admission that panics fails this commit
+        // (nothing of it is written, its writes are answered with the error) rather than
+        // the writer and every write after it.
+        let verdict = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            admission.admit(&mut guards, &mut list)
+        }))
+        .map_err(|_| Error::Backend(format!("the admission of {} panicked", key.encode())))?;
         self.guards[at].1 = guards;
         match verdict {
             Err(why) => Ok(Err(NotCreated::Refused(why))),
@@ -1219,6 +1225,45 @@ mod tests {
             ]
         );
         assert_eq!(revision, 7);
+    }
+
+    struct Panics;
+
+    impl Admission for Panics {
+        fn admit(
+            &self,
+            _guards: &mut [Guarded],
+            _list: &mut super::super::admission::Lister<'_>,
+        ) -> std::result::Result<(), String> {
+            panic!("a broken admission")
+        }
+    }
+
+    /// An admission that panics fails its commit, not the writer: later writes go on.
+    #[tokio::test]
+    async fn an_admission_that_panics_fails_its_commit_not_the_writer() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = RedbStore::open(&dir.path().join("s.redb")).unwrap();
+        let scope = GuardScope::new("resourcequotas", "default");
+        let create = AdmittedCreate {
+            key: ObjectKey::new("pods", "default", "a"),
+            object: pod("a"),
+            admission: Box::new(Panics),
+        };
+        let failed = store.create_admitted(&scope, vec![create]).await;
+        assert!(
+            matches!(&failed, Err(Error::Backend(why)) if why.contains("panicked")),
+            "{:?}",
+            failed.err()
+        );
+        assert!(store
+            .get(&ObjectKey::new("pods", "default", "a"))
+            .unwrap()
+            .is_none());
+        store
+            .create(ObjectKey::new("pods", "default", "b"), pod("b"))
+            .await
+            .expect("the writer still writes");
     }
 
     /// A guarded write is one commit: its guards and creates land together with their
