@@ -191,6 +191,9 @@ where
 #[derive(Default)]
 struct QuotaRoom(std::sync::Mutex<HashMap<String, QuotaSeen>>);
 
+/// How many quotas [`QuotaRoom`] remembers before it starts over.
+const QUOTAS_REMEMBERED: usize = 4096;
+
 #[derive(PartialEq)]
 struct QuotaSeen {
     hard: BTreeMap<String, String>,
@@ -233,6 +236,10 @@ impl QuotaRoom {
                         .any(|(name, was)| now.used.get(name).is_none_or(|is| is < was))
             }
         };
+        if seen.len() >= QUOTAS_REMEMBERED && !seen.contains_key(&uid) {
+            // Deleted quotas are never seen again: forget all (each then wakes once more).
+            seen.clear();
+        }
         seen.insert(uid, now);
         grown
     }

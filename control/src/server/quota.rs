@@ -28,7 +28,7 @@ use super::ApiServer;
 use crate::api::object;
 use crate::api::quota::{self, Quota, Usage};
 use crate::api::resources::ResourceInfo;
-use crate::store::admission::Lister;
+use crate::store::admission::{self, Lister};
 use crate::store::{Admission, AdmittedCreate, GuardScope, Guarded, NotCreated, ObjectKey};
 
 const QUOTAS: &str = "resourcequotas";
@@ -222,24 +222,13 @@ impl ApiServer {
 
     /// Judges a dry-run create against the namespace's quotas as stored, writing nothing.
     fn judge_dry_run(&self, namespace: &str, charge: &QuotaCharge) -> Result<(), NotCreated> {
-        let mut guards: Vec<Guarded> = self
-            .store
-            .list(QUOTAS, Some(namespace))?
-            .objects
-            .into_iter()
-            .map(|object| Guarded {
-                object,
-                changed: false,
-            })
-            .collect();
-        let mut list = |resource: &str, namespace: &str| {
-            self.store
-                .list(resource, Some(namespace))
-                .map(|listing| listing.objects)
-                .unwrap_or_default()
-        };
+        let scope = GuardScope::new(QUOTAS, namespace);
+        let mut guards = admission::stored_guards(self.store.as_ref(), &scope)?;
         charge
-            .admit(&mut guards, &mut list)
+            .admit(
+                &mut guards,
+                &mut admission::stored_lister(self.store.as_ref()),
+            )
             .map_err(NotCreated::Refused)
     }
 

@@ -83,6 +83,30 @@ pub enum NotCreated {
     Store(#[from] Error),
 }
 
+/// The objects of `scope` as `store` has them now, none charged yet: what an admission
+/// judged outside a commit starts from.
+pub fn stored_guards<S: Store + ?Sized>(store: &S, scope: &GuardScope) -> Result<Vec<Guarded>> {
+    Ok(store
+        .list(&scope.resource, Some(&scope.namespace))?
+        .objects
+        .into_iter()
+        .map(|object| Guarded {
+            object,
+            changed: false,
+        })
+        .collect())
+}
+
+/// A [`Lister`] over what `store` has now; a list that fails counts nothing, as in a commit.
+pub fn stored_lister<S: Store + ?Sized>(store: &S) -> impl FnMut(&str, &str) -> Vec<Value> + '_ {
+    |resource, namespace| {
+        store
+            .list(resource, Some(namespace))
+            .map(|listing| listing.objects)
+            .unwrap_or_default()
+    }
+}
+
 /// How often [`create_admitted_optimistically`] judges and writes again when another write
 /// moved one of its guards first.
 const ATTEMPTS: usize = 32;
@@ -104,21 +128,8 @@ pub async fn create_admitted_optimistically<S: Store + ?Sized>(
         .map(|create| !seen.insert(&create.key) || matches!(store.get(&create.key), Ok(Some(_))))
         .collect();
     for _attempt in 0..ATTEMPTS {
-        let mut guards: Vec<Guarded> = store
-            .list(&scope.resource, Some(&scope.namespace))?
-            .objects
-            .into_iter()
-            .map(|object| Guarded {
-                object,
-                changed: false,
-            })
-            .collect();
-        let mut list = |resource: &str, namespace: &str| {
-            store
-                .list(resource, Some(namespace))
-                .map(|listing| listing.objects)
-                .unwrap_or_default()
-        };
+        let mut guards = stored_guards(store, scope)?;
+        let mut list = stored_lister(store);
         let verdicts: Vec<Result<(), NotCreated>> = creates
             .iter()
             .zip(&taken)

@@ -361,6 +361,23 @@ impl RedbStore {
         Ok(Arc::unwrap_or_clone(written))
     }
 
+    /// Sends the write `write` makes around its reply channel, and answers with each
+    /// create's outcome: the caller's copy of each stored object.
+    async fn submit_creates<E>(
+        &self,
+        write: impl FnOnce(oneshot::Sender<Result<Vec<Result<Arc<Value>, E>>>>) -> PendingWrite,
+    ) -> Result<Vec<Result<Value, E>>> {
+        let (reply, answer) = oneshot::channel();
+        self.send(write(reply))?;
+        let written = answer
+            .await
+            .map_err(|_| Error::Backend("the store writer has stopped".into()))??;
+        Ok(written
+            .into_iter()
+            .map(|create| create.map(Arc::unwrap_or_clone))
+            .collect())
+    }
+
     fn send(&self, write: PendingWrite) -> Result<()> {
         self.writes
             .as_ref()
@@ -460,19 +477,12 @@ impl Store for RedbStore {
             .into_iter()
             .map(|(key, object)| Op::Create { key, object })
             .collect();
-        let (reply, answer) = oneshot::channel();
-        self.send(PendingWrite::Guarded {
+        self.submit_creates(|reply| PendingWrite::Guarded {
             guards,
             creates,
             reply,
-        })?;
-        let written = answer
-            .await
-            .map_err(|_| Error::Backend("the store writer has stopped".into()))??;
-        Ok(written
-            .into_iter()
-            .map(|create| create.map(Arc::unwrap_or_clone))
-            .collect())
+        })
+        .await
     }
 
     async fn create_admitted(
@@ -490,19 +500,12 @@ impl Store for RedbStore {
                 (op, create.admission)
             })
             .collect();
-        let (reply, answer) = oneshot::channel();
-        self.send(PendingWrite::Admitted {
+        self.submit_creates(|reply| PendingWrite::Admitted {
             scope: scope.clone(),
             creates,
             reply,
-        })?;
-        let written = answer
-            .await
-            .map_err(|_| Error::Backend("the store writer has stopped".into()))??;
-        Ok(written
-            .into_iter()
-            .map(|create| create.map(Arc::unwrap_or_clone))
-            .collect())
+        })
+        .await
     }
 
     fn admits_in_commit(&self) -> bool {
