@@ -152,24 +152,58 @@ pub fn json_patch(target: &mut Value, patch: &Value) -> Result<(), PatchError> {
     }
     let operations: json_patch::Patch =
         serde_json::from_value(patch.clone()).map_err(|e| PatchError::Decode(e.to_string()))?;
-    // Applied to a copy: json-patch undoes the operations before a failing one, but not a
-    // `move` that fails half way (its source removed, its target refused).
+    // Applied to a copy, one operation at a time, without the crate's undo: its undo of a
+    // `move` can itself fail, and json-patch 5 then panics (`unreachable!`). The copy is simply
+    // dropped when an operation fails.
     let mut patched = target.clone();
-    json_patch::patch(&mut patched, &operations).map_err(|e| {
-        let op = patch
-            .get(e.operation)
-            .and_then(|o| o.get("op"))
-            .and_then(Value::as_str)
-            .unwrap_or_default()
-            .to_string();
-        PatchError::Operation {
-            index: e.operation,
-            op,
-            why: format!("{} (path {:?})", e.kind, e.path.as_str()),
+    for (index, operation) in operations.iter().enumerate() {
+        let failed = |why: String| PatchError::Operation {
+            index,
+            op: operation_name(operation).to_string(),
+            why,
+        };
+        if let Some(path) = removes_past_the_end(&patched, operation) {
+            // json-patch 5 pops the last element for `-` and panics on an empty array; RFC 6901
+            // says `-` names the element after the last, which does not exist, and Kubernetes
+            // refuses it.
+            return Err(failed(format!(
+                "\"-\" names no element to remove (path {path:?})"
+            )));
         }
-    })?;
+        json_patch::patch_unsafe(&mut patched, std::slice::from_ref(operation))
+            .map_err(|e| failed(format!("{} (path {:?})", e.kind, e.path.as_str())))?;
+    }
     *target = patched;
     Ok(())
+}
+
+fn operation_name(operation: &json_patch::PatchOperation) -> &'static str {
+    use json_patch::PatchOperation::*;
+    match operation {
+        Add(_) => "add",
+        Remove(_) => "remove",
+        Replace(_) => "replace",
+        Move(_) => "move",
+        Copy(_) => "copy",
+        Test(_) => "test",
+    }
+}
+
+/// The path of a `remove` (or a `move`'s `from`) whose last token is `-` under an array.
+fn removes_past_the_end<'a>(
+    document: &Value,
+    operation: &'a json_patch::PatchOperation,
+) -> Option<&'a str> {
+    let removed = match operation {
+        json_patch::PatchOperation::Remove(op) => &op.path,
+        json_patch::PatchOperation::Move(op) => &op.from,
+        _ => return None,
+    };
+    let (parent, last) = removed.split_back()?;
+    let under_array = document
+        .pointer(parent.as_str())
+        .is_some_and(Value::is_array);
+    (under_array && last.decoded() == "-").then(|| removed.as_str())
 }
 
 #[cfg(test)]
@@ -221,5 +255,46 @@ mod tests {
         assert!(matches!(err, PatchError::Decode(_)), "{err}");
         let err = json_patch(&mut v, &json!({"op": "add"})).unwrap_err();
         assert!(matches!(err, PatchError::Decode(_)), "{err}");
+    }
+
+    /// Inputs on which json-patch 5's own `patch` panics: an undo that cannot be undone, and
+    /// `-` (past the end) removed from an empty array.
+    #[test]
+    fn json_patch_refuses_what_the_crate_would_panic_on() {
+        let mut v = json!({"": null});
+        let err = json_patch(
+            &mut v,
+            &json!([{"op": "move", "from": "/", "path": ""}, {"op": "add", "path": "/", "value": 1}]),
+        )
+        .unwrap_err();
+        assert!(
+            matches!(err, PatchError::Operation { index: 1, .. }),
+            "{err}"
+        );
+        assert_eq!(v, json!({"": null}));
+        for (document, operation) in [
+            (json!({"a": []}), json!({"op": "remove", "path": "/a/-"})),
+            (json!({"a": [1]}), json!({"op": "remove", "path": "/a/-"})),
+            (
+                json!({"a": []}),
+                json!({"op": "move", "from": "/a/-", "path": "/b"}),
+            ),
+        ] {
+            let mut patched = document.clone();
+            let err = json_patch(&mut patched, &json!([operation])).unwrap_err();
+            assert!(
+                matches!(&err, PatchError::Operation { index: 0, op, why } if why.contains("\"-\"") && (op == "remove" || op == "move")),
+                "{err}"
+            );
+            assert_eq!(patched, document);
+        }
+        // `-` is an ordinary key in an object, and `add` to `-` appends.
+        let mut v = json!({"-": 1, "a": [1]});
+        json_patch(
+            &mut v,
+            &json!([{"op": "remove", "path": "/-"}, {"op": "add", "path": "/a/-", "value": 2}]),
+        )
+        .unwrap();
+        assert_eq!(v, json!({"a": [1, 2]}));
     }
 }
