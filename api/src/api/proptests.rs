@@ -264,7 +264,11 @@ proptest! {
             let _ = quota.tracks(plural, &object);
             let limited = quota.limited(&usage);
             let _ = quota.admit(&quota.used(), &limited);
-            let _ = quota.charge(&usage, || quota.recount(|_, _| vec![other.clone()]));
+            let mut tally = super::quota::Tally::of(&quota);
+            let _ = tally.tracks(plural, &object);
+            if let Some(Ok(used)) = tally.charge(&usage, || quota.recount(|_, _| vec![other.clone()])) {
+                tally.record(used);
+            }
         }
         let _ = quota.recount(|_, _| vec![object.clone(), other.clone()]);
         // LimitRanges applied to an arbitrary pod.

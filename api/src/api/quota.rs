@@ -171,67 +171,15 @@ impl<'a> Quota<'a> {
         current && hard.keys().all(|k| used.contains_key(k))
     }
 
-    /// What admitting `usage` makes of `status.used`: `None` when the quota limits none of
-    /// it, else the new total or Kubernetes' message. `recount` gives the total so far when
-    /// the quota has not counted yet. What admission asks for each create, with the quota
-    /// parsed once.
-    pub fn charge(
-        &self,
-        usage: &Usage,
-        recount: impl FnOnce() -> Usage,
-    ) -> Option<Result<Usage, String>> {
-        let hard = self.hard();
-        let requested = limited_by(&hard, usage);
-        if requested.is_empty() {
-            return None;
-        }
-        let used = self.used();
-        let used = if self.counted_with(&hard, &used) {
-            used
-        } else {
-            recount()
-        };
-        Some(self.admit_within(&hard, &used, &requested))
-    }
-
     /// Whether the quota counts `object` (of `plural` in the core group or `group`): its
     /// scopes only ever match pods.
     pub fn tracks(&self, plural: &str, object: &Value) -> bool {
-        let scopes = self.scopes();
-        if scopes.is_empty() {
-            return true;
-        }
-        if plural != "pods" {
-            return false;
-        }
-        scopes.iter().all(|(scope, operator, values)| {
-            let matched = match scope.as_str() {
-                "BestEffort" => best_effort(object),
-                "NotBestEffort" => !best_effort(object),
-                "Terminating" => object.pointer("/spec/activeDeadlineSeconds").is_some(),
-                "NotTerminating" => object.pointer("/spec/activeDeadlineSeconds").is_none(),
-                "PriorityClass" => {
-                    let class = str_at(object, "/spec/priorityClassName");
-                    return match operator.as_str() {
-                        "In" => values.iter().any(|v| v == class),
-                        "NotIn" => !values.iter().any(|v| v == class),
-                        "Exists" => !class.is_empty(),
-                        "DoesNotExist" => class.is_empty(),
-                        _ => false,
-                    };
-                }
-                _ => false,
-            };
-            match operator.as_str() {
-                "DoesNotExist" | "NotIn" => !matched,
-                _ => matched,
-            }
-        })
+        scopes_match(&self.scopes(), plural, object)
     }
 
     /// (scope, operator, values) from `spec.scopes` and `spec.scopeSelector`.
-    fn scopes(&self) -> Vec<(String, String, Vec<String>)> {
-        let mut scopes: Vec<(String, String, Vec<String>)> = self
+    fn scopes(&self) -> Vec<Scope> {
+        let mut scopes: Vec<Scope> = self
             .object
             .pointer("/spec/scopes")
             .and_then(Value::as_array)
@@ -275,35 +223,143 @@ impl<'a> Quota<'a> {
     }
 
     fn admit_within(&self, hard: &Usage, used: &Usage, requested: &Usage) -> Result<Usage, String> {
-        let mut next = used.clone();
-        let mut over = Vec::new();
-        for (name, amount) in requested {
-            let Some(limit) = hard.get(name) else {
-                continue;
-            };
-            let now = used.get(name).copied().unwrap_or_default();
-            let total = now.millis().saturating_add(amount.millis());
-            if total > limit.millis() {
-                over.push(name.clone());
+        admit_within(self.name(), hard, used, requested)
+    }
+}
+
+/// (scope, operator, values): one of a quota's scopes.
+type Scope = (String, String, Vec<String>);
+
+/// Whether an object (of `plural` in the core group, or `""`) is in all of `scopes`: they
+/// only ever match pods.
+fn scopes_match(scopes: &[Scope], plural: &str, object: &Value) -> bool {
+    if scopes.is_empty() {
+        return true;
+    }
+    if plural != "pods" {
+        return false;
+    }
+    scopes.iter().all(|(scope, operator, values)| {
+        let matched = match scope.as_str() {
+            "BestEffort" => best_effort(object),
+            "NotBestEffort" => !best_effort(object),
+            "Terminating" => object.pointer("/spec/activeDeadlineSeconds").is_some(),
+            "NotTerminating" => object.pointer("/spec/activeDeadlineSeconds").is_none(),
+            "PriorityClass" => {
+                let class = str_at(object, "/spec/priorityClassName");
+                return match operator.as_str() {
+                    "In" => values.iter().any(|v| v == class),
+                    "NotIn" => !values.iter().any(|v| v == class),
+                    "Exists" => !class.is_empty(),
+                    "DoesNotExist" => class.is_empty(),
+                    _ => false,
+                };
             }
-            next.insert(name.clone(), from_millis(total));
-        }
-        if over.is_empty() {
-            return Ok(next);
-        }
-        let list = |usage: &Usage| -> String {
-            over.iter()
-                .map(|name| format!("{name}={}", usage.get(name).copied().unwrap_or_default()))
-                .collect::<Vec<_>>()
-                .join(",")
+            _ => false,
         };
-        Err(format!(
-            "exceeded quota: {}, requested: {}, used: {}, limited: {}",
-            self.name(),
-            list(requested),
-            list(used),
-            list(hard)
-        ))
+        match operator.as_str() {
+            "DoesNotExist" | "NotIn" => !matched,
+            _ => matched,
+        }
+    })
+}
+
+/// The new total once `requested` is added to `used`, or Kubernetes' message (naming the
+/// quota) when it would go over a hard limit.
+fn admit_within(
+    quota: &str,
+    hard: &Usage,
+    used: &Usage,
+    requested: &Usage,
+) -> Result<Usage, String> {
+    let mut next = used.clone();
+    let mut over = Vec::new();
+    for (name, amount) in requested {
+        let Some(limit) = hard.get(name) else {
+            continue;
+        };
+        let now = used.get(name).copied().unwrap_or_default();
+        let total = now.millis().saturating_add(amount.millis());
+        if total > limit.millis() {
+            over.push(name.clone());
+        }
+        next.insert(name.clone(), from_millis(total));
+    }
+    if over.is_empty() {
+        return Ok(next);
+    }
+    let list = |usage: &Usage| -> String {
+        over.iter()
+            .map(|name| format!("{name}={}", usage.get(name).copied().unwrap_or_default()))
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    Err(format!(
+        "exceeded quota: {}, requested: {}, used: {}, limited: {}",
+        quota,
+        list(requested),
+        list(used),
+        list(hard)
+    ))
+}
+
+/// A quota parsed once, to judge many creates in a row (admission inside a store commit
+/// charges a namespace's creates one after another): its limits, scopes and running total.
+pub struct Tally {
+    name: String,
+    hard: Usage,
+    scopes: Vec<Scope>,
+    /// `status.used` with the charges recorded since; `None` while the quota has not counted
+    /// what it limits (just created, or its limits changed).
+    used: Option<Usage>,
+}
+
+impl Tally {
+    pub fn of(quota: &Quota<'_>) -> Self {
+        let hard = quota.hard();
+        let used = quota.used();
+        let counted = quota.counted_with(&hard, &used);
+        Self {
+            name: quota.name().to_string(),
+            scopes: quota.scopes(),
+            used: counted.then_some(used),
+            hard,
+        }
+    }
+
+    /// Whether the quota counts `object` (of `plural` in the core group, or `""`).
+    pub fn tracks(&self, plural: &str, object: &Value) -> bool {
+        scopes_match(&self.scopes, plural, object)
+    }
+
+    /// What admitting `usage` makes of the total: `None` when the quota limits none of it,
+    /// else the new total (not recorded yet: see [`Tally::record`]) or Kubernetes' message.
+    /// `recount` gives the total so far when the quota has not counted; it is kept.
+    pub fn charge(
+        &mut self,
+        usage: &Usage,
+        recount: impl FnOnce() -> Usage,
+    ) -> Option<Result<Usage, String>> {
+        let requested = limited_by(&self.hard, usage);
+        if requested.is_empty() {
+            return None;
+        }
+        let used = self.used.get_or_insert_with(recount);
+        Some(admit_within(&self.name, &self.hard, used, &requested))
+    }
+
+    /// Makes `used` (what [`Tally::charge`] returned) the running total.
+    pub fn record(&mut self, used: Usage) {
+        self.used = Some(used);
+    }
+
+    pub fn hard(&self) -> &Usage {
+        &self.hard
+    }
+
+    /// The running total; `None` while the quota has not counted.
+    pub fn used(&self) -> Option<&Usage> {
+        self.used.as_ref()
     }
 }
 
@@ -549,6 +605,47 @@ mod tests {
             refused,
             "exceeded quota: q1, requested: pods=1, used: pods=2, limited: pods=2"
         );
+    }
+
+    #[test]
+    fn a_tally_counts_once_and_adds_up_what_it_records() {
+        // Not counted yet: no `status.used`.
+        let object =
+            json!({"metadata": {"name": "q1"}, "spec": {"hard": {"pods": "2", "configmaps": "5"}}});
+        let mut tally = Tally::of(&Quota { object: &object });
+        assert_eq!(tally.used(), None);
+        let pod = usage_of("", "pods", &json!({"spec": {"containers": [{}]}}));
+        let mut recounts = 0;
+        let mut recount = || {
+            recounts += 1;
+            [
+                ("pods".to_string(), q("1")),
+                ("configmaps".to_string(), q("0")),
+            ]
+            .into()
+        };
+        let used = tally.charge(&pod, &mut recount).unwrap().unwrap();
+        assert_eq!(used["pods"], q("2"));
+        // Not recorded: the total stays what was counted.
+        assert_eq!(tally.used().map(|u| u["pods"]), Some(q("1")));
+        tally.record(used);
+        let refused = tally.charge(&pod, &mut recount).unwrap().unwrap_err();
+        assert_eq!(
+            refused,
+            "exceeded quota: q1, requested: pods=1, used: pods=2, limited: pods=2"
+        );
+        assert_eq!(recounts, 1, "counted once, then the running total");
+        // A kind the quota does not limit is no charge.
+        assert!(tally
+            .charge(&usage_of("", "secrets", &json!({})), || unreachable!())
+            .is_none());
+        // A counted quota starts from its status.
+        let counted = json!({"metadata": {"name": "q2"}, "spec": {"hard": {"pods": "2"}},
+            "status": {"hard": {"pods": "2"}, "used": {"pods": "1"}}});
+        let mut tally = Tally::of(&Quota { object: &counted });
+        assert_eq!(tally.used().map(|u| u["pods"]), Some(q("1")));
+        assert!(tally.charge(&pod, || unreachable!()).unwrap().is_ok());
+        assert_eq!(tally.hard()["pods"], q("2"));
     }
 
     #[test]

@@ -28,6 +28,7 @@ use super::ApiServer;
 use crate::api::object;
 use crate::api::quota::{self, Quota, Usage};
 use crate::api::resources::ResourceInfo;
+use crate::store::admission::GuardMemo;
 use crate::store::admission::{self, Lister};
 use crate::store::{Admission, AdmittedCreate, GuardScope, Guarded, NotCreated, ObjectKey};
 
@@ -63,19 +64,21 @@ impl QuotaCharge {
 
 impl Admission for QuotaCharge {
     /// Admitted by every quota that tracks the create, or refused by the first that does not
-    /// (and then charged to none).
+    /// (and then charged to none). Each quota is parsed once per commit into its guard's memo
+    /// ([`Charged`]), which the creates after charge in turn.
     fn admit(&self, guards: &mut [Guarded], list: &mut Lister<'_>) -> Result<(), String> {
         let object = self.pod.as_ref().unwrap_or(&Value::Null);
         let mut charges = Vec::new();
-        for (at, guard) in guards.iter().enumerate() {
-            let quota = Quota {
-                object: &guard.object,
-            };
-            if !quota.tracks(self.tracked_as, object) {
+        for (at, guard) in guards.iter_mut().enumerate() {
+            let tally = &mut Charged::of(&mut guard.memo, &mut guard.object).tally;
+            if !tally.tracks(self.tracked_as, object) {
                 continue;
             }
             let recount = || {
-                quota.recount(|group, plural| {
+                Quota {
+                    object: &guard.object,
+                }
+                .recount(|group, plural| {
                     let resource = if group.is_empty() {
                         plural.to_string()
                     } else {
@@ -84,32 +87,75 @@ impl Admission for QuotaCharge {
                     list(&resource, &self.namespace)
                 })
             };
-            if let Some(charged) = quota.charge(&self.usage, recount) {
+            if let Some(charged) = tally.charge(&self.usage, recount) {
                 charges.push((at, charged?));
             }
         }
         for (at, used) in charges {
-            charge(&mut guards[at].object, &used);
-            guards[at].changed = true;
+            let guard = &mut guards[at];
+            let memo = Charged::of(&mut guard.memo, &mut guard.object);
+            memo.tally.record(used);
+            memo.charged = true;
+            guard.changed = true;
         }
         Ok(())
     }
 }
 
-/// Sets `quota`'s new total, stamped with the time of the charge.
-fn charge(quota: &mut Value, used: &Usage) {
-    if quota.pointer("/status/hard") != quota.pointer("/spec/hard") {
-        let hard = quota.pointer("/spec/hard").cloned().unwrap_or_default();
-        object::set_at(quota, "/status/hard", hard);
+/// A quota's memo in its guard: parsed once per commit, charged by each create, and written
+/// into the quota when the commit writes it.
+struct Charged {
+    tally: quota::Tally,
+    /// Whether a create was charged (a quota only counted is not written).
+    charged: bool,
+}
+
+impl Charged {
+    /// A guard's memo, made from its object the first time.
+    fn of<'m>(memo: &'m mut Option<Box<dyn GuardMemo>>, object: &mut Value) -> &'m mut Charged {
+        let ours = memo
+            .as_mut()
+            .is_some_and(|memo| memo.as_any_mut().is::<Charged>());
+        if !ours {
+            // Another admission's memo is written into the object before it is parsed.
+            if let Some(theirs) = memo.take() {
+                theirs.settle(object);
+            }
+            let tally = quota::Tally::of(&Quota { object });
+            *memo = Some(Box::new(Charged {
+                tally,
+                charged: false,
+            }));
+        }
+        memo.as_mut()
+            .and_then(|memo| memo.as_any_mut().downcast_mut::<Charged>())
+            .expect("the memo was just made a Charged")
     }
-    let annotations = object::metadata_mut(quota)
-        .entry("annotations")
-        .or_insert_with(|| json!({}));
-    if let Some(annotations) = annotations.as_object_mut() {
-        let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
-        annotations.insert(quota::CHARGED_AT.into(), Value::String(now));
+}
+
+impl GuardMemo for Charged {
+    /// Sets the quota's new total, stamped with the time of the charge.
+    fn settle(self: Box<Self>, quota: &mut Value) {
+        let Some(used) = self.tally.used().filter(|_| self.charged) else {
+            return;
+        };
+        if quota.pointer("/status/hard") != quota.pointer("/spec/hard") {
+            let hard = quota.pointer("/spec/hard").cloned().unwrap_or_default();
+            object::set_at(quota, "/status/hard", hard);
+        }
+        let annotations = object::metadata_mut(quota)
+            .entry("annotations")
+            .or_insert_with(|| json!({}));
+        if let Some(annotations) = annotations.as_object_mut() {
+            let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+            annotations.insert(quota::CHARGED_AT.into(), Value::String(now));
+        }
+        object::set_at(quota, "/status/used", quota::to_json(used));
     }
-    object::set_at(quota, "/status/used", quota::to_json(used));
+
+    fn as_any_mut(&mut self) -> &mut dyn std::any::Any {
+        self
+    }
 }
 
 /// The charges waiting in each namespace, and whether a worker is charging there (for
@@ -306,4 +352,69 @@ impl ApiServer {
 
 fn store_lost_a_create() -> NotCreated {
     crate::store::Error::Backend("the store lost a create".into()).into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn configmap_charge() -> QuotaCharge {
+        let resource = crate::api::resources::lookup_name("configmaps").expect("configmaps");
+        QuotaCharge::new(resource, "team", &json!({"metadata": {"name": "m"}}))
+    }
+
+    /// Creates in one commit charge the quotas' memos; the objects change only when settled,
+    /// and a quota that limits nothing of them is neither charged nor stamped.
+    #[test]
+    fn charges_add_up_in_the_memo_and_are_written_when_settled() {
+        let maps = json!({"metadata": {"name": "maps", "resourceVersion": "7"},
+            "spec": {"hard": {"configmaps": "2"}},
+            "status": {"hard": {"configmaps": "2"}, "used": {"configmaps": "0"}}});
+        let pods = json!({"metadata": {"name": "pods"}, "spec": {"hard": {"pods": "1"}}});
+        let mut guards = vec![Guarded::new(maps.clone()), Guarded::new(pods.clone())];
+        let mut lists = 0;
+        let mut list = |_: &str, _: &str| {
+            lists += 1;
+            Vec::new()
+        };
+        let charge = configmap_charge();
+        charge.admit(&mut guards, &mut list).unwrap();
+        charge.admit(&mut guards, &mut list).unwrap();
+        let refused = charge.admit(&mut guards, &mut list).unwrap_err();
+        assert_eq!(
+            refused,
+            "exceeded quota: maps, requested: configmaps=1, used: configmaps=2, limited: configmaps=2"
+        );
+        assert_eq!(lists, 0, "both quotas had counted, or limit nothing here");
+        assert_eq!(guards[0].object, maps, "charged in the memo only");
+        assert!(guards[0].changed && !guards[1].changed);
+        let [charged, untouched]: [Guarded; 2] = guards.try_into().ok().unwrap();
+        let charged = charged.into_settled();
+        assert_eq!(charged["status"]["used"], json!({"configmaps": "2"}));
+        assert!(charged["metadata"]["annotations"][quota::CHARGED_AT].is_string());
+        assert_eq!(charged["metadata"]["resourceVersion"], "7");
+        assert_eq!(untouched.into_settled(), pods);
+    }
+
+    /// A quota that has not counted yet counts once, in the commit, then adds up.
+    #[test]
+    fn an_uncounted_quota_is_counted_once_per_commit() {
+        let fresh = json!({"metadata": {"name": "maps"}, "spec": {"hard": {"configmaps": "5"}}});
+        let mut guards = vec![Guarded::new(fresh)];
+        let mut lists = 0;
+        let mut list = |resource: &str, namespace: &str| {
+            assert_eq!((resource, namespace), ("configmaps", "team"));
+            lists += 1;
+            vec![json!({"metadata": {"name": "old"}})]
+        };
+        let charge = configmap_charge();
+        for _ in 0..3 {
+            charge.admit(&mut guards, &mut list).unwrap();
+        }
+        assert_eq!(lists, 1);
+        let [charged]: [Guarded; 1] = guards.try_into().ok().unwrap();
+        let charged = charged.into_settled();
+        assert_eq!(charged["status"]["used"], json!({"configmaps": "4"}));
+        assert_eq!(charged["status"]["hard"], json!({"configmaps": "5"}));
+    }
 }

@@ -48,9 +48,44 @@ impl GuardScope {
 /// One object of a [`GuardScope`] as the commit has it.
 pub struct Guarded {
     pub object: Value,
-    /// Set by an admission that changed `object`: it is written in the create's commit. An
-    /// admission never changes `metadata.resourceVersion`.
+    /// Set by an admission that changed the guard (in `object` or in its `memo`): it is
+    /// written in the create's commit. An admission never changes `metadata.resourceVersion`.
     pub changed: bool,
+    /// An admission's working copy of the guard, kept between the creates of one commit: a
+    /// quota parsed once and its running total, not parsed and encoded again per create.
+    /// Written into `object` by [`Guarded::settle`] before the guard is written.
+    pub memo: Option<Box<dyn GuardMemo>>,
+}
+
+impl Guarded {
+    pub fn new(object: Value) -> Self {
+        Self {
+            object,
+            changed: false,
+            memo: None,
+        }
+    }
+
+    /// Writes what the memo holds into `object`, and drops the memo.
+    pub fn settle(&mut self) {
+        if let Some(memo) = self.memo.take() {
+            memo.settle(&mut self.object);
+        }
+    }
+
+    /// The guard's object with its memo settled into it.
+    pub fn into_settled(mut self) -> Value {
+        self.settle();
+        self.object
+    }
+}
+
+/// What an admission keeps of a guard between creates ([`Guarded::memo`]).
+pub trait GuardMemo: Send {
+    /// Writes what the memo holds (the charges recorded in it) into the guard's object.
+    fn settle(self: Box<Self>, object: &mut Value);
+    /// For the admission to find its own memo again.
+    fn as_any_mut(&mut self) -> &mut dyn std::any::Any;
 }
 
 /// Lists the objects of a resource (the store's name, `pods` or `deployments.apps`) in a
@@ -90,10 +125,7 @@ pub fn stored_guards<S: Store + ?Sized>(store: &S, scope: &GuardScope) -> Result
         .list(&scope.resource, Some(&scope.namespace))?
         .objects
         .into_iter()
-        .map(|object| Guarded {
-            object,
-            changed: false,
-        })
+        .map(Guarded::new)
         .collect())
 }
 
@@ -147,10 +179,11 @@ pub async fn create_admitted_optimistically<S: Store + ?Sized>(
             .into_iter()
             .filter(|guard| guard.changed)
             .filter_map(|guard| {
+                let object = guard.into_settled();
                 Some(Guard {
-                    key: scope.key_of(&guard.object),
-                    precondition: revision_of(&guard.object)?,
-                    object: guard.object,
+                    key: scope.key_of(&object),
+                    precondition: revision_of(&object)?,
+                    object,
                 })
             })
             .collect();

@@ -390,20 +390,18 @@ impl Admission for Unsealed {
             let key = key_of(resource, &guard.object);
             let object =
                 open(&self.config, &key, guard.object.clone()).map_err(|e| e.to_string())?;
-            opened.push(Guarded {
-                object,
-                changed: false,
-            });
+            opened.push(Guarded::new(object));
         }
         self.admission
             .admit(&mut opened, &mut |r, ns| self.opened(r, list(r, ns)))?;
-        // Sealed before any is replaced: a refusal changes nothing.
+        // Sealed before any is replaced: a refusal changes nothing. The inner admission's
+        // memos are settled here, so a sealed guard is parsed again by the next create.
         let mut resealed = Vec::new();
         for (at, charged) in opened.into_iter().enumerate() {
             if charged.changed {
                 let key = key_of(resource, &guards[at].object);
                 let mut sealed =
-                    seal(&self.config, &key, charged.object).map_err(|e| e.to_string())?;
+                    seal(&self.config, &key, charged.into_settled()).map_err(|e| e.to_string())?;
                 // The envelope keeps the revision the guard was read at (its precondition).
                 if let Some(revision) = revision_of(&guards[at].object) {
                     stamp_revision(&mut sealed, revision);

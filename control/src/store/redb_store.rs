@@ -822,10 +822,7 @@ impl Commit<'_> {
                     &key_prefix(&scope.resource, Some(&scope.namespace)),
                 )?
                 .into_iter()
-                .map(|object| Guarded {
-                    object,
-                    changed: false,
-                })
+                .map(Guarded::new)
                 .collect();
                 self.guards.push((scope.clone(), guards));
                 self.guards.len() - 1
@@ -865,9 +862,10 @@ impl Commit<'_> {
 
     fn write_guards(&mut self, scope: &GuardScope, guards: Vec<Guarded>) -> Result<()> {
         for guard in guards.into_iter().filter(|guard| guard.changed) {
+            let object = guard.into_settled();
             let mut update = Op::Update {
-                key: scope.key_of(&guard.object),
-                object: guard.object,
+                key: scope.key_of(&object),
+                object,
                 // Read in this commit, and nothing has written the scope since.
                 precondition: None,
             };
