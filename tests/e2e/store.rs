@@ -45,6 +45,10 @@ async fn compare_and_swap(store: &dyn Store) {
         Err(Error::AlreadyExists(_))
     ));
     assert_eq!(store.get(&key("a", "cas")).unwrap().unwrap(), created);
+    assert_eq!(
+        *store.get_shared(&key("a", "cas")).unwrap().unwrap(),
+        created
+    );
     let updated = store
         .update(key("a", "cas"), config_map("a", "cas", 2), Some(first))
         .await
@@ -78,6 +82,7 @@ async fn compare_and_swap(store: &dyn Store) {
     );
     assert!(revision_of(&deleted).unwrap() > second);
     assert!(store.get(&key("a", "cas")).unwrap().is_none());
+    assert!(store.get_shared(&key("a", "cas")).unwrap().is_none());
     assert!(matches!(
         store.delete(key("a", "cas"), None).await,
         Err(Error::NotFound(_))

@@ -42,7 +42,7 @@ pub async fn ensure_system_namespaces(server: &ApiServer) -> anyhow::Result<()> 
 pub fn check_accepts_content(server: &ApiServer, namespace: &str) -> Result<()> {
     let found = server
         .store
-        .get(&ObjectKey::new("namespaces", "", namespace))
+        .get_shared(&ObjectKey::new("namespaces", "", namespace))
         .map_err(|e| ApiError::from_store(e, "namespaces", namespace))?;
     match found {
         None => Err(ApiError::NotFound {

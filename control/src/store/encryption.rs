@@ -520,6 +520,15 @@ impl Store for EncryptedStore {
             .transpose()
     }
 
+    fn get_shared(&self, key: &ObjectKey) -> Result<Option<Arc<Value>>> {
+        match self.inner.get_shared(key)? {
+            Some(stored) if stored.get(ENVELOPE_FIELD).is_some() => {
+                Ok(Some(Arc::new(open(&self.config, key, (*stored).clone())?)))
+            }
+            found => Ok(found),
+        }
+    }
+
     fn any(&self, resource: &str, namespace: Option<&str>) -> Result<bool> {
         self.inner.any(resource, namespace)
     }
@@ -643,6 +652,11 @@ mod tests {
             );
             assert!(!on_disk.contains("aHVudGVyMg"), "{provider}: {on_disk}");
             assert_eq!(store.get(&key).unwrap().unwrap()["data"], created["data"]);
+            assert_eq!(
+                store.get_shared(&key).unwrap().unwrap()["data"],
+                created["data"],
+                "a shared read is opened too"
+            );
             let listed = store.list("secrets", None).unwrap().objects;
             assert_eq!(listed[0]["data"], created["data"]);
             // Other resources pass untouched.
@@ -655,6 +669,7 @@ mod tests {
                 .await
                 .unwrap();
             assert_eq!(raw.get(&map).unwrap().unwrap()["data"]["a"], "b");
+            assert_eq!(store.get_shared(&map).unwrap().unwrap()["data"]["a"], "b");
             // A create charged to a quota is sealed the same way.
             let quota = ObjectKey::new("resourcequotas", "default", "q");
             let q = json!({"metadata": {"name": "q", "namespace": "default"}});

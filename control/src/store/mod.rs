@@ -212,6 +212,12 @@ pub trait Store: Send + Sync + 'static {
         false
     }
     fn get(&self, key: &ObjectKey) -> Result<Option<Value>>;
+    /// [`Store::get`] without a copy where the backend holds its objects shared (etcd's
+    /// watch cache): for a request that only looks at an object (its namespace, on every
+    /// create).
+    fn get_shared(&self, key: &ObjectKey) -> Result<Option<std::sync::Arc<Value>>> {
+        Ok(self.get(key)?.map(std::sync::Arc::new))
+    }
     /// Every object of `resource` (in `namespace`, if given) as this server has them now.
     fn list(&self, resource: &str, namespace: Option<&str>) -> Result<Listing>;
     /// Whether there is any object of `resource` (in `namespace`, if given): what admission

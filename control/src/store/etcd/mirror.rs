@@ -247,11 +247,8 @@ impl Mirror {
         self.applied.send_replace(revision);
     }
 
-    pub fn get(&self, key: &ObjectKey) -> Option<Value> {
-        self.read()
-            .objects
-            .get(&key.encode())
-            .map(|object| (**object).clone())
+    pub fn get(&self, key: &ObjectKey) -> Option<Arc<Value>> {
+        self.read().objects.get(&key.encode()).cloned()
     }
 
     pub fn list(&self, resource: &str, namespace: Option<&str>) -> Listing {

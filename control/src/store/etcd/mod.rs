@@ -376,13 +376,13 @@ impl EtcdStore {
     }
 }
 
-/// The JSON to store: the object without `resourceVersion` (etcd's revision is the truth).
-fn encode(object: &Value) -> Result<Vec<u8>> {
-    let mut object = object.clone();
+/// The JSON to store: the object without `resourceVersion` (etcd's revision is the truth),
+/// which is taken out of `object` (the caller stamps the new one) rather than out of a copy.
+fn encode(object: &mut Value) -> Result<Vec<u8>> {
     if let Some(meta) = object.get_mut("metadata").and_then(Value::as_object_mut) {
         meta.remove("resourceVersion");
     }
-    serde_json::to_vec(&object).map_err(|e| Error::Backend(format!("encoding: {e}")))
+    serde_json::to_vec(&*object).map_err(|e| Error::Backend(format!("encoding: {e}")))
 }
 
 /// The end of the range of keys starting with `prefix` (which ends in `/`: the next byte).
@@ -553,9 +553,9 @@ async fn compact(mut client: Client, interval: Duration) {
 
 #[async_trait::async_trait]
 impl Store for EtcdStore {
-    async fn create(&self, key: ObjectKey, object: Value) -> Result<Value> {
+    async fn create(&self, key: ObjectKey, mut object: Value) -> Result<Value> {
         let etcd_key = self.layout.key(&key);
-        let value = encode(&object)?;
+        let value = encode(&mut object)?;
         let committed = self
             .write(&key, &etcd_key, Write::Create { value }, None)
             .await?;
@@ -565,11 +565,11 @@ impl Store for EtcdStore {
     async fn update(
         &self,
         key: ObjectKey,
-        object: Value,
+        mut object: Value,
         precondition: Option<u64>,
     ) -> Result<Value> {
         let etcd_key = self.layout.key(&key);
-        let value = encode(&object)?;
+        let value = encode(&mut object)?;
         let write = Write::Update {
             value,
             precondition,
@@ -590,6 +590,10 @@ impl Store for EtcdStore {
     }
 
     fn get(&self, key: &ObjectKey) -> Result<Option<Value>> {
+        Ok(self.mirror.get(key).map(|object| (*object).clone()))
+    }
+
+    fn get_shared(&self, key: &ObjectKey) -> Result<Option<Arc<Value>>> {
         Ok(self.mirror.get(key))
     }
 
