@@ -28,8 +28,7 @@ use super::ApiServer;
 use crate::api::object;
 use crate::api::quota::{self, Quota, Usage};
 use crate::api::resources::ResourceInfo;
-use crate::store::admission::GuardMemo;
-use crate::store::admission::{self, Lister};
+use crate::store::admission::{self, GuardMemo, Lister};
 use crate::store::{Admission, AdmittedCreate, GuardScope, Guarded, NotCreated, ObjectKey};
 
 const QUOTAS: &str = "resourcequotas";
