@@ -262,8 +262,7 @@ proptest! {
         for (group, plural) in [("", "pods"), ("", "services"), ("", "persistentvolumeclaims"), ("apps", "deployments")] {
             let usage = super::quota::usage_of(group, plural, &object);
             let _ = quota.tracks(plural, &object);
-            let limited = quota.limited(&usage);
-            let _ = quota.admit(&quota.used(), &limited);
+            let _ = quota.limited(&usage);
             let mut tally = super::quota::Tally::of(&quota);
             let _ = tally.tracks(plural, &object);
             if let Some(Ok(used)) = tally.charge(&usage, || quota.recount(|_, _| vec![other.clone()])) {

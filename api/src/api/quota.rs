@@ -215,16 +215,6 @@ impl<'a> Quota<'a> {
     pub fn limited(&self, usage: &Usage) -> Usage {
         limited_by(&self.hard(), usage)
     }
-
-    /// The new `status.used` once `requested` is added to `used`, or Kubernetes' message
-    /// when it would go over a hard limit.
-    pub fn admit(&self, used: &Usage, requested: &Usage) -> Result<Usage, String> {
-        self.admit_within(&self.hard(), used, requested)
-    }
-
-    fn admit_within(&self, hard: &Usage, used: &Usage, requested: &Usage) -> Result<Usage, String> {
-        admit_within(self.name(), hard, used, requested)
-    }
 }
 
 /// (scope, operator, values): one of a quota's scopes.
@@ -351,10 +341,6 @@ impl Tally {
     /// Makes `used` (what [`Tally::charge`] returned) the running total.
     pub fn record(&mut self, used: Usage) {
         self.used = Some(used);
-    }
-
-    pub fn hard(&self) -> &Usage {
-        &self.hard
     }
 
     /// The running total; `None` while the quota has not counted.
@@ -598,9 +584,9 @@ mod tests {
         let pod = json!({"spec": {"containers": [{"resources": {"requests": {"cpu": "250m"}}}]}});
         let requested = quota.limited(&usage_of("", "pods", &pod));
         assert_eq!(requested.len(), 2, "{requested:?}");
-        let next = quota.admit(&used, &requested).unwrap();
+        let next = admit_within(quota.name(), &quota.hard(), &used, &requested).unwrap();
         assert_eq!((next["pods"], next["requests.cpu"]), (q("2"), q("750m")));
-        let refused = quota.admit(&next, &requested).unwrap_err();
+        let refused = admit_within(quota.name(), &quota.hard(), &next, &requested).unwrap_err();
         assert_eq!(
             refused,
             "exceeded quota: q1, requested: pods=1, used: pods=2, limited: pods=2"
@@ -645,7 +631,6 @@ mod tests {
         let mut tally = Tally::of(&Quota { object: &counted });
         assert_eq!(tally.used().map(|u| u["pods"]), Some(q("1")));
         assert!(tally.charge(&pod, || unreachable!()).unwrap().is_ok());
-        assert_eq!(tally.hard()["pods"], q("2"));
     }
 
     #[test]
