@@ -326,12 +326,14 @@ function ownedBy(object, owner) {
   return (object.metadata.ownerReferences ?? []).some((r) => r.uid === owner.metadata.uid);
 }
 
-/// `kubectl rollout undo`: the Deployment's template becomes its previous revision's.
+/// `kubectl rollout undo`: the Deployment's template becomes its previous revision's. As
+/// kubectl, the previous revision is the second newest of its ReplicaSets, not one below the
+/// Deployment's own revision annotation: the controller writes that annotation after it made
+/// the new ReplicaSet, so the page may hold the Deployment one revision behind its history.
 async function undo(deployment, replicaSets) {
-  const history = replicaSets.filter((rs) => ownedBy(rs, deployment))
+  const history = replicaSets.filter((rs) => ownedBy(rs, deployment) && revisionOf(rs) > 0)
     .sort((a, b) => revisionOf(b) - revisionOf(a));
-  const current = revisionOf(deployment);
-  const previous = history.find((rs) => revisionOf(rs) < current);
+  const previous = history[1];
   if (!previous) throw new ApiError(400, 'there is no earlier revision to go back to');
   const template = structuredClone(previous.spec.template);
   delete template.metadata?.labels?.['pod-template-hash'];

@@ -246,6 +246,15 @@ async fn the_dashboard_shows_and_changes_the_cluster_live() {
         )
         .await;
     browser.eval(&click("deployment", "web", "undo")).await;
+    // The page says how the undo went; a refusal (no earlier revision known) fails here, by name.
+    let undone = browser
+        .wait_for(
+            "the undo's message",
+            "!document.getElementById('toast').hidden && document.getElementById('toast').textContent.startsWith('Undoing') && document.getElementById('toast').textContent",
+            Duration::from_secs(5),
+        )
+        .await;
+    assert_eq!(undone.as_str(), Some("Undoing web"), "{undone}");
     wait_for("the undo", Duration::from_secs(5), async || {
         template_annotation().await.is_null().then_some(())
     })
