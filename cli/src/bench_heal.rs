@@ -42,9 +42,10 @@ pub async fn heal(args: &Args, loss: bool, heartbeats: bool) -> anyhow::Result<(
         false => (1000, (args.kills / 4).max(3), [1000, 5000]),
     };
     if loss {
-        node_loss(10, args.kills.max(1)).await?;
+        let eviction = Duration::from_secs(args.pod_eviction_timeout_seconds);
+        node_loss(10, args.kills.max(1), eviction).await?;
         if big_node > 0 {
-            node_loss(big_node, big_kills).await?;
+            node_loss(big_node, big_kills, eviction).await?;
         }
     }
     if heartbeats {
@@ -129,15 +130,16 @@ async fn wait_until(
     Ok(())
 }
 
-async fn node_loss(pods: usize, kills: usize) -> anyhow::Result<()> {
+async fn node_loss(pods: usize, kills: usize, eviction_timeout: Duration) -> anyhow::Result<()> {
     // A /16 per node: the keeper ends up with every round's replacements.
     let mut options = ControlPlaneOptions {
         server: ServerOptions { node_cidr_mask: 16 },
         ..Default::default()
     };
-    // Lost pods left on the dead nodes go soon (not part of the figure: replacements are
-    // made when the node turns unreachable).
-    options.controllers.pod_eviction_timeout = Duration::from_secs(3);
+    // The lost pods themselves stay (terminating) until the eviction timeout, or until the
+    // round deletes the dead node. A short timeout deletes them while their replacements are
+    // being made, and those deletions' writes are then part of the figure.
+    options.controllers.pod_eviction_timeout = eviction_timeout;
     let max_pods = u32::try_from(pods + 64)?;
     let configure = move |c: &mut shoal_runtime::agent::AgentConfig| c.max_pods = max_pods;
     let mut bench = start_cluster_with(1, options, configure).await?;
