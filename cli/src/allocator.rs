@@ -39,3 +39,26 @@ extern "C" {
 #[used]
 #[link_section = ".init_array"]
 static CONFIGURE: extern "C" fn() = configure;
+
+#[cfg(test)]
+mod tests {
+    use super::ARENA_EAGER_COMMIT;
+
+    /// What links this module gets both: Rust's allocations come from mimalloc, and the
+    /// constructor ran before them (the linker keeps `.init_array` entries only when it
+    /// keeps their object, so this would catch a build that dropped it).
+    #[test]
+    fn mimalloc_allocates_and_commits_its_arenas_on_demand() {
+        let boxed = Box::new(7u64);
+        let address = std::ptr::from_ref::<u64>(&boxed).cast::<std::ffi::c_void>();
+        // SAFETY: asks mimalloc whether an address is in its heap; reads nothing at it.
+        assert!(unsafe { libmimalloc_sys::mi_is_in_heap_region(address) });
+        if std::env::var_os("MIMALLOC_ARENA_EAGER_COMMIT").is_none() {
+            // SAFETY: reads one of mimalloc's option values.
+            assert_eq!(
+                unsafe { libmimalloc_sys::mi_option_get(ARENA_EAGER_COMMIT) },
+                0
+            );
+        }
+    }
+}
