@@ -74,9 +74,9 @@ struct Args {
     /// at least 3, with 1,000).
     #[arg(long, default_value_t = 20)]
     kills: usize,
-    /// The `heal` benchmark's `--pod-eviction-timeout-seconds` (the server's default): when the
-    /// lost pods left on the dead node are deleted for good, meanwhile their replacements are
-    /// made.
+    /// The `heal` benchmark's `--pod-eviction-timeout-seconds`, by default the server's: how
+    /// long the lost pods stay on the dead node before they are deleted for good. A short one
+    /// puts those deletions beside the replacements, in the figure.
     #[arg(long, default_value_t = 60)]
     pod_eviction_timeout_seconds: u64,
     /// Wake-ups in the `wake` benchmark.
