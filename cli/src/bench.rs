@@ -299,6 +299,20 @@ async fn create_and_watch(
     make: impl Fn(usize) -> anyhow::Result<Pod>,
     label: &str,
 ) -> anyhow::Result<(Vec<Duration>, Duration)> {
+    let (latencies, _, elapsed) =
+        create_and_watch_steps(client, count, creators, make, label).await?;
+    Ok((latencies, elapsed))
+}
+
+/// [`create_and_watch`], with where each pod's time went: create -> first seen on the watch,
+/// and create -> seen bound to a node, each sorted on its own.
+async fn create_and_watch_steps(
+    client: &Client,
+    count: usize,
+    creators: usize,
+    make: impl Fn(usize) -> anyhow::Result<Pod>,
+    label: &str,
+) -> anyhow::Result<(Vec<Duration>, [Vec<Duration>; 2], Duration)> {
     let pods = client.api::<Pod>(Some("default"));
     let params = ListParams::default().labels(&format!("bench={label}"));
     let list = pods.list(&params).await?;
@@ -314,12 +328,28 @@ async fn create_and_watch(
         let sent = sent.clone();
         tokio::spawn(async move {
             let mut latencies = Vec::with_capacity(count);
+            let (mut first_seen, mut bound) = (Vec::with_capacity(count), Vec::new());
             let mut seen = std::collections::HashSet::new();
+            let mut seen_at_all = std::collections::HashSet::new();
+            let mut seen_bound = std::collections::HashSet::new();
             while let Some(event) = watch.next().await {
                 let Ok(WatchEvent::Modified(pod) | WatchEvent::Added(pod)) = event else {
                     continue;
                 };
                 let name = pod.metadata.name.clone().unwrap_or_default();
+                if !seen_at_all.contains(&name) {
+                    if let Some(start) = sent.lock().await.get(&name) {
+                        first_seen.push(start.elapsed());
+                        seen_at_all.insert(name.clone());
+                    }
+                }
+                let has_node = (pod.spec.as_ref()).is_some_and(|s| s.node_name.is_some());
+                if has_node && !seen_bound.contains(&name) {
+                    if let Some(start) = sent.lock().await.get(&name) {
+                        bound.push(start.elapsed());
+                        seen_bound.insert(name.clone());
+                    }
+                }
                 if !is_running(&pod) || seen.contains(&name) {
                     continue;
                 }
@@ -331,7 +361,7 @@ async fn create_and_watch(
                     break;
                 }
             }
-            latencies
+            (latencies, first_seen, bound)
         })
     };
     let began = Instant::now();
@@ -349,9 +379,12 @@ async fn create_and_watch(
             drop(permit);
         });
     }
-    let mut latencies = tokio::time::timeout(Duration::from_secs(600), observer).await??;
+    let (mut latencies, mut first_seen, mut bound) =
+        tokio::time::timeout(Duration::from_secs(600), observer).await??;
     latencies.sort();
-    Ok((latencies, began.elapsed()))
+    first_seen.sort();
+    bound.sort();
+    Ok((latencies, [first_seen, bound], began.elapsed()))
 }
 
 async fn pod_start(args: &Args) -> anyhow::Result<()> {
@@ -382,7 +415,7 @@ async fn pod_start(args: &Args) -> anyhow::Result<()> {
         "pods",
     )
     .await?;
-    let (latencies, elapsed) = create_and_watch(
+    let (latencies, [first_seen, bound], elapsed) = create_and_watch_steps(
         &bench.client,
         args.pods,
         args.creators,
@@ -390,6 +423,13 @@ async fn pod_start(args: &Args) -> anyhow::Result<()> {
         "pods",
     )
     .await?;
+    println!(
+        "  on the way (watch): create -> first seen p50 {:.1} ms, p99 {:.1} ms; create -> bound to a node p50 {:.1} ms, p99 {:.1} ms",
+        ms(percentile(&first_seen, 0.50)),
+        ms(percentile(&first_seen, 0.99)),
+        ms(percentile(&bound, 0.50)),
+        ms(percentile(&bound, 0.99)),
+    );
     println!(
         "pod create -> Running (watch), {} pods, {} creator(s), {} node(s): p50 {:.1} ms, p90 {:.1} ms, p99 {:.1} ms, max {:.1} ms; all Running after {:.2} s ({:.0} pods/s)",
         latencies.len(),

@@ -144,3 +144,52 @@ async fn nodes_registering_together_get_distinct_pod_cidrs() {
     assert!(distinct.contains(&"10.244.0.0/24".to_string()));
     assert!(distinct.contains(&"10.244.31.0/24".to_string()));
 }
+
+/// Recording an event does not wait for its write: the recorder's writer writes what was
+/// recorded, and what came beyond its queue is dropped (a current-thread runtime, so the
+/// writer cannot start before the recording loop yields). Paced faster than the default, so
+/// that the queue drains in the test's time.
+#[tokio::test]
+async fn events_are_written_behind_the_recorder_and_a_full_queue_drops() {
+    use crate::client::{EventPace, Recorder, EVENTS_QUEUED};
+    use k8s_openapi::api::core::v1::Event;
+    let (_dir, client) = in_process_server().await;
+    let fast = EventPace {
+        per_second: 1e6,
+        burst: 1e6,
+    };
+    let recorder = Recorder::new(client.clone(), "test-recorder", None).paced(fast);
+    let recorded = EVENTS_QUEUED + 200;
+    for i in 0..recorded {
+        // One object each: the spam filter lets each object's first event pass.
+        recorder.normal(&config_map(&format!("m{i}")), "Tested", &format!("{i}"));
+    }
+    let events = client.api::<Event>(Some("default"));
+    let written = || async {
+        let list = events.list(&Default::default()).await.unwrap();
+        (list.items.into_iter())
+            .map(|e| e.message.unwrap_or_default().parse::<usize>().unwrap())
+            .collect::<Vec<_>>()
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while written().await.len() < EVENTS_QUEUED && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut messages = written().await;
+    messages.sort_unstable();
+    assert_eq!(
+        messages,
+        (0..EVENTS_QUEUED).collect::<Vec<_>>(),
+        "the first {EVENTS_QUEUED} recorded are written, the rest dropped"
+    );
+    recorder.normal(&config_map("after"), "Tested", &format!("{recorded}"));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while written().await.len() == EVENTS_QUEUED && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        written().await.contains(&recorded),
+        "a drained queue takes events again"
+    );
+}

@@ -2,10 +2,20 @@
 //! `kubectl describe` and `kubectl get events` show it. Recording is best effort: a failure to
 //! record is logged, never returned.
 //!
-//! Like client-go's recorder, each recorder drops what is spam ([`SpamFilter`]): a source may
-//! record 25 events about one object at once, then one more every 5 minutes.
+//! Like client-go's recorder, recording never waits for the write: each recorder queues its
+//! events for one writer task of its own, which writes them one at a time in the order they
+//! were recorded ([`QUEUED`] may wait; beyond that they are dropped and counted, as
+//! client-go's broadcaster drops when its queue is full). The work an event reports on does
+//! not wait for the event, and a burst of a thousand events is written by one writer beside
+//! that work instead of by a thousand requests competing with it. The writer keeps a pace
+//! ([`Pace`]: 50 events a second after a burst of 100, the kubelet's `eventRecordQPS` and
+//! `eventBurst`), so that a node losing a thousand pods spends its CPU on replacing them, and
+//! their events follow. Each recorder also drops
+//! what is spam ([`SpamFilter`]): a source may record 25 events about one object at once,
+//! then one more every 5 minutes.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -13,15 +23,44 @@ use k8s_openapi::api::core::v1::{Event, EventSource, ObjectReference};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::{Metadata, Resource};
 
+use tokio::sync::mpsc;
+
 use super::Client;
 use crate::api::time;
 
+/// How many recorded events may wait for a recorder's writer (client-go's broadcaster queues
+/// 1,000 too).
+pub const QUEUED: usize = 1000;
+
+/// How fast a recorder writes its events, unless told otherwise ([`Recorder::paced`]).
+pub const DEFAULT_PACE: Pace = Pace {
+    per_second: 50.0,
+    burst: 100.0,
+};
+
+/// A token bucket: `burst` events at once, then `per_second`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Pace {
+    pub per_second: f64,
+    pub burst: f64,
+}
+
 #[derive(Clone)]
 pub struct Recorder {
-    client: Client,
     component: String,
     host: Option<String>,
     spam: Arc<SpamFilter>,
+    queue: Arc<Queue>,
+}
+
+/// A recorder's events on their way to its writer.
+struct Queue {
+    sender: mpsc::Sender<Event>,
+    /// The writer's end and its client until the first event starts the writer (a recorder
+    /// may be made outside a runtime).
+    idle_writer: Mutex<Option<(Client, mpsc::Receiver<Event>, Pace)>>,
+    /// Events dropped since the writer last said so.
+    dropped: Arc<AtomicU64>,
 }
 
 /// client-go's `EventSourceObjectSpamFilter`: a token bucket per object a recorder reports on,
@@ -69,31 +108,46 @@ impl SpamFilter {
 impl Recorder {
     /// A recorder for `component` (`default-scheduler`, `shoal-agent`), on `host` if any.
     pub fn new(client: Client, component: &str, host: Option<&str>) -> Self {
+        let (sender, receiver) = mpsc::channel(QUEUED);
         Self {
-            client,
             component: component.into(),
             host: host.map(str::to_string),
             spam: Arc::default(),
+            queue: Arc::new(Queue {
+                sender,
+                idle_writer: Mutex::new(Some((client, receiver, DEFAULT_PACE))),
+                dropped: Arc::default(),
+            }),
         }
     }
 
+    /// The recorder, writing at `pace` instead of [`DEFAULT_PACE`] (before its first event).
+    pub fn paced(self, pace: Pace) -> Self {
+        let mut idle = (self.queue.idle_writer.lock()).unwrap_or_else(|p| p.into_inner());
+        if let Some((_, _, writer_pace)) = idle.as_mut() {
+            *writer_pace = pace;
+        }
+        drop(idle);
+        self
+    }
+
     /// Records a `Normal` event about `object`.
-    pub async fn normal<K>(&self, object: &K, reason: &str, message: &str)
+    pub fn normal<K>(&self, object: &K, reason: &str, message: &str)
     where
         K: Resource + Metadata<Ty = ObjectMeta>,
     {
-        self.record(object, "Normal", reason, message).await
+        self.record(object, "Normal", reason, message)
     }
 
     /// Records a `Warning` event about `object`.
-    pub async fn warning<K>(&self, object: &K, reason: &str, message: &str)
+    pub fn warning<K>(&self, object: &K, reason: &str, message: &str)
     where
         K: Resource + Metadata<Ty = ObjectMeta>,
     {
-        self.record(object, "Warning", reason, message).await
+        self.record(object, "Warning", reason, message)
     }
 
-    async fn record<K>(&self, object: &K, type_: &str, reason: &str, message: &str)
+    fn record<K>(&self, object: &K, type_: &str, reason: &str, message: &str)
     where
         K: Resource + Metadata<Ty = ObjectMeta>,
     {
@@ -143,14 +197,103 @@ impl Recorder {
             reporting_instance: self.host.clone(),
             ..Default::default()
         };
+        self.queue.push(event);
+    }
+}
+
+impl Queue {
+    fn push(&self, event: Event) {
+        self.start_writer();
+        if let Err(e) = self.sender.try_send(event) {
+            let event = match e {
+                mpsc::error::TrySendError::Full(event) => event,
+                mpsc::error::TrySendError::Closed(event) => event,
+            };
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(
+                "dropping event {} for {}: {QUEUED} events wait already",
+                event.reason.unwrap_or_default(),
+                event.involved_object.name.unwrap_or_default()
+            );
+        }
+    }
+
+    /// Starts the writer on the first event, on the runtime of the code that records it.
+    fn start_writer(&self) {
+        let mut idle = self.idle_writer.lock().unwrap_or_else(|p| p.into_inner());
+        if idle.is_none() {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        if let Some((client, receiver, pace)) = idle.take() {
+            runtime.spawn(write_events(client, receiver, pace, self.dropped.clone()));
+        }
+    }
+}
+
+/// The writer of one recorder: its events one at a time, in order, at `pace`, until every
+/// clone of the recorder is gone and the queue is empty.
+async fn write_events(
+    client: Client,
+    mut queue: mpsc::Receiver<Event>,
+    pace: Pace,
+    dropped: Arc<AtomicU64>,
+) {
+    let mut bucket = Bucket::full(pace, Instant::now());
+    while let Some(event) = queue.recv().await {
+        let wait = bucket.take(Instant::now());
+        if !wait.is_zero() {
+            tokio::time::sleep(wait).await;
+        }
+        let lost = dropped.swap(0, Ordering::Relaxed);
+        if lost > 0 {
+            tracing::warn!(
+                "{lost} events were dropped: they came faster than they could be written"
+            );
+        }
+        let namespace = event.metadata.namespace.clone().unwrap_or_default();
         // The created Event is not needed back: skip decoding it.
-        if let Err(e) = self
-            .client
+        if let Err(e) = client
             .api::<Event>(Some(&namespace))
             .create_quietly(&event)
             .await
         {
-            tracing::debug!("recording event {reason} for {}/{name}: {e}", K::KIND);
+            tracing::debug!(
+                "recording event {} for {}: {e}",
+                event.reason.as_deref().unwrap_or_default(),
+                event.involved_object.name.as_deref().unwrap_or_default()
+            );
+        }
+    }
+}
+
+/// What is left of a [`Pace`] at a moment: tokens below zero are time to wait.
+struct Bucket {
+    pace: Pace,
+    tokens: f64,
+    at: Instant,
+}
+
+impl Bucket {
+    fn full(pace: Pace, now: Instant) -> Self {
+        Self {
+            pace,
+            tokens: pace.burst,
+            at: now,
+        }
+    }
+
+    /// Takes a token for one write at `now`: how long to wait before writing.
+    fn take(&mut self, now: Instant) -> Duration {
+        let earned = now.saturating_duration_since(self.at).as_secs_f64() * self.pace.per_second;
+        self.tokens = (self.tokens + earned).min(self.pace.burst) - 1.0;
+        self.at = now;
+        if self.tokens >= 0.0 || self.pace.per_second <= 0.0 {
+            Duration::ZERO
+        } else {
+            Duration::from_secs_f64(-self.tokens / self.pace.per_second)
         }
     }
 }
@@ -158,6 +301,33 @@ impl Recorder {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_pace_is_a_burst_then_a_rate() {
+        let start = Instant::now();
+        let mut bucket = Bucket::full(DEFAULT_PACE, start);
+        for _ in 0..100 {
+            assert_eq!(bucket.take(start), Duration::ZERO);
+        }
+        assert_eq!(
+            bucket.take(start),
+            Duration::from_millis(20),
+            "one more waits 1/50 s"
+        );
+        assert_eq!(bucket.take(start), Duration::from_millis(40));
+        // A second later, 50 tokens were earned: the two owed, then 48 free.
+        let later = start + Duration::from_secs(1);
+        for _ in 0..48 {
+            assert_eq!(bucket.take(later), Duration::ZERO);
+        }
+        assert_eq!(bucket.take(later), Duration::from_millis(20));
+        // An idle minute fills the bucket up to the burst, no more.
+        let idle = later + Duration::from_secs(60);
+        for _ in 0..100 {
+            assert_eq!(bucket.take(idle), Duration::ZERO);
+        }
+        assert!(!bucket.take(idle).is_zero());
+    }
 
     #[test]
     fn an_object_gets_25_events_at_once_then_one_per_5_minutes() {

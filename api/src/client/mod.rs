@@ -20,7 +20,7 @@ use http_body_util::BodyExt;
 use serde_json::Value;
 
 pub use api::{Api, DeleteParams, ListParams, ObjectList, WatchEvent};
-pub use events::Recorder;
+pub use events::{Pace as EventPace, Recorder, QUEUED as EVENTS_QUEUED};
 pub use kube::client::Body;
 pub use shared::ApiObject;
 pub use watcher::{watcher, WatcherEvent};

@@ -151,9 +151,9 @@ async fn reconcile(client: Client, recorder: Recorder, key: ObjectKey) -> Result
     let plan = plan(&cronjob, &owned, now);
     for (warning, reason, message) in &plan.events {
         if *warning {
-            recorder.warning(&cronjob, reason, message).await;
+            recorder.warning(&cronjob, reason, message);
         } else {
-            recorder.normal(&cronjob, reason, message).await;
+            recorder.normal(&cronjob, reason, message);
         }
     }
     for name in &plan.delete {
@@ -167,9 +167,7 @@ async fn reconcile(client: Client, recorder: Recorder, key: ObjectKey) -> Result
         match jobs_api.create(&job_for(&cronjob, time)).await {
             Ok(created) => {
                 let message = format!("Created job {}", name_of(&created));
-                recorder
-                    .normal(&cronjob, "SuccessfulCreate", &message)
-                    .await;
+                recorder.normal(&cronjob, "SuccessfulCreate", &message);
                 owned.push(created);
             }
             // The Job of this scheduled time exists already (seen in an earlier round).

@@ -138,7 +138,7 @@ async fn reconcile(client: Client, recorder: Recorder, key: ObjectKey) -> Result
             "Created pod: {}",
             created.metadata.name.clone().unwrap_or_default()
         );
-        recorder.normal(&ds, "SuccessfulCreate", &message).await;
+        recorder.normal(&ds, "SuccessfulCreate", &message);
     }
     // RollingUpdate: replace outdated pods, at most maxUnavailable not ready at a time.
     let placed: Vec<&Pod> = pods

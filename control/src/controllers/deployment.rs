@@ -159,7 +159,7 @@ async fn reconcile(client: Client, recorder: Recorder, key: ObjectKey) -> Result
                     "Scaled up replica set {} from 0 to {initial}",
                     created.metadata.name.clone().unwrap_or_default()
                 );
-                recorder.normal(&d, "ScalingReplicaSet", &message).await;
+                recorder.normal(&d, "ScalingReplicaSet", &message);
                 owned.push(created);
             }
             Some(i) if revision_of(&owned[i]) < max_revision => {
@@ -256,13 +256,11 @@ async fn roll(
             sets.patch_merge(&rs_name, &json!({"spec": {"replicas": to}}))
                 .await?;
             let verb = if to > from { "up" } else { "down" };
-            recorder
-                .normal(
-                    d,
-                    "ScalingReplicaSet",
-                    &format!("Scaled {verb} replica set {rs_name} from {from} to {to}"),
-                )
-                .await;
+            recorder.normal(
+                d,
+                "ScalingReplicaSet",
+                &format!("Scaled {verb} replica set {rs_name} from {from} to {to}"),
+            );
             Ok::<(), Error>(())
         }
     };

@@ -207,16 +207,14 @@ async fn reconcile(client: Client, recorder: Recorder, key: ObjectKey) -> Result
                     break;
                 }
                 let created = pods_api.create(&job_pod(&job, index)).await?;
-                recorder
-                    .normal(
-                        &job,
-                        "SuccessfulCreate",
-                        &format!(
-                            "Created pod: {}",
-                            created.metadata.name.clone().unwrap_or_default()
-                        ),
-                    )
-                    .await;
+                recorder.normal(
+                    &job,
+                    "SuccessfulCreate",
+                    &format!(
+                        "Created pod: {}",
+                        created.metadata.name.clone().unwrap_or_default()
+                    ),
+                );
                 active_count += 1;
             }
         }
@@ -248,11 +246,9 @@ async fn reconcile(client: Client, recorder: Recorder, key: ObjectKey) -> Result
             }
         );
         if outcome == "Complete" {
-            recorder.normal(&job, "Completed", &event).await;
+            recorder.normal(&job, "Completed", &event);
         } else {
-            recorder
-                .warning(&job, reason.unwrap_or("Failed"), &event)
-                .await;
+            recorder.warning(&job, reason.unwrap_or("Failed"), &event);
         }
     }
     let status = JobStatus {

@@ -98,17 +98,17 @@ impl Owner {
         }
     }
 
-    async fn event(&self, recorder: &Recorder, reason: &str, message: &str) {
+    fn event(&self, recorder: &Recorder, reason: &str, message: &str) {
         match self {
-            Owner::Set(rs) => recorder.normal(rs, reason, message).await,
-            Owner::Controller(rc) => recorder.normal(rc, reason, message).await,
+            Owner::Set(rs) => recorder.normal(rs, reason, message),
+            Owner::Controller(rc) => recorder.normal(rc, reason, message),
         }
     }
 
-    async fn warning(&self, recorder: &Recorder, reason: &str, message: &str) {
+    fn warning(&self, recorder: &Recorder, reason: &str, message: &str) {
         match self {
-            Owner::Set(rs) => recorder.warning(rs, reason, message).await,
-            Owner::Controller(rc) => recorder.warning(rc, reason, message).await,
+            Owner::Set(rs) => recorder.warning(rs, reason, message),
+            Owner::Controller(rc) => recorder.warning(rc, reason, message),
         }
     }
 
@@ -335,7 +335,7 @@ async fn reconcile(
         let record = |messages: Vec<String>| {
             let (owner, recorder) = (&owner, &recorder);
             futures::future::join_all(messages.into_iter().map(move |message| async move {
-                owner.event(recorder, "SuccessfulCreate", &message).await
+                owner.event(recorder, "SuccessfulCreate", &message)
             }))
         };
         while missing > 0 {
@@ -376,9 +376,7 @@ async fn reconcile(
             if let Some(e) = refused {
                 // A quota or admission refusal: say so on the owner; the runtime retries
                 // with back-off (a freed slot or a raised quota wakes it sooner).
-                owner
-                    .warning(&recorder, "FailedCreate", &format!("Error creating: {e}"))
-                    .await;
+                owner.warning(&recorder, "FailedCreate", &format!("Error creating: {e}"));
                 return Err(e.into());
             }
             missing -= size;
@@ -412,7 +410,7 @@ async fn reconcile(
                 Ok(()) => {
                     expectations.deleted(&uid, pod.metadata.uid.clone().unwrap_or_default());
                     let message = format!("Deleted pod: {pod_name}");
-                    owner.event(&recorder, "SuccessfulDelete", &message).await
+                    owner.event(&recorder, "SuccessfulDelete", &message)
                 }
                 Err(e) if e.is_not_found() => {}
                 Err(e) => return Err(e.into()),

@@ -286,9 +286,7 @@ impl Context<'_> {
                         let message = format!(
                             "create Claim {claim_name} Pod {pod_name} in StatefulSet {set_name} success"
                         );
-                        self.recorder
-                            .normal(self.set, "SuccessfulCreate", &message)
-                            .await;
+                        self.recorder.normal(self.set, "SuccessfulCreate", &message);
                     }
                     Err(e) if e.is_conflict() => {}
                     Err(e) => return Err(e.into()),
@@ -325,9 +323,7 @@ impl Context<'_> {
         match self.pods_api.create(&pod).await {
             Ok(_) => {
                 let message = format!("create Pod {pod_name} in StatefulSet {set_name} successful");
-                self.recorder
-                    .normal(self.set, "SuccessfulCreate", &message)
-                    .await;
+                self.recorder.normal(self.set, "SuccessfulCreate", &message);
                 Ok(())
             }
             // The previous pod of that name is still going away: the next event retries.
@@ -373,9 +369,7 @@ impl Context<'_> {
                     "delete Pod {pod_name} in StatefulSet {} successful",
                     self.set_name()
                 );
-                self.recorder
-                    .normal(self.set, "SuccessfulDelete", &message)
-                    .await;
+                self.recorder.normal(self.set, "SuccessfulDelete", &message);
                 Ok(())
             }
             Err(e) if e.is_not_found() => Ok(()),

@@ -114,10 +114,10 @@ pub async fn run(client: Client, options: Options) {
                         }
                     }
                     if state.unschedulable.insert(key.clone()) {
-                        let client = client.clone();
-                        tokio::spawn(
-                            async move { mark_unschedulable(&client, &pod, &why.0).await },
-                        );
+                        let (client, recorder) = (client.clone(), recorder.clone());
+                        tokio::spawn(async move {
+                            mark_unschedulable(&client, &recorder, &pod, &why.0).await
+                        });
                     }
                     continue;
                 }
@@ -148,7 +148,7 @@ pub async fn run(client: Client, options: Options) {
                     Ok(()) => {
                         BINDINGS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                         let message = format!("Successfully assigned {namespace}/{name} to {node}");
-                        recorder.normal(&pod, "Scheduled", &message).await;
+                        recorder.normal(&pod, "Scheduled", &message);
                     }
                     Err(e) => tracing::debug!("binding {namespace}/{name} to {node}: {e}"),
                 }
@@ -331,7 +331,7 @@ async fn preempt(client: &Client, recorder: &Recorder, pod: &Pod, plan: preempti
                     preemption::priority(pod),
                     plan.node
                 );
-                recorder.normal(&found, "Preempted", &message).await;
+                recorder.normal(&found, "Preempted", &message);
             }
             Err(e) => tracing::debug!("preempting {victim}: {e}"),
         }
@@ -340,7 +340,7 @@ async fn preempt(client: &Client, recorder: &Recorder, pod: &Pod, plan: preempti
 
 /// Records on the pod why it cannot be scheduled (what `kubectl describe` shows): the
 /// `PodScheduled` condition, merged by type so the pod's other conditions stay.
-async fn mark_unschedulable(client: &Client, pod: &Pod, why: &str) {
+async fn mark_unschedulable(client: &Client, recorder: &Recorder, pod: &Pod, why: &str) {
     let (namespace, name) = (
         pod.metadata.namespace.clone().unwrap_or_default(),
         pod.metadata.name.clone().unwrap_or_default(),
@@ -355,9 +355,7 @@ async fn mark_unschedulable(client: &Client, pod: &Pod, why: &str) {
     {
         tracing::debug!("marking {namespace}/{name} unschedulable: {e}");
     }
-    Recorder::new(client.clone(), "default-scheduler", None)
-        .warning(pod, "FailedScheduling", why)
-        .await;
+    recorder.warning(pod, "FailedScheduling", why);
 }
 
 /// A pod waiting for a node: none yet, and not being deleted.

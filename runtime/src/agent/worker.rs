@@ -894,17 +894,12 @@ impl PodWorker {
             }
         }
         let events = std::mem::take(&mut self.events);
-        if !events.is_empty() {
-            let (recorder, pod) = (self.shared.recorder.clone(), self.pod.clone());
-            tokio::spawn(async move {
-                for (warning, reason, message) in events {
-                    if warning {
-                        recorder.warning(&pod, reason, &message).await;
-                    } else {
-                        recorder.normal(&pod, reason, &message).await;
-                    }
-                }
-            });
+        for (warning, reason, message) in events {
+            if warning {
+                self.shared.recorder.warning(&self.pod, reason, &message);
+            } else {
+                self.shared.recorder.normal(&self.pod, reason, &message);
+            }
         }
     }
 }

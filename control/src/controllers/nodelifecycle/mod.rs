@@ -128,7 +128,7 @@ pub async fn run(client: Client, timing: Timing) {
                     mark(&client, node, Some(&why)).await;
                     let message = format!("Node {name} status is now: NodeNotReady ({why})");
                     tracing::warn!("{message}");
-                    recorder.warning(node, "NodeNotReady", &message).await;
+                    recorder.warning(node, "NodeNotReady", &message);
                 }
                 // The pods' writes run beside the loop: a node may carry a thousand pods, and
                 // the other nodes are judged meanwhile.
@@ -147,7 +147,7 @@ pub async fn run(client: Client, timing: Timing) {
                     mark(&client, node, None).await;
                     let message = format!("Node {name} status is now: NodeReady");
                     tracing::info!("{message}");
-                    recorder.normal(node, "NodeReady", &message).await;
+                    recorder.normal(node, "NodeReady", &message);
                     work.spawn(settle_pods(client.clone(), name));
                 }
             }
@@ -356,9 +356,7 @@ async fn disrupt_pod(client: Client, recorder: Recorder, node: String, now: Stri
             "Marking for deletion Pod {}: its node {node} is unreachable",
             key_of(&pod)
         );
-        recorder
-            .normal(&pod, "TaintManagerEviction", &message)
-            .await;
+        recorder.normal(&pod, "TaintManagerEviction", &message);
     }
 }
 
@@ -413,9 +411,7 @@ async fn delete_pod(client: Client, recorder: Recorder, node: String, reason: Re
             Reason::Evicted => format!("Evicting pod {pod_key} from unreachable node {node}"),
             Reason::NodeDeleted => format!("Deleting pod {pod_key}: its node {node} was deleted"),
         };
-        recorder
-            .warning(&pod, "TaintManagerEviction", &message)
-            .await;
+        recorder.warning(&pod, "TaintManagerEviction", &message);
     }
 }
 

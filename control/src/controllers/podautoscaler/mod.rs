@@ -346,13 +346,11 @@ async fn reconcile(
                     "SucceededRescale",
                     format!("the HPA controller was able to update the target scale to {desired}"),
                 ));
-                recorder
-                    .normal(
-                        hpa,
-                        "SuccessfulRescale",
-                        &format!("New size: {desired}; reason: {rescale_reason}"),
-                    )
-                    .await;
+                recorder.normal(
+                    hpa,
+                    "SuccessfulRescale",
+                    &format!("New size: {desired}; reason: {rescale_reason}"),
+                );
                 history.record_change(Instant::now(), current_replicas, desired, &up, &down);
             }
             Err(e) => {
@@ -363,13 +361,11 @@ async fn reconcile(
                     "FailedUpdateScale",
                     format!("the HPA controller was unable to update the target scale: {error}"),
                 ));
-                recorder
-                    .warning(
-                        hpa,
-                        "FailedRescale",
-                        &format!("New size: {desired}; reason: {rescale_reason}; error: {error}"),
-                    )
-                    .await;
+                recorder.warning(
+                    hpa,
+                    "FailedRescale",
+                    &format!("New size: {desired}; reason: {rescale_reason}; error: {error}"),
+                );
                 let status = write(status, (current_replicas, desired), false);
                 finish(client, recorder, hpa, &path, &previous, status, warnings).await?;
                 return Err(e.into());
@@ -409,7 +405,7 @@ async fn finish(
     };
     if changed(&status) {
         for (reason, message) in &warnings {
-            recorder.warning(hpa, reason, message).await;
+            recorder.warning(hpa, reason, message);
         }
     }
     if previous == &status {
