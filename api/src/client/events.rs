@@ -10,9 +10,8 @@
 //! that work instead of by a thousand requests competing with it. The writer keeps a pace
 //! ([`Pace`]: 50 events a second after a burst of 100, the kubelet's `eventRecordQPS` and
 //! `eventBurst`), so that a node losing a thousand pods spends its CPU on replacing them, and
-//! their events follow. Each recorder also drops
-//! what is spam ([`SpamFilter`]): a source may record 25 events about one object at once,
-//! then one more every 5 minutes.
+//! their events follow. Each recorder also drops what is spam ([`SpamFilter`]): a source may
+//! record 25 events about one object at once, then one more every 5 minutes.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -211,7 +210,7 @@ impl Queue {
             };
             self.dropped.fetch_add(1, Ordering::Relaxed);
             tracing::debug!(
-                "dropping event {} for {}: {QUEUED} events wait already",
+                "dropping event {} for {}: its recorder's queue is full (or its writer gone)",
                 event.reason.unwrap_or_default(),
                 event.involved_object.name.unwrap_or_default()
             );

@@ -329,15 +329,6 @@ async fn reconcile(
         // few round trips while a template every create refuses costs one.
         let mut missing = wanted - active.len();
         let mut batch = 1usize;
-        // Each batch's events are recorded while the next batch is created, not before it:
-        // a slow event write does not hold back the creates.
-        let mut unrecorded: Vec<String> = Vec::new();
-        let record = |messages: Vec<String>| {
-            let (owner, recorder) = (&owner, &recorder);
-            futures::future::join_all(messages.into_iter().map(move |message| async move {
-                owner.event(recorder, "SuccessfulCreate", &message)
-            }))
-        };
         while missing > 0 {
             let size = batch.min(missing);
             let creates = (0..size).map(|_| {
@@ -345,11 +336,7 @@ async fn reconcile(
                 let pods_api = pods_api.clone();
                 async move { pods_api.create(&pod).await }
             });
-            let (results, _) = futures::future::join(
-                futures::future::join_all(creates),
-                record(std::mem::take(&mut unrecorded)),
-            )
-            .await;
+            let results = futures::future::join_all(creates).await;
             let mut refused = None;
             let mut created = Vec::with_capacity(size);
             for result in results {
@@ -358,21 +345,17 @@ async fn reconcile(
                     Err(e) => refused = refused.or(Some(e)),
                 }
             }
-            unrecorded = created
-                .iter()
-                .map(|pod| {
-                    format!(
-                        "Created pod: {}",
-                        pod.metadata.name.as_deref().unwrap_or_default()
-                    )
-                })
-                .collect();
+            for pod in &created {
+                let name = pod.metadata.name.as_deref().unwrap_or_default();
+                owner.event(
+                    &recorder,
+                    "SuccessfulCreate",
+                    &format!("Created pod: {name}"),
+                );
+            }
             let names = created.iter().filter_map(|p| p.metadata.name.clone());
             expectations.controlled(&uid, names);
             active.extend(created.into_iter().map(Arc::new));
-            if refused.is_some() || size == missing {
-                record(std::mem::take(&mut unrecorded)).await;
-            }
             if let Some(e) = refused {
                 // A quota or admission refusal: say so on the owner; the runtime retries
                 // with back-off (a freed slot or a raised quota wakes it sooner).

@@ -142,7 +142,7 @@ pub async fn run(client: Client, options: Options) {
                     .await
                     .expect("the semaphore is never closed");
                 let bound = client.bind_pod(&namespace, &name, &node).await;
-                // The permit bounds bindings only; the event is recorded after it is released.
+                // The permit bounds bindings only.
                 drop(permit);
                 match bound {
                     Ok(()) => {
