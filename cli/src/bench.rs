@@ -337,25 +337,19 @@ async fn create_and_watch_steps(
                     continue;
                 };
                 let name = pod.metadata.name.clone().unwrap_or_default();
-                if !seen_at_all.contains(&name) {
-                    if let Some(start) = sent.lock().await.get(&name) {
-                        first_seen.push(start.elapsed());
-                        seen_at_all.insert(name.clone());
-                    }
-                }
-                let has_node = (pod.spec.as_ref()).is_some_and(|s| s.node_name.is_some());
-                if has_node && !seen_bound.contains(&name) {
-                    if let Some(start) = sent.lock().await.get(&name) {
-                        bound.push(start.elapsed());
-                        seen_bound.insert(name.clone());
-                    }
-                }
-                if !is_running(&pod) || seen.contains(&name) {
+                let Some(since) = sent.lock().await.get(&name).map(Instant::elapsed) else {
                     continue;
-                }
-                if let Some(start) = sent.lock().await.get(&name) {
-                    latencies.push(start.elapsed());
-                    seen.insert(name);
+                };
+                let has_node = (pod.spec.as_ref()).is_some_and(|s| s.node_name.is_some());
+                // Each step counts the first event that shows it reached.
+                for (reached, done, times) in [
+                    (true, &mut seen_at_all, &mut first_seen),
+                    (has_node, &mut seen_bound, &mut bound),
+                    (is_running(&pod), &mut seen, &mut latencies),
+                ] {
+                    if reached && done.insert(name.clone()) {
+                        times.push(since);
+                    }
                 }
                 if latencies.len() == count {
                     break;
